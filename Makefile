@@ -1,0 +1,32 @@
+# The two commands a new user needs: `make demo` and `make test`. Each creates the environment if missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test docs benchmark overhead clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,docs,examples,kernels]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m example_projects.digits_mlp.demo
+
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 -q
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+benchmark: $(STAMP)
+	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml
+
+overhead: $(STAMP)
+	$(BIN)/python scripts/srigl_overhead.py
+
+clean:
+	rm -rf $(VENV) site build *.egg-info
