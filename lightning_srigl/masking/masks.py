@@ -1,0 +1,164 @@
+"""Bind boolean masks to a model's weights as persistent module buffers.
+
+Each sparse weight ``<module>.<param>`` gets a bool buffer ``<module>.<param>_mask`` of the same
+shape, registered on the owning module with ``persistent=True``: every ``state_dict`` (and so every
+Lightning checkpoint, including ``save_weights_only``) carries the masks, and loading a checkpoint
+into a model that has the buffers restores them. Weights are stored dense with zeros at inactive
+positions ("mask simulation"); forward and backward are the ordinary dense ops.
+
+Loading a sparse checkpoint into a plain model (no buffers) is a one-liner::
+
+    model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("_mask")})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_srigl.masking.selection import SparseParameter
+
+MASK_SUFFIX = "_mask"
+
+
+def mask_buffer_name(param_name: str) -> str:
+    """Name of the mask buffer that belongs to the parameter ``param_name``."""
+    return f"{param_name}{MASK_SUFFIX}"
+
+
+def _check_loaded_mask(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    *args: Any,
+    param_name: str,
+) -> None:
+    """``load_state_dict`` pre-hook: reject a mask entry that does not fit its parameter."""
+    key = prefix + mask_buffer_name(param_name)
+    if key not in state_dict:
+        return
+    loaded = state_dict[key]
+    expected = getattr(module, param_name).shape
+    if tuple(loaded.shape) != tuple(expected):
+        raise ValueError(
+            f"Checkpoint mask {key!r} has shape {tuple(loaded.shape)} but the model's "
+            f"{prefix + param_name!r} has shape {tuple(expected)}: the checkpoint was written for a "
+            "different architecture. Load it into the model it was trained with, or drop the "
+            "'*_mask' entries to start a new sparse run from its weights."
+        )
+    if loaded.dtype != torch.bool:
+        raise ValueError(
+            f"Checkpoint mask {key!r} has dtype {loaded.dtype}; masks are bool tensors. "
+            "Convert it with `.bool()` before loading."
+        )
+
+
+class MaskedParameters:
+    """The masks of a set of sparse parameters, stored as buffers on their modules.
+
+    Args:
+        params: the sparse parameters, e.g. from :func:`select_parameters`.
+    """
+
+    def __init__(self, params: Sequence[SparseParameter]) -> None:
+        fqns = [p.fqn for p in params]
+        if len(set(fqns)) != len(fqns):
+            raise ValueError(f"Each sparse parameter must appear once; got {fqns}")
+        self.params: list[SparseParameter] = list(params)
+        self._by_fqn: dict[str, SparseParameter] = {p.fqn: p for p in params}
+
+    @property
+    def fqns(self) -> list[str]:
+        """Fully-qualified names of the sparse parameters, in order."""
+        return list(self._by_fqn)
+
+    def is_installed(self) -> bool:
+        """Whether every parameter already has a mask buffer of its shape (e.g. from an earlier fit)."""
+        buffers = [self._buffer_or_none(p) for p in self.params]
+        return all(b is not None and b.shape == p.shape for b, p in zip(buffers, self.params))
+
+    def install_(self, masks: Mapping[str, Tensor]) -> None:
+        """Register (or overwrite) the bool buffer of every parameter with ``masks[fqn]``.
+
+        Args:
+            masks: ``{fqn: BoolTensor(param.shape)}`` for every parameter.
+        """
+        for p in self.params:
+            mask = masks[p.fqn]
+            self._check_shape(p, mask)
+            name = mask_buffer_name(p.param_name)
+            fresh = self._buffer_or_none(p) is None
+            p.module.register_buffer(name, mask.to(device=p.param.device, dtype=torch.bool).clone(), persistent=True)
+            if fresh:
+                p.module.register_load_state_dict_pre_hook(partial(_check_loaded_mask, param_name=p.param_name))
+
+    def mask(self, fqn: str) -> Tensor:
+        """The mask buffer of ``fqn``: ``BoolTensor(param.shape)``."""
+        p = self._param(fqn)
+        buffer = self._buffer_or_none(p)
+        if buffer is None:
+            raise RuntimeError(f"No mask installed for {fqn!r}; call install_() first.")
+        return buffer
+
+    def masks(self) -> dict[str, Tensor]:
+        """``{fqn: BoolTensor(param.shape)}``, the live buffers (not copies)."""
+        return {fqn: self.mask(fqn) for fqn in self._by_fqn}
+
+    def param(self, fqn: str) -> nn.Parameter:
+        """The parameter ``fqn``."""
+        return self._param(fqn).param
+
+    def set_mask_(self, fqn: str, new_mask: Tensor) -> None:
+        """Copy ``new_mask`` (``BoolTensor(param.shape)``) into the existing buffer, in place."""
+        p = self._param(fqn)
+        self._check_shape(p, new_mask)
+        self.mask(fqn).copy_(new_mask)
+
+    @torch.no_grad()
+    def apply_to_weights_(self) -> None:
+        """Zero every weight at its inactive positions, in place."""
+        for p in self.params:
+            p.param.mul_(self.mask(p.fqn))
+
+    @torch.no_grad()
+    def apply_to_gradients_(self) -> None:
+        """Zero every gradient at its weight's inactive positions, in place (``None`` grads are skipped)."""
+        for p in self.params:
+            grad = p.param.grad
+            if grad is not None:
+                grad.mul_(self.mask(p.fqn))
+
+    def check_compatible(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
+        """Raise ``ValueError`` if ``state_dict`` (a full model state dict) lacks a mask or has a misfit one."""
+        problems = []
+        for p in self.params:
+            key = f"{prefix}{p.module_name + '.' if p.module_name else ''}{mask_buffer_name(p.param_name)}"
+            if key not in state_dict:
+                problems.append(f"{key!r} is missing")
+            elif tuple(state_dict[key].shape) != tuple(p.shape):
+                problems.append(f"{key!r} has shape {tuple(state_dict[key].shape)}, expected {tuple(p.shape)}")
+        if problems:
+            raise ValueError(
+                "The checkpoint's masks do not fit this model: " + "; ".join(problems) + ". Use the same "
+                "model and the same include/exclude/dense patterns as the run that wrote it."
+            )
+
+    def _param(self, fqn: str) -> SparseParameter:
+        try:
+            return self._by_fqn[fqn]
+        except KeyError:
+            raise KeyError(f"{fqn!r} is not a sparse parameter; known: {self.fqns}") from None
+
+    @staticmethod
+    def _buffer_or_none(p: SparseParameter) -> Tensor | None:
+        buffer = getattr(p.module, mask_buffer_name(p.param_name), None)
+        return buffer if isinstance(buffer, Tensor) else None
+
+    @staticmethod
+    def _check_shape(p: SparseParameter, mask: Tensor) -> None:
+        if tuple(mask.shape) != tuple(p.shape):
+            raise ValueError(f"Mask for {p.fqn!r} has shape {tuple(mask.shape)}, expected {tuple(p.shape)}")

@@ -1,0 +1,153 @@
+"""Choose which parameters of a model are sparse.
+
+A *sparse parameter* is a weight tensor whose dim 0 indexes output neurons: the ``weight`` of
+``nn.Linear`` and ``nn.Conv1d/2d/3d`` (shape ``(out, in, *kernel)``), and the input projections of
+``nn.MultiheadAttention`` (``in_proj_weight`` ``(3*embed, embed)``, or ``q/k/v_proj_weight`` when
+the key/value dims differ). The attention output projection ``out_proj`` is an ``nn.Linear`` and is
+selected as such. Biases and normalisation layers are never sparse.
+
+Names are fully-qualified parameter names as in ``model.named_parameters()`` (``encoder.0.weight``,
+``attn.in_proj_weight``) and patterns are :mod:`fnmatch` patterns on those names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.MultiheadAttention,
+)
+
+_MHA_SEPARATE_PROJECTIONS = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+@dataclass
+class SparseParameter:
+    """One sparse weight: the module that owns it and the parameter's local name."""
+
+    module_name: str
+    param_name: str
+    module: nn.Module
+
+    @property
+    def fqn(self) -> str:
+        """Fully-qualified parameter name, e.g. ``"encoder.0.weight"``."""
+        return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
+
+    @property
+    def param(self) -> nn.Parameter:
+        """The parameter itself, shape ``(out, *fan_in_dims)``."""
+        return getattr(self.module, self.param_name)
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape of the parameter, ``(out, *fan_in_dims)``."""
+        return self.param.shape
+
+
+def matches(fqn: str, patterns: Iterable[str]) -> bool:
+    """Whether ``fqn`` matches any of the fnmatch ``patterns`` (case-sensitive)."""
+    return any(fnmatch.fnmatchcase(fqn, pattern) for pattern in patterns)
+
+
+def sparsifiable_param_names(module: nn.Module) -> list[str]:
+    """Local names of the weights of ``module`` that can be sparse (empty for other modules)."""
+    if isinstance(module, nn.MultiheadAttention):
+        if module.in_proj_weight is not None:
+            return ["in_proj_weight"]
+        return list(_MHA_SEPARATE_PROJECTIONS)
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return ["weight"]
+    return []
+
+
+def _candidates(model: nn.Module, layer_types: Sequence[type]) -> list[SparseParameter]:
+    """Every sparsifiable weight of a module of one of ``layer_types``, in registration order."""
+    seen: set[int] = set()
+    found: list[SparseParameter] = []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, tuple(layer_types)):
+            continue
+        for param_name in sparsifiable_param_names(module):
+            param = getattr(module, param_name, None)
+            if not isinstance(param, nn.Parameter) or id(param) in seen:
+                continue  # tied weights are masked once, through their first owner
+            seen.add(id(param))
+            found.append(SparseParameter(module_name, param_name, module))
+    return found
+
+
+def check_patterns_match(patterns: Sequence[str], names: Sequence[str], argument: str) -> None:
+    """Raise ``ValueError`` naming every pattern in ``patterns`` that matches none of ``names``."""
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        available = ", ".join(names) if names else "(none)"
+        raise ValueError(
+            f"{argument} pattern(s) {unmatched} match no sparsifiable parameter. Patterns are fnmatch "
+            f"patterns on fully-qualified parameter names; available names: {available}"
+        )
+
+
+def _check_include_targets(model: nn.Module, include: Sequence[str], candidates: list[str]) -> None:
+    """Raise a clear error when an include pattern names only parameters of unsupported layers."""
+    all_names = [name for name, _ in model.named_parameters()]
+    for pattern in include:
+        if any(fnmatch.fnmatchcase(n, pattern) for n in candidates):
+            continue
+        unsupported = [n for n in all_names if fnmatch.fnmatchcase(n, pattern)]
+        if unsupported:
+            owners = {n: type(model.get_submodule(n.rpartition(".")[0])).__name__ for n in unsupported}
+            described = ", ".join(f"{n} ({kind})" for n, kind in owners.items())
+            supported = ", ".join(t.__name__ for t in DEFAULT_LAYER_TYPES)
+            raise ValueError(
+                f"include pattern {pattern!r} matches only parameters that cannot be sparse: {described}. "
+                f"Supported layers: {supported} (weights only, never biases or norms); remove the "
+                "pattern or point it at the weight of a supported layer."
+            )
+    check_patterns_match(include, candidates, "include")
+
+
+def select_parameters(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    layer_types: Sequence[type] = DEFAULT_LAYER_TYPES,
+) -> list[SparseParameter]:
+    """Select the sparse weights of ``model``.
+
+    Args:
+        model: the network.
+        include: fnmatch patterns on fully-qualified parameter names; ``None`` selects every
+            weight of a supported layer.
+        exclude: patterns removed from the selection.
+        layer_types: module types whose weights may be selected.
+
+    Returns:
+        The selected parameters in module registration order.
+
+    Raises:
+        ValueError: a pattern matches nothing (the message lists the available names), an include
+            pattern names a parameter of an unsupported layer, or nothing is left to sparsify.
+    """
+    candidates = _candidates(model, layer_types)
+    names = [c.fqn for c in candidates]
+    if include is not None:
+        _check_include_targets(model, include, names)
+        candidates = [c for c in candidates if matches(c.fqn, include)]
+    check_patterns_match(exclude, [c.fqn for c in candidates], "exclude")
+    selected = [c for c in candidates if not matches(c.fqn, exclude)]
+    if not selected:
+        raise ValueError(
+            "No parameter is left to sparsify after include/exclude. Available names: "
+            f"{', '.join(names) or '(the model has no Linear, Conv or MultiheadAttention layer)'}"
+        )
+    return selected

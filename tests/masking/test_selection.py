@@ -1,0 +1,99 @@
+"""Parameter selection by layer type and fully-qualified name patterns."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_srigl.masking import matches, select_parameters
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(2, 4, 3)
+        self.conv2 = nn.Conv2d(4, 4, 3)
+        self.conv3 = nn.Conv3d(4, 4, 1)
+        self.norm = nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.head = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _fqns(model: nn.Module, **kwargs) -> list[str]:
+    return [p.fqn for p in select_parameters(model, **kwargs)]
+
+
+def test_default_selects_weights_of_supported_layers_in_order() -> None:
+    assert _fqns(_Net()) == [
+        "conv1.weight",
+        "conv2.weight",
+        "conv3.weight",
+        "attn.in_proj_weight",
+        "attn.out_proj.weight",
+        "head.0.weight",
+        "head.2.weight",
+    ]
+
+
+def test_mha_with_separate_kv_dims_selects_q_k_v_projections() -> None:
+    mha = nn.MultiheadAttention(8, 2, kdim=4, vdim=6)
+    assert _fqns(mha) == ["q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"]
+    assert [tuple(p.shape) for p in select_parameters(mha)][:3] == [(8, 8), (8, 4), (8, 6)]
+
+
+def test_sparse_parameter_exposes_the_live_parameter() -> None:
+    net = _Net()
+    param = select_parameters(net, include=["head.2.weight"])[0]
+    assert param.param is net.head[2].weight
+    assert param.shape == torch.Size([3, 8])
+    assert param.module is net.head[2]
+
+
+def test_include_and_exclude_patterns() -> None:
+    net = _Net()
+    assert _fqns(net, include=["head.*"]) == ["head.0.weight", "head.2.weight"]
+    assert _fqns(net, include=["head.*", "attn.*"], exclude=["*out_proj*"]) == [
+        "attn.in_proj_weight",
+        "head.0.weight",
+        "head.2.weight",
+    ]
+
+
+def test_include_pattern_matching_nothing_lists_available_names() -> None:
+    with pytest.raises(ValueError, match=r"\['fc\.\*'\].*available names: conv1\.weight"):
+        select_parameters(_Net(), include=["fc.*"])
+
+
+def test_exclude_pattern_matching_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="exclude pattern"):
+        select_parameters(_Net(), exclude=["classifier.weight"])
+
+
+def test_include_naming_an_unsupported_layer_says_so() -> None:
+    with pytest.raises(ValueError, match=r"norm\.weight \(LayerNorm\).*Supported layers"):
+        select_parameters(_Net(), include=["norm.weight"])
+
+
+def test_biases_are_never_selected() -> None:
+    with pytest.raises(ValueError, match="cannot be sparse"):
+        select_parameters(_Net(), include=["head.0.bias"])
+
+
+def test_excluding_everything_is_an_error() -> None:
+    with pytest.raises(ValueError, match="No parameter is left"):
+        select_parameters(nn.Linear(2, 2), exclude=["*"])
+
+
+def test_tied_weights_are_selected_once() -> None:
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight = a.weight
+    assert _fqns(nn.Sequential(a, b)) == ["0.weight"]
+
+
+def test_layer_types_restrict_the_candidates() -> None:
+    assert _fqns(_Net(), layer_types=(nn.Linear,)) == ["attn.out_proj.weight", "head.0.weight", "head.2.weight"]
+
+
+def test_matches_uses_fnmatch_on_full_names() -> None:
+    assert matches("encoder.0.weight", ["encoder.*"])
+    assert not matches("encoder.0.weight", ["0.weight"])  # no substring matching on local names
+    assert not matches("x", [])
