@@ -120,9 +120,9 @@ class MaskedParameters:
 
     @torch.no_grad()
     def apply_to_weights_(self) -> None:
-        """Zero every weight at its inactive positions, in place."""
+        """Zero every weight at its inactive positions, in place (also non-finite values there)."""
         for p in self.params:
-            p.param.mul_(self.mask(p.fqn))
+            p.param.masked_fill_(self.mask(p.fqn).logical_not(), 0)
 
     @torch.no_grad()
     def apply_to_gradients_(self) -> None:
@@ -130,7 +130,7 @@ class MaskedParameters:
         for p in self.params:
             grad = p.param.grad
             if grad is not None:
-                grad.mul_(self.mask(p.fqn))
+                grad.masked_fill_(self.mask(p.fqn).logical_not(), 0)
 
     def check_compatible(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
         """Raise ``ValueError`` if ``state_dict`` (a full model state dict) lacks a mask or has a misfit one."""

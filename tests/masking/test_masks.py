@@ -47,6 +47,18 @@ def test_apply_to_weights_and_gradients_zero_inactive_positions() -> None:
         assert torch.equal(param[mask], weight[mask]) and torch.equal(param.grad[mask], grad[mask])
 
 
+def test_non_finite_values_at_inactive_positions_become_zero() -> None:
+    model, mp, masks = _installed()
+    weight = mp.param("0.weight")
+    weight.grad = torch.full_like(weight, float("inf"))
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    mp.apply_to_weights_()
+    mp.apply_to_gradients_()
+    inactive = ~masks["0.weight"]
+    assert torch.all(weight[inactive] == 0) and torch.all(weight.grad[inactive] == 0)
+
+
 def test_set_mask_updates_the_buffer_in_place() -> None:
     model, mp, _ = _installed()
     buffer = mp.mask("0.weight")
