@@ -1,0 +1,247 @@
+"""Triton kernels for the condensed (constant fan-in) linear product on GPUs.
+
+The product is ``y[b, a] = bias[a] + sum_j values[a, j] * x[b, indices[a, j]]`` for ``A`` active
+neurons of fan-in ``k``. Two regimes (research note ``kernels.md`` §8):
+
+* **small batch** (``B <= SMALL_BATCH``), memory bound, GEMV-like "gather-dot": one program per
+  block of ``BLOCK_N`` neurons and one batch row; each step loads a ``(BLOCK_K, BLOCK_N)`` tile of
+  values/indices and gathers ``x[b, indices]`` from the (cache-resident) input row.
+* **large batch**: one program per ``(BLOCK_B batch rows x BLOCK_N neurons)`` tile, reading ``x``
+  in ``(in, B)`` layout so that every gathered ``x.T[indices[a, j], b0:b0 + BLOCK_B]`` is one
+  contiguous segment (a coalesced load). The ``x.t().contiguous()`` transpose happens inside
+  :func:`condensed_linear_triton` and therefore counts in any timing of it.
+
+Both accumulate in fp32 on CUDA cores (every neuron has its own index set, so there is no shared K
+dimension for tensor cores) and accept fp32 / fp16 / bf16. Values and indices are read through
+their strides: :func:`prepare_triton_layout` returns ``(A, k)`` views over ``(k, A)`` storage, so a
+warp reads the ``j``-th entries of consecutive neurons contiguously. A caller (``CondensedLinear``)
+can cache that layout once and pass it wherever ``values``/``indices`` go.
+
+Testing and status: the kernels are exercised on CPU tensors by the Triton interpreter
+(``TRITON_INTERPRET=1``, read by Triton when this module is imported), which uses one fixed tile
+configuration; on a GPU the tile sizes are autotuned. **No GPU was available while this was
+written: correctness is verified only under the interpreter, GPU speed is unmeasured.**
+
+Triton is an optional dependency: importing this module without it raises an ``ImportError`` that
+says how to install it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+    from triton import knobs
+except ImportError as err:  # pragma: no cover - exercised only where triton is missing
+    raise ImportError(
+        "lightning_srigl's GPU kernel needs Triton, an optional dependency. "
+        "Install it with: pip install lightning-srigl[kernels]"
+    ) from err
+
+__all__ = ["SMALL_BATCH", "condensed_linear_triton", "prepare_triton_layout", "triton_supported"]
+
+SMALL_BATCH = 16
+"""Batch sizes up to this use the gather-dot (GEMV-like) kernel, larger ones the tiled kernel."""
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INTERPRET = bool(knobs.runtime.interpret)
+_MAX_INT32 = 2**31 - 1
+
+# The interpreter cannot benchmark, so it runs one fixed (small) tile configuration.
+_INTERPRET_GEMV = {"BLOCK_N": 32, "BLOCK_K": 16}
+_INTERPRET_TILED = {"BLOCK_N": 16, "BLOCK_B": 16}
+_GEMV_CONFIGS = [
+    triton.Config({"BLOCK_N": n, "BLOCK_K": kk}, num_warps=w)
+    for n, kk, w in [(64, 16, 4), (128, 16, 4), (128, 32, 4), (256, 16, 8), (256, 32, 8)]
+]
+_TILED_CONFIGS = [
+    triton.Config({"BLOCK_N": n, "BLOCK_B": b}, num_warps=w)
+    for n, b, w in [(32, 32, 4), (64, 32, 4), (32, 64, 4), (64, 64, 8), (128, 32, 8), (128, 64, 8)]
+]
+
+
+@triton.jit
+def _gather_gemv_kernel(
+    x_ptr, values_ptr, indices_ptr, bias_ptr, y_ptr,
+    A, K,
+    stride_xb, stride_xi, stride_va, stride_vk, stride_ia, stride_ik, stride_yb,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Program (neuron block n, batch row b): y[b, n-block] for row-major x (B, in)."""
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < A
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask = (offs_k[:, None] < K) & mask_n[None, :]
+        w = tl.load(values_ptr + offs_n[None, :] * stride_va + offs_k[:, None] * stride_vk, mask=mask, other=0.0)
+        idx = tl.load(indices_ptr + offs_n[None, :] * stride_ia + offs_k[:, None] * stride_ik, mask=mask, other=0)
+        xg = tl.load(x_ptr + b * stride_xb + idx.to(tl.int32) * stride_xi, mask=mask, other=0.0)
+        acc += w.to(tl.float32) * xg.to(tl.float32)
+    out = tl.sum(acc, axis=0)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(y_ptr + b * stride_yb + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _gather_tiled_kernel(
+    xt_ptr, values_ptr, indices_ptr, bias_ptr, y_ptr,
+    A, K, B,
+    stride_xti, stride_xtb, stride_va, stride_vk, stride_ia, stride_ik, stride_yb,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+):  # fmt: skip
+    """Program (neuron block n, batch block b): y[b-block, n-block] for x.T (in, B) with B contiguous."""
+    pid_n = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_n = offs_n < A
+    mask_bn = (offs_b[:, None] < B) & mask_n[None, :]
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    for j in range(0, K):
+        w = tl.load(values_ptr + offs_n * stride_va + j * stride_vk, mask=mask_n, other=0.0)
+        idx = tl.load(indices_ptr + offs_n * stride_ia + j * stride_ik, mask=mask_n, other=0)
+        xg = tl.load(
+            xt_ptr + idx.to(tl.int32)[None, :] * stride_xti + offs_b[:, None] * stride_xtb, mask=mask_bn, other=0.0
+        )
+        acc += w.to(tl.float32)[None, :] * xg.to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs_b[:, None] * stride_yb + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask_bn)
+
+
+_GEMV = _gather_gemv_kernel if _INTERPRET else triton.autotune(_GEMV_CONFIGS, key=["A", "K"])(_gather_gemv_kernel)
+_TILED = (
+    _gather_tiled_kernel if _INTERPRET else triton.autotune(_TILED_CONFIGS, key=["A", "K", "B"])(_gather_tiled_kernel)
+)
+
+
+def prepare_triton_layout(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Return ``values`` and ``indices`` as ``(A, k)`` views over ``(k, A)`` contiguous storage.
+
+    The kernels read the ``j``-th entries of a block of consecutive neurons at once; with this
+    layout those entries are adjacent in memory (coalesced). The result has the same shapes,
+    dtypes and contents as the inputs, so it can replace them anywhere (cache it once per layer).
+    No padding is needed: the kernels mask the tails of both dimensions.
+
+    Args:
+        values: ``(A, k)`` condensed weights.
+        indices: ``(A, k)`` int16/int32 input column of each weight.
+    """
+    _check_condensed(values, indices)
+    return values.t().contiguous().t(), indices.t().contiguous().t()
+
+
+def triton_supported(x2d: Tensor, values: Tensor) -> tuple[bool, str]:
+    """Whether the Triton kernels can run on these tensors, and if not, why.
+
+    Supported: CUDA tensors (or CPU tensors when ``TRITON_INTERPRET=1`` was set before this module
+    was imported) in fp32 / fp16 / bf16.
+    """
+    if x2d.device != values.device:
+        return False, f"x is on {x2d.device} but the condensed weights are on {values.device}"
+    if not (x2d.is_cuda or (_INTERPRET and x2d.device.type == "cpu")):
+        return False, (
+            f"Triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1), got {x2d.device}"
+        )
+    for name, t in (("x", x2d), ("values", values)):
+        if t.dtype not in SUPPORTED_DTYPES:
+            return False, f"{name} has dtype {t.dtype}; the Triton kernels support {SUPPORTED_DTYPES}"
+    return True, "supported"
+
+
+def condensed_linear_triton(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None) -> Tensor:
+    """Condensed product ``y = x2d @ W_c.T + bias_active`` with the gathered weights ``W_c``.
+
+    Args:
+        x2d: ``(B, in)`` input.
+        values: ``(A, k)`` condensed weights (any strides; see :func:`prepare_triton_layout`).
+        indices: ``(A, k)`` int16/int32 input column of each weight, in ``[0, in)``.
+        bias_active: ``(A,)`` bias of the active neurons, or ``None``.
+
+    Returns:
+        ``(B, A)`` in ``torch.promote_types(x2d.dtype, values.dtype)``, accumulated in fp32.
+        For ``B > SMALL_BATCH`` the input is first transposed to ``(in, B)`` (included here).
+
+    Unsupported device or dtype (see :func:`triton_supported`): warns and computes the same
+    product exactly with PyTorch (scatter to a dense ``(A, in)`` weight, then ``F.linear``).
+    """
+    _check_condensed(values, indices)
+    if x2d.dim() != 2:
+        raise ValueError(f"x2d must be a 2-D (batch, in_features) tensor, got shape {tuple(x2d.shape)}")
+    if bias_active is not None and bias_active.shape != (values.shape[0],):
+        raise ValueError(f"bias_active must have shape ({values.shape[0]},), got {tuple(bias_active.shape)}")
+    ok, reason = triton_supported(x2d, values)
+    if not ok:
+        warnings.warn(f"{reason}; using the exact PyTorch fallback for the condensed product.", stacklevel=2)
+        return _condensed_linear_torch(x2d, values, indices, bias_active)
+
+    out_dtype = torch.promote_types(x2d.dtype, values.dtype)
+    y = torch.empty(x2d.shape[0], values.shape[0], dtype=out_dtype, device=x2d.device)
+    if y.numel() == 0:
+        return y
+    rows = _max_rows_per_launch(x2d.shape[1], values.shape[0])
+    for start in range(0, x2d.shape[0], rows):
+        _launch(x2d[start : start + rows], values, indices, bias_active, y[start : start + rows])
+    return y
+
+
+def _launch(x2d: Tensor, values: Tensor, indices: Tensor, bias: Tensor | None, y: Tensor) -> None:
+    """Run one kernel on ``x2d (B, in)`` into the row-contiguous view ``y (B, A)``."""
+    (batch, _), (n_active, fan_in) = x2d.shape, values.shape
+    common = {"HAS_BIAS": bias is not None}
+    bias_arg = bias if bias is not None else values  # never read when HAS_BIAS is False
+    if batch <= SMALL_BATCH:
+        meta = _INTERPRET_GEMV if _INTERPRET else {}
+
+        def grid(meta: dict) -> tuple[int, int]:
+            return triton.cdiv(n_active, meta["BLOCK_N"]), batch
+
+        _GEMV[grid](
+            x2d, values, indices, bias_arg, y, n_active, fan_in,
+            x2d.stride(0), x2d.stride(1), *values.stride(), *indices.stride(), y.stride(0),
+            **common, **meta,
+        )  # fmt: skip
+    else:
+        xt = x2d.t().contiguous()  # (in, B): gathered rows become contiguous batch segments
+        meta = _INTERPRET_TILED if _INTERPRET else {}
+
+        def grid(meta: dict) -> tuple[int, int]:
+            return triton.cdiv(n_active, meta["BLOCK_N"]), triton.cdiv(batch, meta["BLOCK_B"])
+
+        _TILED[grid](
+            xt, values, indices, bias_arg, y, n_active, fan_in, batch,
+            xt.stride(0), xt.stride(1), *values.stride(), *indices.stride(), y.stride(0),
+            **common, **meta,
+        )  # fmt: skip
+
+
+def _max_rows_per_launch(in_features: int, n_active: int) -> int:
+    """Largest batch chunk whose input and output offsets fit the kernels' int32 arithmetic."""
+    return max(1, _MAX_INT32 // max(in_features, n_active, 1))
+
+
+def _condensed_linear_torch(x2d: Tensor, values: Tensor, indices: Tensor, bias: Tensor | None) -> Tensor:
+    """Exact PyTorch reference: scatter ``values`` into a dense ``(A, in)`` weight, then ``F.linear``."""
+    dtype = torch.promote_types(x2d.dtype, values.dtype)
+    dense = torch.zeros(values.shape[0], x2d.shape[1], dtype=dtype, device=values.device)
+    dense.scatter_add_(1, indices.long(), values.to(dtype))
+    return torch.nn.functional.linear(x2d.to(dtype), dense, None if bias is None else bias.to(dtype))
+
+
+def _check_condensed(values: Tensor, indices: Tensor) -> None:
+    if values.dim() != 2 or values.shape != indices.shape:
+        raise ValueError(
+            f"values and indices must both be (active_out, fan_in); got {tuple(values.shape)} and "
+            f"{tuple(indices.shape)}"
+        )
+    if indices.dtype not in (torch.int16, torch.int32):
+        raise ValueError(f"indices must be int16 or int32, got {indices.dtype}; convert with indices.to(torch.int32)")

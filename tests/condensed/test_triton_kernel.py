@@ -1,0 +1,146 @@
+"""The Triton condensed kernels, run on CPU tensors by the Triton interpreter (TRITON_INTERPRET=1)."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+pytest.importorskip("triton")
+from lightning_srigl.condensed.triton_kernel import (  # noqa: E402
+    SMALL_BATCH,
+    condensed_linear_triton,
+    prepare_triton_layout,
+    triton_supported,
+)
+
+# A silent PyTorch fallback would make these tests vacuous: the fallback's warning is an error here.
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Accumulation is fp32 in kernel and reference alike; what differs is the final rounding to the dtype.
+TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 1e-3), torch.bfloat16: (1e-2, 1e-2)}
+
+
+@pytest.fixture(autouse=True)
+def _require_interpreter() -> None:
+    ok, reason = triton_supported(torch.zeros(1, 1), torch.zeros(1, 1))
+    if not ok:
+        pytest.skip(f"Triton interpreter not active ({reason}); run with TRITON_INTERPRET=1")
+
+
+def _constant_fan_in_layer(
+    out_features: int, in_features: int, fan_in: int, n_ablated: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random masked dense weight (out, in) with constant fan-in, n_ablated all-zero rows, and bias."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(out_features, in_features, dtype=torch.bool)
+    for row in range(out_features):
+        mask[row, torch.randperm(in_features, generator=g)[:fan_in]] = True
+    mask[torch.randperm(out_features, generator=g)[:n_ablated]] = False
+    weight = torch.randn(out_features, in_features, generator=g) * mask
+    return weight, mask, torch.randn(out_features, generator=g)
+
+
+def _condense(weight: torch.Tensor, mask: torch.Tensor, index_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(values (A, k), indices (A, k), active_rows (A,)) of a constant fan-in masked weight."""
+    active_rows = mask.any(dim=1).nonzero().squeeze(1)
+    fan_in = int(mask[active_rows[0]].sum()) if len(active_rows) else 0
+    indices = mask[active_rows].nonzero()[:, 1].view(len(active_rows), fan_in)
+    values = weight[active_rows].gather(1, indices)
+    return values, indices.to(index_dtype), active_rows
+
+
+def _check_against_masked_dense(
+    batch: int, out_f: int, in_f: int, fan_in: int, n_ablated: int, dtype: torch.dtype, *, bias: bool,
+    prepared: bool, index_dtype: torch.dtype = torch.int16, seed: int = 0,
+) -> None:  # fmt: skip
+    weight, mask, b = _constant_fan_in_layer(out_f, in_f, fan_in, n_ablated, seed)
+    values, indices, active = _condense(weight, mask, index_dtype)
+    x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(seed + 1))
+    x, values, b = x.to(dtype), values.to(dtype), b.to(dtype)
+    if prepared:
+        values, indices = prepare_triton_layout(values, indices)
+    y = condensed_linear_triton(x, values, indices, b[active] if bias else None)
+
+    masked = weight.to(dtype).float() * mask
+    expected = torch.nn.functional.linear(x.float(), masked, b.float() if bias else None)[:, active]
+    assert y.shape == (batch, len(active)) and y.dtype == dtype
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(y.float(), expected, rtol=rtol, atol=atol)
+
+
+@settings(max_examples=16, deadline=None, derandomize=True)
+@given(
+    shape=st.tuples(st.integers(1, 20), st.integers(1, 40)).flatmap(
+        lambda s: st.tuples(st.just(s[0]), st.just(s[1]), st.integers(1, min(s[1], 8)), st.integers(0, s[0] - 1))
+    ),
+    batch=st.sampled_from([1, 3, SMALL_BATCH, SMALL_BATCH + 1, 2 * SMALL_BATCH + 3]),
+    dtype=st.sampled_from(DTYPES),
+    bias=st.booleans(),
+    prepared=st.booleans(),
+)
+def test_matches_masked_dense(shape: tuple[int, int, int, int], batch: int, dtype, bias: bool, prepared: bool) -> None:
+    out_f, in_f, fan_in, n_ablated = shape
+    _check_against_masked_dense(batch, out_f, in_f, fan_in, n_ablated, dtype, bias=bias, prepared=prepared)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 37])  # gather-dot, odd, tiled with a partial batch block
+def test_int32_indices_several_neuron_blocks_and_fan_in_tiles(batch: int) -> None:
+    """40 neurons and fan-in 21 span several BLOCK_N blocks and BLOCK_K steps, both with tails."""
+    _check_against_masked_dense(
+        batch, 40, 70, 21, 3, torch.float32, bias=True, prepared=True, index_dtype=torch.int32, seed=3
+    )
+
+
+def test_strided_input_rows() -> None:
+    """A non-contiguous x (every other row of a bigger tensor) is read through its strides."""
+    weight, mask, b = _constant_fan_in_layer(12, 30, 4, 2, seed=5)
+    values, indices, active = _condense(weight, mask, torch.int16)
+    x = torch.randn(6, 30)[::2]
+    expected = torch.nn.functional.linear(x, weight, b)[:, active]
+    torch.testing.assert_close(condensed_linear_triton(x, values, indices, b[active]), expected)
+
+
+def test_prepared_layout_is_a_transposed_view_with_equal_contents() -> None:
+    values = torch.randn(5, 3)
+    indices = torch.randint(0, 9, (5, 3), dtype=torch.int16)
+    v, i = prepare_triton_layout(values, indices)
+    assert v.shape == (5, 3) and v.stride() == (1, 5) and i.stride() == (1, 5)
+    assert torch.equal(v, values) and torch.equal(i, indices) and i.dtype == torch.int16
+
+
+def test_unsupported_dtype_warns_and_falls_back_exactly() -> None:
+    weight, mask, b = _constant_fan_in_layer(6, 10, 3, 1, seed=7)
+    values, indices, active = _condense(weight, mask, torch.int32)
+    x = torch.randn(4, 10, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="float64.*exact PyTorch fallback"):
+        y = condensed_linear_triton(x, values.double(), indices, b[active].double())
+    expected = torch.nn.functional.linear(x, weight.double(), b.double())[:, active]
+    torch.testing.assert_close(y, expected)
+
+
+def test_empty_batch_gives_empty_output() -> None:
+    values, indices = torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.int16)
+    assert condensed_linear_triton(torch.randn(0, 8), values, indices, None).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("values", "indices", "match"),
+    [
+        (torch.randn(4, 2), torch.zeros(4, 3, dtype=torch.int16), "both be"),
+        (torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.int64), "int16 or int32"),
+    ],
+)
+def test_bad_condensed_tensors_raise(values: torch.Tensor, indices: torch.Tensor, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        condensed_linear_triton(torch.randn(2, 8), values, indices, None)
+
+
+def test_bias_of_wrong_shape_raises() -> None:
+    values, indices = torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.int16)
+    with pytest.raises(ValueError, match=r"bias_active must have shape \(4,\)"):
+        condensed_linear_triton(torch.randn(2, 8), values, indices, torch.zeros(5))
