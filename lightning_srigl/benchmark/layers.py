@@ -1,0 +1,120 @@
+"""Random sparse layers and the inference modules the benchmark compares.
+
+A *method* is ``"<kernel>_<dtype>"``: ``dense_fp32``, ``dense_bf16``, ``csr_fp32``,
+``condensed_fp32``, ``condensed_bf16`` (and ``semi_structured_bf16`` on GPUs with 2:4 support).
+Every method of one configuration is built from the same masked fp32 weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_srigl.condensed.accelerate import make_candidate
+from lightning_srigl.sparsity.nm import nm_mask
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+STRUCTURES: tuple[str, ...] = ("srigl", "2:4")
+
+
+@dataclass(frozen=True)
+class SparseLayerSpec:
+    """One layer to benchmark: ``in_features -> out_features`` at ``sparsity`` with ``structure``.
+
+    ``structure="srigl"``: every active neuron has the same fan-in, ``ablation`` of the neurons are
+    removed and the others share their budget (as SRigL's ablation does). ``structure="2:4"``: an
+    N:M mask along the input dimension (sparsity is then always 0.5).
+    """
+
+    in_features: int
+    out_features: int
+    sparsity: float
+    structure: str = "srigl"
+    ablation: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}.")
+        if self.structure == "2:4" and self.sparsity != 0.5:
+            raise ValueError(f"A 2:4 layer is 50% sparse; got sparsity={self.sparsity}. Use sparsity 0.5.")
+        if not 0.0 <= self.ablation < 1.0:
+            raise ValueError(f"ablation is a fraction of neurons in [0, 1), got {self.ablation}.")
+
+    @property
+    def active_neurons(self) -> int:
+        """Neurons left after ablation (at least one)."""
+        return max(1, round(self.out_features * (1.0 - self.ablation)))
+
+    @property
+    def fan_in(self) -> int:
+        """Non-zeros per active neuron: the layer budget ``round((1-s)·in·out)`` shared by the active ones."""
+        if self.structure == "2:4":
+            return self.in_features // 2
+        budget = round((1.0 - self.sparsity) * self.in_features * self.out_features)
+        return max(1, min(self.in_features, budget // self.active_neurons))
+
+
+def constant_fan_in_mask(spec: SparseLayerSpec, generator: torch.Generator) -> Tensor:
+    """A random ``(out, in)`` bool mask: ``spec.fan_in`` ones in each of ``spec.active_neurons`` random rows."""
+    out, fan_in = spec.out_features, spec.fan_in
+    columns = torch.rand(out, spec.in_features, generator=generator).argsort(dim=1)[:, :fan_in]
+    mask = torch.zeros(out, spec.in_features, dtype=torch.bool).scatter_(1, columns, True)
+    ablated = torch.randperm(out, generator=generator)[: out - spec.active_neurons]
+    mask[ablated] = False
+    return mask
+
+
+def make_mask(spec: SparseLayerSpec, generator: torch.Generator) -> Tensor:
+    """The ``(out, in)`` bool mask of ``spec``: constant fan-in (SRigL) or random 2:4."""
+    if spec.structure == "2:4":
+        scores = torch.rand(spec.out_features, spec.in_features, generator=generator)
+        return nm_mask(scores, 2, 4)
+    return constant_fan_in_mask(spec, generator)
+
+
+def make_masked_linear(spec: SparseLayerSpec, seed: int = 0) -> tuple[nn.Linear, Tensor]:
+    """A random fp32 ``nn.Linear`` with weights already multiplied by its mask, and the mask."""
+    generator = torch.Generator().manual_seed(seed)
+    linear = nn.Linear(spec.in_features, spec.out_features).requires_grad_(False)
+    mask = make_mask(spec, generator)
+    with torch.no_grad():
+        linear.weight.normal_(0.0, (2.0 / spec.fan_in) ** 0.5, generator=generator).mul_(mask)
+        linear.bias.uniform_(-0.1, 0.1, generator=generator)
+    return linear, mask
+
+
+def parse_method(method: str) -> tuple[str, torch.dtype]:
+    """``"condensed_bf16" -> ("condensed", torch.bfloat16)``; raises ``ValueError`` on unknown names."""
+    kernel, _, dtype = method.rpartition("_")
+    if kernel not in ("dense", "csr", "condensed", "semi_structured") or dtype not in DTYPES:
+        raise ValueError(
+            f"Unknown method {method!r}: use '<kernel>_<dtype>' with kernel in dense/csr/condensed/"
+            f"semi_structured and dtype in {sorted(DTYPES)}, e.g. 'condensed_fp32'."
+        )
+    return kernel, DTYPES[dtype]
+
+
+def build_method(method: str, linear: nn.Linear, mask: Tensor, device: torch.device) -> nn.Module:
+    """The inference module for ``method`` equal to ``linear`` masked by ``mask``, on ``device``."""
+    kernel, dtype = parse_method(method)
+    source = nn.Linear(linear.in_features, linear.out_features).requires_grad_(False)
+    source.load_state_dict(linear.state_dict())
+    source = source.to(device=device, dtype=dtype)
+    return make_candidate(kernel, source, mask.to(device)).eval()
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of the weight representation: dense weight, CSR values+indices, condensed values+indices."""
+    tensors: list[Tensor]
+    if isinstance(module, nn.Linear):
+        tensors = [module.weight]
+    elif hasattr(module, "values") and hasattr(module, "indices"):
+        tensors = [module.values, module.indices]
+    elif getattr(module, "weight", None) is not None and module.weight.layout == torch.sparse_csr:
+        w = module.weight
+        tensors = [w.values(), w.col_indices(), w.crow_indices()]
+    else:
+        tensors = [b for b in module.buffers()] + [p for p in module.parameters()]
+    return sum(t.numel() * t.element_size() for t in tensors)

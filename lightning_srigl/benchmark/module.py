@@ -1,0 +1,154 @@
+"""``BenchmarkModule``: time dense vs CSR vs condensed layers with ``Trainer.test``.
+
+The test dataloader yields the sweep's cases (:class:`~lightning_srigl.benchmark.sweep.SweepConfig`);
+each ``test_step`` builds every method of one case from the same masked weight, checks it against
+the masked dense fp32 output and times it. At the end the CSVs, the rich table and the plot are
+written (:mod:`lightning_srigl.benchmark.report`). ``run_benchmark`` is the one-call entry point
+(``lightning-srigl benchmark --config configs/benchmark_cpu.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
+from lightning_srigl.benchmark.report import write_outputs
+from lightning_srigl.benchmark.sweep import Case, SweepConfig, case_spec
+from lightning_srigl.benchmark.timing import cold_copies, cold_time, hot_time
+
+
+class BenchmarkModule(pl.LightningModule):
+    """A LightningModule whose test loop is a kernel benchmark sweep.
+
+    Args:
+        config: the sweep; ``None`` uses :class:`SweepConfig` defaults updated with ``overrides``.
+        overrides: :class:`SweepConfig` fields.
+
+    After ``trainer.test(module)``: :attr:`results` holds one dict per (case, method) and
+    :attr:`outputs` the written files (when ``config.output_dir`` is set).
+    """
+
+    def __init__(self, config: SweepConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        self.config = config if config is not None else SweepConfig(**overrides)
+        self.results: list[dict[str, Any]] = []
+        self.outputs: dict[str, Path] = {}
+        self._layer_key: SparseLayerSpec | None = None
+        self._layer: tuple[nn.Linear, Tensor] | None = None
+        self._modules: dict[str, nn.Module] = {}
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        """One case per step, uncollated (``batch_size=None``)."""
+        return torch.utils.data.DataLoader(self.config.cases(), batch_size=None, shuffle=False)
+
+    def transfer_batch_to_device(self, batch: Case, device: torch.device, dataloader_idx: int) -> Case:
+        """Cases are plain settings: nothing to move."""
+        return batch
+
+    def test_step(self, case: Case, batch_idx: int) -> None:
+        """Time every method of ``case`` and append one result row per method."""
+        spec = case_spec(case)
+        linear, mask = self._masked_layer(spec)
+        device = torch.device(self.config.device)
+        generator = torch.Generator().manual_seed(self.config.seed + batch_idx)
+        x = torch.randn(case["batch"], spec.in_features, generator=generator).to(device)
+        reference = F.linear(x, linear.weight.to(device), linear.bias.to(device))
+        dense_bytes = spec.in_features * spec.out_features * 4
+        for method in case["methods"]:
+            module = self._method(method, linear, mask, device)
+            if module is None:
+                continue
+            xm = x.to(module_dtype(module))
+            error = float((module(xm).float() - reference).abs().max())
+            if case["cache"] == "cold":
+                copies = cold_copies(module, dense_bytes, int(self.config.cold_bytes))
+                seconds = cold_time(copies, xm, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
+                del copies
+            else:
+                seconds = hot_time(
+                    lambda: module(xm), threads=case["threads"], min_run_time=self.config.min_run_time, device=device
+                )
+            self.results.append(_row(case, spec, method, seconds, weight_bytes(module), error))
+
+    def _masked_layer(self, spec: SparseLayerSpec) -> tuple[nn.Linear, Tensor]:
+        """Build (once per consecutive run of cases) the random masked layer of ``spec``."""
+        if spec != self._layer_key:
+            self._layer_key, self._modules = spec, {}
+            self._layer = make_masked_linear(spec, seed=self.config.seed)
+        return self._layer
+
+    def _method(self, method: str, linear: nn.Linear, mask: Tensor, device: torch.device) -> nn.Module | None:
+        """The built module of ``method`` for the current layer, or ``None`` (with a warning) if unsupported."""
+        if method not in self._modules:
+            try:
+                self._modules[method] = build_method(method, linear, mask, device)
+            except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
+                pl.utilities.rank_zero_warn(f"benchmark: skipping {method} ({type(err).__name__}: {err})")
+                self._modules[method] = None
+        return self._modules[method]
+
+    def on_test_end(self) -> None:
+        """Write the CSVs, table and plot (rank 0)."""
+        if self.config.output_dir is not None and self.trainer.is_global_zero:
+            self.outputs = write_outputs(self.results, Path(self.config.output_dir), self.config.name)
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The floating dtype of a module's weights (values for condensed/CSR layers)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def _row(case: Case, spec: SparseLayerSpec, method: str, seconds: float, nbytes: int, error: float) -> dict[str, Any]:
+    return {
+        "structure": spec.structure,
+        "in_features": spec.in_features,
+        "out_features": spec.out_features,
+        "sparsity": spec.sparsity,
+        "ablation": spec.ablation,
+        "fan_in": spec.fan_in,
+        "active_neurons": spec.active_neurons,
+        "batch": case["batch"],
+        "threads": case["threads"],
+        "cache": case["cache"],
+        "method": method,
+        "time_us": round(seconds * 1e6, 3),
+        "weight_bytes": nbytes,
+        "max_abs_err": float(f"{error:.3g}"),
+    }
+
+
+def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: Any) -> BenchmarkModule:
+    """Run the sweep through ``Trainer.test`` and return the module (``.results``, ``.outputs``).
+
+    Args:
+        config: a YAML path (flat :class:`SweepConfig` keys), a :class:`SweepConfig`, or ``None``
+            for the defaults.
+        overrides: :class:`SweepConfig` fields that win over the file.
+    """
+    if isinstance(config, SweepConfig):
+        sweep = SweepConfig(**{**config.to_dict(), **overrides})
+    elif config is None:
+        sweep = SweepConfig(**overrides)
+    else:
+        sweep = SweepConfig.from_yaml(config, **overrides)
+    module = BenchmarkModule(sweep)
+    accelerator = "gpu" if torch.device(sweep.device).type == "cuda" else "cpu"
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    trainer.test(module)
+    return module

@@ -1,0 +1,101 @@
+"""The benchmark sweep: its YAML configuration and the list of cases it expands to."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_srigl.benchmark.layers import SparseLayerSpec, parse_method
+
+Case = dict[str, Any]
+"""One timed configuration: a layer spec's fields plus ``batch``, ``threads``, ``cache``, ``methods``."""
+
+
+@dataclass
+class SweepConfig:
+    """What to time. Every field can be set in the YAML file (flat keys, same names).
+
+    Hot-cache cases: every ``shapes × sparsities × batch_sizes × threads`` with constant fan-in
+    (SRigL) masks, timing ``methods``; plus every ``shapes × batch_sizes × threads`` with a 2:4 mask
+    (50 % sparse) timing ``nm_methods``. Cold-cache cases: ``shapes × cold_sparsities ×
+    cold_batch_sizes × threads``, timing ``cold_methods`` while cycling through enough copies of
+    the layer to exceed ``cold_bytes``.
+    """
+
+    shapes: list[list[int]] = field(default_factory=lambda: [[768, 3072], [3072, 768], [4096, 4096]])
+    sparsities: list[float] = field(default_factory=lambda: [0.8, 0.9, 0.95, 0.99])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 256])
+    threads: list[int] = field(default_factory=lambda: [1, 2])
+    ablation: float = 0.0
+    methods: list[str] = field(
+        default_factory=lambda: ["dense_fp32", "dense_bf16", "csr_fp32", "condensed_fp32", "condensed_bf16"]
+    )
+    nm_methods: list[str] = field(default_factory=lambda: ["dense_fp32", "csr_fp32", "condensed_fp32"])
+    cold_sparsities: list[float] = field(default_factory=lambda: [0.9])
+    cold_batch_sizes: list[int] = field(default_factory=lambda: [1])
+    cold_methods: list[str] = field(default_factory=lambda: ["dense_fp32", "csr_fp32", "condensed_fp32"])
+    cold_bytes: float = 1.0e9
+    min_run_time: float = 0.2
+    device: str = "cpu"
+    seed: int = 0
+    output_dir: str | None = "benchmark_results"
+    name: str = "benchmark"
+
+    def __post_init__(self) -> None:
+        for method in [*self.methods, *self.nm_methods, *self.cold_methods]:
+            parse_method(method)
+        if "dense_fp32" not in self.methods:
+            raise ValueError("methods must include 'dense_fp32': every ratio is taken against it.")
+        bad = [s for s in self.shapes if len(s) != 2 or min(s) < 1]
+        if bad:
+            raise ValueError(f"shapes are [in_features, out_features] pairs of positive ints; got {bad}.")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> SweepConfig:
+        """Read a flat YAML mapping of these fields; ``overrides`` win over the file."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown keys {unknown} in {path}; valid keys: {sorted(known)}.")
+        return cls(**{**data, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict view (for logging and for the report header)."""
+        return asdict(self)
+
+    def cases(self) -> list[Case]:
+        """All cases in timing order (cases sharing a layer are adjacent so it is built once)."""
+        cases: list[Case] = []
+        for in_features, out_features in self.shapes:
+            layer = {"in_features": in_features, "out_features": out_features, "ablation": self.ablation}
+            for sparsity in self.sparsities:
+                spec = {**layer, "sparsity": sparsity, "structure": "srigl"}
+                cases += self._grid(spec, self.batch_sizes, "hot", self.methods)
+                if sparsity in self.cold_sparsities:
+                    cases += self._grid(spec, self.cold_batch_sizes, "cold", self.cold_methods)
+            if self.nm_methods:
+                spec = {**layer, "sparsity": 0.5, "structure": "2:4", "ablation": 0.0}
+                cases += self._grid(spec, self.batch_sizes, "hot", self.nm_methods)
+        return cases
+
+    def _grid(self, spec: dict[str, Any], batch_sizes: list[int], cache: str, methods: list[str]) -> list[Case]:
+        return [
+            {**spec, "batch": batch, "threads": threads, "cache": cache, "methods": list(methods)}
+            for batch in batch_sizes
+            for threads in self.threads
+        ]
+
+
+def case_spec(case: Case) -> SparseLayerSpec:
+    """The layer a case times."""
+    return SparseLayerSpec(
+        in_features=case["in_features"],
+        out_features=case["out_features"],
+        sparsity=case["sparsity"],
+        structure=case["structure"],
+        ablation=case["ablation"],
+    )

@@ -1,0 +1,161 @@
+"""``AccelerateCallback``: at the end of ``fit``, swap each sparse ``Linear`` for its fastest exact kernel."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_srigl.condensed.accelerate import (
+    CANDIDATES,
+    AccelerationReport,
+    apply_acceleration,
+    find_sparse_linears,
+    plan_acceleration,
+    restore_modules,
+)
+
+REPORT_FILENAME = "acceleration.csv"
+
+
+class AccelerateCallback(Callback):
+    """Make the trained sparse model fast at inference, in place, when ``trainer.fit`` ends.
+
+    During fit it keeps (by reference, no copy) the latest input of every sparse ``Linear``. At
+    ``on_fit_end`` rank 0 times the exact candidates on those real inputs, every rank applies the
+    same choice (broadcast), and the report is printed, logged (``log_metrics``/``log_hyperparams``)
+    and saved as ``acceleration.csv`` in ``trainer.log_dir``. Afterwards ``trainer.test()``,
+    ``trainer.predict()`` and ``trainer.validate()`` run the accelerated model.
+
+    Checkpoints written during fit hold the dense weights and masks. ``trainer.test(ckpt_path=...)``
+    (e.g. ``"best"``) after the swap works: ``setup`` puts the dense modules back so that the
+    checkpoint loads, and the same kernels are swapped in again before the first batch.
+
+    Args:
+        batch_size: time the kernels at this batch size (the captured input is cut or tiled along
+            dim 0); ``None`` keeps the training batch size.
+        candidates: kernels to try (``"dense"`` is required: it is the reference).
+        fold: fold ablated neurons into the following layer where exact.
+        verbose: print the report table on rank 0.
+        warmup, repeats: calls before timing and timed calls (median) per candidate.
+    """
+
+    def __init__(
+        self,
+        batch_size: int | None = None,
+        candidates: Sequence[str] = CANDIDATES,
+        fold: bool = True,
+        verbose: bool = True,
+        warmup: int = 3,
+        repeats: int = 10,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size}.")
+        self.batch_size = batch_size
+        self.candidates = tuple(candidates)
+        self.fold = fold
+        self.verbose = verbose
+        self.warmup = warmup
+        self.repeats = repeats
+        self.report: AccelerationReport | None = None
+        self._inputs: dict[str, Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        self._originals: dict[str, nn.Module] = {}
+        self._reapply = False
+
+    # -- capture ---------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start keeping the latest input of every sparse ``Linear``."""
+        for name, layer in find_sparse_linears(pl_module).items():
+            self._handles.append(layer.register_forward_pre_hook(self._recorder(name)))
+        if not self._handles:
+            rank_zero_warn("AccelerateCallback: no sparse nn.Linear found; nothing will be accelerated.")
+
+    def _recorder(self, name: str):  # noqa: ANN202 - a forward pre-hook
+        def record(_: nn.Module, args: tuple[object, ...]) -> None:
+            if args and isinstance(args[0], Tensor):
+                self._inputs[name] = args[0].detach()
+
+        return record
+
+    # -- swap ------------------------------------------------------------------------------------
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Time candidates on rank 0, broadcast the choice, swap on every rank, report."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        inputs = {name: _resize_batch(x, self.batch_size) for name, x in self._inputs.items()}
+        self._inputs.clear()
+        if not inputs:
+            return
+        report = None
+        if trainer.is_global_zero:
+            was_training = pl_module.training
+            pl_module.eval()
+            report = plan_acceleration(
+                pl_module, inputs, candidates=self.candidates, warmup=self.warmup, repeats=self.repeats
+            )
+            pl_module.train(was_training)
+        self.report = trainer.strategy.broadcast(report, src=0)
+        self._swap(pl_module)
+        if trainer.is_global_zero:
+            self._publish(trainer, self.report)
+
+    def _swap(self, pl_module: pl.LightningModule) -> None:
+        """Apply :attr:`report`; keep shape-only (meta) copies of the replaced modules."""
+        originals = apply_acceleration(pl_module, self.report, fold=self.fold)
+        self._originals = {name: copy.deepcopy(module).to("meta") for name, module in originals.items()}
+
+    def _publish(self, trainer: pl.Trainer, report: AccelerationReport) -> None:
+        if self.verbose:
+            report.print()
+        for logger in trainer.loggers:
+            logger.log_metrics(report.metrics(), step=trainer.global_step)
+            logger.log_hyperparams({f"accelerate/{row.name}/kernel": row.chosen for row in report.rows})
+        if trainer.log_dir is not None:
+            path = report.to_csv(Path(trainer.log_dir) / REPORT_FILENAME)
+            rank_zero_info(f"AccelerateCallback: report saved to {path}")
+
+    # -- checkpoints after the swap ------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before a checkpoint saved during fit is loaded, put the dense (masked) modules back."""
+        if stage == "fit" or not self._originals or trainer.ckpt_path is None:
+            return
+        device = next(pl_module.parameters(), torch.empty(0)).device
+        restore_modules(pl_module, {n: m.to_empty(device=device) for n, m in self._originals.items()})
+        self._originals = {}
+        self._reapply = True
+
+    def _reaccelerate(self, pl_module: pl.LightningModule) -> None:
+        """Swap the same kernels in again, built from the weights the checkpoint just loaded."""
+        if self._reapply:
+            self._reapply = False
+            self._swap(pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """See :meth:`_reaccelerate`."""
+        self._reaccelerate(pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """See :meth:`_reaccelerate`."""
+        self._reaccelerate(pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """See :meth:`_reaccelerate`."""
+        self._reaccelerate(pl_module)
+
+
+def _resize_batch(x: Tensor, batch_size: int | None) -> Tensor:
+    """Cut or tile ``x (B, ...)`` along dim 0 to ``(batch_size, ...)``; ``None`` returns ``x``."""
+    if batch_size is None or x.shape[0] == batch_size:
+        return x
+    reps = math.ceil(batch_size / x.shape[0])
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]

@@ -1,0 +1,408 @@
+"""Swap each sparse ``nn.Linear`` of a model for the fastest exact inference layer on its device.
+
+``accelerate(model, example_input)`` does three steps, also usable one by one:
+
+1. :func:`capture_layer_inputs` runs ``model(example_input)`` once with forward hooks and keeps the
+   real input of every sparse ``Linear`` (so kernels are timed at the user's batch size and shapes);
+2. :func:`plan_acceleration` builds every exact candidate (dense, condensed, CSR, 2:4
+   semi-structured), checks it against the masked dense layer, times it and picks the fastest;
+3. :func:`apply_acceleration` swaps the chosen layers in (mask buffers leave with the old modules)
+   and, when asked, folds ablated neurons into the next layer (:mod:`lightning_srigl.condensed.fold`).
+
+A sparse ``Linear`` is one with a ``weight_mask`` buffer (what the training callbacks install) or,
+without one, a weight whose non-zero rows all share one fan-in.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor, nn
+
+from lightning_srigl.condensed.linear import CondensedLinear
+
+CANDIDATES: tuple[str, ...] = ("dense", "condensed", "csr", "semi_structured")
+
+__all__ = [
+    "CANDIDATES",
+    "AccelerationReport",
+    "CSRLinear",
+    "LayerAcceleration",
+    "accelerate",
+    "apply_acceleration",
+    "capture_layer_inputs",
+    "find_sparse_linears",
+    "layer_mask",
+    "make_candidate",
+    "median_time",
+    "plan_acceleration",
+    "restore_modules",
+]
+
+
+@dataclass(frozen=True)
+class LayerAcceleration:
+    """What :func:`plan_acceleration` measured and chose for one layer (times in seconds)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    batch: int
+    density: float
+    active_neurons: int
+    chosen: str
+    times: dict[str, float]
+    skipped: dict[str, str]
+
+    @property
+    def speedup(self) -> float:
+        """Dense time / chosen kernel's time (1.0 when dense was kept)."""
+        return self.times["dense"] / self.times[self.chosen]
+
+
+@dataclass(frozen=True)
+class AccelerationReport:
+    """One :class:`LayerAcceleration` per accelerated layer, with printing, CSV and metric views."""
+
+    rows: list[LayerAcceleration]
+
+    def columns(self) -> list[str]:
+        """Candidate names timed in at least one layer, in :data:`CANDIDATES` order."""
+        return [c for c in CANDIDATES if any(c in row.times for row in self.rows)]
+
+    def records(self) -> list[dict[str, object]]:
+        """One flat dict per layer (times in microseconds), the CSV rows."""
+        return [
+            {
+                "layer": r.name,
+                "shape": f"{r.in_features}->{r.out_features}",
+                "batch": r.batch,
+                "density": round(r.density, 4),
+                "active_neurons": f"{r.active_neurons}/{r.out_features}",
+                "chosen": r.chosen,
+                **{f"{c}_us": round(r.times[c] * 1e6, 2) if c in r.times else "" for c in self.columns()},
+                "speedup_vs_dense": round(r.speedup, 3),
+            }
+            for r in self.rows
+        ]
+
+    def table(self) -> Table:
+        """A rich table of :meth:`records`."""
+        records = self.records()
+        table = Table(title="lightning_srigl: accelerated layers (times in µs)")
+        for key in records[0] if records else ["layer"]:
+            table.add_column(key, justify="left" if key in ("layer", "shape", "chosen") else "right")
+        for record in records:
+            table.add_row(*(str(v) for v in record.values()))
+        return table
+
+    def print(self, console: Console | None = None) -> None:
+        """Print :meth:`table` (to a fresh rich console by default)."""
+        (console or Console()).print(self.table())
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write :meth:`records` to ``path`` (parents created) and return it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        records = self.records()
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(records[0]) if records else ["layer"])
+            writer.writeheader()
+            writer.writerows(records)
+        return path
+
+    def metrics(self) -> dict[str, float]:
+        """``accelerate/<layer>/speedup`` for every layer, for ``logger.log_metrics``."""
+        return {f"accelerate/{r.name}/speedup": r.speedup for r in self.rows}
+
+
+class CSRLinear(nn.Module):
+    """A ``Linear`` whose weight is a torch sparse CSR tensor (the unstructured baseline).
+
+    Batch 1 uses ``F.linear(x, W_csr, b)`` and larger batches ``addmm(b, W_csr, xᵀ)ᵀ``: the faster
+    torch CSR call for each regime on CPU (``research/kernels.md`` §4).
+    """
+
+    def __init__(self, weight_csr: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.in_features = weight_csr.shape[1]
+        self.out_features = weight_csr.shape[0]
+        self.register_buffer("weight", weight_csr)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None) -> CSRLinear:
+        """Build from a dense layer; ``mask (out, in)`` bool, default: the non-zeros of the weight."""
+        weight = linear.weight.detach()
+        weight = weight * mask if mask is not None else weight
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(weight.to_sparse_csr(), bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (..., in) -> (..., out)``."""
+        x2d = x.reshape(-1, self.in_features)
+        if x2d.shape[0] == 1:
+            y = F.linear(x2d, self.weight, self.bias)
+        elif self.bias is None:
+            y = torch.mm(self.weight, x2d.t()).t()
+        else:
+            y = torch.addmm(self.bias[:, None], self.weight, x2d.t()).t()
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def layer_mask(linear: nn.Linear) -> Tensor | None:
+    """The boolean ``(out, in)`` mask of a sparse ``Linear``, or ``None`` when it is not sparse.
+
+    The ``weight_mask`` buffer wins; otherwise the non-zeros count when every non-empty row has the
+    same count and at least one weight is zero (a condensed layer's defining property).
+    """
+    mask = getattr(linear, "weight_mask", None)
+    if isinstance(mask, Tensor):
+        return mask.bool()
+    nonzero = linear.weight.detach() != 0
+    fan_in = nonzero.sum(dim=1)
+    active = fan_in[fan_in > 0]
+    if active.numel() == 0 or bool(nonzero.all()) or bool((active != active[0]).any()):
+        return None
+    return nonzero
+
+
+def find_sparse_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Fully-qualified name -> every sparse ``nn.Linear`` of ``model`` (see :func:`layer_mask`)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear and layer_mask(module) is not None
+    }
+
+
+def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequence[str]) -> dict[str, Tensor]:
+    """Run ``model(example_input)`` under ``no_grad`` and return each named layer's input tensor.
+
+    ``example_input`` is passed as one positional argument (a tuple is unpacked). A layer that the
+    forward never reaches is missing from the result.
+    """
+    captured: dict[str, Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[object, ...]], None]:
+        def hook(_: nn.Module, args: tuple[object, ...]) -> None:
+            if name not in captured and args and isinstance(args[0], Tensor):
+                captured[name] = args[0].detach()
+
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(hook_for(name)) for name in names]
+    try:
+        with torch.no_grad():
+            args = example_input if isinstance(example_input, tuple) else (example_input,)
+            model(*args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def make_candidate(kind: str, linear: nn.Linear, mask: Tensor) -> nn.Module:
+    """Build the inference layer ``kind`` equal to ``linear`` with ``weight * mask``.
+
+    Raises ``ValueError``/``RuntimeError``/``NotImplementedError`` when ``kind`` cannot represent
+    this layer on this device or dtype (e.g. condensed without constant fan-in, 2:4 on CPU).
+    """
+    if kind == "dense":
+        dense = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None)
+        dense = dense.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(linear.weight * mask)
+            if linear.bias is not None:
+                dense.bias.copy_(linear.bias)
+        return dense.requires_grad_(False)
+    if kind == "condensed":
+        return CondensedLinear.from_linear(linear, mask)
+    if kind == "csr":
+        return CSRLinear.from_linear(linear, mask)
+    if kind == "semi_structured":
+        from lightning_srigl.condensed.semi_structured import SemiStructuredLinear
+
+        return SemiStructuredLinear.from_linear(linear, mask)
+    raise ValueError(f"Unknown candidate {kind!r}; choose from {CANDIDATES}.")
+
+
+def median_time(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall time of one call of ``fn`` in seconds, after ``warmup`` calls (CUDA-synchronised)."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(max(repeats, 1)):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return float(torch.tensor(samples).median())
+
+
+@dataclass
+class _Timed:
+    times: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _time_candidates(
+    linear: nn.Linear, mask: Tensor, x: Tensor, candidates: Sequence[str], warmup: int, repeats: int
+) -> _Timed:
+    """Time every candidate that builds and reproduces the masked dense output on ``x``."""
+    result = _Timed()
+    with torch.no_grad():
+        reference = F.linear(x, linear.weight * mask, linear.bias)
+        for kind in candidates:
+            try:
+                layer = make_candidate(kind, linear, mask)
+                out = layer(x)
+            except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
+                result.skipped[kind] = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+                continue
+            tol = 1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4
+            if not torch.allclose(out.float(), reference.float(), rtol=tol, atol=tol):
+                result.skipped[kind] = "inexact: output differs from the masked dense layer"
+                continue
+            result.times[kind] = median_time(lambda: layer(x), x.device, warmup, repeats)
+    return result
+
+
+def plan_acceleration(
+    model: nn.Module,
+    layer_inputs: dict[str, Tensor],
+    *,
+    candidates: Sequence[str] = CANDIDATES,
+    device: torch.device | str | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> AccelerationReport:
+    """Time the candidates of each sparse layer in ``layer_inputs`` and choose the fastest.
+
+    ``layer_inputs`` maps a layer name to its real input ``(..., in)``. ``device`` defaults to the
+    layer's own device; the model is not modified.
+    """
+    unknown = set(candidates) - set(CANDIDATES)
+    if unknown or "dense" not in candidates:
+        raise ValueError(f"candidates must include 'dense' and come from {CANDIDATES}; got {tuple(candidates)}.")
+    sparse = find_sparse_linears(model)
+    missing = sorted(set(layer_inputs) - set(sparse))
+    if missing:
+        raise ValueError(f"{missing} are not sparse nn.Linear layers of the model; sparse layers: {sorted(sparse)}.")
+    rows = []
+    for name, x in layer_inputs.items():
+        linear, mask = sparse[name], layer_mask(sparse[name])
+        target = torch.device(device) if device is not None else linear.weight.device
+        if target != linear.weight.device:
+            linear = _copy_to(linear, target)
+        timed = _time_candidates(linear, mask.to(target), x.to(target), candidates, warmup, repeats)
+        rows.append(_layer_row(name, linear, mask, x, timed))
+    return AccelerationReport(rows)
+
+
+def _copy_to(linear: nn.Linear, device: torch.device) -> nn.Linear:
+    copy = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None, device=device)
+    copy.load_state_dict({k: v for k, v in linear.state_dict().items() if k in ("weight", "bias")})
+    return copy.to(linear.weight.dtype)
+
+
+def _layer_row(name: str, linear: nn.Linear, mask: Tensor, x: Tensor, timed: _Timed) -> LayerAcceleration:
+    chosen = min(timed.times, key=timed.times.__getitem__)
+    return LayerAcceleration(
+        name=name,
+        in_features=linear.in_features,
+        out_features=linear.out_features,
+        batch=x.numel() // x.shape[-1],
+        density=float(mask.float().mean()),
+        active_neurons=int(mask.any(dim=1).sum()),
+        chosen=chosen,
+        times=dict(timed.times),
+        skipped=dict(timed.skipped),
+    )
+
+
+def apply_acceleration(model: nn.Module, report: AccelerationReport, *, fold: bool = True) -> dict[str, nn.Module]:
+    """Swap in the layer each row of ``report`` chose; optionally fold ablated neurons forward.
+
+    Returns the replaced original modules by name (dense weights with their ``weight_mask``), which
+    :func:`restore_modules` puts back, e.g. to load a checkpoint saved before the swap.
+    """
+    replaced: dict[str, nn.Module] = {}
+    for row in report.rows:
+        original = model.get_submodule(row.name)
+        if not isinstance(original, nn.Linear):
+            raise ValueError(f"{row.name} is {type(original).__name__}, not nn.Linear: was the model already accelerated?")
+        _set_submodule(model, row.name, make_candidate(row.chosen, original, layer_mask(original)))
+        replaced[row.name] = original
+    if fold:
+        from lightning_srigl.condensed.fold import fold_ablated_neurons
+
+        replaced.update({name: old for name, old in fold_ablated_neurons(model).items() if name not in replaced})
+    return replaced
+
+
+def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
+    """Put back the modules :func:`apply_acceleration` replaced (undoes the swap and the folding)."""
+    for name, module in originals.items():
+        _set_submodule(model, name, module)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def accelerate(
+    model: nn.Module,
+    example_input: object,
+    *,
+    candidates: Sequence[str] = CANDIDATES,
+    device: torch.device | str | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    fold: bool = True,
+    verbose: bool = True,
+) -> AccelerationReport:
+    """Replace every sparse ``Linear`` of ``model`` by its fastest exact inference layer, in place.
+
+    Args:
+        model: any ``nn.Module``; sparse layers are found with :func:`find_sparse_linears`.
+        example_input: one real batch for ``model(example_input)`` (a tuple is unpacked); every
+            layer is timed on the input it receives from this batch.
+        candidates: kernels to try; ``"dense"`` is always needed as the reference.
+        device: where to time (default: each layer's device).
+        warmup, repeats: calls before timing and timed calls (median) per candidate.
+        fold: fold ablated neurons into the next layer where provably exact.
+        verbose: print the report as a rich table.
+
+    Returns:
+        The report: per layer its shape, density, active neurons, times and chosen kernel.
+    """
+    names = list(find_sparse_linears(model))
+    if not names:
+        raise ValueError(
+            "No sparse nn.Linear found: a layer needs a `weight_mask` buffer (installed by the sparsity "
+            "callbacks) or zero weights with the same fan-in in every non-empty row."
+        )
+    inputs = capture_layer_inputs(model, example_input, names)
+    report = plan_acceleration(model, inputs, candidates=candidates, device=device, warmup=warmup, repeats=repeats)
+    apply_acceleration(model, report, fold=fold)
+    if verbose:
+        report.print()
+    return report
