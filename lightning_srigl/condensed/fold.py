@@ -1,0 +1,403 @@
+"""Fold ablated neurons into the next layer, so that they cost nothing at inference.
+
+An ablated neuron of a ``Linear`` (all-zero weight row) outputs the constant ``bias_i``; after an
+elementwise activation it is the constant ``act(bias_i)``. Where that value feeds only the next
+``Linear``, the next layer's pre-activation gets ``W_next[:, i] * act(bias_i)`` for every input,
+so it can go into ``bias_next`` and column ``i`` can go away. The producer then keeps only its
+active rows (``out`` shrinks) and the consumer only the matching input columns: exact up to float
+rounding.
+
+:func:`fold_ablated_neurons` finds such chains by tracing ``model.forward`` with ``torch.fx`` and
+folds only what is provably exact:
+
+* producer: an ``nn.Linear`` or ``nn.Conv{1,2,3}d`` (exact type; conv with ``groups == 1``) whose
+  weight has all-zero rows. A zero conv filter outputs its bias at *every* position (padding
+  included), so the constant channel is exact for any kernel size, stride or padding;
+* between producer and consumer, each intermediate value has exactly one user, and every step is
+  an elementwise op from the allow-list (``ReLU, ReLU6, GELU, SiLU, Tanh, Sigmoid, LeakyReLU, ELU,
+  Hardswish, Identity`` modules and their functional / ``torch.*`` / method forms, dropout in eval
+  mode). After a conv producer also: ``BatchNorm`` in eval mode (sliced to the active channels), a
+  global average pool (``AdaptiveAvgPool`` with output size 1) and then ``flatten(x, 1)``;
+* consumer: an ``nn.Linear`` (after a Linear producer, or after conv → global pool → flatten), or
+  a pointwise conv of the same dimensionality with ``padding == 0`` and ``groups == 1``.
+
+Not folded, with the reason in the report: residual adds or any second user, normalisation over
+features (LayerNorm, softmax), ``BatchNorm1d`` after a ``Linear`` (which axis it normalises
+depends on the input rank, unknown to tracing), and a consumer conv with a kernel larger than 1×1
+or with padding: with zero padding a constant channel is *not* constant at the borders after such
+a conv, so its contribution cannot become a bias. Modules called more than once in ``forward`` or
+with parameters tied to another module are left alone too.
+
+Folds cascade in graph order: a consumer row whose remaining weights are all zero after the
+columns are dropped is itself ablated and folded into the layer after it. The result is meant for
+inference (``eval()`` mode): calling ``train()`` on it re-enables dropout and BatchNorm updates,
+which the fold assumed away.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["FoldReport", "FoldedNeurons", "KeptNeurons", "fold_ablated_neurons"]
+
+_LINEAR = (nn.Linear,)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Identity,
+)  # fmt: skip
+_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_ELEMENTWISE_FUNCTIONS = {
+    F.relu, torch.relu, F.relu6, F.gelu, F.silu, torch.tanh, F.tanh, torch.sigmoid, F.sigmoid,
+    F.leaky_relu, F.elu, F.hardswish,
+}  # fmt: skip
+_ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh"}
+_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+_POOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_POOL_FUNCTIONS = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
+
+
+@dataclass(frozen=True)
+class FoldedNeurons:
+    """Ablated neurons of ``producer`` removed and folded into ``consumer``'s bias."""
+
+    producer: str
+    consumer: str
+    through: tuple[str, ...]  # the ops in between: module names, or fx node names for functions
+    removed: int
+    kept: int
+
+
+@dataclass(frozen=True)
+class KeptNeurons:
+    """Ablated neurons of ``producer`` left in place (they still output their constant), and why."""
+
+    producer: str
+    ablated: int
+    reason: str
+
+
+@dataclass
+class FoldReport:
+    """What :func:`fold_ablated_neurons` did.
+
+    Attributes:
+        model: the folded model (same class as the input; see ``inplace``).
+        folded / kept: one entry per layer that had ablated neurons.
+        masks: ``weight`` masks of the layers that had one (argument or ``weight_mask`` buffer),
+            keyed by module name and sliced to the folded shapes, e.g. for ``CondensedLinear``.
+    """
+
+    model: nn.Module
+    folded: list[FoldedNeurons] = field(default_factory=list)
+    kept: list[KeptNeurons] = field(default_factory=list)
+    masks: dict[str, Tensor] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"folded {sum(f.removed for f in self.folded)} ablated neurons in {len(self.folded)} layers"]
+        lines += [f"  {f.producer} -> {f.consumer}: removed {f.removed}, kept {f.kept}" for f in self.folded]
+        lines += [f"  kept {k.ablated} ablated in {k.producer}: {k.reason}" for k in self.kept]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Chain:
+    ops: tuple[fx.Node, ...]  # nodes between producer and consumer, in order
+    consumer: fx.Node
+
+
+def fold_ablated_neurons(
+    model: nn.Module, masks: dict[str, Tensor] | None = None, *, inplace: bool = False
+) -> FoldReport:
+    """Remove ablated neurons whose constant output can be folded exactly into the next layer.
+
+    Args:
+        model: a module whose ``forward`` is traceable by ``torch.fx.symbolic_trace``, in eval mode
+            where it has dropout or BatchNorm on a folding path.
+        masks: optional ``{module name (or "name.weight"): bool mask shaped like its weight}``.
+            Without it a layer's ``weight_mask`` buffer is used if present. A neuron is ablated when
+            its weight row is all zero; the masks are checked to agree (weights zero outside them)
+            and are sliced along with the weights (see :attr:`FoldReport.masks`).
+        inplace: modify ``model`` itself instead of a deep copy.
+
+    Returns:
+        The report, whose ``model`` computes the same outputs as ``model`` (float tolerance), with
+        producers' ``out_features``/``out_channels`` and consumers' inputs reduced.
+
+    Raises:
+        ValueError: a mask does not match a layer, weights are non-zero where a mask is False
+            (apply the masks to the weights first), or ``forward`` cannot be traced.
+    """
+    work = model if inplace else copy.deepcopy(model)
+    current_masks = _collect_masks(work, masks or {})
+    graph = _trace(work)
+    modules = dict(work.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    shared = _modules_with_shared_parameters(work)
+    report = FoldReport(model=work, masks=current_masks)
+    for node in graph.nodes:
+        producer = modules.get(node.target) if node.op == "call_module" else None
+        if type(producer) not in _LINEAR + _CONVS:
+            continue
+        ablated = ~producer.weight.detach().flatten(1).any(dim=1)
+        n_ablated = int(ablated.sum())
+        if n_ablated == 0:
+            continue
+        chain = _find_chain(node, producer, modules)
+        reason = chain if isinstance(chain, str) else _blocker(node, producer, chain, modules, calls, shared)
+        if reason is None and n_ablated == len(ablated):
+            reason = "all neurons are ablated; a layer with no outputs is left unchanged"
+        if reason is not None:
+            report.kept.append(KeptNeurons(str(node.target), n_ablated, reason))
+            continue
+        _fold(node, chain, ablated, modules, current_masks)
+        through = tuple(str(op.target) if op.op == "call_module" else op.name for op in chain.ops)
+        report.folded.append(FoldedNeurons(str(node.target), str(chain.consumer.target), through, n_ablated,
+                                           len(ablated) - n_ablated))  # fmt: skip
+    return report
+
+
+def _trace(model: nn.Module) -> fx.Graph:
+    try:
+        return fx.Tracer().trace(model)
+    except Exception as err:  # tracing runs arbitrary user code on proxies; any failure means "not traceable"
+        raise ValueError(
+            f"fold_ablated_neurons needs a torch.fx-traceable forward, but tracing {type(model).__name__} failed: "
+            f"{err}. Fold a traceable submodule instead, e.g. fold_ablated_neurons(model.mlp)."
+        ) from err
+
+
+def _collect_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Masks by module name (argument first, else ``weight_mask`` buffers), checked against the weights."""
+    layers = {name: m for name, m in model.named_modules() if type(m) in _LINEAR + _CONVS}
+    found = {name: m.weight_mask for name, m in layers.items() if isinstance(getattr(m, "weight_mask", None), Tensor)}
+    for key, mask in masks.items():
+        name = key.removesuffix(".weight")
+        if name not in layers:
+            raise ValueError(f"masks key {key!r} is not a Linear/Conv layer of the model; layers: {sorted(layers)}")
+        found[name] = mask
+    for name, mask in found.items():
+        weight = layers[name].weight.detach()
+        if mask.shape != weight.shape:
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight has {tuple(weight.shape)}")
+        if bool((weight.ne(0) & ~mask.to(weight.device, torch.bool)).any()):
+            raise ValueError(
+                f"weights of {name!r} are non-zero where its mask is False; apply the masks first "
+                "(e.g. MaskedParameters.apply_to_weights_()) so that the folded model equals the masked one"
+            )
+    return {name: mask.to(torch.bool) for name, mask in found.items()}
+
+
+def _modules_with_shared_parameters(model: nn.Module) -> set[str]:
+    owners: dict[int, set[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), set()).add(name)
+    return {name for names in owners.values() if len(names) > 1 for name in names}
+
+
+def _find_chain(node: fx.Node, producer: nn.Module, modules: dict[str, nn.Module]) -> _Chain | str:
+    """Follow the single-user path from the producer to a consumer layer, or say why it stops.
+
+    Stages: ``features`` (Linear output), ``spatial`` (conv output), ``pooled`` (after a global
+    average pool), ``flat`` (after flattening a pooled map).
+    """
+    stage = "spatial" if type(producer) in _CONVS else "features"
+    ops: list[fx.Node] = []
+    current = node
+    while True:
+        if len(current.users) != 1:
+            return f"{current.name} has {len(current.users)} users (residual or reuse); only single-use chains fold"
+        user = next(iter(current.users))
+        if _tensor_inputs(user) != [current]:
+            return f"{user.name} combines the constant with other tensors"
+        module = modules.get(user.target) if user.op == "call_module" else None
+        if type(module) in _LINEAR + _CONVS:
+            reason = _consumer_problem(module, producer, stage)
+            return _Chain(tuple(ops), user) if reason is None else f"{user.name}: {reason}"
+        step = _step_kind(user, module)
+        if step == "training-dropout":
+            return f"{user.name}: dropout in training mode is random, not constant (call model.eval())"
+        if step == "batchnorm" and stage == "spatial":
+            if module.training or module.running_mean is None:
+                return f"{user.name}: BatchNorm must be in eval mode with running statistics (call model.eval())"
+        elif step == "pool" and stage == "spatial":
+            stage = "pooled"
+        elif step == "flatten" and stage == "pooled":
+            stage = "flat"
+        elif step != "elementwise":
+            return f"{user.name} ({_describe(user, module)}) is not an exact pass-through for a constant here"
+        ops.append(user)
+        current = user
+
+
+def _step_kind(node: fx.Node, module: nn.Module | None) -> str | None:
+    """Classify an op on the chain: elementwise, training-dropout, batchnorm, pool, flatten, or None."""
+    if node.op == "call_module":
+        if isinstance(module, _DROPOUT_MODULES):
+            return "training-dropout" if module.training else "elementwise"
+        if isinstance(module, _ELEMENTWISE_MODULES):
+            return "elementwise"
+        if isinstance(module, _BatchNorm):
+            return "batchnorm"
+        if isinstance(module, _POOL_MODULES) and _all_ones(module.output_size):
+            return "pool"
+        if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
+            return "flatten"
+    elif node.op == "call_function":
+        if node.target in _ELEMENTWISE_FUNCTIONS:
+            return "elementwise"
+        if node.target in _DROPOUT_FUNCTIONS:
+            return "elementwise" if _arg(node, 2, "training", True) is False else "training-dropout"
+        if node.target in _POOL_FUNCTIONS and _all_ones(_arg(node, 1, "output_size", None)):
+            return "pool"
+        if node.target is torch.flatten and _is_flatten_from_1(node):
+            return "flatten"
+    elif node.op == "call_method":
+        if node.target in _ELEMENTWISE_METHODS:
+            return "elementwise"
+        if node.target == "flatten" and _is_flatten_from_1(node):
+            return "flatten"
+    return None
+
+
+def _consumer_problem(consumer: nn.Module, producer: nn.Module, stage: str) -> str | None:
+    """Why ``consumer`` cannot absorb the constant channels, or None if it can."""
+    width = producer.weight.shape[0]
+    if type(consumer) in _LINEAR:
+        if stage not in ("features", "flat"):
+            return "a Linear on a spatial map mixes the last spatial axis, not the channels"
+        return None if consumer.in_features == width else f"in_features {consumer.in_features} != {width}"
+    if type(consumer) is not type(producer):
+        return f"consumer {type(consumer).__name__} does not match producer {type(producer).__name__}"
+    if not _all_ones(consumer.kernel_size):
+        return (
+            f"kernel {tuple(consumer.kernel_size)} is not pointwise: a constant channel is not spatially constant "
+            "at the zero-padded borders after it, so it cannot become a bias"
+        )
+    if consumer.padding == "same" or (consumer.padding != "valid" and any(consumer.padding)):
+        return "padding > 0: border outputs see zeros instead of the constant channel"
+    if consumer.groups != 1:
+        return "grouped convolution"
+    return None if consumer.in_channels == width else f"in_channels {consumer.in_channels} != {width}"
+
+
+def _blocker(
+    node: fx.Node, producer: nn.Module, chain: _Chain, modules: dict[str, nn.Module], calls: Counter, shared: set[str]
+) -> str | None:
+    """Module-level reasons not to fold: grouped producer, modules reused in forward, tied parameters."""
+    if type(producer) in _CONVS and producer.groups != 1:
+        return "grouped convolution producer"
+    stateful = [node] + [op for op in chain.ops if isinstance(modules.get(op.target), _BatchNorm)] + [chain.consumer]
+    for n in stateful:
+        if calls[n.target] != 1:
+            return f"module {n.target} is called {calls[n.target]} times in forward"
+        if n.target in shared:
+            return f"module {n.target} shares parameters with another module"
+    return None
+
+
+@torch.no_grad()
+def _fold(
+    node: fx.Node, chain: _Chain, ablated: Tensor, modules: dict[str, nn.Module], masks: dict[str, Tensor]
+) -> None:
+    """Slice producer rows / BatchNorm channels / consumer columns and move the constants into the bias."""
+    producer, consumer = modules[node.target], modules[chain.consumer.target]
+    constant = _constant_output(producer, chain.ops, modules)  # (C,)
+    active = (~ablated).nonzero().squeeze(1)
+    dropped = ablated.nonzero().squeeze(1)
+    weight = consumer.weight.detach()
+    delta = weight[:, dropped].flatten(1).double() @ constant[dropped].double()  # (O_next,)
+    if consumer.bias is not None or bool(delta.any()):
+        base = consumer.bias.detach().double() if consumer.bias is not None else torch.zeros_like(delta)
+        consumer.bias = _parameter(base + delta, consumer.weight)
+    consumer.weight = _parameter(weight[:, active], consumer.weight)
+    _set_width(consumer, "in", len(active))
+    _slice_mask(str(chain.consumer.target), consumer, masks, (slice(None), active))
+
+    producer.weight = _parameter(producer.weight.detach()[active], producer.weight)
+    if producer.bias is not None:
+        producer.bias = _parameter(producer.bias.detach()[active], producer.bias)
+    _set_width(producer, "out", len(active))
+    _slice_mask(str(node.target), producer, masks, (active,))
+    for op in chain.ops:
+        if isinstance(modules.get(op.target), _BatchNorm):
+            _slice_batchnorm(modules[op.target], active)
+
+
+def _constant_output(producer: nn.Module, ops: tuple[fx.Node, ...], modules: dict[str, nn.Module]) -> Tensor:
+    """``(C,)``: what each ablated channel becomes at the consumer's input (bias through the chain)."""
+    channels = producer.weight.shape[0]
+    bias = producer.bias if producer.bias is not None else producer.weight.new_zeros(channels)
+    value = bias.detach().view(1, channels, *[1] * (producer.weight.dim() - 2))  # (1, C[, 1, ...])
+    for op in ops:
+        value = _run(op, value, modules)
+    return value.reshape(channels)
+
+
+def _run(node: fx.Node, value: Tensor, modules: dict[str, nn.Module]) -> Tensor:
+    """Apply one chain op to ``value`` (its single tensor input), with the op's other arguments."""
+    args = (value, *node.args[1:])
+    if node.op == "call_module":
+        return modules[node.target](*args, **node.kwargs)
+    if node.op == "call_method":
+        return getattr(value, node.target)(*args[1:], **node.kwargs)
+    return node.target(*args, **node.kwargs)
+
+
+def _slice_batchnorm(bn: _BatchNorm, active: Tensor) -> None:
+    for name in ("weight", "bias"):
+        if getattr(bn, name) is not None:
+            setattr(bn, name, _parameter(getattr(bn, name).detach()[active], getattr(bn, name)))
+    bn.running_mean = bn.running_mean[active]
+    bn.running_var = bn.running_var[active]
+    bn.num_features = len(active)
+
+
+def _slice_mask(name: str, module: nn.Module, masks: dict[str, Tensor], index: tuple) -> None:
+    if name in masks:
+        masks[name] = masks[name][index]
+    if isinstance(getattr(module, "weight_mask", None), Tensor):
+        module.weight_mask = module.weight_mask[index]
+
+
+def _set_width(module: nn.Module, side: str, width: int) -> None:
+    linear = type(module) in _LINEAR
+    attribute = {"in": "in_features" if linear else "in_channels", "out": "out_features" if linear else "out_channels"}
+    setattr(module, attribute[side], width)
+
+
+def _parameter(value: Tensor, like: Tensor) -> nn.Parameter:
+    return nn.Parameter(value.to(like.dtype).contiguous(), requires_grad=like.requires_grad)
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    inputs: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), inputs.append)
+    return inputs
+
+
+def _arg(node: fx.Node, position: int, name: str, default: object) -> object:
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+def _is_flatten_from_1(node: fx.Node) -> bool:
+    return _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1
+
+
+def _all_ones(size: object) -> bool:
+    return all(s == 1 for s in size) if isinstance(size, (tuple, list)) else size == 1
+
+
+def _describe(node: fx.Node, module: nn.Module | None) -> str:
+    if module is not None:
+        return type(module).__name__
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
