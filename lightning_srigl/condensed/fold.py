@@ -92,12 +92,15 @@ class FoldReport:
         folded / kept: one entry per layer that had ablated neurons.
         masks: ``weight`` masks of the layers that had one (argument or ``weight_mask`` buffer),
             keyed by module name and sliced to the folded shapes, e.g. for ``CondensedLinear``.
+        replaced: the original modules, by name, that the fold swapped for smaller copies (with
+            ``inplace=True`` they are the input model's own modules: setting them back undoes the fold).
     """
 
     model: nn.Module
     folded: list[FoldedNeurons] = field(default_factory=list)
     kept: list[KeptNeurons] = field(default_factory=list)
     masks: dict[str, Tensor] = field(default_factory=dict)
+    replaced: dict[str, nn.Module] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"folded {sum(f.removed for f in self.folded)} ablated neurons in {len(self.folded)} layers"]
@@ -124,7 +127,9 @@ def fold_ablated_neurons(
             Without it a layer's ``weight_mask`` buffer is used if present. A neuron is ablated when
             its weight row is all zero; the masks are checked to agree (weights zero outside them)
             and are sliced along with the weights (see :attr:`FoldReport.masks`).
-        inplace: modify ``model`` itself instead of a deep copy.
+        inplace: fold into ``model`` itself instead of into a deep copy. Folded modules are replaced
+            by new module objects (the originals are kept in :attr:`FoldReport.replaced`), never
+            mutated, so references held elsewhere keep seeing the unfolded layers.
 
     Returns:
         The report, whose ``model`` computes the same outputs as ``model`` (float tolerance), with
@@ -156,7 +161,8 @@ def fold_ablated_neurons(
         if reason is not None:
             report.kept.append(KeptNeurons(str(node.target), n_ablated, reason))
             continue
-        _fold(node, chain, ablated, modules, current_masks)
+        _fold(work, node, chain, ablated, report)
+        modules = dict(work.named_modules())  # the fold installed new module objects
         through = tuple(str(op.target) if op.op == "call_module" else op.name for op in chain.ops)
         report.folded.append(FoldedNeurons(str(node.target), str(chain.consumer.target), through, n_ablated,
                                            len(ablated) - n_ablated))  # fmt: skip
@@ -304,14 +310,14 @@ def _blocker(
 
 
 @torch.no_grad()
-def _fold(
-    node: fx.Node, chain: _Chain, ablated: Tensor, modules: dict[str, nn.Module], masks: dict[str, Tensor]
-) -> None:
-    """Slice producer rows / BatchNorm channels / consumer columns and move the constants into the bias."""
-    producer, consumer = modules[node.target], modules[chain.consumer.target]
-    constant = _constant_output(producer, chain.ops, modules)  # (C,)
+def _fold(model: nn.Module, node: fx.Node, chain: _Chain, ablated: Tensor, report: FoldReport) -> None:
+    """Swap in copies of producer / BatchNorms / consumer with ablated channels removed, constants in the bias."""
+    modules = dict(model.named_modules())
+    constant = _constant_output(modules[node.target], chain.ops, modules)  # (C,), from the unsliced chain
     active = (~ablated).nonzero().squeeze(1)
     dropped = ablated.nonzero().squeeze(1)
+
+    consumer = _replace(model, str(chain.consumer.target), report)
     weight = consumer.weight.detach()
     delta = weight[:, dropped].flatten(1).double() @ constant[dropped].double()  # (O_next,)
     if consumer.bias is not None or bool(delta.any()):
@@ -319,16 +325,28 @@ def _fold(
         consumer.bias = _parameter(base + delta, consumer.weight)
     consumer.weight = _parameter(weight[:, active], consumer.weight)
     _set_width(consumer, "in", len(active))
-    _slice_mask(str(chain.consumer.target), consumer, masks, (slice(None), active))
+    _slice_mask(str(chain.consumer.target), consumer, report.masks, (slice(None), active))
 
+    producer = _replace(model, str(node.target), report)
     producer.weight = _parameter(producer.weight.detach()[active], producer.weight)
     if producer.bias is not None:
         producer.bias = _parameter(producer.bias.detach()[active], producer.bias)
     _set_width(producer, "out", len(active))
-    _slice_mask(str(node.target), producer, masks, (active,))
+    _slice_mask(str(node.target), producer, report.masks, (active,))
     for op in chain.ops:
         if isinstance(modules.get(op.target), _BatchNorm):
-            _slice_batchnorm(modules[op.target], active)
+            _slice_batchnorm(_replace(model, str(op.target), report), active)
+
+
+def _replace(model: nn.Module, name: str, report: FoldReport) -> nn.Module:
+    """Install a deep copy of submodule ``name`` in its place (the first original goes to the report)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    original = getattr(parent, child)
+    report.replaced.setdefault(name, original)
+    fresh = copy.deepcopy(original)
+    setattr(parent, child, fresh)
+    return fresh
 
 
 def _constant_output(producer: nn.Module, ops: tuple[fx.Node, ...], modules: dict[str, nn.Module]) -> Tensor:

@@ -175,10 +175,13 @@ def test_cascade_folds_rows_emptied_by_an_earlier_fold() -> None:
     _assert_same_outputs(model, report.model, torch.randn(4, 3))
 
 
-def test_inplace_modifies_the_given_model() -> None:
+def test_inplace_swaps_new_modules_into_the_given_model_and_keeps_the_originals() -> None:
     model = _mlp("relu", (4, 5, 3))
     _ablate(model[0], [0])
-    assert fold_ablated_neurons(model, inplace=True).model is model and model[0].out_features == 4
+    first, last = model[0], model[2]
+    report = fold_ablated_neurons(model, inplace=True)
+    assert report.model is model and model[0].out_features == 4 and model[2].in_features == 4
+    assert report.replaced == {"0": first, "2": last} and first.out_features == 5 and last.in_features == 5
 
 
 def test_untraceable_forward_raises_with_advice() -> None:
