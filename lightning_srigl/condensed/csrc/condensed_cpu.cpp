@@ -1,0 +1,289 @@
+// Condensed constant-fan-in linear layer on the CPU:
+//   y[b, a] = bias[a] + sum_j values[a, j] * x[b, indices[a, j]]
+// x (B, in), values (A, k), indices (A, k) int16 or int32, bias (A,) or none -> y (B, A).
+// Values/activations are fp32, bf16 or fp16; accumulation is always fp32.
+//
+// Two regimes (see shared/research/kernels.md sections 6 and 9):
+//  * small batch: "gather-dot", several rows at once with independent accumulators,
+//    explicit AVX-512 gathers when available, a portable loop otherwise;
+//  * larger batch: "panel" kernel, x packed into (ceil(B/BT), in, BT) fp32 panels so every
+//    (row, j) pair multiplies one contiguous run of BT activations.
+// Threads come from at::parallel_for, i.e. torch.get_num_threads().
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define LSR_AVX512 1
+#endif
+
+namespace {
+
+using bf16 = c10::BFloat16;
+using fp16 = c10::Half;
+
+// Rows processed together by the gather-dot kernel (independent accumulators hide gather latency).
+constexpr int64_t kRowBlock = 4;
+// Output rows per tile of the panel kernel.
+constexpr int64_t kNeuronTile = 16;
+// Batches below this size use the gather-dot kernel.
+constexpr int64_t kSmallBatch = 4;
+
+inline float to_float(float v) { return v; }
+inline float to_float(bf16 v) { return static_cast<float>(v); }
+inline float to_float(fp16 v) { return static_cast<float>(v); }
+
+template <typename IT>
+inline int64_t index_at(const IT* p, int64_t j) {
+  // Indices are non-negative (< 32768 for int16), so the unsigned view is exact.
+  return static_cast<int64_t>(static_cast<typename std::make_unsigned<IT>::type>(p[j]));
+}
+
+// ---------------------------------------------------------------- gather-dot (small batch)
+#ifdef LSR_AVX512
+inline __m512i load_idx(const int16_t* p) {
+  return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512i load_idx(const int32_t* p) { return _mm512_loadu_si512(p); }
+inline __m512i load_idx_tail(const int16_t* p, __mmask16 m) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+}
+inline __m512i load_idx_tail(const int32_t* p, __mmask16 m) { return _mm512_maskz_loadu_epi32(m, p); }
+
+inline __m512 load_val(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_val(const bf16* p) {
+  __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+inline __m512 load_val(const fp16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load_val_tail(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load_val_tail(const bf16* p, __mmask16 m) {
+  __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+inline __m512 load_val_tail(const fp16* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+// R rows starting at w/idx (row stride k) dotted with one fp32 sample x; results to out[0..R).
+template <int R, typename T, typename IT>
+inline void dot_rows(const float* x, const T* w, const IT* idx, int64_t k, float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= k; j += 16) {
+    for (int r = 0; r < R; ++r) {
+      __m512 xv = _mm512_i32gather_ps(load_idx(idx + r * k + j), x, 4);
+      acc[r] = _mm512_fmadd_ps(load_val(w + r * k + j), xv, acc[r]);
+    }
+  }
+  if (j < k) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (k - j)) - 1u);
+    for (int r = 0; r < R; ++r) {
+      __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, load_idx_tail(idx + r * k + j, m), x, 4);
+      acc[r] = _mm512_fmadd_ps(load_val_tail(w + r * k + j, m), xv, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+#else
+template <int R, typename T, typename IT>
+inline void dot_rows(const float* x, const T* w, const IT* idx, int64_t k, float* out) {
+  for (int r = 0; r < R; ++r) {
+    const T* wr = w + r * k;
+    const IT* ir = idx + r * k;
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < k; ++j) s += to_float(wr[j]) * x[index_at(ir, j)];
+    out[r] = s;
+  }
+}
+#endif
+
+// y (B, A) for small B; xf is x as fp32 (B, in).
+template <typename T, typename IT>
+void gather_dot(const float* xf, int64_t B, int64_t in, const T* w, const IT* idx, const T* bias,
+                int64_t A, int64_t k, T* y) {
+  const int64_t n_blocks = (A + kRowBlock - 1) / kRowBlock;
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, k * B * kRowBlock));
+  at::parallel_for(0, n_blocks, grain, [&](int64_t blk0, int64_t blk1) {
+    float out[kRowBlock];
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t a0 = blk * kRowBlock;
+      const int64_t rows = std::min(kRowBlock, A - a0);
+      for (int64_t b = 0; b < B; ++b) {
+        const float* xb = xf + b * in;
+        if (rows == kRowBlock) {
+          dot_rows<kRowBlock>(xb, w + a0 * k, idx + a0 * k, k, out);
+        } else {
+          for (int64_t r = 0; r < rows; ++r) dot_rows<1>(xb, w + (a0 + r) * k, idx + (a0 + r) * k, k, out + r);
+        }
+        T* yb = y + b * A + a0;
+        for (int64_t r = 0; r < rows; ++r) yb[r] = static_cast<T>(out[r] + (bias ? to_float(bias[a0 + r]) : 0.f));
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- panel kernel (larger batch)
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+// Pack x (B, in) into fp32 panels (P, in, BT); samples past B are zero.
+template <typename T, int BT>
+void pack_panels(const T* x, int64_t B, int64_t in, float* xp) {
+  const int64_t P = (B + BT - 1) / BT;
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* panel = xp + p * in * BT;
+      const int64_t nb = std::min<int64_t>(BT, B - p * BT);
+      if (nb < BT) std::memset(panel, 0, sizeof(float) * in * BT);
+      for (int64_t b = 0; b < nb; ++b) {
+        const T* xr = x + (p * BT + b) * in;
+        for (int64_t i = 0; i < in; ++i) panel[i * BT + b] = to_float(xr[i]);
+      }
+    }
+  });
+}
+
+// Accumulate one output row over a panel: acc[v] += w[j] * panel[idx[j], 16v : 16v+16].
+template <int BT, typename T, typename IT>
+inline void panel_row(const float* panel, const T* w, const IT* idx, int64_t k, float init, float* dst) {
+  constexpr int V = BT / 16;
+  v16 acc0[V], acc1[V];
+  for (int v = 0; v < V; ++v) {
+    acc0[v] = v16{} + init;
+    acc1[v] = v16{};
+  }
+  int64_t j = 0;
+  for (; j + 2 <= k; j += 2) {
+    const float w0 = to_float(w[j]), w1 = to_float(w[j + 1]);
+    const v16* x0 = reinterpret_cast<const v16*>(panel + index_at(idx, j) * BT);
+    const v16* x1 = reinterpret_cast<const v16*>(panel + index_at(idx, j + 1) * BT);
+    for (int v = 0; v < V; ++v) {
+      acc0[v] += w0 * x0[v];
+      acc1[v] += w1 * x1[v];
+    }
+  }
+  if (j < k) {
+    const float w0 = to_float(w[j]);
+    const v16* x0 = reinterpret_cast<const v16*>(panel + index_at(idx, j) * BT);
+    for (int v = 0; v < V; ++v) acc0[v] += w0 * x0[v];
+  }
+  for (int v = 0; v < V; ++v) {
+    acc0[v] += acc1[v];
+    std::memcpy(dst + 16 * v, &acc0[v], sizeof(v16));
+  }
+}
+
+template <int BT, typename T, typename IT>
+void panel_matmul(const T* x, int64_t B, int64_t in, const T* w, const IT* idx, const T* bias, int64_t A,
+                  int64_t k, T* y) {
+  const int64_t P = (B + BT - 1) / BT;
+  at::Tensor packed = at::empty({P * in * BT}, at::TensorOptions().dtype(at::kFloat));
+  float* xp = packed.data_ptr<float>();
+  pack_panels<T, BT>(x, B, in, xp);
+  const int64_t n_tiles = (A + kNeuronTile - 1) / kNeuronTile;
+  at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {
+    alignas(64) float tile[kNeuronTile][BT];
+    for (int64_t p = 0; p < P; ++p) {
+      const float* panel = xp + p * in * BT;
+      const int64_t nb = std::min<int64_t>(BT, B - p * BT);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t a0 = t * kNeuronTile;
+        const int64_t rows = std::min(kNeuronTile, A - a0);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t a = a0 + r;
+          panel_row<BT>(panel, w + a * k, idx + a * k, k, bias ? to_float(bias[a]) : 0.f, tile[r]);
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+          T* yb = y + (p * BT + b) * A + a0;
+          for (int64_t r = 0; r < rows; ++r) yb[r] = static_cast<T>(tile[r][b]);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- dispatch
+template <typename T, typename IT>
+void run(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices, const T* bias, at::Tensor& y) {
+  const int64_t B = x.size(0), in = x.size(1), A = values.size(0), k = values.size(1);
+  const T* w = values.data_ptr<T>();
+  const IT* idx = indices.data_ptr<IT>();
+  T* yp = y.data_ptr<T>();
+  if (B < kSmallBatch) {
+    at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
+    gather_dot<T, IT>(xf.data_ptr<float>(), B, in, w, idx, bias, A, k, yp);
+  } else if (B <= 16) {
+    panel_matmul<16, T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
+  } else if (B <= 32) {
+    panel_matmul<32, T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
+  } else {
+    panel_matmul<64, T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
+  }
+}
+
+template <typename T>
+void run_typed(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+               const c10::optional<at::Tensor>& bias, at::Tensor& y) {
+  const T* b = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  if (indices.scalar_type() == at::kShort) {
+    run<T, int16_t>(x, values, indices, b, y);
+  } else {
+    run<T, int32_t>(x, values, indices, b, y);
+  }
+}
+
+void check_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+                  const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && values.dim() == 2, "condensed_linear: x must be (B, in) and values (A, k)");
+  TORCH_CHECK(x.is_contiguous() && values.is_contiguous() && indices.is_contiguous(),
+              "condensed_linear: x, values and indices must be contiguous (call .contiguous())");
+  TORCH_CHECK(indices.sizes() == values.sizes(), "condensed_linear: indices ", indices.sizes(),
+              " must have the shape of values ", values.sizes());
+  TORCH_CHECK(indices.scalar_type() == at::kShort || indices.scalar_type() == at::kInt,
+              "condensed_linear: indices must be int16 or int32, got ", indices.scalar_type());
+  TORCH_CHECK(x.scalar_type() == values.scalar_type(), "condensed_linear: x dtype ", x.scalar_type(),
+              " differs from values dtype ", values.scalar_type(), "; cast the input or the module");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == values.size(0) && bias->is_contiguous() &&
+                    bias->scalar_type() == values.scalar_type(),
+                "condensed_linear: bias must be a contiguous (A,) tensor of the values' dtype");
+  }
+}
+
+}  // namespace
+
+at::Tensor condensed_linear_forward(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+                                    const c10::optional<at::Tensor>& bias) {
+  check_inputs(x, values, indices, bias);
+  at::Tensor y = at::empty({x.size(0), values.size(0)}, x.options());
+  if (y.numel() == 0) return y;
+  switch (x.scalar_type()) {
+    case at::kFloat: run_typed<float>(x, values, indices, bias, y); break;
+    case at::kBFloat16: run_typed<bf16>(x, values, indices, bias, y); break;
+    case at::kHalf: run_typed<fp16>(x, values, indices, bias, y); break;
+    default: TORCH_CHECK(false, "condensed_linear: unsupported dtype ", x.scalar_type(),
+                         " (use float32, bfloat16 or float16)");
+  }
+  return y;
+}
+
+bool has_avx512_gathers() {
+#ifdef LSR_AVX512
+  return true;
+#else
+  return false;
+#endif
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &condensed_linear_forward, "y (B, A) = x (B, in) gathered by indices (A, k) times values + bias");
+  m.def("has_avx512_gathers", &has_avx512_gathers, "whether the explicit AVX-512 gather path was compiled");
+}

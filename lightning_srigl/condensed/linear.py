@@ -1,0 +1,183 @@
+"""``CondensedLinear``: an exact, smaller and faster stand-in for a constant-fan-in masked ``nn.Linear``.
+
+A masked linear layer whose non-empty rows all keep the same number ``k`` of inputs (SRigL layers,
+N:M layers) is stored as ``values (A, k)`` and ``indices (A, k)``, one row per *active* output neuron.
+Ablated neurons (all-zero mask rows) are dropped; their bias is kept, so the output equals the masked
+dense layer's output for every input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_srigl.condensed.cpu_kernel import condensed_linear_cpu, condensed_linear_torch
+from lightning_srigl.condensed.ops import condensed_linear
+
+BACKENDS = ("auto", "torch")
+INT16_MAX_IN_FEATURES = 32767
+
+
+def index_dtype(in_features: int) -> torch.dtype:
+    """int16 while every column index fits (``in_features <= 32767``), else int32."""
+    return torch.int16 if in_features <= INT16_MAX_IN_FEATURES else torch.int32
+
+
+def condense(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split a masked ``(out, in)`` weight into ``values (A, k)``, ``indices (A, k)``, ``active_rows (A,)``.
+
+    Raises:
+        ValueError: when shapes differ or the non-empty rows do not share one fan-in.
+    """
+    if weight.dim() != 2 or mask.shape != weight.shape:
+        raise ValueError(f"weight must be (out, in) and mask the same shape; got {tuple(weight.shape)}, {tuple(mask.shape)}")
+    mask = mask.to(device=weight.device, dtype=torch.bool)
+    fan_in = mask.sum(dim=1)
+    active_rows = torch.nonzero(fan_in > 0).flatten()
+    active_fan_in = fan_in[active_rows]
+    if active_rows.numel() and bool((active_fan_in != active_fan_in[0]).any()):
+        raise ValueError(
+            "CondensedLinear needs every non-empty mask row to keep the same number of inputs (constant "
+            f"fan-in, as SRigL and N:M masks do); this mask has fan-ins from {int(active_fan_in.min())} to "
+            f"{int(active_fan_in.max())}. Keep it dense, or use a CSR layer (weight.to_sparse_csr())."
+        )
+    k = int(active_fan_in[0]) if active_rows.numel() else 0
+    active_mask = mask[active_rows]
+    indices = torch.nonzero(active_mask)[:, 1].reshape(-1, k) if k else active_mask.new_zeros((0, 0), dtype=torch.long)
+    values = weight.detach()[active_rows].gather(1, indices)
+    return values.contiguous(), indices.to(index_dtype(weight.shape[1])).contiguous(), active_rows
+
+
+def _needs_autograd(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class CondensedLinear(nn.Module):
+    """Condensed constant-fan-in linear layer, ``(..., in) -> (..., out)``.
+
+    Buffers: ``values (A, k)`` in the weight's dtype, ``indices (A, k)`` sorted per row (int16 when
+    ``in_features <= 32767``, else int32), ``active_rows (A,)`` int64 and ``bias (out,)`` (or None).
+    ``backend="auto"`` runs the ``lightning_srigl::condensed_linear`` op (C++ on CPU, Triton on CUDA);
+    ``backend="torch"`` runs the pure-torch reference.
+    """
+
+    def __init__(
+        self,
+        values: Tensor,
+        indices: Tensor,
+        active_rows: Tensor,
+        bias: Tensor | None,
+        in_features: int,
+        out_features: int,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if bias is not None and bias.shape != (out_features,):
+            raise ValueError(f"bias must be ({out_features},), got {tuple(bias.shape)}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.backend = backend
+        self.register_buffer("values", values)
+        self.register_buffer("indices", indices)
+        self.register_buffer("active_rows", active_rows.long())
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_weight_mask(
+        cls, weight: Tensor, mask: Tensor, bias: Tensor | None = None, backend: str = "auto"
+    ) -> CondensedLinear:
+        """Build from a ``(out, in)`` weight, its boolean mask and an optional ``(out,)`` bias."""
+        values, indices, active_rows = condense(weight, mask)
+        bias = None if bias is None else bias.detach().clone()
+        return cls(values, indices, active_rows, bias, weight.shape[1], weight.shape[0], backend)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None, backend: str = "auto") -> CondensedLinear:
+        """Build from a masked ``nn.Linear``.
+
+        The mask is, in order: ``mask``, the layer's ``weight_mask`` buffer (set by lightning_srigl's
+        masking and by ``torch.nn.utils.prune``), else ``weight != 0``.
+        """
+        if mask is None:
+            mask = getattr(linear, "weight_mask", None)
+        if mask is None:
+            mask = linear.weight != 0
+        return cls.from_weight_mask(linear.weight, mask, linear.bias, backend)
+
+    @property
+    def fan_in(self) -> int:
+        """Inputs kept per active neuron (``k``)."""
+        return self.values.shape[1]
+
+    @property
+    def n_active(self) -> int:
+        """Number of active (non-ablated) output neurons ``A``."""
+        return self.values.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., in) -> (..., out)``; ablated outputs equal their bias."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        if x.dtype != self.values.dtype:
+            raise ValueError(f"input dtype {x.dtype} differs from the layer's {self.values.dtype}; cast one of them")
+        x2d = x.reshape(-1, self.in_features).contiguous()
+        ablated = self.n_active < self.out_features
+        y = self._product(x2d, None if ablated else self.bias)
+        if ablated:
+            y = self._scatter_active(y)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def _product(self, x2d: Tensor, bias_active: Tensor | None) -> Tensor:
+        """``(B, in) -> (B, A)`` through the selected backend."""
+        if self.backend == "torch":
+            return condensed_linear_torch(x2d, self.values, self.indices, bias_active)
+        if self._eager_cpu_inference(x2d, bias_active):
+            # Same kernel as the custom op's CPU implementation, minus ~15 us of dispatcher overhead.
+            return condensed_linear_cpu(x2d, self.values, self.indices, bias_active)
+        return condensed_linear(x2d, self.values, self.indices, bias_active)
+
+    def _eager_cpu_inference(self, x2d: Tensor, bias_active: Tensor | None) -> bool:
+        """True for plain eager CPU tensors with no gradient to track (not traced, compiled or exported)."""
+        return (
+            x2d.device.type == "cpu"
+            and type(x2d) is Tensor
+            and type(self.values) is Tensor
+            and not torch.compiler.is_compiling()
+            and not _needs_autograd(x2d, self.values, bias_active)
+        )
+
+    def _scatter_active(self, y: Tensor) -> Tensor:
+        """``(B, A) -> (B, out)``: active columns get ``bias + y``, ablated columns the bias alone."""
+        batch = y.shape[0]
+        if self.bias is None:
+            full = y.new_zeros(batch, self.out_features)
+        else:
+            full = self.bias.expand(batch, self.out_features).contiguous()
+        return full.index_add(1, self.active_rows, y)
+
+    def dense_weight(self) -> Tensor:
+        """The equivalent masked dense weight ``(out, in)``."""
+        rows = self.values.new_zeros(self.n_active, self.in_features).scatter_(1, self.indices.long(), self.values)
+        weight = self.values.new_zeros(self.out_features, self.in_features)
+        weight[self.active_rows] = rows
+        return weight
+
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` with the masked dense weight and the full bias."""
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device=self.values.device, dtype=self.values.dtype
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        index = str(self.indices.dtype).removeprefix("torch.")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}, "
+            f"active_rows={self.n_active}, index_dtype={index}, bias={self.bias is not None}, backend={self.backend}"
+        )
