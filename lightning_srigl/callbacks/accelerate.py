@@ -17,10 +17,13 @@ from torch.utils.hooks import RemovableHandle
 from lightning_srigl.condensed.accelerate import (
     CANDIDATES,
     AccelerationReport,
-    apply_acceleration,
     find_sparse_linears,
+    fit_inputs_to_layers,
+    fold_in_place,
     plan_acceleration,
     restore_modules,
+    snapshot_modules,
+    swap_layers,
 )
 
 REPORT_FILENAME = "acceleration.csv"
@@ -68,6 +71,7 @@ class AccelerateCallback(Callback):
         self.report: AccelerationReport | None = None
         self._inputs: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
+        self._snapshot: dict[str, nn.Module] = {}
         self._originals: dict[str, nn.Module] = {}
         self._reapply = False
 
@@ -88,7 +92,7 @@ class AccelerateCallback(Callback):
 
     # -- swap ------------------------------------------------------------------------------------
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Time candidates on rank 0, broadcast the choice, swap on every rank, report."""
+        """Fold on every rank, time candidates on rank 0, broadcast the choice, swap on every rank."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -96,23 +100,36 @@ class AccelerateCallback(Callback):
         self._inputs.clear()
         if not inputs:
             return
-        report = None
-        if trainer.is_global_zero:
-            was_training = pl_module.training
-            pl_module.eval()
-            report = plan_acceleration(
-                pl_module, inputs, candidates=self.candidates, warmup=self.warmup, repeats=self.repeats
-            )
-            pl_module.train(was_training)
-        self.report = trainer.strategy.broadcast(report, src=0)
-        self._swap(pl_module)
+        self._snapshot = snapshot_modules(pl_module, _foldable_modules(pl_module))
+        self._fold_and_swap(pl_module, inputs if trainer.is_global_zero else None, trainer)
         if trainer.is_global_zero:
             self._publish(trainer, self.report)
 
-    def _swap(self, pl_module: pl.LightningModule) -> None:
-        """Apply :attr:`report`; keep shape-only (meta) copies of the replaced modules."""
-        originals = apply_acceleration(pl_module, self.report, fold=self.fold)
-        self._originals = {name: copy.deepcopy(module).to("meta") for name, module in originals.items()}
+    def _fold_and_swap(
+        self, pl_module: pl.LightningModule, inputs: dict[str, Tensor] | None, trainer: pl.Trainer | None = None
+    ) -> None:
+        """Fold, then plan (when ``inputs`` are given, else reuse :attr:`report`) and swap.
+
+        Keeps shape-only copies of every module it changes, to undo the swap before loading a
+        checkpoint written during fit (:meth:`setup`).
+        """
+        touched = fold_in_place(pl_module) if self.fold else []
+        if inputs is not None:
+            was_training = pl_module.training
+            pl_module.eval()
+            self.report = plan_acceleration(
+                pl_module,
+                fit_inputs_to_layers(pl_module, inputs),
+                candidates=self.candidates,
+                warmup=self.warmup,
+                repeats=self.repeats,
+            )
+            pl_module.train(was_training)
+        if trainer is not None:
+            self.report = trainer.strategy.broadcast(self.report, src=0)
+        names = list(dict.fromkeys([*touched, *(row.name for row in self.report.rows)]))
+        self._originals = {name: self._snapshot[name] for name in names}
+        swap_layers(pl_module, self.report)
 
     def _publish(self, trainer: pl.Trainer, report: AccelerationReport) -> None:
         if self.verbose:
@@ -130,15 +147,15 @@ class AccelerateCallback(Callback):
         if stage == "fit" or not self._originals or trainer.ckpt_path is None:
             return
         device = next(pl_module.parameters(), torch.empty(0)).device
-        restore_modules(pl_module, {n: m.to_empty(device=device) for n, m in self._originals.items()})
+        restore_modules(pl_module, {n: copy.deepcopy(m).to_empty(device=device) for n, m in self._originals.items()})
         self._originals = {}
         self._reapply = True
 
     def _reaccelerate(self, pl_module: pl.LightningModule) -> None:
-        """Swap the same kernels in again, built from the weights the checkpoint just loaded."""
+        """Fold and swap the same kernels in again, built from the weights the checkpoint loaded."""
         if self._reapply:
             self._reapply = False
-            self._swap(pl_module)
+            self._fold_and_swap(pl_module, inputs=None)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """See :meth:`_reaccelerate`."""
@@ -159,3 +176,9 @@ def _resize_batch(x: Tensor, batch_size: int | None) -> Tensor:
         return x
     reps = math.ceil(batch_size / x.shape[0])
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
+
+
+def _foldable_modules(model: nn.Module) -> list[str]:
+    """Names of the modules folding or swapping may change (Linear, Conv, BatchNorm)."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm)
+    return [name for name, module in model.named_modules() if name and isinstance(module, kinds)]

@@ -6,8 +6,10 @@
    real input of every sparse ``Linear`` (so kernels are timed at the user's batch size and shapes);
 2. :func:`plan_acceleration` builds every exact candidate (dense, condensed, CSR, 2:4
    semi-structured), checks it against the masked dense layer, times it and picks the fastest;
-3. :func:`apply_acceleration` swaps the chosen layers in (mask buffers leave with the old modules)
-   and, when asked, folds ablated neurons into the next layer (:mod:`lightning_srigl.condensed.fold`).
+3. :func:`swap_layers` swaps the chosen layers in (mask buffers leave with the old modules).
+
+Before step 2, :func:`fold_in_place` folds ablated neurons into the next layer where that is exact
+(:mod:`lightning_srigl.condensed.fold`).
 
 A sparse ``Linear`` is one with a ``weight_mask`` buffer (what the training callbacks install) or,
 without one, a weight whose non-zero rows all share one fan-in.
@@ -15,8 +17,10 @@ without one, a weight whose non-zero rows all share one fan-in.
 
 from __future__ import annotations
 
+import copy
 import csv
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +41,18 @@ __all__ = [
     "CSRLinear",
     "LayerAcceleration",
     "accelerate",
-    "apply_acceleration",
     "capture_layer_inputs",
     "find_sparse_linears",
+    "fit_inputs_to_layers",
+    "fold_in_place",
     "layer_mask",
     "make_candidate",
     "median_time",
+    "pad_fan_in",
     "plan_acceleration",
     "restore_modules",
+    "snapshot_modules",
+    "swap_layers",
 ]
 
 
@@ -105,8 +113,8 @@ class AccelerationReport:
         return table
 
     def print(self, console: Console | None = None) -> None:
-        """Print :meth:`table` (to a fresh rich console by default)."""
-        (console or Console()).print(self.table())
+        """Print :meth:`table` (to a 160-column rich console by default)."""
+        (console or Console(width=160)).print(self.table())
 
     def to_csv(self, path: str | Path) -> Path:
         """Write :meth:`records` to ``path`` (parents created) and return it."""
@@ -211,6 +219,18 @@ def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequenc
     return captured
 
 
+def pad_fan_in(mask: Tensor) -> Tensor:
+    """Give every non-empty row of ``mask (out, in)`` the largest fan-in by adding its first inactive columns.
+
+    With the weight zero there, the layer is unchanged: this keeps a layer condensable after
+    folding removed some of its input columns (which leaves rows with unequal fan-in).
+    """
+    fan_in = mask.sum(dim=1)
+    missing = (fan_in.max() - fan_in) * (fan_in > 0)
+    inactive = ~mask
+    return mask | (inactive & (inactive.cumsum(dim=1) <= missing[:, None]))
+
+
 def make_candidate(kind: str, linear: nn.Linear, mask: Tensor) -> nn.Module:
     """Build the inference layer ``kind`` equal to ``linear`` with ``weight * mask``.
 
@@ -226,10 +246,13 @@ def make_candidate(kind: str, linear: nn.Linear, mask: Tensor) -> nn.Module:
                 dense.bias.copy_(linear.bias)
         return dense.requires_grad_(False)
     if kind == "condensed":
-        return CondensedLinear.from_linear(linear, mask)
+        weight = linear.weight.detach() * mask
+        return CondensedLinear.from_weight_mask(weight, pad_fan_in(mask), linear.bias)
     if kind == "csr":
         return CSRLinear.from_linear(linear, mask)
     if kind == "semi_structured":
+        if linear.weight.device.type != "cuda":
+            raise NotImplementedError("2:4 semi-structured kernels need a CUDA GPU")
         from lightning_srigl.condensed.semi_structured import SemiStructuredLinear
 
         return SemiStructuredLinear.from_linear(linear, mask)
@@ -336,28 +359,55 @@ def _layer_row(name: str, linear: nn.Linear, mask: Tensor, x: Tensor, timed: _Ti
     )
 
 
-def apply_acceleration(model: nn.Module, report: AccelerationReport, *, fold: bool = True) -> dict[str, nn.Module]:
-    """Swap in the layer each row of ``report`` chose; optionally fold ablated neurons forward.
+def fold_in_place(model: nn.Module) -> list[str]:
+    """Fold ablated neurons into the next layer where exact (:func:`fold.fold_ablated_neurons`).
 
-    Returns the replaced original modules by name (dense weights with their ``weight_mask``), which
-    :func:`restore_modules` puts back, e.g. to load a checkpoint saved before the swap.
+    Runs in eval mode (dropout on a folding path must be off). Returns the names of the modules it
+    changed; a model whose ``forward`` ``torch.fx`` cannot trace is left as is, with a warning.
     """
-    replaced: dict[str, nn.Module] = {}
+    from lightning_srigl.condensed.fold import fold_ablated_neurons
+
+    was_training = model.training
+    model.eval()
+    try:
+        report = fold_ablated_neurons(model, inplace=True)
+    except ValueError as err:
+        warnings.warn(f"accelerate: ablated neurons not folded: {err}", stacklevel=2)
+        return []
+    finally:
+        model.train(was_training)
+    modules = dict(model.named_modules())
+    touched = [name for f in report.folded for name in (f.producer, *f.through, f.consumer) if name in modules]
+    return list(dict.fromkeys(touched))
+
+
+def fit_inputs_to_layers(model: nn.Module, layer_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Cut captured inputs ``(..., in)`` to layers whose ``in_features`` folding reduced.
+
+    Timing depends on shapes and dtypes only, so the first ``in_features`` columns stand in for the
+    folded layer's real input.
+    """
+    return {
+        name: x[..., : model.get_submodule(name).in_features].contiguous() for name, x in layer_inputs.items()
+    }
+
+
+def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """Shape-only (``meta`` device) copies of the named modules: ``to_empty`` + a checkpoint restores them."""
+    return {name: copy.deepcopy(model.get_submodule(name)).to("meta") for name in names}
+
+
+def swap_layers(model: nn.Module, report: AccelerationReport) -> None:
+    """Replace each layer of ``report`` by its chosen kernel (its ``weight_mask`` leaves with it)."""
     for row in report.rows:
         original = model.get_submodule(row.name)
-        if not isinstance(original, nn.Linear):
-            raise ValueError(f"{row.name} is {type(original).__name__}, not nn.Linear: was the model already accelerated?")
+        if type(original) is not nn.Linear:
+            raise ValueError(f"{row.name} is {type(original).__name__}, not nn.Linear: was it already accelerated?")
         _set_submodule(model, row.name, make_candidate(row.chosen, original, layer_mask(original)))
-        replaced[row.name] = original
-    if fold:
-        from lightning_srigl.condensed.fold import fold_ablated_neurons
-
-        replaced.update({name: old for name, old in fold_ablated_neurons(model).items() if name not in replaced})
-    return replaced
 
 
 def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
-    """Put back the modules :func:`apply_acceleration` replaced (undoes the swap and the folding)."""
+    """Put modules back by name (e.g. the :func:`snapshot_modules` copies, after ``to_empty``)."""
     for name, module in originals.items():
         _set_submodule(model, name, module)
 
@@ -401,8 +451,11 @@ def accelerate(
             "callbacks) or zero weights with the same fan-in in every non-empty row."
         )
     inputs = capture_layer_inputs(model, example_input, names)
+    if fold:
+        fold_in_place(model)
+        inputs = fit_inputs_to_layers(model, inputs)
     report = plan_acceleration(model, inputs, candidates=candidates, device=device, warmup=warmup, repeats=repeats)
-    apply_acceleration(model, report, fold=fold)
+    swap_layers(model, report)
     if verbose:
         report.print()
     return report

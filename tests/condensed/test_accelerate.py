@@ -1,0 +1,155 @@
+"""``accelerate``: sparse-layer detection, exact candidates, swapping, folding, report."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_srigl.condensed.accelerate import (
+    AccelerationReport,
+    CSRLinear,
+    LayerAcceleration,
+    accelerate,
+    find_sparse_linears,
+    layer_mask,
+    make_candidate,
+    pad_fan_in,
+    swap_layers,
+)
+from lightning_srigl.condensed.linear import CondensedLinear
+
+
+def constant_fan_in_mask(out: int, inp: int, k: int, ablated: list[int], seed: int) -> Tensor:
+    """``(out, inp)`` bool: ``k`` random inputs per row, the ``ablated`` rows empty."""
+    generator = torch.Generator().manual_seed(seed)
+    columns = torch.rand(out, inp, generator=generator).argsort(dim=1)[:, :k]
+    mask = torch.zeros(out, inp, dtype=torch.bool).scatter_(1, columns, True)
+    mask[ablated] = False
+    return mask
+
+
+def sparsify_(layer: nn.Linear, k: int, ablated: list[int], seed: int) -> None:
+    mask = constant_fan_in_mask(layer.out_features, layer.in_features, k, ablated, seed)
+    layer.register_buffer("weight_mask", mask)
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+
+
+def sparse_mlp() -> nn.Sequential:
+    """64 -> 48 -> 32 -> 10 with two SRigL-like layers (ablated neurons) and a dense head."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.GELU(), nn.Linear(32, 10))
+    sparsify_(model[0], k=8, ablated=[1, 5, 7], seed=1)
+    sparsify_(model[2], k=6, ablated=[0, 3], seed=2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("shape", [(16, 64), (1, 64), (2, 3, 64)])
+def test_accelerated_model_equals_the_masked_model(fold: bool, shape: tuple[int, ...]) -> None:
+    model = sparse_mlp()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = model(x)
+    report = accelerate(model, x, fold=fold, warmup=1, repeats=2, verbose=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert [row.name for row in report.rows] == ["0", "2"]
+    assert not any(key.endswith("weight_mask") for key in model.state_dict())
+    for row in report.rows:
+        assert row.chosen in row.times and "dense" in row.times
+        assert row.speedup == pytest.approx(row.times["dense"] / row.times[row.chosen])
+    if fold:  # ablated neurons of layer 0 and 2 are gone from the model
+        assert report.rows[0].out_features == 45 and report.rows[1].in_features == 45
+        assert model[4].in_features == 30
+
+
+@pytest.mark.parametrize("kind", ["dense", "condensed", "csr"])
+def test_every_swapped_kernel_is_exact_and_drops_the_mask(kind: str) -> None:
+    model = sparse_mlp()
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        expected = model(x)
+    rows = [
+        LayerAcceleration(name, 0, 0, 7, 0.1, 0, kind, {"dense": 1.0, kind: 1.0}, {})
+        for name in find_sparse_linears(model)
+    ]
+    swap_layers(model, AccelerationReport(rows))
+    expected_type = {"dense": nn.Linear, "condensed": CondensedLinear, "csr": CSRLinear}[kind]
+    assert type(model[0]) is expected_type and type(model[2]) is expected_type
+    assert not hasattr(model[0], "weight_mask")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    if kind != "dense":
+        with pytest.raises(ValueError, match="already accelerated"):
+            swap_layers(model, AccelerationReport(rows))
+
+
+def test_layer_mask_reads_the_buffer_or_constant_fan_in_zeros() -> None:
+    with_buffer = nn.Linear(8, 4)
+    sparsify_(with_buffer, k=2, ablated=[], seed=0)
+    assert torch.equal(layer_mask(with_buffer), with_buffer.weight_mask)
+
+    zeros_only = nn.Linear(8, 4)
+    mask = constant_fan_in_mask(4, 8, 3, [2], seed=1)
+    with torch.no_grad():
+        zeros_only.weight.mul_(mask)
+    assert torch.equal(layer_mask(zeros_only), mask)
+
+    assert layer_mask(nn.Linear(8, 4)) is None  # dense
+    uneven = nn.Linear(8, 4)
+    with torch.no_grad():
+        uneven.weight[0, :3] = 0.0
+    assert layer_mask(uneven) is None  # zeros without constant fan-in are not a sparse layer
+
+
+def test_pad_fan_in_adds_inactive_columns_up_to_the_largest_fan_in() -> None:
+    mask = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 1, 0]], dtype=torch.bool)
+    padded = pad_fan_in(mask)
+    assert padded.sum(dim=1).tolist() == [3, 3, 0, 3]
+    assert bool((padded | ~mask).all()) and bool((padded & mask).eq(mask).all())  # only adds positions
+    assert padded[1].tolist() == [True, True, True, False, False]
+
+
+def test_condensed_candidate_after_uneven_column_removal_is_exact() -> None:
+    layer = nn.Linear(12, 6)
+    sparsify_(layer, k=4, ablated=[2], seed=3)
+    mask = layer.weight_mask.clone()
+    mask[0, mask[0].nonzero()[0]] = False  # row 0 lost an input, as after folding
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+    candidate = make_candidate("condensed", layer, mask)
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(candidate(x), nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_no_sparse_layer_and_bad_candidates_raise() -> None:
+    with pytest.raises(ValueError, match="No sparse nn.Linear"):
+        accelerate(nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="must include 'dense'"):
+        accelerate(sparse_mlp(), torch.randn(2, 64), candidates=("condensed",))
+    with pytest.raises(ValueError, match="Unknown candidate"):
+        make_candidate("bsr", nn.Linear(4, 4), torch.ones(4, 4, dtype=torch.bool))
+
+
+def test_semi_structured_is_skipped_with_a_reason_on_cpu() -> None:
+    model = sparse_mlp()
+    report = accelerate(model, torch.randn(4, 64), warmup=0, repeats=1, verbose=False)
+    assert all("CUDA" in row.skipped["semi_structured"] for row in report.rows)
+
+
+def test_report_writes_csv_metrics_and_a_table(tmp_path: Path) -> None:
+    model = sparse_mlp()
+    report = accelerate(model, torch.randn(4, 64), fold=False, warmup=0, repeats=1, verbose=False)
+    path = report.to_csv(tmp_path / "sub" / "acc.csv")
+    with path.open() as handle:
+        records = list(csv.DictReader(handle))
+    assert [r["layer"] for r in records] == ["0", "2"]
+    assert records[0]["shape"] == "64->48" and records[0]["active_neurons"] == "45/48"
+    assert float(records[0]["density"]) == pytest.approx(45 * 8 / (48 * 64), abs=1e-4)
+    assert set(report.metrics()) == {"accelerate/0/speedup", "accelerate/2/speedup"}
+    assert report.table().row_count == 2
