@@ -1,0 +1,5 @@
+"""Lightning callbacks for dynamic sparse training and condensed inference."""
+
+from lightning_srigl.callbacks.base import DynamicSparsityCallback
+from lightning_srigl.callbacks.rigl import RigLCallback
+from lightning_srigl.callbacks.srigl import SRigLCallback

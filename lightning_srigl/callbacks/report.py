@@ -1,0 +1,131 @@
+"""Topology metrics as loggable numbers, the end-of-fit table and the active-neurons plot.
+
+The table is the paper's Figure 8 as data: per sparse layer its shape, density, active neurons and
+fan-in. The plot shows the percentage of active neurons per layer at the end of fit (bars) and over
+the topology updates (lines).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from lightning_srigl.sparsity import active_neurons, fan_in, itop_rate
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Topology of one sparse layer at one moment."""
+
+    name: str
+    shape: tuple[int, ...]
+    nnz: int
+    active_neurons: int
+    fan_in: float
+    itop_rate: float
+
+    @property
+    def numel(self) -> int:
+        """Number of weights of the dense layer."""
+        return math.prod(self.shape)
+
+    @property
+    def density(self) -> float:
+        """Fraction of active weights."""
+        return self.nnz / self.numel
+
+    @property
+    def active_neurons_pct(self) -> float:
+        """Percentage of output neurons (rows) with at least one active weight."""
+        return 100.0 * self.active_neurons / self.shape[0]
+
+
+def layer_stats(name: str, mask: Tensor, ever_active: Tensor) -> LayerStats:
+    """Statistics of a ``(O, *rest)`` bool ``mask``; ``fan_in`` is the mean over active neurons."""
+    counts = fan_in(mask)
+    active = active_neurons(mask)
+    nnz = int(counts.sum())
+    return LayerStats(
+        name=name,
+        shape=tuple(mask.shape),
+        nnz=nnz,
+        active_neurons=active,
+        fan_in=nnz / active if active else 0.0,
+        itop_rate=itop_rate(ever_active),
+    )
+
+
+def topology_metrics(stats: Sequence[LayerStats], prefix: str) -> dict[str, float]:
+    """Per-layer and overall metrics, keyed ``"{prefix}/{layer}/{metric}"`` and ``"{prefix}/{metric}"``."""
+    metrics: dict[str, float] = {}
+    for s in stats:
+        metrics[f"{prefix}/{s.name}/density"] = s.density
+        metrics[f"{prefix}/{s.name}/active_neurons_pct"] = s.active_neurons_pct
+        metrics[f"{prefix}/{s.name}/fan_in"] = s.fan_in
+        metrics[f"{prefix}/{s.name}/itop_rate"] = s.itop_rate
+    numel = sum(s.numel for s in stats)
+    if numel:
+        metrics[f"{prefix}/density"] = sum(s.nnz for s in stats) / numel
+        metrics[f"{prefix}/active_neurons_pct"] = (
+            100.0 * sum(s.active_neurons for s in stats) / sum(s.shape[0] for s in stats)
+        )
+        metrics[f"{prefix}/itop_rate"] = sum(s.itop_rate * s.numel for s in stats) / numel
+    return metrics
+
+
+def print_layer_table(stats: Sequence[LayerStats], title: str) -> None:
+    """Print one row per sparse layer (layer, shape, density, active neurons, fan-in) with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("layer", "shape", "density", "active neurons", "fan-in", "ITOP"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for s in stats:
+        table.add_row(
+            s.name,
+            "x".join(map(str, s.shape)),
+            f"{s.density:.4f}",
+            f"{s.active_neurons}/{s.shape[0]} ({s.active_neurons_pct:.1f}%)",
+            f"{s.fan_in:.1f}",
+            f"{s.itop_rate:.3f}",
+        )
+    Console().print(table)
+
+
+def save_active_neurons_plot(
+    stats: Sequence[LayerStats], history: Sequence[Mapping[str, object]], path: Path
+) -> Path:
+    """Save a PNG: active neurons (%) per layer at the end (bars) and at every update (lines).
+
+    Args:
+        stats: final per-layer statistics.
+        history: update records ``{"step": int, "active_neurons_pct": {layer: float}}``.
+        path: output file, e.g. ``<log_dir>/active_neurons.png``; parent folders are created.
+    """
+    from matplotlib.figure import Figure  # the Agg canvas, no display or pyplot state needed
+
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    bars, lines = figure.subplots(1, 2)
+    names = [s.name for s in stats]
+    bars.bar(range(len(stats)), [s.active_neurons_pct for s in stats])
+    bars.set_xticks(range(len(stats)), names, rotation=90, fontsize=7)
+    bars.set_ylabel("active neurons (%)")
+    bars.set_ylim(0, 105)
+    bars.set_title("end of fit")
+    steps = [int(record["step"]) for record in history]
+    for name in names:
+        values = [record["active_neurons_pct"].get(name, math.nan) for record in history]  # type: ignore[union-attr]
+        lines.plot(steps, values, marker=".", label=name)
+    lines.set_xlabel("optimizer step")
+    lines.set_ylabel("active neurons (%)")
+    lines.set_title("at each topology update")
+    if len(names) <= 12:
+        lines.legend(fontsize=6)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path

@@ -1,0 +1,29 @@
+"""``RigLCallback``: unstructured RigL (Evci et al., 2020), the baseline SRigL is compared with."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_srigl.callbacks.base import DynamicSparsityCallback
+from lightning_srigl.sparsity import random_unstructured_mask, rigl_update
+
+
+class RigLCallback(DynamicSparsityCallback):
+    """Train with RigL: drop the smallest weights of a layer, grow where the dense gradient is largest.
+
+    Same schedule, budgets, logging and resumable state as
+    :class:`~lightning_srigl.callbacks.SRigLCallback`, without the constant fan-in constraint and
+    without neuron ablation. See that class for the arguments.
+    """
+
+    metric_prefix = "rigl"
+
+    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
+        return random_unstructured_mask(shape, budget, generator)
+
+    def layer_update(
+        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
+    ) -> tuple[Tensor, Tensor]:
+        update = rigl_update(weight, mask, dense_grad, drop_fraction=drop_fraction)
+        return update.mask, update.grown

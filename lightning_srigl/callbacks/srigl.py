@@ -1,0 +1,120 @@
+"""``SRigLCallback``: Structured RigL (constant fan-in dynamic sparse training with neuron ablation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_srigl.callbacks.base import DynamicSparsityCallback, Distribution, _patterns
+from lightning_srigl.masking import check_patterns_match, matches
+from lightning_srigl.sparsity import random_constant_fan_in_mask, srigl_update
+
+
+class SRigLCallback(DynamicSparsityCallback):
+    """Train with SRigL (Lasby et al., ICLR 2024): every active neuron keeps the same fan-in.
+
+    Every ``delta_t`` optimizer steps until ``t_end_fraction`` of training, each sparse layer drops
+    its smallest-magnitude weights (a cosine-decayed fraction ``alpha``), ablates neurons with fewer
+    than ``gamma_sal`` salient weights, and grows each surviving neuron back to the layer's constant
+    fan-in by dense-gradient magnitude. Regrown weights start at zero, with zero optimizer state.
+
+    Args:
+        sparsity: overall fraction of zero weights in the selected layers, in ``[0, 1)``.
+        distribution: per-layer densities: ``"erk"`` (Erdős–Rényi-Kernel) or ``"uniform"``.
+        delta_t: optimizer steps between topology updates.
+        t_end_fraction: fraction of ``trainer.estimated_stepping_batches`` after which the topology
+            is frozen.
+        alpha: initial drop fraction of the cosine schedule.
+        gamma_sal: ablation threshold: a neuron needs ``max(1, floor(gamma_sal * k0))`` salient
+            weights to stay (``k0`` = sparse fan-in), or ``gamma_sal`` weights if ``>= 1``;
+            ``0`` disables ablation.
+        include: fnmatch patterns of fully-qualified weight names to sparsify (``None``: every
+            Linear, Conv1d/2d/3d and MultiheadAttention projection).
+        exclude: patterns removed from the selection (not counted in the budget).
+        dense: patterns of selected weights kept dense; the others become sparser to compensate.
+        no_ablation: patterns of layers never ablated; ``None`` protects the last sparse layer (the
+            output layer); ``[]`` allows ablating every layer.
+        sparse_init: re-initialise weights for their sparse fan-in at the start (paper: on).
+        init_std_quirk: use the reference code's std ``2/fan_in`` instead of ``sqrt(2/fan_in)``.
+        grad_accumulation_n: growth scores are ``|mean gradient|`` over this many optimizer steps
+            before each update.
+        seed: seed of the initial masks and re-initialisation (identical on every rank).
+        log_every_n_steps: also log topology metrics every this many steps (``None``: at updates).
+        report: at the end of fit, print a per-layer table and save ``active_neurons.png`` in
+            ``trainer.log_dir``.
+    """
+
+    metric_prefix = "srigl"
+
+    def __init__(
+        self,
+        sparsity: float = 0.9,
+        distribution: Distribution = "erk",
+        delta_t: int = 100,
+        t_end_fraction: float = 0.75,
+        alpha: float = 0.3,
+        gamma_sal: float = 0.3,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        dense: Sequence[str] = (),
+        no_ablation: Sequence[str] | None = None,
+        sparse_init: bool = True,
+        init_std_quirk: bool = False,
+        grad_accumulation_n: int = 1,
+        seed: int = 0,
+        log_every_n_steps: int | None = None,
+        report: bool = True,
+    ) -> None:
+        super().__init__(
+            sparsity=sparsity,
+            distribution=distribution,
+            delta_t=delta_t,
+            t_end_fraction=t_end_fraction,
+            alpha=alpha,
+            include=include,
+            exclude=exclude,
+            dense=dense,
+            sparse_init=sparse_init,
+            init_std_quirk=init_std_quirk,
+            grad_accumulation_n=grad_accumulation_n,
+            seed=seed,
+            log_every_n_steps=log_every_n_steps,
+            report=report,
+        )
+        if not gamma_sal >= 0.0:
+            raise ValueError(f"gamma_sal must be >= 0 (0 disables ablation), got {gamma_sal}; the paper uses 0.3")
+        self.gamma_sal = float(gamma_sal)
+        self.no_ablation = _patterns(no_ablation, "no_ablation")
+        self.protected: set[str] = set()
+
+    def config(self) -> dict[str, Any]:
+        no_ablation = list(self.no_ablation) if self.no_ablation is not None else None
+        return {**super().config(), "gamma_sal": self.gamma_sal, "no_ablation": no_ablation}
+
+    def configure_layers(self, fqns: list[str]) -> None:
+        """Resolve ``no_ablation``: by default the last sparse layer (the output layer) is protected."""
+        if self.no_ablation is None:
+            self.protected = set(fqns[-1:])
+        else:
+            check_patterns_match(self.no_ablation, fqns, "no_ablation")
+            self.protected = {fqn for fqn in fqns if matches(fqn, self.no_ablation)}
+
+    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
+        return random_constant_fan_in_mask(shape, budget, generator)
+
+    def layer_update(
+        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
+    ) -> tuple[Tensor, Tensor]:
+        update = srigl_update(
+            weight,
+            mask,
+            dense_grad,
+            budget=budget,
+            drop_fraction=drop_fraction,
+            gamma_sal=self.gamma_sal,
+            ablation=self.gamma_sal > 0 and fqn not in self.protected,
+        )
+        return update.mask, update.grown
