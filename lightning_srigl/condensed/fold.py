@@ -161,11 +161,8 @@ def fold_ablated_neurons(
         if reason is not None:
             report.kept.append(KeptNeurons(str(node.target), n_ablated, reason))
             continue
-        _fold(work, node, chain, ablated, report)
+        report.folded.append(_fold(work, node, chain, ablated, report))
         modules = dict(work.named_modules())  # the fold installed new module objects
-        through = tuple(str(op.target) if op.op == "call_module" else op.name for op in chain.ops)
-        report.folded.append(FoldedNeurons(str(node.target), str(chain.consumer.target), through, n_ablated,
-                                           len(ablated) - n_ablated))  # fmt: skip
     return report
 
 
@@ -310,7 +307,7 @@ def _blocker(
 
 
 @torch.no_grad()
-def _fold(model: nn.Module, node: fx.Node, chain: _Chain, ablated: Tensor, report: FoldReport) -> None:
+def _fold(model: nn.Module, node: fx.Node, chain: _Chain, ablated: Tensor, report: FoldReport) -> FoldedNeurons:
     """Swap in copies of producer / BatchNorms / consumer with ablated channels removed, constants in the bias."""
     modules = dict(model.named_modules())
     constant = _constant_output(modules[node.target], chain.ops, modules)  # (C,), from the unsliced chain
@@ -336,6 +333,8 @@ def _fold(model: nn.Module, node: fx.Node, chain: _Chain, ablated: Tensor, repor
     for op in chain.ops:
         if isinstance(modules.get(op.target), _BatchNorm):
             _slice_batchnorm(_replace(model, str(op.target), report), active)
+    through = tuple(str(op.target) if op.op == "call_module" else op.name for op in chain.ops)
+    return FoldedNeurons(str(node.target), str(chain.consumer.target), through, len(dropped), len(active))
 
 
 def _replace(model: nn.Module, name: str, report: FoldReport) -> nn.Module:
