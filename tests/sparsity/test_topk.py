@@ -1,0 +1,92 @@
+"""Deterministic top-k masks: exact counts, lower-index tie-breaking, restriction to eligible entries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_srigl.sparsity import as_rows, rowwise_topk_mask, topk_mask
+
+
+def _stable_sort_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Brute-force reference: stable descending sort, first k."""
+    order = torch.sort(scores.reshape(-1), descending=True, stable=True).indices
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[order[:k]] = True
+    return mask.reshape(scores.shape)
+
+
+def test_topk_mask_ties_go_to_lower_flat_index() -> None:
+    scores = torch.tensor([[1.0, 3.0, 2.0], [3.0, 2.0, 3.0]])
+    assert topk_mask(scores, 2).tolist() == [[False, True, False], [True, False, False]]
+    assert topk_mask(scores, 4).tolist() == [[False, True, True], [True, False, True]]
+
+
+def test_topk_mask_edge_counts() -> None:
+    scores = torch.arange(6.0).reshape(2, 3)
+    assert not topk_mask(scores, 0).any()
+    assert topk_mask(scores, 6).all()
+    with pytest.raises(ValueError, match="k must be in"):
+        topk_mask(scores, 7)
+
+
+def test_topk_mask_among_restricts_eligible_entries() -> None:
+    scores = torch.tensor([5.0, 1.0, 4.0, 1.0, 9.0])
+    among = torch.tensor([False, True, True, True, False])
+    assert topk_mask(scores, 2, among=among).tolist() == [False, True, True, False, False]
+    assert torch.equal(topk_mask(scores, 3, among=among), among)
+    with pytest.raises(ValueError, match="eligible"):
+        topk_mask(scores, 4, among=among)
+
+
+def test_topk_mask_rejects_nan() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        topk_mask(torch.tensor([1.0, float("nan")]), 1)
+
+
+@settings(settings.get_profile("sparsity"))
+@given(
+    values=st.lists(st.integers(0, 3), min_size=1, max_size=60),
+    data=st.data(),
+)
+def test_topk_mask_equals_stable_sort(values: list[int], data: st.DataObject) -> None:
+    scores = torch.tensor(values, dtype=torch.float32)
+    k = data.draw(st.integers(0, len(values)))
+    assert torch.equal(topk_mask(scores, k), _stable_sort_topk(scores, k))
+
+
+def test_rowwise_topk_mask_per_row_counts_and_ties() -> None:
+    scores = torch.tensor([[2.0, 2.0, 2.0, 1.0], [0.0, 1.0, 5.0, 1.0], [3.0, 3.0, 3.0, 3.0]])
+    mask = rowwise_topk_mask(scores, torch.tensor([2, 2, 4]))
+    assert mask.tolist() == [
+        [True, True, False, False],
+        [False, True, True, False],
+        [True, True, True, True],
+    ]
+    assert rowwise_topk_mask(scores, 0).sum() == 0
+
+
+@settings(settings.get_profile("sparsity"))
+@given(rows=st.integers(1, 6), cols=st.integers(1, 12), data=st.data())
+def test_rowwise_topk_mask_equals_stable_sort_per_row(rows: int, cols: int, data: st.DataObject) -> None:
+    values = data.draw(st.lists(st.integers(0, 2), min_size=rows * cols, max_size=rows * cols))
+    k = data.draw(st.lists(st.integers(0, cols), min_size=rows, max_size=rows))
+    scores = torch.tensor(values, dtype=torch.float32).reshape(rows, cols)
+    mask = rowwise_topk_mask(scores, torch.tensor(k))
+    for i in range(rows):
+        assert torch.equal(mask[i], _stable_sort_topk(scores[i], k[i]))
+
+
+def test_rowwise_topk_mask_rejects_bad_k() -> None:
+    with pytest.raises(ValueError, match=r"k_i must be in \[0, 3\]"):
+        rowwise_topk_mask(torch.zeros(2, 3), torch.tensor([1, 4]))
+
+
+def test_as_rows_flattens_conv_receptive_field() -> None:
+    weight = torch.arange(2 * 3 * 2 * 2).reshape(2, 3, 2, 2)
+    assert as_rows(weight).shape == (2, 12)
+    assert as_rows(weight)[1, 5].item() == weight[1, 1, 0, 1].item()
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        as_rows(torch.zeros(4))
