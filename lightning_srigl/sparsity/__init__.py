@@ -21,3 +21,22 @@ from lightning_srigl.sparsity.rigl import RigLUpdate, random_unstructured_mask, 
 from lightning_srigl.sparsity.schedule import cosine_drop_fraction, exploration_end, is_update_step
 from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask, topk_mask
 from lightning_srigl.sparsity.validation import check_sparsity
+from lightning_srigl.sparsity.diversity import count_transposable_patterns, mask_diversity_log10
+from lightning_srigl.sparsity.nm import (
+    check_nm,
+    is_nm,
+    nm_fan_in,
+    nm_group_view,
+    nm_mask,
+    nm_ungroup_view,
+    sr_ste_refine_term,
+)
+from lightning_srigl.sparsity.transposable import (
+    TransposableMask,
+    check_transposable_nm,
+    is_transposable_nm,
+    tile_view,
+    transposable_nm_mask,
+    transposable_patterns,
+    untile_view,
+)
