@@ -39,8 +39,10 @@ class AccelerateCallback(Callback):
     ``trainer.predict()`` and ``trainer.validate()`` run the accelerated model.
 
     Checkpoints written during fit hold the dense weights and masks. ``trainer.test(ckpt_path=...)``
-    (e.g. ``"best"``) after the swap works: ``setup`` puts the dense modules back so that the
-    checkpoint loads, and the same kernels are swapped in again before the first batch.
+    (e.g. ``"best"``) after the swap works: a ``load_state_dict`` pre-hook puts the dense (masked)
+    modules back when such a checkpoint is loaded, and the same kernels are folded and swapped in
+    again before the first test/validation/predict batch. (Plain ``model.load_state_dict(...)``
+    outside a Trainer gets the dense model back; accelerate it again if needed.)
 
     Args:
         batch_size: time the kernels at this batch size (the captured input is cut or tiled along
@@ -74,6 +76,7 @@ class AccelerateCallback(Callback):
         self._snapshot: dict[str, nn.Module] = {}
         self._originals: dict[str, nn.Module] = {}
         self._reapply = False
+        self._load_hook: RemovableHandle | None = None
 
     # -- capture ---------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -111,7 +114,7 @@ class AccelerateCallback(Callback):
         """Fold, then plan (when ``inputs`` are given, else reuse :attr:`report`) and swap.
 
         Keeps shape-only copies of every module it changes, to undo the swap before loading a
-        checkpoint written during fit (:meth:`setup`).
+        checkpoint written during fit (:meth:`_restore_before_load`).
         """
         touched = fold_in_place(pl_module) if self.fold else []
         if inputs is not None:
@@ -130,6 +133,8 @@ class AccelerateCallback(Callback):
         names = list(dict.fromkeys([*touched, *(row.name for row in self.report.rows)]))
         self._originals = {name: self._snapshot[name] for name in names}
         swap_layers(pl_module, self.report)
+        if self._load_hook is None:
+            self._load_hook = pl_module.register_load_state_dict_pre_hook(self._restore_before_load)
 
     def _publish(self, trainer: pl.Trainer, report: AccelerationReport) -> None:
         if self.verbose:
@@ -142,12 +147,13 @@ class AccelerateCallback(Callback):
             rank_zero_info(f"AccelerateCallback: report saved to {path}")
 
     # -- checkpoints after the swap ------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Before a checkpoint saved during fit is loaded, put the dense (masked) modules back."""
-        if stage == "fit" or not self._originals or trainer.ckpt_path is None:
+    def _restore_before_load(self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+        """``load_state_dict`` pre-hook on the LightningModule: a state dict written before the swap
+        (it has the ``weight_mask`` of a swapped layer) gets the dense modules back to load into."""
+        if not self._originals or not any(f"{prefix}{row.name}.weight_mask" in state_dict for row in self.report.rows):
             return
-        device = next(pl_module.parameters(), torch.empty(0)).device
-        restore_modules(pl_module, {n: copy.deepcopy(m).to_empty(device=device) for n, m in self._originals.items()})
+        device = next(module.parameters(), torch.empty(0)).device
+        restore_modules(module, {n: copy.deepcopy(m).to_empty(device=device) for n, m in self._originals.items()})
         self._originals = {}
         self._reapply = True
 

@@ -376,9 +376,7 @@ def fold_in_place(model: nn.Module) -> list[str]:
         return []
     finally:
         model.train(was_training)
-    modules = dict(model.named_modules())
-    touched = [name for f in report.folded for name in (f.producer, *f.through, f.consumer) if name in modules]
-    return list(dict.fromkeys(touched))
+    return list(report.replaced)
 
 
 def fit_inputs_to_layers(model: nn.Module, layer_inputs: dict[str, Tensor]) -> dict[str, Tensor]:

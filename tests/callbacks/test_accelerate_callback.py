@@ -1,0 +1,153 @@
+"""``AccelerateCallback`` in real ``Trainer`` runs: swap at fit end, test/predict, best checkpoint, saving."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_srigl.callbacks.accelerate import REPORT_FILENAME, AccelerateCallback, _resize_batch
+from lightning_srigl.callbacks.srigl import SRigLCallback
+from lightning_srigl.condensed.serialization import save_condensed
+
+
+class TinyClassifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._loss(batch)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch))
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("test_loss", self._loss(batch))
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+class KeepSparseModel(Callback):
+    """Deep-copies the sparse (masked) module at fit end; listed before AccelerateCallback."""
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.model = copy.deepcopy(pl_module).eval()
+
+
+def loader(seed: int, batch_size: int = 16) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(96, 32, generator=generator)
+    y = (x[:, :4].argmax(dim=1) + (x[:, 4] > 1).long()) % 4
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def fit(tmp_path: Path, **accelerate_kwargs: object) -> tuple[pl.Trainer, TinyClassifier, KeepSparseModel, AccelerateCallback]:
+    pl.seed_everything(0)
+    model, keep = TinyClassifier(), KeepSparseModel()
+    accelerate = AccelerateCallback(verbose=False, warmup=1, repeats=2, **accelerate_kwargs)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=3,
+        accelerator="cpu",
+        callbacks=[
+            SRigLCallback(sparsity=0.8, delta_t=3, gamma_sal=0.5),
+            ModelCheckpoint(monitor="val_loss", save_top_k=1),
+            keep,
+            accelerate,
+        ],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    trainer.fit(model, loader(0), loader(1))
+    return trainer, model, keep, accelerate
+
+
+def predictions(model: nn.Module, data: DataLoader) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x) for x, _ in data])
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.Trainer, TinyClassifier, KeepSparseModel, AccelerateCallback]:
+    return fit(tmp_path_factory.mktemp("fit"))
+
+
+def test_fit_end_swaps_sparse_layers_and_keeps_predictions(fitted) -> None:
+    trainer, model, keep, accelerate = fitted
+    assert [row.name for row in accelerate.report.rows] == ["net.0", "net.2"]
+    assert not any(name.endswith("weight_mask") for name in model.state_dict())
+    torch.testing.assert_close(predictions(model, loader(2)), predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
+    with (Path(trainer.log_dir) / REPORT_FILENAME).open() as handle:
+        assert [r["layer"] for r in csv.DictReader(handle)] == ["net.0", "net.2"]
+
+
+def test_test_and_predict_run_on_the_accelerated_model(fitted) -> None:
+    trainer, model, keep, _ = fitted
+    (metrics,) = trainer.test(model, loader(2), verbose=False)
+    with torch.no_grad():
+        expected = sum(model._loss(b) for b in loader(2)) / len(loader(2))
+    assert metrics["test_loss"] == pytest.approx(float(expected), rel=1e-5)
+    predicted = torch.cat(trainer.predict(model, loader(2)))
+    torch.testing.assert_close(predicted, predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
+
+
+def test_best_checkpoint_loads_after_the_swap(tmp_path: Path) -> None:
+    trainer, model, keep, accelerate = fit(tmp_path)
+    best = trainer.checkpoint_callback.best_model_path
+    trainer.test(model, loader(2), ckpt_path="best", verbose=False)
+    assert not any(name.endswith("weight_mask") for name in model.state_dict())  # accelerated again
+    sparse = copy.deepcopy(keep.model)
+    sparse.load_state_dict(torch.load(best, weights_only=False)["state_dict"])  # a fresh sparse model loads it too
+    torch.testing.assert_close(predictions(model, loader(2)), predictions(sparse, loader(2)), rtol=1e-5, atol=1e-5)
+    assert {row.chosen for row in accelerate.report.rows} <= {"dense", "condensed", "csr"}
+
+
+def test_condensed_model_loads_in_a_fresh_process_and_matches(tmp_path: Path) -> None:
+    _, model, keep, _ = fit(tmp_path, candidates=("dense", "condensed"), batch_size=4)
+    path, inputs = tmp_path / "model.pt", tmp_path / "inputs.pt"
+    save_condensed(model.net, path)
+    x = torch.randn(8, 32)
+    torch.save({"x": x, "expected": predictions(keep.model.net, [(x, None)])}, inputs)
+    script = (
+        "import sys, torch\n"
+        "from lightning_srigl.condensed.serialization import load_condensed\n"
+        "model = load_condensed(sys.argv[1]).eval()\n"
+        "data = torch.load(sys.argv[2])\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(model(data['x']), data['expected'], rtol=1e-5, atol=1e-5)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path), str(inputs)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_batch_size_resizes_the_captured_inputs() -> None:
+    x = torch.arange(6.0).view(3, 2)
+    assert _resize_batch(x, None) is x
+    assert torch.equal(_resize_batch(x, 2), x[:2])
+    assert torch.equal(_resize_batch(x, 7), torch.cat([x, x, x[:1]]))
+    with pytest.raises(ValueError, match="positive"):
+        AccelerateCallback(batch_size=0)
