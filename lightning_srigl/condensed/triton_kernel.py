@@ -36,7 +36,7 @@ from torch import Tensor
 try:
     import triton
     import triton.language as tl
-    from triton import knobs
+    from triton.runtime.interpreter import InterpretedFunction
 except ImportError as err:  # pragma: no cover - exercised only where triton is missing
     raise ImportError(
         "lightning_srigl's GPU kernel needs Triton, an optional dependency. "
@@ -49,7 +49,6 @@ SMALL_BATCH = 16
 """Batch sizes up to this use the gather-dot (GEMV-like) kernel, larger ones the tiled kernel."""
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INTERPRET = bool(knobs.runtime.interpret)
 _MAX_INT32 = 2**31 - 1
 
 # The interpreter cannot benchmark, so it runs one fixed (small) tile configuration.
@@ -118,6 +117,8 @@ def _gather_tiled_kernel(
     tl.store(y_ptr + offs_b[:, None] * stride_yb + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask_bn)
 
 
+# triton.jit builds interpreter functions when TRITON_INTERPRET=1 at import time; they cannot be autotuned.
+_INTERPRET = isinstance(_gather_gemv_kernel, InterpretedFunction)
 _GEMV = _gather_gemv_kernel if _INTERPRET else triton.autotune(_GEMV_CONFIGS, key=["A", "K"])(_gather_gemv_kernel)
 _TILED = (
     _gather_tiled_kernel if _INTERPRET else triton.autotune(_TILED_CONFIGS, key=["A", "K", "B"])(_gather_tiled_kernel)
@@ -146,8 +147,6 @@ def triton_supported(x2d: Tensor, values: Tensor) -> tuple[bool, str]:
     Supported: CUDA tensors (or CPU tensors when ``TRITON_INTERPRET=1`` was set before this module
     was imported) in fp32 / fp16 / bf16.
     """
-    if x2d.device != values.device:
-        return False, f"x is on {x2d.device} but the condensed weights are on {values.device}"
     if not (x2d.is_cuda or (_INTERPRET and x2d.device.type == "cpu")):
         return False, (
             f"Triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1), got {x2d.device}"
@@ -177,6 +176,8 @@ def condensed_linear_triton(x2d: Tensor, values: Tensor, indices: Tensor, bias_a
     _check_condensed(values, indices)
     if x2d.dim() != 2:
         raise ValueError(f"x2d must be a 2-D (batch, in_features) tensor, got shape {tuple(x2d.shape)}")
+    if x2d.device != values.device:
+        raise ValueError(f"x2d is on {x2d.device} but values on {values.device}; move the input or the layer")
     if bias_active is not None and bias_active.shape != (values.shape[0],):
         raise ValueError(f"bias_active must have shape ({values.shape[0]},), got {tuple(bias_active.shape)}")
     ok, reason = triton_supported(x2d, values)

@@ -144,3 +144,9 @@ def test_bias_of_wrong_shape_raises() -> None:
     values, indices = torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.int16)
     with pytest.raises(ValueError, match=r"bias_active must have shape \(4,\)"):
         condensed_linear_triton(torch.randn(2, 8), values, indices, torch.zeros(5))
+
+
+def test_input_on_another_device_raises() -> None:
+    values, indices = torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.int16)
+    with pytest.raises(ValueError, match="move the input or the layer"):
+        condensed_linear_triton(torch.empty(2, 8, device="meta"), values, indices, None)
