@@ -47,7 +47,9 @@ def _check_budget(shape: torch.Size | tuple[int, ...], budget: int) -> None:
     rows = shape[0]
     numel = math.prod(shape)
     if not 0 <= budget <= numel:
-        raise ValueError(f"budget must be in [0, {numel}] active weights for shape {tuple(shape)}, got {budget}")
+        raise ValueError(
+            f"budget must be in [0, {numel}] active weights for shape {tuple(shape)}, got {budget}"
+        )
     if budget < rows:
         raise ValueError(
             f"a budget of {budget} active weights cannot give each of the {rows} neurons of a layer "
@@ -116,7 +118,8 @@ def neurons_to_ablate(
     Args:
         weight_score: ``(O, F)`` ``|w|`` of active weights (inactive positions below all of them).
         grad_score: ``(O, F)`` ``|dense gradient|``.
-        n_keep, n_prune: the update's keep/prune counts.
+        n_keep, n_prune: the update's keep/prune counts (``n_keep`` at most the number of
+            positive ``weight_score`` entries, as :func:`srigl_update` guarantees).
         budget: target nnz of the layer.
         gamma_sal: minimum salient fraction (``< 1``) or count (``>= 1``), must be ``> 0``.
         sparse_fan_in_denominator: relative ``gamma_sal`` is a fraction of the sparse fan-in.

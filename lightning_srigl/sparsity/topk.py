@@ -52,7 +52,9 @@ def topk_mask(scores: Tensor, k: int, *, among: Tensor | None = None) -> Tensor:
         threshold go to the lower flat (row-major) index.
     """
     if among is not None and among.shape != scores.shape:
-        raise ValueError(f"among must have the shape of scores {tuple(scores.shape)}, got {tuple(among.shape)}")
+        raise ValueError(
+            f"among must have the shape of scores {tuple(scores.shape)}, got {tuple(among.shape)}"
+        )
     flat = scores.reshape(-1)
     eligible = flat if among is None else flat[among.reshape(-1)]
     n = eligible.numel()

@@ -10,12 +10,9 @@ from hypothesis import strategies as st
 from lightning_srigl.sparsity import fan_in, is_constant_fan_in, random_constant_fan_in_mask, srigl_update
 
 
-def _rows(mask: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """Mask with the first ``rows[i]`` columns of row ``i`` active."""
-    out = torch.zeros(len(rows), mask.shape[1], dtype=torch.bool)
-    for i, k in enumerate(rows):
-        out[i, :k] = True
-    return out
+def _prefix_mask(counts: list[int], cols: int) -> torch.Tensor:
+    """``(len(counts), cols)`` mask with the first ``counts[i]`` columns of row ``i`` active."""
+    return torch.arange(cols).expand(len(counts), cols) < torch.tensor(counts).unsqueeze(1)
 
 
 def _survivors(update, rows: int) -> torch.Tensor:
@@ -81,7 +78,7 @@ def test_srigl_update_rejects_bad_tensors() -> None:
 
 # ----------------------------------------------------------------------------- drop / grow
 def test_dropped_weight_with_large_gradient_is_regrown_and_new_ones_start_at_zero() -> None:
-    mask = _rows(torch.zeros(1, 6), [3])
+    mask = _prefix_mask([3], 6)
     weight = torch.tensor([[3.0, 2.0, 0.5, 0.0, 0.0, 0.0]])
     grad = torch.tensor([[0.0, 0.0, 9.0, 1.0, 5.0, 0.1]])
     update = srigl_update(weight, mask, grad, budget=4, drop_fraction=0.34)
@@ -94,7 +91,7 @@ def test_dropped_weight_with_large_gradient_is_regrown_and_new_ones_start_at_zer
 
 def test_freshly_grown_zero_weights_are_kept_not_counted_twice() -> None:
     """Quirk Q6: with fewer non-zero weights than n_keep, all non-zero ones are kept."""
-    mask = _rows(torch.zeros(2, 5), [3, 3])
+    mask = _prefix_mask([3, 3], 5)
     weight = torch.tensor([[1.0, 0.0, 0.0, 0, 0], [2.0, 3.0, 0.0, 0, 0]])
     update = srigl_update(weight, mask, torch.rand(2, 5), budget=6, drop_fraction=0.1)
     assert (update.n_keep, update.n_prune) == (3, 3)
@@ -105,7 +102,7 @@ def test_freshly_grown_zero_weights_are_kept_not_counted_twice() -> None:
 # ----------------------------------------------------------------------------- ablation
 def _ablation_layer() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """4x10 layer whose rows hold ``[5, 3, 2, 0]`` active weights: at drop fraction 0 all are salient."""
-    mask = _rows(torch.zeros(4, 10), [5, 3, 2, 0])
+    mask = _prefix_mask([5, 3, 2, 0], 10)
     weight = torch.arange(1.0, 11.0).expand(4, 10) * mask
     grad = torch.linspace(0.01, 0.4, 40).reshape(4, 10)
     return weight, mask, grad
@@ -156,7 +153,7 @@ def test_protected_layer_is_never_ablated() -> None:
 
 def test_ablated_neuron_revives_through_its_gradient() -> None:
     """Quirk Q8: an all-zero row with large gradients is salient again and regrows k weights at 0."""
-    mask = _rows(torch.zeros(4, 10), [6, 6, 6, 0])
+    mask = _prefix_mask([6, 6, 6, 0], 10)
     weight = torch.randn(4, 10, generator=torch.Generator().manual_seed(0)) * mask
     grad = torch.full((4, 10), 1e-3)
     grad[3] = torch.arange(1.0, 11.0)
@@ -170,7 +167,7 @@ def test_ablated_neuron_revives_through_its_gradient() -> None:
 
 # ----------------------------------------------------------------------------- deviations
 def _overfull_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    mask = _rows(torch.zeros(2, 8), [6, 6])
+    mask = _prefix_mask([6, 6], 8)
     weight = torch.zeros(2, 8)
     weight[:, :6] = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     return weight, mask, torch.rand(2, 8, generator=torch.Generator().manual_seed(0))
@@ -193,7 +190,7 @@ def test_trim_reference_keeps_lowest_index_weights() -> None:
 
 def test_zero_valued_positions_are_not_kept_when_ablation_exceeds_drop() -> None:
     """Deviation (b), quirk Q4: kept set capped at real non-zeros, the rest grown by gradient."""
-    mask = _rows(torch.zeros(4, 10), [5, 5, 5, 5])
+    mask = _prefix_mask([5, 5, 5, 5], 10)
     weight = torch.zeros(4, 10)
     weight[:, :5] = torch.tensor([[5.0], [6.0], [7.0], [0.01]]) * torch.arange(1.0, 6.0)
     grad = torch.rand(4, 10, generator=torch.Generator().manual_seed(1))
@@ -265,6 +262,7 @@ def test_srigl_update_on_conv_weight_shapes() -> None:
     generator = torch.Generator().manual_seed(0)
     mask = random_constant_fan_in_mask((8, 4, 3, 3), 72, generator)
     weight = torch.randn(8, 4, 3, 3, generator=generator) * mask
-    update = srigl_update(weight, mask, torch.randn(8, 4, 3, 3, generator=generator), budget=96, drop_fraction=0.3)
+    grad = torch.randn(8, 4, 3, 3, generator=generator)
+    update = srigl_update(weight, mask, grad, budget=96, drop_fraction=0.3)
     assert update.mask.shape == (8, 4, 3, 3)
     assert fan_in(update.mask).tolist() == [12] * 8

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_srigl.sparsity import active_neurons, density, fan_in, is_constant_fan_in, itop_rate, mask_change
+from lightning_srigl.sparsity import (
+    active_neurons,
+    density,
+    fan_in,
+    is_constant_fan_in,
+    itop_rate,
+    mask_change,
+)
 
 MASK = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=torch.bool)
 

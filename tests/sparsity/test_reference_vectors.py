@@ -18,6 +18,7 @@ from lightning_srigl.sparsity import (
     erk_densities,
     fan_in,
     layer_budgets,
+    neurons_to_ablate,
     rigl_update,
     srigl_update,
     uniform_densities,
@@ -88,8 +89,6 @@ def test_srigl_saliency_counts_match_reference(case: dict[str, Any]) -> None:
     if case["saliency_counts"] is None:
         assert _run_srigl(case).saliency_threshold is None
         return
-    from lightning_srigl.sparsity import neurons_to_ablate
-
     weight = case["weight"].reshape(case["shape"][0], -1)
     weight_score = torch.where(case["mask"].reshape_as(weight), weight.abs(), -1.0)
     ablation = neurons_to_ablate(
@@ -130,7 +129,9 @@ def test_drop_fraction_matches_reference(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", RIGL)
 def test_rigl_update_matches_reference(case: dict[str, Any]) -> None:
     assert case["deterministic"]
-    update = rigl_update(case["weight"], case["mask"], case["dense_grad"], drop_fraction=case["drop_fraction"])
+    update = rigl_update(
+        case["weight"], case["mask"], case["dense_grad"], drop_fraction=case["drop_fraction"]
+    )
     assert (update.n_prune, update.n_keep) == (case["n_prune"], case["n_keep"])
     assert torch.equal(update.mask, case["new_mask"])
     assert torch.equal(update.regrown, case["grow_mask"])
