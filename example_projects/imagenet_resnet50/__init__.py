@@ -1,0 +1,1 @@
+"""ImageNet ResNet-50 with the SRigL paper's recipe (ImageFolder layout, multi-GPU DDP)."""
