@@ -246,9 +246,9 @@ class DynamicSparsityCallback(Callback):
             "config": self.config(),
             "t_end": self.t_end,
             "generator": self._generator.get_state(),
-            "grad_sums": {fqn: g.cpu() for fqn, g in self._grad_sums.items()},
+            "grad_sums": {fqn: g.to("cpu", copy=True) for fqn, g in self._grad_sums.items()},
             "grads_finite": self._grads_finite,
-            "ever_active": {fqn: e.cpu() for fqn, e in self._ever_active.items()},
+            "ever_active": {fqn: e.to("cpu", copy=True) for fqn, e in self._ever_active.items()},
             "skipped_updates": self.skipped_updates,
             "history": list(self.history),
         }
