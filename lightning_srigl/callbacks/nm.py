@@ -1,0 +1,273 @@
+"""``NMSparsityCallback``: train N:M sparse networks from scratch with SR-STE (Zhou et al., ICLR 2021).
+
+SR-STE keeps dense weights ``W`` but runs every forward and backward with ``W * mask``, where the
+mask keeps the ``n`` largest ``|W|`` of every ``m`` consecutive inputs (optionally a transposable
+N:M mask, Hubara et al., NeurIPS 2021) and is recomputed every ``mask_interval`` optimizer steps.
+The gradient at the sparse point reaches *every* dense weight (straight-through estimator), plus the
+sparse-refined term ``lambda_w * (1 - mask) * W`` that decays only the pruned weights.
+
+How it is done here, without autograd functions, hooks or parametrizations: the parameter itself
+holds ``W * mask`` and the pruned values of ``W`` wait in the callback. The ordinary backward then
+yields ``dL/d(W * mask)`` for every entry, which *is* the STE gradient of the dense ``W``. In
+``on_before_optimizer_step`` (after AMP unscaling, DDP averaging and gradient accumulation) the pruned
+values are put back and the SR term is added to ``p.grad`` once per step, so ``lambda_w`` does not
+scale with the number of processes, accumulation steps or the loss scale (the reference code's
+in-backward placement does). Right after the step the mask is recomputed and the pruned values are
+set aside again. Outside that window the model is exactly N:M, so validation, checkpoints' model
+weights, ``AccelerateCallback`` and any code touching ``module.weight`` directly (tied weights,
+``nn.MultiheadAttention``) all see the sparse network.
+
+Checkpoints: the masks are ``<param>_mask`` buffers of the model; the pruned values and counters are
+this callback's ``state_dict``, so ``trainer.fit(ckpt_path=...)`` resumes the exact trajectory. A
+weights-only checkpoint restarts the pruned values at zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_srigl.convert import select_structured_parameters
+from lightning_srigl.masking import MaskedParameters
+from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask, sr_ste_refine_term
+from lightning_srigl.sparsity.transposable import check_transposable_nm, is_transposable_nm, transposable_nm_mask
+
+Transposable = Literal["greedy", "exact"]
+
+
+class NMSparsityCallback(Callback):
+    """SR-STE N:M sparse training; at the end of fit every selected weight is exactly N:M.
+
+    Args:
+        n, m: keep ``n`` of every ``m`` consecutive weights along the input dimension (conv: input
+            channels at each kernel position).
+        lambda_w: strength of the sparse-refined decay on pruned weights; 0 is the plain STE. SR-STE
+            was tuned with SGD + momentum; with Adam(W) it is reported to work less well.
+        mask_interval: recompute the masks every this many optimizer steps (the reference SR-STE
+            recomputes every step; transposable training used 40).
+        transposable: ``None`` for plain N:M; ``"exact"`` or ``"greedy"`` for transposable N:M masks
+            (every ``m x m`` out x in tile keeps ``n`` per row and column; the greedy may keep fewer).
+        include, exclude: fnmatch patterns on parameter names, as for ``SRigLCallback``.
+        keep_first_dense, keep_last_dense: leave the model's first and last sparsifiable layers dense
+            (a stem conv rarely has a multiple of ``m`` inputs; the head is small).
+        log_every_n_steps: log mask flips (SAD) per layer and globally every this many steps.
+
+    Layers whose input (or, for transposable masks, output) dimension is not divisible by ``m`` stay
+    dense with a logged message, unless an ``include`` pattern names them: then ``setup`` raises.
+    """
+
+    def __init__(
+        self,
+        n: int = 2,
+        m: int = 4,
+        lambda_w: float = 2e-4,
+        mask_interval: int = 1,
+        transposable: Transposable | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        keep_first_dense: bool = True,
+        keep_last_dense: bool = True,
+        log_every_n_steps: int = 50,
+    ) -> None:
+        check_nm((m, m), n, m)
+        if transposable not in (None, "greedy", "exact"):
+            raise ValueError(f"transposable must be None, 'greedy' or 'exact', got {transposable!r}.")
+        if lambda_w < 0:
+            raise ValueError(f"lambda_w must be >= 0, got {lambda_w}.")
+        if mask_interval < 1 or log_every_n_steps < 1:
+            raise ValueError(
+                f"mask_interval and log_every_n_steps must be >= 1, got {mask_interval}, {log_every_n_steps}."
+            )
+        self.n, self.m, self.lambda_w = n, m, lambda_w
+        self.mask_interval, self.transposable = mask_interval, transposable
+        self.include = list(include) if include is not None else None
+        self.exclude = list(exclude)
+        self.keep_first_dense, self.keep_last_dense = keep_first_dense, keep_last_dense
+        self.log_every_n_steps = log_every_n_steps
+        self.masked: MaskedParameters | None = None
+        self._pruned: dict[str, Tensor] = {}  # fqn -> 1-D values of W at ~mask (row-major order)
+        self._dense = False  # True between on_before_optimizer_step and the end of that batch
+        self._flips: dict[str, Tensor] = {}  # fqn -> mask flips since the last log (0-dim int64)
+        self._updates_since_log = 0
+        self._loaded: dict[str, Any] | None = None
+
+    # -- mask math glue ---------------------------------------------------------------------------
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        if self.transposable is None:
+            check_nm(shape, self.n, self.m)
+        else:
+            check_transposable_nm(shape, self.n, self.m)
+
+    def _mask_of(self, weight: Tensor) -> Tensor:
+        """Bool mask ``weight.shape`` of the largest ``|weight|`` under the (transposable) N:M pattern."""
+        if self.transposable is None:
+            return nm_mask(weight.detach().abs(), self.n, self.m)
+        return transposable_nm_mask(weight.detach().abs(), self.n, self.m, method=self.transposable).mask
+
+    def _masks(self) -> MaskedParameters:
+        if self.masked is None:
+            raise RuntimeError("NMSparsityCallback has no masks yet: it is set up by trainer.fit().")
+        return self.masked
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Select the layers and register their ``<param>_mask`` buffers (before a checkpoint loads)."""
+        if stage != "fit":
+            return
+        if not pl_module.automatic_optimization:
+            raise RuntimeError(
+                "NMSparsityCallback needs automatic optimization (one optimizer step per batch); the "
+                "LightningModule sets automatic_optimization = False."
+            )
+        if trainer.strategy.restore_checkpoint_after_setup:
+            raise RuntimeError(
+                f"NMSparsityCallback does not support the {type(trainer.strategy).__name__} strategy "
+                "(sharded parameters); use single-device or DDP training."
+            )
+        selected, skipped = select_structured_parameters(
+            pl_module, self._check_shape, self.include, self.exclude, self.keep_first_dense, self.keep_last_dense
+        )
+        for fqn, reason in skipped.items():
+            rank_zero_info(f"NMSparsityCallback: {fqn} stays dense ({reason}).")
+        self.masked = MaskedParameters(selected)
+        self.masked.install_({p.fqn: self._mask_of(p.param) for p in selected})
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Sparsify the weights: set the pruned values aside (or take them from the checkpoint)."""
+        masked = self._masks()
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None and loaded["pruned"]:
+            self._restore_state(loaded)
+            return
+        # A fresh run, or a checkpoint written after fit ended (its pruned values were dropped: zeros).
+        self._flips = {fqn: torch.zeros((), dtype=torch.long, device=masked.param(fqn).device) for fqn in masked.fqns}
+        self._set_aside_pruned()
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Put the pruned values back (dense step) and add ``lambda_w * (1 - mask) * W`` to the gradients."""
+        if self._dense:
+            return
+        self._check_gradients_unscaled(trainer, optimizer)
+        masked = self._masks()
+        with torch.no_grad():
+            for fqn, mask in masked.masks().items():
+                param = masked.param(fqn)
+                param.masked_scatter_(~mask, self._pruned[fqn])
+                if param.grad is not None and self.lambda_w > 0:
+                    param.grad.add_(sr_ste_refine_term(param, mask, self.lambda_w))
+        self._dense = True
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """After an optimizer step: recompute the masks when due, set the pruned values aside, log."""
+        if not self._dense:
+            return  # a gradient-accumulation micro-batch: no step happened
+        if trainer.global_step % self.mask_interval == 0:
+            self._update_masks()
+        self._set_aside_pruned()
+        if trainer.global_step % self.log_every_n_steps == 0:
+            self._log_flips(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Drop the pruned values: from here on the weights are the N:M network, zero outside the masks."""
+        masked = self._masks()
+        for fqn, mask in masked.masks().items():
+            if not self._is_structured(mask) or bool(masked.param(fqn)[~mask].any()):
+                raise RuntimeError(f"NMSparsityCallback: {fqn} is not {self.n}:{self.m} sparse at the end of fit.")
+        self._pruned = {}
+        rank_zero_info(f"NMSparsityCallback: {len(masked.fqns)} weights are {self.n}:{self.m} sparse.")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Leave the model sparse if training stopped between the dense step and the re-masking."""
+        if self._dense:
+            self._set_aside_pruned()
+
+    # -- state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Pruned values (the dense weights' missing half) and flip counters; masks live in the model."""
+        return {
+            "pruned": dict(self._pruned),
+            "flips": dict(self._flips),
+            "updates_since_log": self._updates_since_log,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the checkpoint's state until ``on_fit_start``, when the model's masks are loaded too."""
+        self._loaded = state_dict
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _is_structured(self, mask: Tensor) -> bool:
+        if self.transposable is None:
+            return is_nm(mask, self.n, self.m)
+        return is_transposable_nm(mask, self.n, self.m, exact=self.transposable == "exact")
+
+    @torch.no_grad()
+    def _set_aside_pruned(self) -> None:
+        """Store ``W[~mask]`` (1-D, row-major) and zero those entries of every sparse weight."""
+        masked = self._masks()
+        for fqn, mask in masked.masks().items():
+            param = masked.param(fqn)
+            self._pruned[fqn] = param[~mask]
+            param.masked_fill_(~mask, 0.0)
+        self._dense = False
+
+    @torch.no_grad()
+    def _update_masks(self) -> None:
+        """Recompute every mask from the dense ``|W|`` and count the flips (kept on device, no sync)."""
+        masked = self._masks()
+        for fqn, old in masked.masks().items():
+            new = self._mask_of(masked.param(fqn))
+            self._flips[fqn] += torch.count_nonzero(old != new)
+            masked.set_mask_(fqn, new)
+        self._updates_since_log += 1
+
+    def _log_flips(self, pl_module: pl.LightningModule) -> None:
+        """Log mask flips (SAD between consecutive masks) summed since the last log, and the flip rate."""
+        if self._updates_since_log == 0:
+            return
+        masked = self._masks()
+        numel = sum(masked.param(fqn).numel() for fqn in masked.fqns)
+        total = torch.stack(list(self._flips.values())).sum()
+        metrics = {f"nm/flips/{fqn}": flips.float() for fqn, flips in self._flips.items()}
+        metrics["nm/flips"] = total.float()
+        metrics["nm/flip_rate"] = total.float() / (numel * self._updates_since_log)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        for flips in self._flips.values():
+            flips.zero_()
+        self._updates_since_log = 0
+
+    def _restore_state(self, state: dict[str, Any]) -> None:
+        """Install a checkpoint's pruned values after checking they fit the loaded masks."""
+        masked = self._masks()
+        if set(state["pruned"]) != set(masked.fqns):
+            raise ValueError(
+                f"The checkpoint's NMSparsityCallback state covers {sorted(state['pruned'])} but this run "
+                f"sparsifies {masked.fqns}: use the same include/exclude/keep_*_dense settings as the run that "
+                "wrote it."
+            )
+        for fqn, mask in masked.masks().items():
+            values = state["pruned"][fqn].to(masked.param(fqn).device)
+            if values.numel() != int((~mask).sum()):
+                raise ValueError(f"Checkpoint pruned values of {fqn} do not match its mask; the checkpoint is corrupt.")
+            self._pruned[fqn] = values
+            self._flips[fqn] = state["flips"][fqn].to(values.device)
+        self._updates_since_log = state["updates_since_log"]
+
+    @staticmethod
+    def _check_gradients_unscaled(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse fused optimizers under a GradScaler: their gradients are still scaled at this hook."""
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            raise RuntimeError(
+                "NMSparsityCallback adds the SR-STE term to unscaled gradients, but this fused optimizer "
+                "unscales inside step(). Use the optimizer with fused=False, or precision='bf16-mixed'."
+            )
