@@ -68,8 +68,7 @@ def test_condensed_memory_at_90_percent_is_at_most_016_of_dense() -> None:
 
 
 def test_cold_copies_are_independent_and_exceed_the_byte_target() -> None:
-    layer = torch.nn.Linear(32, 8)
-    copies = cold_copies(layer, dense_bytes=32 * 8 * 4, cold_bytes=10_000)
+    copies = cold_copies(lambda: torch.nn.Linear(32, 8), dense_bytes=32 * 8 * 4, cold_bytes=10_000)
     assert len(copies) * 32 * 8 * 4 >= 10_000
     assert len({c.weight.data_ptr() for c in copies}) == len(copies)
 

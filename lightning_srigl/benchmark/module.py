@@ -9,6 +9,7 @@ written (:mod:`lightning_srigl.benchmark.report`). ``run_benchmark`` is the one-
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
 from lightning_srigl.benchmark.report import write_outputs
 from lightning_srigl.benchmark.sweep import Case, SweepConfig, case_spec
-from lightning_srigl.benchmark.timing import cold_copies, cold_time, hot_time
+from lightning_srigl.benchmark.timing import Timing, cold_copies, cold_time, hot_time
 
 
 class BenchmarkModule(pl.LightningModule):
@@ -67,14 +68,15 @@ class BenchmarkModule(pl.LightningModule):
             xm = x.to(module_dtype(module))
             error = float((module(xm).float() - reference).abs().max())
             if case["cache"] == "cold":
-                copies = cold_copies(module, dense_bytes, int(self.config.cold_bytes))
-                seconds = cold_time(copies, xm, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
+                build = lambda: build_method(method, linear, mask, device)  # noqa: E731
+                copies = cold_copies(build, dense_bytes, int(self.config.cold_bytes))
+                timing = cold_time(copies, xm, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
                 del copies
             else:
-                seconds = hot_time(
+                timing = hot_time(
                     lambda: module(xm), threads=case["threads"], min_run_time=self.config.min_run_time, device=device
                 )
-            self.results.append(_row(case, spec, method, seconds, weight_bytes(module), error))
+            self.results.append(_row(case, spec, method, timing, weight_bytes(module), error))
 
     def _masked_layer(self, spec: SparseLayerSpec) -> tuple[nn.Linear, Tensor]:
         """Build (once per consecutive run of cases) the random masked layer of ``spec``."""
@@ -96,7 +98,8 @@ class BenchmarkModule(pl.LightningModule):
     def on_test_end(self) -> None:
         """Write the CSVs, table and plot (rank 0)."""
         if self.config.output_dir is not None and self.trainer.is_global_zero:
-            self.outputs = write_outputs(self.results, Path(self.config.output_dir), self.config.name)
+            output_dir = Path(self.config.output_dir)
+            self.outputs = write_outputs(self.results, output_dir, self.config.name, self.config.statistic)
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
@@ -107,7 +110,7 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _row(case: Case, spec: SparseLayerSpec, method: str, seconds: float, nbytes: int, error: float) -> dict[str, Any]:
+def _row(case: Case, spec: SparseLayerSpec, method: str, timing: Timing, nbytes: int, error: float) -> dict[str, Any]:
     return {
         "structure": spec.structure,
         "in_features": spec.in_features,
@@ -120,7 +123,9 @@ def _row(case: Case, spec: SparseLayerSpec, method: str, seconds: float, nbytes:
         "threads": case["threads"],
         "cache": case["cache"],
         "method": method,
-        "time_us": round(seconds * 1e6, 3),
+        "time_us": round(timing.median * 1e6, 3),
+        "min_us": round(timing.min * 1e6, 3),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "weight_bytes": nbytes,
         "max_abs_err": float(f"{error:.3g}"),
     }

@@ -53,13 +53,15 @@ def _number(text: str) -> Any:
     return text
 
 
-def summarize(rows: Sequence[Row]) -> list[Row]:
-    """One row per case: each method's time (µs) and the ratios of :data:`RATIOS` present."""
+def summarize(rows: Sequence[Row], statistic: str = "median") -> list[Row]:
+    """One row per case: each method's time (µs, ``statistic`` of its samples) and the ratios of
+    :data:`RATIOS` present."""
+    column = {"median": "time_us", "min": "min_us"}[statistic]
     cases: dict[tuple[Any, ...], Row] = {}
     for row in rows:
         key = tuple(row[k] for k in CASE_KEYS)
         case = cases.setdefault(key, {k: row[k] for k in CASE_KEYS})
-        case[f"{row['method']}_us"] = row["time_us"]
+        case[f"{row['method']}_us"] = row[column]
         case[f"{row['method']}_bytes"] = row["weight_bytes"]
     summary = []
     for case in cases.values():
@@ -101,7 +103,7 @@ def summary_table(summary: Sequence[Row], title: str = "lightning_srigl benchmar
     return table
 
 
-def plot(rows: Sequence[Row], path: Path, threads: int) -> Path:
+def plot(rows: Sequence[Row], path: Path, threads: int, statistic: str = "median") -> Path:
     """Time vs sparsity per method, log y, one panel per (shape, batch): the paper's Figure 11 style.
 
     Only hot-cache constant-fan-in rows at ``threads``; 2:4 layers are drawn as single markers at 50 %.
@@ -119,11 +121,12 @@ def plot(rows: Sequence[Row], path: Path, threads: int) -> Path:
     )
     for i, shape in enumerate(shapes):
         for j, batch in enumerate(batches):
-            _panel(axes[i][j], [r for r in hot if (r["in_features"], r["out_features"]) == shape and r["batch"] == batch])
+            panel = [r for r in hot if (r["in_features"], r["out_features"]) == shape and r["batch"] == batch]
+            _panel(axes[i][j], panel, "time_us" if statistic == "median" else "min_us")
             axes[i][j].set_title(f"{shape[0]}→{shape[1]}, batch {batch}, {threads} thread(s)", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.supxlabel("sparsity")
-    fig.supylabel("time per call (µs, log)")
+    fig.supylabel(f"time per call (µs, {statistic}, log)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -131,11 +134,11 @@ def plot(rows: Sequence[Row], path: Path, threads: int) -> Path:
     return path
 
 
-def _panel(ax: Any, rows: Sequence[Row]) -> None:
+def _panel(ax: Any, rows: Sequence[Row], column: str) -> None:
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
         label = r["method"] if r["structure"] == "srigl" else f"{r['method']} (2:4)"
-        series[label].append((r["sparsity"], r["time_us"]))
+        series[label].append((r["sparsity"], r[column]))
     for label, points in series.items():
         points.sort()
         style = "s" if "(2:4)" in label else "o-"
@@ -144,14 +147,29 @@ def _panel(ax: Any, rows: Sequence[Row]) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def write_outputs(rows: Sequence[Row], output_dir: Path, name: str, console: Console | None = None) -> dict[str, Path]:
+def write_outputs(
+    rows: Sequence[Row], output_dir: Path, name: str, statistic: str = "median", console: Console | None = None
+) -> dict[str, Path]:
     """Write ``<name>.csv`` (raw), ``<name>_summary.csv``, ``<name>_t<threads>.png``; print the table."""
-    summary = summarize(rows)
+    summary = summarize(rows, statistic)
     outputs = {
         "raw_csv": write_csv(rows, output_dir / f"{name}.csv"),
         "summary_csv": write_csv(summary, output_dir / f"{name}_summary.csv"),
     }
     for threads in sorted({r["threads"] for r in rows}):
-        outputs[f"plot_t{threads}"] = plot(rows, output_dir / f"{name}_t{threads}.png", threads)
-    (console or Console(width=180)).print(summary_table(summary, title=f"{name} (times µs; ratios ×, > 1 = faster)"))
+        outputs[f"plot_t{threads}"] = plot(rows, output_dir / f"{name}_t{threads}.png", threads, statistic)
+    title = f"{name} ({statistic} µs per call; ratios ×, > 1 = faster)"
+    (console or Console(width=180)).print(summary_table(summary, title=title))
     return outputs
+
+
+def markdown_table(summary: Sequence[Row]) -> str:
+    """The :func:`summary_table` columns as a GitHub-flavoured markdown table (for ``docs/``)."""
+    headers = ["layer", "sparsity", "batch", "threads", "cache", *TABLE_COLUMNS.values()]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in summary:
+        layer = f"{row['in_features']}→{row['out_features']}" + (" 2:4" if row["structure"] == "2:4" else "")
+        cells = [layer, f"{row['sparsity']:.2f}", str(row["batch"]), str(row["threads"]), row["cache"]]
+        cells += [str(row.get(key, "")) for key in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Timing with warm caches (median of ``torch.utils.benchmark`` blocks) and with cold caches.
+"""Timing with warm caches (median and minimum of short samples) and with cold caches.
 
 Cold caches: the same layer is copied until the copies together exceed the last-level cache
 (``cold_bytes``, ~1 GB by default) and the timed statement runs every copy once per pass, so each
@@ -8,13 +8,26 @@ call streams its weights from DRAM, as the layers of a whole network would at ba
 
 from __future__ import annotations
 
-import copy
 import math
+import statistics
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils import benchmark
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median and the minimum over the timed samples."""
+
+    median: float
+    min: float
+
+    def scaled(self, factor: float) -> Timing:
+        """Both statistics multiplied by ``factor`` (e.g. ``1 / copies`` for a cold pass)."""
+        return Timing(self.median * factor, self.min * factor)
 
 
 def _sync(device: torch.device) -> None:
@@ -22,29 +35,53 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def hot_time(fn: Callable[[], object], *, threads: int, min_run_time: float, device: torch.device) -> float:
-    """Median seconds per call of ``fn`` with warm caches.
-
-    One warm-up call, then ``Timer.blocked_autorange``: blocks of calls until ``min_run_time``
-    seconds have been measured, median over blocks (the method of the SRigL paper's benchmark).
-    """
-    fn()
+def _per_call(fn: Callable[[], object], number: int, device: torch.device) -> float:
     _sync(device)
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / number
 
 
-def cold_copies(module: nn.Module, dense_bytes: int, cold_bytes: int) -> list[nn.Module]:
-    """``ceil(cold_bytes / dense_bytes)`` independent copies of ``module`` (the same count for every
-    method of a configuration, so the dense copies alone exceed ``cold_bytes``)."""
-    count = max(2, math.ceil(cold_bytes / dense_bytes))
-    return [module] + [copy.deepcopy(module) for _ in range(count - 1)]
+def hot_time(
+    fn: Callable[[], object], *, threads: int, min_run_time: float, device: torch.device, sample_time: float = 1e-3
+) -> Timing:
+    """Time ``fn`` with warm caches on ``threads`` intra-op threads.
+
+    Warm-up calls (at least 3 and 10 % of ``min_run_time``), then samples of ``number`` back-to-back
+    calls each (``number`` chosen so a sample lasts about ``sample_time``) until ``min_run_time``
+    seconds are measured, at least 7 samples. Short samples keep the minimum meaningful on a shared
+    machine: a sample that was not preempted exists even when many were.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        warm = [_per_call(fn, 1, device) for _ in range(3)]
+        while sum(warm) < 0.1 * min_run_time:
+            warm.append(_per_call(fn, 1, device))
+        number = max(1, round(sample_time / min(warm)))
+        samples: list[float] = []
+        while len(samples) < 7 or sum(samples) * number < min_run_time:
+            samples.append(_per_call(fn, number, device))
+    finally:
+        torch.set_num_threads(previous)
+    return Timing(statistics.median(samples), min(samples))
+
+
+def cold_copies(build: Callable[[], nn.Module], dense_bytes: int, cold_bytes: int) -> list[nn.Module]:
+    """``ceil(cold_bytes / dense_bytes)`` (at least 2) independently built modules.
+
+    The count is the same for every method of a configuration, so the dense copies alone exceed
+    ``cold_bytes``; ``build`` makes one module (CSR tensors cannot be deep-copied).
+    """
+    return [build() for _ in range(max(2, math.ceil(cold_bytes / dense_bytes)))]
 
 
 def cold_time(
     modules: Sequence[nn.Module], x: Tensor, *, threads: int, min_run_time: float, device: torch.device
-) -> float:
-    """Median seconds per call when each call runs the next of ``modules`` (weights not in cache).
+) -> Timing:
+    """Seconds per call when each call runs the next of ``modules`` (weights not in cache).
 
     Args:
         modules: copies of one layer, together larger than the last-level cache.
@@ -55,4 +92,4 @@ def cold_time(
         for module in modules:
             module(x)
 
-    return hot_time(one_pass, threads=threads, min_run_time=min_run_time, device=device) / len(modules)
+    return hot_time(one_pass, threads=threads, min_run_time=min_run_time, device=device).scaled(1 / len(modules))
