@@ -34,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_srigl.convert import select_structured_parameters
+from lightning_srigl.callbacks.base import DynamicSparsityCallback
 from lightning_srigl.masking import MaskedParameters
 from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask, sr_ste_refine_term
 from lightning_srigl.sparsity.transposable import check_transposable_nm, is_transposable_nm, transposable_nm_mask
@@ -119,7 +120,12 @@ class NMSparsityCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Select the layers and register their ``<param>_mask`` buffers (before a checkpoint loads)."""
         if stage != "fit":
+            self._install_placeholders(pl_module)
             return
+        sparsity_callbacks = (DynamicSparsityCallback, NMSparsityCallback)
+        others = [c for c in trainer.callbacks if isinstance(c, sparsity_callbacks) and c is not self]
+        if others:
+            raise ValueError(f"Use one sparsity callback per Trainer; NMSparsityCallback found {type(others[0]).__name__}.")
         if not pl_module.automatic_optimization:
             raise RuntimeError(
                 "NMSparsityCallback needs automatic optimization (one optimizer step per batch); the "
@@ -130,13 +136,23 @@ class NMSparsityCallback(Callback):
                 f"NMSparsityCallback does not support the {type(trainer.strategy).__name__} strategy "
                 "(sharded parameters); use single-device or DDP training."
             )
+        self.masked = self._select(pl_module, verbose=True)
+        self.masked.install_({fqn: self._mask_of(self.masked.param(fqn)) for fqn in self.masked.fqns})
+
+    def _select(self, pl_module: pl.LightningModule, verbose: bool) -> MaskedParameters:
         selected, skipped = select_structured_parameters(
             pl_module, self._check_shape, self.include, self.exclude, self.keep_first_dense, self.keep_last_dense
         )
-        for fqn, reason in skipped.items():
+        for fqn, reason in skipped.items() if verbose else ():
             rank_zero_info(f"NMSparsityCallback: {fqn} stays dense ({reason}).")
-        self.masked = MaskedParameters(selected)
-        self.masked.install_({p.fqn: self._mask_of(p.param) for p in selected})
+        return MaskedParameters(selected)
+
+    def _install_placeholders(self, pl_module: pl.LightningModule) -> None:
+        """Outside fit, give the layers mask buffers (if missing) so that a sparse checkpoint loads."""
+        self.masked = self._select(pl_module, verbose=False)
+        if not self.masked.is_installed():
+            ones = {fqn: torch.ones_like(self.masked.param(fqn), dtype=torch.bool) for fqn in self.masked.fqns}
+            self.masked.install_(ones)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Sparsify the weights: set the pruned values aside (or take them from the checkpoint)."""
@@ -175,7 +191,7 @@ class NMSparsityCallback(Callback):
             self._update_masks()
         self._set_aside_pruned()
         if trainer.global_step % self.log_every_n_steps == 0:
-            self._log_flips(pl_module)
+            self._log_flips(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Drop the pruned values: from here on the weights are the N:M network, zero outside the masks."""
@@ -230,19 +246,26 @@ class NMSparsityCallback(Callback):
             masked.set_mask_(fqn, new)
         self._updates_since_log += 1
 
-    def _log_flips(self, pl_module: pl.LightningModule) -> None:
-        """Log mask flips (SAD between consecutive masks) summed since the last log, and the flip rate."""
+    def _log_flips(self, trainer: pl.Trainer) -> None:
+        """Log mask flips (SAD between consecutive masks) summed since the last log, and the flip rate.
+
+        Like the other sparsity callbacks, metrics go straight to the loggers on rank 0 (masks agree
+        across ranks), as ``nm/mask_change``, ``nm/<param>/mask_change`` and ``nm/flip_rate`` (flips
+        per weight per mask update).
+        """
         if self._updates_since_log == 0:
             return
         masked = self._masks()
+        flips = {fqn: int(count) for fqn, count in self._flips.items()}
         numel = sum(masked.param(fqn).numel() for fqn in masked.fqns)
-        total = torch.stack(list(self._flips.values())).sum()
-        metrics = {f"nm/flips/{fqn}": flips.float() for fqn, flips in self._flips.items()}
-        metrics["nm/flips"] = total.float()
-        metrics["nm/flip_rate"] = total.float() / (numel * self._updates_since_log)
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
-        for flips in self._flips.values():
-            flips.zero_()
+        metrics = {f"nm/{fqn}/mask_change": float(count) for fqn, count in flips.items()}
+        metrics["nm/mask_change"] = float(sum(flips.values()))
+        metrics["nm/flip_rate"] = metrics["nm/mask_change"] / (numel * self._updates_since_log)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        for count in self._flips.values():
+            count.zero_()
         self._updates_since_log = 0
 
     def _restore_state(self, state: dict[str, Any]) -> None:

@@ -10,10 +10,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from lightning_srigl.callbacks.nm import NMSparsityCallback
+from lightning_srigl.callbacks import NMSparsityCallback, SRigLCallback
 from lightning_srigl.sparsity.nm import is_nm, nm_mask
 from lightning_srigl.sparsity.transposable import is_transposable_nm
 
@@ -213,12 +214,43 @@ def test_checkpoint_carries_masks_and_pruned_values(tmp_path: Path) -> None:
     assert trainer.global_step == 2
 
 
+class MemoryLogger(Logger):
+    """Keeps every ``log_metrics`` call in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
 def test_logs_mask_flips_per_layer_and_globally() -> None:
-    trainer = _fit(TinyMLP(lr=1.0), [NMSparsityCallback(lambda_w=0.0, log_every_n_steps=2)], logger=True, max_steps=4)
-    logged = trainer.logged_metrics
-    per_layer = sum(logged[f"nm/flips/{name}"] for name in SPARSE)
-    assert logged["nm/flips"] == per_layer > 0, "plain STE at lr=1 flips masks"
-    assert 0 < logged["nm/flip_rate"] == pytest.approx(float(per_layer) / (2 * 16 * 16 * 2))
+    logger = MemoryLogger()
+    _fit(TinyMLP(lr=1.0), [NMSparsityCallback(lambda_w=0.0, log_every_n_steps=2)], logger=logger, max_steps=4)
+    rows = [(step, metrics) for step, metrics in logger.rows if "nm/mask_change" in metrics]
+    assert [step for step, _ in rows] == [2, 4]
+    for _, metrics in rows:
+        per_layer = sum(metrics[f"nm/{name}/mask_change"] for name in SPARSE)
+        assert metrics["nm/mask_change"] == per_layer
+        assert metrics["nm/flip_rate"] == pytest.approx(per_layer / (2 * 16 * 16 * 2))  # 2 layers, 2 updates
+    assert rows[0][1]["nm/mask_change"] > 0, "plain STE at lr=1 flips masks"
+
+
+def test_one_sparsity_callback_per_trainer() -> None:
+    with pytest.raises(ValueError, match="one sparsity callback per Trainer"):
+        _fit(TinyMLP(), [NMSparsityCallback(), SRigLCallback(sparsity=0.5)])
 
 
 def test_layer_not_divisible_by_m_is_an_error_when_included() -> None:
