@@ -70,6 +70,7 @@ class MaskedParameters:
             raise ValueError(f"Each sparse parameter must appear once; got {fqns}")
         self.params: list[SparseParameter] = list(params)
         self._by_fqn: dict[str, SparseParameter] = {p.fqn: p for p in params}
+        self._inactive_cache: dict[str, tuple[int, int, Tensor]] = {}
 
     @property
     def fqns(self) -> list[str]:
@@ -87,6 +88,7 @@ class MaskedParameters:
         Args:
             masks: ``{fqn: BoolTensor(param.shape)}`` for every parameter.
         """
+        self._inactive_cache.clear()
         for p in self.params:
             mask = masks[p.fqn]
             self._check_shape(p, mask)
@@ -118,11 +120,21 @@ class MaskedParameters:
         self._check_shape(p, new_mask)
         self.mask(fqn).copy_(new_mask)
 
+    def inactive(self, fqn: str) -> Tensor:
+        """``~mask`` of ``fqn``, cached until the buffer changes (tracked by its in-place version counter)."""
+        mask = self.mask(fqn)
+        key = (id(mask), mask._version)
+        cached = self._inactive_cache.get(fqn)
+        if cached is None or cached[:2] != key:
+            cached = (*key, mask.logical_not())
+            self._inactive_cache[fqn] = cached
+        return cached[2]
+
     @torch.no_grad()
     def apply_to_weights_(self) -> None:
         """Zero every weight at its inactive positions, in place (also non-finite values there)."""
         for p in self.params:
-            p.param.masked_fill_(self.mask(p.fqn).logical_not(), 0)
+            p.param.masked_fill_(self.inactive(p.fqn), 0)
 
     @torch.no_grad()
     def apply_to_gradients_(self) -> None:
@@ -130,7 +142,7 @@ class MaskedParameters:
         for p in self.params:
             grad = p.param.grad
             if grad is not None:
-                grad.masked_fill_(self.mask(p.fqn).logical_not(), 0)
+                grad.masked_fill_(self.inactive(p.fqn), 0)
 
     def check_compatible(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
         """Raise ``ValueError`` if ``state_dict`` (a full model state dict) lacks a mask or has a misfit one."""

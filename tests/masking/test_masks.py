@@ -107,6 +107,19 @@ def test_check_compatible_reports_missing_and_misfit_masks() -> None:
         mp.check_compatible(sd)
 
 
+def test_inactive_cache_follows_in_place_changes_and_state_dict_loads() -> None:
+    model, mp, masks = _installed()
+    assert torch.equal(mp.inactive("0.weight"), ~masks["0.weight"])
+    mp.set_mask_("0.weight", torch.ones(5, 6, dtype=torch.bool))
+    assert not mp.inactive("0.weight").any()
+    sd = model.state_dict()
+    sd["0.weight_mask"] = masks["0.weight"]
+    model.load_state_dict(sd)
+    assert torch.equal(mp.inactive("0.weight"), ~masks["0.weight"])
+    mp.install_(masks)  # a new buffer object
+    assert torch.equal(mp.inactive("2.weight"), ~masks["2.weight"])
+
+
 def test_reinstalling_does_not_stack_load_hooks() -> None:
     model, mp, masks = _installed()
     mp.install_(masks)
