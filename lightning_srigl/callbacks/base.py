@@ -319,7 +319,7 @@ class DynamicSparsityCallback(Callback):
 
     @torch.no_grad()
     def _accumulate_dense_grads(self) -> None:
-        """Add this step's dense gradient / n into the growth-score sums (no host sync)."""
+        """Add this step's dense gradient / n into the growth-score sums; note whether all are finite."""
         assert self.masked is not None
         finite = []
         for fqn in self.masked.fqns:

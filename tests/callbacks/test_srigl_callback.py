@@ -102,8 +102,8 @@ def test_bf16_mixed_precision_trains_with_constant_fan_in() -> None:
 
 
 def test_conv_layers_have_constant_fan_in_over_the_receptive_field() -> None:
-    callback = SRigLCallback(report=False, sparsity=0.7, delta_t=4)
-    probe, model = _fit(callback, TinyConvNet())
+    callback = SRigLCallback(report=False, sparsity=0.7, delta_t=3)
+    probe, model = _fit(callback, TinyConvNet(), steps=8)
     assert callback.masked.fqns == ["net.1.weight", "net.4.weight", "net.7.weight"]
     conv2d = probe.records[-1]["after"]["net.1.weight"]
     assert conv2d.shape == (8, 1, 3, 3) and is_constant_fan_in(conv2d)
