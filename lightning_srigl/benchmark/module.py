@@ -42,7 +42,7 @@ class BenchmarkModule(pl.LightningModule):
         self.outputs: dict[str, Path] = {}
         self._layer_key: SparseLayerSpec | None = None
         self._layer: tuple[nn.Linear, Tensor] | None = None
-        self._modules: dict[str, nn.Module] = {}
+        self._built: dict[str, nn.Module] = {}
 
     def test_dataloader(self) -> torch.utils.data.DataLoader:
         """One case per step, uncollated (``batch_size=None``)."""
@@ -81,19 +81,19 @@ class BenchmarkModule(pl.LightningModule):
     def _masked_layer(self, spec: SparseLayerSpec) -> tuple[nn.Linear, Tensor]:
         """Build (once per consecutive run of cases) the random masked layer of ``spec``."""
         if spec != self._layer_key:
-            self._layer_key, self._modules = spec, {}
+            self._layer_key, self._built = spec, {}
             self._layer = make_masked_linear(spec, seed=self.config.seed)
         return self._layer
 
     def _method(self, method: str, linear: nn.Linear, mask: Tensor, device: torch.device) -> nn.Module | None:
         """The built module of ``method`` for the current layer, or ``None`` (with a warning) if unsupported."""
-        if method not in self._modules:
+        if method not in self._built:
             try:
-                self._modules[method] = build_method(method, linear, mask, device)
+                self._built[method] = build_method(method, linear, mask, device)
             except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
                 pl.utilities.rank_zero_warn(f"benchmark: skipping {method} ({type(err).__name__}: {err})")
-                self._modules[method] = None
-        return self._modules[method]
+                self._built[method] = None
+        return self._built[method]
 
     def on_test_end(self) -> None:
         """Write the CSVs, table and plot (rank 0)."""

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -261,11 +262,7 @@ def make_candidate(kind: str, linear: nn.Linear, mask: Tensor) -> nn.Module:
 
 def median_time(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
     """Median wall time of one call of ``fn`` in seconds, after ``warmup`` calls (CUDA-synchronised)."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     samples = []
@@ -275,20 +272,17 @@ def median_time(fn: Callable[[], object], device: torch.device, warmup: int = 3,
         fn()
         sync()
         samples.append(time.perf_counter() - start)
-    return float(torch.tensor(samples).median())
-
-
-@dataclass
-class _Timed:
-    times: dict[str, float] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
+    return statistics.median(samples)
 
 
 def _time_candidates(
     linear: nn.Linear, mask: Tensor, x: Tensor, candidates: Sequence[str], warmup: int, repeats: int
-) -> _Timed:
-    """Time every candidate that builds and reproduces the masked dense output on ``x``."""
-    result = _Timed()
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Times of the candidates that build and reproduce the masked dense output on ``x``, and why
+    the others were skipped."""
+    times: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    tol = 1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4
     with torch.no_grad():
         reference = F.linear(x, linear.weight * mask, linear.bias)
         for kind in candidates:
@@ -296,14 +290,13 @@ def _time_candidates(
                 layer = make_candidate(kind, linear, mask)
                 out = layer(x)
             except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
-                result.skipped[kind] = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+                skipped[kind] = f"{type(err).__name__}: {err}".splitlines()[0][:120]
                 continue
-            tol = 1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4
             if not torch.allclose(out.float(), reference.float(), rtol=tol, atol=tol):
-                result.skipped[kind] = "inexact: output differs from the masked dense layer"
+                skipped[kind] = "inexact: output differs from the masked dense layer"
                 continue
-            result.times[kind] = median_time(lambda: layer(x), x.device, warmup, repeats)
-    return result
+            times[kind] = median_time(lambda: layer(x), x.device, warmup, repeats)
+    return times, skipped
 
 
 def plan_acceleration(
@@ -332,20 +325,15 @@ def plan_acceleration(
         linear, mask = sparse[name], layer_mask(sparse[name])
         target = torch.device(device) if device is not None else linear.weight.device
         if target != linear.weight.device:
-            linear = _copy_to(linear, target)
-        timed = _time_candidates(linear, mask.to(target), x.to(target), candidates, warmup, repeats)
-        rows.append(_layer_row(name, linear, mask, x, timed))
+            linear = copy.deepcopy(linear).to(target)
+        times, skipped = _time_candidates(linear, mask.to(target), x.to(target), candidates, warmup, repeats)
+        rows.append(_layer_row(name, linear, mask, x, times, skipped))
     return AccelerationReport(rows)
 
 
-def _copy_to(linear: nn.Linear, device: torch.device) -> nn.Linear:
-    copy = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None, device=device)
-    copy.load_state_dict({k: v for k, v in linear.state_dict().items() if k in ("weight", "bias")})
-    return copy.to(linear.weight.dtype)
-
-
-def _layer_row(name: str, linear: nn.Linear, mask: Tensor, x: Tensor, timed: _Timed) -> LayerAcceleration:
-    chosen = min(timed.times, key=timed.times.__getitem__)
+def _layer_row(
+    name: str, linear: nn.Linear, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str]
+) -> LayerAcceleration:
     return LayerAcceleration(
         name=name,
         in_features=linear.in_features,
@@ -353,9 +341,9 @@ def _layer_row(name: str, linear: nn.Linear, mask: Tensor, x: Tensor, timed: _Ti
         batch=x.numel() // x.shape[-1],
         density=float(mask.float().mean()),
         active_neurons=int(mask.any(dim=1).sum()),
-        chosen=chosen,
-        times=dict(timed.times),
-        skipped=dict(timed.skipped),
+        chosen=min(times, key=times.__getitem__),
+        times=times,
+        skipped=skipped,
     )
 
 
