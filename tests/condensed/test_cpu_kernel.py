@@ -33,7 +33,7 @@ def random_case(batch: int, inp: int, rows: int, k: int, dtype: torch.dtype, ind
     return x, values, indices.to(index_dtype), bias
 
 
-# Batches cover the gather-dot path (B <= 2), each panel width (16/32/64) and partial last panels.
+# Batches cover the gather-dot path (B <= 2), each panel width (16/32) and partial last panels.
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 15, 16, 17, 31, 33, 64, 65, 130])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_extension_matches_reference_on_all_paths(extension, batch, dtype):

@@ -6,8 +6,8 @@
 // Two regimes (see shared/research/kernels.md sections 6 and 9):
 //  * small batch: "gather-dot", several rows at once with independent accumulators,
 //    explicit AVX-512 gathers when available, a portable loop otherwise;
-//  * larger batch: "panel" kernel, x packed into (ceil(B/BT), in, BT) fp32 panels so every
-//    (row, j) pair multiplies one contiguous run of BT activations.
+//  * larger batch: "panel" kernel, x packed into (ceil(B/BT), in, BT) fp32 panels (BT = 16 or 32)
+//    so every (row, j) pair multiplies one contiguous run of BT activations.
 // Threads come from at::parallel_for, i.e. torch.get_num_threads().
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -223,10 +223,9 @@ void run(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indice
     gather_dot<T, IT>(xf.data_ptr<float>(), B, in, w, idx, bias, A, k, yp);
   } else if (B <= 16) {
     panel_matmul<16, T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
-  } else if (B <= 32) {
-    panel_matmul<32, T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
   } else {
-    panel_matmul<64, T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
+    // 32-wide panels measured as fast as 64-wide for in = 3072 and 20 % faster for in = 768.
+    panel_matmul<32, T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
   }
 }
 
