@@ -211,14 +211,24 @@ class NMSparsityCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         """Pruned values (the dense weights' missing half) and flip counters; masks live in the model."""
         return {
-            "pruned": dict(self._pruned),
-            "flips": dict(self._flips),
+            "config": self._config(),
+            "pruned": {fqn: values.to("cpu", copy=True) for fqn, values in self._pruned.items()},
+            "flips": {fqn: count.to("cpu", copy=True) for fqn, count in self._flips.items()},
             "updates_since_log": self._updates_since_log,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the checkpoint's state until ``on_fit_start``, when the model's masks are loaded too."""
+        if state_dict["config"] != self._config():
+            raise ValueError(
+                f"NMSparsityCallback pattern {self._config()} differs from the checkpoint's "
+                f"{state_dict['config']}. Resume with the same n, m and transposable, or start a new run "
+                "from the weights without ckpt_path."
+            )
         self._loaded = state_dict
+
+    def _config(self) -> dict[str, Any]:
+        return {"n": self.n, "m": self.m, "transposable": self.transposable}
 
     # -- helpers ------------------------------------------------------------------------------------
     def _is_structured(self, mask: Tensor) -> bool:
