@@ -7,7 +7,7 @@ with :func:`lightning_srigl.condensed.accelerate.accelerate` (once tuned at batc
 accelerated copy is checked to give the same test predictions, and one table is printed and written
 to ``results/`` (markdown and CSV)::
 
-    python -m example_projects.digits_mlp.demo [--seeds 3] [--epochs 30] [--hidden 1024 1024]
+    python -m example_projects.digits_mlp.demo [--seeds 3] [--epochs 30] [--hidden 512 512]
 """
 
 from __future__ import annotations
@@ -89,11 +89,11 @@ def inference_bytes(net: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def latency_us(net: nn.Module, x: Tensor) -> float:
+def latency_us(net: nn.Module, x: Tensor, min_run_time: float) -> float:
     """Median wall time of ``net(x)`` in microseconds (torch.utils.benchmark, inference mode)."""
     with torch.inference_mode():
         timer = Timer(stmt="net(x)", globals={"net": net, "x": x}, num_threads=torch.get_num_threads())
-        return timer.blocked_autorange(min_run_time=0.5).median * 1e6
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
 
 
 def accelerated(net: nn.Module, x: Tensor) -> nn.Module:
@@ -105,8 +105,11 @@ def accelerated(net: nn.Module, x: Tensor) -> nn.Module:
     return fast
 
 
-def evaluate(method: str, accuracies: list[float], net: nn.Module, test_x: Tensor, test_y: Tensor) -> Row:
-    """Density, neurons, bytes and latencies of the seed-0 network, accelerated for batch 1 and 256."""
+def evaluate(method: str, accuracies: list[float], net: nn.Module, test_x: Tensor, min_run_time: float) -> Row:
+    """Density, neurons, bytes and latencies of the seed-0 network, accelerated for batch 1 and 256.
+
+    The bytes are those of the batch-1 (online inference) model.
+    """
     net = net.eval()
     density, neurons = linear_stats(net)
     batch1, batch256 = test_x[:1], test_x[:256]
@@ -114,8 +117,8 @@ def evaluate(method: str, accuracies: list[float], net: nn.Module, test_x: Tenso
     with torch.inference_mode():
         exact = bool((fast256(test_x).argmax(-1) == net(test_x).argmax(-1)).all())
     return Row(
-        method, accuracies, density, neurons, inference_bytes(fast256),
-        latency_us(fast1, batch1), latency_us(fast256, batch256), exact,
+        method, accuracies, density, neurons, inference_bytes(fast1),
+        latency_us(fast1, batch1, min_run_time), latency_us(fast256, batch256, min_run_time), exact,
     )
 
 
@@ -132,7 +135,7 @@ def table_records(rows: list[Row]) -> list[dict[str, str]]:
             "Δ vs dense (pts)": f"{mean - 100 * statistics.mean(dense.accuracies):+.2f}",
             "density": f"{r.density:.3f}",
             "active neurons": r.active_neurons,
-            "param bytes (condensed)": f"{r.param_bytes:,}",
+            "param bytes (batch-1 model)": f"{r.param_bytes:,}",
             "batch-1 latency µs (× dense)": f"{r.latency_b1:.0f} ({dense.latency_b1 / r.latency_b1:.2f}×)",
             "batch-256 latency µs (× dense)": f"{r.latency_b256:.0f} ({dense.latency_b256 / r.latency_b256:.2f}×)",
             "same predictions": "yes" if r.exact else "NO",
@@ -140,14 +143,14 @@ def table_records(rows: list[Row]) -> list[dict[str, str]]:
     return records
 
 
-def write_results(records: list[dict[str, str]], header: str) -> None:
-    """``results/digits_demo.md`` and ``results/digits_demo.csv``."""
-    RESULTS.mkdir(exist_ok=True)
+def write_results(records: list[dict[str, str]], header: str, out: Path) -> None:
+    """``<out>/digits_demo.md`` and ``<out>/digits_demo.csv``."""
+    out.mkdir(parents=True, exist_ok=True)
     keys = list(records[0])
     lines = [header, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in records]
-    (RESULTS / "digits_demo.md").write_text("\n".join(lines) + "\n")
-    with (RESULTS / "digits_demo.csv").open("w", newline="") as f:
+    (out / "digits_demo.md").write_text("\n".join(lines) + "\n")
+    with (out / "digits_demo.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(records)
@@ -158,23 +161,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per latency measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for digits_demo.md / .csv")
     args = parser.parse_args(argv)
     console = Console(width=200)
     hidden = tuple(args.hidden)
     data = DigitsDataModule()
     data.setup()
-    test_x, test_y = data.splits["test"].tensors
+    test_x = data.splits["test"].tensors[0]
     rows = []
     for method in METHODS:
         results = [train(method, seed, hidden, args.epochs) for seed in range(args.seeds)]
         accuracies = [acc for _, acc in results]
         console.print(f"{method}: test accuracy per seed {[round(100 * a, 2) for a in accuracies]}")
-        rows.append(evaluate(method, accuracies, results[0][0], test_x, test_y))
+        rows.append(evaluate(method, accuracies, results[0][0], test_x, args.min_run_time))
     header = (
         f"Digits MLP 64-{'-'.join(map(str, hidden))}-10, {args.epochs} epochs, seeds 0..{args.seeds - 1}, "
         f"{torch.get_num_threads()} CPU threads; command: python -m example_projects.digits_mlp.demo "
-        f"--seeds {args.seeds} --epochs {args.epochs} --hidden {' '.join(map(str, hidden))}"
+        f"--seeds {args.seeds} --epochs {args.epochs} --hidden {' '.join(map(str, hidden))}; "
+        "latency: median of torch.utils.benchmark, each model accelerated for its batch size"
     )
     records = table_records(rows)
     table = Table(title=header)
@@ -183,8 +189,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, str]]:
     for record in records:
         table.add_row(*record.values())
     console.print(table)
-    write_results(records, header)
-    console.print(f"Written to {RESULTS / 'digits_demo.md'} and {RESULTS / 'digits_demo.csv'}")
+    write_results(records, header, args.out)
+    console.print(f"Written to {args.out / 'digits_demo.md'} and {args.out / 'digits_demo.csv'}")
     return records
 
 

@@ -33,6 +33,6 @@ class DigitsMLP(ClassificationModule):
         recipe: optimiser and schedule (default: SGD Nesterov 0.05, cosine, wd 5e-4).
     """
 
-    def __init__(self, hidden: tuple[int, ...] = (1024, 1024), recipe: Recipe = DIGITS_RECIPE) -> None:
+    def __init__(self, hidden: tuple[int, ...] = (512, 512), recipe: Recipe = DIGITS_RECIPE) -> None:
         super().__init__(mlp(64, hidden, 10), recipe)
         self.save_hyperparameters()
