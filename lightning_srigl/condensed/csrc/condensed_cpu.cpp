@@ -202,9 +202,9 @@ void panel_matmul(const T* x, int64_t B, int64_t in, const T* w, const IT* idx, 
           panel_rows<BT, kPanelRows>(panel, w + (a0 + r) * k, idx + (a0 + r) * k, k, init + r, tile[r]);
         }
         for (; r < rows; ++r) panel_rows<BT, 1>(panel, w + (a0 + r) * k, idx + (a0 + r) * k, k, init + r, tile[r]);
-        for (int64_t b = 0; b < nb; ++b) {
+        for (int64_t b = 0; b < nb; ++b) {  // tile (rows, BT) -> y[p * BT + b, a0 : a0 + rows]
           T* yb = y + (p * BT + b) * A + a0;
-          for (int64_t r = 0; r < rows; ++r) yb[r] = static_cast<T>(tile[r][b]);
+          for (int64_t q = 0; q < rows; ++q) yb[q] = static_cast<T>(tile[q][b]);
         }
       }
     }
