@@ -30,7 +30,9 @@ def condense(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         ValueError: when shapes differ or the non-empty rows do not share one fan-in.
     """
     if weight.dim() != 2 or mask.shape != weight.shape:
-        raise ValueError(f"weight must be (out, in) and mask the same shape; got {tuple(weight.shape)}, {tuple(mask.shape)}")
+        raise ValueError(
+            f"weight must be (out, in) and mask the same shape; got {tuple(weight.shape)}, {tuple(mask.shape)}"
+        )
     mask = mask.to(device=weight.device, dtype=torch.bool)
     fan_in = mask.sum(dim=1)
     active_rows = torch.nonzero(fan_in > 0).flatten()
@@ -52,7 +54,8 @@ def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bo
     """True for plain eager CPU tensors with no gradient to track (not traced, compiled or exported)."""
     if type(x2d) is not Tensor or type(values) is not Tensor or x2d.device.type != "cpu":
         return False
-    if torch.is_grad_enabled() and (x2d.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)):
+    tracked = x2d.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
+    if tracked and torch.is_grad_enabled():
         return False
     return not torch.compiler.is_compiling()
 
@@ -166,7 +169,11 @@ class CondensedLinear(nn.Module):
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` with the masked dense weight and the full bias."""
         linear = nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None, device=self.values.device, dtype=self.values.dtype
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.values.device,
+            dtype=self.values.dtype,
         )
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
