@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.masking import MaskedParameters, SparseParameter, matches, select_parameters
+from lightning_srigl.masking import MaskedParameters, SparseParameter, select_parameters
 from lightning_srigl.sparsity.nm import check_nm, nm_group_view, nm_mask, nm_ungroup_view
 from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask
 from lightning_srigl.sparsity.validation import check_sparsity
@@ -137,8 +137,8 @@ def select_structured_parameters(
         try:
             check_shape(tuple(param.shape))
         except ValueError as err:
-            if include is not None and matches(param.fqn, include):
-                raise ValueError(f"{param.fqn} was included explicitly but {err}") from err
+            if include is not None:  # the user asked for this layer by name: do not skip it silently
+                raise ValueError(f"{param.fqn} is selected by include={list(include)}, but: {err}") from err
             skipped[param.fqn] = str(err)
             continue
         selected.append(param)

@@ -128,7 +128,7 @@ def test_accuracy_is_reported_before_and_after_on_a_synthetic_task() -> None:
 
 
 def test_explicitly_included_layer_that_cannot_be_nm_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"6\.weight was included explicitly.*not divisible by m=4"):
+    with pytest.raises(ValueError, match=r"6\.weight is selected by include=.*not divisible by m=4"):
         convert_to_structured(_convnet(), include=["2.weight", "6.weight"])
 
 

@@ -256,7 +256,7 @@ def test_one_sparsity_callback_per_trainer() -> None:
 
 
 def test_layer_not_divisible_by_m_is_an_error_when_included() -> None:
-    with pytest.raises(ValueError, match=r"net\.6\.weight was included explicitly.*not divisible by m=4"):
+    with pytest.raises(ValueError, match=r"net\.6\.weight is selected by include=.*not divisible by m=4"):
         _fit(TinyConvNet(), [NMSparsityCallback(include=["net.2.weight", "net.6.weight"])], data=_data(image=True))
 
 
