@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 
+@lru_cache(maxsize=1)
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
-    """Features ``(1797, 64)`` float32 scaled to [0, 1] and labels ``(1797,)`` int64.
+    """Features ``(1797, 64)`` float32 scaled to [0, 1] and labels ``(1797,)`` int64 (read once, cached).
 
     Uses the copy of the dataset that ships inside scikit-learn: nothing is downloaded.
     """
