@@ -6,8 +6,8 @@ Two models, both at batch 128 on the CPU with SGD (Nesterov, momentum 0.9), synt
 * ``vit-mlp``: the MLP of a ViT-B/16 encoder block (LayerNorm, 768 -> 3072 -> GELU -> 768, residual)
   on ``--tokens`` tokens per sample, mean-pooled into a linear head (4.7M sparse weights).
 
-Each *run* is a fresh ``Trainer.fit`` of ``--steps`` optimizer steps; dense and SRigL runs alternate
-A B B A A B ... so that drift in machine load cancels. SRigL runs use ``delta_t=100`` and
+Each *run* is a fresh ``Trainer.fit`` of ``--steps`` optimizer steps; SRigL and dense runs alternate
+B A A B B A ... so that drift in machine load cancels. SRigL runs use ``delta_t=100`` and
 ``t_end_fraction=1`` so that a run of 101 steps contains one topology update: the update rate of the
 paper's exploration phase (the frozen last 25% of a real run costs less). Only the training loop is
 timed (``on_train_start`` -> ``on_train_end``); the one-off mask set-up is reported separately.
@@ -185,7 +185,7 @@ def main() -> None:
     loop = {False: 0.0, True: 0.0}
     hook = 0.0
     for round_index in range(args.rounds):
-        for sparse in (False, True) if round_index % 2 == 0 else (True, False):
+        for sparse in (True, False) if round_index % 2 == 0 else (False, True):
             result = timed_run(args.model, args.tokens, sparse, args.steps, args.delta_t)
             loop[sparse] += result["loop_s"]
             hook += result["hook_s"]
