@@ -32,7 +32,7 @@ REPORT_FILENAME = "acceleration.csv"
 class AccelerateCallback(Callback):
     """Make the trained sparse model fast at inference, in place, when ``trainer.fit`` ends.
 
-    During fit it keeps (by reference, no copy) the latest input of every sparse ``Linear``. At
+    During fit it keeps (by reference, no copy) the latest input of every ``Linear``. At
     ``on_fit_end`` rank 0 times the exact candidates on those real inputs, every rank applies the
     same choice (broadcast), and the report is printed, logged (``log_metrics``/``log_hyperparams``)
     and saved as ``acceleration.csv`` in ``trainer.log_dir``. Afterwards ``trainer.test()``,
@@ -80,11 +80,11 @@ class AccelerateCallback(Callback):
 
     # -- capture ---------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Start keeping the latest input of every sparse ``Linear``."""
-        for name, layer in find_sparse_linears(pl_module).items():
-            self._handles.append(layer.register_forward_pre_hook(self._recorder(name)))
-        if not self._handles:
-            rank_zero_warn("AccelerateCallback: no sparse nn.Linear found; nothing will be accelerated.")
+        """Start keeping the latest input of every ``nn.Linear`` (which are sparse is decided at fit end,
+        so masks installed by callbacks that run after this one count too)."""
+        for name, layer in pl_module.named_modules():
+            if type(layer) is nn.Linear:
+                self._handles.append(layer.register_forward_pre_hook(self._recorder(name)))
 
     def _recorder(self, name: str):  # noqa: ANN202 - a forward pre-hook
         def record(_: nn.Module, args: tuple[object, ...]) -> None:
@@ -99,9 +99,11 @@ class AccelerateCallback(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        inputs = {name: _resize_batch(x, self.batch_size) for name, x in self._inputs.items()}
+        sparse = find_sparse_linears(pl_module)
+        inputs = {name: _resize_batch(x, self.batch_size) for name, x in self._inputs.items() if name in sparse}
         self._inputs.clear()
         if not inputs:
+            rank_zero_warn("AccelerateCallback: no sparse nn.Linear ran during fit; nothing was accelerated.")
             return
         self._snapshot = snapshot_modules(pl_module, _foldable_modules(pl_module))
         self._fold_and_swap(pl_module, inputs if trainer.is_global_zero else None, trainer)

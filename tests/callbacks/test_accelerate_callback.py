@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_srigl.callbacks.accelerate import REPORT_FILENAME, AccelerateCallback, _resize_batch
+from lightning_srigl.callbacks.nm import NMSparsityCallback
 from lightning_srigl.callbacks.srigl import SRigLCallback
+from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.serialization import save_condensed
 
 
@@ -62,7 +64,9 @@ def loader(seed: int, batch_size: int = 16) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
 
 
-def fit(tmp_path: Path, **accelerate_kwargs: object) -> tuple[pl.Trainer, TinyClassifier, KeepSparseModel, AccelerateCallback]:
+def fit(
+    tmp_path: Path, sparsity: Callback | None = None, **accelerate_kwargs: object
+) -> tuple[pl.Trainer, TinyClassifier, KeepSparseModel, AccelerateCallback]:
     pl.seed_everything(0)
     model, keep = TinyClassifier(), KeepSparseModel()
     accelerate = AccelerateCallback(verbose=False, warmup=1, repeats=2, **accelerate_kwargs)
@@ -71,7 +75,7 @@ def fit(tmp_path: Path, **accelerate_kwargs: object) -> tuple[pl.Trainer, TinyCl
         max_epochs=3,
         accelerator="cpu",
         callbacks=[
-            SRigLCallback(sparsity=0.8, delta_t=3, gamma_sal=0.5),
+            sparsity or SRigLCallback(sparsity=0.8, delta_t=3, gamma_sal=0.5),
             ModelCheckpoint(monitor="val_loss", save_top_k=1),
             keep,
             accelerate,
@@ -142,6 +146,16 @@ def test_condensed_model_loads_in_a_fresh_process_and_matches(tmp_path: Path) ->
     result = subprocess.run([sys.executable, "-c", script, str(path), str(inputs)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_nm_layers_are_condensed_with_fan_in_half_the_inputs(tmp_path: Path) -> None:
+    nm = NMSparsityCallback(n=2, m=4, keep_first_dense=False)
+    _, model, keep, accelerate = fit(tmp_path, sparsity=nm, candidates=("dense", "condensed"), fold=False)
+    assert [row.name for row in accelerate.report.rows] == ["net.0", "net.2"]
+    assert [row.density for row in accelerate.report.rows] == [0.5, 0.5]
+    condensed = CondensedLinear.from_linear(keep.model.net[2])  # what the condensed candidate is
+    assert condensed.fan_in == 64 // 2
+    torch.testing.assert_close(predictions(model, loader(2)), predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
 
 
 def test_batch_size_resizes_the_captured_inputs() -> None:
