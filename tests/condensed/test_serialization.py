@@ -1,5 +1,6 @@
 """save_condensed / load_condensed: safe formats that need only torch and lightning_srigl to load."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,7 @@ def test_loads_in_a_fresh_process_with_only_torch_and_lightning_srigl(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
