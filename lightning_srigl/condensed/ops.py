@@ -12,6 +12,10 @@ device -> the pure-torch reference.
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -44,13 +48,23 @@ def condensed_linear(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: 
     return condensed_linear_torch(x2d, values, indices, bias_active)
 
 
+@functools.cache
+def _triton_kernel() -> Callable[..., Tensor] | None:
+    """The Triton kernel, or ``None`` (after one warning) when Triton is not installed."""
+    try:
+        from lightning_srigl.condensed.triton_kernel import condensed_linear_triton
+    except ImportError as error:
+        warnings.warn(f"{error} Using the exact (slower) PyTorch gather for condensed layers on CUDA.", stacklevel=3)
+        return None
+    return condensed_linear_triton
+
+
 @condensed_linear.register_kernel("cuda")
 def _condensed_linear_cuda(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None) -> Tensor:
     """CUDA dispatch point: the Triton kernel (imported lazily so CPU-only installs never load Triton)."""
-    from lightning_srigl.condensed.triton_kernel import condensed_linear_triton
-
     _check(x2d, values, indices, bias_active)
-    return condensed_linear_triton(x2d, values, indices, bias_active)
+    kernel = _triton_kernel() or condensed_linear_torch
+    return kernel(x2d, values, indices, bias_active)
 
 
 @condensed_linear.register_fake
