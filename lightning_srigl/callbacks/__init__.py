@@ -4,3 +4,4 @@ from lightning_srigl.callbacks.base import DynamicSparsityCallback
 from lightning_srigl.callbacks.rigl import RigLCallback
 from lightning_srigl.callbacks.srigl import SRigLCallback
 from lightning_srigl.callbacks.nm import NMSparsityCallback
+from lightning_srigl.callbacks.accelerate import AccelerateCallback
