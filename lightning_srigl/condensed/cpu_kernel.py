@@ -22,7 +22,7 @@ from torch import Tensor
 
 DISABLE_ENV = "LIGHTNING_SRIGL_DISABLE_CPP"
 CACHE_ENV = "LIGHTNING_SRIGL_CACHE"
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "condensed_cpu.cpp"
+_SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("condensed_cpu.cpp", "permute_b1.cpp")]
 _KERNEL_DTYPES = frozenset((torch.float32, torch.bfloat16, torch.float16))
 # Upper bound on the (B, rows, k) gather temporary of the fallback, in elements.
 _FALLBACK_CHUNK_ELEMENTS = 1 << 22
@@ -70,7 +70,7 @@ def _build() -> ModuleType:
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name="lightning_srigl_condensed_cpu",
-        sources=[str(_SOURCE)],
+        sources=[str(source) for source in _SOURCES],
         extra_cflags=_compile_flags(),
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),
@@ -138,13 +138,34 @@ def condensed_linear_torch(
     return y.to(x2d.dtype)
 
 
-def condensed_linear_cpu(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None) -> Tensor:
+def permute_layout(values: Tensor, indices: Tensor, in_features: int) -> list[Tensor] | None:
+    """Layout for the gather-free batch-1 kernel (``csrc/permute_b1.cpp``), or None where it does not apply.
+
+    Applies to non-empty fp32 CPU layers when the extension was built with AVX-512. The five tensors
+    hold the weights reordered (``A * k`` floats) plus about 3 bytes per stored weight of lane indices
+    and step data; build it once per layer and pass it to :func:`condensed_linear_cpu`.
+    """
+    extension = load_extension()
+    if extension is None or not extension.permute_supported():
+        return None
+    if values.dtype != torch.float32 or values.device.type != "cpu" or values.numel() == 0:
+        return None
+    return extension.permute_layout(values.contiguous(), indices.contiguous(), in_features)
+
+
+def condensed_linear_cpu(
+    x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None, layout: list[Tensor] | None = None
+) -> Tensor:
     """``(B, A)`` condensed product on the CPU: the C++ kernel for fp32/bf16/fp16, else the fallback.
 
-    The common case (extension already built, not disabled) takes one global read and one environment
-    lookup before the kernel call: at batch 1 the Python around a ~50 us kernel is a measurable share.
+    ``layout`` (from :func:`permute_layout` for these ``values``/``indices``) selects the gather-free
+    kernel for ``B == 1``. The common case (extension built, not disabled) takes one global read and one
+    environment lookup before the kernel call: at batch 1 the Python around a ~50 us kernel is a
+    measurable share.
     """
     extension = _extension if _extension is not None and os.environ.get(DISABLE_ENV) != "1" else load_extension()
     if extension is None or x2d.dtype not in _KERNEL_DTYPES:
         return condensed_linear_torch(x2d, values, indices, bias_active)
+    if layout is not None and x2d.shape[0] == 1:
+        return extension.permute_forward(x2d, layout, bias_active, values.shape[0])
     return extension.forward(x2d, values, indices, bias_active)

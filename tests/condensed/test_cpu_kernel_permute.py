@@ -1,0 +1,61 @@
+"""The gather-free batch-1 kernel (csrc/permute_b1.cpp) and CondensedLinear's cached layout for it."""
+
+import pytest
+import torch
+
+from lightning_srigl.condensed import CondensedLinear
+from lightning_srigl.condensed.cpu_kernel import condensed_linear_torch, load_extension, permute_layout
+
+
+@pytest.fixture(scope="module")
+def extension():
+    ext = load_extension()
+    if ext is None or not ext.permute_supported():
+        pytest.skip("no C++ extension with AVX-512 here; CondensedLinear uses the gather kernel instead")
+    return ext
+
+
+def sorted_case(inp: int, rows: int, k: int, index_dtype: torch.dtype, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    indices = torch.argsort(torch.rand(rows, inp, generator=g), dim=1)[:, :k].sort(dim=1).values
+    return torch.randn(rows, k, generator=g), indices.to(index_dtype), torch.randn(1, inp, generator=g)
+
+
+# Row counts that are not multiples of 16 (partial lane groups), inputs that are not multiples of 32
+# (partial last block), dense rows (k = inp: 32 steps in every block) and unsorted indices.
+@pytest.mark.parametrize(
+    ("inp", "rows", "k", "index_dtype"),
+    [(300, 21, 37, torch.int16), (100, 37, 50, torch.int32), (64, 16, 64, torch.int16), (3000, 5, 300, torch.int16)],
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_permute_kernel_matches_reference(extension, inp, rows, k, index_dtype, with_bias):
+    values, indices, x = sorted_case(inp, rows, k, index_dtype, seed=rows)
+    indices = indices[:, torch.randperm(k, generator=torch.Generator().manual_seed(1))].contiguous()
+    bias = torch.randn(rows) if with_bias else None
+    layout = permute_layout(values, indices, inp)
+    got = extension.permute_forward(x, layout, bias, rows)
+    expected = condensed_linear_torch(x.double(), values.double(), indices, None if bias is None else bias.double())
+    torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_permute_layout_only_for_fp32(extension):
+    values, indices, _ = sorted_case(64, 4, 8, torch.int16, seed=0)
+    assert permute_layout(values.bfloat16(), indices, 64) is None
+    assert permute_layout(values[:0], indices[:0], 64) is None
+
+
+def test_condensed_linear_batch1_follows_weight_changes(extension):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(200, 40)
+    mask = torch.zeros(40, 200, dtype=torch.bool).scatter_(1, torch.argsort(torch.rand(40, 200), 1)[:, :20], True)
+    layer = CondensedLinear.from_linear(linear, mask)
+    x = torch.randn(1, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, linear.weight * mask, linear.bias))
+        assert layer._layout is not None
+        layer.values.mul_(2.0)  # in place: the cached layout must be rebuilt
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, 2 * linear.weight * mask, linear.bias))
+        other = CondensedLinear.from_linear(torch.nn.Linear(200, 40), mask)
+        layer.load_state_dict(other.state_dict(), assign=True)  # replaced buffers
+        torch.testing.assert_close(layer(x), other(x.clone()))
+        torch.testing.assert_close(layer(x), condensed_linear_torch(x, other.values, other.indices, other.bias))
