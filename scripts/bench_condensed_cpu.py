@@ -52,15 +52,17 @@ def min_times_us(fns: dict[str, Callable[[], object]], seconds: float) -> dict[s
 
 def main(threads: list[int], batches: list[int], seconds: float) -> None:
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-    with torch.inference_mode():
-        for n_threads in threads:
-            torch.set_num_threads(n_threads)
-            for inp, out in SHAPES:
-                weight, mask, bias = constant_fan_in_layer(inp, out, 0.9)
-                condensed = CondensedLinear.from_weight_mask(weight, mask, bias)
-                condensed_bf16 = CondensedLinear.from_weight_mask(weight, mask, bias).to(torch.bfloat16)
-                weight_bf16, bias_bf16 = weight.bfloat16(), bias.bfloat16()
-                csr, bias_column = weight.to_sparse_csr(), bias[:, None]
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for inp, out in SHAPES:
+            # Layers are built outside inference mode, as from a trained model (inference-mode buffers
+            # have no version counter, so CondensedLinear would not cache its batch-1 layout for them).
+            weight, mask, bias = constant_fan_in_layer(inp, out, 0.9)
+            condensed = CondensedLinear.from_weight_mask(weight, mask, bias)
+            condensed_bf16 = CondensedLinear.from_weight_mask(weight, mask, bias).to(torch.bfloat16)
+            weight_bf16, bias_bf16 = weight.bfloat16(), bias.bfloat16()
+            csr, bias_column = weight.to_sparse_csr(), bias[:, None]
+            with torch.inference_mode():
                 for batch in batches:
                     x = torch.randn(batch, inp)
                     x_bf16 = x.bfloat16()

@@ -158,9 +158,12 @@ class CondensedLinear(nn.Module):
         """The gather-free batch-1 kernel's layout for the current ``values``/``indices`` (None if n/a).
 
         Rebuilt when either buffer is replaced (``.to()``, ``load_state_dict(assign=True)``) or changed
-        in place (its version counter moves), so the cache can never serve stale weights.
+        in place (its version counter moves), so the cache can never serve stale weights. Buffers created
+        under ``torch.inference_mode`` have no version counter: they keep the gather kernel.
         """
         values, indices = self.values, self.indices
+        if values.is_inference() or indices.is_inference():
+            return None
         source = self._layout_source
         if (
             source is None

@@ -59,3 +59,12 @@ def test_condensed_linear_batch1_follows_weight_changes(extension):
         layer.load_state_dict(other.state_dict(), assign=True)  # replaced buffers
         torch.testing.assert_close(layer(x), other(x.clone()))
         torch.testing.assert_close(layer(x), condensed_linear_torch(x, other.values, other.indices, other.bias))
+
+
+def test_layers_built_in_inference_mode_keep_the_gather_kernel(extension):
+    with torch.inference_mode():
+        linear = torch.nn.Linear(64, 8)
+        layer = CondensedLinear.from_linear(linear, torch.ones(8, 64, dtype=torch.bool))
+        x = torch.randn(1, 64)
+        torch.testing.assert_close(layer(x), linear(x))
+    assert layer._layout is None
