@@ -143,6 +143,11 @@ class DynamicSparsityCallback(Callback):
         """One layer's topology update: ``(new_mask, grown)``, both ``BoolTensor(weight.shape)``."""
         raise NotImplementedError
 
+    def allocate_densities(self, names: list[str], shapes: list[tuple[int, ...]], pinned: list[int]) -> list[float]:
+        """Per-layer densities of the selected weights (``pinned`` indices stay dense; 1.0 = no mask)."""
+        allocate = erk_densities if self.distribution == "erk" else uniform_densities
+        return allocate(shapes, self.sparsity, dense=pinned)
+
     def configure_layers(self, fqns: list[str]) -> None:
         """Resolve method-specific per-layer options once the sparse layers are known."""
 
@@ -286,8 +291,7 @@ class DynamicSparsityCallback(Callback):
         check_patterns_match(self.dense, names, "dense")
         shapes = [tuple(p.shape) for p in selected]
         pinned = [i for i, name in enumerate(names) if matches(name, self.dense)]
-        allocate = erk_densities if self.distribution == "erk" else uniform_densities
-        densities = allocate(shapes, self.sparsity, dense=pinned)
+        densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
         sparse = [i for i, d in enumerate(densities) if d < 1.0]
         if not sparse:

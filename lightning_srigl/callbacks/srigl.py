@@ -8,9 +8,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning.pytorch.utilities import rank_zero_info
+
 from lightning_srigl.callbacks.base import DynamicSparsityCallback, Distribution, _patterns
 from lightning_srigl.masking import check_patterns_match, matches
-from lightning_srigl.sparsity import random_constant_fan_in_mask, srigl_update
+from lightning_srigl.sparsity import (
+    check_nm,
+    nm_drop_grow,
+    random_constant_fan_in_mask,
+    random_nm_mask,
+    srigl_update,
+)
+
+CONSTANT_FAN_IN = "constant_fan_in"
+
+
+def parse_structure(structure: str) -> tuple[int, int] | None:
+    """``"constant_fan_in"`` -> ``None``; ``"N:M"`` (e.g. ``"2:4"``) -> ``(N, M)``; else ``ValueError``."""
+    if structure == CONSTANT_FAN_IN:
+        return None
+    parts = structure.split(":")
+    if len(parts) == 2 and all(part.strip().isdigit() for part in parts):
+        n, m = int(parts[0]), int(parts[1])
+        check_nm((1, m), n, m)
+        return n, m
+    raise ValueError(f"structure must be 'constant_fan_in' or an N:M pattern such as '2:4', got {structure!r}")
 
 
 class SRigLCallback(DynamicSparsityCallback):
@@ -30,7 +52,12 @@ class SRigLCallback(DynamicSparsityCallback):
         alpha: initial drop fraction of the cosine schedule.
         gamma_sal: ablation threshold: a neuron needs ``max(1, floor(gamma_sal * k0))`` salient
             weights to stay (``k0`` = sparse fan-in), or ``gamma_sal`` weights if ``>= 1``;
-            ``0`` disables ablation.
+            ``0`` disables ablation. ``None``: 0.3 (the paper's CNN value) for constant fan-in,
+            0 for N:M (a group must keep exactly N, so neurons cannot be ablated).
+        structure: ``"constant_fan_in"`` (SRigL) or an N:M pattern such as ``"2:4"``: the same
+            schedule then drops by magnitude and regrows by gradient inside each group of M inputs,
+            so every layer stays exactly N:M (density N/M; ``sparsity`` and ``distribution`` are
+            not used; selected layers whose input dimension M does not divide stay dense).
         include: fnmatch patterns of fully-qualified weight names to sparsify (``None``: every
             Linear, Conv1d/2d/3d and MultiheadAttention projection).
         exclude: patterns removed from the selection (not counted in the budget).
@@ -56,7 +83,8 @@ class SRigLCallback(DynamicSparsityCallback):
         delta_t: int = 100,
         t_end_fraction: float = 0.75,
         alpha: float = 0.3,
-        gamma_sal: float = 0.3,
+        gamma_sal: float | None = None,
+        structure: str = CONSTANT_FAN_IN,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
@@ -84,15 +112,42 @@ class SRigLCallback(DynamicSparsityCallback):
             log_every_n_steps=log_every_n_steps,
             report=report,
         )
+        self.structure = structure
+        self.nm = parse_structure(structure)
+        if gamma_sal is None:
+            gamma_sal = 0.0 if self.nm else 0.3
         if not gamma_sal >= 0.0:
             raise ValueError(f"gamma_sal must be >= 0 (0 disables ablation), got {gamma_sal}; the paper uses 0.3")
+        if self.nm and gamma_sal > 0:
+            raise ValueError(
+                f"structure={structure!r} keeps exactly N weights in every group, so neurons cannot be "
+                "ablated: set gamma_sal=0 (or leave it unset)"
+            )
         self.gamma_sal = float(gamma_sal)
         self.no_ablation = _patterns(no_ablation, "no_ablation")
         self.protected: set[str] = set()
 
     def config(self) -> dict[str, Any]:
         no_ablation = list(self.no_ablation) if self.no_ablation is not None else None
-        return {**super().config(), "gamma_sal": self.gamma_sal, "no_ablation": no_ablation}
+        return {
+            **super().config(),
+            "gamma_sal": self.gamma_sal,
+            "no_ablation": no_ablation,
+            "structure": self.structure,
+        }
+
+    def allocate_densities(self, names: list[str], shapes: list[tuple[int, ...]], pinned: list[int]) -> list[float]:
+        """Constant fan-in: the configured distribution. N:M: density N/M where M divides the input dim."""
+        if self.nm is None:
+            return super().allocate_densities(names, shapes, pinned)
+        n, m = self.nm
+        fits = [len(shape) >= 2 and shape[1] % m == 0 for shape in shapes]
+        misfits = [name for name, ok in zip(names, fits) if not ok]
+        if misfits and self.include is not None:
+            check_nm(shapes[fits.index(False)], n, m)  # an explicitly included layer must fit: raises
+        if misfits:
+            rank_zero_info(f"{type(self).__name__}: {n}:{m} does not divide the input dim of {misfits}; kept dense")
+        return [n / m if ok and i not in pinned else 1.0 for i, ok in enumerate(fits)]
 
     def configure_layers(self, fqns: list[str]) -> None:
         """Resolve ``no_ablation``: by default the last sparse layer (the output layer) is protected."""
@@ -103,11 +158,17 @@ class SRigLCallback(DynamicSparsityCallback):
             self.protected = {fqn for fqn in fqns if matches(fqn, self.no_ablation)}
 
     def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
+        if self.nm is not None:
+            return random_nm_mask(shape, *self.nm, generator)
         return random_constant_fan_in_mask(shape, budget, generator)
 
     def layer_update(
         self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:
+        if self.nm is not None:
+            n, m = self.nm
+            nm_update = nm_drop_grow(weight, mask, dense_grad, n=n, m=m, drop_fraction=drop_fraction)
+            return nm_update.mask, nm_update.grown
         update = srigl_update(
             weight,
             mask,

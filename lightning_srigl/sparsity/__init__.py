@@ -31,6 +31,7 @@ from lightning_srigl.sparsity.nm import (
     nm_ungroup_view,
     sr_ste_refine_term,
 )
+from lightning_srigl.sparsity.nm_dynamic import NMUpdate, nm_drop_grow, random_nm_mask
 from lightning_srigl.sparsity.transposable import (
     TransposableMask,
     check_transposable_nm,

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_srigl.callbacks import RigLCallback, SRigLCallback
-from lightning_srigl.sparsity import is_constant_fan_in
+from lightning_srigl.sparsity import is_constant_fan_in, is_nm
 from tests.callbacks.tiny import TinyAttention, TinyConvNet, TinyNet, UpdateProbe, trainer
 
 
@@ -155,3 +155,28 @@ def test_dense_patterns_keep_layers_dense_and_unmasked() -> None:
     callback = SRigLCallback(report=False, sparsity=0.5, delta_t=4, dense=["net.0.weight"])
     _fit(callback, steps=4)
     assert callback.masked.fqns == ["net.2.weight", "net.4.weight"]
+
+
+def test_nm_structure_stays_exactly_nm_through_every_update() -> None:
+    callback = SRigLCallback(report=False, structure="2:4", delta_t=4)
+    probe, model = _fit(callback)
+    assert callback.gamma_sal == 0.0 and [r["step"] for r in probe.records] == [4, 8, 12, 16]
+    for record in probe.records:
+        for fqn, mask in record["after"].items():
+            assert is_nm(mask, 2, 4), fqn
+            assert int(mask.sum()) == callback.budgets[fqn] == mask.numel() // 2
+            assert torch.all(record["weights"][fqn][~mask] == 0)
+    assert sum(sum(r["mask_change"].values()) for r in callback.history) > 0
+    assert all(is_nm(m.weight_mask, 2, 4) for m in model.net if isinstance(m, torch.nn.Linear))
+
+
+def test_nm_structure_rejects_ablation_and_misfit_layers() -> None:
+    with pytest.raises(ValueError, match="gamma_sal=0"):
+        SRigLCallback(structure="2:4", gamma_sal=0.3)
+    with pytest.raises(ValueError, match="N:M pattern"):
+        SRigLCallback(structure="4:2")
+    with pytest.raises(ValueError, match="not divisible"):  # an explicitly included layer must fit 1:3
+        _fit(SRigLCallback(report=False, structure="1:3", include=["net.0.weight"]), steps=2)
+    callback = SRigLCallback(report=False, structure="1:3")  # selected by type: misfits stay dense
+    _fit(callback, steps=2)
+    assert callback.budgets == {}
