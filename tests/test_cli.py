@@ -39,7 +39,7 @@ def test_callbacks_resolve_by_short_name(short: str, capsys: pytest.CaptureFixtu
     config = _printed_config(["fit", *MODEL, *DATA, f"--trainer.callbacks+={short}"], capsys)
     (callback,) = config["trainer"]["callbacks"]
     module, name = callback["class_path"].rsplit(".", 1)
-    assert name == short and module.startswith("lightning_srigl.callbacks")
+    assert name == short and module.split(".")[0] == "lightning_srigl"
 
 
 def test_short_name_arguments_reach_the_callback(capsys: pytest.CaptureFixture[str]) -> None:
