@@ -93,6 +93,15 @@ std::vector<at::Tensor> build_layout(const float* w, const IT* idx, int64_t A, i
           to_tensor(meta, at::kLong), to_tensor(packed, at::kFloat)};
 }
 
+#ifdef LSR_PERMUTE
+// acc + (the step's weights, expanded into their lanes) * (each lane's activation from block [lo, hi]).
+inline __m512 step(__m512 acc, __m512 lo, __m512 hi, const uint8_t* lanes, int64_t meta, const float* packed) {
+  const __m512i local = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lanes)));
+  const __m512 w = _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(meta), packed + (meta >> 16));
+  return _mm512_fmadd_ps(w, _mm512_permutex2var_ps(lo, local, hi), acc);
+}
+#endif
+
 }  // namespace
 
 bool permute_supported() {
@@ -124,6 +133,9 @@ at::Tensor permute_forward(const at::Tensor& x, const std::vector<at::Tensor>& l
   const int64_t in = x.size(1), NB = (in + kBlock - 1) / kBlock, G = (A + kLanes - 1) / kLanes;
   TORCH_CHECK(layout[0].numel() == G + 1 && layout[1].numel() == G * NB,
               "permute_forward: layout does not match x (", in, " features) and ", A, " rows");
+  TORCH_CHECK(layout[2].numel() == kLanes * layout[3].numel() &&
+                  layout[0].data_ptr<int64_t>()[G] == layout[3].numel(),
+              "permute_forward: inconsistent layout; rebuild it with permute_layout()");
   TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == A),
               "permute_forward: bias must be a contiguous fp32 (A,) tensor");
   at::Tensor y = at::empty({1, A}, x.options());
@@ -143,20 +155,15 @@ at::Tensor permute_forward(const at::Tensor& x, const std::vector<at::Tensor>& l
       __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
       int64_t t = group_start[g];
       for (int64_t blk = 0; blk < NB; ++blk) {
-        const __m512 lo = _mm512_loadu_ps(xs.data() + blk * kBlock), hi = _mm512_loadu_ps(xs.data() + blk * kBlock + 16);
+        const float* xb = xs.data() + blk * kBlock;
+        const __m512 lo = _mm512_loadu_ps(xb), hi = _mm512_loadu_ps(xb + 16);
         const int64_t end = t + block_steps[g * NB + blk];
         for (; t + 2 <= end; t += 2) {  // two steps, two accumulators
-          const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lane_index + t * 16)));
-          const __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lane_index + t * 16 + 16)));
-          const __m512 w0 = _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(meta[t]), packed + (meta[t] >> 16));
-          const __m512 w1 = _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(meta[t + 1]), packed + (meta[t + 1] >> 16));
-          acc0 = _mm512_fmadd_ps(w0, _mm512_permutex2var_ps(lo, i0, hi), acc0);
-          acc1 = _mm512_fmadd_ps(w1, _mm512_permutex2var_ps(lo, i1, hi), acc1);
+          acc0 = step(acc0, lo, hi, lane_index + t * kLanes, meta[t], packed);
+          acc1 = step(acc1, lo, hi, lane_index + (t + 1) * kLanes, meta[t + 1], packed);
         }
         if (t < end) {
-          const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lane_index + t * 16)));
-          const __m512 w0 = _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(meta[t]), packed + (meta[t] >> 16));
-          acc0 = _mm512_fmadd_ps(w0, _mm512_permutex2var_ps(lo, i0, hi), acc0);
+          acc0 = step(acc0, lo, hi, lane_index + t * kLanes, meta[t], packed);
           ++t;
         }
       }
