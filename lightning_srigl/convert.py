@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.masking import MaskedParameters, SparseParameter, select_parameters
+from lightning_srigl.masking import MaskedParameters, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, nm_group_view, nm_mask, nm_ungroup_view
 from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask
 from lightning_srigl.sparsity.validation import check_sparsity
@@ -38,7 +38,6 @@ __all__ = [
     "convert_to_structured",
     "evaluate_accuracy",
     "parse_structure",
-    "select_structured_parameters",
 ]
 
 Structure = Literal["n:m", "constant_fan_in"]
@@ -99,50 +98,6 @@ def parse_structure(text: str) -> dict[str, Any]:
     if not (sep and n_text.isdigit() and m_text.isdigit()):
         raise ValueError(f"Unknown structure {text!r}: use 'N:M' (e.g. '2:4') or 'constant_fan_in'.")
     return {"structure": "n:m", "n": int(n_text), "m": int(m_text)}
-
-
-def select_structured_parameters(
-    model: nn.Module,
-    check_shape: Callable[[tuple[int, ...]], None],
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-    keep_first_dense: bool = True,
-    keep_last_dense: bool = True,
-) -> tuple[list[SparseParameter], dict[str, str]]:
-    """Select the weights to structure, leaving the first/last layer and unfit layers dense.
-
-    Args:
-        model: the network.
-        check_shape: ``f(shape)`` raising ``ValueError`` when a weight cannot carry the structure,
-            e.g. ``lambda s: check_nm(s, 2, 4)``.
-        include, exclude: fnmatch patterns on parameter names (see :func:`select_parameters`).
-        keep_first_dense, keep_last_dense: leave the model's first / last sparsifiable weight (in
-            registration order) dense, e.g. a 3-channel stem conv and the classifier head.
-
-    Returns:
-        ``(selected, skipped)`` where ``skipped`` maps a parameter name to why it stays dense.
-
-    Raises:
-        ValueError: a weight matched by an explicit ``include`` pattern cannot carry the structure.
-    """
-    every = [p.fqn for p in select_parameters(model)]
-    pinned = {every[0]: "first layer"} if keep_first_dense else {}
-    if keep_last_dense:
-        pinned[every[-1]] = "last layer"
-    selected, skipped = [], {}
-    for param in select_parameters(model, include=include, exclude=exclude):
-        if param.fqn in pinned:
-            skipped[param.fqn] = f"{pinned[param.fqn]} kept dense"
-            continue
-        try:
-            check_shape(tuple(param.shape))
-        except ValueError as err:
-            if include is not None:  # the user asked for this layer by name: do not skip it silently
-                raise ValueError(f"{param.fqn} is selected by include={list(include)}, but: {err}") from err
-            skipped[param.fqn] = str(err)
-            continue
-        selected.append(param)
-    return selected, skipped
 
 
 def _check_fan_in_shape(shape: Sequence[int]) -> None:

@@ -33,9 +33,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_srigl.convert import select_structured_parameters
 from lightning_srigl.callbacks.base import DynamicSparsityCallback
-from lightning_srigl.masking import MaskedParameters
+from lightning_srigl.masking import MaskedParameters, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask, sr_ste_refine_term
 from lightning_srigl.sparsity.transposable import check_transposable_nm, is_transposable_nm, transposable_nm_mask
 

@@ -8,6 +8,7 @@ from lightning_srigl.masking.selection import (
     check_patterns_match,
     matches,
     select_parameters,
+    select_structured_parameters,
     sparsifiable_param_names,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "mask_buffer_name",
     "matches",
     "select_parameters",
+    "select_structured_parameters",
     "sparsifiable_param_names",
     "zero_optimizer_state_",
 ]

@@ -13,7 +13,7 @@ Names are fully-qualified parameter names as in ``model.named_parameters()`` (``
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -151,3 +151,47 @@ def select_parameters(
             f"{', '.join(names) or '(the model has no Linear, Conv or MultiheadAttention layer)'}"
         )
     return selected
+
+
+def select_structured_parameters(
+    model: nn.Module,
+    check_shape: Callable[[tuple[int, ...]], None],
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    keep_first_dense: bool = True,
+    keep_last_dense: bool = True,
+) -> tuple[list[SparseParameter], dict[str, str]]:
+    """Select the weights to structure, leaving the first/last layer and unfit layers dense.
+
+    Args:
+        model: the network.
+        check_shape: ``f(shape)`` raising ``ValueError`` when a weight cannot carry the structure,
+            e.g. ``lambda s: check_nm(s, 2, 4)``.
+        include, exclude: fnmatch patterns on parameter names (see :func:`select_parameters`).
+        keep_first_dense, keep_last_dense: leave the model's first / last sparsifiable weight (in
+            registration order) dense, e.g. a 3-channel stem conv and the classifier head.
+
+    Returns:
+        ``(selected, skipped)`` where ``skipped`` maps a parameter name to why it stays dense.
+
+    Raises:
+        ValueError: a weight matched by an explicit ``include`` pattern cannot carry the structure.
+    """
+    every = [p.fqn for p in select_parameters(model)]
+    pinned = {every[0]: "first layer"} if keep_first_dense else {}
+    if keep_last_dense:
+        pinned[every[-1]] = "last layer"
+    selected, skipped = [], {}
+    for param in select_parameters(model, include=include, exclude=exclude):
+        if param.fqn in pinned:
+            skipped[param.fqn] = f"{pinned[param.fqn]} kept dense"
+            continue
+        try:
+            check_shape(tuple(param.shape))
+        except ValueError as err:
+            if include is not None:  # the user asked for this layer by name: do not skip it silently
+                raise ValueError(f"{param.fqn} is selected by include={list(include)}, but: {err}") from err
+            skipped[param.fqn] = str(err)
+            continue
+        selected.append(param)
+    return selected, skipped
