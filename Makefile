@@ -26,7 +26,7 @@ benchmark: $(STAMP)
 	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml
 
 overhead: $(STAMP)
-	$(BIN)/python scripts/srigl_overhead.py
+	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info

@@ -2,7 +2,8 @@
 
 Two models, both at batch 128 on the CPU with SGD (Nesterov, momentum 0.9), synthetic data:
 
-* ``resnet18``: CIFAR-style ResNet-18 (11.2M parameters, 32x32 inputs, 3x3 stem);
+* ``resnet18``: the CIFAR-style ResNet-18 of ``example_projects/cifar10_resnet18`` (11.2M parameters,
+  32x32 inputs, 3x3 stem);
 * ``vit-mlp``: the MLP of a ViT-B/16 encoder block (LayerNorm, 768 -> 3072 -> GELU -> 768, residual)
   on ``--tokens`` tokens per sample, mean-pooled into a linear head (4.7M sparse weights).
 
@@ -19,9 +20,9 @@ Two estimates are printed:
   SRigL runs alone: the same steps measured with and without the callback's work, so machine noise
   between runs does not enter.
 
-Usage::
+Usage (from the repository root)::
 
-    python scripts/srigl_overhead.py --model vit-mlp --steps 101 --rounds 2
+    PYTHONPATH=. python scripts/srigl_overhead.py --model vit-mlp --steps 101 --rounds 2
 
 Target: both ratios <= 1.03.
 """
@@ -38,36 +39,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from example_projects.cifar10_resnet18.model import ResNet18
 from lightning_srigl.callbacks import SRigLCallback
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 convs with batch norm and an identity or 1x1 projection shortcut."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-def resnet18(num_classes: int = 10) -> nn.Sequential:
-    """ResNet-18 for ``(B, 3, 32, 32)`` inputs (3x3 stem, no max-pool), as in the SRigL CIFAR runs."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-    c_in = 64
-    for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
-        c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
-    return nn.Sequential(*layers)
 
 
 class ViTBlockMLP(nn.Module):
@@ -91,7 +64,7 @@ class Classifier(pl.LightningModule):
     def __init__(self, model: str, tokens: int, batch_size: int = 128, n_batches: int = 4) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = resnet18() if model == "resnet18" else ViTBlockMLP()
+        self.net = ResNet18() if model == "resnet18" else ViTBlockMLP()
         sample = (3, 32, 32) if model == "resnet18" else (tokens, 768)
         g = torch.Generator().manual_seed(0)
         self.data = TensorDataset(
