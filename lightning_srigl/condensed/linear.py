@@ -93,7 +93,7 @@ class CondensedLinear(nn.Module):
         self.register_buffer("bias", bias)
         # Batch-1 CPU layout, built on first use; valid while `_layout_source` matches (see _batch1_layout).
         self._layout: list[Tensor] | None = None
-        self._layout_source: tuple[Tensor, Tensor, int, int] | None = None
+        self._layout_source: tuple[Tensor, Tensor, tuple[int, int]] | None = None
 
     @classmethod
     def from_weight_mask(
@@ -150,30 +150,26 @@ class CondensedLinear(nn.Module):
             return condensed_linear_torch(x2d, values, self.indices, bias_active)
         if _eager_cpu_inference(x2d, values, bias_active):
             # Same kernel as the custom op's CPU implementation, minus the dispatcher's ~15 us per call.
-            layout = self._batch1_layout() if x2d.shape[0] == 1 else None
-            return condensed_linear_cpu(x2d, values, self.indices, bias_active, layout)
+            indices = self.indices
+            layout = self._batch1_layout(values, indices) if x2d.shape[0] == 1 else None
+            return condensed_linear_cpu(x2d, values, indices, bias_active, layout)
         return condensed_linear(x2d, values, self.indices, bias_active)
 
-    def _batch1_layout(self) -> list[Tensor] | None:
-        """The gather-free batch-1 kernel's layout for the current ``values``/``indices`` (None if n/a).
+    def _batch1_layout(self, values: Tensor, indices: Tensor) -> list[Tensor] | None:
+        """The gather-free batch-1 kernel's layout for this layer's ``values``/``indices`` (None if n/a).
 
         Rebuilt when either buffer is replaced (``.to()``, ``load_state_dict(assign=True)``) or changed
         in place (its version counter moves), so the cache can never serve stale weights. Buffers created
         under ``torch.inference_mode`` have no version counter: they keep the gather kernel.
         """
-        values, indices = self.values, self.indices
-        if values.is_inference() or indices.is_inference():
+        try:
+            versions = (values._version, indices._version)
+        except RuntimeError:  # inference tensors
             return None
         source = self._layout_source
-        if (
-            source is None
-            or source[0] is not values
-            or source[1] is not indices
-            or source[2] != values._version
-            or source[3] != indices._version
-        ):
+        if source is None or source[0] is not values or source[1] is not indices or source[2] != versions:
             self._layout = permute_layout(values, indices, self.in_features)
-            self._layout_source = (values, indices, values._version, indices._version)
+            self._layout_source = (values, indices, versions)
         return self._layout
 
     def _scatter_active(self, y: Tensor) -> Tensor:
