@@ -8,7 +8,8 @@
 //    explicit AVX-512 gathers when available, a portable loop otherwise;
 //  * larger batch: "panel" kernel, x packed into (ceil(B/BT), in, BT) fp32 panels (BT = 16, 32 or 64)
 //    so every (row, j) pair multiplies one contiguous run of BT activations.
-// Threads come from at::parallel_for, i.e. torch.get_num_threads().
+// Threads come from at::parallel_for, i.e. torch.get_num_threads(). fp32 layers at batch 1 can also use
+// the gather-free kernel of permute_b1.cpp, which needs a precomputed layout (CondensedLinear caches it).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
