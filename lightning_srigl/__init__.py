@@ -4,31 +4,55 @@ The user-facing API::
 
     from lightning_srigl import SRigLCallback, AccelerateCallback
     trainer = Trainer(callbacks=[SRigLCallback(sparsity=0.9), AccelerateCallback()])
+
+Names are imported on first use, so loading a condensed model (``lightning_srigl.condensed``) needs
+only torch: Lightning is imported only with the callbacks.
 """
 
-from lightning_srigl.callbacks import (
-    AccelerateCallback,
-    DynamicSparsityCallback,
-    NMSparsityCallback,
-    RigLCallback,
-    SRigLCallback,
-)
-from lightning_srigl.condensed.accelerate import accelerate
-from lightning_srigl.condensed.linear import CondensedLinear
-from lightning_srigl.condensed.serialization import load_condensed, save_condensed
-from lightning_srigl.convert import convert_to_structured
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AccelerateCallback",
-    "CondensedLinear",
-    "DynamicSparsityCallback",
-    "NMSparsityCallback",
-    "RigLCallback",
-    "SRigLCallback",
-    "accelerate",
-    "convert_to_structured",
-    "load_condensed",
-    "save_condensed",
-]
+_EXPORTS = {
+    "AccelerateCallback": "lightning_srigl.callbacks",
+    "DynamicSparsityCallback": "lightning_srigl.callbacks",
+    "NMSparsityCallback": "lightning_srigl.callbacks",
+    "RigLCallback": "lightning_srigl.callbacks",
+    "SRigLCallback": "lightning_srigl.callbacks",
+    "accelerate": "lightning_srigl.condensed.accelerate",
+    "CondensedLinear": "lightning_srigl.condensed.linear",
+    "load_condensed": "lightning_srigl.condensed.serialization",
+    "save_condensed": "lightning_srigl.condensed.serialization",
+    "convert_to_structured": "lightning_srigl.convert",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from lightning_srigl.callbacks import (
+        AccelerateCallback,
+        DynamicSparsityCallback,
+        NMSparsityCallback,
+        RigLCallback,
+        SRigLCallback,
+    )
+    from lightning_srigl.condensed.accelerate import accelerate
+    from lightning_srigl.condensed.linear import CondensedLinear
+    from lightning_srigl.condensed.serialization import load_condensed, save_condensed
+    from lightning_srigl.convert import convert_to_structured
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its module on first access (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lightning_srigl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
