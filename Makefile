@@ -24,6 +24,7 @@ docs: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml
+	$(BIN)/python scripts/write_benchmark_doc.py
 
 overhead: $(STAMP)
 	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py
