@@ -150,11 +150,20 @@ def _as_kwargs(namespace: Namespace | dict[str, Any]) -> dict[str, Any]:
     return namespace.as_dict() if isinstance(namespace, Namespace) else dict(namespace)
 
 
-def main(args: Sequence[str] | None = None) -> Any:
-    """Entry point of ``lightning-srigl``: dispatch ``benchmark``/``convert``, else LightningCLI."""
+def run(args: Sequence[str] | None = None) -> Any:
+    """Run ``lightning-srigl`` with ``args`` (default ``sys.argv[1:]``) and return what it made.
+
+    ``benchmark`` returns the ``BenchmarkModule``, ``convert`` its ``ConversionReport``, anything else
+    the ``LightningCLI`` instance.
+    """
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "benchmark":
         return benchmark(argv[1:])
     if argv and argv[0] == "convert":
         return convert(argv[1:])
     return lightning_cli(args)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Console entry point of ``lightning-srigl`` (exit status 0 on success; see :func:`run`)."""
+    run(args)

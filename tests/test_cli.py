@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from example_projects.digits_mlp.model import DigitsMLP
-from lightning_srigl.cli import main
+from lightning_srigl.cli import main, run
 from lightning_srigl.sparsity.nm import is_nm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_fit_with_short_name_trains_sparse(tmp_path: Path) -> None:
             "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.callbacks+=RigLCallback", "--trainer.callbacks.sparsity=0.5",
             "--trainer.callbacks.delta_t=1", "--trainer.callbacks.report=false"]
-    cli = main(args)
+    cli = run(args)
     masks = [b for n, b in cli.model.named_buffers() if n.endswith("_mask")]
     assert cli.trainer.global_step == 3 and len(masks) == 3
     assert sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks) == pytest.approx(0.5, abs=0.01)
@@ -80,7 +80,7 @@ def test_benchmark_subcommand_writes_results(tmp_path: Path) -> None:
         "methods": ["dense_fp32", "csr_fp32"], "nm_methods": [], "cold_sparsities": [],
         "min_run_time": 0.01, "output_dir": str(tmp_path / "out"), "name": "tiny",
     }))
-    module = main(["benchmark", "--config", str(config), "--seed", "1"])
+    module = run(["benchmark", "--config", str(config), "--seed", "1"])
     assert {row["method"] for row in module.results} == {"dense_fp32", "csr_fp32"}
     assert module.outputs and all(Path(p).is_file() for p in module.outputs.values())
 
@@ -92,7 +92,7 @@ def test_convert_subcommand_makes_a_2_4_checkpoint(tmp_path: Path, capsys: pytes
     out = tmp_path / "converted.ckpt"
     args = ["convert", *MODEL, *DATA, "--ckpt_path", str(ckpt), "--output", str(out), "--calibration_batches", "2",
             "--convert.structure", "n:m", "--convert.keep_first_dense", "false", "--convert.reconstruction_steps", "3"]
-    report = main(args)
+    report = run(args)
     assert [layer.name for layer in report.layers] == ["net.0.0.weight", "net.0.2.weight"]
     assert report.accuracy_before is not None and report.accuracy_after is not None
     state = torch.load(out, weights_only=False)["state_dict"]
@@ -115,3 +115,15 @@ def test_module_entry_point_lists_the_subcommands() -> None:
     assert result.returncode == 0, result.stderr
     for name in ("fit", "validate", "test", "predict", "benchmark", "convert", "SRigLCallback"):
         assert name in result.stdout
+
+
+def test_console_entry_exits_zero_after_a_benchmark(tmp_path: Path) -> None:
+    """Console scripts call ``sys.exit(main())``: ``main`` must return None, not the module it ran."""
+    config = ROOT / "configs" / "benchmark_smoke.yaml"
+    entry = "import sys; from lightning_srigl.cli import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", entry, "benchmark", "--config", str(config), "--output_dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "benchmark_smoke.csv").exists()

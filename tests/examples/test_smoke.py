@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_srigl.cli import main
+from lightning_srigl.cli import main, run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_projects"
 NAMES = ["digits_mlp", "cifar10_resnet18", "imagenet_resnet50", "imagenet_vit_b16"]
@@ -38,7 +38,7 @@ def _data_args(name: str, cifar_dir: Path, imagenet_dir: Path) -> list[str]:
 @pytest.mark.parametrize("name", NAMES)
 def test_smoke_config_trains_sparse(name: str, cifar_dir: Path, imagenet_dir: Path, tmp_path: Path) -> None:
     args = ["fit", "--config", str(EXAMPLES / name / "smoke.yaml"), "--trainer.default_root_dir", str(tmp_path)]
-    cli = main(args + _data_args(name, cifar_dir, imagenet_dir))
+    cli = run(args + _data_args(name, cifar_dir, imagenet_dir))
     assert cli.trainer.global_step == cli.trainer.max_steps
     assert _mask_density(cli.model) == pytest.approx(0.1, abs=0.02)
     for name_, buffer in cli.model.named_buffers():
