@@ -147,6 +147,8 @@ def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: A
         sweep = SweepConfig.from_yaml(config, **overrides)
     module = BenchmarkModule(sweep)
     accelerator = "gpu" if torch.device(sweep.device).type == "cuda" else "cpu"
+    # no_grad rather than inference_mode: layers built from inference tensors cannot cache the
+    # condensed kernel's batch-1 layout, whereas the layers of a trained model always can.
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -154,6 +156,7 @@ def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: A
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=False,
+        inference_mode=False,
     )
     trainer.test(module)
     return module
