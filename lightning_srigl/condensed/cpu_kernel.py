@@ -26,6 +26,8 @@ _SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("conden
 _KERNEL_DTYPES = frozenset((torch.float32, torch.bfloat16, torch.float16))
 # Upper bound on the (B, rows, k) gather temporary of the fallback, in elements.
 _FALLBACK_CHUNK_ELEMENTS = 1 << 22
+# Window starts of the batch-1 layout are 16-bit and a window spans 32 features.
+PERMUTE_MAX_IN_FEATURES = 65535 - 32
 
 _lock = threading.Lock()
 _extension: ModuleType | None = None
@@ -138,34 +140,47 @@ def condensed_linear_torch(
     return y.to(x2d.dtype)
 
 
-def permute_layout(values: Tensor, indices: Tensor, in_features: int) -> list[Tensor] | None:
+def permute_layout(values: Tensor, indices: Tensor, rows: Tensor, in_features: int, out_features: int) -> Tensor | None:
     """Layout for the gather-free batch-1 kernel (``csrc/permute_b1.cpp``), or None where it does not apply.
 
-    Applies to non-empty fp32 CPU layers when the extension was built with AVX-512. The five tensors
-    hold the weights reordered (``A * k`` floats) plus about 3 bytes per stored weight of lane indices
-    and step data; build it once per layer and pass it to :func:`condensed_linear_cpu`.
+    Args:
+        values: ``(A, k)`` fp32 condensed weights.
+        indices: ``(A, k)`` int16/int32 input columns.
+        rows: ``(A,)`` int64 output row of each active neuron (the others output their bias).
+        in_features, out_features: the layer's widths.
+
+    Returns:
+        One uint8 tensor (the weights in step order, ``A * k`` floats, plus about 1.8 bytes per weight of
+        lane and step data), or None for non-fp32, empty, non-CPU or very wide (> 65503 inputs) layers
+        and when the extension lacks AVX-512. Pass it to :func:`permute_forward`.
     """
     extension = load_extension()
     if extension is None or not extension.permute_supported():
         return None
     if values.dtype != torch.float32 or values.device.type != "cpu" or values.numel() == 0:
         return None
-    return extension.permute_layout(values.contiguous(), indices.contiguous(), in_features)
+    if in_features > PERMUTE_MAX_IN_FEATURES:
+        return None
+    return extension.permute_layout(values.contiguous(), indices.contiguous(), rows.long().contiguous(), in_features, out_features)
 
 
-def condensed_linear_cpu(
-    x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None, layout: list[Tensor] | None = None
-) -> Tensor:
+def permute_forward(x: Tensor, layout: Tensor, bias: Tensor | None) -> Tensor:
+    """``(1, in) -> (1, out)`` fp32 through the batch-1 kernel; ``bias`` is the full ``(out,)`` bias or None.
+
+    ``layout`` exists only when the extension was loaded (see :func:`permute_layout`), so this is one call.
+    """
+    if _extension is None:
+        raise RuntimeError("permute_forward needs a layout from permute_layout(), which loads the extension")
+    return _extension.permute_forward(x, layout, bias)
+
+
+def condensed_linear_cpu(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None) -> Tensor:
     """``(B, A)`` condensed product on the CPU: the C++ kernel for fp32/bf16/fp16, else the fallback.
 
-    ``layout`` (from :func:`permute_layout` for these ``values``/``indices``) selects the gather-free
-    kernel for ``B == 1``. The common case (extension built, not disabled) takes one global read and one
-    environment lookup before the kernel call: at batch 1 the Python around a ~50 us kernel is a
-    measurable share.
+    The common case (extension built, not disabled) takes one global read and one environment lookup
+    before the kernel call.
     """
     extension = _extension if _extension is not None and os.environ.get(DISABLE_ENV) != "1" else load_extension()
     if extension is None or x2d.dtype not in _KERNEL_DTYPES:
         return condensed_linear_torch(x2d, values, indices, bias_active)
-    if layout is not None and x2d.shape[0] == 1:
-        return extension.permute_forward(x2d, layout, bias_active, values.shape[0])
     return extension.forward(x2d, values, indices, bias_active)

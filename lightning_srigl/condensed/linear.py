@@ -11,7 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.cpu_kernel import condensed_linear_cpu, condensed_linear_torch, permute_layout
+from lightning_srigl.condensed.cpu_kernel import (
+    condensed_linear_cpu,
+    condensed_linear_torch,
+    permute_forward,
+    permute_layout,
+)
 from lightning_srigl.condensed.ops import condensed_linear
 
 BACKENDS = ("auto", "torch")
@@ -92,8 +97,8 @@ class CondensedLinear(nn.Module):
         self.register_buffer("active_rows", active_rows.long())
         self.register_buffer("bias", bias)
         # Batch-1 CPU layout, built on first use; valid while `_layout_source` matches (see _batch1_layout).
-        self._layout: list[Tensor] | None = None
-        self._layout_source: tuple[Tensor, Tensor, tuple[int, int]] | None = None
+        self._layout: Tensor | None = None
+        self._layout_source: tuple[Tensor, Tensor, Tensor, tuple[int, int, int]] | None = None
 
     @classmethod
     def from_weight_mask(
@@ -129,6 +134,10 @@ class CondensedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)``; ablated outputs equal their bias."""
+        if x.dim() == 2 and x.shape[0] == 1:
+            layout = self._batch1_layout(x)
+            if layout is not None:  # fp32 eager CPU inference at batch 1: one C++ call
+                return permute_forward(x, layout, self.bias)
         values = self.values
         if x.shape[-1] != self.in_features or x.dtype != values.dtype:
             raise ValueError(
@@ -150,26 +159,37 @@ class CondensedLinear(nn.Module):
             return condensed_linear_torch(x2d, values, self.indices, bias_active)
         if _eager_cpu_inference(x2d, values, bias_active):
             # Same kernel as the custom op's CPU implementation, minus the dispatcher's ~15 us per call.
-            indices = self.indices
-            layout = self._batch1_layout(values, indices) if x2d.shape[0] == 1 else None
-            return condensed_linear_cpu(x2d, values, indices, bias_active, layout)
+            return condensed_linear_cpu(x2d, values, self.indices, bias_active)
         return condensed_linear(x2d, values, self.indices, bias_active)
 
-    def _batch1_layout(self, values: Tensor, indices: Tensor) -> list[Tensor] | None:
-        """The gather-free batch-1 kernel's layout for this layer's ``values``/``indices`` (None if n/a).
+    def _batch1_layout(self, x: Tensor) -> Tensor | None:
+        """The gather-free batch-1 kernel's layout when ``x (1, in)`` may use it, else None.
 
-        Rebuilt when either buffer is replaced (``.to()``, ``load_state_dict(assign=True)``) or changed
-        in place (its version counter moves), so the cache can never serve stale weights. Buffers created
-        under ``torch.inference_mode`` have no version counter: they keep the gather kernel.
+        It may when the backend is ``"auto"``, ``x`` is a contiguous fp32 CPU tensor of the right width,
+        no gradient is tracked and nothing traces the call. The layout is built on first use and rebuilt
+        when ``values``, ``indices`` or ``active_rows`` are replaced (``.to()``,
+        ``load_state_dict(assign=True)``) or changed in place (their version counters move), so it never
+        serves stale weights. Buffers created under ``torch.inference_mode`` have no version counter:
+        such layers keep the gather kernel.
         """
+        buffers = self._buffers
+        values, indices, rows = buffers["values"], buffers["indices"], buffers["active_rows"]
+        if (
+            self.backend != "auto"
+            or x.dtype != torch.float32
+            or x.shape[1] != self.in_features
+            or not x.is_contiguous()
+            or not _eager_cpu_inference(x, values, buffers["bias"])
+        ):
+            return None
         try:
-            versions = (values._version, indices._version)
+            versions = (values._version, indices._version, rows._version)
         except RuntimeError:  # inference tensors
             return None
         source = self._layout_source
-        if source is None or source[0] is not values or source[1] is not indices or source[2] != versions:
-            self._layout = permute_layout(values, indices, self.in_features)
-            self._layout_source = (values, indices, versions)
+        if source is None or source[0] is not values or source[1] is not indices or source[2] is not rows or source[3] != versions:
+            self._layout = permute_layout(values, indices, rows, self.in_features, self.out_features)
+            self._layout_source = (values, indices, rows, versions)
         return self._layout
 
     def _scatter_active(self, y: Tensor) -> Tensor:

@@ -291,14 +291,14 @@ bool has_avx512_gathers() {
 
 // Batch-1 kernel without gathers, in permute_b1.cpp.
 bool permute_supported();
-std::vector<at::Tensor> permute_layout(const at::Tensor& values, const at::Tensor& indices, int64_t in_features);
-at::Tensor permute_forward(const at::Tensor& x, const std::vector<at::Tensor>& layout,
-                           const c10::optional<at::Tensor>& bias, int64_t A);
+at::Tensor permute_layout(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& rows,
+                          int64_t in_features, int64_t out_features);
+at::Tensor permute_forward(const at::Tensor& x, const at::Tensor& layout, const c10::optional<at::Tensor>& bias);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &condensed_linear_forward, "y (B, A) = x (B, in) gathered by indices (A, k) times values + bias");
   m.def("has_avx512_gathers", &has_avx512_gathers, "whether the explicit AVX-512 gather path was compiled");
   m.def("permute_supported", &permute_supported, "whether the batch-1 permute kernel was compiled (AVX-512)");
-  m.def("permute_layout", &permute_layout, "batch-1 permute layout (5 tensors) of fp32 values and indices");
-  m.def("permute_forward", &permute_forward, "y (1, A) from x (1, in) and a permute_layout()");
+  m.def("permute_layout", &permute_layout, "batch-1 permute layout (one uint8 tensor) of fp32 values, indices and output rows");
+  m.def("permute_forward", &permute_forward, "y (1, out) from x (1, in), a permute_layout() and the full bias (out,)");
 }

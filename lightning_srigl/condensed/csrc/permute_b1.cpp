@@ -1,24 +1,31 @@
 // Batch-1 condensed product without gathers (fp32, AVX-512 only):
-//   y[a] = bias[a] + sum_j values[a, j] * x[indices[a, j]]
+//   y[rows[a]] = bias[rows[a]] + sum_j values[a, j] * x[indices[a, j]],  y[r] = bias[r] for ablated r.
 //
-// Rows are taken 16 at a time, one per vector lane, and the input is cut into blocks of 32 features
-// that sit in two registers. A "step" gives every lane at most one of its entries in the current block;
-// `vpermt2ps` picks the 16 activations from the two registers (1 shuffle instead of a 16-load gather)
-// and a masked expand-load places the lanes' weights, stored compactly in step order. A block takes
-// as many steps as its fullest lane, so about half of the lanes idle at 90 % sparsity, but a step
-// costs a few cycles where a 16-lane gather costs ~16 loads.
+// Active rows are taken 16 at a time, one per vector lane. A "step" reads a 32-feature window of x
+// into two registers (x[off : off + 32]) and gives every lane at most one of its entries inside it:
+// `vpermt2ps` picks the 16 activations (1 shuffle instead of a 16-load gather) and a masked
+// expand-load places the lanes' weights, stored compactly in step order. Each step's window starts at
+// the smallest feature any lane still needs (a sliding window, not fixed blocks), so the lagging lane
+// always advances: at 90 % sparsity a group takes about 1.4x as many steps as its fullest lane has
+// entries, against 2x with block-aligned windows. One flat loop over steps, with no per-block branch.
 //
-// The layout is built once per layer (permute_layout) and passed to every call (permute_forward):
-//   group_start (G + 1,) int64: first step of row group g;  block_steps (G * NB,) uint8;
-//   lane_index (S * 16,) uint8: feature within the block per step and lane;
-//   step_meta (S,) int64: (offset of the step's first weight in packed_values) << 16 | lane mask;
-//   packed_values (A * k,) fp32.
+// The layout is built once per layer (permute_layout) and passed to every call (permute_forward) as
+// one uint8 tensor (so it deep-copies and pickles like any tensor):
+//   header    int64[8]: kMagic, A, in, out, G (= ceil(A / 16)), S (steps), nnz (= A * k), 0 (reserved)
+//   group     int64[G + 1]: first step of group g (its weights start at group_values[g])
+//   values_at int64[G + 1]: first packed weight of group g
+//   rows      int64[A]: output row of each active neuron
+//   meta      uint32[S]: lane mask (bits 0-15) | window start (bits 16-31)
+//   lanes     uint8[S * 16]: each lane's feature within its step's window
+//   packed    float[nnz]: the weights in step order
+// Every section starts on a 64-byte boundary.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -29,7 +36,27 @@
 namespace {
 
 constexpr int64_t kLanes = 16;
-constexpr int64_t kBlock = 32;
+constexpr int64_t kWindow = 32;
+constexpr int64_t kMagic = 0x4c53524931;  // "LSRI1": layout format 1
+constexpr int64_t kHeader = 8;
+// Window starts are stored in 16 bits.
+constexpr int64_t kMaxInFeatures = 65535 - kWindow;
+
+int64_t aligned(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// Byte offsets of the sections of a layout with G groups, S steps, A rows and nnz weights.
+struct Sections {
+  int64_t group, values_at, rows, meta, lanes, packed, total;
+  Sections(int64_t G, int64_t S, int64_t A, int64_t nnz) {
+    group = aligned(kHeader * 8);
+    values_at = group + aligned((G + 1) * 8);
+    rows = values_at + aligned((G + 1) * 8);
+    meta = rows + aligned(A * 8);
+    lanes = meta + aligned(S * 4);
+    packed = lanes + aligned(S * kLanes);
+    total = packed + aligned(nnz * 4);
+  }
+};
 
 template <typename IT>
 int64_t feature(const IT* p, int64_t j) {
@@ -37,68 +64,74 @@ int64_t feature(const IT* p, int64_t j) {
 }
 
 template <typename IT>
-std::vector<at::Tensor> build_layout(const float* w, const IT* idx, int64_t A, int64_t k, int64_t in) {
-  const int64_t G = (A + kLanes - 1) / kLanes, NB = (in + kBlock - 1) / kBlock;
-  std::vector<int64_t> group_start(G + 1, 0), meta;
-  std::vector<uint8_t> block_steps(G * NB, 0), lane_index;
+at::Tensor build_layout(const float* w, const IT* idx, const int64_t* rows, int64_t A, int64_t k, int64_t in,
+                        int64_t out) {
+  const int64_t G = (A + kLanes - 1) / kLanes;
+  std::vector<int64_t> group(G + 1, 0), values_at(G + 1, 0);
+  std::vector<uint32_t> meta;
+  std::vector<uint8_t> lanes;
   std::vector<float> packed;
   packed.reserve(A * k);
-  // Per lane: its entries ordered by block (counting sort), and where each block's entries start.
-  std::vector<int64_t> order(kLanes * k), start(kLanes * (NB + 1));
+  std::vector<int64_t> order(kLanes * k);  // per lane: its entries sorted by feature
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t lanes = std::min(kLanes, A - g * kLanes);
-    for (int64_t l = 0; l < lanes; ++l) {
+    const int64_t n = std::min(kLanes, A - g * kLanes);
+    for (int64_t l = 0; l < n; ++l) {
       const IT* ir = idx + (g * kLanes + l) * k;
-      int64_t* s = start.data() + l * (NB + 1);
-      std::fill(s, s + NB + 1, 0);
-      for (int64_t j = 0; j < k; ++j) ++s[feature(ir, j) / kBlock + 1];
-      for (int64_t b = 0; b < NB; ++b) s[b + 1] += s[b];
-      std::vector<int64_t> fill(s, s + NB);
-      for (int64_t j = 0; j < k; ++j) order[l * k + fill[feature(ir, j) / kBlock]++] = j;
+      int64_t* o = order.data() + l * k;
+      for (int64_t j = 0; j < k; ++j) o[j] = j;
+      std::sort(o, o + k, [ir](int64_t a, int64_t b) { return feature(ir, a) < feature(ir, b); });
     }
-    for (int64_t b = 0; b < NB; ++b) {
-      int64_t steps = 0;
-      for (int64_t l = 0; l < lanes; ++l) {
-        const int64_t* s = start.data() + l * (NB + 1);
-        steps = std::max(steps, s[b + 1] - s[b]);
+    std::vector<int64_t> next(kLanes, 0);  // per lane: entries consumed
+    while (true) {
+      int64_t start = std::numeric_limits<int64_t>::max();
+      for (int64_t l = 0; l < n; ++l) {
+        if (next[l] < k) start = std::min(start, feature(idx + (g * kLanes + l) * k, order[l * k + next[l]]));
       }
-      block_steps[g * NB + b] = static_cast<uint8_t>(steps);  // <= kBlock
-      for (int64_t t = 0; t < steps; ++t) {
-        int64_t mask = 0;
-        const int64_t offset = static_cast<int64_t>(packed.size());
-        for (int64_t l = 0; l < kLanes; ++l) {
-          uint8_t local = 0;
-          if (l < lanes) {
-            const int64_t* s = start.data() + l * (NB + 1);
-            if (s[b] + t < s[b + 1]) {
-              const int64_t row = g * kLanes + l, j = order[l * k + s[b] + t];
-              local = static_cast<uint8_t>(feature(idx + row * k, j) - b * kBlock);
-              packed.push_back(w[row * k + j]);
-              mask |= int64_t{1} << l;
-            }
+      if (start == std::numeric_limits<int64_t>::max()) break;
+      uint32_t mask = 0;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        uint8_t local = 0;
+        if (l < n && next[l] < k) {
+          const int64_t row = g * kLanes + l, j = order[l * k + next[l]], f = feature(idx + row * k, j);
+          if (f < start + kWindow) {
+            local = static_cast<uint8_t>(f - start);
+            packed.push_back(w[row * k + j]);
+            mask |= uint32_t{1} << l;
+            ++next[l];
           }
-          lane_index.push_back(local);
         }
-        meta.push_back(offset << 16 | mask);
+        lanes.push_back(local);
       }
+      meta.push_back(mask | static_cast<uint32_t>(start) << 16);
     }
-    group_start[g + 1] = static_cast<int64_t>(meta.size());
+    group[g + 1] = static_cast<int64_t>(meta.size());
+    values_at[g + 1] = static_cast<int64_t>(packed.size());
   }
-  auto to_tensor = [](const auto& v, at::ScalarType type) {
-    at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(type));
-    if (!v.empty()) std::memcpy(t.data_ptr(), v.data(), v.size() * sizeof(v[0]));
-    return t;
-  };
-  return {to_tensor(group_start, at::kLong), to_tensor(block_steps, at::kByte), to_tensor(lane_index, at::kByte),
-          to_tensor(meta, at::kLong), to_tensor(packed, at::kFloat)};
+  const int64_t S = static_cast<int64_t>(meta.size()), nnz = A * k;
+  const Sections s(G, S, A, nnz);
+  at::Tensor blob = at::zeros({s.total}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* base = blob.data_ptr<uint8_t>();
+  const int64_t header[kHeader] = {kMagic, A, in, out, G, S, nnz, 0};
+  std::memcpy(base, header, sizeof(header));
+  std::memcpy(base + s.group, group.data(), group.size() * 8);
+  std::memcpy(base + s.values_at, values_at.data(), values_at.size() * 8);
+  std::memcpy(base + s.rows, rows, A * 8);
+  if (S) std::memcpy(base + s.meta, meta.data(), S * 4);
+  if (S) std::memcpy(base + s.lanes, lanes.data(), S * kLanes);
+  if (nnz) std::memcpy(base + s.packed, packed.data(), nnz * 4);
+  return blob;
 }
 
 #ifdef LSR_PERMUTE
-// acc + (the step's weights, expanded into their lanes) * (each lane's activation from block [lo, hi]).
-inline __m512 step(__m512 acc, __m512 lo, __m512 hi, const uint8_t* lanes, int64_t meta, const float* packed) {
+// acc + (the step's weights, expanded into their lanes) * (each lane's activation from its window).
+inline __m512 step(__m512 acc, const float* xs, const uint8_t* lanes, uint32_t meta, const float*& packed) {
+  const __mmask16 mask = static_cast<__mmask16>(meta);
+  const float* window = xs + (meta >> 16);
   const __m512i local = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lanes)));
-  const __m512 w = _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(meta), packed + (meta >> 16));
-  return _mm512_fmadd_ps(w, _mm512_permutex2var_ps(lo, local, hi), acc);
+  const __m512 x = _mm512_permutex2var_ps(_mm512_loadu_ps(window), local, _mm512_loadu_ps(window + 16));
+  const __m512 w = _mm512_maskz_expandloadu_ps(mask, packed);
+  packed += _mm_popcnt_u32(meta & 0xffffu);
+  return _mm512_mask3_fmadd_ps(w, x, acc, mask);  // idle lanes keep acc (no 0 * inf)
 }
 #endif
 
@@ -112,65 +145,76 @@ bool permute_supported() {
 #endif
 }
 
-std::vector<at::Tensor> permute_layout(const at::Tensor& values, const at::Tensor& indices, int64_t in_features) {
+at::Tensor permute_layout(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& rows,
+                          int64_t in_features, int64_t out_features) {
   TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 2 && values.is_contiguous() &&
                   indices.sizes() == values.sizes() && indices.is_contiguous(),
               "permute_layout: needs contiguous fp32 values (A, k) and indices of the same shape");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.is_contiguous() && rows.numel() == values.size(0),
+              "permute_layout: rows must be a contiguous int64 (A,) tensor of output rows");
+  TORCH_CHECK(in_features <= kMaxInFeatures, "permute_layout: at most ", kMaxInFeatures, " input features");
   const int64_t A = values.size(0), k = values.size(1);
+  const int64_t* r = rows.data_ptr<int64_t>();
+  TORCH_CHECK(std::all_of(r, r + A, [&](int64_t v) { return v >= 0 && v < out_features; }),
+              "permute_layout: rows must lie in [0, ", out_features, ")");
   if (indices.scalar_type() == at::kShort) {
-    return build_layout(values.data_ptr<float>(), indices.data_ptr<int16_t>(), A, k, in_features);
+    return build_layout(values.data_ptr<float>(), indices.data_ptr<int16_t>(), r, A, k, in_features, out_features);
   }
   TORCH_CHECK(indices.scalar_type() == at::kInt, "permute_layout: indices must be int16 or int32");
-  return build_layout(values.data_ptr<float>(), indices.data_ptr<int32_t>(), A, k, in_features);
+  return build_layout(values.data_ptr<float>(), indices.data_ptr<int32_t>(), r, A, k, in_features, out_features);
 }
 
-at::Tensor permute_forward(const at::Tensor& x, const std::vector<at::Tensor>& layout,
-                           const c10::optional<at::Tensor>& bias, int64_t A) {
+at::Tensor permute_forward(const at::Tensor& x, const at::Tensor& layout, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(permute_supported(), "permute_forward: this build has no AVX-512; use forward()");
-  TORCH_CHECK(x.dim() == 2 && x.size(0) == 1 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "permute_forward: x must be a contiguous fp32 (1, in) tensor");
-  TORCH_CHECK(layout.size() == 5, "permute_forward: layout must come from permute_layout()");
-  const int64_t in = x.size(1), NB = (in + kBlock - 1) / kBlock, G = (A + kLanes - 1) / kLanes;
-  TORCH_CHECK(layout[0].numel() == G + 1 && layout[1].numel() == G * NB,
-              "permute_forward: layout does not match x (", in, " features) and ", A, " rows");
-  TORCH_CHECK(layout[2].numel() == kLanes * layout[3].numel() &&
-                  layout[0].data_ptr<int64_t>()[G] == layout[3].numel(),
+  TORCH_CHECK(layout.scalar_type() == at::kByte && layout.is_contiguous() && layout.numel() >= kHeader * 8,
+              "permute_forward: layout must come from permute_layout()");
+  const uint8_t* base = layout.data_ptr<uint8_t>();
+  int64_t header[kHeader];
+  std::memcpy(header, base, sizeof(header));
+  const int64_t A = header[1], in = header[2], out = header[3], G = header[4], S = header[5], nnz = header[6];
+  const Sections s(G, S, A, nnz);
+  TORCH_CHECK(header[0] == kMagic && layout.numel() == s.total,
               "permute_forward: inconsistent layout; rebuild it with permute_layout()");
-  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == A),
-              "permute_forward: bias must be a contiguous fp32 (A,) tensor");
-  at::Tensor y = at::empty({1, A}, x.options());
-#ifdef LSR_PERMUTE
-  // x padded with zeros to whole blocks (padding lanes read feature 0 of a block with weight 0).
-  std::vector<float> xs(NB * kBlock, 0.f);
-  std::memcpy(xs.data(), x.data_ptr<float>(), in * sizeof(float));
-  const int64_t* group_start = layout[0].data_ptr<int64_t>();
-  const uint8_t* block_steps = layout[1].data_ptr<uint8_t>();
-  const uint8_t* lane_index = layout[2].data_ptr<uint8_t>();
-  const int64_t* meta = layout[3].data_ptr<int64_t>();
-  const float* packed = layout[4].data_ptr<float>();
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == 1 && x.size(1) == in && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "permute_forward: x must be a contiguous fp32 (1, ", in, ") tensor");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == out),
+              "permute_forward: bias must be a contiguous fp32 (", out, ",) tensor");
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  at::Tensor y = at::empty({1, out}, x.options());
   float* yp = y.data_ptr<float>();
+  if (A < out) {  // ablated rows output their bias (or 0)
+    if (b) std::memcpy(yp, b, out * sizeof(float)); else std::fill(yp, yp + out, 0.f);
+  }
+#ifdef LSR_PERMUTE
+  // x padded with zeros so that every window [start, start + 32) can be loaded.
+  thread_local std::vector<float> xs;
+  xs.assign(in + kWindow, 0.f);
+  std::memcpy(xs.data(), x.data_ptr<float>(), in * sizeof(float));
+  const float* xp = xs.data();
+  const int64_t* group = reinterpret_cast<const int64_t*>(base + s.group);
+  const int64_t* values_at = reinterpret_cast<const int64_t*>(base + s.values_at);
+  const int64_t* rows = reinterpret_cast<const int64_t*>(base + s.rows);
+  const uint32_t* meta = reinterpret_cast<const uint32_t*>(base + s.meta);
+  const uint8_t* lanes = base + s.lanes;
+  const float* packed = reinterpret_cast<const float*>(base + s.packed);
   at::parallel_for(0, G, 4, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-      int64_t t = group_start[g];
-      for (int64_t blk = 0; blk < NB; ++blk) {
-        const float* xb = xs.data() + blk * kBlock;
-        const __m512 lo = _mm512_loadu_ps(xb), hi = _mm512_loadu_ps(xb + 16);
-        const int64_t end = t + block_steps[g * NB + blk];
-        for (; t + 2 <= end; t += 2) {  // two steps, two accumulators
-          acc0 = step(acc0, lo, hi, lane_index + t * kLanes, meta[t], packed);
-          acc1 = step(acc1, lo, hi, lane_index + (t + 1) * kLanes, meta[t + 1], packed);
-        }
-        if (t < end) {
-          acc0 = step(acc0, lo, hi, lane_index + t * kLanes, meta[t], packed);
-          ++t;
-        }
+      const float* weights = packed + values_at[g];
+      int64_t t = group[g];
+      const int64_t end = group[g + 1];
+      for (; t + 2 <= end; t += 2) {  // two steps, two accumulators
+        acc0 = step(acc0, xp, lanes + t * kLanes, meta[t], weights);
+        acc1 = step(acc1, xp, lanes + (t + 1) * kLanes, meta[t + 1], weights);
       }
-      alignas(64) float out[kLanes];
-      _mm512_store_ps(out, _mm512_add_ps(acc0, acc1));
-      const int64_t lanes = std::min(kLanes, A - g * kLanes);
-      for (int64_t l = 0; l < lanes; ++l) yp[g * kLanes + l] = out[l] + (b ? b[g * kLanes + l] : 0.f);
+      if (t < end) acc0 = step(acc0, xp, lanes + t * kLanes, meta[t], weights);
+      alignas(64) float sums[kLanes];
+      _mm512_store_ps(sums, _mm512_add_ps(acc0, acc1));
+      const int64_t n = std::min(kLanes, A - g * kLanes);
+      for (int64_t l = 0; l < n; ++l) {
+        const int64_t row = rows[g * kLanes + l];
+        yp[row] = sums[l] + (b ? b[row] : 0.f);
+      }
     }
   });
 #endif
