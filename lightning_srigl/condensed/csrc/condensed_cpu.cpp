@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -141,25 +142,70 @@ void gather_dot(const float* xf, int64_t B, int64_t in, const T* w, const IT* id
 // ---------------------------------------------------------------- panel kernel (larger batch)
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
-// Pack x (B, in) into fp32 panels (P, in, BT); samples past B are zero. 16x16 blocks keep the
-// strided reads in L1 and make every write a contiguous 16-float run.
+#ifdef LSR_AVX512
+// In-register transpose of a 16 x 16 fp32 block: r[i][j] -> r[j][i].
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {  // pairs of rows interleaved within 128-bit lanes
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {  // u[g + c], lane L: column 4L + c of rows g .. g + 3
+    r[g] = _mm512_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int c = 0; c < 4; ++c) {  // 4 x 4 transpose of 128-bit lanes: column 4L + c gathers lane L
+    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+    t[c] = _mm512_shuffle_f32x4(v0, v2, _MM_SHUFFLE(2, 0, 2, 0));
+    t[4 + c] = _mm512_shuffle_f32x4(v0, v2, _MM_SHUFFLE(3, 1, 3, 1));
+    t[8 + c] = _mm512_shuffle_f32x4(v1, v3, _MM_SHUFFLE(2, 0, 2, 0));
+    t[12 + c] = _mm512_shuffle_f32x4(v1, v3, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// panel[i * BT + b] = x[(b0 + b) * in + i] for b < nb (16 samples from b0), i < in; fp32 panel.
+template <typename T, int BT>
+void pack_block16(const T* x, int64_t in, int64_t nb, float* panel) {
+  __m512 r[16];
+  for (int64_t i0 = 0; i0 < in; i0 += 16) {
+    const int64_t ni = std::min<int64_t>(16, in - i0);
+    const __mmask16 m = static_cast<__mmask16>((1u << ni) - 1u);
+    for (int64_t b = 0; b < 16; ++b) {
+      r[b] = b >= nb ? _mm512_setzero_ps() : ni == 16 ? load_val(x + b * in + i0) : load_val_tail(x + b * in + i0, m);
+    }
+    transpose16(r);
+    for (int64_t i = 0; i < ni; ++i) _mm512_storeu_ps(panel + (i0 + i) * BT, r[i]);
+  }
+}
+#endif
+
+// Pack x (B, in) into fp32 panels (P, in, BT); samples past B are zero. With AVX-512, 16 x 16 blocks
+// are transposed in registers; otherwise 16 x 16 blocks keep the strided reads in L1.
 template <typename T, int BT>
 void pack_panels(const T* x, int64_t B, int64_t in, float* xp) {
   const int64_t P = (B + BT - 1) / BT;
-  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      float* panel = xp + p * in * BT;
-      const int64_t nb = std::min<int64_t>(BT, B - p * BT);
-      if (nb < BT) std::memset(panel, 0, sizeof(float) * in * BT);
-      for (int64_t b0 = 0; b0 < nb; b0 += 16) {
-        const int64_t b1 = std::min<int64_t>(nb, b0 + 16);
-        for (int64_t i0 = 0; i0 < in; i0 += 16) {
-          const int64_t i1 = std::min<int64_t>(in, i0 + 16);
-          for (int64_t i = i0; i < i1; ++i) {
-            for (int64_t b = b0; b < b1; ++b) panel[i * BT + b] = to_float(x[(p * BT + b) * in + i]);
-          }
+  constexpr int64_t kSub = BT / 16;  // 16-sample slices per panel
+  at::parallel_for(0, P * kSub, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t p = s / kSub, b0 = p * BT + (s % kSub) * 16;
+      float* panel = xp + p * in * BT + (s % kSub) * 16;
+      const int64_t nb = std::max<int64_t>(0, std::min<int64_t>(16, B - b0));
+#ifdef LSR_AVX512
+      pack_block16<T, BT>(x + b0 * in, in, nb, panel);
+#else
+      for (int64_t i0 = 0; i0 < in; i0 += 16) {
+        const int64_t i1 = std::min<int64_t>(in, i0 + 16);
+        for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t b = 0; b < 16; ++b) panel[i * BT + b] = b < nb ? to_float(x[(b0 + b) * in + i]) : 0.f;
         }
       }
+#endif
     }
   });
 }
@@ -184,12 +230,44 @@ inline void panel_rows(const float* panel, const T* w, const IT* idx, int64_t k,
   for (int n = 0; n < NN; ++n) std::memcpy(dst + n * BT, acc[n], sizeof(acc[n]));
 }
 
+// tile (rows, BT) -> y[b, q] (row stride A) for b < nb, q < rows; fp32 through 16 x 16 transposes.
+template <int BT, typename T>
+void store_tile(const float (&tile)[kNeuronTile][BT], int64_t rows, int64_t nb, T* y, int64_t A) {
+  for (int64_t b = 0; b < nb; ++b) {
+    for (int64_t q = 0; q < rows; ++q) y[b * A + q] = static_cast<T>(tile[q][b]);
+  }
+}
+
+#ifdef LSR_AVX512
+template <int BT>
+void store_tile(const float (&tile)[kNeuronTile][BT], int64_t rows, int64_t nb, float* y, int64_t A) {
+  static_assert(kNeuronTile == 16, "the transpose handles 16 rows");
+  const __mmask16 m = static_cast<__mmask16>((1u << rows) - 1u);
+  __m512 r[16];
+  for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+    for (int64_t q = 0; q < 16; ++q) r[q] = q < rows ? _mm512_loadu_ps(&tile[q][b0]) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int64_t b = 0; b < std::min<int64_t>(16, nb - b0); ++b) _mm512_mask_storeu_ps(y + (b0 + b) * A, m, r[b]);
+  }
+}
+#endif
+
+// The calling thread's panel buffer, 64-byte aligned (panel rows must not straddle cache lines), grown
+// to `n` floats and kept: a fresh multi-megabyte allocation per call is served by new pages from the
+// OS, and faulting them in costs about as much as packing.
+float* panel_buffer(int64_t n) {
+  thread_local std::vector<float> buffer;
+  constexpr int64_t kAlignFloats = 16;
+  if (static_cast<int64_t>(buffer.size()) < n + kAlignFloats) buffer.resize(n + kAlignFloats);
+  const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
+  return buffer.data() + (kAlignFloats - static_cast<int64_t>(address / sizeof(float)) % kAlignFloats) % kAlignFloats;
+}
+
 template <int BT, typename T, typename IT>
 void panel_matmul(const T* x, int64_t B, int64_t in, const T* w, const IT* idx, const T* bias, int64_t A,
                   int64_t k, T* y) {
   const int64_t P = (B + BT - 1) / BT;
-  at::Tensor packed = at::empty({P * in * BT}, at::TensorOptions().dtype(at::kFloat));
-  float* xp = packed.data_ptr<float>();
+  float* xp = panel_buffer(P * in * BT);
   pack_panels<T, BT>(x, B, in, xp);
   const int64_t n_tiles = (A + kNeuronTile - 1) / kNeuronTile;
   at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {
@@ -207,10 +285,7 @@ void panel_matmul(const T* x, int64_t B, int64_t in, const T* w, const IT* idx, 
           panel_rows<BT, kPanelRows>(panel, w + (a0 + r) * k, idx + (a0 + r) * k, k, init + r, tile[r]);
         }
         for (; r < rows; ++r) panel_rows<BT, 1>(panel, w + (a0 + r) * k, idx + (a0 + r) * k, k, init + r, tile[r]);
-        for (int64_t b = 0; b < nb; ++b) {  // tile (rows, BT) -> y[p * BT + b, a0 : a0 + rows]
-          T* yb = y + (p * BT + b) * A + a0;
-          for (int64_t q = 0; q < rows; ++q) yb[q] = static_cast<T>(tile[q][b]);
-        }
+        store_tile<BT>(tile, rows, nb, y + p * BT * A + a0, A);
       }
     }
   });
