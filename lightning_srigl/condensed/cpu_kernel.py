@@ -161,7 +161,9 @@ def permute_layout(values: Tensor, indices: Tensor, rows: Tensor, in_features: i
         return None
     if in_features > PERMUTE_MAX_IN_FEATURES:
         return None
-    return extension.permute_layout(values.contiguous(), indices.contiguous(), rows.long().contiguous(), in_features, out_features)
+    return extension.permute_layout(
+        values.contiguous(), indices.contiguous(), rows.long().contiguous(), in_features, out_features
+    )
 
 
 def permute_forward(x: Tensor, layout: Tensor, bias: Tensor | None) -> Tensor:

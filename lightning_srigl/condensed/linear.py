@@ -187,7 +187,8 @@ class CondensedLinear(nn.Module):
         except RuntimeError:  # inference tensors
             return None
         source = self._layout_source
-        if source is None or source[0] is not values or source[1] is not indices or source[2] is not rows or source[3] != versions:
+        replaced = source is None or any(old is not new for old, new in zip(source[:3], (values, indices, rows)))
+        if replaced or source[3] != versions:
             self._layout = permute_layout(values, indices, rows, self.in_features, self.out_features)
             self._layout_source = (values, indices, rows, versions)
         return self._layout
