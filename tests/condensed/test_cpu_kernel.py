@@ -46,17 +46,6 @@ def test_extension_matches_reference_on_all_paths(extension, batch, dtype):
     torch.testing.assert_close(got.double(), expected, **tol)
 
 
-# The packing transposes 16 x 16 blocks: inputs that are not multiples of 16, exactly 16 rows (a full
-# output tile) and 17, and inputs >= 2048 (64-wide panels).
-@pytest.mark.parametrize(("batch", "inp", "rows"), [(20, 5, 16), (33, 37, 17), (70, 2100, 16), (130, 2051, 33)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_panel_packing_and_tiles_on_uneven_shapes(extension, batch, inp, rows, dtype):
-    x, values, indices, bias = random_case(batch, inp, rows, min(inp, 9), dtype, torch.int16, seed=inp)
-    expected = condensed_linear_torch(x.double(), values.double(), indices, bias.double())
-    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 1e-2}
-    torch.testing.assert_close(extension.forward(x, values, indices, bias).double(), expected, **tol)
-
-
 @pytest.mark.parametrize("batch", [1, 40])
 def test_int32_indices_and_missing_bias(extension, batch):
     x, values, indices, _ = random_case(batch, 200, 9, 64, torch.float32, torch.int32, seed=7)
