@@ -37,3 +37,17 @@ def test_wide_panels_match_reference(batch, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_panel_packing_and_tiles_on_uneven_shapes(batch, inp, rows, dtype):
     check_against_reference(extension_or_skip(), batch, inp, rows, min(inp, 9), dtype, seed=inp)
+
+
+# With 2 threads, 2 or 8 panels are split between the threads (each packs its own), 1 or 3 panels are
+# packed in advance and the output rows are split instead; 1 thread always takes the first path.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("batch", "inp"), [(40, 100), (64, 100), (90, 100), (250, 100), (100, 2100)])
+def test_panel_work_split_matches_reference(threads, batch, inp):
+    extension = extension_or_skip()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_against_reference(extension, batch, inp, 50, 11, torch.float32, seed=batch + threads)
+    finally:
+        torch.set_num_threads(before)
