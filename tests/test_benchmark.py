@@ -11,7 +11,7 @@ import torch
 from lightning_srigl.benchmark import BenchmarkModule, SweepConfig, run_benchmark
 from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
 from lightning_srigl.benchmark.report import summarize
-from lightning_srigl.benchmark.timing import cold_copies
+from lightning_srigl.benchmark.timing import cold_copies, hot_times
 from lightning_srigl.sparsity.nm import is_nm
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "benchmark_smoke.yaml"
@@ -71,6 +71,16 @@ def test_cold_copies_are_independent_and_exceed_the_byte_target() -> None:
     copies = cold_copies(lambda: torch.nn.Linear(32, 8), dense_bytes=32 * 8 * 4, cold_bytes=10_000)
     assert len(copies) * 32 * 8 * 4 >= 10_000
     assert len({c.weight.data_ptr() for c in copies}) == len(copies)
+
+
+def test_hot_times_interleaves_the_methods_in_rounds() -> None:
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("dense", "condensed")}
+    timings = hot_times(fns, threads=1, min_run_time=0.0, device=torch.device("cpu"), sample_time=0.0)
+    assert set(timings) == {"dense", "condensed"}
+    assert all(0 < t.min <= t.median for t in timings.values())
+    timed = calls[-14:]  # after the warm-up: 7 rounds of one 1-call sample each, alternating
+    assert timed == ["dense", "condensed"] * 7
 
 
 def test_sweep_expands_to_hot_nm_and_cold_cases() -> None:

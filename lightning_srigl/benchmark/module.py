@@ -9,6 +9,7 @@ written (:mod:`lightning_srigl.benchmark.report`). ``run_benchmark`` is the one-
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
 from lightning_srigl.benchmark.report import write_outputs
 from lightning_srigl.benchmark.sweep import Case, SweepConfig, case_spec
-from lightning_srigl.benchmark.timing import Timing, cold_copies, cold_time, hot_time
+from lightning_srigl.benchmark.timing import Timing, cold_copies, cold_time, hot_times
 
 
 class BenchmarkModule(pl.LightningModule):
@@ -61,22 +62,23 @@ class BenchmarkModule(pl.LightningModule):
         x = torch.randn(case["batch"], spec.in_features, generator=generator).to(device)
         reference = F.linear(x, linear.weight.to(device), linear.bias.to(device))
         dense_bytes = spec.in_features * spec.out_features * 4
-        for method in case["methods"]:
-            module = self._method(method, linear, mask, device)
-            if module is None:
-                continue
-            xm = x.to(module_dtype(module))
-            error = float((module(xm).float() - reference).abs().max())
-            if case["cache"] == "cold":
+        modules = {m: module for m in case["methods"] if (module := self._method(m, linear, mask, device)) is not None}
+        inputs = {m: x.to(module_dtype(module)) for m, module in modules.items()}
+        errors = {m: float((module(inputs[m]).float() - reference).abs().max()) for m, module in modules.items()}
+        if case["cache"] == "cold":
+            timings = {}
+            for method in modules:
                 build = lambda: build_method(method, linear, mask, device)  # noqa: E731
                 copies = cold_copies(build, dense_bytes, int(self.config.cold_bytes))
-                timing = cold_time(copies, xm, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
-                del copies
-            else:
-                timing = hot_time(
-                    lambda: module(xm), threads=case["threads"], min_run_time=self.config.min_run_time, device=device
+                timings[method] = cold_time(
+                    copies, inputs[method], threads=case["threads"], min_run_time=self.config.min_run_time, device=device
                 )
-            self.results.append(_row(case, spec, method, timing, weight_bytes(module), error))
+                del copies
+        else:  # interleaved rounds: every method sees the same machine
+            calls = {m: functools.partial(module, inputs[m]) for m, module in modules.items()}
+            timings = hot_times(calls, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
+        for method, module in modules.items():
+            self.results.append(_row(case, spec, method, timings[method], weight_bytes(module), errors[method]))
 
     def _masked_layer(self, spec: SparseLayerSpec) -> tuple[nn.Linear, Tensor]:
         """Build (once per consecutive run of cases) the random masked layer of ``spec``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,29 +44,54 @@ def _per_call(fn: Callable[[], object], number: int, device: torch.device) -> fl
     return (time.perf_counter() - start) / number
 
 
-def hot_time(
-    fn: Callable[[], object], *, threads: int, min_run_time: float, device: torch.device, sample_time: float = 1e-3
-) -> Timing:
-    """Time ``fn`` with warm caches on ``threads`` intra-op threads.
+def hot_times(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    threads: int,
+    min_run_time: float,
+    device: torch.device,
+    sample_time: float = 1e-3,
+) -> dict[str, Timing]:
+    """Time each of ``fns`` with warm caches on ``threads`` intra-op threads, in interleaved rounds.
 
-    Warm-up calls (at least 3 and 10 % of ``min_run_time``), then samples of ``number`` back-to-back
-    calls each (``number`` chosen so a sample lasts about ``sample_time``) until ``min_run_time``
-    seconds are measured, at least 7 samples. Short samples keep the minimum meaningful on a shared
-    machine: a sample that was not preempted exists even when many were.
+    Each function gets warm-up calls (at least 3 and 10 % of ``min_run_time``) and a ``number`` of
+    back-to-back calls per sample chosen so a sample lasts about ``sample_time``. Then every round
+    takes one sample of each function in turn, until each has at least 7 samples and ``min_run_time``
+    seconds measured. Interleaving makes the functions share the machine's slow drifts (other tenants,
+    clock changes), so their ratio is fairer than with one function timed after the other; short
+    samples keep the minimum meaningful on a shared machine, since a sample that was not preempted
+    exists even when many were.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        warm = [_per_call(fn, 1, device) for _ in range(3)]
-        while sum(warm) < 0.1 * min_run_time:
-            warm.append(_per_call(fn, 1, device))
-        number = max(1, round(sample_time / min(warm)))
-        samples: list[float] = []
-        while len(samples) < 7 or sum(samples) * number < min_run_time:
-            samples.append(_per_call(fn, number, device))
+        numbers = {}
+        for name, fn in fns.items():
+            warm = [_per_call(fn, 1, device) for _ in range(3)]
+            while sum(warm) < 0.1 * min_run_time:
+                warm.append(_per_call(fn, 1, device))
+            numbers[name] = max(1, round(sample_time / min(warm)))
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+
+        def done(name: str) -> bool:
+            return len(samples[name]) >= 7 and sum(samples[name]) * numbers[name] >= min_run_time
+
+        while not all(done(name) for name in fns):
+            for name, fn in fns.items():
+                if not done(name):
+                    samples[name].append(_per_call(fn, numbers[name], device))
     finally:
         torch.set_num_threads(previous)
-    return Timing(statistics.median(samples), min(samples))
+    return {name: Timing(statistics.median(times), min(times)) for name, times in samples.items()}
+
+
+def hot_time(
+    fn: Callable[[], object], *, threads: int, min_run_time: float, device: torch.device, sample_time: float = 1e-3
+) -> Timing:
+    """:func:`hot_times` of one function."""
+    return hot_times({"fn": fn}, threads=threads, min_run_time=min_run_time, device=device, sample_time=sample_time)[
+        "fn"
+    ]
 
 
 def cold_copies(build: Callable[[], nn.Module], dense_bytes: int, cold_bytes: int) -> list[nn.Module]:

@@ -15,8 +15,6 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_srigl.condensed.accelerate import (
-    CANDIDATES,
-    AccelerationReport,
     find_sparse_linears,
     fit_inputs_to_layers,
     fold_in_place,
@@ -25,6 +23,7 @@ from lightning_srigl.condensed.accelerate import (
     snapshot_modules,
     swap_layers,
 )
+from lightning_srigl.condensed.acceleration_report import CANDIDATES, AccelerationReport
 
 REPORT_FILENAME = "acceleration.csv"
 

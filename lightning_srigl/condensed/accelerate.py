@@ -18,23 +18,18 @@ without one, a weight whose non-zero rows all share one fan-in.
 from __future__ import annotations
 
 import copy
-import csv
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.acceleration_report import CANDIDATES, AccelerationReport, LayerAcceleration
+from lightning_srigl.condensed.csr import CSRLinear
 from lightning_srigl.condensed.linear import CondensedLinear
-
-CANDIDATES: tuple[str, ...] = ("dense", "condensed", "csr", "semi_structured")
 
 __all__ = [
     "CANDIDATES",
@@ -55,116 +50,6 @@ __all__ = [
     "snapshot_modules",
     "swap_layers",
 ]
-
-
-@dataclass(frozen=True)
-class LayerAcceleration:
-    """What :func:`plan_acceleration` measured and chose for one layer (times in seconds)."""
-
-    name: str
-    in_features: int
-    out_features: int
-    batch: int
-    density: float
-    active_neurons: int
-    chosen: str
-    times: dict[str, float]
-    skipped: dict[str, str]
-
-    @property
-    def speedup(self) -> float:
-        """Dense time / chosen kernel's time (1.0 when dense was kept)."""
-        return self.times["dense"] / self.times[self.chosen]
-
-
-@dataclass(frozen=True)
-class AccelerationReport:
-    """One :class:`LayerAcceleration` per accelerated layer, with printing, CSV and metric views."""
-
-    rows: list[LayerAcceleration]
-
-    def columns(self) -> list[str]:
-        """Candidate names timed in at least one layer, in :data:`CANDIDATES` order."""
-        return [c for c in CANDIDATES if any(c in row.times for row in self.rows)]
-
-    def records(self) -> list[dict[str, object]]:
-        """One flat dict per layer (times in microseconds), the CSV rows."""
-        return [
-            {
-                "layer": r.name,
-                "shape": f"{r.in_features}->{r.out_features}",
-                "batch": r.batch,
-                "density": round(r.density, 4),
-                "active_neurons": f"{r.active_neurons}/{r.out_features}",
-                "chosen": r.chosen,
-                **{f"{c}_us": round(r.times[c] * 1e6, 2) if c in r.times else "" for c in self.columns()},
-                "speedup_vs_dense": round(r.speedup, 3),
-            }
-            for r in self.rows
-        ]
-
-    def table(self) -> Table:
-        """A rich table of :meth:`records`."""
-        records = self.records()
-        table = Table(title="lightning_srigl: accelerated layers (times in µs)")
-        for key in records[0] if records else ["layer"]:
-            table.add_column(key, justify="left" if key in ("layer", "shape", "chosen") else "right")
-        for record in records:
-            table.add_row(*(str(v) for v in record.values()))
-        return table
-
-    def print(self, console: Console | None = None) -> None:
-        """Print :meth:`table` (to a 160-column rich console by default)."""
-        (console or Console(width=160)).print(self.table())
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Write :meth:`records` to ``path`` (parents created) and return it."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        records = self.records()
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(records[0]) if records else ["layer"])
-            writer.writeheader()
-            writer.writerows(records)
-        return path
-
-    def metrics(self) -> dict[str, float]:
-        """``accelerate/<layer>/speedup`` for every layer, for ``logger.log_metrics``."""
-        return {f"accelerate/{r.name}/speedup": r.speedup for r in self.rows}
-
-
-class CSRLinear(nn.Module):
-    """A ``Linear`` whose weight is a torch sparse CSR tensor (the unstructured baseline).
-
-    Batch 1 uses ``F.linear(x, W_csr, b)`` and larger batches ``addmm(b, W_csr, xᵀ)ᵀ``: the faster
-    torch CSR call for each regime on CPU (``research/kernels.md`` §4).
-    """
-
-    def __init__(self, weight_csr: Tensor, bias: Tensor | None) -> None:
-        super().__init__()
-        self.in_features = weight_csr.shape[1]
-        self.out_features = weight_csr.shape[0]
-        self.register_buffer("weight", weight_csr)
-        self.register_buffer("bias", bias)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None) -> CSRLinear:
-        """Build from a dense layer; ``mask (out, in)`` bool, default: the non-zeros of the weight."""
-        weight = linear.weight.detach()
-        weight = weight * mask if mask is not None else weight
-        bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(weight.to_sparse_csr(), bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``x (..., in) -> (..., out)``."""
-        x2d = x.reshape(-1, self.in_features)
-        if x2d.shape[0] == 1:
-            y = F.linear(x2d, self.weight, self.bias)
-        elif self.bias is None:
-            y = torch.mm(self.weight, x2d.t()).t()
-        else:
-            y = torch.addmm(self.bias[:, None], self.weight, x2d.t()).t()
-        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def layer_mask(linear: nn.Linear) -> Tensor | None:

@@ -57,10 +57,12 @@ def condense(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
     """True for plain eager CPU tensors with no gradient to track (not traced, compiled or exported)."""
-    if type(x2d) is not Tensor or type(values) is not Tensor or x2d.device.type != "cpu":
+    # Ordered cheapest first: this runs on every call, and each tensor attribute costs ~0.1-0.3 us.
+    if type(x2d) is not Tensor or type(values) is not Tensor or not x2d.is_cpu:
         return False
-    tracked = x2d.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
-    if tracked and torch.is_grad_enabled():
+    if torch.is_grad_enabled() and (
+        x2d.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
+    ):
         return False
     return not torch.compiler.is_compiling()
 

@@ -10,9 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.accelerate import (
-    AccelerationReport,
-    CSRLinear,
-    LayerAcceleration,
     accelerate,
     find_sparse_linears,
     layer_mask,
@@ -20,6 +17,8 @@ from lightning_srigl.condensed.accelerate import (
     pad_fan_in,
     swap_layers,
 )
+from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
+from lightning_srigl.condensed.csr import CSRLinear
 from lightning_srigl.condensed.linear import CondensedLinear
 
 

@@ -1,0 +1,43 @@
+"""``CSRLinear``: the unstructured sparse baseline, a ``Linear`` whose weight is a torch sparse CSR tensor."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CSRLinear"]
+
+
+class CSRLinear(nn.Module):
+    """A ``Linear`` whose weight is a torch sparse CSR tensor (the unstructured baseline).
+
+    Batch 1 uses ``F.linear(x, W_csr, b)`` and larger batches ``addmm(b, W_csr, xᵀ)ᵀ``: the faster
+    torch CSR call for each regime on CPU (``research/kernels.md`` §4).
+    """
+
+    def __init__(self, weight_csr: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.in_features = weight_csr.shape[1]
+        self.out_features = weight_csr.shape[0]
+        self.register_buffer("weight", weight_csr)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None) -> CSRLinear:
+        """Build from a dense layer; ``mask (out, in)`` bool, default: the non-zeros of the weight."""
+        weight = linear.weight.detach()
+        weight = weight * mask if mask is not None else weight
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(weight.to_sparse_csr(), bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (..., in) -> (..., out)``."""
+        x2d = x.reshape(-1, self.in_features)
+        if x2d.shape[0] == 1:
+            y = F.linear(x2d, self.weight, self.bias)
+        elif self.bias is None:
+            y = torch.mm(self.weight, x2d.t()).t()
+        else:
+            y = torch.addmm(self.bias[:, None], self.weight, x2d.t()).t()
+        return y.reshape(*x.shape[:-1], self.out_features)
