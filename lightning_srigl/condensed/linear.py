@@ -188,9 +188,14 @@ class CondensedLinear(nn.Module):
             versions = (values._version, indices._version, rows._version)
         except RuntimeError:  # inference tensors
             return None
-        source = self._layout_source
-        replaced = source is None or any(old is not new for old, new in zip(source[:3], (values, indices, rows)))
-        if replaced or source[3] != versions:
+        source = self._layout_source  # written out: a generator here costs about 1 us per call
+        if (
+            source is None
+            or source[0] is not values
+            or source[1] is not indices
+            or source[2] is not rows
+            or source[3] != versions
+        ):
             self._layout = permute_layout(values, indices, rows, self.in_features, self.out_features)
             self._layout_source = (values, indices, rows, versions)
         return self._layout
