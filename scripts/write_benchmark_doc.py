@@ -87,8 +87,9 @@ and the plots below; `scripts/write_benchmark_doc.py` then wrote this page from 
   neuron, no ablation; 2:4 rows: a random 2:4 mask) is built; every method is built from it and checked
   against the masked dense output (largest fp32 error in the run: {errs:.2g}); then timed: warm-up, then
   samples of ~1 ms of back-to-back calls for at least 0.3 s and 7 samples per method, `torch.set_num_threads`
-  1 or 2. Hot-cache samples are taken in interleaved rounds (one sample of each method in turn), so
-  every method of a case sees the same machine; cold-cache methods run one after the other. Methods: `dense_fp32`/`dense_bf16` (`nn.Linear`, bf16 uses AMX via oneDNN), `csr_fp32`
+  1 or 2. Hot-cache samples are taken in interleaved rounds (one sample of each method in turn,
+  each after one untimed call that re-warms its caches), so every method of a case sees the same
+  machine; cold-cache methods run one after the other. Methods: `dense_fp32`/`dense_bf16` (`nn.Linear`, bf16 uses AMX via oneDNN), `csr_fp32`
   (torch sparse CSR: `F.linear` at batch 1, `addmm` above), `condensed_fp32`/`condensed_bf16`
   (`CondensedLinear`: C++/OpenMP kernel, int16 indices).
 * Cold cache: batch 1 while cycling through enough independent copies of the layer that the dense

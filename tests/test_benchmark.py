@@ -79,8 +79,8 @@ def test_hot_times_interleaves_the_methods_in_rounds() -> None:
     timings = hot_times(fns, threads=1, min_run_time=0.0, device=torch.device("cpu"), sample_time=0.0)
     assert set(timings) == {"dense", "condensed"}
     assert all(0 < t.min <= t.median for t in timings.values())
-    timed = calls[-14:]  # after the warm-up: 7 rounds of one 1-call sample each, alternating
-    assert timed == ["dense", "condensed"] * 7
+    # after the warm-up: 7 rounds; in each, every function is called once to re-warm, then timed once
+    assert calls[-28:] == ["dense", "dense", "condensed", "condensed"] * 7
 
 
 def test_sweep_expands_to_hot_nm_and_cold_cases() -> None:

@@ -57,10 +57,11 @@ def hot_times(
     Each function gets warm-up calls (at least 3 and 10 % of ``min_run_time``) and a ``number`` of
     back-to-back calls per sample chosen so a sample lasts about ``sample_time``. Then every round
     takes one sample of each function in turn, until each has at least 7 samples and ``min_run_time``
-    seconds measured. Interleaving makes the functions share the machine's slow drifts (other tenants,
-    clock changes), so their ratio is fairer than with one function timed after the other; short
-    samples keep the minimum meaningful on a shared machine, since a sample that was not preempted
-    exists even when many were.
+    seconds measured; each sample follows one untimed call of the same function, so its caches are as
+    warm as in back-to-back calls although the other functions ran in between. Interleaving makes the
+    functions share the machine's slow drifts (other tenants, clock changes), so their ratio is fairer
+    than with one function timed after the other; short samples keep the minimum meaningful on a
+    shared machine, since a sample that was not preempted exists even when many were.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -79,6 +80,7 @@ def hot_times(
         while not all(done(name) for name in fns):
             for name, fn in fns.items():
                 if not done(name):
+                    fn()  # re-warm the caches the other functions evicted
                     samples[name].append(_per_call(fn, numbers[name], device))
     finally:
         torch.set_num_threads(previous)
