@@ -87,15 +87,6 @@ def hot_times(
     return {name: Timing(statistics.median(times), min(times)) for name, times in samples.items()}
 
 
-def hot_time(
-    fn: Callable[[], object], *, threads: int, min_run_time: float, device: torch.device, sample_time: float = 1e-3
-) -> Timing:
-    """:func:`hot_times` of one function."""
-    return hot_times({"fn": fn}, threads=threads, min_run_time=min_run_time, device=device, sample_time=sample_time)[
-        "fn"
-    ]
-
-
 def cold_copies(build: Callable[[], nn.Module], dense_bytes: int, cold_bytes: int) -> list[nn.Module]:
     """``ceil(cold_bytes / dense_bytes)`` (at least 2) independently built modules.
 
@@ -119,4 +110,5 @@ def cold_time(
         for module in modules:
             module(x)
 
-    return hot_time(one_pass, threads=threads, min_run_time=min_run_time, device=device).scaled(1 / len(modules))
+    timing = hot_times({"pass": one_pass}, threads=threads, min_run_time=min_run_time, device=device)["pass"]
+    return timing.scaled(1 / len(modules))
