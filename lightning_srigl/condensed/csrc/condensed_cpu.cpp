@@ -278,8 +278,8 @@ float* panel_buffer(int64_t n) {
 }
 
 // Output tiles [t0, t1) of one panel holding nb samples: y (nb, A) rows of the panel's samples.
-// Rows are accumulated NN at a time: 4 for 64-wide panels (16 accumulators), 2 for narrower ones
-// (measured 8-15 % faster for 32-wide panels than 4 rows at batch 256).
+// Rows are accumulated NN at a time: 4 for 16- and 64-wide panels (4 and 16 accumulators), 2 for
+// 32-wide ones (measured 8-15 % faster than 4 rows there, at batch 256).
 template <int BT, typename T, typename IT>
 void panel_tiles(const float* panel, int64_t nb, const T* w, const IT* idx, const T* bias, int64_t A, int64_t k,
                  int64_t t0, int64_t t1, T* y) {
