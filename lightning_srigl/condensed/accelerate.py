@@ -18,8 +18,7 @@ without one, a weight whose non-zero rows all share one fan-in.
 from __future__ import annotations
 
 import copy
-import statistics
-import time
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from lightning_srigl.condensed.acceleration_report import CANDIDATES, AccelerationReport, LayerAcceleration
 from lightning_srigl.condensed.csr import CSRLinear
 from lightning_srigl.condensed.linear import CondensedLinear
+from lightning_srigl.condensed.timing import hot_times
 
 __all__ = [
     "CANDIDATES",
@@ -43,7 +43,6 @@ __all__ = [
     "fold_in_place",
     "layer_mask",
     "make_candidate",
-    "median_time",
     "pad_fan_in",
     "plan_acceleration",
     "restore_modules",
@@ -145,27 +144,17 @@ def make_candidate(kind: str, linear: nn.Linear, mask: Tensor) -> nn.Module:
     raise ValueError(f"Unknown candidate {kind!r}; choose from {CANDIDATES}.")
 
 
-def median_time(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time of one call of ``fn`` in seconds, after ``warmup`` calls (CUDA-synchronised)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(max(repeats, 1)):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def _time_candidates(
     linear: nn.Linear, mask: Tensor, x: Tensor, candidates: Sequence[str], warmup: int, repeats: int
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Times of the candidates that build and reproduce the masked dense output on ``x``, and why
-    the others were skipped."""
-    times: dict[str, float] = {}
+    the others were skipped.
+
+    The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
+    timer, :func:`~lightning_srigl.condensed.timing.hot_times`: ``warmup`` calls, at least ``repeats``
+    samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
+    """
+    calls: dict[str, Callable[[], object]] = {}
     skipped: dict[str, str] = {}
     tol = 1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4
     with torch.no_grad():
@@ -180,8 +169,11 @@ def _time_candidates(
             if not torch.allclose(out.float(), reference.float(), rtol=tol, atol=tol):
                 skipped[kind] = "inexact: output differs from the masked dense layer"
                 continue
-            times[kind] = median_time(lambda: layer(x), x.device, warmup, repeats)
-    return times, skipped
+            calls[kind] = functools.partial(layer, x)
+        timings = hot_times(
+            calls, threads=torch.get_num_threads(), min_run_time=0.0, device=x.device, warmup=warmup, min_samples=repeats
+        )
+    return {kind: timing.min for kind, timing in timings.items()}, skipped
 
 
 def plan_acceleration(
@@ -308,7 +300,8 @@ def accelerate(
             layer is timed on the input it receives from this batch.
         candidates: kernels to try; ``"dense"`` is always needed as the reference.
         device: where to time (default: each layer's device).
-        warmup, repeats: calls before timing and timed calls (median) per candidate.
+        warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
+            (candidates are timed in interleaved rounds and ranked by their fastest sample).
         fold: fold ablated neurons into the next layer where provably exact.
         verbose: print the report as a rich table.
 
