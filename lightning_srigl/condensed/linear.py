@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.cpu_kernel import (
+    batch1_forward,
+    batch1_layout,
     condensed_linear_cpu,
     condensed_linear_torch,
-    permute_forward,
-    permute_layout,
 )
 from lightning_srigl.condensed.ops import condensed_linear
 from lightning_srigl.condensed.validation import INT16_MAX, check_bias, check_condensed, check_width
@@ -186,7 +186,7 @@ class CondensedLinear(nn.Module):
         if x.dim() == 2 and x.shape[0] == 1:
             layout = self._batch1_layout(x)
             if layout is not None:  # fp32 eager CPU inference at batch 1: one C++ call
-                return permute_forward(x, layout, self.bias)
+                return batch1_forward(x, layout, self.bias)
         values = self.values
         if x.shape[-1] != self.in_features or x.dtype != values.dtype:
             raise ValueError(
@@ -243,7 +243,7 @@ class CondensedLinear(nn.Module):
             or source[2] is not rows
             or source[3] != versions
         ):
-            self._layout = permute_layout(values, indices, rows, self.in_features, self.out_features)
+            self._layout = batch1_layout(values, indices, rows, self.in_features, self.out_features)
             self._layout_source = (values, indices, rows, versions)
         return self._layout
 
