@@ -211,7 +211,10 @@ def plan_acceleration(
         target = torch.device(device) if device is not None else linear.weight.device
         if target != linear.weight.device:
             linear = copy.deepcopy(linear).to(target)
-        times, skipped = _time_candidates(linear, mask.to(target), x.to(target), candidates, warmup, repeats)
+        # An input captured under autocast (bf16-mixed, 16-mixed) is in the autocast dtype; the candidates
+        # compute in the layer's dtype, as they will at inference (CondensedLinear, CSRLinear cast to it).
+        x = x.to(device=target, dtype=linear.weight.dtype)
+        times, skipped = _time_candidates(linear, mask.to(target), x, candidates, warmup, repeats)
         rows.append(_layer_row(name, linear, mask, x, times, skipped))
     return AccelerationReport(rows)
 
