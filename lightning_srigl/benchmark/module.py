@@ -64,11 +64,18 @@ class BenchmarkModule(pl.LightningModule):
         dense_bytes = spec.in_features * spec.out_features * 4
         modules = {m: module for m in case["methods"] if (module := self._method(m, linear, mask, device)) is not None}
         inputs = {m: x.to(module_dtype(module)) for m, module in modules.items()}
-        errors = {m: float((module(inputs[m]).float() - reference).abs().max()) for m, module in modules.items()}
+        errors = {}
+        for method in list(modules):
+            try:  # the first call compiles, autotunes or captures: a failure skips the method, not the sweep
+                errors[method] = float((modules[method](inputs[method]).float() - reference).abs().max())
+            except (RuntimeError, ValueError, NotImplementedError) as err:
+                pl.utilities.rank_zero_warn(f"benchmark: skipping {method} for {case} ({type(err).__name__}: {err})")
+                del modules[method]
+        backend = self.config.condensed_backend
         if case["cache"] == "cold":
             timings = {}
             for method in modules:
-                build = lambda: build_method(method, linear, mask, device)  # noqa: E731
+                build = lambda: build_method(method, linear, mask, device, backend)  # noqa: E731
                 copies = cold_copies(build, dense_bytes, int(self.config.cold_bytes))
                 timings[method] = cold_time(
                     copies, inputs[method], threads=case["threads"], min_run_time=self.config.min_run_time, device=device
@@ -77,8 +84,10 @@ class BenchmarkModule(pl.LightningModule):
         else:  # interleaved rounds: every method sees the same machine
             calls = {m: functools.partial(module, inputs[m]) for m, module in modules.items()}
             timings = hot_times(calls, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
+        hardware = device_name(device)
         for method, module in modules.items():
-            self.results.append(_row(case, spec, method, timings[method], weight_bytes(module), errors[method]))
+            row = _row(case, spec, method, timings[method], weight_bytes(module), errors[method])
+            self.results.append({**row, "device": hardware})
 
     def _masked_layer(self, spec: SparseLayerSpec) -> tuple[nn.Linear, Tensor]:
         """Build (once per consecutive run of cases) the random masked layer of ``spec``."""
@@ -91,7 +100,7 @@ class BenchmarkModule(pl.LightningModule):
         """The built module of ``method`` for the current layer, or ``None`` (with a warning) if unsupported."""
         if method not in self._built:
             try:
-                self._built[method] = build_method(method, linear, mask, device)
+                self._built[method] = build_method(method, linear, mask, device, self.config.condensed_backend)
             except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
                 pl.utilities.rank_zero_warn(f"benchmark: skipping {method} ({type(err).__name__}: {err})")
                 self._built[method] = None
@@ -102,6 +111,11 @@ class BenchmarkModule(pl.LightningModule):
         if self.config.output_dir is not None and self.trainer.is_global_zero:
             output_dir = Path(self.config.output_dir)
             self.outputs = write_outputs(self.results, output_dir, self.config.name, self.config.statistic)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU model for a CUDA device (e.g. ``"NVIDIA H200"``), else the device type (``"cpu"``)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, parse_method
+from lightning_srigl.condensed.linear import BACKENDS
 
 Case = dict[str, Any]
 """One timed configuration: a layer spec's fields plus ``batch``, ``threads``, ``cache``, ``methods``."""
@@ -24,7 +25,8 @@ class SweepConfig:
     cold_batch_sizes × threads``, timing ``cold_methods`` while cycling through enough copies of
     the layer to exceed ``cold_bytes``. Ratios in the summary use ``statistic`` of each method's
     samples: ``"median"``, or ``"min"`` on a machine shared with other work (preempted samples only
-    ever make a call look slower).
+    ever make a call look slower). ``condensed_backend`` is the backend of the condensed layers
+    (``"auto"``: C++ on CPU, Triton on CUDA).
     """
 
     shapes: list[list[int]] = field(default_factory=lambda: [[768, 3072], [3072, 768], [4096, 4096]])
@@ -43,6 +45,7 @@ class SweepConfig:
     min_run_time: float = 0.2
     statistic: str = "median"
     device: str = "cpu"
+    condensed_backend: str = "auto"
     seed: int = 0
     output_dir: str | None = "benchmark_results"
     name: str = "benchmark"
@@ -50,6 +53,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         for method in [*self.methods, *self.nm_methods, *self.cold_methods]:
             parse_method(method)
+        if self.condensed_backend not in BACKENDS:
+            raise ValueError(f"condensed_backend is one of {BACKENDS}, got {self.condensed_backend!r}.")
         if self.statistic not in ("median", "min"):
             raise ValueError(f"statistic is 'median' or 'min' (of the timed samples), got {self.statistic!r}.")
         if "dense_fp32" not in self.methods:

@@ -36,6 +36,7 @@ says how to install it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -43,6 +44,7 @@ from torch import Tensor
 try:
     import triton
     import triton.language as tl
+    import triton.testing
     from triton.runtime.interpreter import InterpretedFunction
 except ImportError as err:  # pragma: no cover - exercised only where triton is missing
     raise ImportError(
@@ -133,13 +135,39 @@ def _gather_tiled_kernel(
     tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask_bn)
 
 
+def _fitting_configs(configs: list[triton.Config], named_args: dict, **_: object) -> list[triton.Config]:
+    """The configs whose tiles do not exceed the problem by more than the smallest tile does.
+
+    A block wider than the next power of two of ``A`` (or ``B``) only adds masked-off lanes, so small
+    layers are autotuned (and compiled) over one or two configs instead of all of them.
+    """
+
+    def fits(config: triton.Config, block: str, size: int) -> bool:
+        smallest = min(c.kwargs[block] for c in configs)
+        return config.kwargs[block] <= max(smallest, triton.next_power_of_2(size))
+
+    kept = [c for c in configs if fits(c, "BLOCK_N", named_args["A"])]
+    if "BLOCK_B" in configs[0].kwargs:
+        kept = [c for c in kept if fits(c, "BLOCK_B", named_args["B"])]
+    return kept
+
+
+def _bench(kernel_call: Callable[[], object], quantiles: tuple[float, ...]) -> list[float]:
+    """Autotuning timer: Triton's ``do_bench`` with a 5 ms warm-up and 25 ms of repeats (default 25 / 100)."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _autotuned(kernel: triton.JITFunction, configs: list[triton.Config], key: list[str]) -> triton.JITFunction:
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _fitting_configs}, do_bench=_bench)(
+        kernel
+    )
+
+
 # triton.jit builds interpreter functions when TRITON_INTERPRET=1 at import time; they cannot be autotuned.
 INTERPRETER = isinstance(_gather_gemv_kernel, InterpretedFunction)
 """True when the kernels run in Triton's interpreter (CPU tensors), i.e. TRITON_INTERPRET=1 was set at import."""
-_GEMV = _gather_gemv_kernel if INTERPRETER else triton.autotune(_GEMV_CONFIGS, key=["A", "K"])(_gather_gemv_kernel)
-_TILED = (
-    _gather_tiled_kernel if INTERPRETER else triton.autotune(_TILED_CONFIGS, key=["A", "K", "B"])(_gather_tiled_kernel)
-)
+_GEMV = _gather_gemv_kernel if INTERPRETER else _autotuned(_gather_gemv_kernel, _GEMV_CONFIGS, ["A", "K"])
+_TILED = _gather_tiled_kernel if INTERPRETER else _autotuned(_gather_tiled_kernel, _TILED_CONFIGS, ["A", "K", "B"])
 
 
 def prepare_triton_layout(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,5 +1,8 @@
 """The Triton condensed kernels against the masked dense product (interpreter on CPU, or compiled on CUDA)."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -7,6 +10,7 @@ from hypothesis import strategies as st
 
 from tests.condensed.triton_device import DTYPES, TOLERANCE, constant_fan_in_layer, triton_device, triton_kernel
 
+ROOT = Path(__file__).resolve().parents[2]
 SMALL_BATCH = triton_kernel.SMALL_BATCH
 condensed_linear_triton = triton_kernel.condensed_linear_triton
 prepare_triton_layout = triton_kernel.prepare_triton_layout
@@ -149,3 +153,27 @@ def test_input_on_another_device_raises() -> None:
     values, indices = torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.int16)
     with pytest.raises(ValueError, match="move the input or the layer"):
         condensed_linear_triton(torch.empty(2, 8, device="meta"), values, indices, None)
+
+
+def test_autotuning_skips_tiles_larger_than_the_problem() -> None:
+    """Small layers are tuned (and compiled) over the fitting configs only; large ones over all."""
+    fitting = triton_kernel._fitting_configs
+    gemv, tiled = triton_kernel._GEMV_CONFIGS, triton_kernel._TILED_CONFIGS
+    assert [c.kwargs["BLOCK_N"] for c in fitting(gemv, {"A": 40})] == [64]
+    assert fitting(gemv, {"A": 768}) == gemv
+    assert {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_B"]) for c in fitting(tiled, {"A": 40, "B": 17})} == {(32, 32), (64, 32)}
+    assert fitting(tiled, {"A": 768, "B": 256}) == tiled
+
+
+def test_kernels_compile_ahead_of_time_for_hopper(tmp_path) -> None:
+    """The interpreter never runs Triton's compiler; this does (fresh cache, so nothing is skipped)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.condensed.triton_aot"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = len(triton_kernel._GEMV_CONFIGS) + len(triton_kernel._TILED_CONFIGS) + 2 * 3
+    assert done.stdout.count("sm_90") == expected
