@@ -15,10 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.cpu_kernel import (
+    batch1_forward,
+    batch1_layout,
     condensed_linear_cpu,
     condensed_linear_torch,
-    permute_forward,
-    permute_layout,
 )
 from lightning_srigl.condensed.ops import condensed_linear, triton_kernels
 
@@ -160,7 +160,7 @@ class CondensedLinear(nn.Module):
         if x.dim() == 2 and x.shape[0] == 1:
             layout = self._batch1_layout(x)
             if layout is not None:  # fp32 eager CPU inference at batch 1: one C++ call
-                return permute_forward(x, layout, self.bias)
+                return batch1_forward(x, layout, self.bias)
         values = self.values
         if x.shape[-1] != self.in_features or x.dtype != values.dtype:
             x = self._autocast_input(x)
@@ -212,10 +212,10 @@ class CondensedLinear(nn.Module):
             or not _eager_cpu_inference(x, self.values, self.bias)
         ):
             return None
-        return self._derived_layout("cpu_batch1", self._permute_layout)
+        return self._derived_layout("cpu_batch1", self._build_batch1_layout)
 
-    def _permute_layout(self, values: Tensor, indices: Tensor, rows: Tensor) -> Tensor | None:
-        return permute_layout(values, indices, rows, self.in_features, self.out_features)
+    def _build_batch1_layout(self, values: Tensor, indices: Tensor, rows: Tensor) -> Tensor | None:
+        return batch1_layout(values, indices, rows, self.in_features, self.out_features)
 
     def _derived_layout(self, kind: str, build: Callable[[Tensor, Tensor, Tensor], Any]) -> Any:
         """``build(values, indices, active_rows)``, cached under ``kind`` while those buffers stay the same.
