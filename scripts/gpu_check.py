@@ -5,8 +5,8 @@ Usage (``scripts/gpu_check.sh`` calls it; it can also run alone)::
     python scripts/gpu_check.py --out DIR                    # on a CUDA machine
     TRITON_INTERPRET=1 python scripts/gpu_check.py --out DIR --interpret-smoke   # anywhere, tiny sizes
 
-The sweep runs one layer shape at a time and rewrites the CSVs and plots after each, so a run cut
-short still leaves its finished shapes. Then it writes ``gpu_check_verdict.md``: every method's worst
+The sweep runs one layer shape at a time and rewrites the CSVs, plots and ``gpu_check_verdict.md``
+after each, so a run cut short still leaves its finished shapes. The verdict holds every method's worst
 error against the masked dense fp32 layer (with the tolerance of its dtype), the methods that did not
 run, and issue 12's targets at 90 % sparsity, 3072→768 (batch 256: condensed ≥ 2× dense of the same
 dtype and ≥ 13× CSR; batch 1: ≥ 3× dense). Exit status 1 when an output is inexact or an expected
@@ -23,6 +23,7 @@ import argparse
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -69,14 +70,15 @@ def environment() -> str:
     return "\n".join(lines)
 
 
-def run_sweep(config: SweepConfig, out: Path) -> list[dict]:
-    """The sweep one shape at a time; the outputs in ``out`` are rewritten after each shape."""
+def run_sweep(config: SweepConfig, out: Path, report: Callable[[list[dict]], object]) -> list[dict]:
+    """The sweep one shape at a time; after each, the outputs in ``out`` are rewritten and ``report(rows)`` runs."""
     rows: list[dict] = []
     for shape in config.shapes:
         start = time.perf_counter()
         module = run_benchmark(config, shapes=[shape], output_dir=None)
         rows += module.results
         write_outputs(rows, out, config.name, config.statistic)
+        report(rows)
         print(f"gpu_check: {shape[0]}->{shape[1]} took {time.perf_counter() - start:.0f} s", flush=True)
     return rows
 
@@ -134,22 +136,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    rows = run_sweep(config, args.out)
-    exact_lines, exact = exactness(rows)
-    missing_lines, complete = missing_methods(rows, config, args.interpret_smoke)
-    verdict = [
-        f"# GPU check: {'interpreter smoke run (no GPU speed)' if args.interpret_smoke else 'GPU sweep'}",
-        "", "```", environment(), "```", "",
-        f"Sweep: `{CONFIG.name}`{' with ' + str(SMOKE) if args.interpret_smoke else ''}; {len(rows)} timings in "
-        f"{time.perf_counter() - start:.0f} s; statistic: {config.statistic}.", "",
-        "## Issue 12 targets (90 % sparsity, 3072→768, same run)", "", *targets(rows, config.statistic), "",
-        "## Exactness", "", *exact_lines, "",
-        "## Methods that did not run", "", *(missing_lines or ["none"]), "",
-    ]  # fmt: skip
-    path = args.out / "gpu_check_verdict.md"
-    path.write_text("\n".join(verdict))
-    print("\n".join(verdict), flush=True)
-    return 0 if exact and complete else 1
+    outcome = {}
+
+    def report(rows: list[dict]) -> None:
+        exact_lines, outcome["exact"] = exactness(rows)
+        missing_lines, outcome["complete"] = missing_methods(rows, config, args.interpret_smoke)
+        verdict = [
+            f"# GPU check: {'interpreter smoke run (no GPU speed)' if args.interpret_smoke else 'GPU sweep'}",
+            "", "```", environment(), "```", "",
+            f"Sweep: `{CONFIG.name}`{' with ' + str(SMOKE) if args.interpret_smoke else ''}; {len(rows)} timings in "
+            f"{time.perf_counter() - start:.0f} s; statistic: {config.statistic}.", "",
+            "## Issue 12 targets (90 % sparsity, 3072→768, same run)", "", *targets(rows, config.statistic), "",
+            "## Exactness", "", *exact_lines, "",
+            "## Methods that did not run (so far)", "", *(missing_lines or ["none"]), "",
+        ]  # fmt: skip
+        outcome["text"] = "\n".join(verdict)
+        (args.out / "gpu_check_verdict.md").write_text(outcome["text"])
+
+    run_sweep(config, args.out, report)
+    print(outcome["text"], flush=True)
+    return 0 if outcome["exact"] and outcome["complete"] else 1
 
 
 if __name__ == "__main__":

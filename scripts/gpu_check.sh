@@ -9,10 +9,11 @@
 #   benchmark_gpu_speedup_t1.png (speedup vs sparsity per batch, the paper's Figure 11 style), gpu_check_verdict.md.
 #
 # Python: $GPU_CHECK_PYTHON if set (used as it is: lightning_srigl must be importable), else a virtual
-# environment .venv-gpu made from python3 with --system-site-packages, so a machine's own torch and triton
-# (e.g. a CUDA image without network access) are used. Where torch or triton is missing there, it installs
-# torch==2.13.0 (the project's pin) and triton from the package index; wheels in .whl/ are installed first.
-# The package itself is installed editable with --no-build-isolation --no-deps (it builds against that torch).
+# environment .venv-gpu on top of ${GPU_CHECK_BASE_PYTHON:-python3} that sees that interpreter's packages,
+# so a machine's own torch and triton (e.g. a CUDA image without network access) are used. Where torch or
+# triton is missing there, it installs torch==2.13.0 (the project's pin) and triton from the package index;
+# wheels in .whl/ are installed first. The package itself is installed editable with --no-build-isolation
+# --no-deps (its CPU kernels build against that torch; about a minute).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=gpu
@@ -31,14 +32,22 @@ if [[ -n "${GPU_CHECK_PYTHON:-}" ]]; then
   PY="$GPU_CHECK_PYTHON"
 else
   phase "environment: .venv-gpu"
-  [[ -x .venv-gpu/bin/python ]] || python3 -m venv --system-site-packages .venv-gpu || exit 2
+  BASE="${GPU_CHECK_BASE_PYTHON:-python3}"
+  if [[ ! -x .venv-gpu/bin/python ]]; then
+    "$BASE" -m venv --system-site-packages --without-pip .venv-gpu || exit 2
+    # --system-site-packages shows only the base installation's packages; when $BASE is itself a virtual
+    # environment (CUDA images ship torch in one), a .pth file adds its site-packages too. No pip of its
+    # own: the base's pip, setuptools and wheel install into it (a venv's bundled setuptools may be older).
+    PTH="$(.venv-gpu/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_base_site.pth"
+    "$BASE" -c 'import site, sys; sys.prefix != sys.base_prefix and print(*site.getsitepackages(), sep="\n")' >"$PTH"
+  fi
   PY=.venv-gpu/bin/python
   if compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps .whl/*.whl || exit 2
   fi
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0 || exit 2
   "$PY" -c "import triton" 2>/dev/null || "$PY" -m pip install -q "triton>=3.1" || exit 2
-  "$PY" -m pip install -q --no-build-isolation --no-deps -e . || exit 2
+  "$PY" -m pip install -q --no-index --no-build-isolation --no-deps -e . || exit 2
 fi
 "$PY" - <<'EOF' || exit 2
 import importlib.util, sys
@@ -55,10 +64,10 @@ if [[ $MODE == gpu ]]; then
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device (use --interpret-smoke)')" || exit 2
   nvidia-smi >"$RESULTS/gpu_tests.log" 2>&1
   phase "GPU tests (compiled Triton kernels on CUDA)"
-  timeout 300 "$PY" -m pytest -q -rs "${TESTS[@]}" 2>&1 | tee -a "$RESULTS/gpu_tests.log"
+  timeout 150 "$PY" -m pytest -q -rs "${TESTS[@]}" 2>&1 | tee -a "$RESULTS/gpu_tests.log"
   TESTS_RC=${PIPESTATUS[0]}
   phase "GPU benchmark sweep (configs/benchmark_gpu.yaml)"
-  timeout 420 "$PY" scripts/gpu_check.py --out "$RESULTS"
+  timeout 330 "$PY" scripts/gpu_check.py --out "$RESULTS"
   SWEEP_RC=$?
 else
   export TRITON_INTERPRET=1
