@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command: environment, GPU tests, the GPU benchmark sweep, CSV, plots, verdict.
 #
-#   bash scripts/gpu_check.sh                    # on a CUDA machine (about 5-7 minutes on one H200)
+#   bash scripts/gpu_check.sh                    # on a CUDA machine (estimated 5-7 minutes on one H200; not yet run on one)
 #   bash scripts/gpu_check.sh --interpret-smoke  # anywhere: the plumbing on CPU, Triton interpreter, tiny sizes
 #
 # Results go to $GPU_CHECK_OUT, else $OUT (set on this workplace's device machines), else gpu_check_results/:
 #   gpu_tests.log, benchmark_gpu.csv (raw), benchmark_gpu_summary.csv (ratios), benchmark_gpu_t1.png (times),
 #   benchmark_gpu_speedup_t1.png (speedup vs sparsity per batch, the paper's Figure 11 style), gpu_check_verdict.md.
 #
-# Python: $GPU_CHECK_PYTHON if set (used as it is: lightning_srigl must be importable), else a virtual
+# Python: $GPU_CHECK_PYTHON if set (used as it is; without lightning_srigl installed, this checkout goes on
+# PYTHONPATH: e.g. GPU_CHECK_PYTHON=python3 on a CUDA image skips the install), else a virtual
 # environment .venv-gpu on top of ${GPU_CHECK_BASE_PYTHON:-python3} that sees that interpreter's packages,
 # so a machine's own torch and triton (e.g. a CUDA image without network access) are used. Where torch or
 # triton is missing there, it installs torch==2.13.0 (the project's pin) and triton from the package index;
@@ -30,6 +31,8 @@ phase() { echo "== gpu_check [$((SECONDS - START)) s] $*"; }
 
 if [[ -n "${GPU_CHECK_PYTHON:-}" ]]; then
   PY="$GPU_CHECK_PYTHON"
+  # Not installed there: run from this checkout (the CPU kernels, unused here, would build on first use).
+  "$PY" -c "import lightning_srigl" 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
   phase "environment: .venv-gpu"
   BASE="${GPU_CHECK_BASE_PYTHON:-python3}"
