@@ -19,6 +19,7 @@ from lightning_srigl.condensed.accelerate import accelerate
 from lightning_srigl.condensed.csr import CSRLinear
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.semi_structured import SemiStructuredLinear, semi_structured_supported
+from lightning_srigl.masking import register_mask_
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU; scripts/gpu_check.sh runs these on one"
@@ -116,6 +117,7 @@ def test_accelerate_on_cuda_keeps_the_model_output() -> None:
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 64)).to(CUDA)
     for index, spec in ((0, SparseLayerSpec(256, 512, 0.9)), (2, SparseLayerSpec(512, 64, 0.9))):
         _, mask = make_masked_linear(spec, seed=index)
+        register_mask_(model[index], "weight", mask.to(CUDA))
         with torch.no_grad():
             model[index].weight.mul_(mask.to(CUDA))
     x = torch.randn(32, 256, device=CUDA)

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.benchmark.wrappers import CUDAGraphReplay, TF32Matmul
-from lightning_srigl.condensed.accelerate import make_candidate
 from lightning_srigl.condensed.linear import CondensedLinear
+from lightning_srigl.condensed.registry import CANDIDATES, build_candidate
 from lightning_srigl.sparsity.nm import nm_mask
 
 DTYPES: dict[str, torch.dtype] = {
@@ -26,7 +26,6 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-KERNELS: tuple[str, ...] = ("dense", "csr", "condensed", "semi_structured")
 STRUCTURES: tuple[str, ...] = ("srigl", "2:4")
 
 
@@ -111,10 +110,10 @@ def parse_method(method: str) -> Method:
     kernel, _, dtype = method.rpartition("_")
     graph = kernel.endswith("_graph")
     kernel = kernel.removesuffix("_graph")
-    if kernel not in KERNELS or dtype not in DTYPES or (dtype == "tf32" and kernel != "dense"):
+    if kernel not in CANDIDATES or dtype not in DTYPES or (dtype == "tf32" and kernel != "dense"):
         raise ValueError(
             f"Unknown method {method!r}: use '<kernel>_<dtype>' or '<kernel>_graph_<dtype>' with kernel in "
-            f"{'/'.join(KERNELS)} and dtype in {sorted(DTYPES)} ('tf32' for dense only), e.g. 'condensed_fp32'."
+            f"{'/'.join(CANDIDATES)} and dtype in {sorted(DTYPES)} ('tf32' for dense only), e.g. 'condensed_fp32'."
         )
     return Method(kernel, DTYPES[dtype], tf32=dtype == "tf32", graph=graph)
 
@@ -131,7 +130,7 @@ def build_method(
     source = nn.Linear(linear.in_features, linear.out_features).requires_grad_(False)
     source.load_state_dict(linear.state_dict())
     source = source.to(device=device, dtype=parsed.dtype)
-    module = make_candidate(parsed.kernel, source, mask.to(device)).eval()
+    module = build_candidate(parsed.kernel, source, mask.to(device)).eval()
     if isinstance(module, CondensedLinear) and condensed_backend != module.backend:
         module = CondensedLinear(
             module.values, module.indices, module.active_rows, module.bias,
