@@ -118,7 +118,8 @@ def targets(rows: list[dict], statistic: str) -> list[str]:
     summary = [s for s in summarize(rows, statistic) if s["structure"] == "srigl" and s["cache"] == "hot"]
     lines = ["| batch | ratio (reference time / condensed time) | measured | target | met |", "|---|---|---|---|---|"]
     for batch, column, target in TARGETS:
-        cell = [s for s in summary if (s["in_features"], s["out_features"], s["sparsity"], s["batch"]) == (3072, 768, 0.9, batch)]
+        key = (3072, 768, 0.9, batch)
+        cell = [s for s in summary if (s["in_features"], s["out_features"], s["sparsity"], s["batch"]) == key]
         value = cell[0].get(column) if cell else None
         met = "n/a" if value is None else ("yes" if value >= target else "**no**")
         lines.append(f"| {batch} | {column} | {value if value is not None else 'not measured'} | ≥ {target} | {met} |")

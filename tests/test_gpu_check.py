@@ -32,6 +32,7 @@ def test_interpret_smoke_runs_end_to_end(tmp_path: Path) -> None:
     assert {"dense_tf32", "dense_fp16", "condensed_fp32", "condensed_bf16", "condensed_fp16", "csr_fp32"} <= methods
     assert not {m for m in methods if "graph" in m or m.startswith("semi_structured")}  # CUDA only
     assert {row["device"] for row in rows} == {"cpu"}
+    assert {row["kernel_variant"] for row in rows} == {"triton-interpreter"}
     verdict = (tmp_path / "gpu_check_verdict.md").read_text()
     assert "| condensed_fp16 |" in verdict and "**no**" not in verdict
     assert "condensed_graph_fp32 at ('srigl', 32, 16, 0.9, 1) hot: did not run (needs CUDA)" in verdict

@@ -24,7 +24,13 @@ import yaml
 from torch import Tensor, nn
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
-from lightning_srigl.benchmark.machine import device_name, emulation_env, is_emulating, machine_fields
+from lightning_srigl.benchmark.machine import (
+    device_name,
+    emulation_env,
+    is_emulating,
+    machine_fields,
+    triton_variant,
+)
 from lightning_srigl.benchmark.report import read_csv, write_outputs
 from lightning_srigl.benchmark.sweep import Case, SweepConfig, case_spec
 from lightning_srigl.benchmark.timing import Timing, cold_copies, cold_time, hot_times
@@ -90,6 +96,9 @@ class BenchmarkModule(pl.LightningModule):
             calls = {m: functools.partial(module, inputs[m]) for m, module in modules.items()}
             timings = hot_times(calls, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
         machine = {**machine_fields(), "device": device_name(device)}
+        triton = triton_variant(device, self.config.condensed_backend)
+        if triton is not None:  # the condensed rows ran Triton, not the CPU kernel variant
+            machine["kernel_variant"] = triton
         for method, module in modules.items():
             row = _row(case, spec, method, timings[method], weight_bytes(module), errors[method])
             self.results.append({**row, **machine})

@@ -1,4 +1,4 @@
-"""Compile the Triton kernels ahead of time for Hopper (sm_90) with no GPU; run as ``python -m tests.condensed.triton_aot``.
+"""Compile the Triton kernels ahead of time for Hopper (sm_90), no GPU: ``python -m tests.condensed.triton_aot``.
 
 Every autotuning config of both kernels in fp32 with int16 indices, plus fp16, bf16 and int32 indices,
 down to a cubin through the ptxas bundled with Triton. Unit strides are passed as the constant 1, as
@@ -34,7 +34,9 @@ KERNELS = {
 }
 
 
-def compile_for_hopper(kernel: triton.JITFunction, config: dict, dtype: torch.dtype, index_dtype: torch.dtype):  # noqa: ANN201
+def compile_for_hopper(
+    kernel: triton.JITFunction, config: dict, dtype: torch.dtype, index_dtype: torch.dtype
+) -> triton.compiler.CompiledKernel:
     """``triton.compile`` of ``kernel`` with ``config``'s tile sizes for sm_90; returns the compiled kernel."""
     names = list(inspect.signature(kernel.fn).parameters)
     constexprs = {"HAS_BIAS": True, **config, **{name: 1 for name in UNIT_STRIDES if name in names}}
