@@ -85,16 +85,17 @@ def _condensed_kernel() -> str:
 
 
 def run_metadata(
-    *, command: str, results_cpu_seconds: float, training_wall_seconds: float, total_wall_seconds: float,
-    workers: int, latency_threads: int, recipes: dict[str, str],
+    *, command: str, results_cpu_seconds: float, training_wall_seconds: float, latency_wall_seconds: float,
+    latency_cpu_seconds: float, workers: int, latency_threads: int, reused_runs: int, recipes: dict[str, str],
 ) -> dict[str, Any]:  # fmt: skip
     """The machine and the timing of a sweep.
 
     The quiet-machine estimate assumes the single-threaded runs keep their CPU time and fill
-    ``min(workers, 2)`` cores: ``training CPU seconds / cores + latency phase wall seconds``.
+    ``min(workers, 2)`` cores, and the latency phase (one process, ``latency_threads`` threads) takes
+    its CPU time: ``training CPU seconds / cores + latency CPU seconds``. The training CPU seconds
+    include runs reused from ``--cache`` (as measured when they ran); the wall seconds do not.
     """
     cores = max(1, min(workers, 2))
-    latency_wall = total_wall_seconds - training_wall_seconds
     return {
         "command": command,
         "cpu": _cpu_model(),
@@ -103,10 +104,12 @@ def run_metadata(
         "workers": workers,
         "latency_threads": latency_threads,
         "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+        "reused_runs": reused_runs,
         "training_cpu_seconds": round(results_cpu_seconds, 1),
         "training_wall_seconds": round(training_wall_seconds, 1),
-        "latency_wall_seconds": round(latency_wall, 1),
-        "estimated_quiet_wall_seconds": round(results_cpu_seconds / cores + latency_wall, 1),
+        "latency_cpu_seconds": round(latency_cpu_seconds, 1),
+        "latency_wall_seconds": round(latency_wall_seconds, 1),
+        "estimated_quiet_wall_seconds": round(results_cpu_seconds / cores + latency_cpu_seconds, 1),
         "recipes": recipes,
     }
 

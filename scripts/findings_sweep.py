@@ -32,7 +32,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -112,6 +112,7 @@ class RunResult:
     layers: list[findings_report.LayerTopology]
     cpu_seconds: float
     net: nn.Module | None = field(default=None, repr=False)
+    cached: bool = False
 
 
 def make_plan(datasets: list[str], sparsities: list[float], gammas: list[float], seeds: int, quick: bool) -> Plan:
@@ -197,19 +198,43 @@ def _quiet_worker() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 
-def run_all(plan: Plan, workers: int) -> list[RunResult]:
+def cache_path(cache: Path, setting: Setting, spec: DataSpec) -> Path:
+    """Where ``--cache`` keeps one finished run: named by the setting and the recipe."""
+    gamma = "" if setting.gamma_sal is None else f"_g{setting.gamma_sal:g}"
+    recipe = f"h{'x'.join(map(str, spec.hidden))}_e{spec.epochs}_dt{spec.delta_t}"
+    return cache / f"{setting.dataset}_{setting.method}{gamma}_s{setting.sparsity:g}_seed{setting.seed}_{recipe}.pt"
+
+
+def train_cached(setting: Setting, spec: DataSpec, keep_net: bool, cache: Path | None) -> RunResult:
+    """:func:`train_one`, reusing (and filling) the ``cache`` folder when one is given."""
+    path = cache_path(cache, setting, spec) if cache is not None else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, weights_only=False)  # written by this script, below
+        if saved["net"] is not None or not keep_net:
+            layers = [findings_report.LayerTopology(**layer) for layer in saved["layers"]]
+            return RunResult(setting, saved["accuracy"], saved["error"], layers, saved["cpu_seconds"], saved["net"], True)
+    result = train_one(setting, spec, keep_net)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"accuracy": result.accuracy, "error": result.error, "cpu_seconds": result.cpu_seconds,
+                   "layers": [asdict(layer) for layer in result.layers], "net": result.net}  # fmt: skip
+        torch.save(payload, path)
+    return result
+
+
+def run_all(plan: Plan, workers: int, cache: Path | None) -> list[RunResult]:
     """Train every setting of ``plan`` over ``workers`` processes (in this process when 1), in order."""
     first_seed = min(s.seed for s in plan.settings)
-    jobs = [(s, plan.specs[s.dataset], s.seed == first_seed) for s in plan.settings]
+    jobs = [(s, plan.specs[s.dataset], s.seed == first_seed, cache) for s in plan.settings]
     results: list[RunResult] = []
     if workers <= 1:
         _quiet_worker()
         for job in jobs:
-            results.append(train_one(*job))
+            results.append(train_cached(*job))
             _print_progress(results[-1], len(results), len(jobs))
         return results
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet_worker) as pool:
-        for future in [pool.submit(train_one, *job) for job in jobs]:
+        for future in [pool.submit(train_cached, *job) for job in jobs]:
             results.append(future.result())
             _print_progress(results[-1], len(results), len(jobs))
     return results
@@ -219,7 +244,7 @@ def _print_progress(result: RunResult, done: int, total: int) -> None:
     s = result.setting
     outcome = f"acc {100 * result.accuracy:.2f}%" if result.accuracy is not None else f"FAILED: {result.error}"
     print(f"[{done}/{total}] {s.dataset} {s.label} s={s.sparsity:g} seed={s.seed}: {outcome} "
-          f"({result.cpu_seconds:.1f} s CPU)", flush=True)  # fmt: skip
+          f"({result.cpu_seconds:.1f} s CPU{', cached' if result.cached else ''})", flush=True)  # fmt: skip
 
 
 def measure_latencies(results: list[RunResult], plan: Plan, threads: int) -> list[findings_report.Latency]:
@@ -276,6 +301,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each")
     parser.add_argument("--latency-threads", type=int, default=1, help="intra-op threads for the latency timing")
     parser.add_argument("--output", type=Path, default=Path("runs/findings"))
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep every finished run here and reuse it (resume an interrupted sweep; "
+                        "delete the folder after changing the code)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.sparsities is None:
         args.sparsities = [0.9, 0.95] if args.quick else list(SPARSITIES)
@@ -292,14 +320,18 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     plan = make_plan(args.datasets, args.sparsities, args.gammas, args.seeds, args.quick)
     wall = time.perf_counter()
-    results = run_all(plan, args.workers)
+    results = run_all(plan, args.workers, args.cache)
     training_wall = time.perf_counter() - wall
+    torch.set_num_threads(args.latency_threads)  # accelerate() chooses kernels at the timed thread count
+    latency_cpu = time.process_time()
     latencies = measure_latencies(results, plan, args.latency_threads)
+    latency_cpu = time.process_time() - latency_cpu
     command = "PYTHONPATH=. python scripts/findings_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = findings_report.run_metadata(
         command=command.strip(), results_cpu_seconds=sum(r.cpu_seconds for r in results),
-        training_wall_seconds=training_wall, total_wall_seconds=time.perf_counter() - wall,
-        workers=args.workers, latency_threads=args.latency_threads,
+        training_wall_seconds=training_wall, latency_wall_seconds=time.perf_counter() - wall - training_wall,
+        latency_cpu_seconds=latency_cpu,
+        workers=args.workers, latency_threads=args.latency_threads, reused_runs=sum(r.cached for r in results),
         recipes={name: recipe_text(spec) for name, spec in plan.specs.items()},
     )  # fmt: skip
     findings_report.write_report(results, latencies, meta, args.output)
