@@ -21,34 +21,7 @@ from lightning_srigl.callbacks.srigl import SRigLCallback
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.serialization import save_condensed
 from lightning_srigl.sparsity import is_constant_fan_in
-
-
-class TinyClassifier(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def _loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._loss(batch)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch))
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("test_loss", self._loss(batch))
-
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self(batch[0])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+from tests.callbacks.tiny import TinyClassifier, loader
 
 
 class KeepSparseModel(Callback):
@@ -56,13 +29,6 @@ class KeepSparseModel(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.model = copy.deepcopy(pl_module).eval()
-
-
-def loader(seed: int, batch_size: int = 16) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(96, 32, generator=generator)
-    y = (x[:, :4].argmax(dim=1) + (x[:, 4] > 1).long()) % 4
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
 
 
 def fit(
