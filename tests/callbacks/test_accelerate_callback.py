@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from lightning_srigl.callbacks.accelerate import REPORT_FILENAME, AccelerateCallback, _resize_batch
 from lightning_srigl.callbacks.nm import NMSparsityCallback
