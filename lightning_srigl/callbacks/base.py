@@ -43,6 +43,7 @@ from lightning_srigl.callbacks.glue import (
 from lightning_srigl.callbacks.remask import RemaskPolicy
 from lightning_srigl.callbacks.report import (
     LayerStats,
+    history_record,
     layer_stats,
     print_layer_table,
     save_active_neurons_plot,
@@ -357,7 +358,7 @@ class DynamicSparsityCallback(SparsityCallback):
             changed[fqn] = self._update_layer(trainer, fqn, weight, grads.pop(fqn), drop_fraction)
         check_ranks_agree(trainer, self.masked, type(self).__name__)
         metrics = self._metrics()
-        self.history.append(self._history_record(step, drop_fraction, changed, metrics))
+        self.history.append(history_record(step, drop_fraction, changed, metrics, self.metric_prefix))
         metrics[f"{self.metric_prefix}/drop_fraction"] = drop_fraction
         metrics[f"{self.metric_prefix}/mask_change"] = float(sum(changed.values()))
         metrics.update({f"{self.metric_prefix}/{fqn}/mask_change": float(n) for fqn, n in changed.items()})
@@ -391,15 +392,3 @@ class DynamicSparsityCallback(SparsityCallback):
 
     def _metrics(self) -> dict[str, float]:
         return topology_metrics(self._layer_stats(), self.metric_prefix)
-
-    def _history_record(
-        self, step: int, drop_fraction: float, changed: dict[str, int], metrics: dict[str, float]
-    ) -> dict[str, Any]:
-        p = self.metric_prefix
-        return {
-            "step": step,
-            "drop_fraction": drop_fraction,
-            "mask_change": dict(changed),
-            "active_neurons_pct": {fqn: metrics[f"{p}/{fqn}/active_neurons_pct"] for fqn in changed},
-            "fan_in": {fqn: metrics[f"{p}/{fqn}/fan_in"] for fqn in changed},
-        }
