@@ -239,7 +239,7 @@ model: `accelerate()` and `AccelerateCallback` do, and keep dense layers whereve
 
 How to read the tables: ratios are the reference time over the condensed time, both the minimum over
 interleaved ~1 ms samples of the same run (`statistic: min`: on a shared VM a preempted sample only ever
-looks slower; medians are in the CSVs). Cold cache: batch 1 while cycling through copies of the layer
+looks slower; medians are in the CSVs); at 1 thread a sample is the thread's CPU time, at 2 wall time. Cold cache: batch 1 while cycling through copies of the layer
 that together exceed 1 GB, so every call streams its weights from DRAM, as in a whole network; the
 byte-count ceiling is dense bytes / (values + indices bytes) = 4·in / (6·k).
 
