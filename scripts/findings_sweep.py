@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 import warnings
@@ -218,7 +219,9 @@ def train_cached(setting: Setting, spec: DataSpec, keep_net: bool, cache: Path |
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"accuracy": result.accuracy, "error": result.error, "cpu_seconds": result.cpu_seconds,
                    "layers": [asdict(layer) for layer in result.layers], "net": result.net}  # fmt: skip
-        torch.save(payload, path)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(payload, partial)
+        partial.replace(path)  # atomic: a concurrent sweep never reads a half-written file
     return result
 
 
