@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.validation import check_bias, check_csr
+
 __all__ = ["CSRLinear"]
 
 
@@ -19,6 +21,8 @@ class CSRLinear(nn.Module):
 
     def __init__(self, weight_csr: Tensor, bias: Tensor | None) -> None:
         super().__init__()
+        check_csr(weight_csr)
+        check_bias(bias, weight_csr.shape[0], weight_csr)
         self.in_features = weight_csr.shape[1]
         self.out_features = weight_csr.shape[0]
         self.register_buffer("weight", weight_csr)
@@ -32,8 +36,22 @@ class CSRLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(weight.to_sparse_csr(), bias)
 
+    @classmethod
+    def from_masked(cls, linear: nn.Linear, mask: Tensor) -> CSRLinear:
+        """The CSR form of ``linear`` with ``weight * mask`` (``mask (out, in)`` bool)."""
+        return cls.from_linear(linear, mask)
+
     def forward(self, x: Tensor) -> Tensor:
-        """``x (..., in) -> (..., out)``."""
+        """``x (..., in) -> (..., out)``; under autocast the product runs in the weight's dtype.
+
+        (torch's sparse CSR products have no bf16/fp16 kernels on CPU, so autocast's casts would fail.)
+        """
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._product(x.to(self.weight.dtype))
+        return self._product(x)
+
+    def _product(self, x: Tensor) -> Tensor:
         x2d = x.reshape(-1, self.in_features)
         # torch's sparse F.linear raises "Cannot set version_counter for inference tensor" under
         # torch.inference_mode(); the addmm path below works there.

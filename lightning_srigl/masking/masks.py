@@ -1,60 +1,20 @@
-"""Bind boolean masks to a model's weights as persistent module buffers.
+"""Masks of a chosen set of sparse weights: install, read, update, and re-apply them.
 
-Each sparse weight ``<module>.<param>`` gets a bool buffer ``<module>.<param>_mask`` of the same
-shape, registered on the owning module with ``persistent=True``: every ``state_dict`` (and so every
-Lightning checkpoint, including ``save_weights_only``) carries the masks, and loading a checkpoint
-into a model that has the buffers restores them. Weights are stored dense with zeros at inactive
-positions ("mask simulation"); forward and backward are the ordinary dense ops.
-
-Loading a sparse checkpoint into a plain model (no buffers) is a one-liner::
-
-    model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("_mask")})
+:class:`MaskedParameters` is what the training callbacks hold: the selected weights and, through
+:mod:`lightning_srigl.masking.registry`, their mask buffers. Weights are stored dense with zeros at
+inactive positions ("mask simulation"); forward and backward are the ordinary dense ops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.masking.selection import SparseParameter
-
-MASK_SUFFIX = "_mask"
-
-
-def mask_buffer_name(param_name: str) -> str:
-    """Name of the mask buffer that belongs to the parameter ``param_name``."""
-    return f"{param_name}{MASK_SUFFIX}"
-
-
-def _check_loaded_mask(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    *args: Any,
-    param_name: str,
-) -> None:
-    """``load_state_dict`` pre-hook: reject a mask entry that does not fit its parameter."""
-    key = prefix + mask_buffer_name(param_name)
-    if key not in state_dict:
-        return
-    loaded = state_dict[key]
-    expected = getattr(module, param_name).shape
-    if tuple(loaded.shape) != tuple(expected):
-        raise ValueError(
-            f"Checkpoint mask {key!r} has shape {tuple(loaded.shape)} but the model's "
-            f"{prefix + param_name!r} has shape {tuple(expected)}: the checkpoint was written for a "
-            "different architecture. Load it into the model it was trained with, or drop the "
-            "'*_mask' entries to start a new sparse run from its weights."
-        )
-    if loaded.dtype != torch.bool:
-        raise ValueError(
-            f"Checkpoint mask {key!r} has dtype {loaded.dtype}; masks are bool tensors. "
-            "Convert it with `.bool()` before loading."
-        )
+from lightning_srigl.masking.registry import mask_buffer_name, mask_of, register_mask_
+from lightning_srigl.masking.selection import SparseParameter, qualified_name
+from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
 
 
 class MaskedParameters:
@@ -70,7 +30,7 @@ class MaskedParameters:
             raise ValueError(f"Each sparse parameter must appear once; got {fqns}")
         self.params: list[SparseParameter] = list(params)
         self._by_fqn: dict[str, SparseParameter] = {p.fqn: p for p in params}
-        self._inactive_cache: dict[str, tuple[int, int, Tensor]] = {}
+        self._step_masks: dict[str, tuple[Tensor, int, torch.dtype, torch.device, Tensor]] = {}
 
     @property
     def fqns(self) -> list[str]:
@@ -88,15 +48,11 @@ class MaskedParameters:
         Args:
             masks: ``{fqn: BoolTensor(param.shape)}`` for every parameter.
         """
-        self._inactive_cache.clear()
+        self._step_masks.clear()
         for p in self.params:
             mask = masks[p.fqn]
             self._check_shape(p, mask)
-            name = mask_buffer_name(p.param_name)
-            fresh = self._buffer_or_none(p) is None
-            p.module.register_buffer(name, mask.to(device=p.param.device, dtype=torch.bool).clone(), persistent=True)
-            if fresh:
-                p.module.register_load_state_dict_pre_hook(partial(_check_loaded_mask, param_name=p.param_name))
+            register_mask_(p.module, p.param_name, mask)
 
     def mask(self, fqn: str) -> Tensor:
         """The mask buffer of ``fqn``: ``BoolTensor(param.shape)``."""
@@ -120,35 +76,46 @@ class MaskedParameters:
         self._check_shape(p, new_mask)
         self.mask(fqn).copy_(new_mask)
 
-    def inactive(self, fqn: str) -> Tensor:
-        """``~mask`` of ``fqn``, cached until the buffer changes (tracked by its in-place version counter)."""
+    def step_mask(self, fqn: str, like: Tensor) -> Tensor:
+        """:func:`~lightning_srigl.masking.zeroing.step_mask` of ``fqn``'s mask for tensors like ``like``.
+
+        Made once per topology change: cached until the buffer is replaced or changed in place (its
+        version counter moves on ``set_mask_``, ``load_state_dict`` and any in-place write), or
+        ``like`` has another dtype or device.
+        """
         mask = self.mask(fqn)
-        key = (id(mask), mask._version)
-        cached = self._inactive_cache.get(fqn)
-        if cached is None or cached[:2] != key:
-            cached = (*key, mask.logical_not())
-            self._inactive_cache[fqn] = cached
-        return cached[2]
+        cached = self._step_masks.get(fqn)
+        if cached is None or not (
+            cached[0] is mask and cached[1] == mask._version and cached[2] == like.dtype and cached[3] == like.device
+        ):
+            cached = (mask, mask._version, like.dtype, like.device, step_mask(mask, like))
+            self._step_masks[fqn] = cached
+        return cached[4]
 
     @torch.no_grad()
     def apply_to_weights_(self) -> None:
         """Zero every weight at its inactive positions, in place (also non-finite values there)."""
         for p in self.params:
-            p.param.masked_fill_(self.inactive(p.fqn), 0)
+            weight = p.param.detach()
+            zero_inactive_(weight, self.step_mask(p.fqn, weight))
 
     @torch.no_grad()
     def apply_to_gradients_(self) -> None:
-        """Zero every gradient at its weight's inactive positions, in place (``None`` grads are skipped)."""
+        """Zero every gradient at its weight's inactive positions, in place (``None`` grads are skipped).
+
+        One pass per gradient; the mask form is cached (see :meth:`step_mask`), so nothing is
+        converted or allocated per step.
+        """
         for p in self.params:
             grad = p.param.grad
             if grad is not None:
-                grad.masked_fill_(self.inactive(p.fqn), 0)
+                zero_inactive_(grad, self.step_mask(p.fqn, grad))
 
     def check_compatible(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
         """Raise ``ValueError`` if ``state_dict`` (a full model state dict) lacks a mask or has a misfit one."""
         problems = []
         for p in self.params:
-            key = f"{prefix}{p.module_name + '.' if p.module_name else ''}{mask_buffer_name(p.param_name)}"
+            key = prefix + qualified_name(p.module_name, mask_buffer_name(p.param_name))
             if key not in state_dict:
                 problems.append(f"{key!r} is missing")
             elif tuple(state_dict[key].shape) != tuple(p.shape):
@@ -167,8 +134,7 @@ class MaskedParameters:
 
     @staticmethod
     def _buffer_or_none(p: SparseParameter) -> Tensor | None:
-        buffer = getattr(p.module, mask_buffer_name(p.param_name), None)
-        return buffer if isinstance(buffer, Tensor) else None
+        return mask_of(p.module, p.param_name)
 
     @staticmethod
     def _check_shape(p: SparseParameter, mask: Tensor) -> None:
