@@ -15,7 +15,8 @@ class CSRLinear(nn.Module):
     """A ``Linear`` whose weight is a torch sparse CSR tensor (the unstructured baseline).
 
     Batch 1 uses ``F.linear(x, W_csr, b)`` and larger batches ``addmm(b, W_csr, xᵀ)ᵀ``: the faster
-    torch CSR call for each regime on CPU (``research/kernels.md`` §4).
+    torch CSR call for each regime on CPU (``research/kernels.md`` §4). Under ``torch.inference_mode()``
+    batch 1 takes the ``addmm`` path too.
     """
 
     def __init__(self, weight_csr: Tensor, bias: Tensor | None) -> None:
@@ -52,7 +53,9 @@ class CSRLinear(nn.Module):
 
     def _product(self, x: Tensor) -> Tensor:
         x2d = x.reshape(-1, self.in_features)
-        if x2d.shape[0] == 1:
+        # torch's sparse F.linear raises "Cannot set version_counter for inference tensor" under
+        # torch.inference_mode(); the addmm path below works there.
+        if x2d.shape[0] == 1 and not torch.is_inference_mode_enabled():
             y = F.linear(x2d, self.weight, self.bias)
         elif self.bias is None:
             y = torch.mm(self.weight, x2d.t()).t()
