@@ -12,8 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-# The exact inference kernels a sparse Linear can be swapped for, in display order.
-CANDIDATES: tuple[str, ...] = ("dense", "condensed", "csr", "semi_structured")
+from lightning_srigl.condensed.registry import CANDIDATES
 
 __all__ = ["CANDIDATES", "AccelerationReport", "LayerAcceleration"]
 
