@@ -84,7 +84,7 @@ class DynamicSparsityCallback(SparsityCallback):
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
-        sparse_init: bool = True,
+        sparse_init: bool = False,
         init_std_quirk: bool = False,
         grad_accumulation_n: int = 1,
         seed: int = 0,
@@ -292,7 +292,7 @@ class DynamicSparsityCallback(SparsityCallback):
             raise ValueError(f"{type(self).__name__}: every selected weight is frozen; nothing is left to sparsify")
         names = [p.fqn for p in selected]
         check_patterns_match(self.dense, names, "dense")
-        shapes = [tuple(p.shape) for p in selected]
+        shapes = [tuple(p.rows(p.param).shape) for p in selected]  # neuron-major: (out, ...)
         pinned = [i for i, name in enumerate(names) if matches(name, self.dense)]
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
@@ -306,17 +306,19 @@ class DynamicSparsityCallback(SparsityCallback):
     def _install_initial_masks(self) -> None:
         assert self.masked is not None
         masks = {}
+        rows = self.masked.rows
         for fqn, budget in self.budgets.items():
-            shape = self.masked.param(fqn).shape
+            shape = rows(fqn, self.masked.param(fqn)).shape
             try:
-                masks[fqn] = self.initial_mask(fqn, shape, budget, self._generator)
+                masks[fqn] = rows(fqn, self.initial_mask(fqn, shape, budget, self._generator))
             except ValueError as error:
                 raise ValueError(f"sparse layer {fqn!r}: {error}") from error
         self.masked.install_(masks)
         self.masked.apply_to_weights_()
         if self.sparse_init:
             for fqn, mask in self.masked.masks().items():
-                sparse_init_(self.masked.param(fqn).data, mask, self._generator, std_quirk=self.init_std_quirk)
+                weight = rows(fqn, self.masked.param(fqn).data)
+                sparse_init_(weight, rows(fqn, mask), self._generator, std_quirk=self.init_std_quirk)
 
     @torch.no_grad()
     def _accumulate_dense_grads(self, fqns: Sequence[str]) -> None:
@@ -362,8 +364,12 @@ class DynamicSparsityCallback(SparsityCallback):
     def _update_layer(self, trainer: Trainer, fqn: str, weight: Tensor, grad_sum: Tensor, drop_fraction: float) -> int:
         """One layer's update in place (mask, weights, optimizer state); returns how many positions changed."""
         assert self.masked is not None
+        rows = self.masked.rows
         old = self.masked.mask(fqn).clone()
-        new, grown = self.layer_update(fqn, weight.data, old, grad_sum.abs_(), self.budgets[fqn], drop_fraction)
+        new, grown = self.layer_update(
+            fqn, rows(fqn, weight.data), rows(fqn, old), rows(fqn, grad_sum.abs_()), self.budgets[fqn], drop_fraction
+        )
+        new, grown = rows(fqn, new), rows(fqn, grown)
         del grad_sum
         self.masked.set_mask_(fqn, new)
         reset = new.logical_not()
@@ -377,7 +383,11 @@ class DynamicSparsityCallback(SparsityCallback):
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:
         assert self.masked is not None
-        return [layer_stats(fqn, mask, self._ever_active.get(fqn, mask)) for fqn, mask in self.masked.masks().items()]
+        rows = self.masked.rows
+        return [
+            layer_stats(fqn, rows(fqn, mask), rows(fqn, self._ever_active.get(fqn, mask)))
+            for fqn, mask in self.masked.masks().items()
+        ]
 
     def _metrics(self) -> dict[str, float]:
         return topology_metrics(self._layer_stats(), self.metric_prefix)

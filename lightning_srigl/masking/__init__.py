@@ -6,6 +6,7 @@ and :func:`mask_of` gives one module's mask; acceleration, folding and reporting
 optimizer-state hygiene (:func:`zero_optimizer_state_`) live here too.
 """
 
+from lightning_srigl.masking.layer_types import HF_CONV1D, is_hf_conv1d, neuron_major, parameter_owners
 from lightning_srigl.masking.masks import MaskedParameters
 from lightning_srigl.masking.optim_state import zero_optimizer_state_
 from lightning_srigl.masking.registry import (
@@ -35,17 +36,21 @@ from lightning_srigl.masking.selection import (
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
+    "HF_CONV1D",
     "MASK_SUFFIX",
     "MaskedParameters",
     "MaskedWeight",
     "SparseParameter",
     "accept_masks_on_load",
     "bind_masks",
+    "is_hf_conv1d",
     "check_patterns_match",
     "mask_buffer_name",
     "mask_of",
     "masked_weights",
     "matches",
+    "neuron_major",
+    "parameter_owners",
     "qualified_name",
     "register_mask_",
     "remove_mask_",
