@@ -18,6 +18,7 @@ dense module is kept, see :meth:`ProjectedAttention.from_masked`): ``bias_k``/``
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -90,19 +91,20 @@ class ProjectedAttention(nn.Module):
 
     @classmethod
     def from_masked(
-        cls, attention: nn.MultiheadAttention, mask: Tensor | None, out_mask: Tensor | None = None
+        cls, attention: nn.MultiheadAttention, masks: Mapping[str, Tensor | None], out_mask: Tensor | None = None
     ) -> ProjectedAttention:
         """Condensed projections of ``attention`` with its weights times their masks.
 
         Args:
             attention: the sparse module.
-            mask: the ``(3E, E)`` mask of ``in_proj_weight`` (None: kept dense). A module with separate
-                ``q/k/v_proj_weight`` (key/value widths other than ``E``) has their masks in its
-                ``q/k/v_proj_weight_mask`` buffers (a projection without one stays dense).
+            masks: ``{"in_proj_weight": (3E, E) mask}``, or for a module with separate projections
+                (key/value widths other than ``E``) ``{"q_proj_weight": ..., "k_proj_weight": ...,
+                "v_proj_weight": ...}``; a projection whose mask is missing or None stays dense.
             out_mask: the ``(E, E)`` mask of ``out_proj.weight`` (None: kept dense).
 
         Raises:
             NotImplementedError: ``bias_k``/``bias_v`` or ``add_zero_attn`` (keep the dense module).
+            ValueError: a mask without constant fan-in.
         """
         if attention.bias_k is not None or attention.add_zero_attn:
             raise NotImplementedError("bias_k/bias_v and add_zero_attn are not supported; the dense module is kept")
@@ -110,12 +112,11 @@ class ProjectedAttention(nn.Module):
         out_proj = _projection(out.weight, out_mask, out.bias)
         common = {"batch_first": attention.batch_first, "dropout": attention.dropout}
         if attention.in_proj_weight is not None:
-            in_proj = _projection(attention.in_proj_weight, mask, attention.in_proj_bias)
+            in_proj = _projection(attention.in_proj_weight, masks.get("in_proj_weight"), attention.in_proj_bias)
             return cls(attention.embed_dim, attention.num_heads, out_proj, in_proj=in_proj, **common)
         biases = (None,) * 3 if attention.in_proj_bias is None else attention.in_proj_bias.chunk(3)
         q, k, v = (
-            _projection(getattr(attention, name), getattr(attention, f"{name}_mask", None), bias)
-            for name, bias in zip(_SEPARATE, biases)
+            _projection(getattr(attention, name), masks.get(name), bias) for name, bias in zip(_SEPARATE, biases)
         )
         return cls(attention.embed_dim, attention.num_heads, out_proj, q_proj=q, k_proj=k, v_proj=v, **common)
 

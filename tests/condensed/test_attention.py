@@ -31,7 +31,7 @@ def masked_attention(embed: int = 16, heads: int = 4, kdim=None, vdim=None, batc
                 weight = getattr(attention, name)
                 mask = constant_fan_in(*weight.shape, max(1, weight.shape[1] // 3), 1, g)
                 weight.mul_(mask)
-                attention.register_buffer(f"{name}_mask", mask)
+                masks[name] = mask
         masks["out"] = constant_fan_in(embed, embed, embed // 2, 2, g)
         attention.out_proj.weight.mul_(masks["out"])
         if bias:
@@ -50,7 +50,7 @@ def both(attention, projected, *args, **kwargs):
 @pytest.mark.parametrize("average", [True, False])
 def test_self_attention_equals_masked_dense(batch_first, need_weights, average):
     attention, masks = masked_attention(batch_first=batch_first)
-    projected = ProjectedAttention.from_masked(attention, masks["in"], masks["out"])
+    projected = ProjectedAttention.from_masked(attention, {"in_proj_weight": masks["in"]}, masks["out"])
     assert isinstance(projected.in_proj, CondensedLinear) and isinstance(projected.out_proj, CondensedLinear)
     x = torch.randn(3, 7, 16) if batch_first else torch.randn(7, 3, 16)
     (expected, expected_w), (out, w) = both(attention, projected, x, x, x, need_weights=need_weights, average_attn_weights=average)
@@ -63,7 +63,7 @@ def test_self_attention_equals_masked_dense(batch_first, need_weights, average):
 
 def test_the_vit_call_takes_the_fused_fast_path_and_still_matches():
     attention, masks = masked_attention(embed=32, heads=4)
-    projected = ProjectedAttention.from_masked(attention, masks["in"], masks["out"])
+    projected = ProjectedAttention.from_masked(attention, {"in_proj_weight": masks["in"]}, masks["out"])
     x = torch.randn(2, 11, 32)
     with torch.inference_mode():
         (expected, _), (out, _) = attention(x, x, x, need_weights=False), projected(x, x, x, need_weights=False)
@@ -73,7 +73,7 @@ def test_the_vit_call_takes_the_fused_fast_path_and_still_matches():
 @pytest.mark.parametrize("mask_kind", ["bool", "float"])
 def test_attention_and_key_padding_masks(mask_kind):
     attention, masks = masked_attention()
-    projected = ProjectedAttention.from_masked(attention, masks["in"], masks["out"])
+    projected = ProjectedAttention.from_masked(attention, {"in_proj_weight": masks["in"]}, masks["out"])
     x = torch.randn(2, 5, 16)
     causal = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1)
     attn_mask = causal if mask_kind == "bool" else torch.zeros(5, 5).masked_fill(causal, -1e4)
@@ -90,7 +90,7 @@ def test_attention_and_key_padding_masks(mask_kind):
 
 def test_cross_attention_and_unbatched_inputs():
     attention, masks = masked_attention(batch_first=False)
-    projected = ProjectedAttention.from_masked(attention, masks["in"], masks["out"])
+    projected = ProjectedAttention.from_masked(attention, {"in_proj_weight": masks["in"]}, masks["out"])
     query, memory = torch.randn(4, 2, 16), torch.randn(6, 2, 16)
     (expected, _), (out, _) = both(attention, projected, query, memory, memory)
     assert_close_to_scale(out, expected)
@@ -104,7 +104,7 @@ def test_cross_attention_and_unbatched_inputs():
 
 def test_separate_key_and_value_widths():
     attention, masks = masked_attention(kdim=12, vdim=8, bias=True)
-    projected = ProjectedAttention.from_masked(attention, None, masks["out"])
+    projected = ProjectedAttention.from_masked(attention, masks, masks["out"])
     assert all(isinstance(p, CondensedLinear) for p in (projected.q_proj, projected.k_proj, projected.v_proj))
     q, k, v = torch.randn(2, 5, 16), torch.randn(2, 6, 12), torch.randn(2, 6, 8)
     (expected, _), (out, _) = both(attention, projected, q, k, v)
@@ -113,10 +113,10 @@ def test_separate_key_and_value_widths():
 
 def test_unmasked_projections_stay_dense_and_unsupported_options_are_refused():
     attention, _ = masked_attention()
-    projected = ProjectedAttention.from_masked(attention, None, None)
+    projected = ProjectedAttention.from_masked(attention, {}, None)
     assert type(projected.in_proj) is nn.Linear and type(projected.out_proj) is nn.Linear
     x = torch.randn(1, 3, 16)
     (expected, _), (out, _) = both(attention, projected, x, x, x)
     assert_close_to_scale(out, expected)
     with pytest.raises(NotImplementedError, match="add_zero_attn"):
-        ProjectedAttention.from_masked(nn.MultiheadAttention(16, 4, add_zero_attn=True), None)
+        ProjectedAttention.from_masked(nn.MultiheadAttention(16, 4, add_zero_attn=True), {})
