@@ -120,6 +120,22 @@ class ProjectedAttention(nn.Module):
         )
         return cls(attention.embed_dim, attention.num_heads, out_proj, q_proj=q, k_proj=k, v_proj=v, **common)
 
+    def spec_args(self) -> dict[str, object]:
+        """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`
+        (the projections are saved as children)."""
+        return {
+            "embed_dim": self.embed_dim, "num_heads": self.num_heads, "batch_first": self.batch_first,
+            "dropout": self.dropout, "packed": self.in_proj is not None,
+        }  # fmt: skip
+
+    @classmethod
+    def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> ProjectedAttention:
+        """An attention whose projections are placeholders, replaced by the saved children."""
+        args = dict(args)
+        if args.pop("packed"):
+            return cls(out_proj=nn.Identity(), in_proj=nn.Identity(), **args)
+        return cls(out_proj=nn.Identity(), q_proj=nn.Identity(), k_proj=nn.Identity(), v_proj=nn.Identity(), **args)
+
     def forward(
         self,
         query: Tensor,

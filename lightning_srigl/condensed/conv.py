@@ -158,6 +158,19 @@ class CondensedConv2d(nn.Module):
             dilation=conv.dilation, groups=conv.groups, padding_mode=conv.padding_mode,
         )  # fmt: skip
 
+    def spec_args(self) -> dict[str, object]:
+        """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
+            "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
+            "padding_mode": self.padding_mode, "backend": self.backend,
+        }  # fmt: skip
+
+    @classmethod
+    def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedConv2d:
+        """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
+        return cls(tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"), **args)
+
     @property
     def fan_in(self) -> int:
         """Taps kept per active filter (``k``)."""
