@@ -35,13 +35,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _per_call(fn: Callable[[], object], number: int, device: torch.device) -> float:
+def _per_call(
+    fn: Callable[[], object], number: int, device: torch.device, clock: Callable[[], float] = time.perf_counter
+) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(number):
         fn()
     _sync(device)
-    return (time.perf_counter() - start) / number
+    return (clock() - start) / number
 
 
 def hot_times(
@@ -51,6 +53,7 @@ def hot_times(
     min_run_time: float,
     device: torch.device,
     sample_time: float = 1e-3,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time each of ``fns`` with warm caches on ``threads`` intra-op threads, in interleaved rounds.
 
@@ -62,16 +65,19 @@ def hot_times(
     functions share the machine's slow drifts (other tenants, clock changes), so their ratio is fairer
     than with one function timed after the other; short samples keep the minimum meaningful on a
     shared machine, since a sample that was not preempted exists even when many were.
+
+    ``clock`` measures the samples: wall time by default; ``time.thread_time`` (the calling thread's CPU
+    time) is robust to being descheduled on a loaded machine, for single-thread runs on CPU.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         numbers = {}
         for name, fn in fns.items():
-            warm = [_per_call(fn, 1, device) for _ in range(3)]
+            warm = [_per_call(fn, 1, device, clock) for _ in range(3)]
             while sum(warm) < 0.1 * min_run_time:
-                warm.append(_per_call(fn, 1, device))
-            numbers[name] = max(1, round(sample_time / min(warm)))
+                warm.append(_per_call(fn, 1, device, clock))
+            numbers[name] = max(1, round(sample_time / max(min(warm), 1e-9)))
         samples: dict[str, list[float]] = {name: [] for name in fns}
 
         def done(name: str) -> bool:
@@ -81,7 +87,7 @@ def hot_times(
             for name, fn in fns.items():
                 if not done(name):
                     fn()  # re-warm the caches the other functions evicted
-                    samples[name].append(_per_call(fn, numbers[name], device))
+                    samples[name].append(_per_call(fn, numbers[name], device, clock))
     finally:
         torch.set_num_threads(previous)
     return {name: Timing(statistics.median(times), min(times)) for name, times in samples.items()}
