@@ -225,23 +225,25 @@ def rebuild_plan(model: nn.Module, report: AccelerationReport) -> AccelerationPl
 
 
 def fold_in_place(model: nn.Module) -> list[str]:
-    """Fold ablated neurons into the next layer where exact (:func:`fold.fold_ablated_neurons`).
+    """Fold BatchNorms into the sparse convolutions they follow (:func:`batchnorm_fold.fold_batchnorms`),
+    then ablated neurons into the next layer (:func:`fold.fold_ablated_neurons`), where exact.
 
     Runs in eval mode (dropout on a folding path must be off). Returns the names of the modules it
-    changed; a model whose ``forward`` ``torch.fx`` cannot trace is left as is, with a warning.
+    changed; a model no part of which ``torch.fx`` can trace is left as is, with a warning.
     """
+    from lightning_srigl.condensed.batchnorm_fold import fold_batchnorms
     from lightning_srigl.condensed.fold import fold_ablated_neurons
 
     was_training = model.training
     model.eval()
     try:
-        report = fold_ablated_neurons(model, inplace=True)
+        replaced = list(fold_batchnorms(model))
+        replaced += fold_ablated_neurons(model, inplace=True).replaced
     except ValueError as err:
         warnings.warn(f"accelerate: ablated neurons not folded: {err}", stacklevel=2)
-        return []
     finally:
         model.train(was_training)
-    return list(report.replaced)
+    return list(dict.fromkeys(replaced))
 
 
 def fit_inputs_to_layers(
@@ -305,7 +307,8 @@ def accelerate(
         candidates: kernels to try; ``"dense"`` is always needed as the reference.
         device: where to time (default: each layer's device).
         warmup, repeats: calls before timing and timed calls (median) per candidate.
-        fold: fold ablated neurons into the next layer where provably exact.
+        fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
+            next layer, where provably exact.
         verbose: print the report as a rich table.
 
     Returns:
