@@ -39,15 +39,10 @@ sys.path.insert(0, str(ROOT))  # example_projects
 from example_projects.cifar10_resnet18.model import ResNet18  # noqa: E402
 from example_projects.imagenet_resnet50.model import ResNet50  # noqa: E402
 from example_projects.imagenet_vit_b16.model import VisionTransformer  # noqa: E402
+from lightning_srigl.benchmark.machine import emulation_env, is_emulating  # noqa: E402
 from lightning_srigl.benchmark.whole_model import ModelCase, benchmark_model  # noqa: E402
 from lightning_srigl.benchmark.whole_model_report import markdown_table, plot_speedups, rich_table  # noqa: E402
 
-AVX2_ENV = {
-    "LIGHTNING_SRIGL_CPU_ISA": "avx2",
-    "ATEN_CPU_CAPABILITY": "avx2",
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-}
 DOC = ROOT / "docs" / "whole-models.md"
 DOC_MARKER = "<!-- results -->"
 
@@ -95,8 +90,8 @@ def write_doc(rows: list[dict], command: str) -> None:
     head = text.split(DOC_MARKER)[0]
     first = rows[0]
     facts = (
-        f"Command: `{command}`. CPU: {first['cpu']}; kernels: {first['kernel_variant']}; ATen capability: "
-        f"{first['aten_capability']}; {first['threads']} thread(s); clock: {first['clock']}; load average "
+        f"Command: `{command}`. CPU: {first['cpu_model']}; kernels: {first['kernel_variant']}; ATen capability: "
+        f"{first['aten_capability']}; ISA limits: {first['isa_limits']}; {first['threads']} thread(s); clock: {first['clock']}; load average "
         f"{min(r['load_average'] for r in rows)}–{max(r['load_average'] for r in rows)}.\n\n"
     )
     DOC.write_text(f"{head}{DOC_MARKER}\n\n{facts}{markdown_table(rows)}\n![speedups](assets/whole_models.png)\n")
@@ -111,15 +106,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds of samples per variant and batch size")
     parser.add_argument("--clock", choices=["thread", "wall"], default="thread")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per candidate layer in accelerate()")
-    parser.add_argument("--isa", choices=["native", "avx2"], default="native")
+    parser.add_argument("--isa", choices=["native", "avx2", "avx512", "scalar"], default="native")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "assets")
     parser.add_argument("--doc", action="store_true", help="write the table into docs/whole-models.md")
     parser.add_argument("--smoke", action="store_true", help="tiny models (for the tests)")
     args = parser.parse_args(argv)
-    if args.isa == "avx2" and os.environ.get("LIGHTNING_SRIGL_CPU_ISA") != "avx2":
-        rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--isa", "avx2")]
-        env = {**os.environ, **AVX2_ENV}
-        sys.exit(subprocess.run([sys.executable, __file__, *rest, "--isa", "avx2"], env=env, check=False).returncode)
+    if args.isa != "native" and not is_emulating(args.isa):  # the limits must be set before torch loads
+        env = {**os.environ, **emulation_env(args.isa)}
+        argv = argv if argv is not None else sys.argv[1:]
+        sys.exit(subprocess.run([sys.executable, __file__, *argv], env=env, check=False).returncode)
     available = cases(args.smoke)
     unknown = [m for m in args.models if m not in available and m != "gpt2"]
     if unknown:

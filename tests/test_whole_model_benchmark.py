@@ -47,7 +47,7 @@ def test_the_documented_command_runs_and_writes_exact_rows(tmp_path):
     for row in rows:
         if row["variant"] in ("accelerated", "dense_channels_last"):
             assert float(row["max_logit_diff"]) <= 1e-4 * float(row["logit_scale"]), row
-        assert row["cpu"] and row["kernel_variant"] and float(row["latency_ms"]) > 0
+        assert row["cpu_model"] and row["kernel_variant"] and float(row["latency_ms"]) > 0
     accelerated = next(r for r in rows if r["model"] == "resnet18_cifar" and r["variant"] == "accelerated")
     dense = next(r for r in rows if r["model"] == "resnet18_cifar" and r["variant"] == "dense_fp32")
     assert "condensed" in accelerated["chosen"] or int(accelerated["weight_bytes"]) == int(dense["weight_bytes"])

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.benchmark.timing import hot_times
 from lightning_srigl.condensed.accelerate import accelerate
-from lightning_srigl.condensed.cpu_isa import cpu_model
-from lightning_srigl.condensed.cpu_kernel import load_extension
 from lightning_srigl.masking import bind_masks, masked_weights, remove_masks_, select_parameters
 from lightning_srigl.sparsity import erk_densities, layer_budgets, random_constant_fan_in_mask, uniform_densities
 
@@ -195,7 +194,7 @@ def _measure(
     timer = time.thread_time if clock == "thread" else time.perf_counter
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     timings = hot_times(calls, threads=threads, min_run_time=min_run_time, device=torch.device("cpu"), clock=timer)
-    kernel = load_extension()
+    machine = machine_fields()
     rows = []
     for name, (module, inputs) in variants.items():
         logits = case.logits(_call(module, inputs)).float()
@@ -212,9 +211,7 @@ def _measure(
             "chosen": chosen if name == "accelerated" else "",
             "threads": threads,
             "clock": clock,
-            "cpu": cpu_model(),
-            "kernel_variant": kernel.variant if kernel is not None else "none",
-            "aten_capability": torch.backends.cpu.get_cpu_capability(),
+            **machine,
             "load_average": round(load, 2),
         })  # fmt: skip
     return rows

@@ -69,7 +69,7 @@ def plot_speedups(rows: Sequence[Row], path: Path) -> Path:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], [f"{m}\nbatch {b}" for m, b in groups], fontsize=8)
     ax.set_ylabel("× dense fp32 (end to end)")
     first = rows[0]
-    ax.set_title(f"{first['cpu']}, {first['kernel_variant']} kernels, {first['threads']} thread(s)", fontsize=9)
+    ax.set_title(f"{first['cpu_model']}, {first['kernel_variant']} kernels, {first['threads']} thread(s)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()

@@ -58,7 +58,8 @@ class AccelerateCallback(Callback):
         candidates: kernels to try (``"dense"`` is required: it is the reference).
         fold: fold ablated neurons into the following layer where exact.
         verbose: print the report table on rank 0.
-        warmup, repeats: calls before timing and timed calls (median) per candidate.
+        warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
+            (interleaved rounds, fastest sample; see :func:`lightning_srigl.condensed.accelerate.accelerate`).
     """
 
     def __init__(

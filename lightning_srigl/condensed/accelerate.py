@@ -18,8 +18,7 @@ The sparse layers are the masked modules the masking layer records
 from __future__ import annotations
 
 import copy
-import statistics
-import time
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from lightning_srigl.condensed.registry import (
     sparse_layers,
     tied_layers,
 )
+from lightning_srigl.condensed.timing import hot_times
 from lightning_srigl.masking import neuron_major
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "check_candidates",
     "fit_inputs_to_layers",
     "fold_in_place",
-    "median_time",
     "plan_acceleration",
     "rebuild_plan",
     "restore_modules",
@@ -113,30 +112,19 @@ def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequenc
     return captured
 
 
-def median_time(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time of one call of ``fn`` in seconds, after ``warmup`` calls (CUDA-synchronised)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(max(repeats, 1)):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def _time_candidates(
     layer: nn.Module, mask: Tensor, call: LayerCall, candidates: Sequence[str], warmup: int, repeats: int
 ) -> tuple[dict[str, float], dict[str, str], dict[str, nn.Module]]:
     """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
 
+    The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
+    timer, :func:`~lightning_srigl.condensed.timing.hot_times`: ``warmup`` calls, at least ``repeats``
+    samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
+
     Returns ``(times, skipped, built)``: seconds per exact candidate, why the others were skipped,
     and the exact candidates themselves (the one chosen is installed as is).
     """
-    times: dict[str, float] = {}
+    calls: dict[str, Callable[[], object]] = {}
     skipped: dict[str, str] = {}
     built: dict[str, nn.Module] = {}
     tol = 1e-2 if call.x.dtype in (torch.float16, torch.bfloat16) else 1e-4
@@ -152,9 +140,12 @@ def _time_candidates(
             if not outputs_close(out, reference, tol):
                 skipped[name] = "inexact: output differs from the masked dense layer"
                 continue
-            times[name] = median_time(lambda: call(candidate), call.x.device, warmup, repeats)
+            calls[name] = functools.partial(call, candidate)
             built[name] = candidate
-    return times, skipped, built
+        timings = hot_times(
+            calls, threads=torch.get_num_threads(), min_run_time=0.0, device=call.x.device, warmup=warmup, min_samples=repeats
+        )
+    return {name: timing.min for name, timing in timings.items()}, skipped, built
 
 
 def plan_acceleration(
@@ -306,7 +297,8 @@ def accelerate(
             layer is timed on the input it receives from this batch.
         candidates: kernels to try; ``"dense"`` is always needed as the reference.
         device: where to time (default: each layer's device).
-        warmup, repeats: calls before timing and timed calls (median) per candidate.
+        warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
+            (candidates are timed in interleaved rounds and ranked by their fastest sample).
         fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
             next layer, where provably exact.
         verbose: print the report as a rich table.

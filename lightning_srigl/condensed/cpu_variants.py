@@ -17,8 +17,12 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp",)
 HEADERS = ("common.h", "gather_dot.h", "panel.h", "batch1.h", "conv.h")
 PACKAGE = "lightning_srigl.condensed"
-# Common flags: OpenMP for at::parallel_for, fused multiply-adds where the ISA has them.
-BASE_FLAGS = ("-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-unknown-pragmas")
+# Common flags: OpenMP for at::parallel_for, fused multiply-adds where the ISA has them, and hidden
+# symbols: torch.ops.load_library opens libraries with RTLD_GLOBAL, so an exported inline function of
+# one variant could otherwise be bound to another library's copy, compiled for another instruction set.
+# No debug information (-g0): it would triple the libraries' size and the build time.
+BASE_FLAGS = ("-O3", "-g0", "-fopenmp", "-ffp-contract=fast", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
+              "-Wno-unknown-pragmas")
 
 
 @dataclass(frozen=True)

@@ -154,9 +154,11 @@ void panel_matmul(const T* x, int64_t B, int64_t in, const T* w, const IT* idx, 
   });
 }
 
-// Batches above 16 use 32-wide panels, or 64-wide ones from this input width on: each (row, j) weight
-// is then loaded once per 64 samples. Measured with AVX-512 at batch 256, 90 % sparsity: 64-wide is
-// 5-9 % faster for in = 3072 and 8-15 % slower for in = 768.
+// Batches above 16 use 32-wide panels; with AVX-512, 64-wide ones from this input width on (each (row, j)
+// weight is then loaded once per 64 samples). Measured at batch 256, 90 % sparsity, 1 thread: with
+// AVX-512 64-wide is 5-9 % faster for in = 3072 and 8-15 % slower for in = 768; with AVX2 (8
+// accumulators at most: one row of 64) 32-wide is 10-15 % faster for in = 3072. With AVX2 the rows per
+// step (2, 3 or 4 of 32 samples) and software prefetching of the next rows changed nothing measurable.
 constexpr int64_t kWidePanelInFeatures = 2048;
 
 // y (B, A) for B >= 3.
@@ -165,7 +167,7 @@ void panel_product(const T* x, int64_t B, int64_t in, const T* w, const IT* idx,
                    int64_t k, T* y) {
   if (B <= 16) {
     panel_matmul<16>(x, B, in, w, idx, bias, A, k, y);
-  } else if (in >= kWidePanelInFeatures) {
+  } else if (kLanes >= 16 && in >= kWidePanelInFeatures) {
     panel_matmul<64>(x, B, in, w, idx, bias, A, k, y);
   } else {
     panel_matmul<32>(x, B, in, w, idx, bias, A, k, y);
