@@ -7,11 +7,14 @@ active filters; ablated filters (all-zero rows) are dropped and output their bia
 ``(c, ky, kx)`` over *all* ``in`` channels, ``c * kh * kw + ky * kw + kx`` (a grouped filter's taps lie in
 its group's channels), so the kernels need no notion of groups.
 
-Kernels (``forward``): on CPU the ``condensed_conv2d`` op of the C++ variant (``csrc/conv.h``: output
-pixels are the batch of a panel read straight from the zero-padded input, no im2col), on CUDA the Triton
-kernel of :mod:`~lightning_srigl.condensed.triton_conv`; ``backend="torch"`` (and any call that tracks a
-gradient) scatters the values into the dense weight and calls ``F.conv2d``, the exact reference.
-``CondensedConv1d`` runs the same kernels on ``(N, C, 1, L)``.
+Kernels (``forward``), ``algorithm="direct"``: on CPU the ``condensed_conv2d`` op of the C++ variant
+(``csrc/conv.h``: output pixels are the batch of a panel read straight from the zero-padded input, no
+im2col), on CUDA the Triton kernel of :mod:`~lightning_srigl.condensed.triton_conv`.
+``algorithm="im2col"`` materialises the im2col matrix (``F.unfold``) and runs the condensed linear
+kernels on it: slower except on tiny images (a 4x4 map), where the direct kernel computes many padding
+columns; ``accelerate`` times both (``scripts/bench_conv_layouts.py`` compares them per layer).
+``backend="torch"`` (and any call that tracks a gradient) scatters the values into the dense weight and
+calls ``F.conv2d``, the exact reference. ``CondensedConv1d`` runs the same kernels on ``(N, C, 1, L)``.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.conv_ops import condensed_conv2d, conv2d_reference, triton_conv
-from lightning_srigl.condensed.cpu_kernel import load_extension
-from lightning_srigl.condensed.linear import condense
+from lightning_srigl.condensed.conv_ops import condensed_conv2d, conv2d_reference, conv_output_size, triton_conv
+from lightning_srigl.condensed.cpu_kernel import condensed_linear_cpu, load_extension
+from lightning_srigl.condensed.linear import condense, pad_fan_in
+from lightning_srigl.condensed.ops import condensed_linear
 
 __all__ = ["CondensedConv1d", "CondensedConv2d", "condense_conv"]
 
 BACKENDS = ("auto", "torch", "triton")
+ALGORITHMS = ("direct", "im2col")
 INT16_MAX_TAPS = 32767
 
 
@@ -87,10 +92,13 @@ class CondensedConv2d(nn.Module):
         groups: int = 1,
         padding_mode: str = "zeros",
         backend: str = "auto",
+        algorithm: str = "direct",
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must divide by groups={groups}")
         if bias is not None and bias.shape != (out_channels,):
@@ -100,7 +108,7 @@ class CondensedConv2d(nn.Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.padding_mode, self.backend = padding_mode, backend
+        self.padding_mode, self.backend, self.algorithm = padding_mode, backend, algorithm
         self._check_buffers(values, indices, active_rows)
         self.register_buffer("values", values)
         self.register_buffer("indices", indices)
@@ -152,18 +160,30 @@ class CondensedConv2d(nn.Module):
 
     @classmethod
     def from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:
-        """The condensed form of ``conv`` with its weight times ``mask`` (the registry's constructor)."""
+        """The condensed form of ``conv`` with its weight times ``mask`` (the registry's constructor).
+
+        Filters whose fan-in folding reduced are padded with inactive (zero) taps up to the largest
+        fan-in, so the layer stays exact. Raises ``ValueError`` without constant fan-in.
+        """
+        mask = pad_fan_in(mask.flatten(1).to(torch.bool)).view_as(mask)
         return cls.from_weight_mask(
             conv.weight.detach() * mask, mask, conv.bias, stride=conv.stride, padding=conv.padding,
             dilation=conv.dilation, groups=conv.groups, padding_mode=conv.padding_mode,
         )  # fmt: skip
+
+    @classmethod
+    def im2col_from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:
+        """:meth:`from_masked` with ``algorithm="im2col"`` (the registry's ``"im2col"`` candidate)."""
+        layer = cls.from_masked(conv, mask)
+        layer.algorithm = "im2col"
+        return layer
 
     def spec_args(self) -> dict[str, object]:
         """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""
         return {
             "in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
             "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
-            "padding_mode": self.padding_mode, "backend": self.backend,
+            "padding_mode": self.padding_mode, "backend": self.backend, "algorithm": self.algorithm,
         }  # fmt: skip
 
     @classmethod
@@ -193,6 +213,9 @@ class CondensedConv2d(nn.Module):
         x, padding = self._pad(x)
         geometry = (self.kernel_size, self.stride, padding, self.dilation)
         values, backend = self.values, self.backend
+        tracks_gradient = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
+        if self.algorithm == "im2col" and backend != "torch" and not tracks_gradient:
+            return self._im2col_forward(x, padding)
         if backend != "torch" and _eager_inference(x, values):
             if x.is_cpu and backend == "auto" and x.dtype == torch.float32:
                 kernel = load_extension()
@@ -207,10 +230,25 @@ class CondensedConv2d(nn.Module):
                         x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry
                     )
         args = (x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry)
-        tracks_gradient = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
         if backend == "torch" or tracks_gradient:  # differentiable in x and values
             return conv2d_reference(*args)
         return condensed_conv2d(*args)  # the custom op: compile and export see one node
+
+    def _im2col_forward(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        """``(N, C, H, W) -> (N, out, Ho, Wo)`` through a materialised im2col and the condensed linear kernels
+        (the taps are ``F.unfold``'s rows, so the values and indices serve unchanged)."""
+        n, _, h, w = x.shape
+        sizes = [conv_output_size(s, k, st, p, d) for s, k, st, p, d in zip((h, w), self.kernel_size, self.stride, padding, self.dilation)]
+        cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (N, C * kh * kw, L)
+        x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous()
+        eager_cpu = x2d.is_cpu and self.backend == "auto" and _eager_inference(x2d, self.values)
+        y = (condensed_linear_cpu if eager_cpu else condensed_linear)(x2d, self.values, self.indices, None)
+        y = y.view(n, -1, self.n_active).transpose(1, 2)  # (N, A, L)
+        if self.bias is None:
+            full = y.new_zeros(n, self.out_channels, y.shape[2])
+        else:
+            full = self.bias.view(1, -1, 1).expand(n, -1, y.shape[2]).contiguous()
+        return full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
 
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """``x`` padded ahead of the kernel where the kernel cannot pad (non-zero modes, asymmetric
@@ -269,9 +307,9 @@ class CondensedConv1d(CondensedConv2d):
     def from_masked(cls, conv: nn.Conv1d, mask: Tensor) -> CondensedConv1d:
         """The condensed form of ``conv`` with its weight times ``mask`` (the registry's constructor)."""
         weight = (conv.weight.detach() * mask).unsqueeze(2)
-        values, indices, rows = condense_conv(weight, mask.unsqueeze(2).to(torch.bool), conv.groups)
         bias = None if conv.bias is None else conv.bias.detach().clone()
         padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
+        values, indices, rows = condense_conv(weight, pad_fan_in(mask.flatten(1).bool()).view_as(mask).unsqueeze(2), conv.groups)
         return cls(
             values, indices, rows, bias, conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]),
             (1, conv.stride[0]), padding, (1, conv.dilation[0]), conv.groups, conv.padding_mode,

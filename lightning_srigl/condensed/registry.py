@@ -99,7 +99,7 @@ SPARSE_KINDS: dict[type[nn.Module], SparseKind] = {
     ),
     nn.Conv2d: SparseKind(
         param_names=("weight",),
-        candidates={"dense": masked_copy, "condensed": CondensedConv2d.from_masked},
+        candidates={"dense": masked_copy, "condensed": CondensedConv2d.from_masked, "im2col": CondensedConv2d.im2col_from_masked},
         fit_input=channels_input,
     ),
     nn.Conv1d: SparseKind(

@@ -142,7 +142,7 @@ def test_constant_fan_in_is_required():
     mask = mask.clone()
     mask.view(mask.shape[0], -1)[0, :] = True
     with pytest.raises(ValueError, match="constant"):
-        CondensedConv2d.from_masked(conv, mask)
+        CondensedConv2d.from_weight_mask(conv.weight, mask, padding=1)
 
 
 def test_wrong_input_says_what_was_expected():
@@ -175,5 +175,26 @@ def test_the_cpu_kernel_runs_in_eager_inference(monkeypatch):
     layer = CondensedConv2d.from_masked(conv, mask)
     monkeypatch.setattr("lightning_srigl.condensed.conv.conv2d_reference", None)  # would raise if called
     monkeypatch.setattr("lightning_srigl.condensed.conv.condensed_conv2d", None)
+    with torch.no_grad():
+        assert_close_to_scale(layer(x), reference(conv, x))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}")
+def test_the_im2col_algorithm_equals_masked_dense_conv(geometry):
+    conv, mask, x = masked_conv(geometry, ablated=0.3)
+    layer = CondensedConv2d.im2col_from_masked(conv, mask)
+    assert layer.algorithm == "im2col"
+    with torch.no_grad():
+        assert_close_to_scale(layer(x), reference(conv, x))
+
+
+def test_folded_filters_are_padded_to_a_constant_fan_in():
+    conv, mask, x = masked_conv(GEOMETRIES[0], ablated=0.0)
+    mask = mask.clone()
+    mask[0].view(-1)[torch.nonzero(mask[0].view(-1))[0]] = False  # one filter lost a tap (a folded input)
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    layer = CondensedConv2d.from_masked(conv, mask)
+    assert layer.fan_in == int(mask.flatten(1).sum(1).max())
     with torch.no_grad():
         assert_close_to_scale(layer(x), reference(conv, x))
