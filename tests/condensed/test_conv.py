@@ -36,14 +36,14 @@ def test_op_rejects_a_block_width_that_is_not_a_multiple_of_the_lanes(kernel):
         kernel.condensed_conv2d(x, layer.values, layer.indices, layer.active_rows, None, 16, [3, 3], [1, 1], [1, 1], [1, 1], 12)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     batch=st.integers(1, 3),
     groups=st.sampled_from([1, 2, 4]),
     per_group=st.integers(1, 4),
     out_per_group=st.integers(1, 5),
     size=st.tuples(st.integers(1, 12), st.integers(1, 12)),
-    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    kernel_size=st.tuples(st.integers(1, 4), st.integers(1, 4)),
     stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
     dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
@@ -52,17 +52,22 @@ def test_op_rejects_a_block_width_that_is_not_a_multiple_of_the_lanes(kernel):
     bias=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_module_equals_masked_dense_conv_over_random_geometry(
-    batch, groups, per_group, out_per_group, size, kernel, stride, padding, dilation, density, ablated, bias, seed
+def test_every_variant_equals_masked_dense_conv_over_random_geometry(
+    kernel, batch, groups, per_group, out_per_group, size, kernel_size, stride, padding, dilation, density, ablated, bias, seed
 ):
-    spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel_size)]
     if any(s + 2 * p < span for s, p, span in zip(size, padding, spans)):
         return  # the dilated kernel does not fit the padded image: nn.Conv2d rejects it too
-    geometry = (batch, groups * per_group, *size, groups * out_per_group, kernel, stride, padding, dilation, groups)
+    geometry = (batch, groups * per_group, *size, groups * out_per_group, kernel_size, stride, padding, dilation, groups)
     conv, mask, x = masked_conv(geometry, density, ablated, bias, seed)
     layer = CondensedConv2d.from_masked(conv, mask)
+    y = kernel.condensed_conv2d(
+        x, layer.values, layer.indices, layer.active_rows, layer.bias, conv.out_channels,
+        list(kernel_size), list(stride), list(padding), list(dilation), 0,
+    )  # fmt: skip
+    assert_close_to_scale(y, reference(conv, x))
     with torch.no_grad():
-        assert_close_to_scale(layer(x), reference(conv, x))
+        assert_close_to_scale(layer(x), reference(conv, x))  # the module, on the default variant
 
 
 @pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
