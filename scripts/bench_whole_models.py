@@ -84,17 +84,31 @@ def cases(smoke: bool) -> dict[str, ModelCase]:
     return found
 
 
-def write_doc(rows: list[dict], command: str) -> None:
+def write_doc(rows: list[dict]) -> None:
     """Replace everything after the results marker of docs/whole-models.md with this run's table."""
     text = DOC.read_text()
     head = text.split(DOC_MARKER)[0]
     first = rows[0]
     facts = (
-        f"Command: `{command}`. CPU: {first['cpu_model']}; kernels: {first['kernel_variant']}; ATen capability: "
+        f"Command: `{first['command']}`. CPU: {first['cpu_model']}; kernels: {first['kernel_variant']}; ATen capability: "
         f"{first['aten_capability']}; ISA limits: {first['isa_limits']}; {first['threads']} thread(s); clock: {first['clock']}; load average "
-        f"{min(r['load_average'] for r in rows)}–{max(r['load_average'] for r in rows)}.\n\n"
+        f"{min(float(r['load_average']) for r in rows)}–{max(float(r['load_average']) for r in rows)}.\n\n"
     )
     DOC.write_text(f"{head}{DOC_MARKER}\n\n{facts}{markdown_table(rows)}\n![speedups](assets/whole_models.png)\n")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _parsed(row: dict[str, str]) -> dict:
+    """A CSV row with its numbers as numbers."""
+    numbers = {"batch": int, "threads": int, "weight_bytes": int, "speedup": float, "latency_ms": float, "max_logit_diff": float}
+    return {k: numbers[k](v) if k in numbers else v for k, v in row.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,7 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "assets")
     parser.add_argument("--doc", action="store_true", help="write the table into docs/whole-models.md")
     parser.add_argument("--smoke", action="store_true", help="tiny models (for the tests)")
+    parser.add_argument("--from-csv", type=Path, help="redraw the plot (and with --doc the table) from a run's CSV")
     args = parser.parse_args(argv)
+    if args.from_csv is not None:
+        with args.from_csv.open() as handle:
+            rows = [_parsed(row) for row in csv.DictReader(handle)]
+        plot_speedups(rows, args.out / "whole_models.png")
+        if args.doc:
+            write_doc(rows)
+        return
     if args.isa != "native" and not is_emulating(args.isa):  # the limits must be set before torch loads
         env = {**os.environ, **emulation_env(args.isa)}
         argv = argv if argv is not None else sys.argv[1:]
@@ -119,21 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [m for m in args.models if m not in available and m != "gpt2"]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {sorted(available)}")
+    command = "python scripts/bench_whole_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     for name in [m for m in args.models if m in available]:
         rows += benchmark_model(
             available[name], args.batches, sparsity=args.sparsity, threads=args.threads,
             min_run_time=args.seconds, clock=args.clock, accelerate_repeats=args.repeats,
         )  # fmt: skip
+        rows = [{**row, "command": command} for row in rows]
         Console(width=200).print(rich_table([r for r in rows if r["model"] == name], f"{name}: end-to-end latency"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "whole_models.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        write_csv(rows, args.out / "whole_models.csv")  # after every model, so a long run keeps what it measured
     plot_speedups(rows, args.out / "whole_models.png")
     if args.doc:
-        write_doc(rows, "python scripts/bench_whole_models.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        write_doc(rows)
     print(f"wrote {args.out / 'whole_models.csv'} and {args.out / 'whole_models.png'}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ def test_the_documented_command_runs_and_writes_exact_rows(tmp_path):
         if row["variant"] in ("accelerated", "dense_channels_last"):
             assert float(row["max_logit_diff"]) <= 1e-4 * float(row["logit_scale"]), row
         assert row["cpu_model"] and row["kernel_variant"] and float(row["latency_ms"]) > 0
+    script = runpy.run_path(str(ROOT / "scripts" / "bench_whole_models.py"))  # its main(), in this process
+    script["main"](["--from-csv", str(tmp_path / "whole_models.csv"), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "whole_models.png").stat().st_size > 0
     accelerated = next(r for r in rows if r["model"] == "resnet18_cifar" and r["variant"] == "accelerated")
     dense = next(r for r in rows if r["model"] == "resnet18_cifar" and r["variant"] == "dense_fp32")
     assert "condensed" in accelerated["chosen"] or int(accelerated["weight_bytes"]) == int(dense["weight_bytes"])
