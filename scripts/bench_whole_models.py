@@ -17,8 +17,9 @@ ablated neurons, then is timed end to end as dense fp32, dense channels-last (Re
 ``MKL_ENABLE_INSTRUCTIONS=AVX2`` and ``ONEDNN_MAX_CPU_ISA=AVX2``, which stands in for an AVX2-only CPU
 (same caches and clock as the host). ``--clock thread`` (default) times with the CPU time of the
 timing thread, robust on a shared machine at 1 thread; use ``--clock wall`` in a quiet window.
-Writes ``<out>/whole_models.csv``, ``<out>/whole_models.png`` and, with ``--doc``, the table in
-``docs/whole-models.md``.
+Writes ``<out>/whole_models.csv`` and ``<out>/whole_models.png``; with ``--doc`` also the table in
+``docs/whole-models.md`` and its CSV and plot in ``docs/assets`` (the rows of models not measured in
+this run are kept, each with the command that measured it).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from lightning_srigl.benchmark.whole_model import ModelCase, benchmark_model  # 
 from lightning_srigl.benchmark.whole_model_report import markdown_table, plot_speedups, rich_table  # noqa: E402
 
 DOC = ROOT / "docs" / "whole-models.md"
+DOC_CSV = ROOT / "docs" / "assets" / "whole_models.csv"
 DOC_MARKER = "<!-- results -->"
 
 
@@ -85,16 +87,33 @@ def cases(smoke: bool) -> dict[str, ModelCase]:
 
 
 def write_doc(rows: list[dict]) -> None:
-    """Replace everything after the results marker of docs/whole-models.md with this run's table."""
+    """Replace everything after the results marker of docs/whole-models.md with the table of ``rows``, and
+    under it how each command's rows were measured."""
     text = DOC.read_text()
     head = text.split(DOC_MARKER)[0]
-    first = rows[0]
-    facts = (
-        f"Command: `{first['command']}`. CPU: {first['cpu_model']}; kernels: {first['kernel_variant']}; ATen capability: "
-        f"{first['aten_capability']}; ISA limits: {first['isa_limits']}; {first['threads']} thread(s); clock: {first['clock']}; load average "
-        f"{min(float(r['load_average']) for r in rows)}–{max(float(r['load_average']) for r in rows)}.\n\n"
-    )
-    DOC.write_text(f"{head}{DOC_MARKER}\n\n{facts}{markdown_table(rows)}\n![speedups](assets/whole_models.png)\n")
+    facts = []
+    for command in dict.fromkeys(r["command"] for r in rows):
+        run = [r for r in rows if r["command"] == command]
+        first = run[0]
+        facts.append(
+            f"* {', '.join(dict.fromkeys(r['model'] for r in run))}: `{command}`. CPU: {first['cpu_model']}; kernels: "
+            f"{first['kernel_variant']}; ATen capability: {first['aten_capability']}; ISA limits: {first['isa_limits']}; "
+            f"{first['threads']} thread(s); clock: {first['clock']}; load average "
+            f"{min(float(r['load_average']) for r in run)}–{max(float(r['load_average']) for r in run)}."
+        )
+    body = f"{markdown_table(rows)}\n" + "\n".join(facts) + "\n\n![speedups](assets/whole_models.png)\n"
+    DOC.write_text(f"{head}{DOC_MARKER}\n\n{body}")
+
+
+def merged_with_documented(rows: list[dict]) -> list[dict]:
+    """The documented rows (``docs/assets/whole_models.csv``) of the models this run did not measure, then
+    this run's rows: a run of some models updates their rows and keeps the others."""
+    measured = {r["model"] for r in rows}
+    if not DOC_CSV.exists():
+        return rows
+    with DOC_CSV.open() as handle:
+        kept = [_parsed(r) for r in csv.DictReader(handle) if r["model"] not in measured]
+    return kept + rows
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -151,9 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = [{**row, "command": command} for row in rows]
         Console(width=200).print(rich_table([r for r in rows if r["model"] == name], f"{name}: end-to-end latency"))
         write_csv(rows, args.out / "whole_models.csv")  # after every model, so a long run keeps what it measured
-    plot_speedups(rows, args.out / "whole_models.png")
     if args.doc:
+        rows = merged_with_documented(rows)
+        write_csv(rows, DOC_CSV)
+        plot_speedups(rows, DOC.parent / "assets" / "whole_models.png")
         write_doc(rows)
+    plot_speedups(rows, args.out / "whole_models.png")
     print(f"wrote {args.out / 'whole_models.csv'} and {args.out / 'whole_models.png'}")
 
 
