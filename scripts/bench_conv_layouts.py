@@ -18,7 +18,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +79,7 @@ def main() -> None:
                 "direct": lambda: direct(x),
                 "im2col": lambda: im2col_conv(unfolded, x, k, s, p),
             }
-            t = hot_times(calls, threads=1, min_run_time=args.seconds, device=torch.device("cpu"), clock=time.thread_time)
+            t = hot_times(calls, threads=1, min_run_time=args.seconds, device=torch.device("cpu"))
         ms = {key: timing.min * 1e3 for key, timing in t.items()}
         ratios = f"{ms['dense'] / ms['direct']:.2f}x, {ms['im2col'] / ms['direct']:.2f}x"
         print(f"{name:24} {ms['dense']:8.2f} {ms['dense_cl']:9.2f} {ms['direct']:8.2f} {ms['im2col']:8.2f}   {ratios}")

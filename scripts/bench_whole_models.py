@@ -15,8 +15,8 @@ ablated neurons, then is timed end to end as dense fp32, dense channels-last (Re
 ``--isa avx2`` re-runs the benchmark in a subprocess limited to AVX2: our kernels through
 ``LIGHTNING_SRIGL_CPU_ISA=avx2`` and torch's dense kernels through ``ATEN_CPU_CAPABILITY=avx2``,
 ``MKL_ENABLE_INSTRUCTIONS=AVX2`` and ``ONEDNN_MAX_CPU_ISA=AVX2``, which stands in for an AVX2-only CPU
-(same caches and clock as the host). ``--clock thread`` (default) times with the CPU time of the
-timing thread, robust on a shared machine at 1 thread; use ``--clock wall`` in a quiet window.
+(same caches and clock as the host). At 1 thread the samples are the timing thread's CPU time, robust
+on a shared machine; with more threads, wall time (run those in a quiet window).
 Writes ``<out>/whole_models.csv`` and ``<out>/whole_models.png``; with ``--doc`` also the table in
 ``docs/whole-models.md`` and its CSV and plot in ``docs/assets`` (the rows of models not measured in
 this run are kept, each with the command that measured it).
@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds of samples per variant and batch size")
-    parser.add_argument("--clock", choices=["thread", "wall"], default="thread")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per candidate layer in accelerate()")
     parser.add_argument("--isa", choices=["native", "avx2", "avx512", "scalar"], default="native")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "assets")
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in [m for m in args.models if m in available]:
         rows += benchmark_model(
             available[name], args.batches, sparsity=args.sparsity, threads=args.threads,
-            min_run_time=args.seconds, clock=args.clock, accelerate_repeats=args.repeats,
+            min_run_time=args.seconds, accelerate_repeats=args.repeats,
         )  # fmt: skip
         rows = [{**row, "command": command} for row in rows]
         Console(width=200).print(rich_table([r for r in rows if r["model"] == name], f"{name}: end-to-end latency"))

@@ -10,7 +10,7 @@ For a model factory and an input factory, :func:`benchmark_model`:
    the CPU computes bf16 natively) and ``accelerated`` (:func:`~lightning_srigl.condensed.accelerate.accelerate`
    at that batch size, which keeps a dense layer wherever no sparse kernel is faster);
 3. times them end to end in interleaved rounds (:func:`~lightning_srigl.benchmark.timing.hot_times`,
-   minimum per call), and reports each variant's latency, its speedup over ``dense_fp32``, the max
+   minimum per call; at 1 thread the timing thread's CPU time, robust on a shared machine), and reports each variant's latency, its speedup over ``dense_fp32``, the max
    logit difference from ``dense_fp32`` and its weight bytes (parameters and buffers).
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -140,7 +139,6 @@ def benchmark_model(
     sparsity: float = 0.9,
     threads: int = 1,
     min_run_time: float = 2.0,
-    clock: str = "thread",
     seed: int = 0,
     accelerate_repeats: int = 10,
 ) -> list[Row]:
@@ -152,8 +150,6 @@ def benchmark_model(
         sparsity: overall sparsity of the selected layers.
         threads: intra-op threads (``torch.set_num_threads``), for acceleration and timing.
         min_run_time: seconds of samples per variant and batch size (at least 7 samples each).
-        clock: ``"thread"`` (CPU time of this thread: robust on a shared machine, for ``threads=1``)
-            or ``"wall"``.
         seed: seeds the model, the masks and the inputs.
         accelerate_repeats: timed calls per candidate layer inside :func:`accelerate`.
     """
@@ -173,7 +169,7 @@ def benchmark_model(
             torch.manual_seed(seed + batch)
             inputs = case.example(batch)
             variants, chosen = _variants(case, model, inputs, repeats=accelerate_repeats)
-            rows += _measure(case, batch, variants, chosen, threads, min_run_time, clock)
+            rows += _measure(case, batch, variants, chosen, threads, min_run_time)
     finally:
         torch.set_num_threads(previous)
     return rows
@@ -186,14 +182,12 @@ def _measure(
     chosen: str,
     threads: int,
     min_run_time: float,
-    clock: str,
 ) -> list[Row]:
     reference = case.logits(_call(variants["dense_fp32"][0], variants["dense_fp32"][1])).float()
     scale = float(reference.abs().max())
     calls = {name: (lambda m=module, x=inputs: _call(m, x)) for name, (module, inputs) in variants.items()}
-    timer = time.thread_time if clock == "thread" else time.perf_counter
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    timings = hot_times(calls, threads=threads, min_run_time=min_run_time, device=torch.device("cpu"), clock=timer)
+    timings = hot_times(calls, threads=threads, min_run_time=min_run_time, device=torch.device("cpu"))
     machine = machine_fields()
     rows = []
     for name, (module, inputs) in variants.items():
@@ -210,7 +204,7 @@ def _measure(
             "weight_bytes": model_bytes(module),
             "chosen": chosen if name == "accelerated" else "",
             "threads": threads,
-            "clock": clock,
+            "clock": "thread CPU time" if threads == 1 else "wall",  # what hot_times measures
             **machine,
             "load_average": round(load, 2),
         })  # fmt: skip

@@ -176,7 +176,11 @@ def plan_acceleration(
         target = torch.device(device) if device is not None else home
         if target != home:
             layer = copy.deepcopy(layer).to(target)
-        times, skipped, built = _time_candidates(layer, mask.to(target), call.to(target), candidates, warmup, repeats)
+        # A call captured under autocast (bf16-mixed, 16-mixed) is in the autocast dtype; the candidates
+        # compute in the layer's dtype, as they will at inference (CondensedLinear, CSRLinear cast to it).
+        dtype = sparse[name].weight.dtype
+        call = call.map(lambda t: t.to(device=target, dtype=dtype) if t.is_floating_point() else t.to(target))
+        times, skipped, built = _time_candidates(layer, mask.to(target), call, candidates, warmup, repeats)
         row = _layer_row(name, layer, mask, call.x, times, skipped)
         rows.append(row)
         layers[name] = built[row.chosen].to(home)

@@ -101,7 +101,16 @@ class CSRLinear(nn.Module):
         return cls(weight, tensors.get("bias"))  # validated here
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x (..., in) -> (..., out)``."""
+        """``x (..., in) -> (..., out)``; under autocast the product runs in the weight's dtype.
+
+        (torch's sparse CSR products have no bf16/fp16 kernels on CPU, so autocast's casts would fail.)
+        """
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._product(x.to(self.weight.dtype))
+        return self._product(x)
+
+    def _product(self, x: Tensor) -> Tensor:
         x2d = x.reshape(-1, self.in_features)
         eager = type(x2d) is Tensor and not torch.compiler.is_compiling()
         product = csr_product if eager else csr_linear  # eager calls skip the dispatcher (~15 us)

@@ -53,7 +53,6 @@ def hot_times(
     sample_time: float = 1e-3,
     warmup: int = 3,
     min_samples: int = 7,
-    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time each of ``fns`` with warm caches on ``threads`` intra-op threads, in interleaved rounds.
 
@@ -64,20 +63,20 @@ def hot_times(
     warm as in back-to-back calls although the other functions ran in between. Interleaving makes the
     functions share the machine's slow drifts (other tenants, clock changes), so their ratio is fairer
     than with one function timed after the other; short samples keep the minimum meaningful on a
-    shared machine, since a sample that was not preempted exists even when many were.
-
-    ``clock`` measures the samples: wall time by default; ``time.thread_time`` (the calling thread's CPU
-    time) is robust to being descheduled on a loaded machine, for single-thread runs on CPU.
+    shared machine, since a sample that was not preempted exists even when many were. On one CPU
+    thread a sample is the calling thread's CPU time (``time.thread_time``), which time spent
+    descheduled does not inflate; otherwise, and on GPUs, it is wall time.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 and device.type == "cpu" else time.perf_counter
     try:
         numbers = {}
         for name, fn in fns.items():
-            warm = [_per_call(fn, 1, device, clock) for _ in range(max(1, warmup))]
+            warm = [_per_call(fn, 1, device) for _ in range(max(1, warmup))]
             while sum(warm) < 0.1 * min_run_time:
-                warm.append(_per_call(fn, 1, device, clock))
-            numbers[name] = max(1, round(sample_time / max(min(warm), 1e-9)))
+                warm.append(_per_call(fn, 1, device))
+            numbers[name] = max(1, round(sample_time / min(warm)))
         samples: dict[str, list[float]] = {name: [] for name in fns}
 
         def done(name: str) -> bool:
