@@ -39,7 +39,7 @@ DELTA_T = 25  # ~20 optimizer steps per epoch: updates every ~1.25 epochs until 
 
 METHODS: dict[str, Callable[[int], list[Callback]]] = {
     "dense": lambda seed: [],
-    "SRigL 90%": lambda seed: [SRigLCallback(sparsity=0.9, delta_t=DELTA_T, gamma_sal=0.3, seed=seed, report=False)],
+    "SRigL 90%": lambda seed: [SRigLCallback(sparsity=0.9, delta_t=DELTA_T, gamma_sal=0.3, sparse_init=True, seed=seed, report=False)],
     "RigL 90%": lambda seed: [RigLCallback(sparsity=0.9, delta_t=DELTA_T, seed=seed, report=False)],
     "2:4 SR-STE": lambda seed: [NMSparsityCallback(n=2, m=4, keep_first_dense=False, keep_last_dense=False)],
 }

@@ -87,7 +87,7 @@ class DynamicSparsityCallback(SparsityCallback):
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
-        sparse_init: bool = True,
+        sparse_init: bool = False,
         init_std_quirk: bool = False,
         grad_accumulation_n: int = 1,
         seed: int = 0,
@@ -298,7 +298,7 @@ class DynamicSparsityCallback(SparsityCallback):
             raise ValueError(f"{type(self).__name__}: every selected weight is frozen; nothing is left to sparsify")
         names = [p.fqn for p in selected]
         check_patterns_match(self.dense, names, "dense")
-        shapes = [tuple(p.shape) for p in selected]
+        shapes = [tuple(p.rows(p.param).shape) for p in selected]  # neuron-major: (out, ...)
         pinned = [i for i, name in enumerate(names) if matches(name, self.dense)]
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
@@ -312,17 +312,19 @@ class DynamicSparsityCallback(SparsityCallback):
     def _install_initial_masks(self) -> None:
         assert self.masked is not None
         masks = {}
+        rows = self.masked.rows
         for fqn, budget in self.budgets.items():
-            shape = self.masked.param(fqn).shape
+            shape = rows(fqn, self.masked.param(fqn)).shape
             try:
-                masks[fqn] = self.initial_mask(fqn, shape, budget, self._generator)
+                masks[fqn] = rows(fqn, self.initial_mask(fqn, shape, budget, self._generator))
             except ValueError as error:
                 raise ValueError(f"sparse layer {fqn!r}: {error}") from error
         self.masked.install_(masks)
         self.masked.apply_to_weights_()
         if self.sparse_init:
             for fqn, mask in self.masked.masks().items():
-                sparse_init_(self.masked.param(fqn).data, mask, self._generator, std_quirk=self.init_std_quirk)
+                weight = rows(fqn, self.masked.param(fqn).data)
+                sparse_init_(weight, rows(fqn, mask), self._generator, std_quirk=self.init_std_quirk)
 
     @torch.no_grad()
     def _accumulate_dense_grads(self, fqns: Sequence[str]) -> None:
@@ -372,8 +374,12 @@ class DynamicSparsityCallback(SparsityCallback):
         not copied, until the new one is written into it.
         """
         assert self.masked is not None
+        rows = self.masked.rows
         mask = self.masked.mask(fqn)
-        new, grown = self.layer_update(fqn, weight.data, mask, grad_sum.abs_(), self.budgets[fqn], drop_fraction)
+        new, grown = self.layer_update(
+            fqn, rows(fqn, weight.data), rows(fqn, mask), rows(fqn, grad_sum.abs_()), self.budgets[fqn], drop_fraction
+        )
+        new, grown = rows(fqn, new), rows(fqn, grown)
         del grad_sum
         changed = mask_change(mask, new)
         self.masked.set_mask_(fqn, new)
@@ -388,7 +394,11 @@ class DynamicSparsityCallback(SparsityCallback):
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:
         assert self.masked is not None
-        return [layer_stats(fqn, mask, self._ever_active.get(fqn, mask)) for fqn, mask in self.masked.masks().items()]
+        rows = self.masked.rows
+        return [
+            layer_stats(fqn, rows(fqn, mask), rows(fqn, self._ever_active.get(fqn, mask)))
+            for fqn, mask in self.masked.masks().items()
+        ]
 
     def _metrics(self) -> dict[str, float]:
         return topology_metrics(self._layer_stats(), self.metric_prefix)

@@ -61,6 +61,11 @@ class MaskedParameters:
         """``{fqn: BoolTensor(param.shape)}``, the live buffers (not copies)."""
         return {fqn: self.mask(fqn) for fqn in self._by_fqn}
 
+    def rows(self, fqn: str, tensor: Tensor) -> Tensor:
+        """``tensor`` shaped like ``fqn``'s weight, as the ``(out, ...)`` view sparsity math takes (transposed
+        for a Hugging Face ``Conv1D``); a view, and its own inverse (``rows(fqn, rows(fqn, t))`` is ``t``)."""
+        return self._param(fqn).rows(tensor)
+
     def param(self, fqn: str) -> nn.Parameter:
         """The parameter ``fqn``."""
         return self._param(fqn).param
