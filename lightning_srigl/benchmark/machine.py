@@ -56,6 +56,7 @@ def machine_fields() -> dict[str, str]:
     limits = [f"{name}={os.environ[name]}" for name in LIMIT_VARIABLES if os.environ.get(name)]
     return {
         "cpu_model": cpu_model(),
+        "torch": torch.__version__,
         "aten_capability": torch.backends.cpu.get_cpu_capability(),
         "kernel_variant": kernel.variant if kernel is not None else "torch-fallback",
         "isa_limits": " ".join(limits) or "none",

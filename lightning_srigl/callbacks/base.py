@@ -363,11 +363,16 @@ class DynamicSparsityCallback(SparsityCallback):
         log_metrics(trainer, metrics, step)
 
     def _update_layer(self, trainer: Trainer, fqn: str, weight: Tensor, grad_sum: Tensor, drop_fraction: float) -> int:
-        """One layer's update in place (mask, weights, optimizer state); returns how many positions changed."""
+        """One layer's update in place (mask, weights, optimizer state); returns how many positions changed.
+
+        ``grad_sum`` is this callback's own sum, turned into ``|grad|`` in place; the live mask is read,
+        not copied, until the new one is written into it.
+        """
         assert self.masked is not None
-        old = self.masked.mask(fqn).clone()
-        new, grown = self.layer_update(fqn, weight.data, old, grad_sum.abs_(), self.budgets[fqn], drop_fraction)
+        mask = self.masked.mask(fqn)
+        new, grown = self.layer_update(fqn, weight.data, mask, grad_sum.abs_(), self.budgets[fqn], drop_fraction)
         del grad_sum
+        changed = mask_change(mask, new)
         self.masked.set_mask_(fqn, new)
         reset = new.logical_not()
         weight.data.masked_fill_(reset, 0)
@@ -375,7 +380,7 @@ class DynamicSparsityCallback(SparsityCallback):
         for optimizer in trainer.optimizers:
             zero_optimizer_state_(optimizer, weight, reset)
         self._ever_active[fqn] |= new
-        return mask_change(old, new)
+        return changed
 
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:
