@@ -10,10 +10,9 @@ The hooks read like the algorithm:
 * ``on_before_optimizer_step`` — the gradient here is dense, accumulated over micro-batches,
   averaged over DDP ranks and unscaled by AMP: keep it for the next update if it is inside the
   window, then mask it.
-* ``on_train_batch_end`` (once per round of optimizer steps) — when the step count reached a
-  scheduled step, re-mask the weights, update the topology, zero optimizer state at inactive and
-  newly grown positions, log metrics. Other steps re-mask only if something besides SGD/Adam/AdamW
-  may have moved an inactive weight (:class:`~lightning_srigl.callbacks.remask.RemaskPolicy`).
+* ``on_train_batch_end`` (once per round of optimizer steps) — at a scheduled step, re-mask the
+  weights, update the topology, zero optimizer state at inactive and newly grown positions, log
+  metrics; other steps re-mask only when :class:`~lightning_srigl.callbacks.remask.RemaskPolicy` says.
 
 Counting is in optimizer steps (``trainer.global_step``); with several optimizers (manual
 optimization) the count moves by more than one per batch and the update runs at the batch that
