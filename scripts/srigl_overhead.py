@@ -1,4 +1,4 @@
-"""Training overhead of ``SRigLCallback``: dense and sparse fits alternating in one process.
+"""Training overhead of the sparsity callbacks: dense and sparse fits alternating in one process.
 
 Cases (``--case``), all on synthetic data with ``torch.set_num_threads(--threads)`` (default 2):
 
@@ -13,6 +13,8 @@ Cases (``--case``), all on synthetic data with ``torch.set_num_threads(--threads
   (one update per 100 steps, the rate of the paper's exploration phase; more than ``light``'s 3 in 400).
 * ``resnet18`` — the CIFAR-style ResNet-18 of ``example_projects/cifar10_resnet18`` at batch 128,
   ``SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)``, 101 steps, as ``heavy``.
+* ``nm`` — ``light``'s network and optimizer, 100 steps, ``NMSparsityCallback()`` (SR-STE 2:4 with
+  its defaults: the masks recomputed every step; the first and last layers stay dense).
 
 Each *round* runs every variant once, a fresh ``Trainer.fit`` each, the order rotating between
 rounds so that drift in machine load spreads over all; one short untimed fit of each variant warms
@@ -53,9 +55,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from example_projects.cifar10_resnet18.model import ResNet18
 from lightning_srigl.benchmark.machine import machine_fields
-from lightning_srigl.callbacks import SRigLCallback
+from lightning_srigl.callbacks import NMSparsityCallback, SRigLCallback
+from lightning_srigl.callbacks.glue import SparsityCallback
 
-TIMED_HOOKS = ("setup", "on_train_start", "on_before_optimizer_step", "on_train_batch_end", "on_fit_end")
+TIMED_HOOKS = (
+    "setup",
+    "on_fit_start",
+    "on_train_start",
+    "on_before_optimizer_step",
+    "on_train_batch_end",
+    "on_train_end",
+    "on_fit_end",
+)
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -67,7 +78,7 @@ class Case:
     sample: tuple[int, ...]
     optimizer: Callable[[Any], torch.optim.Optimizer]
     steps: int
-    variants: dict[str, Callable[[], SRigLCallback]]
+    variants: dict[str, Callable[[], SparsityCallback]]
 
 
 def issue_mlp() -> nn.Module:
@@ -112,6 +123,7 @@ CASES: dict[str, Case] = {
     ),
     "heavy": Case(issue_mlp, (64, 768), _sgd_momentum, 101, {"srigl report=False": _one_update_in_101_steps}),
     "resnet18": Case(ResNet18, (3, 32, 32), _sgd_nesterov, 101, {"srigl report=False": _one_update_in_101_steps}),
+    "nm": Case(issue_mlp, (768,), _sgd_momentum, 100, {"nm defaults": NMSparsityCallback}),
 }
 
 
@@ -166,18 +178,21 @@ class HookTimes:
     clock: Callable[[], float]
     seconds: dict[str, list[float]] = field(default_factory=dict)
 
-    def wrap(self, callback: SRigLCallback) -> None:
+    def wrap(self, callback: SparsityCallback) -> None:
         for name in TIMED_HOOKS:
             setattr(callback, name, self._timed(callback, name, getattr(callback, name)))
 
-    def _timed(self, callback: SRigLCallback, name: str, hook: Callable[..., None]) -> Callable[..., None]:
+    def _timed(self, callback: SparsityCallback, name: str, hook: Callable[..., None]) -> Callable[..., None]:
+        def topology_updates() -> int:  # SRigL/RigL count theirs; N:M updates masks every mask_interval
+            return len(getattr(callback, "history", ())) + getattr(callback, "skipped_updates", 0)
+
         @functools.wraps(hook)
         def timed(*args: Any, **kwargs: Any) -> None:
-            updates = len(callback.history) + callback.skipped_updates
+            updates = topology_updates()
             start = self.clock()
             hook(*args, **kwargs)
             elapsed = self.clock() - start
-            updated = name == "on_train_batch_end" and len(callback.history) + callback.skipped_updates > updates
+            updated = name == "on_train_batch_end" and topology_updates() > updates
             self.seconds.setdefault(f"{name} (update)" if updated else name, []).append(elapsed)
 
         return timed
@@ -218,7 +233,8 @@ def timed_fit(case: Case, variant: str | None, steps: int, root: str, clock: Cal
     start = clock()
     trainer.fit(model)
     fit_s = clock() - start
-    remask = sparse.remask.reason() if sparse is not None else None
+    policy = getattr(sparse, "remask", None)  # N:M sets its pruned values aside every step instead
+    remask = policy.reason() if policy is not None else None
     return Run(fit_s, timer.elapsed, hooks, remask)
 
 
@@ -250,7 +266,7 @@ def _report(console: Console, case_name: str, case: Case, steps: int, runs: dict
             continue
         fastest = min(variant_runs, key=lambda r: r.fit_s)
         assert fastest.hooks is not None
-        hooks = Table(title=f"{name}: time in SRigLCallback's hooks (its fastest fit)")
+        hooks = Table(title=f"{name}: time in the sparsity callback's hooks (its fastest fit)")
         for column in ("hook", "calls", "total s", "ms per call"):
             hooks.add_column(column, justify="left" if column == "hook" else "right")
         for hook, seconds in fastest.hooks.seconds.items():
