@@ -15,9 +15,10 @@ and the SR term, which is exactly ``lambda_w * P``, is added to ``p.grad``: two 
 calls over all layers, once per step, so ``lambda_w`` does not scale with the number of processes,
 accumulation steps or the loss scale (the reference code's in-backward placement does). Right after
 the step the mask is recomputed and the pruned values are set aside again
-(:func:`~lightning_srigl.masking.move_inactive_`, exact, no allocation). Outside that window the model is exactly N:M, so validation, checkpoints' model
-weights, ``AccelerateCallback`` and any code touching ``module.weight`` directly (tied weights,
-``nn.MultiheadAttention``) all see the sparse network.
+(:func:`~lightning_srigl.masking.move_inactive_`: exact, no allocation). Outside that window the
+model is exactly N:M, so validation, checkpoints' model weights, ``AccelerateCallback`` and any code
+touching ``module.weight`` directly (tied weights, ``nn.MultiheadAttention``) all see the sparse
+network.
 
 Checkpoints: the masks are ``<param>_mask`` buffers of the model; the pruned values and counters are
 this callback's ``state_dict`` (1-D, the entries at ``~mask`` in row-major order), so
@@ -298,7 +299,8 @@ class NMSparsityCallback(SparsityCallback):
             values = state["pruned"][fqn].to(device=weight.device, dtype=weight.dtype)
             if values.numel() != int((~mask).sum()):
                 raise ValueError(f"Checkpoint pruned values of {fqn} do not match its mask; the checkpoint is corrupt.")
-            self._pruned[fqn] = torch.zeros_like(weight, memory_format=torch.contiguous_format).masked_scatter_(~mask, values)
+            self._pruned[fqn] = pruned = torch.zeros_like(weight)
+            pruned[~mask] = values  # the order of resumable_state's values[~mask]
             self._flips[fqn] = state["flips"].get(fqn, torch.zeros((), dtype=torch.long)).to(weight.device)
         self._updates_since_log = state["updates_since_log"]
 
