@@ -177,6 +177,44 @@ def expectations(facts: list[dict]) -> str:
     return "\n".join(lines)
 
 
+GPU_SECTION = """
+## GPU
+
+**GPU speed is unmeasured in this release: no GPU was available.** What is tested, and how:
+
+| what | tested how | tests |
+|---|---|---|
+| the Triton kernels (small-batch gather-dot, batched tiled) in fp32/bf16/fp16 with int16/int32 indices | against the masked dense product, on CPU tensors in Triton's interpreter (`TRITON_INTERPRET=1`, as `make test` runs them) | `tests/condensed/test_triton_kernel.py` |
+| the same kernels through Triton's compiler | every autotuning config compiled ahead of time for Hopper (sm_90) down to a cubin; no GPU needed | `tests/condensed/triton_aot.py` |
+| `CondensedLinear`'s GPU path: the `(k, A)` layout built once per set of buffers and passed to both kernels; rebuilt after in-place changes and `load_state_dict`; kept through `deepcopy` and save/load; dropped by `.to()` | interpreter, with `backend="triton"` (on CUDA the default `backend="auto"` takes the same path) | `tests/condensed/test_triton_linear.py` |
+| `scripts/gpu_check.sh` end to end: test selection, the sweep with every GPU method, CSVs, plots, verdict | `--interpret-smoke`: CPU tensors, tiny sizes | `tests/test_gpu_check.py` |
+| compiled kernels on a GPU, 2:4 `semi_structured`, cuSPARSE CSR, `torch.compile`, CUDA-graph replay, TF32, `accelerate` on CUDA, `16-mixed` training | on a CUDA GPU only (skipped here, with that reason) | `tests/test_gpu.py`, `tests/callbacks/test_accelerate_callback.py` |
+
+To measure on a CUDA machine, one command: it makes `.venv-gpu` from the machine's own torch and triton
+(installing `torch==2.13.0` and triton only where they are missing), installs the package with
+`--no-build-isolation`, runs the GPU tests, then the sweep of `configs/benchmark_gpu.yaml`:
+
+```bash
+bash scripts/gpu_check.sh
+```
+
+The sweep: 3072→768, 768→3072 and 4096×4096 at 80/90/95/99 %; batch 1, 16, 256 and 2048; dense
+cuBLAS in fp32, TF32, bf16 and fp16; torch CSR (cuSPARSE); condensed (Triton) in fp32, bf16 and fp16;
+the dense and condensed fp32 layers replayed from CUDA graphs; 2:4 layers at 50 % with the
+semi-structured sparse tensor cores. It writes `benchmark_gpu.csv`, `benchmark_gpu_summary.csv`, a time
+plot, a speedup-against-sparsity plot per batch (the paper's Figure 11 style) and
+`gpu_check_verdict.md`: every method's worst error against the masked dense fp32 layer, and the
+targets at 90 %, 3072→768 (batch 256: at least 2× dense of the same dtype and 13× CSR; batch 1: at
+least 3× dense). Whether CUDA graphs pay for condensed layers at small batch is for that run to decide
+(`condensed_graph_fp32` against `condensed_fp32`); the library does not capture graphs.
+
+Costs the GPU path has that the run will show: the batched kernel transposes the input to `(in, B)`
+inside the call (the paper's GPU timing used an input already in that layout); ablated neurons are
+written back with `index_add` after the kernel; `torch.compile`d and exported graphs call the op on the
+stored row-major buffers, not on the cached `(k, A)` layout.
+"""
+
+
 def main(results: Path, output: Path) -> None:
     built = [s for stem in SWEEPS if (s := section(results, output, stem)) is not None]
     if not built:
@@ -201,11 +239,12 @@ model: `accelerate()` and `AccelerateCallback` do, and keep dense layers whereve
 
 How to read the tables: ratios are the reference time over the condensed time, both the minimum over
 interleaved ~1 ms samples of the same run (`statistic: min`: on a shared VM a preempted sample only ever
-looks slower; medians are in the CSVs). Cold cache: batch 1 while cycling through copies of the layer
+looks slower; medians are in the CSVs); at 1 thread a sample is the thread's CPU time, at 2 wall time. Cold cache: batch 1 while cycling through copies of the layer
 that together exceed 1 GB, so every call streams its weights from DRAM, as in a whole network; the
 byte-count ceiling is dense bytes / (values + indices bytes) = 4·in / (6·k).
 
-{chr(10).join(text for text, _ in built)}"""
+{chr(10).join(text for text, _ in built)}
+{GPU_SECTION}"""
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(doc)
     print(f"wrote {output}")
