@@ -36,7 +36,7 @@ from lightning_srigl.masking.selection import (
     split_frozen,
 )
 from lightning_srigl.masking.zero_keeping import ZERO_KEEPING_OPTIMIZERS, establish_zeros_, weight_remask_reason
-from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
+from lightning_srigl.masking.zeroing import move_inactive_, step_mask, zero_inactive_
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
@@ -55,8 +55,12 @@ __all__ = [
     "mask_of",
     "masked_weights",
     "matches",
+<<<<<<< HEAD
     "neuron_major",
     "parameter_owners",
+=======
+    "move_inactive_",
+>>>>>>> overhead
     "qualified_name",
     "register_mask_",
     "remove_mask_",
