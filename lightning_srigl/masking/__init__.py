@@ -55,12 +55,9 @@ __all__ = [
     "mask_of",
     "masked_weights",
     "matches",
-<<<<<<< HEAD
+    "move_inactive_",
     "neuron_major",
     "parameter_owners",
-=======
-    "move_inactive_",
->>>>>>> overhead
     "qualified_name",
     "register_mask_",
     "remove_mask_",
