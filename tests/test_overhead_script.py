@@ -13,9 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["light", "nm"])
-def test_overhead_script_reports_ratios_and_hook_times(case: str) -> None:
-    command = [sys.executable, "scripts/srigl_overhead.py", "--case", case, "--steps", "2", "--rounds", "1"]
+def test_overhead_script_reports_ratios_and_hook_times() -> None:
+    command = [sys.executable, "scripts/srigl_overhead.py", "--case", "light", "--steps", "2", "--rounds", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [*command, "--warmup-steps", "1", "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
@@ -23,7 +22,6 @@ def test_overhead_script_reports_ratios_and_hook_times(case: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "fit ratio" in out and "ms per call" in out and "on_before_optimizer_step" in out
-    assert "load average" in out and "CPU " in out
-    if case == "light":
-        assert "srigl report=False" in out and "srigl defaults" in out
-        assert "re-mask every step: no" in out  # the benchmark's own timers keep the skip
+    assert "load average" in out and "CPU " in out and "the masking pass" in out
+    assert "srigl report=False" in out and "srigl defaults" in out
+    assert "re-mask every step: no" in out  # the benchmark's own timers keep the skip
