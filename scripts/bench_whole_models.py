@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,8 +96,9 @@ def write_doc(rows: list[dict]) -> None:
     for command in dict.fromkeys(r["command"] for r in rows):
         run = [r for r in rows if r["command"] == command]
         first = run[0]
+        shown = re.sub(r" --out \S+", "", command)  # --doc writes into docs/ wherever --out points
         facts.append(
-            f"* {', '.join(dict.fromkeys(r['model'] for r in run))}: `{command}`. CPU: {first['cpu_model']}; kernels: "
+            f"* {', '.join(dict.fromkeys(r['model'] for r in run))}: `{shown}`. CPU: {first['cpu_model']}; kernels: "
             f"{first['kernel_variant']}; ATen capability: {first['aten_capability']}; ISA limits: {first['isa_limits']}; "
             f"{first['threads']} thread(s); clock: {first['clock']}; load average "
             f"{min(float(r['load_average']) for r in run)}–{max(float(r['load_average']) for r in run)}."
