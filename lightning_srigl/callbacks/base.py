@@ -10,10 +10,9 @@ The hooks read like the algorithm:
 * ``on_before_optimizer_step`` — the gradient here is dense, accumulated over micro-batches,
   averaged over DDP ranks and unscaled by AMP: keep it for the next update if it is inside the
   window, then mask it.
-* ``on_train_batch_end`` (once per round of optimizer steps) — when the step count reached a
-  scheduled step, re-mask the weights, update the topology, zero optimizer state at inactive and
-  newly grown positions, log metrics. Other steps re-mask only if something besides SGD/Adam/AdamW
-  may have moved an inactive weight (:class:`~lightning_srigl.callbacks.remask.RemaskPolicy`).
+* ``on_train_batch_end`` (once per round of optimizer steps) — at a scheduled step, re-mask the
+  weights, update the topology, zero optimizer state at inactive and newly grown positions, log
+  metrics; other steps re-mask only when :class:`~lightning_srigl.callbacks.remask.RemaskPolicy` says.
 
 Counting is in optimizer steps (``trainer.global_step``); with several optimizers (manual
 optimization) the count moves by more than one per batch and the update runs at the batch that
@@ -43,6 +42,7 @@ from lightning_srigl.callbacks.glue import (
 from lightning_srigl.callbacks.remask import RemaskPolicy
 from lightning_srigl.callbacks.report import (
     LayerStats,
+    history_record,
     layer_stats,
     print_layer_table,
     save_active_neurons_plot,
@@ -51,6 +51,7 @@ from lightning_srigl.callbacks.report import (
 from lightning_srigl.masking import MaskedParameters, check_patterns_match, matches, select_parameters
 from lightning_srigl.masking import zero_optimizer_state_
 from lightning_srigl.sparsity import (
+    all_finite,
     check_sparsity,
     cosine_drop_fraction,
     erk_densities,
@@ -214,7 +215,7 @@ class DynamicSparsityCallback(SparsityCallback):
         self._fqns_of = layers_per_optimizer(trainer, self.masked)
         self.remask.start(trainer, pl_module, self, self.masked, self._fqns_of)
         self._last_step = trainer.global_step
-        if trainer.global_step == 0:
+        if trainer.global_step == 0 and trainer.loggers:
             log_metrics(trainer, self._metrics(), step=0)
 
     @override
@@ -329,15 +330,12 @@ class DynamicSparsityCallback(SparsityCallback):
     def _accumulate_dense_grads(self, fqns: Sequence[str]) -> None:
         """Add this step's dense gradient / n of ``fqns`` into the growth-score sums; note whether all are finite."""
         assert self.masked is not None
-        finite = []
         for fqn in fqns:
             param = self.masked.param(fqn)
             grad = param.grad if param.grad is not None else torch.zeros_like(param)
-            finite.append(torch.isfinite(grad).all())
+            self._grads_finite = self._grads_finite and all_finite(grad)
             scaled = grad.detach() / self.grad_accumulation_n
             self._grad_sums[fqn] = self._grad_sums[fqn].add_(scaled) if fqn in self._grad_sums else scaled
-        if finite:
-            self._grads_finite = self._grads_finite and bool(torch.stack(finite).all())
 
     @torch.no_grad()
     def _update_topology(self, trainer: Trainer, step: int) -> None:
@@ -346,7 +344,7 @@ class DynamicSparsityCallback(SparsityCallback):
         grads, finite = self._grad_sums, self._grads_finite
         self._grad_sums, self._grads_finite = {}, True
         weights = {fqn: self.masked.param(fqn) for fqn in self.masked.fqns}
-        finite = finite and all(bool(torch.isfinite(w).all()) for w in weights.values())
+        finite = finite and all(all_finite(w) for w in weights.values())
         if not finite or grads.keys() != weights.keys():
             self.skipped_updates += 1
             reason = "non-finite gradients or weights" if not finite else "no dense gradient was captured"
@@ -359,7 +357,7 @@ class DynamicSparsityCallback(SparsityCallback):
             changed[fqn] = self._update_layer(trainer, fqn, weight, grads.pop(fqn), drop_fraction)
         check_ranks_agree(trainer, self.masked, type(self).__name__)
         metrics = self._metrics()
-        self.history.append(self._history_record(step, drop_fraction, changed, metrics))
+        self.history.append(history_record(step, drop_fraction, changed, metrics, self.metric_prefix))
         metrics[f"{self.metric_prefix}/drop_fraction"] = drop_fraction
         metrics[f"{self.metric_prefix}/mask_change"] = float(sum(changed.values()))
         metrics.update({f"{self.metric_prefix}/{fqn}/mask_change": float(n) for fqn, n in changed.items()})
@@ -401,15 +399,3 @@ class DynamicSparsityCallback(SparsityCallback):
 
     def _metrics(self) -> dict[str, float]:
         return topology_metrics(self._layer_stats(), self.metric_prefix)
-
-    def _history_record(
-        self, step: int, drop_fraction: float, changed: dict[str, int], metrics: dict[str, float]
-    ) -> dict[str, Any]:
-        p = self.metric_prefix
-        return {
-            "step": step,
-            "drop_fraction": drop_fraction,
-            "mask_change": dict(changed),
-            "active_neurons_pct": {fqn: metrics[f"{p}/{fqn}/active_neurons_pct"] for fqn in changed},
-            "fan_in": {fqn: metrics[f"{p}/{fqn}/fan_in"] for fqn in changed},
-        }

@@ -36,7 +36,7 @@ from lightning_srigl.masking.selection import (
     split_frozen,
 )
 from lightning_srigl.masking.zero_keeping import ZERO_KEEPING_OPTIMIZERS, establish_zeros_, weight_remask_reason
-from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
+from lightning_srigl.masking.zeroing import move_inactive_, step_mask, zero_inactive_
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
@@ -55,6 +55,7 @@ __all__ = [
     "mask_of",
     "masked_weights",
     "matches",
+    "move_inactive_",
     "neuron_major",
     "parameter_owners",
     "qualified_name",

@@ -37,11 +37,6 @@ class MaskedParameters:
         """Fully-qualified names of the sparse parameters, in order."""
         return list(self._by_fqn)
 
-    def is_installed(self) -> bool:
-        """Whether every parameter already has a mask buffer of its shape (e.g. from an earlier fit)."""
-        buffers = [self._buffer_or_none(p) for p in self.params]
-        return all(b is not None and b.shape == p.shape for b, p in zip(buffers, self.params))
-
     def install_(self, masks: Mapping[str, Tensor]) -> None:
         """Register (or overwrite) the bool buffer of every parameter with ``masks[fqn]``.
 
