@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,8 +96,9 @@ def write_doc(rows: list[dict]) -> None:
     for command in dict.fromkeys(r["command"] for r in rows):
         run = [r for r in rows if r["command"] == command]
         first = run[0]
+        shown = re.sub(r" --out \S+", "", command)  # --doc writes into docs/ wherever --out points
         facts.append(
-            f"* {', '.join(dict.fromkeys(r['model'] for r in run))}: `{command}`. CPU: {first['cpu_model']}; kernels: "
+            f"* {', '.join(dict.fromkeys(r['model'] for r in run))}: `{shown}`. CPU: {first['cpu_model']}; kernels: "
             f"{first['kernel_variant']}; ATen capability: {first['aten_capability']}; ISA limits: {first['isa_limits']}; "
             f"{first['threads']} thread(s); clock: {first['clock']}; load average "
             f"{min(float(r['load_average']) for r in run)}–{max(float(r['load_average']) for r in run)}."
@@ -106,13 +108,13 @@ def write_doc(rows: list[dict]) -> None:
 
 
 def merged_with_documented(rows: list[dict]) -> list[dict]:
-    """The documented rows (``docs/assets/whole_models.csv``) of the models this run did not measure, then
-    this run's rows: a run of some models updates their rows and keeps the others."""
-    measured = {r["model"] for r in rows}
+    """The documented rows (``docs/assets/whole_models.csv``) of the (model, batch) pairs this run did not
+    measure, then this run's rows: a run of some models or batch sizes updates their rows, keeps the others."""
+    measured = {(r["model"], int(r["batch"])) for r in rows}
     if not DOC_CSV.exists():
         return rows
     with DOC_CSV.open() as handle:
-        kept = [_parsed(r) for r in csv.DictReader(handle) if r["model"] not in measured]
+        kept = [_parsed(r) for r in csv.DictReader(handle) if (r["model"], int(r["batch"])) not in measured]
     return kept + rows
 
 
@@ -142,14 +144,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "assets")
     parser.add_argument("--doc", action="store_true", help="write the table into docs/whole-models.md")
     parser.add_argument("--smoke", action="store_true", help="tiny models (for the tests)")
-    parser.add_argument("--from-csv", type=Path, help="redraw the plot (and with --doc the table) from a run's CSV")
+    parser.add_argument(
+        "--from-csv", type=Path, help="redraw the plot from a run's CSV (with --doc: add its rows to the documented ones)"
+    )
     args = parser.parse_args(argv)
-    if args.from_csv is not None:
+    if args.from_csv is not None:  # e.g. a run without --doc, to add to the documented rows
         with args.from_csv.open() as handle:
             rows = [_parsed(row) for row in csv.DictReader(handle)]
-        plot_speedups(rows, args.out / "whole_models.png")
         if args.doc:
+            rows = merged_with_documented(rows)
+            write_csv(rows, DOC_CSV)
             write_doc(rows)
+        plot_speedups(rows, args.out / "whole_models.png")
         return
     if args.isa != "native" and not is_emulating(args.isa):  # the limits must be set before torch loads
         env = {**os.environ, **emulation_env(args.isa)}

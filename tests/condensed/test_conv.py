@@ -36,7 +36,7 @@ def test_op_rejects_a_block_width_that_is_not_a_multiple_of_the_lanes(kernel):
         kernel.condensed_conv2d(x, layer.values, layer.indices, layer.active_rows, None, 16, [3, 3], [1, 1], [1, 1], [1, 1], 12)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     batch=st.integers(1, 3),
     groups=st.sampled_from([1, 2, 4]),
