@@ -235,15 +235,19 @@ def convert_to_structured(
         model: dense or unstructured-sparse trained network (modified in place).
         structure: ``"n:m"`` (``n`` of every ``m`` consecutive inputs) or ``"constant_fan_in"``
             (``round(fan_in * (1 - sparsity))`` weights per output row; needs ``sparsity``).
-        n, m: the N:M pattern.
+        n: weights kept in every group of ``m`` consecutive inputs (N:M).
+        m: size of the groups (N:M); layers whose input dim ``m`` does not divide stay dense.
         sparsity: per-layer sparsity for constant fan-in (ignored for N:M, which is ``1 - n/m``).
-        include, exclude, keep_first_dense, keep_last_dense: layer selection, see
-            :func:`select_structured_parameters`; N:M layers whose input dim is not divisible by ``m``
-            stay dense (an explicit ``include`` of such a layer is an error).
+        include: ``fnmatch`` patterns of the parameter names to convert (default: every eligible
+            weight); an explicit ``include`` of a weight that cannot carry the structure is an error.
+        exclude: ``fnmatch`` patterns of parameter names to leave dense.
+        keep_first_dense: leave the model's first sparsifiable weight dense (e.g. a 3-channel stem).
+        keep_last_dense: leave the model's last sparsifiable weight dense (e.g. the classifier head).
         calibration_batches: a few batches (tensors or ``(x, y)`` tuples, e.g. a short DataLoader)
             to reconstruct with; ``None`` does magnitude pruning only.
         reconstruction_steps: Adam steps per layer (one cached batch per step).
-        lr, bias_lr: Adam learning rates of the kept weights and of the bias.
+        lr: Adam learning rate of the kept weights during reconstruction.
+        bias_lr: Adam learning rate of the bias during reconstruction.
         absorb_mean: before reconstruction, add each group's pruned weight sum, divided by the number
             kept, to its kept weights (AdaPrune's initialisation).
 
