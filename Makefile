@@ -3,6 +3,11 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# `make demo` writes its tables to RESULTS (git-ignored runs/ by default);
+# `make demo RESULTS=example_projects/digits_mlp/results` updates the committed copy.
+RESULTS   ?= runs/digits_demo
+# Extra demo flags, e.g. DEMO_ARGS="--seeds 1 --epochs 1" for the quick check the tests run.
+DEMO_ARGS ?=
 
 .PHONY: demo test docs benchmark overhead clean
 
@@ -14,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m example_projects.digits_mlp.demo
+	$(BIN)/python -m example_projects.digits_mlp.demo --out $(RESULTS) $(DEMO_ARGS)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 -q

@@ -47,6 +47,10 @@ DESCRIPTION = (
 EPILOG = f"Run `{PROG} <subcommand> --help` for the arguments of a subcommand."
 
 
+# Keys of a `fit` config that `convert` accepts and ignores, with their types.
+TRAINING_ONLY_KEYS: dict[str, Any] = {"trainer": dict | None, "seed_everything": int | bool | None, "weights_only": bool | None}
+
+
 class ConfigError(ValueError):
     """A command line or config that cannot work; ``main`` prints it as one ``error:`` line."""
 
@@ -75,7 +79,7 @@ def sparsity_callback_types() -> tuple[type, ...]:
 
 
 def check_one_sparsity_callback(callbacks: Sequence[Any] | None) -> None:
-    """Raise :class:`ConfigError` when the configured ``trainer.callbacks`` hold two sparsity callbacks.
+    """Raise [`ConfigError`][lightning_srigl.cli.ConfigError] when the configured ``trainer.callbacks`` hold two sparsity callbacks.
 
     ``callbacks`` are the parsed entries (``class_path`` namespaces, dicts or strings).
     """
@@ -166,7 +170,9 @@ def convert_parser() -> ArgumentParser:
         prog=f"{PROG} convert",
         description="Convert a trained checkpoint to N:M or constant fan-in sparsity and report accuracy.",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the keys below")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the keys below, or a training config")
+    for key, kind in TRAINING_ONLY_KEYS.items():  # so that the config given to `fit` works here too
+        parser.add_argument(f"--{key}", type=kind, default=None, help="ignored (a training config's key)")
     parser.add_subclass_arguments(LightningModule, "model", required=True)
     parser.add_subclass_arguments(LightningDataModule, "data", required=False)
     # jsonargparse titles these groups with the base classes' repr or docstring; say what they are for.
@@ -216,6 +222,8 @@ def convert(args: Sequence[str]) -> Any:
 
     parser = convert_parser()
     cfg = parser.parse_args(list(args))
+    for key in TRAINING_ONLY_KEYS:
+        cfg.pop(key, None)
     objects = parser.instantiate_classes(cfg)
     model = objects.model
     load_weights(model, cfg.ckpt_path)

@@ -127,6 +127,11 @@ def test_console_entry_exits_zero_after_a_benchmark(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "benchmark_smoke.csv").exists()
+    output = result.stdout + result.stderr
+    for banner in ("GPU available", "TPU available", "Tip:", "Sparse CSR tensor support is in beta"):
+        assert banner not in output, banner
+    assert "Testing" in result.stdout and "━" in result.stdout, "no progress bar over the cases"
+    assert "µs per call" in result.stdout and "ratios, > 1 = faster" in result.stdout
 
 
 DIGITS_CONFIG = ROOT / "example_projects" / "digits_mlp" / "config.yaml"

@@ -1,4 +1,4 @@
-"""Benchmark outputs: raw CSV, summary CSV with ratios, a rich table and a Figure-11-style plot.
+"""Benchmark outputs: raw CSV, summary CSV with ratios, rich tables and Figure-11-style plots.
 
 Summary ratios are ``time(reference) / time(method)`` measured in the same run (> 1: the method is
 faster). ``memory_ratio`` is the condensed fp32 layer's values+indices bytes over the dense fp32
@@ -16,6 +16,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from lightning_srigl.tables import fitted_table, terminal_console
 
 Row = dict[str, Any]
 CASE_KEYS = ("structure", "in_features", "out_features", "sparsity", "fan_in", "active_neurons", "batch", "threads", "cache")
@@ -55,7 +57,7 @@ def _number(text: str) -> Any:
 
 def summarize(rows: Sequence[Row], statistic: str = "median") -> list[Row]:
     """One row per case: each method's time (µs, ``statistic`` of its samples) and the ratios of
-    :data:`RATIOS` present."""
+    ``RATIOS`` present."""
     column = {"median": "time_us", "min": "min_us"}[statistic]
     cases: dict[tuple[Any, ...], Row] = {}
     for row in rows:
@@ -91,58 +93,109 @@ TABLE_COLUMNS = {
 }
 
 
-def summary_table(summary: Sequence[Row], title: str = "lightning_srigl benchmark") -> Table:
-    """A rich table of :func:`summarize`: one row per case, key times (µs) and ratios (×)."""
-    table = Table(title=title)
-    for header in ("layer", "sparsity", "batch", "threads", "cache", *TABLE_COLUMNS.values()):
-        table.add_column(header, justify="left" if header in ("layer", "cache") else "right")
-    for row in summary:
-        layer = f"{row['in_features']}→{row['out_features']}" + (" 2:4" if row["structure"] == "2:4" else "")
-        cells = [layer, f"{row['sparsity']:.2f}", str(row["batch"]), str(row["threads"]), row["cache"]]
-        table.add_row(*cells, *(str(row.get(key, "")) for key in TABLE_COLUMNS))
-    return table
+CASE_HEADERS = ("layer", "sparsity", "batch", "threads", "cache")
+# The printed tables: times and ratios apart, so each fits a 100-column terminal.
+TIME_HEADERS = {
+    "dense_fp32_us": "dense",
+    "dense_bf16_us": "dense bf16",
+    "csr_fp32_us": "CSR",
+    "condensed_fp32_us": "cond.",
+    "condensed_bf16_us": "cond. bf16",
+}
+RATIO_HEADERS = {
+    "cond_vs_dense": "cond. × dense",
+    "cond_vs_csr": "cond. × CSR",
+    "cond_bf16_vs_dense_bf16": "bf16: cond. × dense",
+    "byte_ceiling": "byte ceiling",
+}
 
 
-def plot(rows: Sequence[Row], path: Path, threads: int, statistic: str = "median") -> Path:
-    """Time vs sparsity per method, log y, one panel per (shape, batch): the paper's Figure 11 style.
+def case_cells(row: Row) -> list[str]:
+    """The cells that name a case: layer (``in→out``, `` 2:4`` for N:M), sparsity, batch, threads, cache."""
+    layer = f"{row['in_features']}→{row['out_features']}" + (" 2:4" if row["structure"] == "2:4" else "")
+    return [layer, f"{row['sparsity']:.2f}", str(row["batch"]), str(row["threads"]), row["cache"]]
 
-    Only hot-cache constant-fan-in rows at ``threads``; 2:4 layers are drawn as single markers at 50 %.
+
+def format_us(value: Any) -> str:
+    """A time in µs with 4 significant digits at most (``""`` when the method was not timed)."""
+    if value == "" or value is None:
+        return ""
+    return f"{value:.4g}" if value < 1000 else f"{value:,.0f}"
+
+
+def summary_tables(summary: Sequence[Row], title: str = "lightning_srigl benchmark", width: int = 100) -> list[Table]:
+    """Two rich tables of [`summarize`][lightning_srigl.benchmark.report.summarize]: times (µs) and ratios (×).
+
+    Columns of methods that no case timed are left out; each table fits a console ``width`` columns
+    wide down to 100.
     """
-    import matplotlib
+    tables = []
+    for kind, headers, cell in (("µs per call", TIME_HEADERS, format_us), ("ratios, > 1 = faster", RATIO_HEADERS, str)):
+        keys = [k for k in headers if any(k in row for row in summary)]
+        rows = [case_cells(row) + [cell(row.get(key, "")) for key in keys] for row in summary]
+        columns = [*CASE_HEADERS, *(headers[k] for k in keys)]
+        tables.append(fitted_table(f"{title}: {kind}", columns, rows, width, left=("layer", "cache")))
+    return tables
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    hot = [r for r in rows if r["cache"] == "hot" and r["threads"] == threads]
-    shapes = list(dict.fromkeys((r["in_features"], r["out_features"]) for r in hot))
+def plot(rows: Sequence[Row], path: Path, threads: int, shape: tuple[int, int], statistic: str = "median") -> Path:
+    """Time vs sparsity per method for one layer ``shape`` at ``threads``, one panel per batch size.
+
+    The paper's Figure 11 style, log y; only hot-cache rows; 2:4 layers are single markers at 50 %.
+    Sized to stay legible in a documentation column about 700 px wide.
+    """
+    from matplotlib.figure import Figure  # the Agg canvas, no display or pyplot state needed
+
+    hot = [
+        r for r in rows
+        if r["cache"] == "hot" and r["threads"] == threads and (r["in_features"], r["out_features"]) == shape
+    ]
     batches = sorted({r["batch"] for r in hot})
-    fig, axes = plt.subplots(
-        len(shapes), len(batches), figsize=(4 * len(batches), 3.2 * len(shapes)), squeeze=False, sharex=True
-    )
-    for i, shape in enumerate(shapes):
-        for j, batch in enumerate(batches):
-            panel = [r for r in hot if (r["in_features"], r["out_features"]) == shape and r["batch"] == batch]
-            _panel(axes[i][j], panel, "time_us" if statistic == "median" else "min_us")
-            axes[i][j].set_title(f"{shape[0]}→{shape[1]}, batch {batch}, {threads} thread(s)", fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    fig.supxlabel("sparsity")
-    fig.supylabel(f"time per call (µs, {statistic}, log)")
-    fig.tight_layout()
+    figure = Figure(figsize=(3.4 * len(batches) + 2.2, 3.6), layout="constrained")
+    axes = figure.subplots(1, len(batches), squeeze=False)[0]
+    column = "time_us" if statistic == "median" else "min_us"
+    for ax, batch in zip(axes, batches):
+        _panel(ax, [r for r in hot if r["batch"] == batch], column)
+        ax.set_title(f"batch {batch}", fontsize=12)
+        ax.set_xlabel("sparsity", fontsize=11)
+        ax.tick_params(labelsize=10)
+    axes[0].set_ylabel(f"µs per call ({statistic}, log)", fontsize=11)
+    figure.suptitle(f"{shape[0]}→{shape[1]} layer, {threads} thread{'s' if threads > 1 else ''}", fontsize=13)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figure.savefig(path, dpi=100)
     return path
 
 
+def plot_paths(rows: Sequence[Row], output_dir: Path, name: str) -> dict[tuple[int, tuple[int, int]], Path]:
+    """``(threads, (in, out)) -> <output_dir>/<name>_t<threads>_<in>x<out>.png`` for the hot-cache cases."""
+    hot = [r for r in rows if r["cache"] == "hot"]
+    timed = {(r["threads"], (r["in_features"], r["out_features"])) for r in hot}
+    shapes = dict.fromkeys((r["in_features"], r["out_features"]) for r in hot)
+    return {
+        (threads, shape): output_dir / f"{name}_t{threads}_{shape[0]}x{shape[1]}.png"
+        for threads in sorted({r["threads"] for r in hot})
+        for shape in shapes
+        if (threads, shape) in timed
+    }
+
+
 def _panel(ax: Any, rows: Sequence[Row], column: str) -> None:
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    """One method per colour: a line over the constant fan-in sparsities, a square for its 2:4 layer."""
+    series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
-        label = r["method"] if r["structure"] == "srigl" else f"{r['method']} (2:4)"
-        series[label].append((r["sparsity"], r[column]))
-    for label, points in series.items():
+        series[(r["method"], r["structure"])].append((r["sparsity"], r[column]))
+    methods = list(dict.fromkeys(method for method, _ in series))
+    for (method, structure), points in series.items():
         points.sort()
-        style = "s" if "(2:4)" in label else "o-"
-        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=4)
+        color = f"C{methods.index(method) % 10}"
+        if structure == "2:4":
+            ax.plot([p[0] for p in points], [p[1] for p in points], "s", color=color, markersize=6, mfc="none")
+        else:
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=color, label=method, markersize=4)
+    if any(structure == "2:4" for _, structure in series):
+        ax.plot([], [], "s", color="grey", mfc="none", label="2:4 layer (50 %)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
 
@@ -150,26 +203,26 @@ def _panel(ax: Any, rows: Sequence[Row], column: str) -> None:
 def write_outputs(
     rows: Sequence[Row], output_dir: Path, name: str, statistic: str = "median", console: Console | None = None
 ) -> dict[str, Path]:
-    """Write ``<name>.csv`` (raw), ``<name>_summary.csv``, ``<name>_t<threads>.png``; print the table."""
+    """Write ``<name>.csv`` (raw), ``<name>_summary.csv`` and one plot per thread count and layer
+    (``<name>_t<threads>_<in>x<out>.png``); print the tables (sized to the terminal)."""
     summary = summarize(rows, statistic)
     outputs = {
         "raw_csv": write_csv(rows, output_dir / f"{name}.csv"),
         "summary_csv": write_csv(summary, output_dir / f"{name}_summary.csv"),
     }
-    for threads in sorted({r["threads"] for r in rows}):
-        outputs[f"plot_t{threads}"] = plot(rows, output_dir / f"{name}_t{threads}.png", threads, statistic)
-    title = f"{name} ({statistic} µs per call; ratios ×, > 1 = faster)"
-    (console or Console(width=180)).print(summary_table(summary, title=title))
+    for (threads, shape), path in plot_paths(rows, output_dir, name).items():
+        outputs[path.stem.removeprefix(f"{name}_")] = plot(rows, path, threads, shape, statistic)
+    console = console or terminal_console()
+    for table in summary_tables(summary, f"{name} ({statistic})", console.width):
+        console.print(table)
     return outputs
 
 
 def markdown_table(summary: Sequence[Row]) -> str:
-    """The :func:`summary_table` columns as a GitHub-flavoured markdown table (for ``docs/``)."""
-    headers = ["layer", "sparsity", "batch", "threads", "cache", *TABLE_COLUMNS.values()]
+    """Every case with its times and ratios as one GitHub-flavoured markdown table (for ``docs/``)."""
+    headers = [*CASE_HEADERS, *TABLE_COLUMNS.values()]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in summary:
-        layer = f"{row['in_features']}→{row['out_features']}" + (" 2:4" if row["structure"] == "2:4" else "")
-        cells = [layer, f"{row['sparsity']:.2f}", str(row["batch"]), str(row["threads"]), row["cache"]]
-        cells += [str(row.get(key, "")) for key in TABLE_COLUMNS]
+        cells = case_cells(row) + [str(row.get(key, "")) for key in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -24,6 +24,7 @@ from lightning_srigl.condensed.accelerate import (
     swap_layers,
 )
 from lightning_srigl.condensed.acceleration_report import CANDIDATES, AccelerationReport
+from lightning_srigl.logs import rank_zero_info
 
 REPORT_FILENAME = "acceleration.csv"
 
@@ -112,10 +113,10 @@ class AccelerateCallback(Callback):
     def _fold_and_swap(
         self, pl_module: pl.LightningModule, inputs: dict[str, Tensor] | None, trainer: pl.Trainer | None = None
     ) -> None:
-        """Fold, then plan (when ``inputs`` are given, else reuse :attr:`report`) and swap.
+        """Fold, then plan (when ``inputs`` are given, else reuse ``report``) and swap.
 
         Keeps shape-only copies of every module it changes, to undo the swap before loading a
-        checkpoint written during fit (:meth:`_restore_before_load`).
+        checkpoint written during fit (``_restore_before_load``).
         """
         touched = fold_in_place(pl_module) if self.fold else []
         if inputs is not None:
@@ -165,15 +166,15 @@ class AccelerateCallback(Callback):
             self._fold_and_swap(pl_module, inputs=None)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """See :meth:`_reaccelerate`."""
+        """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """See :meth:`_reaccelerate`."""
+        """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """See :meth:`_reaccelerate`."""
+        """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)
 
 

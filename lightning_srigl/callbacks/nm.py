@@ -30,10 +30,10 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_srigl.callbacks.base import DynamicSparsityCallback
+from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask, sr_ste_refine_term
 from lightning_srigl.sparsity.transposable import check_transposable_nm, is_transposable_nm, transposable_nm_mask

@@ -2,14 +2,14 @@
 
 ``accelerate(model, example_input)`` does three steps, also usable one by one:
 
-1. :func:`capture_layer_inputs` runs ``model(example_input)`` once with forward hooks and keeps the
+1. ``capture_layer_inputs`` runs ``model(example_input)`` once with forward hooks and keeps the
    real input of every sparse ``Linear`` (so kernels are timed at the user's batch size and shapes);
-2. :func:`plan_acceleration` builds every exact candidate (dense, condensed, CSR, 2:4
+2. ``plan_acceleration`` builds every exact candidate (dense, condensed, CSR, 2:4
    semi-structured), checks it against the masked dense layer, times it and picks the fastest;
-3. :func:`swap_layers` swaps the chosen layers in (mask buffers leave with the old modules).
+3. ``swap_layers`` swaps the chosen layers in (mask buffers leave with the old modules).
 
-Before step 2, :func:`fold_in_place` folds ablated neurons into the next layer where that is exact
-(:mod:`lightning_srigl.condensed.fold`).
+Before step 2, ``fold_in_place`` folds ablated neurons into the next layer where that is exact
+(``lightning_srigl.condensed.fold``).
 
 A sparse ``Linear`` is one with a ``weight_mask`` buffer (what the training callbacks install) or,
 without one, a weight whose non-zero rows all share one fan-in.
@@ -70,7 +70,7 @@ def layer_mask(linear: nn.Linear) -> Tensor | None:
 
 
 def find_sparse_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Fully-qualified name -> every sparse ``nn.Linear`` of ``model`` (see :func:`layer_mask`)."""
+    """Fully-qualified name -> every sparse ``nn.Linear`` of ``model`` (see ``layer_mask``)."""
     return {
         name: module
         for name, module in model.named_modules()
@@ -233,7 +233,7 @@ def _layer_row(
 
 
 def fold_in_place(model: nn.Module) -> list[str]:
-    """Fold ablated neurons into the next layer where exact (:func:`fold.fold_ablated_neurons`).
+    """Fold ablated neurons into the next layer where exact (``fold.fold_ablated_neurons``).
 
     Runs in eval mode (dropout on a folding path must be off). Returns the names of the modules it
     changed; a model whose ``forward`` ``torch.fx`` cannot trace is left as is, with a warning.
@@ -278,7 +278,7 @@ def swap_layers(model: nn.Module, report: AccelerationReport) -> None:
 
 
 def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
-    """Put modules back by name (e.g. the :func:`snapshot_modules` copies, after ``to_empty``)."""
+    """Put modules back by name (e.g. the ``snapshot_modules`` copies, after ``to_empty``)."""
     for name, module in originals.items():
         _set_submodule(model, name, module)
 
@@ -303,7 +303,7 @@ def accelerate(
     """Replace every sparse ``Linear`` of ``model`` by its fastest exact inference layer, in place.
 
     Args:
-        model: any ``nn.Module``; sparse layers are found with :func:`find_sparse_linears`.
+        model: any ``nn.Module``; sparse layers are found with ``find_sparse_linears``.
         example_input: one real batch for ``model(example_input)`` (a tuple is unpacked); every
             layer is timed on the input it receives from this batch.
         candidates: kernels to try; ``"dense"`` is always needed as the reference.

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CSRLinear"]
+__all__ = ["CSRLinear", "to_csr"]
+
+# torch warns once per process that CSR support is "in beta"; this layer uses it on purpose.
+CSR_BETA_WARNING = "Sparse CSR tensor support is in beta state"
+
+
+def to_csr(weight: Tensor) -> Tensor:
+    """``weight (out, in)`` as a torch sparse CSR tensor, without torch's CSR beta warning.
+
+    The warning filter applies to this call only (no global filter); torch itself raises the warning at
+    most once per process.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CSR_BETA_WARNING, category=UserWarning)
+        return weight.to_sparse_csr()
 
 
 class CSRLinear(nn.Module):
@@ -29,7 +45,7 @@ class CSRLinear(nn.Module):
         weight = linear.weight.detach()
         weight = weight * mask if mask is not None else weight
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(weight.to_sparse_csr(), bias)
+        return cls(to_csr(weight), bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., in) -> (..., out)``."""

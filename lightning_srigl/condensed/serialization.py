@@ -2,7 +2,7 @@
 
 Two formats, both one ``torch.save`` file loaded with ``weights_only=True`` (no arbitrary pickles):
 
-* ``"spec"`` — for models built only from standard ``torch.nn`` modules and :class:`CondensedLinear`
+* ``"spec"`` — for models built only from standard ``torch.nn`` modules and [`CondensedLinear`][lightning_srigl.condensed.linear.CondensedLinear]
   (``nn.Sequential`` MLPs, ...): an architecture tree (module type + constructor arguments read back
   from the module) plus the state dict. Loading rebuilds the modules and assigns the tensors.
 * ``"exported"`` — for any other model (custom ``forward`` code): pass ``example_input`` and the
@@ -99,7 +99,7 @@ def _empty_condensed(args: dict[str, Any]) -> CondensedLinear:
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild the module tree described by :func:`module_spec` (tensors uninitialised)."""
+    """Rebuild the module tree described by ``module_spec`` (tensors uninitialised)."""
     module_path, _, name = spec["type"].rpartition(".")
     if not (module_path.startswith("torch.nn.modules") or module_path.startswith("lightning_srigl.condensed")):
         raise ValueError(f"refusing to build {spec['type']!r}: only torch.nn and lightning_srigl modules are allowed")
@@ -111,10 +111,10 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 def save_condensed(model: nn.Module, path: str | Path, example_input: Tensor | tuple[Tensor, ...] | None = None) -> str:
-    """Save ``model`` so :func:`load_condensed` can rebuild it without the training code.
+    """Save ``model`` so [`load_condensed`][lightning_srigl.condensed.serialization.load_condensed] can rebuild it without the training code.
 
     Args:
-        model: a model (typically with :class:`CondensedLinear` layers).
+        model: a model (typically with [`CondensedLinear`][lightning_srigl.condensed.linear.CondensedLinear] layers).
         path: destination file.
         example_input: needed only for models with custom modules; they are captured with
             ``torch.export`` on this input (one tensor or a tuple of positional tensors).
@@ -139,7 +139,7 @@ def save_condensed(model: nn.Module, path: str | Path, example_input: Tensor | t
 
 
 def load_condensed(path: str | Path, map_location: str | torch.device | None = "cpu") -> nn.Module:
-    """Load a model saved by :func:`save_condensed` (safe ``weights_only`` load), in eval mode."""
+    """Load a model saved by [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed] (safe ``weights_only`` load), in eval mode."""
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} was not written by lightning_srigl.condensed.save_condensed")

@@ -61,7 +61,7 @@ class MaskedParameters:
     """The masks of a set of sparse parameters, stored as buffers on their modules.
 
     Args:
-        params: the sparse parameters, e.g. from :func:`select_parameters`.
+        params: the sparse parameters, e.g. from ``select_parameters``.
     """
 
     def __init__(self, params: Sequence[SparseParameter]) -> None:
