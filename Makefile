@@ -11,11 +11,11 @@ DEMO_ARGS ?=
 
 .PHONY: demo test docs benchmark overhead clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,docs,examples,kernels]"
+	$(BIN)/pip install -q torch==2.13.0 "setuptools>=77" wheel ninja
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev,docs,examples,kernels]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -12,6 +12,8 @@ from lightning_srigl.benchmark import BenchmarkModule, SweepConfig, run_benchmar
 from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
 from lightning_srigl.benchmark.report import summarize
 from lightning_srigl.benchmark.timing import cold_copies, hot_times
+from lightning_srigl.condensed.cpu_isa import cpu_model, host_variants
+from lightning_srigl.condensed.cpu_kernel import load_extension
 from lightning_srigl.sparsity.nm import is_nm
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "benchmark_smoke.yaml"
@@ -123,9 +125,11 @@ def test_smoke_sweep_runs_through_trainer_test_and_writes_outputs(tmp_path: Path
     assert isinstance(module, BenchmarkModule)
     config = SweepConfig.from_yaml(SMOKE)
     assert len(module.results) == sum(len(case["methods"]) for case in config.cases())
+    variant = load_extension().variant
     for row in module.results:
         assert row["time_us"] > 0
         assert row["max_abs_err"] < (0.1 if row["method"].endswith("bf16") else 1e-4), row
+        assert row["cpu_model"] == cpu_model() and row["kernel_variant"] == variant, row
     with module.outputs["summary_csv"].open() as handle:
         summary = list(csv.DictReader(handle))
     assert {row["cache"] for row in summary} == {"hot", "cold"}
@@ -133,3 +137,22 @@ def test_smoke_sweep_runs_through_trainer_test_and_writes_outputs(tmp_path: Path
     assert all(float(row["cond_vs_dense"]) > 0 for row in summary)
     assert module.outputs["t1_64x32"] == tmp_path / "benchmark_smoke_t1_64x32.png"  # one plot per threads × layer
     assert module.outputs["t1_64x32"].stat().st_size > 10_000
+    assert module.outputs["plot_t1"].stat().st_size > 10_000
+
+
+def test_emulated_sweep_limits_dense_and_condensed_kernels_alike(tmp_path: Path) -> None:
+    """``cpu_isa: avx2`` runs in a subprocess where MKL, oneDNN, ATen and the condensed kernel are AVX2."""
+    if "avx2" not in host_variants():
+        pytest.skip("this CPU cannot run AVX2 kernels")
+    module = run_benchmark(
+        SMOKE, output_dir=str(tmp_path), cpu_isa="avx2", sparsities=[0.9], batch_sizes=[1], nm_methods=[], cold_sparsities=[]
+    )
+    assert module.results and module.outputs["raw_csv"].exists()
+    for row in module.results:
+        assert row["kernel_variant"] == "avx2" and row["aten_capability"] == "AVX2", row
+        assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in row["isa_limits"] and "ONEDNN_MAX_CPU_ISA=AVX2" in row["isa_limits"]
+
+
+def test_unknown_emulated_isa_is_rejected() -> None:
+    with pytest.raises(ValueError, match="cpu_isa must be one of"):
+        SweepConfig(cpu_isa="avx9000")

@@ -41,7 +41,7 @@ def kernels(row: Row) -> str:
     if row.report is None:
         return "dense (not sparse)"
     counts = Counter(layer.chosen for layer in row.report.rows)
-    return ", ".join(f"{n} {SHORT_NAMES[kernel]}" for kernel, n in counts.most_common())
+    return ", ".join(f"{n} {SHORT_NAMES.get(kernel, kernel)}" for kernel, n in counts.most_common())
 
 
 def accuracy_records(rows: list[Row]) -> list[dict[str, str]]:

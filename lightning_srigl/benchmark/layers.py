@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.accelerate import make_candidate
+from lightning_srigl.condensed.registry import CANDIDATES, build_candidate
 from lightning_srigl.sparsity.nm import nm_mask
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -88,10 +88,10 @@ def make_masked_linear(spec: SparseLayerSpec, seed: int = 0) -> tuple[nn.Linear,
 def parse_method(method: str) -> tuple[str, torch.dtype]:
     """``"condensed_bf16" -> ("condensed", torch.bfloat16)``; raises ``ValueError`` on unknown names."""
     kernel, _, dtype = method.rpartition("_")
-    if kernel not in ("dense", "csr", "condensed", "semi_structured") or dtype not in DTYPES:
+    if kernel not in CANDIDATES or dtype not in DTYPES:
         raise ValueError(
-            f"Unknown method {method!r}: use '<kernel>_<dtype>' with kernel in dense/csr/condensed/"
-            f"semi_structured and dtype in {sorted(DTYPES)}, e.g. 'condensed_fp32'."
+            f"Unknown method {method!r}: use '<kernel>_<dtype>' with kernel in {'/'.join(CANDIDATES)} "
+            f"and dtype in {sorted(DTYPES)}, e.g. 'condensed_fp32'."
         )
     return kernel, DTYPES[dtype]
 
@@ -102,7 +102,7 @@ def build_method(method: str, linear: nn.Linear, mask: Tensor, device: torch.dev
     source = nn.Linear(linear.in_features, linear.out_features).requires_grad_(False)
     source.load_state_dict(linear.state_dict())
     source = source.to(device=device, dtype=dtype)
-    return make_candidate(kernel, source, mask.to(device)).eval()
+    return build_candidate(kernel, source, mask.to(device)).eval()
 
 
 def weight_bytes(module: nn.Module) -> int:

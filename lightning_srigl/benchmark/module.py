@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch.callbacks import RichProgressBar
 from torch import Tensor, nn
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
-from lightning_srigl.benchmark.report import write_outputs
+from lightning_srigl.benchmark.machine import emulation_env, is_emulating, machine_fields
+from lightning_srigl.benchmark.report import read_csv, write_outputs
 from lightning_srigl.benchmark.sweep import Case, SweepConfig, case_spec
 from lightning_srigl.benchmark.timing import Timing, cold_copies, cold_time, hot_times
 from lightning_srigl.logs import quiet
@@ -79,8 +84,10 @@ class BenchmarkModule(pl.LightningModule):
         else:  # interleaved rounds: every method sees the same machine
             calls = {m: functools.partial(module, inputs[m]) for m, module in modules.items()}
             timings = hot_times(calls, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
+        machine = machine_fields()
         for method, module in modules.items():
-            self.results.append(_row(case, spec, method, timings[method], weight_bytes(module), errors[method]))
+            row = _row(case, spec, method, timings[method], weight_bytes(module), errors[method])
+            self.results.append({**row, **machine})
 
     def _masked_layer(self, spec: SparseLayerSpec) -> tuple[nn.Linear, Tensor]:
         """Build (once per consecutive run of cases) the random masked layer of ``spec``."""
@@ -149,6 +156,8 @@ def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: A
         sweep = SweepConfig(**overrides)
     else:
         sweep = SweepConfig.from_yaml(config, **overrides)
+    if sweep.cpu_isa is not None and not is_emulating(sweep.cpu_isa):
+        return _run_emulated(sweep)
     module = BenchmarkModule(sweep)
     accelerator = "gpu" if torch.device(sweep.device).type == "cuda" else "cpu"
     # no_grad rather than inference_mode: layers built from inference tensors cannot cache the
@@ -164,4 +173,21 @@ def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: A
             inference_mode=False,
         )
         trainer.test(module, verbose=False)
+    return module
+
+
+def _run_emulated(sweep: SweepConfig) -> BenchmarkModule:
+    """Run ``sweep`` in a subprocess whose kernels are all limited to ``sweep.cpu_isa`` (the limits must
+    be set before torch loads); its rows are read back from the CSV it writes."""
+    with tempfile.TemporaryDirectory() as scratch:
+        output_dir = sweep.output_dir or scratch
+        config = Path(scratch) / "sweep.yaml"
+        config.write_text(yaml.safe_dump({**sweep.to_dict(), "output_dir": output_dir}))
+        env = {**os.environ, **emulation_env(sweep.cpu_isa)}
+        code = "import sys; from lightning_srigl.benchmark import run_benchmark; run_benchmark(sys.argv[1])"
+        subprocess.run([sys.executable, "-c", code, str(config)], env=env, check=True)
+        module = BenchmarkModule(sweep)
+        module.results = read_csv(Path(output_dir) / f"{sweep.name}.csv")
+    if sweep.output_dir is not None:
+        module.outputs = {"raw_csv": Path(sweep.output_dir) / f"{sweep.name}.csv"}
     return module

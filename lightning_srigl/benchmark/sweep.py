@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, parse_method
+from lightning_srigl.benchmark.machine import emulation_env
 
 Case = dict[str, Any]
 """One timed configuration: a layer spec's fields plus ``batch``, ``threads``, ``cache``, ``methods``."""
@@ -24,7 +25,9 @@ class SweepConfig:
     cold_batch_sizes × threads``, timing ``cold_methods`` while cycling through enough copies of
     the layer to exceed ``cold_bytes``. Ratios in the summary use ``statistic`` of each method's
     samples: ``"median"``, or ``"min"`` on a machine shared with other work (preempted samples only
-    ever make a call look slower).
+    ever make a call look slower). ``cpu_isa`` (``"avx2"``, ``"avx512"``, ``"scalar"``) emulates a CPU
+    with only that instruction set: dense and condensed kernels are limited alike, in a subprocess
+    (``lightning_srigl.benchmark.machine``).
 
     Attributes:
         shapes: layers as ``[in_features, out_features]`` pairs.
@@ -44,12 +47,15 @@ class SweepConfig:
         device: where to time, e.g. ``"cpu"`` or ``"cuda"``.
         seed: seed of the random weights, masks and inputs.
         output_dir: folder for the CSVs and plots (``null``: write nothing).
-        name: stem of the output files, ``<name>.csv``, ``<name>_summary.csv``, ``<name>_t<threads>.png``.
+        name: stem of the output files, ``<name>.csv``, ``<name>_summary.csv`` and the plots
+            ``<name>_t<threads>_<in>x<out>.png``.
+        cpu_isa: ``"avx2"``, ``"avx512"`` or ``"scalar"`` to emulate a CPU with only that instruction
+            set (``null``: this CPU as it is).
     """
 
     shapes: list[list[int]] = field(default_factory=lambda: [[768, 3072], [3072, 768], [4096, 4096]])
     sparsities: list[float] = field(default_factory=lambda: [0.8, 0.9, 0.95, 0.99])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 256])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 197, 256])
     threads: list[int] = field(default_factory=lambda: [1, 2])
     ablation: float = 0.0
     methods: list[str] = field(
@@ -66,10 +72,13 @@ class SweepConfig:
     seed: int = 0
     output_dir: str | None = "benchmark_results"
     name: str = "benchmark"
+    cpu_isa: str | None = None
 
     def __post_init__(self) -> None:
         for method in [*self.methods, *self.nm_methods, *self.cold_methods]:
             parse_method(method)
+        if self.cpu_isa is not None:
+            emulation_env(self.cpu_isa)  # raises on an unknown instruction set
         if self.statistic not in ("median", "min"):
             raise ValueError(f"statistic is 'median' or 'min' (of the timed samples), got {self.statistic!r}.")
         if "dense_fp32" not in self.methods:

@@ -1,11 +1,10 @@
-"""``AccelerateCallback``: at the end of ``fit``, swap each sparse ``Linear`` for its fastest exact kernel."""
+"""``AccelerateCallback``: at the end of ``fit``, swap each sparse layer for its fastest exact kernel."""
 
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -13,18 +12,25 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
+from lightning_srigl.callbacks.arguments import as_integer, check_flag
+from lightning_srigl.callbacks.glue import check_trainable, log_metrics, run_folder
 from lightning_srigl.condensed.accelerate import (
-    find_sparse_linears,
+    AccelerationPlan,
+    check_candidates,
     fit_inputs_to_layers,
     fold_in_place,
     plan_acceleration,
+    rebuild_plan,
     restore_modules,
     snapshot_modules,
     swap_layers,
 )
-from lightning_srigl.condensed.acceleration_report import CANDIDATES, AccelerationReport
+from lightning_srigl.condensed.acceleration_report import AccelerationReport
+from lightning_srigl.condensed.registry import CANDIDATES, sparse_kind, sparse_layers
 from lightning_srigl.logs import rank_zero_info
+from lightning_srigl.masking import masked_weights, qualified_name
 
 REPORT_FILENAME = "acceleration.csv"
 
@@ -32,11 +38,14 @@ REPORT_FILENAME = "acceleration.csv"
 class AccelerateCallback(Callback):
     """Make the trained sparse model fast at inference, in place, when ``trainer.fit`` ends.
 
-    During fit it keeps (by reference, no copy) the latest input of every ``Linear``. At
-    ``on_fit_end`` rank 0 times the exact candidates on those real inputs, every rank applies the
-    same choice (broadcast), and the report is printed, logged (``log_metrics``/``log_hyperparams``)
-    and saved as ``acceleration.csv`` in ``trainer.log_dir``. Afterwards ``trainer.test()``,
-    ``trainer.predict()`` and ``trainer.validate()`` run the accelerated model.
+    During fit it keeps (by reference, no copy) the latest input of every layer of an accelerable
+    kind (``nn.Linear``; :mod:`lightning_srigl.condensed.registry`). At ``on_fit_end`` rank 0 times
+    the exact candidates of the masked ones on those real inputs and installs the modules it timed;
+    the other ranks build the same choice (broadcast). The report is printed, logged
+    (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
+    (else ``trainer.default_root_dir``) on rank 0. Afterwards ``trainer.test()``, ``trainer.predict()``
+    and ``trainer.validate()`` run the accelerated model; a later ``trainer.fit()`` on it is refused
+    (its sparse layers are gone), before any weight changes.
 
     Checkpoints written during fit hold the dense weights and masks. ``trainer.test(ckpt_path=...)``
     (e.g. ``"best"``) after the swap works: a ``load_state_dict`` pre-hook puts the dense (masked)
@@ -50,7 +59,8 @@ class AccelerateCallback(Callback):
         candidates: kernels to try (``"dense"`` is required: it is the reference).
         fold: fold ablated neurons into the following layer where exact.
         verbose: print the report table on rank 0.
-        warmup, repeats: calls before timing and timed calls (median) per candidate.
+        warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
+            (interleaved rounds, fastest sample; see :func:`lightning_srigl.condensed.accelerate.accelerate`).
     """
 
     def __init__(
@@ -62,14 +72,14 @@ class AccelerateCallback(Callback):
         warmup: int = 3,
         repeats: int = 10,
     ) -> None:
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size}.")
+        if batch_size is not None:
+            batch_size = as_integer(batch_size, "batch_size", 1, "or None to time at the training batch size")
         self.batch_size = batch_size
-        self.candidates = tuple(candidates)
-        self.fold = fold
-        self.verbose = verbose
-        self.warmup = warmup
-        self.repeats = repeats
+        self.candidates = check_candidates(candidates)
+        self.fold = check_flag(fold, "fold")
+        self.verbose = check_flag(verbose, "verbose")
+        self.warmup = as_integer(warmup, "warmup", 0)
+        self.repeats = as_integer(repeats, "repeats", 1)
         self.report: AccelerationReport | None = None
         self._inputs: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
@@ -78,12 +88,19 @@ class AccelerateCallback(Callback):
         self._reapply = False
         self._load_hook: RemovableHandle | None = None
 
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse to ``fit`` a model that was already accelerated (before any weight changes)."""
+        if stage == "fit":
+            check_trainable(pl_module, type(self).__name__)
+
     # -- capture ---------------------------------------------------------------------------------
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Start keeping the latest input of every ``nn.Linear`` (which are sparse is decided at fit end,
-        so masks installed by callbacks that run after this one count too)."""
+        """Start keeping the latest input of every accelerable layer (which are sparse is decided at fit
+        end, so masks installed by callbacks that run after this one count too)."""
         for name, layer in pl_module.named_modules():
-            if type(layer) is nn.Linear:
+            if sparse_kind(layer) is not None:
                 self._handles.append(layer.register_forward_pre_hook(self._recorder(name)))
 
     def _recorder(self, name: str):  # noqa: ANN202 - a forward pre-hook
@@ -94,16 +111,17 @@ class AccelerateCallback(Callback):
         return record
 
     # -- swap ------------------------------------------------------------------------------------
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fold on every rank, time candidates on rank 0, broadcast the choice, swap on every rank."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        sparse = find_sparse_linears(pl_module)
+        sparse = sparse_layers(pl_module)
         inputs = {name: _resize_batch(x, self.batch_size) for name, x in self._inputs.items() if name in sparse}
         self._inputs.clear()
         if not inputs:
-            rank_zero_warn("AccelerateCallback: no sparse nn.Linear ran during fit; nothing was accelerated.")
+            rank_zero_warn("AccelerateCallback: no sparse layer ran during fit; nothing was accelerated.")
             return
         self._snapshot = snapshot_modules(pl_module, _foldable_modules(pl_module))
         self._fold_and_swap(pl_module, inputs if trainer.is_global_zero else None, trainer)
@@ -119,10 +137,11 @@ class AccelerateCallback(Callback):
         checkpoint written during fit (``_restore_before_load``).
         """
         touched = fold_in_place(pl_module) if self.fold else []
+        plan: AccelerationPlan | None = None
         if inputs is not None:
             was_training = pl_module.training
             pl_module.eval()
-            self.report = plan_acceleration(
+            plan = plan_acceleration(
                 pl_module,
                 fit_inputs_to_layers(pl_module, inputs),
                 candidates=self.candidates,
@@ -130,29 +149,37 @@ class AccelerateCallback(Callback):
                 repeats=self.repeats,
             )
             pl_module.train(was_training)
+            self.report = plan.report
         if trainer is not None:
             self.report = trainer.strategy.broadcast(self.report, src=0)
+        if plan is None:  # the ranks that did not time, and re-acceleration after a checkpoint load
+            plan = rebuild_plan(pl_module, self.report)
         names = list(dict.fromkeys([*touched, *(row.name for row in self.report.rows)]))
         self._originals = {name: self._snapshot[name] for name in names}
-        swap_layers(pl_module, self.report)
+        swap_layers(pl_module, plan)
         if self._load_hook is None:
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._restore_before_load)
 
     def _publish(self, trainer: pl.Trainer, report: AccelerationReport) -> None:
+        """Rank 0 only: print, log and save the report (nothing here is a collective)."""
         if self.verbose:
             report.print()
+        log_metrics(trainer, report.metrics(), trainer.global_step)
         for logger in trainer.loggers:
-            logger.log_metrics(report.metrics(), step=trainer.global_step)
             logger.log_hyperparams({f"accelerate/{row.name}/kernel": row.chosen for row in report.rows})
-        if trainer.log_dir is not None:
-            path = report.to_csv(Path(trainer.log_dir) / REPORT_FILENAME)
-            rank_zero_info(f"AccelerateCallback: report saved to {path}")
+        path = report.to_csv(run_folder(trainer) / REPORT_FILENAME)
+        rank_zero_info(f"AccelerateCallback: report saved to {path}")
 
     # -- checkpoints after the swap ------------------------------------------------------------------
     def _restore_before_load(self, module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
         """``load_state_dict`` pre-hook on the LightningModule: a state dict written before the swap
-        (it has the ``weight_mask`` of a swapped layer) gets the dense modules back to load into."""
-        if not self._originals or not any(f"{prefix}{row.name}.weight_mask" in state_dict for row in self.report.rows):
+        (it has the mask of a swapped layer) gets the dense modules back to load into."""
+        mask_keys = {
+            prefix + qualified_name(name, masked.mask_key)
+            for name, original in self._originals.items()
+            for masked in masked_weights(original)
+        }
+        if not mask_keys & state_dict.keys():
             return
         device = next(module.parameters(), torch.empty(0)).device
         restore_modules(module, {n: copy.deepcopy(m).to_empty(device=device) for n, m in self._originals.items()})
@@ -165,14 +192,17 @@ class AccelerateCallback(Callback):
             self._reapply = False
             self._fold_and_swap(pl_module, inputs=None)
 
+    @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)
 
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)
 
+    @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)

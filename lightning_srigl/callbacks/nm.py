@@ -29,10 +29,11 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
+from typing_extensions import override
 
-from lightning_srigl.callbacks.base import DynamicSparsityCallback
+from lightning_srigl.callbacks.arguments import as_integer, as_real, check_choice, check_flag, check_patterns
+from lightning_srigl.callbacks.glue import SparsityCallback, log_metrics
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask, sr_ste_refine_term
@@ -41,7 +42,7 @@ from lightning_srigl.sparsity.transposable import check_transposable_nm, is_tran
 Transposable = Literal["greedy", "exact"]
 
 
-class NMSparsityCallback(Callback):
+class NMSparsityCallback(SparsityCallback):
     """SR-STE N:M sparse training; at the end of fit every selected weight is exactly N:M.
 
     Args:
@@ -60,7 +61,10 @@ class NMSparsityCallback(Callback):
 
     Layers whose input (or, for transposable masks, output) dimension is not divisible by ``m`` stay
     dense with a logged message, unless an ``include`` pattern names them: then ``setup`` raises.
+    Frozen layers (``requires_grad=False``) stay dense with a warning.
     """
+
+    mask_defining = frozenset({"n", "m", "transposable", "include", "exclude", "keep_first_dense", "keep_last_dense"})
 
     def __init__(
         self,
@@ -75,21 +79,20 @@ class NMSparsityCallback(Callback):
         keep_last_dense: bool = True,
         log_every_n_steps: int = 50,
     ) -> None:
+        super().__init__()
+        n, m = as_integer(n, "n", 1), as_integer(m, "m", 2)
         check_nm((m, m), n, m)
-        if transposable not in (None, "greedy", "exact"):
-            raise ValueError(f"transposable must be None, 'greedy' or 'exact', got {transposable!r}.")
-        if lambda_w < 0:
+        self.n, self.m = n, m
+        self.lambda_w = as_real(lambda_w, "lambda_w", "the SR-STE decay of pruned weights, e.g. 2e-4 (0: plain STE)")
+        if self.lambda_w < 0:
             raise ValueError(f"lambda_w must be >= 0, got {lambda_w}.")
-        if mask_interval < 1 or log_every_n_steps < 1:
-            raise ValueError(
-                f"mask_interval and log_every_n_steps must be >= 1, got {mask_interval}, {log_every_n_steps}."
-            )
-        self.n, self.m, self.lambda_w = n, m, lambda_w
-        self.mask_interval, self.transposable = mask_interval, transposable
-        self.include = list(include) if include is not None else None
-        self.exclude = list(exclude)
-        self.keep_first_dense, self.keep_last_dense = keep_first_dense, keep_last_dense
-        self.log_every_n_steps = log_every_n_steps
+        self.mask_interval = as_integer(mask_interval, "mask_interval", 1, "recompute the masks every this many steps")
+        self.log_every_n_steps = as_integer(log_every_n_steps, "log_every_n_steps", 1)
+        self.transposable = check_choice(transposable, "transposable", (None, "greedy", "exact"))
+        self.include = check_patterns(include, "include")
+        self.exclude = check_patterns(exclude, "exclude") or ()
+        self.keep_first_dense = check_flag(keep_first_dense, "keep_first_dense")
+        self.keep_last_dense = check_flag(keep_last_dense, "keep_last_dense")
         self.masked: MaskedParameters | None = None
         self._pruned: dict[str, Tensor] = {}  # fqn -> 1-D values of W at ~mask (row-major order)
         self._dense = False  # True between on_before_optimizer_step and the end of that batch
@@ -116,43 +119,26 @@ class NMSparsityCallback(Callback):
         return self.masked
 
     # -- Lightning hooks --------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    @override
+    def setup_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Select the layers and register their ``<param>_mask`` buffers (before a checkpoint loads)."""
-        if stage != "fit":
-            self._install_placeholders(pl_module)
-            return
-        sparsity_callbacks = (DynamicSparsityCallback, NMSparsityCallback)
-        others = [c for c in trainer.callbacks if isinstance(c, sparsity_callbacks) and c is not self]
-        if others:
-            raise ValueError(f"Use one sparsity callback per Trainer; NMSparsityCallback found {type(others[0]).__name__}.")
         if not pl_module.automatic_optimization:
             raise RuntimeError(
                 "NMSparsityCallback needs automatic optimization (one optimizer step per batch); the "
                 "LightningModule sets automatic_optimization = False."
             )
-        if trainer.strategy.restore_checkpoint_after_setup:
-            raise RuntimeError(
-                f"NMSparsityCallback does not support the {type(trainer.strategy).__name__} strategy "
-                "(sharded parameters); use single-device or DDP training."
-            )
-        self.masked = self._select(pl_module, verbose=True)
-        self.masked.install_({fqn: self._mask_of(self.masked.param(fqn)) for fqn in self.masked.fqns})
-
-    def _select(self, pl_module: pl.LightningModule, verbose: bool) -> MaskedParameters:
         selected, skipped = select_structured_parameters(
             pl_module, self._check_shape, self.include, self.exclude, self.keep_first_dense, self.keep_last_dense
         )
-        for fqn, reason in skipped.items() if verbose else ():
+        for fqn, reason in skipped.items():
             rank_zero_info(f"NMSparsityCallback: {fqn} stays dense ({reason}).")
-        return MaskedParameters(selected)
+        self.masked = MaskedParameters(self.select_trainable(selected))
+        if self.adopt_existing_masks(pl_module, self.masked.fqns):
+            rank_zero_info("NMSparsityCallback: training on with the masks already installed on the model")
+            return
+        self.masked.install_({fqn: self._mask_of(self.masked.param(fqn)) for fqn in self.masked.fqns})
 
-    def _install_placeholders(self, pl_module: pl.LightningModule) -> None:
-        """Outside fit, give the layers mask buffers (if missing) so that a sparse checkpoint loads."""
-        self.masked = self._select(pl_module, verbose=False)
-        if not self.masked.is_installed():
-            ones = {fqn: torch.ones_like(self.masked.param(fqn), dtype=torch.bool) for fqn in self.masked.fqns}
-            self.masked.install_(ones)
-
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Sparsify the weights: set the pruned values aside (or take them from the checkpoint)."""
         masked = self._masks()
@@ -164,6 +150,7 @@ class NMSparsityCallback(Callback):
         self._flips = {fqn: torch.zeros((), dtype=torch.long, device=masked.param(fqn).device) for fqn in masked.fqns}
         self._set_aside_pruned()
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -180,6 +167,7 @@ class NMSparsityCallback(Callback):
                     param.grad.add_(sr_ste_refine_term(param, mask, self.lambda_w))
         self._dense = True
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -192,6 +180,7 @@ class NMSparsityCallback(Callback):
         if trainer.global_step % self.log_every_n_steps == 0:
             self._log_flips(trainer)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Drop the pruned values: from here on the weights are the N:M network, zero outside the masks."""
         masked = self._masks()
@@ -201,33 +190,45 @@ class NMSparsityCallback(Callback):
         self._pruned = {}
         rank_zero_info(f"NMSparsityCallback: {len(masked.fqns)} weights are {self.n}:{self.m} sparse.")
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Leave the model sparse if training stopped between the dense step and the re-masking."""
         if self._dense:
             self._set_aside_pruned()
 
     # -- state --------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    @override
+    def resumable_state(self) -> dict[str, Any]:
         """Pruned values (the dense weights' missing half) and flip counters; masks live in the model."""
         return {
-            "config": self._config(),
             "pruned": {fqn: values.to("cpu", copy=True) for fqn, values in self._pruned.items()},
             "flips": {fqn: count.to("cpu", copy=True) for fqn, count in self._flips.items()},
             "updates_since_log": self._updates_since_log,
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep the checkpoint's state until ``on_fit_start``, when the model's masks are loaded too."""
-        if state_dict["config"] != self._config():
-            raise ValueError(
-                f"NMSparsityCallback pattern {self._config()} differs from the checkpoint's "
-                f"{state_dict['config']}. Resume with the same n, m and transposable, or start a new run "
-                "from the weights without ckpt_path."
-            )
-        self._loaded = state_dict
+    @override
+    def state_defaults(self) -> dict[str, Any]:
+        """Without pruned values (a weights-only or older checkpoint) the pruned weights restart at zero."""
+        return {"pruned": {}, "flips": {}, "updates_since_log": 0}
 
-    def _config(self) -> dict[str, Any]:
-        return {"n": self.n, "m": self.m, "transposable": self.transposable}
+    @override
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Keep the checkpoint's state until ``on_fit_start``, when the model's masks are loaded too."""
+        self._loaded = state
+
+    @override
+    def config(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "m": self.m,
+            "transposable": self.transposable,
+            "include": list(self.include) if self.include is not None else None,
+            "exclude": list(self.exclude),
+            "keep_first_dense": self.keep_first_dense,
+            "keep_last_dense": self.keep_last_dense,
+            "lambda_w": self.lambda_w,
+            "mask_interval": self.mask_interval,
+        }
 
     # -- helpers ------------------------------------------------------------------------------------
     def _is_structured(self, mask: Tensor) -> bool:
@@ -270,9 +271,7 @@ class NMSparsityCallback(Callback):
         metrics = {f"nm/{fqn}/mask_change": float(count) for fqn, count in flips.items()}
         metrics["nm/mask_change"] = float(sum(flips.values()))
         metrics["nm/flip_rate"] = metrics["nm/mask_change"] / (numel * self._updates_since_log)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+        log_metrics(trainer, metrics, trainer.global_step)
         for count in self._flips.values():
             count.zero_()
         self._updates_since_log = 0
@@ -291,7 +290,7 @@ class NMSparsityCallback(Callback):
             if values.numel() != int((~mask).sum()):
                 raise ValueError(f"Checkpoint pruned values of {fqn} do not match its mask; the checkpoint is corrupt.")
             self._pruned[fqn] = values
-            self._flips[fqn] = state["flips"][fqn].to(values.device)
+            self._flips[fqn] = state["flips"].get(fqn, torch.zeros((), dtype=torch.long)).to(values.device)
         self._updates_since_log = state["updates_since_log"]
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lightning_srigl.callbacks.base import DynamicSparsityCallback
 from lightning_srigl.sparsity import random_unstructured_mask, rigl_update
@@ -19,9 +20,11 @@ class RigLCallback(DynamicSparsityCallback):
 
     metric_prefix = "rigl"
 
+    @override
     def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
         return random_unstructured_mask(shape, budget, generator)
 
+    @override
     def layer_update(
         self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:

@@ -8,7 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_srigl.callbacks.base import DynamicSparsityCallback, Distribution, _patterns
+from typing_extensions import override
+
+from lightning_srigl.callbacks.arguments import as_real, check_patterns
+from lightning_srigl.callbacks.base import DynamicSparsityCallback, Distribution
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import check_patterns_match, matches
 from lightning_srigl.sparsity import (
@@ -23,7 +26,12 @@ CONSTANT_FAN_IN = "constant_fan_in"
 
 
 def parse_structure(structure: str) -> tuple[int, int] | None:
-    """``"constant_fan_in"`` -> ``None``; ``"N:M"`` (e.g. ``"2:4"``) -> ``(N, M)``; else ``ValueError``."""
+    """``"constant_fan_in"`` -> ``None``; ``"N:M"`` (e.g. ``"2:4"``) -> ``(N, M)``; else ``ValueError``
+    (``TypeError`` for a non-string)."""
+    if not isinstance(structure, str):
+        raise TypeError(
+            f"structure must be a string, 'constant_fan_in' or an N:M pattern such as '2:4', got {structure!r}"
+        )
     if structure == CONSTANT_FAN_IN:
         return None
     parts = structure.split(":")
@@ -69,11 +77,12 @@ class SRigLCallback(DynamicSparsityCallback):
             before each update.
         seed: seed of the initial masks and re-initialisation (identical on every rank).
         log_every_n_steps: also log topology metrics every this many steps (``None``: at updates).
-        report: at the end of fit, print a per-layer table and save ``active_neurons.png`` in
-            ``trainer.log_dir``.
+        report: at the end of fit, print a per-layer table and save ``active_neurons.png`` in the
+            first logger's folder (else ``trainer.default_root_dir``), on rank 0.
     """
 
     metric_prefix = "srigl"
+    mask_defining = DynamicSparsityCallback.mask_defining | {"structure"}
 
     def __init__(
         self,
@@ -115,17 +124,19 @@ class SRigLCallback(DynamicSparsityCallback):
         self.nm = parse_structure(structure)
         if gamma_sal is None:
             gamma_sal = 0.0 if self.nm else 0.3
-        if not gamma_sal >= 0.0:
+        gamma_sal = as_real(gamma_sal, "gamma_sal", "0 disables ablation; the paper uses 0.3")
+        if gamma_sal < 0.0:
             raise ValueError(f"gamma_sal must be >= 0 (0 disables ablation), got {gamma_sal}; the paper uses 0.3")
         if self.nm and gamma_sal > 0:
             raise ValueError(
                 f"structure={structure!r} keeps exactly N weights in every group, so neurons cannot be "
                 "ablated: set gamma_sal=0 (or leave it unset)"
             )
-        self.gamma_sal = float(gamma_sal)
-        self.no_ablation = _patterns(no_ablation, "no_ablation")
+        self.gamma_sal = gamma_sal
+        self.no_ablation = check_patterns(no_ablation, "no_ablation")
         self.protected: set[str] = set()
 
+    @override
     def config(self) -> dict[str, Any]:
         no_ablation = list(self.no_ablation) if self.no_ablation is not None else None
         return {
@@ -135,6 +146,7 @@ class SRigLCallback(DynamicSparsityCallback):
             "structure": self.structure,
         }
 
+    @override
     def allocate_densities(self, names: list[str], shapes: list[tuple[int, ...]], pinned: list[int]) -> list[float]:
         """Constant fan-in: the configured distribution. N:M: density N/M where M divides the input dim."""
         if self.nm is None:
@@ -148,6 +160,7 @@ class SRigLCallback(DynamicSparsityCallback):
             rank_zero_info(f"{type(self).__name__}: {n}:{m} does not divide the input dim of {misfits}; kept dense")
         return [n / m if ok and i not in pinned else 1.0 for i, ok in enumerate(fits)]
 
+    @override
     def configure_layers(self, fqns: list[str]) -> None:
         """Resolve ``no_ablation``: by default the last sparse layer (the output layer) is protected."""
         if self.no_ablation is None:
@@ -156,11 +169,13 @@ class SRigLCallback(DynamicSparsityCallback):
             check_patterns_match(self.no_ablation, fqns, "no_ablation")
             self.protected = {fqn for fqn in fqns if matches(fqn, self.no_ablation)}
 
+    @override
     def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
         if self.nm is not None:
             return random_nm_mask(shape, *self.nm, generator)
         return random_constant_fan_in_mask(shape, budget, generator)
 
+    @override
     def layer_update(
         self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:

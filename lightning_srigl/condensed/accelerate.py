@@ -1,81 +1,84 @@
-"""Swap each sparse ``nn.Linear`` of a model for the fastest exact inference layer on its device.
+"""Swap each sparse layer of a model for the fastest exact inference layer on its device.
 
-``accelerate(model, example_input)`` does three steps, also usable one by one:
+``accelerate(model, example_input)`` does four steps, also usable one by one:
 
-1. ``capture_layer_inputs`` runs ``model(example_input)`` once with forward hooks and keeps the
-   real input of every sparse ``Linear`` (so kernels are timed at the user's batch size and shapes);
-2. ``plan_acceleration`` builds every exact candidate (dense, condensed, CSR, 2:4
-   semi-structured), checks it against the masked dense layer, times it and picks the fastest;
-3. ``swap_layers`` swaps the chosen layers in (mask buffers leave with the old modules).
+1. :func:`capture_layer_inputs` runs ``model(example_input)`` once with forward hooks and keeps the
+   real input of every sparse layer (so kernels are timed at the user's batch size and shapes);
+2. :func:`fold_in_place` folds ablated neurons into the next layer where that is exact
+   (:mod:`lightning_srigl.condensed.fold`);
+3. :func:`plan_acceleration` builds every candidate of each layer's kind (dense, condensed, CSR, 2:4
+   semi-structured for ``nn.Linear``; :mod:`lightning_srigl.condensed.registry`), checks it against the
+   masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed;
+4. :func:`swap_layers` installs them (mask buffers leave with the old modules).
 
-Before step 2, ``fold_in_place`` folds ablated neurons into the next layer where that is exact
-(``lightning_srigl.condensed.fold``).
-
-A sparse ``Linear`` is one with a ``weight_mask`` buffer (what the training callbacks install) or,
-without one, a weight whose non-zero rows all share one fan-in.
+The sparse layers are the masked modules the masking layer records
+(:func:`lightning_srigl.masking.masked_weights`) whose type is a kind of the registry.
 """
 
 from __future__ import annotations
 
 import copy
-import statistics
-import time
+import functools
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.acceleration_report import CANDIDATES, AccelerationReport, LayerAcceleration
-from lightning_srigl.condensed.csr import CSRLinear
-from lightning_srigl.condensed.linear import CondensedLinear
+from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
+from lightning_srigl.condensed.registry import (
+    CANDIDATES,
+    build_candidate,
+    mark_accelerated,
+    sparse_kind,
+    sparse_layers,
+)
+from lightning_srigl.condensed.timing import hot_times
 
 __all__ = [
     "CANDIDATES",
+    "AccelerationPlan",
     "AccelerationReport",
-    "CSRLinear",
     "LayerAcceleration",
     "accelerate",
     "capture_layer_inputs",
-    "find_sparse_linears",
+    "check_candidates",
     "fit_inputs_to_layers",
     "fold_in_place",
-    "layer_mask",
-    "make_candidate",
-    "median_time",
-    "pad_fan_in",
     "plan_acceleration",
+    "rebuild_plan",
     "restore_modules",
     "snapshot_modules",
     "swap_layers",
 ]
 
 
-def layer_mask(linear: nn.Linear) -> Tensor | None:
-    """The boolean ``(out, in)`` mask of a sparse ``Linear``, or ``None`` when it is not sparse.
+@dataclass(frozen=True)
+class AccelerationPlan:
+    """What to install: the report, and per layer the module that was chosen (the one that was timed)."""
 
-    The ``weight_mask`` buffer wins; otherwise the non-zeros count when every non-empty row has the
-    same count and at least one weight is zero (a condensed layer's defining property).
+    report: AccelerationReport
+    layers: dict[str, nn.Module]
+
+
+def check_candidates(candidates: Sequence[str]) -> tuple[str, ...]:
+    """``candidates`` as a tuple of known names that includes ``"dense"`` (the reference), else raise.
+
+    Raises:
+        TypeError: a bare string (``"dense"`` would be five one-letter names) or non-string items.
+        ValueError: an unknown name, or ``"dense"`` missing.
     """
-    mask = getattr(linear, "weight_mask", None)
-    if isinstance(mask, Tensor):
-        return mask.bool()
-    nonzero = linear.weight.detach() != 0
-    fan_in = nonzero.sum(dim=1)
-    active = fan_in[fan_in > 0]
-    if active.numel() == 0 or bool(nonzero.all()) or bool((active != active[0]).any()):
-        return None
-    return nonzero
-
-
-def find_sparse_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Fully-qualified name -> every sparse ``nn.Linear`` of ``model`` (see ``layer_mask``)."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if type(module) is nn.Linear and layer_mask(module) is not None
-    }
+    if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
+        raise TypeError(f"candidates must be a list of candidate names such as ['dense', 'condensed'], got {candidates!r}")
+    chosen = tuple(candidates)
+    unknown = [c for c in chosen if c not in CANDIDATES]
+    if unknown or "dense" not in chosen:
+        raise ValueError(
+            f"candidates must include 'dense' (the reference) and come from {CANDIDATES}; got {chosen}"
+            + (f" ({unknown} unknown)" if unknown else "")
+        )
+    return chosen
 
 
 def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequence[str]) -> dict[str, Tensor]:
@@ -105,83 +108,40 @@ def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequenc
     return captured
 
 
-def pad_fan_in(mask: Tensor) -> Tensor:
-    """Give every non-empty row of ``mask (out, in)`` the largest fan-in by adding its first inactive columns.
-
-    With the weight zero there, the layer is unchanged: this keeps a layer condensable after
-    folding removed some of its input columns (which leaves rows with unequal fan-in).
-    """
-    fan_in = mask.sum(dim=1)
-    missing = (fan_in.max() - fan_in) * (fan_in > 0)
-    inactive = ~mask
-    return mask | (inactive & (inactive.cumsum(dim=1) <= missing[:, None]))
-
-
-def make_candidate(kind: str, linear: nn.Linear, mask: Tensor) -> nn.Module:
-    """Build the inference layer ``kind`` equal to ``linear`` with ``weight * mask``.
-
-    Raises ``ValueError``/``RuntimeError``/``NotImplementedError`` when ``kind`` cannot represent
-    this layer on this device or dtype (e.g. condensed without constant fan-in, 2:4 on CPU).
-    """
-    if kind == "dense":
-        dense = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None)
-        dense = dense.to(device=linear.weight.device, dtype=linear.weight.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(linear.weight * mask)
-            if linear.bias is not None:
-                dense.bias.copy_(linear.bias)
-        return dense.requires_grad_(False)
-    if kind == "condensed":
-        weight = linear.weight.detach() * mask
-        return CondensedLinear.from_weight_mask(weight, pad_fan_in(mask), linear.bias)
-    if kind == "csr":
-        return CSRLinear.from_linear(linear, mask)
-    if kind == "semi_structured":
-        if linear.weight.device.type != "cuda":
-            raise NotImplementedError("2:4 semi-structured kernels need a CUDA GPU")
-        from lightning_srigl.condensed.semi_structured import SemiStructuredLinear
-
-        return SemiStructuredLinear.from_linear(linear, mask)
-    raise ValueError(f"Unknown candidate {kind!r}; choose from {CANDIDATES}.")
-
-
-def median_time(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time of one call of ``fn`` in seconds, after ``warmup`` calls (CUDA-synchronised)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(max(repeats, 1)):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def _time_candidates(
-    linear: nn.Linear, mask: Tensor, x: Tensor, candidates: Sequence[str], warmup: int, repeats: int
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Times of the candidates that build and reproduce the masked dense output on ``x``, and why
-    the others were skipped."""
-    times: dict[str, float] = {}
+    layer: nn.Module, mask: Tensor, x: Tensor, candidates: Sequence[str], warmup: int, repeats: int
+) -> tuple[dict[str, float], dict[str, str], dict[str, nn.Module]]:
+    """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``x``.
+
+    The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
+    timer, :func:`~lightning_srigl.condensed.timing.hot_times`: ``warmup`` calls, at least ``repeats``
+    samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
+
+    Returns ``(times, skipped, built)``: seconds per exact candidate, why the others were skipped,
+    and the exact candidates themselves (the one chosen is installed as is).
+    """
+    calls: dict[str, Callable[[], object]] = {}
     skipped: dict[str, str] = {}
+    built: dict[str, nn.Module] = {}
     tol = 1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4
     with torch.no_grad():
-        reference = F.linear(x, linear.weight * mask, linear.bias)
-        for kind in candidates:
+        reference = build_candidate("dense", layer, mask)(x)
+        for name in candidates:
             try:
-                layer = make_candidate(kind, linear, mask)
-                out = layer(x)
+                candidate = build_candidate(name, layer, mask)
+                out = candidate(x)
             except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
-                skipped[kind] = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+                skipped[name] = f"{type(err).__name__}: {err}".splitlines()[0][:120]
                 continue
             if not torch.allclose(out.float(), reference.float(), rtol=tol, atol=tol):
-                skipped[kind] = "inexact: output differs from the masked dense layer"
+                skipped[name] = "inexact: output differs from the masked dense layer"
                 continue
-            times[kind] = median_time(lambda: layer(x), x.device, warmup, repeats)
-    return times, skipped
+            calls[name] = functools.partial(candidate, x)
+            built[name] = candidate
+        timings = hot_times(
+            calls, threads=torch.get_num_threads(), min_run_time=0.0, device=x.device, warmup=warmup, min_samples=repeats
+        )
+    return {name: timing.min for name, timing in timings.items()}, skipped, built
 
 
 def plan_acceleration(
@@ -192,44 +152,60 @@ def plan_acceleration(
     device: torch.device | str | None = None,
     warmup: int = 3,
     repeats: int = 10,
-) -> AccelerationReport:
+) -> AccelerationPlan:
     """Time the candidates of each sparse layer in ``layer_inputs`` and choose the fastest.
 
     ``layer_inputs`` maps a layer name to its real input ``(..., in)``. ``device`` defaults to the
-    layer's own device; the model is not modified.
+    layer's own device; a layer timed elsewhere is moved back to its own device in the plan. The
+    model is not modified.
     """
-    unknown = set(candidates) - set(CANDIDATES)
-    if unknown or "dense" not in candidates:
-        raise ValueError(f"candidates must include 'dense' and come from {CANDIDATES}; got {tuple(candidates)}.")
-    sparse = find_sparse_linears(model)
+    candidates = check_candidates(candidates)
+    sparse = sparse_layers(model)
     missing = sorted(set(layer_inputs) - set(sparse))
     if missing:
-        raise ValueError(f"{missing} are not sparse nn.Linear layers of the model; sparse layers: {sorted(sparse)}.")
-    rows = []
+        raise ValueError(f"{missing} are not masked layers of a known kind; sparse layers: {sorted(sparse)}.")
+    rows, layers = [], {}
     for name, x in layer_inputs.items():
-        linear, mask = sparse[name], layer_mask(sparse[name])
-        target = torch.device(device) if device is not None else linear.weight.device
-        if target != linear.weight.device:
-            linear = copy.deepcopy(linear).to(target)
-        times, skipped = _time_candidates(linear, mask.to(target), x.to(target), candidates, warmup, repeats)
-        rows.append(_layer_row(name, linear, mask, x, times, skipped))
-    return AccelerationReport(rows)
+        layer, mask = sparse[name].module, sparse[name].mask
+        home = sparse[name].weight.device
+        target = torch.device(device) if device is not None else home
+        if target != home:
+            layer = copy.deepcopy(layer).to(target)
+        times, skipped, built = _time_candidates(layer, mask.to(target), x.to(target), candidates, warmup, repeats)
+        row = _layer_row(name, sparse[name].weight, mask, x, times, skipped)
+        rows.append(row)
+        layers[name] = built[row.chosen].to(home)
+    return AccelerationPlan(AccelerationReport(rows), layers)
 
 
 def _layer_row(
-    name: str, linear: nn.Linear, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str]
+    name: str, weight: Tensor, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str]
 ) -> LayerAcceleration:
     return LayerAcceleration(
         name=name,
-        in_features=linear.in_features,
-        out_features=linear.out_features,
+        in_features=weight.shape[1],
+        out_features=weight.shape[0],
         batch=x.numel() // x.shape[-1],
         density=float(mask.float().mean()),
-        active_neurons=int(mask.any(dim=1).sum()),
+        active_neurons=int(mask.flatten(1).any(dim=1).sum()),
         chosen=min(times, key=times.__getitem__),
         times=times,
         skipped=skipped,
     )
+
+
+def rebuild_plan(model: nn.Module, report: AccelerationReport) -> AccelerationPlan:
+    """The layers ``report`` chose, built from the model's current weights and masks (no timing).
+
+    For a process that did not time (DDP ranks other than 0) and for re-accelerating after a
+    checkpoint was loaded into the restored dense layers.
+    """
+    sparse = sparse_layers(model)
+    missing = [row.name for row in report.rows if row.name not in sparse]
+    if missing:
+        raise ValueError(f"{missing} are not masked layers of a known kind: was the model already accelerated?")
+    layers = {row.name: build_candidate(row.chosen, sparse[row.name].module, sparse[row.name].mask) for row in report.rows}
+    return AccelerationPlan(report, layers)
 
 
 def fold_in_place(model: nn.Module) -> list[str]:
@@ -253,14 +229,12 @@ def fold_in_place(model: nn.Module) -> list[str]:
 
 
 def fit_inputs_to_layers(model: nn.Module, layer_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Cut captured inputs ``(..., in)`` to layers whose ``in_features`` folding reduced.
-
-    Timing depends on shapes and dtypes only, so the first ``in_features`` columns stand in for the
-    folded layer's real input.
-    """
-    return {
-        name: x[..., : model.get_submodule(name).in_features].contiguous() for name, x in layer_inputs.items()
-    }
+    """Adapt captured inputs to layers whose inputs folding reduced (each kind's ``fit_input``)."""
+    fitted = {}
+    for name, x in layer_inputs.items():
+        module = model.get_submodule(name)
+        fitted[name] = sparse_kind(module).fit_input(module, x)
+    return fitted
 
 
 def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -268,13 +242,14 @@ def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Mod
     return {name: copy.deepcopy(model.get_submodule(name)).to("meta") for name in names}
 
 
-def swap_layers(model: nn.Module, report: AccelerationReport) -> None:
-    """Replace each layer of ``report`` by its chosen kernel (its ``weight_mask`` leaves with it)."""
-    for row in report.rows:
-        original = model.get_submodule(row.name)
-        if type(original) is not nn.Linear:
-            raise ValueError(f"{row.name} is {type(original).__name__}, not nn.Linear: was it already accelerated?")
-        _set_submodule(model, row.name, make_candidate(row.chosen, original, layer_mask(original)))
+def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
+    """Install the plan's layers in place of the sparse layers (their masks leave with them)."""
+    sparse = sparse_layers(model)
+    for row in plan.report.rows:
+        if row.name not in sparse:
+            found = type(model.get_submodule(row.name)).__name__
+            raise ValueError(f"{row.name} is {found}, not a masked layer of a known kind: was it already accelerated?")
+        _set_submodule(model, row.name, mark_accelerated(plan.layers[row.name], row.chosen))
 
 
 def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
@@ -300,33 +275,36 @@ def accelerate(
     fold: bool = True,
     verbose: bool = True,
 ) -> AccelerationReport:
-    """Replace every sparse ``Linear`` of ``model`` by its fastest exact inference layer, in place.
+    """Replace every sparse layer of ``model`` by its fastest exact inference layer, in place.
 
     Args:
-        model: any ``nn.Module``; sparse layers are found with ``find_sparse_linears``.
+        model: any ``nn.Module``; its sparse layers are its masked modules of a known kind
+            (:func:`lightning_srigl.condensed.registry.sparse_layers`).
         example_input: one real batch for ``model(example_input)`` (a tuple is unpacked); every
             layer is timed on the input it receives from this batch.
         candidates: kernels to try; ``"dense"`` is always needed as the reference.
         device: where to time (default: each layer's device).
-        warmup, repeats: calls before timing and timed calls (median) per candidate.
+        warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
+            (candidates are timed in interleaved rounds and ranked by their fastest sample).
         fold: fold ablated neurons into the next layer where provably exact.
         verbose: print the report as a rich table.
 
     Returns:
         The report: per layer its shape, density, active neurons, times and chosen kernel.
     """
-    names = list(find_sparse_linears(model))
+    candidates = check_candidates(candidates)
+    names = list(sparse_layers(model))
     if not names:
         raise ValueError(
-            "No sparse nn.Linear found: a layer needs a `weight_mask` buffer (installed by the sparsity "
-            "callbacks) or zero weights with the same fan-in in every non-empty row."
+            "No sparse layer found: a layer is sparse when it has a mask, installed by the sparsity callbacks, "
+            "convert_to_structured or lightning_srigl.masking.bind_masks(model, {'<name>.weight': mask})."
         )
     inputs = capture_layer_inputs(model, example_input, names)
     if fold:
         fold_in_place(model)
         inputs = fit_inputs_to_layers(model, inputs)
-    report = plan_acceleration(model, inputs, candidates=candidates, device=device, warmup=warmup, repeats=repeats)
-    swap_layers(model, report)
+    plan = plan_acceleration(model, inputs, candidates=candidates, device=device, warmup=warmup, repeats=repeats)
+    swap_layers(model, plan)
     if verbose:
-        report.print()
-    return report
+        plan.report.print()
+    return plan.report

@@ -12,13 +12,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lightning_srigl.condensed.registry import CANDIDATES
 from lightning_srigl.tables import fitted_table, terminal_console
 
-# The exact inference kernels a sparse Linear can be swapped for, in display order.
-CANDIDATES: tuple[str, ...] = ("dense", "condensed", "csr", "semi_structured")
 SHORT_NAMES = {"dense": "dense", "condensed": "cond.", "csr": "CSR", "semi_structured": "2:4"}
 
-__all__ = ["CANDIDATES", "AccelerationReport", "LayerAcceleration"]
+__all__ = ["CANDIDATES", "SHORT_NAMES", "AccelerationReport", "LayerAcceleration"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +73,11 @@ class AccelerationReport:
         batches = sorted({r.batch for r in self.rows})
         at = f" at batch {batches[0]}" if len(batches) == 1 else ""
         headers = ["layer", "in→out", *([] if at else ["batch"]), "active neurons", "kernel", "× dense"]
-        headers += [f"{SHORT_NAMES[c]} µs" for c in columns]
+        headers += [f"{SHORT_NAMES.get(c, c)} µs" for c in columns]
         rows = []
         for r in self.rows:
             cells = [r.name, f"{r.in_features}→{r.out_features}", *([] if at else [str(r.batch)])]
-            cells += [f"{r.active_neurons}/{r.out_features}", SHORT_NAMES[r.chosen], f"{r.speedup:.2f}"]
+            cells += [f"{r.active_neurons}/{r.out_features}", SHORT_NAMES.get(r.chosen, r.chosen), f"{r.speedup:.2f}"]
             rows.append(cells + [_microseconds(r.times[c]) if c in r.times else "" for c in columns])
         title = f"lightning_srigl: accelerated layers{at} (times in µs)"
         return fitted_table(title, headers, rows, width, left=("layer", "kernel"), fold=("layer",))

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.validation import check_bias, check_csr
+
 __all__ = ["CSRLinear", "to_csr"]
 
 # torch warns once per process that CSR support is "in beta"; this layer uses it on purpose.
@@ -34,6 +36,8 @@ class CSRLinear(nn.Module):
 
     def __init__(self, weight_csr: Tensor, bias: Tensor | None) -> None:
         super().__init__()
+        check_csr(weight_csr)
+        check_bias(bias, weight_csr.shape[0], weight_csr)
         self.in_features = weight_csr.shape[1]
         self.out_features = weight_csr.shape[0]
         self.register_buffer("weight", weight_csr)
@@ -46,6 +50,11 @@ class CSRLinear(nn.Module):
         weight = weight * mask if mask is not None else weight
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(to_csr(weight), bias)
+
+    @classmethod
+    def from_masked(cls, linear: nn.Linear, mask: Tensor) -> CSRLinear:
+        """The CSR form of ``linear`` with ``weight * mask`` (``mask (out, in)`` bool)."""
+        return cls.from_linear(linear, mask)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., in) -> (..., out)``."""

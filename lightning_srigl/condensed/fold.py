@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lightning_srigl.masking import mask_of, register_mask_
+
 __all__ = ["FoldReport", "FoldedNeurons", "KeptNeurons", "fold_ablated_neurons"]
 
 _LINEAR = (nn.Linear,)
@@ -90,7 +92,7 @@ class FoldReport:
     Attributes:
         model: the folded model (same class as the input; see ``inplace``).
         folded / kept: one entry per layer that had ablated neurons.
-        masks: ``weight`` masks of the layers that had one (argument or ``weight_mask`` buffer),
+        masks: ``weight`` masks of the layers that had one (argument or the layer's own mask),
             keyed by module name and sliced to the folded shapes, e.g. for ``CondensedLinear``.
         replaced: the original modules, by name, that the fold swapped for smaller copies (with
             ``inplace=True`` they are the input model's own modules: setting them back undoes the fold).
@@ -124,7 +126,7 @@ def fold_ablated_neurons(
         model: a module whose ``forward`` is traceable by ``torch.fx.symbolic_trace``, in eval mode
             where it has dropout or BatchNorm on a folding path.
         masks: optional ``{module name (or "name.weight"): bool mask shaped like its weight}``.
-            Without it a layer's ``weight_mask`` buffer is used if present. A neuron is ablated when
+            Without it a layer's own mask (:func:`lightning_srigl.masking.mask_of`) is used if it has one. A neuron is ablated when
             its weight row is all zero; the masks are checked to agree (weights zero outside them)
             and are sliced along with the weights (see :attr:`FoldReport.masks`).
         inplace: fold into ``model`` itself instead of into a deep copy. Folded modules are replaced
@@ -177,9 +179,9 @@ def _trace(model: nn.Module) -> fx.Graph:
 
 
 def _collect_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Masks by module name (argument first, else ``weight_mask`` buffers), checked against the weights."""
+    """Masks by module name (argument first, else the layers' own masks), checked against the weights."""
     layers = {name: m for name, m in model.named_modules() if type(m) in _LINEAR + _CONVS}
-    found = {name: m.weight_mask for name, m in layers.items() if isinstance(getattr(m, "weight_mask", None), Tensor)}
+    found = {name: mask_of(m, "weight") for name, m in layers.items() if mask_of(m, "weight") is not None}
     for key, mask in masks.items():
         name = key.removesuffix(".weight")
         if name not in layers:
@@ -380,8 +382,9 @@ def _slice_batchnorm(bn: _BatchNorm, active: Tensor) -> None:
 def _slice_mask(name: str, module: nn.Module, masks: dict[str, Tensor], index: tuple) -> None:
     if name in masks:
         masks[name] = masks[name][index]
-    if isinstance(getattr(module, "weight_mask", None), Tensor):
-        module.weight_mask = module.weight_mask[index]
+    own = mask_of(module, "weight")
+    if own is not None:
+        register_mask_(module, "weight", own[index])
 
 
 def _set_width(module: nn.Module, side: str, width: int) -> None:

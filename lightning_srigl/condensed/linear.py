@@ -12,15 +12,17 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.cpu_kernel import (
+    batch1_forward,
+    batch1_layout,
     condensed_linear_cpu,
     condensed_linear_torch,
-    permute_forward,
-    permute_layout,
 )
 from lightning_srigl.condensed.ops import condensed_linear
+from lightning_srigl.condensed.validation import INT16_MAX, check_bias, check_condensed, check_width
+from lightning_srigl.masking import mask_of
 
 BACKENDS = ("auto", "torch")
-INT16_MAX_IN_FEATURES = 32767
+INT16_MAX_IN_FEATURES = INT16_MAX
 
 
 def index_dtype(in_features: int) -> torch.dtype:
@@ -55,6 +57,24 @@ def condense(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return values.contiguous(), indices.to(index_dtype(weight.shape[1])).contiguous(), active_rows
 
 
+def pad_fan_in(mask: Tensor) -> Tensor:
+    """Give every non-empty row of ``mask (out, in)`` the largest fan-in by adding its first inactive columns.
+
+    With the weight zero there, the layer is unchanged: this keeps a layer condensable after
+    folding removed some of its input columns (which leaves rows with unequal fan-in).
+    """
+    fan_in = mask.sum(dim=1)
+    missing = (fan_in.max() - fan_in) * (fan_in > 0) if mask.numel() else fan_in
+    inactive = ~mask
+    return mask | (inactive & (inactive.cumsum(dim=1) <= missing[:, None]))
+
+
+def _check_loaded_buffers(module: CondensedLinear, incompatible: object) -> None:
+    """``load_state_dict`` post-hook: loaded buffers get the constructor's checks."""
+    check_condensed(module.values, module.indices, module.active_rows, module.in_features, module.out_features)
+    check_bias(module.bias, module.out_features, module.values)
+
+
 def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
     """True for plain eager CPU tensors with no gradient to track (not traced, compiled or exported)."""
     # Ordered cheapest first: this runs on every call, and each tensor attribute costs ~0.1-0.3 us.
@@ -74,6 +94,10 @@ class CondensedLinear(nn.Module):
     ``in_features <= 32767``, else int32), ``active_rows (A,)`` int64 and ``bias (out,)`` (or None).
     ``backend="auto"`` runs the ``lightning_srigl::condensed_linear`` op (C++ on CPU, Triton on CUDA);
     ``backend="torch"`` runs the pure-torch reference.
+
+    The constructor and ``load_state_dict`` validate the buffers once
+    (:func:`~lightning_srigl.condensed.validation.check_condensed`: shapes, dtypes, devices, every index
+    inside the layer), so the kernels may trust them; a malformed layer raises ``ValueError``.
     """
 
     def __init__(
@@ -89,8 +113,9 @@ class CondensedLinear(nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if bias is not None and bias.shape != (out_features,):
-            raise ValueError(f"bias must be ({out_features},), got {tuple(bias.shape)}")
+        in_features, out_features = check_width(in_features, "in_features"), check_width(out_features, "out_features")
+        check_condensed(values, indices, active_rows, in_features, out_features)
+        check_bias(bias, out_features, values)
         self.in_features = in_features
         self.out_features = out_features
         self.backend = backend
@@ -101,6 +126,7 @@ class CondensedLinear(nn.Module):
         # Batch-1 CPU layout, built on first use; valid while `_layout_source` matches (see _batch1_layout).
         self._layout: Tensor | None = None
         self._layout_source: tuple[Tensor, Tensor, Tensor, tuple[int, int, int]] | None = None
+        self.register_load_state_dict_post_hook(_check_loaded_buffers)
 
     @classmethod
     def from_weight_mask(
@@ -112,17 +138,38 @@ class CondensedLinear(nn.Module):
         return cls(values, indices, active_rows, bias, weight.shape[1], weight.shape[0], backend)
 
     @classmethod
+    def from_masked(cls, linear: nn.Linear, mask: Tensor) -> CondensedLinear:
+        """The condensed form of ``linear`` with ``weight * mask`` (``mask (out, in)`` bool).
+
+        Rows whose fan-in folding reduced are padded with inactive (zero) columns up to the largest
+        fan-in, so the layer stays exact. Raises ``ValueError`` without constant fan-in.
+        """
+        return cls.from_weight_mask(linear.weight.detach() * mask, pad_fan_in(mask), linear.bias)
+
+    @classmethod
     def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None, backend: str = "auto") -> CondensedLinear:
         """Build from a masked ``nn.Linear``.
 
-        The mask is, in order: ``mask``, the layer's ``weight_mask`` buffer (set by lightning_srigl's
-        masking and by ``torch.nn.utils.prune``), else ``weight != 0``.
+        The mask is, in order: ``mask``, the layer's own mask (:func:`lightning_srigl.masking.mask_of`),
+        else ``weight != 0``.
         """
         if mask is None:
-            mask = getattr(linear, "weight_mask", None)
+            mask = mask_of(linear, "weight")
         if mask is None:
             mask = linear.weight != 0
         return cls.from_weight_mask(linear.weight, mask, linear.bias, backend)
+
+    def spec_args(self) -> dict[str, int | str | bool]:
+        """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "backend": self.backend}
+
+    @classmethod
+    def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedLinear:
+        """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
+        return cls(
+            tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"),
+            args["in_features"], args["out_features"], args.get("backend", "auto"),
+        )  # fmt: skip
 
     @property
     def fan_in(self) -> int:
@@ -139,7 +186,7 @@ class CondensedLinear(nn.Module):
         if x.dim() == 2 and x.shape[0] == 1:
             layout = self._batch1_layout(x)
             if layout is not None:  # fp32 eager CPU inference at batch 1: one C++ call
-                return permute_forward(x, layout, self.bias)
+                return batch1_forward(x, layout, self.bias)
         values = self.values
         if x.shape[-1] != self.in_features or x.dtype != values.dtype:
             raise ValueError(
@@ -196,7 +243,7 @@ class CondensedLinear(nn.Module):
             or source[2] is not rows
             or source[3] != versions
         ):
-            self._layout = permute_layout(values, indices, rows, self.in_features, self.out_features)
+            self._layout = batch1_layout(values, indices, rows, self.in_features, self.out_features)
             self._layout_source = (values, indices, rows, versions)
         return self._layout
 

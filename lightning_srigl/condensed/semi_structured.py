@@ -29,6 +29,8 @@ from torch.sparse import (
     SparseSemiStructuredTensorCUTLASS,
 )
 
+from lightning_srigl.condensed.validation import check_bias
+
 __all__ = [
     "DeviceFacts",
     "SemiStructuredLinear",
@@ -115,6 +117,9 @@ class SemiStructuredLinear(nn.Module):
 
     def __init__(self, weight: SparseSemiStructuredTensor, bias: Tensor | None) -> None:
         super().__init__()
+        if not isinstance(weight, SparseSemiStructuredTensor):
+            raise ValueError(f"weight must be a SparseSemiStructuredTensor, got {type(weight).__name__}")
+        check_bias(bias, weight.shape[0], weight)
         self.out_features, self.in_features = weight.shape
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
@@ -143,6 +148,11 @@ class SemiStructuredLinear(nn.Module):
         sparse = backend.from_dense((weight * mask).contiguous())
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(sparse, bias)
+
+    @classmethod
+    def from_masked(cls, linear: nn.Linear, mask: Tensor) -> SemiStructuredLinear:
+        """The 2:4 form of ``linear`` with ``weight * mask``; see :meth:`from_linear` for what it needs."""
+        return cls.from_linear(linear, mask)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., in)`` in the layer's dtype -> ``(..., out)``."""

@@ -1,18 +1,20 @@
 """Save and load condensed models without the training code.
 
-Two formats, both one ``torch.save`` file loaded with ``weights_only=True`` (no arbitrary pickles):
+Two formats, both one ``torch.save`` file read with ``weights_only=True`` (no arbitrary pickles):
 
-* ``"spec"`` — for models built only from standard ``torch.nn`` modules and [`CondensedLinear`][lightning_srigl.condensed.linear.CondensedLinear]
-  (``nn.Sequential`` MLPs, ...): an architecture tree (module type + constructor arguments read back
-  from the module) plus the state dict. Loading rebuilds the modules and assigns the tensors.
+* ``"spec"`` — for models built only from standard ``torch.nn`` modules and the package's inference
+  layers (:class:`CondensedLinear`, ...): an architecture tree (module type + constructor arguments read
+  back from the module) plus the state dict. Loading resolves each ``type`` in an exact allowlist
+  (the classes ``torch.nn`` exports, and :data:`~lightning_srigl.condensed.registry.INFERENCE_LAYERS`
+  that can be rebuilt), builds the modules — an inference layer from its own tensors, validated by
+  its constructor — and assigns the tensors. A malformed or tampered file raises ``ValueError``.
 * ``"exported"`` — for any other model (custom ``forward`` code): pass ``example_input`` and the
-  model is captured with ``torch.export``; the program is stored as bytes. Loading returns the
-  exported program's module; it needs only torch and lightning_srigl (for the custom op).
+  model is captured with ``torch.export``; the program is stored as bytes. ``torch.export.load``
+  unpickles, so loading one needs ``trust_exported=True``: only for files from a source you trust.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import io
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.linear import CondensedLinear
+from lightning_srigl.condensed.registry import INFERENCE_LAYERS
 
 FORMAT = "lightning_srigl.condensed/1"
 _SKIPPED_ARGS = {"self", "device", "dtype", "args", "kwargs"}
@@ -29,23 +31,26 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _PLAIN = (bool, int, float, str, type(None))
 
 
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# The exact classes a spec may name: torch.nn's exported modules and the rebuildable inference layers.
+_TORCH_MODULES: dict[str, type[nn.Module]] = {
+    _qualified(cls): cls
+    for cls in vars(nn).values()
+    if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith("torch.nn.modules")
+}
+_PACKAGE_LAYERS: dict[str, type[nn.Module]] = {
+    _qualified(cls): cls for cls in INFERENCE_LAYERS if hasattr(cls, "from_spec") and hasattr(cls, "spec_args")
+}
+
+
 def _plain(value: Any) -> bool:
     """True for values that survive ``weights_only`` loading unchanged."""
     if isinstance(value, (tuple, list)):
         return all(_plain(v) for v in value)
     return isinstance(value, _PLAIN)
-
-
-def _condensed_args(module: CondensedLinear) -> dict[str, Any]:
-    return {
-        "in_features": module.in_features,
-        "out_features": module.out_features,
-        "n_active": module.n_active,
-        "fan_in": module.fan_in,
-        "index_dtype": str(module.indices.dtype).removeprefix("torch."),
-        "bias": module.bias is not None,
-        "backend": module.backend,
-    }
 
 
 def _torch_args(module: nn.Module) -> dict[str, Any]:
@@ -70,43 +75,60 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
         TypeError: for a module whose constructor cannot be rebuilt (custom classes).
     """
     cls = type(module)
-    if isinstance(module, CondensedLinear):
-        args = _condensed_args(module)
+    name = _qualified(cls)
+    if _PACKAGE_LAYERS.get(name) is cls:
+        args = module.spec_args()
     elif isinstance(module, _CONTAINERS):
         args = {}
-    elif cls.__module__.startswith("torch.nn.modules") and not list(module.children()):
+    elif _TORCH_MODULES.get(name) is cls and not list(module.children()):
         args = _torch_args(module)
     else:
-        raise TypeError(f"cannot describe {cls.__module__}.{cls.__qualname__} from its attributes")
-    children = {name: module_spec(child) for name, child in module.named_children()}
-    return {"type": f"{cls.__module__}.{cls.__qualname__}", "args": args, "children": children}
+        raise TypeError(f"cannot describe {name} from its attributes")
+    children = {child_name: module_spec(child) for child_name, child in module.named_children()}
+    return {"type": name, "args": args, "children": children}
 
 
-def _empty_condensed(args: dict[str, Any]) -> CondensedLinear:
-    """A CondensedLinear with placeholder buffers of the saved shapes (filled by ``load_state_dict``)."""
-    n_active, fan_in = args["n_active"], args["fan_in"]
-    index = getattr(torch, args["index_dtype"])
-    bias = torch.empty(args["out_features"]) if args["bias"] else None
-    return CondensedLinear(
-        torch.empty(n_active, fan_in),
-        torch.empty(n_active, fan_in, dtype=index),
-        torch.empty(n_active, dtype=torch.long),
-        bias,
-        args["in_features"],
-        args["out_features"],
-        args["backend"],
-    )
+def _malformed(where: str, problem: str) -> ValueError:
+    return ValueError(f"malformed condensed file at {where or 'the root module'}: {problem}")
 
 
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild the module tree described by ``module_spec`` (tensors uninitialised)."""
-    module_path, _, name = spec["type"].rpartition(".")
-    if not (module_path.startswith("torch.nn.modules") or module_path.startswith("lightning_srigl.condensed")):
-        raise ValueError(f"refusing to build {spec['type']!r}: only torch.nn and lightning_srigl modules are allowed")
-    cls = getattr(importlib.import_module(module_path), name)
-    module = _empty_condensed(spec["args"]) if cls is CondensedLinear else cls(**spec["args"])
-    for child_name, child_spec in spec["children"].items():
-        module.add_module(child_name, build_from_spec(child_spec))
+def build_from_spec(spec: dict[str, Any], state_dict: dict[str, Tensor], prefix: str = "") -> nn.Module:
+    """Rebuild the module tree described by :func:`module_spec`.
+
+    Inference layers are built from their tensors in ``state_dict`` (keys under ``prefix``) and so
+    validated; standard modules are built on the ``meta`` device (no memory, whatever sizes the file
+    claims) and get their tensors from ``load_state_dict(..., assign=True)``.
+
+    Raises:
+        ValueError: the spec is not a tree of ``{"type", "args", "children"}`` dicts, names a type
+            outside the allowlist, or gives arguments or tensors its class rejects.
+    """
+    where = prefix.rstrip(".")
+    if not isinstance(spec, dict) or not {"type", "args", "children"} <= spec.keys():
+        raise _malformed(where, "expected a dict with 'type', 'args' and 'children'")
+    type_name, args, children = spec["type"], spec["args"], spec["children"]
+    if not isinstance(args, dict) or not isinstance(children, dict) or not all(isinstance(k, str) for k in children):
+        raise _malformed(where, "'args' and 'children' must be dicts keyed by name")
+    if not isinstance(type_name, str) or type_name not in _TORCH_MODULES.keys() | _PACKAGE_LAYERS.keys():
+        raise ValueError(
+            f"refusing to build {type_name!r} at {where or 'the root module'}: only torch.nn modules and "
+            f"lightning_srigl's inference layers ({', '.join(sorted(_PACKAGE_LAYERS))}) may be loaded"
+        )
+    try:
+        if type_name in _PACKAGE_LAYERS:
+            tensors = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+            module = _PACKAGE_LAYERS[type_name].from_spec(args, tensors)
+        else:
+            with torch.device("meta"):
+                module = _TORCH_MODULES[type_name](**args)
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        raise _malformed(where, f"cannot build {type_name}: {type(error).__name__}: {error}") from error
+    for child_name, child_spec in children.items():
+        child = build_from_spec(child_spec, state_dict, f"{prefix}{child_name}.")
+        try:
+            module.add_module(child_name, child)
+        except (KeyError, TypeError) as error:
+            raise _malformed(where, f"bad child name {child_name!r}: {error}") from error
     return module
 
 
@@ -138,14 +160,46 @@ def save_condensed(model: nn.Module, path: str | Path, example_input: Tensor | t
     return payload["kind"]
 
 
-def load_condensed(path: str | Path, map_location: str | torch.device | None = "cpu") -> nn.Module:
-    """Load a model saved by [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed] (safe ``weights_only`` load), in eval mode."""
+def load_condensed(
+    path: str | Path, map_location: str | torch.device | None = "cpu", *, trust_exported: bool = False
+) -> nn.Module:
+    """Load a model saved by :func:`save_condensed`, in eval mode.
+
+    Args:
+        path: the file.
+        map_location: where tensors go (as for ``torch.load``).
+        trust_exported: allow an ``"exported"`` file; ``torch.export.load`` unpickles and can run code,
+            so set it only for files from a source you trust. ``"spec"`` files never need it.
+
+    Raises:
+        ValueError: the file was not written by :func:`save_condensed`, is malformed or tampered with
+            (unknown types, bad arguments, shapes, dtypes or indices), or is an exported program
+            without ``trust_exported=True``.
+    """
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} was not written by lightning_srigl.condensed.save_condensed")
-    if payload["kind"] == "exported":
+    if payload.get("kind") == "exported":
+        if not trust_exported:
+            raise ValueError(
+                f"{path} holds a torch.export program; torch.export.load unpickles it, which can run code. "
+                "Pass trust_exported=True only if you trust where the file comes from."
+            )
         program = torch.export.load(io.BytesIO(payload["program"].numpy().tobytes()))
         return program.module()
-    model = build_from_spec(payload["spec"])
-    model.load_state_dict(payload["state_dict"], assign=True)
+    state_dict = payload.get("state_dict")
+    if payload.get("kind") != "spec" or not isinstance(state_dict, dict):
+        raise ValueError(f"{path}: unknown kind {payload.get('kind')!r} or missing state_dict")
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()):
+        raise ValueError(f"{path}: the state_dict must map names to tensors")
+    try:
+        model = build_from_spec(payload["spec"], state_dict)
+        model.load_state_dict(state_dict, assign=True)
+    except RecursionError:
+        raise ValueError(f"{path}: the architecture tree is nested too deeply") from None
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the tensors do not fit the architecture: {error}") from error
+    unfilled = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unfilled:
+        raise ValueError(f"{path}: no tensors for {unfilled}; the file is incomplete")
     return model.eval()

@@ -1,27 +1,59 @@
-"""Bind masks to a model: parameter selection, mask buffers, optimizer-state hygiene (plain PyTorch)."""
+"""Bind masks to a model (plain PyTorch): which weights are sparse, with which mask.
 
-from lightning_srigl.masking.masks import MASK_SUFFIX, MaskedParameters, mask_buffer_name
+This layer is the one owner of that question. :func:`masked_weights` lists a model's masked weights
+and :func:`mask_of` gives one module's mask; acceleration, folding and reporting ask them. Selection
+(:func:`select_parameters`), the mask buffers (:func:`register_mask_`, :class:`MaskedParameters`) and
+optimizer-state hygiene (:func:`zero_optimizer_state_`) live here too.
+"""
+
+from lightning_srigl.masking.masks import MaskedParameters
 from lightning_srigl.masking.optim_state import zero_optimizer_state_
+from lightning_srigl.masking.registry import (
+    MASK_SUFFIX,
+    MaskedWeight,
+    accept_masks_on_load,
+    bind_masks,
+    mask_buffer_name,
+    mask_of,
+    masked_weights,
+    register_mask_,
+    remove_mask_,
+    remove_masks_,
+)
 from lightning_srigl.masking.selection import (
     DEFAULT_LAYER_TYPES,
     SparseParameter,
     check_patterns_match,
     matches,
+    qualified_name,
     select_parameters,
     select_structured_parameters,
     sparsifiable_param_names,
+    sparsifiable_weights,
+    split_frozen,
 )
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
     "MASK_SUFFIX",
     "MaskedParameters",
+    "MaskedWeight",
     "SparseParameter",
+    "accept_masks_on_load",
+    "bind_masks",
     "check_patterns_match",
     "mask_buffer_name",
+    "mask_of",
+    "masked_weights",
     "matches",
+    "qualified_name",
+    "register_mask_",
+    "remove_mask_",
+    "remove_masks_",
     "select_parameters",
     "select_structured_parameters",
     "sparsifiable_param_names",
+    "sparsifiable_weights",
+    "split_frozen",
     "zero_optimizer_state_",
 ]

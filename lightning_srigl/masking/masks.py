@@ -1,60 +1,19 @@
-"""Bind boolean masks to a model's weights as persistent module buffers.
+"""Masks of a chosen set of sparse weights: install, read, update, and re-apply them.
 
-Each sparse weight ``<module>.<param>`` gets a bool buffer ``<module>.<param>_mask`` of the same
-shape, registered on the owning module with ``persistent=True``: every ``state_dict`` (and so every
-Lightning checkpoint, including ``save_weights_only``) carries the masks, and loading a checkpoint
-into a model that has the buffers restores them. Weights are stored dense with zeros at inactive
-positions ("mask simulation"); forward and backward are the ordinary dense ops.
-
-Loading a sparse checkpoint into a plain model (no buffers) is a one-liner::
-
-    model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("_mask")})
+:class:`MaskedParameters` is what the training callbacks hold: the selected weights and, through
+:mod:`lightning_srigl.masking.registry`, their mask buffers. Weights are stored dense with zeros at
+inactive positions ("mask simulation"); forward and backward are the ordinary dense ops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.masking.selection import SparseParameter
-
-MASK_SUFFIX = "_mask"
-
-
-def mask_buffer_name(param_name: str) -> str:
-    """Name of the mask buffer that belongs to the parameter ``param_name``."""
-    return f"{param_name}{MASK_SUFFIX}"
-
-
-def _check_loaded_mask(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    *args: Any,
-    param_name: str,
-) -> None:
-    """``load_state_dict`` pre-hook: reject a mask entry that does not fit its parameter."""
-    key = prefix + mask_buffer_name(param_name)
-    if key not in state_dict:
-        return
-    loaded = state_dict[key]
-    expected = getattr(module, param_name).shape
-    if tuple(loaded.shape) != tuple(expected):
-        raise ValueError(
-            f"Checkpoint mask {key!r} has shape {tuple(loaded.shape)} but the model's "
-            f"{prefix + param_name!r} has shape {tuple(expected)}: the checkpoint was written for a "
-            "different architecture. Load it into the model it was trained with, or drop the "
-            "'*_mask' entries to start a new sparse run from its weights."
-        )
-    if loaded.dtype != torch.bool:
-        raise ValueError(
-            f"Checkpoint mask {key!r} has dtype {loaded.dtype}; masks are bool tensors. "
-            "Convert it with `.bool()` before loading."
-        )
+from lightning_srigl.masking.registry import mask_buffer_name, mask_of, register_mask_
+from lightning_srigl.masking.selection import SparseParameter, qualified_name
 
 
 class MaskedParameters:
@@ -92,11 +51,7 @@ class MaskedParameters:
         for p in self.params:
             mask = masks[p.fqn]
             self._check_shape(p, mask)
-            name = mask_buffer_name(p.param_name)
-            fresh = self._buffer_or_none(p) is None
-            p.module.register_buffer(name, mask.to(device=p.param.device, dtype=torch.bool).clone(), persistent=True)
-            if fresh:
-                p.module.register_load_state_dict_pre_hook(partial(_check_loaded_mask, param_name=p.param_name))
+            register_mask_(p.module, p.param_name, mask)
 
     def mask(self, fqn: str) -> Tensor:
         """The mask buffer of ``fqn``: ``BoolTensor(param.shape)``."""
@@ -148,7 +103,7 @@ class MaskedParameters:
         """Raise ``ValueError`` if ``state_dict`` (a full model state dict) lacks a mask or has a misfit one."""
         problems = []
         for p in self.params:
-            key = f"{prefix}{p.module_name + '.' if p.module_name else ''}{mask_buffer_name(p.param_name)}"
+            key = prefix + qualified_name(p.module_name, mask_buffer_name(p.param_name))
             if key not in state_dict:
                 problems.append(f"{key!r} is missing")
             elif tuple(state_dict[key].shape) != tuple(p.shape):
@@ -167,8 +122,7 @@ class MaskedParameters:
 
     @staticmethod
     def _buffer_or_none(p: SparseParameter) -> Tensor | None:
-        buffer = getattr(p.module, mask_buffer_name(p.param_name), None)
-        return buffer if isinstance(buffer, Tensor) else None
+        return mask_of(p.module, p.param_name)
 
     @staticmethod
     def _check_shape(p: SparseParameter, mask: Tensor) -> None:

@@ -30,6 +30,11 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 _MHA_SEPARATE_PROJECTIONS = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
+def qualified_name(module_name: str, local_name: str) -> str:
+    """``"encoder.0"``, ``"weight"`` -> ``"encoder.0.weight"`` (the root module's name is ``""``)."""
+    return f"{module_name}.{local_name}" if module_name else local_name
+
+
 @dataclass
 class SparseParameter:
     """One sparse weight: the module that owns it and the parameter's local name."""
@@ -41,7 +46,7 @@ class SparseParameter:
     @property
     def fqn(self) -> str:
         """Fully-qualified parameter name, e.g. ``"encoder.0.weight"``."""
-        return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
+        return qualified_name(self.module_name, self.param_name)
 
     @property
     def param(self) -> nn.Parameter:
@@ -70,7 +75,7 @@ def sparsifiable_param_names(module: nn.Module) -> list[str]:
     return []
 
 
-def _candidates(model: nn.Module, layer_types: Sequence[type]) -> list[SparseParameter]:
+def sparsifiable_weights(model: nn.Module, layer_types: Sequence[type] = DEFAULT_LAYER_TYPES) -> list[SparseParameter]:
     """Every sparsifiable weight of a module of one of ``layer_types``, in registration order."""
     seen: set[int] = set()
     found: list[SparseParameter] = []
@@ -138,7 +143,7 @@ def select_parameters(
         ValueError: a pattern matches nothing (the message lists the available names), an include
             pattern names a parameter of an unsupported layer, or nothing is left to sparsify.
     """
-    candidates = _candidates(model, layer_types)
+    candidates = sparsifiable_weights(model, layer_types)
     names = [c.fqn for c in candidates]
     if include is not None:
         _check_include_targets(model, include, names)
@@ -151,6 +156,12 @@ def select_parameters(
             f"{', '.join(names) or '(the model has no Linear, Conv or MultiheadAttention layer)'}"
         )
     return selected
+
+
+def split_frozen(params: Sequence[SparseParameter]) -> tuple[list[SparseParameter], list[SparseParameter]]:
+    """``(trainable, frozen)``: a frozen weight (``requires_grad=False``) cannot regrow, so it stays dense."""
+    trainable = [p for p in params if p.param.requires_grad]
+    return trainable, [p for p in params if not p.param.requires_grad]
 
 
 def select_structured_parameters(

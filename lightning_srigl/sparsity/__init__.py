@@ -18,9 +18,15 @@ from lightning_srigl.sparsity.metrics import (
     mask_change,
 )
 from lightning_srigl.sparsity.rigl import RigLUpdate, random_unstructured_mask, rigl_update
-from lightning_srigl.sparsity.schedule import cosine_drop_fraction, exploration_end, is_update_step
+from lightning_srigl.sparsity.schedule import (
+    cosine_drop_fraction,
+    exploration_end,
+    in_gradient_window,
+    is_update_step,
+    update_due,
+)
 from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask, topk_mask
-from lightning_srigl.sparsity.validation import check_sparsity
+from lightning_srigl.sparsity.validation import as_integer, as_real, check_sparsity
 from lightning_srigl.sparsity.diversity import count_transposable_patterns, mask_diversity_log10
 from lightning_srigl.sparsity.nm import (
     check_nm,

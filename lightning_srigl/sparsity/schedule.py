@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["cosine_drop_fraction", "exploration_end", "is_update_step"]
+__all__ = ["cosine_drop_fraction", "exploration_end", "in_gradient_window", "is_update_step", "update_due"]
 
 
 def cosine_drop_fraction(step: int, t_end: int, alpha: float) -> float:
@@ -28,6 +28,28 @@ def is_update_step(step: int, delta_t: int, t_end: int) -> bool:
     if delta_t <= 0:
         raise ValueError(f"delta_t must be a positive number of optimizer steps, got {delta_t}")
     return step > 0 and step % delta_t == 0 and step < t_end
+
+
+def update_due(previous_step: int, step: int, delta_t: int, t_end: int) -> int | None:
+    """The scheduled update step reached when the optimizer step count moved from ``previous_step`` to ``step``.
+
+    One optimizer moves the count by 1 per batch; ``k`` optimizers (manual optimization) move it by
+    ``k``, so the multiple of ``delta_t`` may lie inside the jump: the last one in
+    ``(previous_step, step]`` is due. ``None`` when no update is.
+    """
+    last = step // delta_t * delta_t
+    return last if last > previous_step and is_update_step(last, delta_t, t_end) else None
+
+
+def in_gradient_window(round_start: int, steps_per_round: int, n: int, delta_t: int, t_end: int) -> bool:
+    """Whether gradients of the round starting after step ``round_start`` feed the next update.
+
+    A *round* is what happens between two batch ends that moved the step count: ``steps_per_round``
+    optimizer steps (1 with one optimizer). The growth score of an update averages the gradients of
+    the ``n`` rounds that end with it.
+    """
+    next_update = (round_start // delta_t + 1) * delta_t
+    return next_update <= round_start + n * steps_per_round and is_update_step(next_update, delta_t, t_end)
 
 
 def exploration_end(total_steps: int, fraction: float) -> int:

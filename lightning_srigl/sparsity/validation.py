@@ -3,21 +3,64 @@
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_drop_fraction", "check_sparsity", "check_update_inputs"]
+__all__ = ["as_integer", "as_real", "check_drop_fraction", "check_sparsity", "check_update_inputs"]
+
+
+def _scalar(value: object) -> object:
+    """A 0-d tensor as its Python number; anything else unchanged."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
+        return value.item()
+    return value
+
+
+def as_real(value: object, name: str, hint: str = "") -> float:
+    """``value`` as a finite ``float``: ints, floats, numpy scalars and 0-d tensors; never bools or strings.
+
+    Raises:
+        TypeError: not a real number (the message names ``name`` and its type, then ``hint``).
+        ValueError: NaN or infinite.
+    """
+    number = _scalar(value)
+    if isinstance(number, bool) or not isinstance(number, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}" + (f"; {hint}" if hint else ""))
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}" + (f"; {hint}" if hint else ""))
+    return float(number)
+
+
+def as_integer(value: object, name: str, minimum: int | None = None, hint: str = "") -> int:
+    """``value`` as an ``int`` (ints, numpy integers, integer 0-d tensors; never bools), at least ``minimum``.
+
+    Raises:
+        TypeError: not an integer.
+        ValueError: below ``minimum``.
+    """
+    number = _scalar(value)
+    if isinstance(number, bool) or not isinstance(number, Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}" + (f"; {hint}" if hint else ""))
+    if minimum is not None and int(number) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}" + (f"; {hint}" if hint else ""))
+    return int(number)
 
 
 def check_sparsity(s: float, name: str = "sparsity") -> float:
-    """Return ``s`` as a float if it is a valid sparsity in ``[0, 1)``, else raise ``ValueError``."""
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0.0 <= s < 1.0:
-        raise ValueError(
-            f"{name} must be a number in [0, 1) (the fraction of weights that are zero, "
-            f"e.g. 0.9 keeps 10%), got {s!r}"
-        )
-    return float(s)
+    """Return ``s`` as a float if it is a valid sparsity in ``[0, 1)``, else raise ``ValueError``.
+
+    Numbers include numpy scalars and 0-d tensors; a non-number raises ``TypeError``.
+    """
+    hint = "the fraction of weights that are zero, e.g. 0.9 keeps 10%"
+    try:
+        value = as_real(s, name, hint)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1) ({hint}), got {s!r}")
+    return value
 
 
 def check_drop_fraction(f: float) -> float:

@@ -163,5 +163,5 @@ def test_batch_size_resizes_the_captured_inputs() -> None:
     assert _resize_batch(x, None) is x
     assert torch.equal(_resize_batch(x, 2), x[:2])
     assert torch.equal(_resize_batch(x, 7), torch.cat([x, x, x[:1]]))
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         AccelerateCallback(batch_size=0)

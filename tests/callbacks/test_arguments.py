@@ -15,12 +15,12 @@ from tests.callbacks.tiny import TinyNet, trainer
     [
         ({"sparsity": 1.0}, r"sparsity"),
         ({"sparsity": -0.1}, r"sparsity"),
-        ({"distribution": "erdos"}, r"'erk' or 'uniform'"),
-        ({"delta_t": 0}, r"delta_t must be a positive integer"),
+        ({"distribution": "erdos"}, r"distribution must be one of 'erk', 'uniform'"),
+        ({"delta_t": 0}, r"delta_t must be an integer >= 1"),
         ({"t_end_fraction": 0.0}, r"t_end_fraction must be in \(0, 1\]"),
         ({"alpha": 1.5}, r"alpha .* must be in \[0, 1\]"),
         ({"gamma_sal": -1.0}, r"gamma_sal must be >= 0"),
-        ({"grad_accumulation_n": 0}, r"grad_accumulation_n must be a positive integer"),
+        ({"grad_accumulation_n": 0}, r"grad_accumulation_n must be an integer >= 1"),
         ({"delta_t": 4, "grad_accumulation_n": 5}, r"must not exceed delta_t=4"),
         ({"log_every_n_steps": 0}, r"log_every_n_steps"),
         ({"include": [1]}, r"include must be a list of fnmatch patterns"),
@@ -58,7 +58,7 @@ def test_a_bare_string_pattern_is_one_pattern_not_a_substring_test() -> None:
 
 def test_two_sparsity_callbacks_on_one_trainer_are_rejected() -> None:
     callbacks = [SRigLCallback(report=False), RigLCallback(report=False)]
-    with pytest.raises(ValueError, match="one dynamic sparsity callback per Trainer"):
+    with pytest.raises(ValueError, match="one sparsity callback per Trainer"):
         trainer(callbacks=callbacks, max_steps=1).fit(TinyNet())
 
 

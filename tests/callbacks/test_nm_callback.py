@@ -201,7 +201,7 @@ def test_resume_from_checkpoint_continues_identically(tmp_path: Path) -> None:
     _fit(resumed, [callback], ckpt_path=tmp_path / "epoch=0-step=4.ckpt", **common)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    with pytest.raises(ValueError, match="differs from the checkpoint"):
+    with pytest.raises(ValueError, match=r"n differ from the checkpoint's \(n: checkpoint 2, now 1\)"):
         _fit(TinyMLP(), [NMSparsityCallback(n=1, m=4)], ckpt_path=tmp_path / "epoch=0-step=4.ckpt", **common)
 
 

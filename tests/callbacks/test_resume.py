@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -103,11 +105,53 @@ def _record_restored_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(UpdateProbe, "on_train_start", on_train_start)
 
 
-def test_resuming_with_different_arguments_is_an_error(tmp_path: Path) -> None:
+def _checkpoint_at_step_4(tmp_path: Path) -> Path:
+    """A checkpoint of a 16-step run (updates at steps 3, 6, 9; t_end = 12) written after step 4."""
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_train_steps=4)
-    trainer(callbacks=[_srigl(), checkpoint], max_steps=4).fit(TinyNet())
-    with pytest.raises(ValueError, match=r"alpha: checkpoint 0\.3, now 0\.5.*Resume with the same arguments"):
-        trainer(callbacks=[_srigl(alpha=0.5)], max_steps=8).fit(TinyNet(), ckpt_path=tmp_path / "epoch=0-step=4.ckpt")
+    trainer(callbacks=[_srigl(), checkpoint], max_steps=16).fit(TinyNet())
+    return tmp_path / "epoch=0-step=4.ckpt"
+
+
+def test_resuming_with_an_argument_that_changes_the_masks_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = _checkpoint_at_step_4(tmp_path)
+    with pytest.raises(ValueError, match=r"sparsity differ .*sparsity: checkpoint 0\.8, now 0\.7.*checkpoint's values"):
+        trainer(callbacks=[SRigLCallback(sparsity=0.7, delta_t=3, report=False)], max_steps=16).fit(TinyNet(), ckpt_path=path)
+
+
+def test_resuming_with_another_schedule_warns_and_resumes(tmp_path: Path) -> None:
+    path = _checkpoint_at_step_4(tmp_path)
+    callback = _srigl(alpha=0.5)
+    with pytest.warns(UserWarning, match=r"alpha: checkpoint 0\.3, now 0\.5"):
+        trainer(callbacks=[callback], max_steps=16).fit(TinyNet(), ckpt_path=path)
+    assert [h["step"] for h in callback.history] == [3, 6, 9]
+    assert callback.history[-1]["drop_fraction"] == pytest.approx(0.25 * (1 + math.cos(math.pi * 9 / 12)))
+
+
+def _edit_callback_state(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    checkpoint = torch.load(path, weights_only=False)
+    (key,) = [k for k in checkpoint["callbacks"] if k.startswith("SRigLCallback")]
+    edit(checkpoint["callbacks"][key])
+    edited = path.with_name("edited.ckpt")
+    torch.save(checkpoint, edited)
+    return edited
+
+
+def test_an_older_checkpoint_without_new_keys_resumes_with_their_defaults(tmp_path: Path) -> None:
+    def make_old(state: dict[str, Any]) -> None:  # as written before `version`, `structure` and `history` existed
+        del state["version"], state["config"]["structure"], state["history"]
+
+    path = _edit_callback_state(_checkpoint_at_step_4(tmp_path), make_old)
+    callback = _srigl()
+    trainer(callbacks=[callback], max_steps=16).fit(TinyNet(), ckpt_path=path)
+    assert [h["step"] for h in callback.history] == [6, 9]  # the step-3 record went with the history
+    assert callback.state_dict()["version"] == 2
+
+
+def test_a_missing_key_counts_as_its_default_when_it_changes_the_masks(tmp_path: Path) -> None:
+    path = _edit_callback_state(_checkpoint_at_step_4(tmp_path), lambda state: state["config"].pop("structure"))
+    nm = SRigLCallback(sparsity=0.5, delta_t=3, structure="2:4", report=False)
+    with pytest.raises(ValueError, match=r"structure: checkpoint 'constant_fan_in', now '2:4'"):
+        trainer(callbacks=[nm], max_steps=16).fit(TinyNet(), ckpt_path=path)
 
 
 def test_checkpoint_with_masks_that_do_not_fit_is_an_error(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``accelerate``: sparse-layer detection, exact candidates, swapping, folding, report."""
+"""``accelerate``: sparse layers from the masking record, exact candidates, swapping, folding, report."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.condensed import accelerate as accelerate_module
 from lightning_srigl.condensed.accelerate import (
     accelerate,
-    find_sparse_linears,
-    layer_mask,
-    make_candidate,
-    pad_fan_in,
+    capture_layer_inputs,
+    plan_acceleration,
+    rebuild_plan,
     swap_layers,
 )
 from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
 from lightning_srigl.condensed.csr import CSRLinear
-from lightning_srigl.condensed.linear import CondensedLinear
+from lightning_srigl.condensed.linear import CondensedLinear, pad_fan_in
+from lightning_srigl.condensed.registry import accelerated_layers, build_candidate, sparse_layers
+from lightning_srigl.masking import bind_masks, mask_of, register_mask_
 
 
 def constant_fan_in_mask(out: int, inp: int, k: int, ablated: list[int], seed: int) -> Tensor:
@@ -33,7 +35,7 @@ def constant_fan_in_mask(out: int, inp: int, k: int, ablated: list[int], seed: i
 
 def sparsify_(layer: nn.Linear, k: int, ablated: list[int], seed: int) -> None:
     mask = constant_fan_in_mask(layer.out_features, layer.in_features, k, ablated, seed)
-    layer.register_buffer("weight_mask", mask)
+    register_mask_(layer, "weight", mask)
     with torch.no_grad():
         layer.weight.mul_(mask)
 
@@ -59,6 +61,7 @@ def test_accelerated_model_equals_the_masked_model(fold: bool, shape: tuple[int,
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert [row.name for row in report.rows] == ["0", "2"]
     assert not any(key.endswith("weight_mask") for key in model.state_dict())
+    assert accelerated_layers(model).keys() == {"0", "2"} and not sparse_layers(model)
     for row in report.rows:
         assert row.chosen in row.times and "dense" in row.times
         assert row.speedup == pytest.approx(row.times["dense"] / row.times[row.chosen])
@@ -75,35 +78,46 @@ def test_every_swapped_kernel_is_exact_and_drops_the_mask(kind: str) -> None:
         expected = model(x)
     rows = [
         LayerAcceleration(name, 0, 0, 7, 0.1, 0, kind, {"dense": 1.0, kind: 1.0}, {})
-        for name in find_sparse_linears(model)
+        for name in sparse_layers(model)
     ]
-    swap_layers(model, AccelerationReport(rows))
+    swap_layers(model, rebuild_plan(model, AccelerationReport(rows)))
     expected_type = {"dense": nn.Linear, "condensed": CondensedLinear, "csr": CSRLinear}[kind]
     assert type(model[0]) is expected_type and type(model[2]) is expected_type
-    assert not hasattr(model[0], "weight_mask")
+    assert not hasattr(model[0], "weight_mask") and mask_of(model[0]) is None
+    assert accelerated_layers(model) == {"0": kind, "2": kind}
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
-    if kind != "dense":
-        with pytest.raises(ValueError, match="already accelerated"):
-            swap_layers(model, AccelerationReport(rows))
+    with pytest.raises(ValueError, match="already accelerated"):
+        rebuild_plan(model, AccelerationReport(rows))
 
 
-def test_layer_mask_reads_the_buffer_or_constant_fan_in_zeros() -> None:
-    with_buffer = nn.Linear(8, 4)
-    sparsify_(with_buffer, k=2, ablated=[], seed=0)
-    assert torch.equal(layer_mask(with_buffer), with_buffer.weight_mask)
+def test_the_installed_layer_is_the_one_that_was_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = sparse_mlp()
+    x = torch.randn(4, 64)
+    inputs = capture_layer_inputs(model, x, list(sparse_layers(model)))
+    plan = plan_acceleration(model, inputs, warmup=0, repeats=1)
+    builds: list[str] = []
+    monkeypatch.setattr(accelerate_module, "build_candidate", lambda *a: builds.append(a[0]) or build_candidate(*a))
+    swap_layers(model, plan)
+    assert builds == []  # nothing is rebuilt after timing
+    assert model[0] is plan.layers["0"] and model[2] is plan.layers["2"]
 
+
+def test_sparse_layers_are_the_masked_ones_the_masking_layer_records() -> None:
+    named_like_a_mask = nn.Linear(8, 4)
+    named_like_a_mask.register_buffer("weight_mask", torch.ones(4, 8, dtype=torch.bool))  # not a recorded mask
     zeros_only = nn.Linear(8, 4)
-    mask = constant_fan_in_mask(4, 8, 3, [2], seed=1)
     with torch.no_grad():
-        zeros_only.weight.mul_(mask)
-    assert torch.equal(layer_mask(zeros_only), mask)
-
-    assert layer_mask(nn.Linear(8, 4)) is None  # dense
-    uneven = nn.Linear(8, 4)
-    with torch.no_grad():
-        uneven.weight[0, :3] = 0.0
-    assert layer_mask(uneven) is None  # zeros without constant fan-in are not a sparse layer
+        zeros_only.weight.mul_(constant_fan_in_mask(4, 8, 3, [2], seed=1))  # zeros alone make no sparse layer
+    bound = nn.Linear(8, 4)
+    attention = nn.MultiheadAttention(8, 2)  # its out_proj is a Linear subclass with its own forward
+    model = nn.ModuleDict({"buffer": named_like_a_mask, "zeros": zeros_only, "bound": bound, "attn": attention})
+    mask = constant_fan_in_mask(4, 8, 2, [], seed=0)
+    bind_masks(model, {"bound.weight": mask, "attn.out_proj.weight": torch.ones(8, 8, dtype=torch.bool)})
+    assert list(sparse_layers(model)) == ["bound"]
+    assert torch.equal(sparse_layers(model)["bound"].mask, mask)
+    with pytest.raises(ValueError, match="No sparse layer found.*bind_masks"):
+        accelerate(nn.Sequential(named_like_a_mask, zeros_only), torch.randn(2, 8))
 
 
 def test_pad_fan_in_adds_inactive_columns_up_to_the_largest_fan_in() -> None:
@@ -117,22 +131,24 @@ def test_pad_fan_in_adds_inactive_columns_up_to_the_largest_fan_in() -> None:
 def test_condensed_candidate_after_uneven_column_removal_is_exact() -> None:
     layer = nn.Linear(12, 6)
     sparsify_(layer, k=4, ablated=[2], seed=3)
-    mask = layer.weight_mask.clone()
+    mask = mask_of(layer).clone()
     mask[0, mask[0].nonzero()[0]] = False  # row 0 lost an input, as after folding
     with torch.no_grad():
         layer.weight.mul_(mask)
-    candidate = make_candidate("condensed", layer, mask)
+    candidate = build_candidate("condensed", layer, mask)
     x = torch.randn(5, 12)
     torch.testing.assert_close(candidate(x), nn.functional.linear(x, layer.weight, layer.bias))
 
 
 def test_no_sparse_layer_and_bad_candidates_raise() -> None:
-    with pytest.raises(ValueError, match="No sparse nn.Linear"):
+    with pytest.raises(ValueError, match="No sparse layer"):
         accelerate(nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4))
     with pytest.raises(ValueError, match="must include 'dense'"):
         accelerate(sparse_mlp(), torch.randn(2, 64), candidates=("condensed",))
+    with pytest.raises(TypeError, match="list of candidate names"):
+        accelerate(sparse_mlp(), torch.randn(2, 64), candidates="dense")
     with pytest.raises(ValueError, match="Unknown candidate"):
-        make_candidate("bsr", nn.Linear(4, 4), torch.ones(4, 4, dtype=torch.bool))
+        build_candidate("bsr", nn.Linear(4, 4), torch.ones(4, 4, dtype=torch.bool))
 
 
 def test_semi_structured_is_skipped_with_a_reason_on_cpu() -> None:

@@ -1,17 +1,24 @@
-"""The gather-free batch-1 kernel (csrc/permute_b1.cpp) and CondensedLinear's cached layout for it."""
+"""The gather-free batch-1 kernel (csrc/batch1.h) of every variant that has one, and CondensedLinear's cached layout."""
 
 import pytest
 import torch
 
 from lightning_srigl.condensed import CondensedLinear
-from lightning_srigl.condensed.cpu_kernel import condensed_linear_torch, load_extension, permute_layout
+from lightning_srigl.condensed.cpu_kernel import (
+    batch1_layout,
+    condensed_linear_torch,
+    host_variants,
+    load_extension,
+    load_variant_by_name,
+)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def extension():
+    """The variant CondensedLinear uses, when it has the batch-1 kernel."""
     ext = load_extension()
-    if ext is None or not ext.permute_supported():
-        pytest.skip("no C++ extension with AVX-512 here; CondensedLinear uses the gather kernel instead")
+    if ext is None or not ext.batch1_supported:
+        pytest.skip("the chosen variant has no batch-1 kernel here; CondensedLinear uses the gather kernel instead")
     return ext
 
 
@@ -36,46 +43,56 @@ def sorted_case(inp: int, rows: int, k: int, index_dtype: torch.dtype, seed: int
     ],
 )
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_permute_kernel_matches_reference(extension, inp, rows, k, index_dtype, out, with_bias):
+def test_batch1_kernel_matches_reference(batch1_kernel, inp, rows, k, index_dtype, out, with_bias):
     values, indices, x = sorted_case(inp, rows, k, index_dtype, seed=rows)
     indices = indices[:, torch.randperm(k, generator=torch.Generator().manual_seed(1))].contiguous()
     active = torch.randperm(out, generator=torch.Generator().manual_seed(2))[:rows].sort().values
     bias = torch.randn(out) if with_bias else None
-    layout = permute_layout(values, indices, active, inp, out)
-    got = extension.permute_forward(x, layout, bias)
+    layout = batch1_layout(values, indices, active, inp, out, kernel=batch1_kernel)
+    got = batch1_kernel.batch1_forward(x, layout, bias)
     expected = torch.zeros(1, out, dtype=torch.float64) if bias is None else bias.double().clone()[None]
     expected[:, active] += condensed_linear_torch(x.double(), values.double(), indices, None)
     assert got.shape == (1, out)
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_permute_kernel_ignores_inf_in_unused_features(extension):
+def test_batch1_kernel_ignores_inf_in_unused_features(batch1_kernel):
     """Idle lanes must not turn an infinite activation that no kept weight reads into NaN."""
     values, indices, x = sorted_case(64, 16, 1, torch.int16, seed=3)
     x[:, [i for i in range(64) if i not in set(indices.flatten().tolist())]] = float("inf")
-    layout = permute_layout(values, indices, torch.arange(16), 64, 16)
-    got = extension.permute_forward(x, layout, None)
+    layout = batch1_layout(values, indices, torch.arange(16), 64, 16, kernel=batch1_kernel)
+    got = batch1_kernel.batch1_forward(x, layout, None)
     torch.testing.assert_close(got, condensed_linear_torch(x, values, indices, None))
 
 
-def test_permute_rejects_mismatched_inputs(extension):
+def test_batch1_rejects_mismatched_inputs(batch1_kernel):
     values, indices, x = sorted_case(64, 4, 8, torch.int16, seed=0)
-    layout = permute_layout(values, indices, torch.arange(4), 64, 4)
+    layout = batch1_layout(values, indices, torch.arange(4), 64, 4, kernel=batch1_kernel)
     with pytest.raises(RuntimeError, match=r"\(1, 64\)"):
-        extension.permute_forward(torch.randn(1, 65), layout, None)
+        batch1_kernel.batch1_forward(torch.randn(1, 65), layout, None)
     with pytest.raises(RuntimeError, match="bias"):
-        extension.permute_forward(x, layout, torch.randn(5))
+        batch1_kernel.batch1_forward(x, layout, torch.randn(5))
     with pytest.raises(RuntimeError, match="inconsistent layout"):
-        extension.permute_forward(x, layout[:-64], None)
+        batch1_kernel.batch1_forward(x, layout[:-64], None)
     with pytest.raises(RuntimeError, match="rows"):
-        permute_layout(values, indices, torch.tensor([0, 1, 2, 4]), 64, 4)
+        batch1_layout(values, indices, torch.tensor([0, 1, 2, 4]), 64, 4, kernel=batch1_kernel)
 
 
-def test_permute_layout_only_for_fp32(extension):
+def test_batch1_layout_of_one_variant_is_refused_by_another(batch1_kernel):
+    """A layout names the lanes and window it was built for; another variant's kernel must not misread it."""
+    values, indices, x = sorted_case(64, 4, 8, torch.int16, seed=0)
+    layout = batch1_layout(values, indices, torch.arange(4), 64, 4, kernel=batch1_kernel)
+    others = [load_variant_by_name(name) for name in host_variants() if name != batch1_kernel.variant]
+    for other in [kernel for kernel in others if kernel.batch1_supported]:
+        with pytest.raises(RuntimeError, match="another kernel variant"):
+            other.batch1_forward(x, layout, None)
+
+
+def test_batch1_layout_only_for_fp32(batch1_kernel):
     values, indices, _ = sorted_case(64, 4, 8, torch.int16, seed=0)
     rows = torch.arange(4)
-    assert permute_layout(values.bfloat16(), indices, rows, 64, 4) is None
-    assert permute_layout(values[:0], indices[:0], rows[:0], 64, 4) is None
+    assert batch1_layout(values.bfloat16(), indices, rows, 64, 4, kernel=batch1_kernel) is None
+    assert batch1_layout(values[:0], indices[:0], rows[:0], 64, 4, kernel=batch1_kernel) is None
 
 
 def test_condensed_linear_batch1_follows_weight_changes(extension):

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lightning_srigl.condensed.fold import fold_ablated_neurons
+from lightning_srigl.masking import mask_of, register_mask_
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -155,10 +156,10 @@ def test_masks_are_checked_and_sliced() -> None:
     mask2 = torch.ones(3, 6, dtype=torch.bool)
     with torch.no_grad():
         model[0].weight.mul_(mask0)
-    model[2].register_buffer("weight_mask", mask2.clone())
+    register_mask_(model[2], "weight", mask2)
     report = fold_ablated_neurons(model, {"0.weight": mask0})
     assert torch.equal(report.masks["0"], mask0[[0, 2, 4, 5]])
-    assert report.masks["2"].shape == (3, 4) and report.model[2].weight_mask.shape == (3, 4)
+    assert report.masks["2"].shape == (3, 4) and mask_of(report.model[2]).shape == (3, 4)
     with pytest.raises(ValueError, match="non-zero where its mask is False"):
         fold_ablated_neurons(model, {"0": torch.zeros(6, 4, dtype=torch.bool)})
     with pytest.raises(ValueError, match="not a Linear/Conv layer"):

@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_srigl.condensed import CondensedLinear
 from lightning_srigl.condensed.cpu_kernel import DISABLE_ENV, load_extension
+from lightning_srigl.masking import register_mask_
 
 TOLERANCES = {
     torch.float32: {"atol": 1e-4, "rtol": 1e-4},
@@ -108,11 +109,11 @@ def test_rejects_rows_with_different_fan_ins():
         CondensedLinear.from_weight_mask(torch.randn(3, 8), mask)
 
 
-def test_nm_mask_and_weight_mask_buffer_are_used():
+def test_nm_mask_and_the_layers_own_mask_are_used():
     linear = nn.Linear(16, 8)
     scores = torch.rand(8, 4, 4).argsort(dim=-1)
     mask = (scores < 2).reshape(8, 16)  # 2:4 along the input dimension
-    linear.register_buffer("weight_mask", mask)
+    register_mask_(linear, "weight", mask)
     with torch.no_grad():
         linear.weight.mul_(mask)
         linear.weight[0, mask[0]] = 0.0  # explicit zeros inside the mask stay part of the layer

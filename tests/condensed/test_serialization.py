@@ -72,8 +72,10 @@ def test_custom_module_needs_example_input_then_exports(tmp_path):
         save_condensed(model, tmp_path / "res.pt")
     x = torch.randn(3, 16)
     assert save_condensed(model, tmp_path / "res.pt", example_input=x) == "exported"
+    with pytest.raises(ValueError, match="trust_exported=True"):  # torch.export.load unpickles
+        load_condensed(tmp_path / "res.pt")
     with torch.no_grad():
-        torch.testing.assert_close(load_condensed(tmp_path / "res.pt")(x), model(x))
+        torch.testing.assert_close(load_condensed(tmp_path / "res.pt", trust_exported=True)(x), model(x))
 
 
 def test_rejects_files_not_written_by_save_condensed(tmp_path):
@@ -96,7 +98,8 @@ def test_loads_in_a_fresh_process_with_only_torch_and_lightning_srigl(tmp_path):
         "e = torch.load(d + '/expected.pt')\n"
         "with torch.no_grad():\n"
         "    for name in ('mlp', 'res'):\n"
-        "        torch.testing.assert_close(load_condensed(d + f'/{name}.pt')(e['x']), e[name])\n"
+        "        loaded = load_condensed(d + f'/{name}.pt', trust_exported=name == 'res')\n"
+        "        torch.testing.assert_close(loaded(e['x']), e[name])\n"
         "assert 'lightning' not in sys.modules and 'tests' not in sys.modules\n"
         "print('ok')\n"
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from lightning_srigl.sparsity import check_sparsity, erk_densities, layer_budgets, uniform_densities
 
@@ -89,10 +91,21 @@ def test_layer_budgets_reject_bad_inputs() -> None:
         layer_budgets([(2, 2)], [1.5])
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), True, "0.9", None])
-def test_check_sparsity_rejects(bad) -> None:
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), float("inf")])
+def test_check_sparsity_rejects_values_outside_the_range(bad) -> None:
     with pytest.raises(ValueError, match="e.g. 0.9 keeps 10%"):
         check_sparsity(bad)
+
+
+@pytest.mark.parametrize("bad", [True, "0.9", None, torch.tensor([0.5])])
+def test_check_sparsity_rejects_non_numbers_with_a_type_error(bad) -> None:
+    with pytest.raises(TypeError, match="sparsity must be a number.*e.g. 0.9 keeps 10%"):
+        check_sparsity(bad)
+
+
+@pytest.mark.parametrize("number", [np.float32(0.9), np.float64(0.9), torch.tensor(0.9), torch.tensor(0.9).double()])
+def test_check_sparsity_accepts_numpy_scalars_and_0d_tensors(number) -> None:
+    assert check_sparsity(number) == pytest.approx(0.9) and isinstance(check_sparsity(number), float)
 
 
 def test_check_sparsity_accepts_and_names_the_argument() -> None:

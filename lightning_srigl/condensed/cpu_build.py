@@ -1,0 +1,123 @@
+"""Loading a CPU kernel variant: the library built at install time, else a one-time JIT build.
+
+``pip install --no-build-isolation .`` puts one library per variant next to this module
+(``_cpu_<variant>*.so``, see ``setup.py``). A source tree without them (or with libraries built against
+another torch) compiles the variant on first use with ``torch.utils.cpp_extension.load``, printing one
+line first, into ``$LIGHTNING_SRIGL_CACHE`` (default ``~/.cache/lightning_srigl``) under a folder named by
+the torch version, the variant and a hash of the sources and flags, so installs of different versions
+never rebuild each other's kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lightning_srigl.condensed.cpu_variants import Variant, source_hash, sources
+
+CACHE_ENV = "LIGHTNING_SRIGL_CACHE"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Seconds one variant took to compile on the 2-core development VM (g++ 12), for the JIT message.
+_BUILD_SECONDS = 25
+
+_lock = threading.Lock()
+_loaded: dict[str, "KernelOps"] = {}
+
+
+@dataclass(frozen=True)
+class KernelOps:
+    """The ops of one loaded variant (``torch.ops.lightning_srigl_<variant>``), resolved to overloads.
+
+    Attributes:
+        variant: the variant's name (``avx512``, ``avx2``, ``neon``, ``scalar``).
+        library: the shared library the ops came from.
+        condensed_linear: ``(x (B, in), values (A, k), indices (A, k), bias (A,) | None) -> (B, A)``.
+        batch1_layout: ``(values, indices, rows (A,), in, out) -> uint8 layout`` (empty where unsupported).
+        batch1_forward: ``(x (1, in), layout, bias (out,) | None) -> (1, out)``.
+        batch1_supported: whether the variant has the gather-free batch-1 kernel.
+    """
+
+    variant: str
+    library: Path
+    condensed_linear: object
+    batch1_layout: object
+    batch1_forward: object
+    batch1_supported: bool
+
+
+def build_directory(variant: Variant) -> Path:
+    """JIT cache folder of ``variant``: ``<cache>/<torch version>/<variant>-<source hash>``."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lightning_srigl")
+    return root / torch.__version__.replace("+", "_") / f"{variant.name}-{source_hash()}"
+
+
+def installed_library(variant: Variant) -> Path | None:
+    """The library ``setup.py`` built for ``variant`` (in the package folder), or None."""
+    found = sorted(_PACKAGE_DIR.glob(f"{variant.library}.*so")) + sorted(_PACKAGE_DIR.glob(f"{variant.library}.pyd"))
+    return found[0] if found else None
+
+
+def jit_build(variant: Variant) -> Path:
+    """Compile ``variant`` into its cache folder (once; later calls find it built) and return the library."""
+    from torch.utils import cpp_extension
+
+    directory = build_directory(variant)
+    name = f"lightning_srigl_{variant.name}_{source_hash()}"
+    library = directory / f"{name}.so"
+    if not library.exists():
+        print(
+            f"lightning_srigl: building the CPU kernel once ({variant.name}), about {_BUILD_SECONDS} s, into {directory}",
+            file=sys.stderr,
+            flush=True,
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name=name,
+        sources=[str(source) for source in sources()],
+        extra_cflags=variant.compile_flags(),
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(directory),
+        is_python_module=False,
+        verbose=False,
+    )
+    return library
+
+
+def load_variant(variant: Variant) -> KernelOps:
+    """Load ``variant``'s ops (installed library first, else a JIT build); cached per process.
+
+    Raises:
+        RuntimeError / OSError: neither an installed library nor a build was possible.
+    """
+    if variant.name in _loaded:
+        return _loaded[variant.name]
+    with _lock:
+        if variant.name not in _loaded:
+            library = installed_library(variant)
+            try:
+                if library is None:
+                    raise FileNotFoundError(f"no installed {variant.library} library")
+                torch.ops.load_library(str(library))
+            except OSError:  # missing, or built against another torch (undefined symbols)
+                library = jit_build(variant)
+                torch.ops.load_library(str(library))
+            _loaded[variant.name] = _resolve(variant.name, library)
+    return _loaded[variant.name]
+
+
+def _resolve(variant: str, library: Path) -> KernelOps:
+    ops = getattr(torch.ops, f"lightning_srigl_{variant}")
+    # Overloads, not packets: calling `.default` skips the overload lookup on every call.
+    return KernelOps(
+        variant=variant,
+        library=library,
+        condensed_linear=ops.condensed_linear.default,
+        batch1_layout=ops.batch1_layout.default,
+        batch1_forward=ops.batch1_forward.default,
+        batch1_supported=bool(ops.batch1_supported()),
+    )

@@ -1,0 +1,108 @@
+"""The CPU kernel variants: one build of ``csrc/ops.cpp`` per instruction set, and their compiler flags.
+
+Plain Python with no imports from the package or torch, so ``setup.py`` can read it before anything is
+installed. Each variant is its own shared library ``lightning_srigl/condensed/_cpu_<name>*.so`` that
+registers its ops in the ``torch.ops.lightning_srigl_<name>`` namespace; ``cpu_build.py`` loads them and
+``cpu_isa.py`` picks one for the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("ops.cpp",)
+HEADERS = ("common.h", "gather_dot.h", "panel.h", "batch1.h")
+PACKAGE = "lightning_srigl.condensed"
+# Common flags: OpenMP for at::parallel_for, fused multiply-adds where the ISA has them, and hidden
+# symbols: torch.ops.load_library opens libraries with RTLD_GLOBAL, so an exported inline function of
+# one variant could otherwise be bound to another library's copy, compiled for another instruction set.
+# No debug information (-g0): it would triple the libraries' size and the build time.
+BASE_FLAGS = ("-O3", "-g0", "-fopenmp", "-ffp-contract=fast", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
+              "-Wno-unknown-pragmas")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One instruction-set build: its name, ATen's CPU_CAPABILITY, the compiler's ``-m`` flags, and the CPU
+    features it needs (keys of ``torch.cpu.get_capabilities()``); ``batch1`` tells whether it has the
+    gather-free batch-1 kernel (``csrc/batch1.h``: it needs a vector permute)."""
+
+    name: str
+    capability: str
+    machine_flags: tuple[str, ...]
+    requires: tuple[str, ...] = ()
+    batch1: bool = False
+
+    @property
+    def library(self) -> str:
+        """The extension's module name inside the package, e.g. ``_cpu_avx2``."""
+        return f"_cpu_{self.name}"
+
+    @property
+    def namespace(self) -> str:
+        """The ``torch.ops`` namespace its ops are registered in, e.g. ``lightning_srigl_avx2``."""
+        return f"lightning_srigl_{self.name}"
+
+    def compile_flags(self) -> list[str]:
+        """Every flag for this variant's translation unit."""
+        defines = [f"-DCPU_CAPABILITY={self.capability}", f"-DLSR_OPS_NAMESPACE={self.namespace}"]
+        if self.capability != "DEFAULT":
+            defines.append(f"-DCPU_CAPABILITY_{self.capability}")
+        return [*BASE_FLAGS, *self.machine_flags, *defines]
+
+
+# The same flags ATen builds its own AVX2 / AVX-512 kernels with (plus popcnt and F16C for fp16).
+X86_VARIANTS = (
+    Variant(
+        "avx512",
+        "AVX512",
+        ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-mpopcnt", "-mprefer-vector-width=512"),
+        ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq", "fma3", "f16c", "popcnt"),
+        batch1=True,
+    ),
+    Variant(
+        "avx2",
+        "AVX2",
+        ("-mavx2", "-mfma", "-mf16c", "-mpopcnt", "-mbmi", "-mbmi2"),
+        ("avx2", "fma3", "f16c", "popcnt", "bmi", "bmi2"),
+        batch1=True,
+    ),
+    Variant("scalar", "DEFAULT", ()),
+)
+# On aarch64 at::vec always uses NEON (every aarch64 CPU has it), so one build covers the architecture.
+ARM_VARIANTS = (Variant("neon", "DEFAULT", ()),)
+OTHER_VARIANTS = (Variant("scalar", "DEFAULT", ()),)
+
+
+def machine_kind() -> str:
+    """``"x86"``, ``"arm"`` or ``"other"``: the architecture the running interpreter was built for."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i686", "x86"):
+        return "x86"
+    if machine in ("aarch64", "arm64"):
+        return "arm"
+    return "other"
+
+
+def variants_for_machine(kind: str | None = None) -> tuple[Variant, ...]:
+    """The variants built for an architecture, best first."""
+    return {"x86": X86_VARIANTS, "arm": ARM_VARIANTS}.get(kind or machine_kind(), OTHER_VARIANTS)
+
+
+def sources() -> list[Path]:
+    """The translation units of every variant."""
+    return [CSRC / name for name in SOURCES]
+
+
+def source_hash() -> str:
+    """Short hash of every kernel source and header and of the flags: keys the JIT cache."""
+    digest = hashlib.sha256()
+    for name in (*SOURCES, *HEADERS):
+        digest.update((CSRC / name).read_bytes())
+    for variant in variants_for_machine():
+        digest.update(" ".join(variant.compile_flags()).encode())
+    return digest.hexdigest()[:16]

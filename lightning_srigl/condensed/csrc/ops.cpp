@@ -1,0 +1,170 @@
+// Condensed constant-fan-in linear layer on the CPU, registered as torch ops:
+//   y[b, a] = bias[a] + sum_j values[a, j] * x[b, indices[a, j]]
+// x (B, in), values (A, k), indices (A, k) int16 or int32, bias (A,) or none -> y (B, A).
+// Values/activations are fp32, bf16 or fp16; accumulation is always fp32.
+//
+// This file is compiled once per instruction set into its own shared library, which registers
+//   torch.ops.<LSR_OPS_NAMESPACE>.condensed_linear(x, values, indices, bias) -> y
+//   torch.ops.<LSR_OPS_NAMESPACE>.batch1_layout(values, indices, rows, in_features, out_features) -> layout
+//   torch.ops.<LSR_OPS_NAMESPACE>.batch1_forward(x, layout, bias) -> y (1, out)
+//   torch.ops.<LSR_OPS_NAMESPACE>.batch1_supported() -> bool
+// Regimes: B < 3 gather-dot (gather_dot.h), B >= 3 panels (panel.h), fp32 batch 1 with a layout
+// gather-free (batch1.h). Threads come from at::parallel_for, i.e. torch.get_num_threads().
+// To add a kernel: write its header next to these, include it here and register its op below.
+#include <torch/library.h>
+
+#include "batch1.h"
+#include "gather_dot.h"
+#include "panel.h"
+
+#ifndef LSR_OPS_NAMESPACE
+#error "build with -DLSR_OPS_NAMESPACE=lightning_srigl_<variant> (see lightning_srigl/condensed/cpu_variants.py)"
+#endif
+
+namespace lightning_srigl {
+inline namespace CPU_CAPABILITY {
+
+// Batches below this size use the gather-dot kernel.
+constexpr int64_t kSmallBatch = 3;
+
+template <typename T, typename IT>
+void run(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices, const T* bias, at::Tensor& y) {
+  const int64_t B = x.size(0), in = x.size(1), A = values.size(0), k = values.size(1);
+  const T* w = values.data_ptr<T>();
+  const IT* idx = indices.data_ptr<IT>();
+  T* yp = y.data_ptr<T>();
+  if (B < kSmallBatch) {
+    const at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
+    gather_dot<T, IT>(xf.data_ptr<float>(), B, in, w, idx, bias, A, k, yp);
+  } else {
+    panel_product<T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
+  }
+}
+
+template <typename T>
+void run_typed(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+               const c10::optional<at::Tensor>& bias, at::Tensor& y) {
+  const T* b = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  if (indices.scalar_type() == at::kShort) {
+    run<T, int16_t>(x, values, indices, b, y);
+  } else {
+    run<T, int32_t>(x, values, indices, b, y);
+  }
+}
+
+void check_inputs(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+                  const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && values.dim() == 2, "condensed_linear: x must be (B, in) and values (A, k)");
+  TORCH_CHECK(x.is_contiguous() && values.is_contiguous() && indices.is_contiguous(),
+              "condensed_linear: x, values and indices must be contiguous (call .contiguous())");
+  TORCH_CHECK(indices.sizes() == values.sizes(), "condensed_linear: indices ", indices.sizes(),
+              " must have the shape of values ", values.sizes());
+  TORCH_CHECK(indices.scalar_type() == at::kShort || indices.scalar_type() == at::kInt,
+              "condensed_linear: indices must be int16 or int32, got ", indices.scalar_type());
+  TORCH_CHECK(x.scalar_type() == values.scalar_type(), "condensed_linear: x dtype ", x.scalar_type(),
+              " differs from values dtype ", values.scalar_type(), "; cast the input or the module");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == values.size(0) && bias->is_contiguous() &&
+                    bias->scalar_type() == values.scalar_type(),
+                "condensed_linear: bias must be a contiguous (A,) tensor of the values' dtype");
+  }
+}
+
+at::Tensor condensed_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+                            const c10::optional<at::Tensor>& bias) {
+  check_inputs(x, values, indices, bias);
+  at::Tensor y = at::empty({x.size(0), values.size(0)}, x.options());
+  if (y.numel() == 0) return y;
+  switch (x.scalar_type()) {
+    case at::kFloat: run_typed<float>(x, values, indices, bias, y); break;
+    case at::kBFloat16: run_typed<bf16>(x, values, indices, bias, y); break;
+    case at::kHalf: run_typed<fp16>(x, values, indices, bias, y); break;
+    default: TORCH_CHECK(false, "condensed_linear: unsupported dtype ", x.scalar_type(),
+                         " (use float32, bfloat16 or float16)");
+  }
+  return y;
+}
+
+bool batch1_supported() { return kBatch1Kernel; }
+
+// The batch-1 layout of fp32 values (A, k), indices (A, k) and output rows (A,); an empty tensor where
+// this variant has no gather-free kernel.
+at::Tensor batch1_layout(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& rows,
+                         int64_t in_features, int64_t out_features) {
+  if (!kBatch1Kernel) return at::empty({0}, at::TensorOptions().dtype(at::kByte));
+  TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 2 && values.is_contiguous() &&
+                  indices.sizes() == values.sizes() && indices.is_contiguous(),
+              "batch1_layout: needs contiguous fp32 values (A, k) and indices of the same shape");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.is_contiguous() && rows.numel() == values.size(0),
+              "batch1_layout: rows must be a contiguous int64 (A,) tensor of output rows");
+  TORCH_CHECK(in_features <= kMaxInFeatures, "batch1_layout: at most ", kMaxInFeatures, " input features");
+  const int64_t A = values.size(0), k = values.size(1);
+  const int64_t* r = rows.data_ptr<int64_t>();
+  TORCH_CHECK(std::all_of(r, r + A, [&](int64_t v) { return v >= 0 && v < out_features; }),
+              "batch1_layout: rows must lie in [0, ", out_features, ")");
+  if (indices.scalar_type() == at::kShort) {
+    return build_layout(values.data_ptr<float>(), indices.data_ptr<int16_t>(), r, A, k, in_features, out_features);
+  }
+  TORCH_CHECK(indices.scalar_type() == at::kInt, "batch1_layout: indices must be int16 or int32");
+  return build_layout(values.data_ptr<float>(), indices.data_ptr<int32_t>(), r, A, k, in_features, out_features);
+}
+
+at::Tensor batch1_forward(const at::Tensor& x, const at::Tensor& layout, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(kBatch1Kernel, "batch1_forward: this variant has no gather-free batch-1 kernel; use condensed_linear");
+  TORCH_CHECK(layout.scalar_type() == at::kByte && layout.is_contiguous() && layout.numel() >= kHeader * 8,
+              "batch1_forward: layout must come from batch1_layout()");
+  const uint8_t* base = layout.data_ptr<uint8_t>();
+  int64_t header[kHeader];
+  std::memcpy(header, base, sizeof(header));
+  const int64_t A = header[1], in = header[2], out = header[3], G = header[4], S = header[5], nnz = header[6];
+  const Sections s(G, S, A, nnz);
+  TORCH_CHECK(header[0] == kMagic && header[7] == kFormat && layout.numel() == s.total,
+              "batch1_forward: inconsistent layout, or one built by another kernel variant; rebuild it with "
+              "this variant's batch1_layout()");
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == 1 && x.size(1) == in && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "batch1_forward: x must be a contiguous fp32 (1, ", in, ") tensor");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == out),
+              "batch1_forward: bias must be a contiguous fp32 (", out, ",) tensor");
+  const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  at::Tensor y = at::empty({1, out}, x.options());
+  float* yp = y.data_ptr<float>();
+  if (A < out) {  // ablated rows output their bias (or 0)
+    if (b) std::memcpy(yp, b, out * sizeof(float)); else std::fill(yp, yp + out, 0.f);
+  }
+  const float* x_in = x.data_ptr<float>();
+  at::parallel_for(0, G, 4, [&](int64_t g0, int64_t g1) {
+    // x padded with zeros so that every window [start, start + kWindow) can be loaded; each thread pads
+    // its own copy, so no thread reads lines another core has just written. The copy also tells whether
+    // x is finite (x * 0 == 0), which lets idle lanes skip zeroing their activation.
+    thread_local std::vector<float> padded;
+    padded.assign(in + kWindow, 0.f);
+    std::memcpy(padded.data(), x_in, in * sizeof(float));
+    Vec probe(0.f);
+    int64_t i = 0;
+    for (; i + kLanes <= in; i += kLanes) probe = at::vec::fmadd(Vec::loadu(x_in + i), Vec(0.f), probe);
+    float finite_probe = at::vec::vec_reduce_all<float>([](Vec& u, Vec& v) { return u + v; }, probe);
+    for (; i < in; ++i) finite_probe += x_in[i] * 0.f;
+    if (finite_probe == 0.f) {
+      batch1_groups<true>(padded.data(), base, s, A, b, g0, g1, yp);
+    } else {
+      batch1_groups<false>(padded.data(), base, s, A, b, g0, g1, yp);
+    }
+  });
+  return y;
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace lightning_srigl
+
+TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
+  m.def("condensed_linear(Tensor x, Tensor values, Tensor indices, Tensor? bias) -> Tensor");
+  m.def("batch1_layout(Tensor values, Tensor indices, Tensor rows, int in_features, int out_features) -> Tensor");
+  m.def("batch1_forward(Tensor x, Tensor layout, Tensor? bias) -> Tensor");
+  m.def("batch1_supported() -> bool", &lightning_srigl::batch1_supported);
+}
+
+TORCH_LIBRARY_IMPL(LSR_OPS_NAMESPACE, CPU, m) {
+  m.impl("condensed_linear", &lightning_srigl::condensed_linear);
+  m.impl("batch1_layout", &lightning_srigl::batch1_layout);
+  m.impl("batch1_forward", &lightning_srigl::batch1_forward);
+}

@@ -1,0 +1,214 @@
+"""Which weights of a model are sparse, with which mask: the record every other layer reads.
+
+A mask is a persistent bool buffer ``<param>_mask`` on the module that owns the weight (so every
+``state_dict`` and Lightning checkpoint carries it), and the module records which of its buffers are
+masks in one attribute, :data:`MASK_RECORD` (``{param name: buffer name}``). The record travels with
+the module through ``copy.deepcopy``, pickling and ``to_empty``; code that needs the sparse layers
+calls :func:`masked_weights` or :func:`mask_of` and never looks buffers up by name.
+
+Loading a sparse checkpoint into a model that has no masks yet::
+
+    handle = accept_masks_on_load(model)     # masks named in the state dict are installed, then filled
+    model.load_state_dict(state_dict)
+    handle.remove()
+
+Loading it into a plain model instead (no masks; the weights are already zero outside them)::
+
+    model.load_state_dict({k: v for k, v in sd.items() if not k.endswith(MASK_SUFFIX)})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_srigl.masking.selection import DEFAULT_LAYER_TYPES, qualified_name, sparsifiable_weights
+
+MASK_SUFFIX = "_mask"
+MASK_RECORD = "_lightning_srigl_masks"
+
+__all__ = [
+    "MASK_RECORD",
+    "MASK_SUFFIX",
+    "MaskedWeight",
+    "accept_masks_on_load",
+    "bind_masks",
+    "mask_buffer_name",
+    "mask_of",
+    "masked_weights",
+    "register_mask_",
+    "remove_mask_",
+    "remove_masks_",
+]
+
+
+def mask_buffer_name(param_name: str) -> str:
+    """Name of the mask buffer that belongs to the parameter ``param_name`` (``weight`` -> ``weight_mask``)."""
+    return f"{param_name}{MASK_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class MaskedWeight:
+    """One masked weight of a model: its owning module, the parameter's local name and its mask."""
+
+    module_name: str
+    module: nn.Module
+    param_name: str
+
+    @property
+    def fqn(self) -> str:
+        """Fully-qualified parameter name, e.g. ``"encoder.0.weight"``."""
+        return qualified_name(self.module_name, self.param_name)
+
+    @property
+    def weight(self) -> Tensor:
+        """The weight, shape ``(out, *fan_in_dims)``."""
+        return getattr(self.module, self.param_name)
+
+    @property
+    def mask(self) -> Tensor:
+        """The live mask buffer, ``BoolTensor(weight.shape)``."""
+        mask = mask_of(self.module, self.param_name)
+        if mask is None:
+            raise RuntimeError(f"{self.fqn} has no mask any more (it was removed after this listing)")
+        return mask
+
+    @property
+    def mask_key(self) -> str:
+        """The mask's key in the model's ``state_dict``, e.g. ``"encoder.0.weight_mask"``."""
+        return qualified_name(self.module_name, _record(self.module)[self.param_name])
+
+
+def _record(module: nn.Module) -> dict[str, str]:
+    return module.__dict__.get(MASK_RECORD, {})
+
+
+def mask_of(module: nn.Module, param_name: str = "weight") -> Tensor | None:
+    """The mask of ``module.<param_name>`` (``BoolTensor(weight.shape)``), or ``None`` when it has none."""
+    buffer_name = _record(module).get(param_name)
+    return None if buffer_name is None else module._buffers.get(buffer_name)
+
+
+def _check_loaded_masks(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: reject a mask entry that does not fit its parameter."""
+    for param_name, buffer_name in _record(module).items():
+        key = prefix + buffer_name
+        if key not in state_dict:
+            continue
+        loaded = state_dict[key]
+        expected = getattr(module, param_name).shape
+        if tuple(loaded.shape) != tuple(expected):
+            raise ValueError(
+                f"Checkpoint mask {key!r} has shape {tuple(loaded.shape)} but the model's "
+                f"{prefix + param_name!r} has shape {tuple(expected)}: the checkpoint was written for a "
+                "different architecture. Load it into the model it was trained with, or drop the "
+                f"'*{MASK_SUFFIX}' entries to start a new sparse run from its weights."
+            )
+        if loaded.dtype != torch.bool:
+            raise ValueError(
+                f"Checkpoint mask {key!r} has dtype {loaded.dtype}; masks are bool tensors. "
+                "Convert it with `.bool()` before loading."
+            )
+
+
+def register_mask_(module: nn.Module, param_name: str, mask: Tensor) -> Tensor:
+    """Make ``mask`` the mask of ``module.<param_name>`` (a persistent buffer, recorded as a mask).
+
+    Args:
+        module: the module that owns the weight.
+        param_name: the weight's local name, e.g. ``"weight"`` or ``"in_proj_weight"``.
+        mask: ``BoolTensor(weight.shape)`` (any dtype is converted; it is copied to the weight's device).
+
+    Returns:
+        The installed buffer. An existing mask of the weight is replaced.
+    """
+    weight = getattr(module, param_name)
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise ValueError(
+            f"mask for {param_name!r} of {type(module).__name__} has shape {tuple(mask.shape)}, "
+            f"expected {tuple(weight.shape)}"
+        )
+    if MASK_RECORD not in module.__dict__:
+        module.__dict__[MASK_RECORD] = {}
+        module.register_load_state_dict_pre_hook(_check_loaded_masks)
+    name = mask_buffer_name(param_name)
+    module.register_buffer(name, mask.to(device=weight.device, dtype=torch.bool).clone(), persistent=True)
+    module.__dict__[MASK_RECORD][param_name] = name
+    return module._buffers[name]
+
+
+def remove_mask_(module: nn.Module, param_name: str = "weight") -> None:
+    """Remove the mask of ``module.<param_name>`` (no-op when it has none); the weight is untouched."""
+    record = _record(module)
+    name = record.pop(param_name, None)
+    if name is not None:
+        del module._buffers[name]
+
+
+def remove_masks_(model: nn.Module) -> None:
+    """Remove every mask of ``model``, leaving a plain model with the same (zero-filled) weights."""
+    for masked in masked_weights(model):
+        remove_mask_(masked.module, masked.param_name)
+
+
+def masked_weights(model: nn.Module) -> list[MaskedWeight]:
+    """Every masked weight of ``model``, in module registration order (a tied weight appears once)."""
+    found, seen = [], set()
+    for module_name, module in model.named_modules():
+        for param_name in _record(module):
+            weight = getattr(module, param_name)
+            if id(weight) not in seen:
+                seen.add(id(weight))
+                found.append(MaskedWeight(module_name, module, param_name))
+    return found
+
+
+def bind_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> list[MaskedWeight]:
+    """Install ``masks`` (``{fully-qualified weight name: BoolTensor(weight.shape)}``) on ``model``.
+
+    For a model made sparse elsewhere (e.g. loaded from another library's checkpoint), before
+    :func:`~lightning_srigl.condensed.accelerate.accelerate` or folding. The weights are not changed.
+
+    Returns:
+        The masked weights, in the order of ``masks``.
+    """
+    bound = []
+    for fqn, mask in masks.items():
+        module_name, _, param_name = fqn.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise KeyError(f"{fqn!r} names no module of the model") from None
+        if not isinstance(getattr(module, param_name, None), Tensor):
+            raise KeyError(f"{fqn!r}: {type(module).__name__} has no tensor {param_name!r}")
+        register_mask_(module, param_name, mask)
+        bound.append(MaskedWeight(module_name, module, param_name))
+    return bound
+
+
+def _install_from_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any, layer_types: Sequence[type]
+) -> None:
+    for sparse in sparsifiable_weights(model, layer_types):
+        key = prefix + qualified_name(sparse.module_name, mask_buffer_name(sparse.param_name))
+        if key in state_dict and mask_of(sparse.module, sparse.param_name) is None:
+            register_mask_(sparse.module, sparse.param_name, torch.zeros(sparse.shape, dtype=torch.bool))
+
+
+def accept_masks_on_load(model: nn.Module, layer_types: Sequence[type] = DEFAULT_LAYER_TYPES) -> RemovableHandle:
+    """Let ``model.load_state_dict`` install the masks that a state dict carries for its weights.
+
+    Nothing is installed until a state dict with ``<weight>_mask`` entries is loaded; then each such
+    weight (of a module of ``layer_types``) gets a mask, which the load fills. Weights that already
+    have a mask keep it (the load overwrites its values).
+
+    Returns:
+        The hook's handle; ``handle.remove()`` stops accepting masks.
+    """
+    return model.register_load_state_dict_pre_hook(partial(_install_from_state_dict, layer_types=tuple(layer_types)))
