@@ -11,12 +11,15 @@ DEMO_ARGS ?=
 
 .PHONY: demo test docs benchmark overhead clean
 
+# The installation's output goes to $(VENV)/install.log (printed in full if a step fails).
 $(STAMP): pyproject.toml setup.py
-	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 "setuptools>=77" wheel ninja
-	$(BIN)/pip install -q --no-build-isolation -e ".[dev,docs,examples,kernels]"
-	touch $(STAMP)
+	@echo "Setting up $(VENV): torch 2.13.0 (CPU), this package and its C++ kernels (a few minutes, once; log: $(VENV)/install.log)"
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	@( $(BIN)/pip install -q --upgrade pip \
+	  && $(BIN)/pip install -q torch==2.13.0 "setuptools>=77" wheel ninja \
+	  && $(BIN)/pip install -q --no-build-isolation -e ".[dev,docs,examples,kernels]" \
+	) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m example_projects.digits_mlp.demo --out $(RESULTS) $(DEMO_ARGS)

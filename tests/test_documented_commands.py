@@ -122,7 +122,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("commands", [c for _, c in documented_blocks()], ids=[i for i, _ in documented_blocks()])
 def test_documented_commands_run(commands: list[str], data: dict[str, Path], tmp_path: Path) -> None:
     clone = fresh_copy(tmp_path / "clone")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # as a user's shell: no PYTHONPATH, and no make variables when the suite itself runs under `make test`
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", COLUMNS="100")
     for printed in commands:
         command, extra = smoke_variant(printed, data)

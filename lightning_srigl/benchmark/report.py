@@ -151,18 +151,18 @@ def plot(rows: Sequence[Row], path: Path, threads: int, shape: tuple[int, int], 
         if r["cache"] == "hot" and r["threads"] == threads and (r["in_features"], r["out_features"]) == shape
     ]
     batches = sorted({r["batch"] for r in hot})
-    figure = Figure(figsize=(3.4 * len(batches) + 2.2, 3.6), layout="constrained")
+    figure = Figure(figsize=(3.3 * len(batches), 4.4), layout="constrained")
     axes = figure.subplots(1, len(batches), squeeze=False)[0]
     column = "time_us" if statistic == "median" else "min_us"
     for ax, batch in zip(axes, batches):
         _panel(ax, [r for r in hot if r["batch"] == batch], column)
-        ax.set_title(f"batch {batch}", fontsize=12)
-        ax.set_xlabel("sparsity", fontsize=11)
-        ax.tick_params(labelsize=10)
-    axes[0].set_ylabel(f"µs per call ({statistic}, log)", fontsize=11)
-    figure.suptitle(f"{shape[0]}→{shape[1]} layer, {threads} thread{'s' if threads > 1 else ''}", fontsize=13)
+        ax.set_title(f"batch {batch}", fontsize=13)
+        ax.set_xlabel("sparsity", fontsize=12)
+        ax.tick_params(labelsize=11)
+    axes[0].set_ylabel(f"µs per call ({statistic}, log)", fontsize=12)
+    figure.suptitle(f"{shape[0]}→{shape[1]} layer, {threads} thread{'s' if threads > 1 else ''}", fontsize=14)
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside right center", fontsize=10)
+    figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=11, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     return path

@@ -39,7 +39,7 @@ class AccelerateCallback(Callback):
     """Make the trained sparse model fast at inference, in place, when ``trainer.fit`` ends.
 
     During fit it keeps (by reference, no copy) the latest input of every layer of an accelerable
-    kind (``nn.Linear``; :mod:`lightning_srigl.condensed.registry`). At ``on_fit_end`` rank 0 times
+    kind (``nn.Linear``; ``lightning_srigl.condensed.registry``). At ``on_fit_end`` rank 0 times
     the exact candidates of the masked ones on those real inputs and installs the modules it timed;
     the other ranks build the same choice (broadcast). The report is printed, logged
     (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
@@ -60,7 +60,7 @@ class AccelerateCallback(Callback):
         fold: fold ablated neurons into the following layer where exact.
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
-            (interleaved rounds, fastest sample; see :func:`lightning_srigl.condensed.accelerate.accelerate`).
+            (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.accelerate.accelerate`][lightning_srigl.condensed.accelerate.accelerate]).
     """
 
     def __init__(

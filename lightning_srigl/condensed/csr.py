@@ -59,7 +59,9 @@ class CSRLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., in) -> (..., out)``."""
         x2d = x.reshape(-1, self.in_features)
-        if x2d.shape[0] == 1:
+        # torch 2.13's F.linear with a CSR weight made outside inference mode fails inside it
+        # ("Cannot set version_counter for inference tensor"); addmm below does not.
+        if x2d.shape[0] == 1 and not torch.is_inference_mode_enabled():
             y = F.linear(x2d, self.weight, self.bias)
         elif self.bias is None:
             y = torch.mm(self.weight, x2d.t()).t()

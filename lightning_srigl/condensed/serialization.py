@@ -3,9 +3,9 @@
 Two formats, both one ``torch.save`` file read with ``weights_only=True`` (no arbitrary pickles):
 
 * ``"spec"`` — for models built only from standard ``torch.nn`` modules and the package's inference
-  layers (:class:`CondensedLinear`, ...): an architecture tree (module type + constructor arguments read
+  layers (``CondensedLinear``, ...): an architecture tree (module type + constructor arguments read
   back from the module) plus the state dict. Loading resolves each ``type`` in an exact allowlist
-  (the classes ``torch.nn`` exports, and :data:`~lightning_srigl.condensed.registry.INFERENCE_LAYERS`
+  (the classes ``torch.nn`` exports, and ``INFERENCE_LAYERS``
   that can be rebuilt), builds the modules — an inference layer from its own tensors, validated by
   its constructor — and assigns the tensors. A malformed or tampered file raises ``ValueError``.
 * ``"exported"`` — for any other model (custom ``forward`` code): pass ``example_input`` and the
@@ -93,7 +93,7 @@ def _malformed(where: str, problem: str) -> ValueError:
 
 
 def build_from_spec(spec: dict[str, Any], state_dict: dict[str, Tensor], prefix: str = "") -> nn.Module:
-    """Rebuild the module tree described by :func:`module_spec`.
+    """Rebuild the module tree described by ``module_spec``.
 
     Inference layers are built from their tensors in ``state_dict`` (keys under ``prefix``) and so
     validated; standard modules are built on the ``meta`` device (no memory, whatever sizes the file
@@ -163,7 +163,7 @@ def save_condensed(model: nn.Module, path: str | Path, example_input: Tensor | t
 def load_condensed(
     path: str | Path, map_location: str | torch.device | None = "cpu", *, trust_exported: bool = False
 ) -> nn.Module:
-    """Load a model saved by :func:`save_condensed`, in eval mode.
+    """Load a model saved by [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed], in eval mode.
 
     Args:
         path: the file.
@@ -172,7 +172,7 @@ def load_condensed(
             so set it only for files from a source you trust. ``"spec"`` files never need it.
 
     Raises:
-        ValueError: the file was not written by :func:`save_condensed`, is malformed or tampered with
+        ValueError: the file was not written by [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed], is malformed or tampered with
             (unknown types, bad arguments, shapes, dtypes or indices), or is an exported program
             without ``trust_exported=True``.
     """
