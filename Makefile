@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # `make demo` writes its tables to RESULTS (git-ignored runs/ by default);
 # `make demo RESULTS=example_projects/digits_mlp/results` updates the committed copy.
 RESULTS   ?= runs/digits_demo
-# Extra demo flags, e.g. DEMO_ARGS="--seeds 1 --epochs 1" for the quick check the tests run.
+# Extra demo flags, e.g. DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05" for the quick check the tests run.
 DEMO_ARGS ?=
 
 .PHONY: demo test docs benchmark overhead clean

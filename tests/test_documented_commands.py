@@ -7,7 +7,7 @@ unset, so ``class_path`` modules must import from the current directory as the d
 
 Where a document says so, a long run gets its documented smoke variant: the example's ``smoke.yaml``
 (or ``configs/benchmark_smoke.yaml``) added right after the printed ``--config``, and
-``DEMO_ARGS="--seeds 1 --epochs 1"`` for ``make demo``. Data placeholders (``/path/to/...``) point at
+``DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05"`` for ``make demo``. Data placeholders (``/path/to/...``) point at
 generated data in the dataset's real format.
 """
 
@@ -38,7 +38,7 @@ SMOKE_CONFIGS = {  # printed --config -> the smoke config the docs say is added 
     "example_projects/imagenet_vit_b16/config.yaml": "example_projects/imagenet_vit_b16/smoke.yaml",
     "configs/benchmark_cpu.yaml": "configs/benchmark_smoke.yaml",
 }
-SMOKE_ENV = {"make demo": {"DEMO_ARGS": "--seeds 1 --epochs 1"}}
+SMOKE_ENV = {"make demo": {"DEMO_ARGS": "--seeds 1 --epochs 1 --min-run-time 0.05"}}
 TABLE_TOP = "┏"
 
 
