@@ -71,22 +71,17 @@ def _version() -> str:
     return __version__
 
 
-def sparsity_callback_types() -> tuple[type, ...]:
-    """The callbacks that own a model's masks; a Trainer takes at most one of them."""
-    from lightning_srigl.callbacks import DynamicSparsityCallback, NMSparsityCallback
-
-    return (DynamicSparsityCallback, NMSparsityCallback)
-
-
 def check_one_sparsity_callback(callbacks: Sequence[Any] | None) -> None:
     """Raise [`ConfigError`][lightning_srigl.cli.ConfigError] when the configured ``trainer.callbacks`` hold two sparsity callbacks.
 
     ``callbacks`` are the parsed entries (``class_path`` namespaces, dicts or strings).
     """
+    from lightning_srigl.callbacks.glue import SparsityCallback  # the base of every callback that owns masks
+
     found = []
     for index, entry in enumerate(callbacks or []):
         class_path = entry if isinstance(entry, str) else entry.get("class_path")
-        if class_path and issubclass(_import_class(class_path), sparsity_callback_types()):
+        if class_path and issubclass(_import_class(class_path), SparsityCallback):
             found.append(f"{class_path.rsplit('.', 1)[-1]} (#{index})")
     if len(found) > 1:
         raise ConfigError(

@@ -53,7 +53,7 @@ def test_package_info_lines_print_to_stderr_by_default_and_can_be_silenced() -> 
         "rank_zero_info('shown')\nlogging.getLogger('lightning_srigl').setLevel(logging.WARNING)\n"
         "rank_zero_info('hidden')"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == ["shown"]
 
@@ -66,7 +66,7 @@ def test_csr_beta_warning_is_hidden_for_our_csr_layers_only(ours: bool) -> None:
         if ours else "torch.randn(8, 8).to_sparse_csr()"
     )
     code = f"import warnings, torch\nwarnings.simplefilter('error')\n{build}"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert (result.returncode == 0) is ours, result.stderr[-1000:]
     if not ours:
         assert "Sparse CSR tensor support is in beta" in result.stderr
