@@ -30,9 +30,13 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
+# Results go to $(RESULTS) (ignored by git); `make benchmark RESULTS=docs/assets` regenerates the
+# committed CSVs, plots and docs/benchmarks.md.
+RESULTS ?= benchmark_results
 benchmark: $(STAMP)
-	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml
-	$(BIN)/python scripts/write_benchmark_doc.py
+	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml --output_dir $(RESULTS)
+	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu_avx2.yaml --output_dir $(RESULTS)
+	$(BIN)/python scripts/write_benchmark_doc.py $(RESULTS) $(if $(filter docs/assets,$(RESULTS)),docs/benchmarks.md,$(RESULTS)/benchmarks.md)
 
 overhead: $(STAMP)
 	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py

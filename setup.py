@@ -81,7 +81,7 @@ def extensions_and_commands():
                 name=f"{variants.PACKAGE}.{variant.library}",
                 sources=[str(source)],
                 depends=[str(variants.CSRC / name) for name in (*variants.SOURCES, *variants.HEADERS)],
-                extra_compile_args={"cxx": variant.compile_flags()},
+                extra_compile_args={"cxx": variant.build_flags()},
                 extra_link_args=["-fopenmp"],
             )
         )

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from lightning_srigl.masking import MaskedParameters, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, nm_group_view, nm_mask, nm_ungroup_view
 from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask
-from lightning_srigl.sparsity.validation import check_sparsity
+from lightning_srigl.sparsity.validation import as_integer, check_sparsity
 
 __all__ = [
     "ConversionReport",
@@ -258,6 +258,12 @@ def convert_to_structured(
         raise ValueError(f"structure must be 'n:m' or 'constant_fan_in', got {structure!r}.")
     if structure == "constant_fan_in" and sparsity is None:
         raise ValueError("structure='constant_fan_in' needs sparsity=..., e.g. sparsity=0.9.")
+    if structure == "n:m":
+        n, m = as_integer(n, "n", 1), as_integer(m, "m", 2)
+        check_nm((m, m), n, m)  # an impossible pattern would skip every layer: a silent no-op
+    else:
+        sparsity = check_sparsity(sparsity)
+    reconstruction_steps = as_integer(reconstruction_steps, "reconstruction_steps", 0)
     check_shape = (lambda shape: check_nm(shape, n, m)) if structure == "n:m" else _check_fan_in_shape
     selected, skipped = select_structured_parameters(
         model, check_shape, include, exclude, keep_first_dense, keep_last_dense

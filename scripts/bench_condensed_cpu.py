@@ -1,10 +1,17 @@
 """Quick CPU timing of CondensedLinear vs dense ``F.linear`` and torch CSR at 90 % sparsity.
 
-Usage: ``python scripts/bench_condensed_cpu.py [threads=1,2] [batches=1,256] [seconds per cell=2]``.
+Usage: ``python scripts/bench_condensed_cpu.py [threads=1,2] [batches=1,16,197,256] [seconds per cell=2]``.
 Each method runs in short back-to-back samples, interleaved with the others, and the minimum sample
-is reported (robust to other processes on a shared machine). CSR is the faster of
-``F.linear(x, W_csr, b)`` and ``addmm(b, W_csr, x.T).T``. The project's full sweep is
-``lightning-srigl benchmark``; this script is the kernel author's quick check.
+is reported (robust to other processes on a shared machine); at 1 thread a sample is the CPU time of
+the calling thread (``time.thread_time``), which time spent descheduled does not inflate. CSR is the
+faster of ``F.linear(x, W_csr, b)`` and ``addmm(b, W_csr, x.T).T``. The first line names the CPU, ATen's
+capability and the condensed kernel variant; to time an AVX2-only CPU on a newer one, limit every
+kernel before torch loads::
+
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 LIGHTNING_SRIGL_CPU_ISA=avx2 \
+        python scripts/bench_condensed_cpu.py
+
+The project's full sweep is ``lightning-srigl benchmark``; this script is the kernel author's quick check.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.condensed import CondensedLinear
 
 SHAPES = [(3072, 768), (768, 3072)]
@@ -32,6 +40,7 @@ def constant_fan_in_layer(inp: int, out: int, sparsity: float) -> tuple[torch.Te
 
 def min_times_us(fns: dict[str, Callable[[], object]], seconds: float) -> dict[str, float]:
     """Minimum per-call time of each function over interleaved ~3 ms samples, in microseconds."""
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     reps = {}
     for name, fn in fns.items():
         for _ in range(3):
@@ -43,15 +52,16 @@ def min_times_us(fns: dict[str, Callable[[], object]], seconds: float) -> dict[s
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         for name, fn in fns.items():
-            t = time.perf_counter()
+            t = clock()
             for _ in range(reps[name]):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - t) / reps[name])
+            best[name] = min(best[name], (clock() - t) / reps[name])
     return {name: value * 1e6 for name, value in best.items()}
 
 
 def main(threads: list[int], batches: list[int], seconds: float) -> None:
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    print(" | ".join(f"{key}: {value}" for key, value in machine_fields().items()), flush=True)
     for n_threads in threads:
         torch.set_num_threads(n_threads)
         for inp, out in SHAPES:
@@ -90,6 +100,6 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     main(
         [int(v) for v in (args[0] if args else "1,2").split(",")],
-        [int(v) for v in (args[1] if len(args) > 1 else "1,256").split(",")],
+        [int(v) for v in (args[1] if len(args) > 1 else "1,16,197,256").split(",")],
         float(args[2]) if len(args) > 2 else 2.0,
     )

@@ -9,9 +9,17 @@ import pytest
 import torch
 
 from lightning_srigl.benchmark import BenchmarkModule, SweepConfig, run_benchmark
-from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
+from lightning_srigl.benchmark.layers import (
+    Method,
+    SparseLayerSpec,
+    build_method,
+    make_masked_linear,
+    parse_method,
+    weight_bytes,
+)
 from lightning_srigl.benchmark.report import summarize
 from lightning_srigl.benchmark.timing import cold_copies, hot_times
+from lightning_srigl.benchmark.wrappers import TF32Matmul
 from lightning_srigl.condensed.cpu_isa import cpu_model, host_variants
 from lightning_srigl.condensed.cpu_kernel import load_extension
 from lightning_srigl.sparsity.nm import is_nm
@@ -135,8 +143,39 @@ def test_smoke_sweep_runs_through_trainer_test_and_writes_outputs(tmp_path: Path
     assert {row["cache"] for row in summary} == {"hot", "cold"}
     assert {row["structure"] for row in summary} == {"srigl", "2:4"}
     assert all(float(row["cond_vs_dense"]) > 0 for row in summary)
-    assert module.outputs["t1_64x32"] == tmp_path / "benchmark_smoke_t1_64x32.png"  # one plot per threads × layer
+    assert module.outputs["plot_t1"].stat().st_size > 10_000  # every layer in one figure
+    assert module.outputs["t1_64x32"] == tmp_path / "benchmark_smoke_t1_64x32.png"  # one figure per threads × layer
     assert module.outputs["t1_64x32"].stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("method", "parsed"),
+    [
+        ("dense_tf32", Method("dense", torch.float32, tf32=True)),
+        ("condensed_graph_bf16", Method("condensed", torch.bfloat16, graph=True)),
+        ("semi_structured_fp16", Method("semi_structured", torch.float16)),
+    ],
+)
+def test_method_names_parse(method: str, parsed: Method) -> None:
+    assert parse_method(method) == parsed
+
+
+@pytest.mark.parametrize("method", ["condensed_tf32", "csr_graph_int8", "dense_graph"])
+def test_bad_method_names_say_what_is_valid(method: str) -> None:
+    with pytest.raises(ValueError, match="'tf32' for dense only"):
+        parse_method(method)
+
+
+def test_condensed_backend_reaches_the_built_layer_and_tf32_wraps_dense() -> None:
+    linear, mask = make_masked_linear(SparseLayerSpec(48, 20, 0.75), seed=1)
+    condensed = build_method("condensed_fp16", linear, mask, torch.device("cpu"), condensed_backend="triton")
+    assert condensed.backend == "triton" and condensed.values.dtype == torch.float16
+    tf32 = build_method("dense_tf32", linear, mask, torch.device("cpu"))
+    assert isinstance(tf32, TF32Matmul) and weight_bytes(tf32) == 48 * 20 * 4
+    with pytest.raises(NotImplementedError, match="CUDA graphs need a module on a CUDA device"):
+        build_method("condensed_graph_fp32", linear, mask, torch.device("cpu"))
+    with pytest.raises(ValueError, match="condensed_backend"):
+        SweepConfig(condensed_backend="cuda")
 
 
 def test_emulated_sweep_limits_dense_and_condensed_kernels_alike(tmp_path: Path) -> None:

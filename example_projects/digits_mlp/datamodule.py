@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from example_projects.common.tensor_splits import TensorSplitsDataModule
 
 
 @lru_cache(maxsize=1)
@@ -38,7 +39,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(TensorSplitsDataModule):
     """Train/val/test splits of scikit-learn's digits.
 
     Args:
@@ -51,12 +52,10 @@ class DigitsDataModule(LightningDataModule):
     def __init__(
         self, batch_size: int = 64, val_fraction: float = 0.1, test_fraction: float = 0.3, split_seed: int = 0
     ) -> None:
-        super().__init__()
-        self.batch_size = batch_size
+        super().__init__(batch_size, eval_batch_size=512)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
-        self.splits: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -64,15 +63,3 @@ class DigitsDataModule(LightningDataModule):
         x, y = load_digits_tensors()
         train, val, test = split_indices(len(y), self.val_fraction, self.test_fraction, self.split_seed)
         self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in (("train", train), ("val", val), ("test", test))}
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["train"], batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], batch_size=512)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=512)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()

@@ -1,7 +1,10 @@
 """Random sparse layers and the inference modules the benchmark compares.
 
-A *method* is ``"<kernel>_<dtype>"``: ``dense_fp32``, ``dense_bf16``, ``csr_fp32``,
-``condensed_fp32``, ``condensed_bf16`` (and ``semi_structured_bf16`` on GPUs with 2:4 support).
+A *method* is ``"<kernel>_<dtype>"`` or ``"<kernel>_graph_<dtype>"``: kernel ``dense``, ``csr``,
+``condensed`` or ``semi_structured`` (2:4, CUDA GPUs with sparse tensor cores); dtype ``fp32``,
+``bf16``, ``fp16`` or ``tf32`` (fp32 weights, TF32 tensor-core matmuls: dense only); ``_graph``
+replays the layer from a CUDA graph (:mod:`lightning_srigl.benchmark.wrappers`). Examples:
+``dense_fp32``, ``dense_tf32``, ``csr_fp32``, ``condensed_bf16``, ``condensed_graph_fp32``.
 Every method of one configuration is built from the same masked fp32 weight.
 """
 
@@ -12,11 +15,28 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.benchmark.wrappers import CUDAGraphReplay, TF32Matmul
+from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.registry import CANDIDATES, build_candidate
 from lightning_srigl.sparsity.nm import nm_mask
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 STRUCTURES: tuple[str, ...] = ("srigl", "2:4")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parsed method name: which layer, in which dtype, run how."""
+
+    kernel: str
+    dtype: torch.dtype
+    tf32: bool = False
+    graph: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,28 +105,54 @@ def make_masked_linear(spec: SparseLayerSpec, seed: int = 0) -> tuple[nn.Linear,
     return linear, mask
 
 
-def parse_method(method: str) -> tuple[str, torch.dtype]:
-    """``"condensed_bf16" -> ("condensed", torch.bfloat16)``; raises ``ValueError`` on unknown names."""
+def parse_method(method: str) -> Method:
+    """``"condensed_graph_bf16" -> Method("condensed", torch.bfloat16, graph=True)``; ``ValueError`` on unknown names."""
     kernel, _, dtype = method.rpartition("_")
-    if kernel not in CANDIDATES or dtype not in DTYPES:
+    graph = kernel.endswith("_graph")
+    kernel = kernel.removesuffix("_graph")
+    if kernel not in CANDIDATES or dtype not in DTYPES or (dtype == "tf32" and kernel != "dense"):
         raise ValueError(
-            f"Unknown method {method!r}: use '<kernel>_<dtype>' with kernel in {'/'.join(CANDIDATES)} "
-            f"and dtype in {sorted(DTYPES)}, e.g. 'condensed_fp32'."
+            f"Unknown method {method!r}: use '<kernel>_<dtype>' or '<kernel>_graph_<dtype>' with kernel in "
+            f"{'/'.join(CANDIDATES)} and dtype in {sorted(DTYPES)} ('tf32' for dense only), e.g. 'condensed_fp32'."
         )
-    return kernel, DTYPES[dtype]
+    return Method(kernel, DTYPES[dtype], tf32=dtype == "tf32", graph=graph)
 
 
-def build_method(method: str, linear: nn.Linear, mask: Tensor, device: torch.device) -> nn.Module:
-    """The inference module for ``method`` equal to ``linear`` masked by ``mask``, on ``device``."""
-    kernel, dtype = parse_method(method)
+def build_method(
+    method: str, linear: nn.Linear, mask: Tensor, device: torch.device, condensed_backend: str = "auto"
+) -> nn.Module:
+    """The inference module for ``method`` equal to ``linear`` masked by ``mask``, on ``device``.
+
+    ``condensed_backend`` is the :class:`CondensedLinear` backend (``"triton"`` runs the GPU kernels
+    on CPU tensors under ``TRITON_INTERPRET=1``, as the GPU check's smoke run does).
+    """
+    parsed = parse_method(method)
     source = nn.Linear(linear.in_features, linear.out_features).requires_grad_(False)
     source.load_state_dict(linear.state_dict())
-    source = source.to(device=device, dtype=dtype)
-    return build_candidate(kernel, source, mask.to(device)).eval()
+    source = source.to(device=device, dtype=parsed.dtype)
+    module = build_candidate(parsed.kernel, source, mask.to(device)).eval()
+    if isinstance(module, CondensedLinear) and condensed_backend != module.backend:
+        module = CondensedLinear(
+            module.values, module.indices, module.active_rows, module.bias,
+            module.in_features, module.out_features, condensed_backend,
+        ).eval()  # fmt: skip
+    if parsed.tf32:
+        module = TF32Matmul(module)
+    if parsed.graph:
+        module = CUDAGraphReplay(module)
+    return module
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The layer inside the wrappers of :mod:`lightning_srigl.benchmark.wrappers`."""
+    while isinstance(module, (TF32Matmul, CUDAGraphReplay)):
+        module = module.inner
+    return module
 
 
 def weight_bytes(module: nn.Module) -> int:
     """Bytes of the weight representation: dense weight, CSR values+indices, condensed values+indices."""
+    module = unwrapped(module)
     tensors: list[Tensor]
     if isinstance(module, nn.Linear):
         tensors = [module.weight]

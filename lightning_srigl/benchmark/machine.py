@@ -1,9 +1,10 @@
 """What machine a benchmark row was measured on, and how to emulate a CPU with fewer instruction sets.
 
-Every row records the CPU model, ATen's CPU capability, the condensed kernel variant and the
-instruction-set limits set in the environment. ``cpu_isa: avx2`` in a sweep emulates an AVX2-only CPU
-on a newer one fairly: dense (MKL, oneDNN, ATen) is limited together with the condensed kernel, by
-variables that must be set before torch loads, so that sweep runs in a subprocess.
+Every row records the CPU model, ATen's CPU capability, the condensed kernel variant (the CPU
+variant, or Triton where the condensed layers run it), the instruction-set limits set in the
+environment and the device (the GPU model on CUDA). ``cpu_isa: avx2`` in a sweep emulates an
+AVX2-only CPU on a newer one fairly: dense (MKL, oneDNN, ATen) is limited together with the condensed
+kernel, by variables that must be set before torch loads, so that sweep runs in a subprocess.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from lightning_srigl.condensed.cpu_isa import ISA_ENV, cpu_model
 from lightning_srigl.condensed.cpu_kernel import load_extension
+from lightning_srigl.condensed.ops import triton_kernels
 
 # Per emulated instruction set: the limits of MKL, oneDNN, ATen's own kernels and ours.
 EMULATION_ENV: dict[str, dict[str, str]] = {
@@ -56,7 +58,23 @@ def machine_fields() -> dict[str, str]:
     limits = [f"{name}={os.environ[name]}" for name in LIMIT_VARIABLES if os.environ.get(name)]
     return {
         "cpu_model": cpu_model(),
+        "torch": torch.__version__,
         "aten_capability": torch.backends.cpu.get_cpu_capability(),
         "kernel_variant": kernel.variant if kernel is not None else "torch-fallback",
         "isa_limits": " ".join(limits) or "none",
     }
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU model for a CUDA device (e.g. ``"NVIDIA H200"``), else the device type (``"cpu"``)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def triton_variant(device: torch.device, condensed_backend: str) -> str | None:
+    """``"triton"`` (or ``"triton-interpreter"``) when condensed layers run Triton on ``device``, else None."""
+    if device.type != "cuda" and condensed_backend != "triton":
+        return None
+    kernels = triton_kernels()
+    if kernels is None:
+        return "torch-fallback"
+    return "triton-interpreter" if kernels.INTERPRETER else "triton"

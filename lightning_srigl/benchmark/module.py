@@ -25,7 +25,13 @@ from lightning.pytorch.callbacks import RichProgressBar
 from torch import Tensor, nn
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
-from lightning_srigl.benchmark.machine import emulation_env, is_emulating, machine_fields
+from lightning_srigl.benchmark.machine import (
+    device_name,
+    emulation_env,
+    is_emulating,
+    machine_fields,
+    triton_variant,
+)
 from lightning_srigl.benchmark.report import read_csv, write_outputs
 from lightning_srigl.benchmark.sweep import Case, SweepConfig, case_spec
 from lightning_srigl.benchmark.timing import Timing, cold_copies, cold_time, hot_times
@@ -71,11 +77,18 @@ class BenchmarkModule(pl.LightningModule):
         dense_bytes = spec.in_features * spec.out_features * 4
         modules = {m: module for m in case["methods"] if (module := self._method(m, linear, mask, device)) is not None}
         inputs = {m: x.to(module_dtype(module)) for m, module in modules.items()}
-        errors = {m: float((module(inputs[m]).float() - reference).abs().max()) for m, module in modules.items()}
+        errors = {}
+        for method in list(modules):
+            try:  # the first call compiles, autotunes or captures: a failure skips the method, not the sweep
+                errors[method] = float((modules[method](inputs[method]).float() - reference).abs().max())
+            except (RuntimeError, ValueError, NotImplementedError) as err:
+                pl.utilities.rank_zero_warn(f"benchmark: skipping {method} for {case} ({type(err).__name__}: {err})")
+                del modules[method]
+        backend = self.config.condensed_backend
         if case["cache"] == "cold":
             timings = {}
             for method in modules:
-                build = lambda: build_method(method, linear, mask, device)  # noqa: E731
+                build = lambda: build_method(method, linear, mask, device, backend)  # noqa: E731
                 copies = cold_copies(build, dense_bytes, int(self.config.cold_bytes))
                 timings[method] = cold_time(
                     copies, inputs[method], threads=case["threads"], min_run_time=self.config.min_run_time, device=device
@@ -84,7 +97,10 @@ class BenchmarkModule(pl.LightningModule):
         else:  # interleaved rounds: every method sees the same machine
             calls = {m: functools.partial(module, inputs[m]) for m, module in modules.items()}
             timings = hot_times(calls, threads=case["threads"], min_run_time=self.config.min_run_time, device=device)
-        machine = machine_fields()
+        machine = {**machine_fields(), "device": device_name(device)}
+        triton = triton_variant(device, self.config.condensed_backend)
+        if triton is not None:  # the condensed rows ran Triton, not the CPU kernel variant
+            machine["kernel_variant"] = triton
         for method, module in modules.items():
             row = _row(case, spec, method, timings[method], weight_bytes(module), errors[method])
             self.results.append({**row, **machine})
@@ -100,7 +116,7 @@ class BenchmarkModule(pl.LightningModule):
         """The built module of ``method`` for the current layer, or ``None`` (with a warning) if unsupported."""
         if method not in self._built:
             try:
-                self._built[method] = build_method(method, linear, mask, device)
+                self._built[method] = build_method(method, linear, mask, device, self.config.condensed_backend)
             except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
                 pl.utilities.rank_zero_warn(f"benchmark: skipping {method} ({type(err).__name__}: {err})")
                 self._built[method] = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,14 @@ RATIOS = {
     "csr_vs_dense": ("dense_fp32", "csr_fp32"),
     "cond_bf16_vs_dense_bf16": ("dense_bf16", "condensed_bf16"),
     "dense_bf16_vs_dense_fp32": ("dense_fp32", "dense_bf16"),
+    "cond_vs_dense_tf32": ("dense_tf32", "condensed_fp32"),
+    "cond_fp16_vs_dense_fp16": ("dense_fp16", "condensed_fp16"),
+    "cond_graph_vs_dense_graph": ("dense_graph_fp32", "condensed_graph_fp32"),
+    "cond_graph_vs_cond": ("condensed_fp32", "condensed_graph_fp32"),
+    "semi_bf16_vs_dense_bf16": ("dense_bf16", "semi_structured_bf16"),
+    "semi_fp16_vs_dense_fp16": ("dense_fp16", "semi_structured_fp16"),
 }
+"""Summary ratio name -> (reference method, method): ``time(reference) / time(method)``, > 1 = faster."""
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> Path:
@@ -57,7 +64,7 @@ def _number(text: str) -> Any:
 
 def summarize(rows: Sequence[Row], statistic: str = "median") -> list[Row]:
     """One row per case: each method's time (µs, ``statistic`` of its samples) and the ratios of
-    ``RATIOS`` present."""
+    :data:`RATIOS` present."""
     column = {"median": "time_us", "min": "min_us"}[statistic]
     cases: dict[tuple[Any, ...], Row] = {}
     for row in rows:
@@ -89,25 +96,21 @@ TABLE_COLUMNS = {
     "cond_vs_dense": "cond ×dense",
     "cond_vs_csr": "cond ×CSR",
     "cond_bf16_vs_dense_bf16": "bf16 cond ×dense",
+    "cond_fp16_vs_dense_fp16": "fp16 cond ×dense",
+    "cond_vs_dense_tf32": "cond ×TF32 dense",
+    "cond_graph_vs_dense_graph": "graph cond ×graph dense",
+    "semi_bf16_vs_dense_bf16": "2:4 bf16 ×dense",
     "byte_ceiling": "byte ceiling",
 }
+"""Summary key -> table header; a column no row fills (e.g. GPU-only methods on CPU) is left out."""
+
+
+def _columns(summary: Sequence[Row]) -> dict[str, str]:
+    """The ``TABLE_COLUMNS`` that at least one summary row has."""
+    return {key: header for key, header in TABLE_COLUMNS.items() if any(key in row for row in summary)}
 
 
 CASE_HEADERS = ("layer", "sparsity", "batch", "threads", "cache")
-# The printed tables: times and ratios apart, so each fits a 100-column terminal.
-TIME_HEADERS = {
-    "dense_fp32_us": "dense",
-    "dense_bf16_us": "dense bf16",
-    "csr_fp32_us": "CSR",
-    "condensed_fp32_us": "cond.",
-    "condensed_bf16_us": "cond. bf16",
-}
-RATIO_HEADERS = {
-    "cond_vs_dense": "cond. × dense",
-    "cond_vs_csr": "cond. × CSR",
-    "cond_bf16_vs_dense_bf16": "bf16: cond. × dense",
-    "byte_ceiling": "byte ceiling",
-}
 
 
 def case_cells(row: Row) -> list[str]:
@@ -126,50 +129,140 @@ def format_us(value: Any) -> str:
 def summary_tables(summary: Sequence[Row], title: str = "lightning_srigl benchmark", width: int = 100) -> list[Table]:
     """Two rich tables of [`summarize`][lightning_srigl.benchmark.report.summarize]: times (µs) and ratios (×).
 
-    Columns of methods that no case timed are left out; each table fits a console ``width`` columns
-    wide down to 100.
+    The columns are those of ``TABLE_COLUMNS`` that some row has, times apart from ratios so that each
+    table fits a console ``width`` columns wide, down to 100.
     """
+    columns = _columns(summary)
+    times = {key: header.removesuffix(" µs") for key, header in columns.items() if key.endswith("_us")}
+    ratios = {key: header for key, header in columns.items() if not key.endswith("_us")}
     tables = []
-    for kind, headers, cell in (("µs per call", TIME_HEADERS, format_us), ("ratios, > 1 = faster", RATIO_HEADERS, str)):
-        keys = [k for k in headers if any(k in row for row in summary)]
-        rows = [case_cells(row) + [cell(row.get(key, "")) for key in keys] for row in summary]
-        columns = [*CASE_HEADERS, *(headers[k] for k in keys)]
-        tables.append(fitted_table(f"{title}: {kind}", columns, rows, width, left=("layer", "cache")))
+    for kind, headers, cell in (("µs per call", times, format_us), ("ratios, > 1 = faster", ratios, str)):
+        rows = [case_cells(row) + [cell(row.get(key, "")) for key in headers] for row in summary]
+        tables.append(fitted_table(f"{title}: {kind}", [*CASE_HEADERS, *headers.values()], rows, width,
+                                   left=("layer", "cache")))
     return tables
 
 
-def plot(rows: Sequence[Row], path: Path, threads: int, shape: tuple[int, int], statistic: str = "median") -> Path:
-    """Time vs sparsity per method for one layer ``shape`` at ``threads``, one panel per batch size.
+Series = Callable[[Sequence[Row]], dict[str, list[tuple[float, float]]]]
 
-    The paper's Figure 11 style, log y; only hot-cache rows; 2:4 layers are single markers at 50 %.
-    Sized to stay legible in a documentation column about 700 px wide.
+
+def _time_series(column: str) -> Series:
+    """``label -> [(sparsity, µs)]`` per method; 2:4 layers labelled ``"<method> (2:4)"``."""
+
+    def series(panel: Sequence[Row]) -> dict[str, list[tuple[float, float]]]:
+        points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for r in panel:
+            label = r["method"] if r["structure"] == "srigl" else f"{r['method']} (2:4)"
+            points[label].append((r["sparsity"], r[column]))
+        return points
+
+    return series
+
+
+def plot(rows: Sequence[Row], path: Path, threads: int, statistic: str = "median") -> Path:
+    """Time vs sparsity per method, log y, one panel per (shape, batch): the paper's Figure 11 style.
+
+    Only hot-cache constant-fan-in rows at ``threads``; 2:4 layers are drawn as single markers at 50 %.
+    """
+    column = "time_us" if statistic == "median" else "min_us"
+    hot = [r for r in rows if r["cache"] == "hot" and r["threads"] == threads]
+    return _panels(hot, _time_series(column), path, f"{threads} thread(s)", f"time per call (µs, {statistic}, log)")
+
+
+def plot_layer(rows: Sequence[Row], path: Path, threads: int, shape: tuple[int, int], statistic: str = "median") -> Path:
+    """[`plot`][lightning_srigl.benchmark.report.plot] for one layer ``shape``: one figure, a panel per batch
+    size, sized to stay legible in a documentation column about 700 px wide."""
+    column = "time_us" if statistic == "median" else "min_us"
+    hot = [r for r in rows if r["cache"] == "hot" and r["threads"] == threads
+           and (r["in_features"], r["out_features"]) == shape]
+    title = f"{shape[0]}→{shape[1]} layer, {threads} thread{'s' if threads > 1 else ''}"
+    return _panels(hot, _time_series(column), path, title, f"µs per call ({statistic}, log)", one_figure_per_shape=True)
+
+
+def plot_speedup(summary: Sequence[Row], path: Path, threads: int) -> Path:
+    """Speedup vs sparsity, log y, one panel per (shape, batch): each ``RATIOS`` entry of the summary.
+
+    Hot-cache rows at ``threads``; 2:4 layers are single markers at 50 %; the dotted line is 1 (no gain).
+    """
+    hot = [r for r in summary if r["cache"] == "hot" and r["threads"] == threads]
+
+    def series(panel: Sequence[Row]) -> dict[str, list[tuple[float, float]]]:
+        points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for r in panel:
+            for name, (reference, method) in RATIOS.items():
+                if name in r and method.startswith(("condensed", "semi_structured")):
+                    label = f"{method} / {reference}" + ("" if r["structure"] == "srigl" else " (2:4)")
+                    points[label].append((r["sparsity"], r[name]))
+        return points
+
+    return _panels(hot, series, path, f"{threads} thread(s)", "speedup (×, log)", ref=1.0)
+
+
+def _panels(
+    rows: Sequence[Row],
+    series: Series,
+    path: Path,
+    subtitle: str,
+    ylabel: str,
+    ref: float | None = None,
+    one_figure_per_shape: bool = False,
+) -> Path:
+    """Log-y panels, each drawing ``series(rows of that panel)`` against sparsity: a (shape x batch) grid,
+    or (``one_figure_per_shape``, rows of one shape) a row of batch panels titled ``subtitle``.
+
+    A label keeps one colour in every panel; its 2:4 point is an open square of that colour.
     """
     from matplotlib.figure import Figure  # the Agg canvas, no display or pyplot state needed
 
-    hot = [
-        r for r in rows
-        if r["cache"] == "hot" and r["threads"] == threads and (r["in_features"], r["out_features"]) == shape
-    ]
-    batches = sorted({r["batch"] for r in hot})
-    figure = Figure(figsize=(3.3 * len(batches), 4.4), layout="constrained")
-    axes = figure.subplots(1, len(batches), squeeze=False)[0]
-    column = "time_us" if statistic == "median" else "min_us"
-    for ax, batch in zip(axes, batches):
-        _panel(ax, [r for r in hot if r["batch"] == batch], column)
-        ax.set_title(f"batch {batch}", fontsize=13)
-        ax.set_xlabel("sparsity", fontsize=12)
-        ax.tick_params(labelsize=11)
-    axes[0].set_ylabel(f"µs per call ({statistic}, log)", fontsize=12)
-    figure.suptitle(f"{shape[0]}→{shape[1]} layer, {threads} thread{'s' if threads > 1 else ''}", fontsize=14)
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=11, frameon=False)
+    shapes = list(dict.fromkeys((r["in_features"], r["out_features"]) for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    if one_figure_per_shape:
+        figure = Figure(figsize=(3.3 * len(batches), 4.4), layout="constrained")
+        fonts = {"title": 13, "label": 12, "ticks": 11, "legend": 11}
+    else:
+        figure = Figure(figsize=(4 * len(batches), 3.4 * len(shapes) + 0.8), layout="constrained")
+        fonts = {"title": 10, "label": 11, "ticks": 9, "legend": 10}
+    axes = figure.subplots(len(shapes), len(batches), squeeze=False, sharex=True)
+    panels = {(i, j): series([r for r in rows if (r["in_features"], r["out_features"]) == shape and r["batch"] == batch])
+              for i, shape in enumerate(shapes) for j, batch in enumerate(batches)}
+    methods = list(dict.fromkeys(label.removesuffix(" (2:4)") for points in panels.values() for label in points))
+    for (i, j), points_by_label in panels.items():
+        ax = axes[i][j]
+        for label, points in points_by_label.items():
+            points.sort()
+            color = f"C{methods.index(label.removesuffix(' (2:4)')) % 10}"
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            if label.endswith(" (2:4)"):
+                ax.plot(xs, ys, "s", color=color, markersize=6, mfc="none")
+            else:
+                ax.plot(xs, ys, "o-", color=color, label=label, markersize=4)
+        if ref is not None:
+            ax.axhline(ref, color="black", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.tick_params(labelsize=fonts["ticks"])
+        where = f"batch {batches[j]}" if one_figure_per_shape else f"{shapes[i][0]}→{shapes[i][1]}, batch {batches[j]}"
+        ax.set_title(where, fontsize=fonts["title"])
+    handles, labels = [], []
+    for ax in axes.flat:  # every method once, in first-seen order
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if any(label.endswith(" (2:4)") for points in panels.values() for label in points):
+        handles += axes[0][0].plot([], [], "s", color="grey", mfc="none")
+        labels.append("2:4 layer (50 %)")
+    figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=fonts["legend"], frameon=False)
+    figure.supxlabel("sparsity", fontsize=fonts["label"])
+    figure.supylabel(ylabel, fontsize=fonts["label"])
+    figure.suptitle(subtitle, fontsize=fonts["title"] + 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100 if one_figure_per_shape else 110)
     return path
 
 
-def plot_paths(rows: Sequence[Row], output_dir: Path, name: str) -> dict[tuple[int, tuple[int, int]], Path]:
-    """``(threads, (in, out)) -> <output_dir>/<name>_t<threads>_<in>x<out>.png`` for the hot-cache cases."""
+def layer_plot_paths(rows: Sequence[Row], output_dir: Path, name: str) -> dict[tuple[int, tuple[int, int]], Path]:
+    """``(threads, (in, out)) -> <output_dir>/<name>_t<threads>_<in>x<out>.png``, the per-layer plots."""
     hot = [r for r in rows if r["cache"] == "hot"]
     timed = {(r["threads"], (r["in_features"], r["out_features"])) for r in hot}
     shapes = dict.fromkeys((r["in_features"], r["out_features"]) for r in hot)
@@ -181,37 +274,23 @@ def plot_paths(rows: Sequence[Row], output_dir: Path, name: str) -> dict[tuple[i
     }
 
 
-def _panel(ax: Any, rows: Sequence[Row], column: str) -> None:
-    """One method per colour: a line over the constant fan-in sparsities, a square for its 2:4 layer."""
-    series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
-        series[(r["method"], r["structure"])].append((r["sparsity"], r[column]))
-    methods = list(dict.fromkeys(method for method, _ in series))
-    for (method, structure), points in series.items():
-        points.sort()
-        color = f"C{methods.index(method) % 10}"
-        if structure == "2:4":
-            ax.plot([p[0] for p in points], [p[1] for p in points], "s", color=color, markersize=6, mfc="none")
-        else:
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=color, label=method, markersize=4)
-    if any(structure == "2:4" for _, structure in series):
-        ax.plot([], [], "s", color="grey", mfc="none", label="2:4 layer (50 %)")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-
-
 def write_outputs(
     rows: Sequence[Row], output_dir: Path, name: str, statistic: str = "median", console: Console | None = None
 ) -> dict[str, Path]:
-    """Write ``<name>.csv`` (raw), ``<name>_summary.csv`` and one plot per thread count and layer
-    (``<name>_t<threads>_<in>x<out>.png``); print the tables (sized to the terminal)."""
+    """Write ``<name>.csv`` (raw), ``<name>_summary.csv``, ``<name>_t<threads>.png`` (times, every layer),
+    ``<name>_t<threads>_<in>x<out>.png`` (times, one layer, for the docs) and ``<name>_speedup_t<threads>.png``
+    (ratios); print the tables, sized to the terminal."""
     summary = summarize(rows, statistic)
     outputs = {
         "raw_csv": write_csv(rows, output_dir / f"{name}.csv"),
         "summary_csv": write_csv(summary, output_dir / f"{name}_summary.csv"),
     }
-    for (threads, shape), path in plot_paths(rows, output_dir, name).items():
-        outputs[path.stem.removeprefix(f"{name}_")] = plot(rows, path, threads, shape, statistic)
+    for threads in sorted({r["threads"] for r in rows}):
+        outputs[f"plot_t{threads}"] = plot(rows, output_dir / f"{name}_t{threads}.png", threads, statistic)
+        speedup = output_dir / f"{name}_speedup_t{threads}.png"
+        outputs[f"speedup_plot_t{threads}"] = plot_speedup(summary, speedup, threads)
+    for (threads, shape), path in layer_plot_paths(rows, output_dir, name).items():
+        outputs[path.stem.removeprefix(f"{name}_")] = plot_layer(rows, path, threads, shape, statistic)
     console = console or terminal_console()
     for table in summary_tables(summary, f"{name} ({statistic})", console.width):
         console.print(table)
@@ -219,10 +298,11 @@ def write_outputs(
 
 
 def markdown_table(summary: Sequence[Row]) -> str:
-    """Every case with its times and ratios as one GitHub-flavoured markdown table (for ``docs/``)."""
-    headers = [*CASE_HEADERS, *TABLE_COLUMNS.values()]
+    """Every case with the ``TABLE_COLUMNS`` some row has, as one GitHub-flavoured markdown table (for ``docs/``)."""
+    columns = _columns(summary)
+    headers = [*CASE_HEADERS, *columns.values()]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in summary:
-        cells = case_cells(row) + [str(row.get(key, "")) for key in TABLE_COLUMNS]
+        cells = case_cells(row) + [str(row.get(key, "")) for key in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

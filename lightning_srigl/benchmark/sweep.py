@@ -10,6 +10,7 @@ import yaml
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, parse_method
 from lightning_srigl.benchmark.machine import emulation_env
+from lightning_srigl.condensed.linear import BACKENDS
 
 Case = dict[str, Any]
 """One timed configuration: a layer spec's fields plus ``batch``, ``threads``, ``cache``, ``methods``."""
@@ -27,7 +28,8 @@ class SweepConfig:
     samples: ``"median"``, or ``"min"`` on a machine shared with other work (preempted samples only
     ever make a call look slower). ``cpu_isa`` (``"avx2"``, ``"avx512"``, ``"scalar"``) emulates a CPU
     with only that instruction set: dense and condensed kernels are limited alike, in a subprocess
-    (``lightning_srigl.benchmark.machine``).
+    (``lightning_srigl.benchmark.machine``). ``condensed_backend`` is the backend of the condensed
+    layers (``"auto"``: C++ on CPU, Triton on CUDA).
 
     Attributes:
         shapes: layers as ``[in_features, out_features]`` pairs.
@@ -51,6 +53,8 @@ class SweepConfig:
             ``<name>_t<threads>_<in>x<out>.png``.
         cpu_isa: ``"avx2"``, ``"avx512"`` or ``"scalar"`` to emulate a CPU with only that instruction
             set (``null``: this CPU as it is).
+        condensed_backend: backend of the condensed layers: ``"auto"`` (C++ on CPU, Triton on CUDA),
+            or one of the backends ``CondensedLinear`` takes.
     """
 
     shapes: list[list[int]] = field(default_factory=lambda: [[768, 3072], [3072, 768], [4096, 4096]])
@@ -69,6 +73,7 @@ class SweepConfig:
     min_run_time: float = 0.2
     statistic: str = "median"
     device: str = "cpu"
+    condensed_backend: str = "auto"
     seed: int = 0
     output_dir: str | None = "benchmark_results"
     name: str = "benchmark"
@@ -77,6 +82,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         for method in [*self.methods, *self.nm_methods, *self.cold_methods]:
             parse_method(method)
+        if self.condensed_backend not in BACKENDS:
+            raise ValueError(f"condensed_backend is one of {BACKENDS}, got {self.condensed_backend!r}.")
         if self.cpu_isa is not None:
             emulation_env(self.cpu_isa)  # raises on an unknown instruction set
         if self.statistic not in ("median", "min"):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from itertools import chain
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
@@ -28,7 +30,7 @@ from lightning_srigl.condensed.accelerate import (
     swap_layers,
 )
 from lightning_srigl.condensed.acceleration_report import AccelerationReport
-from lightning_srigl.condensed.registry import CANDIDATES, sparse_kind, sparse_layers
+from lightning_srigl.condensed.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import masked_weights, qualified_name
 
@@ -141,13 +143,7 @@ class AccelerateCallback(Callback):
         if inputs is not None:
             was_training = pl_module.training
             pl_module.eval()
-            plan = plan_acceleration(
-                pl_module,
-                fit_inputs_to_layers(pl_module, inputs),
-                candidates=self.candidates,
-                warmup=self.warmup,
-                repeats=self.repeats,
-            )
+            plan = self.choose(pl_module, fit_inputs_to_layers(pl_module, inputs))
             pl_module.train(was_training)
             self.report = plan.report
         if trainer is not None:
@@ -157,8 +153,16 @@ class AccelerateCallback(Callback):
         names = list(dict.fromkeys([*touched, *(row.name for row in self.report.rows)]))
         self._originals = {name: self._snapshot[name] for name in names}
         swap_layers(pl_module, plan)
+        _leave_out_of_ddp_sync(pl_module)
         if self._load_hook is None:
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._restore_before_load)
+
+    def choose(self, pl_module: pl.LightningModule, inputs: dict[str, Tensor]) -> AccelerationPlan:
+        """Time the candidates of each sparse layer on its captured input ``(..., in)`` (the model is
+        in eval mode) and keep the fastest; override to choose otherwise."""
+        return plan_acceleration(
+            pl_module, inputs, candidates=self.candidates, warmup=self.warmup, repeats=self.repeats
+        )
 
     def _publish(self, trainer: pl.Trainer, report: AccelerationReport) -> None:
         """Rank 0 only: print, log and save the report (nothing here is a collective)."""
@@ -214,6 +218,23 @@ def _resize_batch(x: Tensor, batch_size: int | None) -> Tensor:
         return x
     reps = math.ceil(batch_size / x.shape[0])
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
+
+
+def _leave_out_of_ddp_sync(pl_module: pl.LightningModule) -> None:
+    """Keep the inference layers out of the parameter/buffer broadcast DDP runs when a stage starts.
+
+    Every rank builds them from identical weights, and some of their tensors cannot be broadcast
+    (int16 indices: neither gloo nor NCCL has the type; sparse CSR weights).
+    """
+    names = {
+        qualified_name(layer, tensor_name)
+        for layer in accelerated_layers(pl_module)
+        for tensor_name, _ in chain(
+            pl_module.get_submodule(layer).named_parameters(), pl_module.get_submodule(layer).named_buffers()
+        )
+    }
+    ignored = set(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", ()))
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, sorted(ignored | names))
 
 
 def _foldable_modules(model: nn.Module) -> list[str]:

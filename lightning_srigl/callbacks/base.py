@@ -10,9 +10,10 @@ The hooks read like the algorithm:
 * ``on_before_optimizer_step`` — the gradient here is dense, accumulated over micro-batches,
   averaged over DDP ranks and unscaled by AMP: keep it for the next update if it is inside the
   window, then mask it.
-* ``on_train_batch_end`` (once per round of optimizer steps) — re-mask the weights; when the step
-  count reached a scheduled step, update the topology, zero optimizer state at inactive and newly
-  grown positions, log metrics.
+* ``on_train_batch_end`` (once per round of optimizer steps) — when the step count reached a
+  scheduled step, re-mask the weights, update the topology, zero optimizer state at inactive and
+  newly grown positions, log metrics. Other steps re-mask only if something besides SGD/Adam/AdamW
+  may have moved an inactive weight (:class:`~lightning_srigl.callbacks.remask.RemaskPolicy`).
 
 Counting is in optimizer steps (``trainer.global_step``); with several optimizers (manual
 optimization) the count moves by more than one per batch and the update runs at the batch that
@@ -39,6 +40,7 @@ from lightning_srigl.callbacks.glue import (
     log_metrics,
     run_folder,
 )
+from lightning_srigl.callbacks.remask import RemaskPolicy
 from lightning_srigl.callbacks.report import (
     LayerStats,
     layer_stats,
@@ -127,6 +129,7 @@ class DynamicSparsityCallback(SparsityCallback):
         self._last_step = 0
         self._steps_per_round = 1
         self._fqns_of: dict[int, list[str]] = {}
+        self.remask = RemaskPolicy()
 
     # ---- what a method must provide -------------------------------------------------------
     def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
@@ -210,6 +213,7 @@ class DynamicSparsityCallback(SparsityCallback):
         self._ever_active = {fqn: e.to(masks[fqn].device) | masks[fqn] for fqn, e in ever.items()}
         self._grad_sums = {fqn: g.to(masks[fqn].device) for fqn, g in self._grad_sums.items()}
         self._fqns_of = layers_per_optimizer(trainer, self.masked)
+        self.remask.start(trainer, pl_module, self, self.masked, self._fqns_of)
         self._last_step = trainer.global_step
         if trainer.global_step == 0:
             log_metrics(trainer, self._metrics(), step=0)
@@ -233,8 +237,9 @@ class DynamicSparsityCallback(SparsityCallback):
         previous, self._last_step = self._last_step, step
         self._steps_per_round = step - previous
         assert self.masked is not None and self.t_end is not None
-        self.masked.apply_to_weights_()
         due = update_due(previous, step, self.delta_t, self.t_end)
+        if due is not None or self.remask.reason() is not None:
+            self.masked.apply_to_weights_()
         if due is not None:
             self._update_topology(trainer, due)
         elif self.log_every_n_steps and step // self.log_every_n_steps > previous // self.log_every_n_steps:
@@ -361,11 +366,16 @@ class DynamicSparsityCallback(SparsityCallback):
         log_metrics(trainer, metrics, step)
 
     def _update_layer(self, trainer: Trainer, fqn: str, weight: Tensor, grad_sum: Tensor, drop_fraction: float) -> int:
-        """One layer's update in place (mask, weights, optimizer state); returns how many positions changed."""
+        """One layer's update in place (mask, weights, optimizer state); returns how many positions changed.
+
+        ``grad_sum`` is this callback's own sum, turned into ``|grad|`` in place; the live mask is read,
+        not copied, until the new one is written into it.
+        """
         assert self.masked is not None
-        old = self.masked.mask(fqn).clone()
-        new, grown = self.layer_update(fqn, weight.data, old, grad_sum.abs_(), self.budgets[fqn], drop_fraction)
+        mask = self.masked.mask(fqn)
+        new, grown = self.layer_update(fqn, weight.data, mask, grad_sum.abs_(), self.budgets[fqn], drop_fraction)
         del grad_sum
+        changed = mask_change(mask, new)
         self.masked.set_mask_(fqn, new)
         reset = new.logical_not()
         weight.data.masked_fill_(reset, 0)
@@ -373,7 +383,7 @@ class DynamicSparsityCallback(SparsityCallback):
         for optimizer in trainer.optimizers:
             zero_optimizer_state_(optimizer, weight, reset)
         self._ever_active[fqn] |= new
-        return mask_change(old, new)
+        return changed
 
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:

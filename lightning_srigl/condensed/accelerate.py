@@ -171,7 +171,10 @@ def plan_acceleration(
         target = torch.device(device) if device is not None else home
         if target != home:
             layer = copy.deepcopy(layer).to(target)
-        times, skipped, built = _time_candidates(layer, mask.to(target), x.to(target), candidates, warmup, repeats)
+        # An input captured under autocast (bf16-mixed, 16-mixed) is in the autocast dtype; the candidates
+        # compute in the layer's dtype, as they will at inference (CondensedLinear, CSRLinear cast to it).
+        x = x.to(device=target, dtype=sparse[name].weight.dtype)
+        times, skipped, built = _time_candidates(layer, mask.to(target), x, candidates, warmup, repeats)
         row = _layer_row(name, sparse[name].weight, mask, x, times, skipped)
         rows.append(row)
         layers[name] = built[row.chosen].to(home)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_srigl.condensed.cpu_variants import Variant, source_hash, sources
+from lightning_srigl.condensed.cpu_variants import Variant, library_source_hash, source_hash, sources
 
 CACHE_ENV = "LIGHTNING_SRIGL_CACHE"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -57,9 +57,24 @@ def build_directory(variant: Variant) -> Path:
 
 
 def installed_library(variant: Variant) -> Path | None:
-    """The library ``setup.py`` built for ``variant`` (in the package folder), or None."""
+    """The library ``setup.py`` built for ``variant`` (in the package folder), or None.
+
+    A library built from other sources than the ones beside it (a checkout edited since its install) is
+    not used: one line says so, and the current sources are compiled instead.
+    """
     found = sorted(_PACKAGE_DIR.glob(f"{variant.library}.*so")) + sorted(_PACKAGE_DIR.glob(f"{variant.library}.pyd"))
-    return found[0] if found else None
+    if not found:
+        return None
+    built_from, current = library_source_hash(found[0]), source_hash()
+    if built_from != current:
+        print(
+            f"lightning_srigl: {found[0].name} was built from other kernel sources ({built_from}, now {current}); "
+            "using a fresh build of the current ones (`pip install --no-build-isolation -e .` rebuilds it in place)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return found[0]
 
 
 def jit_build(variant: Variant) -> Path:
@@ -79,7 +94,7 @@ def jit_build(variant: Variant) -> Path:
     cpp_extension.load(
         name=name,
         sources=[str(source) for source in sources()],
-        extra_cflags=variant.compile_flags(),
+        extra_cflags=variant.build_flags(),
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),
         is_python_module=False,

@@ -54,6 +54,11 @@ class Variant:
             defines.append(f"-DCPU_CAPABILITY_{self.capability}")
         return [*BASE_FLAGS, *self.machine_flags, *defines]
 
+    def build_flags(self) -> list[str]:
+        """:meth:`compile_flags` plus the sources' hash, which the library then carries (see
+        :func:`library_source_hash`)."""
+        return [*self.compile_flags(), f"-DLSR_SOURCE_HASH={source_hash()}"]
+
 
 # The same flags ATen builds its own AVX2 / AVX-512 kernels with (plus popcnt and F16C for fp16).
 X86_VARIANTS = (
@@ -106,3 +111,17 @@ def source_hash() -> str:
     for variant in variants_for_machine():
         digest.update(" ".join(variant.compile_flags()).encode())
     return digest.hexdigest()[:16]
+
+
+# ``csrc/ops.cpp`` embeds this marker followed by the hash it was built from.
+SOURCE_MARKER = b"lightning_srigl-sources:"
+
+
+def library_source_hash(library: Path) -> str | None:
+    """The :func:`source_hash` a built library was compiled from, read from its bytes (no loading)."""
+    data = library.read_bytes()
+    at = data.find(SOURCE_MARKER)
+    if at < 0:
+        return None
+    start = at + len(SOURCE_MARKER)
+    return data[start : start + 16].decode("ascii", errors="replace")

@@ -57,7 +57,16 @@ class CSRLinear(nn.Module):
         return cls.from_linear(linear, mask)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x (..., in) -> (..., out)``."""
+        """``x (..., in) -> (..., out)``; under autocast the product runs in the weight's dtype.
+
+        (torch's sparse CSR products have no bf16/fp16 kernels on CPU, so autocast's casts would fail.)
+        """
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._product(x.to(self.weight.dtype))
+        return self._product(x)
+
+    def _product(self, x: Tensor) -> Tensor:
         x2d = x.reshape(-1, self.in_features)
         # torch 2.13's F.linear with a CSR weight made outside inference mode fails inside it
         # ("Cannot set version_counter for inference tensor"); addmm below does not.

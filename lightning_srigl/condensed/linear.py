@@ -8,6 +8,9 @@ dense layer's output for every input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -17,11 +20,11 @@ from lightning_srigl.condensed.cpu_kernel import (
     condensed_linear_cpu,
     condensed_linear_torch,
 )
-from lightning_srigl.condensed.ops import condensed_linear
+from lightning_srigl.condensed.ops import condensed_linear, triton_kernels
 from lightning_srigl.condensed.validation import INT16_MAX, check_bias, check_condensed, check_width
 from lightning_srigl.masking import mask_of
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "triton")
 INT16_MAX_IN_FEATURES = INT16_MAX
 
 
@@ -75,10 +78,10 @@ def _check_loaded_buffers(module: CondensedLinear, incompatible: object) -> None
     check_bias(module.bias, module.out_features, module.values)
 
 
-def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
-    """True for plain eager CPU tensors with no gradient to track (not traced, compiled or exported)."""
+def _eager_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
+    """True for plain eager tensors with no gradient to track (not traced, compiled or exported)."""
     # Ordered cheapest first: this runs on every call, and each tensor attribute costs ~0.1-0.3 us.
-    if type(x2d) is not Tensor or type(values) is not Tensor or not x2d.is_cpu:
+    if type(x2d) is not Tensor or type(values) is not Tensor:
         return False
     if torch.is_grad_enabled() and (
         x2d.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
@@ -87,13 +90,32 @@ def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bo
     return not torch.compiler.is_compiling()
 
 
+def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
+    """:func:`_eager_inference` for CPU tensors."""
+    return x2d.is_cpu and _eager_inference(x2d, values, bias)
+
+
+def _triton_layout(values: Tensor, indices: Tensor, _: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``(A, k)`` views over ``(k, A)`` storage that the Triton kernels were designed for."""
+    return triton_kernels().prepare_triton_layout(values, indices)
+
+
 class CondensedLinear(nn.Module):
     """Condensed constant-fan-in linear layer, ``(..., in) -> (..., out)``.
 
     Buffers: ``values (A, k)`` in the weight's dtype, ``indices (A, k)`` sorted per row (int16 when
     ``in_features <= 32767``, else int32), ``active_rows (A,)`` int64 and ``bias (out,)`` (or None).
-    ``backend="auto"`` runs the ``lightning_srigl::condensed_linear`` op (C++ on CPU, Triton on CUDA);
-    ``backend="torch"`` runs the pure-torch reference.
+    ``backend="auto"`` runs the C++ kernels on CPU and the Triton kernels on CUDA (through the
+    ``lightning_srigl::condensed_linear`` op when a gradient is tracked or the call is compiled or
+    exported); ``backend="triton"`` runs the Triton kernels on any device they support (CUDA, or CPU
+    tensors under ``TRITON_INTERPRET=1``); ``backend="torch"`` runs the pure-torch reference.
+
+    Kernel layouts derived from the buffers (the CPU batch-1 layout, the Triton kernels' ``(k, A)``
+    storage) are built on the first call that needs them and kept until the buffers are replaced or
+    changed in place (see :meth:`_derived_layout`); they are not part of the ``state_dict``.
+
+    Under autocast (``bf16-mixed``, ``16-mixed``) an input in the autocast dtype is cast to the
+    layer's dtype: the layer computes in its own dtype, exactly as the masked dense layer would.
 
     The constructor and ``load_state_dict`` validate the buffers once
     (``check_condensed``: shapes, dtypes, devices, every index
@@ -123,9 +145,8 @@ class CondensedLinear(nn.Module):
         self.register_buffer("indices", indices)
         self.register_buffer("active_rows", active_rows.long())
         self.register_buffer("bias", bias)
-        # Batch-1 CPU layout, built on first use; valid while `_layout_source` matches (see _batch1_layout).
-        self._layout: Tensor | None = None
-        self._layout_source: tuple[Tensor, Tensor, Tensor, tuple[int, int, int]] | None = None
+        # kind -> (values, indices, active_rows, their versions, layout built from them); see _derived_layout.
+        self._layouts: dict[str, tuple[Tensor, Tensor, Tensor, tuple[int, int, int], Any]] = {}
         self.register_load_state_dict_post_hook(_check_loaded_buffers)
 
     @classmethod
@@ -189,10 +210,7 @@ class CondensedLinear(nn.Module):
                 return batch1_forward(x, layout, self.bias)
         values = self.values
         if x.shape[-1] != self.in_features or x.dtype != values.dtype:
-            raise ValueError(
-                f"expected input (..., {self.in_features}) of dtype {values.dtype}, got {tuple(x.shape)} "
-                f"of dtype {x.dtype}; reshape or cast the input (or call module.to(dtype))"
-            )
+            x = self._autocast_input(x)
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
@@ -202,50 +220,80 @@ class CondensedLinear(nn.Module):
             y = self._scatter_active(y)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
+    def _autocast_input(self, x: Tensor) -> Tensor:
+        """``x`` cast to the layer's dtype under autocast on its device; otherwise a ValueError that says why."""
+        dtype = self.values.dtype
+        if x.shape[-1] == self.in_features and x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+            return x.to(dtype)
+        raise ValueError(
+            f"expected input (..., {self.in_features}) of dtype {dtype}, got {tuple(x.shape)} "
+            f"of dtype {x.dtype}; reshape or cast the input (or call module.to(dtype))"
+        )
+
     def _product(self, x2d: Tensor, values: Tensor, bias_active: Tensor | None) -> Tensor:
         """``(B, in) -> (B, A)`` through the selected backend."""
-        if self.backend == "torch":
+        backend = self.backend
+        if backend == "torch":
             return condensed_linear_torch(x2d, values, self.indices, bias_active)
-        if _eager_cpu_inference(x2d, values, bias_active):
+        if backend == "auto" and _eager_cpu_inference(x2d, values, bias_active):
             # Same kernel as the custom op's CPU implementation, minus the dispatcher's ~15 us per call.
             return condensed_linear_cpu(x2d, values, self.indices, bias_active)
+        if (backend == "triton" or x2d.is_cuda) and _eager_inference(x2d, values, bias_active):
+            kernels = triton_kernels()
+            if kernels is not None:  # a direct launch on the (k, A) storage, minus the dispatcher
+                values, indices = self._derived_layout("triton", _triton_layout) or (values, self.indices)
+                return kernels.condensed_linear_triton(x2d, values, indices, bias_active)
         return condensed_linear(x2d, values, self.indices, bias_active)
 
     def _batch1_layout(self, x: Tensor) -> Tensor | None:
         """The gather-free batch-1 kernel's layout when ``x (1, in)`` may use it, else None.
 
         It may when the backend is ``"auto"``, ``x`` is a contiguous fp32 CPU tensor of the right width,
-        no gradient is tracked and nothing traces the call. The layout is built on first use and rebuilt
-        when ``values``, ``indices`` or ``active_rows`` are replaced (``.to()``,
-        ``load_state_dict(assign=True)``) or changed in place (their version counters move), so it never
-        serves stale weights. Buffers created under ``torch.inference_mode`` have no version counter:
-        such layers keep the gather kernel.
+        no gradient is tracked and nothing traces the call.
         """
-        buffers = self._buffers
-        values, indices, rows = buffers["values"], buffers["indices"], buffers["active_rows"]
         if (
             self.backend != "auto"
             or x.dtype != torch.float32
             or x.shape[1] != self.in_features
             or not x.is_contiguous()
-            or not _eager_cpu_inference(x, values, buffers["bias"])
+            or not _eager_cpu_inference(x, self.values, self.bias)
         ):
             return None
+        return self._derived_layout("cpu_batch1", self._build_batch1_layout)
+
+    def _build_batch1_layout(self, values: Tensor, indices: Tensor, rows: Tensor) -> Tensor | None:
+        return batch1_layout(values, indices, rows, self.in_features, self.out_features)
+
+    def _derived_layout(self, kind: str, build: Callable[[Tensor, Tensor, Tensor], Any]) -> Any:
+        """``build(values, indices, active_rows)``, cached under ``kind`` while those buffers stay the same.
+
+        Rebuilt when a buffer is replaced (``load_state_dict(assign=True)``) or changed in place
+        (``load_state_dict``, ``copy_``: its version counter moves), so a layout never serves stale
+        weights; ``.to()`` and other ``_apply`` calls drop every layout. Returns None for buffers created
+        under ``torch.inference_mode`` (they have no version counter): callers then use the buffers.
+        """
+        buffers = self._buffers
+        values, indices, rows = buffers["values"], buffers["indices"], buffers["active_rows"]
         try:
             versions = (values._version, indices._version, rows._version)
         except RuntimeError:  # inference tensors
             return None
-        source = self._layout_source  # written out: a generator here costs about 1 us per call
+        entry = self._layouts.get(kind)  # written out: a generator here costs about 1 us per call
         if (
-            source is None
-            or source[0] is not values
-            or source[1] is not indices
-            or source[2] is not rows
-            or source[3] != versions
+            entry is None
+            or entry[0] is not values
+            or entry[1] is not indices
+            or entry[2] is not rows
+            or entry[3] != versions
         ):
-            self._layout = batch1_layout(values, indices, rows, self.in_features, self.out_features)
-            self._layout_source = (values, indices, rows, versions)
-        return self._layout
+            entry = (values, indices, rows, versions, build(values, indices, rows))
+            self._layouts[kind] = entry
+        return entry[4]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CondensedLinear:
+        """Drop the derived layouts (they belong to the old buffers), then move or cast as ``nn.Module`` does."""
+        self._layouts = {}
+        return super()._apply(fn, recurse)
 
     def _scatter_active(self, y: Tensor) -> Tensor:
         """``(B, A) -> (B, out)``: active columns get ``bias + y``, ablated columns the bias alone."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -49,21 +49,23 @@ def condensed_linear(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: 
 
 
 @functools.cache
-def _triton_kernel() -> Callable[..., Tensor] | None:
-    """The Triton kernel, or ``None`` (after one warning) when Triton is not installed."""
+def triton_kernels() -> ModuleType | None:
+    """The Triton kernel module (:mod:`lightning_srigl.condensed.triton_kernel`), or ``None`` (after one
+    warning) when Triton is not installed. Imported on first use, so CPU-only installs never load Triton."""
     try:
-        from lightning_srigl.condensed.triton_kernel import condensed_linear_triton
+        from lightning_srigl.condensed import triton_kernel
     except ImportError as error:
         warnings.warn(f"{error} Using the exact (slower) PyTorch gather for condensed layers on CUDA.", stacklevel=3)
         return None
-    return condensed_linear_triton
+    return triton_kernel
 
 
 @condensed_linear.register_kernel("cuda")
 def _condensed_linear_cuda(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None) -> Tensor:
-    """CUDA dispatch point: the Triton kernel (imported lazily so CPU-only installs never load Triton)."""
+    """CUDA dispatch point: the Triton kernel, or the PyTorch gather where Triton is missing."""
     _check(x2d, values, indices, bias_active)
-    kernel = _triton_kernel() or condensed_linear_torch
+    kernels = triton_kernels()
+    kernel = kernels.condensed_linear_triton if kernels is not None else condensed_linear_torch
     return kernel(x2d, values, indices, bias_active)
 
 

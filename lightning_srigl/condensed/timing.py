@@ -33,13 +33,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _per_call(fn: Callable[[], object], number: int, device: torch.device) -> float:
+def _per_call(
+    fn: Callable[[], object], number: int, device: torch.device, clock: Callable[[], float] = time.perf_counter
+) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(number):
         fn()
     _sync(device)
-    return (time.perf_counter() - start) / number
+    return (clock() - start) / number
 
 
 def hot_times(
@@ -61,10 +63,13 @@ def hot_times(
     warm as in back-to-back calls although the other functions ran in between. Interleaving makes the
     functions share the machine's slow drifts (other tenants, clock changes), so their ratio is fairer
     than with one function timed after the other; short samples keep the minimum meaningful on a
-    shared machine, since a sample that was not preempted exists even when many were.
+    shared machine, since a sample that was not preempted exists even when many were. On one CPU
+    thread a sample is the calling thread's CPU time (``time.thread_time``), which time spent
+    descheduled does not inflate; otherwise, and on GPUs, it is wall time.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 and device.type == "cpu" else time.perf_counter
     try:
         numbers = {}
         for name, fn in fns.items():
@@ -81,7 +86,7 @@ def hot_times(
             for name, fn in fns.items():
                 if not done(name):
                     fn()  # re-warm the caches the other functions evicted
-                    samples[name].append(_per_call(fn, numbers[name], device))
+                    samples[name].append(_per_call(fn, numbers[name], device, clock))
     finally:
         torch.set_num_threads(previous)
     return {name: Timing(statistics.median(times), min(times)) for name, times in samples.items()}

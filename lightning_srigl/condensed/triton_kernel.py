@@ -13,9 +13,16 @@ neurons of fan-in ``k``. Two regimes (research note ``kernels.md`` §8):
 
 Both accumulate in fp32 on CUDA cores (every neuron has its own index set, so there is no shared K
 dimension for tensor cores) and accept fp32 / fp16 / bf16. Values and indices are read through
-their strides: :func:`prepare_triton_layout` returns ``(A, k)`` views over ``(k, A)`` storage, so a
-warp reads the ``j``-th entries of consecutive neurons contiguously. A caller (``CondensedLinear``)
-can cache that layout once and pass it wherever ``values``/``indices`` go.
+their strides; both kernels were designed for the layout of :func:`prepare_triton_layout`, ``(A, k)``
+views over ``(k, A)`` storage, in which a warp reads the ``j``-th entries of consecutive neurons
+contiguously (coalesced). ``CondensedLinear`` builds that layout once per set of buffers and passes
+it on every call; any other strides give the same result, only slower.
+
+Entry points: :func:`condensed_linear_triton` validates its arguments and picks the regime;
+:func:`gather_gemv` and :func:`gather_tiled` launch one kernel each on validated tensors and write
+into a caller-provided ``(B, A)`` output of any strides. :func:`gather_tiled` takes the input as any
+strided ``(in, B)`` operand, so a caller with its own layout (e.g. a condensed convolution whose
+"batch" is the output pixels) can launch it without the ``x.t().contiguous()`` copy.
 
 Testing and status: the kernels are exercised on CPU tensors by the Triton interpreter
 (``TRITON_INTERPRET=1``, read by Triton when this module is imported), which uses one fixed tile
@@ -29,6 +36,7 @@ says how to install it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -36,6 +44,7 @@ from torch import Tensor
 try:
     import triton
     import triton.language as tl
+    import triton.testing
     from triton.runtime.interpreter import InterpretedFunction
 except ImportError as err:  # pragma: no cover - exercised only where triton is missing
     raise ImportError(
@@ -43,7 +52,15 @@ except ImportError as err:  # pragma: no cover - exercised only where triton is 
         "Install it with: pip install lightning-srigl[kernels]"
     ) from err
 
-__all__ = ["SMALL_BATCH", "condensed_linear_triton", "prepare_triton_layout", "triton_supported"]
+__all__ = [
+    "INTERPRETER",
+    "SMALL_BATCH",
+    "condensed_linear_triton",
+    "gather_gemv",
+    "gather_tiled",
+    "prepare_triton_layout",
+    "triton_supported",
+]
 
 SMALL_BATCH = 16
 """Batch sizes up to this use the gather-dot (GEMV-like) kernel, larger ones the tiled kernel."""
@@ -68,7 +85,7 @@ _TILED_CONFIGS = [
 def _gather_gemv_kernel(
     x_ptr, values_ptr, indices_ptr, bias_ptr, y_ptr,
     A, K,
-    stride_xb, stride_xi, stride_va, stride_vk, stride_ia, stride_ik, stride_yb,
+    stride_xb, stride_xi, stride_va, stride_vk, stride_ia, stride_ik, stride_yb, stride_ya,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Program (neuron block n, batch row b): y[b, n-block] for row-major x (B, in)."""
@@ -87,17 +104,17 @@ def _gather_gemv_kernel(
     out = tl.sum(acc, axis=0)
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(y_ptr + b * stride_yb + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+    tl.store(y_ptr + b * stride_yb + offs_n * stride_ya, out.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
 def _gather_tiled_kernel(
     xt_ptr, values_ptr, indices_ptr, bias_ptr, y_ptr,
     A, K, B,
-    stride_xti, stride_xtb, stride_va, stride_vk, stride_ia, stride_ik, stride_yb,
+    stride_xti, stride_xtb, stride_va, stride_vk, stride_ia, stride_ik, stride_yb, stride_ya,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
 ):  # fmt: skip
-    """Program (neuron block n, batch block b): y[b-block, n-block] for x.T (in, B) with B contiguous."""
+    """Program (neuron block n, batch block b): y[b-block, n-block] for x.T (in, B), coalesced when B is contiguous."""
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -114,15 +131,43 @@ def _gather_tiled_kernel(
         acc += w.to(tl.float32)[None, :] * xg.to(tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs_b[:, None] * stride_yb + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask_bn)
+    y_offsets = offs_b[:, None] * stride_yb + offs_n[None, :] * stride_ya
+    tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask_bn)
+
+
+def _fitting_configs(configs: list[triton.Config], named_args: dict, **_: object) -> list[triton.Config]:
+    """The configs whose tiles do not exceed the problem by more than the smallest tile does.
+
+    A block wider than the next power of two of ``A`` (or ``B``) only adds masked-off lanes, so small
+    layers are autotuned (and compiled) over one or two configs instead of all of them.
+    """
+
+    def fits(config: triton.Config, block: str, size: int) -> bool:
+        smallest = min(c.kwargs[block] for c in configs)
+        return config.kwargs[block] <= max(smallest, triton.next_power_of_2(size))
+
+    kept = [c for c in configs if fits(c, "BLOCK_N", named_args["A"])]
+    if "BLOCK_B" in configs[0].kwargs:
+        kept = [c for c in kept if fits(c, "BLOCK_B", named_args["B"])]
+    return kept
+
+
+def _bench(kernel_call: Callable[[], object], quantiles: tuple[float, ...]) -> list[float]:
+    """Autotuning timer: Triton's ``do_bench`` with a 5 ms warm-up and 25 ms of repeats (default 25 / 100)."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _autotuned(kernel: triton.JITFunction, configs: list[triton.Config], key: list[str]) -> triton.JITFunction:
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _fitting_configs}, do_bench=_bench)(
+        kernel
+    )
 
 
 # triton.jit builds interpreter functions when TRITON_INTERPRET=1 at import time; they cannot be autotuned.
-_INTERPRET = isinstance(_gather_gemv_kernel, InterpretedFunction)
-_GEMV = _gather_gemv_kernel if _INTERPRET else triton.autotune(_GEMV_CONFIGS, key=["A", "K"])(_gather_gemv_kernel)
-_TILED = (
-    _gather_tiled_kernel if _INTERPRET else triton.autotune(_TILED_CONFIGS, key=["A", "K", "B"])(_gather_tiled_kernel)
-)
+INTERPRETER = isinstance(_gather_gemv_kernel, InterpretedFunction)
+"""True when the kernels run in Triton's interpreter (CPU tensors), i.e. TRITON_INTERPRET=1 was set at import."""
+_GEMV = _gather_gemv_kernel if INTERPRETER else _autotuned(_gather_gemv_kernel, _GEMV_CONFIGS, ["A", "K"])
+_TILED = _gather_tiled_kernel if INTERPRETER else _autotuned(_gather_tiled_kernel, _TILED_CONFIGS, ["A", "K", "B"])
 
 
 def prepare_triton_layout(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,7 +192,7 @@ def triton_supported(x2d: Tensor, values: Tensor) -> tuple[bool, str]:
     Supported: CUDA tensors (or CPU tensors when ``TRITON_INTERPRET=1`` was set before this module
     was imported) in fp32 / fp16 / bf16.
     """
-    if not (x2d.is_cuda or (_INTERPRET and x2d.device.type == "cpu")):
+    if not (x2d.is_cuda or (INTERPRETER and x2d.device.type == "cpu")):
         return False, (
             f"Triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1), got {x2d.device}"
         )
@@ -191,38 +236,61 @@ def condensed_linear_triton(x2d: Tensor, values: Tensor, indices: Tensor, bias_a
         return y
     rows = _max_rows_per_launch(x2d.shape[1], values.shape[0])
     for start in range(0, x2d.shape[0], rows):
-        _launch(x2d[start : start + rows], values, indices, bias_active, y[start : start + rows])
+        x_chunk, y_chunk = x2d[start : start + rows], y[start : start + rows]
+        if x_chunk.shape[0] <= SMALL_BATCH:
+            gather_gemv(x_chunk, values, indices, bias_active, y_chunk)
+        else:  # (in, B): every gathered input row becomes one contiguous batch segment
+            gather_tiled(x_chunk.t().contiguous(), values, indices, bias_active, y_chunk)
     return y
 
 
-def _launch(x2d: Tensor, values: Tensor, indices: Tensor, bias: Tensor | None, y: Tensor) -> None:
-    """Run one kernel on ``x2d (B, in)`` into the row-contiguous view ``y (B, A)``."""
+def gather_gemv(x2d: Tensor, values: Tensor, indices: Tensor, bias: Tensor | None, y: Tensor) -> None:
+    """Small-batch kernel: ``y[b, a] = bias[a] + sum_j values[a, j] * x2d[b, indices[a, j]]``.
+
+    Launches one program per (block of neurons, batch row) on validated tensors (no checks here).
+
+    Args:
+        x2d: ``(B, in)``, any strides.
+        values, indices: ``(A, k)``; coalesced in the layout of :func:`prepare_triton_layout`.
+        bias: ``(A,)`` or None.
+        y: ``(B, A)`` output, any strides; offsets must fit in int32.
+    """
     (batch, _), (n_active, fan_in) = x2d.shape, values.shape
-    common = {"HAS_BIAS": bias is not None}
-    bias_arg = bias if bias is not None else values  # never read when HAS_BIAS is False
-    if batch <= SMALL_BATCH:
-        meta = _INTERPRET_GEMV if _INTERPRET else {}
+    meta = _INTERPRET_GEMV if INTERPRETER else {}
 
-        def grid(meta: dict) -> tuple[int, int]:
-            return triton.cdiv(n_active, meta["BLOCK_N"]), batch
+    def grid(meta: dict) -> tuple[int, int]:
+        return triton.cdiv(n_active, meta["BLOCK_N"]), batch
 
-        _GEMV[grid](
-            x2d, values, indices, bias_arg, y, n_active, fan_in,
-            x2d.stride(0), x2d.stride(1), *values.stride(), *indices.stride(), y.stride(0),
-            **common, **meta,
-        )  # fmt: skip
-    else:
-        xt = x2d.t().contiguous()  # (in, B): gathered rows become contiguous batch segments
-        meta = _INTERPRET_TILED if _INTERPRET else {}
+    _GEMV[grid](
+        x2d, values, indices, bias if bias is not None else values, y, n_active, fan_in,
+        *x2d.stride(), *values.stride(), *indices.stride(), *y.stride(),
+        HAS_BIAS=bias is not None, **meta,
+    )  # fmt: skip
 
-        def grid(meta: dict) -> tuple[int, int]:
-            return triton.cdiv(n_active, meta["BLOCK_N"]), triton.cdiv(batch, meta["BLOCK_B"])
 
-        _TILED[grid](
-            xt, values, indices, bias_arg, y, n_active, fan_in, batch,
-            xt.stride(0), xt.stride(1), *values.stride(), *indices.stride(), y.stride(0),
-            **common, **meta,
-        )  # fmt: skip
+def gather_tiled(xt: Tensor, values: Tensor, indices: Tensor, bias: Tensor | None, y: Tensor) -> None:
+    """Large-batch kernel: ``y[b, a] = bias[a] + sum_j values[a, j] * xt[indices[a, j], b]``.
+
+    Launches one program per (block of neurons, block of batch columns) on validated tensors.
+
+    Args:
+        xt: the input as an ``(in, B)`` operand of any strides; the gathered loads are coalesced
+            when ``xt.stride(1) == 1`` (e.g. ``x2d.t().contiguous()``).
+        values, indices: ``(A, k)``; coalesced in the layout of :func:`prepare_triton_layout`.
+        bias: ``(A,)`` or None.
+        y: ``(B, A)`` output, any strides (e.g. a transposed view writing ``(A, B)`` storage).
+    """
+    batch, (n_active, fan_in) = xt.shape[1], values.shape
+    meta = _INTERPRET_TILED if INTERPRETER else {}
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return triton.cdiv(n_active, meta["BLOCK_N"]), triton.cdiv(batch, meta["BLOCK_B"])
+
+    _TILED[grid](
+        xt, values, indices, bias if bias is not None else values, y, n_active, fan_in, batch,
+        *xt.stride(), *values.stride(), *indices.stride(), *y.stride(),
+        HAS_BIAS=bias is not None, **meta,
+    )  # fmt: skip
 
 
 def _max_rows_per_launch(in_features: int, n_active: int) -> int:

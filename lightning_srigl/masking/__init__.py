@@ -3,7 +3,9 @@
 This layer is the one owner of that question. :func:`masked_weights` lists a model's masked weights
 and :func:`mask_of` gives one module's mask; acceleration, folding and reporting ask them. Selection
 (:func:`select_parameters`), the mask buffers (:func:`register_mask_`, :class:`MaskedParameters`) and
-optimizer-state hygiene (:func:`zero_optimizer_state_`) live here too.
+optimizer-state hygiene (:func:`zero_optimizer_state_`) live here too, and the per-step work: one
+exact pass to zero gradients (:func:`zero_inactive_`) and the rule for when the optimizer step keeps
+inactive weights at zero by itself (:func:`weight_remask_reason`).
 """
 
 from lightning_srigl.masking.masks import MaskedParameters
@@ -32,9 +34,12 @@ from lightning_srigl.masking.selection import (
     sparsifiable_weights,
     split_frozen,
 )
+from lightning_srigl.masking.zero_keeping import ZERO_KEEPING_OPTIMIZERS, establish_zeros_, weight_remask_reason
+from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
+    "ZERO_KEEPING_OPTIMIZERS",
     "MASK_SUFFIX",
     "MaskedParameters",
     "MaskedWeight",
@@ -42,6 +47,7 @@ __all__ = [
     "accept_masks_on_load",
     "bind_masks",
     "check_patterns_match",
+    "establish_zeros_",
     "mask_buffer_name",
     "mask_of",
     "masked_weights",
@@ -55,5 +61,8 @@ __all__ = [
     "sparsifiable_param_names",
     "sparsifiable_weights",
     "split_frozen",
+    "step_mask",
+    "weight_remask_reason",
+    "zero_inactive_",
     "zero_optimizer_state_",
 ]

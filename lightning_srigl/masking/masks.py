@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from lightning_srigl.masking.registry import mask_buffer_name, mask_of, register_mask_
 from lightning_srigl.masking.selection import SparseParameter, qualified_name
+from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
 
 
 class MaskedParameters:
@@ -29,7 +30,7 @@ class MaskedParameters:
             raise ValueError(f"Each sparse parameter must appear once; got {fqns}")
         self.params: list[SparseParameter] = list(params)
         self._by_fqn: dict[str, SparseParameter] = {p.fqn: p for p in params}
-        self._inactive_cache: dict[str, tuple[int, int, Tensor]] = {}
+        self._step_masks: dict[str, tuple[Tensor, int, torch.dtype, torch.device, Tensor]] = {}
 
     @property
     def fqns(self) -> list[str]:
@@ -47,7 +48,7 @@ class MaskedParameters:
         Args:
             masks: ``{fqn: BoolTensor(param.shape)}`` for every parameter.
         """
-        self._inactive_cache.clear()
+        self._step_masks.clear()
         for p in self.params:
             mask = masks[p.fqn]
             self._check_shape(p, mask)
@@ -75,29 +76,40 @@ class MaskedParameters:
         self._check_shape(p, new_mask)
         self.mask(fqn).copy_(new_mask)
 
-    def inactive(self, fqn: str) -> Tensor:
-        """``~mask`` of ``fqn``, cached until the buffer changes (tracked by its in-place version counter)."""
+    def step_mask(self, fqn: str, like: Tensor) -> Tensor:
+        """:func:`~lightning_srigl.masking.zeroing.step_mask` of ``fqn``'s mask for tensors like ``like``.
+
+        Made once per topology change: cached until the buffer is replaced or changed in place (its
+        version counter moves on ``set_mask_``, ``load_state_dict`` and any in-place write), or
+        ``like`` has another dtype or device.
+        """
         mask = self.mask(fqn)
-        key = (id(mask), mask._version)
-        cached = self._inactive_cache.get(fqn)
-        if cached is None or cached[:2] != key:
-            cached = (*key, mask.logical_not())
-            self._inactive_cache[fqn] = cached
-        return cached[2]
+        cached = self._step_masks.get(fqn)
+        if cached is None or not (
+            cached[0] is mask and cached[1] == mask._version and cached[2] == like.dtype and cached[3] == like.device
+        ):
+            cached = (mask, mask._version, like.dtype, like.device, step_mask(mask, like))
+            self._step_masks[fqn] = cached
+        return cached[4]
 
     @torch.no_grad()
     def apply_to_weights_(self) -> None:
         """Zero every weight at its inactive positions, in place (also non-finite values there)."""
         for p in self.params:
-            p.param.masked_fill_(self.inactive(p.fqn), 0)
+            weight = p.param.detach()
+            zero_inactive_(weight, self.step_mask(p.fqn, weight))
 
     @torch.no_grad()
     def apply_to_gradients_(self) -> None:
-        """Zero every gradient at its weight's inactive positions, in place (``None`` grads are skipped)."""
+        """Zero every gradient at its weight's inactive positions, in place (``None`` grads are skipped).
+
+        One pass per gradient; the mask form is cached (see :meth:`step_mask`), so nothing is
+        converted or allocated per step.
+        """
         for p in self.params:
             grad = p.param.grad
             if grad is not None:
-                grad.masked_fill_(self.inactive(p.fqn), 0)
+                zero_inactive_(grad, self.step_mask(p.fqn, grad))
 
     def check_compatible(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
         """Raise ``ValueError`` if ``state_dict`` (a full model state dict) lacks a mask or has a misfit one."""

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask, topk_mask
+from lightning_srigl.sparsity.topk import as_rows, row_blocks, row_counts, rowwise_topk_mask, topk_mask
 from lightning_srigl.sparsity.validation import check_drop_fraction, check_update_inputs
 
 __all__ = [
@@ -128,8 +128,9 @@ def neurons_to_ablate(
     if gamma_sal <= 0:
         raise ValueError(f"gamma_sal must be > 0 to ablate neurons (0 disables ablation), got {gamma_sal}")
     rows, cols = weight_score.shape
-    salient = topk_mask(weight_score, n_keep, among=weight_score > 0) | topk_mask(grad_score, n_prune)
-    counts = salient.sum(dim=1)
+    salient = topk_mask(weight_score, n_keep, among=weight_score > 0)
+    salient |= topk_mask(grad_score, n_prune)
+    counts = row_counts(salient)
     if gamma_sal >= 1:
         threshold = math.ceil(gamma_sal)
     else:
@@ -178,11 +179,16 @@ def _drop_counts(n_ones: int, n_nonzero: int, drop_fraction: float) -> tuple[int
 
 def _trim_rows(kept: Tensor, weight_score: Tensor, fan_in: int, trim: TrimRule) -> Tensor:
     """Cut rows of ``kept`` ``(O, F)`` holding more than ``fan_in`` weights down to ``fan_in``."""
-    if not bool((kept.sum(dim=1) > fan_in).any()):
+    if not bool((row_counts(kept) > fan_in).any()):
         return kept
     if trim == "magnitude":
-        return kept & rowwise_topk_mask(torch.where(kept, weight_score, -1.0), fan_in)
-    return kept & (kept.cumsum(dim=1) <= fan_in)
+        return kept & rowwise_topk_mask(weight_score, fan_in, exclude=~kept)
+    trimmed = kept.clone()  # the first fan_in kept positions of each row, block by block
+    blocks = row_blocks(*kept.shape)
+    for start in blocks:
+        rows = slice(start, start + blocks.step)
+        trimmed[rows] &= kept[rows].cumsum(dim=1) <= fan_in
+    return trimmed
 
 
 def srigl_update(
@@ -233,10 +239,14 @@ def srigl_update(
     if min_active_neurons < 1:
         raise ValueError(f"min_active_neurons must be >= 1, got {min_active_neurons}")
 
+    # Memory: one |w| score and at most one |grad| copy (none when dense_grad is already >= 0, as the
+    # callbacks pass it); the selections below work in blocks (lightning_srigl.sparsity.topk).
     active = as_rows(mask)
     rows = active.shape[0]
-    weight_score = torch.where(active, as_rows(weight).abs(), -1.0)
-    grad_score = as_rows(dense_grad).abs()
+    weight_score = as_rows(weight).abs().masked_fill_(~active, -1.0)
+    grad_score = as_rows(dense_grad)
+    if not bool((grad_score >= 0).all()):
+        grad_score = grad_score.abs()
     nonzero = weight_score > 0
     n_prune, n_keep = _drop_counts(int(active.count_nonzero()), int(nonzero.count_nonzero()), drop_fraction)
 
@@ -257,13 +267,16 @@ def srigl_update(
         threshold = result.threshold
     fan_in = budget // (rows - int(ablated.sum()))
 
-    candidates = nonzero & ~ablated.unsqueeze(1)
+    candidates = nonzero
+    candidates[ablated] = False
     n_kept = min(n_keep, int(candidates.count_nonzero()))
     kept = topk_mask(weight_score, n_kept, among=candidates)
+    del candidates, nonzero
     kept = _trim_rows(kept, weight_score, fan_in, trim)
+    del weight_score
 
-    need = torch.where(ablated, 0, fan_in - kept.sum(dim=1))
-    regrown = rowwise_topk_mask(torch.where(kept, -1.0, grad_score), need)
+    need = torch.where(ablated, 0, fan_in - row_counts(kept))
+    regrown = rowwise_topk_mask(grad_score, need, exclude=kept)
     new_mask = kept | regrown
     return SRigLUpdate(
         mask=new_mask.reshape(mask.shape),

@@ -8,19 +8,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_srigl.sparsity.topk import as_rows
+from lightning_srigl.sparsity.topk import as_rows, row_counts
 
 __all__ = ["active_neurons", "density", "fan_in", "is_constant_fan_in", "itop_rate", "mask_change"]
 
 
 def density(mask: Tensor) -> float:
     """Fraction of active entries of ``mask`` (any shape)."""
-    return float(mask.sum()) / max(mask.numel(), 1)
+    return float(torch.count_nonzero(mask)) / max(mask.numel(), 1)
 
 
 def fan_in(mask: Tensor) -> Tensor:
     """``(O,)`` int64 number of active weights in each row of a ``(O, *rest)`` mask."""
-    return as_rows(mask).sum(dim=1, dtype=torch.long)
+    return row_counts(as_rows(mask).bool())
 
 
 def active_neurons(mask: Tensor) -> int:
@@ -32,7 +32,7 @@ def mask_change(old: Tensor, new: Tensor) -> int:
     """Hamming distance between two masks (the sparse-topology change, "SAD")."""
     if old.shape != new.shape:
         raise ValueError(f"masks must have the same shape, got {tuple(old.shape)} and {tuple(new.shape)}")
-    return int((old != new).sum())
+    return int(torch.count_nonzero(old != new))
 
 
 def itop_rate(ever_active: Tensor) -> float:

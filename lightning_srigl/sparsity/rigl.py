@@ -83,7 +83,7 @@ def rigl_update(weight: Tensor, mask: Tensor, dense_grad: Tensor, *, drop_fracti
     n_prune = int(n_ones * drop_fraction)
     n_keep = n_ones - n_prune
     kept = topk_mask(weight.abs(), n_keep, among=mask)
-    regrown = topk_mask(torch.where(kept, -1.0, dense_grad.abs()), n_prune)
+    regrown = topk_mask(dense_grad.abs().masked_fill_(kept, -1.0), n_prune)
     return RigLUpdate(
         mask=kept | regrown,
         grown=regrown & ~mask,

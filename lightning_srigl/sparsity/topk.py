@@ -2,17 +2,26 @@
 
 Every selection breaks ties by the **lower flat index** (what a stable descending sort would
 do), so the same scores give the same mask on every machine, device and DDP rank. The
-implementations avoid a full sort: one ``torch.topk`` finds the k-th largest value (the
-threshold), everything strictly above it is taken, and the remaining places go to the
-lowest-index entries equal to the threshold.
+implementations avoid a full sort: the k-th largest value is found (the threshold), everything
+strictly above it is taken, and the remaining places go to the lowest-index entries equal to it.
+
+Memory stays a small multiple of the scores' size, because a topology update of a large layer must
+not need many copies of it: on CPU, ``torch.topk`` and ``torch.sort`` over ``n`` values peak at about
+5x their input and ``torch.kthvalue`` at 3x. So :func:`kth_largest` brackets the answer from a strided
+sample and selects exactly inside the (small) bracket, row-wise selections run over blocks of
+about :data:`BLOCK_ELEMENTS` scores, and tie-breaking counts block by block.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["as_rows", "rowwise_topk_mask", "topk_mask"]
+__all__ = ["BLOCK_ELEMENTS", "as_rows", "kth_largest", "row_blocks", "row_counts", "rowwise_topk_mask", "topk_mask"]
+
+BLOCK_ELEMENTS = 1 << 20  # scores per block of a row-wise selection or a tie count
 
 
 def as_rows(t: Tensor) -> Tensor:
@@ -29,12 +38,109 @@ def as_rows(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _check_scores(scores: Tensor) -> None:
-    if scores.is_floating_point() and torch.isnan(scores).any():
+def row_blocks(rows: int, cols: int) -> range:
+    """Start rows of blocks of about :data:`BLOCK_ELEMENTS` entries of a ``(rows, cols)`` matrix."""
+    return range(0, rows, max(1, BLOCK_ELEMENTS // max(cols, 1)))
+
+
+def row_counts(mask: Tensor) -> Tensor:
+    """``(O,)`` int64 number of True entries in each row of an ``(O, F)`` bool mask.
+
+    Counted block by block: ``mask.sum(dim=1)`` would first copy the whole mask as int64 (8x its size).
+    """
+    rows, cols = mask.shape
+    counts = torch.empty(rows, dtype=torch.long, device=mask.device)
+    blocks = row_blocks(rows, cols)
+    for start in blocks:
+        counts[start : start + blocks.step] = mask[start : start + blocks.step].sum(dim=1)
+    return counts
+
+
+def _check_scores(scores: Tensor, among: Tensor | None = None) -> None:
+    """Raise on NaN scores (only the eligible ones, when ``among`` is given)."""
+    if not scores.is_floating_point():
+        return
+    nan = torch.isnan(scores)
+    if among is not None:
+        nan &= among
+    if bool(nan.any()):
         raise ValueError(
             "scores contain NaN, so a top-k selection is undefined; "
             "skip the update or replace non-finite gradients before scoring"
         )
+
+
+def kth_largest(values: Tensor, k: int, among: Tensor | None = None) -> Tensor:
+    """The ``k``-th largest entry of ``values`` (no NaN), as a 0-d tensor; only ``among``'s entries count.
+
+    Exact and deterministic. Small inputs go straight to ``torch.kthvalue``; large ones first bracket
+    the answer between two order statistics of a strided sample (about 2^18 values), count the entries
+    above the bracket, and select inside it; when the bracket misses (or holds too many entries) the
+    eligible entries are selected whole instead. Besides its input it needs two bool masks plus the
+    bracket, instead of the 3-5 copies of a full ``kthvalue``/``topk``.
+
+    Args:
+        values: any shape.
+        k: ``1 <= k <=`` number of eligible entries.
+        among: optional bool tensor shaped like ``values``; only its True entries are eligible.
+    """
+    flat = values.reshape(-1)
+    eligible = None if among is None else among.reshape(-1)
+    n = flat.numel() if eligible is None else int(eligible.count_nonzero())
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    if n > BLOCK_ELEMENTS:
+        bound = _kth_largest_in_bracket(flat, eligible, n, k)
+        if bound is not None:
+            return bound
+    chosen = flat if eligible is None else flat[eligible]
+    return torch.kthvalue(chosen, n - k + 1).values
+
+
+def _kth_largest_in_bracket(flat: Tensor, eligible: Tensor | None, n: int, k: int) -> Tensor | None:
+    """:func:`kth_largest` through a sampled bracket, or ``None`` when the bracket does not isolate it."""
+    stride = max(1, flat.numel() // (1 << 18))
+    sample = flat[::stride] if eligible is None else flat[::stride][eligible[::stride]]
+    m = sample.numel()
+    if m == 0:
+        return None
+    margin = 4 * math.isqrt(m) + 2  # sample ranks this far around k's share hold the answer w.h.p.
+    rank = k * m / n
+    hi = torch.kthvalue(sample, m - max(1, min(m, int(rank) - margin)) + 1).values  # larger bound
+    lo = torch.kthvalue(sample, m - max(1, min(m, math.ceil(rank) + margin)) + 1).values  # smaller bound
+    inside = flat > hi
+    if eligible is not None:
+        inside &= eligible
+    need = k - int(inside.count_nonzero())
+    torch.ge(flat, lo, out=inside)
+    inside &= flat <= hi
+    if eligible is not None:
+        inside &= eligible
+    if not 1 <= need <= int(inside.count_nonzero()):
+        return None
+    if bool(lo == hi):
+        return hi
+    bracket = flat[inside]
+    if bracket.numel() > max(BLOCK_ELEMENTS, n // 8):
+        return None
+    return torch.kthvalue(bracket, bracket.numel() - need + 1).values
+
+
+def _drop_last_ties(selected: Tensor, ties: Tensor, surplus: int) -> None:
+    """In place on 1-D bool tensors: unselect the last ``surplus`` True entries of ``ties``, block by block."""
+    for end in range(ties.numel(), 0, -BLOCK_ELEMENTS):
+        if surplus == 0:
+            return
+        start = max(0, end - BLOCK_ELEMENTS)
+        block = ties[start:end]
+        count = int(block.count_nonzero())
+        if count <= surplus:
+            selected[start:end] &= ~block
+            surplus -= count
+        else:
+            last = block & (block.flip(0).cumsum(0).flip(0) <= surplus)
+            selected[start:end] &= ~last
+            surplus = 0
 
 
 def topk_mask(scores: Tensor, k: int, *, among: Tensor | None = None) -> Tensor:
@@ -56,45 +162,60 @@ def topk_mask(scores: Tensor, k: int, *, among: Tensor | None = None) -> Tensor:
             f"among must have the shape of scores {tuple(scores.shape)}, got {tuple(among.shape)}"
         )
     flat = scores.reshape(-1)
-    eligible = flat if among is None else flat[among.reshape(-1)]
-    n = eligible.numel()
+    n = flat.numel() if among is None else int(among.count_nonzero())
     if not 0 <= k <= n:
         raise ValueError(f"k must be in [0, {n}] for {n} eligible scores, got k={k}")
-    _check_scores(eligible)
+    _check_scores(scores, among)
     if k == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k == n:
         return torch.ones_like(scores, dtype=torch.bool) if among is None else among.clone()
-    threshold = torch.topk(eligible, k, sorted=False).values.min()
+    threshold = kth_largest(flat, k, among)
     selected = flat >= threshold
     if among is not None:
         selected &= among.reshape(-1)
-    if int(selected.count_nonzero()) > k:  # ties at the threshold: only the lowest-index ones fit
-        ties = selected & (flat == threshold)
-        n_from_ties = k - int(selected.count_nonzero() - ties.count_nonzero())
-        selected &= ~ties | (ties.cumsum(0) <= n_from_ties)
+    surplus = int(selected.count_nonzero()) - k
+    if surplus > 0:  # ties at the threshold: only the lowest-index ones fit
+        _drop_last_ties(selected, selected & (flat == threshold), surplus)
     return selected.reshape(scores.shape)
 
 
-def rowwise_topk_mask(scores: Tensor, k: Tensor | int) -> Tensor:
+def rowwise_topk_mask(scores: Tensor, k: Tensor | int, *, exclude: Tensor | None = None) -> Tensor:
     """Per-row top-``k_i`` mask of a ``(O, F)`` score matrix.
 
     Args:
         scores: ``(O, F)`` real scores, no NaN.
         k: ``(O,)`` int64 counts (one per row, each in ``[0, F]``) or one int for all rows.
+        exclude: optional ``(O, F)`` bool; those positions score ``-1`` instead (below any
+            non-negative score), as ``torch.where(exclude, -1.0, scores)`` would, without the copy.
 
     Returns:
         BoolTensor ``(O, F)``; row ``i`` has exactly ``k_i`` True entries, ties at the row's
-        threshold go to the lower column index.
+        threshold go to the lower column index. Rows are processed in blocks of about
+        :data:`BLOCK_ELEMENTS` scores, so the temporaries stay small.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D (O, F), got shape {tuple(scores.shape)}")
+    if exclude is not None and exclude.shape != scores.shape:
+        raise ValueError(f"exclude must have the shape of scores {tuple(scores.shape)}, got {tuple(exclude.shape)}")
     _check_scores(scores)
     rows, cols = scores.shape
     k_rows = torch.as_tensor(k, dtype=torch.long, device=scores.device).expand(rows)
     if k_rows.numel() and (k_rows.min() < 0 or k_rows.max() > cols):
         raise ValueError(f"every k_i must be in [0, {cols}], got min {k_rows.min()}, max {k_rows.max()}")
-    k_max = int(k_rows.max()) if rows else 0
+    selected = torch.zeros_like(scores, dtype=torch.bool)
+    blocks = row_blocks(rows, cols)
+    for start in blocks:
+        rows_here = slice(start, start + blocks.step)
+        block = scores[rows_here] if exclude is None else scores[rows_here].masked_fill(exclude[rows_here], -1.0)
+        selected[rows_here] = _rowwise_topk_block(block, k_rows[rows_here])
+    return selected
+
+
+def _rowwise_topk_block(scores: Tensor, k_rows: Tensor) -> Tensor:
+    """:func:`rowwise_topk_mask` of one block of rows: ``scores (R, F)``, ``k_rows (R,)``."""
+    cols = scores.shape[1]
+    k_max = int(k_rows.max()) if k_rows.numel() else 0
     if k_max == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     # One extra value per row tells whether the k_i-th largest is tied with the next one.

@@ -13,41 +13,15 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from lightning_srigl.callbacks.accelerate import REPORT_FILENAME, AccelerateCallback, _resize_batch
 from lightning_srigl.callbacks.nm import NMSparsityCallback
 from lightning_srigl.callbacks.srigl import SRigLCallback
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.serialization import save_condensed
-
-
-class TinyClassifier(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def _loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._loss(batch)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch))
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("test_loss", self._loss(batch))
-
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self(batch[0])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+from lightning_srigl.sparsity import is_constant_fan_in
+from tests.callbacks.tiny import TinyClassifier, loader
 
 
 class KeepSparseModel(Callback):
@@ -57,15 +31,11 @@ class KeepSparseModel(Callback):
         self.model = copy.deepcopy(pl_module).eval()
 
 
-def loader(seed: int, batch_size: int = 16) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(96, 32, generator=generator)
-    y = (x[:, :4].argmax(dim=1) + (x[:, 4] > 1).long()) % 4
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
-
-
 def fit(
-    tmp_path: Path, sparsity: Callback | None = None, **accelerate_kwargs: object
+    tmp_path: Path,
+    sparsity: Callback | None = None,
+    trainer_kwargs: dict[str, object] | None = None,
+    **accelerate_kwargs: object,
 ) -> tuple[pl.Trainer, TinyClassifier, KeepSparseModel, AccelerateCallback]:
     pl.seed_everything(0)
     model, keep = TinyClassifier(), KeepSparseModel()
@@ -73,7 +43,7 @@ def fit(
     trainer = pl.Trainer(
         default_root_dir=tmp_path,
         max_epochs=3,
-        accelerator="cpu",
+        **{"accelerator": "cpu", **(trainer_kwargs or {})},
         callbacks=[
             sparsity or SRigLCallback(sparsity=0.8, delta_t=3, gamma_sal=0.5),
             ModelCheckpoint(monitor="val_loss", save_top_k=1),
@@ -115,6 +85,35 @@ def test_test_and_predict_run_on_the_accelerated_model(fitted) -> None:
     assert metrics["test_loss"] == pytest.approx(float(expected), rel=1e-5)
     predicted = torch.cat(trainer.predict(model, loader(2)))
     torch.testing.assert_close(predicted, predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("precision", "accelerator"),
+    [
+        ("bf16-mixed", "cpu"),
+        pytest.param(
+            "16-mixed",
+            "gpu",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(),
+                reason="16-mixed (fp16 autocast with a gradient scaler) runs on CUDA only; scripts/gpu_check.sh runs it",
+            ),
+        ),
+    ],
+)
+def test_mixed_precision_fit_accelerates_and_predicts(tmp_path: Path, precision: str, accelerator: str) -> None:
+    """Layers captured under autocast get half-precision inputs; the swap and inference still work."""
+    sparsity = SRigLCallback(sparsity=0.8, delta_t=3, gamma_sal=0.5)
+    trainer, model, keep, accelerate = fit(tmp_path, sparsity, {"precision": precision, "accelerator": accelerator})
+    assert [row.name for row in accelerate.report.rows] == ["net.0", "net.2"]
+    assert all(is_constant_fan_in(mask) for mask in sparsity.masked.masks().values())
+    predicted = torch.cat(trainer.predict(model, loader(2))).float().cpu()
+    device = next(keep.model.parameters()).device
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
+        expected = torch.cat([keep.model(x.to(device)) for x, _ in loader(2)]).float().cpu()
+    # The accelerated sparse layers compute in fp32, the reference's dense layers in the autocast dtype.
+    torch.testing.assert_close(predicted, expected, rtol=5e-2, atol=5e-2)
 
 
 def test_best_checkpoint_loads_after_the_swap(tmp_path: Path) -> None:

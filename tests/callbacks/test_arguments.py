@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pytest
+import torch
 import yaml
 from jsonargparse import ArgumentParser
+from torch import nn
 
-from lightning_srigl.callbacks import RigLCallback, SRigLCallback
+from lightning_srigl.callbacks import AccelerateCallback, NMSparsityCallback, RigLCallback, SRigLCallback
+from lightning_srigl.convert import convert_to_structured
 from tests.callbacks.tiny import TinyNet, trainer
 
 
@@ -29,6 +35,48 @@ from tests.callbacks.tiny import TinyNet, trainer
 def test_invalid_arguments_are_rejected_in_init(kwargs: dict, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         SRigLCallback(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: AccelerateCallback(batch_size=1.5), TypeError, r"batch_size must be an integer, got float 1\.5"),
+        (lambda: AccelerateCallback(candidates="dense"), TypeError, r"list of candidate names.*got 'dense'"),
+        (lambda: AccelerateCallback(candidates=["foo"]), ValueError, r"must include 'dense'.*\['foo'\] unknown"),
+        (lambda: AccelerateCallback(candidates=["dense", "foo"]), ValueError, r"\['foo'\] unknown"),
+        (lambda: AccelerateCallback(repeats=0), ValueError, r"repeats must be an integer >= 1"),
+        (lambda: AccelerateCallback(fold="yes"), TypeError, r"fold must be True or False"),
+        (lambda: SRigLCallback(gamma_sal=float("inf")), ValueError, r"gamma_sal must be finite"),
+        (lambda: SRigLCallback(gamma_sal="0.3"), TypeError, r"gamma_sal must be a number, got str '0\.3'"),
+        (lambda: SRigLCallback(structure=None), TypeError, r"structure must be a string.*'2:4'"),
+        (lambda: SRigLCallback(seed="abc"), TypeError, r"seed must be an integer, got str 'abc'"),
+        (lambda: SRigLCallback(sparsity="0.9"), TypeError, r"sparsity must be a number"),
+        (lambda: SRigLCallback(alpha=float("nan")), ValueError, r"alpha .*must be finite"),
+        (lambda: SRigLCallback(report="no"), TypeError, r"report must be True or False"),
+        (lambda: NMSparsityCallback(lambda_w=float("nan")), ValueError, r"lambda_w must be finite"),
+        (lambda: NMSparsityCallback(lambda_w=float("inf")), ValueError, r"lambda_w must be finite"),
+        (lambda: NMSparsityCallback(n=2.0), TypeError, r"n must be an integer"),
+        (lambda: NMSparsityCallback(transposable="best"), ValueError, r"transposable must be one of None, 'greedy', 'exact'"),
+        (lambda: NMSparsityCallback(include=[3]), TypeError, r"include must be a list of fnmatch patterns"),
+        (lambda: convert_to_structured(nn.Sequential(nn.Linear(8, 8)), n=4, m=2), ValueError, r"Invalid N:M pattern 4:2"),
+    ],
+)
+def test_each_bad_argument_fails_at_construction_with_a_clear_error(
+    make: Callable[[], object], error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_numbers_may_be_numpy_scalars_or_0d_tensors() -> None:
+    srigl = SRigLCallback(sparsity=np.float32(0.9), delta_t=np.int64(10), alpha=torch.tensor(0.2), seed=np.int64(3))
+    assert srigl.sparsity == pytest.approx(0.9) and srigl.alpha == pytest.approx(0.2)
+    assert (srigl.delta_t, srigl.seed) == (10, 3) and type(srigl.delta_t) is int and type(srigl.sparsity) is float
+    assert SRigLCallback(gamma_sal=np.float64(0.5)).gamma_sal == 0.5
+    assert AccelerateCallback(batch_size=np.int64(4), warmup=torch.tensor(2)).batch_size == 4
+    nm = NMSparsityCallback(n=np.int64(1), m=np.int64(4), lambda_w=np.float32(1e-3))
+    assert (nm.n, nm.m) == (1, 4) and nm.lambda_w == pytest.approx(1e-3)
+    assert NMSparsityCallback(include="net.2.weight").include == ("net.2.weight",)  # one pattern, not characters
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_srigl.callbacks import DynamicSparsityCallback
@@ -68,6 +68,44 @@ class TinyAttention(TinyNet):
         tokens = x.view(-1, 2, 8)
         out, _ = self.attn(tokens, tokens, tokens)
         return self.head(out.flatten(1))
+
+
+class TinyClassifier(pl.LightningModule):
+    """32 -> 64 -> 64 -> 4 MLP with validation, test and predict steps (use with :func:`loader`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._loss(batch)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch))
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("test_loss", self._loss(batch))
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def loader(seed: int, batch_size: int = 16) -> DataLoader:
+    """96 samples of 32 features with a learnable 4-class label."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(96, 32, generator=generator)
+    y = (x[:, :4].argmax(dim=1) + (x[:, 4] > 1).long()) % 4
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
 
 
 def trainer(callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:

@@ -10,6 +10,7 @@ import torch.utils.cpp_extension
 
 from lightning_srigl.condensed import cpu_build, cpu_isa, cpu_kernel
 from lightning_srigl.condensed.cpu_isa import ISA_ENV, all_variants, default_variant, host_variants, requested_variant
+from lightning_srigl.condensed.cpu_variants import library_source_hash, source_hash
 
 
 @pytest.fixture
@@ -106,6 +107,21 @@ def test_installed_library_is_used_without_any_build():
     library = Path(done.stdout.strip().splitlines()[-1])
     assert library.parent == Path(cpu_build.__file__).resolve().parent, library
     assert "building the CPU kernel" not in done.stderr
+
+
+def test_installed_libraries_carry_the_hash_of_their_sources():
+    for name in host_variants():
+        library = cpu_build.installed_library(all_variants()[name])
+        assert library is not None and library_source_hash(library) == source_hash()
+
+
+def test_a_library_older_than_its_sources_is_not_loaded(monkeypatch, capsys):
+    """Editing a kernel header after `pip install` must not leave the old library in use."""
+    variant = all_variants()[host_variants()[-1]]
+    assert cpu_build.installed_library(variant) is not None
+    monkeypatch.setattr(cpu_build, "source_hash", lambda: "f" * 16)
+    assert cpu_build.installed_library(variant) is None
+    assert "was built from other kernel sources" in capsys.readouterr().err
 
 
 def test_cpu_model_is_named():

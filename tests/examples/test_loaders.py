@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pickle
+import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -109,6 +111,43 @@ def test_digits_datamodule_uses_bundled_data() -> None:
     assert sum(len(s) for s in dm.splits.values()) == 1797
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_mnist1d_is_generated_offline_and_writes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("mnist1d", reason="the mnist1d package is not installed (pip install -e '.[examples]')")
+    from example_projects.mnist1d_mlp.datamodule import load_mnist1d_tensors
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.chdir(tmp_path)
+    np.random.seed(7)
+    expected_next = np.random.get_state()[1][:4].copy()
+    load_mnist1d_tensors.cache_clear()
+    x, y, x_test, y_test = load_mnist1d_tensors()
+    assert (x.shape, y.shape, x_test.shape, y_test.shape) == ((4000, 40), (4000,), (1000, 40), (1000,))
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.bincount(y).min() > 350 and set(y_test.tolist()) == set(range(10))
+    assert list(tmp_path.iterdir()) == [], "the generator wrote a file"
+    assert (np.random.get_state()[1][:4] == expected_next).all(), "NumPy's global RNG state was not restored"
+
+
+def test_mnist1d_datamodule_splits() -> None:
+    pytest.importorskip("mnist1d", reason="the mnist1d package is not installed (pip install -e '.[examples]')")
+    from example_projects.mnist1d_mlp.datamodule import MNIST1DDataModule
+
+    dm = MNIST1DDataModule(batch_size=16)
+    dm.setup()
+    assert {name: len(split) for name, split in dm.splits.items()} == {"train": 3600, "val": 400, "test": 1000}
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 40) and y.shape == (16,)
+    again = MNIST1DDataModule()
+    again.setup()
+    assert torch.equal(again.splits["val"].tensors[0], dm.splits["val"].tensors[0])
+    with pytest.raises(ValueError, match="val_fraction"):
+        MNIST1DDataModule(val_fraction=1.0)
 
 
 @pytest.mark.parametrize(

@@ -107,17 +107,26 @@ def test_check_compatible_reports_missing_and_misfit_masks() -> None:
         mp.check_compatible(sd)
 
 
-def test_inactive_cache_follows_in_place_changes_and_state_dict_loads() -> None:
+def _keep_bits(mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, -1, 0).to(torch.int32)
+
+
+def test_step_mask_is_made_once_and_follows_in_place_changes_and_state_dict_loads() -> None:
     model, mp, masks = _installed()
-    assert torch.equal(mp.inactive("0.weight"), ~masks["0.weight"])
+    weight = mp.param("0.weight")
+    first = mp.step_mask("0.weight", weight)
+    assert torch.equal(first, _keep_bits(masks["0.weight"]))
+    assert mp.step_mask("0.weight", weight) is first  # cached: nothing is converted per step
     mp.set_mask_("0.weight", torch.ones(5, 6, dtype=torch.bool))
-    assert not mp.inactive("0.weight").any()
+    assert torch.equal(mp.step_mask("0.weight", weight), _keep_bits(torch.ones(5, 6, dtype=torch.bool)))
     sd = model.state_dict()
     sd["0.weight_mask"] = masks["0.weight"]
     model.load_state_dict(sd)
-    assert torch.equal(mp.inactive("0.weight"), ~masks["0.weight"])
-    mp.install_(masks)  # a new buffer object
-    assert torch.equal(mp.inactive("2.weight"), ~masks["2.weight"])
+    assert torch.equal(mp.step_mask("0.weight", weight), _keep_bits(masks["0.weight"]))
+    mp.install_({fqn: ~m for fqn, m in masks.items()})  # new buffer objects
+    assert torch.equal(mp.step_mask("2.weight", mp.param("2.weight")), _keep_bits(~masks["2.weight"]))
+    half = weight.detach().half()
+    assert mp.step_mask("0.weight", half).dtype == torch.int16  # as wide as the tensor it zeroes
 
 
 def test_reinstalling_does_not_stack_load_hooks() -> None:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_srigl.sparsity import as_rows, rowwise_topk_mask, topk_mask
+from lightning_srigl.sparsity.topk import BLOCK_ELEMENTS, kth_largest
 
 
 def _stable_sort_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -90,3 +91,43 @@ def test_as_rows_flattens_conv_receptive_field() -> None:
     assert as_rows(weight)[1, 5].item() == weight[1, 1, 0, 1].item()
     with pytest.raises(ValueError, match="at least 2 dims"):
         as_rows(torch.zeros(4))
+
+
+def _large_scores(kind: str, n: int) -> torch.Tensor:
+    """Scores beyond one block: plain, with heavy ties (zeros, as dead units' gradients), signed, coarse."""
+    g = torch.Generator().manual_seed(n)
+    values = torch.rand(n, generator=g)
+    if kind == "ties":
+        values[torch.rand(n, generator=g) < 0.6] = 0.0
+    elif kind == "signed":
+        values = torch.randn(n, generator=g)
+    elif kind == "coarse":  # few distinct values: the bracket holds many entries
+        values = torch.randint(0, 5, (n,), generator=g).float()
+    return values
+
+
+@pytest.mark.parametrize("kind", ["plain", "ties", "signed", "coarse"])
+def test_kth_largest_is_exact_beyond_one_block(kind: str) -> None:
+    n = BLOCK_ELEMENTS * 2 + 12345
+    values = _large_scores(kind, n)
+    descending = torch.sort(values, descending=True).values
+    for k in (1, 7, n // 3, n // 2 + 1, n - 40_000, n - 3, n):
+        assert kth_largest(values, k).item() == descending[k - 1].item(), k
+
+
+@pytest.mark.parametrize("kind", ["ties", "coarse"])
+def test_topk_mask_breaks_ties_by_index_across_blocks(kind: str) -> None:
+    scores = _large_scores(kind, BLOCK_ELEMENTS * 3 + 17).reshape(-1, 1)
+    for k in (scores.numel() // 5, scores.numel() // 2):
+        assert torch.equal(topk_mask(scores, k), _stable_sort_topk(scores, k))
+
+
+def test_rowwise_topk_mask_with_exclude_equals_scoring_minus_one_there() -> None:
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(3000, 700, generator=g).mul(4).round()  # ties, and more rows than one block
+    exclude = torch.rand(3000, 700, generator=g) < 0.3
+    k = torch.randint(0, 400, (3000,), generator=g)
+    expected = rowwise_topk_mask(torch.where(exclude, -1.0, scores), k)
+    assert torch.equal(rowwise_topk_mask(scores, k, exclude=exclude), expected)
+    for row in (0, 1499, 2999):
+        assert torch.equal(expected[row], _stable_sort_topk(torch.where(exclude, -1.0, scores)[row], int(k[row])))

@@ -156,16 +156,17 @@ void panel_matmul(const T* x, int64_t B, int64_t in, const T* w, const IT* idx, 
 
 // Batches above 16 use 32-wide panels; with AVX-512, 64-wide ones from this input width on (each (row, j)
 // weight is then loaded once per 64 samples). Measured at batch 256, 90 % sparsity, 1 thread: with
-// AVX-512 64-wide is 5-9 % faster for in = 3072 and 8-15 % slower for in = 768; with AVX2 (8
-// accumulators at most: one row of 64) 32-wide is 10-15 % faster for in = 3072. With AVX2 the rows per
-// step (2, 3 or 4 of 32 samples) and software prefetching of the next rows changed nothing measurable.
+// AVX-512 64-wide is 5-9 % faster for in = 3072 and 8-15 % slower for in = 768. With AVX2 (16 ymm: 8
+// accumulators, one row of 64) 32-wide is 10-15 % faster than 64-wide for in = 3072, and below this
+// width 16-wide panels (48 KB for in = 768, about L1) are 2-8 % faster than 32-wide at batch 197-256;
+// the rows per step (2, 3, 4 or 6) and software prefetching of the next rows changed nothing measurable.
 constexpr int64_t kWidePanelInFeatures = 2048;
 
 // y (B, A) for B >= 3.
 template <typename T, typename IT>
 void panel_product(const T* x, int64_t B, int64_t in, const T* w, const IT* idx, const T* bias, int64_t A,
                    int64_t k, T* y) {
-  if (B <= 16) {
+  if (B <= 16 || (kLanes < 16 && in < kWidePanelInFeatures)) {
     panel_matmul<16>(x, B, in, w, idx, bias, A, k, y);
   } else if (kLanes >= 16 && in >= kWidePanelInFeatures) {
     panel_matmul<64>(x, B, in, w, idx, bias, A, k, y);
