@@ -252,8 +252,9 @@ def _panels(
     if any(label.endswith(" (2:4)") for points in panels.values() for label in points):
         handles += axes[0][0].plot([], [], "s", color="grey", mfc="none")
         labels.append("2:4 layer (50 %)")
+    for ax in axes[-1]:  # on the axes, not the figure: the legend sits below them
+        ax.set_xlabel("sparsity", fontsize=fonts["label"])
     figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=fonts["legend"], frameon=False)
-    figure.supxlabel("sparsity", fontsize=fonts["label"])
     figure.supylabel(ylabel, fontsize=fonts["label"])
     figure.suptitle(subtitle, fontsize=fonts["title"] + 1)
     path.parent.mkdir(parents=True, exist_ok=True)
