@@ -90,12 +90,13 @@ def run_metadata(
 ) -> dict[str, Any]:  # fmt: skip
     """The machine and the timing of a sweep.
 
-    The quiet-machine estimate assumes the single-threaded runs keep their CPU time and fill
-    ``min(workers, 2)`` cores, and the latency phase (one process, ``latency_threads`` threads) takes
-    its CPU time: ``training CPU seconds / cores + latency CPU seconds``. The training CPU seconds
-    include runs reused from ``--cache`` (as measured when they ran); the wall seconds do not.
+    The estimate is for the default ``--workers 2`` on a quiet 2-core machine: the single-threaded
+    runs keep their CPU time and fill both cores, and the latency phase (one process,
+    ``latency_threads`` threads) takes its CPU time: ``training CPU seconds / 2 + latency CPU
+    seconds``. The training CPU seconds include runs reused from ``--cache`` (as measured when they
+    ran); the wall seconds do not.
     """
-    cores = max(1, min(workers, 2))
+    cores = 2
     return {
         "command": command,
         "cpu": _cpu_model(),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 import warnings
@@ -46,7 +47,8 @@ from example_projects.digits_mlp.model import DigitsMLP
 from example_projects.mnist1d_mlp.datamodule import MNIST1DDataModule
 from example_projects.mnist1d_mlp.model import MNIST1DMLP
 from lightning_srigl import RigLCallback, SRigLCallback, accelerate
-from lightning_srigl.benchmark.timing import hot_times
+from lightning_srigl.condensed.timing import hot_times
+from lightning_srigl.masking import mask_of
 from lightning_srigl.sparsity import fan_in
 
 import findings_report  # scripts/ is on sys.path when this file runs as a script
@@ -145,8 +147,8 @@ def layer_topology(net: nn.Module) -> list[findings_report.LayerTopology]:
     rows = []
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     for index, linear in enumerate(linears, start=1):
-        mask = getattr(linear, "weight_mask", None)
-        counts = fan_in(mask if isinstance(mask, Tensor) else torch.ones_like(linear.weight, dtype=torch.bool))
+        mask = mask_of(linear)
+        counts = fan_in(mask if mask is not None else torch.ones_like(linear.weight, dtype=torch.bool))
         active = counts[counts > 0]
         rows.append(
             findings_report.LayerTopology(
@@ -218,7 +220,9 @@ def train_cached(setting: Setting, spec: DataSpec, keep_net: bool, cache: Path |
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"accuracy": result.accuracy, "error": result.error, "cpu_seconds": result.cpu_seconds,
                    "layers": [asdict(layer) for layer in result.layers], "net": result.net}  # fmt: skip
-        torch.save(payload, path)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(payload, partial)
+        partial.replace(path)  # atomic: a concurrent sweep never reads a half-written file
     return result
 
 

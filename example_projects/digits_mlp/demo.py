@@ -42,11 +42,11 @@ DELTA_T = 25  # ~20 optimizer steps per epoch: updates every ~1.25 epochs until 
 
 
 def _srigl(sparsity: float, gamma_sal: float) -> Callable[[int], list[Callback]]:
-    return lambda seed: [SRigLCallback(sparsity=sparsity, delta_t=DELTA_T, gamma_sal=gamma_sal, seed=seed, report=False)]
+    return lambda seed: [SRigLCallback(sparsity=sparsity, delta_t=DELTA_T, gamma_sal=gamma_sal, sparse_init=True, seed=seed, report=False)]
 
 
 def _rigl(sparsity: float) -> Callable[[int], list[Callback]]:
-    return lambda seed: [RigLCallback(sparsity=sparsity, delta_t=DELTA_T, seed=seed, report=False)]
+    return lambda seed: [RigLCallback(sparsity=sparsity, delta_t=DELTA_T, sparse_init=True, seed=seed, report=False)]
 
 
 METHODS: dict[str, Callable[[int], list[Callback]]] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from itertools import chain
 
@@ -30,6 +29,7 @@ from lightning_srigl.condensed.accelerate import (
     swap_layers,
 )
 from lightning_srigl.condensed.acceleration_report import AccelerationReport
+from lightning_srigl.condensed.layer_call import LayerCall
 from lightning_srigl.condensed.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import masked_weights, qualified_name
@@ -83,7 +83,7 @@ class AccelerateCallback(Callback):
         self.warmup = as_integer(warmup, "warmup", 0)
         self.repeats = as_integer(repeats, "repeats", 1)
         self.report: AccelerationReport | None = None
-        self._inputs: dict[str, Tensor] = {}
+        self._inputs: dict[str, LayerCall] = {}
         self._handles: list[RemovableHandle] = []
         self._snapshot: dict[str, nn.Module] = {}
         self._originals: dict[str, nn.Module] = {}
@@ -103,12 +103,12 @@ class AccelerateCallback(Callback):
         end, so masks installed by callbacks that run after this one count too)."""
         for name, layer in pl_module.named_modules():
             if sparse_kind(layer) is not None:
-                self._handles.append(layer.register_forward_pre_hook(self._recorder(name)))
+                self._handles.append(layer.register_forward_pre_hook(self._recorder(name), with_kwargs=True))
 
     def _recorder(self, name: str):  # noqa: ANN202 - a forward pre-hook
-        def record(_: nn.Module, args: tuple[object, ...]) -> None:
+        def record(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
             if args and isinstance(args[0], Tensor):
-                self._inputs[name] = args[0].detach()
+                self._inputs[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)
 
         return record
 
@@ -120,7 +120,11 @@ class AccelerateCallback(Callback):
             handle.remove()
         self._handles.clear()
         sparse = sparse_layers(pl_module)
-        inputs = {name: _resize_batch(x, self.batch_size) for name, x in self._inputs.items() if name in sparse}
+        inputs = {
+            name: call.resized(self.batch_size, sparse_kind(sparse[name].module).batch_dims(sparse[name].module))
+            for name, call in self._inputs.items()
+            if name in sparse
+        }
         self._inputs.clear()
         if not inputs:
             rank_zero_warn("AccelerateCallback: no sparse layer ran during fit; nothing was accelerated.")
@@ -131,7 +135,7 @@ class AccelerateCallback(Callback):
             self._publish(trainer, self.report)
 
     def _fold_and_swap(
-        self, pl_module: pl.LightningModule, inputs: dict[str, Tensor] | None, trainer: pl.Trainer | None = None
+        self, pl_module: pl.LightningModule, inputs: dict[str, LayerCall] | None, trainer: pl.Trainer | None = None
     ) -> None:
         """Fold, then plan (when ``inputs`` are given, else reuse ``report``) and swap.
 
@@ -212,14 +216,6 @@ class AccelerateCallback(Callback):
         self._reaccelerate(pl_module)
 
 
-def _resize_batch(x: Tensor, batch_size: int | None) -> Tensor:
-    """Cut or tile ``x (B, ...)`` along dim 0 to ``(batch_size, ...)``; ``None`` returns ``x``."""
-    if batch_size is None or x.shape[0] == batch_size:
-        return x
-    reps = math.ceil(batch_size / x.shape[0])
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
-
-
 def _leave_out_of_ddp_sync(pl_module: pl.LightningModule) -> None:
     """Keep the inference layers out of the parameter/buffer broadcast DDP runs when a stage starts.
 
@@ -238,6 +234,10 @@ def _leave_out_of_ddp_sync(pl_module: pl.LightningModule) -> None:
 
 
 def _foldable_modules(model: nn.Module) -> list[str]:
-    """Names of the modules folding or swapping may change (Linear, Conv, BatchNorm)."""
+    """Names of the modules folding or swapping may change (Linear, Conv, BatchNorm, every sparse kind)."""
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm)
-    return [name for name, module in model.named_modules() if name and isinstance(module, kinds)]
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and (isinstance(module, kinds) or sparse_kind(module) is not None)
+    ]

@@ -10,10 +10,9 @@ The hooks read like the algorithm:
 * ``on_before_optimizer_step`` — the gradient here is dense, accumulated over micro-batches,
   averaged over DDP ranks and unscaled by AMP: keep it for the next update if it is inside the
   window, then mask it.
-* ``on_train_batch_end`` (once per round of optimizer steps) — when the step count reached a
-  scheduled step, re-mask the weights, update the topology, zero optimizer state at inactive and
-  newly grown positions, log metrics. Other steps re-mask only if something besides SGD/Adam/AdamW
-  may have moved an inactive weight (:class:`~lightning_srigl.callbacks.remask.RemaskPolicy`).
+* ``on_train_batch_end`` (once per round of optimizer steps) — at a scheduled step, re-mask the
+  weights, update the topology, zero optimizer state at inactive and newly grown positions, log
+  metrics; other steps re-mask only when :class:`~lightning_srigl.callbacks.remask.RemaskPolicy` says.
 
 Counting is in optimizer steps (``trainer.global_step``); with several optimizers (manual
 optimization) the count moves by more than one per batch and the update runs at the batch that
@@ -43,6 +42,7 @@ from lightning_srigl.callbacks.glue import (
 from lightning_srigl.callbacks.remask import RemaskPolicy
 from lightning_srigl.callbacks.report import (
     LayerStats,
+    history_record,
     layer_stats,
     print_layer_table,
     save_active_neurons_plot,
@@ -52,6 +52,7 @@ from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, check_patterns_match, matches, select_parameters
 from lightning_srigl.masking import zero_optimizer_state_
 from lightning_srigl.sparsity import (
+    all_finite,
     check_sparsity,
     cosine_drop_fraction,
     erk_densities,
@@ -87,7 +88,7 @@ class DynamicSparsityCallback(SparsityCallback):
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
-        sparse_init: bool = True,
+        sparse_init: bool = False,
         init_std_quirk: bool = False,
         grad_accumulation_n: int = 1,
         seed: int = 0,
@@ -215,7 +216,7 @@ class DynamicSparsityCallback(SparsityCallback):
         self._fqns_of = layers_per_optimizer(trainer, self.masked)
         self.remask.start(trainer, pl_module, self, self.masked, self._fqns_of)
         self._last_step = trainer.global_step
-        if trainer.global_step == 0:
+        if trainer.global_step == 0 and trainer.loggers:
             log_metrics(trainer, self._metrics(), step=0)
 
     @override
@@ -298,7 +299,7 @@ class DynamicSparsityCallback(SparsityCallback):
             raise ValueError(f"{type(self).__name__}: every selected weight is frozen; nothing is left to sparsify")
         names = [p.fqn for p in selected]
         check_patterns_match(self.dense, names, "dense")
-        shapes = [tuple(p.shape) for p in selected]
+        shapes = [tuple(p.rows(p.param).shape) for p in selected]  # neuron-major: (out, ...)
         pinned = [i for i, name in enumerate(names) if matches(name, self.dense)]
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
@@ -312,31 +313,30 @@ class DynamicSparsityCallback(SparsityCallback):
     def _install_initial_masks(self) -> None:
         assert self.masked is not None
         masks = {}
+        rows = self.masked.rows
         for fqn, budget in self.budgets.items():
-            shape = self.masked.param(fqn).shape
+            shape = rows(fqn, self.masked.param(fqn)).shape
             try:
-                masks[fqn] = self.initial_mask(fqn, shape, budget, self._generator)
+                masks[fqn] = rows(fqn, self.initial_mask(fqn, shape, budget, self._generator))
             except ValueError as error:
                 raise ValueError(f"sparse layer {fqn!r}: {error}") from error
         self.masked.install_(masks)
         self.masked.apply_to_weights_()
         if self.sparse_init:
             for fqn, mask in self.masked.masks().items():
-                sparse_init_(self.masked.param(fqn).data, mask, self._generator, std_quirk=self.init_std_quirk)
+                weight = rows(fqn, self.masked.param(fqn).data)
+                sparse_init_(weight, rows(fqn, mask), self._generator, std_quirk=self.init_std_quirk)
 
     @torch.no_grad()
     def _accumulate_dense_grads(self, fqns: Sequence[str]) -> None:
         """Add this step's dense gradient / n of ``fqns`` into the growth-score sums; note whether all are finite."""
         assert self.masked is not None
-        finite = []
         for fqn in fqns:
             param = self.masked.param(fqn)
             grad = param.grad if param.grad is not None else torch.zeros_like(param)
-            finite.append(torch.isfinite(grad).all())
+            self._grads_finite = self._grads_finite and all_finite(grad)
             scaled = grad.detach() / self.grad_accumulation_n
             self._grad_sums[fqn] = self._grad_sums[fqn].add_(scaled) if fqn in self._grad_sums else scaled
-        if finite:
-            self._grads_finite = self._grads_finite and bool(torch.stack(finite).all())
 
     @torch.no_grad()
     def _update_topology(self, trainer: Trainer, step: int) -> None:
@@ -345,7 +345,7 @@ class DynamicSparsityCallback(SparsityCallback):
         grads, finite = self._grad_sums, self._grads_finite
         self._grad_sums, self._grads_finite = {}, True
         weights = {fqn: self.masked.param(fqn) for fqn in self.masked.fqns}
-        finite = finite and all(bool(torch.isfinite(w).all()) for w in weights.values())
+        finite = finite and all(all_finite(w) for w in weights.values())
         if not finite or grads.keys() != weights.keys():
             self.skipped_updates += 1
             reason = "non-finite gradients or weights" if not finite else "no dense gradient was captured"
@@ -358,7 +358,7 @@ class DynamicSparsityCallback(SparsityCallback):
             changed[fqn] = self._update_layer(trainer, fqn, weight, grads.pop(fqn), drop_fraction)
         check_ranks_agree(trainer, self.masked, type(self).__name__)
         metrics = self._metrics()
-        self.history.append(self._history_record(step, drop_fraction, changed, metrics))
+        self.history.append(history_record(step, drop_fraction, changed, metrics, self.metric_prefix))
         metrics[f"{self.metric_prefix}/drop_fraction"] = drop_fraction
         metrics[f"{self.metric_prefix}/mask_change"] = float(sum(changed.values()))
         metrics.update({f"{self.metric_prefix}/{fqn}/mask_change": float(n) for fqn, n in changed.items()})
@@ -372,8 +372,12 @@ class DynamicSparsityCallback(SparsityCallback):
         not copied, until the new one is written into it.
         """
         assert self.masked is not None
+        rows = self.masked.rows
         mask = self.masked.mask(fqn)
-        new, grown = self.layer_update(fqn, weight.data, mask, grad_sum.abs_(), self.budgets[fqn], drop_fraction)
+        new, grown = self.layer_update(
+            fqn, rows(fqn, weight.data), rows(fqn, mask), rows(fqn, grad_sum.abs_()), self.budgets[fqn], drop_fraction
+        )
+        new, grown = rows(fqn, new), rows(fqn, grown)
         del grad_sum
         changed = mask_change(mask, new)
         self.masked.set_mask_(fqn, new)
@@ -388,19 +392,11 @@ class DynamicSparsityCallback(SparsityCallback):
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:
         assert self.masked is not None
-        return [layer_stats(fqn, mask, self._ever_active.get(fqn, mask)) for fqn, mask in self.masked.masks().items()]
+        rows = self.masked.rows
+        return [
+            layer_stats(fqn, rows(fqn, mask), rows(fqn, self._ever_active.get(fqn, mask)))
+            for fqn, mask in self.masked.masks().items()
+        ]
 
     def _metrics(self) -> dict[str, float]:
         return topology_metrics(self._layer_stats(), self.metric_prefix)
-
-    def _history_record(
-        self, step: int, drop_fraction: float, changed: dict[str, int], metrics: dict[str, float]
-    ) -> dict[str, Any]:
-        p = self.metric_prefix
-        return {
-            "step": step,
-            "drop_fraction": drop_fraction,
-            "mask_change": dict(changed),
-            "active_neurons_pct": {fqn: metrics[f"{p}/{fqn}/active_neurons_pct"] for fqn in changed},
-            "fan_in": {fqn: metrics[f"{p}/{fqn}/fan_in"] for fqn in changed},
-        }

@@ -137,7 +137,7 @@ class SparsityCallback(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
-            self.teardown(trainer, pl_module, stage)  # one hook at a time
+            self._stop_accepting_masks()
             self._accept_handle = accept_masks_on_load(pl_module)
             return
         self._check_trainer(trainer)
@@ -146,6 +146,9 @@ class SparsityCallback(Callback):
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stop_accepting_masks()
+
+    def _stop_accepting_masks(self) -> None:
         if self._accept_handle is not None:
             self._accept_handle.remove()
             self._accept_handle = None

@@ -7,19 +7,23 @@ The gradient at the sparse point reaches *every* dense weight (straight-through 
 sparse-refined term ``lambda_w * (1 - mask) * W`` that decays only the pruned weights.
 
 How it is done here, without autograd functions, hooks or parametrizations: the parameter itself
-holds ``W * mask`` and the pruned values of ``W`` wait in the callback. The ordinary backward then
-yields ``dL/d(W * mask)`` for every entry, which *is* the STE gradient of the dense ``W``. In
-``on_before_optimizer_step`` (after AMP unscaling, DDP averaging and gradient accumulation) the pruned
-values are put back and the SR term is added to ``p.grad`` once per step, so ``lambda_w`` does not
-scale with the number of processes, accumulation steps or the loss scale (the reference code's
-in-backward placement does). Right after the step the mask is recomputed and the pruned values are
-set aside again. Outside that window the model is exactly N:M, so validation, checkpoints' model
-weights, ``AccelerateCallback`` and any code touching ``module.weight`` directly (tied weights,
-``nn.MultiheadAttention``) all see the sparse network.
+holds ``W * mask`` and the pruned values ``P = (1 - mask) * W`` wait in the callback, as a tensor of
+the weight's shape (zero at kept positions). The ordinary backward then yields ``dL/d(W * mask)`` for
+every entry, which *is* the STE gradient of the dense ``W``. In ``on_before_optimizer_step`` (after
+AMP unscaling, DDP averaging and gradient accumulation) the pruned values are put back, ``W += P``,
+and the SR term, which is exactly ``lambda_w * P``, is added to ``p.grad``: two ``torch._foreach_add_``
+calls over all layers, once per step, so ``lambda_w`` does not scale with the number of processes,
+accumulation steps or the loss scale (the reference code's in-backward placement does). Right after
+the step the mask is recomputed and the pruned values are set aside again
+(:func:`~lightning_srigl.masking.move_inactive_`: exact, no allocation). Outside that window the
+model is exactly N:M, so validation, checkpoints' model weights, ``AccelerateCallback`` and any code
+touching ``module.weight`` directly (tied weights, ``nn.MultiheadAttention``) all see the sparse
+network.
 
 Checkpoints: the masks are ``<param>_mask`` buffers of the model; the pruned values and counters are
-this callback's ``state_dict``, so ``trainer.fit(ckpt_path=...)`` resumes the exact trajectory. A
-weights-only checkpoint restarts the pruned values at zero.
+this callback's ``state_dict`` (1-D, the entries at ``~mask`` in row-major order), so
+``trainer.fit(ckpt_path=...)`` resumes the exact trajectory. A weights-only checkpoint restarts the
+pruned values at zero.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from typing_extensions import override
 from lightning_srigl.callbacks.arguments import as_integer, as_real, check_choice, check_flag, check_patterns
 from lightning_srigl.callbacks.glue import SparsityCallback, log_metrics
 from lightning_srigl.logs import rank_zero_info
-from lightning_srigl.masking import MaskedParameters, select_structured_parameters
-from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask, sr_ste_refine_term
+from lightning_srigl.masking import MaskedParameters, move_inactive_, select_structured_parameters
+from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask
 from lightning_srigl.sparsity.transposable import check_transposable_nm, is_transposable_nm, transposable_nm_mask
 
 Transposable = Literal["greedy", "exact"]
@@ -94,7 +98,7 @@ class NMSparsityCallback(SparsityCallback):
         self.keep_first_dense = check_flag(keep_first_dense, "keep_first_dense")
         self.keep_last_dense = check_flag(keep_last_dense, "keep_last_dense")
         self.masked: MaskedParameters | None = None
-        self._pruned: dict[str, Tensor] = {}  # fqn -> 1-D values of W at ~mask (row-major order)
+        self._pruned: dict[str, Tensor] = {}  # fqn -> (1 - mask) * W, weight-shaped
         self._dense = False  # True between on_before_optimizer_step and the end of that batch
         self._flips: dict[str, Tensor] = {}  # fqn -> mask flips since the last log (0-dim int64)
         self._updates_since_log = 0
@@ -159,12 +163,14 @@ class NMSparsityCallback(SparsityCallback):
             return
         self._check_gradients_unscaled(trainer, optimizer)
         masked = self._masks()
+        params = [masked.param(fqn) for fqn in masked.fqns]
+        pruned = [self._pruned[fqn] for fqn in masked.fqns]
         with torch.no_grad():
-            for fqn, mask in masked.masks().items():
-                param = masked.param(fqn)
-                param.masked_scatter_(~mask, self._pruned[fqn])
-                if param.grad is not None and self.lambda_w > 0:
-                    param.grad.add_(sr_ste_refine_term(param, mask, self.lambda_w))
+            torch._foreach_add_([p.detach() for p in params], pruned)  # W is zero at ~mask: W + P is dense W
+            with_grad = [(p.grad, values) for p, values in zip(params, pruned) if p.grad is not None]
+            if with_grad and self.lambda_w > 0:  # sr_ste_refine_term(W, mask, lambda_w) == lambda_w * P
+                grads, values = zip(*with_grad)
+                torch._foreach_add_(list(grads), list(values), alpha=self.lambda_w)
         self._dense = True
 
     @override
@@ -200,8 +206,9 @@ class NMSparsityCallback(SparsityCallback):
     @override
     def resumable_state(self) -> dict[str, Any]:
         """Pruned values (the dense weights' missing half) and flip counters; masks live in the model."""
+        masks = self.masked.masks() if self.masked is not None else {}
         return {
-            "pruned": {fqn: values.to("cpu", copy=True) for fqn, values in self._pruned.items()},
+            "pruned": {fqn: values[~masks[fqn]].to("cpu", copy=True) for fqn, values in self._pruned.items()},
             "flips": {fqn: count.to("cpu", copy=True) for fqn, count in self._flips.items()},
             "updates_since_log": self._updates_since_log,
         }
@@ -238,12 +245,14 @@ class NMSparsityCallback(SparsityCallback):
 
     @torch.no_grad()
     def _set_aside_pruned(self) -> None:
-        """Store ``W[~mask]`` (1-D, row-major) and zero those entries of every sparse weight."""
+        """Move ``(1 - mask) * W`` of every sparse weight into its pruned-values tensor, leaving ``W * mask``."""
         masked = self._masks()
-        for fqn, mask in masked.masks().items():
-            param = masked.param(fqn)
-            self._pruned[fqn] = param[~mask]
-            param.masked_fill_(~mask, 0.0)
+        for fqn in masked.fqns:
+            weight = masked.param(fqn).detach()
+            pruned = self._pruned.get(fqn)
+            if pruned is None or (pruned.shape, pruned.dtype, pruned.device) != (weight.shape, weight.dtype, weight.device):
+                pruned = self._pruned[fqn] = torch.empty_like(weight)
+            move_inactive_(weight, masked.step_mask(fqn, weight), pruned)
         self._dense = False
 
     @torch.no_grad()
@@ -286,11 +295,13 @@ class NMSparsityCallback(SparsityCallback):
                 "wrote it."
             )
         for fqn, mask in masked.masks().items():
-            values = state["pruned"][fqn].to(masked.param(fqn).device)
+            weight = masked.param(fqn)
+            values = state["pruned"][fqn].to(device=weight.device, dtype=weight.dtype)
             if values.numel() != int((~mask).sum()):
                 raise ValueError(f"Checkpoint pruned values of {fqn} do not match its mask; the checkpoint is corrupt.")
-            self._pruned[fqn] = values
-            self._flips[fqn] = state["flips"].get(fqn, torch.zeros((), dtype=torch.long)).to(values.device)
+            self._pruned[fqn] = pruned = torch.zeros_like(weight)
+            pruned[~mask] = values  # the order of resumable_state's values[~mask]
+            self._flips[fqn] = state["flips"].get(fqn, torch.zeros((), dtype=torch.long)).to(weight.device)
         self._updates_since_log = state["updates_since_log"]
 
     @staticmethod

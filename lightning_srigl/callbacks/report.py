@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -75,6 +76,19 @@ def topology_metrics(stats: Sequence[LayerStats], prefix: str) -> dict[str, floa
         )
         metrics[f"{prefix}/itop_rate"] = sum(s.itop_rate * s.numel for s in stats) / numel
     return metrics
+
+
+def history_record(
+    step: int, drop_fraction: float, changed: dict[str, int], metrics: dict[str, float], prefix: str
+) -> dict[str, Any]:
+    """One topology update for the history: its step, drop fraction, mask change, active neurons and fan-in per layer."""
+    return {
+        "step": step,
+        "drop_fraction": drop_fraction,
+        "mask_change": dict(changed),
+        "active_neurons_pct": {fqn: metrics[f"{prefix}/{fqn}/active_neurons_pct"] for fqn in changed},
+        "fan_in": {fqn: metrics[f"{prefix}/{fqn}/fan_in"] for fqn in changed},
+    }
 
 
 def print_layer_table(stats: Sequence[LayerStats], title: str) -> None:

@@ -71,7 +71,9 @@ class SRigLCallback(DynamicSparsityCallback):
         dense: patterns of selected weights kept dense; the others become sparser to compensate.
         no_ablation: patterns of layers never ablated; ``None`` protects the last sparse layer (the
             output layer); ``[]`` allows ablating every layer.
-        sparse_init: re-initialise weights for their sparse fan-in at the start (paper: on).
+        sparse_init: re-initialise the kept weights for their sparse fan-in when the masks are first
+            drawn (the paper does, training from scratch: set ``True`` to reproduce it). Off by default,
+            so fine-tuning a pretrained model keeps its values (only the masked weights become 0).
         init_std_quirk: use the reference code's std ``2/fan_in`` instead of ``sqrt(2/fan_in)``.
         grad_accumulation_n: growth scores are ``|mean gradient|`` over this many optimizer steps
             before each update.
@@ -97,7 +99,7 @@ class SRigLCallback(DynamicSparsityCallback):
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
         no_ablation: Sequence[str] | None = None,
-        sparse_init: bool = True,
+        sparse_init: bool = False,
         init_std_quirk: bool = False,
         grad_accumulation_n: int = 1,
         seed: int = 0,

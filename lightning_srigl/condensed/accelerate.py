@@ -20,27 +20,31 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
+from lightning_srigl.condensed.layer_call import LayerCall, outputs_close
 from lightning_srigl.condensed.registry import (
     CANDIDATES,
     build_candidate,
     mark_accelerated,
     sparse_kind,
     sparse_layers,
+    tied_layers,
 )
 from lightning_srigl.condensed.timing import hot_times
+from lightning_srigl.masking import neuron_major
 
 __all__ = [
     "CANDIDATES",
     "AccelerationPlan",
     "AccelerationReport",
     "LayerAcceleration",
+    "LayerCall",
     "accelerate",
     "capture_layer_inputs",
     "check_candidates",
@@ -81,23 +85,23 @@ def check_candidates(candidates: Sequence[str]) -> tuple[str, ...]:
     return chosen
 
 
-def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequence[str]) -> dict[str, Tensor]:
-    """Run ``model(example_input)`` under ``no_grad`` and return each named layer's input tensor.
+def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequence[str]) -> dict[str, LayerCall]:
+    """Run ``model(example_input)`` under ``no_grad`` and return each named layer's first call.
 
     ``example_input`` is passed as one positional argument (a tuple is unpacked). A layer that the
     forward never reaches is missing from the result.
     """
-    captured: dict[str, Tensor] = {}
+    captured: dict[str, LayerCall] = {}
     modules = dict(model.named_modules())
 
-    def hook_for(name: str) -> Callable[[nn.Module, tuple[object, ...]], None]:
-        def hook(_: nn.Module, args: tuple[object, ...]) -> None:
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
             if name not in captured and args and isinstance(args[0], Tensor):
-                captured[name] = args[0].detach()
+                captured[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)
 
         return hook
 
-    handles = [modules[name].register_forward_pre_hook(hook_for(name)) for name in names]
+    handles = [modules[name].register_forward_pre_hook(hook_for(name), with_kwargs=True) for name in names]
     try:
         with torch.no_grad():
             args = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -109,12 +113,12 @@ def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequenc
 
 
 def _time_candidates(
-    layer: nn.Module, mask: Tensor, x: Tensor, candidates: Sequence[str], warmup: int, repeats: int
+    layer: nn.Module, mask: Tensor, call: LayerCall, candidates: Sequence[str], warmup: int, repeats: int
 ) -> tuple[dict[str, float], dict[str, str], dict[str, nn.Module]]:
-    """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``x``.
+    """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
 
     The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
-    timer, ``hot_times``: ``warmup`` calls, at least ``repeats``
+    timer, :func:`~lightning_srigl.condensed.timing.hot_times`: ``warmup`` calls, at least ``repeats``
     samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
 
     Returns ``(times, skipped, built)``: seconds per exact candidate, why the others were skipped,
@@ -123,30 +127,30 @@ def _time_candidates(
     calls: dict[str, Callable[[], object]] = {}
     skipped: dict[str, str] = {}
     built: dict[str, nn.Module] = {}
-    tol = 1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    tol = 1e-2 if call.x.dtype in (torch.float16, torch.bfloat16) else 1e-4
     with torch.no_grad():
-        reference = build_candidate("dense", layer, mask)(x)
+        reference = call(build_candidate("dense", layer, mask))
         for name in candidates:
             try:
                 candidate = build_candidate(name, layer, mask)
-                out = candidate(x)
+                out = call(candidate)
             except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
                 skipped[name] = f"{type(err).__name__}: {err}".splitlines()[0][:120]
                 continue
-            if not torch.allclose(out.float(), reference.float(), rtol=tol, atol=tol):
+            if not outputs_close(out, reference, tol):
                 skipped[name] = "inexact: output differs from the masked dense layer"
                 continue
-            calls[name] = functools.partial(candidate, x)
+            calls[name] = functools.partial(call, candidate)
             built[name] = candidate
         timings = hot_times(
-            calls, threads=torch.get_num_threads(), min_run_time=0.0, device=x.device, warmup=warmup, min_samples=repeats
+            calls, threads=torch.get_num_threads(), min_run_time=0.0, device=call.x.device, warmup=warmup, min_samples=repeats
         )
     return {name: timing.min for name, timing in timings.items()}, skipped, built
 
 
 def plan_acceleration(
     model: nn.Module,
-    layer_inputs: dict[str, Tensor],
+    layer_inputs: Mapping[str, Tensor | LayerCall],
     *,
     candidates: Sequence[str] = CANDIDATES,
     device: torch.device | str | None = None,
@@ -155,7 +159,8 @@ def plan_acceleration(
 ) -> AccelerationPlan:
     """Time the candidates of each sparse layer in ``layer_inputs`` and choose the fastest.
 
-    ``layer_inputs`` maps a layer name to its real input ``(..., in)``. ``device`` defaults to the
+    ``layer_inputs`` maps a layer name to its real input (``(..., in)`` for a linear layer) or, for
+    layers called with more (attention), to the :class:`LayerCall` it received. ``device`` defaults to the
     layer's own device; a layer timed elsewhere is moved back to its own device in the plan. The
     model is not modified.
     """
@@ -165,32 +170,35 @@ def plan_acceleration(
     if missing:
         raise ValueError(f"{missing} are not masked layers of a known kind; sparse layers: {sorted(sparse)}.")
     rows, layers = [], {}
-    for name, x in layer_inputs.items():
-        layer, mask = sparse[name].module, sparse[name].mask
+    for name, value in layer_inputs.items():
+        layer, mask, call = sparse[name].module, sparse[name].mask, LayerCall.of(value)
         home = sparse[name].weight.device
         target = torch.device(device) if device is not None else home
         if target != home:
             layer = copy.deepcopy(layer).to(target)
-        # An input captured under autocast (bf16-mixed, 16-mixed) is in the autocast dtype; the candidates
+        # A call captured under autocast (bf16-mixed, 16-mixed) is in the autocast dtype; the candidates
         # compute in the layer's dtype, as they will at inference (CondensedLinear, CSRLinear cast to it).
-        x = x.to(device=target, dtype=sparse[name].weight.dtype)
-        times, skipped, built = _time_candidates(layer, mask.to(target), x, candidates, warmup, repeats)
-        row = _layer_row(name, sparse[name].weight, mask, x, times, skipped)
+        dtype = sparse[name].weight.dtype
+        call = call.map(lambda t: t.to(device=target, dtype=dtype) if t.is_floating_point() else t.to(target))
+        times, skipped, built = _time_candidates(layer, mask.to(target), call, candidates, warmup, repeats)
+        row = _layer_row(name, layer, mask, call.x, times, skipped)
         rows.append(row)
         layers[name] = built[row.chosen].to(home)
     return AccelerationPlan(AccelerationReport(rows), layers)
 
 
 def _layer_row(
-    name: str, weight: Tensor, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str]
+    name: str, layer: nn.Module, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str]
 ) -> LayerAcceleration:
+    rows = neuron_major(layer, mask).flatten(1)  # (out, fan-in positions)
+    images = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
     return LayerAcceleration(
         name=name,
-        in_features=weight.shape[1],
-        out_features=weight.shape[0],
-        batch=x.numel() // x.shape[-1],
+        in_features=rows.shape[1],
+        out_features=rows.shape[0],
+        batch=x.shape[0] if images else x.numel() // x.shape[-1],
         density=float(mask.float().mean()),
-        active_neurons=int(mask.flatten(1).any(dim=1).sum()),
+        active_neurons=int(rows.any(dim=1).sum()),
         chosen=min(times, key=times.__getitem__),
         times=times,
         skipped=skipped,
@@ -212,31 +220,37 @@ def rebuild_plan(model: nn.Module, report: AccelerationReport) -> AccelerationPl
 
 
 def fold_in_place(model: nn.Module) -> list[str]:
-    """Fold ablated neurons into the next layer where exact (``fold.fold_ablated_neurons``).
+    """Fold BatchNorms into the sparse convolutions they follow (:func:`batchnorm_fold.fold_batchnorms`),
+    then ablated neurons into the next layer (:func:`fold.fold_ablated_neurons`), where exact.
 
     Runs in eval mode (dropout on a folding path must be off). Returns the names of the modules it
-    changed; a model whose ``forward`` ``torch.fx`` cannot trace is left as is, with a warning.
+    changed; a model no part of which ``torch.fx`` can trace is left as is, with a warning.
     """
+    from lightning_srigl.condensed.batchnorm_fold import fold_batchnorms
     from lightning_srigl.condensed.fold import fold_ablated_neurons
 
     was_training = model.training
     model.eval()
     try:
-        report = fold_ablated_neurons(model, inplace=True)
+        replaced = list(fold_batchnorms(model))
+        replaced += fold_ablated_neurons(model, inplace=True).replaced
     except ValueError as err:
         warnings.warn(f"accelerate: ablated neurons not folded: {err}", stacklevel=2)
-        return []
     finally:
         model.train(was_training)
-    return list(report.replaced)
+    return list(dict.fromkeys(replaced))
 
 
-def fit_inputs_to_layers(model: nn.Module, layer_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Adapt captured inputs to layers whose inputs folding reduced (each kind's ``fit_input``)."""
-    fitted = {}
-    for name, x in layer_inputs.items():
+def fit_inputs_to_layers(
+    model: nn.Module, layer_inputs: Mapping[str, Tensor | LayerCall]
+) -> dict[str, Tensor | LayerCall]:
+    """Adapt captured inputs to layers whose inputs folding reduced (each kind's ``fit_input`` on the
+    first argument)."""
+    fitted: dict[str, Tensor | LayerCall] = {}
+    for name, value in layer_inputs.items():
         module = model.get_submodule(name)
-        fitted[name] = sparse_kind(module).fit_input(module, x)
+        fit = sparse_kind(module).fit_input
+        fitted[name] = value.with_x(fit(module, value.x)) if isinstance(value, LayerCall) else fit(module, value)
     return fitted
 
 
@@ -289,7 +303,8 @@ def accelerate(
         device: where to time (default: each layer's device).
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
             (candidates are timed in interleaved rounds and ranked by their fastest sample).
-        fold: fold ablated neurons into the next layer where provably exact.
+        fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
+            next layer, where provably exact.
         verbose: print the report as a rich table.
 
     Returns:
@@ -302,6 +317,10 @@ def accelerate(
             "No sparse layer found: a layer is sparse when it has a mask, installed by the sparsity callbacks, "
             "convert_to_structured or lightning_srigl.masking.bind_masks(model, {'<name>.weight': mask})."
         )
+    tied = tied_layers(model)
+    if tied:
+        described = "; ".join(f"{name} (tied to {', '.join(others)})" for name, others in tied.items())
+        warnings.warn(f"accelerate: {described} stay as they are: swapping a tied layer would break the tie", stacklevel=2)
     inputs = capture_layer_inputs(model, example_input, names)
     if fold:
         fold_in_place(model)

@@ -40,6 +40,8 @@ class KernelOps:
         batch1_layout: ``(values, indices, rows (A,), in, out) -> uint8 layout`` (empty where unsupported).
         batch1_forward: ``(x (1, in), layout, bias (out,) | None) -> (1, out)``.
         batch1_supported: whether the variant has the gather-free batch-1 kernel.
+        condensed_conv2d: ``(x (N, C, H, W), values (A, k), indices (A, k), rows (A,), bias (out,) | None,
+            out_channels, kernel_size, stride, padding, dilation, block) -> (N, out, Ho, Wo)`` (``csrc/conv.h``).
     """
 
     variant: str
@@ -48,6 +50,7 @@ class KernelOps:
     batch1_layout: object
     batch1_forward: object
     batch1_supported: bool
+    condensed_conv2d: object
 
 
 def build_directory(variant: Variant) -> Path:
@@ -135,4 +138,5 @@ def _resolve(variant: str, library: Path) -> KernelOps:
         batch1_layout=ops.batch1_layout.default,
         batch1_forward=ops.batch1_forward.default,
         batch1_supported=bool(ops.batch1_supported()),
+        condensed_conv2d=ops.condensed_conv2d.default,
     )

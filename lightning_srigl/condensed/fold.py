@@ -7,8 +7,10 @@ so it can go into ``bias_next`` and column ``i`` can go away. The producer then 
 active rows (``out`` shrinks) and the consumer only the matching input columns: exact up to float
 rounding.
 
-:func:`fold_ablated_neurons` finds such chains by tracing ``model.forward`` with ``torch.fx`` and
-folds only what is provably exact:
+:func:`fold_ablated_neurons` finds such chains in the ``torch.fx`` graphs of the model's forward, or of
+its largest traceable parts where the whole model does not trace
+(:func:`~lightning_srigl.condensed.local_trace.traced_graphs`: ``nn.Sequential`` chains, MLP and ResNet
+blocks), and folds only what is provably exact:
 
 * producer: an ``nn.Linear`` or ``nn.Conv{1,2,3}d`` (exact type; conv with ``groups == 1``) whose
   weight has all-zero rows. A zero conv filter outputs its bias at *every* position (padding
@@ -45,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lightning_srigl.condensed.local_trace import traced_graphs
 from lightning_srigl.masking import mask_of, register_mask_
 
 __all__ = ["FoldReport", "FoldedNeurons", "KeptNeurons", "fold_ablated_neurons"]
@@ -143,12 +146,12 @@ def fold_ablated_neurons(
     """
     work = model if inplace else copy.deepcopy(model)
     current_masks = _collect_masks(work, masks or {})
-    graph = _trace(work)
+    graphs = _trace(work)
     modules = dict(work.named_modules())
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    calls = Counter(n.target for graph in graphs for n in graph.nodes if n.op == "call_module")
     shared = _modules_with_shared_parameters(work)
     report = FoldReport(model=work, masks=current_masks)
-    for node in graph.nodes:
+    for node in (node for graph in graphs for node in graph.nodes):
         producer = modules.get(node.target) if node.op == "call_module" else None
         if type(producer) not in _LINEAR + _CONVS:
             continue
@@ -168,14 +171,14 @@ def fold_ablated_neurons(
     return report
 
 
-def _trace(model: nn.Module) -> fx.Graph:
-    try:
-        return fx.Tracer().trace(model)
-    except Exception as err:  # tracing runs arbitrary user code on proxies; any failure means "not traceable"
+def _trace(model: nn.Module) -> list[fx.Graph]:
+    graphs = traced_graphs(model)
+    if not graphs:
         raise ValueError(
-            f"fold_ablated_neurons needs a torch.fx-traceable forward, but tracing {type(model).__name__} failed: "
-            f"{err}. Fold a traceable submodule instead, e.g. fold_ablated_neurons(model.mlp)."
-        ) from err
+            f"fold_ablated_neurons needs torch.fx-traceable code, but neither {type(model).__name__} nor any of its "
+            "submodules traces; nothing was folded"
+        )
+    return graphs
 
 
 def _collect_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -5,7 +5,7 @@ the benchmark (``lightning_srigl.benchmark.layers``) and serialization (its allo
 :data:`INFERENCE_LAYERS`). A kind is an exact module type (so a subclass with its own forward, such as
 ``nn.MultiheadAttention``'s ``out_proj``, is not taken for ``nn.Linear``) and says:
 
-* which of its weights carries the mask (``param_name``);
+* which of its weights carries the mask (``param_names``: the first the module has a mask for);
 * its candidate inference layers, ``{name: from_masked(module, mask) -> nn.Module}``; the first,
   ``"dense"``, is a plain copy of the masked module and the exact reference for the others;
 * how an input captured before folding reaches the module after folding shrank it (``fit_input``).
@@ -23,10 +23,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.attention import ProjectedAttention
+from lightning_srigl.condensed.conv import CondensedConv1d, CondensedConv2d
 from lightning_srigl.condensed.csr import CSRLinear
+from lightning_srigl.condensed.kinds import (
+    attention_batch_dims,
+    channels_input,
+    features_input,
+    hf_conv1d_condensed,
+    hf_conv1d_csr,
+    masked_copy,
+    projected_attention,
+)
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.semi_structured import SemiStructuredLinear
-from lightning_srigl.masking import MaskedWeight, masked_weights
+from lightning_srigl.masking import MaskedWeight, is_hf_conv1d, masked_weights, parameter_owners
 
 FromMasked = Callable[[nn.Module, Tensor], nn.Module]
 
@@ -41,6 +52,7 @@ __all__ = [
     "mark_accelerated",
     "sparse_kind",
     "sparse_layers",
+    "tied_layers",
 ]
 
 ACCELERATED_MARK = "_lightning_srigl_accelerated"
@@ -50,9 +62,11 @@ ACCELERATED_MARK = "_lightning_srigl_accelerated"
 class SparseKind:
     """What acceleration needs to know about one sparse module type (see the module docstring)."""
 
-    param_name: str
+    param_names: tuple[str, ...]
     candidates: Mapping[str, FromMasked]
     fit_input: Callable[[nn.Module, Tensor], Tensor]
+    # Where the batch is in a call of the module: argument position or keyword -> dim (see LayerCall.resized).
+    batch_dims: Callable[[nn.Module], dict[int | str, int]] = lambda module: {0: 0}
 
 
 def dense_linear(linear: nn.Linear, mask: Tensor) -> nn.Linear:
@@ -72,44 +86,83 @@ def _semi_structured_linear(linear: nn.Linear, mask: Tensor) -> SemiStructuredLi
     return SemiStructuredLinear.from_masked(linear, mask)
 
 
-def _linear_input(linear: nn.Linear, x: Tensor) -> Tensor:
-    """The first ``in_features`` columns of ``x (..., in)``: timing depends on shapes and dtypes only."""
-    return x[..., : linear.in_features].contiguous()
-
-
 SPARSE_KINDS: dict[type[nn.Module], SparseKind] = {
     nn.Linear: SparseKind(
-        param_name="weight",
+        param_names=("weight",),
         candidates={
             "dense": dense_linear,
             "condensed": CondensedLinear.from_masked,
             "csr": CSRLinear.from_masked,
             "semi_structured": _semi_structured_linear,
         },
-        fit_input=_linear_input,
+        fit_input=features_input,
+    ),
+    nn.Conv2d: SparseKind(
+        param_names=("weight",),
+        candidates={"dense": masked_copy, "condensed": CondensedConv2d.from_masked, "im2col": CondensedConv2d.im2col_from_masked},
+        fit_input=channels_input,
+    ),
+    nn.Conv1d: SparseKind(
+        param_names=("weight",),
+        candidates={"dense": masked_copy, "condensed": CondensedConv1d.from_masked},
+        fit_input=channels_input,
+    ),
+    nn.MultiheadAttention: SparseKind(
+        param_names=("in_proj_weight", "q_proj_weight"),
+        candidates={"dense": masked_copy, "condensed": projected_attention},
+        fit_input=lambda attention, x: x,
+        batch_dims=attention_batch_dims,
     ),
 }
+
+# Hugging Face's Conv1D (GPT-2's projections), matched by duck typing so transformers is never imported.
+HF_CONV1D_KIND = SparseKind(
+    param_names=("weight",),
+    candidates={"dense": masked_copy, "condensed": hf_conv1d_condensed, "csr": hf_conv1d_csr},
+    fit_input=features_input,
+)
 
 # Every candidate name, in display order.
 CANDIDATES: tuple[str, ...] = tuple(dict.fromkeys(name for kind in SPARSE_KINDS.values() for name in kind.candidates))
 
 # The package's inference layer classes (the exact allowlist of the loader, with standard torch.nn modules).
-INFERENCE_LAYERS: tuple[type[nn.Module], ...] = (CondensedLinear, CSRLinear, SemiStructuredLinear)
+INFERENCE_LAYERS: tuple[type[nn.Module], ...] = (
+    CondensedLinear, CSRLinear, SemiStructuredLinear, CondensedConv2d, CondensedConv1d, ProjectedAttention,
+)  # fmt: skip
 
 
 def sparse_kind(module: nn.Module) -> SparseKind | None:
-    """The kind of ``module`` (by exact type), or ``None`` when it cannot be accelerated."""
-    return SPARSE_KINDS.get(type(module))
+    """The kind of ``module`` (by exact type, or a Hugging Face ``Conv1D``), or ``None`` when it cannot be
+    accelerated."""
+    kind = SPARSE_KINDS.get(type(module))
+    if kind is None and is_hf_conv1d(module):
+        return HF_CONV1D_KIND
+    return kind
 
 
 def sparse_layers(model: nn.Module) -> dict[str, MaskedWeight]:
-    """Module name -> masked weight, for every masked module of a kind in :data:`SPARSE_KINDS`."""
+    """Module name -> masked weight, for every masked module of a known kind (:func:`sparse_kind`) whose
+    weight no other module holds: swapping a tied layer would break the tie (see :func:`tied_layers`)."""
     found = {}
+    tied = set(tied_layers(model))
     for masked in masked_weights(model):
+        if masked.module_name in tied:
+            continue
         kind = sparse_kind(masked.module)
-        if kind is not None and masked.param_name == kind.param_name:
+        if kind is not None and masked.param_name in kind.param_names and masked.module_name not in found:
             found[masked.module_name] = masked
     return found
+
+
+def tied_layers(model: nn.Module) -> dict[str, list[str]]:
+    """Module name -> the other holders of its weight, for masked modules whose weight is tied."""
+    owners = parameter_owners(model)
+    tied = {}
+    for masked in masked_weights(model):
+        others = [name for name in owners[id(masked.weight)] if name != masked.fqn]
+        if others:
+            tied[masked.module_name] = others
+    return tied
 
 
 def build_candidate(name: str, module: nn.Module, mask: Tensor) -> nn.Module:

@@ -8,15 +8,21 @@ Two formats, both one ``torch.save`` file read with ``weights_only=True`` (no ar
   (the classes ``torch.nn`` exports, and ``INFERENCE_LAYERS``
   that can be rebuilt), builds the modules — an inference layer from its own tensors, validated by
   its constructor — and assigns the tensors. A malformed or tampered file raises ``ValueError``.
-* ``"exported"`` — for any other model (custom ``forward`` code): pass ``example_input`` and the
-  model is captured with ``torch.export``; the program is stored as bytes. ``torch.export.load``
-  unpickles, so loading one needs ``trust_exported=True``: only for files from a source you trust.
+* ``"exported"`` — for any other model (custom ``forward`` code, Hugging Face models): pass
+  ``example_input`` and the model is captured with ``torch.export``, by default with every input
+  dimension free to vary where the model allows it (batch size, sequence length, image size); the
+  program is stored as bytes. ``torch.export.load`` unpickles, so loading one needs
+  ``trust_exported=True``: only for files from a source you trust.
+
+Every inference layer ``accelerate`` can choose saves either way: condensed linear layers and
+convolutions, attention with condensed projections and CSR layers (kept as their three dense parts).
 """
 
 from __future__ import annotations
 
 import inspect
 import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +138,33 @@ def build_from_spec(spec: dict[str, Any], state_dict: dict[str, Tensor], prefix:
     return module
 
 
-def save_condensed(model: nn.Module, path: str | Path, example_input: Tensor | tuple[Tensor, ...] | None = None) -> str:
+def plain_outputs(value: object) -> object:
+    """``value`` with every mapping (a Hugging Face ``ModelOutput``, say) as a plain ``dict`` without
+    ``None`` entries and every sequence as a ``tuple``: containers any torch can rebuild."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_outputs(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (tuple, list)):
+        return tuple(plain_outputs(v) for v in value)
+    return value
+
+
+class PlainOutputs(nn.Module):
+    """``model`` whose outputs pass through :func:`plain_outputs` (what an exported program returns)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: object) -> object:
+        return plain_outputs(self.model(*args))
+
+
+def save_condensed(
+    model: nn.Module,
+    path: str | Path,
+    example_input: Tensor | tuple[Tensor, ...] | None = None,
+    dynamic_shapes: str | object | None = "auto",
+) -> str:
     """Save ``model`` so [`load_condensed`][lightning_srigl.condensed.serialization.load_condensed] can rebuild it without the training code.
 
     Args:
@@ -140,9 +172,15 @@ def save_condensed(model: nn.Module, path: str | Path, example_input: Tensor | t
         path: destination file.
         example_input: needed only for models with custom modules; they are captured with
             ``torch.export`` on this input (one tensor or a tuple of positional tensors).
+        dynamic_shapes: for the exported format: ``"auto"`` lets every dimension of the example
+            input vary where the model allows it (``torch.export.Dim.AUTO``), so the loaded model runs
+            at other batch sizes and sequence lengths; ``None`` fixes the example's shapes; anything
+            else is passed to ``torch.export.export`` as its ``dynamic_shapes``.
 
     Returns:
-        The format used: ``"spec"`` or ``"exported"``.
+        The format used: ``"spec"`` or ``"exported"``. An exported model returns plain ``dict``s and
+        ``tuple``s where the model returned other containers (a Hugging Face ``CausalLMOutput``
+        becomes ``{"logits": ...}``), so loading it needs torch only.
     """
     try:
         payload = {"format": FORMAT, "kind": "spec", "spec": module_spec(model), "state_dict": model.state_dict()}
@@ -152,8 +190,15 @@ def save_condensed(model: nn.Module, path: str | Path, example_input: Tensor | t
                 f"{error}; pass example_input=... so the model can be saved as a torch.export program"
             ) from error
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        if isinstance(dynamic_shapes, str) and dynamic_shapes == "auto":
+            dynamic_shapes = tuple({d: torch.export.Dim.AUTO for d in range(x.dim())} for x in inputs)
+        if dynamic_shapes is not None:
+            if not isinstance(dynamic_shapes, (tuple, list)):
+                raise ValueError("dynamic_shapes must be 'auto', None, or one entry per positional example input")
+            dynamic_shapes = (tuple(dynamic_shapes),)  # PlainOutputs.forward takes the inputs as *args
         buffer = io.BytesIO()
-        torch.export.save(torch.export.export(model.eval(), inputs), buffer)
+        program = torch.export.export(PlainOutputs(model.eval()), inputs, dynamic_shapes=dynamic_shapes)
+        torch.export.save(program, buffer)
         program = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
         payload = {"format": FORMAT, "kind": "exported", "program": program}
     torch.save(payload, path)

@@ -8,6 +8,7 @@ exact pass to zero gradients (:func:`zero_inactive_`) and the rule for when the 
 inactive weights at zero by itself (:func:`weight_remask_reason`).
 """
 
+from lightning_srigl.masking.layer_types import HF_CONV1D, is_hf_conv1d, neuron_major, parameter_owners
 from lightning_srigl.masking.masks import MaskedParameters
 from lightning_srigl.masking.optim_state import zero_optimizer_state_
 from lightning_srigl.masking.registry import (
@@ -35,10 +36,11 @@ from lightning_srigl.masking.selection import (
     split_frozen,
 )
 from lightning_srigl.masking.zero_keeping import ZERO_KEEPING_OPTIMIZERS, establish_zeros_, weight_remask_reason
-from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
+from lightning_srigl.masking.zeroing import move_inactive_, step_mask, zero_inactive_
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
+    "HF_CONV1D",
     "ZERO_KEEPING_OPTIMIZERS",
     "MASK_SUFFIX",
     "MaskedParameters",
@@ -46,12 +48,16 @@ __all__ = [
     "SparseParameter",
     "accept_masks_on_load",
     "bind_masks",
+    "is_hf_conv1d",
     "check_patterns_match",
     "establish_zeros_",
     "mask_buffer_name",
     "mask_of",
     "masked_weights",
     "matches",
+    "move_inactive_",
+    "neuron_major",
+    "parameter_owners",
     "qualified_name",
     "register_mask_",
     "remove_mask_",

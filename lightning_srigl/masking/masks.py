@@ -37,11 +37,6 @@ class MaskedParameters:
         """Fully-qualified names of the sparse parameters, in order."""
         return list(self._by_fqn)
 
-    def is_installed(self) -> bool:
-        """Whether every parameter already has a mask buffer of its shape (e.g. from an earlier fit)."""
-        buffers = [self._buffer_or_none(p) for p in self.params]
-        return all(b is not None and b.shape == p.shape for b, p in zip(buffers, self.params))
-
     def install_(self, masks: Mapping[str, Tensor]) -> None:
         """Register (or overwrite) the bool buffer of every parameter with ``masks[fqn]``.
 
@@ -65,6 +60,11 @@ class MaskedParameters:
     def masks(self) -> dict[str, Tensor]:
         """``{fqn: BoolTensor(param.shape)}``, the live buffers (not copies)."""
         return {fqn: self.mask(fqn) for fqn in self._by_fqn}
+
+    def rows(self, fqn: str, tensor: Tensor) -> Tensor:
+        """``tensor`` shaped like ``fqn``'s weight, as the ``(out, ...)`` view sparsity math takes (transposed
+        for a Hugging Face ``Conv1D``); a view, and its own inverse (``rows(fqn, rows(fqn, t))`` is ``t``)."""
+        return self._param(fqn).rows(tensor)
 
     def param(self, fqn: str) -> nn.Parameter:
         """The parameter ``fqn``."""

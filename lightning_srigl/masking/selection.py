@@ -1,10 +1,17 @@
 """Choose which parameters of a model are sparse.
 
-A *sparse parameter* is a weight tensor whose dim 0 indexes output neurons: the ``weight`` of
-``nn.Linear`` and ``nn.Conv1d/2d/3d`` (shape ``(out, in, *kernel)``), and the input projections of
+A *sparse parameter* is a weight tensor whose neurons are output rows: the ``weight`` of
+``nn.Linear`` and ``nn.Conv1d/2d/3d`` (shape ``(out, in, *kernel)``), the input projections of
 ``nn.MultiheadAttention`` (``in_proj_weight`` ``(3*embed, embed)``, or ``q/k/v_proj_weight`` when
-the key/value dims differ). The attention output projection ``out_proj`` is an ``nn.Linear`` and is
-selected as such. Biases and normalisation layers are never sparse.
+the key/value dims differ), and the ``weight`` of Hugging Face's ``Conv1D``, stored ``(in, out)``
+(:mod:`~lightning_srigl.masking.layer_types`; sparsity math sees it transposed). The attention output
+projection ``out_proj`` is an ``nn.Linear`` and is selected as such. Biases, normalisation layers and
+embeddings are never sparse.
+
+Two cases are left dense by default, each with one warning: a weight *tied* to another module (a
+language model's ``lm_head`` and its input embedding: masking one would zero and re-initialise the
+other), unless an ``include`` pattern names it exactly; and layers of types the selection cannot
+handle (the warning names them).
 
 Names are fully-qualified parameter names as in ``model.named_parameters()`` (``encoder.0.weight``,
 ``attn.in_proj_weight``) and patterns are ``fnmatch`` patterns on those names.
@@ -13,18 +20,30 @@ Names are fully-qualified parameter names as in ``model.named_parameters()`` (``
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+from lightning_srigl.masking.layer_types import (
+    HF_CONV1D,
+    is_hf_conv1d,
+    is_layer_type,
+    layer_type_name,
+    neuron_major,
+    parameter_owners,
+    unsupported_weight_layers,
+)
+
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module] | str, ...] = (
     nn.Linear,
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
     nn.MultiheadAttention,
+    HF_CONV1D,
 )
 
 _MHA_SEPARATE_PROJECTIONS = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -55,8 +74,12 @@ class SparseParameter:
 
     @property
     def shape(self) -> torch.Size:
-        """Shape of the parameter, ``(out, *fan_in_dims)``."""
+        """Shape of the parameter, ``(out, *fan_in_dims)`` (``(in, out)`` for a Hugging Face ``Conv1D``)."""
         return self.param.shape
+
+    def rows(self, tensor: Tensor) -> Tensor:
+        """``tensor`` (shaped like the parameter) as ``(out, *fan_in_dims)``: the view sparsity math takes."""
+        return neuron_major(self.module, tensor)
 
 
 def matches(fqn: str, patterns: Iterable[str]) -> bool:
@@ -70,17 +93,20 @@ def sparsifiable_param_names(module: nn.Module) -> list[str]:
         if module.in_proj_weight is not None:
             return ["in_proj_weight"]
         return list(_MHA_SEPARATE_PROJECTIONS)
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_hf_conv1d(module):
         return ["weight"]
     return []
 
 
-def sparsifiable_weights(model: nn.Module, layer_types: Sequence[type] = DEFAULT_LAYER_TYPES) -> list[SparseParameter]:
-    """Every sparsifiable weight of a module of one of ``layer_types``, in registration order."""
+def sparsifiable_weights(
+    model: nn.Module, layer_types: Sequence[type | str] = DEFAULT_LAYER_TYPES
+) -> list[SparseParameter]:
+    """Every sparsifiable weight of a module of one of ``layer_types``, in registration order (a tied
+    weight once, through its first owner)."""
     seen: set[int] = set()
     found: list[SparseParameter] = []
     for module_name, module in model.named_modules():
-        if not isinstance(module, tuple(layer_types)):
+        if not is_layer_type(module, layer_types):
             continue
         for param_name in sparsifiable_param_names(module):
             param = getattr(module, param_name, None)
@@ -112,7 +138,7 @@ def _check_include_targets(model: nn.Module, include: Sequence[str], candidates:
         if unsupported:
             owners = {n: type(model.get_submodule(n.rpartition(".")[0])).__name__ for n in unsupported}
             described = ", ".join(f"{n} ({kind})" for n, kind in owners.items())
-            supported = ", ".join(t.__name__ for t in DEFAULT_LAYER_TYPES)
+            supported = ", ".join(layer_type_name(t) for t in DEFAULT_LAYER_TYPES)
             raise ValueError(
                 f"include pattern {pattern!r} matches only parameters that cannot be sparse: {described}. "
                 f"Supported layers: {supported} (weights only, never biases or norms); remove the "
@@ -125,16 +151,17 @@ def select_parameters(
     model: nn.Module,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
-    layer_types: Sequence[type] = DEFAULT_LAYER_TYPES,
+    layer_types: Sequence[type | str] = DEFAULT_LAYER_TYPES,
 ) -> list[SparseParameter]:
     """Select the sparse weights of ``model``.
 
     Args:
         model: the network.
         include: fnmatch patterns on fully-qualified parameter names; ``None`` selects every
-            weight of a supported layer.
+            weight of a supported layer except tied ones (see the module docstring).
         exclude: patterns removed from the selection.
-        layer_types: module types whose weights may be selected.
+        layer_types: module types whose weights may be selected (:data:`HF_CONV1D` for Hugging Face's
+            ``Conv1D``).
 
     Returns:
         The selected parameters in module registration order.
@@ -148,6 +175,9 @@ def select_parameters(
     if include is not None:
         _check_include_targets(model, include, names)
         candidates = [c for c in candidates if matches(c.fqn, include)]
+    else:
+        _warn_unsupported_layers(model, layer_types)
+    candidates = _without_tied_weights(model, candidates, include)
     check_patterns_match(exclude, [c.fqn for c in candidates], "exclude")
     selected = [c for c in candidates if not matches(c.fqn, exclude)]
     if not selected:
@@ -156,6 +186,40 @@ def select_parameters(
             f"{', '.join(names) or '(the model has no Linear, Conv or MultiheadAttention layer)'}"
         )
     return selected
+
+
+def _without_tied_weights(
+    model: nn.Module, candidates: list[SparseParameter], include: Sequence[str] | None
+) -> list[SparseParameter]:
+    """``candidates`` less the weights other modules hold too, unless ``include`` names them exactly."""
+    owners = parameter_owners(model)
+    named = set(include or ())
+    tied = {c.fqn: owners[id(c.param)] for c in candidates if len(owners[id(c.param)]) > 1 and c.fqn not in named}
+    if tied:
+        described = "; ".join(" = ".join(names) for names in tied.values())
+        warnings.warn(
+            f"lightning_srigl: {sorted(tied)} are tied weights ({described}) and stay dense: a mask on one "
+            "owner would zero and re-initialise the other (e.g. the input embedding), and swapping the layer "
+            "for inference would break the tie. To sparsify one anyway, name it exactly in include "
+            f"(include=[..., {next(iter(tied))!r}]).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return [c for c in candidates if c.fqn not in tied]
+
+
+def _warn_unsupported_layers(model: nn.Module, layer_types: Sequence[type | str]) -> None:
+    """One warning naming the layers with weight matrices that no supported type covers (they stay dense)."""
+    unsupported = unsupported_weight_layers(model, layer_types)
+    if unsupported:
+        described = "; ".join(f"{kind}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" for kind, names in unsupported.items())
+        supported = ", ".join(layer_type_name(t) for t in layer_types)
+        warnings.warn(
+            f"lightning_srigl: layers of types the sparsity selection cannot handle stay dense ({described}); "
+            f"supported: {supported}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def split_frozen(params: Sequence[SparseParameter]) -> tuple[list[SparseParameter], list[SparseParameter]]:
@@ -196,6 +260,9 @@ def select_structured_parameters(
     for param in select_parameters(model, include=include, exclude=exclude):
         if param.fqn in pinned:
             skipped[param.fqn] = f"{pinned[param.fqn]} kept dense"
+            continue
+        if is_hf_conv1d(param.module):
+            skipped[param.fqn] = "N:M structure on Hugging Face Conv1D (transposed) weights is not supported"
             continue
         try:
             check_shape(tuple(param.shape))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 _INT_OF_WIDTH = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
-__all__ = ["step_mask", "zero_inactive_"]
+__all__ = ["move_inactive_", "step_mask", "zero_inactive_"]
 
 
 def step_mask(mask: Tensor, like: Tensor) -> Tensor:
@@ -65,3 +65,26 @@ def zero_inactive_(tensor: Tensor, mask_form: Tensor) -> None:
         tensor.masked_fill_(mask_form, 0)
     else:
         tensor.view(mask_form.dtype).bitwise_and_(mask_form)
+
+
+def move_inactive_(tensor: Tensor, mask_form: Tensor, out: Tensor) -> None:
+    """Move ``tensor``'s inactive entries into ``out`` and leave ``tensor`` zero there, in place.
+
+    Afterwards ``out`` holds the inactive entries bit for bit and ``+0`` at active positions, and
+    ``tensor`` the active entries and ``+0`` at inactive ones, so ``tensor + out`` is the tensor
+    before. Three passes with keep bits (``out = t & bits; out ^= t; t ^= out``), two with a bool
+    mask.
+
+    Args:
+        tensor: ``(S)``, e.g. a dense weight.
+        mask_form: :func:`step_mask` of its mask for a tensor like this one.
+        out: ``(S)``, same dtype and device, overwritten.
+    """
+    if mask_form.dtype == torch.bool:
+        torch.where(mask_form, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device), out=out)
+        tensor.masked_fill_(mask_form, 0)
+        return
+    tensor_bits, out_bits = tensor.view(mask_form.dtype), out.view(mask_form.dtype)
+    torch.bitwise_and(tensor_bits, mask_form, out=out_bits)  # out = the active entries
+    out_bits.bitwise_xor_(tensor_bits)  # out = the inactive entries
+    tensor_bits.bitwise_xor_(out_bits)  # tensor = the active entries

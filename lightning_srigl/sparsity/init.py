@@ -39,7 +39,7 @@ def sparse_init_(
     variance_or_std = 2.0 / fan_in.clamp(min=1)
     std = variance_or_std if std_quirk else variance_or_std.sqrt()
     device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.randn(as_rows(weight).shape, generator=generator, device=device, dtype=torch.float64)
-    values = noise * std.to(device).unsqueeze(1) * as_rows(mask).to(device)
-    weight.copy_(values.reshape(weight.shape).to(device=weight.device, dtype=weight.dtype))
+    values = torch.randn(as_rows(weight).shape, generator=generator, device=device, dtype=torch.float64)
+    values.mul_(std.to(device).unsqueeze(1)).mul_(as_rows(mask).to(device))  # in place: no float64 temporaries
+    weight.copy_(values.reshape(weight.shape))
     return weight

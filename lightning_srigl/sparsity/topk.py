@@ -58,8 +58,8 @@ def row_counts(mask: Tensor) -> Tensor:
 
 def _check_scores(scores: Tensor, among: Tensor | None = None) -> None:
     """Raise on NaN scores (only the eligible ones, when ``among`` is given)."""
-    if not scores.is_floating_point():
-        return
+    if not scores.is_floating_point() or not bool(torch.isnan(scores.sum())):
+        return  # without NaN the sum is a number or +-inf (NaN from inf - inf: checked entry by entry below)
     nan = torch.isnan(scores)
     if among is not None:
         nan &= among

@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lightning_srigl.callbacks.accelerate import REPORT_FILENAME, AccelerateCallback, _resize_batch
+from lightning_srigl.callbacks.accelerate import REPORT_FILENAME, AccelerateCallback
+from lightning_srigl.condensed.layer_call import resize_batch as _resize_batch
 from lightning_srigl.callbacks.nm import NMSparsityCallback
 from lightning_srigl.callbacks.srigl import SRigLCallback
 from lightning_srigl.condensed.linear import CondensedLinear

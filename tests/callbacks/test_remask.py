@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_srigl.callbacks import RigLCallback, SRigLCallback
@@ -68,10 +70,17 @@ def _assert_inactive_zero(callback, probe: InactiveProbe) -> None:
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "clip"), [("sgd", "value"), ("sgd-momentum-wd", "norm"), ("adam", "value"), ("adamw", "norm")]
+    ("optimizer", "clip", "callback_cls"),
+    [
+        ("sgd", "value", SRigLCallback),
+        ("sgd-momentum-wd", "norm", SRigLCallback),
+        ("adam", "value", SRigLCallback),
+        ("adamw", "norm", SRigLCallback),
+        ("sgd-momentum-wd", "value", RigLCallback),
+    ],
 )
-def test_inactive_weights_stay_zero_without_a_per_step_remask(optimizer: str, clip: str) -> None:
-    callback = SRigLCallback(report=False, sparsity=0.8, delta_t=8)
+def test_inactive_weights_stay_zero_without_a_per_step_remask(optimizer: str, clip: str, callback_cls) -> None:
+    callback = callback_cls(report=False, sparsity=0.8, delta_t=8)
     probe, remasks = _fit(
         callback, Net(optimizer), accumulate_grad_batches=2, gradient_clip_val=0.05, gradient_clip_algorithm=clip
     )
@@ -141,3 +150,26 @@ class LogsGradients(Net):
 def test_fit_reasons(model: LightningModule, callbacks: list[Callback], reason: str | None) -> None:
     owner = SRigLCallback(report=False)
     assert fit_remask_reason(trainer([*callbacks, owner]), model, owner) == reason
+
+
+def test_a_restored_checkpoint_is_re_masked_with_its_optimizer_state(tmp_path: Path) -> None:
+    """A checkpoint with nonzero inactive weights and momentum (edited by hand) trains on exactly sparse."""
+    saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    trainer([SRigLCallback(report=False, sparsity=0.8, delta_t=8), saver], max_steps=8).fit(Net("sgd-momentum-wd"))
+    path = tmp_path / "epoch=0-step=8.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    inactive = ~checkpoint["state_dict"]["net.2.weight_mask"]
+    checkpoint["state_dict"]["net.2.weight"][inactive] = 0.5
+    momentum = checkpoint["optimizer_states"][0]["state"][2]["momentum_buffer"]  # net.2.weight is parameter 2
+    assert momentum.shape == inactive.shape
+    momentum[inactive] = 1.0
+    torch.save(checkpoint, path)
+
+    callback, model = SRigLCallback(report=False, sparsity=0.8, delta_t=8), Net("sgd-momentum-wd")
+    probe = InactiveProbe(model)
+    fit = trainer([callback], max_steps=16)
+    fit.fit(model, ckpt_path=path)
+    _assert_inactive_zero(callback, probe)
+    assert callback.remask.reason() is None
+    mask = callback.masked.mask("net.2.weight")
+    assert not fit.optimizers[0].state[callback.masked.param("net.2.weight")]["momentum_buffer"][~mask].any()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_srigl.condensed import accelerate as accelerate_module
@@ -89,6 +90,20 @@ def test_every_swapped_kernel_is_exact_and_drops_the_mask(kind: str) -> None:
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="already accelerated"):
         rebuild_plan(model, AccelerationReport(rows))
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_csr_layer_runs_under_inference_mode(batch: int) -> None:
+    """Regression: batch 1 used torch's sparse F.linear, which raises under torch.inference_mode()."""
+    linear = nn.Linear(64, 32)
+    mask = torch.rand(32, 64, generator=torch.Generator().manual_seed(0)) < 0.1
+    layer = CSRLinear.from_linear(linear, mask)
+    x = torch.randn(batch, 64)
+    with torch.no_grad():
+        expected = F.linear(x, linear.weight * mask, linear.bias)
+    with torch.inference_mode():
+        out = layer(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_the_installed_layer_is_the_one_that_was_timed(monkeypatch: pytest.MonkeyPatch) -> None:

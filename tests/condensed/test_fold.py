@@ -194,8 +194,28 @@ def test_untraceable_forward_raises_with_advice() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(x) if x.sum() > 0 else x
 
-    with pytest.raises(ValueError, match="traceable submodule"):
+    with pytest.raises(ValueError, match="nor any of its submodules traces"):
         fold_ablated_neurons(Branchy())
+
+
+def test_parts_of_an_untraceable_model_are_folded_where_they_trace() -> None:
+    class Untraceable(nn.Module):  # len(x) on a proxy fails, as in the ViT example and Hugging Face models
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([_mlp("gelu", (4, 6, 4)), _mlp("relu", (4, 5, 4))])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks[: len(x)]:
+                x = x + block(x)
+            return x
+
+    model = Untraceable().eval()
+    _ablate(model.blocks[0][0], [1, 4])
+    _ablate(model.blocks[1][0], [0])
+    report = fold_ablated_neurons(model)
+    assert [(f.producer, f.consumer, f.removed) for f in report.folded] == [("blocks.0.0", "blocks.0.2", 2), ("blocks.1.0", "blocks.1.2", 1)]
+    assert report.model.blocks[0][0].out_features == 4 and report.model.blocks[1][2].in_features == 4
+    _assert_same_outputs(model, report.model, torch.randn(3, 4))
 
 
 def _conv_net(consumer: nn.Module) -> nn.Sequential:
@@ -265,3 +285,54 @@ def test_property_folded_mlp_equals_masked_mlp(widths: list[int], act: str, bias
     report = fold_ablated_neurons(model)
     assert all(f.kept > 0 for f in report.folded)
     _assert_same_outputs(model, report.model, torch.randn(3, widths[0]))
+
+
+def test_batchnorm_after_a_masked_conv_folds_exactly_and_keeps_the_mask() -> None:
+    from lightning_srigl.condensed.batchnorm_fold import fold_batchnorms
+    from lightning_srigl.masking import bind_masks, mask_of
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1, bias=False), nn.BatchNorm2d(4))
+    mask = torch.rand(6, 3, 3, 3) < 0.4
+    mask[2] = False  # an ablated filter: outputs BN(bias) everywhere
+    bind_masks(model, {"0.weight": mask})
+    with torch.no_grad():
+        model[0].weight.mul_(mask)
+        for bn in (model[1], model[4]):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    model.eval()
+    x = torch.randn(2, 3, 7, 7)
+    with torch.no_grad():
+        expected = model(x)
+    originals = {"0": model[0], "1": model[1]}
+    replaced = fold_batchnorms(model)
+    assert replaced == originals  # the unmasked conv 3 keeps its BatchNorm
+    assert isinstance(model[1], nn.Identity) and isinstance(model[4], nn.BatchNorm2d)
+    assert torch.equal(mask_of(model[0], "weight"), mask) and bool((model[0].weight[~mask] == 0).all())
+    _assert_same_outputs_to(expected, model, x)
+
+
+def test_batchnorm_with_another_user_of_the_conv_output_is_kept() -> None:
+    from lightning_srigl.condensed.batchnorm_fold import fold_batchnorms
+    from lightning_srigl.masking import bind_masks
+
+    class Both(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    model = Both().eval()
+    bind_masks(model, {"conv.weight": torch.ones(2, 2, 1, 1, dtype=torch.bool)})
+    assert fold_batchnorms(model) == {} and isinstance(model.bn, nn.BatchNorm2d)
+
+
+def _assert_same_outputs_to(expected: torch.Tensor, model: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_srigl.masking import MaskedParameters, select_parameters
+from lightning_srigl.masking import MaskedParameters, masked_weights, select_parameters
 
 
 def _model() -> nn.Sequential:
@@ -31,7 +31,7 @@ def test_masks_are_persistent_bool_buffers_in_the_state_dict() -> None:
     assert set(k for k in sd if k.endswith("_mask")) == {"0.weight_mask", "2.weight_mask"}
     assert sd["0.weight_mask"].dtype == torch.bool
     assert torch.equal(sd["0.weight_mask"], masks["0.weight"])
-    assert mp.is_installed()
+    assert [m.fqn for m in masked_weights(model)] == mp.fqns == ["0.weight", "2.weight"]
     assert model.half().get_buffer("0.weight_mask").dtype == torch.bool
 
 

@@ -83,10 +83,33 @@ def test_excluding_everything_is_an_error() -> None:
         select_parameters(nn.Linear(2, 2), exclude=["*"])
 
 
-def test_tied_weights_are_selected_once() -> None:
+def test_tied_weights_stay_dense_with_one_warning_unless_named_exactly() -> None:
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight
-    assert _fqns(nn.Sequential(a, b)) == ["0.weight"]
+    model = nn.Sequential(a, b, nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match=r"\['0.weight'\] are tied weights \(0.weight = 1.weight\).*include=\[..., '0.weight'\]"):
+        assert _fqns(model) == ["2.weight"]
+    assert _fqns(model, include=["0.weight", "2.*"]) == ["0.weight", "2.weight"]  # opted in: selected once
+
+
+def test_a_language_model_head_tied_to_its_embedding_is_left_dense() -> None:
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.body = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+    with pytest.warns(UserWarning, match="embed.weight = head.weight"):
+        assert _fqns(LM()) == ["body.weight"]
+
+
+def test_layers_the_selection_cannot_handle_are_named_in_one_warning() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ConvTranspose2d(4, 4, 3), nn.Bilinear(4, 4, 4), nn.Embedding(3, 4))
+    with pytest.warns(UserWarning, match=r"cannot handle stay dense \(ConvTranspose2d: 1; Bilinear: 2\)") as record:
+        assert _fqns(model) == ["0.weight"]
+    assert len([w for w in record if "cannot handle" in str(w.message)]) == 1
 
 
 def test_layer_types_restrict_the_candidates() -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_srigl.masking import step_mask, zero_inactive_
+from lightning_srigl.masking import move_inactive_, step_mask, zero_inactive_
 
 
 def _values(dtype: torch.dtype) -> torch.Tensor:
@@ -48,3 +48,17 @@ def test_step_mask_rejects_a_misfit_or_non_bool_mask() -> None:
         step_mask(torch.ones(2, 3, dtype=torch.bool), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="torch.float32"):
         step_mask(torch.ones(2, 2), torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("form", ["keep bits", "bool inactive"])
+def test_move_inactive_splits_a_tensor_exactly(form: str) -> None:
+    values = _values(torch.float32)
+    mask = torch.rand(4, 8, generator=torch.Generator().manual_seed(3)) < 0.5
+    mask[0, :4], mask[1, :4] = False, True
+    values[1, :4] = values[0, :4]  # NaN, inf, -inf, -0.0 on both sides
+    tensor, out = values.clone(), torch.full_like(values, 7.0)
+    move_inactive_(tensor, step_mask(mask, values) if form == "keep bits" else mask.logical_not(), out)
+    bits = torch.int32
+    assert torch.equal(tensor.view(bits)[mask], values.view(bits)[mask])
+    assert torch.equal(out.view(bits)[~mask], values.view(bits)[~mask])
+    assert not tensor.view(bits)[~mask].any() and not out.view(bits)[mask].any()  # +0.0 on the other side

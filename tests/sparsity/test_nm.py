@@ -136,3 +136,26 @@ def test_sr_ste_refine_term_decays_only_pruned_weights() -> None:
     assert torch.allclose(term, 2e-4 * (~mask) * weight.detach())
     with pytest.raises(ValueError, match="mask shape"):
         sr_ste_refine_term(weight, mask.T, 2e-4)
+
+
+def _stable_sort_reference(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The first n of a stable descending sort of every group, built independently of nm_mask."""
+    groups = channels_last_groups(scores, m)
+    order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order[:, :n], True)
+    dims = (0, *range(2, scores.dim()), 1)
+    shaped = torch.empty([scores.shape[d] for d in dims], dtype=torch.bool)
+    return keep.reshape(shaped.shape).permute(torch.argsort(torch.tensor(dims)).tolist())
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(layer_cases(), st.sampled_from(["random", "ties", "nan"]))
+def test_nm_mask_equals_a_stable_descending_sort_with_ties_and_nan(case: tuple, values: str) -> None:
+    shape, n, m, seed = case
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(shape, generator=g)
+    if values != "random":
+        scores = scores.mul(2).round()  # many equal scores, -0.0 among them
+    if values == "nan":
+        scores[torch.rand(shape, generator=g) < 0.2] = float("nan")
+    assert torch.equal(nm_mask(scores, n, m), _stable_sort_reference(scores, n, m))

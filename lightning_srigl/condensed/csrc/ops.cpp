@@ -8,12 +8,15 @@
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_layout(values, indices, rows, in_features, out_features) -> layout
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_forward(x, layout, bias) -> y (1, out)
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_supported() -> bool
+//   torch.ops.<LSR_OPS_NAMESPACE>.condensed_conv2d(x, values, indices, rows, bias, out_channels, kernel_size,
+//                                                  stride, padding, dilation, block) -> y (N, out, Ho, Wo)
 // Regimes: B < 3 gather-dot (gather_dot.h), B >= 3 panels (panel.h), fp32 batch 1 with a layout
 // gather-free (batch1.h). Threads come from at::parallel_for, i.e. torch.get_num_threads().
 // To add a kernel: write its header next to these, include it here and register its op below.
 #include <torch/library.h>
 
 #include "batch1.h"
+#include "conv.h"
 #include "gather_dot.h"
 #include "panel.h"
 
@@ -162,6 +165,49 @@ at::Tensor batch1_forward(const at::Tensor& x, const at::Tensor& layout, const c
   return y;
 }
 
+// fp32 x (N, C, H, W), values (A, k), indices (A, k) into C * kh * kw, rows (A,) output channels,
+// bias (out,) or none -> y (N, out, Ho, Wo); see conv.h. block > 0 forces the block width (tests).
+at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+                            const at::Tensor& rows, const c10::optional<at::Tensor>& bias, int64_t out_channels,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, int64_t block) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "condensed_conv2d: x must be a contiguous fp32 (N, C, H, W) tensor");
+  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kFloat && values.is_contiguous() &&
+                  indices.sizes() == values.sizes() && indices.is_contiguous(),
+              "condensed_conv2d: needs contiguous fp32 values (A, k) and indices of the same shape");
+  TORCH_CHECK(indices.scalar_type() == at::kShort || indices.scalar_type() == at::kInt,
+              "condensed_conv2d: indices must be int16 or int32");
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "condensed_conv2d: kernel_size, stride, padding and dilation take two values each");
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 &&
+                  padding[1] >= 0 && kernel_size[0] >= 1 && kernel_size[1] >= 1,
+              "condensed_conv2d: stride, dilation and kernel_size must be positive, padding non-negative");
+  TORCH_CHECK(block == 0 || (block % kLanes == 0 && block <= 64 && (block == kLanes || block == 16 || block == 32 || block == 64)),
+              "condensed_conv2d: block must be 0 (automatic) or one of ", kLanes, ", 16, 32, 64 (a multiple of ",
+              kLanes, ")");
+  const int64_t A = values.size(0), k = values.size(1);
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.is_contiguous() && rows.numel() == A,
+              "condensed_conv2d: rows must be a contiguous int64 (A,) tensor of output channels");
+  const int64_t* r = rows.data_ptr<int64_t>();
+  TORCH_CHECK(std::all_of(r, r + A, [&](int64_t v) { return v >= 0 && v < out_channels; }),
+              "condensed_conv2d: rows must lie in [0, ", out_channels, ")");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == out_channels),
+              "condensed_conv2d: bias must be a contiguous fp32 (", out_channels, ",) tensor");
+  const ConvGeometry g = conv_geometry(x, kernel_size[0], kernel_size[1], stride, padding, dilation, block);
+  at::Tensor y = at::empty({g.N, out_channels, g.Ho, g.Wo}, x.options());
+  if (y.numel() == 0) return y;
+  const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  if (indices.scalar_type() == at::kShort) {
+    condensed_conv2d_forward(x.data_ptr<float>(), g, values.data_ptr<float>(), indices.data_ptr<int16_t>(), r, b,
+                             A, k, out_channels, y.data_ptr<float>());
+  } else {
+    condensed_conv2d_forward(x.data_ptr<float>(), g, values.data_ptr<float>(), indices.data_ptr<int32_t>(), r, b,
+                             A, k, out_channels, y.data_ptr<float>());
+  }
+  return y;
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace lightning_srigl
 
@@ -170,10 +216,13 @@ TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
   m.def("batch1_layout(Tensor values, Tensor indices, Tensor rows, int in_features, int out_features) -> Tensor");
   m.def("batch1_forward(Tensor x, Tensor layout, Tensor? bias) -> Tensor");
   m.def("batch1_supported() -> bool", &lightning_srigl::batch1_supported);
+  m.def("condensed_conv2d(Tensor x, Tensor values, Tensor indices, Tensor rows, Tensor? bias, int out_channels, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(LSR_OPS_NAMESPACE, CPU, m) {
   m.impl("condensed_linear", &lightning_srigl::condensed_linear);
   m.impl("batch1_layout", &lightning_srigl::batch1_layout);
   m.impl("batch1_forward", &lightning_srigl::batch1_forward);
+  m.impl("condensed_conv2d", &lightning_srigl::condensed_conv2d);
 }

@@ -1,0 +1,275 @@
+// Condensed constant-fan-in 2-D convolution, output pixels as the batch, without im2col:
+//   y[n, rows[a], oy, ox] = bias[rows[a]] + sum_j values[a, j] * xp[n, c, oy * sh + ky * dh, ox * sw + kx * dw]
+// where (c, ky, kx) unravels indices[a, j] over (C, kh, kw) (c is the absolute input channel, so grouped
+// convolutions need nothing else), xp is x zero-padded, and output channels without an active row hold
+// their bias (or 0).
+//
+// The input is rearranged once per call into "phase planes": plane (py, px) of channel c holds
+// xp[c, py::sh, px::sw] as an (Hq, Wq) array, Hq = ceil(Hp / sh), Wq = ceil(Wp / sw), and only the planes
+// some tap reads are built. Tap (c, ky, kx) of output pixel (oy, ox) then reads plane
+// ((ky dh) % sh, (kx dw) % sw) of channel c at (oy + (ky dh) / sh, ox + (kx dw) / sw), so with
+// q = oy * Wq + ox every tap is one offset: element off[a, j] + q. A block of BT consecutive q is one
+// contiguous run of BT floats for every (a, j), the same access as the linear panel kernel (panel.h)
+// without packing anything: each (row, tap) multiplies BT activations by one broadcast weight. Columns
+// ox in [Wo, Wq) of the grid are computed and not stored (2 of 58 for a padded 3x3 on 56 x 56).
+// A 1x1 convolution with stride 1 and no padding reads x in place (off = c * H * W).
+#pragma once
+
+#include "common.h"
+
+namespace lightning_srigl {
+inline namespace CPU_CAPABILITY {
+
+struct ConvGeometry {
+  int64_t N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
+  int64_t Hq, Wq, Q;        // plane rows and columns; grid points per sample (Ho * Wq)
+  int64_t BT;               // block width: grid points per block
+  bool direct;              // read x in place (1x1, stride 1, no padding)
+  std::vector<int64_t> slot;  // slot[py * sw + px]: index of that plane among the built ones, or -1
+  int64_t planes;           // planes built per channel
+  int64_t sample;           // floats between samples in the buffer
+
+  int64_t tap_offset(int64_t c, int64_t ky, int64_t kx) const {
+    if (direct) return c * H * W;
+    const int64_t ry = ky * dh, rx = kx * dw;
+    const int64_t s = slot[(ry % sh) * sw + rx % sw];
+    return ((c * planes + s) * Hq + ry / sh) * Wq + rx / sw;
+  }
+};
+
+// The block width for a grid of Q points per sample: wide blocks load each (row, tap) weight once per
+// more pixels, narrow ones waste less of small grids. block > 0 forces one (for tests).
+inline int64_t conv_block_width(int64_t Q, int64_t block) {
+  if (block > 0) return block;
+  if (Q >= 512) return std::max<int64_t>(kLanes, 64);
+  if (Q >= 96) return std::max<int64_t>(kLanes, 32);
+  return std::max<int64_t>(kLanes, 16);
+}
+
+// Geometry of one call; block > 0 forces the block width (a multiple of kLanes, at most 64).
+inline ConvGeometry conv_geometry(const at::Tensor& x, int64_t kh, int64_t kw, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t block) {
+  ConvGeometry g;
+  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.kh = kh, g.kw = kw;
+  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  g.Ho = (Hp - g.dh * (kh - 1) - 1) / g.sh + 1;
+  g.Wo = (Wp - g.dw * (kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(Hp >= g.dh * (kh - 1) + 1 && Wp >= g.dw * (kw - 1) + 1, "condensed_conv2d: the padded input (",
+              Hp, ", ", Wp, ") is smaller than the dilated kernel");
+  g.Wq = (Wp + g.sw - 1) / g.sw;
+  g.BT = conv_block_width(g.Ho * g.Wq, block);
+  g.direct = kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.H * g.W >= g.BT;
+  g.slot.assign(g.sh * g.sw, -1);
+  g.planes = 0;
+  if (g.direct) {
+    g.Hq = g.H, g.planes = 1, g.slot[0] = 0;
+  } else {
+    g.Hq = (Hp + g.sh - 1) / g.sh;
+    for (int64_t ky = 0; ky < kh; ++ky) {
+      for (int64_t kx = 0; kx < kw; ++kx) {
+        int64_t& s = g.slot[((ky * g.dh) % g.sh) * g.sw + (kx * g.dw) % g.sw];
+        if (s < 0) s = g.planes++;
+      }
+    }
+  }
+  g.Q = g.Ho * g.Wq;
+  int64_t max_offset = 0;
+  for (int64_t ky = 0; ky < kh; ++ky) {
+    for (int64_t kx = 0; kx < kw; ++kx) max_offset = std::max(max_offset, g.tap_offset(g.C - 1, ky, kx));
+  }
+  const int64_t used = g.C * g.planes * g.Hq * g.Wq;
+  // Non-direct buffers end with slack, so the last block of a sample may read past the grid.
+  const int64_t needed = g.direct ? used : std::max(used, max_offset + (g.Q + g.BT - 1) / g.BT * g.BT);
+  g.sample = g.direct ? used : (needed + 15) / 16 * 16;
+  TORCH_CHECK(g.sample < (int64_t{1} << 31), "condensed_conv2d: one sample needs ", g.sample,
+              " floats; at most 2^31 are supported");
+  return g;
+}
+
+// The phase planes of every sample (zero where they fall on padding), into buf (N * sample floats).
+inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t nc0, int64_t nc1) {
+    for (int64_t nc = nc0; nc < nc1; ++nc) {
+      const int64_t n = nc / g.C, c = nc % g.C;
+      const float* src = x + nc * g.H * g.W;
+      for (int64_t py = 0; py < g.sh; ++py) {
+        for (int64_t px = 0; px < g.sw; ++px) {
+          const int64_t s = g.slot[py * g.sw + px];
+          if (s < 0) continue;
+          float* plane = buf + n * g.sample + (c * g.planes + s) * g.Hq * g.Wq;
+          // Plane column j reads input column j * sw + px - pw: valid for j in [j0, j1).
+          const int64_t j0 = std::min(g.Wq, std::max<int64_t>(0, (g.pw - px + g.sw - 1) / g.sw));
+          const int64_t j1 = std::max(j0, std::min(g.Wq, (g.W + g.pw - px + g.sw - 1) / g.sw));
+          for (int64_t i = 0; i < g.Hq; ++i) {
+            float* out = plane + i * g.Wq;
+            const int64_t r = i * g.sh + py - g.ph;
+            if (r < 0 || r >= g.H) {
+              std::fill(out, out + g.Wq, 0.f);
+              continue;
+            }
+            std::fill(out, out + j0, 0.f);
+            const float* row = src + r * g.W + j0 * g.sw + px - g.pw;
+            if (g.sw == 1) {
+              std::memcpy(out + j0, row, (j1 - j0) * sizeof(float));
+            } else {
+              for (int64_t j = j0; j < j1; ++j) out[j] = row[(j - j0) * g.sw];
+            }
+            std::fill(out + j1, out + g.Wq, 0.f);
+          }
+        }
+      }
+    }
+  });
+  const int64_t used = g.C * g.planes * g.Hq * g.Wq;
+  for (int64_t n = 0; n < g.N; ++n) std::fill(buf + n * g.sample + used, buf + (n + 1) * g.sample, 0.f);
+}
+
+// dst[r][0:BT] = init[r] + sum_j w[r, j] * xs[off[r, j] + 0:BT] for NN consecutive rows (row stride k).
+template <int BT, int NN>
+inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64_t k, const float* init, float* dst) {
+  constexpr int V = BT / kLanes;
+  Vec acc[NN][V];
+  for (int r = 0; r < NN; ++r) {
+    for (int v = 0; v < V; ++v) acc[r][v] = Vec(init[r]);
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    for (int r = 0; r < NN; ++r) {
+      const Vec wj(w[r * k + j]);
+      const float* xr = xs + off[r * k + j];
+      for (int v = 0; v < V; ++v) acc[r][v] = at::vec::fmadd(wj, Vec::loadu(xr + v * kLanes), acc[r][v]);
+    }
+  }
+  for (int r = 0; r < NN; ++r) {
+    for (int v = 0; v < V; ++v) acc[r][v].store(dst + r * BT + v * kLanes);
+  }
+}
+
+// Rows accumulated together: at most 8 accumulators with 16 vector registers (AVX2, NEON, scalar),
+// 16 with 32 (AVX-512), at most 4 rows.
+template <int BT>
+constexpr int conv_rows_per_step() {
+  constexpr int V = BT / kLanes;
+  constexpr int registers = kLanes >= 16 ? 16 : 8;
+  return std::max(1, std::min(4, registers / V));
+}
+
+// Where the BT grid points starting at q0 go in one output channel (Ho * Wo floats): runs of
+// consecutive valid points (ox < Wo, q < Q) as (first point in the block, output offset, length).
+struct BlockRuns {
+  int64_t count = 0;
+  int64_t src[65], dst[65], len[65];
+};
+
+inline BlockRuns block_runs(const ConvGeometry& g, int64_t q0, int64_t BT) {
+  BlockRuns runs;
+  for (int64_t i = 0; i < BT;) {
+    const int64_t q = q0 + i;
+    if (q >= g.Q) break;
+    const int64_t oy = q / g.Wq, ox = q % g.Wq;
+    if (ox >= g.Wo) {
+      i += g.Wq - ox;
+      continue;
+    }
+    const int64_t n = std::min(BT - i, g.Wo - ox);
+    runs.src[runs.count] = i, runs.dst[runs.count] = oy * g.Wo + ox, runs.len[runs.count] = n;
+    ++runs.count;
+    i += n;
+  }
+  return runs;
+}
+
+// All active rows over the blocks [b0, b1) of the (sample, block) enumeration.
+template <int BT>
+void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const int32_t* off, const int64_t* rows,
+                 const float* bias, int64_t A, int64_t k, int64_t out, int64_t b0, int64_t b1, float* y) {
+  constexpr int NN = conv_rows_per_step<BT>();
+  const int64_t blocks = (g.Q + BT - 1) / BT, HWo = g.Ho * g.Wo;
+  alignas(64) float tile[NN * BT];
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t n = b / blocks;
+    int64_t q0 = (b % blocks) * BT;
+    if (g.direct) q0 = std::min(q0, g.Q - BT);  // the last block overlaps the previous one instead of over-reading
+    const float* xs = buf + n * g.sample + q0;
+    float* yn = y + n * out * HWo;
+    const BlockRuns runs = block_runs(g, q0, BT);
+    const bool whole = runs.count == 1 && runs.len[0] == BT;
+    for (int64_t a = 0; a < A; a += NN) {
+      const int64_t nr = std::min<int64_t>(NN, A - a);
+      float init[NN] = {};
+      for (int64_t r = 0; r < nr; ++r) init[r] = bias ? bias[rows[a + r]] : 0.f;
+      if (nr == NN) {
+        conv_rows<BT, NN>(xs, w + a * k, off + a * k, k, init, tile);
+      } else {
+        for (int64_t r = 0; r < nr; ++r) conv_rows<BT, 1>(xs, w + (a + r) * k, off + (a + r) * k, k, init + r, tile + r * BT);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        float* yc = yn + rows[a + r] * HWo;
+        const float* t = tile + r * BT;
+        if (whole) {
+          for (int64_t v = 0; v < BT; v += kLanes) Vec::loadu(t + v).store(yc + runs.dst[0] + v);
+        } else {
+          for (int64_t s = 0; s < runs.count; ++s) std::memcpy(yc + runs.dst[s], t + runs.src[s], runs.len[s] * sizeof(float));
+        }
+      }
+    }
+  }
+}
+
+// y (N, out, Ho, Wo) for fp32 x (N, C, H, W), values (A, k), indices (A, k) into C * kh * kw, rows (A,).
+template <typename IT>
+void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float* w, const IT* idx,
+                              const int64_t* rows, const float* bias, int64_t A, int64_t k, int64_t out, float* y) {
+  thread_local std::vector<int32_t> offsets;
+  thread_local std::vector<float> planes;
+  const int64_t taps = g.C * g.kh * g.kw;
+  std::vector<int32_t> table(taps);
+  for (int64_t t = 0; t < taps; ++t) {
+    const int64_t c = t / (g.kh * g.kw), r = t % (g.kh * g.kw);
+    table[t] = static_cast<int32_t>(g.tap_offset(c, r / g.kw, r % g.kw));
+  }
+  offsets.resize(A * k);
+  for (int64_t e = 0; e < A * k; ++e) {
+    const int64_t t = index_at(idx, e);
+    TORCH_CHECK(t < taps, "condensed_conv2d: index ", t, " is out of range for ", taps, " taps (C * kh * kw)");
+    offsets[e] = table[t];
+  }
+  const float* buf = x;
+  if (!g.direct) {
+    planes.resize(g.N * g.sample + 16);
+    float* aligned = planes.data() + (16 - reinterpret_cast<std::uintptr_t>(planes.data()) / sizeof(float) % 16) % 16;
+    build_planes(x, g, aligned);
+    buf = aligned;
+  }
+  // Output channels without an active row hold their bias.
+  std::vector<bool> active(out, false);
+  for (int64_t a = 0; a < A; ++a) active[rows[a]] = true;
+  const int64_t HWo = g.Ho * g.Wo;
+  for (int64_t n = 0; n < g.N; ++n) {
+    for (int64_t c = 0; c < out; ++c) {
+      if (!active[c]) std::fill(y + (n * out + c) * HWo, y + (n * out + c + 1) * HWo, bias ? bias[c] : 0.f);
+    }
+  }
+  if (A == 0 || k == 0) {
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t a = 0; a < A; ++a) {
+        const int64_t c = rows[a];
+        std::fill(y + (n * out + c) * HWo, y + (n * out + c + 1) * HWo, bias ? bias[c] : 0.f);
+      }
+    }
+    return;
+  }
+  const int32_t* off = offsets.data();  // the calling thread's buffer (workers have their own thread_locals)
+  const int64_t total = g.N * ((g.Q + g.BT - 1) / g.BT);
+  at::parallel_for(0, total, 1, [&](int64_t b0, int64_t b1) {
+    switch (g.BT) {
+      case 16: conv_blocks<16>(buf, g, w, off, rows, bias, A, k, out, b0, b1, y); break;
+      case 32: conv_blocks<32>(buf, g, w, off, rows, bias, A, k, out, b0, b1, y); break;
+      case 64: conv_blocks<64>(buf, g, w, off, rows, bias, A, k, out, b0, b1, y); break;
+      default: conv_blocks<kLanes>(buf, g, w, off, rows, bias, A, k, out, b0, b1, y); break;
+    }
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace lightning_srigl

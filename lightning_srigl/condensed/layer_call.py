@@ -1,0 +1,90 @@
+"""``LayerCall``: one real call of a layer (positional and keyword arguments), as acceleration times it.
+
+A linear or convolution layer is called with one tensor; an ``nn.MultiheadAttention`` with query, key,
+value and keyword arguments (``need_weights``, masks). Candidates are built, checked and timed on the
+call the layer received, so each is timed as the model uses it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LayerCall", "outputs_close", "resize_batch"]
+
+
+def resize_batch(x: Tensor, batch_size: int | None, dim: int = 0) -> Tensor:
+    """Cut or tile ``x`` along ``dim`` to ``batch_size``; ``None`` returns ``x``."""
+    if batch_size is None or x.shape[dim] == batch_size:
+        return x
+    reps = [1] * x.dim()
+    reps[dim] = math.ceil(batch_size / x.shape[dim])
+    return x.repeat(*reps).narrow(dim, 0, batch_size)
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """The arguments of one call of a layer; ``call(module)`` runs ``module`` on them."""
+
+    args: tuple[object, ...]
+    kwargs: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: Tensor | LayerCall) -> LayerCall:
+        """``value`` as a call (a tensor is the call with that one argument)."""
+        return value if isinstance(value, LayerCall) else cls((value,))
+
+    @property
+    def x(self) -> Tensor:
+        """The first argument (the input of a linear or convolution layer, an attention's query)."""
+        return self.args[0]
+
+    def __call__(self, module: nn.Module) -> object:
+        return module(*self.args, **self.kwargs)
+
+    def map(self, fn) -> LayerCall:  # noqa: ANN001 - Tensor -> Tensor
+        """The call with ``fn`` applied to every tensor argument."""
+        apply = lambda v: fn(v) if isinstance(v, Tensor) else v  # noqa: E731
+        return LayerCall(tuple(apply(a) for a in self.args), {k: apply(v) for k, v in self.kwargs.items()})
+
+    def to(self, device: torch.device | str) -> LayerCall:
+        """The call with every tensor on ``device``."""
+        return self.map(lambda t: t.to(device))
+
+    def with_x(self, x: Tensor) -> LayerCall:
+        """The call with its first argument replaced (e.g. cut to a folded layer's inputs)."""
+        return LayerCall((x, *self.args[1:]), self.kwargs)
+
+    def resized(self, batch_size: int | None, batch_dims: Mapping[int | str, int]) -> LayerCall:
+        """The call with the tensors at ``batch_dims`` (position or keyword -> batch dim) cut or tiled to
+        ``batch_size``; ``None`` returns the call itself. A keyword tensor whose batch is folded with other
+        dims (an attention's ``(B * heads, L, S)`` mask) cannot be resized: the call is returned as is."""
+        if batch_size is None:
+            return self
+        attn_mask = self.kwargs.get("attn_mask")
+        if isinstance(attn_mask, Tensor) and attn_mask.dim() == 3:
+            return self
+        args = tuple(
+            resize_batch(a, batch_size, batch_dims[i]) if isinstance(a, Tensor) and i in batch_dims else a
+            for i, a in enumerate(self.args)
+        )
+        kwargs = {
+            k: resize_batch(v, batch_size, batch_dims[k]) if isinstance(v, Tensor) and k in batch_dims else v
+            for k, v in self.kwargs.items()
+        }
+        return LayerCall(args, kwargs)
+
+
+def outputs_close(out: object, reference: object, tol: float) -> bool:
+    """Whether two layer outputs agree: tensors within ``tol``, tuples element by element (None = None)."""
+    if isinstance(reference, Tensor):
+        return isinstance(out, Tensor) and out.shape == reference.shape and torch.allclose(out.float(), reference.float(), rtol=tol, atol=tol)
+    if isinstance(reference, (tuple, list)):
+        return isinstance(out, (tuple, list)) and len(out) == len(reference) and all(
+            outputs_close(o, r, tol) for o, r in zip(out, reference)
+        )
+    return out is None and reference is None
