@@ -23,8 +23,8 @@ SWEEPS = {
 }
 HEADLINE_SHAPES = [(3072, 768), (768, 3072)]
 HEADLINE_BATCHES = [1, 16, 197, 256]
-# Issue 14's targets per kernel variant (× dense, × CSR) by batch; AVX-512 must not fall below the
-# previous release's figures.
+# The speed this release aims for per kernel variant (× dense, × CSR) by batch; the AVX-512 goals are
+# the previous release's figures.
 TARGETS = {
     "avx2": {1: (3.0, 2.5), 16: (2.5, 1.2), 197: (2.5, 1.5), 256: (3.0, 1.5)},
     "avx512": {1: (6.0, None), 256: (3.5, None)},
@@ -217,7 +217,7 @@ the dense and condensed fp32 layers replayed from CUDA graphs; 2:4 layers at 50 
 semi-structured sparse tensor cores. It writes `benchmark_gpu.csv`, `benchmark_gpu_summary.csv`, a time
 plot, a speedup-against-sparsity plot per batch (the paper's Figure 11 style) and
 `gpu_check_verdict.md`: every method's worst error against the masked dense fp32 layer, and the
-targets at 90 %, 3072→768 (batch 256: at least 2× dense of the same dtype and 13× CSR; batch 1: at
+goals at 90 %, 3072→768 (batch 256: at least 2× dense of the same dtype and 13× CSR; batch 1: at
 least 3× dense). Whether CUDA graphs pay for condensed layers at small batch is for that run to decide
 (`condensed_graph_fp32` against `condensed_fp32`); the library does not capture graphs.
 

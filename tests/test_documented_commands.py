@@ -6,7 +6,8 @@ fresh clone holds): ``lightning-srigl`` and ``python`` are this environment's, a
 unset, so ``class_path`` modules must import from the current directory as the docs promise.
 
 Where a document says so, a long run gets its documented smoke variant: the example's ``smoke.yaml``
-(or ``configs/benchmark_smoke.yaml``) added right after the printed ``--config``, and
+(or ``configs/benchmark_smoke.yaml``) added right after the printed ``--config``, ``--quick`` added to the
+findings sweep, and
 ``DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05"`` for ``make demo``. Data placeholders (``/path/to/...``) point at
 generated data in the dataset's real format.
 """
@@ -37,7 +38,9 @@ SMOKE_CONFIGS = {  # printed --config -> the smoke config the docs say is added 
     "example_projects/imagenet_resnet50/config.yaml": "example_projects/imagenet_resnet50/smoke.yaml",
     "example_projects/imagenet_vit_b16/config.yaml": "example_projects/imagenet_vit_b16/smoke.yaml",
     "configs/benchmark_cpu.yaml": "configs/benchmark_smoke.yaml",
+    "example_projects/mnist1d_mlp/config.yaml": "example_projects/mnist1d_mlp/smoke.yaml",
 }
+SMOKE_FLAGS = {"PYTHONPATH=. python scripts/findings_sweep.py": "--quick"}  # command prefix -> flag the docs say is added
 SMOKE_ENV = {"make demo": {"DEMO_ARGS": "--seeds 1 --epochs 1 --min-run-time 0.05"}}
 TABLE_TOP = "┏"
 
@@ -69,6 +72,8 @@ def smoke_variant(command: str, data: dict[str, Path]) -> tuple[str, dict[str, s
     """The command with its documented smoke config inserted and placeholders replaced; extra env."""
     for config, smoke in SMOKE_CONFIGS.items():
         command = command.replace(f"--config {config}", f"--config {config} --config {smoke}", 1)
+    for prefix, flag in SMOKE_FLAGS.items():
+        command = f"{command} {flag}" if command.startswith(prefix) else command
     for placeholder, path in data.items():
         command = command.replace(placeholder, str(path))
     env = next((extra for prefix, extra in SMOKE_ENV.items() if command.startswith(prefix)), {})
