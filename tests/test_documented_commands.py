@@ -6,10 +6,11 @@ fresh clone holds): ``lightning-srigl`` and ``python`` are this environment's, a
 unset, so ``class_path`` modules must import from the current directory as the docs promise.
 
 Where a document says so, a long run gets its documented smoke variant: the example's ``smoke.yaml``
-(or ``configs/benchmark_smoke.yaml``) added right after the printed ``--config``, ``--quick`` added to the
-findings sweep, and
-``DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05"`` for ``make demo``. Data placeholders (``/path/to/...``) point at
-generated data in the dataset's real format.
+(or ``configs/benchmark_smoke.yaml``) added right after the printed ``--config``, ``--quick`` added to
+the findings sweep, and ``DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05"`` for ``make demo``.
+Data placeholders (``/path/to/...``) point at generated data in the dataset's real format. Every file a
+command writes or changes, except the file a command redirects its output into, must be one the
+repository's ``.gitignore`` ignores (``git status`` stays clean).
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ SMOKE_CONFIGS = {  # printed --config -> the smoke config the docs say is added 
     "example_projects/mnist1d_mlp/config.yaml": "example_projects/mnist1d_mlp/smoke.yaml",
 }
 SMOKE_FLAGS = {"PYTHONPATH=. python scripts/findings_sweep.py": "--quick"}  # command prefix -> flag the docs say is added
-SMOKE_ENV = {"make demo": {"DEMO_ARGS": "--seeds 1 --epochs 1 --min-run-time 0.05"}}
+SMOKE_ENV = {
+    "make demo": {"DEMO_ARGS": "--seeds 1 --epochs 1 --min-run-time 0.05"},
+    "make benchmark": {"BENCH_ARGS": "--config configs/benchmark_smoke.yaml"},  # the Makefile's quick check
+}
+IN_TEXT = [("top-README-make-benchmark", ["make benchmark"])]  # named in the README's text, not in a block
 TABLE_TOP = "┏"
 
 
@@ -65,7 +70,7 @@ def documented_blocks() -> list[tuple[str, list[str]]]:
             seen.update(block)
             if commands:
                 found.append((f"{Path(document).parent.name or 'top'}-{Path(document).stem}-{i}", commands))
-    return found
+    return found + IN_TEXT
 
 
 def smoke_variant(command: str, data: dict[str, Path]) -> tuple[str, dict[str, str]]:
@@ -136,18 +141,34 @@ def test_documented_commands_run(commands: list[str], data: dict[str, Path], tmp
             (clone / ".venv").symlink_to(ROOT / ".venv")
             if subprocess.run(["make", "-q", ".venv/.installed"], cwd=clone).returncode != 0:
                 pytest.skip("`make` targets need an up-to-date .venv, the one `make test` creates")
-        before = files_under(clone) if printed == "make demo" else {}
+        before = files_under(clone)
         result = subprocess.run(
             ["bash", "-c", command], cwd=clone, env={**env, **extra}, capture_output=True, text=True, timeout=1200
         )
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        after = files_under(clone)
+        changed = sorted(name for name in after if before.get(name) != after[name])
+        asked_for = set(re.findall(r">\s*(\S+)", command))  # `... > run.yaml`: the user's own file
+        unclean = [name for name in not_ignored(changed) if name not in asked_for]
+        assert not unclean, f"{command} leaves `git status` unclean: {unclean}"
         if printed == "make demo":
-            check_demo_output(result.stdout, before, files_under(clone))
+            check_demo_output(result.stdout, changed)
 
 
-def check_demo_output(stdout: str, before: dict[str, bytes], after: dict[str, bytes]) -> None:
+def not_ignored(names: list[str]) -> list[str]:
+    """Those of ``names`` (paths relative to the repository root) that the repository's ``.gitignore`` keeps."""
+    if not names:
+        return []
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, input="\n".join(names), capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    return [name for name in names if name not in ignored]
+
+
+def check_demo_output(stdout: str, changed: list[str]) -> None:
     """``make demo``: under 15 lines before its first table, nothing wider than 100 columns, every method in
-    both tables, and files written only under the git-ignored ``runs/``."""
+    both tables, and files (``changed``) written only under the git-ignored ``runs/``."""
     lines = stdout.splitlines()
     first_table = next(i for i, line in enumerate(lines) if line.startswith(TABLE_TOP))
     assert first_table < 15, "\n".join(lines[:first_table])
@@ -157,5 +178,4 @@ def check_demo_output(stdout: str, before: dict[str, bytes], after: dict[str, by
     for method in ("dense", "SRigL 90%", "RigL 90%", "2:4 SR-STE", "SRigL 99%", "RigL 99%"):
         assert sum(line.startswith(f"│ {method} ") for line in lines) == 2, method
     assert "no 2:4 kernel here" in stdout
-    changed = {name for name in after if before.get(name) != after[name]}
     assert changed and all(name.startswith("runs/digits_demo/") for name in changed), sorted(changed)
