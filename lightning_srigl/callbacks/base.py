@@ -43,7 +43,7 @@ from lightning_srigl.callbacks.remask import RemaskPolicy
 from lightning_srigl.callbacks.report import (
     LayerStats,
     history_record,
-    layer_stats,
+    masked_layer_stats,
     print_layer_table,
     save_active_neurons_plot,
     topology_metrics,
@@ -88,7 +88,7 @@ class DynamicSparsityCallback(SparsityCallback):
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
-        sparse_init: bool = False,
+        sparse_init: bool = True,
         init_std_quirk: bool = False,
         grad_accumulation_n: int = 1,
         seed: int = 0,
@@ -326,6 +326,10 @@ class DynamicSparsityCallback(SparsityCallback):
             for fqn, mask in self.masked.masks().items():
                 weight = rows(fqn, self.masked.param(fqn).data)
                 sparse_init_(weight, rows(fqn, mask), self._generator, std_quirk=self.init_std_quirk)
+            rank_zero_info(
+                f"{type(self).__name__}: re-initialised the kept weights of {len(self.budgets)} layers for their "
+                "sparse fan-in (the paper's recipe from scratch); pass sparse_init=False to keep pretrained values"
+            )
 
     @torch.no_grad()
     def _accumulate_dense_grads(self, fqns: Sequence[str]) -> None:
@@ -392,11 +396,7 @@ class DynamicSparsityCallback(SparsityCallback):
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:
         assert self.masked is not None
-        rows = self.masked.rows
-        return [
-            layer_stats(fqn, rows(fqn, mask), rows(fqn, self._ever_active.get(fqn, mask)))
-            for fqn, mask in self.masked.masks().items()
-        ]
+        return masked_layer_stats(self.masked, self._ever_active)
 
     def _metrics(self) -> dict[str, float]:
         return topology_metrics(self._layer_stats(), self.metric_prefix)
