@@ -3,18 +3,27 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# `make demo` writes its tables to RESULTS (git-ignored runs/digits_demo by default);
+# `make demo RESULTS=example_projects/digits_mlp/results` updates the committed copy.
+# Extra demo flags, e.g. DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05" for the quick check the tests run.
+DEMO_ARGS ?=
 
 .PHONY: demo test docs benchmark overhead clean
 
+# The installation's output goes to $(VENV)/install.log (printed in full if a step fails).
 $(STAMP): pyproject.toml setup.py
-	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 "setuptools>=68" wheel ninja
-	$(BIN)/pip install -q --no-build-isolation -e ".[dev,docs,examples,kernels]"
-	touch $(STAMP)
+	@echo "Setting up $(VENV): torch 2.13.0 (CPU), this package and its C++ kernels (a few minutes, once; log: $(VENV)/install.log)"
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	@( $(BIN)/pip install -q --upgrade pip \
+	  && $(BIN)/pip install -q torch==2.13.0 "setuptools>=77" wheel ninja \
+	  && $(BIN)/pip install -q --no-build-isolation -e ".[dev,docs,examples,kernels]" \
+	) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
 
+demo: OUT = $(or $(RESULTS),runs/digits_demo)
 demo: $(STAMP)
-	$(BIN)/python -m example_projects.digits_mlp.demo
+	@echo "Training and timing dense, SRigL, RigL and 2:4 on this CPU; tables go to $(OUT)"
+	@$(BIN)/python -m example_projects.digits_mlp.demo --out $(OUT) $(DEMO_ARGS)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 -q
@@ -22,13 +31,16 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
-# Results go to $(RESULTS) (ignored by git); `make benchmark RESULTS=docs/assets` regenerates the
-# committed CSVs, plots and docs/benchmarks.md.
-RESULTS ?= benchmark_results
+# Results go to RESULTS (git-ignored benchmark_results/ by default); `make benchmark RESULTS=docs/assets`
+# regenerates the committed CSVs, plots and docs/benchmarks.md.
+# BENCH_ARGS are added to both sweeps, e.g. BENCH_ARGS="--config configs/benchmark_smoke.yaml" for the
+# tests' quick check; --name keeps the file names scripts/write_benchmark_doc.py reads.
+BENCH_ARGS ?=
+benchmark: OUT = $(or $(RESULTS),benchmark_results)
 benchmark: $(STAMP)
-	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml --output_dir $(RESULTS)
-	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu_avx2.yaml --output_dir $(RESULTS)
-	$(BIN)/python scripts/write_benchmark_doc.py $(RESULTS) $(if $(filter docs/assets,$(RESULTS)),docs/benchmarks.md,$(RESULTS)/benchmarks.md)
+	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml $(BENCH_ARGS) --name benchmark_cpu --output_dir $(OUT)
+	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu_avx2.yaml $(BENCH_ARGS) --name benchmark_cpu_avx2 --output_dir $(OUT)
+	$(BIN)/python scripts/write_benchmark_doc.py $(OUT) $(if $(filter docs/assets,$(OUT)),docs/benchmarks.md,$(OUT)/benchmarks.md)
 
 overhead: $(STAMP)
 	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py

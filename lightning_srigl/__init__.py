@@ -6,7 +6,8 @@ The user-facing API::
     trainer = Trainer(callbacks=[SRigLCallback(sparsity=0.9), AccelerateCallback()])
 
 Names are imported on first use, so loading a condensed model (``lightning_srigl.condensed``) needs
-only torch: Lightning is imported only with the callbacks.
+only torch: Lightning is imported only with the callbacks. Informational lines go to the
+``lightning_srigl`` logger (see [`lightning_srigl.logs`][lightning_srigl.logs]).
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lightning_srigl.logs import configure_package_logger
+
 __version__ = "0.1.0"
+
+configure_package_logger()
 
 _EXPORTS = {
     "AccelerateCallback": "lightning_srigl.callbacks",

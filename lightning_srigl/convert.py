@@ -3,15 +3,15 @@
 ``convert_to_structured`` takes a dense or unstructured-sparse trained model and, per selected layer,
 
 1. keeps the largest-magnitude weights under the structure: N:M along the input dimension
-   (:func:`~lightning_srigl.sparsity.nm.nm_mask`) or the same number ``k`` per output row
-   (constant fan-in, :func:`~lightning_srigl.sparsity.topk.rowwise_topk_mask`);
+   ([`nm_mask`][lightning_srigl.sparsity.nm.nm_mask]) or the same number ``k`` per output row
+   (constant fan-in, ``rowwise_topk_mask``);
 2. optionally reconstructs the layer as AdaPrune does (Hubara et al., NeurIPS 2021): the inputs and
    outputs of every selected layer of the **original** model are cached on a few calibration batches,
    then each layer is optimised on its own with Adam on the kept weights and the bias to minimise
    the MSE between its output and the original output, re-masking after every step. Optionally the
    pruned weights of a group/row are first folded into the kept ones ("absorb mean").
 
-Masks are installed as ``<param>_mask`` buffers (:class:`~lightning_srigl.masking.MaskedParameters`)
+Masks are installed as ``<param>_mask`` buffers ([`MaskedParameters`][lightning_srigl.masking.MaskedParameters])
 and the weights are zero outside them, exactly what the callbacks and ``AccelerateCallback`` expect.
 Batch-norm re-calibration, which AdaPrune also offers, is not done here.
 """
@@ -63,7 +63,7 @@ class LayerConversion:
 
 @dataclass(frozen=True)
 class ConversionReport:
-    """Per-layer results of :func:`convert_to_structured`, layers left dense and their reasons."""
+    """Per-layer results of [`convert_to_structured`][lightning_srigl.convert.convert_to_structured], layers left dense and their reasons."""
 
     layers: list[LayerConversion]
     skipped: dict[str, str] = field(default_factory=dict)
@@ -90,7 +90,7 @@ def parse_structure(text: str) -> dict[str, Any]:
     """Parse a command-line structure: ``"2:4"`` -> N:M, ``"constant_fan_in"`` / ``"fan_in"``.
 
     Returns:
-        Keyword arguments for :func:`convert_to_structured` (``structure`` and, for N:M, ``n``, ``m``).
+        Keyword arguments for [`convert_to_structured`][lightning_srigl.convert.convert_to_structured] (``structure`` and, for N:M, ``n``, ``m``).
     """
     if text in ("constant_fan_in", "fan_in"):
         return {"structure": "constant_fan_in"}
@@ -235,20 +235,24 @@ def convert_to_structured(
         model: dense or unstructured-sparse trained network (modified in place).
         structure: ``"n:m"`` (``n`` of every ``m`` consecutive inputs) or ``"constant_fan_in"``
             (``round(fan_in * (1 - sparsity))`` weights per output row; needs ``sparsity``).
-        n, m: the N:M pattern.
+        n: weights kept in every group of ``m`` consecutive inputs (N:M).
+        m: size of the groups (N:M); layers whose input dim ``m`` does not divide stay dense.
         sparsity: per-layer sparsity for constant fan-in (ignored for N:M, which is ``1 - n/m``).
-        include, exclude, keep_first_dense, keep_last_dense: layer selection, see
-            :func:`select_structured_parameters`; N:M layers whose input dim is not divisible by ``m``
-            stay dense (an explicit ``include`` of such a layer is an error).
+        include: ``fnmatch`` patterns of the parameter names to convert (default: every eligible
+            weight); an explicit ``include`` of a weight that cannot carry the structure is an error.
+        exclude: ``fnmatch`` patterns of parameter names to leave dense.
+        keep_first_dense: leave the model's first sparsifiable weight dense (e.g. a 3-channel stem).
+        keep_last_dense: leave the model's last sparsifiable weight dense (e.g. the classifier head).
         calibration_batches: a few batches (tensors or ``(x, y)`` tuples, e.g. a short DataLoader)
             to reconstruct with; ``None`` does magnitude pruning only.
         reconstruction_steps: Adam steps per layer (one cached batch per step).
-        lr, bias_lr: Adam learning rates of the kept weights and of the bias.
+        lr: Adam learning rate of the kept weights during reconstruction.
+        bias_lr: Adam learning rate of the bias during reconstruction.
         absorb_mean: before reconstruction, add each group's pruned weight sum, divided by the number
             kept, to its kept weights (AdaPrune's initialisation).
 
     Returns:
-        A :class:`ConversionReport`.
+        A [`ConversionReport`][lightning_srigl.convert.ConversionReport].
     """
     if structure not in ("n:m", "constant_fan_in"):
         raise ValueError(f"structure must be 'n:m' or 'constant_fan_in', got {structure!r}.")
@@ -312,14 +316,14 @@ def convert_and_evaluate(
     calibration_batches: int = 8,
     **convert_kwargs: Any,
 ) -> ConversionReport:
-    """Measure accuracy, convert with :func:`convert_to_structured`, measure again.
+    """Measure accuracy, convert with [`convert_to_structured`][lightning_srigl.convert.convert_to_structured], measure again.
 
     Args:
         model: trained classifier (modified in place).
         eval_dataloader: ``(x, y)`` batches for top-1 accuracy before and after.
         calibration_dataloader: batches for reconstruction (``None`` = magnitude pruning only); the
             first ``calibration_batches`` of them are used.
-        convert_kwargs: forwarded to :func:`convert_to_structured` (``structure``, ``n``, ``m``, ...).
+        convert_kwargs: forwarded to [`convert_to_structured`][lightning_srigl.convert.convert_to_structured] (``structure``, ``n``, ``m``, ...).
 
     Returns:
         The report with ``accuracy_before`` and ``accuracy_after`` filled in.

@@ -1,4 +1,4 @@
-"""The GPU sweep of ``scripts/gpu_check.sh``: run ``configs/benchmark_gpu.yaml``, check exactness, judge issue 12.
+"""The GPU sweep of ``scripts/gpu_check.sh``: run ``configs/benchmark_gpu.yaml``, check exactness, compare with the speed goals.
 
 Usage (``scripts/gpu_check.sh`` calls it; it can also run alone)::
 
@@ -8,9 +8,9 @@ Usage (``scripts/gpu_check.sh`` calls it; it can also run alone)::
 The sweep runs one layer shape at a time and rewrites the CSVs, plots and ``gpu_check_verdict.md``
 after each, so a run cut short still leaves its finished shapes. The verdict holds every method's worst
 error against the masked dense fp32 layer (with the tolerance of its dtype), the methods that did not
-run, and issue 12's targets at 90 % sparsity, 3072→768 (batch 256: condensed ≥ 2× dense of the same
+run, and the speed goals at 90 % sparsity, 3072→768 (batch 256: condensed ≥ 2× dense of the same
 dtype and ≥ 13× CSR; batch 1: ≥ 3× dense). Exit status 1 when an output is inexact or an expected
-method is missing; a target that is not met is a measurement, not a failure.
+method is missing; a goal that is not met is a measurement, not a failure.
 
 ``--interpret-smoke`` proves the plumbing without a GPU: the same methods on CPU tensors at tiny sizes,
 condensed layers through the Triton interpreter (``condensed_backend="triton"``); the methods that
@@ -45,7 +45,7 @@ SMOKE = {
     "min_run_time": 0.001,
 }
 CUDA_ONLY_KERNELS = ("semi_structured",)
-# (batch, ratio column, target): issue 12's acceptance at 90 % sparsity, 3072->768.
+# (batch, ratio column, goal): the speed this release aims for at 90 % sparsity, 3072->768.
 TARGETS = [
     (256, "cond_vs_dense", 2.0),
     (256, "cond_bf16_vs_dense_bf16", 2.0),
@@ -114,9 +114,9 @@ def missing_methods(rows: list[dict], config: SweepConfig, smoke: bool) -> tuple
 
 
 def targets(rows: list[dict], statistic: str) -> list[str]:
-    """Issue 12's targets as a markdown table (measured ratio, target, met)."""
+    """The speed goals as a markdown table (measured ratio, goal, met)."""
     summary = [s for s in summarize(rows, statistic) if s["structure"] == "srigl" and s["cache"] == "hot"]
-    lines = ["| batch | ratio (reference time / condensed time) | measured | target | met |", "|---|---|---|---|---|"]
+    lines = ["| batch | ratio (reference time / condensed time) | measured | goal | met |", "|---|---|---|---|---|"]
     for batch, column, target in TARGETS:
         key = (3072, 768, 0.9, batch)
         cell = [s for s in summary if (s["in_features"], s["out_features"], s["sparsity"], s["batch"]) == key]
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "", "```", environment(), "```", "",
             f"Sweep: `{CONFIG.name}`{' with ' + str(SMOKE) if args.interpret_smoke else ''}; {len(rows)} timings in "
             f"{time.perf_counter() - start:.0f} s; statistic: {config.statistic}.", "",
-            "## Issue 12 targets (90 % sparsity, 3072→768, same run)", "", *targets(rows, config.statistic), "",
+            "## Speed goals (90 % sparsity, 3072→768, same run)", "", *targets(rows, config.statistic), "",
             "## Exactness", "", *exact_lines, "",
             "## Methods that did not run (so far)", "", *(missing_lines or ["none"]), "",
         ]  # fmt: skip

@@ -2,9 +2,9 @@
 
 Cases (``--case``), all on synthetic data with ``torch.set_num_threads(--threads)`` (default 2):
 
-* ``light`` — the set-up of issue 16: ``nn.Sequential(Linear(768, 3072), GELU, Linear(3072, 768),
+* ``light`` — ``nn.Sequential(Linear(768, 3072), GELU, Linear(3072, 768),
   Linear(768, 10))`` on batches of 128 rows, ``SGD(lr=0.01, momentum=0.9)``, 400 steps. Variants:
-  no callback; ``SRigLCallback(sparsity=0.9, delta_t=100, report=False)`` (the issue's);
+  no callback; ``SRigLCallback(sparsity=0.9, delta_t=100, report=False)``;
   ``SRigLCallback(sparsity=0.9, delta_t=100)`` (the defaults: the end-of-fit table and plot too).
   With the default ``t_end_fraction=0.75`` the run holds 3 topology updates (steps 100, 200, 300).
 * ``heavy`` — the same network on 128 samples x 64 tokens per step (8,192 rows; logits averaged
@@ -31,7 +31,7 @@ Usage (from the repository root; ``nice -n -10`` needs root, drop it otherwise):
 On a machine that others load, ``--threads 1 --clock cpu`` times the CPU time of the (one-threaded)
 process instead of the wall clock: it does not count the time the process waits for a core.
 
-Targets (issue 16): fit ratio <= 1.05 for ``light``, <= 1.02 for ``heavy``.
+Goals: fit ratio <= 1.05 for ``light``, <= 1.02 for ``heavy``.
 """
 
 from __future__ import annotations

@@ -143,7 +143,9 @@ def test_smoke_sweep_runs_through_trainer_test_and_writes_outputs(tmp_path: Path
     assert {row["cache"] for row in summary} == {"hot", "cold"}
     assert {row["structure"] for row in summary} == {"srigl", "2:4"}
     assert all(float(row["cond_vs_dense"]) > 0 for row in summary)
-    assert module.outputs["plot_t1"].stat().st_size > 10_000
+    assert module.outputs["plot_t1"].stat().st_size > 10_000  # every layer in one figure
+    assert module.outputs["t1_64x32"] == tmp_path / "benchmark_smoke_t1_64x32.png"  # one figure per threads × layer
+    assert module.outputs["t1_64x32"].stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(

@@ -127,3 +127,49 @@ def test_console_entry_exits_zero_after_a_benchmark(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "benchmark_smoke.csv").exists()
+    output = result.stdout + result.stderr
+    for banner in ("GPU available", "TPU available", "Tip:", "Sparse CSR tensor support is in beta"):
+        assert banner not in output, banner
+    assert "Testing" in result.stdout and "━" in result.stdout, "no progress bar over the cases"
+    assert "µs per call" in result.stdout and "ratios, > 1 = faster" in result.stdout
+
+
+DIGITS_CONFIG = ROOT / "example_projects" / "digits_mlp" / "config.yaml"
+
+
+def test_help_answers_without_importing_torch_or_lightning() -> None:
+    """``lightning-srigl --help`` lists every subcommand and loads neither torch nor Lightning (lazy imports)."""
+    code = (
+        "import sys\nfrom lightning_srigl.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as exit_:\n"
+        "    assert exit_.code == 0, exit_.code\nprint(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("[]"), result.stdout
+    for name in ("fit", "validate", "test", "predict", "benchmark", "convert"):
+        assert f"\n    {name} " in result.stdout
+
+
+def test_a_second_sparsity_callback_is_a_one_line_error() -> None:
+    console = Path(sys.executable).parent / "lightning-srigl"
+    args = [str(console), "fit", "--config", str(DIGITS_CONFIG), "--trainer.callbacks+=RigLCallback"]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    (error,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert error.startswith("lightning-srigl: error: trainer.callbacks has 2 sparsity callbacks")
+    assert "SRigLCallback (#1), RigLCallback (#2)" in error and "--trainer.callbacks.sparsity=" in error
+
+
+def test_overrides_reach_the_config_s_sparsity_callback(capsys: pytest.CaptureFixture[str]) -> None:
+    """The example configs list their sparsity callback last, where ``--trainer.callbacks.<arg>`` lands."""
+    callbacks = _printed_config(["fit", "--config", str(DIGITS_CONFIG), "--trainer.callbacks.sparsity=0.95"], capsys)[
+        "trainer"
+    ]["callbacks"]
+    assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == ["ModelCheckpoint", "SRigLCallback"]
+    assert callbacks[1]["init_args"]["sparsity"] == 0.95 and callbacks[1]["init_args"]["gamma_sal"] == 0.3
+    assert callbacks[0]["init_args"]["monitor"] == "val/acc"
+    swapped = _printed_config(
+        ["fit", "--config", str(DIGITS_CONFIG), "--trainer.callbacks.class_path=RigLCallback"], capsys
+    )["trainer"]["callbacks"][1]
+    assert swapped["class_path"].endswith("RigLCallback") and swapped["init_args"]["sparsity"] == 0.9

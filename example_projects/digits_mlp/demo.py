@@ -1,20 +1,22 @@
-"""``make demo``: dense vs SRigL 90% vs RigL 90% vs 2:4 SR-STE on scikit-learn's digits, accelerated.
+"""``make demo``: dense vs SRigL vs RigL vs 2:4 SR-STE on scikit-learn's digits, then accelerated.
 
 Every method trains the same MLP with the same recipe (``DigitsMLP`` defaults: SGD Nesterov 0.05,
 cosine, weight decay 5e-4, batch 64) for the same number of epochs, over a few seeds; the test
-accuracy is the mean over seeds. The seed-0 model of every method is then made fast for inference
-with :func:`lightning_srigl.condensed.accelerate.accelerate` (once tuned at batch 1, once at batch 256), its
-accelerated copy is checked to give the same test predictions, and one table is printed and written
-to ``results/`` (markdown and CSV)::
+accuracy is the mean over seeds. Both of SRigL's ideas show: constant fan-in at 90 % (every method
+keeps all its neurons there) and neuron ablation at 99 %, where SRigL (``gamma_sal=0.3``) removes
+neurons that RigL and SRigL without ablation keep. The seed-0 model of every method is then made
+fast for inference with ``lightning_srigl.condensed.accelerate.accelerate`` (once tuned
+at batch 1, once at batch 256), checked to give the same test predictions, and timed with every
+method interleaved. Two tables are printed and written to ``--out`` (markdown and CSV)::
 
-    python -m example_projects.digits_mlp.demo [--seeds 3] [--epochs 30] [--hidden 512 512]
+    python -m example_projects.digits_mlp.demo [--seeds 3] [--epochs 30] [--hidden 512 512] [--out runs/digits_demo]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
+import functools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,65 +24,70 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from rich.console import Console
-from rich.table import Table
+from rich.progress import Progress
 from torch import Tensor, nn
-from torch.utils.benchmark import Timer
 
 from example_projects.digits_mlp.datamodule import DigitsDataModule
+from example_projects.digits_mlp.demo_report import Row, print_and_write
 from example_projects.digits_mlp.model import DigitsMLP
-from lightning_srigl.callbacks.nm import NMSparsityCallback
-from lightning_srigl.callbacks.rigl import RigLCallback
-from lightning_srigl.callbacks.srigl import SRigLCallback
-from lightning_srigl.condensed.accelerate import accelerate
+from lightning_srigl.benchmark.timing import hot_times
+from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
+from lightning_srigl.condensed.accelerate import AccelerationReport, accelerate
+from lightning_srigl.logs import quiet
+from lightning_srigl.sparsity.nm import is_nm
+from lightning_srigl.tables import terminal_console
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path("runs") / "digits_demo"  # git-ignored; `make demo RESULTS=...` writes elsewhere
 DELTA_T = 25  # ~20 optimizer steps per epoch: updates every ~1.25 epochs until 75% of training
+
+
+def _srigl(sparsity: float, gamma_sal: float) -> Callable[[int], list[Callback]]:
+    return lambda seed: [SRigLCallback(sparsity=sparsity, delta_t=DELTA_T, gamma_sal=gamma_sal, sparse_init=True, seed=seed, report=False)]
+
+
+def _rigl(sparsity: float) -> Callable[[int], list[Callback]]:
+    return lambda seed: [RigLCallback(sparsity=sparsity, delta_t=DELTA_T, sparse_init=True, seed=seed, report=False)]
+
 
 METHODS: dict[str, Callable[[int], list[Callback]]] = {
     "dense": lambda seed: [],
-    "SRigL 90%": lambda seed: [SRigLCallback(sparsity=0.9, delta_t=DELTA_T, gamma_sal=0.3, sparse_init=True, seed=seed, report=False)],
-    "RigL 90%": lambda seed: [RigLCallback(sparsity=0.9, delta_t=DELTA_T, seed=seed, report=False)],
+    "SRigL 90%": _srigl(0.9, gamma_sal=0.3),
+    "RigL 90%": _rigl(0.9),
     "2:4 SR-STE": lambda seed: [NMSparsityCallback(n=2, m=4, keep_first_dense=False, keep_last_dense=False)],
+    "SRigL 99%": _srigl(0.99, gamma_sal=0.3),
+    "SRigL 99%, no ablation": _srigl(0.99, gamma_sal=0.0),
+    "RigL 99%": _rigl(0.99),
 }
-
-
-@dataclass
-class Row:
-    """One line of the demo table (latencies in microseconds)."""
-
-    method: str
-    accuracies: list[float]
-    density: float
-    active_neurons: str
-    param_bytes: int
-    latency_b1: float
-    latency_b256: float
-    exact: bool
 
 
 def train(method: str, seed: int, hidden: tuple[int, ...], epochs: int) -> tuple[nn.Module, float]:
     """Fit ``DigitsMLP`` with ``method``'s callbacks; return its network and its test accuracy."""
     seed_everything(seed, verbose=False)
     model = DigitsMLP(hidden=hidden)
-    trainer = Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, callbacks=METHODS[method](seed), logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )
     data = DigitsDataModule()
-    trainer.fit(model, data)
-    accuracy = trainer.test(model, data, verbose=False)[0]["test/acc"]
+    with quiet():  # Lightning's per-fit banners and tips, and the callbacks' info lines
+        trainer = Trainer(
+            max_epochs=epochs, accelerator="cpu", devices=1, callbacks=METHODS[method](seed), logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(model, data)
+        accuracy = trainer.test(model, data, verbose=False)[0]["test/acc"]
     return model.net, accuracy
 
 
 def linear_stats(net: nn.Module) -> tuple[float, str]:
-    """Overall weight density of the ``Linear`` layers and their active (non-empty) output neurons."""
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    nonzero = sum(int(m.weight.count_nonzero()) for m in linears)
-    total = sum(m.weight.numel() for m in linears)
-    active = sum(int((m.weight != 0).any(dim=1).sum()) for m in linears)
-    neurons = sum(m.out_features for m in linears)
-    return nonzero / total, f"{active}/{neurons}"
+    """Overall weight density of the ``Linear`` layers and their active output neurons.
+
+    A sparse layer's mask says which weights are active (a regrown weight may still be exactly zero);
+    a layer without a mask counts its non-zero weights. A neuron is active when it has an active weight.
+    """
+    actives = [m.weight_mask if hasattr(m, "weight_mask") else m.weight != 0
+               for m in net.modules() if isinstance(m, nn.Linear)]
+    nonzero = sum(int(a.sum()) for a in actives)
+    total = sum(a.numel() for a in actives)
+    neurons = sum(int(a.any(dim=1).sum()) for a in actives)
+    return nonzero / total, f"{neurons}/{sum(a.shape[0] for a in actives)}"
 
 
 def inference_bytes(net: nn.Module) -> int:
@@ -89,109 +96,94 @@ def inference_bytes(net: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def latency_us(net: nn.Module, x: Tensor, min_run_time: float) -> float:
-    """Median wall time of ``net(x)`` in microseconds (torch.utils.benchmark, inference mode)."""
-    with torch.inference_mode():
-        timer = Timer(stmt="net(x)", globals={"net": net, "x": x}, num_threads=torch.get_num_threads())
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
-
-
-def accelerated(net: nn.Module, x: Tensor) -> nn.Module:
-    """A copy of ``net`` with its sparse layers swapped for the fastest exact kernel at ``x``'s batch."""
+def accelerated(net: nn.Module, x: Tensor) -> tuple[nn.Module, AccelerationReport | None]:
+    """A copy of ``net`` with its sparse layers swapped for the fastest exact kernel at ``x``'s batch,
+    and what ``accelerate`` measured (``None``: the network has no sparse layer)."""
     fast = copy.deepcopy(net).eval()
-    if any(name.endswith("_mask") for name, _ in fast.named_buffers()):
-        with torch.no_grad():
-            accelerate(fast, x, verbose=False)
-    return fast
+    if not any(name.endswith("_mask") for name, _ in fast.named_buffers()):
+        return fast, None
+    with torch.no_grad():
+        return fast, accelerate(fast, x, verbose=False)
 
 
-def evaluate(method: str, accuracies: list[float], net: nn.Module, test_x: Tensor, min_run_time: float) -> Row:
-    """Density, neurons, bytes and latencies of the seed-0 network, accelerated for batch 1 and 256.
+@dataclass
+class Candidate:
+    """One method's seed-0 network, accelerated for batch 1 and for batch 256."""
 
-    The bytes are those of the batch-1 (online inference) model.
-    """
+    net: nn.Module
+    fast1: nn.Module
+    fast256: nn.Module
+    report1: AccelerationReport | None
+
+
+def prepare(net: nn.Module, test_x: Tensor) -> Candidate:
+    """Accelerate ``net`` for batch 1 and 256 (its ``test_x`` rows as the example batches)."""
     net = net.eval()
-    density, neurons = linear_stats(net)
-    batch1, batch256 = test_x[:1], test_x[:256]
-    fast1, fast256 = accelerated(net, batch1), accelerated(net, batch256)
+    fast1, report1 = accelerated(net, test_x[:1])
+    fast256, _ = accelerated(net, test_x[:256])
+    return Candidate(net, fast1, fast256, report1)
+
+
+def latencies_us(nets: dict[str, nn.Module], x: Tensor, min_run_time: float) -> dict[str, float]:
+    """Median µs per ``net(x)`` of every net, timed in interleaved rounds so they share the machine's drifts."""
+    calls = {name: functools.partial(net, x) for name, net in nets.items()}
     with torch.inference_mode():
-        exact = bool((fast256(test_x).argmax(-1) == net(test_x).argmax(-1)).all())
-    return Row(
-        method, accuracies, density, neurons, inference_bytes(fast1),
-        latency_us(fast1, batch1, min_run_time), latency_us(fast256, batch256, min_run_time), exact,
-    )
+        timings = hot_times(calls, threads=torch.get_num_threads(), min_run_time=min_run_time, device=x.device)
+    return {name: timing.median * 1e6 for name, timing in timings.items()}
 
 
-def table_records(rows: list[Row]) -> list[dict[str, str]]:
-    """Printable cells, with latencies as ratios against the dense row."""
-    dense = rows[0]
-    records = []
-    for r in rows:
-        mean = 100 * statistics.mean(r.accuracies)
-        spread = 100 * statistics.stdev(r.accuracies) if len(r.accuracies) > 1 else 0.0
-        records.append({
-            "method": r.method,
-            f"test acc % (mean ± sd, {len(r.accuracies)} seeds)": f"{mean:.2f} ± {spread:.2f}",
-            "Δ vs dense (pts)": f"{mean - 100 * statistics.mean(dense.accuracies):+.2f}",
-            "density": f"{r.density:.3f}",
-            "active neurons": r.active_neurons,
-            "param bytes (batch-1 model)": f"{r.param_bytes:,}",
-            "batch-1 latency µs (× dense)": f"{r.latency_b1:.0f} ({dense.latency_b1 / r.latency_b1:.2f}×)",
-            "batch-256 latency µs (× dense)": f"{r.latency_b256:.0f} ({dense.latency_b256 / r.latency_b256:.2f}×)",
-            "same predictions": "yes" if r.exact else "NO",
-        })
-    return records
-
-
-def write_results(records: list[dict[str, str]], header: str, out: Path) -> None:
-    """``<out>/digits_demo.md`` and ``<out>/digits_demo.csv``."""
-    out.mkdir(parents=True, exist_ok=True)
-    keys = list(records[0])
-    lines = [header, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in records]
-    (out / "digits_demo.md").write_text("\n".join(lines) + "\n")
-    with (out / "digits_demo.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(records)
+def measure(accuracies: dict[str, list[float]], candidates: dict[str, Candidate], test_x: Tensor,
+            min_run_time: float) -> list[Row]:
+    """One table row per method: topology of the trained net, bytes, kernels and latencies of the fast ones."""
+    b1 = latencies_us({m: c.fast1 for m, c in candidates.items()}, test_x[:1], min_run_time)
+    b256 = latencies_us({m: c.fast256 for m, c in candidates.items()}, test_x[:256], min_run_time)
+    rows = []
+    for method, c in candidates.items():
+        with torch.inference_mode():
+            exact = bool((c.fast256(test_x).argmax(-1) == c.net(test_x).argmax(-1)).all())
+        density, neurons = linear_stats(c.net)
+        masks = [b for name, b in c.net.named_buffers() if name.endswith("_mask")]
+        two_four = bool(masks) and all(is_nm(mask, 2, 4) for mask in masks)
+        rows.append(Row(method, accuracies[method], density, neurons, inference_bytes(c.fast1), c.report1,
+                        b1[method], b256[method], exact, two_four))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, str]]:
-    """Train every method over ``--seeds`` seeds, accelerate, print and save the table."""
+    """Train every method over ``--seeds`` seeds, accelerate, time, print and save the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per latency measurement")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for digits_demo.md / .csv")
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per model and batch size")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for digits_demo.md / .csv (default: %(default)s)")
     args = parser.parse_args(argv)
-    console = Console(width=200)
+    console = terminal_console()
     hidden = tuple(args.hidden)
     data = DigitsDataModule()
     data.setup()
     test_x = data.splits["test"].tensors[0]
-    rows = []
-    for method in METHODS:
-        results = [train(method, seed, hidden, args.epochs) for seed in range(args.seeds)]
-        accuracies = [acc for _, acc in results]
-        console.print(f"{method}: test accuracy per seed {[round(100 * a, 2) for a in accuracies]}")
-        rows.append(evaluate(method, accuracies, results[0][0], test_x, args.min_run_time))
-    header = (
-        f"Digits MLP 64-{'-'.join(map(str, hidden))}-10, {args.epochs} epochs, seeds 0..{args.seeds - 1}, "
-        f"{torch.get_num_threads()} CPU threads; command: python -m example_projects.digits_mlp.demo "
-        f"--seeds {args.seeds} --epochs {args.epochs} --hidden {' '.join(map(str, hidden))}; "
-        "latency: median of torch.utils.benchmark, each model accelerated for its batch size"
-    )
-    records = table_records(rows)
-    table = Table(title=header)
-    for key in records[0]:
-        table.add_column(key, justify="left" if key == "method" else "right")
-    for record in records:
-        table.add_row(*record.values())
-    console.print(table)
-    write_results(records, header, args.out)
-    console.print(f"Written to {args.out / 'digits_demo.md'} and {args.out / 'digits_demo.csv'}")
-    return records
+    accuracies: dict[str, list[float]] = {}
+    candidates: dict[str, Candidate] = {}
+    with Progress(console=console) as progress:
+        training = progress.add_task("training", total=len(METHODS) * args.seeds)
+        for method in METHODS:
+            nets = []
+            for seed in range(args.seeds):
+                progress.update(training, description=f"training {method}, seed {seed}")
+                nets.append(train(method, seed, hidden, args.epochs))
+                progress.advance(training)
+            accuracies[method] = [accuracy for _, accuracy in nets]
+            candidates[method] = prepare(nets[0][0], test_x)
+        progress.update(training, description=f"trained {len(METHODS)} methods × {args.seeds} seeds")
+        timing = progress.add_task("timing the accelerated models (interleaved)", total=None)
+        rows = measure(accuracies, candidates, test_x, args.min_run_time)
+        progress.update(timing, total=1, completed=1)
+    command = (f"python -m example_projects.digits_mlp.demo --seeds {args.seeds} --epochs {args.epochs} "
+               f"--hidden {' '.join(map(str, hidden))}")
+    header = (f"Digits MLP 64-{'-'.join(map(str, hidden))}-10, {args.epochs} epochs, seeds 0..{args.seeds - 1}, "
+              f"{torch.get_num_threads()} CPU threads; command: {command}")
+    return print_and_write(rows, header, args.out, console)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Kernel benchmark: dense vs CSR vs condensed layers over sparsities, shapes, batch sizes and threads.
 
 ``run_benchmark("configs/benchmark_cpu.yaml")`` (or ``lightning-srigl benchmark --config ...``) runs
-:class:`BenchmarkModule` through ``Trainer.test`` and writes CSVs, a rich table and a plot.
+``BenchmarkModule`` through ``Trainer.test`` and writes CSVs, a rich table and a plot.
 """
 
 from lightning_srigl.benchmark.module import BenchmarkModule, run_benchmark

@@ -1,9 +1,9 @@
 """``BenchmarkModule``: time dense vs CSR vs condensed layers with ``Trainer.test``.
 
-The test dataloader yields the sweep's cases (:class:`~lightning_srigl.benchmark.sweep.SweepConfig`);
+The test dataloader yields the sweep's cases ([`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig]);
 each ``test_step`` builds every method of one case from the same masked weight, checks it against
 the masked dense fp32 output and times it. At the end the CSVs, the rich table and the plot are
-written (:mod:`lightning_srigl.benchmark.report`). ``run_benchmark`` is the one-call entry point
+written (``lightning_srigl.benchmark.report``). ``run_benchmark`` is the one-call entry point
 (``lightning-srigl benchmark --config configs/benchmark_cpu.yaml``).
 """
 
@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import yaml
+from lightning.pytorch.callbacks import RichProgressBar
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -35,17 +36,18 @@ from lightning_srigl.benchmark.machine import (
 from lightning_srigl.benchmark.report import read_csv, write_outputs
 from lightning_srigl.benchmark.sweep import Case, SweepConfig, case_spec
 from lightning_srigl.benchmark.timing import Timing, cold_copies, cold_time, hot_times
+from lightning_srigl.logs import quiet
 
 
 class BenchmarkModule(pl.LightningModule):
     """A LightningModule whose test loop is a kernel benchmark sweep.
 
     Args:
-        config: the sweep; ``None`` uses :class:`SweepConfig` defaults updated with ``overrides``.
-        overrides: :class:`SweepConfig` fields.
+        config: the sweep; ``None`` uses [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] defaults updated with ``overrides``.
+        overrides: [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] fields.
 
-    After ``trainer.test(module)``: :attr:`results` holds one dict per (case, method) and
-    :attr:`outputs` the written files (when ``config.output_dir`` is set).
+    After ``trainer.test(module)``: ``results`` holds one dict per (case, method) and
+    ``outputs`` the written files (when ``config.output_dir`` is set).
     """
 
     def __init__(self, config: SweepConfig | None = None, **overrides: Any) -> None:
@@ -165,9 +167,9 @@ def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: A
     """Run the sweep through ``Trainer.test`` and return the module (``.results``, ``.outputs``).
 
     Args:
-        config: a YAML path (flat :class:`SweepConfig` keys), a :class:`SweepConfig`, or ``None``
+        config: a YAML path (flat [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] keys), a [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig], or ``None``
             for the defaults.
-        overrides: :class:`SweepConfig` fields that win over the file.
+        overrides: [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] fields that win over the file.
     """
     if isinstance(config, SweepConfig):
         sweep = SweepConfig(**{**config.to_dict(), **overrides})
@@ -181,16 +183,17 @@ def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: A
     accelerator = "gpu" if torch.device(sweep.device).type == "cuda" else "cpu"
     # no_grad rather than inference_mode: layers built from inference tensors cannot cache the
     # condensed kernel's batch-1 layout, whereas the layers of a trained model always can.
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        inference_mode=False,
-    )
-    trainer.test(module)
+    with quiet():  # Lightning's banners and tips; the bar and the tables still print
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=[RichProgressBar()],  # one step per case
+            inference_mode=False,
+        )
+        trainer.test(module, verbose=False)
     return module
 
 

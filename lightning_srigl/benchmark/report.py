@@ -1,4 +1,4 @@
-"""Benchmark outputs: raw CSV, summary CSV with ratios, a rich table and Figure-11-style plots.
+"""Benchmark outputs: raw CSV, summary CSV with ratios, rich tables and Figure-11-style plots.
 
 Summary ratios are ``time(reference) / time(method)`` measured in the same run (> 1: the method is
 faster). ``memory_ratio`` is the condensed fp32 layer's values+indices bytes over the dense fp32
@@ -16,6 +16,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from lightning_srigl.tables import fitted_table, terminal_console
 
 Row = dict[str, Any]
 CASE_KEYS = ("structure", "in_features", "out_features", "sparsity", "fan_in", "active_neurons", "batch", "threads", "cache")
@@ -104,21 +106,57 @@ TABLE_COLUMNS = {
 
 
 def _columns(summary: Sequence[Row]) -> dict[str, str]:
-    """The :data:`TABLE_COLUMNS` that at least one summary row has."""
+    """The ``TABLE_COLUMNS`` that at least one summary row has."""
     return {key: header for key, header in TABLE_COLUMNS.items() if any(key in row for row in summary)}
 
 
-def summary_table(summary: Sequence[Row], title: str = "lightning_srigl benchmark") -> Table:
-    """A rich table of :func:`summarize`: one row per case, key times (µs) and ratios (×)."""
-    table = Table(title=title)
+CASE_HEADERS = ("layer", "sparsity", "batch", "threads", "cache")
+
+
+def case_cells(row: Row) -> list[str]:
+    """The cells that name a case: layer (``in→out``, `` 2:4`` for N:M), sparsity, batch, threads, cache."""
+    layer = f"{row['in_features']}→{row['out_features']}" + (" 2:4" if row["structure"] == "2:4" else "")
+    return [layer, f"{row['sparsity']:.2f}", str(row["batch"]), str(row["threads"]), row["cache"]]
+
+
+def format_us(value: Any) -> str:
+    """A time in µs with 4 significant digits at most (``""`` when the method was not timed)."""
+    if value == "" or value is None:
+        return ""
+    return f"{value:.4g}" if value < 1000 else f"{value:,.0f}"
+
+
+def summary_tables(summary: Sequence[Row], title: str = "lightning_srigl benchmark", width: int = 100) -> list[Table]:
+    """Two rich tables of [`summarize`][lightning_srigl.benchmark.report.summarize]: times (µs) and ratios (×).
+
+    The columns are those of ``TABLE_COLUMNS`` that some row has, times apart from ratios so that each
+    table fits a console ``width`` columns wide, down to 100.
+    """
     columns = _columns(summary)
-    for header in ("layer", "sparsity", "batch", "threads", "cache", *columns.values()):
-        table.add_column(header, justify="left" if header in ("layer", "cache") else "right")
-    for row in summary:
-        layer = f"{row['in_features']}→{row['out_features']}" + (" 2:4" if row["structure"] == "2:4" else "")
-        cells = [layer, f"{row['sparsity']:.2f}", str(row["batch"]), str(row["threads"]), row["cache"]]
-        table.add_row(*cells, *(str(row.get(key, "")) for key in columns))
-    return table
+    times = {key: header.removesuffix(" µs") for key, header in columns.items() if key.endswith("_us")}
+    ratios = {key: header for key, header in columns.items() if not key.endswith("_us")}
+    tables = []
+    for kind, headers, cell in (("µs per call", times, format_us), ("ratios, > 1 = faster", ratios, str)):
+        rows = [case_cells(row) + [cell(row.get(key, "")) for key in headers] for row in summary]
+        tables.append(fitted_table(f"{title}: {kind}", [*CASE_HEADERS, *headers.values()], rows, width,
+                                   left=("layer", "cache")))
+    return tables
+
+
+Series = Callable[[Sequence[Row]], dict[str, list[tuple[float, float]]]]
+
+
+def _time_series(column: str) -> Series:
+    """``label -> [(sparsity, µs)]`` per method; 2:4 layers labelled ``"<method> (2:4)"``."""
+
+    def series(panel: Sequence[Row]) -> dict[str, list[tuple[float, float]]]:
+        points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for r in panel:
+            label = r["method"] if r["structure"] == "srigl" else f"{r['method']} (2:4)"
+            points[label].append((r["sparsity"], r[column]))
+        return points
+
+    return series
 
 
 def plot(rows: Sequence[Row], path: Path, threads: int, statistic: str = "median") -> Path:
@@ -128,19 +166,21 @@ def plot(rows: Sequence[Row], path: Path, threads: int, statistic: str = "median
     """
     column = "time_us" if statistic == "median" else "min_us"
     hot = [r for r in rows if r["cache"] == "hot" and r["threads"] == threads]
+    return _panels(hot, _time_series(column), path, f"{threads} thread(s)", f"time per call (µs, {statistic}, log)")
 
-    def series(panel: Sequence[Row]) -> dict[str, list[tuple[float, float]]]:
-        points: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for r in panel:
-            label = r["method"] if r["structure"] == "srigl" else f"{r['method']} (2:4)"
-            points[label].append((r["sparsity"], r[column]))
-        return points
 
-    return _panels(hot, series, path, f"{threads} thread(s)", f"time per call (µs, {statistic}, log)")
+def plot_layer(rows: Sequence[Row], path: Path, threads: int, shape: tuple[int, int], statistic: str = "median") -> Path:
+    """[`plot`][lightning_srigl.benchmark.report.plot] for one layer ``shape``: one figure, a panel per batch
+    size, sized to stay legible in a documentation column about 700 px wide."""
+    column = "time_us" if statistic == "median" else "min_us"
+    hot = [r for r in rows if r["cache"] == "hot" and r["threads"] == threads
+           and (r["in_features"], r["out_features"]) == shape]
+    title = f"{shape[0]}→{shape[1]} layer, {threads} thread{'s' if threads > 1 else ''}"
+    return _panels(hot, _time_series(column), path, title, f"µs per call ({statistic}, log)", one_figure_per_shape=True)
 
 
 def plot_speedup(summary: Sequence[Row], path: Path, threads: int) -> Path:
-    """Speedup vs sparsity, log y, one panel per (shape, batch): each :data:`RATIOS` entry of the summary.
+    """Speedup vs sparsity, log y, one panel per (shape, batch): each ``RATIOS`` entry of the summary.
 
     Hot-cache rows at ``threads``; 2:4 layers are single markers at 50 %; the dotted line is 1 (no gain).
     """
@@ -160,53 +200,87 @@ def plot_speedup(summary: Sequence[Row], path: Path, threads: int) -> Path:
 
 def _panels(
     rows: Sequence[Row],
-    series: Callable[[Sequence[Row]], dict[str, list[tuple[float, float]]]],
+    series: Series,
     path: Path,
     subtitle: str,
     ylabel: str,
     ref: float | None = None,
+    one_figure_per_shape: bool = False,
 ) -> Path:
-    """A (shape x batch) grid of log-y panels, each drawing ``series(rows of that panel)`` against sparsity."""
-    import matplotlib
+    """Log-y panels, each drawing ``series(rows of that panel)`` against sparsity: a (shape x batch) grid,
+    or (``one_figure_per_shape``, rows of one shape) a row of batch panels titled ``subtitle``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A label keeps one colour in every panel; its 2:4 point is an open square of that colour.
+    """
+    from matplotlib.figure import Figure  # the Agg canvas, no display or pyplot state needed
 
     shapes = list(dict.fromkeys((r["in_features"], r["out_features"]) for r in rows))
     batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(
-        len(shapes), len(batches), figsize=(4 * len(batches), 3.2 * len(shapes)), squeeze=False, sharex=True
-    )
-    for i, shape in enumerate(shapes):
-        for j, batch in enumerate(batches):
-            ax = axes[i][j]
-            panel = [r for r in rows if (r["in_features"], r["out_features"]) == shape and r["batch"] == batch]
-            for label, points in series(panel).items():
-                points.sort()
-                style = "s" if "(2:4)" in label else "o-"
-                ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=4)
-            if ref is not None:
-                ax.axhline(ref, color="black", linestyle=":", linewidth=1)
-            ax.set_yscale("log")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.set_title(f"{shape[0]}→{shape[1]}, batch {batch}, {subtitle}", fontsize=9)
-    labelled = [ax for ax in axes.flat if ax.get_legend_handles_labels()[0]]
-    if labelled:
-        labelled[0].legend(fontsize=7)
-    fig.supxlabel("sparsity")
-    fig.supylabel(ylabel)
-    fig.tight_layout()
+    if one_figure_per_shape:
+        figure = Figure(figsize=(3.3 * len(batches), 4.4), layout="constrained")
+        fonts = {"title": 13, "label": 12, "ticks": 11, "legend": 11}
+    else:
+        figure = Figure(figsize=(4 * len(batches), 3.4 * len(shapes) + 0.8), layout="constrained")
+        fonts = {"title": 10, "label": 11, "ticks": 9, "legend": 10}
+    axes = figure.subplots(len(shapes), len(batches), squeeze=False, sharex=True)
+    panels = {(i, j): series([r for r in rows if (r["in_features"], r["out_features"]) == shape and r["batch"] == batch])
+              for i, shape in enumerate(shapes) for j, batch in enumerate(batches)}
+    methods = list(dict.fromkeys(label.removesuffix(" (2:4)") for points in panels.values() for label in points))
+    for (i, j), points_by_label in panels.items():
+        ax = axes[i][j]
+        for label, points in points_by_label.items():
+            points.sort()
+            color = f"C{methods.index(label.removesuffix(' (2:4)')) % 10}"
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            if label.endswith(" (2:4)"):
+                ax.plot(xs, ys, "s", color=color, markersize=6, mfc="none")
+            else:
+                ax.plot(xs, ys, "o-", color=color, label=label, markersize=4)
+        if ref is not None:
+            ax.axhline(ref, color="black", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.tick_params(labelsize=fonts["ticks"])
+        where = f"batch {batches[j]}" if one_figure_per_shape else f"{shapes[i][0]}→{shapes[i][1]}, batch {batches[j]}"
+        ax.set_title(where, fontsize=fonts["title"])
+    handles, labels = [], []
+    for ax in axes.flat:  # every method once, in first-seen order
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if any(label.endswith(" (2:4)") for points in panels.values() for label in points):
+        handles += axes[0][0].plot([], [], "s", color="grey", mfc="none")
+        labels.append("2:4 layer (50 %)")
+    for ax in axes[-1]:  # on the axes, not the figure: the legend sits below them
+        ax.set_xlabel("sparsity", fontsize=fonts["label"])
+    figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=fonts["legend"], frameon=False)
+    figure.supylabel(ylabel, fontsize=fonts["label"])
+    figure.suptitle(subtitle, fontsize=fonts["title"] + 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figure.savefig(path, dpi=100 if one_figure_per_shape else 110)
     return path
+
+
+def layer_plot_paths(rows: Sequence[Row], output_dir: Path, name: str) -> dict[tuple[int, tuple[int, int]], Path]:
+    """``(threads, (in, out)) -> <output_dir>/<name>_t<threads>_<in>x<out>.png``, the per-layer plots."""
+    hot = [r for r in rows if r["cache"] == "hot"]
+    timed = {(r["threads"], (r["in_features"], r["out_features"])) for r in hot}
+    shapes = dict.fromkeys((r["in_features"], r["out_features"]) for r in hot)
+    return {
+        (threads, shape): output_dir / f"{name}_t{threads}_{shape[0]}x{shape[1]}.png"
+        for threads in sorted({r["threads"] for r in hot})
+        for shape in shapes
+        if (threads, shape) in timed
+    }
 
 
 def write_outputs(
     rows: Sequence[Row], output_dir: Path, name: str, statistic: str = "median", console: Console | None = None
 ) -> dict[str, Path]:
-    """Write ``<name>.csv`` (raw), ``<name>_summary.csv``, ``<name>_t<threads>.png`` (times) and
-    ``<name>_speedup_t<threads>.png`` (ratios); print the table."""
+    """Write ``<name>.csv`` (raw), ``<name>_summary.csv``, ``<name>_t<threads>.png`` (times, every layer),
+    ``<name>_t<threads>_<in>x<out>.png`` (times, one layer, for the docs) and ``<name>_speedup_t<threads>.png``
+    (ratios); print the tables, sized to the terminal."""
     summary = summarize(rows, statistic)
     outputs = {
         "raw_csv": write_csv(rows, output_dir / f"{name}.csv"),
@@ -216,19 +290,20 @@ def write_outputs(
         outputs[f"plot_t{threads}"] = plot(rows, output_dir / f"{name}_t{threads}.png", threads, statistic)
         speedup = output_dir / f"{name}_speedup_t{threads}.png"
         outputs[f"speedup_plot_t{threads}"] = plot_speedup(summary, speedup, threads)
-    title = f"{name} ({statistic} µs per call; ratios ×, > 1 = faster)"
-    (console or Console(width=180)).print(summary_table(summary, title=title))
+    for (threads, shape), path in layer_plot_paths(rows, output_dir, name).items():
+        outputs[path.stem.removeprefix(f"{name}_")] = plot_layer(rows, path, threads, shape, statistic)
+    console = console or terminal_console()
+    for table in summary_tables(summary, f"{name} ({statistic})", console.width):
+        console.print(table)
     return outputs
 
 
 def markdown_table(summary: Sequence[Row]) -> str:
-    """The :func:`summary_table` columns as a GitHub-flavoured markdown table (for ``docs/``)."""
+    """Every case with the ``TABLE_COLUMNS`` some row has, as one GitHub-flavoured markdown table (for ``docs/``)."""
     columns = _columns(summary)
-    headers = ["layer", "sparsity", "batch", "threads", "cache", *columns.values()]
+    headers = [*CASE_HEADERS, *columns.values()]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in summary:
-        layer = f"{row['in_features']}→{row['out_features']}" + (" 2:4" if row["structure"] == "2:4" else "")
-        cells = [layer, f"{row['sparsity']:.2f}", str(row["batch"]), str(row["threads"]), row["cache"]]
-        cells += [str(row.get(key, "")) for key in columns]
+        cells = case_cells(row) + [str(row.get(key, "")) for key in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

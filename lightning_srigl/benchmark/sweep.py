@@ -28,8 +28,33 @@ class SweepConfig:
     samples: ``"median"``, or ``"min"`` on a machine shared with other work (preempted samples only
     ever make a call look slower). ``cpu_isa`` (``"avx2"``, ``"avx512"``, ``"scalar"``) emulates a CPU
     with only that instruction set: dense and condensed kernels are limited alike, in a subprocess
-    (:mod:`lightning_srigl.benchmark.machine`). ``condensed_backend`` is the backend of the condensed
+    (``lightning_srigl.benchmark.machine``). ``condensed_backend`` is the backend of the condensed
     layers (``"auto"``: C++ on CPU, Triton on CUDA).
+
+    Attributes:
+        shapes: layers as ``[in_features, out_features]`` pairs.
+        sparsities: fractions of zero weights of the constant fan-in layers.
+        batch_sizes: rows of the input ``(batch, in_features)`` of the hot-cache cases.
+        threads: intra-op thread counts (``torch.set_num_threads``) to time each case with.
+        ablation: fraction of output neurons removed from the constant fan-in layers (SRigL ablation).
+        methods: ``<kernel>_<dtype>`` names timed on the constant fan-in layers; must include
+            ``dense_fp32``.
+        nm_methods: methods timed on the 2:4 layers (empty: no 2:4 cases).
+        cold_sparsities: sparsities that also get cold-cache cases (empty: none).
+        cold_batch_sizes: batch sizes of the cold-cache cases.
+        cold_methods: methods timed with cold caches.
+        cold_bytes: bytes the copies of a cold-cache layer must exceed (more than the last-level cache).
+        min_run_time: seconds of timed samples per method and case, at least.
+        statistic: ``"median"`` or ``"min"`` of the samples, used for the ratios.
+        device: where to time, e.g. ``"cpu"`` or ``"cuda"``.
+        seed: seed of the random weights, masks and inputs.
+        output_dir: folder for the CSVs and plots (``null``: write nothing).
+        name: stem of the output files, ``<name>.csv``, ``<name>_summary.csv`` and the plots
+            ``<name>_t<threads>_<in>x<out>.png``.
+        cpu_isa: ``"avx2"``, ``"avx512"`` or ``"scalar"`` to emulate a CPU with only that instruction
+            set (``null``: this CPU as it is).
+        condensed_backend: backend of the condensed layers: ``"auto"`` (C++ on CPU, Triton on CUDA),
+            or one of the backends ``CondensedLinear`` takes.
     """
 
     shapes: list[list[int]] = field(default_factory=lambda: [[768, 3072], [3072, 768], [4096, 4096]])

@@ -9,7 +9,7 @@ from itertools import chain
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
@@ -31,6 +31,7 @@ from lightning_srigl.condensed.accelerate import (
 from lightning_srigl.condensed.acceleration_report import AccelerationReport
 from lightning_srigl.condensed.layer_call import LayerCall
 from lightning_srigl.condensed.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
+from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import masked_weights, qualified_name
 
 REPORT_FILENAME = "acceleration.csv"
@@ -40,7 +41,7 @@ class AccelerateCallback(Callback):
     """Make the trained sparse model fast at inference, in place, when ``trainer.fit`` ends.
 
     During fit it keeps (by reference, no copy) the latest input of every layer of an accelerable
-    kind (``nn.Linear``; :mod:`lightning_srigl.condensed.registry`). At ``on_fit_end`` rank 0 times
+    kind (``nn.Linear``; ``lightning_srigl.condensed.registry``). At ``on_fit_end`` rank 0 times
     the exact candidates of the masked ones on those real inputs and installs the modules it timed;
     the other ranks build the same choice (broadcast). The report is printed, logged
     (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
@@ -61,7 +62,7 @@ class AccelerateCallback(Callback):
         fold: fold ablated neurons into the following layer where exact.
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
-            (interleaved rounds, fastest sample; see :func:`lightning_srigl.condensed.accelerate.accelerate`).
+            (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.accelerate.accelerate`][lightning_srigl.condensed.accelerate.accelerate]).
     """
 
     def __init__(
@@ -136,10 +137,10 @@ class AccelerateCallback(Callback):
     def _fold_and_swap(
         self, pl_module: pl.LightningModule, inputs: dict[str, LayerCall] | None, trainer: pl.Trainer | None = None
     ) -> None:
-        """Fold, then plan (when ``inputs`` are given, else reuse :attr:`report`) and swap.
+        """Fold, then plan (when ``inputs`` are given, else reuse ``report``) and swap.
 
         Keeps shape-only copies of every module it changes, to undo the swap before loading a
-        checkpoint written during fit (:meth:`_restore_before_load`).
+        checkpoint written during fit (``_restore_before_load``).
         """
         touched = fold_in_place(pl_module) if self.fold else []
         plan: AccelerationPlan | None = None
@@ -201,17 +202,17 @@ class AccelerateCallback(Callback):
 
     @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """See :meth:`_reaccelerate`."""
+        """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """See :meth:`_reaccelerate`."""
+        """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)
 
     @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """See :meth:`_reaccelerate`."""
+        """See ``_reaccelerate``."""
         self._reaccelerate(pl_module)
 
 

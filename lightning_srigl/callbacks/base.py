@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -48,6 +48,7 @@ from lightning_srigl.callbacks.report import (
     save_active_neurons_plot,
     topology_metrics,
 )
+from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, check_patterns_match, matches, select_parameters
 from lightning_srigl.masking import zero_optimizer_state_
 from lightning_srigl.sparsity import (

@@ -33,12 +33,12 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_integer, as_real, check_choice, check_flag, check_patterns
 from lightning_srigl.callbacks.glue import SparsityCallback, log_metrics
+from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, move_inactive_, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask
 from lightning_srigl.sparsity.transposable import check_transposable_nm, is_transposable_nm, transposable_nm_mask

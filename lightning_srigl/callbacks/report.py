@@ -102,15 +102,12 @@ def history_record(
 
 
 def print_layer_table(stats: Sequence[LayerStats], title: str) -> None:
-    """Print one row per sparse layer (layer, shape, density, active neurons, fan-in) with rich."""
-    from rich.console import Console
-    from rich.table import Table
+    """Print one row per sparse layer (layer, shape, density, active neurons, fan-in, ITOP), terminal-wide."""
+    from lightning_srigl.tables import fitted_table, terminal_console
 
-    table = Table(title=title)
-    for column in ("layer", "shape", "density", "active neurons", "fan-in", "ITOP"):
-        table.add_column(column, justify="left" if column == "layer" else "right")
-    for s in stats:
-        table.add_row(
+    headers = ("layer", "shape", "density", "active neurons", "fan-in", "ITOP")
+    rows = [
+        (
             s.name,
             "x".join(map(str, s.shape)),
             f"{s.density:.4f}",
@@ -118,7 +115,10 @@ def print_layer_table(stats: Sequence[LayerStats], title: str) -> None:
             f"{s.fan_in:.1f}",
             f"{s.itop_rate:.3f}",
         )
-    Console().print(table)
+        for s in stats
+    ]
+    console = terminal_console()
+    console.print(fitted_table(title, headers, rows, console.width, fold=("layer",)))
 
 
 def save_active_neurons_plot(

@@ -14,7 +14,7 @@ class RigLCallback(DynamicSparsityCallback):
     """Train with RigL: drop the smallest weights of a layer, grow where the dense gradient is largest.
 
     Same schedule, budgets, logging and resumable state as
-    :class:`~lightning_srigl.callbacks.SRigLCallback`, without the constant fan-in constraint and
+    [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback], without the constant fan-in constraint and
     without neuron ablation. See that class for the arguments.
     """
 

@@ -2,17 +2,17 @@
 
 ``accelerate(model, example_input)`` does four steps, also usable one by one:
 
-1. :func:`capture_layer_inputs` runs ``model(example_input)`` once with forward hooks and keeps the
+1. ``capture_layer_inputs`` runs ``model(example_input)`` once with forward hooks and keeps the
    real input of every sparse layer (so kernels are timed at the user's batch size and shapes);
-2. :func:`fold_in_place` folds ablated neurons into the next layer where that is exact
-   (:mod:`lightning_srigl.condensed.fold`);
-3. :func:`plan_acceleration` builds every candidate of each layer's kind (dense, condensed, CSR, 2:4
-   semi-structured for ``nn.Linear``; :mod:`lightning_srigl.condensed.registry`), checks it against the
+2. ``fold_in_place`` folds ablated neurons into the next layer where that is exact
+   (``lightning_srigl.condensed.fold``);
+3. ``plan_acceleration`` builds every candidate of each layer's kind (dense, condensed, CSR, 2:4
+   semi-structured for ``nn.Linear``; ``lightning_srigl.condensed.registry``), checks it against the
    masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed;
-4. :func:`swap_layers` installs them (mask buffers leave with the old modules).
+4. ``swap_layers`` installs them (mask buffers leave with the old modules).
 
 The sparse layers are the masked modules the masking layer records
-(:func:`lightning_srigl.masking.masked_weights`) whose type is a kind of the registry.
+(``lightning_srigl.masking.masked_weights``) whose type is a kind of the registry.
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
 
 
 def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
-    """Put modules back by name (e.g. the :func:`snapshot_modules` copies, after ``to_empty``)."""
+    """Put modules back by name (e.g. the ``snapshot_modules`` copies, after ``to_empty``)."""
     for name, module in originals.items():
         model.set_submodule(name, module)
 
@@ -290,7 +290,7 @@ def accelerate(
 
     Args:
         model: any ``nn.Module``; its sparse layers are its masked modules of a known kind
-            (:func:`lightning_srigl.condensed.registry.sparse_layers`).
+            (``lightning_srigl.condensed.registry.sparse_layers``).
         example_input: one real batch for ``model(example_input)`` (a tuple is unpacked); every
             layer is timed on the input it receives from this batch.
         candidates: kernels to try; ``"dense"`` is always needed as the reference.

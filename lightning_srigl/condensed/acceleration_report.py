@@ -1,6 +1,6 @@
-"""What :func:`~lightning_srigl.condensed.accelerate.plan_acceleration` measured and chose, per layer.
+"""What ``plan_acceleration`` measured and chose, per layer.
 
-:class:`AccelerationReport` prints it as a rich table, writes it as CSV and turns it into logger metrics.
+[`AccelerationReport`][lightning_srigl.condensed.acceleration_report.AccelerationReport] prints it as a rich table, writes it as CSV and turns it into logger metrics.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_srigl.condensed.registry import CANDIDATES
+from lightning_srigl.tables import fitted_table, terminal_console
 
-__all__ = ["CANDIDATES", "AccelerationReport", "LayerAcceleration"]
+SHORT_NAMES = {"dense": "dense", "condensed": "cond.", "csr": "CSR", "semi_structured": "2:4"}
+
+__all__ = ["CANDIDATES", "SHORT_NAMES", "AccelerationReport", "LayerAcceleration"]
 
 
 @dataclass(frozen=True)
 class LayerAcceleration:
-    """What :func:`plan_acceleration` measured and chose for one layer (times in seconds)."""
+    """What ``plan_acceleration`` measured and chose for one layer (times in seconds)."""
 
     name: str
     in_features: int
@@ -39,12 +42,12 @@ class LayerAcceleration:
 
 @dataclass(frozen=True)
 class AccelerationReport:
-    """One :class:`LayerAcceleration` per accelerated layer, with printing, CSV and metric views."""
+    """One ``LayerAcceleration`` per accelerated layer, with printing, CSV and metric views."""
 
     rows: list[LayerAcceleration]
 
     def columns(self) -> list[str]:
-        """Candidate names timed in at least one layer, in :data:`CANDIDATES` order."""
+        """Candidate names timed in at least one layer, in ``CANDIDATES`` order."""
         return [c for c in CANDIDATES if any(c in row.times for row in self.rows)]
 
     def records(self) -> list[dict[str, object]]:
@@ -63,22 +66,29 @@ class AccelerationReport:
             for r in self.rows
         ]
 
-    def table(self) -> Table:
-        """A rich table of :meth:`records`."""
-        records = self.records()
-        table = Table(title="lightning_srigl: accelerated layers (times in µs)")
-        for key in records[0] if records else ["layer"]:
-            table.add_column(key, justify="left" if key in ("layer", "shape", "chosen") else "right")
-        for record in records:
-            table.add_row(*(str(v) for v in record.values()))
-        return table
+    def table(self, width: int = 100) -> Table:
+        """A rich table of the layers for a console ``width`` columns wide (long layer names fold; the
+        density is in [`records`][lightning_srigl.condensed.acceleration_report.AccelerationReport.records])."""
+        columns = self.columns()
+        batches = sorted({r.batch for r in self.rows})
+        at = f" at batch {batches[0]}" if len(batches) == 1 else ""
+        headers = ["layer", "in→out", *([] if at else ["batch"]), "active neurons", "kernel", "× dense"]
+        headers += [f"{SHORT_NAMES.get(c, c)} µs" for c in columns]
+        rows = []
+        for r in self.rows:
+            cells = [r.name, f"{r.in_features}→{r.out_features}", *([] if at else [str(r.batch)])]
+            cells += [f"{r.active_neurons}/{r.out_features}", SHORT_NAMES.get(r.chosen, r.chosen), f"{r.speedup:.2f}"]
+            rows.append(cells + [_microseconds(r.times[c]) if c in r.times else "" for c in columns])
+        title = f"lightning_srigl: accelerated layers{at} (times in µs)"
+        return fitted_table(title, headers, rows, width, left=("layer", "kernel"), fold=("layer",))
 
     def print(self, console: Console | None = None) -> None:
-        """Print :meth:`table` (to a 160-column rich console by default)."""
-        (console or Console(width=160)).print(self.table())
+        """Print [`table`][lightning_srigl.condensed.acceleration_report.AccelerationReport.table] (by default on a console as wide as the terminal)."""
+        console = console or terminal_console()
+        console.print(self.table(console.width))
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write :meth:`records` to ``path`` (parents created) and return it."""
+        """Write [`records`][lightning_srigl.condensed.acceleration_report.AccelerationReport.records] to ``path`` (parents created) and return it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         records = self.records()
@@ -91,3 +101,8 @@ class AccelerationReport:
     def metrics(self) -> dict[str, float]:
         """``accelerate/<layer>/speedup`` for every layer, for ``logger.log_metrics``."""
         return {f"accelerate/{r.name}/speedup": r.speedup for r in self.rows}
+
+
+def _microseconds(seconds: float) -> str:
+    us = seconds * 1e6
+    return f"{us:,.0f}" if us >= 100 else f"{us:.3g}"

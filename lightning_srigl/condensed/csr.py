@@ -9,13 +9,45 @@ kernels.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.validation import check_bias, check_csr
 
-__all__ = ["CSRLinear", "csr_linear", "csr_product"]
+__all__ = ["CSRLinear", "csr_linear", "csr_product", "to_csr"]
+
+# torch warns once per process that CSR support is "in beta"; this layer uses it on purpose.
+CSR_BETA_WARNING = "Sparse CSR tensor support is in beta state"
+
+
+@contextmanager
+def _csr_beta_warning_hidden() -> Iterator[None]:
+    """Ignore torch's CSR beta warning inside the block only (no global filter)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CSR_BETA_WARNING, category=UserWarning)
+        yield
+
+
+def to_csr(weight: Tensor) -> Tensor:
+    """``weight (out, in)`` as a torch sparse CSR tensor, without torch's CSR beta warning.
+
+    torch raises that warning at most once per process, at the first CSR tensor built; the layers build
+    theirs here or in :func:`_csr_tensor`, so the forward pass (which skips the filter: it costs ~3 us a
+    call) does not raise it either.
+    """
+    with _csr_beta_warning_hidden():
+        return weight.to_sparse_csr()
+
+
+def _csr_tensor(crow_indices: Tensor, col_indices: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """The ``shape`` CSR tensor of those parts (not validated), without torch's CSR beta warning."""
+    with _csr_beta_warning_hidden():
+        return torch.sparse_csr_tensor(crow_indices, col_indices, values, shape, check_invariants=False)
 
 
 def csr_product(
@@ -74,7 +106,7 @@ class CSRLinear(nn.Module):
         weight = linear.weight.detach()
         weight = weight * mask if mask is not None else weight
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(weight.to_sparse_csr(), bias)
+        return cls(to_csr(weight), bias)
 
     @classmethod
     def from_masked(cls, linear: nn.Linear, mask: Tensor) -> CSRLinear:
@@ -84,9 +116,7 @@ class CSRLinear(nn.Module):
     @property
     def weight(self) -> Tensor:
         """The ``(out, in)`` sparse CSR weight (a view of the buffers)."""
-        return torch.sparse_csr_tensor(
-            self.crow_indices, self.col_indices, self.values, (self.out_features, self.in_features), check_invariants=False
-        )
+        return _csr_tensor(self.crow_indices, self.col_indices, self.values, (self.out_features, self.in_features))
 
     def spec_args(self) -> dict[str, int]:
         """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""
@@ -95,10 +125,8 @@ class CSRLinear(nn.Module):
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CSRLinear:
         """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
-        weight = torch.sparse_csr_tensor(
-            tensors["crow_indices"], tensors["col_indices"], tensors["values"],
-            (args["out_features"], args["in_features"]), check_invariants=False,
-        )  # fmt: skip
+        shape = (args["out_features"], args["in_features"])
+        weight = _csr_tensor(tensors["crow_indices"], tensors["col_indices"], tensors["values"], shape)
         return cls(weight, tensors.get("bias"))  # validated here
 
     def forward(self, x: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.attention import ProjectedAttention
-from lightning_srigl.condensed.csr import CSRLinear
+from lightning_srigl.condensed.csr import CSRLinear, to_csr
 from lightning_srigl.condensed.linear import CondensedLinear, pad_fan_in
 from lightning_srigl.masking import mask_of, masked_weights, remove_masks_
 
@@ -73,7 +73,7 @@ def hf_conv1d_csr(conv1d: nn.Module, mask: Tensor) -> CSRLinear:
     """The :class:`CSRLinear` equal to a Hugging Face ``Conv1D`` with ``weight * mask``."""
     weight, _ = _transposed_weight(conv1d, mask)
     bias = None if conv1d.bias is None else conv1d.bias.detach().clone()
-    return CSRLinear(weight.to_sparse_csr(), bias)
+    return CSRLinear(to_csr(weight), bias)
 
 
 def features_input(module: nn.Module, x: Tensor) -> Tensor:

@@ -118,7 +118,7 @@ class CondensedLinear(nn.Module):
     layer's dtype: the layer computes in its own dtype, exactly as the masked dense layer would.
 
     The constructor and ``load_state_dict`` validate the buffers once
-    (:func:`~lightning_srigl.condensed.validation.check_condensed`: shapes, dtypes, devices, every index
+    (``check_condensed``: shapes, dtypes, devices, every index
     inside the layer), so the kernels may trust them; a malformed layer raises ``ValueError``.
     """
 
@@ -171,7 +171,7 @@ class CondensedLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None, backend: str = "auto") -> CondensedLinear:
         """Build from a masked ``nn.Linear``.
 
-        The mask is, in order: ``mask``, the layer's own mask (:func:`lightning_srigl.masking.mask_of`),
+        The mask is, in order: ``mask``, the layer's own mask (``lightning_srigl.masking.mask_of``),
         else ``weight != 0``.
         """
         if mask is None:
@@ -181,12 +181,12 @@ class CondensedLinear(nn.Module):
         return cls.from_weight_mask(linear.weight, mask, linear.bias, backend)
 
     def spec_args(self) -> dict[str, int | str | bool]:
-        """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""
+        """Plain constructor facts for [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]."""
         return {"in_features": self.in_features, "out_features": self.out_features, "backend": self.backend}
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedLinear:
-        """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
+        """Rebuild (validated) from [`spec_args`][lightning_srigl.condensed.linear.CondensedLinear.spec_args] and the layer's ``state_dict`` tensors."""
         return cls(
             tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"),
             args["in_features"], args["out_features"], args.get("backend", "auto"),

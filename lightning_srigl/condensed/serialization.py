@@ -3,9 +3,9 @@
 Two formats, both one ``torch.save`` file read with ``weights_only=True`` (no arbitrary pickles):
 
 * ``"spec"`` — for models built only from standard ``torch.nn`` modules and the package's inference
-  layers (:class:`CondensedLinear`, ...): an architecture tree (module type + constructor arguments read
+  layers (``CondensedLinear``, ...): an architecture tree (module type + constructor arguments read
   back from the module) plus the state dict. Loading resolves each ``type`` in an exact allowlist
-  (the classes ``torch.nn`` exports, and :data:`~lightning_srigl.condensed.registry.INFERENCE_LAYERS`
+  (the classes ``torch.nn`` exports, and ``INFERENCE_LAYERS``
   that can be rebuilt), builds the modules — an inference layer from its own tensors, validated by
   its constructor — and assigns the tensors. A malformed or tampered file raises ``ValueError``.
 * ``"exported"`` — for any other model (custom ``forward`` code, Hugging Face models): pass
@@ -99,7 +99,7 @@ def _malformed(where: str, problem: str) -> ValueError:
 
 
 def build_from_spec(spec: dict[str, Any], state_dict: dict[str, Tensor], prefix: str = "") -> nn.Module:
-    """Rebuild the module tree described by :func:`module_spec`.
+    """Rebuild the module tree described by ``module_spec``.
 
     Inference layers are built from their tensors in ``state_dict`` (keys under ``prefix``) and so
     validated; standard modules are built on the ``meta`` device (no memory, whatever sizes the file
@@ -165,10 +165,10 @@ def save_condensed(
     example_input: Tensor | tuple[Tensor, ...] | None = None,
     dynamic_shapes: str | object | None = "auto",
 ) -> str:
-    """Save ``model`` so :func:`load_condensed` can rebuild it without the training code.
+    """Save ``model`` so [`load_condensed`][lightning_srigl.condensed.serialization.load_condensed] can rebuild it without the training code.
 
     Args:
-        model: a model (typically with :class:`CondensedLinear` layers).
+        model: a model (typically with [`CondensedLinear`][lightning_srigl.condensed.linear.CondensedLinear] layers).
         path: destination file.
         example_input: needed only for models with custom modules; they are captured with
             ``torch.export`` on this input (one tensor or a tuple of positional tensors).
@@ -208,7 +208,7 @@ def save_condensed(
 def load_condensed(
     path: str | Path, map_location: str | torch.device | None = "cpu", *, trust_exported: bool = False
 ) -> nn.Module:
-    """Load a model saved by :func:`save_condensed`, in eval mode.
+    """Load a model saved by [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed], in eval mode.
 
     Args:
         path: the file.
@@ -217,7 +217,7 @@ def load_condensed(
             so set it only for files from a source you trust. ``"spec"`` files never need it.
 
     Raises:
-        ValueError: the file was not written by :func:`save_condensed`, is malformed or tampered with
+        ValueError: the file was not written by [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed], is malformed or tampered with
             (unknown types, bad arguments, shapes, dtypes or indices), or is an exported program
             without ``trust_exported=True``.
     """

@@ -1,7 +1,7 @@
 """Masks of a chosen set of sparse weights: install, read, update, and re-apply them.
 
-:class:`MaskedParameters` is what the training callbacks hold: the selected weights and, through
-:mod:`lightning_srigl.masking.registry`, their mask buffers. Weights are stored dense with zeros at
+[`MaskedParameters`][lightning_srigl.masking.masks.MaskedParameters] is what the training callbacks hold: the selected weights and, through
+``lightning_srigl.masking.registry``, their mask buffers. Weights are stored dense with zeros at
 inactive positions ("mask simulation"); forward and backward are the ordinary dense ops.
 """
 
@@ -21,7 +21,7 @@ class MaskedParameters:
     """The masks of a set of sparse parameters, stored as buffers on their modules.
 
     Args:
-        params: the sparse parameters, e.g. from :func:`select_parameters`.
+        params: the sparse parameters, e.g. from ``select_parameters``.
     """
 
     def __init__(self, params: Sequence[SparseParameter]) -> None:

@@ -14,7 +14,7 @@ other), unless an ``include`` pattern names it exactly; and layers of types the 
 handle (the warning names them).
 
 Names are fully-qualified parameter names as in ``model.named_parameters()`` (``encoder.0.weight``,
-``attn.in_proj_weight``) and patterns are :mod:`fnmatch` patterns on those names.
+``attn.in_proj_weight``) and patterns are ``fnmatch`` patterns on those names.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def select_structured_parameters(
         model: the network.
         check_shape: ``f(shape)`` raising ``ValueError`` when a weight cannot carry the structure,
             e.g. ``lambda s: check_nm(s, 2, 4)``.
-        include, exclude: fnmatch patterns on parameter names (see :func:`select_parameters`).
+        include, exclude: fnmatch patterns on parameter names (see [`select_parameters`][lightning_srigl.masking.selection.select_parameters]).
         keep_first_dense, keep_last_dense: leave the model's first / last sparsifiable weight (in
             registration order) dense, e.g. a 3-channel stem conv and the classifier head.
 

@@ -5,7 +5,7 @@ For ``T`` weights at density ``n / m``:
 - ``"unstructured"``: ``C(T, T n / m)``;
 - ``"nm"``: ``C(m, n) ** (T / m)``;
 - ``"transposable_nm"``: ``K(m, n) ** (T / m^2)``, ``K(m, n)`` = number of ``m x m`` 0/1 matrices with
-  ``n`` ones in every row and column (:func:`count_transposable_patterns`);
+  ``n`` ones in every row and column (``count_transposable_patterns``);
 - ``"block"``: blocks of ``block_size`` weights kept or dropped together, ``C(T / b, (T / b) n / m)``.
 
 Values are returned as ``log10`` (they overflow floats quickly): exact big integers where they are

@@ -2,7 +2,7 @@
 
 An N:M mask is a constant fan-in mask (every output row keeps ``in * n / m`` inputs) whose kept
 inputs are also spread evenly, ``n`` in every group of ``m`` consecutive inputs (see
-:mod:`lightning_srigl.sparsity.nm` for the group layout). This module lets the SRigL schedule explore
+[`lightning_srigl.sparsity.nm`][lightning_srigl.sparsity.nm] for the group layout). This module lets the SRigL schedule explore
 such masks: drop the smallest-magnitude active weights of the layer, then refill every group that
 lost weights with the positions of that group that have the largest dense-gradient magnitude.
 Neuron ablation does not apply: a group must keep exactly ``n``.
@@ -23,7 +23,7 @@ __all__ = ["NMUpdate", "nm_drop_grow", "random_nm_mask"]
 
 @dataclass(frozen=True)
 class NMUpdate:
-    """Result of :func:`nm_drop_grow`; every mask has the weight's shape.
+    """Result of ``nm_drop_grow``; every mask has the weight's shape.
 
     Attributes:
         mask: the new mask, exactly ``n`` per group.
@@ -70,7 +70,7 @@ def nm_drop_grow(weight: Tensor, mask: Tensor, dense_grad: Tensor, *, n: int, m:
         drop_fraction: fraction of active weights replaced, in ``[0, 1]``.
 
     Returns:
-        An :class:`NMUpdate`. The caller zeroes ``weight`` outside ``update.mask``; grown weights
+        An ``NMUpdate``. The caller zeroes ``weight`` outside ``update.mask``; grown weights
         are already 0, and dropped-and-regrown ones keep their value.
 
     Raises:

@@ -75,7 +75,7 @@ def rigl_update(weight: Tensor, mask: Tensor, dense_grad: Tensor, *, drop_fracti
         drop_fraction: fraction of active weights to replace, in ``[0, 1]``.
 
     Returns:
-        :class:`RigLUpdate`; the caller applies ``weight.mul_(update.mask)``.
+        [`RigLUpdate`][lightning_srigl.sparsity.rigl.RigLUpdate]; the caller applies ``weight.mul_(update.mask)``.
     """
     check_update_inputs(weight, mask, dense_grad)
     drop_fraction = check_drop_fraction(drop_fraction)
