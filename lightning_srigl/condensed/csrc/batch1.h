@@ -216,9 +216,10 @@ inline __m256 step(__m256 acc, const float* xs, const uint8_t* record, const flo
 // four steps the kernel therefore asks for kPrefetchLines lines at a fixed distance ahead of both
 // streams (enough lines to cover what four steps consume on average: AVX-512 80 B of records and about
 // 180 B of weights, AVX2 32 B and about 100 B), into L1 (__builtin_prefetch locality 3, prefetcht0 on
-// x86). Measured on a Sapphire-Rapids-class VM at 90 % sparsity, 1 thread, 768->3072 and 3072->768:
-// cold calls 75-80 % of the time without with AVX2, 70-80 % with AVX-512; in cache (the layout in L2)
-// 5-10 % faster too. Prefetching each line exactly once (a cursor per stream) or into L2 only was slower.
+// x86). Measured on a Sapphire-Rapids-class VM at 90 % sparsity, 1 thread, 768->3072 and 3072->768, in
+// one interleaved run: cold calls took 72-75 % of the time they took without prefetching with AVX2 and
+// 84-85 % with AVX-512, calls in cache (the layout in L2) 90-96 %. Prefetching each line exactly once
+// (a cursor per stream) or into L2 only (locality 1) was slower, hot and cold.
 constexpr int64_t kPrefetchRecords = 2048, kPrefetchWeights = 4096;
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kPrefetchLines[2] = {2, 3};  // records, weights
