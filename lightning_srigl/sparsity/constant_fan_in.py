@@ -275,9 +275,9 @@ def srigl_update(
     kept = _trim_rows(kept, weight_score, fan_in, trim)
     del weight_score
 
-    need = torch.where(ablated, 0, fan_in - row_counts(kept))
-    regrown = rowwise_topk_mask(grad_score, need, exclude=kept)
-    new_mask = kept | regrown
+    # Each surviving row is grown back to fan_in: its kept weights plus its top |grad| elsewhere.
+    new_mask = rowwise_topk_mask(grad_score, torch.where(ablated, 0, fan_in), keep=kept)
+    regrown = new_mask & ~kept
     return SRigLUpdate(
         mask=new_mask.reshape(mask.shape),
         grown=(regrown & ~active).reshape(mask.shape),
