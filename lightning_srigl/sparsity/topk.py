@@ -93,6 +93,11 @@ def kth_largest(values: Tensor, k: int, among: Tensor | None = None) -> Tensor:
     n = flat.numel() if eligible is None else int(eligible.count_nonzero())
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    return _kth_largest(flat, k, eligible, n)
+
+
+def _kth_largest(flat: Tensor, k: int, eligible: Tensor | None, n: int) -> Tensor:
+    """:func:`kth_largest` of 1-D ``flat`` with its ``n`` eligible entries already counted."""
     if n > BLOCK_ELEMENTS:
         bound = _kth_largest_in_bracket(flat, eligible, n, k)
         if bound is not None:
@@ -174,7 +179,7 @@ def topk_mask(scores: Tensor, k: int, *, among: Tensor | None = None) -> Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k == n:
         return torch.ones_like(scores, dtype=torch.bool) if among is None else among.clone()
-    threshold = kth_largest(flat, k, among)
+    threshold = _kth_largest(flat, k, None if among is None else among.reshape(-1), n)
     selected = flat >= threshold
     if among is not None:
         selected &= among.reshape(-1)
