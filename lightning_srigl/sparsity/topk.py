@@ -24,6 +24,9 @@ from lightning_srigl.sparsity.validation import all_finite
 __all__ = ["BLOCK_ELEMENTS", "as_rows", "kth_largest", "row_blocks", "row_counts", "rowwise_topk_mask", "topk_mask"]
 
 BLOCK_ELEMENTS = 1 << 20  # scores per block of a row-wise selection or a tie count
+# Entries of kth_largest's strided sample. Its two selections cost ~2 * SAMPLE_SIZE and the bracket
+# they leave holds ~8 * n / sqrt(SAMPLE_SIZE) entries: 2^16 balances the two for layers of a few million.
+SAMPLE_SIZE = 1 << 16
 
 
 def as_rows(t: Tensor) -> Tensor:
@@ -108,7 +111,7 @@ def _kth_largest(flat: Tensor, k: int, eligible: Tensor | None, n: int) -> Tenso
 
 def _kth_largest_in_bracket(flat: Tensor, eligible: Tensor | None, n: int, k: int) -> Tensor | None:
     """:func:`kth_largest` through a sampled bracket, or ``None`` when the bracket does not isolate it."""
-    stride = max(1, flat.numel() // (1 << 18))
+    stride = max(1, flat.numel() // SAMPLE_SIZE)
     sample = flat[::stride] if eligible is None else flat[::stride][eligible[::stride]]
     m = sample.numel()
     if m == 0:
