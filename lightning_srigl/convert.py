@@ -18,7 +18,7 @@ Batch-norm re-calibration, which AdaPrune also offers, is not done here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 

@@ -17,9 +17,10 @@ ablated neurons, then is timed end to end as dense fp32, dense channels-last (Re
 ``MKL_ENABLE_INSTRUCTIONS=AVX2`` and ``ONEDNN_MAX_CPU_ISA=AVX2``, which stands in for an AVX2-only CPU
 (same caches and clock as the host). At 1 thread the samples are the timing thread's CPU time, robust
 on a shared machine; with more threads, wall time (run those in a quiet window).
-Writes ``<out>/whole_models.csv`` and ``<out>/whole_models.png``; with ``--doc`` also the table in
-``docs/whole-models.md`` and its CSV and plot in ``docs/assets`` (the rows of models not measured in
-this run are kept, each with the command that measured it).
+Writes ``<out>/whole_models.csv`` and ``<out>/whole_models.png`` (default ``runs/whole_models``, ignored
+by git); with ``--doc`` also the table in ``docs/whole-models.md`` and its CSV and plot in
+``docs/assets`` (the documented rows of the (model, batch) pairs not measured in this run are kept, each
+with the command that measured it).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds of samples per variant and batch size")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per candidate layer in accelerate()")
     parser.add_argument("--isa", choices=["native", "avx2", "avx512", "scalar"], default="native")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "assets")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "whole_models", help="this run's CSV and plot")
     parser.add_argument("--doc", action="store_true", help="write the table into docs/whole-models.md")
     parser.add_argument("--smoke", action="store_true", help="tiny models (for the tests)")
     parser.add_argument(
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.doc:
             rows = merged_with_documented(rows)
             write_csv(rows, DOC_CSV)
+            plot_speedups(rows, DOC.parent / "assets" / "whole_models.png")
             write_doc(rows)
         plot_speedups(rows, args.out / "whole_models.png")
         return

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, build_method, make_masked_linear, weight_bytes
 from lightning_srigl.benchmark.machine import (
@@ -56,14 +57,17 @@ class BenchmarkModule(pl.LightningModule):
         self._layer: tuple[nn.Linear, Tensor] | None = None
         self._built: dict[str, nn.Module] = {}
 
+    @override
     def test_dataloader(self) -> torch.utils.data.DataLoader:
         """One case per step, uncollated (``batch_size=None``)."""
         return torch.utils.data.DataLoader(self.config.cases(), batch_size=None, shuffle=False)
 
+    @override
     def transfer_batch_to_device(self, batch: Case, device: torch.device, dataloader_idx: int) -> Case:
         """Cases are plain settings: nothing to move."""
         return batch
 
+    @override
     def test_step(self, case: Case, batch_idx: int) -> None:
         """Time every method of ``case`` and append one result row per method."""
         spec = case_spec(case)
@@ -120,6 +124,7 @@ class BenchmarkModule(pl.LightningModule):
                 self._built[method] = None
         return self._built[method]
 
+    @override
     def on_test_end(self) -> None:
         """Write the CSVs, table and plot (rank 0)."""
         if self.config.output_dir is not None and self.trainer.is_global_zero:

@@ -5,3 +5,11 @@ from lightning_srigl.callbacks.rigl import RigLCallback
 from lightning_srigl.callbacks.srigl import SRigLCallback
 from lightning_srigl.callbacks.nm import NMSparsityCallback
 from lightning_srigl.callbacks.accelerate import AccelerateCallback
+
+__all__ = [
+    "AccelerateCallback",
+    "DynamicSparsityCallback",
+    "NMSparsityCallback",
+    "RigLCallback",
+    "SRigLCallback",
+]

@@ -87,7 +87,7 @@ class DynamicSparsityCallback(SparsityCallback):
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
-        sparse_init: bool = False,
+        sparse_init: bool = True,
         init_std_quirk: bool = False,
         grad_accumulation_n: int = 1,
         seed: int = 0,
@@ -325,6 +325,10 @@ class DynamicSparsityCallback(SparsityCallback):
             for fqn, mask in self.masked.masks().items():
                 weight = rows(fqn, self.masked.param(fqn).data)
                 sparse_init_(weight, rows(fqn, mask), self._generator, std_quirk=self.init_std_quirk)
+            rank_zero_info(
+                f"{type(self).__name__}: re-initialised the kept weights of {len(self.budgets)} layers for their "
+                "sparse fan-in (the paper's recipe from scratch); pass sparse_init=False to keep pretrained values"
+            )
 
     @torch.no_grad()
     def _accumulate_dense_grads(self, fqns: Sequence[str]) -> None:

@@ -72,8 +72,9 @@ class SRigLCallback(DynamicSparsityCallback):
         no_ablation: patterns of layers never ablated; ``None`` protects the last sparse layer (the
             output layer); ``[]`` allows ablating every layer.
         sparse_init: re-initialise the kept weights for their sparse fan-in when the masks are first
-            drawn (the paper does, training from scratch: set ``True`` to reproduce it). Off by default,
-            so fine-tuning a pretrained model keeps its values (only the masked weights become 0).
+            drawn, as the paper does when training from scratch (without it, a 99 %-sparse layer keeps
+            the dense initialisation's scale and its signal shrinks about tenfold). Pass ``False`` to
+            fine-tune a pretrained model: the kept weights then keep their values.
         init_std_quirk: use the reference code's std ``2/fan_in`` instead of ``sqrt(2/fan_in)``.
         grad_accumulation_n: growth scores are ``|mean gradient|`` over this many optimizer steps
             before each update.
@@ -99,7 +100,7 @@ class SRigLCallback(DynamicSparsityCallback):
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
         no_ablation: Sequence[str] | None = None,
-        sparse_init: bool = False,
+        sparse_init: bool = True,
         init_std_quirk: bool = False,
         grad_accumulation_n: int = 1,
         seed: int = 0,

@@ -266,19 +266,13 @@ def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
         if row.name not in sparse:
             found = type(model.get_submodule(row.name)).__name__
             raise ValueError(f"{row.name} is {found}, not a masked layer of a known kind: was it already accelerated?")
-        _set_submodule(model, row.name, mark_accelerated(plan.layers[row.name], row.chosen))
+        model.set_submodule(row.name, mark_accelerated(plan.layers[row.name], row.chosen))
 
 
 def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
     """Put modules back by name (e.g. the :func:`snapshot_modules` copies, after ``to_empty``)."""
     for name, module in originals.items():
-        _set_submodule(model, name, module)
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+        model.set_submodule(name, module)
 
 
 def accelerate(

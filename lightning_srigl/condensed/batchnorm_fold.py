@@ -21,13 +21,11 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lightning_srigl.condensed.fold_chain import CONVS
 from lightning_srigl.condensed.local_trace import traced_graphs
 from lightning_srigl.masking import mask_of, parameter_owners
 
 __all__ = ["fold_batchnorms"]
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
 
 def fold_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     """Fold every provable (masked conv, BatchNorm) pair of ``model`` in place (see the module docstring).
@@ -47,8 +45,8 @@ def fold_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
         if pair is not None:
             conv_name, bn_name = pair
             replaced[conv_name], replaced[bn_name] = modules[conv_name], modules[bn_name]
-            _set(model, conv_name, _folded_conv(modules[conv_name], modules[bn_name]))
-            _set(model, bn_name, nn.Identity())
+            model.set_submodule(conv_name, _folded_conv(modules[conv_name], modules[bn_name]))
+            model.set_submodule(bn_name, nn.Identity())
     return replaced
 
 
@@ -57,7 +55,7 @@ def _foldable_pair(
 ) -> tuple[str, str] | None:
     """``(conv name, BatchNorm name)`` when ``node`` calls a masked conv that feeds only an eval BatchNorm."""
     conv = modules.get(node.target) if node.op == "call_module" else None
-    if type(conv) not in _CONVS or mask_of(conv, "weight") is None or len(node.users) != 1:
+    if type(conv) not in CONVS or mask_of(conv, "weight") is None or len(node.users) != 1:
         return None
     user = next(iter(node.users))
     bn = modules.get(user.target) if user.op == "call_module" else None
@@ -86,8 +84,3 @@ def _folded_conv(conv: nn.Module, bn: _BatchNorm) -> nn.Module:
     folded.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
     folded.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
     return folded
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)

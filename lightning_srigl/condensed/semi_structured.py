@@ -3,7 +3,7 @@
 A 2:4 layer (at most 2 non-zeros in every group of 4 consecutive inputs) can run on the 2:4
 sparse tensor cores of NVIDIA GPUs with compute capability >= 8.0, through PyTorch's
 ``SparseSemiStructuredTensor`` (cuSPARSELt, or CUTLASS on 8.x when the build has no cuSPARSELt).
-Requirements (PyTorch's own, see research note ``nm.md`` §4.2): a 2-D contiguous CUDA weight in
+Requirements (PyTorch's own, from ``torch.sparse.SparseSemiStructuredTensor``): a 2-D contiguous CUDA weight in
 fp16/bf16 whose ``(out, in)`` are multiples of (and at least) the backend's minimum block, e.g.
 32×64 for CUTLASS and 16×16 for cuSPARSELt in fp16/bf16. The input is padded by PyTorch.
 

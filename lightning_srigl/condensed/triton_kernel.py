@@ -1,7 +1,7 @@
 """Triton kernels for the condensed (constant fan-in) linear product on GPUs.
 
 The product is ``y[b, a] = bias[a] + sum_j values[a, j] * x[b, indices[a, j]]`` for ``A`` active
-neurons of fan-in ``k``. Two regimes (research note ``kernels.md`` §8):
+neurons of fan-in ``k``. Two regimes, as on the CPU (``csrc/gather_dot.h``, ``csrc/panel.h``):
 
 * **small batch** (``B <= SMALL_BATCH``), memory bound, GEMV-like "gather-dot": one program per
   block of ``BLOCK_N`` neurons and one batch row; each step loads a ``(BLOCK_K, BLOCK_N)`` tile of

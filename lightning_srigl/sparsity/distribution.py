@@ -97,6 +97,14 @@ def erk_densities(
     allocation = _dense_allocation(sparsity)
     numels = _check_layers(shapes, dense)
     raw = [_erk_raw_weight([int(d) for d in shape], power_scale) for shape in shapes]
+    # The equation for eps. Layer i's share of the budget keeps numel_i - z_i weights, with
+    # z_i = int(numel_i * (1 - d)) its share of zeros (d = dense allocation; truncated per layer, as the
+    # reference does). A pinned layer keeps all numel_i, z_i more than its share; a sparse layer keeps
+    # eps * raw_i * numel_i. The layers together must keep what the shares add up to:
+    #     sum_sparse eps * raw_i * numel_i + sum_pinned numel_i = sum_all (numel_i - z_i)
+    # so  eps = (sum_sparse (numel_i - z_i) - sum_pinned z_i) / sum_sparse raw_i * numel_i = rhs / divisor.
+    # eps <= 0: the pinned layers' extra weights use up the whole budget. A layer with eps * raw_i > 1
+    # would need more weights than it has: pin it (the largest raw_i first) and solve again.
     pinned = set(dense)
     while True:
         sparse_layers = [i for i in range(len(shapes)) if i not in pinned]

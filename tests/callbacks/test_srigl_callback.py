@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_srigl.callbacks import RigLCallback, SRigLCallback
@@ -180,3 +181,30 @@ def test_nm_structure_rejects_ablation_and_misfit_layers() -> None:
     callback = SRigLCallback(report=False, structure="1:3")  # selected by type: misfits stay dense
     _fit(callback, steps=2)
     assert callback.budgets == {}
+
+
+class _WeightsAtTrainStart(Callback):
+    """Copies every weight when training starts: after the masks are installed, before any step."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.weights = {n: p.detach().clone() for n, p in pl_module.named_parameters() if n.endswith("weight")}
+
+
+@pytest.mark.parametrize("callback_type", [SRigLCallback, RigLCallback])
+def test_kept_weights_are_reinitialised_by_default_and_keep_their_values_with_sparse_init_false(callback_type) -> None:
+    original = {n: p.detach().clone() for n, p in TinyNet().named_parameters() if n.endswith("weight")}
+    started = {}
+    for sparse_init in (None, False):
+        probe = _WeightsAtTrainStart()
+        arguments = {} if sparse_init is None else {"sparse_init": sparse_init}
+        callback = callback_type(report=False, sparsity=0.8, **arguments)
+        trainer(callbacks=[callback, probe], max_steps=1).fit(TinyNet())
+        started[sparse_init] = (probe.weights, callback.masked.masks())
+    for sparse_init, (weights, masks) in started.items():
+        for fqn, mask in masks.items():
+            kept_now, kept_before = weights[fqn][mask], original[fqn][mask]
+            assert torch.all(weights[fqn][~mask] == 0), fqn
+            if sparse_init is None:  # the paper's default: redrawn for the sparse fan-in
+                assert not torch.equal(kept_now, kept_before), fqn
+            else:
+                assert torch.equal(kept_now, kept_before), fqn

@@ -29,7 +29,7 @@ def test_pattern_count_known_values_and_symmetries() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "n", "m", "block_size", "expected"),
-    [  # research/nm.md section 3.5: log10 mask diversity of 64 weights
+    [  # log10 mask diversity of 64 weights, from the closed forms (e.g. C(64, 32), 6**16, 90**4)
         ("unstructured", 2, 4, None, 18.26),
         ("nm", 4, 8, None, 14.76),
         ("nm", 2, 4, None, 12.45),

@@ -1,0 +1,68 @@
+"""The package's layering (docs/design.md): each layer imports only the layers before it.
+
+Read from the source with ``ast`` (nothing is imported), so a lazy import inside a function counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lightning_srigl"
+# docs/design.md's order; convert.py sits at the level of condensed/ (it uses sparsity/ and masking/).
+LAYERS = ("sparsity", "masking", "condensed", "convert", "callbacks", "benchmark", "cli")
+ENTRY_POINTS = ("__init__", "__main__")  # the lazy exports and `python -m lightning_srigl`
+WITHOUT_LIGHTNING = ("sparsity", "masking", "condensed", "convert")
+
+
+def layer_of(path: Path) -> str:
+    """The top-level name of a file of the package: ``condensed`` for ``condensed/fold.py``."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module name ``path`` imports, at any depth (relative imports resolved to the package)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                raise AssertionError(f"{path}: use absolute imports (lightning_srigl....)")
+            names += [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
+
+
+def package_layers(path: Path) -> set[str]:
+    """The package's top-level names that ``path`` imports, other than its own."""
+    own = layer_of(path)
+    found = {name.split(".")[1] for name in imported_modules(path) if name.startswith("lightning_srigl.")}
+    return found - {own}
+
+
+def test_each_layer_imports_only_the_layers_before_it() -> None:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = layer_of(path)
+        if layer in ENTRY_POINTS:
+            continue
+        imported = package_layers(path)
+        if layer in LAYERS:
+            allowed = set(LAYERS[: LAYERS.index(layer)])
+            bad = {name for name in imported if name in LAYERS and name not in allowed}
+        else:  # a shared leaf module (no package imports of its own), which any layer may use
+            bad = imported
+        problems += [f"{path.relative_to(PACKAGE.parent)} imports lightning_srigl.{name}" for name in sorted(bad)]
+    assert not problems, "layering broken (see docs/design.md):\n" + "\n".join(problems)
+
+
+def test_lower_layers_need_no_lightning_and_sparsity_no_modules() -> None:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = layer_of(path)
+        names = imported_modules(path)
+        if layer in WITHOUT_LIGHTNING:
+            problems += [f"{path.name} imports {n}" for n in names if n == "lightning" or n.startswith("lightning.")]
+        if layer == "sparsity":
+            problems += [f"{path.name} imports {n}" for n in names if n in ("torch.nn", "torch.nn.Module")]
+    assert not problems, "\n".join(problems)
