@@ -171,7 +171,8 @@ def test_rowwise_topk_mask_keep_across_blocks_with_ties() -> None:
     assert torch.equal(mask.sum(dim=1), k)
     assert bool((mask | ~keep).all())
     for row in (0, 1, 1499, 2999):
-        assert torch.equal(mask[row : row + 1], _grown_back_by_sort(scores[row : row + 1], k[row : row + 1], keep[row : row + 1]))
+        one = slice(row, row + 1)
+        assert torch.equal(mask[one], _grown_back_by_sort(scores[one], k[one], keep[one]))
 
 
 def test_rowwise_topk_mask_keep_rejects_what_it_cannot_honour() -> None:
