@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_srigl.benchmark.machine import machine_fields
+from lightning_srigl.condensed.cpu_isa import cpu_model
 
 # The paper's top-1 accuracies (%) from the reference code's notebooks/final_results.ipynb, as
 # quoted in docs/reproducing.md: (model, dense, {method: {sparsity %: accuracy}}).
@@ -68,20 +70,9 @@ class Latency:
     same_predictions: bool
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _condensed_kernel() -> str:
-    from lightning_srigl.condensed.cpu_kernel import load_extension
-
-    return "C++ extension (-march=native)" if load_extension() is not None else "pure-torch fallback"
+    """The condensed CPU kernel variant the latency phase ran (e.g. ``"avx512"``)."""
+    return machine_fields()["kernel_variant"]
 
 
 def run_metadata(
@@ -99,7 +90,7 @@ def run_metadata(
     cores = 2
     return {
         "command": command,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "condensed_kernel": _condensed_kernel(),
         "torch": torch.__version__,
         "workers": workers,
@@ -249,7 +240,7 @@ def markdown_report(summary: Sequence[dict[str, Any]], meta: dict[str, Any]) -> 
         "# Accuracy against sparsity, with and without neuron ablation",
         "",
         f"Command: `{meta['command']}`  ",
-        f"CPU: {meta['cpu']}; condensed kernel: {meta['condensed_kernel']}; torch {meta['torch']}; "
+        f"CPU: {meta['cpu']}; condensed kernel variant: {meta['condensed_kernel']}; torch {meta['torch']}; "
         f"{meta['workers']} training processes (1 thread each); latency on {meta['latency_threads']} thread(s); "
         f"load average at the end {meta['loadavg_at_end']}.  ",
         f"Training CPU time {meta['training_cpu_seconds']:.0f} s (wall {meta['training_wall_seconds']:.0f} s); "

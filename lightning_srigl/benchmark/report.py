@@ -3,7 +3,7 @@
 Summary ratios are ``time(reference) / time(method)`` measured in the same run (> 1: the method is
 faster). ``memory_ratio`` is the condensed fp32 layer's values+indices bytes over the dense fp32
 weight's bytes; ``byte_ceiling`` is its inverse, the batch-1 speedup limit when weights stream from
-DRAM (batch 1 is memory bound: a layer's time is at least its bytes over the memory bandwidth).
+DRAM (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Cold caches: the same layer is copied until the copies together exceed the last-level cache
 (``cold_bytes``, ~1 GB by default) and the timed statement runs every copy once per pass, so each
-call streams its weights from DRAM, as the layers of a whole network would at batch 1 (see "Cold
-cache" in ``docs/benchmarks.md``).
+call streams its weights from DRAM, as the layers of a whole network would at batch 1
+(``docs/benchmarks.md``, "Cold cache").
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from lightning_srigl.callbacks.remask import RemaskPolicy
 from lightning_srigl.callbacks.report import (
     LayerStats,
     history_record,
-    layer_stats,
+    masked_layer_stats,
     print_layer_table,
     save_active_neurons_plot,
     topology_metrics,
@@ -395,11 +395,7 @@ class DynamicSparsityCallback(SparsityCallback):
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:
         assert self.masked is not None
-        rows = self.masked.rows
-        return [
-            layer_stats(fqn, rows(fqn, mask), rows(fqn, self._ever_active.get(fqn, mask)))
-            for fqn, mask in self.masked.masks().items()
-        ]
+        return masked_layer_stats(self.masked, self._ever_active)
 
     def _metrics(self) -> dict[str, float]:
         return topology_metrics(self._layer_stats(), self.metric_prefix)

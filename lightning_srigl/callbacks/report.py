@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
+from lightning_srigl.masking import MaskedParameters
 from lightning_srigl.sparsity import active_neurons, fan_in, itop_rate
 
 
@@ -58,6 +59,15 @@ def layer_stats(name: str, mask: Tensor, ever_active: Tensor) -> LayerStats:
         fan_in=nnz / active if active else 0.0,
         itop_rate=itop_rate(ever_active),
     )
+
+
+def masked_layer_stats(masked: MaskedParameters, ever_active: Mapping[str, Tensor]) -> list[LayerStats]:
+    """``layer_stats`` of every layer of ``masked``, neuron-major; a layer missing from ``ever_active``
+    (``fqn -> bool mask of the positions ever active``) counts its current mask."""
+    rows = masked.rows
+    return [
+        layer_stats(fqn, rows(fqn, mask), rows(fqn, ever_active.get(fqn, mask))) for fqn, mask in masked.masks().items()
+    ]
 
 
 def topology_metrics(stats: Sequence[LayerStats], prefix: str) -> dict[str, float]:

@@ -56,6 +56,25 @@ def test_batch1_kernel_matches_reference(batch1_kernel, inp, rows, k, index_dtyp
     torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_batch1_kernel_splits_groups_over_threads_exactly(batch1_kernel):
+    """Two threads each take a range of lane groups (and prefetch from the middle of the layout): the
+    result is the one-thread result, bit for bit, and the reference's."""
+    values, indices, x = sorted_case(3072, 300, 77, torch.int16, seed=5)
+    bias = torch.randn(300)
+    layout = batch1_layout(values, indices, torch.arange(300), 3072, 300, kernel=batch1_kernel)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = batch1_kernel.batch1_forward(x, layout, bias)
+        torch.set_num_threads(2)
+        two = batch1_kernel.batch1_forward(x, layout, bias)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    expected = condensed_linear_torch(x.double(), values.double(), indices, bias.double())
+    torch.testing.assert_close(two.double(), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_batch1_kernel_ignores_inf_in_unused_features(batch1_kernel):
     """Idle lanes must not turn an infinite activation that no kept weight reads into NaN."""
     values, indices, x = sorted_case(64, 16, 1, torch.int16, seed=3)

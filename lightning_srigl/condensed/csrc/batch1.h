@@ -210,6 +210,29 @@ inline __m256 step(__m256 acc, const float* xs, const uint8_t* record, const flo
 }
 #endif
 
+// Software prefetch. When the layout is not in cache (a whole network at batch 1 streams every layer's
+// weights from memory) the hardware prefetchers alone left the kernel at about 60 % of the bandwidth
+// dense layers reach: they follow each stream within a 4 KiB page and restart at the next one. Every
+// four steps the kernel therefore asks for kPrefetchLines lines at a fixed distance ahead of both
+// streams (enough lines to cover what four steps consume on average: AVX-512 80 B of records and about
+// 180 B of weights, AVX2 32 B and about 100 B), into L1 (__builtin_prefetch locality 3, prefetcht0 on
+// x86). Measured on a Sapphire-Rapids-class VM at 90 % sparsity, 1 thread, 768->3072 and 3072->768:
+// cold calls 75-80 % of the time without with AVX2, 70-80 % with AVX-512; in cache (the layout in L2)
+// 5-10 % faster too. Prefetching each line exactly once (a cursor per stream) or into L2 only was slower.
+constexpr int64_t kPrefetchRecords = 2048, kPrefetchWeights = 4096;
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kPrefetchLines[2] = {2, 3};  // records, weights
+#else
+constexpr int kPrefetchLines[2] = {1, 2};
+#endif
+
+// Prefetches `lines` cache lines from `distance` bytes past p (addresses past the layout's end are
+// harmless: a prefetch never faults).
+inline void prefetch_ahead(const void* p, int64_t distance, int lines) {
+  const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(p) + distance;
+  for (int i = 0; i < lines; ++i) __builtin_prefetch(reinterpret_cast<const void*>(at + 64 * i), 0, 3);
+}
+
 // y[rows[g * kGroup + l]] for the groups [g0, g1), x already padded (xp) and the layout's sections.
 template <bool kFinite>
 void batch1_groups(const float* xp, const uint8_t* base, const Sections& s, int64_t A, const float* bias,
@@ -227,6 +250,8 @@ void batch1_groups(const float* xp, const uint8_t* base, const Sections& s, int6
     int64_t t = group[g];
     const int64_t end = group[g + 1];
     for (; t + 4 <= end; t += 4) {
+      prefetch_ahead(records + t * kStepBytes, kPrefetchRecords, kPrefetchLines[0]);
+      prefetch_ahead(weights, kPrefetchWeights, kPrefetchLines[1]);
       for (int q = 0; q < 4; ++q) acc[q] = step<kFinite>(acc[q], xp, records + (t + q) * kStepBytes, weights);
     }
     for (; t < end; ++t) acc[0] = step<kFinite>(acc[0], xp, records + t * kStepBytes, weights);
