@@ -6,11 +6,11 @@ Cases (``--case``), all on synthetic data with ``torch.set_num_threads(--threads
   Linear(768, 10))`` on batches of 128 rows, ``SGD(lr=0.01, momentum=0.9)``, 400 steps. Variants:
   no callback; ``SRigLCallback(sparsity=0.9, delta_t=100, report=False)``;
   ``SRigLCallback(sparsity=0.9, delta_t=100)`` (the defaults: the end-of-fit table and plot too).
-  With the default ``t_end_fraction=0.75`` the run holds 3 topology updates (steps 100, 200, 300).
+  With the default ``t_end_fraction=0.75`` the run holds 2 topology updates (steps 100 and 200; ``t_end`` = 300).
 * ``heavy`` — the same network on 128 samples x 64 tokens per step (8,192 rows; logits averaged
   over the tokens), 101 steps, ``SRigLCallback(sparsity=0.9, delta_t=100, t_end_fraction=1.0,
   report=False)``: ``t_end_fraction=1.0`` keeps the one update at step 100 inside so short a run
-  (one update per 100 steps, the rate of the paper's exploration phase; more than ``light``'s 3 in 400).
+  (one update per 100 steps, the rate of the paper's exploration phase; more than ``light``'s 2 in 400).
 * ``resnet18`` — the CIFAR-style ResNet-18 of ``example_projects/cifar10_resnet18`` at batch 128,
   ``SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)``, 101 steps, as ``heavy``.
 * ``nm`` — ``light``'s network and optimizer, 100 steps, ``NMSparsityCallback()`` (SR-STE 2:4 with

@@ -50,7 +50,7 @@ from lightning_srigl.callbacks.report import (
 )
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, check_patterns_match, matches, select_parameters
-from lightning_srigl.masking import zero_optimizer_state_
+from lightning_srigl.masking import zero_inactive_, zero_optimizer_state_
 from lightning_srigl.sparsity import (
     all_finite,
     check_sparsity,
@@ -385,8 +385,8 @@ class DynamicSparsityCallback(SparsityCallback):
         del grad_sum
         changed = mask_change(mask, new)
         self.masked.set_mask_(fqn, new)
+        zero_inactive_(weight.data, self.masked.step_mask(fqn, weight))  # the gradient pass reuses this form
         reset = new.logical_not()
-        weight.data.masked_fill_(reset, 0)
         reset |= grown
         for optimizer in trainer.optimizers:
             zero_optimizer_state_(optimizer, weight, reset)

@@ -116,7 +116,7 @@ def neurons_to_ablate(
     neurons survive.
 
     Args:
-        weight_score: ``(O, F)`` ``|w|`` of active weights (inactive positions below all of them).
+        weight_score: ``(O, F)`` ``|w|`` of active weights; inactive positions score 0 or below.
         grad_score: ``(O, F)`` ``|dense gradient|``.
         n_keep, n_prune: the update's keep/prune counts (``n_keep`` at most the number of
             positive ``weight_score`` entries, as [`srigl_update`][lightning_srigl.sparsity.constant_fan_in.srigl_update] guarantees).
@@ -243,12 +243,18 @@ def srigl_update(
     # callbacks pass it); the selections below work in blocks (lightning_srigl.sparsity.topk).
     active = as_rows(mask)
     rows = active.shape[0]
-    weight_score = as_rows(weight).abs().masked_fill_(~active, -1.0)
+    weight_score = as_rows(weight).abs()
     grad_score = as_rows(dense_grad)
     if not bool((grad_score >= 0).all()):
         grad_score = grad_score.abs()
     nonzero = weight_score > 0
-    n_prune, n_keep = _drop_counts(int(active.count_nonzero()), int(nonzero.count_nonzero()), drop_fraction)
+    n_nonzero_anywhere = int(nonzero.count_nonzero())
+    nonzero &= active
+    n_nonzero = int(nonzero.count_nonzero())
+    if n_nonzero != n_nonzero_anywhere:  # weights off the mask: score them below every active one
+        weight_score.masked_fill_(~active, -1.0)
+    # Otherwise inactive positions score 0, which the selections below exclude just as they exclude -1.
+    n_prune, n_keep = _drop_counts(int(active.count_nonzero()), n_nonzero, drop_fraction)
 
     ablated = torch.zeros(rows, dtype=torch.bool, device=mask.device)
     threshold = None
@@ -275,9 +281,9 @@ def srigl_update(
     kept = _trim_rows(kept, weight_score, fan_in, trim)
     del weight_score
 
-    need = torch.where(ablated, 0, fan_in - row_counts(kept))
-    regrown = rowwise_topk_mask(grad_score, need, exclude=kept)
-    new_mask = kept | regrown
+    # Each surviving row is grown back to fan_in: its kept weights plus its top |grad| elsewhere.
+    new_mask = rowwise_topk_mask(grad_score, torch.where(ablated, 0, fan_in), keep=kept)
+    regrown = new_mask & ~kept
     return SRigLUpdate(
         mask=new_mask.reshape(mask.shape),
         grown=(regrown & ~active).reshape(mask.shape),

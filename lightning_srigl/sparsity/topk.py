@@ -19,9 +19,14 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_srigl.sparsity.validation import all_finite
+
 __all__ = ["BLOCK_ELEMENTS", "as_rows", "kth_largest", "row_blocks", "row_counts", "rowwise_topk_mask", "topk_mask"]
 
 BLOCK_ELEMENTS = 1 << 20  # scores per block of a row-wise selection or a tie count
+# Entries of kth_largest's strided sample. Its two selections cost ~2 * SAMPLE_SIZE and the bracket
+# they leave holds ~8 * n / sqrt(SAMPLE_SIZE) entries: 2^16 balances the two for layers of a few million.
+SAMPLE_SIZE = 1 << 16
 
 
 def as_rows(t: Tensor) -> Tensor:
@@ -47,12 +52,14 @@ def row_counts(mask: Tensor) -> Tensor:
     """``(O,)`` int64 number of True entries in each row of an ``(O, F)`` bool mask.
 
     Counted block by block: ``mask.sum(dim=1)`` would first copy the whole mask as int64 (8x its size).
+    ``F`` must be below 2^31.
     """
     rows, cols = mask.shape
     counts = torch.empty(rows, dtype=torch.long, device=mask.device)
+    as_bytes = mask.view(torch.uint8)  # a uint8 sum into int32 is one vectorised pass; a bool sum is not
     blocks = row_blocks(rows, cols)
     for start in blocks:
-        counts[start : start + blocks.step] = mask[start : start + blocks.step].sum(dim=1)
+        counts[start : start + blocks.step] = as_bytes[start : start + blocks.step].sum(dim=1, dtype=torch.int32)
     return counts
 
 
@@ -89,6 +96,11 @@ def kth_largest(values: Tensor, k: int, among: Tensor | None = None) -> Tensor:
     n = flat.numel() if eligible is None else int(eligible.count_nonzero())
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    return _kth_largest(flat, k, eligible, n)
+
+
+def _kth_largest(flat: Tensor, k: int, eligible: Tensor | None, n: int) -> Tensor:
+    """:func:`kth_largest` of 1-D ``flat`` with its ``n`` eligible entries already counted."""
     if n > BLOCK_ELEMENTS:
         bound = _kth_largest_in_bracket(flat, eligible, n, k)
         if bound is not None:
@@ -99,7 +111,7 @@ def kth_largest(values: Tensor, k: int, among: Tensor | None = None) -> Tensor:
 
 def _kth_largest_in_bracket(flat: Tensor, eligible: Tensor | None, n: int, k: int) -> Tensor | None:
     """:func:`kth_largest` through a sampled bracket, or ``None`` when the bracket does not isolate it."""
-    stride = max(1, flat.numel() // (1 << 18))
+    stride = max(1, flat.numel() // SAMPLE_SIZE)
     sample = flat[::stride] if eligible is None else flat[::stride][eligible[::stride]]
     m = sample.numel()
     if m == 0:
@@ -170,7 +182,7 @@ def topk_mask(scores: Tensor, k: int, *, among: Tensor | None = None) -> Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k == n:
         return torch.ones_like(scores, dtype=torch.bool) if among is None else among.clone()
-    threshold = kth_largest(flat, k, among)
+    threshold = _kth_largest(flat, k, None if among is None else among.reshape(-1), n)
     selected = flat >= threshold
     if among is not None:
         selected &= among.reshape(-1)
@@ -180,14 +192,20 @@ def topk_mask(scores: Tensor, k: int, *, among: Tensor | None = None) -> Tensor:
     return selected.reshape(scores.shape)
 
 
-def rowwise_topk_mask(scores: Tensor, k: Tensor | int, *, exclude: Tensor | None = None) -> Tensor:
+def rowwise_topk_mask(
+    scores: Tensor, k: Tensor | int, *, exclude: Tensor | None = None, keep: Tensor | None = None
+) -> Tensor:
     """Per-row top-``k_i`` mask of a ``(O, F)`` score matrix.
 
     Args:
-        scores: ``(O, F)`` real scores, no NaN.
+        scores: ``(O, F)`` real scores, no NaN (and all finite when ``keep`` is given).
         k: ``(O,)`` int64 counts (one per row, each in ``[0, F]``) or one int for all rows.
         exclude: optional ``(O, F)`` bool; those positions score ``-1`` instead (below any
             non-negative score), as ``torch.where(exclude, -1.0, scores)`` would, without the copy.
+        keep: optional ``(O, F)`` bool, at most ``k_i`` in row ``i``: those positions are selected
+            whatever they score and count toward ``k_i``, so each row gets its top
+            ``k_i - keep_i`` other positions. With ``k_i`` in ``{0, K}`` (a constant fan-in grown back
+            to ``K``) this is the faster selection, one unsorted ``topk`` per block.
 
     Returns:
         BoolTensor ``(O, F)``; row ``i`` has exactly ``k_i`` True entries, ties at the row's
@@ -196,38 +214,56 @@ def rowwise_topk_mask(scores: Tensor, k: Tensor | int, *, exclude: Tensor | None
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D (O, F), got shape {tuple(scores.shape)}")
-    if exclude is not None and exclude.shape != scores.shape:
-        raise ValueError(f"exclude must have the shape of scores {tuple(scores.shape)}, got {tuple(exclude.shape)}")
+    for name, extra in (("exclude", exclude), ("keep", keep)):
+        if extra is not None and extra.shape != scores.shape:
+            raise ValueError(f"{name} must have the shape of scores {tuple(scores.shape)}, got {tuple(extra.shape)}")
     _check_scores(scores)
     rows, cols = scores.shape
     k_rows = torch.as_tensor(k, dtype=torch.long, device=scores.device).expand(rows)
     if k_rows.numel() and (k_rows.min() < 0 or k_rows.max() > cols):
         raise ValueError(f"every k_i must be in [0, {cols}], got min {k_rows.min()}, max {k_rows.max()}")
+    if keep is not None:
+        if not all_finite(scores):
+            raise ValueError("rowwise_topk_mask(keep=...) needs finite scores: kept positions score +inf")
+        if bool((row_counts(keep) > k_rows).any()):
+            raise ValueError("keep holds more than k_i positions in some row; it can hold at most k_i")
     selected = torch.zeros_like(scores, dtype=torch.bool)
     blocks = row_blocks(rows, cols)
     for start in blocks:
         rows_here = slice(start, start + blocks.step)
-        block = scores[rows_here] if exclude is None else scores[rows_here].masked_fill(exclude[rows_here], -1.0)
+        block = scores[rows_here]
+        if exclude is not None:
+            block = block.masked_fill(exclude[rows_here], -1.0)
+        if keep is not None:
+            block = block.masked_fill(keep[rows_here], math.inf)
         selected[rows_here] = _rowwise_topk_block(block, k_rows[rows_here])
     return selected
 
 
 def _rowwise_topk_block(scores: Tensor, k_rows: Tensor) -> Tensor:
-    """:func:`rowwise_topk_mask` of one block of rows: ``scores (R, F)``, ``k_rows (R,)``."""
-    cols = scores.shape[1]
+    """:func:`rowwise_topk_mask` of one block of rows: ``scores (R, F)``, ``k_rows (R,)``.
+
+    The threshold of row ``i`` is its ``k_i``-th largest score; every score above it is selected and
+    the lowest-index ones equal to it fill the row up to ``k_i``. When every non-zero ``k_i`` is the
+    same ``K``, the threshold is the smallest of an unsorted ``topk(K)``; otherwise it is read from a
+    sorted ``topk(max k_i)``.
+    """
     k_max = int(k_rows.max()) if k_rows.numel() else 0
     if k_max == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    # One extra value per row tells whether the k_i-th largest is tied with the next one.
-    top_values = torch.topk(scores, min(k_max + 1, cols), dim=1, sorted=True).values
-    index = (k_rows - 1).clamp(min=0).unsqueeze(1)
-    threshold = top_values.gather(1, index)
-    selected = (scores >= threshold) & (k_rows > 0).unsqueeze(1)
-    next_index = k_rows.clamp(max=top_values.shape[1] - 1).unsqueeze(1)
-    next_value = top_values.gather(1, next_index)
-    tied_rows = (next_value == threshold).squeeze(1) & (k_rows > 0) & (k_rows < cols)
-    if bool(tied_rows.any()):  # keep only the lowest-index ties of those rows
-        ties = selected & (scores == threshold)
-        n_from_ties = (k_rows - (selected.sum(dim=1) - ties.sum(dim=1))).unsqueeze(1)
-        selected &= ~ties | (ties.cumsum(dim=1) <= n_from_ties)
+    active = k_rows > 0
+    if bool((k_rows[active] == k_max).all()):
+        threshold = torch.topk(scores, k_max, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+    else:
+        top_values = torch.topk(scores, k_max, dim=1, sorted=True).values
+        threshold = top_values.gather(1, (k_rows - 1).clamp(min=0).unsqueeze(1))
+    selected = scores >= threshold
+    selected &= active.unsqueeze(1)
+    tied_rows = torch.nonzero(row_counts(selected) > k_rows).flatten()
+    if tied_rows.numel():  # more scores equal the threshold than fit: keep the lowest-index ones
+        tied_scores, tied = scores[tied_rows], selected[tied_rows]
+        ties = tied & (tied_scores == threshold[tied_rows])
+        from_ties = (k_rows[tied_rows] - row_counts(tied & ~ties)).unsqueeze(1)
+        tied &= ~ties | (ties.cumsum(dim=1) <= from_ties)
+        selected[tied_rows] = tied
     return selected

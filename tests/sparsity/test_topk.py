@@ -131,3 +131,53 @@ def test_rowwise_topk_mask_with_exclude_equals_scoring_minus_one_there() -> None
     assert torch.equal(rowwise_topk_mask(scores, k, exclude=exclude), expected)
     for row in (0, 1499, 2999):
         assert torch.equal(expected[row], _stable_sort_topk(torch.where(exclude, -1.0, scores)[row], int(k[row])))
+
+
+def _grown_back_by_sort(scores: torch.Tensor, k: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Reference for ``keep``: each row's kept positions plus its top ``k_i - keep_i`` others (stable sort)."""
+    rows = []
+    for i in range(scores.shape[0]):
+        others = _stable_sort_topk(torch.where(keep[i], -1.0, scores[i]), int(k[i]) - int(keep[i].sum()))
+        rows.append(keep[i] | others)
+    return torch.stack(rows)
+
+
+@settings(settings.get_profile("sparsity"))
+@given(rows=st.integers(1, 6), cols=st.integers(1, 12), fan_in=st.integers(0, 12), data=st.data())
+def test_rowwise_topk_mask_keep_grows_rows_back_to_k(rows: int, cols: int, fan_in: int, data: st.DataObject) -> None:
+    fan_in = min(fan_in, cols)
+    values = data.draw(st.lists(st.integers(0, 2), min_size=rows * cols, max_size=rows * cols))
+    scores = torch.tensor(values, dtype=torch.float32).reshape(rows, cols)
+    alive = torch.tensor(data.draw(st.lists(st.booleans(), min_size=rows, max_size=rows)))
+    k = torch.where(alive, fan_in, 0)  # a constant fan-in, ablated rows 0: the fast path
+    keep = torch.zeros(rows, cols, dtype=torch.bool)
+    for i in range(rows):
+        n_kept = data.draw(st.integers(0, int(k[i])))
+        keep[i, data.draw(st.permutations(range(cols)))[:n_kept]] = True
+    assert torch.equal(rowwise_topk_mask(scores, k, keep=keep), _grown_back_by_sort(scores, k, keep))
+    varying = torch.tensor(data.draw(st.lists(st.integers(0, cols), min_size=rows, max_size=rows)))
+    varying = torch.maximum(varying, keep.sum(dim=1))  # k_i of every size: the sorted path
+    assert torch.equal(rowwise_topk_mask(scores, varying, keep=keep), _grown_back_by_sort(scores, varying, keep))
+
+
+def test_rowwise_topk_mask_keep_across_blocks_with_ties() -> None:
+    g = torch.Generator().manual_seed(5)
+    scores = torch.rand(3000, 700, generator=g).mul(4).round()
+    keep = torch.rand(3000, 700, generator=g) < 0.05
+    k = torch.full((3000,), 90)
+    k[::7] = 0
+    keep[::7] = False
+    mask = rowwise_topk_mask(scores, k, keep=keep)
+    assert torch.equal(mask.sum(dim=1), k)
+    assert bool((mask | ~keep).all())
+    for row in (0, 1, 1499, 2999):
+        one = slice(row, row + 1)
+        assert torch.equal(mask[one], _grown_back_by_sort(scores[one], k[one], keep[one]))
+
+
+def test_rowwise_topk_mask_keep_rejects_what_it_cannot_honour() -> None:
+    keep = torch.tensor([[True, True, False]])
+    with pytest.raises(ValueError, match="at most k_i"):
+        rowwise_topk_mask(torch.zeros(1, 3), 1, keep=keep)
+    with pytest.raises(ValueError, match="finite"):
+        rowwise_topk_mask(torch.tensor([[1.0, float("inf"), 0.0]]), 2, keep=keep)
