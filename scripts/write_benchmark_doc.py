@@ -253,9 +253,9 @@ model: `accelerate()` and `AccelerateCallback` do, and keep dense layers whereve
 How to read the tables: ratios are the reference time over the condensed time, both the minimum over
 interleaved ~1 ms samples of the same run (`statistic: min`: on a shared VM a preempted sample only ever
 looks slower; medians are in the CSVs); at 1 thread a sample is the thread's CPU time, at 2 wall time. The
-"target" column gives what this release aims for on that class of CPU (AVX2: at least 3× dense and 2.5× CSR at
-batch 1, as in the SRigL paper's CPU result; AVX-512: no lower than the previous release), and "met" whether
-this run reached it; the cold-cache table marks shares below 70 % of the ceiling. Cold cache: batch 1 while cycling through copies of the layer
+"goal" column gives what this release aims for on that class of CPU (AVX2: at least 3× dense and 2.5× CSR at
+batch 1, as in the SRigL paper's CPU result; AVX-512: no lower than the previous release), and "reached"
+whether this run reached it; the cold-cache table marks shares below 70 % of the ceiling. Cold cache: batch 1 while cycling through copies of the layer
 that together exceed 1 GB, so every call streams its weights from DRAM, as in a whole network; the
 byte-count ceiling is dense bytes / (values + indices bytes) = 4·in / (6·k).
 
