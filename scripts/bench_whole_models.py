@@ -119,6 +119,16 @@ def merged_with_documented(rows: list[dict]) -> list[dict]:
     return kept + rows
 
 
+def document(rows: list[dict]) -> list[dict]:
+    """Merge ``rows`` into the documented ones and rewrite docs/whole-models.md, its CSV and its plot;
+    returns the merged rows."""
+    rows = merged_with_documented(rows)
+    write_csv(rows, DOC_CSV)
+    plot_speedups(rows, DOC.parent / "assets" / "whole_models.png")
+    write_doc(rows)
+    return rows
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
@@ -152,11 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_csv is not None:  # e.g. a run without --doc, to add to the documented rows
         with args.from_csv.open() as handle:
             rows = [_parsed(row) for row in csv.DictReader(handle)]
-        if args.doc:
-            rows = merged_with_documented(rows)
-            write_csv(rows, DOC_CSV)
-            plot_speedups(rows, DOC.parent / "assets" / "whole_models.png")
-            write_doc(rows)
+        rows = document(rows) if args.doc else rows
         plot_speedups(rows, args.out / "whole_models.png")
         return
     if args.isa != "native" and not is_emulating(args.isa):  # the limits must be set before torch loads
@@ -177,11 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = [{**row, "command": command} for row in rows]
         Console(width=200).print(rich_table([r for r in rows if r["model"] == name], f"{name}: end-to-end latency"))
         write_csv(rows, args.out / "whole_models.csv")  # after every model, so a long run keeps what it measured
-    if args.doc:
-        rows = merged_with_documented(rows)
-        write_csv(rows, DOC_CSV)
-        plot_speedups(rows, DOC.parent / "assets" / "whole_models.png")
-        write_doc(rows)
+    rows = document(rows) if args.doc else rows
     plot_speedups(rows, args.out / "whole_models.png")
     print(f"wrote {args.out / 'whole_models.csv'} and {args.out / 'whole_models.png'}")
 
