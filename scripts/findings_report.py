@@ -70,11 +70,6 @@ class Latency:
     same_predictions: bool
 
 
-def _condensed_kernel() -> str:
-    """The condensed CPU kernel variant the latency phase ran (e.g. ``"avx512"``)."""
-    return machine_fields()["kernel_variant"]
-
-
 def run_metadata(
     *, command: str, results_cpu_seconds: float, training_wall_seconds: float, latency_wall_seconds: float,
     latency_cpu_seconds: float, workers: int, latency_threads: int, reused_runs: int, recipes: dict[str, str],
@@ -91,7 +86,7 @@ def run_metadata(
     return {
         "command": command,
         "cpu": cpu_model(),
-        "condensed_kernel": _condensed_kernel(),
+        "condensed_kernel": machine_fields()["kernel_variant"],
         "torch": torch.__version__,
         "workers": workers,
         "latency_threads": latency_threads,
