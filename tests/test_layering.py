@@ -10,9 +10,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_srigl"
 # docs/design.md's order; convert.py sits at the level of condensed/ (it uses sparsity/ and masking/).
-LAYERS = ("sparsity", "masking", "condensed", "convert", "callbacks", "benchmark", "cli")
+LAYERS = ("sparsity", "masking", "condensed", "convert", "training", "callbacks", "benchmark", "cli")
 ENTRY_POINTS = ("__init__", "__main__")  # the lazy exports and `python -m lightning_srigl`
-WITHOUT_LIGHTNING = ("sparsity", "masking", "condensed", "convert")
+WITHOUT_LIGHTNING = ("sparsity", "masking", "condensed", "convert", "training")
 
 
 def layer_of(path: Path) -> str:

@@ -6,13 +6,19 @@ The hooks read like the algorithm:
   from one seeded generator (identical on every rank), install them as buffers (before a checkpoint
   is restored, so ``load_state_dict`` fills them), zero the weights there, optionally re-initialise.
   Stage handling, trainer checks and versioned state are :class:`~lightning_srigl.callbacks.glue.SparsityCallback`'s.
-* ``on_train_start`` — fix the end of exploration from ``trainer.estimated_stepping_batches``.
-* ``on_before_optimizer_step`` — the gradient here is dense, accumulated over micro-batches,
-  averaged over DDP ranks and unscaled by AMP: keep it for the next update if it is inside the
-  window, then mask it.
+* ``on_train_start`` — fix the end of exploration from ``trainer.estimated_stepping_batches``; patch
+  the sparse linear layers to compute their weight gradient at active positions only
+  (:class:`~lightning_srigl.training.SparseBackward`, ``sparse_backward=True``).
+* ``on_train_batch_start`` — take the dense weight gradient instead on the steps whose gradient
+  scores the next update.
+* ``on_before_optimizer_step`` — the gradient here is accumulated over micro-batches, averaged over
+  DDP ranks and unscaled by AMP, and dense on the steps inside the window: keep it for the next update
+  then, and mask it (except a gradient the sampled backward wrote and nothing touched since, which
+  is masked already; :func:`~lightning_srigl.callbacks.remask.gradient_pass_reason` says when that is known).
 * ``on_train_batch_end`` (once per round of optimizer steps) — at a scheduled step, re-mask the
   weights, update the topology, zero optimizer state at inactive and newly grown positions, log
   metrics; other steps re-mask only when :class:`~lightning_srigl.callbacks.remask.RemaskPolicy` says.
+* ``on_train_end`` / ``teardown`` — give the patched layers their own ``forward`` back.
 
 Counting is in optimizer steps (``trainer.global_step``); with several optimizers (manual
 optimization) the count moves by more than one per batch and the update runs at the batch that
@@ -39,7 +45,7 @@ from lightning_srigl.callbacks.glue import (
     log_metrics,
     run_folder,
 )
-from lightning_srigl.callbacks.remask import RemaskPolicy
+from lightning_srigl.callbacks.remask import RemaskPolicy, gradient_pass_reason
 from lightning_srigl.callbacks.report import (
     LayerStats,
     history_record,
@@ -51,6 +57,7 @@ from lightning_srigl.callbacks.report import (
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, check_patterns_match, matches, select_parameters
 from lightning_srigl.masking import zero_inactive_, zero_optimizer_state_
+from lightning_srigl.training import SparseBackward
 from lightning_srigl.sparsity import (
     all_finite,
     check_sparsity,
@@ -94,6 +101,7 @@ class DynamicSparsityCallback(SparsityCallback):
         seed: int = 0,
         log_every_n_steps: int | None = None,
         report: bool = True,
+        sparse_backward: bool = True,
     ) -> None:
         super().__init__()
         self.sparsity = check_sparsity(sparsity)
@@ -118,6 +126,7 @@ class DynamicSparsityCallback(SparsityCallback):
         self.seed = as_integer(seed, "seed", hint="any integer; the same on every rank")
         self.log_every_n_steps = log_every_n_steps
         self.report = check_flag(report, "report")
+        self.sparse_backward = check_flag(sparse_backward, "sparse_backward")
         self.masked: MaskedParameters | None = None
         self.budgets: dict[str, int] = {}
         self.t_end: int | None = None
@@ -131,6 +140,8 @@ class DynamicSparsityCallback(SparsityCallback):
         self._steps_per_round = 1
         self._fqns_of: dict[int, list[str]] = {}
         self.remask = RemaskPolicy()
+        self._backward: SparseBackward | None = None
+        self._trust_sampled_gradients = False
 
     # ---- what a method must provide -------------------------------------------------------
     def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
@@ -168,6 +179,7 @@ class DynamicSparsityCallback(SparsityCallback):
             "init_std_quirk": self.init_std_quirk,
             "grad_accumulation_n": self.grad_accumulation_n,
             "seed": self.seed,
+            "sparse_backward": self.sparse_backward,
         }
 
     # ---- Lightning hooks ------------------------------------------------------------------
@@ -216,17 +228,27 @@ class DynamicSparsityCallback(SparsityCallback):
         self._fqns_of = layers_per_optimizer(trainer, self.masked)
         self.remask.start(trainer, pl_module, self, self.masked, self._fqns_of)
         self._last_step = trainer.global_step
+        if self.sparse_backward:
+            self._install_sparse_backward()
+            self._trust_sampled_gradients = gradient_pass_reason(trainer, pl_module, self) is None
         if trainer.global_step == 0 and trainer.loggers:
             log_metrics(trainer, self._metrics(), step=0)
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._backward is not None:
+            assert self.t_end is not None
+            self._backward.enabled = not self._dense_gradient_needed()
 
     @override
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        assert self.masked is not None and self.t_end is not None
-        if in_gradient_window(self._last_step, self._steps_per_round, self.grad_accumulation_n, self.delta_t, self.t_end):
+        assert self.masked is not None
+        if self._dense_gradient_needed():
             self._accumulate_dense_grads(self._fqns_of.get(id(optimizer), self.masked.fqns))
-        self.masked.apply_to_gradients_()
+        untouched = self._backward.untouched_gradients() if self._backward is not None else set()
+        self.masked.apply_to_gradients_(skip=untouched if self._trust_sampled_gradients else ())
 
     @override
     def on_train_batch_end(
@@ -245,6 +267,15 @@ class DynamicSparsityCallback(SparsityCallback):
             self._update_topology(trainer, due)
         elif self.log_every_n_steps and step // self.log_every_n_steps > previous // self.log_every_n_steps:
             log_metrics(trainer, self._metrics(), step)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._remove_sparse_backward()
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_sparse_backward()
+        super().teardown(trainer, pl_module, stage)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -330,6 +361,28 @@ class DynamicSparsityCallback(SparsityCallback):
                 f"{type(self).__name__}: re-initialised the kept weights of {len(self.budgets)} layers for their "
                 "sparse fan-in (the paper's recipe from scratch); pass sparse_init=False to keep pretrained values"
             )
+
+    def _dense_gradient_needed(self) -> bool:
+        """Whether the coming optimizer step's dense gradient feeds the next topology update."""
+        assert self.t_end is not None
+        return in_gradient_window(self._last_step, self._steps_per_round, self.grad_accumulation_n, self.delta_t, self.t_end)
+
+    def _install_sparse_backward(self) -> None:
+        assert self.masked is not None
+        self._remove_sparse_backward()
+        self._backward = SparseBackward(self.masked)
+        patched = self._backward.install()
+        if patched:
+            rank_zero_info(
+                f"{type(self).__name__}: {len(patched)} of {len(self.masked.fqns)} sparse layers compute their "
+                "weight gradient at active positions only (dense on the steps before an update); pass "
+                "sparse_backward=False for the dense one"
+            )
+
+    def _remove_sparse_backward(self) -> None:
+        if self._backward is not None:
+            self._backward.remove()
+            self._backward = None
 
     @torch.no_grad()
     def _accumulate_dense_grads(self, fqns: Sequence[str]) -> None:

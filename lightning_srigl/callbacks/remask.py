@@ -19,6 +19,12 @@ moves a weight*. What else could, in a Lightning fit, and keeps the per-step re-
 
 Gradient clipping by norm or by value and gradient accumulation keep masked gradients zero (see
 :mod:`lightning_srigl.masking.zero_keeping`), so they need no re-mask.
+
+The same reasoning decides when the gradient pass may skip a weight whose gradient the sampled
+backward wrote (:meth:`lightning_srigl.training.SparseBackward.untouched_gradients`, which sees every
+write through autograd but not one through ``.data``): :func:`gradient_pass_reason` also keeps the
+pass under a strategy that reduces gradients across processes and for a LightningModule that
+overrides ``backward``, ``on_before_backward`` or ``on_after_backward``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Iterable, Mapping
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch import callbacks as pl_callbacks
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim import Optimizer
@@ -54,6 +61,7 @@ MODULE_STEP_HOOKS = (
     "on_before_zero_grad",
     "on_train_batch_end",
 )
+MODULE_GRADIENT_HOOKS = ("backward", "on_before_backward", "on_after_backward")
 CALLBACK_LOOP_HOOKS = (
     "on_train_start",
     "on_train_epoch_start",
@@ -75,9 +83,11 @@ CALLBACK_LOOP_HOOKS = (
 __all__ = [
     "CALLBACK_LOOP_HOOKS",
     "LOOP_SAFE_CALLBACKS",
+    "MODULE_GRADIENT_HOOKS",
     "MODULE_STEP_HOOKS",
     "RemaskPolicy",
     "fit_remask_reason",
+    "gradient_pass_reason",
     "step_remask_reason",
 ]
 
@@ -98,6 +108,19 @@ def fit_remask_reason(trainer: Trainer, pl_module: LightningModule, owner: Callb
         hooks = [hook for hook in CALLBACK_LOOP_HOOKS if is_overridden(hook, callback, Callback)]
         if hooks:
             return f"callback {type(callback).__name__} overrides {', '.join(hooks)}"
+    return None
+
+
+def gradient_pass_reason(trainer: Trainer, pl_module: LightningModule, owner: Callback) -> str | None:
+    """Why this fit must zero every gradient, even one the sampled backward wrote untouched, or ``None``."""
+    reason = fit_remask_reason(trainer, pl_module, owner)
+    if reason is not None:
+        return reason
+    if not isinstance(trainer.strategy, SingleDeviceStrategy):
+        return f"the {type(trainer.strategy).__name__} strategy reduces gradients across processes"
+    hooks = [hook for hook in MODULE_GRADIENT_HOOKS if is_overridden(hook, pl_module, LightningModule)]
+    if hooks:
+        return f"{type(pl_module).__name__} overrides {', '.join(hooks)}"
     return None
 
 

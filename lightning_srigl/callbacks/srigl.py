@@ -82,6 +82,10 @@ class SRigLCallback(DynamicSparsityCallback):
         log_every_n_steps: also log topology metrics every this many steps (``None``: at updates).
         report: at the end of fit, print a per-layer table and save ``active_neurons.png`` in the
             first logger's folder (else ``trainer.default_root_dir``), on rank 0.
+        sparse_backward: compute the weight gradient of sparse fp32 ``nn.Linear`` layers on the CPU
+            only at active positions (the dense product's work times the density; the same masked
+            gradient up to summation order), except on the steps whose dense gradient scores the
+            next update. ``False``: the dense gradient, then masked.
     """
 
     metric_prefix = "srigl"
@@ -106,6 +110,7 @@ class SRigLCallback(DynamicSparsityCallback):
         seed: int = 0,
         log_every_n_steps: int | None = None,
         report: bool = True,
+        sparse_backward: bool = True,
     ) -> None:
         super().__init__(
             sparsity=sparsity,
@@ -122,6 +127,7 @@ class SRigLCallback(DynamicSparsityCallback):
             seed=seed,
             log_every_n_steps=log_every_n_steps,
             report=report,
+            sparse_backward=sparse_backward,
         )
         self.structure = structure
         self.nm = parse_structure(structure)

@@ -42,6 +42,8 @@ class KernelOps:
         batch1_supported: whether the variant has the gather-free batch-1 kernel.
         condensed_conv2d: ``(x (N, C, H, W), values (A, k), indices (A, k), rows (A,), bias (out,) | None,
             out_channels, kernel_size, stride, padding, dilation, block) -> (N, out, Ho, Wo)`` (``csrc/conv.h``).
+        sampled_product: ``(go (N, out), x (N, in), row_ptr (out + 1,) int64, cols (nnz,) int32) -> (out, in)``,
+            ``go^T x`` at the listed positions and ``+0`` elsewhere (``csrc/sampled.h``).
     """
 
     variant: str
@@ -51,6 +53,7 @@ class KernelOps:
     batch1_forward: object
     batch1_supported: bool
     condensed_conv2d: object
+    sampled_product: object
 
 
 def build_directory(variant: Variant) -> Path:
@@ -139,4 +142,5 @@ def _resolve(variant: str, library: Path) -> KernelOps:
         batch1_forward=ops.batch1_forward.default,
         batch1_supported=bool(ops.batch1_supported()),
         condensed_conv2d=ops.condensed_conv2d.default,
+        sampled_product=ops.sampled_product.default,
     )

@@ -7,7 +7,7 @@ inactive positions ("mask simulation"); forward and backward are the ordinary de
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -100,15 +100,18 @@ class MaskedParameters:
             zero_inactive_(weight, self.step_mask(p.fqn, weight))
 
     @torch.no_grad()
-    def apply_to_gradients_(self) -> None:
+    def apply_to_gradients_(self, skip: Collection[str] = ()) -> None:
         """Zero every gradient at its weight's inactive positions, in place (``None`` grads are skipped).
 
         One pass per gradient; the mask form is cached (see :meth:`step_mask`), so nothing is
         converted or allocated per step.
+
+        Args:
+            skip: weights whose gradient is known to be zero at inactive positions already.
         """
         for p in self.params:
             grad = p.param.grad
-            if grad is not None:
+            if grad is not None and p.fqn not in skip:
                 zero_inactive_(grad, self.step_mask(p.fqn, grad))
 
     def check_compatible(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:

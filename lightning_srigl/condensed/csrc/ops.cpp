@@ -10,8 +10,10 @@
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_supported() -> bool
 //   torch.ops.<LSR_OPS_NAMESPACE>.condensed_conv2d(x, values, indices, rows, bias, out_channels, kernel_size,
 //                                                  stride, padding, dilation, block) -> y (N, out, Ho, Wo)
+//   torch.ops.<LSR_OPS_NAMESPACE>.sampled_product(go, x, row_ptr, cols) -> grad (out, in)
 // Regimes: B < 3 gather-dot (gather_dot.h), B >= 3 panels (panel.h), fp32 batch 1 with a layout
-// gather-free (batch1.h). Threads come from at::parallel_for, i.e. torch.get_num_threads().
+// gather-free (batch1.h). sampled.h: go^T x at a mask's positions only (a masked weight's gradient
+// in training). Threads come from at::parallel_for, i.e. torch.get_num_threads().
 // To add a kernel: write its header next to these, include it here and register its op below.
 #include <torch/library.h>
 
@@ -19,6 +21,7 @@
 #include "conv.h"
 #include "gather_dot.h"
 #include "panel.h"
+#include "sampled.h"
 
 #ifndef LSR_OPS_NAMESPACE
 #error "build with -DLSR_OPS_NAMESPACE=lightning_srigl_<variant> (see lightning_srigl/condensed/cpu_variants.py)"
@@ -208,6 +211,31 @@ at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const
   return y;
 }
 
+// fp32 go (N, out), x (N, in), row_ptr (out + 1) int64, cols (nnz) int32 -> (out, in): go^T x at the
+// positions (i, cols[p]) for p in [row_ptr[i], row_ptr[i + 1]), +0 elsewhere (sampled.h).
+at::Tensor sampled_product_op(const at::Tensor& go, const at::Tensor& x, const at::Tensor& row_ptr,
+                              const at::Tensor& cols) {
+  TORCH_CHECK(go.dim() == 2 && x.dim() == 2 && go.size(0) == x.size(0),
+              "sampled_product: go must be (N, out) and x (N, in) with the same N");
+  TORCH_CHECK(go.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat && go.is_contiguous() &&
+                  x.is_contiguous(),
+              "sampled_product: go and x must be contiguous fp32 tensors");
+  const int64_t out = go.size(1), in = x.size(1);
+  TORCH_CHECK(row_ptr.scalar_type() == at::kLong && row_ptr.dim() == 1 && row_ptr.numel() == out + 1 &&
+                  row_ptr.is_contiguous(),
+              "sampled_product: row_ptr must be a contiguous int64 (out + 1,) tensor");
+  TORCH_CHECK(cols.scalar_type() == at::kInt && cols.dim() == 1 && cols.is_contiguous(),
+              "sampled_product: cols must be a contiguous int32 (nnz,) tensor");
+  const int64_t* rp = row_ptr.data_ptr<int64_t>();
+  TORCH_CHECK(rp[0] == 0 && rp[out] == cols.numel(), "sampled_product: row_ptr must run from 0 to nnz = ",
+              cols.numel());
+  at::Tensor grad = at::empty({out, in}, x.options());
+  if (grad.numel() == 0) return grad;
+  sampled_product(go.data_ptr<float>(), x.data_ptr<float>(), x.size(0), out, in, rp, cols.data_ptr<int32_t>(),
+                  grad.data_ptr<float>());
+  return grad;
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace lightning_srigl
 
@@ -218,6 +246,7 @@ TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
   m.def("batch1_supported() -> bool", &lightning_srigl::batch1_supported);
   m.def("condensed_conv2d(Tensor x, Tensor values, Tensor indices, Tensor rows, Tensor? bias, int out_channels, "
         "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0) -> Tensor");
+  m.def("sampled_product(Tensor go, Tensor x, Tensor row_ptr, Tensor cols) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(LSR_OPS_NAMESPACE, CPU, m) {
@@ -225,4 +254,5 @@ TORCH_LIBRARY_IMPL(LSR_OPS_NAMESPACE, CPU, m) {
   m.impl("batch1_layout", &lightning_srigl::batch1_layout);
   m.impl("batch1_forward", &lightning_srigl::batch1_forward);
   m.impl("condensed_conv2d", &lightning_srigl::condensed_conv2d);
+  m.impl("sampled_product", &lightning_srigl::sampled_product_op);
 }

@@ -15,19 +15,21 @@ inline namespace CPU_CAPABILITY {
 // Output rows per tile.
 constexpr int64_t kNeuronTile = 16;
 
-// Pack nb <= kLanes samples x (row stride in) into columns [0, kLanes) of the (in_pad, BT) panel, in
-// kLanes x kLanes blocks; missing samples are zero; rows up to in rounded up to kLanes are written.
+// Pack nb <= kLanes samples x (row stride `stride`, `columns` features each) into columns [0, kLanes)
+// of the (columns_pad, BT) panel, in kLanes x kLanes blocks; missing samples are zero; rows up to
+// `columns` rounded up to kLanes are written.
 template <typename T, int BT>
-void pack_block(const T* x, int64_t in, int64_t nb, float* panel) {
+void pack_block(const T* x, int64_t stride, int64_t columns, int64_t nb, float* panel) {
   alignas(64) float block[kLanes * kLanes];
-  for (int64_t i0 = 0; i0 < in; i0 += kLanes) {
-    const int64_t ni = std::min<int64_t>(kLanes, in - i0);
+  for (int64_t i0 = 0; i0 < columns; i0 += kLanes) {
+    const int64_t ni = std::min<int64_t>(kLanes, columns - i0);
     if (std::is_same<T, float>::value && ni == kLanes && nb == kLanes) {
-      at::vec::transpose_mxn<float, kLanes, kLanes>(reinterpret_cast<const float*>(x) + i0, in, panel + i0 * BT, BT);
+      at::vec::transpose_mxn<float, kLanes, kLanes>(reinterpret_cast<const float*>(x) + i0, stride, panel + i0 * BT, BT);
       continue;
     }
     for (int64_t b = 0; b < kLanes; ++b) {
-      const Vec row = b >= nb ? Vec(0.f) : ni == kLanes ? load_float(x + b * in + i0) : load_float_partial(x + b * in + i0, ni);
+      const T* row_start = x + b * stride + i0;
+      const Vec row = b >= nb ? Vec(0.f) : ni == kLanes ? load_float(row_start) : load_float_partial(row_start, ni);
       row.store(block + b * kLanes);
     }
     at::vec::transpose_mxn<float, kLanes, kLanes>(block, kLanes, panel + i0 * BT, BT);
@@ -39,7 +41,7 @@ template <typename T, int BT>
 void pack_panel(const T* x, int64_t in, int64_t nb, float* panel) {
   for (int64_t s = 0; s < BT / kLanes; ++s) {
     const int64_t n = std::max<int64_t>(0, std::min<int64_t>(kLanes, nb - s * kLanes));
-    pack_block<T, BT>(x + s * kLanes * in, in, n, panel + s * kLanes);
+    pack_block<T, BT>(x + s * kLanes * in, in, in, n, panel + s * kLanes);
   }
 }
 
@@ -143,7 +145,7 @@ void panel_matmul(const T* x, int64_t B, int64_t in, const T* w, const IT* idx, 
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t p = s / (BT / kLanes), b0 = p * BT + (s % (BT / kLanes)) * kLanes;
       const int64_t nb = std::max<int64_t>(0, std::min<int64_t>(kLanes, B - b0));
-      pack_block<T, BT>(x + b0 * in, in, nb, panels + p * panel_floats + (s % (BT / kLanes)) * kLanes);
+      pack_block<T, BT>(x + b0 * in, in, in, nb, panels + p * panel_floats + (s % (BT / kLanes)) * kLanes);
     }
   });
   at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {

@@ -1,0 +1,180 @@
+"""Masked ``nn.Linear`` layers whose weight gradient is computed only at active positions.
+
+With simulated sparsity the backward of a linear layer computes the dense weight gradient
+``go^T x`` (``(out, in)``, as many flops as the forward) and the sparsity callback then zeroes the
+inactive part. :class:`SparseBackward` makes the layer compute it only where the mask is active
+(:func:`~lightning_srigl.condensed.sampled.sampled_product`, the dense flops times the density) and
+``+0`` elsewhere, which is what the zeroing leaves anyway: the masked gradient is the same up to the
+order of the floating-point sums. The input gradient ``go W`` and the bias gradient stay dense.
+
+It applies to an fp32 ``nn.Linear`` (or a subclass that keeps its ``forward``) on the CPU, while
+autograd records and no CPU autocast or ``torch.compile`` tracing is active, and only on steps
+where :attr:`SparseBackward.enabled` is True: the dynamic sparsity callbacks switch it off for the
+steps whose dense gradient scores the next topology update. Everywhere else the layer runs its own
+``forward``. The layers are patched by an instance attribute ``forward`` (the class is untouched) and
+restored by :meth:`SparseBackward.remove`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from lightning_srigl.condensed.sampled import SampledLayout, sampled_product, sampled_product_available
+from lightning_srigl.masking import MaskedParameters
+
+__all__ = ["SparseBackward", "supports_sparse_backward"]
+
+
+def supports_sparse_backward(module: nn.Module, param_name: str) -> bool:
+    """Whether ``module.<param_name>`` is the weight of a linear layer :class:`SparseBackward` can patch."""
+    return (
+        isinstance(module, nn.Linear)
+        and param_name == "weight"
+        and type(module).forward is nn.Linear.forward
+        and "forward" not in vars(module)
+    )
+
+
+class _LinearSampledWeightGrad(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` whose backward gives the weight gradient at ``layout``'s positions only."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, weight: Tensor, bias: Tensor | None, layout: SampledLayout, owner: SparseBackward, fqn: str
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.layout, ctx.owner, ctx.fqn = layout, owner, fqn
+        ctx.has_bias = bias is not None
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        out_features, in_features = weight.shape
+        go = grad_output.reshape(-1, out_features)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_output.matmul(weight)
+        if ctx.needs_input_grad[1]:
+            grad_weight = sampled_product(go, x.reshape(-1, in_features), ctx.layout)
+            ctx.owner.record_gradient(ctx.fqn, grad_weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = go.sum(0)
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def _own_forward(module: nn.Module) -> object:
+    """``module``'s class ``forward`` bound to it: what a copy of a patched layer runs."""
+    return type(module).forward.__get__(module)
+
+
+class _SparseBackwardForward:
+    """The instance ``forward`` of one patched layer: the sampled-gradient path when it applies.
+
+    A copy (``copy.deepcopy``, pickling) of the layer gets its class ``forward`` instead: the copy is not
+    the callback's to switch.
+    """
+
+    def __init__(self, owner: SparseBackward, fqn: str, module: nn.Linear) -> None:
+        self.owner, self.fqn, self.module = owner, fqn, module
+
+    def __reduce__(self) -> tuple[object, tuple[nn.Module]]:
+        return _own_forward, (self.module,)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        module = self.module
+        weight = module.weight
+        if not (
+            self.owner.enabled
+            and torch.is_grad_enabled()
+            and weight.requires_grad
+            and weight.dtype == torch.float32
+            and x.dtype == torch.float32
+            and weight.device.type == "cpu"
+            and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        ):
+            return nn.Linear.forward(module, x)
+        return _LinearSampledWeightGrad.apply(x, weight, module.bias, self.owner.layout(self.fqn), self.owner, self.fqn)
+
+
+class SparseBackward:
+    """Patches the masked linear layers of ``masked`` so that their weight gradient is sparse.
+
+    Args:
+        masked: the sparse weights; the layers that :func:`supports_sparse_backward` are patched by
+            :meth:`install`.
+
+    Attributes:
+        enabled: whether the patched layers take the sampled path now (the callbacks set it per step).
+    """
+
+    def __init__(self, masked: MaskedParameters) -> None:
+        self.masked = masked
+        self.enabled = True
+        self._patched: dict[str, nn.Module] = {}
+        self._layouts: dict[str, tuple[Tensor, int, SampledLayout]] = {}
+        self._written: dict[str, tuple[torch.UntypedStorage, int, int]] = {}
+
+    @property
+    def fqns(self) -> list[str]:
+        """The weights whose layers are patched."""
+        return list(self._patched)
+
+    def install(self) -> list[str]:
+        """Patch every supported layer (none without the C++ kernels); returns their weights' names."""
+        if not sampled_product_available():
+            return []
+        for p in self.masked.params:
+            if p.fqn not in self._patched and supports_sparse_backward(p.module, p.param_name):
+                p.module.forward = _SparseBackwardForward(self, p.fqn, p.module)
+                self._patched[p.fqn] = p.module
+        return self.fqns
+
+    def remove(self) -> None:
+        """Give every patched layer its own ``forward`` back."""
+        for module in self._patched.values():
+            if isinstance(vars(module).get("forward"), _SparseBackwardForward):
+                del module.forward
+        self._patched.clear()
+        self._layouts.clear()
+        self._written.clear()
+
+    def layout(self, fqn: str) -> SampledLayout:
+        """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed in place."""
+        mask = self.masked.mask(fqn)
+        cached = self._layouts.get(fqn)
+        if cached is None or cached[0] is not mask or cached[1] != mask._version:
+            cached = (mask, mask._version, SampledLayout.from_mask(mask))
+            self._layouts[fqn] = cached
+        return cached[2]
+
+    def record_gradient(self, fqn: str, grad: Tensor) -> None:
+        """Note the weight gradient the sampled backward of ``fqn`` just returned (zero where inactive).
+
+        Its storage is held until :meth:`untouched_gradients` reads the note, so no other tensor can be
+        allocated at its address meanwhile.
+        """
+        self._written[fqn] = (grad.untyped_storage(), grad.data_ptr(), grad._version)
+
+    def untouched_gradients(self) -> set[str]:
+        """The weights whose ``.grad`` is exactly what their sampled backward wrote, and forget the notes.
+
+        Such a gradient is ``+0`` at every inactive position already. It is untouched when it is that
+        tensor (stolen by autograd's accumulation, the same storage and address) and its version counter
+        has not moved: a second contribution (another use of the weight in the graph, gradient
+        accumulation over micro-batches), an unscale or any other in-place write through autograd moves
+        it. Writes through ``.data`` do not; the callbacks apply this only where no other code runs
+        between backward and the optimizer step (see ``DynamicSparsityCallback``).
+        """
+        untouched = set()
+        for fqn, (_storage, address, version) in self._written.items():
+            grad = self.masked.param(fqn).grad
+            if grad is not None and grad.data_ptr() == address and grad._version == version:
+                untouched.add(fqn)
+        self._written.clear()
+        return untouched
