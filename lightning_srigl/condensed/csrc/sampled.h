@@ -8,8 +8,9 @@
 //
 // Samples are taken kSampleChunk at a time: the chunk of x and of go is packed into fp32 panels
 // (features, kSampleChunk) with pack_block (panel.h), shared by every thread, so that each active
-// (i, c) is one dot product of two contiguous runs, four at a time. Threads split the packing by
-// features and the products by output rows. Samples past N are packed as zeros.
+// (i, c) is one dot product of two contiguous runs, four at a time; wide layers visit the x panel
+// kColumnBlock features at a time. Threads split the packing by features and the products by output
+// rows. Samples past N are packed as zeros.
 #pragma once
 
 #include "panel.h"
@@ -47,27 +48,38 @@ inline void dot_panel_rows(const float* g, const float* const* rows, float* out)
   for (int r = 0; r < R; ++r) out[r] = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc[r]);
 }
 
-// Adds one chunk's products into output rows [i0, i1); `first` zeroes each row before.
-inline void sampled_rows(const float* gpanel, const float* xpanel, int64_t in, const int64_t* row_ptr,
-                         const int32_t* cols, bool first, int64_t i0, int64_t i1, float* grad) {
-  constexpr int R = 4;
+// Products of R positions p..p+R of one row: gi[cols[p + r]] += dot(g, x panel row cols[p + r]).
+template <int R>
+inline void add_products(const float* g, const float* xpanel, const int32_t* cols, int64_t p, float* gi) {
   const float* rows[R];
   float sums[R];
-  for (int64_t i = i0; i < i1; ++i) {
-    float* gi = grad + i * in;
-    if (first) std::fill(gi, gi + in, 0.f);
-    const float* g = gpanel + i * kSampleChunk;
-    int64_t p = row_ptr[i];
-    const int64_t end = row_ptr[i + 1];
-    for (; p + R <= end; p += R) {
-      for (int r = 0; r < R; ++r) rows[r] = xpanel + static_cast<int64_t>(cols[p + r]) * kSampleChunk;
-      dot_panel_rows<R>(g, rows, sums);
-      for (int r = 0; r < R; ++r) gi[cols[p + r]] += sums[r];
-    }
-    for (; p < end; ++p) {
-      rows[0] = xpanel + static_cast<int64_t>(cols[p]) * kSampleChunk;
-      dot_panel_rows<1>(g, rows, sums);
-      gi[cols[p]] += sums[0];
+  for (int r = 0; r < R; ++r) rows[r] = xpanel + static_cast<int64_t>(cols[p + r]) * kSampleChunk;
+  dot_panel_rows<R>(g, rows, sums);
+  for (int r = 0; r < R; ++r) gi[cols[p + r]] += sums[r];
+}
+
+// Features of the x panel visited at a time: 1024 x 128 samples x 4 bytes = 512 KiB, which stays in
+// a core's L2 while every row of the thread reads its positions in it (a row's cols ascend).
+constexpr int64_t kColumnBlock = 1024;
+
+// Adds one chunk's products into output rows [i0, i1); `first` zeroes each row before. cursor holds
+// i1 - i0 entries of scratch.
+inline void sampled_rows(const float* gpanel, const float* xpanel, int64_t in, const int64_t* row_ptr,
+                         const int32_t* cols, bool first, int64_t i0, int64_t i1, int64_t* cursor, float* grad) {
+  constexpr int R = 4;
+  std::copy(row_ptr + i0, row_ptr + i1, cursor);
+  for (int64_t c0 = 0; c0 < in; c0 += kColumnBlock) {
+    const int64_t c1 = std::min(in, c0 + kColumnBlock);
+    for (int64_t i = i0; i < i1; ++i) {
+      float* gi = grad + i * in;
+      if (first && c0 == 0) std::fill(gi, gi + in, 0.f);
+      const float* g = gpanel + i * kSampleChunk;
+      int64_t p = cursor[i - i0];
+      int64_t end = p;
+      while (end < row_ptr[i + 1] && cols[end] < c1) ++end;
+      for (; p + R <= end; p += R) add_products<R>(g, xpanel, cols, p, gi);
+      for (; p < end; ++p) add_products<1>(g, xpanel, cols, p, gi);
+      cursor[i - i0] = end;
     }
   }
 }
@@ -81,15 +93,19 @@ inline void sampled_product(const float* go, const float* x, int64_t N, int64_t 
     return;
   }
   const auto padded = [](int64_t features) { return (features + kLanes - 1) / kLanes * kLanes; };
-  std::vector<float> xpanel(padded(in) * kSampleChunk), gpanel(padded(out) * kSampleChunk);
+  // The calling thread's scratch holds both panels (every thread reads them through these pointers).
+  float* xpanel = scratch_buffer((padded(in) + padded(out)) * kSampleChunk);
+  float* gpanel = xpanel + padded(in) * kSampleChunk;
   const int64_t nnz = row_ptr[out];
   const int64_t grain = std::max<int64_t>(1, out * 256 / std::max<int64_t>(1, nnz));  // ~256 products a task
   for (int64_t n0 = 0; n0 < N; n0 += kSampleChunk) {
     const int64_t nb = std::min<int64_t>(kSampleChunk, N - n0);
-    pack_samples(x, in, n0, nb, xpanel.data());
-    pack_samples(go, out, n0, nb, gpanel.data());
+    pack_samples(x, in, n0, nb, xpanel);
+    pack_samples(go, out, n0, nb, gpanel);
     at::parallel_for(0, out, grain, [&](int64_t i0, int64_t i1) {
-      sampled_rows(gpanel.data(), xpanel.data(), in, row_ptr, cols, n0 == 0, i0, i1, grad);
+      thread_local std::vector<int64_t> cursor;
+      cursor.resize(i1 - i0);
+      sampled_rows(gpanel, xpanel, in, row_ptr, cols, n0 == 0, i0, i1, cursor.data(), grad);
     });
   }
 }
