@@ -10,7 +10,8 @@ from lightning_srigl.condensed.sampled import SampledLayout, sampled_product, sa
 pytestmark = pytest.mark.skipif(not sampled_product_available(), reason="the C++ CPU kernels are not built")
 
 NS = [1, 5, 127, 128, 129, 300]  # one sample, a partial chunk, the 128-sample chunk edges, several chunks
-SHAPES = [(1, 1), (1, 17), (7, 1), (16, 16), (5, 33), (33, 8), (21, 300)]  # (out, in): odd, even, lane multiples
+# (out, in): odd, even, lane multiples; 2100 inputs cross the kernel's 1024-feature blocks (csrc/sampled.h)
+SHAPES = [(1, 1), (1, 17), (7, 1), (16, 16), (5, 33), (33, 8), (21, 300), (9, 2100)]
 DENSITIES = [0.0, 0.1, 0.5, 1.0]
 
 
