@@ -18,7 +18,7 @@ The hooks read like the algorithm:
 * ``on_train_batch_end`` (once per round of optimizer steps) — at a scheduled step, re-mask the
   weights, update the topology, zero optimizer state at inactive and newly grown positions, log
   metrics; other steps re-mask only when :class:`~lightning_srigl.callbacks.remask.RemaskPolicy` says.
-* ``on_train_end`` / ``teardown`` — give the patched layers their own ``forward`` back.
+* ``on_train_end`` / ``on_exception`` / ``teardown`` — give the patched layers their own ``forward`` back.
 
 Counting is in optimizer steps (``trainer.global_step``); with several optimizers (manual
 optimization) the count moves by more than one per batch and the update runs at the batch that
@@ -271,6 +271,10 @@ class DynamicSparsityCallback(SparsityCallback):
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_sparse_backward()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._remove_sparse_backward()  # Lightning runs no callback teardown after an exception
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

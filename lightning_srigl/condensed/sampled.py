@@ -32,6 +32,22 @@ class SampledLayout:
     cols: Tensor
     shape: tuple[int, int]
 
+    def __post_init__(self) -> None:
+        """Check what the kernel relies on (it writes ``grad[i, cols[p]]`` unchecked), once per layout."""
+        out, inp = self.shape
+        row_ptr, cols = self.row_ptr, self.cols
+        if row_ptr.dtype != torch.int64 or row_ptr.shape != (out + 1,) or cols.dtype != torch.int32 or cols.dim() != 1:
+            raise ValueError(
+                f"SampledLayout of shape {self.shape} needs row_ptr int64 ({out + 1},) and cols int32 (nnz,); "
+                f"got {row_ptr.dtype} {tuple(row_ptr.shape)} and {cols.dtype} {tuple(cols.shape)}"
+            )
+        if row_ptr.device.type != "cpu" or cols.device.type != "cpu" or not (row_ptr.is_contiguous() and cols.is_contiguous()):
+            raise ValueError("SampledLayout: row_ptr and cols must be contiguous CPU tensors")
+        if int(row_ptr[0]) != 0 or int(row_ptr[-1]) != cols.numel() or bool((row_ptr.diff() < 0).any()):
+            raise ValueError(f"SampledLayout: row_ptr must rise from 0 to nnz = {cols.numel()}")
+        if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= inp):
+            raise ValueError(f"SampledLayout: every column must lie in [0, {inp})")
+
     @classmethod
     def from_mask(cls, mask: Tensor) -> SampledLayout:
         """The layout of ``mask``: ``BoolTensor(out, in)`` on the CPU."""

@@ -215,3 +215,25 @@ def test_op_rejects_bad_dtypes_and_layouts(kernel):
             pytest.fail(f"{name} was accepted")
     with pytest.raises(RuntimeError, match="fp32"):
         sampled_product(go.double(), x, layout)  # the wrapper passes dtypes on to the op's check
+
+
+@pytest.mark.parametrize(
+    "row_ptr, cols, match",
+    [
+        ([0, 2, 1, 3], [0, 1, 2], "rise from 0 to nnz"),  # a row ends before it starts
+        ([1, 2, 2, 3], [0, 1, 2], "rise from 0 to nnz"),  # does not start at 0
+        ([0, 1, 2, 2], [0, 1, 2], "rise from 0 to nnz"),  # does not end at nnz
+        ([0, 1, 2, 3], [0, 4, 2], r"lie in \[0, 4\)"),  # a column past the layer's inputs
+        ([0, 1, 2, 3], [0, -1, 2], r"lie in \[0, 4\)"),  # a negative column
+    ],
+)
+def test_a_hand_made_layout_the_kernel_cannot_trust_is_refused(row_ptr, cols, match):
+    with pytest.raises(ValueError, match=match):
+        SampledLayout(torch.tensor(row_ptr), torch.tensor(cols, dtype=torch.int32), (3, 4))
+
+
+def test_a_hand_made_layout_of_the_wrong_dtypes_is_refused():
+    with pytest.raises(ValueError, match="int64"):
+        SampledLayout(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32), (1, 4))
+    with pytest.raises(ValueError, match="int32"):
+        SampledLayout(torch.tensor([0, 1]), torch.tensor([0]), (1, 4))
