@@ -69,6 +69,7 @@ TIMED_HOOKS = (
     "setup",
     "on_fit_start",
     "on_train_start",
+    "on_train_batch_start",
     "on_before_optimizer_step",
     "on_train_batch_end",
     "on_train_end",
@@ -219,7 +220,8 @@ class HookTimes:
 
     def per_step(self) -> float:
         """Seconds inside the hooks that run every step or at updates (not set-up or the report)."""
-        return sum(sum(v) for k, v in self.seconds.items() if k.startswith(("on_before_optimizer_step", "on_train_batch_end")))
+        per_step = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end")
+        return sum(sum(v) for k, v in self.seconds.items() if k.startswith(per_step))
 
 
 @dataclass

@@ -18,7 +18,7 @@ from lightning_srigl.condensed.cpu_kernel import load_extension
 __all__ = ["SampledLayout", "sampled_product", "sampled_product_available"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SampledLayout:
     """A 2-D bool mask's positions in compressed-row form, the kernel's input.
 
@@ -47,6 +47,9 @@ class SampledLayout:
             raise ValueError(f"SampledLayout: row_ptr must rise from 0 to nnz = {cols.numel()}")
         if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= inp):
             raise ValueError(f"SampledLayout: every column must lie in [0, {inp})")
+        rows = torch.repeat_interleave(torch.arange(out), row_ptr.diff())
+        if cols.numel() > 1 and not bool(((rows * inp + cols).diff() > 0).all()):
+            raise ValueError("SampledLayout: the columns of a row must strictly ascend")
 
     @classmethod
     def from_mask(cls, mask: Tensor) -> SampledLayout:

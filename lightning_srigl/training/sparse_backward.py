@@ -7,11 +7,12 @@ inactive part. :class:`SparseBackward` makes the layer compute it only where the
 ``+0`` elsewhere, which is what the zeroing leaves anyway: the masked gradient is the same up to the
 order of the floating-point sums. The input gradient ``go W`` and the bias gradient stay dense.
 
-It applies to an fp32 ``nn.Linear`` (or a subclass that keeps its ``forward``) on the CPU, while
-autograd records and no CPU autocast or ``torch.compile`` tracing is active, and only on steps
-where :attr:`SparseBackward.enabled` is True: the dynamic sparsity callbacks switch it off for the
-steps whose dense gradient scores the next topology update. Everywhere else the layer runs its own
-``forward``. The layers are patched by an instance attribute ``forward`` (the class is untouched) and
+It applies to an fp32 ``nn.Linear`` (or a subclass that keeps its ``forward``) on the CPU, called on
+a plain tensor while autograd records and no CPU autocast, ``torch.compile`` tracing or ``torch.func``
+transform is active, and only on steps where :attr:`SparseBackward.enabled` is True: the dynamic
+sparsity callbacks switch it off for the steps whose dense gradient scores the next topology update.
+Everywhere else the layer runs its own ``forward``. A backward with ``create_graph=True`` takes the
+differentiable dense gradient, masked, so gradient penalties keep working. The layers are patched by an instance attribute ``forward`` (the class is untouched) and
 restored by :meth:`SparseBackward.remove`.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from lightning_srigl.condensed.sampled import SampledLayout, sampled_product, sampled_product_available
 from lightning_srigl.masking import MaskedParameters
@@ -27,18 +27,37 @@ from lightning_srigl.masking import MaskedParameters
 __all__ = ["SparseBackward", "supports_sparse_backward"]
 
 
+def _has_own_forward(module: nn.Module) -> bool:
+    """Whether ``module`` carries an instance ``forward`` other than its class's bound to it (what a
+    copy of a patched layer holds, see :func:`_own_forward`)."""
+    forward = vars(module).get("forward")
+    return forward is not None and not (
+        getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward
+    )
+
+
 def supports_sparse_backward(module: nn.Module, param_name: str) -> bool:
-    """Whether ``module.<param_name>`` is the weight of a linear layer :class:`SparseBackward` can patch."""
+    """Whether ``module.<param_name>`` is the fp32 CPU weight of a linear layer :class:`SparseBackward`
+    can patch: an ``nn.Linear`` (or a subclass that keeps its ``forward``) whose ``forward`` runs (not
+    ``nn.MultiheadAttention``'s ``out_proj``, which the attention reads the weight of directly)."""
+    if not isinstance(module, nn.Linear) or param_name != "weight":
+        return False
+    weight = module.weight
     return (
-        isinstance(module, nn.Linear)
-        and param_name == "weight"
-        and type(module).forward is nn.Linear.forward
-        and "forward" not in vars(module)
+        type(module).forward is nn.Linear.forward
+        and not isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear)
+        and not _has_own_forward(module)
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
     )
 
 
 class _LinearSampledWeightGrad(torch.autograd.Function):
-    """``F.linear(x, weight, bias)`` whose backward gives the weight gradient at ``layout``'s positions only."""
+    """``F.linear(x, weight, bias)`` whose backward gives the weight gradient at ``layout``'s positions only.
+
+    Under ``create_graph=True`` (a gradient penalty) the backward is the differentiable dense one,
+    ``where(mask, go^T x, 0)``, so a second backward works.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -50,7 +69,6 @@ class _LinearSampledWeightGrad(torch.autograd.Function):
         return nn.functional.linear(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         out_features, in_features = weight.shape
@@ -59,8 +77,12 @@ class _LinearSampledWeightGrad(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = grad_output.matmul(weight)
         if ctx.needs_input_grad[1]:
-            grad_weight = sampled_product(go, x.reshape(-1, in_features), ctx.layout)
-            ctx.owner.record_gradient(ctx.fqn, grad_weight)
+            if torch.is_grad_enabled():  # create_graph=True: differentiable, dense then masked
+                dense = go.t().matmul(x.reshape(-1, in_features))
+                grad_weight = torch.where(ctx.owner.masked.mask(ctx.fqn), dense, torch.zeros((), dtype=dense.dtype))
+            else:
+                grad_weight = sampled_product(go, x.reshape(-1, in_features), ctx.layout)
+                ctx.owner.record_gradient(ctx.fqn, grad_weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = go.sum(0)
         return grad_x, grad_weight, grad_bias, None, None, None
@@ -84,22 +106,27 @@ class _SparseBackwardForward:
     def __reduce__(self) -> tuple[object, tuple[nn.Module]]:
         return _own_forward, (self.module,)
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Linear.forward's argument name)
         module = self.module
         weight = module.weight
-        if not (
-            self.owner.enabled
-            and torch.is_grad_enabled()
-            and weight.requires_grad
-            and weight.dtype == torch.float32
-            and x.dtype == torch.float32
-            and weight.device.type == "cpu"
-            and x.device.type == "cpu"
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
+        if (
+            torch.compiler.is_compiling()
+            or not self.owner.enabled
+            or not torch.is_grad_enabled()
+            or not weight.requires_grad
+            or type(input) is not Tensor  # subclasses, nested tensors and functorch wrappers take the class path
+            or input.is_nested
+            or torch._C._are_functorch_transforms_active()
+            or weight.dtype != torch.float32
+            or input.dtype != torch.float32
+            or weight.device.type != "cpu"
+            or input.device.type != "cpu"
+            or torch.is_autocast_enabled("cpu")
         ):
-            return nn.Linear.forward(module, x)
-        return _LinearSampledWeightGrad.apply(x, weight, module.bias, self.owner.layout(self.fqn), self.owner, self.fqn)
+            return nn.Linear.forward(module, input)
+        return _LinearSampledWeightGrad.apply(
+            input, weight, module.bias, self.owner.layout(self.fqn), self.owner, self.fqn
+        )
 
 
 class SparseBackward:
@@ -126,13 +153,17 @@ class SparseBackward:
         return list(self._patched)
 
     def install(self) -> list[str]:
-        """Patch every supported layer (none without the C++ kernels); returns their weights' names."""
-        if not sampled_product_available():
-            return []
-        for p in self.masked.params:
-            if p.fqn not in self._patched and supports_sparse_backward(p.module, p.param_name):
-                p.module.forward = _SparseBackwardForward(self, p.fqn, p.module)
-                self._patched[p.fqn] = p.module
+        """Patch every supported layer (none without the C++ kernels, which are loaded only when some
+        layer qualifies); returns the patched weights' names."""
+        candidates = [
+            p for p in self.masked.params if p.fqn not in self._patched and supports_sparse_backward(p.module, p.param_name)
+        ]
+        if not candidates or not sampled_product_available():
+            return self.fqns
+        for p in candidates:
+            vars(p.module).pop("forward", None)  # a copy's bound class forward (see _own_forward)
+            p.module.forward = _SparseBackwardForward(self, p.fqn, p.module)
+            self._patched[p.fqn] = p.module
         return self.fqns
 
     def remove(self) -> None:
@@ -145,7 +176,9 @@ class SparseBackward:
         self._written.clear()
 
     def layout(self, fqn: str) -> SampledLayout:
-        """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed in place."""
+        """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed in place
+        (its version counter moves: ``set_mask_``, ``load_state_dict``, any in-place op; a write through
+        ``mask.data`` does not, so change masks through :class:`MaskedParameters`)."""
         mask = self.masked.mask(fqn)
         cached = self._layouts.get(fqn)
         if cached is None or cached[0] is not mask or cached[1] != mask._version:

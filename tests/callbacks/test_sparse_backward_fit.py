@@ -301,3 +301,15 @@ def test_gradient_hooks_keep_the_gradient_pass_on_every_step(model_cls, callback
 def test_a_plain_module_has_no_gradient_pass_reason():
     callback = SRigLCallback(report=False)
     assert gradient_pass_reason(trainer([callback]), TinyNet(), callback) is None
+
+
+def test_a_strategy_that_reduces_gradients_keeps_the_gradient_pass():
+    """Under DDP the reducer writes the averaged gradient into ``.grad``; the pass stays on every step."""
+    from lightning.pytorch import Trainer
+
+    callback = SRigLCallback(sparsity=0.5)
+    ddp = Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False, callbacks=[callback])
+    reason = gradient_pass_reason(ddp, TinyNet(), callback)
+    assert reason is not None and "DDPStrategy" in reason and "reduces gradients" in reason
+    single = Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[callback])
+    assert gradient_pass_reason(single, TinyNet(), callback) is None

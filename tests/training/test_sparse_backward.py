@@ -428,3 +428,82 @@ def test_a_dense_backward_after_an_unread_note_is_not_untouched():
     backward.enabled = False
     run(model, inputs((4,)))  # dense gradients, each a new tensor
     assert backward.untouched_gradients() == set()
+
+
+def test_double_backward_takes_the_differentiable_masked_gradient(sampled_calls):
+    """A gradient penalty (``create_graph=True``) differentiates the weight gradient a second time."""
+    model, reference, masked, _ = patched()
+    penalties = []
+    for net in (model, reference):
+        x = inputs((5,)).requires_grad_(True)
+        (gx,) = torch.autograd.grad(net(x).pow(2).sum(), x, create_graph=True)
+        penalty = gx.pow(2).sum()
+        penalty.backward()
+        penalties.append((penalty.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (value, grads), (ref_value, ref_grads) = penalties
+    torch.testing.assert_close(value, ref_value)
+    # At active positions the penalty's weight gradients are the dense layer's. Inactive positions mix a
+    # dense term (through the differentiable first backward) with a sampled one (the penalty's backward
+    # passes through the layers' own backward again); the callbacks' gradient pass masks them, as that
+    # gradient is no longer the untouched tensor the sampled backward wrote.
+    for name in grads:
+        keep = masked.mask(name) if name in masked.fqns else torch.ones_like(grads[name], dtype=torch.bool)
+        torch.testing.assert_close(grads[name] * keep, ref_grads[name] * keep, atol=1e-5, rtol=1e-4)
+    assert sampled_calls.call_count == 3  # the patched path ran; its backward built a graph
+
+
+def test_create_graph_weight_gradient_is_masked_and_differentiable():
+    model, reference, masked, _ = patched()
+    x = inputs((4,))
+    (gw,) = torch.autograd.grad(model(x).sum(), model.a.weight, create_graph=True)
+    (ref,) = torch.autograd.grad(reference(x).sum(), reference.a.weight, create_graph=True)
+    mask = masked.mask("a.weight")
+    torch.testing.assert_close(gw, ref * mask, atol=1e-5, rtol=1e-4)
+    assert_positive_zero(gw[~mask])
+    assert gw.requires_grad  # a graph to differentiate again
+
+
+def test_torch_func_grad_takes_the_class_forward(sampled_calls):
+    model, reference, _, _ = patched()
+    x = inputs((3,))
+    params = dict(model.named_parameters())
+    grads = torch.func.grad(lambda p: torch.func.functional_call(model, p, (x,)).sum())(params)
+    ref_grads = torch.func.grad(lambda p: torch.func.functional_call(reference, p, (x,)).sum())(dict(reference.named_parameters()))
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name])
+    assert sampled_calls.call_count == 0
+
+
+def test_the_input_may_be_passed_by_keyword(sampled_calls):
+    model, reference, _, _ = patched()
+    x = inputs((4,))
+    out = model.a(input=x)
+    assert torch.equal(out, reference.a(input=x)) and sampled_calls.call_count == 1
+
+
+def test_a_copy_of_a_patched_model_can_be_patched_again(sampled_calls):
+    model, _, _, backward = patched()
+    copied = copy.deepcopy(model)
+    assert all("forward" in vars(getattr(copied, n)) for n in "abc")  # the bound class forward
+    assert all(supports_sparse_backward(getattr(copied, n), "weight") for n in "abc")
+    masked = MaskedParameters(select_parameters(copied))
+    again = SparseBackward(masked)
+    assert again.install() == FQNS
+    run(copied, inputs((6,)))
+    assert sampled_calls.call_count == 3
+    again.remove()
+    assert not any("forward" in vars(getattr(copied, n)) for n in "abc")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_layers_that_could_never_take_the_path_are_not_patched(dtype):
+    model, _, masked = masked_model()
+    model.to(dtype)
+    with mock.patch.object(sparse_backward_module, "sampled_product_available", side_effect=AssertionError):
+        assert SparseBackward(masked).install() == []  # nothing qualifies: the kernels are not even loaded
+    assert not any("forward" in vars(getattr(model, n)) for n in "abc")
+
+
+def test_the_out_projection_of_multihead_attention_is_not_patched():
+    attention = nn.MultiheadAttention(16, 2)
+    assert not supports_sparse_backward(attention.out_proj, "weight")  # the attention reads its weight directly
