@@ -7,7 +7,8 @@ Cases (``--case``), all on synthetic data with ``torch.set_num_threads(--threads
   no callback; ``SRigLCallback(sparsity=0.9, delta_t=100, report=False)``;
   ``SRigLCallback(sparsity=0.9, delta_t=100)`` (the defaults: the end-of-fit table and plot too);
   ``SRigLCallback(sparsity=0.9, delta_t=100, report=False, sparse_backward=False)`` (the dense weight
-  gradient, then masked: what the sparse backward saves).
+  gradient, then masked: what the sparse backward saves); ``RigLCallback(sparsity=0.9, delta_t=100,
+  report=False)`` (unstructured masks, the same engine).
   With the default ``t_end_fraction=0.75`` the run holds 2 topology updates (steps 100 and 200; ``t_end`` = 300).
 * ``heavy`` — the same network on 128 samples x 64 tokens per step (8,192 rows; logits averaged
   over the tokens), 101 steps, ``SRigLCallback(sparsity=0.9, delta_t=100, t_end_fraction=1.0,
@@ -31,7 +32,7 @@ optimizer step: the sparse weight gradient's saving).
 Usage (from the repository root; ``nice -n -10`` needs root, drop it otherwise)::
 
     PYTHONPATH=. nice -n -10 .venv/bin/python scripts/srigl_overhead.py --case light --rounds 5
-    PYTHONPATH=. nice -n -10 .venv/bin/python scripts/srigl_overhead.py --case heavy --rounds 3
+    PYTHONPATH=. nice -n -10 .venv/bin/python scripts/srigl_overhead.py --case heavy --rounds 2
 
 On a machine that others load, ``--threads 1 --clock cpu`` times the CPU time of the (one-threaded)
 process instead of the wall clock: it does not count the time the process waits for a core.
@@ -61,7 +62,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from example_projects.cifar10_resnet18.model import ResNet18
 from lightning_srigl.benchmark.machine import machine_fields
-from lightning_srigl.callbacks import NMSparsityCallback, SRigLCallback
+from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
 from lightning_srigl.callbacks.glue import SparsityCallback
 from lightning_srigl.masking import MaskedParameters, zero_inactive_
 
@@ -134,6 +135,7 @@ CASES: dict[str, Case] = {
             "srigl sparse_backward=False": lambda: SRigLCallback(
                 sparsity=0.9, delta_t=100, report=False, sparse_backward=False
             ),
+            "rigl report=False": lambda: RigLCallback(sparsity=0.9, delta_t=100, report=False),
         },
     ),
     "heavy": Case(
