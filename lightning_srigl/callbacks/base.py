@@ -18,7 +18,7 @@ The hooks read like the algorithm:
 * ``on_train_batch_end`` (once per round of optimizer steps) — at a scheduled step, re-mask the
   weights, update the topology, zero optimizer state at inactive and newly grown positions, log
   metrics; other steps re-mask only when :class:`~lightning_srigl.callbacks.remask.RemaskPolicy` says.
-* ``on_train_end`` / ``on_exception`` / ``teardown`` — give the patched layers their own ``forward`` back.
+* ``on_train_end`` / ``on_exception`` — give the patched layers their own ``forward`` back.
 
 Counting is in optimizer steps (``trainer.global_step``); with several optimizers (manual
 optimization) the count moves by more than one per batch and the update runs at the batch that
@@ -237,7 +237,6 @@ class DynamicSparsityCallback(SparsityCallback):
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._backward is not None:
-            assert self.t_end is not None
             self._backward.enabled = not self._dense_gradient_needed()
 
     @override
@@ -275,11 +274,6 @@ class DynamicSparsityCallback(SparsityCallback):
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._remove_sparse_backward()  # Lightning runs no callback teardown after an exception
-
-    @override
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._remove_sparse_backward()
-        super().teardown(trainer, pl_module, stage)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

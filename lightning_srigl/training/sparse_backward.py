@@ -12,8 +12,8 @@ a plain tensor while autograd records and no CPU autocast, ``torch.compile`` tra
 transform is active, and only on steps where :attr:`SparseBackward.enabled` is True: the dynamic
 sparsity callbacks switch it off for the steps whose dense gradient scores the next topology update.
 Everywhere else the layer runs its own ``forward``. A backward with ``create_graph=True`` takes the
-differentiable dense gradient, masked, so gradient penalties keep working. The layers are patched by an instance attribute ``forward`` (the class is untouched) and
-restored by :meth:`SparseBackward.remove`.
+differentiable dense gradient, masked, so gradient penalties keep working. The layers are patched by
+an instance attribute ``forward`` (the class is untouched) and restored by :meth:`SparseBackward.remove`.
 """
 
 from __future__ import annotations
