@@ -84,7 +84,6 @@ def test_mid_epoch_checkpoint_restores_the_schedule_exactly(tmp_path: Path) -> N
         assert torch.equal(probe.records[0]["before"][fqn], mask)  # masks as saved at step 5
     restored = probe.restored_state
     assert restored["t_end"] == saved["state"]["t_end"] == 15
-    assert torch.equal(restored["generator"], saved["state"]["generator"])
     assert restored["history"] == saved["state"]["history"]
     for key in ("grad_sums", "ever_active"):
         for fqn, value in saved["state"][key].items():
