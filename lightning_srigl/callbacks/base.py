@@ -37,7 +37,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_srigl.callbacks.arguments import as_integer, check_choice, check_flag, check_patterns, check_range
+from lightning_srigl.callbacks.arguments import (
+    as_integer,
+    check_choice,
+    check_flag,
+    check_patterns,
+    check_range,
+    check_range_int,
+)
 from lightning_srigl.callbacks.glue import (
     SparsityCallback,
     check_ranks_agree,
@@ -123,7 +130,7 @@ class DynamicSparsityCallback(SparsityCallback):
         self.dense = check_patterns(dense, "dense") or ()
         self.sparse_init = check_flag(sparse_init, "sparse_init")
         self.init_std_quirk = check_flag(init_std_quirk, "init_std_quirk")
-        self.seed = as_integer(seed, "seed", hint="any integer; the same on every rank")
+        self.seed = check_range_int(seed, "seed", -(2**63), 2**64 - 1, "a 64-bit integer; the same on every rank")
         self.log_every_n_steps = log_every_n_steps
         self.report = check_flag(report, "report")
         self.sparse_backward = check_flag(sparse_backward, "sparse_backward")
