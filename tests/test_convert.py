@@ -56,7 +56,7 @@ def _trained_mlp() -> nn.Sequential:
 
 def _weight_and_mask(model: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     module = model.get_submodule(name.rpartition(".")[0])
-    return module.weight, module.weight_mask
+    return module.weight, module.weight_sparsity_mask
 
 
 def test_nm_conversion_is_exact_and_skips_unfit_layers() -> None:
@@ -70,7 +70,7 @@ def test_nm_conversion_is_exact_and_skips_unfit_layers() -> None:
         assert is_nm(mask, 2, 4) and is_nm(weight, 2, 4) and not weight[~mask].any()
         assert layer.density == 0.5 and 0.5 < layer.kept_magnitude_fraction < 1.0
         assert layer.mse_before is None  # no calibration data: magnitude pruning only
-    assert not hasattr(model[6], "weight_mask") and (model[6].weight != 0).all()
+    assert not hasattr(model[6], "weight_sparsity_mask") and (model[6].weight != 0).all()
 
 
 def test_constant_fan_in_conversion_keeps_the_same_count_per_row() -> None:

@@ -288,6 +288,7 @@ class DynamicSparsityCallback(SparsityCallback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
         if not self.report or not trainer.is_global_zero or self.masked is None:
             return
         stats = self._layer_stats()

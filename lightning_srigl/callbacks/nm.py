@@ -144,7 +144,8 @@ class NMSparsityCallback(SparsityCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Sparsify the weights: set the pruned values aside (or take them from the checkpoint)."""
+        """Check the masks, then sparsify the weights: set the pruned values aside (or take them from the checkpoint)."""
+        super().on_fit_start(trainer, pl_module)
         masked = self._masks()
         loaded, self._loaded = self._loaded, None
         if loaded is not None and loaded["pruned"]:
@@ -236,6 +237,12 @@ class NMSparsityCallback(SparsityCallback):
             "lambda_w": self.lambda_w,
             "mask_interval": self.mask_interval,
         }
+
+    @override
+    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+        if not self._is_structured(mask):
+            return f"not {'transposable ' if self.transposable else ''}{self.n}:{self.m} sparse"
+        return super().mask_problem(fqn, mask)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _is_structured(self, mask: Tensor) -> bool:

@@ -130,7 +130,7 @@ def test_fitting_an_accelerated_model_again_is_refused_before_any_weight_changes
     resumed, srigl = TinyClassifier(), SRigLCallback()  # what the message advises
     run(tmp_path, [srigl], max_epochs=3).fit(resumed, loader(0), ckpt_path=tmp_path / "last.ckpt")
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
-    assert all(torch.equal(mask_of(resumed.net[i]), saved[f"net.{i}.weight_mask"]) for i in (0, 2, 4))
+    assert all(torch.equal(mask_of(resumed.net[i]), saved[f"net.{i}.weight_sparsity_mask"]) for i in (0, 2, 4))
 
 
 def test_a_frozen_selected_layer_stays_dense_with_a_warning() -> None:

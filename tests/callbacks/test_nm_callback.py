@@ -133,7 +133,7 @@ def test_bf16_mixed_with_accumulation_ends_exactly_nm() -> None:
     assert callback.masked is not None and callback.masked.fqns == ["net.2.weight", "net.4.weight"]
     _assert_exactly_nm(model, ("net.2.weight", "net.4.weight"))
     for dense in ("net.0", "net.6", "net.8"):  # stem, the conv with 6 input channels, head
-        assert not hasattr(model.get_submodule(dense), "weight_mask")
+        assert not hasattr(model.get_submodule(dense), "weight_sparsity_mask")
         assert (model.get_submodule(dense).weight != 0).all()
 
 

@@ -146,7 +146,7 @@ def dense_equal(model, reference, x) -> None:
 
 
 def mask_of(model, layer: str) -> torch.Tensor:
-    return getattr(model, layer).weight_mask
+    return getattr(model, layer).weight_sparsity_mask
 
 
 def test_disabled_takes_the_class_forward(sampled_calls):
