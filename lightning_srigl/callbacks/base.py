@@ -342,8 +342,6 @@ class DynamicSparsityCallback(SparsityCallback):
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
         sparse = [i for i, d in enumerate(densities) if d < 1.0]
-        if not sparse:
-            rank_zero_warn(f"{type(self).__name__}: every selected layer is dense at sparsity {self.sparsity}")
         self.masked = MaskedParameters([selected[i] for i in sparse])
         self.budgets = {names[i]: budgets[i] for i in sparse}
         self.configure_layers(self.masked.fqns)

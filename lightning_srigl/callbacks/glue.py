@@ -130,6 +130,7 @@ class SparsityCallback(Callback):
     def __init__(self) -> None:
         self._accept_handle: RemovableHandle | None = None
         self._resume_handle: RemovableHandle | None = None
+        self.masked: MaskedParameters | None = None  # the sparse weights, known once fit is set up
 
     # ---- what a subclass provides ------------------------------------------------------------
     def setup_fit(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -173,6 +174,12 @@ class SparsityCallback(Callback):
         check_trainable(pl_module, type(self).__name__)
         check_not_pruned(pl_module, type(self).__name__)
         self.setup_fit(trainer, pl_module)
+        if self.masked is not None and not self.masked.fqns:
+            rank_zero_warn(
+                f"{type(self).__name__}: no selected layer is sparse (each stays dense for the reason given above, "
+                "e.g. a shape the structure does not divide, or a sparsity that leaves it dense), so this fit trains "
+                "the dense model. Change the arguments or the model, or drop the callback."
+            )
         self._stop_accepting_masks()
         self._resume_handle = pl_module.register_load_state_dict_pre_hook(self._check_checkpoint_masks)
 
@@ -213,10 +220,9 @@ class SparsityCallback(Callback):
 
     def check_masks(self) -> None:
         """``ValueError`` naming every mask that breaks :meth:`mask_problem`'s rules."""
-        masked = getattr(self, "masked", None)
-        if masked is None:
+        if self.masked is None:
             return
-        problems = [f"{fqn}: {p}" for fqn, mask in masked.masks().items() if (p := self.mask_problem(fqn, mask))]
+        problems = [f"{fqn}: {p}" for fqn, mask in self.masked.masks().items() if (p := self.mask_problem(fqn, mask))]
         if problems:
             raise ValueError(
                 f"{type(self).__name__}: the model's masks break the method's rules ({'; '.join(problems)}). A "

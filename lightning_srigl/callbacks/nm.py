@@ -164,6 +164,9 @@ class NMSparsityCallback(SparsityCallback):
             return
         self._check_gradients_unscaled(trainer, optimizer)
         masked = self._masks()
+        self._dense = True
+        if not masked.fqns:
+            return  # no sparse layer (setup warned): nothing to put back
         params = [masked.param(fqn) for fqn in masked.fqns]
         pruned = [self._pruned[fqn] for fqn in masked.fqns]
         with torch.no_grad():
@@ -172,7 +175,6 @@ class NMSparsityCallback(SparsityCallback):
             if with_grad and self.lambda_w > 0:  # sr_ste_refine_term(W, mask, lambda_w) == lambda_w * P
                 grads, values = zip(*with_grad)
                 torch._foreach_add_(list(grads), list(values), alpha=self.lambda_w)
-        self._dense = True
 
     @override
     def on_train_batch_end(
