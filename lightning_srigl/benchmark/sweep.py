@@ -111,7 +111,9 @@ class SweepConfig:
         if not 0.0 <= as_real(self.ablation, "ablation") < 1.0:
             raise ValueError(f"ablation is the fraction of neurons removed, in [0, 1); got {self.ablation!r}.")
         if as_real(self.min_run_time, "min_run_time") <= 0 or as_real(self.cold_bytes, "cold_bytes") <= 0:
-            raise ValueError(f"min_run_time and cold_bytes must be > 0; got {self.min_run_time!r}, {self.cold_bytes!r}.")
+            raise ValueError(
+                f"min_run_time and cold_bytes must be > 0; got {self.min_run_time!r}, {self.cold_bytes!r}."
+            )
         smallest = min(in_features for in_features, _ in self.shapes) if self.shapes else 0
         too_sparse = [s for s in self.sparsities if smallest and round(smallest * (1 - s)) < 1]
         if too_sparse:

@@ -102,7 +102,8 @@ def _all_mask_keys(model: nn.Module) -> set[str]:
 
 
 def _listing(keys: list[str], shown: int = 4) -> str:
-    return "nothing" if not keys else ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def check_trainable(pl_module: LightningModule, owner: str) -> None:

@@ -152,7 +152,8 @@ class NMSparsityCallback(SparsityCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Check the masks, then sparsify the weights: set the pruned values aside (or take them from the checkpoint)."""
+        """Check the masks, then sparsify the weights: set the pruned values aside (or take them from the
+        checkpoint)."""
         super().on_fit_start(trainer, pl_module)
         masked = self._masks()
         loaded, self._loaded = self._loaded, None

@@ -137,7 +137,8 @@ def mask_of(module: nn.Module, param_name: str = "weight") -> Tensor | None:
 
 
 def _check_loaded_masks(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """``load_state_dict`` pre-hook: take an older checkpoint's mask name; reject a mask entry that does not fit its parameter."""
+    """``load_state_dict`` pre-hook: take an older checkpoint's mask name; reject a mask entry that does not
+    fit its parameter."""
     for param_name in _record(module):
         key = _rename_legacy_mask(module, state_dict, prefix, param_name)
         if key not in state_dict:

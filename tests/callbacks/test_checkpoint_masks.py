@@ -7,12 +7,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelPruning
 
 from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
-from lightning_srigl.masking import accept_masks_on_load, mask_of, masked_weights, without_masks
+from lightning_srigl.masking import (
+    accept_masks_on_load,
+    mask_of,
+    masked_weights,
+    without_masks,
+)
 from tests.callbacks.tiny import TinyNet, trainer
 
 
@@ -55,7 +61,7 @@ def test_a_checkpoint_with_the_old_mask_names_resumes_with_its_masks(tmp_path: P
     assert "net.0.weight_mask" in torch.load(old, weights_only=False)["state_dict"]
 
     class Probe(Callback):
-        def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001 - Lightning's signature
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             self.masks = {m.fqn: m.mask.clone() for m in masked_weights(pl_module)}
 
     probe = Probe()
@@ -135,9 +141,9 @@ def test_resumed_masks_are_checked_under_rigl_and_nm_too(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("writer", "resumer", "message"),
     [
-        (lambda: [], _srigl, r"has no masks: it was written without a sparsity callback \(it lacks net\.0\.weight_"),
-        (lambda: [_srigl()], NMSparsityCallback, r"has masks for other weights \(it masks net\.0\.weight_sparsity_mask"),
-        (lambda: [_srigl()], lambda: _srigl(include=["net.2.weight"]), r"has masks for other weights \(it masks net\.0\."),
+        (list, _srigl, r"has no masks: it was written without a sparsity callback \(it lacks net\.0\.weight_"),
+        (lambda: [_srigl()], NMSparsityCallback, r"has masks for other weights \(it masks net\.0\.weight_"),
+        (lambda: [_srigl()], lambda: _srigl(include=["net.2.weight"]), r"other weights \(it masks net\.0\."),
     ],
     ids=["dense-with-srigl", "srigl-with-nm", "include-subset"],
 )
