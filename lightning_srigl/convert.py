@@ -221,7 +221,7 @@ def convert_to_structured(
         model: dense or unstructured-sparse trained network (modified in place).
         structure: an N:M pattern such as ``"2:4"`` (or ``"n:m"`` with ``n`` and ``m``), or
             ``"constant_fan_in"`` (``round(fan_in * (1 - sparsity))`` weights per output row; needs
-            ``sparsity``): any spelling [`Structure.parse`][lightning_srigl.sparsity.Structure.parse] takes.
+            ``sparsity``): any spelling [`Structure.parse`][lightning_srigl.sparsity.structure.Structure.parse] takes.
         n: with ``structure="n:m"``, the weights kept in every group of ``m`` consecutive inputs (default 2).
         m: with ``structure="n:m"``, the size of the groups (default 4); layers whose input dim ``m`` does
             not divide stay dense.

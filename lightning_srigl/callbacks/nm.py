@@ -64,7 +64,7 @@ class NMSparsityCallback(SparsityCallback):
             (a stem conv rarely has a multiple of ``m`` inputs; the head is small).
         log_every_n_steps: log mask flips (SAD) per layer and globally every this many steps.
         structure: the pattern written once, e.g. ``"2:4"`` (the spelling ``SRigLCallback`` and
-            ``convert`` take, [`Structure.parse`][lightning_srigl.sparsity.Structure.parse]); instead of ``n``
+            ``convert`` take, [`Structure.parse`][lightning_srigl.sparsity.structure.Structure.parse]); instead of ``n``
             and ``m``.
 
     Layers whose input (or, for transposable masks, output) dimension is not divisible by ``m`` stay

@@ -49,7 +49,7 @@ class SRigLCallback(DynamicSparsityCallback):
             ``0`` disables ablation. ``None``: 0.3 (the paper's CNN value) for constant fan-in,
             0 for N:M (a group must keep exactly N, so neurons cannot be ablated).
         structure: ``"constant_fan_in"`` (SRigL) or an N:M pattern such as ``"2:4"`` (any spelling
-            [`Structure.parse`][lightning_srigl.sparsity.Structure.parse] takes): the same
+            [`Structure.parse`][lightning_srigl.sparsity.structure.Structure.parse] takes): the same
             schedule then drops by magnitude and regrows by gradient inside each group of M inputs,
             so every layer stays exactly N:M (density N/M; ``sparsity`` and ``distribution`` are
             not used; selected layers whose input dimension M does not divide stay dense).
@@ -185,7 +185,7 @@ class SRigLCallback(DynamicSparsityCallback):
         if self.nm is not None:
             return random_nm_mask(shape, *self.nm, generator)
         check_fan_in_budget(shape, self.budgets[fqn])
-        fan_in = nearest_fan_in(target, shape[0], math.prod(shape[1:]))
+        fan_in = nearest_fan_in(target, shape[0], math.prod(shape[1:]) - 1)  # a sparse layer stays sparse
         return random_constant_fan_in_mask(shape, fan_in * shape[0], generator)
 
     @override

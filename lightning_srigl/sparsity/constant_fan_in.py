@@ -247,8 +247,9 @@ def srigl_update(
         trim: how to cut rows with more than ``k`` kept weights (see module docstring).
         min_active_neurons: never ablate below this many neurons.
         target: active weights to spread over the surviving rows, ``k = nearest_fan_in(target, ...)``
-            (the callback's budget plus the rounding carried from earlier layers); ``None``: the
-            reference's ``k = budget // survivors``.
+            (the callback's budget plus the rounding carried from earlier layers), at most ``F - 1``
+            when no row is ablated, so a sparse layer never turns dense; ``None``: the reference's
+            ``k = budget // survivors``.
 
     Returns:
         [`SRigLUpdate`][lightning_srigl.sparsity.constant_fan_in.SRigLUpdate] with weight-shaped masks.
@@ -296,7 +297,8 @@ def srigl_update(
         ablated[result.ablated] = True
         threshold = result.threshold
     survivors = rows - int(ablated.sum())
-    fan_in = budget // survivors if target is None else nearest_fan_in(target, survivors, active.shape[1])
+    most = active.shape[1] - (survivors == rows)  # a layer without ablated rows keeps one inactive weight per row
+    fan_in = budget // survivors if target is None else nearest_fan_in(target, survivors, most)
 
     candidates = nonzero
     candidates[ablated] = False
