@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # Extra demo flags, e.g. DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05" for the quick check the tests run.
 DEMO_ARGS ?=
 
-.PHONY: demo test docs benchmark overhead clean
+.PHONY: demo test docs wheel benchmark overhead clean
 
 # The installation's output goes to $(VENV)/install.log (printed in full if a step fails).
 $(STAMP): pyproject.toml setup.py
@@ -31,6 +31,12 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
+# A wheel in dist/ carrying the CPU kernels of every instruction set of this architecture, compiled against
+# .venv's torch: install it beside that same torch version (the kernels record it and are not loaded under
+# another, see docs/acceleration.md). tests/test_packaging.py installs it into a fresh venv.
+wheel: $(STAMP)
+	$(BIN)/pip wheel --no-build-isolation --no-deps -w dist .
+
 # Results go to RESULTS (git-ignored benchmark_results/ by default); `make benchmark RESULTS=docs/assets`
 # regenerates the committed CSVs, plots and docs/benchmarks.md.
 # BENCH_ARGS are added to both sweeps, e.g. BENCH_ARGS="--config configs/benchmark_smoke.yaml" for the
@@ -46,4 +52,4 @@ overhead: $(STAMP)
 	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py
 
 clean:
-	rm -rf $(VENV) site build *.egg-info
+	rm -rf $(VENV) site build dist *.egg-info

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
+from lightning_srigl.condensed.cpu_build import CACHE_ENV, running_torch_build
+from lightning_srigl.condensed.cpu_kernel import DISABLE_ENV, ISA_ENV
+from lightning_srigl.condensed.cpu_variants import TORCH_MARKER, variants_for_machine
+
 ROOT = Path(__file__).resolve().parents[1]
+# `make wheel`: `pip wheel <WHEEL_ARGS> .`
+WHEEL_ARGS = ("--no-build-isolation", "--no-deps", "-w", "dist")
 
 
 def test_license_and_py_typed_are_declared_and_present() -> None:
@@ -34,3 +46,99 @@ def test_citation_cites_the_paper_and_the_package() -> None:
     paper = citation["preferred-citation"]
     assert paper["title"] == "Dynamic Sparse Training with Structured Sparsity" and paper["year"] == 2024
     assert [a["family-names"] for a in paper["authors"]] == ["Lasby", "Golubeva", "Evci", "Nica", "Ioannou"]
+
+
+# Run by the fresh venv's python from a temporary folder: one CondensedLinear forward at batch 4 and 1,
+# checked against the dense product; prints where the package and its kernels came from and the warnings.
+FORWARD = """
+import warnings
+import torch
+import lightning_srigl
+from lightning_srigl.condensed import CondensedLinear
+from lightning_srigl.condensed.cpu_kernel import load_extension
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    weight = torch.randn(16, 64)
+    mask = torch.zeros(16, 64, dtype=torch.bool).scatter_(1, torch.rand(16, 64).argsort(1)[:, :16], True)
+    layer = CondensedLinear.from_weight_mask(weight, mask)
+    x = torch.randn(4, 64)
+    y, y1 = layer(x), layer(x[:1])
+    kernel = load_extension()
+expected = x @ (weight * mask).T
+print("package", lightning_srigl.__file__)
+print("library", kernel.library if kernel else None)
+print("exact", torch.allclose(y, expected, atol=1e-5) and torch.allclose(y1, expected[:1], atol=1e-5))
+print("warnings", len([w for w in caught if issubclass(w.category, RuntimeWarning)]))
+"""
+
+
+def run_forward(python: Path, cwd: Path, cache: Path, **env: str) -> dict[str, str]:
+    """:data:`FORWARD` run by ``python`` in ``cwd`` with ``cache`` as the kernel cache and ``env`` added: its
+    printed values (``package``, ``library``, ``exact``, ``warnings``) and ``stderr``."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", ISA_ENV, DISABLE_ENV)}
+    done = subprocess.run(
+        [str(python), "-c", FORWARD], cwd=cwd, env={**inherited, CACHE_ENV: str(cache), **env}, capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    return {**printed, "stderr": done.stderr}
+
+
+def pip_install(python: Path, *args: str) -> subprocess.CompletedProcess:
+    """``pip install`` into ``python``'s environment, by this environment's pip (the venv has none), without
+    byte-compiling (which would take most of the time for torch)."""
+    command = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-compile", *args]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def fresh_venv(folder: Path) -> Path:
+    """A new venv (no system site-packages) with only this torch installed; its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, capture_output=True)
+    python = folder / "bin" / "python"
+    pinned = f"torch=={torch.__version__}"  # never an unpinned torch: that would fetch a CUDA build
+    done = pip_install(python, pinned)
+    if done.returncode != 0:
+        pytest.skip(f"{pinned} is not installable here: {done.stderr[-300:]}")
+    return python
+
+
+@pytest.mark.slow
+def test_the_wheel_runs_its_kernels_in_a_fresh_venv_without_compiling(tmp_path: Path) -> None:
+    """`make wheel`'s wheel, installed beside only torch in a new venv, runs CondensedLinear from outside the
+    repository on the libraries it carries (one per variant of this architecture), compiling nothing.
+    Relabelled as built against another torch, they are refused and, with no compiler to rebuild them, the
+    exact pure-torch path runs after one warning (tests/condensed/test_cpu_variants.py covers the rebuild)."""
+    assert f"pip wheel {' '.join(WHEEL_ARGS)} ." in (ROOT / "Makefile").read_text()
+    dist = tmp_path / "dist"
+    args = [arg if arg != "dist" else str(dist) for arg in WHEEL_ARGS]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", *args, str(ROOT)], check=True, capture_output=True)
+    (wheel,) = dist.glob("lightning_srigl-*.whl")
+    libraries = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
+    assert sorted(n.split("/")[-1].split(".")[0] for n in libraries) == sorted(
+        v.library for v in variants_for_machine()
+    )
+    python = fresh_venv(tmp_path / "venv")
+    installed = pip_install(python, "--no-deps", str(wheel))
+    assert installed.returncode == 0, installed.stderr
+    site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        text=True).strip())
+    outside, cache = tmp_path / "elsewhere", tmp_path / "cache"
+    outside.mkdir()
+    cache.mkdir()
+
+    run = run_forward(python, outside, cache)
+    assert Path(run["package"]).is_relative_to(site), run["package"]
+    assert Path(run["library"]).parent == site / "lightning_srigl" / "condensed", run["library"]
+    assert run["exact"] == "True" and run["warnings"] == "0", run
+    assert not any(cache.iterdir()) and "building the CPU kernel" not in run["stderr"]
+
+    recorded = running_torch_build().encode().hex().encode()
+    foreign = running_torch_build().replace(torch.__version__, "9" * len(torch.__version__)).encode().hex().encode()
+    for name in libraries:
+        installed = site / name
+        installed.write_bytes(installed.read_bytes().replace(TORCH_MARKER + recorded, TORCH_MARKER + foreign))
+    run = run_forward(python, outside, cache, CXX=str(tmp_path / "no-compiler"))
+    assert run["library"] == "None" and run["exact"] == "True" and run["warnings"] == "1", run
+    assert "was built against torch 9999" in run["stderr"] and "could crash" in run["stderr"]
