@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -46,6 +47,53 @@ def test_citation_cites_the_paper_and_the_package() -> None:
     paper = citation["preferred-citation"]
     assert paper["title"] == "Dynamic Sparse Training with Structured Sparsity" and paper["year"] == 2024
     assert [a["family-names"] for a in paper["authors"]] == ["Lasby", "Golubeva", "Evci", "Nica", "Ioannou"]
+
+
+
+def extra_closure(extras: list[str]) -> set[str]:
+    """The distributions (names, lower case) that ``pip install "lightning-srigl[<extras>]"`` pulls in beyond the
+    base dependencies, following extras that name the project itself."""
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    found: set[str] = set()
+    pending = list(extras)
+    while pending:
+        for requirement in optional[pending.pop()]:
+            name, _, nested = re.match(r"([A-Za-z0-9_.-]+)(\[([^\]]*)\])?", requirement).groups()
+            if name == "lightning-srigl":
+                pending += nested.split(",")
+            else:
+                found.add(name.lower())
+    return found
+
+
+def test_cpu_extras_leave_triton_to_the_gpu_extra() -> None:
+    """Triton (about 1 GB) comes only with `gpu` (and `kernels`, which still means gpu + transposable)."""
+    assert extra_closure(["gpu"]) == {"triton"}
+    assert extra_closure(["transposable"]) == {"scipy"}
+    assert extra_closure(["kernels"]) == {"triton", "scipy"}
+    assert "triton" not in extra_closure(["examples"]) | extra_closure(["hf"]) | extra_closure(["docs"])
+
+
+def test_make_installs_what_the_test_suite_needs() -> None:
+    """`make test` runs the GPU kernels' tests under Triton's interpreter and the examples' tests."""
+    (extras,) = re.findall(r'pip install -q --no-build-isolation -e "\.\[([^\]]*)\]"', (ROOT / "Makefile").read_text())
+    needed = {"triton", "scipy", "scikit-learn", "pillow", "mnist1d", "transformers", "pytest", "pytest-xdist"}
+    assert needed | {"mkdocs"} <= extra_closure(extras.split(","))
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/index.md", "docs/getting-started.md"])
+def test_documented_install_installs_torch_first_and_what_the_cli_example_needs(document: str) -> None:
+    """The install lines pin a CPU torch before the package (pip alone would fetch a CUDA build) and install
+    the extras the README's CLI example (the digits MLP: scikit-learn) needs, without Triton."""
+    lines = [line for line in (ROOT / document).read_text().splitlines() if line.startswith("pip install")]
+    torch_line = next(i for i, line in enumerate(lines) if "torch==" in line)
+    (package_line,) = [i for i, line in enumerate(lines) if "--no-build-isolation" in line]
+    assert torch_line < package_line
+    assert "--index-url https://download.pytorch.org/whl/cpu" in lines[torch_line]
+    (extras,) = re.findall(r'-e "\.\[([^\]]*)\]"', lines[package_line])
+    installed = extra_closure(extras.split(","))
+    assert "scikit-learn" in installed and "triton" not in installed
+    assert "from sklearn" in (ROOT / "example_projects/digits_mlp/datamodule.py").read_text()
 
 
 # Run by the fresh venv's python from a temporary folder: one CondensedLinear forward at batch 4 and 1,
