@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.linear import CondensedLinear
+from lightning_srigl.condensed.layers.linear import CondensedLinear
 
 __all__ = ["ProjectedAttention", "dense_projection"]
 
