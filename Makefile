@@ -37,10 +37,11 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 # A wheel in dist/ carrying the CPU kernels of every instruction set of this architecture, compiled against
-# .venv's torch: install it beside that same torch version (the kernels record it and are not loaded under
-# another, see docs/acceleration.md). tests/test_packaging.py installs it into a fresh venv.
+# .venv's torch (it fails if one is missing): install it beside that same torch version (the kernels record
+# it and are not loaded under another, see docs/acceleration.md). tests/test_packaging.py installs it into a
+# fresh venv.
 wheel: $(STAMP)
-	$(BIN)/pip wheel --no-build-isolation --no-deps -w dist .
+	$(BIN)/python scripts/build_wheel.py dist
 
 # Results go to RESULTS (git-ignored benchmark_results/ by default); `make benchmark RESULTS=docs/assets`
 # regenerates the committed CSVs, plots and docs/benchmarks.md.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -15,13 +16,13 @@ import pytest
 import torch
 import yaml
 
-from lightning_srigl.condensed.cpu_build import CACHE_ENV, running_torch_build
-from lightning_srigl.condensed.cpu_kernel import DISABLE_ENV, ISA_ENV
-from lightning_srigl.condensed.cpu_variants import TORCH_MARKER, variants_for_machine
+from lightning_srigl.kernels.cpu.build import CACHE_ENV, running_torch_build
+from lightning_srigl.kernels.cpu.isa import ISA_ENV
+from lightning_srigl.kernels.cpu.loader import DISABLE_ENV
+from lightning_srigl.kernels.cpu.variants import TORCH_MARKER, variants_for_machine
 
 ROOT = Path(__file__).resolve().parents[1]
-# `make wheel`: `pip wheel <WHEEL_ARGS> .`
-WHEEL_ARGS = ("--no-build-isolation", "--no-deps", "-w", "dist")
+WHEEL_SCRIPT = "scripts/build_wheel.py"  # what `make wheel` runs
 
 
 def test_license_and_py_typed_are_declared_and_present() -> None:
@@ -49,6 +50,27 @@ def test_citation_cites_the_paper_and_the_package() -> None:
     assert [a["family-names"] for a in paper["authors"]] == ["Lasby", "Golubeva", "Evci", "Nica", "Ioannou"]
 
 
+def test_kernel_sources_are_package_data() -> None:
+    """The wheel and sdist carry ``kernels/cpu/csrc`` (so an install can build or JIT-compile the kernels)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["lightning_srigl.kernels.cpu"]
+    csrc = ROOT / "lightning_srigl" / "kernels" / "cpu" / "csrc"
+    shipped = {path for pattern in patterns for path in csrc.parent.glob(pattern)}
+    assert set(csrc.iterdir()) <= shipped and (csrc / "ops.cpp") in shipped
+
+
+def test_a_new_header_changes_the_source_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash that keys the JIT cache (and marks an installed library stale) covers every header in
+    ``csrc/``, found by listing the folder: a header added there is hashed with no list to edit."""
+    from lightning_srigl.kernels.cpu import variants
+
+    csrc = tmp_path / "csrc"
+    shutil.copytree(variants.CSRC, csrc)
+    monkeypatch.setattr(variants, "CSRC", csrc)
+    before = variants.source_hash()
+    (csrc / "int8.h").write_text("// a new kernel header\n")
+    assert variants.source_hash() != before
+    assert csrc / "int8.h" in variants.headers()
 
 def extra_closure(extras: list[str]) -> set[str]:
     """The distributions (names, lower case) that ``pip install "lightning-srigl[<extras>]"`` pulls in beyond the
@@ -103,7 +125,7 @@ import warnings
 import torch
 import lightning_srigl
 from lightning_srigl.condensed import CondensedLinear
-from lightning_srigl.condensed.cpu_kernel import load_extension
+from lightning_srigl.kernels.cpu.loader import load_extension
 
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -158,15 +180,17 @@ def test_the_wheel_runs_its_kernels_in_a_fresh_venv_without_compiling(tmp_path: 
     repository on the libraries it carries (one per variant of this architecture), compiling nothing.
     Relabelled as built against another torch, they are refused and, with no compiler to rebuild them, the
     exact pure-torch path runs after one warning (tests/condensed/test_cpu_variants.py covers the rebuild)."""
-    assert f"pip wheel {' '.join(WHEEL_ARGS)} ." in (ROOT / "Makefile").read_text()
+    assert f"$(BIN)/python {WHEEL_SCRIPT} dist" in (ROOT / "Makefile").read_text()
     dist = tmp_path / "dist"
-    args = [arg if arg != "dist" else str(dist) for arg in WHEEL_ARGS]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", *args, str(ROOT)], check=True, capture_output=True)
+    built = subprocess.run([sys.executable, WHEEL_SCRIPT, str(dist)], cwd=ROOT, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = dist.glob("lightning_srigl-*.whl")
-    libraries = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
-    assert sorted(n.split("/")[-1].split(".")[0] for n in libraries) == sorted(
-        v.library for v in variants_for_machine()
-    )
+    names = zipfile.ZipFile(wheel).namelist()
+    libraries = [n for n in names if n.endswith(".so")]
+    expected = sorted(f"lightning_srigl/kernels/cpu/{v.library}" for v in variants_for_machine())
+    assert sorted(n.split(".")[0] for n in libraries) == expected
+    tracked = subprocess.check_output(["git", "ls-files", "lightning_srigl/*.py"], cwd=ROOT, text=True).split()
+    assert sorted(n for n in names if n.endswith(".py")) == sorted(tracked)  # nothing stale from build/
     python = fresh_venv(tmp_path / "venv")
     installed = pip_install(python, "--no-deps", str(wheel))
     assert installed.returncode == 0, installed.stderr
@@ -178,7 +202,7 @@ def test_the_wheel_runs_its_kernels_in_a_fresh_venv_without_compiling(tmp_path: 
 
     run = run_forward(python, outside, cache)
     assert Path(run["package"]).is_relative_to(site), run["package"]
-    assert Path(run["library"]).parent == site / "lightning_srigl" / "condensed", run["library"]
+    assert Path(run["library"]).parent == site / "lightning_srigl" / "kernels" / "cpu", run["library"]
     assert run["exact"] == "True" and run["warnings"] == "0", run
     assert not any(cache.iterdir()) and "building the CPU kernel" not in run["stderr"]
 

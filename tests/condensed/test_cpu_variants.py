@@ -1,6 +1,5 @@
 """Choosing, forcing, loading and building the CPU kernel variants."""
 
-import shutil
 import subprocess
 import sys
 import warnings
@@ -10,9 +9,11 @@ import pytest
 import torch
 import torch.utils.cpp_extension
 
-from lightning_srigl.condensed import cpu_build, cpu_isa, cpu_kernel
-from lightning_srigl.condensed.cpu_isa import ISA_ENV, all_variants, default_variant, host_variants, requested_variant
-from lightning_srigl.condensed.cpu_variants import TORCH_MARKER, library_record, source_hash
+from lightning_srigl.kernels.cpu import build as cpu_build
+from lightning_srigl.kernels.cpu import isa as cpu_isa
+from lightning_srigl.kernels.cpu import loader as cpu_kernel
+from lightning_srigl.kernels.cpu.isa import ISA_ENV, all_variants, default_variant, host_variants, requested_variant
+from lightning_srigl.kernels.cpu.variants import TORCH_MARKER, library_record, source_hash
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_installed_library_is_used_without_any_build():
     script = (
         "import torch\n"
         "from lightning_srigl.condensed import CondensedLinear\n"
-        "from lightning_srigl.condensed.cpu_kernel import load_extension\n"
+        "from lightning_srigl.kernels.cpu.loader import load_extension\n"
         "layer = CondensedLinear.from_weight_mask(torch.randn(8, 32), torch.ones(8, 32, dtype=torch.bool))\n"
         "layer(torch.randn(1, 32))\n"
         "print(load_extension().library)\n"
