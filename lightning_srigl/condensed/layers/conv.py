@@ -205,7 +205,8 @@ class CondensedConv2d(nn.Module):
                 kernel = load_extension()
                 if kernel is not None:  # the C++ op itself, minus the dispatcher (~15 us per call)
                     return kernel.condensed_conv2d(
-                        x.contiguous(), values, self.indices, self.active_rows, self.bias, self.out_channels, *geometry, 0
+                        x.contiguous(), values, self.indices, self.active_rows, self.bias, self.out_channels,
+                        self.groups, *geometry, 0,
                     )
             if backend == "triton" or x.is_cuda:
                 kernels = triton_conv()
