@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.layers.linear import condense, pad_fan_in
 from lightning_srigl.kernels.conv import (
     condensed_conv2d,
     conv2d_reference,
@@ -31,33 +30,13 @@ from lightning_srigl.kernels.conv import (
     triton_conv,
 )
 from lightning_srigl.kernels.cpu.loader import condensed_linear_cpu, load_extension
+from lightning_srigl.kernels.layout import condense_conv, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear
 
 __all__ = ["CondensedConv1d", "CondensedConv2d", "condense_conv"]
 
 BACKENDS = ("auto", "torch", "triton")
 ALGORITHMS = ("direct", "im2col")
-INT16_MAX_TAPS = 32767
-
-
-def condense_conv(weight: Tensor, mask: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Split a masked conv weight ``(out, in / groups, *kernel)`` into ``values (A, k)``, ``indices (A, k)``
-    (taps over all ``in`` channels, see the module docstring) and ``active_rows (A,)``.
-
-    Raises:
-        ValueError: shapes differ, ``out`` is not divisible by ``groups``, or the non-empty rows do not
-            share one fan-in.
-    """
-    if mask.shape != weight.shape:
-        raise ValueError(f"mask {tuple(mask.shape)} must have the weight's shape {tuple(weight.shape)}")
-    out, per_group = weight.shape[0], weight[0].numel()
-    if out % groups:
-        raise ValueError(f"out_channels={out} is not divisible by groups={groups}")
-    values, local, rows = condense(weight.detach().reshape(out, per_group), mask.reshape(out, per_group))
-    group = rows // (out // groups)
-    taps = local.long() + (group * per_group)[:, None]
-    index = torch.int16 if per_group * groups <= INT16_MAX_TAPS else torch.int32
-    return values, taps.to(index).contiguous(), rows
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -226,7 +205,8 @@ class CondensedConv2d(nn.Module):
                 kernel = load_extension()
                 if kernel is not None:  # the C++ op itself, minus the dispatcher (~15 us per call)
                     return kernel.condensed_conv2d(
-                        x.contiguous(), values, self.indices, self.active_rows, self.bias, self.out_channels, *geometry, 0
+                        x.contiguous(), values, self.indices, self.active_rows, self.bias, self.out_channels,
+                        self.groups, *geometry, 0,
                     )
             if backend == "triton" or x.is_cuda:
                 kernels = triton_conv()

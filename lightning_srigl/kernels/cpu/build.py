@@ -28,6 +28,7 @@ from lightning_srigl.kernels.cpu.variants import (
     sources,
     torch_build,
 )
+from lightning_srigl.kernels.fakes import register_cpp_fakes
 
 CACHE_ENV = "LIGHTNING_SRIGL_CACHE"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -50,7 +51,8 @@ class KernelOps:
         batch1_forward: ``(x (1, in), layout, bias (out,) | None) -> (1, out)``.
         batch1_supported: whether the variant has the gather-free batch-1 kernel.
         condensed_conv2d: ``(x (N, C, H, W), values (A, k), indices (A, k), rows (A,), bias (out,) | None,
-            out_channels, kernel_size, stride, padding, dilation, block) -> (N, out, Ho, Wo)`` (``csrc/conv.h``).
+            out_channels, groups, kernel_size, stride, padding, dilation, block) -> (N, out, Ho, Wo)``
+            (``csrc/conv.h``).
         sampled_product: ``(go (N, out), x (N, in), row_ptr (out + 1,) int64, cols (nnz,) int32) -> (out, in)``,
             ``go^T x`` at the listed positions and ``+0`` elsewhere (``csrc/sampled.h``).
     """
@@ -147,6 +149,7 @@ def load_variant(variant: Variant) -> KernelOps:
                     refused = f"{library.name} does not load ({error})"
             if library is None or refused is not None:
                 library = _rebuild(variant, refused)
+            register_cpp_fakes(variant.namespace)
             _loaded[variant.name] = _resolve(variant.name, library)
     return _loaded[variant.name]
 
