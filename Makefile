@@ -11,15 +11,16 @@ DEMO_ARGS ?=
 .PHONY: demo test docs wheel benchmark overhead clean
 
 # The installation's output goes to $(VENV)/install.log (printed in full if a step fails).
-# torch comes first, and from TORCH_INDEX as well as PyPI: left to PyPI alone, Linux gets the CUDA build
-# (several GB); `make test TORCH_INDEX=https://download.pytorch.org/whl/cu128` installs a CUDA build instead.
+# torch comes first, pinned. Where pip's configured index serves only PyPI, Linux gets the CUDA build (several GB):
+# `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` adds PyTorch's CPU index (or another build's index).
+# Empty by default, so a machine whose pip is set up with a local CPU wheel asks no other host.
 # The dev extra holds Triton too: its interpreter (TRITON_INTERPRET=1) runs the GPU kernels' tests on the CPU.
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml setup.py
 	@echo "Setting up $(VENV): torch 2.13.0 (CPU), this package and its C++ kernels (a few minutes, once; log: $(VENV)/install.log)"
 	@test -d $(VENV) || $(PY) -m venv $(VENV)
 	@( $(BIN)/pip install -q --upgrade pip \
-	  && $(BIN)/pip install -q torch==2.13.0 --extra-index-url $(TORCH_INDEX) \
+	  && $(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
 	  && $(BIN)/pip install -q "setuptools>=77" wheel ninja \
 	  && $(BIN)/pip install -q --no-build-isolation -e ".[dev,docs]" \
 	) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
