@@ -10,7 +10,7 @@ import yaml
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, parse_method
 from lightning_srigl.benchmark.machine import emulation_env
-from lightning_srigl.condensed.linear import BACKENDS
+from lightning_srigl.condensed.layers.linear import BACKENDS
 from lightning_srigl.sparsity.validation import as_integer, as_real, check_sparsity
 
 _EXAMPLES = {"batch_sizes": "1, 16", "threads": "1", "sparsities": "0.9"}
