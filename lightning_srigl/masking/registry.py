@@ -122,7 +122,7 @@ class MaskedWeight:
 
     @property
     def mask_key(self) -> str:
-        """The mask's key in the model's ``state_dict``, e.g. ``"encoder.0.weight_mask"``."""
+        """The mask's key in the model's ``state_dict``, e.g. ``"encoder.0.weight_sparsity_mask"``."""
         return qualified_name(self.module_name, _record(self.module)[self.param_name])
 
 
