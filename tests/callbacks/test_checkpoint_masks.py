@@ -151,5 +151,5 @@ def test_a_checkpoint_masking_other_weights_is_one_named_error(
     tmp_path: Path, writer: Callable, resumer: Callable, message: str
 ) -> None:
     path = _checkpoint(tmp_path, writer())
-    with pytest.raises(ValueError, match=r"the checkpoint " + message + r".*without_masks"):
+    with pytest.raises(ValueError, match=r"the checkpoint .*" + message + r".*without_masks"):
         trainer(callbacks=[resumer()], max_steps=8).fit(TinyNet(), ckpt_path=path)
