@@ -41,6 +41,7 @@ from lightning_srigl.masking import (
     check_not_pruned,
     mask_buffer_name,
     masked_weights,
+    neuron_major,
     qualified_name,
     sparsifiable_weights,
     split_frozen,
@@ -154,9 +155,10 @@ class SparsityCallback(Callback):
         """Take the state back (every key of :meth:`state_defaults` is present)."""
         raise NotImplementedError
 
-    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
-        """What in ``mask`` (weight-shaped bool, of the sparse weight ``fqn``) breaks this method's rules,
-        or ``None``; the base rule: a sparse layer is neither dense nor empty."""
+    def mask_problem(self, fqn: str, mask: Tensor, rows: Tensor) -> str | None:
+        """What in ``mask`` (weight-shaped bool, of the sparse weight ``fqn``; ``rows``: the same mask
+        neuron-major, ``(O, *rest)``) breaks this method's rules, or ``None``; the base rule: a sparse
+        layer is neither dense nor empty."""
         active = int(mask.count_nonzero())
         if active == mask.numel():
             return "every weight is active (a dense layer)"
@@ -220,16 +222,37 @@ class SparsityCallback(Callback):
         check_not_pruned(pl_module, type(self).__name__)
 
     def check_masks(self) -> None:
-        """``ValueError`` naming every mask that breaks :meth:`mask_problem`'s rules."""
-        if self.masked is None:
-            return
-        problems = [f"{fqn}: {p}" for fqn, mask in self.masked.masks().items() if (p := self.mask_problem(fqn, mask))]
+        """``ValueError`` naming every mask of the run that breaks :meth:`mask_problem`'s rules."""
+        if self.masked is not None:
+            masks = self.masked.masks()
+            self._raise_mask_problems({fqn: (mask, self.masked.rows(fqn, mask)) for fqn, mask in masks.items()})
+
+    def _check_evaluated_masks(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Outside fit: the masks a loaded checkpoint brought must keep the method's rules too."""
+        if trainer.state.fn != "fit":
+            masks = {m.fqn: (m.mask, neuron_major(m.module, m.mask)) for m in masked_weights(pl_module)}
+            self._raise_mask_problems(masks)
+
+    def _raise_mask_problems(self, masks: dict[str, tuple[Tensor, Tensor]]) -> None:
+        problems = [f"{fqn}: {p}" for fqn, (mask, rows) in masks.items() if (p := self.mask_problem(fqn, mask, rows))]
         if problems:
             raise ValueError(
                 f"{type(self).__name__}: the model's masks break the method's rules ({'; '.join(problems)}). A "
-                "checkpoint's masks were edited or written under other settings: resume from an untouched "
-                "checkpoint, or start a new run from the weights without ckpt_path."
+                "checkpoint's masks were edited or written under other settings: use an untouched checkpoint, "
+                "or start a new run from the weights without ckpt_path."
             )
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check_evaluated_masks(trainer, pl_module)
+
+    @override
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check_evaluated_masks(trainer, pl_module)
+
+    @override
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check_evaluated_masks(trainer, pl_module)
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

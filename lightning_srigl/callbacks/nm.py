@@ -250,10 +250,10 @@ class NMSparsityCallback(SparsityCallback):
         }
 
     @override
-    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+    def mask_problem(self, fqn: str, mask: Tensor, rows: Tensor) -> str | None:
         if not self._is_structured(mask):
             return f"not {'transposable ' if self.transposable else ''}{self.n}:{self.m} sparse"
-        return super().mask_problem(fqn, mask)
+        return super().mask_problem(fqn, mask, rows)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _is_structured(self, mask: Tensor) -> bool:

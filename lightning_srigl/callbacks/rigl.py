@@ -25,12 +25,12 @@ class RigLCallback(DynamicSparsityCallback):
         return random_unstructured_mask(shape, target, generator)
 
     @override
-    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
-        """RigL keeps each layer's budget exactly."""
-        active = int(mask.count_nonzero())
-        if active != self.budgets[fqn]:
-            return f"{active} active weights, but RigL keeps the layer's budget of {self.budgets[fqn]}"
-        return super().mask_problem(fqn, mask)
+    def mask_problem(self, fqn: str, mask: Tensor, rows: Tensor) -> str | None:
+        """RigL keeps each layer's budget exactly (known in fit)."""
+        active, budget = int(mask.count_nonzero()), self.budgets.get(fqn)
+        if budget is not None and active != budget:
+            return f"{active} active weights, but RigL keeps the layer's budget of {budget}"
+        return super().mask_problem(fqn, mask, rows)
 
     @override
     def layer_update(

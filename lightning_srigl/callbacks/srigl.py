@@ -168,16 +168,14 @@ class SRigLCallback(DynamicSparsityCallback):
             self.protected = {fqn for fqn in fqns if matches(fqn, self.no_ablation)}
 
     @override
-    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+    def mask_problem(self, fqn: str, mask: Tensor, rows: Tensor) -> str | None:
         """Constant fan-in: every active neuron has the same number of weights; N:M: exactly N of every M."""
-        assert self.masked is not None
-        rows = self.masked.rows(fqn, mask)
         if self.nm is not None and not is_nm(rows, *self.nm):
             return f"not {self.nm[0]}:{self.nm[1]} sparse"
         if self.nm is None and not is_constant_fan_in(rows):
             counts = sorted({int(c) for c in rows.flatten(1).sum(1).unique() if c > 0})
             return f"active neurons hold different numbers of weights ({counts[:6]}), not one constant fan-in"
-        return super().mask_problem(fqn, mask)
+        return super().mask_problem(fqn, mask, rows)
 
     @override
     def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:

@@ -153,3 +153,20 @@ def test_a_checkpoint_masking_other_weights_is_one_named_error(
     path = _checkpoint(tmp_path, writer())
     with pytest.raises(ValueError, match=r"the checkpoint .*" + message + r".*without_masks"):
         trainer(callbacks=[resumer()], max_steps=8).fit(TinyNet(), ckpt_path=path)
+
+
+class EvaluatedNet(TinyNet):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.training_step(batch, batch_idx)
+
+
+def test_masks_loaded_for_evaluation_are_checked_too(tmp_path: Path) -> None:
+    """``trainer.validate(ckpt_path=...)`` accepts the checkpoint's masks, then checks them by the method's rules."""
+    untouched = _checkpoint(tmp_path, [_srigl()])
+    edited = _edited(untouched, _uneven_fan_in)
+    data = TinyNet().train_dataloader()
+    with pytest.raises(ValueError, match=r"net\.2\.weight: active neurons hold different numbers of weights"):
+        trainer(callbacks=[_srigl()]).validate(EvaluatedNet(), data, ckpt_path=edited)
+    model = EvaluatedNet()
+    trainer(callbacks=[_srigl()]).validate(model, data, ckpt_path=untouched)
+    assert len(masked_weights(model)) == 3
