@@ -130,7 +130,7 @@ def test_console_entry_exits_zero_after_a_benchmark(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     for banner in ("GPU available", "TPU available", "Tip:", "Sparse CSR tensor support is in beta"):
         assert banner not in output, banner
-    assert "Testing" in result.stdout and "━" in result.stdout, "no progress bar over the cases"
+    assert "Timing cases" in result.stdout and "━" in result.stdout, "no progress bar over the cases"
     assert "µs per call" in result.stdout and "ratios, > 1 = faster" in result.stdout
 
 
