@@ -191,7 +191,6 @@ def _one_error_line(args: list[str]) -> str:
         (["--batch_sizes", "[0]"], "each of batch_sizes must be an integer >= 1, got 0"),  # was a matplotlib traceback
         (["--sparsities", "[1.5]"], "each of sparsities must be a number in [0, 1)"),  # ran "at sparsity 1.50"
         (["--threads", "[]"], "threads is empty"),
-        (["--shapes", "[[8, 4]]", "--sparsities", "[0.95]"], "leave no weight per neuron of a layer with 8 inputs"),
     ],
 )
 def test_bad_benchmark_arguments_are_one_error_line_before_anything_runs(flags: list[str], message: str) -> None:

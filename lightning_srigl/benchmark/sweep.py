@@ -98,7 +98,8 @@ class SweepConfig:
         self._check_numbers()
 
     def _check_numbers(self) -> None:
-        """Every count a positive integer, every sparsity in ``[0, 1)`` leaving each neuron a weight."""
+        """Every count a positive integer, every sparsity in ``[0, 1)`` (a layer keeps at least one weight
+        per neuron, ``SparseLayerSpec.fan_in``)."""
         for name in ("batch_sizes", "cold_batch_sizes", "threads"):
             for value in getattr(self, name):
                 as_integer(value, f"each of {name}", 1, f"got {name}={getattr(self, name)}")
@@ -113,13 +114,6 @@ class SweepConfig:
         if as_real(self.min_run_time, "min_run_time") <= 0 or as_real(self.cold_bytes, "cold_bytes") <= 0:
             raise ValueError(
                 f"min_run_time and cold_bytes must be > 0; got {self.min_run_time!r}, {self.cold_bytes!r}."
-            )
-        smallest = min(in_features for in_features, _ in self.shapes) if self.shapes else 0
-        too_sparse = [s for s in self.sparsities if smallest and round(smallest * (1 - s)) < 1]
-        if too_sparse:
-            raise ValueError(
-                f"sparsities {too_sparse} leave no weight per neuron of a layer with {smallest} inputs; "
-                f"use at most {1 - 1 / smallest:.4g} for these shapes."
             )
 
     @classmethod
