@@ -130,7 +130,7 @@ def _time_candidates(
     tol = 1e-2 if call.x.dtype in (torch.float16, torch.bfloat16) else 1e-4
     with torch.no_grad():
         reference = call(build_candidate("dense", layer, mask))
-        for name in candidates:
+        for name in (c for c in candidates if c in sparse_kind(layer).candidates):  # the kind's own candidates
             try:
                 candidate = build_candidate(name, layer, mask)
                 out = call(candidate)
@@ -229,15 +229,17 @@ def fold_in_place(model: nn.Module) -> list[str]:
     from lightning_srigl.condensed.batchnorm_fold import fold_batchnorms
     from lightning_srigl.condensed.fold import fold_ablated_neurons
 
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # each module's own, not the root's
     model.eval()
+    replaced: list[str] = []
     try:
         replaced = list(fold_batchnorms(model))
         replaced += fold_ablated_neurons(model, inplace=True).replaced
     except ValueError as err:
         warnings.warn(f"accelerate: ablated neurons not folded: {err}", stacklevel=2)
     finally:
-        model.train(was_training)
+        for module in model.modules():
+            module.training = modes.get(module, modes[model])  # a module folding made: the model's mode
     return list(dict.fromkeys(replaced))
 
 
@@ -259,14 +261,29 @@ def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Mod
     return {name: copy.deepcopy(model.get_submodule(name)).to("meta") for name in names}
 
 
+# A module's forward hooks and pre-hooks, as torch keeps them (the handles point at these dicts).
+_FORWARD_HOOKS = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+)  # fmt: skip
+
+
 def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
-    """Install the plan's layers in place of the sparse layers (their masks leave with them)."""
+    """Install the plan's layers in place of the sparse layers (their masks leave with them).
+
+    Each new layer takes over the old one's ``training`` flag and its forward hooks and pre-hooks (the
+    same hook dicts, so the handles the user holds still remove them).
+    """
     sparse = sparse_layers(model)
     for row in plan.report.rows:
         if row.name not in sparse:
             found = type(model.get_submodule(row.name)).__name__
             raise ValueError(f"{row.name} is {found}, not a masked layer of a known kind: was it already accelerated?")
-        model.set_submodule(row.name, mark_accelerated(plan.layers[row.name], row.chosen))
+        old, new = sparse[row.name].module, plan.layers[row.name]
+        new.train(old.training)
+        for hooks in _FORWARD_HOOKS:
+            new.__dict__[hooks] = old.__dict__[hooks]
+        model.set_submodule(row.name, mark_accelerated(new, row.chosen))
 
 
 def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:

@@ -27,6 +27,8 @@ from lightning_srigl.condensed.conv_ops import condensed_conv2d, conv2d_referenc
 from lightning_srigl.condensed.cpu_kernel import condensed_linear_cpu, load_extension
 from lightning_srigl.condensed.linear import condense, pad_fan_in
 from lightning_srigl.condensed.ops import condensed_linear
+from lightning_srigl.condensed.validation import check_contiguous
+from lightning_srigl.condensed.weight_facts import WeightFacts
 
 __all__ = ["CondensedConv1d", "CondensedConv2d", "condense_conv"]
 
@@ -124,6 +126,7 @@ class CondensedConv2d(nn.Module):
             )
         if indices.dtype not in (torch.int16, torch.int32):
             raise ValueError(f"indices must be int16 or int32, got {indices.dtype}")
+        check_contiguous(values=values, indices=indices)
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.out_channels or rows.unique().numel() != rows.numel()):
             raise ValueError(f"active_rows must be distinct output channels in [0, {self.out_channels})")
         if indices.numel():
@@ -184,12 +187,23 @@ class CondensedConv2d(nn.Module):
             "in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
             "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
             "padding_mode": self.padding_mode, "backend": self.backend, "algorithm": self.algorithm,
+            "bias": self.bias is not None,
         }  # fmt: skip
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedConv2d:
         """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
         return cls(tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"), **args)
+
+    @property
+    def weight(self) -> WeightFacts:
+        """Shape ``(out, in / groups, kh, kw)``, dtype and device of the dense weight this layer replaced, for
+        code that reads them (no values: see :meth:`dense_weight`)."""
+        shape = (self.out_channels, self.in_channels // self.groups, *self._kernel_shape())
+        return WeightFacts(shape, self.values, type(self).__name__)
+
+    def _kernel_shape(self) -> tuple[int, ...]:
+        return self.kernel_size
 
     @property
     def fan_in(self) -> int:
@@ -322,6 +336,9 @@ class CondensedConv1d(CondensedConv2d):
         if x.dim() != 3:
             raise ValueError(f"expected input (N, {self.in_channels}, L), got {tuple(x.shape)}")
         return super().forward(x.unsqueeze(2)).squeeze(2)
+
+    def _kernel_shape(self) -> tuple[int, ...]:
+        return self.kernel_size[1:]
 
     def dense_weight(self) -> Tensor:
         """The equivalent masked dense weight ``(out, in / groups, k)``."""
