@@ -1,7 +1,7 @@
 """Builds the condensed CPU kernels at install time: one shared library per instruction set.
 
-``pip install --no-build-isolation .`` (or ``-e .``) compiles ``lightning_srigl/condensed/csrc/ops.cpp``
-once per variant of ``lightning_srigl/condensed/cpu_variants.py`` (AVX-512, AVX2 and a scalar baseline
+``pip install --no-build-isolation .`` (or ``-e .``) compiles ``lightning_srigl/kernels/cpu/csrc/ops.cpp``
+once per variant of ``lightning_srigl/kernels/cpu/variants.py`` (AVX-512, AVX2 and a scalar baseline
 on x86-64; NEON on aarch64) against the installed torch, with ``torch.utils.cpp_extension``. The build
 needs a C++17 compiler with OpenMP (g++ 9 or newer, or clang) and ``ninja``. A variant the compiler
 cannot build is skipped with a warning; without torch in the build environment (an isolated build) or
@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def load_variants():
-    """``lightning_srigl/condensed/cpu_variants.py``, loaded without importing the package."""
-    spec = importlib.util.spec_from_file_location("cpu_variants", ROOT / "lightning_srigl/condensed/cpu_variants.py")
+    """``lightning_srigl/kernels/cpu/variants.py``, loaded without importing the package."""
+    spec = importlib.util.spec_from_file_location("cpu_variants", ROOT / "lightning_srigl/kernels/cpu/variants.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
@@ -80,7 +80,7 @@ def extensions_and_commands():
             CppExtension(
                 name=f"{variants.PACKAGE}.{variant.library}",
                 sources=[str(source)],
-                depends=[str(variants.CSRC / name) for name in (*variants.SOURCES, *variants.HEADERS)],
+                depends=[str(path) for path in (*variants.sources(), *variants.headers())],
                 extra_compile_args={"cxx": variant.build_flags()},
                 extra_link_args=["-fopenmp"],
             )

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_srigl.condensed import CondensedConv1d, CondensedConv2d, CondensedLinear
-from lightning_srigl.condensed.kinds import projected_attention
+from lightning_srigl.condensed.kinds.candidates import projected_attention
 
 
 def constant_fan_in(shape: tuple[int, ...], k: int, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 
-from lightning_srigl.condensed.cpu_variants import Variant, library_source_hash, source_hash, sources
+from lightning_srigl.kernels.cpu.variants import (
+    Variant,
+    library_source_hash,
+    source_hash,
+    sources,
+)
 
 CACHE_ENV = "LIGHTNING_SRIGL_CACHE"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -26,7 +31,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _BUILD_SECONDS = 25
 
 _lock = threading.Lock()
-_loaded: dict[str, "KernelOps"] = {}
+_loaded: dict[str, KernelOps] = {}
 
 
 @dataclass(frozen=True)

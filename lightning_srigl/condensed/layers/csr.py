@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.validation import check_bias, check_csr
+from lightning_srigl.condensed.layers.validation import check_bias, check_csr
 
 __all__ = ["CSRLinear", "csr_linear", "csr_product", "to_csr"]
 

@@ -6,7 +6,7 @@
 Registered with :func:`torch.library.custom_op`, so ``torch.compile(fullgraph=True)`` and
 ``torch.export`` treat it as one opaque node (shapes come from the fake implementation).
 Device dispatch: CPU -> C++ extension (pure-torch fallback), CUDA -> Triton
-(:func:`lightning_srigl.condensed.triton_kernel.condensed_linear_triton`, imported lazily), any other
+(:func:`lightning_srigl.kernels.triton.linear.condensed_linear_triton`, imported lazily), any other
 device -> the pure-torch reference.
 """
 
@@ -19,7 +19,10 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from lightning_srigl.condensed.cpu_kernel import condensed_linear_cpu, condensed_linear_torch
+from lightning_srigl.kernels.cpu.loader import (
+    condensed_linear_cpu,
+    condensed_linear_torch,
+)
 
 OP_NAME = "lightning_srigl::condensed_linear"
 
@@ -50,14 +53,14 @@ def condensed_linear(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: 
 
 @functools.cache
 def triton_kernels() -> ModuleType | None:
-    """The Triton kernel module (:mod:`lightning_srigl.condensed.triton_kernel`), or ``None`` (after one
+    """The Triton kernel module (:mod:`lightning_srigl.kernels.triton.linear`), or ``None`` (after one
     warning) when Triton is not installed. Imported on first use, so CPU-only installs never load Triton."""
     try:
-        from lightning_srigl.condensed import triton_kernel
+        from lightning_srigl.kernels.triton import linear as triton_linear
     except ImportError as error:
         warnings.warn(f"{error} Using the exact (slower) PyTorch gather for condensed layers on CUDA.", stacklevel=3)
         return None
-    return triton_kernel
+    return triton_linear
 
 
 @condensed_linear.register_kernel("cuda")

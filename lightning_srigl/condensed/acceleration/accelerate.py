@@ -5,9 +5,9 @@
 1. ``capture_layer_inputs`` runs ``model(example_input)`` once with forward hooks and keeps the
    real input of every sparse layer (so kernels are timed at the user's batch size and shapes);
 2. ``fold_in_place`` folds ablated neurons into the next layer where that is exact
-   (``lightning_srigl.condensed.fold``);
+   (``lightning_srigl.condensed.fold.neurons``);
 3. ``plan_acceleration`` builds every candidate of each layer's kind (dense, condensed, CSR, 2:4
-   semi-structured for ``nn.Linear``; ``lightning_srigl.condensed.registry``), checks it against the
+   semi-structured for ``nn.Linear``; ``lightning_srigl.condensed.kinds.registry``), checks it against the
    masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed;
 4. ``swap_layers`` installs them (mask buffers leave with the old modules).
 
@@ -26,9 +26,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
-from lightning_srigl.condensed.layer_call import LayerCall, outputs_close
-from lightning_srigl.condensed.registry import (
+from lightning_srigl.condensed.acceleration.layer_call import LayerCall, outputs_close
+from lightning_srigl.condensed.acceleration.report import (
+    AccelerationReport,
+    LayerAcceleration,
+)
+from lightning_srigl.condensed.acceleration.timing import hot_times
+from lightning_srigl.condensed.kinds.registry import (
     CANDIDATES,
     build_candidate,
     mark_accelerated,
@@ -36,7 +40,6 @@ from lightning_srigl.condensed.registry import (
     sparse_layers,
     tied_layers,
 )
-from lightning_srigl.condensed.timing import hot_times
 from lightning_srigl.masking import neuron_major
 
 __all__ = [
@@ -118,7 +121,7 @@ def _time_candidates(
     """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
 
     The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
-    timer, :func:`~lightning_srigl.condensed.timing.hot_times`: ``warmup`` calls, at least ``repeats``
+    timer, :func:`~lightning_srigl.condensed.acceleration.timing.hot_times`: ``warmup`` calls, at least ``repeats``
     samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
 
     Returns ``(times, skipped, built)``: seconds per exact candidate, why the others were skipped,
@@ -226,8 +229,8 @@ def fold_in_place(model: nn.Module) -> list[str]:
     Runs in eval mode (dropout on a folding path must be off). Returns the names of the modules it
     changed; a model no part of which ``torch.fx`` can trace is left as is, with a warning.
     """
-    from lightning_srigl.condensed.batchnorm_fold import fold_batchnorms
-    from lightning_srigl.condensed.fold import fold_ablated_neurons
+    from lightning_srigl.condensed.fold.batchnorm import fold_batchnorms
+    from lightning_srigl.condensed.fold.neurons import fold_ablated_neurons
 
     modes = {module: module.training for module in model.modules()}  # each module's own, not the root's
     model.eval()
@@ -307,7 +310,7 @@ def accelerate(
 
     Args:
         model: any ``nn.Module``; its sparse layers are its masked modules of a known kind
-            (``lightning_srigl.condensed.registry.sparse_layers``).
+            (``lightning_srigl.condensed.kinds.registry.sparse_layers``).
         example_input: one real batch for ``model(example_input)`` (a tuple is unpacked); every
             layer is timed on the input it receives from this batch.
         candidates: kernels to try; ``"dense"`` is always needed as the reference.

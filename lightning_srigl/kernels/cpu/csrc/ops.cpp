@@ -24,15 +24,15 @@
 #include "sampled.h"
 
 #ifndef LSR_OPS_NAMESPACE
-#error "build with -DLSR_OPS_NAMESPACE=lightning_srigl_<variant> (see lightning_srigl/condensed/cpu_variants.py)"
+#error "build with -DLSR_OPS_NAMESPACE=lightning_srigl_<variant> (see lightning_srigl/kernels/cpu/variants.py)"
 #endif
 #ifndef LSR_SOURCE_HASH
-#error "build with -DLSR_SOURCE_HASH=<hash of the sources> (Variant.build_flags in cpu_variants.py)"
+#error "build with -DLSR_SOURCE_HASH=<hash of the sources> (Variant.build_flags in kernels/cpu/variants.py)"
 #endif
 #define LSR_STRINGIFY_(x) #x
 #define LSR_STRINGIFY(x) LSR_STRINGIFY_(x)
 
-// The hash of the sources this library was built from; cpu_variants.library_source_hash() reads it from
+// The hash of the sources this library was built from; variants.library_source_hash() reads it from
 // the file, so a library older than the sources is rebuilt instead of loaded.
 extern "C" __attribute__((used)) const char lsr_source_marker[] = "lightning_srigl-sources:" LSR_STRINGIFY(LSR_SOURCE_HASH);
 

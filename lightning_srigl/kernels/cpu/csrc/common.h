@@ -1,7 +1,7 @@
 // Shared pieces of the condensed CPU kernels: the vector type, element conversions, index reads.
 //
 // Every kernel header is compiled once per instruction set (one shared library per variant, see
-// setup.py and lightning_srigl/condensed/cpu_variants.py). The build defines CPU_CAPABILITY (DEFAULT,
+// setup.py and lightning_srigl/kernels/cpu/variants.py). The build defines CPU_CAPABILITY (DEFAULT,
 // AVX2 or AVX512) and CPU_CAPABILITY_<ISA>, so ATen's at::vec::Vectorized picks its back end, and
 // LSR_OPS_NAMESPACE, the torch.ops namespace the variant registers its ops in. Like ATen, all kernel
 // code lives in `inline namespace CPU_CAPABILITY`, so the variants' symbols never collide.

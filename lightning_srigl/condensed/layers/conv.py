@@ -9,7 +9,7 @@ its group's channels), so the kernels need no notion of groups.
 
 Kernels (``forward``), ``algorithm="direct"``: on CPU the ``condensed_conv2d`` op of the C++ variant
 (``csrc/conv.h``: output pixels are the batch of a panel read straight from the zero-padded input, no
-im2col), on CUDA the Triton kernel of :mod:`~lightning_srigl.condensed.triton_conv`.
+im2col), on CUDA the Triton kernel of :mod:`~lightning_srigl.kernels.triton.conv`.
 ``algorithm="im2col"`` materialises the im2col matrix (``F.unfold``) and runs the condensed linear
 kernels on it: slower except on tiny images (a 4x4 map), where the direct kernel computes many padding
 columns; ``accelerate`` times both (``scripts/bench_conv_layouts.py`` compares them per layer).
@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.conv_ops import condensed_conv2d, conv2d_reference, conv_output_size, triton_conv
-from lightning_srigl.condensed.cpu_kernel import condensed_linear_cpu, load_extension
-from lightning_srigl.condensed.linear import condense, pad_fan_in
-from lightning_srigl.condensed.ops import condensed_linear
-from lightning_srigl.condensed.validation import check_contiguous
-from lightning_srigl.condensed.weight_facts import WeightFacts
+from lightning_srigl.condensed.layers.linear import condense, pad_fan_in
+from lightning_srigl.condensed.layers.validation import check_contiguous
+from lightning_srigl.condensed.layers.weight_facts import WeightFacts
+from lightning_srigl.kernels.conv import condensed_conv2d, conv2d_reference, conv_output_size, triton_conv
+from lightning_srigl.kernels.cpu.loader import condensed_linear_cpu, load_extension
+from lightning_srigl.kernels.linear import condensed_linear
 
 __all__ = ["CondensedConv1d", "CondensedConv2d", "condense_conv"]
 

@@ -14,16 +14,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.cpu_kernel import (
+from lightning_srigl.condensed.layers.validation import (
+    INT16_MAX,
+    check_bias,
+    check_condensed,
+    check_width,
+)
+from lightning_srigl.kernels.cpu.loader import (
     batch1_forward,
     batch1_layout,
     condensed_linear_cpu,
     condensed_linear_torch,
 )
-from lightning_srigl.condensed.ops import condensed_linear, triton_kernels
-from lightning_srigl.condensed.validation import INT16_MAX, check_bias, check_condensed, check_width
-from lightning_srigl.condensed.weight_facts import WeightFacts
+from lightning_srigl.condensed.layers.weight_facts import WeightFacts
 from lightning_srigl.derived_cache import DerivedCache
+from lightning_srigl.kernels.linear import condensed_linear, triton_kernels
 from lightning_srigl.masking import mask_of
 
 BACKENDS = ("auto", "torch", "triton")
@@ -193,7 +198,7 @@ class CondensedLinear(nn.Module):
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedLinear:
-        """Rebuild (validated) from [`spec_args`][lightning_srigl.condensed.linear.CondensedLinear.spec_args] and the layer's ``state_dict`` tensors."""
+        """Rebuild (validated) from [`spec_args`][lightning_srigl.condensed.layers.linear.CondensedLinear.spec_args] and the layer's ``state_dict`` tensors."""
         return cls(
             tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"),
             args["in_features"], args["out_features"], args.get("backend", "auto"),

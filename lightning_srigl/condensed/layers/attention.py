@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.linear import CondensedLinear
-from lightning_srigl.condensed.weight_facts import WeightFacts
+from lightning_srigl.condensed.layers.linear import CondensedLinear
+from lightning_srigl.condensed.layers.weight_facts import WeightFacts
 
 __all__ = ["ProjectedAttention", "dense_projection"]
 

@@ -1,9 +1,9 @@
 """The CPU kernel variants: one build of ``csrc/ops.cpp`` per instruction set, and their compiler flags.
 
 Plain Python with no imports from the package or torch, so ``setup.py`` can read it before anything is
-installed. Each variant is its own shared library ``lightning_srigl/condensed/_cpu_<name>*.so`` that
-registers its ops in the ``torch.ops.lightning_srigl_<name>`` namespace; ``cpu_build.py`` loads them and
-``cpu_isa.py`` picks one for the host.
+installed. Each variant is its own shared library ``lightning_srigl/kernels/cpu/_cpu_<name>*.so`` that
+registers its ops in the ``torch.ops.lightning_srigl_<name>`` namespace; ``build.py`` loads them and
+``isa.py`` picks one for the host.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp",)
-HEADERS = ("common.h", "gather_dot.h", "panel.h", "batch1.h", "conv.h", "sampled.h")
-PACKAGE = "lightning_srigl.condensed"
+PACKAGE = "lightning_srigl.kernels.cpu"
 # Common flags: OpenMP for at::parallel_for, fused multiply-adds where the ISA has them, and hidden
 # symbols: torch.ops.load_library opens libraries with RTLD_GLOBAL, so an exported inline function of
 # one variant could otherwise be bound to another library's copy, compiled for another instruction set.
@@ -103,11 +102,17 @@ def sources() -> list[Path]:
     return [CSRC / name for name in SOURCES]
 
 
+def headers() -> list[Path]:
+    """Every header in ``csrc/`` (listed from the folder, so a new header is hashed and a stale library
+    rebuilt, with no list to keep)."""
+    return sorted(CSRC.glob("*.h"))
+
+
 def source_hash() -> str:
     """Short hash of every kernel source and header and of the flags: keys the JIT cache."""
     digest = hashlib.sha256()
-    for name in (*SOURCES, *HEADERS):
-        digest.update((CSRC / name).read_bytes())
+    for path in (*sources(), *headers()):
+        digest.update(path.read_bytes())
     for variant in variants_for_machine():
         digest.update(" ".join(variant.compile_flags()).encode())
     return digest.hexdigest()[:16]

@@ -2,7 +2,7 @@
 
 Each ``from_masked``-style function takes the masked module and the mask of the kind's weight and
 returns an inference module that computes what the module computes with its weights times their
-masks (:mod:`lightning_srigl.condensed.registry` lists them per kind):
+masks (:mod:`lightning_srigl.condensed.kinds.registry` lists them per kind):
 
 * :func:`masked_copy` — the ``"dense"`` reference of every kind: a copy with the masks applied;
 * :func:`projected_attention` — ``nn.MultiheadAttention`` with condensed ``in_proj``/``out_proj``;
@@ -17,9 +17,9 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.attention import ProjectedAttention
-from lightning_srigl.condensed.csr import CSRLinear, to_csr
-from lightning_srigl.condensed.linear import CondensedLinear, pad_fan_in
+from lightning_srigl.condensed.layers.attention import ProjectedAttention
+from lightning_srigl.condensed.layers.csr import CSRLinear, to_csr
+from lightning_srigl.condensed.layers.linear import CondensedLinear, pad_fan_in
 from lightning_srigl.masking import mask_of, masked_weights, remove_masks_
 
 __all__ = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_srigl.condensed.cpu_variants import Variant, variants_for_machine
+from lightning_srigl.kernels.cpu.variants import Variant, variants_for_machine
 
 ISA_ENV = "LIGHTNING_SRIGL_CPU_ISA"
 # ATen capability -> the best of our variants it allows.

@@ -1,7 +1,7 @@
 """CPU kernel for the condensed product: the chosen C++ variant, and the pure-torch fallback.
 
-:func:`load_extension` returns the ops of the variant :mod:`~lightning_srigl.condensed.cpu_isa` picks
-for this CPU (``LIGHTNING_SRIGL_CPU_ISA`` forces one), loaded by :mod:`~lightning_srigl.condensed.cpu_build`
+:func:`load_extension` returns the ops of the variant :mod:`~lightning_srigl.kernels.cpu.isa` picks
+for this CPU (``LIGHTNING_SRIGL_CPU_ISA`` forces one), loaded by :mod:`~lightning_srigl.kernels.cpu.build`
 (the library built at install time, else a one-time JIT build). Where neither exists (no compiler),
 :func:`condensed_linear_cpu` falls back to :func:`condensed_linear_torch` after one warning: it is
 several times slower than a dense ``nn.Linear``, so ``accelerate()``, which times every candidate, keeps
@@ -17,8 +17,18 @@ import warnings
 import torch
 from torch import Tensor
 
-from lightning_srigl.condensed.cpu_build import CACHE_ENV, KernelOps, build_directory, load_variant
-from lightning_srigl.condensed.cpu_isa import ISA_ENV, all_variants, host_variants, requested_variant
+from lightning_srigl.kernels.cpu.build import (
+    CACHE_ENV,
+    KernelOps,
+    build_directory,
+    load_variant,
+)
+from lightning_srigl.kernels.cpu.isa import (
+    ISA_ENV,
+    all_variants,
+    host_variants,
+    requested_variant,
+)
 
 __all__ = [
     "CACHE_ENV",

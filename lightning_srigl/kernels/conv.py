@@ -3,10 +3,10 @@
 ``condensed_conv2d(x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding,
 dilation) -> y (N, out, Ho, Wo)`` is the convolution of ``x (N, C, H, W)`` with the dense weight whose
 row ``rows[a]`` holds ``values[a, j]`` at tap ``indices[a, j]`` (taps over all ``C`` channels, see
-:mod:`lightning_srigl.condensed.conv`); channels without an active row output their bias. Registered
+:mod:`lightning_srigl.condensed.layers.conv`); channels without an active row output their bias. Registered
 with :func:`torch.library.custom_op` so ``torch.compile`` and ``torch.export`` (with dynamic batch and
 image sizes) see one node. Device dispatch: CPU -> the C++ variant (fp32) or the reference, CUDA -> the
-Triton kernel (:mod:`~lightning_srigl.condensed.triton_conv`, imported lazily) or the reference.
+Triton kernel (:mod:`~lightning_srigl.kernels.triton.conv`, imported lazily) or the reference.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_srigl.condensed.cpu_kernel import load_extension
+from lightning_srigl.kernels.cpu.loader import load_extension
 
 OP_NAME = "lightning_srigl::condensed_conv2d"
 
@@ -82,9 +82,9 @@ def condensed_conv2d(
 
 @functools.cache
 def triton_conv() -> ModuleType | None:
-    """:mod:`lightning_srigl.condensed.triton_conv`, or ``None`` (after one warning) without Triton."""
+    """:mod:`lightning_srigl.kernels.triton.conv`, or ``None`` (after one warning) without Triton."""
     try:
-        from lightning_srigl.condensed import triton_conv as module
+        from lightning_srigl.kernels.triton import conv as module
     except ImportError as error:
         warnings.warn(f"{error} Using the exact PyTorch convolution for condensed convolutions.", stacklevel=3)
         return None

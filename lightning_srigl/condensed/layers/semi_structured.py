@@ -29,7 +29,7 @@ from torch.sparse import (
     SparseSemiStructuredTensorCUTLASS,
 )
 
-from lightning_srigl.condensed.validation import check_bias
+from lightning_srigl.condensed.layers.validation import check_bias
 
 __all__ = [
     "DeviceFacts",

@@ -1,6 +1,6 @@
 """The sparse module kinds that can be accelerated, and the inference layers each kind can become.
 
-One table, :data:`SPARSE_KINDS`, is read by acceleration (:mod:`~lightning_srigl.condensed.accelerate`),
+One table, :data:`SPARSE_KINDS`, is read by acceleration (:mod:`~lightning_srigl.condensed.acceleration.accelerate`),
 the benchmark (``lightning_srigl.benchmark.layers``) and serialization (its allowlist,
 :data:`INFERENCE_LAYERS`). A kind is an exact module type (so a subclass with its own forward, such as
 ``nn.MultiheadAttention``'s ``out_proj``, is not taken for ``nn.Linear``) and says:
@@ -23,10 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.attention import ProjectedAttention
-from lightning_srigl.condensed.conv import CondensedConv1d, CondensedConv2d
-from lightning_srigl.condensed.csr import CSRLinear
-from lightning_srigl.condensed.kinds import (
+from lightning_srigl.condensed.kinds.candidates import (
     attention_batch_dims,
     channels_input,
     features_input,
@@ -35,9 +32,17 @@ from lightning_srigl.condensed.kinds import (
     masked_copy,
     projected_attention,
 )
-from lightning_srigl.condensed.linear import CondensedLinear
-from lightning_srigl.condensed.semi_structured import SemiStructuredLinear
-from lightning_srigl.masking import MaskedWeight, is_hf_conv1d, masked_weights, parameter_owners
+from lightning_srigl.condensed.layers.attention import ProjectedAttention
+from lightning_srigl.condensed.layers.conv import CondensedConv1d, CondensedConv2d
+from lightning_srigl.condensed.layers.csr import CSRLinear
+from lightning_srigl.condensed.layers.linear import CondensedLinear
+from lightning_srigl.condensed.layers.semi_structured import SemiStructuredLinear
+from lightning_srigl.masking import (
+    MaskedWeight,
+    is_hf_conv1d,
+    masked_weights,
+    parameter_owners,
+)
 
 FromMasked = Callable[[nn.Module, Tensor], nn.Module]
 

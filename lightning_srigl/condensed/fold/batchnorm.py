@@ -7,7 +7,7 @@ convolution ``y = W * x + b`` it equals a convolution with ``W' = W * s`` (row `
 carries over. The BatchNorm becomes ``nn.Identity``.
 
 :func:`fold_batchnorms` does this where the ``torch.fx`` graphs of the model or of its traceable parts
-(:func:`~lightning_srigl.condensed.local_trace.traced_graphs`) prove it: a masked ``nn.Conv1d/2d/3d``
+(:func:`~lightning_srigl.condensed.fold.local_trace.traced_graphs`) prove it: a masked ``nn.Conv1d/2d/3d``
 whose output's only user is a ``BatchNorm`` module in eval mode with running statistics, both called
 once in ``forward`` and holding no parameter another module holds.
 """
@@ -21,8 +21,8 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lightning_srigl.condensed.fold_chain import CONVS
-from lightning_srigl.condensed.local_trace import traced_graphs
+from lightning_srigl.condensed.fold.chain import CONVS
+from lightning_srigl.condensed.fold.local_trace import traced_graphs
 from lightning_srigl.masking import mask_of, parameter_owners
 
 __all__ = ["fold_batchnorms"]

@@ -1,12 +1,12 @@
 """Which dataflow paths carry an ablated neuron's constant output exactly into the next layer.
 
-The analysis half of folding (``lightning_srigl.condensed.fold`` does the rewriting): given the
+The analysis half of folding (``lightning_srigl.condensed.fold.neurons`` does the rewriting): given the
 ``torch.fx`` node of a producer layer with all-zero weight rows, ``find_chain`` follows its single-user
 path through the allow-listed pass-through ops to a consumer layer and returns the ``Chain``, or the
 reason the path is not provably exact; ``fold_blocker`` adds the module-level reasons (grouped
 producer, modules called twice, tied parameters); ``constant_output`` computes what each ablated
 channel becomes at the consumer's input. The rules themselves are listed in the docstring of
-``lightning_srigl.condensed.fold``.
+``lightning_srigl.condensed.fold.neurons``.
 """
 
 from __future__ import annotations

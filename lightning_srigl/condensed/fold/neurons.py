@@ -9,7 +9,7 @@ rounding.
 
 :func:`fold_ablated_neurons` finds such chains in the ``torch.fx`` graphs of the model's forward, or of
 its largest traceable parts where the whole model does not trace
-(:func:`~lightning_srigl.condensed.local_trace.traced_graphs`: ``nn.Sequential`` chains, MLP and ResNet
+(:func:`~lightning_srigl.condensed.fold.local_trace.traced_graphs`: ``nn.Sequential`` chains, MLP and ResNet
 blocks), and folds only what is provably exact:
 
 * producer: an ``nn.Linear`` or ``nn.Conv{1,2,3}d`` (exact type; conv with ``groups == 1``) whose
@@ -36,7 +36,7 @@ inference (``eval()`` mode): calling ``train()`` on it re-enables dropout and Ba
 which the fold assumed away.
 
 This module rewrites the modules; which paths are provably exact is the analysis of
-``lightning_srigl.condensed.fold_chain``.
+``lightning_srigl.condensed.fold.chain``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,15 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lightning_srigl.condensed.fold_chain import CONVS, LINEAR, Chain, constant_output, find_chain, fold_blocker
-from lightning_srigl.condensed.local_trace import traced_graphs
+from lightning_srigl.condensed.fold.chain import (
+    CONVS,
+    LINEAR,
+    Chain,
+    constant_output,
+    find_chain,
+    fold_blocker,
+)
+from lightning_srigl.condensed.fold.local_trace import traced_graphs
 from lightning_srigl.masking import mask_of, parameter_owners, register_mask_
 
 __all__ = ["FoldReport", "FoldedNeurons", "KeptNeurons", "fold_ablated_neurons"]

@@ -3,7 +3,7 @@
 For a linear layer ``y = x W^T`` with a masked weight this is the weight's gradient, ``dL/dW =
 go^T x`` (``go = dL/dy``), computed at the active positions only: the dense product's flops times the
 density. The kernel is ``csrc/sampled.h``, compiled with the condensed kernels (one library per
-instruction set, see :mod:`~lightning_srigl.condensed.cpu_kernel`).
+instruction set, see :mod:`~lightning_srigl.kernels.cpu.loader`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_srigl.condensed.cpu_kernel import load_extension
+from lightning_srigl.kernels.cpu.loader import load_extension
 
 __all__ = ["SampledLayout", "sampled_product", "sampled_product_available"]
 
