@@ -8,7 +8,9 @@ elements swapped between the same byte positions of two 8-byte words) are not se
 on the tensor itself always are (its counter moves). The checksum of a CUDA tensor would wait for the
 device, so only CPU tensors are summed.
 
-The checksum's cost is one read of the tensor (see docs/acceleration.md for the batch-1 cost).
+The checksum costs one read of the tensor per lookup (for ``CondensedLinear``'s batch-1 layout, one read of
+the values per call: the price of never serving stale weights; ``scripts/bench_layout_checksum.py``
+measures it against a cache keyed on version counters only).
 
 A leaf module (it imports nothing from the package), so every layer may use it.
 """
