@@ -85,3 +85,12 @@ def test_kernels_are_ops_only_and_training_uses_no_inference_layer() -> None:
         problems += [f"{path.name} imports lightning_srigl.{name}" for name in sorted(package_layers(path) - TRAINING_USES)]
     assert not problems, "\n".join(problems)
 
+
+def test_no_top_level_part_holds_more_than_a_quarter_of_the_code() -> None:
+    """Python lines per top-level sub-package (or module): none is over 25 % of the package's."""
+    lines: dict[str, int] = {}
+    for path in PACKAGE.rglob("*.py"):
+        lines[layer_of(path)] = lines.get(layer_of(path), 0) + len(path.read_text().splitlines())
+    total = sum(lines.values())
+    too_big = {name: f"{count / total:.1%}" for name, count in lines.items() if count > total / 4}
+    assert not too_big, f"split these (over a quarter of {total} lines): {too_big}"

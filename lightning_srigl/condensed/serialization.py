@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.exported import ExportedModel, export_program
+from lightning_srigl.exported import ExportedModel, export_program
 from lightning_srigl.condensed.kinds.registry import INFERENCE_LAYERS
 
 FORMAT = "lightning_srigl.condensed/1"
@@ -188,7 +188,7 @@ def save_condensed(
         ``tuple``s where the model returned other containers (a Hugging Face ``CausalLMOutput``
         becomes ``{"logits": ...}``), so loading it needs torch only; it takes its inputs by position
         or by their names in ``model.forward`` (``input_ids=``). A Hugging Face model is captured
-        with its cache off (:mod:`~lightning_srigl.condensed.exported`).
+        with its cache off (:mod:`~lightning_srigl.exported`).
 
     Raises:
         ValueError: a custom model without ``example_input``, or one whose outputs are not tensors.

@@ -19,16 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_srigl.kernels import fakes
 from lightning_srigl.kernels.cpu.loader import load_extension
+from lightning_srigl.kernels.fakes import conv_output_size
 
 OP_NAME = "lightning_srigl::condensed_conv2d"
 
 __all__ = ["OP_NAME", "condensed_conv2d", "conv2d_reference", "conv_output_size", "triton_conv"]
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length of one spatial axis (as ``nn.Conv2d`` computes it); works on symbolic sizes."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def conv2d_reference(
@@ -75,7 +72,7 @@ def condensed_conv2d(
     if kernel is None:
         return conv2d_reference(x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation)
     return kernel.condensed_conv2d(
-        x.contiguous(), values.contiguous(), indices.contiguous(), rows.contiguous(), bias, out_channels,
+        x.contiguous(), values.contiguous(), indices.contiguous(), rows.contiguous(), bias, out_channels, groups,
         kernel_size, stride, padding, dilation, 0,
     )  # fmt: skip
 
@@ -98,19 +95,4 @@ def _condensed_conv2d_cuda(*args: object) -> Tensor:
     return (conv2d_reference if module is None else module.condensed_conv2d_triton)(*args)
 
 
-@condensed_conv2d.register_fake
-def _condensed_conv2d_fake(
-    x: Tensor,
-    values: Tensor,
-    indices: Tensor,
-    rows: Tensor,
-    bias: Tensor | None,
-    out_channels: int,
-    groups: int,
-    kernel_size: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-) -> Tensor:
-    sizes = [conv_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i]) for i in range(2)]
-    return x.new_empty((x.shape[0], out_channels, *sizes))
+condensed_conv2d.register_fake(fakes.condensed_conv2d)

@@ -14,95 +14,30 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.layers.validation import (
-    INT16_MAX,
-    check_bias,
-    check_condensed,
-    check_width,
+from lightning_srigl.condensed.layers.contract import (
+    BACKENDS,
+    check_choice,
+    dense_linear,
+    eager_inference,
+    validate_after_load,
 )
+from lightning_srigl.condensed.layers.weight_facts import WeightFacts
+from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.kernels.cpu.loader import (
     batch1_forward,
     batch1_layout,
     condensed_linear_cpu,
     condensed_linear_torch,
 )
-from lightning_srigl.condensed.layers.weight_facts import WeightFacts
-from lightning_srigl.derived_cache import DerivedCache
+from lightning_srigl.kernels.layout import condense, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear, triton_kernels
+from lightning_srigl.kernels.validation import check_bias, check_condensed, check_width
 from lightning_srigl.masking import mask_of
-
-BACKENDS = ("auto", "torch", "triton")
-INT16_MAX_IN_FEATURES = INT16_MAX
-
-
-def index_dtype(in_features: int) -> torch.dtype:
-    """int16 while every column index fits (``in_features <= 32767``), else int32."""
-    return torch.int16 if in_features <= INT16_MAX_IN_FEATURES else torch.int32
-
-
-def condense(weight: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Split a masked ``(out, in)`` weight into ``values (A, k)``, ``indices (A, k)``, ``active_rows (A,)``.
-
-    Raises:
-        ValueError: when shapes differ or the non-empty rows do not share one fan-in.
-    """
-    if weight.dim() != 2 or mask.shape != weight.shape:
-        raise ValueError(
-            f"weight must be (out, in) and mask the same shape; got {tuple(weight.shape)}, {tuple(mask.shape)}"
-        )
-    mask = mask.to(device=weight.device, dtype=torch.bool)
-    fan_in = mask.sum(dim=1)
-    active_rows = torch.nonzero(fan_in > 0).flatten()
-    active_fan_in = fan_in[active_rows]
-    if active_rows.numel() and bool((active_fan_in != active_fan_in[0]).any()):
-        raise ValueError(
-            "CondensedLinear needs every non-empty mask row to keep the same number of inputs (constant "
-            f"fan-in, as SRigL and N:M masks do); this mask has fan-ins from {int(active_fan_in.min())} to "
-            f"{int(active_fan_in.max())}. Keep it dense, or use a CSR layer (weight.to_sparse_csr())."
-        )
-    k = int(active_fan_in[0]) if active_rows.numel() else 0
-    active_mask = mask[active_rows]
-    indices = torch.nonzero(active_mask)[:, 1].reshape(-1, k) if k else active_mask.new_zeros((0, 0), dtype=torch.long)
-    values = weight.detach()[active_rows].gather(1, indices)
-    return values.contiguous(), indices.to(index_dtype(weight.shape[1])).contiguous(), active_rows
-
-
-def pad_fan_in(mask: Tensor) -> Tensor:
-    """Give every non-empty row of ``mask (out, in)`` the largest fan-in by adding its first inactive columns.
-
-    With the weight zero there, the layer is unchanged: this keeps a layer condensable after
-    folding removed some of its input columns (which leaves rows with unequal fan-in).
-    """
-    fan_in = mask.sum(dim=1)
-    missing = (fan_in.max() - fan_in) * (fan_in > 0) if mask.numel() else fan_in
-    inactive = ~mask
-    return mask | (inactive & (inactive.cumsum(dim=1) <= missing[:, None]))
-
-
-def _check_loaded_buffers(module: CondensedLinear, incompatible: object) -> None:
-    """``load_state_dict`` post-hook: loaded buffers get the constructor's checks (and ``active_rows``,
-    which the constructor converts, must already be int64)."""
-    if module.active_rows.dtype != torch.int64:
-        raise ValueError(f"active_rows must be int64, got {module.active_rows.dtype}; load active_rows.long()")
-    check_condensed(module.values, module.indices, module.active_rows, module.in_features, module.out_features)
-    check_bias(module.bias, module.out_features, module.values)
-
-
-def _eager_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
-    """True for plain eager tensors with no gradient to track (not traced, compiled or exported)."""
-    # Ordered cheapest first: this runs on every call, and each tensor attribute costs ~0.1-0.3 us.
-    if type(x2d) is not Tensor or type(values) is not Tensor:
-        return False
-    if torch.is_grad_enabled() and (
-        x2d.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return False
-    return not torch.compiler.is_compiling()
 
 
 def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
-    """:func:`_eager_inference` for CPU tensors."""
-    return x2d.is_cpu and _eager_inference(x2d, values, bias)
+    """:func:`~lightning_srigl.condensed.layers.contract.eager_inference` for CPU tensors."""
+    return x2d.is_cpu and eager_inference(x2d, values, bias)
 
 
 def _triton_layout(values: Tensor, indices: Tensor, _: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,20 +78,29 @@ class CondensedLinear(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        in_features, out_features = check_width(in_features, "in_features"), check_width(out_features, "out_features")
-        check_condensed(values, indices, active_rows, in_features, out_features)
-        check_bias(bias, out_features, values)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.backend = backend
+        self.backend = check_choice(backend, BACKENDS, "backend")
+        self.in_features = check_width(in_features, "in_features")
+        self.out_features = check_width(out_features, "out_features")
+        check_condensed(values, indices, active_rows, self.in_features, self.out_features)
+        check_bias(bias, self.out_features, values)
         self.register_buffer("values", values)
         self.register_buffer("indices", indices)
         self.register_buffer("active_rows", active_rows.long())
         self.register_buffer("bias", bias)
         self._layouts: DerivedCache[Any] = DerivedCache()  # kernel layouts of the buffers; see _derived_layout
-        self.register_load_state_dict_post_hook(_check_loaded_buffers)
+        self.register_load_state_dict_post_hook(validate_after_load)
+
+    def check_buffers(self) -> None:
+        """Validate the buffers as the constructor does (``check_condensed``, ``check_bias``); run after loading.
+
+        Raises:
+            ValueError: naming the tensor that does not fit (and ``active_rows`` that are not int64: the
+                constructor converts them, a loaded state dict must hold them so).
+        """
+        if self.active_rows.dtype != torch.int64:
+            raise ValueError(f"active_rows must be int64, got {self.active_rows.dtype}; load active_rows.long()")
+        check_condensed(self.values, self.indices, self.active_rows, self.in_features, self.out_features)
+        check_bias(self.bias, self.out_features, self.values)
 
     @classmethod
     def from_weight_mask(
@@ -256,7 +200,7 @@ class CondensedLinear(nn.Module):
         if backend == "auto" and _eager_cpu_inference(x2d, values, bias_active):
             # Same kernel as the custom op's CPU implementation, minus the dispatcher's ~15 us per call.
             return condensed_linear_cpu(x2d, values, self.indices, bias_active)
-        if (backend == "triton" or x2d.is_cuda) and _eager_inference(x2d, values, bias_active):
+        if (backend == "triton" or x2d.is_cuda) and eager_inference(x2d, values, bias_active):
             kernels = triton_kernels()
             if kernels is not None:  # a direct launch on the (k, A) storage, minus the dispatcher
                 values, indices = self._derived_layout("triton", _triton_layout) or (values, self.indices)
@@ -310,27 +254,24 @@ class CondensedLinear(nn.Module):
             full = self.bias.expand(batch, self.out_features).contiguous()
         return full.index_add(1, self.active_rows, y)
 
-    def dense_weight(self) -> Tensor:
-        """The equivalent masked dense weight ``(out, in)``."""
-        rows = self.values.new_zeros(self.n_active, self.in_features).scatter_(1, self.indices.long(), self.values)
-        weight = self.values.new_zeros(self.out_features, self.in_features)
+    def _scatter(self, values: Tensor) -> Tensor:
+        """``values (A, k)`` (or a tensor of their shape) at their ``(out, in)`` positions, zero elsewhere."""
+        rows = values.new_zeros(self.n_active, self.in_features).scatter_(1, self.indices.long(), values)
+        weight = values.new_zeros(self.out_features, self.in_features)
         weight[self.active_rows] = rows
         return weight
 
+    def dense_weight(self) -> Tensor:
+        """The equivalent masked dense weight ``(out, in)``."""
+        return self._scatter(self.values)
+
+    def dense_masks(self) -> dict[str, Tensor]:
+        """``{"weight": (out, in) bool}``: the positions the layer keeps."""
+        return {"weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
+
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` with the masked dense weight and the full bias."""
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.values.device,
-            dtype=self.values.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return dense_linear(self.dense_weight(), self.bias, frozen=False)
 
     def extra_repr(self) -> str:
         index = str(self.indices.dtype).removeprefix("torch.")

@@ -8,13 +8,14 @@
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_layout(values, indices, rows, in_features, out_features) -> layout
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_forward(x, layout, bias) -> y (1, out)
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_supported() -> bool
-//   torch.ops.<LSR_OPS_NAMESPACE>.condensed_conv2d(x, values, indices, rows, bias, out_channels, kernel_size,
-//                                                  stride, padding, dilation, block) -> y (N, out, Ho, Wo)
+//   torch.ops.<LSR_OPS_NAMESPACE>.condensed_conv2d(x, values, indices, rows, bias, out_channels, groups,
+//                                                  kernel_size, stride, padding, dilation, block) -> y (N, out, Ho, Wo)
 //   torch.ops.<LSR_OPS_NAMESPACE>.sampled_product(go, x, row_ptr, cols) -> grad (out, in)
 // Regimes: B < 3 gather-dot (gather_dot.h), B >= 3 panels (panel.h), fp32 batch 1 with a layout
 // gather-free (batch1.h). sampled.h: go^T x at a mask's positions only (a masked weight's gradient
 // in training). Threads come from at::parallel_for, i.e. torch.get_num_threads().
-// To add a kernel: write its header next to these, include it here and register its op below.
+// To add a kernel: follow the checklist in docs/design.md ("Adding an op"); the schemas below must equal
+// their Python ops' (tests/kernels/test_op_schemas.py compares them).
 #include <torch/library.h>
 
 #include "batch1.h"
@@ -26,15 +27,18 @@
 #ifndef LSR_OPS_NAMESPACE
 #error "build with -DLSR_OPS_NAMESPACE=lightning_srigl_<variant> (see lightning_srigl/kernels/cpu/variants.py)"
 #endif
-#ifndef LSR_SOURCE_HASH
-#error "build with -DLSR_SOURCE_HASH=<hash of the sources> (Variant.build_flags in kernels/cpu/variants.py)"
+#if !defined(LSR_SOURCE_HASH) || !defined(LSR_TORCH_BUILD)
+#error "build with -DLSR_SOURCE_HASH=<sources hash> -DLSR_TORCH_BUILD=x<hex> (Variant.build_flags, variants.py)"
 #endif
 #define LSR_STRINGIFY_(x) #x
 #define LSR_STRINGIFY(x) LSR_STRINGIFY_(x)
 
-// The hash of the sources this library was built from; variants.library_source_hash() reads it from
-// the file, so a library older than the sources is rebuilt instead of loaded.
+// The hash of the sources this library was built from, and the torch version and C++11 ABI flag it was
+// compiled against; variants.library_record() reads them from the file, so a library older than the
+// sources, or built for another torch, is rebuilt (or refused) instead of loaded.
 extern "C" __attribute__((used)) const char lsr_source_marker[] = "lightning_srigl-sources:" LSR_STRINGIFY(LSR_SOURCE_HASH);
+extern "C" __attribute__((used)) const char lsr_torch_marker[] =
+    "lightning_srigl-torch:" LSR_STRINGIFY(LSR_TORCH_BUILD);
 
 namespace lightning_srigl {
 inline namespace CPU_CAPABILITY {
@@ -169,13 +173,16 @@ at::Tensor batch1_forward(const at::Tensor& x, const at::Tensor& layout, const c
 }
 
 // fp32 x (N, C, H, W), values (A, k), indices (A, k) into C * kh * kw, rows (A,) output channels,
-// bias (out,) or none -> y (N, out, Ho, Wo); see conv.h. block > 0 forces the block width (tests).
+// bias (out,) or none -> y (N, out, Ho, Wo); see conv.h. The indices are taps over all C channels, so groups
+// is only checked. block > 0 forces the block width (tests).
 at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
                             const at::Tensor& rows, const c10::optional<at::Tensor>& bias, int64_t out_channels,
-                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            int64_t groups, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t block) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "condensed_conv2d: x must be a contiguous fp32 (N, C, H, W) tensor");
+  TORCH_CHECK(groups >= 1 && out_channels % groups == 0 && x.size(1) % groups == 0,
+              "condensed_conv2d: groups must divide out_channels and the input channels");
   TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kFloat && values.is_contiguous() &&
                   indices.sizes() == values.sizes() && indices.is_contiguous(),
               "condensed_conv2d: needs contiguous fp32 values (A, k) and indices of the same shape");
@@ -246,12 +253,12 @@ at::Tensor sampled_product_op(const at::Tensor& go, const at::Tensor& x, const a
 }  // namespace lightning_srigl
 
 TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
-  m.def("condensed_linear(Tensor x, Tensor values, Tensor indices, Tensor? bias) -> Tensor");
+  m.def("condensed_linear(Tensor x2d, Tensor values, Tensor indices, Tensor? bias_active) -> Tensor");
   m.def("batch1_layout(Tensor values, Tensor indices, Tensor rows, int in_features, int out_features) -> Tensor");
   m.def("batch1_forward(Tensor x, Tensor layout, Tensor? bias) -> Tensor");
   m.def("batch1_supported() -> bool", &lightning_srigl::batch1_supported);
   m.def("condensed_conv2d(Tensor x, Tensor values, Tensor indices, Tensor rows, Tensor? bias, int out_channels, "
-        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0) -> Tensor");
+        "int groups, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0) -> Tensor");
   m.def("sampled_product(Tensor go, Tensor x, Tensor row_ptr, Tensor cols) -> Tensor");
 }
 

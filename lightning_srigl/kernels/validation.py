@@ -1,4 +1,4 @@
-"""Checks that an inference layer's tensors are well formed, run once when the layer is built or loaded.
+"""Checks that the ops' inputs are well formed, run once when a layer is built or loaded (not per call).
 
 The kernels index memory with the stored indices and trust them, so a layer never holds an index
 outside its input width, a row outside its output width, or tensors whose shapes, dtypes or devices

@@ -1,5 +1,6 @@
 """The ``"exported"`` format of :func:`~lightning_srigl.condensed.serialization.save_condensed`: a model
-captured with ``torch.export``, and the module a loaded program becomes.
+captured with ``torch.export``, and the module a loaded program becomes. A leaf module (torch only), so
+loading a program needs nothing else of the package.
 
 What the capture takes care of, so that the program runs wherever the model did:
 
