@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.condensed import CondensedLinear
-from lightning_srigl.condensed.acceleration.timing import hot_times
+from lightning_srigl.timing import hot_times
 
 LAYERS = [(256, 256), (768, 768), (3072, 768), (768, 3072)]  # (out, in)
 
@@ -63,11 +63,12 @@ def main() -> None:
         x = torch.randn(1, width)
         checked, plain = layer(CondensedLinear, out, width), layer(VersionsOnly, out, width)
         with torch.no_grad():
-            calls = {"checked": lambda: checked(x), "versions_only": lambda: plain(x)}
+            calls = {"checked": lambda x=x: checked(x), "versions_only": lambda x=x: plain(x)}
             times = hot_times(calls, threads=1, min_run_time=1.0, device=torch.device("cpu"), min_samples=30)
         mins = {name: t.min * 1e6 for name, t in times.items()}
         ratio = mins["checked"] / mins["versions_only"]
-        print(f"{out}x{width}: checked {mins['checked']:.1f} us, versions_only {mins['versions_only']:.1f} us, ratio {ratio:.2f}")
+        checked_us, plain_us = mins["checked"], mins["versions_only"]
+        print(f"{out}x{width}: checked {checked_us:.1f} us, versions_only {plain_us:.1f} us, ratio {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ def build_from_spec(spec: dict[str, Any], state_dict: dict[str, Tensor], prefix:
             f"lightning_srigl's inference layers ({', '.join(sorted(_PACKAGE_LAYERS))}) may be loaded"
         )
     if type_name in _PACKAGE_LAYERS:
-        tensors = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        own = ((k[len(prefix) :], v) for k, v in state_dict.items() if k.startswith(prefix))
+        tensors = {name: v for name, v in own if "." not in name}
         args = dict(args)
         has_bias = args.pop("bias", None)  # recorded by spec_args (files from before it lack it)
         if has_bias is not None and has_bias is not ("bias" in tensors):

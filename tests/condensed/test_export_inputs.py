@@ -53,7 +53,7 @@ def run_fresh(path: Path, cases: dict[str, object], tmp_path: Path) -> dict[str,
 def test_a_batch_1_example_gives_a_program_for_every_batch_and_length_and_keyword_inputs(tmp_path) -> None:
     model = TokenModel().eval()
     assert save_condensed(model, tmp_path / "m.pt", example_input=torch.randint(0, 16, (1, 6))) == "exported"
-    cases = {"1x6": torch.randint(0, 16, (1, 6)), "3x6": torch.randint(0, 16, (3, 6)), "4x9": torch.randint(0, 16, (4, 9))}
+    cases: dict[str, object] = {f"{b}x{t}": torch.randint(0, 16, (b, t)) for b, t in ((1, 6), (3, 6), (4, 9))}
     cases["keyword"] = {"input_ids": cases["4x9"]}
     out = run_fresh(tmp_path / "m.pt", cases, tmp_path)
     with torch.no_grad():

@@ -6,13 +6,13 @@ batch-1 example and loaded in a fresh process, where they run at batch 3 and ano
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import subprocess
 import sys
 import tempfile
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -56,7 +56,9 @@ def llama() -> nn.Module:
 
 
 def gpt2() -> nn.Module:
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -102,8 +104,8 @@ class CondenseWhereExact(AccelerateCallback):
 
     def choose(self, pl_module: pl.LightningModule, inputs: dict[str, Tensor]) -> AccelerationPlan:
         timed = plan_acceleration(pl_module, inputs, candidates=("dense", "condensed"), warmup=0, repeats=1)
-        rows = [dataclasses.replace(row, chosen="condensed") if "condensed" in row.times else row for row in timed.report.rows]
-        return rebuild_plan(pl_module, dataclasses.replace(timed.report, rows=rows))
+        rows = [replace(row, chosen="condensed") if "condensed" in row.times else row for row in timed.report.rows]
+        return rebuild_plan(pl_module, replace(timed.report, rows=rows))
 
 
 @functools.cache

@@ -66,7 +66,7 @@ TAMPERED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "function_as_type": (_set_type(("2",), "lightning_srigl.condensed.serialization.load_condensed"), r"refusing to build"),
     "builtin_as_type": (_set_type(("1",), "builtins.eval"), r"refusing to build 'builtins.eval'"),
     "non_string_type": (_set_type((), 42), r"refusing to build 42"),
-    "bias_deleted": (lambda payload: payload["state_dict"].pop("2.bias"), r"saved with bias=True but 2.bias is missing"),
+    "bias_deleted": (lambda payload: payload["state_dict"].pop("2.bias"), r"bias=True but 2.bias is missing"),
     "noncontiguous_values": (_set("2.values", lambda t: t.t().contiguous().t()), r"values must be contiguous"),
 }
 

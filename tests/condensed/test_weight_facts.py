@@ -39,7 +39,8 @@ def test_weight_reports_the_dense_shape_dtype_and_device_and_refuses_arithmetic(
     mask = constant_fan_in(dense.weight.shape, 3)
     layer = build(masked(dense, mask), mask).double()
     facts = layer.weight
-    assert facts.shape == dense.weight.shape and facts.size() == dense.weight.size() and facts.size(1) == dense.weight.size(1)
+    assert facts.shape == dense.weight.shape and facts.size() == dense.weight.size()
+    assert facts.size(1) == dense.weight.size(1)
     assert facts.dim() == facts.ndim == dense.weight.dim() and facts.numel() == dense.weight.numel()
     assert facts.dtype == torch.float64 and facts.device == torch.device("cpu") and facts.is_floating_point()
     assert not facts.requires_grad and facts.layout == torch.strided
