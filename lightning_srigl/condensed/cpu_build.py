@@ -44,6 +44,10 @@ class KernelOps:
             out_channels, kernel_size, stride, padding, dilation, block) -> (N, out, Ho, Wo)`` (``csrc/conv.h``).
         sampled_product: ``(go (N, out), x (N, in), row_ptr (out + 1,) int64, cols (nnz,) int32) -> (out, in)``,
             ``go^T x`` at the listed positions and ``+0`` elsewhere (``csrc/sampled.h``).
+        int8_linear: ``(x (B, in), weight (A, kp) int8, indices (A, kp), weight_sum (A,) int32, weight_scale (A,),
+            rows (A,), bias (out,) | None, out_features, input_scale | None, input_zero | None, mode) -> (B, out)``
+            (``csrc/int8.h``).
+        int8_path: ``(mode) -> str``, the int8 dot-product path that runs (``"avx512_vnni"``, ``"avx2"``, ...).
     """
 
     variant: str
@@ -54,6 +58,8 @@ class KernelOps:
     batch1_supported: bool
     condensed_conv2d: object
     sampled_product: object
+    int8_linear: object
+    int8_path: object
 
 
 def build_directory(variant: Variant) -> Path:
@@ -143,4 +149,6 @@ def _resolve(variant: str, library: Path) -> KernelOps:
         batch1_supported=bool(ops.batch1_supported()),
         condensed_conv2d=ops.condensed_conv2d.default,
         sampled_product=ops.sampled_product.default,
+        int8_linear=ops.int8_linear.default,
+        int8_path=ops.int8_path.default,
     )

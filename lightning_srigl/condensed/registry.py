@@ -35,6 +35,7 @@ from lightning_srigl.condensed.kinds import (
     masked_copy,
     projected_attention,
 )
+from lightning_srigl.condensed.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.semi_structured import SemiStructuredLinear
 from lightning_srigl.masking import MaskedWeight, is_hf_conv1d, masked_weights, parameter_owners
@@ -128,6 +129,7 @@ CANDIDATES: tuple[str, ...] = tuple(dict.fromkeys(name for kind in SPARSE_KINDS.
 # The package's inference layer classes (the exact allowlist of the loader, with standard torch.nn modules).
 INFERENCE_LAYERS: tuple[type[nn.Module], ...] = (
     CondensedLinear, CSRLinear, SemiStructuredLinear, CondensedConv2d, CondensedConv1d, ProjectedAttention,
+    Int8CondensedLinear,
 )  # fmt: skip
 
 
