@@ -15,7 +15,7 @@ from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp",)
-HEADERS = ("common.h", "gather_dot.h", "panel.h", "batch1.h", "conv.h", "sampled.h", "int8.h")
+HEADERS = ("common.h", "gather_dot.h", "panel.h", "batch1.h", "conv.h", "sampled.h", "int8.h", "int8_window.h")
 PACKAGE = "lightning_srigl.condensed"
 # Common flags: OpenMP for at::parallel_for, fused multiply-adds where the ISA has them, and hidden
 # symbols: torch.ops.load_library opens libraries with RTLD_GLOBAL, so an exported inline function of

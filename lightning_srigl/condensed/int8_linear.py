@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.int8_ops import INT8_MAX_FAN_IN, INT8_PAD, int8_condensed_linear
+from lightning_srigl.condensed.int8_ops import INT8_MAX_FAN_IN, INT8_PAD, int8_condensed_linear, window_layout
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.validation import INDEX_DTYPES, INT16_MAX, check_bias, check_sorted_in_range, check_width
 
@@ -51,7 +51,8 @@ def _padded(tensor: Tensor, width: int) -> Tensor:
 
 
 def _check_int8_buffers(module: Int8CondensedLinear, incompatible: object = None) -> None:
-    """Constructor and ``load_state_dict`` check of the buffers, so the kernels may trust them."""
+    """Constructor and ``load_state_dict`` check of the buffers, so the kernels may trust them; a load
+    rebuilds the window layout from the loaded weights."""
     weight, indices = module.weight, module.indices
     if weight.dtype != torch.int8 or weight.dim() != 2 or weight.shape[1] % INT8_PAD:
         raise ValueError(f"weight must be int8 (A, kp) with kp a multiple of {INT8_PAD}; got {weight.dtype} "
@@ -78,6 +79,8 @@ def _check_int8_buffers(module: Int8CondensedLinear, incompatible: object = None
     if scale.dtype != torch.float32 or scale.shape != (rows,) or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
         raise ValueError(f"weight_scale must be finite positive fp32 ({rows},)")
     check_bias(module.bias, module.out_features, scale)
+    if incompatible is not None:
+        module.layout = window_layout(weight, indices, module.in_features)
 
 
 class Int8CondensedLinear(nn.Module):
@@ -86,8 +89,10 @@ class Int8CondensedLinear(nn.Module):
     Buffers: ``weight (A, kp)`` int8 (the fan-in ``k`` padded with zero weights to ``kp``, a multiple of
     64), ``indices (A, kp)`` (int16 when ``in_features <= 32767``, else int32; 0 in the padding),
     ``weight_sum (A,)`` int32 (row sums, for the activations' zero point), ``weight_scale (A,)`` fp32,
-    ``active_rows (A,)`` int64 and ``bias (out,)`` fp32 or None. ``input_scale``/``input_zero``: the
-    calibrated activation quantization, or None for dynamic per-row quantization.
+    ``active_rows (A,)`` int64 and ``bias (out,)`` fp32 or None; ``layout``, not saved, is the gather-free
+    kernel's layout, rebuilt from them (:func:`~lightning_srigl.condensed.int8_ops.window_layout`).
+    ``input_scale``/``input_zero``: the calibrated activation quantization, or None for dynamic per-row
+    quantization.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class Int8CondensedLinear(nn.Module):
         self.register_buffer("active_rows", active_rows.long())
         self.register_buffer("bias", bias)
         _check_int8_buffers(self)
+        self.register_buffer("layout", window_layout(weight, indices, self.in_features), persistent=False)
         self.register_load_state_dict_post_hook(_check_int8_buffers)
 
     @classmethod
@@ -179,7 +185,7 @@ class Int8CondensedLinear(nn.Module):
         x2d = x.reshape(-1, self.in_features)
         y = int8_condensed_linear(
             x2d, self.weight, self.indices, self.weight_sum, self.weight_scale, self.active_rows, self.bias,
-            self.out_features, self.input_scale, self.input_zero,
+            self.layout, self.out_features, self.input_scale, self.input_zero,
         )  # fmt: skip
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 

@@ -1,6 +1,6 @@
 """The torch custom op ``lightning_srigl::int8_condensed_linear`` and its exact pure-torch reference.
 
-``int8_condensed_linear(x2d, weight, indices, weight_sum, weight_scale, rows, bias, out_features,
+``int8_condensed_linear(x2d, weight, indices, weight_sum, weight_scale, rows, bias, layout, out_features,
 input_scale, input_zero) -> y (B, out)`` computes, with ``q`` the activations quantized to u8 per row,
 
     y[b, rows[a]] = float(sum_j weight[a, j] * q[b, indices[a, j]] - zero[b] * weight_sum[a])
@@ -9,7 +9,8 @@ input_scale, input_zero) -> y (B, out)`` computes, with ``q`` the activations qu
 and ``bias`` (or 0) at the other outputs. ``weight (A, kp)`` is int8 in ``[-127, 127]`` with the fan-in
 padded to a multiple of :data:`INT8_PAD` by zero weights; ``q = clamp(round(x / scale) + zero, 0, 255)``
 with ``(scale, zero)`` per row from its range (dynamic: :func:`dynamic_input_quantization`) or one
-calibrated pair (``input_scale``, ``input_zero``). The C++ kernels (``csrc/int8.h``) and
+calibrated pair (``input_scale``, ``input_zero``). ``layout`` (:func:`window_layout`; may be empty) lets
+AVX-512 VBMI + VNNI CPUs skip the gathers; it changes the order of the integer sums only. The C++ kernels (``csrc/int8.h``) and
 :func:`int8_linear_reference` do the same integer sums and the same fp32 operations in the same order,
 so they agree bit for bit. Registered with :func:`torch.library.custom_op` (with a fake kernel), so
 ``torch.compile(fullgraph=True)`` and ``torch.export`` see one node. Inference only (no autograd).
@@ -36,6 +37,7 @@ __all__ = [
     "int8_condensed_linear",
     "int8_linear_reference",
     "quantize_input",
+    "window_layout",
 ]
 
 
@@ -115,6 +117,7 @@ def int8_condensed_linear(
     weight_scale: Tensor,
     rows: Tensor,
     bias: Tensor | None,
+    layout: Tensor | None,
     out_features: int,
     input_scale: float | None,
     input_zero: int | None,
@@ -127,8 +130,19 @@ def int8_condensed_linear(
             x2d, weight, indices, weight_sum, weight_scale, rows, bias, out_features, input_scale, input_zero
         )
     return kernel.int8_linear(
-        x2d.contiguous(), weight, indices, weight_sum, weight_scale, rows, bias, out_features, input_scale, input_zero, 0
-    )
+        x2d.contiguous(), weight, indices, weight_sum, weight_scale, rows, bias, layout, out_features, input_scale,
+        input_zero, 0,
+    )  # fmt: skip
+
+
+def window_layout(weight: Tensor, indices: Tensor, in_features: int) -> Tensor:
+    """The gather-free kernel's layout of ``weight (A, kp)`` int8 and ``indices (A, kp)`` (``csrc/int8_window.h``:
+    about 2 bytes per non-zero weight), or an empty uint8 tensor where the loaded variant or the CPU has no
+    such kernel (it needs AVX-512 VBMI and VNNI), for non-CPU tensors and without the C++ kernels."""
+    kernel = load_extension() if weight.device.type == "cpu" else None
+    if kernel is None or weight.numel() == 0:
+        return torch.empty(0, dtype=torch.uint8, device=weight.device)
+    return kernel.int8_window_layout(weight, indices, in_features)
 
 
 @int8_condensed_linear.register_fake
@@ -140,6 +154,7 @@ def _int8_condensed_linear_fake(
     weight_scale: Tensor,
     rows: Tensor,
     bias: Tensor | None,
+    layout: Tensor | None,
     out_features: int,
     input_scale: float | None,
     input_zero: int | None,

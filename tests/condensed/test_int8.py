@@ -27,9 +27,11 @@ def condensed(out: int, inp: int, fan_in: int, seed: int, bias: bool = True, abl
 
 
 def run_kernel(kernel, layer: Int8CondensedLinear, x: torch.Tensor, mode: int) -> torch.Tensor:
+    """Mode 0 with the variant's own window layout (empty where it has none), 1 and 2 the gathers."""
+    layout = kernel.int8_window_layout(layer.weight, layer.indices, layer.in_features)
     return kernel.int8_linear(
         x, layer.weight, layer.indices, layer.weight_sum, layer.weight_scale, layer.active_rows, layer.bias,
-        layer.out_features, layer.input_scale, layer.input_zero, mode,
+        layout, layer.out_features, layer.input_scale, layer.input_zero, mode,
     )  # fmt: skip
 
 
@@ -54,7 +56,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("mode", [0, 1], ids=["vnni-if-present", "no-vnni"])
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["best", "gather", "gather-vnni-if-present"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}k{s[2]}")
 def test_kernels_are_bit_equal_to_the_int32_reference(kernel, mode, shape):
     out, inp, fan_in, bias, ablate, _, static = shape
@@ -76,7 +78,8 @@ def test_non_finite_and_zero_rows(kernel):
         if static:
             layer.calibrate(torch.randn(4, 50))
         y = run_kernel(kernel, layer, x, 0)
-        assert_bit_equal(y, reference(layer, x))
+        for mode in (0, 1, 2):
+            assert_bit_equal(run_kernel(kernel, layer, x, mode), reference(layer, x))
         active = layer.active_rows
         assert y[1:3, active].isnan().all() and not y[[0, 3, 4]].isnan().any()
         torch.testing.assert_close(y[3], layer.bias)  # an all-zero row outputs the bias

@@ -21,8 +21,10 @@
 //   AVX-VNNI (AVX2 build): 4 x 8 dword gathers packed to 32 bytes, one vpdpbusd (VEX) per 32;
 //   NEON dotprod: bytes gathered 16 at a time, shifted to s8 (q - 128), sdot, plus 128 * wsum;
 //   scalar: one multiply-add per weight.
+// With AVX-512 VBMI and VNNI, int8_window.h replaces the gathers (mode 0 with a layout).
 // VNNI and dotprod are used when the CPU reports them (checked at run time: the variants' compiler flags
-// stay those of their ISA); `mode` 1 forces the path without them, so tests cover both on one host.
+// stay those of their ISA); mode 1 forces the gathers without them, mode 2 the gathers with them (where
+// present), so tests cover every path on one host.
 // Sums stay below 2^31 for k <= kInt8MaxFanIn (|w * (q - zero)| <= 127 * 255).
 #pragma once
 
@@ -40,8 +42,9 @@ inline namespace CPU_CAPABILITY {
 
 constexpr int64_t kInt8Pad = 64;
 constexpr int64_t kInt8MaxFanIn = 65536;
-// Bytes after each quantized row, so a dword gather at the last column stays inside the buffer.
-constexpr int64_t kInt8RowSlack = 4;
+// Zero bytes after each quantized row: a dword gather at the last column, and a 128-byte window starting
+// at most at the row's end (int8_window.h), stay inside the buffer.
+constexpr int64_t kInt8RowSlack = 128;
 
 struct RowQuant {
   float scale;
@@ -227,13 +230,11 @@ constexpr const char* kVnniPath = "scalar";
 constexpr const char* kPlainPath = "scalar";
 #endif
 
-// Whether `mode` (0: best, 1: without VNNI / dotprod) runs the VNNI path here.
+// Whether `mode` (0 and 2: best, 1: without VNNI / dotprod) runs the VNNI gather path here.
 inline bool use_vnni(int64_t mode) {
   static const bool has = cpu_has_vnni();
-  return mode == 0 && has;
+  return mode != 1 && has;
 }
-
-inline const char* int8_path(int64_t mode) { return use_vnni(mode) ? kVnniPath : kPlainPath; }
 
 // The dequantizing epilogue. Contraction into an FMA is off here: the reference rounds the product and
 // the sum separately (as torch does), and the outputs must be bit-equal.
@@ -244,6 +245,13 @@ __attribute__((noinline)) inline float dequantize(int64_t corrected, float scale
   return product + bias;
 }
 #pragma GCC pop_options
+
+// One output from its int32 dot product: NaN for a non-finite row, else the dequantized corrected sum.
+inline float output_of(int32_t sum, RowQuant rq, int32_t wsum, float wscale, float bias) {
+  if (!std::isfinite(rq.scale)) return std::numeric_limits<float>::quiet_NaN();
+  const int64_t corrected = static_cast<int64_t>(sum) - static_cast<int64_t>(rq.zero) * static_cast<int64_t>(wsum);
+  return dequantize(corrected, rq.scale * wscale, bias);
+}
 
 // y (B, out) from x quantized row by row into q (B, stride) with per-row (scale, zero).
 template <typename IT>
@@ -259,15 +267,8 @@ void int8_product(const uint8_t* q, int64_t stride, const RowQuant* quant, int64
       const int64_t row = rows[a];
       const float b_row = bias ? bias[row] : 0.f;
       for (int64_t b = 0; b < B; ++b) {
-        const RowQuant rq = quant[b];
-        float* yb = y + b * out + row;
-        if (!std::isfinite(rq.scale)) {
-          *yb = std::numeric_limits<float>::quiet_NaN();
-          continue;
-        }
-        const int64_t corrected = static_cast<int64_t>(dot(q + b * stride, wa, ia, kp)) -
-                                  static_cast<int64_t>(rq.zero) * static_cast<int64_t>(wsum[a]);
-        *yb = dequantize(corrected, rq.scale * wscale[a], b_row);
+        const int32_t sum = std::isfinite(quant[b].scale) ? dot(q + b * stride, wa, ia, kp) : 0;
+        y[b * out + row] = output_of(sum, quant[b], wsum[a], wscale[a], b_row);
       }
     }
   });

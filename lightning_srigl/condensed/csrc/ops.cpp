@@ -11,8 +11,9 @@
 //   torch.ops.<LSR_OPS_NAMESPACE>.condensed_conv2d(x, values, indices, rows, bias, out_channels, kernel_size,
 //                                                  stride, padding, dilation, block) -> y (N, out, Ho, Wo)
 //   torch.ops.<LSR_OPS_NAMESPACE>.sampled_product(go, x, row_ptr, cols) -> grad (out, in)
-//   torch.ops.<LSR_OPS_NAMESPACE>.int8_linear(x, weight, indices, weight_sum, weight_scale, rows, bias,
+//   torch.ops.<LSR_OPS_NAMESPACE>.int8_linear(x, weight, indices, weight_sum, weight_scale, rows, bias, layout,
 //                                             out_features, input_scale, input_zero, mode) -> y (B, out)
+//   torch.ops.<LSR_OPS_NAMESPACE>.int8_window_layout(weight, indices, in_features) -> layout (int8_window.h)
 //   torch.ops.<LSR_OPS_NAMESPACE>.int8_path(mode) -> str (which int8 dot-product path runs: int8.h)
 // Regimes: B < 3 gather-dot (gather_dot.h), B >= 3 panels (panel.h), fp32 batch 1 with a layout
 // gather-free (batch1.h). sampled.h: go^T x at a mask's positions only (a masked weight's gradient
@@ -24,6 +25,7 @@
 #include "conv.h"
 #include "gather_dot.h"
 #include "int8.h"
+#include "int8_window.h"
 #include "panel.h"
 #include "sampled.h"
 
@@ -247,12 +249,14 @@ at::Tensor sampled_product_op(const at::Tensor& go, const at::Tensor& x, const a
 }
 
 // fp32 x (B, in), int8 weight (A, kp), indices (A, kp), int32 weight_sum (A,), fp32 weight_scale (A,),
-// int64 rows (A,), bias (out,) or none -> fp32 y (B, out); see int8.h. input_scale/input_zero: the
-// calibrated quantization of x (both or neither; neither: dynamic per row). mode 1: no VNNI/dotprod.
+// int64 rows (A,), bias (out,) or none -> fp32 y (B, out); see int8.h. layout: int8_window_layout()'s
+// (empty or none: the gathers). input_scale/input_zero: the calibrated quantization of x (both or
+// neither; neither: dynamic per row). mode 0: best, 1: gathers without VNNI/dotprod, 2: gathers.
 // The indices are trusted (< in): the layer validates them once (Int8CondensedLinear).
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
                        const at::Tensor& weight_sum, const at::Tensor& weight_scale, const at::Tensor& rows,
-                       const c10::optional<at::Tensor>& bias, int64_t out_features, c10::optional<double> input_scale,
+                       const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& layout,
+                       int64_t out_features, c10::optional<double> input_scale,
                        c10::optional<int64_t> input_zero, int64_t mode) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "int8_linear: x must be a contiguous fp32 (B, in) tensor");
@@ -281,7 +285,11 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
                                            static_cast<float>(*input_scale) > 0.f && *input_zero >= 0 &&
                                            *input_zero <= 255),
               "int8_linear: input_scale must be finite and > 0, input_zero in [0, 255]");
-  TORCH_CHECK(mode == 0 || mode == 1, "int8_linear: mode must be 0 (best) or 1 (no VNNI / dotprod)");
+  TORCH_CHECK(mode >= 0 && mode <= 2, "int8_linear: mode must be 0 (best), 1 (gathers, no VNNI / dotprod) or 2 (gathers)");
+  const bool window = mode == 0 && layout.has_value() && layout->numel() > 0;
+  TORCH_CHECK(!window || (kWindowKernel && cpu_has_window()),
+              "int8_linear: this variant or CPU has no window kernel; pass the layout its int8_window_layout() built");
+  const WindowLayout parsed = window ? parse_window_layout(*layout, A, kp, in) : WindowLayout();
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   at::Tensor y = at::empty({B, out_features}, x.options());
   if (y.numel() == 0) return y;
@@ -316,6 +324,11 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
       }
     }
   });
+  if (window) {
+    window_product(parsed, qp, stride, quant_p, B, weight_sum.data_ptr<int32_t>(), weight_scale.data_ptr<float>(), r, b,
+                   out_features, yp);
+    return y;
+  }
   const bool vnni = use_vnni(mode);
   if (indices.scalar_type() == at::kShort) {
     int8_product(qp, stride, quant_p, B, weight.data_ptr<int8_t>(), indices.data_ptr<int16_t>(),
@@ -327,7 +340,32 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   return y;
 }
 
-std::string int8_path_op(int64_t mode) { return int8_path(mode); }
+// The window layout of int8 weight (A, kp) and its indices for inputs of width in_features; an empty
+// tensor where this variant or CPU has no window kernel (AVX-512 VBMI + VNNI).
+at::Tensor int8_window_layout(const at::Tensor& weight, const at::Tensor& indices, int64_t in_features) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
+                  indices.sizes() == weight.sizes() && indices.is_contiguous(),
+              "int8_window_layout: needs contiguous int8 weight (A, kp) and indices of the same shape");
+  const int64_t A = weight.size(0), kp = weight.size(1);
+  const int8_t* w = weight.data_ptr<int8_t>();
+  if (indices.scalar_type() == at::kShort) {
+    const int16_t* idx = indices.data_ptr<int16_t>();
+    TORCH_CHECK(std::all_of(idx, idx + A * kp, [&](int16_t i) { return i >= 0 && i < in_features; }),
+                "int8_window_layout: indices must lie in [0, ", in_features, ")");
+    return build_window_layout(w, idx, A, kp, in_features);
+  }
+  TORCH_CHECK(indices.scalar_type() == at::kInt, "int8_window_layout: indices must be int16 or int32");
+  const int32_t* idx = indices.data_ptr<int32_t>();
+  TORCH_CHECK(std::all_of(idx, idx + A * kp, [&](int32_t i) { return i >= 0 && i < in_features; }),
+              "int8_window_layout: indices must lie in [0, ", in_features, ")");
+  return build_window_layout(w, idx, A, kp, in_features);
+}
+
+// The dot-product path int8_linear takes in `mode` (with a layout for mode 0, where one can be built).
+std::string int8_path_op(int64_t mode) {
+  if (mode == 0 && kWindowKernel && cpu_has_window()) return "avx512_vbmi_vnni_window";
+  return use_vnni(mode) ? kVnniPath : kPlainPath;
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace lightning_srigl
@@ -341,7 +379,8 @@ TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
         "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0) -> Tensor");
   m.def("sampled_product(Tensor go, Tensor x, Tensor row_ptr, Tensor cols) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor indices, Tensor weight_sum, Tensor weight_scale, Tensor rows, "
-        "Tensor? bias, int out_features, float? input_scale, int? input_zero, int mode=0) -> Tensor");
+        "Tensor? bias, Tensor? layout, int out_features, float? input_scale, int? input_zero, int mode=0) -> Tensor");
+  m.def("int8_window_layout(Tensor weight, Tensor indices, int in_features) -> Tensor");
   m.def("int8_path(int mode=0) -> str", &lightning_srigl::int8_path_op);
 }
 
@@ -352,4 +391,5 @@ TORCH_LIBRARY_IMPL(LSR_OPS_NAMESPACE, CPU, m) {
   m.impl("condensed_conv2d", &lightning_srigl::condensed_conv2d);
   m.impl("sampled_product", &lightning_srigl::sampled_product_op);
   m.impl("int8_linear", &lightning_srigl::int8_linear);
+  m.impl("int8_window_layout", &lightning_srigl::int8_window_layout);
 }
