@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_srigl.condensed import CondensedLinear, load_condensed, save_condensed
-from lightning_srigl.condensed.int8_linear import Int8CondensedLinear, quantize_weights
+from lightning_srigl.condensed.int8_linear import Int8CondensedLinear, calibration_range, quantize_weights
 from lightning_srigl.condensed.int8_ops import int8_linear_reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,11 +88,12 @@ def test_non_finite_and_zero_rows(kernel):
 def test_layer_error_against_fp32_is_that_of_int8_quantization():
     fp32 = condensed(64, 256, 32, seed=5)
     x = torch.randn(16, 256)
-    for calibration in (None, x):
-        int8 = Int8CondensedLinear.from_condensed(fp32, calibration)
+    for input_range in (None, calibration_range(x)):
+        int8 = Int8CondensedLinear.from_condensed(fp32, input_range)
         with torch.no_grad():
             expected = fp32(x)
             error = ((int8(x) - expected).norm() / expected.norm()).item()
+            assert_bit_equal(int8(x), reference(int8, x))
         assert 0 < error < 0.02
     assert Int8CondensedLinear.from_condensed(fp32)(x.view(4, 4, 256)).shape == (4, 4, 64)
 
@@ -124,7 +125,7 @@ def test_rejects_bad_inputs_and_corrupt_buffers():
 def test_saved_int8_model_gives_identical_outputs_in_a_fresh_process(tmp_path):
     x = torch.randn(3, 32)
     first = Int8CondensedLinear.from_condensed(condensed(24, 32, 8, seed=7))
-    second = Int8CondensedLinear.from_condensed(condensed(5, 24, 6, seed=8), calibration=torch.randn(8, 24))
+    second = Int8CondensedLinear.from_condensed(condensed(5, 24, 6, seed=8), calibration_range(torch.randn(8, 24)))
     model = torch.nn.Sequential(first, torch.nn.ReLU(), second).eval()
     save_condensed(model, tmp_path / "int8.pt")
     with torch.no_grad():
