@@ -364,7 +364,9 @@ def accelerate(
         verbose: print the report as a rich table.
         quantize: ``"int8"`` also tries the int8 candidates of ``nn.Linear`` layers (int8 condensed with
             per-token or calibrated activations, torch's dynamic int8 dense; calibrated on
-            ``example_input``); None (default) keeps every layer exact.
+            ``example_input``); ``"int8-condensed"`` the int8 condensed ones only (a model holding
+            torch's int8 dense layers cannot be saved with ``save_condensed``); None (default) keeps
+            every layer exact.
         error_budget: the largest relative L2 error ``||y - y_fp32|| / ||y_fp32||`` of a quantized
             layer's output on ``example_input`` for it to be chosen (default 0.02); the fastest candidate
             within it wins.

@@ -7,7 +7,8 @@ inference module; :func:`relative_error` measures it against the masked fp32 lay
 * ``"int8_condensed"`` — :class:`Int8CondensedLinear`, activations quantized per row (token) per call;
 * ``"int8_condensed_static"`` — the same with the calibrated activation range;
 * ``"int8_dense"`` — torch's dynamic int8 ``Linear`` of the masked dense weight (``torch.ao``), for
-  comparison (CPU only; saved models holding it need ``save_condensed``'s exported format).
+  comparison (CPU only). ``save_condensed`` cannot save it (torch's packed int8 weights neither
+  rebuild from attributes nor export): ``quantize="int8-condensed"`` leaves it out.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ QUANTIZED_LINEAR: Mapping[str, Quantizer] = {
     "int8_dense": _int8_dense,
 }
 # The candidates each ``quantize=`` mode adds, and those that use the calibrated range.
-QUANTIZE_MODES: Mapping[str, tuple[str, ...]] = {"int8": tuple(QUANTIZED_LINEAR)}
+QUANTIZE_MODES: Mapping[str, tuple[str, ...]] = {
+    "int8": tuple(QUANTIZED_LINEAR),
+    "int8-condensed": ("int8_condensed", "int8_condensed_static"),
+}
 STATIC = frozenset({"int8_condensed_static"})
 
 

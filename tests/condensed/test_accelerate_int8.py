@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lightning_srigl.callbacks.accelerate import AccelerateCallback
+from lightning_srigl.condensed import load_condensed, save_condensed
 from lightning_srigl.condensed.accelerate import accelerate, capture_layer_inputs, plan_acceleration, rebuild_plan
 from lightning_srigl.condensed.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.registry import build_candidate, sparse_layers
@@ -32,6 +33,16 @@ def test_quantized_candidates_are_timed_within_the_budget_and_installed() -> Non
         error = (model(x) - expected).norm() / expected.norm()
     assert error < 0.1
     assert report.records()[0]["relative_error"] == report.rows[0].errors.get(report.rows[0].chosen, 0.0)
+
+
+def test_int8_condensed_mode_leaves_torch_int8_out_and_the_model_saves(tmp_path) -> None:
+    model, x = sparse_mlp(), torch.randn(8, 64)
+    report = accelerate(model, x, quantize="int8-condensed", error_budget=1.0, candidates=["dense"], repeats=1,
+                        verbose=False)  # fmt: skip
+    assert all(set(row.errors) == {"int8_condensed", "int8_condensed_static"} for row in report.rows)
+    save_condensed(model, tmp_path / "model.pt")
+    with torch.no_grad():
+        assert torch.equal(load_condensed(tmp_path / "model.pt")(x), model(x))
 
 
 def test_a_zero_budget_keeps_every_layer_exact() -> None:
