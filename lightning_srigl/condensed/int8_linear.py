@@ -181,16 +181,17 @@ class Int8CondensedLinear(nn.Module):
                 f"expected fp32 input (..., {self.in_features}), got {x.dtype} {tuple(x.shape)}; "
                 "reshape or cast it (int8 layers take fp32 activations)"
             )
-        x2d = x.reshape(-1, self.in_features)
+        x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        buffers = self._buffers  # plain dict reads: this runs on every call
+        kernel = load_extension() if _eager_cpu_inference(x2d, buffers["weight_scale"], buffers["bias"]) else None
+        op = int8_condensed_linear if kernel is None else kernel.int8_linear
         args = (
-            x2d, self.weight, self.indices, self.weight_sum, self.weight_scale, self.active_rows, self.bias,
-            self.layout, self.out_features, self.input_scale, self.input_zero,
+            x2d if kernel is None else x2d.contiguous(), buffers["weight"], buffers["indices"], buffers["weight_sum"],
+            buffers["weight_scale"], buffers["active_rows"], buffers["bias"], buffers["layout"], self.out_features,
+            self.input_scale, self.input_zero,
         )  # fmt: skip
-        kernel = load_extension() if _eager_cpu_inference(x2d, self.weight_scale, self.bias) else None
-        if kernel is not None:  # the op's CPU kernel, minus the dispatcher's ~15 us per call
-            y = kernel.int8_linear(x2d.contiguous(), *args[1:], 0)
-        else:
-            y = int8_condensed_linear(*args)
+        # Eager CPU inference calls the op's CPU kernel directly, minus the dispatcher's ~15 us per call.
+        y = op(*args) if kernel is None else op(*args, 0)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
