@@ -140,7 +140,9 @@ CHOICES: list[str] = []  # what accelerate(quantize="int8") installed, per seed
 def _accelerated_accuracy(net: nn.Module, train_x: Tensor, test_x: Tensor, test_y: Tensor) -> float:
     accelerated = copy.deepcopy(net).eval()
     report = accelerate(accelerated, train_x, quantize="int8", verbose=False, warmup=1, repeats=3)
-    CHOICES.append(", ".join(f"{row.name}: {row.chosen} (error {row.errors.get(row.chosen, 0.0):.4f})" for row in report.rows))
+    CHOICES.append(
+        ", ".join(f"{row.name}: {row.chosen} (error {row.errors.get(row.chosen, 0.0):.4f})" for row in report.rows)
+    )
     return accuracy(accelerated, test_x, test_y)
 
 

@@ -48,7 +48,8 @@ def build_model(name: str, density: float) -> nn.Module:
         return nn.Sequential(masked_linear(3072, 768, density, generator)).eval()
     blocks = []
     for _ in range(12):
-        blocks += [masked_linear(768, 3072, density, generator), nn.GELU(), masked_linear(3072, 768, density, generator)]
+        up, down = masked_linear(768, 3072, density, generator), masked_linear(3072, 768, density, generator)
+        blocks += [up, nn.GELU(), down]
     return nn.Sequential(*blocks).eval()
 
 
@@ -70,7 +71,7 @@ class Int8WithoutVnni(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         q = self.layer
-        return self.kernel.int8_linear(
+        return self.kernel.int8_condensed_linear(
             x, q.weight, q.indices, q.weight_sum, q.weight_scale, q.active_rows, q.bias, None, q.out_features,
             q.input_scale, q.input_zero, 1,
         )  # fmt: skip

@@ -77,7 +77,8 @@ def _check_int8_buffers(module: Int8CondensedLinear, incompatible: object = None
     if module.weight_sum.dtype != torch.int32 or not torch.equal(module.weight_sum, sums):
         raise ValueError("weight_sum must be the int32 row sums of weight")
     scale = module.weight_scale
-    if scale.dtype != torch.float32 or scale.shape != (rows,) or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+    finite_positive = bool(torch.isfinite(scale).all() and (scale > 0).all())
+    if scale.dtype != torch.float32 or scale.shape != (rows,) or not finite_positive:
         raise ValueError(f"weight_scale must be finite positive fp32 ({rows},)")
     check_bias(module.bias, module.out_features, scale)
     if incompatible is not None:
@@ -184,7 +185,7 @@ class Int8CondensedLinear(nn.Module):
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         buffers = self._buffers  # plain dict reads: this runs on every call
         kernel = load_extension() if _eager_cpu_inference(x2d, buffers["weight_scale"], buffers["bias"]) else None
-        op = int8_condensed_linear if kernel is None else kernel.int8_linear
+        op = int8_condensed_linear if kernel is None else kernel.int8_condensed_linear
         args = (
             x2d if kernel is None else x2d.contiguous(), buffers["weight"], buffers["indices"], buffers["weight_sum"],
             buffers["weight_scale"], buffers["active_rows"], buffers["bias"], buffers["layout"], self.out_features,

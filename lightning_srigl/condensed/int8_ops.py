@@ -10,8 +10,8 @@ and ``bias`` (or 0) at the other outputs. ``weight (A, kp)`` is int8 in ``[-127,
 padded to a multiple of :data:`INT8_PAD` by zero weights; ``q = clamp(round(x / scale) + zero, 0, 255)``
 with ``(scale, zero)`` per row from its range (dynamic: :func:`dynamic_input_quantization`) or one
 calibrated pair (``input_scale``, ``input_zero``). ``layout`` (:func:`window_layout`; may be empty) lets
-AVX-512 VBMI + VNNI CPUs skip the gathers; it changes the order of the integer sums only. The C++ kernels (``csrc/int8.h``) and
-:func:`int8_linear_reference` do the same integer sums and the same fp32 operations in the same order,
+AVX-512 VBMI + VNNI CPUs skip the gathers; it changes the order of the integer sums only. The C++ kernels
+(``csrc/int8.h``, ``csrc/int8_window.h``) and :func:`int8_linear_reference` do the same integer sums and the same fp32 operations in the same order,
 so they agree bit for bit. Registered with :func:`torch.library.custom_op` (with a fake kernel), so
 ``torch.compile(fullgraph=True)`` and ``torch.export`` see one node. Inference only (no autograd).
 """
@@ -129,7 +129,7 @@ def int8_condensed_linear(
         return int8_linear_reference(
             x2d, weight, indices, weight_sum, weight_scale, rows, bias, out_features, input_scale, input_zero
         )
-    return kernel.int8_linear(
+    return kernel.int8_condensed_linear(
         x2d.contiguous(), weight, indices, weight_sum, weight_scale, rows, bias, layout, out_features, input_scale,
         input_zero, 0,
     )  # fmt: skip

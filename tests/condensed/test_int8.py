@@ -29,7 +29,7 @@ def condensed(out: int, inp: int, fan_in: int, seed: int, bias: bool = True, abl
 def run_kernel(kernel, layer: Int8CondensedLinear, x: torch.Tensor, mode: int) -> torch.Tensor:
     """Mode 0 with the variant's own window layout (empty where it has none), 1 and 2 the gathers."""
     layout = kernel.int8_window_layout(layer.weight, layer.indices, layer.in_features)
-    return kernel.int8_linear(
+    return kernel.int8_condensed_linear(
         x, layer.weight, layer.indices, layer.weight_sum, layer.weight_scale, layer.active_rows, layer.bias,
         layout, layer.out_features, layer.input_scale, layer.input_zero, mode,
     )  # fmt: skip

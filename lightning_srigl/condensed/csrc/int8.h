@@ -120,10 +120,12 @@ template <typename IT>
 __attribute__((target("avx512vnni"))) int32_t dot_vnni(const uint8_t* q, const int8_t* w, const IT* idx, int64_t kp) {
   __m512i acc = _mm512_setzero_si512();
   for (int64_t j = 0; j < kp; j += 64) {
-    __m512i bytes = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(_mm512_i32gather_epi32(load_index16(idx + j), q, 1)));
-    bytes = _mm512_inserti32x4(bytes, _mm512_cvtepi32_epi8(_mm512_i32gather_epi32(load_index16(idx + j + 16), q, 1)), 1);
-    bytes = _mm512_inserti32x4(bytes, _mm512_cvtepi32_epi8(_mm512_i32gather_epi32(load_index16(idx + j + 32), q, 1)), 2);
-    bytes = _mm512_inserti32x4(bytes, _mm512_cvtepi32_epi8(_mm512_i32gather_epi32(load_index16(idx + j + 48), q, 1)), 3);
+    // 16 dwords gathered at byte offsets, truncated to their low bytes (vpmovdb): 16 activations.
+    auto gather16 = [&](int64_t at) { return _mm512_cvtepi32_epi8(_mm512_i32gather_epi32(load_index16(idx + at), q, 1)); };
+    __m512i bytes = _mm512_castsi128_si512(gather16(j));
+    bytes = _mm512_inserti32x4(bytes, gather16(j + 16), 1);
+    bytes = _mm512_inserti32x4(bytes, gather16(j + 32), 2);
+    bytes = _mm512_inserti32x4(bytes, gather16(j + 48), 3);
     acc = _mm512_dpbusd_epi32(acc, bytes, _mm512_loadu_si512(w + j));
   }
   return _mm512_reduce_add_epi32(acc);
@@ -162,9 +164,9 @@ __attribute__((target("avxvnni"))) int32_t dot_vnni(const uint8_t* q, const int8
   // (4 bytes each) back in column order.
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t j = 0; j < kp; j += 32) {
-    const __m256i g01 = _mm256_packus_epi32(gather_bytes8(q, load_index8(idx + j)), gather_bytes8(q, load_index8(idx + j + 8)));
-    const __m256i g23 =
-        _mm256_packus_epi32(gather_bytes8(q, load_index8(idx + j + 16)), gather_bytes8(q, load_index8(idx + j + 24)));
+    auto gather8 = [&](int64_t at) { return gather_bytes8(q, load_index8(idx + at)); };
+    const __m256i g01 = _mm256_packus_epi32(gather8(j), gather8(j + 8));
+    const __m256i g23 = _mm256_packus_epi32(gather8(j + 16), gather8(j + 24));
     const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(g01, g23), order);
     acc = _mm256_dpbusd_avx_epi32(acc, bytes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j)));
   }

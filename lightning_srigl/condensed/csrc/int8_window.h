@@ -110,7 +110,7 @@ struct WindowLayout {
 inline WindowLayout parse_window_layout(const at::Tensor& layout, int64_t A, int64_t kp, int64_t in) {
   TORCH_CHECK(layout.scalar_type() == at::kByte && layout.dim() == 1 && layout.is_contiguous() &&
                   layout.numel() >= kWindowHeader * 8,
-              "int8_linear: layout must come from int8_window_layout()");
+              "int8_condensed_linear: layout must come from int8_window_layout()");
   const uint8_t* base = layout.data_ptr<uint8_t>();
   int64_t header[kWindowHeader];
   std::memcpy(header, base, sizeof(header));
@@ -119,14 +119,14 @@ inline WindowLayout parse_window_layout(const at::Tensor& layout, int64_t A, int
   TORCH_CHECK(header[0] == kWindowMagic && header[7] == kWindowFormat && v.A == A && v.kp == kp && v.in == in &&
                   v.G == (A + kWindowRows - 1) / kWindowRows && v.S >= 0 &&
                   layout.numel() == WindowSections(v.G, v.S).total,
-              "int8_linear: the layout does not belong to these weights and inputs (or another kernel variant "
-              "built it); rebuild it with int8_window_layout()");
+              "int8_condensed_linear: the layout does not belong to these weights and inputs (or another kernel "
+              "variant built it); rebuild it with int8_window_layout()");
   const WindowSections s(v.G, v.S);
   v.group = reinterpret_cast<const int64_t*>(base + s.group);
   v.start = reinterpret_cast<const int32_t*>(base + s.start);
   v.records = base + s.records;
   TORCH_CHECK(v.group[0] == 0 && v.group[v.G] == v.S && std::is_sorted(v.group, v.group + v.G + 1),
-              "int8_linear: corrupt layout (group offsets)");
+              "int8_condensed_linear: corrupt layout (group offsets)");
   return v;
 }
 
@@ -187,7 +187,7 @@ inline void window_product(const WindowLayout& v, const uint8_t* q, int64_t stri
 #else
 inline void window_product(const WindowLayout&, const uint8_t*, int64_t, const RowQuant*, int64_t, const int32_t*,
                            const float*, const int64_t*, const float*, int64_t, float*) {
-  TORCH_CHECK(false, "int8_linear: this kernel variant has no window kernel");
+  TORCH_CHECK(false, "int8_condensed_linear: this kernel variant has no window kernel");
 }
 #endif
 
