@@ -32,10 +32,10 @@ from torch import Tensor, nn
 
 from example_projects.digits_mlp.datamodule import DigitsDataModule
 from example_projects.digits_mlp.demo import train
-from lightning_srigl.condensed.accelerate import accelerate, capture_layer_inputs
-from lightning_srigl.condensed.int8_linear import calibration_range
-from lightning_srigl.condensed.kinds import masked_copy
-from lightning_srigl.condensed.registry import build_candidate, sparse_layers
+from lightning_srigl.condensed.acceleration.accelerate import accelerate, capture_layer_inputs
+from lightning_srigl.condensed.kinds.candidates import masked_copy
+from lightning_srigl.condensed.kinds.registry import build_candidate, sparse_layers
+from lightning_srigl.kernels.int8_layout import calibration_range
 
 # ORT's side runs in another interpreter (the peers' environment): export, quantize, evaluate.
 ORT_SCRIPT = """

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from lightning_srigl.condensed import CondensedLinear, load_condensed, save_condensed
-from lightning_srigl.condensed.int8_linear import Int8CondensedLinear, calibration_range, quantize_weights
-from lightning_srigl.condensed.int8_ops import int8_linear_reference
+from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
+from lightning_srigl.kernels.int8_layout import calibration_range, quantize_weights
+from lightning_srigl.kernels.int8 import int8_linear_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +65,7 @@ def test_kernels_are_bit_equal_to_the_int32_reference(kernel, mode, shape):
     assert (layer.indices.dtype == torch.int32) == (inp > 32767)
     g = torch.Generator().manual_seed(inp)
     if static:
-        layer.calibrate(torch.randn(16, inp, generator=g) * 0.8)
+        assert layer.calibrate(torch.randn(16, inp, generator=g) * 0.8).input_scale is not None
     for batch in (0, 1, 2, 3, 8, 65, 300 if inp < 1000 else 5):
         x = torch.randn(batch, inp, generator=g) * 2 + 0.3
         assert_bit_equal(run_kernel(kernel, layer, x, mode), reference(layer, x))
