@@ -158,7 +158,8 @@ __attribute__((target("avx512vbmi,avx512vnni"))) void window_group(const WindowL
 inline void window_product(const WindowLayout& v, const uint8_t* q, int64_t stride, const RowQuant* quant, int64_t B,
                            const int32_t* wsum, const float* wscale, const int64_t* rows, const float* bias,
                            int64_t out, float* y) {
-  constexpr int kSamples = 4;
+  // Samples per pass over a group's steps: each step's offsets and weights are loaded once per pass.
+  constexpr int kSamples = 8;
   at::parallel_for(0, v.G, 1, [&](int64_t g0, int64_t g1) {
     int32_t sums[kSamples][16];
     for (int64_t g = g0; g < g1; ++g) {
@@ -171,7 +172,11 @@ inline void window_product(const WindowLayout& v, const uint8_t* q, int64_t stri
           case 1: window_group<1>(v, g, samples, sums); break;
           case 2: window_group<2>(v, g, samples, sums); break;
           case 3: window_group<3>(v, g, samples, sums); break;
-          default: window_group<4>(v, g, samples, sums); break;
+          case 4: window_group<4>(v, g, samples, sums); break;
+          case 5: window_group<5>(v, g, samples, sums); break;
+          case 6: window_group<6>(v, g, samples, sums); break;
+          case 7: window_group<7>(v, g, samples, sums); break;
+          default: window_group<8>(v, g, samples, sums); break;
         }
         for (int64_t b = 0; b < nb; ++b) {
           for (int64_t l = 0; l < n; ++l) {
