@@ -121,15 +121,9 @@ def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequenc
     return captured
 
 
-def _time_candidates(
-    layer: nn.Module,
-    mask: Tensor,
-    call: LayerCall,
-    candidates: Sequence[str],
-    warmup: int,
-    repeats: int,
-    quantized: Sequence[str] = (),
-    error_budget: float = DEFAULT_ERROR_BUDGET,
+def _time_candidates(  # noqa: PLR0913 - the call, what to try, and how to time and judge it
+    layer: nn.Module, mask: Tensor, call: LayerCall, candidates: Sequence[str], warmup: int, repeats: int,
+    quantized: Sequence[str] = (), error_budget: float = DEFAULT_ERROR_BUDGET,
 ) -> tuple[dict[str, float], dict[str, str], dict[str, nn.Module], dict[str, float], tuple[float, int] | None]:
     """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
 
@@ -151,7 +145,9 @@ def _time_candidates(
     input_range = _calibrated(call.x) if set(quantized) & STATIC else None
     with torch.no_grad():
         reference = call(build_candidate("dense", layer, mask))
-        for name in (*candidates, *quantized):
+        kind = sparse_kind(layer)
+        own = (*(c for c in candidates if c in kind.candidates), *(q for q in quantized if q in kind.quantized))
+        for name in own:  # the kind's own candidates
             try:
                 candidate = build_candidate(name, layer, mask, input_range)
                 out = call(candidate)
@@ -238,15 +234,9 @@ def plan_acceleration(
     return AccelerationPlan(AccelerationReport(rows), layers)
 
 
-def _layer_row(
-    name: str,
-    layer: nn.Module,
-    mask: Tensor,
-    x: Tensor,
-    times: dict[str, float],
-    skipped: dict[str, str],
-    errors: dict[str, float],
-    input_range: tuple[float, int] | None,
+def _layer_row(  # noqa: PLR0913 - the row's facts, one argument each
+    name: str, layer: nn.Module, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str],
+    errors: dict[str, float], input_range: tuple[float, int] | None,
 ) -> LayerAcceleration:
     rows = neuron_major(layer, mask).flatten(1)  # (out, fan-in positions)
     images = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
@@ -293,15 +283,17 @@ def fold_in_place(model: nn.Module) -> list[str]:
     from lightning_srigl.condensed.fold.batchnorm import fold_batchnorms
     from lightning_srigl.condensed.fold.neurons import fold_ablated_neurons
 
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # each module's own, not the root's
     model.eval()
+    replaced: list[str] = []
     try:
         replaced = list(fold_batchnorms(model))
         replaced += fold_ablated_neurons(model, inplace=True).replaced
     except ValueError as err:
         warnings.warn(f"accelerate: ablated neurons not folded: {err}", stacklevel=2)
     finally:
-        model.train(was_training)
+        for module in model.modules():
+            module.training = modes.get(module, modes[model])  # a module folding made: the model's mode
     return list(dict.fromkeys(replaced))
 
 

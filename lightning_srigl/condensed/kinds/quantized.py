@@ -27,15 +27,8 @@ from lightning_srigl.condensed.layers.linear import CondensedLinear
 InputRange = tuple[float, int]
 Quantizer = Callable[[nn.Module, Tensor, InputRange | None], nn.Module]
 
-__all__ = [
-    "DEFAULT_ERROR_BUDGET",
-    "QUANTIZED_LINEAR",
-    "QUANTIZE_MODES",
-    "STATIC",
-    "InputRange",
-    "Quantizer",
-    "relative_error",
-]
+__all__ = ["DEFAULT_ERROR_BUDGET", "QUANTIZED_LINEAR", "QUANTIZE_MODES", "STATIC", "InputRange", "Quantizer",
+           "relative_error"]  # fmt: skip
 
 # Relative L2 error of a layer's output (against the masked fp32 layer, on the example batch) that a
 # quantized candidate may have and still be chosen.

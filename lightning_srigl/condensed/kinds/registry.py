@@ -179,8 +179,9 @@ def tied_layers(model: nn.Module) -> dict[str, list[str]]:
 
 
 def build_candidate(name: str, module: nn.Module, mask: Tensor, input_range: InputRange | None = None) -> nn.Module:
-    """Build candidate ``name`` of ``module``'s kind, equal to ``module`` with its weight times ``mask``
-    (a quantized candidate: close to it, with activations in ``input_range`` where it is static).
+    """Build candidate ``name`` of ``module``'s kind, equal to ``module`` with its weight times ``mask``, in
+    ``module``'s mode (``training`` or not); a quantized candidate is close to it instead, with activations
+    in ``input_range`` where it is static.
 
     Raises:
         ValueError: ``module`` is of no known kind or its kind has no candidate ``name``; also (like
@@ -195,7 +196,7 @@ def build_candidate(name: str, module: nn.Module, mask: Tensor, input_range: Inp
     if name not in kind.candidates:
         known = (*kind.candidates, *kind.quantized)
         raise ValueError(f"Unknown candidate {name!r} for {type(module).__name__}; choose from {known}.")
-    return kind.candidates[name](module, mask)
+    return kind.candidates[name](module, mask).train(module.training)  # dropout on or off as the module has it
 
 
 def mark_accelerated(module: nn.Module, candidate: str) -> nn.Module:

@@ -1,12 +1,6 @@
-"""``Int8CondensedLinear``: a condensed linear layer with int8 weights and u8 activations (inference only).
-
-It quantizes a :class:`~lightning_srigl.condensed.layers.linear.CondensedLinear` (``values (A, k)`` fp32): each
-active neuron's kept weights become int8 in ``[-127, 127]`` with one symmetric fp32 scale
-(``max |w| / 127``); the input is quantized to u8 per row (token) when it arrives, or with one scale and
-zero point fixed from calibration inputs (:meth:`Int8CondensedLinear.calibrate`). Products accumulate in
-int32; the output is fp32 with the bias added once (the arithmetic:
-:mod:`lightning_srigl.kernels.int8`). Unlike ``CondensedLinear`` it is not exact: the error
-against the fp32 layer is that of int8 quantization (``accelerate(..., quantize="int8")`` measures it).
+"""``Int8CondensedLinear``: a ``CondensedLinear`` with int8 weights (a symmetric scale per neuron) and u8
+activations (per token, or calibrated), int32 sums and fp32 output; inference only, and not exact: its error
+is that of int8 quantization (docs/int8.md; the arithmetic: :mod:`lightning_srigl.kernels.int8`).
 """
 
 from __future__ import annotations
