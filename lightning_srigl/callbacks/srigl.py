@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,11 +16,13 @@ from lightning_srigl.callbacks.base import DynamicSparsityCallback, Distribution
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import check_patterns_match, matches
 from lightning_srigl.sparsity import (
+    LayerInputs,
+    Reducer,
     check_nm,
     nm_drop_grow,
     random_constant_fan_in_mask,
     random_nm_mask,
-    srigl_update,
+    srigl_update_layers,
 )
 
 CONSTANT_FAN_IN = "constant_fan_in"
@@ -185,20 +188,20 @@ class SRigLCallback(DynamicSparsityCallback):
         return random_constant_fan_in_mask(shape, budget, generator)
 
     @override
-    def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
-    ) -> tuple[Tensor, Tensor]:
-        if self.nm is not None:
+    def layer_updates(
+        self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer
+    ) -> list[tuple[Tensor, Tensor]]:
+        if self.nm is not None:  # N:M groups lie inside rows: nothing layer-wide
             n, m = self.nm
-            nm_update = nm_drop_grow(weight, mask, dense_grad, n=n, m=m, drop_fraction=drop_fraction)
-            return nm_update.mask, nm_update.grown
-        update = srigl_update(
-            weight,
-            mask,
-            dense_grad,
-            budget=budget,
+            nm_updates = [
+                nm_drop_grow(layer.weight, layer.mask, layer.dense_grad, n=n, m=m, drop_fraction=drop_fraction)
+                for layer in layers
+            ]
+            return [(u.mask, u.grown) for u in nm_updates]
+        updates = srigl_update_layers(
+            [replace(layer, ablation=fqn not in self.protected) for fqn, layer in zip(fqns, layers)],
             drop_fraction=drop_fraction,
             gamma_sal=self.gamma_sal,
-            ablation=self.gamma_sal > 0 and fqn not in self.protected,
+            reducer=reducer,
         )
-        return update.mask, update.grown
+        return [(u.mask, u.grown) for u in updates]

@@ -35,6 +35,7 @@ from lightning_srigl.masking.selection import (
     sparsifiable_weights,
     split_frozen,
 )
+from lightning_srigl.masking.sharding import RowSharding, gather_rows, is_sharded, local_part, reducer_for, row_sharding, shard_like
 from lightning_srigl.masking.zero_keeping import ZERO_KEEPING_OPTIMIZERS, establish_zeros_, weight_remask_reason
 from lightning_srigl.masking.zeroing import move_inactive_, step_mask, zero_inactive_
 
@@ -45,12 +46,16 @@ __all__ = [
     "MASK_SUFFIX",
     "MaskedParameters",
     "MaskedWeight",
+    "RowSharding",
     "SparseParameter",
     "accept_masks_on_load",
     "bind_masks",
     "is_hf_conv1d",
+    "is_sharded",
+    "local_part",
     "check_patterns_match",
     "establish_zeros_",
+    "gather_rows",
     "mask_buffer_name",
     "mask_of",
     "masked_weights",
@@ -59,11 +64,14 @@ __all__ = [
     "neuron_major",
     "parameter_owners",
     "qualified_name",
+    "reducer_for",
     "register_mask_",
     "remove_mask_",
     "remove_masks_",
+    "row_sharding",
     "select_parameters",
     "select_structured_parameters",
+    "shard_like",
     "sparsifiable_param_names",
     "sparsifiable_weights",
     "split_frozen",

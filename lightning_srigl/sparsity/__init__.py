@@ -19,7 +19,7 @@ from lightning_srigl.sparsity.metrics import (
     itop_rate,
     mask_change,
 )
-from lightning_srigl.sparsity.reducer import LocalReducer, Reducer, Selection, ShardReducer
+from lightning_srigl.sparsity.reducer import LocalReducer, Reducer, Selection, ShardReducer, update_groups
 from lightning_srigl.sparsity.rigl import RigLUpdate, random_unstructured_mask, rigl_update, rigl_update_layers
 from lightning_srigl.sparsity.schedule import (
     cosine_drop_fraction,
@@ -108,4 +108,5 @@ __all__ = [
     "uniform_densities",
     "untile_view",
     "update_due",
+    "update_groups",
 ]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lightning_srigl.sparsity.topk import BLOCK_ELEMENTS, kth_largest, topk_mask
 
-__all__ = ["LocalReducer", "Reducer", "Selection", "ShardReducer"]
+__all__ = ["LocalReducer", "Reducer", "Selection", "ShardReducer", "update_groups"]
 
 BITS_PER_ROUND = 8
 BINS = 1 << BITS_PER_ROUND
@@ -52,7 +52,14 @@ class Selection:
 
 
 class Reducer(Protocol):
-    """The layer-wide steps of an update; each call serves every layer of one update at once."""
+    """The layer-wide steps of an update; each call serves every layer of one update at once.
+
+    Attributes:
+        batch_elements: how many weights (of whole layers) one batch of layers may hold; 0 updates
+            layers one by one (nothing to save by batching them).
+    """
+
+    batch_elements: int
 
     def sum(self, counts: Sequence[int]) -> list[int]:
         """Each count summed over the whole layer (all shards)."""
@@ -69,6 +76,8 @@ class Reducer(Protocol):
 
 class LocalReducer:
     """The whole layer is in this process: counts are what they are, selections are :mod:`topk`'s."""
+
+    batch_elements = 0  # no communication to batch: one layer's temporaries at a time
 
     def sum(self, counts: Sequence[int]) -> list[int]:
         """``counts`` unchanged."""
@@ -191,14 +200,21 @@ class ShardReducer:
             data-parallel group that shards the weights.
         all_gather: ``(m,)`` int64 -> ``(shards, m)``, row ``i`` from shard ``i``.
         shard: this process's index among the shards, in row order.
+        batch_elements: how many weights (of whole layers) one batch of layers updated together may hold:
+            more saves rounds, less bounds the temporaries (about 10 bytes per weight of this shard).
     """
 
     def __init__(
-        self, all_reduce_sum: Callable[[Tensor], Tensor], all_gather: Callable[[Tensor], Tensor], shard: int
+        self,
+        all_reduce_sum: Callable[[Tensor], Tensor],
+        all_gather: Callable[[Tensor], Tensor],
+        shard: int,
+        batch_elements: int = 1 << 26,
     ) -> None:
         self._all_reduce_sum = all_reduce_sum
         self._all_gather = all_gather
         self.shard = shard
+        self.batch_elements = batch_elements
 
     def sum(self, counts: Sequence[int]) -> list[int]:
         """``counts`` summed over the shards (one all-reduce)."""
@@ -292,3 +308,23 @@ class ShardReducer:
             )
         search.need = search.k
         search.done = allow_empty and search.k in (0, search.total)
+
+
+def update_groups(names: Sequence[str], numels: Sequence[int], batch_elements: int) -> list[list[str]]:
+    """Consecutive layers updated together: each group as many as fit in ``batch_elements`` weights (of the
+    whole layers, so every process groups alike), at least one layer.
+
+    Args:
+        names: the layers, in update order.
+        numels: each whole layer's number of weights.
+        batch_elements: :attr:`Reducer.batch_elements`.
+    """
+    groups: list[list[str]] = []
+    held = 0
+    for name, numel in zip(names, numels):
+        if not groups or held + numel > batch_elements:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += numel
+    return groups

@@ -1,0 +1,126 @@
+"""SRigL and RigL under FSDP2 (``ModelParallelStrategy`` + ``fully_shard``): bit for bit what DDP does.
+
+The multi-process runs are ``tests/callbacks/fsdp_run.py`` scripts (CPU, gloo) that Lightning's launcher
+starts on every rank, as a user's script runs; the refusals need no processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
+from lightning_srigl.sparsity import is_constant_fan_in
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch(folder: Path, scenario: str, processes: int) -> list[dict[str, Any]]:
+    """Run ``fsdp_run <scenario>`` on ``processes`` ranks; each rank's record (a deadlock fails by timeout)."""
+    command = [sys.executable, "-m", "tests.callbacks.fsdp_run", str(folder), scenario, str(processes)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"the run did not finish (deadlock?): {str(error.stderr)[-3000:]}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(folder / f"{scenario}_rank{rank}.pt", weights_only=False) for rank in range(processes)]
+
+
+def assemble(per_rank: list[dict[str, tuple[torch.Tensor, int]]]) -> dict[str, torch.Tensor]:
+    """Whole tensors from each rank's ``{key: (its rows, first row)}``; a tensor every rank holds whole is taken once."""
+    whole = {}
+    for key in per_rank[0]:
+        parts = sorted((rank[key] for rank in per_rank), key=lambda part: part[1])
+        starts = [start for _, start in parts]
+        whole[key] = parts[0][0] if starts == [0] * len(parts) else torch.cat([rows for rows, _ in parts])
+    return whole
+
+
+def assert_identical(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], label: str) -> None:
+    assert got.keys() == expected.keys(), label
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), f"{label}: {key}"
+
+
+def test_fsdp2_fits_equal_ddp_fits_bit_for_bit(tmp_path: Path) -> None:
+    """``SRigLCallback()`` and ``RigLCallback()`` with default arguments, and SRigL with strong ablation, on 2
+    ranks: masks and weights after the FSDP2 fit equal those after the DDP fit. DDP runs with
+    ``sparse_backward=False``: FSDP2 has no sampled backward, and the sampled product sums in another order."""
+    ranks = launch(tmp_path, "match", 2)
+    for case in ("srigl", "ablation", "rigl"):
+        sharded = assemble([rank[case]["fsdp"] for rank in ranks])
+        for rank in ranks:
+            assert_identical(sharded, assemble([rank[case]["ddp"]]), case)
+        masks = {key: value for key, value in sharded.items() if key.endswith("_mask")}
+        assert len(masks) >= 2, case
+        if case != "rigl":
+            assert all(is_constant_fan_in(mask) for mask in masks.values()), case
+    ablated = assemble([rank["ablation"]["fsdp"] for rank in ranks])
+    assert any(int((mask.sum(dim=1) == 0).sum()) > 0 for key, mask in ablated.items() if key.endswith("_mask"))
+
+
+def test_three_uneven_shards_resume_mid_run_bit_for_bit_and_equal_ddp(tmp_path: Path) -> None:
+    """3 ranks hold 22/22/20 rows of the hidden layers and 2/2/0 of the 4-row head. A fit resumed from the
+    sharded checkpoint written at step 12, inside the gradient window of the update at 14, ends where the
+    uninterrupted fit ends, on every rank, callback state included (its per-weight tensors are whole in the
+    checkpoint, which rank 0 writes, and each rank takes its own rows back); and where the DDP fit ends.
+    Every rank sees all the data here: DDP divides each rank's gradient by 3 before summing, FSDP2 sums first,
+    which rounds differently unless the summands are equal."""
+    ranks = launch(tmp_path, "resume", 3)
+    rows = [rank["whole"][0]["net.4.weight_mask"][0].shape[0] for rank in ranks]
+    assert rows == [2, 2, 0] and [rank["whole"][0]["net.2.weight"][0].shape[0] for rank in ranks] == [22, 22, 20]
+    for rank in ranks:
+        whole_state, whole_callback, whole_steps = rank["whole"]
+        resumed_state, resumed_callback, resumed_steps = rank["resumed"]
+        assert_identical(assemble([resumed_state]), assemble([whole_state]), "resumed")
+        assert whole_steps == resumed_steps == [7, 14, 21]
+        assert whole_callback.keys() == resumed_callback.keys()
+        assert_identical(resumed_callback["ever_active"], whole_callback["ever_active"], "ever_active")
+        assert torch.equal(resumed_callback["generator"], whole_callback["generator"])
+        assert resumed_callback["history"] == whole_callback["history"]
+    sharded = assemble([rank["whole"][0] for rank in ranks])
+    assert_identical(sharded, assemble([ranks[0]["ddp"][0]]), "ddp")
+    for rank in ranks:  # the callback state is whole on every rank, as under DDP
+        assert_identical(rank["whole"][1]["ever_active"], ranks[0]["ddp"][1]["ever_active"], "ever_active vs ddp")
+        assert rank["whole"][1]["history"] == ranks[0]["ddp"][1]["history"]
+
+
+class FakeMesh:
+    """A device mesh of a 2-D ModelParallelStrategy, enough for the strategy check."""
+
+    mesh_dim_names = ("data_parallel", "tensor_parallel")
+
+    def __init__(self, tensor_parallel: int) -> None:
+        self.tensor_parallel = tensor_parallel
+
+    def __getitem__(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(size=lambda: self.tensor_parallel if name == "tensor_parallel" else 1)
+
+
+def fake_trainer(strategy: object) -> SimpleNamespace:
+    return SimpleNamespace(strategy=strategy, callbacks=[])
+
+
+@pytest.mark.parametrize("cls", [SRigLCallback, RigLCallback])
+def test_unsupported_strategies_are_refused_before_training_saying_what_works(cls: type) -> None:
+    parallel = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
+    parallel._device_mesh = FakeMesh(tensor_parallel=2)
+    with pytest.raises(ValueError, match=r"tensor parallelism.*splits each neuron's fan-in.*tensor_parallel_size=1"):
+        cls()._check_trainer(fake_trainer(parallel))
+    for strategy in (FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
+        with pytest.raises(ValueError, match=r"does not support .*Strategy.*ModelParallelStrategy\(data_parallel_size=N"):
+            cls()._check_trainer(fake_trainer(strategy))
+    data_parallel = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    data_parallel._device_mesh = FakeMesh(tensor_parallel=1)
+    cls()._check_trainer(fake_trainer(data_parallel))  # FSDP2: accepted
+    with pytest.raises(ValueError, match="NMSparsityCallback does not support ModelParallelStrategy yet; use DDP"):
+        NMSparsityCallback()._check_trainer(fake_trainer(data_parallel))
