@@ -55,9 +55,17 @@ from lightning_srigl.callbacks.report import (
     topology_metrics,
 )
 from lightning_srigl.logs import rank_zero_info
-from lightning_srigl.masking import MaskedParameters, check_patterns_match, matches, select_parameters
-from lightning_srigl.masking import gather_rows, local_part, reducer_for, zero_inactive_, zero_optimizer_state_
-from lightning_srigl.training import SparseBackward
+from lightning_srigl.masking import (
+    MaskedParameters,
+    check_patterns_match,
+    gather_rows,
+    local_part,
+    matches,
+    reducer_for,
+    select_parameters,
+    zero_inactive_,
+    zero_optimizer_state_,
+)
 from lightning_srigl.sparsity import (
     LayerInputs,
     LocalReducer,
@@ -75,6 +83,7 @@ from lightning_srigl.sparsity import (
     update_due,
     update_groups,
 )
+from lightning_srigl.training import SparseBackward
 
 Distribution = Literal["erk", "uniform"]
 

@@ -32,15 +32,15 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_srigl.condensed.registry import accelerated_layers
-from lightning_srigl.sparsity import LocalReducer, Reducer
 from lightning_srigl.masking import (
     MaskedParameters,
-    row_sharding,
     SparseParameter,
     accept_masks_on_load,
     masked_weights,
+    row_sharding,
     split_frozen,
 )
+from lightning_srigl.sparsity import LocalReducer, Reducer
 
 STATE_VERSION = 2  # 1: checkpoints written before the state carried a version
 WHAT_WORKS = (

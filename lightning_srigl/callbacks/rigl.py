@@ -31,6 +31,8 @@ class RigLCallback(DynamicSparsityCallback):
         self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer
     ) -> list[tuple[Tensor, Tensor]]:
         updates = rigl_update_layers(
-            [(layer.weight, layer.mask, layer.dense_grad) for layer in layers], drop_fraction=drop_fraction, reducer=reducer
+            [(layer.weight, layer.mask, layer.dense_grad) for layer in layers],
+            drop_fraction=drop_fraction,
+            reducer=reducer,
         )
         return [(u.mask, u.grown) for u in updates]

@@ -35,7 +35,17 @@ from lightning_srigl.masking.selection import (
     sparsifiable_weights,
     split_frozen,
 )
-from lightning_srigl.masking.sharding import RowSharding, gather_rows, is_sharded, local_part, reducer_for, row_sharding, shard_like
+from lightning_srigl.masking.sharding import (
+    RowSharding,
+    gather_rows,
+    is_sharded,
+    local_part,
+    plain_class,
+    reducer_for,
+    row_sharding,
+    shard_like,
+    unshard_modules_,
+)
 from lightning_srigl.masking.zero_keeping import ZERO_KEEPING_OPTIMIZERS, establish_zeros_, weight_remask_reason
 from lightning_srigl.masking.zeroing import move_inactive_, step_mask, zero_inactive_
 
@@ -63,6 +73,7 @@ __all__ = [
     "move_inactive_",
     "neuron_major",
     "parameter_owners",
+    "plain_class",
     "qualified_name",
     "reducer_for",
     "register_mask_",
@@ -76,6 +87,7 @@ __all__ = [
     "sparsifiable_weights",
     "split_frozen",
     "step_mask",
+    "unshard_modules_",
     "weight_remask_reason",
     "zero_inactive_",
     "zero_optimizer_state_",

@@ -20,18 +20,29 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_srigl.masking.layer_types import is_hf_conv1d
 from lightning_srigl.masking.selection import SparseParameter
 from lightning_srigl.sparsity import LocalReducer, Reducer, ShardReducer
 
 try:
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 except ImportError:  # a torch build without distributed support: nothing can be sharded
-    DTensor = None  # type: ignore[assignment,misc]
+    DTensor = FSDPModule = None  # type: ignore[assignment,misc]
 
-__all__ = ["RowSharding", "gather_rows", "is_sharded", "local_part", "reducer_for", "row_sharding", "shard_like"]
+__all__ = [
+    "RowSharding",
+    "gather_rows",
+    "is_sharded",
+    "local_part",
+    "plain_class",
+    "reducer_for",
+    "row_sharding",
+    "shard_like",
+    "unshard_modules_",
+]
 
 
 def is_sharded(tensor: Tensor) -> bool:
@@ -109,7 +120,9 @@ def shard_like(tensor: Tensor, weight: Tensor) -> Tensor:
     if sharding is None or is_sharded(tensor):
         return tensor
     if tuple(tensor.shape) != tuple(weight.shape):
-        raise ValueError(f"expected a tensor shaped like the whole weight {tuple(weight.shape)}, got {tuple(tensor.shape)}")
+        raise ValueError(
+            f"expected a tensor shaped like the whole weight {tuple(weight.shape)}, got {tuple(tensor.shape)}"
+        )
     local = tensor[sharding.start : sharding.stop].to(local_part(weight).device).contiguous()
     stride = torch.empty(weight.shape, device="meta").stride()  # contiguous: the mask's own stride
     return DTensor.from_local(  # type: ignore[union-attr]
@@ -129,6 +142,62 @@ def gather_rows(rows: Tensor, weight: Tensor) -> Tensor:
         run_check=False, shape=weight.shape, stride=stride,
     )  # fmt: skip
     return spread.full_tensor()
+
+
+def plain_class(module: nn.Module) -> type[nn.Module]:
+    """The class ``fully_shard`` derived ``type(module)`` from (``FSDPLinear`` -> ``Linear``), else ``type(module)``."""
+    cls = type(module)
+    if FSDPModule is None or not isinstance(module, FSDPModule):
+        return cls
+    return next(c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, FSDPModule))
+
+
+def unshard_modules_(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """Replace each module ``names`` lists whose own tensors are sharded by a plain copy holding whole tensors.
+
+    For inference after an FSDP2 fit: the copy has the class ``fully_shard`` started from, the module's
+    own attributes (mask records included), children and whole parameters and buffers (each gathered: a
+    collective, for every rank to call), and none of its hooks (``fully_shard``'s among them; inference
+    code adds its own afterwards). Its FSDP state stays with the replaced module, which nothing calls any
+    more; modules whose tensors are whole are left as they are.
+
+    Returns:
+        The names of the modules replaced.
+    """
+    replaced = []
+    for name in names:
+        module = model.get_submodule(name)
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        if not any(is_sharded(t) for _, t in own):
+            continue
+        plain_cls = plain_class(module)
+        plain = plain_cls.__new__(plain_cls)
+        nn.Module.__init__(plain)  # its own (empty) hook dicts, parameters, buffers and children
+        fresh = set(plain.__dict__)
+        plain.__dict__.update({key: value for key, value in module.__dict__.items() if _own_attribute(key, fresh)})
+        plain.training = module.training
+        plain._modules = dict(module._modules)
+        plain._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+        with torch.no_grad():
+            plain._parameters = {
+                key: None if p is None else nn.Parameter(_whole(p), requires_grad=p.requires_grad)
+                for key, p in module._parameters.items()
+            }
+            plain._buffers = {key: None if b is None else _whole(b) for key, b in module._buffers.items()}
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, plain)
+        replaced.append(name)
+    return replaced
+
+
+def _own_attribute(key: str, module_internals: set[str]) -> bool:
+    """Whether ``key`` of a module's ``__dict__`` is its own (``in_features``, mask records), not ``nn.Module``'s
+    or ``fully_shard``'s (its composable-API state and flags)."""
+    return key not in module_internals and not key.startswith(("__composable_api_state_key", "_fsdp", "_is_fsdp"))
+
+
+def _whole(tensor: Tensor) -> Tensor:
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
 def _all_reduce_sum(tensor: Tensor, group: Any, device: torch.device) -> Tensor:

@@ -17,11 +17,14 @@ flipped; ``-0.0`` counted as ``+0.0``), and each round sums, over the shards, a 
 next 8 bits of the keys that match the bits chosen so far (4 rounds for 32-bit keys, 8 for 64-bit).
 One all-gather of per-shard tie counts then hands the threshold's ties out in row order. Per selection
 that is ``4 x 257`` summed int64 plus one gathered int64 per shard (about 8 KB), whatever the layer size.
+The first round reads the scores block by block; the masks come from comparing the scores with the
+threshold, so besides its inputs a selection needs two bool masks of the shard and the keys of the few
+scores that share the threshold's top byte.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -124,9 +127,13 @@ def _value_of_key(key: int, like: Tensor) -> Tensor:
 
 @dataclass(eq=False)
 class _Search:
-    """Radix search state of one selection: its keys, the chosen high bits and the rank still to find."""
+    """Radix search state of one selection: its scores, the chosen high key bits and the rank still to find.
 
-    keys: Tensor  # (n_local,) keys of every score of this shard
+    No key tensor of the whole shard is kept: the first round reads the scores block by block, and only
+    the (usually few) eligible entries whose top byte matches go on, as keys, to the later rounds.
+    """
+
+    scores: Tensor  # (n_local,) this shard's scores
     eligible: Tensor | None  # (n_local,) bool, or None: all eligible
     k: int
     width: int  # key bits
@@ -141,18 +148,30 @@ class _Search:
         return self.width // BITS_PER_ROUND
 
 
+def _eligible_keys(search: _Search) -> Iterator[Tensor]:
+    """:func:`order_keys` of the eligible scores, block by block."""
+    for start in range(0, search.scores.numel(), BLOCK_ELEMENTS):
+        block = search.scores[start : start + BLOCK_ELEMENTS]
+        if search.eligible is not None:
+            block = block[search.eligible[start : start + BLOCK_ELEMENTS]]
+        yield order_keys(block)
+
+
 def _histogram(search: _Search, round_index: int) -> Tensor:
     """This shard's ``(BINS,)`` int64 histogram of the next 8 key bits among the candidates (narrowing them)."""
     shift = search.width - BITS_PER_ROUND * (round_index + 1)
+    histogram = torch.zeros(BINS, dtype=torch.int64)
     if round_index == 0:
-        candidates = search.keys if search.eligible is None else search.keys[search.eligible]
-        bins = (candidates >> shift) + BINS // 2  # the top byte is signed
+        for keys in _eligible_keys(search):
+            histogram += torch.bincount((keys >> shift) + BINS // 2, minlength=BINS).cpu()  # the top byte is signed
+        return histogram
+    if round_index == 1:  # gather the keys in the chosen top byte
+        parts = [keys[(keys >> (shift + BITS_PER_ROUND)) == search.prefix] for keys in _eligible_keys(search)]
+        search.candidates = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
     else:
         assert search.candidates is not None
-        candidates = search.candidates[(search.candidates >> (shift + BITS_PER_ROUND)) == search.prefix]
-        bins = (candidates >> shift) & (BINS - 1)
-    search.candidates = candidates
-    return torch.bincount(bins, minlength=BINS).to(torch.int64)
+        search.candidates = search.candidates[(search.candidates >> (shift + BITS_PER_ROUND)) == search.prefix]
+    return torch.bincount((search.candidates >> shift) & (BINS - 1), minlength=BINS).to(torch.int64).cpu()
 
 
 def _choose_bin(search: _Search, histogram: list[int], round_index: int) -> None:
@@ -231,7 +250,8 @@ class ShardReducer:
         """This shard's part of each layer-wide top-``k`` mask (ties to the lower row-major index)."""
         searches = self._search(selections, allow_empty=True)
         open_searches = [s for s in searches if not s.done]
-        ties = [s.keys == s.prefix for s in open_searches]
+        thresholds = {id(s): _value_of_key(s.prefix, s.scores) for s in open_searches}  # compares like the key
+        ties = [s.scores == thresholds[id(s)] for s in open_searches]
         for s, tie in zip(open_searches, ties):
             if s.eligible is not None:
                 tie &= s.eligible
@@ -245,11 +265,11 @@ class ShardReducer:
         for s, sel in zip(searches, selections):
             if s.done:
                 full = s.k == s.total and s.k > 0
-                chosen = (torch.ones_like(s.keys, dtype=torch.bool) if s.eligible is None else s.eligible.clone()) \
-                    if full else torch.zeros_like(s.keys, dtype=torch.bool)  # fmt: skip
+                chosen = (torch.ones_like(s.scores, dtype=torch.bool) if s.eligible is None else s.eligible.clone()) \
+                    if full else torch.zeros_like(s.scores, dtype=torch.bool)  # fmt: skip
             else:
                 tie, n_ties, n_before = tie_of[id(s)]
-                chosen = s.keys > s.prefix
+                chosen = s.scores > thresholds[id(s)]
                 if s.eligible is not None:
                     chosen &= s.eligible
                 take = min(max(s.need - n_before, 0), n_ties)
@@ -288,9 +308,10 @@ class ShardReducer:
             raise ValueError(
                 f"among must have the shape of scores {tuple(scores.shape)}, got {tuple(selection.among.shape)}"
             )
-        keys = order_keys(scores.reshape(-1))
+        flat = scores.reshape(-1)
         eligible = None if selection.among is None else selection.among.reshape(-1)
-        return _Search(keys=keys, eligible=eligible, k=selection.k, width=keys.element_size() * 8)
+        width = order_keys(flat[:0]).element_size() * 8
+        return _Search(scores=flat, eligible=eligible, k=selection.k, width=width)
 
     @staticmethod
     def _check_first_round(search: _Search, histogram: list[int], nan: int, allow_empty: bool) -> None:

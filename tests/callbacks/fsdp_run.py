@@ -8,7 +8,8 @@ holds into ``<folder>/<scenario>_rank<r>.pt``:
   after an FSDP2 fit (this rank's rows of every tensor, and where they start) and after the same fit
   under DDP (whole tensors);
 * ``resume``: the FSDP2 state after an uninterrupted fit, after a fit resumed from the sharded checkpoint
-  written mid-run, and after the same fit under DDP, with the callback's ``state_dict`` of each.
+  written mid-run, and after the same fit under DDP (averaging gradients as FSDP2 does), with the callback's
+  ``state_dict`` of each.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.utils.data import DataLoader
 
-from lightning_srigl.callbacks import DynamicSparsityCallback, RigLCallback, SRigLCallback
+from lightning_srigl.callbacks import AccelerateCallback, DynamicSparsityCallback, RigLCallback, SRigLCallback
+from lightning_srigl.condensed import save_condensed
 from lightning_srigl.masking import is_sharded, local_part, row_sharding
 from tests.callbacks.tiny import TinyClassifier, loader
 
@@ -62,6 +67,7 @@ def fit(
     extra: list[Callback] = (),  # type: ignore[assignment]
     ckpt_path: str | None = None,
     folder: Path | None = None,
+    data: DataLoader | None = None,
     **trainer_args: Any,
 ) -> tuple[ShardedClassifier, pl.Trainer]:
     trainer = pl.Trainer(
@@ -71,16 +77,24 @@ def fit(
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in extra), default_root_dir=folder,
     )  # fmt: skip
     model = ShardedClassifier()
-    trainer.fit(model, loader(0), ckpt_path=ckpt_path)
+    trainer.fit(model, data if data is not None else loader(0), ckpt_path=ckpt_path)
     return model, trainer
 
 
 def fsdp() -> ModelParallelStrategy:
-    return ModelParallelStrategy(data_parallel_size=int(sys.argv[3]), tensor_parallel_size=1, process_group_backend="gloo")
+    ranks = int(sys.argv[3])
+    return ModelParallelStrategy(data_parallel_size=ranks, tensor_parallel_size=1, process_group_backend="gloo")
 
 
-def ddp() -> DDPStrategy:
-    return DDPStrategy(process_group_backend="gloo", broadcast_buffers=False)
+def ddp(comm_hook: Any = None) -> DDPStrategy:
+    return DDPStrategy(process_group_backend="gloo", broadcast_buffers=False, ddp_comm_hook=comm_hook)
+
+
+def premultiplied_sum(state: object, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP's gradient average as FSDP2 computes it over gloo, ``g_0 * (1/n) + ... + g_{n-1} * (1/n)``, where
+    DDP's own hook computes ``g_0 / n + ...`` (the two round alike only when ``n`` is a power of two)."""
+    bucket.buffer().mul_(1.0 / dist.get_world_size())
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda done: done.value()[0])
 
 
 CASES = {
@@ -100,21 +114,25 @@ def match(folder: Path) -> dict[str, Any]:
 
 
 def resume(folder: Path) -> dict[str, Any]:
-    """Every rank trains on all the data (no distributed sampler), so that DDP's average of the ranks' equal
-    gradients rounds as FSDP2's does; the checkpoint at step 12 falls inside the window of the update at 14."""
+    """Every rank trains on all the data as one batch per epoch (no distributed sampler): the ranks' gradients
+    are equal, so DDP's sum over ranks (``premultiplied_sum``) rounds as FSDP2's does whatever the order, and
+    every step sees the same batch, so a resumed fit sees the data the uninterrupted one sees however Lightning
+    restarts the epoch it was saved in. The checkpoint at step 12 falls in the gradient window of the update
+    at 14."""
 
     def callback() -> SRigLCallback:
         return SRigLCallback(report=False, delta_t=7, grad_accumulation_n=3, gamma_sal=0.5)
 
     same_data = {"use_distributed_sampler": False}
-    checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", every_n_epochs=2, save_top_k=-1)  # at step 12
+    data = loader(0, batch_size=96)
+    checkpoint = ModelCheckpoint(dirpath=folder / "checkpoints", every_n_train_steps=12, save_top_k=-1)
     whole_run = callback()
-    model, _ = fit(fsdp(), whole_run, 30, extra=[checkpoint], folder=folder, **same_data)
+    model, _ = fit(fsdp(), whole_run, 30, extra=[checkpoint], folder=folder, data=data, **same_data)
     resumed = callback()
-    path = str(folder / "checkpoints" / "epoch=1-step=12.ckpt")
-    resumed_model, _ = fit(fsdp(), resumed, 30, ckpt_path=path, folder=folder, **same_data)
+    path = str(folder / "checkpoints" / "epoch=11-step=12.ckpt")
+    resumed_model, _ = fit(fsdp(), resumed, 30, ckpt_path=path, folder=folder, data=data, **same_data)
     ddp_run = callback()
-    ddp_model, _ = fit(ddp(), ddp_run, 30, folder=folder, **same_data)
+    ddp_model, _ = fit(ddp(premultiplied_sum), ddp_run, 30, folder=folder, data=data, **same_data)
     return {
         "whole": (local_state(model), whole_run.state_dict(), [h["step"] for h in whole_run.history]),
         "resumed": (local_state(resumed_model), resumed.state_dict(), [h["step"] for h in resumed.history]),
@@ -122,9 +140,59 @@ def resume(folder: Path) -> dict[str, Any]:
     }
 
 
+class MetaInitClassifier(TinyClassifier):
+    """``TinyClassifier`` whose layers are created in ``configure_model`` on the meta device, then sharded;
+    ``ModelParallelStrategy`` materialises them (``reset_parameters``) after sharding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.net
+
+    def configure_model(self) -> None:
+        if isinstance(self, FSDPModule):
+            return  # built and sharded already (configure_model runs again for trainer.test)
+        with torch.device("meta"):
+            self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+        mesh = self.device_mesh["data_parallel"]
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
+class SaveWholeModel(Callback):
+    """Listed before ``AccelerateCallback``: the whole masked dense state dict at fit end, gathered on every rank."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] = {}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        options = StateDictOptions(full_state_dict=True)
+        self.state = {k: v.clone() for k, v in get_model_state_dict(pl_module, options=options).items()}
+
+
+def accelerate(folder: Path) -> dict[str, Any]:
+    """``SRigLCallback()`` then ``AccelerateCallback()`` on a model built in ``configure_model``, ``trainer.test``,
+    and rank 0 saves the condensed network."""
+    whole = SaveWholeModel()
+    accelerated = AccelerateCallback(verbose=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=int(sys.argv[3]), strategy=fsdp(), max_steps=150, logger=False,
+        callbacks=[SRigLCallback(report=False), whole, accelerated], enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=folder,
+    )  # fmt: skip
+    model = MetaInitClassifier()
+    trainer.fit(model, loader(0))
+    metrics = trainer.test(model, loader(1), verbose=False)[0]
+    if trainer.is_global_zero:
+        save_condensed(model.net, folder / "condensed.pt")
+    kinds = {row.name: row.chosen for row in accelerated.report.rows} if accelerated.report else {}
+    return {"dense": whole.state, "test_metrics": metrics, "kinds": kinds}
+
+
 def main(folder: Path, scenario: str) -> None:
     pl.seed_everything(0)
-    record = {"match": match, "resume": resume}[scenario](folder)
+    record = {"match": match, "resume": resume, "accelerate": accelerate}[scenario](folder)
     rank = torch.distributed.get_rank()
     torch.save(record, folder / f"{scenario}_rank{rank}.pt")
 

@@ -18,7 +18,9 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
 from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
+from lightning_srigl.condensed import load_condensed
 from lightning_srigl.sparsity import is_constant_fan_in
+from tests.callbacks.tiny import TinyClassifier, loader
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +38,7 @@ def launch(folder: Path, scenario: str, processes: int) -> list[dict[str, Any]]:
 
 
 def assemble(per_rank: list[dict[str, tuple[torch.Tensor, int]]]) -> dict[str, torch.Tensor]:
-    """Whole tensors from each rank's ``{key: (its rows, first row)}``; a tensor every rank holds whole is taken once."""
+    """Whole tensors from each rank's ``{key: (its rows, first row)}``; one that every rank holds whole is taken once."""
     whole = {}
     for key in per_rank[0]:
         parts = sorted((rank[key] for rank in per_rank), key=lambda part: part[1])
@@ -73,8 +75,8 @@ def test_three_uneven_shards_resume_mid_run_bit_for_bit_and_equal_ddp(tmp_path: 
     sharded checkpoint written at step 12, inside the gradient window of the update at 14, ends where the
     uninterrupted fit ends, on every rank, callback state included (its per-weight tensors are whole in the
     checkpoint, which rank 0 writes, and each rank takes its own rows back); and where the DDP fit ends.
-    Every rank sees all the data here: DDP divides each rank's gradient by 3 before summing, FSDP2 sums first,
-    which rounds differently unless the summands are equal."""
+    Every rank sees all the data, one batch per epoch, and DDP multiplies the gradients by 1/3 before summing
+    them as FSDP2 does over gloo (see ``fsdp_run.resume``; DDP's own hook divides by 3, which rounds otherwise)."""
     ranks = launch(tmp_path, "resume", 3)
     rows = [rank["whole"][0]["net.4.weight_mask"][0].shape[0] for rank in ranks]
     assert rows == [2, 2, 0] and [rank["whole"][0]["net.2.weight"][0].shape[0] for rank in ranks] == [22, 22, 20]
@@ -117,10 +119,37 @@ def test_unsupported_strategies_are_refused_before_training_saying_what_works(cl
     with pytest.raises(ValueError, match=r"tensor parallelism.*splits each neuron's fan-in.*tensor_parallel_size=1"):
         cls()._check_trainer(fake_trainer(parallel))
     for strategy in (FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
-        with pytest.raises(ValueError, match=r"does not support .*Strategy.*ModelParallelStrategy\(data_parallel_size=N"):
+        refusal = r"does not support .*Strategy.*ModelParallelStrategy\(data_parallel_size=N"
+        with pytest.raises(ValueError, match=refusal):
             cls()._check_trainer(fake_trainer(strategy))
     data_parallel = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     data_parallel._device_mesh = FakeMesh(tensor_parallel=1)
     cls()._check_trainer(fake_trainer(data_parallel))  # FSDP2: accepted
     with pytest.raises(ValueError, match="NMSparsityCallback does not support ModelParallelStrategy yet; use DDP"):
         NMSparsityCallback()._check_trainer(fake_trainer(data_parallel))
+
+
+def test_an_fsdp2_fit_is_accelerated_tested_and_saved_as_one_condensed_file(tmp_path: Path) -> None:
+    """A model built on the meta device in ``configure_model``, ``SRigLCallback()`` and ``AccelerateCallback()``
+    on 2 ranks, then ``trainer.test`` (each rank on its half of the test data): the ranks chose the same kernels,
+    the file rank 0 saved loads here (one process, no training code) and computes what the masked dense model
+    computes, and the test losses average to that model's loss."""
+    ranks = launch(tmp_path, "accelerate", 2)
+    assert ranks[0]["kinds"] == ranks[1]["kinds"] and set(ranks[0]["kinds"]) == {"net.0", "net.2", "net.4"}
+    dense = ranks[0]["dense"]
+    for key, value in dense.items():
+        assert torch.equal(value, ranks[1]["dense"][key]), key
+    masks = {key: value for key, value in dense.items() if key.endswith("_mask")}
+    assert len(masks) == 3 and all(is_constant_fan_in(mask) for mask in masks.values())
+    net = load_condensed(tmp_path / "condensed.pt")
+    reference = TinyClassifier()
+    reference.load_state_dict({k: v for k, v in dense.items() if not k.endswith("_mask")})
+    for key, mask in masks.items():
+        assert not reference.get_parameter(key.removesuffix("_mask"))[~mask].any(), key
+    x, y = next(iter(loader(1, batch_size=96)))
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+        loss = torch.nn.functional.cross_entropy(expected, y)
+    mean_loss = sum(rank["test_metrics"]["test_loss"] for rank in ranks) / 2  # halves of equal size
+    assert mean_loss == pytest.approx(float(loss), rel=1e-4)

@@ -52,7 +52,8 @@ def test_the_fsdp2_config_parses(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_fsdp2_config_trains_sparse_sharded_layers(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     script = TINY_FIT.format(root=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", script]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     density = float(result.stdout.split("density")[-1])
     assert density == pytest.approx(0.1, abs=0.03)

@@ -6,6 +6,7 @@ weights, caches that notice writes into a local shard, masking on the local part
 
 from __future__ import annotations
 
+import copy
 import socket
 from collections.abc import Iterator
 
@@ -14,16 +15,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 from lightning_srigl.masking import (
     MaskedParameters,
     SparseParameter,
     gather_rows,
+    is_sharded,
     local_part,
+    masked_weights,
     reducer_for,
     register_mask_,
     row_sharding,
+    unshard_modules_,
     zero_optimizer_state_,
 )
 from lightning_srigl.sparsity import LocalReducer, ShardReducer
@@ -111,3 +116,24 @@ def test_weights_not_sharded_by_rows_are_refused_with_what_works(mesh: DeviceMes
     conv1d.weight = nn.Parameter(distribute_tensor(conv1d.weight.detach(), mesh, [Shard(0)]))
     with pytest.raises(ValueError, match="Hugging Face Conv1D.*Exclude them"):
         reducer_for([SparseParameter("h.0.attn.c_attn", "weight", conv1d)])
+
+
+def test_sharded_layers_become_plain_layers_with_whole_weights_and_masks(mesh: DeviceMesh) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    mask = torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) < 0.5
+    register_mask_(model[0], "weight", mask)
+    assert unshard_modules_(model, ["0", "2"]) == ["0", "2"]
+    for name in ("0", "2"):
+        layer = model.get_submodule(name)
+        assert type(layer) is nn.Linear and not layer._forward_pre_hooks
+        assert not any(is_sharded(t) for t in [*layer.parameters(), *layer.buffers()])
+    assert torch.equal(model[0].weight_mask, mask) and [m.fqn for m in masked_weights(model)] == ["0.weight"]
+    for key, value in expected.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    copy.deepcopy(model[0])  # inference code snapshots layers; an FSDP module refuses deepcopy
+    assert unshard_modules_(model, ["0", "2"]) == []  # whole already
