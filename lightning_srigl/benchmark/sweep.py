@@ -10,7 +10,7 @@ import yaml
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, parse_method
 from lightning_srigl.benchmark.machine import emulation_env
-from lightning_srigl.condensed.linear import BACKENDS
+from lightning_srigl.condensed.layers.linear import BACKENDS
 
 Case = dict[str, Any]
 """One timed configuration: a layer spec's fields plus ``batch``, ``threads``, ``cache``, ``methods``."""

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_srigl.condensed.registry import accelerated_layers
+from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.masking import (
     MaskedParameters,
     SparseParameter,
