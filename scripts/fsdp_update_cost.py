@@ -9,6 +9,8 @@ the peak RSS (``/proc/self/clear_refs``) and read it back (``VmHWM``) around its
 (re-mask, update, rank check, metrics), with glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB so that the RSS
 follows the live tensors. Every ``torch.distributed`` collective entered in that window is counted with the
 bytes of its tensor payload (what one rank contributes; the wire traffic of gloo's algorithms differs).
+``fsdp2`` updates both layers in one batch (the default: the rounds do not grow with depth);
+``fsdp2-per-layer`` one layer at a time, as the whole-layer (DDP) update does.
 
 Usage (from the repository root; each strategy runs as its own 2-process job)::
 
@@ -65,10 +67,21 @@ class Collectives:
 
 
 class Probe(Callback):
-    """``role="start"``: reset the peak RSS, note the RSS, count collectives; ``role="end"``: read the peak."""
+    """``role="start"``: reset the peak RSS, note the RSS, count collectives; ``role="end"``: read the peak.
 
-    def __init__(self, role: str, record: dict[str, Any], collectives: Collectives) -> None:
+    ``batch_elements`` (on the start probe) overrides how many weights one batch of layers holds in the
+    update (``ShardReducer.batch_elements``; 0: layer by layer, as a whole-layer update runs)."""
+
+    def __init__(
+        self, role: str, record: dict[str, Any], collectives: Collectives, batch_elements: int | None = None
+    ) -> None:
         self.role, self.record, self.collectives = role, record, collectives
+        self.batch_elements = batch_elements
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.batch_elements is not None:
+            srigl = next(c for c in trainer.callbacks if isinstance(c, SRigLCallback))
+            srigl._reducer.batch_elements = self.batch_elements
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step != 1:
@@ -109,13 +122,14 @@ def measure(strategy_name: str, folder: Path) -> None:
     srigl = SRigLCallback(sparsity=0.9, delta_t=1, t_end_fraction=1.0, no_ablation=[], report=False)
     strategy = (
         ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, process_group_backend="gloo")
-        if strategy_name == "fsdp2"
+        if strategy_name.startswith("fsdp2")
         else DDPStrategy(process_group_backend="gloo")
     )
+    batch_elements = 0 if strategy_name == "fsdp2-per-layer" else None
     trainer = pl.Trainer(
         max_steps=2, accelerator="cpu", devices=2, strategy=strategy, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[Probe("start", record, collectives), srigl, Probe("end", record, collectives)],
+        callbacks=[Probe("start", record, collectives, batch_elements), srigl, Probe("end", record, collectives)],
     )  # fmt: skip
     trainer.fit(MLPBlock(), DataLoader(TensorDataset(torch.randn(8, WIDTH)), batch_size=2))
     assert [h["step"] for h in srigl.history] == [1], "exactly one topology update must have run"
@@ -133,15 +147,15 @@ def main() -> None:
     weights_mib = 2 * WIDTH * HIDDEN * 4 / 2**20
     print(f"one SRigL update (sparsity 0.9, ablation on) of Linear({WIDTH}, {HIDDEN}) + Linear({HIDDEN}, {WIDTH})")
     print(f"fp32 weights {weights_mib:.1f} MiB in all; 2 CPU ranks, gloo; per rank:")
-    for name in ("ddp", "fsdp2"):
+    for name in ("ddp", "fsdp2", "fsdp2-per-layer"):
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, __file__, "--one", name, str(folder)], check=True, capture_output=True, env=env)
         for rank in (0, 1):
             r = json.loads((folder / f"{name}_rank{rank}.json").read_text())
             peak = (r["peak_kib"] - r["rss_kib"]) / 1024
             print(
-                f"  {name:5s} rank {rank}: peak RSS increase {peak:6.1f} MiB ({peak / weights_mib:.2f}x the weights), "
-                f"{r['collectives']} collectives, {r['payload_bytes'] / 1024:.1f} KiB payload"
+                f"  {name:15s} rank {rank}: peak RSS increase {peak:6.1f} MiB ({peak / weights_mib:.2f}x the weights), "
+                f"{r['collectives']} collectives, {r['payload_bytes']} bytes payload"
             )
 
 

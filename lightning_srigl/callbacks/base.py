@@ -5,7 +5,8 @@ The hooks read like the algorithm:
 * ``setup`` (``fit``) — select the sparse weights, allocate per-layer budgets, draw the initial masks
   from one seeded generator (identical on every rank), install them as buffers (before a checkpoint
   is restored, so ``load_state_dict`` fills them), zero the weights there, optionally re-initialise.
-  Stage handling, trainer checks and versioned state are :class:`~lightning_srigl.callbacks.glue.SparsityCallback`'s.
+  Under FSDP2 (``ModelParallelStrategy``) this runs at ``on_fit_start``, and masks and per-weight state
+  hold this rank's rows (:mod:`lightning_srigl.masking.sharding`). Stage handling, trainer checks and versioned state are :class:`~lightning_srigl.callbacks.glue.SparsityCallback`'s.
 * ``on_train_start`` — fix the end of exploration from ``trainer.estimated_stepping_batches``; patch
   the sparse linear layers to compute their weight gradient at active positions only
   (:class:`~lightning_srigl.training.SparseBackward`, ``sparse_backward=True``).

@@ -1,8 +1,9 @@
 """``SparsityCallback``: the Lightning glue every sparsity callback shares (no mask math here).
 
-* ``setup`` — in ``fit``: one sparsity callback per Trainer, a strategy that keeps whole weights on
-  every rank, a model that was not accelerated for inference, then the subclass's
-  :meth:`SparsityCallback.setup_fit`. In ``validate``/``test``/``predict`` nothing is selected and no
+* ``setup`` — in ``fit``: one sparsity callback per Trainer, a strategy that keeps whole neurons on
+  every rank (DDP; FSDP2 with weights sharded by rows for the callbacks that support it, whose
+  :meth:`SparsityCallback.setup_fit` then runs at ``on_fit_start``, once the model is built and sharded),
+  a model that was not accelerated for inference, then the subclass's :meth:`SparsityCallback.setup_fit`. In ``validate``/``test``/``predict`` nothing is selected and no
   mask is made up: the model only *accepts* the masks a loaded checkpoint carries
   (:func:`lightning_srigl.masking.accept_masks_on_load`), so a later ``fit`` never mistakes
   placeholders for trained masks.
