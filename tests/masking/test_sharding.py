@@ -32,6 +32,7 @@ from lightning_srigl.masking import (
     zero_optimizer_state_,
 )
 from lightning_srigl.sparsity import LocalReducer, ShardReducer
+from lightning_srigl.training import supports_sparse_backward
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,8 @@ def test_sharded_layers_become_plain_layers_with_whole_weights_and_masks(mesh: D
         assert torch.equal(model.state_dict()[key], value), key
     copy.deepcopy(model[0])  # inference code snapshots layers; an FSDP module refuses deepcopy
     assert unshard_modules_(model, ["0", "2"]) == []  # whole already
+
+
+def test_the_sampled_sparse_backward_leaves_sharded_weights_alone(mesh: DeviceMesh) -> None:
+    assert supports_sparse_backward(nn.Linear(6, 5), "weight")
+    assert not supports_sparse_backward(sharded_linear(mesh), "weight")  # FSDP2 forwards the gathered weight
