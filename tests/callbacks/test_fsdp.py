@@ -40,7 +40,7 @@ def launch(folder: Path, scenario: str, processes: int) -> list[dict[str, Any]]:
 
 
 def assemble(per_rank: list[dict[str, tuple[torch.Tensor, int]]]) -> dict[str, torch.Tensor]:
-    """Whole tensors from each rank's ``{key: (its rows, first row)}``; one that every rank holds whole is taken once."""
+    """Whole tensors from each rank's ``{key: (its rows, first row)}``; one every rank holds whole is taken once."""
     whole = {}
     for key in per_rank[0]:
         parts = sorted((rank[key] for rank in per_rank), key=lambda part: part[1])
