@@ -32,6 +32,7 @@ _EXPORTS = {
     "accelerate": "lightning_srigl.condensed.acceleration.accelerate",
     "CondensedLinear": "lightning_srigl.condensed.layers.linear",
     "load_condensed": "lightning_srigl.condensed.serialization",
+    "restore_dense": "lightning_srigl.condensed.acceleration.swap",
     "save_condensed": "lightning_srigl.condensed.serialization",
     "convert_to_structured": "lightning_srigl.convert",
 }
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         SRigLCallback,
     )
     from lightning_srigl.condensed.acceleration.accelerate import accelerate
+    from lightning_srigl.condensed.acceleration.swap import restore_dense
     from lightning_srigl.condensed.layers.linear import CondensedLinear
     from lightning_srigl.condensed.serialization import load_condensed, save_condensed
     from lightning_srigl.convert import convert_to_structured

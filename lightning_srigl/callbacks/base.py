@@ -38,7 +38,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_srigl.callbacks.arguments import as_integer, check_choice, check_flag, check_patterns, check_range
+from lightning_srigl.callbacks.arguments import (
+    as_integer,
+    check_choice,
+    check_flag,
+    check_patterns,
+    check_range,
+    check_range_int,
+)
 from lightning_srigl.callbacks.glue import (
     SparsityCallback,
     check_ranks_agree,
@@ -49,6 +56,7 @@ from lightning_srigl.callbacks.glue import (
 from lightning_srigl.callbacks.remask import RemaskPolicy, gradient_pass_reason
 from lightning_srigl.callbacks.report import (
     LayerStats,
+    dense_layer_stats,
     history_record,
     masked_layer_stats,
     print_layer_table,
@@ -138,16 +146,16 @@ class DynamicSparsityCallback(SparsityCallback):
         self.dense = check_patterns(dense, "dense") or ()
         self.sparse_init = check_flag(sparse_init, "sparse_init")
         self.init_std_quirk = check_flag(init_std_quirk, "init_std_quirk")
-        self.seed = as_integer(seed, "seed", hint="any integer; the same on every rank")
+        self.seed = check_range_int(seed, "seed", -(2**63), 2**64 - 1, "a 64-bit integer; the same on every rank")
         self.log_every_n_steps = log_every_n_steps
         self.report = check_flag(report, "report")
         self.sparse_backward = check_flag(sparse_backward, "sparse_backward")
         self.masked: MaskedParameters | None = None
         self.budgets: dict[str, int] = {}
+        self.dense_shapes: dict[str, tuple[int, ...]] = {}  # selected weights that stay dense, neuron-major
         self.t_end: int | None = None
         self.skipped_updates = 0
         self.history: list[dict[str, Any]] = []
-        self._generator = torch.Generator().manual_seed(self.seed)
         self._ever_active: dict[str, Tensor] = {}
         self._grad_sums: dict[str, Tensor] = {}
         self._grads_finite = True
@@ -160,16 +168,23 @@ class DynamicSparsityCallback(SparsityCallback):
         self._trust_sampled_gradients = False
 
     # ---- what a method must provide -------------------------------------------------------
-    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
-        """Initial ``BoolTensor(shape)`` with ``budget`` (or fewer, by construction) active weights."""
+    def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:
+        """Initial ``BoolTensor(shape)`` with about ``target`` active weights.
+
+        ``target`` is the layer's budget (``self.budgets[fqn]``) plus the rounding the layers before it
+        carried over (their targets minus what they hold), so a method that cannot hit every count
+        (constant fan-in) still keeps the model-wide count of weights asked for.
+        """
         raise NotImplementedError
 
     def layer_updates(
-        self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer
+        self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer, carry: int
     ) -> list[tuple[Tensor, Tensor]]:
         """The topology update of ``layers`` (named ``fqns``): per layer ``(new_mask, grown)``, both bool and
-        shaped like its ``mask``. Each layer is whole or this process's shard of its rows; ``reducer`` runs
-        the layer-wide steps (:mod:`lightning_srigl.sparsity.reducer`)."""
+        shaped like its ``mask``, with about the layer's budget of active weights plus ``carry``, the rounding
+        the layers before left (as for :meth:`initial_mask`; a method that keeps every budget exactly ignores
+        it). Each layer is whole or this process's shard of its rows; ``reducer`` runs the layer-wide steps
+        (:mod:`lightning_srigl.sparsity.reducer`)."""
         raise NotImplementedError
 
     def allocate_densities(self, names: list[str], shapes: list[tuple[int, ...]], pinned: list[int]) -> list[float]:
@@ -216,7 +231,6 @@ class DynamicSparsityCallback(SparsityCallback):
 
     def _reset_run_state(self) -> None:
         """Forget a previous fit's schedule; a checkpoint restored after ``setup`` refills it."""
-        self._generator.manual_seed(self.seed)
         self.t_end = None
         self.skipped_updates = 0
         self.history = []
@@ -298,14 +312,18 @@ class DynamicSparsityCallback(SparsityCallback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
         if not self.report or self.masked is None:
             return
         stats = self._layer_stats()  # on every rank: the counts of sharded masks are summed over ranks
         if not trainer.is_global_zero:
             return
-        print_layer_table(stats, title=f"{type(self).__name__}: sparse layers at the end of fit")
+        dense = [dense_layer_stats(name, shape) for name, shape in self.dense_shapes.items()]
+        parameters = sum(p.numel() for p in pl_module.parameters())
+        print_layer_table(stats, f"{type(self).__name__}: sparse layers at the end of fit", dense, parameters)
         path = save_active_neurons_plot(stats, self.history, run_folder(trainer) / "active_neurons.png")
-        rank_zero_info(f"{type(self).__name__}: active-neurons plot saved to {path}")
+        updates = f"{len(self.history)} topology updates" if self.history else "no topology update ran"
+        rank_zero_info(f"{type(self).__name__}: active-neurons plot ({updates}) saved to {path}")
 
     @override
     def resumable_state(self) -> dict[str, Any]:
@@ -314,7 +332,6 @@ class DynamicSparsityCallback(SparsityCallback):
         whole = self._whole_tensors
         return {
             "t_end": self.t_end,
-            "generator": self._generator.get_state(),
             "grad_sums": whole(self._grad_sums),
             "grads_finite": self._agreed_finite(self._grads_finite),
             "ever_active": whole(self._ever_active),
@@ -324,11 +341,10 @@ class DynamicSparsityCallback(SparsityCallback):
 
     @override
     def state_defaults(self) -> dict[str, Any]:
-        """An older checkpoint lacking a key resumes from: exploration end recomputed, the generator as
-        seeded, no pending gradients, in-time coverage from the loaded masks, no skipped updates, no history."""
+        """An older checkpoint lacking a key resumes from: exploration end recomputed, no pending gradients,
+        in-time coverage from the loaded masks, no skipped updates, no history."""
         return {
             "t_end": None,
-            "generator": self._generator.get_state(),
             "grad_sums": {},
             "grads_finite": True,
             "ever_active": {},
@@ -339,7 +355,6 @@ class DynamicSparsityCallback(SparsityCallback):
     @override
     def restore_state(self, state: dict[str, Any]) -> None:
         self.t_end = state["t_end"]
-        self._generator.set_state(state["generator"])
         self._grad_sums = dict(state["grad_sums"])
         self._grads_finite = state["grads_finite"]
         self._ever_active = dict(state["ever_active"])  # {}: rebuilt from the loaded masks at train start
@@ -369,34 +384,56 @@ class DynamicSparsityCallback(SparsityCallback):
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
         sparse = [i for i, d in enumerate(densities) if d < 1.0]
-        if not sparse:
-            rank_zero_warn(f"{type(self).__name__}: every selected layer is dense at sparsity {self.sparsity}")
         self.masked = MaskedParameters([selected[i] for i in sparse])
         self.budgets = {names[i]: budgets[i] for i in sparse}
+        self.dense_shapes = {names[i]: shapes[i] for i in range(len(names)) if i not in sparse}
         self.configure_layers(self.masked.fqns)
 
     def _install_initial_masks(self) -> None:
+        """Draw every layer's mask, carrying each layer's rounding into the next layer's target.
+
+        The generator is made here from ``seed`` and dropped after: a callback that holds one cannot be
+        pickled into ``ddp_spawn``'s processes (every rank draws the same masks from the same seed).
+        """
         assert self.masked is not None
+        generator = torch.Generator().manual_seed(self.seed)
         masks = {}
         rows = self.masked.rows
+        carry = 0
         for fqn, budget in self.budgets.items():
             shape = rows(fqn, self.masked.param(fqn)).shape
             try:
-                masks[fqn] = rows(fqn, self.initial_mask(fqn, shape, budget, self._generator))
+                masks[fqn] = rows(fqn, self.initial_mask(fqn, shape, budget + carry, generator))
             except ValueError as error:
                 raise ValueError(f"sparse layer {fqn!r}: {error}") from error
+            carry += budget - int(masks[fqn].count_nonzero())
         self.masked.install_(masks)
         self.masked.apply_to_weights_()
+        self._log_budget()
         if self.sparse_init:
             for fqn, mask in masks.items():
                 param = self.masked.param(fqn)
                 weight = torch.empty(param.shape, dtype=param.dtype, device=param.device)  # the whole weight
-                sparse_init_(rows(fqn, weight), rows(fqn, mask), self._generator, std_quirk=self.init_std_quirk)
+                sparse_init_(rows(fqn, weight), rows(fqn, mask), generator, std_quirk=self.init_std_quirk)
                 self.masked.local(fqn, param.data).copy_(self.masked.local(fqn, weight))
             rank_zero_info(
                 f"{type(self).__name__}: re-initialised the kept weights of {len(self.budgets)} layers for their "
                 "sparse fan-in (the paper's recipe from scratch); pass sparse_init=False to keep pretrained values"
             )
+
+    def _log_budget(self) -> None:
+        """Log the active weights the masks hold against the budget they were drawn for (model-wide)."""
+        assert self.masked is not None
+        masks = self.masked.masks()
+        if not masks:
+            return
+        local = [int(self.masked.local(fqn, mask).count_nonzero()) for fqn, mask in masks.items()]
+        held, asked = sum(self._reducer.sum(local)), sum(self.budgets.values())  # summed over shards
+        total = sum(m.numel() for m in masks.values())
+        rank_zero_info(
+            f"{type(self).__name__}: {held} active weights in {len(masks)} sparse layers (density {held / total:.4%}) "
+            f"for a budget of {asked} ({(held - asked) / max(asked, 1):+.2%})"
+        )
 
     def _dense_gradient_needed(self) -> bool:
         """Whether the coming optimizer step's dense gradient feeds the next topology update."""
@@ -448,8 +485,11 @@ class DynamicSparsityCallback(SparsityCallback):
         drop_fraction = cosine_drop_fraction(step, self.t_end, self.alpha)
         local_changes: dict[str, int] = {}
         numels = [weights[fqn].numel() for fqn in self.masked.fqns]
+        carry = 0  # the layers so far hold this many weights fewer than their budgets
         for group in update_groups(self.masked.fqns, numels, self._reducer.batch_elements):
-            local_changes.update(self._update_group(trainer, group, grads, drop_fraction))
+            changes, active = self._update_group(trainer, group, grads, drop_fraction, carry)
+            local_changes.update(changes)
+            carry += sum(self.budgets[fqn] for fqn in group) - sum(self._reducer.sum(active))
         changed = dict(zip(local_changes, self._reducer.sum(list(local_changes.values()))))
         check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
         metrics = self._metrics()
@@ -461,10 +501,10 @@ class DynamicSparsityCallback(SparsityCallback):
         log_metrics(trainer, metrics, step)
 
     def _update_group(
-        self, trainer: Trainer, fqns: Sequence[str], grads: dict[str, Tensor], drop_fraction: float
-    ) -> dict[str, int]:
+        self, trainer: Trainer, fqns: Sequence[str], grads: dict[str, Tensor], drop_fraction: float, carry: int
+    ) -> tuple[dict[str, int], list[int]]:
         """Update ``fqns`` together (masks, weights, optimizer state, in place); per layer the number of
-        positions of this process's part that changed.
+        positions of this process's part that changed, and its active weights there.
 
         ``grads`` holds this callback's own gradient sums (this process's rows), turned into ``|grad|``
         in place and dropped once used; the live masks are read, not copied, until the new ones are written.
@@ -480,9 +520,9 @@ class DynamicSparsityCallback(SparsityCallback):
             )
             for fqn in fqns
         ]
-        results = self.layer_updates(fqns, layers, drop_fraction, self._reducer)
+        results = self.layer_updates(fqns, layers, drop_fraction, self._reducer, carry)
         del layers
-        changed = {}
+        changed, active = {}, []
         for fqn, (new, grown) in zip(fqns, results):
             weight = self.masked.param(fqn)
             new, grown = rows(fqn, new), rows(fqn, grown)
@@ -496,7 +536,8 @@ class DynamicSparsityCallback(SparsityCallback):
             for optimizer in trainer.optimizers:
                 zero_optimizer_state_(optimizer, weight, reset)
             self._ever_active[fqn] |= new
-        return changed
+            active.append(int(new.count_nonzero()))
+        return changed, active
 
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:

@@ -23,8 +23,16 @@ class RigLCallback(DynamicSparsityCallback):
     metric_prefix = "rigl"
 
     @override
-    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
-        return random_unstructured_mask(shape, budget, generator)
+    def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:
+        return random_unstructured_mask(shape, target, generator)
+
+    @override
+    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+        """RigL keeps each layer's budget exactly."""
+        active = int(mask.count_nonzero())
+        if active != self.budgets[fqn]:
+            return f"{active} active weights, but RigL keeps the layer's budget of {self.budgets[fqn]}"
+        return super().mask_problem(fqn, mask)
 
     @override
     def layer_updates(

@@ -12,16 +12,19 @@ from lightning_srigl.masking.layer_types import HF_CONV1D, is_hf_conv1d, neuron_
 from lightning_srigl.masking.masks import MaskedParameters
 from lightning_srigl.masking.optim_state import zero_optimizer_state_
 from lightning_srigl.masking.registry import (
+    LEGACY_MASK_SUFFIX,
     MASK_SUFFIX,
     MaskedWeight,
     accept_masks_on_load,
     bind_masks,
+    check_not_pruned,
     mask_buffer_name,
     mask_of,
     masked_weights,
     register_mask_,
     remove_mask_,
     remove_masks_,
+    without_masks,
 )
 from lightning_srigl.masking.selection import (
     DEFAULT_LAYER_TYPES,
@@ -53,6 +56,7 @@ __all__ = [
     "DEFAULT_LAYER_TYPES",
     "HF_CONV1D",
     "ZERO_KEEPING_OPTIMIZERS",
+    "LEGACY_MASK_SUFFIX",
     "MASK_SUFFIX",
     "MaskedParameters",
     "MaskedWeight",
@@ -60,6 +64,7 @@ __all__ = [
     "SparseParameter",
     "accept_masks_on_load",
     "bind_masks",
+    "check_not_pruned",
     "is_hf_conv1d",
     "is_sharded",
     "local_part",
@@ -80,6 +85,7 @@ __all__ = [
     "remove_mask_",
     "remove_masks_",
     "row_sharding",
+    "without_masks",
     "select_parameters",
     "select_structured_parameters",
     "shard_like",

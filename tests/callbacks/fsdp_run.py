@@ -98,8 +98,8 @@ CASES = {
 def match(folder: Path) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for case, (cls, kwargs, steps) in CASES.items():
-        sharded, _ = fit(fsdp(), cls(report=False, **kwargs), steps)
-        whole, _ = fit(ddp(), cls(report=False, sparse_backward=False, **kwargs), steps)
+        sharded, _ = fit(fsdp(), cls(**kwargs), steps, folder=folder / case / "fsdp")  # the report on, as by default
+        whole, _ = fit(ddp(), cls(sparse_backward=False, **kwargs), steps, folder=folder / case / "ddp")
         record[case] = {"fsdp": local_state(sharded), "ddp": local_state(whole)}
     return record
 
@@ -168,7 +168,7 @@ def accelerate(folder: Path) -> dict[str, Any]:
     accelerated = AccelerateCallback(verbose=False)
     trainer = pl.Trainer(
         accelerator="cpu", devices=int(sys.argv[3]), strategy=fsdp(), max_steps=150, logger=False,
-        callbacks=[SRigLCallback(report=False), whole, accelerated], enable_progress_bar=False,
+        callbacks=[SRigLCallback(), whole, accelerated], enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, default_root_dir=folder,
     )  # fmt: skip
     model = MetaInitClassifier()

@@ -68,6 +68,7 @@ def test_fsdp2_fits_equal_ddp_fits_bit_for_bit(tmp_path: Path) -> None:
         assert len(masks) >= 2, case
         if case != "rigl":
             assert all(is_constant_fan_in(mask) for mask in masks.values()), case
+        assert (tmp_path / case / "fsdp" / "active_neurons.png").exists()  # the end-of-fit report, from summed counts
     ablated = assemble([rank["ablation"]["fsdp"] for rank in ranks])
     assert any(int((mask.sum(dim=1) == 0).sum()) > 0 for key, mask in ablated.items() if key.endswith("_mask"))
 

@@ -60,10 +60,10 @@ def spying(callback_cls: type) -> Any:
         spies.installs += 1
         return install(self)
 
-    def on_layer_updates(self, fqns, layers, drop_fraction, reducer):
+    def on_layer_updates(self, fqns, layers, drop_fraction, reducer, carry):
         for fqn, layer in zip(fqns, layers):
             spies.updates.append({"fqn": fqn, "mask": layer.mask.clone(), "dense_grad": layer.dense_grad.clone()})
-        return layer_updates(self, fqns, layers, drop_fraction, reducer)
+        return layer_updates(self, fqns, layers, drop_fraction, reducer, carry)
 
     def on_sampled(*args: Any) -> torch.Tensor:
         spies.sampled_calls += 1

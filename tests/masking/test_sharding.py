@@ -24,6 +24,8 @@ from lightning_srigl.masking import (
     gather_rows,
     is_sharded,
     local_part,
+    mask_buffer_name,
+    mask_of,
     masked_weights,
     reducer_for,
     register_mask_,
@@ -61,7 +63,7 @@ def test_a_mask_is_laid_out_like_its_sharded_weight(mesh: DeviceMesh) -> None:
     assert torch.equal(local_part(buffer), mask)
     assert row_sharding(layer.weight) == row_sharding(buffer) and row_sharding(layer.weight).stop == 5
     assert torch.equal(gather_rows(local_part(buffer), layer.weight), mask)
-    assert isinstance(layer.state_dict()["weight_mask"], DTensor)  # a sharded checkpoint holds it sharded
+    assert isinstance(layer.state_dict()[mask_buffer_name("weight")], DTensor)  # a sharded checkpoint holds it sharded
 
 
 def test_masking_acts_on_the_local_part_and_the_cache_sees_local_writes(mesh: DeviceMesh) -> None:
@@ -133,7 +135,7 @@ def test_sharded_layers_become_plain_layers_with_whole_weights_and_masks(mesh: D
         layer = model.get_submodule(name)
         assert type(layer) is nn.Linear and not layer._forward_pre_hooks
         assert not any(is_sharded(t) for t in [*layer.parameters(), *layer.buffers()])
-    assert torch.equal(model[0].weight_mask, mask) and [m.fqn for m in masked_weights(model)] == ["0.weight"]
+    assert torch.equal(mask_of(model[0]), mask) and [m.fqn for m in masked_weights(model)] == ["0.weight"]
     for key, value in expected.items():
         assert torch.equal(model.state_dict()[key], value), key
     copy.deepcopy(model[0])  # inference code snapshots layers; an FSDP module refuses deepcopy

@@ -31,7 +31,7 @@ from lightning_srigl.condensed.acceleration.report import (
     AccelerationReport,
     LayerAcceleration,
 )
-from lightning_srigl.condensed.acceleration.timing import hot_times
+from lightning_srigl.condensed.acceleration.swap import replace_module
 from lightning_srigl.condensed.kinds.registry import (
     CANDIDATES,
     build_candidate,
@@ -41,6 +41,7 @@ from lightning_srigl.condensed.kinds.registry import (
     tied_layers,
 )
 from lightning_srigl.masking import neuron_major
+from lightning_srigl.timing import hot_times
 
 __all__ = [
     "CANDIDATES",
@@ -121,7 +122,7 @@ def _time_candidates(
     """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
 
     The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
-    timer, :func:`~lightning_srigl.condensed.acceleration.timing.hot_times`: ``warmup`` calls, at least ``repeats``
+    timer, :func:`~lightning_srigl.timing.hot_times`: ``warmup`` calls, at least ``repeats``
     samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
 
     Returns ``(times, skipped, built)``: seconds per exact candidate, why the others were skipped,
@@ -263,13 +264,15 @@ def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Mod
 
 
 def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
-    """Install the plan's layers in place of the sparse layers (their masks leave with them)."""
+    """Install the plan's layers in place of the sparse layers (their masks leave with them), keeping each
+    replaced layer's forward hooks and train/eval mode (:func:`~lightning_srigl.condensed.acceleration.swap.replace_module`);
+    [`restore_dense`][lightning_srigl.condensed.acceleration.swap.restore_dense] undoes it."""
     sparse = sparse_layers(model)
     for row in plan.report.rows:
         if row.name not in sparse:
             found = type(model.get_submodule(row.name)).__name__
             raise ValueError(f"{row.name} is {found}, not a masked layer of a known kind: was it already accelerated?")
-        model.set_submodule(row.name, mark_accelerated(plan.layers[row.name], row.chosen))
+        replace_module(model, row.name, mark_accelerated(plan.layers[row.name], row.chosen))
 
 
 def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:

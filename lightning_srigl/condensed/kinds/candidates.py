@@ -23,6 +23,7 @@ from lightning_srigl.condensed.layers.linear import CondensedLinear, pad_fan_in
 from lightning_srigl.masking import mask_of, masked_weights, remove_masks_
 
 __all__ = [
+    "MASKED_PARAMS",
     "attention_batch_dims",
     "channels_input",
     "features_input",
@@ -33,8 +34,13 @@ __all__ = [
 ]
 
 
+# The attribute where a masked copy names the weights that had masks (restore_dense masks them again).
+MASKED_PARAMS = "_lightning_srigl_masked_params"
+
+
 def masked_copy(module: nn.Module, mask: Tensor) -> nn.Module:
-    """A copy of ``module`` with every masked weight times its mask, no masks and no gradients.
+    """A copy of ``module`` with every masked weight times its mask, no masks and no gradients (the names of
+    the weights that had masks are kept in ``module.__dict__[MASKED_PARAMS]``).
 
     ``mask`` is the mask of the kind's weight, which is the module's own (as registered); the copy
     applies every mask the module carries (an attention's ``out_proj`` too).
@@ -43,6 +49,7 @@ def masked_copy(module: nn.Module, mask: Tensor) -> nn.Module:
     with torch.no_grad():
         for masked in masked_weights(dense):
             masked.weight.mul_(masked.mask)
+    dense.__dict__[MASKED_PARAMS] = tuple(masked.fqn for masked in masked_weights(dense))
     remove_masks_(dense)
     return dense.requires_grad_(False)
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.kinds.candidates import (
+    MASKED_PARAMS,
     attention_batch_dims,
     channels_input,
     features_input,
@@ -33,6 +33,7 @@ from lightning_srigl.condensed.kinds.candidates import (
     projected_attention,
 )
 from lightning_srigl.condensed.layers.attention import ProjectedAttention
+from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.condensed.layers.conv import CondensedConv1d, CondensedConv2d
 from lightning_srigl.condensed.layers.csr import CSRLinear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
@@ -75,15 +76,11 @@ class SparseKind:
     batch_dims: Callable[[nn.Module], dict[int | str, int]] = lambda module: {0: 0}
 
 
-def dense_linear(linear: nn.Linear, mask: Tensor) -> nn.Linear:
+def masked_dense_linear(linear: nn.Linear, mask: Tensor) -> nn.Linear:
     """A plain inference ``nn.Linear`` (no mask, no gradients) with ``weight * mask``."""
-    dense = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None)
-    dense = dense.to(device=linear.weight.device, dtype=linear.weight.dtype)
-    with torch.no_grad():
-        dense.weight.copy_(linear.weight * mask)
-        if linear.bias is not None:
-            dense.bias.copy_(linear.bias)
-    return dense.requires_grad_(False)
+    dense = dense_linear(linear.weight.detach() * mask, None if linear.bias is None else linear.bias.detach())
+    dense.__dict__[MASKED_PARAMS] = ("weight",)
+    return dense
 
 
 def _semi_structured_linear(linear: nn.Linear, mask: Tensor) -> SemiStructuredLinear:
@@ -96,7 +93,7 @@ SPARSE_KINDS: dict[type[nn.Module], SparseKind] = {
     nn.Linear: SparseKind(
         param_names=("weight",),
         candidates={
-            "dense": dense_linear,
+            "dense": masked_dense_linear,
             "condensed": CondensedLinear.from_masked,
             "csr": CSRLinear.from_masked,
             "semi_structured": _semi_structured_linear,

@@ -24,21 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
 
-__all__ = ["ProjectedAttention", "dense_projection"]
+__all__ = ["ProjectedAttention"]
 
 _SEPARATE = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
-
-
-def dense_projection(weight: Tensor, bias: Tensor | None) -> nn.Linear:
-    """A plain inference ``nn.Linear`` holding ``weight (out, in)`` and ``bias``."""
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if bias is not None:
-            linear.bias.copy_(bias)
-    return linear.requires_grad_(False)
 
 
 def _projection(weight: Tensor, mask: Tensor | None, bias: Tensor | None) -> nn.Module:
@@ -46,7 +37,7 @@ def _projection(weight: Tensor, mask: Tensor | None, bias: Tensor | None) -> nn.
     weight = weight.detach()
     bias = None if bias is None else bias.detach()
     if mask is None:
-        return dense_projection(weight, bias)
+        return dense_linear(weight, bias)
     return CondensedLinear.from_weight_mask(weight * mask, mask, bias)
 
 
@@ -119,6 +110,44 @@ class ProjectedAttention(nn.Module):
             _projection(getattr(attention, name), masks.get(name), bias) for name, bias in zip(_SEPARATE, biases)
         )
         return cls(attention.embed_dim, attention.num_heads, out_proj, q_proj=q, k_proj=k, v_proj=v, **common)
+
+    def _projections(self) -> dict[str, nn.Module]:
+        """The projection modules by their ``nn.MultiheadAttention`` weight name."""
+        if self.in_proj is not None:
+            return {"in_proj_weight": self.in_proj, "out_proj.weight": self.out_proj}
+        names = (*_SEPARATE, "out_proj.weight")
+        return dict(zip(names, (self.q_proj, self.k_proj, self.v_proj, self.out_proj)))
+
+    def to_dense(self) -> nn.MultiheadAttention:
+        """The equivalent ``nn.MultiheadAttention`` with the masked dense projection weights."""
+        dense = {name: proj.to_dense() if isinstance(proj, CondensedLinear) else proj for name, proj in self._projections().items()}
+        out = dense["out_proj.weight"]
+        first = dense.get("in_proj_weight", dense.get("q_proj_weight"))
+        kdim = vdim = None
+        if self.in_proj is None:
+            kdim, vdim = dense["k_proj_weight"].in_features, dense["v_proj_weight"].in_features
+        attention = nn.MultiheadAttention(
+            self.embed_dim, self.num_heads, self.dropout, bias=first.bias is not None, kdim=kdim, vdim=vdim,
+            batch_first=self.batch_first, device=out.weight.device, dtype=out.weight.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            for name, linear in dense.items():
+                attention.get_parameter(name).copy_(linear.weight)
+            biases = [dense[name].bias for name in dense if name != "out_proj.weight"]
+            if attention.in_proj_bias is not None:
+                attention.in_proj_bias.copy_(torch.cat(biases))
+            if attention.out_proj.bias is not None:
+                attention.out_proj.bias.copy_(out.bias)
+        return attention
+
+    def dense_masks(self) -> dict[str, Tensor]:
+        """The masks of the condensed projections, by ``nn.MultiheadAttention`` weight name (a dense
+        projection has none)."""
+        return {
+            name: proj.dense_masks()["weight"]
+            for name, proj in self._projections().items()
+            if isinstance(proj, CondensedLinear)
+        }
 
     def spec_args(self) -> dict[str, object]:
         """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`

@@ -23,6 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.layers.contract import (
+    BACKENDS,
+    check_choice,
+    eager_inference,
+    validate_after_load,
+)
 from lightning_srigl.kernels.conv import (
     condensed_conv2d,
     conv2d_reference,
@@ -35,21 +41,11 @@ from lightning_srigl.kernels.linear import condensed_linear
 
 __all__ = ["CondensedConv1d", "CondensedConv2d", "condense_conv"]
 
-BACKENDS = ("auto", "torch", "triton")
 ALGORITHMS = ("direct", "im2col")
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[-1]))
-
-
-def _eager_inference(x: Tensor, values: Tensor) -> bool:
-    """Plain eager tensors with no gradient to track (not traced, compiled or exported)."""
-    if type(x) is not Tensor or type(values) is not Tensor:
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad):
-        return False
-    return not torch.compiler.is_compiling()
 
 
 class CondensedConv2d(nn.Module):
@@ -79,10 +75,8 @@ class CondensedConv2d(nn.Module):
         algorithm: str = "direct",
     ) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        check_choice(backend, BACKENDS, "backend")
+        check_choice(algorithm, ALGORITHMS, "algorithm")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must divide by groups={groups}")
         if bias is not None and bias.shape != (out_channels,):
@@ -98,6 +92,17 @@ class CondensedConv2d(nn.Module):
         self.register_buffer("indices", indices)
         self.register_buffer("active_rows", active_rows.long())
         self.register_buffer("bias", bias)
+        self.register_load_state_dict_post_hook(validate_after_load)
+
+    def check_buffers(self) -> None:
+        """Validate the buffers as the constructor does; run after loading.
+
+        Raises:
+            ValueError: naming the tensor that does not fit.
+        """
+        if self.bias is not None and self.bias.shape != (self.out_channels,):
+            raise ValueError(f"bias must be ({self.out_channels},), got {tuple(self.bias.shape)}")
+        self._check_buffers(self.values, self.indices, self.active_rows)
 
     def _check_buffers(self, values: Tensor, indices: Tensor, rows: Tensor) -> None:
         """Validate once what the kernels assume: shapes, index ranges, and each row's taps in its group."""
@@ -200,7 +205,7 @@ class CondensedConv2d(nn.Module):
         tracks_gradient = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
         if self.algorithm == "im2col" and backend != "torch" and not tracks_gradient:
             return self._im2col_forward(x, padding)
-        if backend != "torch" and _eager_inference(x, values):
+        if backend != "torch" and eager_inference(x, values):
             if x.is_cpu and backend == "auto" and x.dtype == torch.float32:
                 kernel = load_extension()
                 if kernel is not None:  # the C++ op itself, minus the dispatcher (~15 us per call)
@@ -226,7 +231,7 @@ class CondensedConv2d(nn.Module):
         sizes = [conv_output_size(s, k, st, p, d) for s, k, st, p, d in zip((h, w), self.kernel_size, self.stride, padding, self.dilation)]
         cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (N, C * kh * kw, L)
         x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous()
-        eager_cpu = x2d.is_cpu and self.backend == "auto" and _eager_inference(x2d, self.values)
+        eager_cpu = x2d.is_cpu and self.backend == "auto" and eager_inference(x2d, self.values)
         y = (condensed_linear_cpu if eager_cpu else condensed_linear)(x2d, self.values, self.indices, None)
         y = y.view(n, -1, self.n_active).transpose(1, 2)  # (N, A, L)
         if self.bias is None:
@@ -253,15 +258,27 @@ class CondensedConv2d(nn.Module):
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.pad(x, pads, mode=mode), (0, 0)
 
-    def dense_weight(self) -> Tensor:
-        """The equivalent masked dense weight ``(out, in / groups, kh, kw)``."""
+    def _scatter(self, values: Tensor) -> Tensor:
+        """``values (A, k)`` (or a tensor of their shape) at their taps, ``(out, in / groups, kh, kw)``."""
         per_group = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         group = self.active_rows // (self.out_channels // self.groups)
         local = self.indices.long() - (group * per_group)[:, None]
-        rows = self.values.new_zeros(self.n_active, per_group).scatter_(1, local, self.values)
-        weight = self.values.new_zeros(self.out_channels, per_group)
+        rows = values.new_zeros(self.n_active, per_group).scatter_(1, local, values)
+        weight = values.new_zeros(self.out_channels, per_group)
         weight[self.active_rows] = rows
-        return weight.view(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        return self._dense_shape(weight.view(self.out_channels, self.in_channels // self.groups, *self.kernel_size))
+
+    def _dense_shape(self, weight: Tensor) -> Tensor:
+        """A ``(out, in / groups, kh, kw)`` weight in the shape of :meth:`to_dense`'s weight."""
+        return weight
+
+    def dense_weight(self) -> Tensor:
+        """The equivalent masked dense weight ``(out, in / groups, kh, kw)``."""
+        return self._scatter(self.values)
+
+    def dense_masks(self) -> dict[str, Tensor]:
+        """``{"weight": bool mask of to_dense()'s weight}``: the taps the layer keeps."""
+        return {"weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
 
     def to_dense(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the masked dense weight and the full bias."""
@@ -308,9 +325,9 @@ class CondensedConv1d(CondensedConv2d):
             raise ValueError(f"expected input (N, {self.in_channels}, L), got {tuple(x.shape)}")
         return super().forward(x.unsqueeze(2)).squeeze(2)
 
-    def dense_weight(self) -> Tensor:
-        """The equivalent masked dense weight ``(out, in / groups, k)``."""
-        return super().dense_weight().squeeze(2)
+    def _dense_shape(self, weight: Tensor) -> Tensor:
+        """``(out, in / groups, 1, k) -> (out, in / groups, k)``, ``nn.Conv1d``'s weight."""
+        return weight.squeeze(2)
 
     def to_dense(self) -> nn.Conv1d:
         """An ``nn.Conv1d`` with the masked dense weight and the full bias."""

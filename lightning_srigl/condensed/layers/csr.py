@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.kernels.csr import csr_linear, csr_product, csr_tensor, to_csr
 from lightning_srigl.kernels.validation import check_bias, check_csr
 
@@ -53,6 +54,15 @@ class CSRLinear(nn.Module):
     def weight(self) -> Tensor:
         """The ``(out, in)`` sparse CSR weight (a view of the buffers)."""
         return csr_tensor(self.crow_indices, self.col_indices, self.values, (self.out_features, self.in_features))
+
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` with the dense weight and the bias."""
+        return dense_linear(self.weight.to_dense(), self.bias, frozen=False)
+
+    def dense_masks(self) -> dict[str, Tensor]:
+        """``{"weight": (out, in) bool}``: the stored positions (explicit zeros included)."""
+        ones = torch.ones_like(self.values, dtype=torch.bool)
+        return {"weight": csr_tensor(self.crow_indices, self.col_indices, ones, (self.out_features, self.in_features)).to_dense()}
 
     def spec_args(self) -> dict[str, int]:
         """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""

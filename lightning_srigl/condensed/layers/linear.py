@@ -14,6 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.layers.contract import (
+    BACKENDS,
+    check_choice,
+    dense_linear,
+    eager_inference,
+    validate_after_load,
+)
 from lightning_srigl.kernels.cpu.loader import (
     batch1_forward,
     batch1_layout,
@@ -25,30 +32,10 @@ from lightning_srigl.kernels.linear import condensed_linear, triton_kernels
 from lightning_srigl.kernels.validation import check_bias, check_condensed, check_width
 from lightning_srigl.masking import mask_of
 
-BACKENDS = ("auto", "torch", "triton")
-
-
-def _check_loaded_buffers(module: CondensedLinear, incompatible: object) -> None:
-    """``load_state_dict`` post-hook: loaded buffers get the constructor's checks."""
-    check_condensed(module.values, module.indices, module.active_rows, module.in_features, module.out_features)
-    check_bias(module.bias, module.out_features, module.values)
-
-
-def _eager_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
-    """True for plain eager tensors with no gradient to track (not traced, compiled or exported)."""
-    # Ordered cheapest first: this runs on every call, and each tensor attribute costs ~0.1-0.3 us.
-    if type(x2d) is not Tensor or type(values) is not Tensor:
-        return False
-    if torch.is_grad_enabled() and (
-        x2d.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return False
-    return not torch.compiler.is_compiling()
-
 
 def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
-    """:func:`_eager_inference` for CPU tensors."""
-    return x2d.is_cpu and _eager_inference(x2d, values, bias)
+    """:func:`~lightning_srigl.condensed.layers.contract.eager_inference` for CPU tensors."""
+    return x2d.is_cpu and eager_inference(x2d, values, bias)
 
 
 def _triton_layout(values: Tensor, indices: Tensor, _: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,21 +76,27 @@ class CondensedLinear(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        in_features, out_features = check_width(in_features, "in_features"), check_width(out_features, "out_features")
-        check_condensed(values, indices, active_rows, in_features, out_features)
-        check_bias(bias, out_features, values)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.backend = backend
+        self.backend = check_choice(backend, BACKENDS, "backend")
+        self.in_features = check_width(in_features, "in_features")
+        self.out_features = check_width(out_features, "out_features")
+        check_condensed(values, indices, active_rows, self.in_features, self.out_features)
+        check_bias(bias, self.out_features, values)
         self.register_buffer("values", values)
         self.register_buffer("indices", indices)
         self.register_buffer("active_rows", active_rows.long())
         self.register_buffer("bias", bias)
         # kind -> (values, indices, active_rows, their versions, layout built from them); see _derived_layout.
         self._layouts: dict[str, tuple[Tensor, Tensor, Tensor, tuple[int, int, int], Any]] = {}
-        self.register_load_state_dict_post_hook(_check_loaded_buffers)
+        self.register_load_state_dict_post_hook(validate_after_load)
+
+    def check_buffers(self) -> None:
+        """Validate the buffers as the constructor does (``check_condensed``, ``check_bias``); run after loading.
+
+        Raises:
+            ValueError: naming the tensor that does not fit.
+        """
+        check_condensed(self.values, self.indices, self.active_rows, self.in_features, self.out_features)
+        check_bias(self.bias, self.out_features, self.values)
 
     @classmethod
     def from_weight_mask(
@@ -194,7 +187,7 @@ class CondensedLinear(nn.Module):
         if backend == "auto" and _eager_cpu_inference(x2d, values, bias_active):
             # Same kernel as the custom op's CPU implementation, minus the dispatcher's ~15 us per call.
             return condensed_linear_cpu(x2d, values, self.indices, bias_active)
-        if (backend == "triton" or x2d.is_cuda) and _eager_inference(x2d, values, bias_active):
+        if (backend == "triton" or x2d.is_cuda) and eager_inference(x2d, values, bias_active):
             kernels = triton_kernels()
             if kernels is not None:  # a direct launch on the (k, A) storage, minus the dispatcher
                 values, indices = self._derived_layout("triton", _triton_layout) or (values, self.indices)
@@ -260,27 +253,24 @@ class CondensedLinear(nn.Module):
             full = self.bias.expand(batch, self.out_features).contiguous()
         return full.index_add(1, self.active_rows, y)
 
-    def dense_weight(self) -> Tensor:
-        """The equivalent masked dense weight ``(out, in)``."""
-        rows = self.values.new_zeros(self.n_active, self.in_features).scatter_(1, self.indices.long(), self.values)
-        weight = self.values.new_zeros(self.out_features, self.in_features)
+    def _scatter(self, values: Tensor) -> Tensor:
+        """``values (A, k)`` (or a tensor of their shape) at their ``(out, in)`` positions, zero elsewhere."""
+        rows = values.new_zeros(self.n_active, self.in_features).scatter_(1, self.indices.long(), values)
+        weight = values.new_zeros(self.out_features, self.in_features)
         weight[self.active_rows] = rows
         return weight
 
+    def dense_weight(self) -> Tensor:
+        """The equivalent masked dense weight ``(out, in)``."""
+        return self._scatter(self.values)
+
+    def dense_masks(self) -> dict[str, Tensor]:
+        """``{"weight": (out, in) bool}``: the positions the layer keeps."""
+        return {"weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
+
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` with the masked dense weight and the full bias."""
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.values.device,
-            dtype=self.values.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return dense_linear(self.dense_weight(), self.bias, frozen=False)
 
     def extra_repr(self) -> str:
         index = str(self.indices.dtype).removeprefix("torch.")
