@@ -224,3 +224,28 @@ def test_nan_on_one_shard_raises_on_every_shard() -> None:
 def test_k_out_of_range_names_the_eligible_count() -> None:
     with pytest.raises(ValueError, match=r"k must be in \[0, 8\]"):
         SimulatedGroup(2).run(lambda r, red: red.topk_masks([Selection(torch.ones(2, 2), 9)]))
+
+
+def test_a_batch_carries_the_fan_in_rounding_from_layer_to_layer_as_one_by_one_updates_do() -> None:
+    generator = torch.Generator().manual_seed(5)
+    layers = [_random_layer(generator, case) for case in range(8)]
+    expected, carry = [], 3
+    for w, m, g, b in layers:
+        update = srigl_update(w, m, g, budget=b, target=b + carry, drop_fraction=0.3, gamma_sal=0.3)
+        expected.append(update)
+        carry = b + carry - int(update.mask.sum())
+    parts = row_splits(12, (5, 7))
+    results = SimulatedGroup(2).run(
+        lambda r, red: srigl_update_layers(
+            [LayerInputs(w[parts[r]], m[parts[r]], g[parts[r]], b) for w, m, g, b in layers],
+            drop_fraction=0.3,
+            gamma_sal=0.3,
+            carry=3,
+            reducer=red,
+        )
+    )
+    for i, whole in enumerate(expected):
+        assert torch.equal(torch.cat([result[i].mask for result in results]), whole.mask), i
+        assert results[0][i].fan_in == whole.fan_in
+    floors = [b // (12 - whole.ablated.numel()) for whole, (_, _, _, b) in zip(expected, layers)]
+    assert [whole.fan_in for whole in expected] != floors  # the carried rounding changed some fan-in
