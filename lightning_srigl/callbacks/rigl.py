@@ -36,8 +36,9 @@ class RigLCallback(DynamicSparsityCallback):
 
     @override
     def layer_updates(
-        self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer
+        self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer, carry: int
     ) -> list[tuple[Tensor, Tensor]]:
+        """RigL keeps every layer's budget exactly, so there is no rounding to carry."""
         updates = rigl_update_layers(
             [(layer.weight, layer.mask, layer.dense_grad) for layer in layers],
             drop_fraction=drop_fraction,
