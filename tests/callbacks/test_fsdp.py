@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
 from lightning_srigl.condensed import load_condensed
-from lightning_srigl.masking import accept_masks_on_load
+from lightning_srigl.masking import MASK_SUFFIX, accept_masks_on_load, mask_buffer_name
 from lightning_srigl.sparsity import is_constant_fan_in
 from tests.callbacks.tiny import TinyClassifier, loader
 
@@ -64,13 +64,13 @@ def test_fsdp2_fits_equal_ddp_fits_bit_for_bit(tmp_path: Path) -> None:
         sharded = assemble([rank[case]["fsdp"] for rank in ranks])
         for rank in ranks:
             assert_identical(sharded, assemble([rank[case]["ddp"]]), case)
-        masks = {key: value for key, value in sharded.items() if key.endswith("_mask")}
+        masks = {key: value for key, value in sharded.items() if key.endswith(MASK_SUFFIX)}
         assert len(masks) >= 2, case
         if case != "rigl":
             assert all(is_constant_fan_in(mask) for mask in masks.values()), case
         assert (tmp_path / case / "fsdp" / "active_neurons.png").exists()  # the end-of-fit report, from summed counts
     ablated = assemble([rank["ablation"]["fsdp"] for rank in ranks])
-    assert any(int((mask.sum(dim=1) == 0).sum()) > 0 for key, mask in ablated.items() if key.endswith("_mask"))
+    assert any(int((mask.sum(dim=1) == 0).sum()) > 0 for key, mask in ablated.items() if key.endswith(MASK_SUFFIX))
 
 
 def test_three_uneven_shards_resume_mid_run_bit_for_bit_and_equal_ddp(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_three_uneven_shards_resume_mid_run_bit_for_bit_and_equal_ddp(tmp_path: 
     callback state are identical and the weights equal to rounding: the two average the ranks' gradients in
     different orders, which round alike for 2 ranks but not for 3."""
     ranks = launch(tmp_path, "resume", 3)
-    rows = [rank["whole"][0]["net.4.weight_mask"][0].shape[0] for rank in ranks]
+    rows = [rank["whole"][0]["net.4." + mask_buffer_name("weight")][0].shape[0] for rank in ranks]
     assert rows == [2, 2, 0] and [rank["whole"][0]["net.2.weight"][0].shape[0] for rank in ranks] == [22, 22, 20]
     for rank in ranks:
         whole_state, whole_callback, whole_steps = rank["whole"]
@@ -93,7 +93,7 @@ def test_three_uneven_shards_resume_mid_run_bit_for_bit_and_equal_ddp(tmp_path: 
         assert torch.equal(resumed_callback["generator"], whole_callback["generator"])
         assert resumed_callback["history"] == whole_callback["history"]
     sharded, ddp = assemble([rank["whole"][0] for rank in ranks]), assemble([ranks[0]["ddp"][0]])
-    masks = [key for key in ddp if key.endswith("_mask")]
+    masks = [key for key in ddp if key.endswith(MASK_SUFFIX)]
     assert_identical({k: sharded[k] for k in masks}, {k: ddp[k] for k in masks}, "ddp masks")
     for key in ddp.keys() - masks:
         torch.testing.assert_close(sharded[key], ddp[key], rtol=1e-5, atol=1e-6)
@@ -157,13 +157,13 @@ def test_an_fsdp2_fit_is_accelerated_tested_and_saved_as_one_condensed_file(tmp_
     dense = ranks[0]["dense"]
     for key, value in dense.items():
         assert torch.equal(value, ranks[1]["dense"][key]), key
-    masks = {key: value for key, value in dense.items() if key.endswith("_mask")}
+    masks = {key: value for key, value in dense.items() if key.endswith(MASK_SUFFIX)}
     assert len(masks) == 3 and all(is_constant_fan_in(mask) for mask in masks.values())
     net = load_condensed(tmp_path / "condensed.pt")
     reference = TinyClassifier()
-    reference.load_state_dict({k: v for k, v in dense.items() if not k.endswith("_mask")})
+    reference.load_state_dict({k: v for k, v in dense.items() if not k.endswith(MASK_SUFFIX)})
     for key, mask in masks.items():
-        assert not reference.get_parameter(key.removesuffix("_mask"))[~mask].any(), key
+        assert not reference.get_parameter(key.removesuffix(MASK_SUFFIX))[~mask].any(), key
     x, y = next(iter(loader(1, batch_size=96)))
     with torch.no_grad():
         expected = reference(x)
