@@ -90,7 +90,6 @@ def test_three_uneven_shards_resume_mid_run_bit_for_bit_and_equal_ddp(tmp_path: 
         assert whole_steps == resumed_steps and whole_steps[:3] == [5, 10, 15]
         assert whole_callback.keys() == resumed_callback.keys()
         assert_identical(resumed_callback["ever_active"], whole_callback["ever_active"], "ever_active")
-        assert torch.equal(resumed_callback["generator"], whole_callback["generator"])
         assert resumed_callback["history"] == whole_callback["history"]
     sharded, ddp = assemble([rank["whole"][0] for rank in ranks]), assemble([ranks[0]["ddp"][0]])
     masks = [key for key in ddp if key.endswith(MASK_SUFFIX)]
