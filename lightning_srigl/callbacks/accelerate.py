@@ -34,7 +34,7 @@ from lightning_srigl.condensed.acceleration.layer_call import LayerCall
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.logs import rank_zero_info
-from lightning_srigl.masking import masked_weights, qualified_name
+from lightning_srigl.masking import masked_weights, qualified_name, unshard_modules_
 
 REPORT_FILENAME = "acceleration.csv"
 
@@ -45,8 +45,9 @@ class AccelerateCallback(Callback):
     During fit it keeps (by reference, no copy) the latest input of every layer of an accelerable
     kind (``nn.Linear``; ``lightning_srigl.condensed.kinds.registry``). At ``on_fit_end`` rank 0 times
     the exact candidates of the masked ones on those real inputs and installs the modules it timed;
-    the other ranks build the same choice (broadcast). The report is printed, logged
-    (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
+    the other ranks build the same choice (broadcast). After an FSDP2 fit (``ModelParallelStrategy``) the
+    layers it may change are first gathered into plain modules with whole weights and masks, on every rank.
+    The report is printed, logged (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
     (else ``trainer.default_root_dir``) on rank 0. Afterwards ``trainer.test()``, ``trainer.predict()``
     and ``trainer.validate()`` run the accelerated model; a later ``trainer.fit()`` on it is refused
     (its sparse layers are gone), before any weight changes.
@@ -137,6 +138,8 @@ class AccelerateCallback(Callback):
         if not inputs:
             rank_zero_warn("AccelerateCallback: no sparse layer ran during fit; nothing was accelerated.")
             return
+        # FSDP2: the layers folding and swapping may change become plain modules with whole weights and masks
+        unshard_modules_(pl_module, _foldable_modules(pl_module))
         self._snapshot = snapshot_modules(pl_module, _foldable_modules(pl_module))
         self._fold_and_swap(pl_module, inputs if trainer.is_global_zero else None, trainer)
         if trainer.is_global_zero:

@@ -47,6 +47,7 @@ from lightning_srigl.masking import (
     is_hf_conv1d,
     masked_weights,
     parameter_owners,
+    plain_class,
 )
 
 FromMasked = Callable[[nn.Module, Tensor], nn.Module]
@@ -145,9 +146,9 @@ INFERENCE_LAYERS: tuple[type[nn.Module], ...] = (
 
 
 def sparse_kind(module: nn.Module) -> SparseKind | None:
-    """The kind of ``module`` (by exact type, or a Hugging Face ``Conv1D``), or ``None`` when it cannot be
-    accelerated."""
-    kind = SPARSE_KINDS.get(type(module))
+    """The kind of ``module`` (by exact type, the type ``fully_shard`` started from, or a Hugging Face
+    ``Conv1D``), or ``None`` when it cannot be accelerated."""
+    kind = SPARSE_KINDS.get(plain_class(module))
     if kind is None and is_hf_conv1d(module):
         return HF_CONV1D_KIND
     return kind
