@@ -13,7 +13,7 @@ from numbers import Integral
 import torch
 from torch import Tensor
 
-__all__ = ["check_bias", "check_condensed", "check_csr", "check_width"]
+__all__ = ["check_bias", "check_condensed", "check_contiguous", "check_csr", "check_width"]
 
 INDEX_DTYPES = (torch.int16, torch.int32)
 INT16_MAX = 32767
@@ -72,17 +72,18 @@ def check_condensed(
             f"active_rows must be an integer ({n_active},) tensor (one row per active neuron), got "
             f"{active_rows.dtype} of shape {tuple(active_rows.shape)}"
         )
+    check_contiguous(values=values, indices=indices)
     if n_active > out_features:
         raise ValueError(f"{n_active} active neurons cannot fit out_features={out_features}")
     if values.shape[1] > in_features:
         raise ValueError(f"fan-in {values.shape[1]} exceeds in_features={in_features}")
     if len({values.device, indices.device, active_rows.device}) != 1:
         raise ValueError("values, indices and active_rows must be on one device; move the layer with module.to(...)")
-    _check_sorted_in_range(indices, "indices", in_features, "along each row (sorted, no repeated input)")
-    _check_sorted_in_range(active_rows, "active_rows", out_features, "(sorted, each output row once)")
+    check_sorted_in_range(indices, "indices", in_features, "along each row (sorted, no repeated input)")
+    check_sorted_in_range(active_rows, "active_rows", out_features, "(sorted, each output row once)")
 
 
-def _check_sorted_in_range(t: Tensor, name: str, limit: int, order: str) -> None:
+def check_sorted_in_range(t: Tensor, name: str, limit: int, order: str) -> None:
     """Every entry of ``t`` in ``[0, limit)`` and its last dim strictly increasing, else ``ValueError``."""
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= limit):
         raise ValueError(
@@ -90,6 +91,13 @@ def _check_sorted_in_range(t: Tensor, name: str, limit: int, order: str) -> None
         )
     if t.shape[-1] > 1 and not bool((t[..., 1:] > t[..., :-1]).all()):
         raise ValueError(f"{name} must increase strictly {order}")
+
+
+def check_contiguous(**tensors: Tensor) -> None:
+    """Each named tensor is contiguous (the kernels read it row by row), else ``ValueError``."""
+    for name, tensor in tensors.items():
+        if not tensor.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (the kernels read it row by row); pass {name}.contiguous()")
 
 
 def check_csr(weight: Tensor) -> None:
