@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
     before = [p.detach().clone() for p in model.parameters()]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer(callbacks=[callback], max_steps=6).fit(model)
+        trainer(callbacks=[callback], max_steps=6, default_root_dir=sys.argv[2]).fit(model)
     warned = [str(w.message) for w in caught if "no selected layer is sparse" in str(w.message)]
     assert len(warned) == 1, [str(w.message) for w in caught]
     assert masked_weights(model) == []
@@ -44,17 +44,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(method: str) -> subprocess.CompletedProcess[str]:
+def _run(method: str, folder: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", SCRIPT, method], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", SCRIPT, method, str(folder)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300, check=False)  # fmt: skip
 
 
-def test_nm_with_no_layer_it_can_sparsify_warns_and_trains_dense() -> None:
-    result = _run("nm")
+def test_nm_with_no_layer_it_can_sparsify_warns_and_trains_dense(tmp_path: Path) -> None:
+    result = _run("nm", tmp_path)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
 
 
-def test_srigl_with_every_layer_dense_warns_the_same_way_and_trains_dense() -> None:
-    result = _run("srigl")
+def test_srigl_with_every_layer_dense_warns_the_same_way_and_trains_dense(tmp_path: Path) -> None:
+    result = _run("srigl", tmp_path)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
