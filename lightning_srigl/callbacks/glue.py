@@ -10,7 +10,8 @@
 * masks already on the model (an earlier fit, a checkpoint loaded for evaluation) are reused only
   when they cover exactly the weights this callback selects;
 * metrics go straight to the loggers on rank 0; no collective runs inside rank-zero-only code;
-* ``state_dict`` is versioned: keys a checkpoint lacks take their defaults, and only arguments that
+* ``state_dict`` is versioned and names the method (the class), so a checkpoint that another sparsity
+  method wrote is refused by name. Keys a checkpoint lacks take their defaults, and only arguments that
   change what the masks mean (:attr:`SparsityCallback.mask_defining`) block a resume.
 """
 
@@ -38,7 +39,8 @@ from lightning_srigl.masking import (
     split_frozen,
 )
 
-STATE_VERSION = 2  # 1: checkpoints written before the state carried a version
+STATE_VERSION = 3  # 1: before the state carried a version; 2: before it named the method
+_METHODS = ("SRigLCallback", "RigLCallback", "NMSparsityCallback")  # the state keys of states without a method
 _SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 
@@ -155,19 +157,47 @@ class SparsityCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "config": self.config(), **self.resumable_state()}
+        method = type(self).__name__
+        return {"version": STATE_VERSION, "method": method, "config": self.config(), **self.resumable_state()}
+
+    @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose sparsity state another method wrote (Lightning files it under that
+        method's key, so :meth:`load_state_dict` would never see it)."""
+        for key, state in checkpoint.get("callbacks", {}).items():
+            if key in (self.state_key, self._legacy_state_key) or not isinstance(state, dict):
+                continue
+            method = state.get("method", key if key in _METHODS else None)
+            if method is not None and "config" in state:
+                self._check_method(method)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         version = state_dict.get("version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint's callback state has version {version!r}, not a positive "
+                "integer: the checkpoint is corrupt or was not written by lightning_srigl."
+            )
         if version > STATE_VERSION:
             raise ValueError(
                 f"{type(self).__name__}: the checkpoint's state has version {version}, newer than this "
                 f"lightning_srigl understands ({STATE_VERSION}); upgrade lightning_srigl to resume it."
             )
-        self._check_resumable(state_dict.get("config", {}))
-        state = {k: v for k, v in state_dict.items() if k not in ("version", "config")}
+        config = state_dict.get("config", {})
+        self._check_method(state_dict.get("method", config.get("method", type(self).__name__)))
+        self._check_resumable(config)
+        state = {k: v for k, v in state_dict.items() if k not in ("version", "method", "config")}
         self.restore_state({**self.state_defaults(), **state})
+
+    def _check_method(self, method: object) -> None:
+        """``ValueError`` when the checkpoint was written by another sparsity method."""
+        if method != type(self).__name__:
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint was written by {method}; its masks follow that method's "
+                f"rules. Resume it with {method}, or start a new {type(self).__name__} run from its weights "
+                "without ckpt_path (lightning_srigl.masking.remove_masks_(model) drops the old masks)."
+            )
 
     # ---- shared steps ---------------------------------------------------------------------------
     def _check_trainer(self, trainer: Trainer) -> None:

@@ -21,12 +21,12 @@ class RigLCallback(DynamicSparsityCallback):
     metric_prefix = "rigl"
 
     @override
-    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
-        return random_unstructured_mask(shape, budget, generator)
+    def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:
+        return random_unstructured_mask(shape, target, generator)
 
     @override
     def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
+        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:
         update = rigl_update(weight, mask, dense_grad, drop_fraction=drop_fraction)
         return update.mask, update.grown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,9 @@ from lightning_srigl.callbacks.base import DynamicSparsityCallback, Distribution
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import check_patterns_match, matches
 from lightning_srigl.sparsity import (
+    check_fan_in_budget,
     check_nm,
+    nearest_fan_in,
     nm_drop_grow,
     random_constant_fan_in_mask,
     random_nm_mask,
@@ -183,14 +186,17 @@ class SRigLCallback(DynamicSparsityCallback):
             self.protected = {fqn for fqn in fqns if matches(fqn, self.no_ablation)}
 
     @override
-    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
+    def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:
+        """Random N:M mask, or random constant fan-in ``nearest_fan_in(target, O, F)`` in every row."""
         if self.nm is not None:
             return random_nm_mask(shape, *self.nm, generator)
-        return random_constant_fan_in_mask(shape, budget, generator)
+        check_fan_in_budget(shape, self.budgets[fqn])
+        fan_in = nearest_fan_in(target, shape[0], math.prod(shape[1:]))
+        return random_constant_fan_in_mask(shape, fan_in * shape[0], generator)
 
     @override
     def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
+        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:
         if self.nm is not None:
             n, m = self.nm
@@ -200,7 +206,8 @@ class SRigLCallback(DynamicSparsityCallback):
             weight,
             mask,
             dense_grad,
-            budget=budget,
+            budget=self.budgets[fqn],
+            target=target,
             drop_fraction=drop_fraction,
             gamma_sal=self.gamma_sal,
             ablation=self.gamma_sal > 0 and fqn not in self.protected,

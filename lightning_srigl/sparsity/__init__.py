@@ -3,7 +3,9 @@
 from lightning_srigl.sparsity.constant_fan_in import (
     NeuronAblation,
     SRigLUpdate,
+    check_fan_in_budget,
     neurons_to_ablate,
+    nearest_fan_in,
     random_constant_fan_in_mask,
     srigl_update,
 )
@@ -59,6 +61,7 @@ __all__ = [
     "as_integer",
     "as_real",
     "as_rows",
+    "check_fan_in_budget",
     "check_nm",
     "check_sparsity",
     "check_transposable_nm",
@@ -77,6 +80,7 @@ __all__ = [
     "layer_budgets",
     "mask_change",
     "mask_diversity_log10",
+    "nearest_fan_in",
     "neurons_to_ablate",
     "nm_drop_grow",
     "nm_fan_in",
