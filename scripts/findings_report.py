@@ -135,7 +135,7 @@ def weights_table(groups: dict[tuple[str, float], list[Record]]) -> list[str]:
     labels = _sparse_labels(groups)
     rows = []
     for sparsity in _sparsities(groups):
-        present = [groups[(label, sparsity)] if (label, sparsity) in groups else [] for label in labels]
+        present = [groups.get((label, sparsity), []) for label in labels]
         counts = [f"{statistics.mean(sum(r['weights'].values()) for r in _ok(runs)):,.0f}" if _ok(runs) else "—"
                   for runs in present]  # fmt: skip
         worst = max(weight_deviation(runs, groups.get(("RigL", sparsity), [])) for runs in present)
@@ -247,7 +247,12 @@ def markdown_report(data: dict[str, Any]) -> str:
         lines += [*gap_table(groups), "", "Active weights of the sparse layers at the end (mean over seeds).", ""]
         lines += [*weights_table(groups), ""]
         lines += ["Active neurons at the end (mean over seeds) · mean fan-in of the active rows (max over seeds).", ""]
-        lines += [*neurons_table(groups), "", "Ablated neurons (rows with no weight) over training, mean over seeds.", ""]
+        lines += [
+            *neurons_table(groups),
+            "",
+            "Ablated neurons (rows with no weight) over training, mean over seeds.",
+            "",
+        ]
         lines += trace_table(groups)
     if any(r["init_std_quirk"] for r in runs):
         lines += ["", "## The reference's sparse init (std 2/fan_in, `init_std_quirk=True`)", ""]

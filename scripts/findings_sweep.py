@@ -12,18 +12,20 @@ sweep trains on MNIST-1D (generated offline by the ``mnist1d`` package; ``pip in
 * the long schedule (80 epochs, an update every 10 steps: 174 updates, 5.1x) at 99 %, same methods;
 * the reference code's sparse init (std ``2/fan_in``, ``init_std_quirk=True``) once: RigL and SRigL
   ``gamma_sal=0.3``, short schedule, 99 %;
-* 3 seeds each (109 runs).
+* 3 seeds each (114 runs).
 
 Every run records its test accuracy, the real number of active weights (the sweep fails if a
 method's count differs from RigL's by more than 0.5 %), and the active neurons of every layer at
 each tenth of training. ``findings_report.py`` writes ``results.json`` and ``findings.md``.
 
-CPU time: the full sweep takes about 1.1 CPU-hours on an AMD EPYC (Zen 5) core, about 35 minutes
-of wall time on a quiet 2-core machine with the default 2 worker processes (``meta`` in
-``results.json`` has the measured figures). Usage, from the repository root::
+CPU time, sized from single runs measured on an AMD EPYC (Zen 5) core: a 40-epoch run takes about
+17 s (MLP) and 30 s (CNN), a long one twice that, so the 114 runs take about 3,200 CPU-seconds:
+about 27 minutes of wall time on a quiet 2-core machine with the default 2 single-threaded worker
+processes (``meta`` in ``results.json`` records the measured figures; on a loaded machine it takes
+longer). Runs execute sparsest level first (:func:`priority`). Usage, from the repository root::
 
-    PYTHONPATH=. python scripts/findings_sweep.py --output docs/assets/findings   # full sweep (make findings)
-    PYTHONPATH=. python scripts/findings_sweep.py --quick                         # tiny, about a minute
+    PYTHONPATH=. python scripts/findings_sweep.py --output docs/assets/findings/matched   # full sweep (make findings)
+    PYTHONPATH=. python scripts/findings_sweep.py --quick                                 # tiny, about a minute
 
 The default output folder, ``runs/findings``, is ignored by git.
 """
@@ -41,12 +43,12 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-import torch
-
 import findings_report  # scripts/ is on sys.path when this file runs as a script
+import torch
+from findings_train import STEPS_PER_EPOCH, ModelSpec, RunResult, Setting, train_one
+
 from example_projects.mnist1d_cnn.model import MNIST1DCNN
 from example_projects.mnist1d_mlp.model import MNIST1DMLP
-from findings_train import STEPS_PER_EPOCH, ModelSpec, RunResult, Setting, train_one
 
 MODELS = {
     # 3,600 training signals, batch 128: 29 steps/epoch; 40 epochs = 1,160 steps, updates every 25 until step 870.
@@ -70,20 +72,22 @@ class Plan:
 
 def make_plan(
     models: list[str], sparsities: list[float], long_sparsities: list[float], quirk_sparsity: float | None,
-    gammas: list[float], seeds: int, quick: bool,
+    gammas: list[float], seeds: int, quick: bool, dense: bool = True,
 ) -> Plan:  # fmt: skip
     """Every setting of the sweep, in the order they are reported; ``quick`` shrinks models and epochs."""
     specs = {}
     for name in models:
         spec = MODELS[name]
         if quick:
-            small = {"hidden": (64, 64)} if name == "mlp" else {"channels": 8, "depth": 2}
+            small = (
+                {"hidden": (128, 128)} if name == "mlp" else {"channels": 32, "depth": 2}
+            )  # >= 1,000 weights (0.5 % > 5)
             spec = replace(spec, kwargs=small, epochs=2, delta_t=5)
         specs[(name, "short")] = spec
         specs[(name, "long")] = replace(spec, epochs=spec.epochs * LONG[0], delta_t=2 if quick else LONG[1])
     settings = []
     for model in models:
-        settings += [Setting(model, "short", "dense", 0.0, seed) for seed in range(seeds)]
+        settings += [Setting(model, "short", "dense", 0.0, seed) for seed in range(seeds) if dense]
         for schedule, levels in (("short", sparsities), ("long", long_sparsities)):
             for sparsity in levels:
                 for seed in range(seeds):
@@ -131,9 +135,19 @@ def _quiet_worker() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 
+def priority(setting: Setting) -> tuple[float, bool, bool, bool]:
+    """Execution order: the sparsest level first (short, then long, then the init check), dense last.
+
+    An interrupted sweep (``--cache``) has then finished whole configurations that a narrower
+    command (e.g. ``--sparsities 0.99 --quirk-sparsity 0 --no-dense``) reports without training them again.
+    """
+    return (-setting.sparsity, setting.method == "dense", setting.init_std_quirk, setting.schedule == "long")
+
+
 def run_all(plan: Plan, workers: int, cache: Path | None) -> tuple[list[RunResult], int]:
     """Train every setting over ``workers`` processes (in this process when 1); results in plan order."""
-    jobs = [(s, plan.specs[(s.model, s.schedule)], cache) for s in plan.settings]
+    order = sorted(range(len(plan.settings)), key=lambda index: priority(plan.settings[index]))
+    jobs = [(plan.settings[i], plan.specs[(plan.settings[i].model, plan.settings[i].schedule)], cache) for i in order]
     done: list[tuple[RunResult, bool]] = []
     if workers <= 1:
         _quiet_worker()
@@ -145,7 +159,8 @@ def run_all(plan: Plan, workers: int, cache: Path | None) -> tuple[list[RunResul
             for future in [pool.submit(train_cached, *job) for job in jobs]:
                 done.append(future.result())
                 _print_progress(*done[-1], len(done), len(jobs))
-    return [result for result, _ in done], sum(reused for _, reused in done)
+    in_plan_order = sorted(zip(order, done))
+    return [result for _, (result, _) in in_plan_order], sum(reused for _, (_, reused) in in_plan_order)
 
 
 def _print_progress(result: RunResult, reused: bool, count: int, total: int) -> None:
@@ -159,8 +174,9 @@ def recipe_text(spec: ModelSpec) -> str:
     """One line describing a model and its schedule, for the report."""
     steps = spec.epochs * STEPS_PER_EPOCH
     return (
-        f"{spec.title}{f' {spec.kwargs}' if spec.kwargs else ''}, {spec.epochs} epochs at batch 128 ({steps} steps), SGD Nesterov lr 0.05 cosine, "
-        f"weight decay 5e-4; ERK, alpha 0.3, an update every {spec.delta_t} steps until 75 % of the steps "
+        f"{spec.title}{f' {spec.kwargs}' if spec.kwargs else ''}, {spec.epochs} epochs at batch 128 ({steps} steps), "
+        f"SGD Nesterov lr 0.05 cosine, weight decay 5e-4; ERK, alpha 0.3, an update every {spec.delta_t} steps "
+        f"until 75 % of the steps "
         f"({int(0.75 * steps) // spec.delta_t} topology updates)"
     )
 
@@ -174,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="sparsities of the long schedule (default 0.99; none to skip it)")  # fmt: skip
     parser.add_argument("--quirk-sparsity", type=float, default=None,
                         help="sparsity of the init_std_quirk runs (default 0.99; 0 to skip them)")  # fmt: skip
+    parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the dense baselines (--no-dense: leave them out)")  # fmt: skip
     parser.add_argument("--gammas", type=float, nargs="+", default=list(GAMMAS), help="SRigL gamma_sal values")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; --quick: 2)")
     parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each")
@@ -201,7 +219,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Run the sweep and write its report; exits with status 1 if the weight counts are not matched."""
     args = parse_args(argv)
     plan = make_plan(args.models, args.sparsities, args.long_sparsities, args.quirk_sparsity, args.gammas,
-                     args.seeds, args.quick)  # fmt: skip
+                     args.seeds, args.quick, args.dense)  # fmt: skip
     wall = time.perf_counter()
     results, reused = run_all(plan, args.workers, args.cache)
     command = "PYTHONPATH=. python scripts/findings_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -215,7 +233,9 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"CPU time of the training runs: {meta['training_cpu_seconds']:.0f} s; "
           f"estimated quiet wall time on 2 cores: {meta['estimated_quiet_wall_seconds'] / 60:.1f} min")  # fmt: skip
     if budget["worst"] > BUDGET_TOLERANCE:
-        sys.exit(f"weight counts not matched: {budget['worst_setting']} differs from RigL by {100 * budget['worst']:.2f} %")
+        sys.exit(
+            f"weight counts not matched: {budget['worst_setting']} differs from RigL by {100 * budget['worst']:.2f} %"
+        )
     return args.output
 
 

@@ -17,9 +17,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch import Tensor, nn
 
-from example_projects.mnist1d_cnn.model import MNIST1DCNN
 from example_projects.mnist1d_mlp.datamodule import MNIST1DDataModule
-from example_projects.mnist1d_mlp.model import MNIST1DMLP
 from lightning_srigl import RigLCallback, SRigLCallback
 from lightning_srigl.masking import mask_of
 from lightning_srigl.sparsity import fan_in
@@ -54,7 +52,9 @@ class Setting:
     @property
     def label(self) -> str:
         """The method as the tables name it, e.g. ``"SRigL γ=0.3"`` or ``"RigL, init 2/fan_in"``."""
-        name = f"SRigL γ={self.gamma_sal:g}" if self.method == "srigl" else {"dense": "dense", "rigl": "RigL"}[self.method]
+        name = (
+            f"SRigL γ={self.gamma_sal:g}" if self.method == "srigl" else {"dense": "dense", "rigl": "RigL"}[self.method]
+        )
         return f"{name}, init 2/fan_in" if self.init_std_quirk else name
 
 

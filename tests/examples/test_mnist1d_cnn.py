@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from example_projects.mnist1d_cnn.model import Conv1DNet, MNIST1DCNN
+from example_projects.mnist1d_cnn.model import MNIST1DCNN, Conv1DNet
 from lightning_srigl.sparsity import erk_densities, layer_budgets
 
 
@@ -20,7 +20,10 @@ def test_forward_takes_flat_or_channel_signals() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"kernel_size": 10}, r"kernel_size must be odd"), ({"depth": 0}, r"channels, depth and num_classes must be >= 1")],
+    [
+        ({"kernel_size": 10}, r"kernel_size must be odd"),
+        ({"depth": 0}, r"channels, depth and num_classes must be >= 1"),
+    ],
 )
 def test_bad_shapes_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
