@@ -143,11 +143,16 @@ def weights_table(groups: dict[tuple[str, float], list[Record]]) -> list[str]:
     return _table(["sparsity", *labels, "largest deviation from RigL"], rows, right=len(labels) + 1)
 
 
+def _count(value: float) -> str:
+    """A mean count to one decimal, without a trailing ``.0``."""
+    return f"{round(value, 1):g}"
+
+
 def _layer_cell(runs: Sequence[Record], layer: str) -> str:
     ok = _ok(runs)
     active = statistics.mean(r["neurons"][layer] for r in ok)
     mean = statistics.mean(r["fan_in"][layer][0] for r in ok)
-    return f"{active:g}/{ok[0]['rows'][layer]} · {mean:.1f} ({max(r['fan_in'][layer][1] for r in ok)})"
+    return f"{_count(active)}/{ok[0]['rows'][layer]} · {mean:.1f} ({max(r['fan_in'][layer][1] for r in ok)})"
 
 
 def neurons_table(groups: dict[tuple[str, float], list[Record]]) -> list[str]:
@@ -177,7 +182,7 @@ def trace_table(groups: dict[tuple[str, float], list[Record]]) -> list[str]:
         cells = []
         for point in points:
             ablated = [statistics.mean(r["rows"][layer] - r["trace"][point][1][layer] for r in ok) for layer in layers]
-            cells.append(" / ".join(f"{value:g}" for value in ablated))
+            cells.append(" / ".join(_count(value) for value in ablated))
         rows.append([f"{100 * sparsity:g} %", label, *cells])
     header = [f"{100 * first['trace'][point][0]:g} %" for point in points]
     return [f"Layers: {' / '.join(layers)}.", "", *_table(["sparsity", "method", *header], rows, right=len(points))]
