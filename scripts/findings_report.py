@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lightning_srigl.condensed.cpu_isa import cpu_model
+from lightning_srigl.kernels.cpu.isa import cpu_model
 
 # The paper's top-1 accuracies (%) from the reference code's notebooks/final_results.ipynb, as
 # quoted in docs/reproducing.md: model -> (RigL, SRigL w/o ablation, SRigL w/ ablation) at 95 / 99 %.

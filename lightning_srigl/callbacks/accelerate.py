@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_integer, check_flag
 from lightning_srigl.callbacks.glue import check_trainable, log_metrics, run_folder
-from lightning_srigl.condensed.accelerate import (
+from lightning_srigl.condensed.acceleration.accelerate import (
     AccelerationPlan,
     check_candidates,
     fit_inputs_to_layers,
@@ -28,9 +28,9 @@ from lightning_srigl.condensed.accelerate import (
     snapshot_modules,
     swap_layers,
 )
-from lightning_srigl.condensed.acceleration_report import AccelerationReport
-from lightning_srigl.condensed.layer_call import LayerCall
-from lightning_srigl.condensed.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
+from lightning_srigl.condensed.acceleration.report import AccelerationReport
+from lightning_srigl.condensed.acceleration.layer_call import LayerCall
+from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import masked_weights, qualified_name
 
@@ -41,7 +41,7 @@ class AccelerateCallback(Callback):
     """Make the trained sparse model fast at inference, in place, when ``trainer.fit`` ends.
 
     During fit it keeps (by reference, no copy) the latest input of every layer of an accelerable
-    kind (``nn.Linear``; ``lightning_srigl.condensed.registry``). At ``on_fit_end`` rank 0 times
+    kind (``nn.Linear``; ``lightning_srigl.condensed.kinds.registry``). At ``on_fit_end`` rank 0 times
     the exact candidates of the masked ones on those real inputs and installs the modules it timed;
     the other ranks build the same choice (broadcast). The report is printed, logged
     (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
@@ -62,7 +62,7 @@ class AccelerateCallback(Callback):
         fold: fold ablated neurons into the following layer where exact.
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
-            (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.accelerate.accelerate`][lightning_srigl.condensed.accelerate.accelerate]).
+            (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.acceleration.accelerate.accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
     """
 
     def __init__(

@@ -55,6 +55,7 @@ from lightning_srigl.callbacks.glue import (
 from lightning_srigl.callbacks.remask import RemaskPolicy, gradient_pass_reason
 from lightning_srigl.callbacks.report import (
     LayerStats,
+    dense_layer_stats,
     history_record,
     masked_layer_stats,
     print_layer_table,
@@ -136,6 +137,7 @@ class DynamicSparsityCallback(SparsityCallback):
         self.sparse_backward = check_flag(sparse_backward, "sparse_backward")
         self.masked: MaskedParameters | None = None
         self.budgets: dict[str, int] = {}
+        self.dense_shapes: dict[str, tuple[int, ...]] = {}  # selected weights that stay dense, neuron-major
         self.t_end: int | None = None
         self.skipped_updates = 0
         self.history: list[dict[str, Any]] = []
@@ -288,12 +290,16 @@ class DynamicSparsityCallback(SparsityCallback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
         if not self.report or not trainer.is_global_zero or self.masked is None:
             return
         stats = self._layer_stats()
-        print_layer_table(stats, title=f"{type(self).__name__}: sparse layers at the end of fit")
+        dense = [dense_layer_stats(name, shape) for name, shape in self.dense_shapes.items()]
+        parameters = sum(p.numel() for p in pl_module.parameters())
+        print_layer_table(stats, f"{type(self).__name__}: sparse layers at the end of fit", dense, parameters)
         path = save_active_neurons_plot(stats, self.history, run_folder(trainer) / "active_neurons.png")
-        rank_zero_info(f"{type(self).__name__}: active-neurons plot saved to {path}")
+        updates = f"{len(self.history)} topology updates" if self.history else "no topology update ran"
+        rank_zero_info(f"{type(self).__name__}: active-neurons plot ({updates}) saved to {path}")
 
     @override
     def resumable_state(self) -> dict[str, Any]:
@@ -341,10 +347,9 @@ class DynamicSparsityCallback(SparsityCallback):
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
         sparse = [i for i, d in enumerate(densities) if d < 1.0]
-        if not sparse:
-            rank_zero_warn(f"{type(self).__name__}: every selected layer is dense at sparsity {self.sparsity}")
         self.masked = MaskedParameters([selected[i] for i in sparse])
         self.budgets = {names[i]: budgets[i] for i in sparse}
+        self.dense_shapes = {names[i]: shapes[i] for i in range(len(names)) if i not in sparse}
         self.configure_layers(self.masked.fqns)
 
     def _install_initial_masks(self) -> None:

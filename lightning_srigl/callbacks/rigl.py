@@ -25,6 +25,14 @@ class RigLCallback(DynamicSparsityCallback):
         return random_unstructured_mask(shape, target, generator)
 
     @override
+    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+        """RigL keeps each layer's budget exactly."""
+        active = int(mask.count_nonzero())
+        if active != self.budgets[fqn]:
+            return f"{active} active weights, but RigL keeps the layer's budget of {self.budgets[fqn]}"
+        return super().mask_problem(fqn, mask)
+
+    @override
     def layer_update(
         self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:

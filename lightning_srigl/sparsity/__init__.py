@@ -28,6 +28,7 @@ from lightning_srigl.sparsity.schedule import (
     update_due,
 )
 from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask, topk_mask
+from lightning_srigl.sparsity.structure import CONSTANT_FAN_IN, Structure
 from lightning_srigl.sparsity.validation import all_finite, as_integer, as_real, check_sparsity
 from lightning_srigl.sparsity.diversity import count_transposable_patterns, mask_diversity_log10
 from lightning_srigl.sparsity.nm import (
@@ -51,10 +52,12 @@ from lightning_srigl.sparsity.transposable import (
 )
 
 __all__ = [
+    "CONSTANT_FAN_IN",
     "NMUpdate",
     "NeuronAblation",
     "RigLUpdate",
     "SRigLUpdate",
+    "Structure",
     "TransposableMask",
     "active_neurons",
     "all_finite",

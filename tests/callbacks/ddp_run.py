@@ -88,4 +88,5 @@ def main(folder: Path, accelerate: bool, test: bool, spawn: bool) -> None:
 
 if __name__ == "__main__":
     flags = sys.argv[2:]
-    main(Path(sys.argv[1]), accelerate="--accelerate" in flags, test="--fit-only" not in flags, spawn="--spawn" in flags)
+    spawn = "--spawn" in flags
+    main(Path(sys.argv[1]), accelerate="--accelerate" in flags, test="--fit-only" not in flags, spawn=spawn)

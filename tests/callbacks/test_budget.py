@@ -7,6 +7,8 @@ than asked at 99 %; each layer now takes the nearest fan-in and carries the roun
 
 from __future__ import annotations
 
+import itertools
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -27,7 +29,7 @@ class MLP(pl.LightningModule):
         torch.manual_seed(0)
         self.widths = widths
         layers: list[nn.Module] = []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        for fan_in, fan_out in itertools.pairwise(widths):
             layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
         self.net = nn.Sequential(*layers[:-1])
 

@@ -48,7 +48,7 @@ def test_ddp_ranks_hold_identical_masks(tmp_path: Path) -> None:
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert rank0["steps"] == rank1["steps"] == [2, 4]  # 4 steps/epoch per rank, t_end = 6
     masks = [k for k in rank0["state"] if k.endswith("_mask")]
-    assert masks == ["net.0.weight_mask", "net.2.weight_mask", "net.4.weight_mask"]
+    assert masks == ["net.0.weight_sparsity_mask", "net.2.weight_sparsity_mask", "net.4.weight_sparsity_mask"]
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
     assert all(is_constant_fan_in(rank0["state"][k]) for k in masks)

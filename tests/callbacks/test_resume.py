@@ -165,7 +165,7 @@ def test_checkpoint_with_masks_that_do_not_fit_is_an_error(tmp_path: Path) -> No
 
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_train_steps=4)
     trainer(callbacks=[_srigl(), checkpoint], max_steps=4).fit(TinyNet())
-    with pytest.raises(ValueError, match=r"'net\.4\.weight_mask' has shape \(4, 32\).*\(5, 32\)"):
+    with pytest.raises(ValueError, match=r"'net\.4\.weight_sparsity_mask' has shape \(4, 32\).*\(5, 32\)"):
         trainer(callbacks=[_srigl()], max_steps=8).fit(Wider(), ckpt_path=tmp_path / "epoch=0-step=4.ckpt")
 
 

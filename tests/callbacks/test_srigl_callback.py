@@ -168,7 +168,7 @@ def test_nm_structure_stays_exactly_nm_through_every_update() -> None:
             assert int(mask.sum()) == callback.budgets[fqn] == mask.numel() // 2
             assert torch.all(record["weights"][fqn][~mask] == 0)
     assert sum(sum(r["mask_change"].values()) for r in callback.history) > 0
-    assert all(is_nm(m.weight_mask, 2, 4) for m in model.net if isinstance(m, torch.nn.Linear))
+    assert all(is_nm(m.weight_sparsity_mask, 2, 4) for m in model.net if isinstance(m, torch.nn.Linear))
 
 
 def test_nm_structure_rejects_ablation_and_misfit_layers() -> None:
