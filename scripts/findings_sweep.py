@@ -185,7 +185,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny models, 2 epochs, 2 seeds (a structure check)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["mlp", "cnn"])
-    parser.add_argument("--sparsities", type=float, nargs="+", default=None, help=f"default {SPARSITIES}")
+    parser.add_argument("--sparsities", type=float, nargs="*", default=None,
+                        help=f"sparsities of the short schedule (default {SPARSITIES}; none to skip it)")  # fmt: skip
     parser.add_argument("--long-sparsities", type=float, nargs="*", default=None,
                         help="sparsities of the long schedule (default 0.99; none to skip it)")  # fmt: skip
     parser.add_argument("--quirk-sparsity", type=float, default=None,
@@ -212,6 +213,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     levels = [*args.sparsities, *args.long_sparsities, *([args.quirk_sparsity] if args.quirk_sparsity else [])]
     if any(not 0.0 < s < 1.0 for s in levels) or args.seeds < 1 or args.workers < 1 or any(g < 0 for g in args.gammas):
         parser.error("sparsities must be in (0, 1), gammas >= 0, --seeds and --workers >= 1")
+    if not levels and not args.dense:
+        parser.error("nothing to train: give --sparsities, --long-sparsities, --quirk-sparsity or --dense")
     return args
 
 

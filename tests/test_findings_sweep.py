@@ -117,6 +117,7 @@ def test_docs_page_quotes_the_committed_results() -> None:
     for report in reports:
         assert report.read_text().split("`")[1] in page, f"the command of {report} is not on the page"
     results = sorted(FINDINGS.rglob("results.json"))
+    assert results, "no committed results of scripts/findings_sweep.py"
     for path in results:
         data = _load(path.parent)
         assert (path.parent / "findings.md").read_text() == findings_report.markdown_report(data), path
