@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.masking.registry import mask_buffer_name, mask_of, register_mask_
 from lightning_srigl.masking.selection import SparseParameter, qualified_name
 from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
@@ -30,7 +31,7 @@ class MaskedParameters:
             raise ValueError(f"Each sparse parameter must appear once; got {fqns}")
         self.params: list[SparseParameter] = list(params)
         self._by_fqn: dict[str, SparseParameter] = {p.fqn: p for p in params}
-        self._step_masks: dict[str, tuple[Tensor, int, torch.dtype, torch.device, Tensor]] = {}
+        self._step_masks: DerivedCache[Tensor] = DerivedCache()
 
     @property
     def fqns(self) -> list[str]:
@@ -79,18 +80,13 @@ class MaskedParameters:
     def step_mask(self, fqn: str, like: Tensor) -> Tensor:
         """:func:`~lightning_srigl.masking.zeroing.step_mask` of ``fqn``'s mask for tensors like ``like``.
 
-        Made once per topology change: cached until the buffer is replaced or changed in place (its
-        version counter moves on ``set_mask_``, ``load_state_dict`` and any in-place write), or
-        ``like`` has another dtype or device.
+        Made once per topology change: cached until the buffer is replaced or changed (its version
+        counter moves on ``set_mask_``, ``load_state_dict`` and any in-place op; a write through
+        ``mask.data`` or numpy changes its checksum, see :mod:`lightning_srigl.derived_cache`).
         """
         mask = self.mask(fqn)
-        cached = self._step_masks.get(fqn)
-        if cached is None or not (
-            cached[0] is mask and cached[1] == mask._version and cached[2] == like.dtype and cached[3] == like.device
-        ):
-            cached = (mask, mask._version, like.dtype, like.device, step_mask(mask, like))
-            self._step_masks[fqn] = cached
-        return cached[4]
+        form = self._step_masks.get((fqn, like.dtype, like.device), (mask,), lambda: step_mask(mask, like), (mask,))
+        return step_mask(mask, like) if form is None else form
 
     @torch.no_grad()
     def apply_to_weights_(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.kernels.sampled import SampledLayout, sampled_product, sampled_product_available
 from lightning_srigl.masking import MaskedParameters
 
@@ -144,7 +145,7 @@ class SparseBackward:
         self.masked = masked
         self.enabled = True
         self._patched: dict[str, nn.Module] = {}
-        self._layouts: dict[str, tuple[Tensor, int, SampledLayout]] = {}
+        self._layouts: DerivedCache[SampledLayout] = DerivedCache()
         self._written: dict[str, tuple[torch.UntypedStorage, int, int]] = {}
 
     @property
@@ -176,15 +177,12 @@ class SparseBackward:
         self._written.clear()
 
     def layout(self, fqn: str) -> SampledLayout:
-        """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed in place
-        (its version counter moves: ``set_mask_``, ``load_state_dict``, any in-place op; a write through
-        ``mask.data`` does not, so change masks through :class:`MaskedParameters`)."""
+        """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed (its version
+        counter moves: ``set_mask_``, ``load_state_dict``, any in-place op; a write through ``mask.data``
+        or numpy changes its checksum, see :mod:`lightning_srigl.derived_cache`)."""
         mask = self.masked.mask(fqn)
-        cached = self._layouts.get(fqn)
-        if cached is None or cached[0] is not mask or cached[1] != mask._version:
-            cached = (mask, mask._version, SampledLayout.from_mask(mask))
-            self._layouts[fqn] = cached
-        return cached[2]
+        layout = self._layouts.get(fqn, (mask,), lambda: SampledLayout.from_mask(mask), (mask,))
+        return SampledLayout.from_mask(mask) if layout is None else layout
 
     def record_gradient(self, fqn: str, grad: Tensor) -> None:
         """Note the weight gradient the sampled backward of ``fqn`` just returned (zero where inactive).
