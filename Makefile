@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # Extra demo flags, e.g. DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05" for the quick check the tests run.
 DEMO_ARGS ?=
 
-.PHONY: demo test docs wheel benchmark overhead clean
+.PHONY: demo test docs wheel benchmark overhead findings clean
 
 # The installation's output goes to $(VENV)/install.log (printed in full if a step fails).
 # torch comes first, pinned. Where pip's configured index serves only PyPI, Linux gets the CUDA build (several GB):
@@ -57,6 +57,14 @@ benchmark: $(STAMP)
 
 overhead: $(STAMP)
 	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py
+
+# The accuracy sweep behind docs/findings.md: RigL against SRigL on MNIST-1D (MLP and 1-D CNN), 114 runs,
+# about 27 minutes on a quiet 2-core machine. Results go to RESULTS (git-ignored runs/findings by default);
+# `make findings RESULTS=docs/assets/findings/matched` regenerates the committed ones. FINDINGS_ARGS="--quick": a 1-minute check.
+FINDINGS_ARGS ?=
+findings: OUT = $(or $(RESULTS),runs/findings)
+findings: $(STAMP)
+	PYTHONPATH=. $(BIN)/python scripts/findings_sweep.py --output $(OUT) $(FINDINGS_ARGS)
 
 clean:
 	rm -rf $(VENV) site build dist *.egg-info

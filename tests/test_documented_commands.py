@@ -40,6 +40,7 @@ SMOKE_CONFIGS = {  # printed --config -> the smoke config the docs say is added 
     "example_projects/imagenet_vit_b16/config.yaml": "example_projects/imagenet_vit_b16/smoke.yaml",
     "configs/benchmark_cpu.yaml": "configs/benchmark_smoke.yaml",
     "example_projects/mnist1d_mlp/config.yaml": "example_projects/mnist1d_mlp/smoke.yaml",
+    "example_projects/mnist1d_cnn/config.yaml": "example_projects/mnist1d_cnn/smoke.yaml",
 }
 SMOKE_FLAGS = {"PYTHONPATH=. python scripts/findings_sweep.py": "--quick"}  # command prefix -> flag the docs say is added
 SMOKE_ENV = {

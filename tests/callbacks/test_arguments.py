@@ -55,6 +55,7 @@ def test_invalid_arguments_are_rejected_in_init(kwargs: dict, message: str) -> N
         (lambda: SRigLCallback(sparsity="0.9"), TypeError, r"sparsity must be a number"),
         (lambda: SRigLCallback(alpha=float("nan")), ValueError, r"alpha .*must be finite"),
         (lambda: SRigLCallback(report="no"), TypeError, r"report must be True or False"),
+        (lambda: RigLCallback(init_std_quirk=1), TypeError, r"init_std_quirk must be True or False, got int 1"),
         (lambda: NMSparsityCallback(lambda_w=float("nan")), ValueError, r"lambda_w must be finite"),
         (lambda: NMSparsityCallback(lambda_w=float("inf")), ValueError, r"lambda_w must be finite"),
         (lambda: NMSparsityCallback(n=2.0), TypeError, r"n must be an integer"),

@@ -208,3 +208,19 @@ def test_kept_weights_are_reinitialised_by_default_and_keep_their_values_with_sp
                 assert not torch.equal(kept_now, kept_before), fqn
             else:
                 assert torch.equal(kept_now, kept_before), fqn
+
+
+@pytest.mark.parametrize("callback_type", [SRigLCallback, RigLCallback])
+def test_init_std_quirk_draws_the_same_weights_with_the_references_std(callback_type) -> None:
+    """Same seed, same masks, same noise: each kept weight is scaled by ``(2/k) / sqrt(2/k)`` (``k``: its row's fan-in)."""
+    started = {}
+    for quirk in (False, True):
+        probe = _WeightsAtTrainStart()
+        callback = callback_type(report=False, sparsity=0.8, init_std_quirk=quirk)
+        trainer(callbacks=[callback, probe], max_steps=1).fit(TinyNet())
+        started[quirk] = (probe.weights, callback.masked.masks())
+    (default, masks), (quirked, quirk_masks) = started[False], started[True]
+    for fqn, mask in masks.items():
+        assert torch.equal(mask, quirk_masks[fqn]), fqn
+        k = mask.sum(dim=1, keepdim=True).clamp(min=1).double()
+        torch.testing.assert_close(quirked[fqn].double(), default[fqn].double() * (2 / k).sqrt(), rtol=1e-6, atol=0)

@@ -12,7 +12,7 @@ import torch
 from lightning_srigl.cli import main, run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_projects"
-NAMES = ["digits_mlp", "mnist1d_mlp", "cifar10_resnet18", "imagenet_resnet50", "imagenet_vit_b16"]
+NAMES = ["digits_mlp", "mnist1d_mlp", "mnist1d_cnn", "cifar10_resnet18", "imagenet_resnet50", "imagenet_vit_b16"]
 
 
 @pytest.fixture(autouse=True)
