@@ -51,7 +51,7 @@ DOC_CSV = ROOT / "docs" / "assets" / "whole_models.csv"
 DOC_MARKER = "<!-- results -->"
 
 
-def images(side: int):  # noqa: ANN201 - batch -> input
+def images(side: int):
     return lambda batch: torch.randn(batch, 3, side, side)
 
 

@@ -62,7 +62,7 @@ def test_quick_sweep_writes_runs_tables_and_plots(quick_report: Path) -> None:
     assert {r["seed"] for r in runs} == {"0", "1"}
     for run in runs:  # mean fan-in of the active rows equals their maximum: every row has the same
         if run["method"].startswith("SRigL"):
-            assert all(float(run[f"{l}_fan_in"]) == int(run[f"{l}_fan_in_max"]) for l in ("fc1", "fc2", "fc3"))
+            assert all(float(run[f"{fc}_fan_in"]) == int(run[f"{fc}_fan_in_max"]) for fc in ("fc1", "fc2", "fc3"))
     markdown = (quick_report / "findings.md").read_text()
     assert "PYTHONPATH=. python scripts/findings_sweep.py --quick" in markdown
     assert markdown.count("| sparsity | RigL | SRigL γ=0 | SRigL γ=0.3 |") == 2

@@ -105,7 +105,7 @@ class AccelerateCallback(Callback):
             if sparse_kind(layer) is not None:
                 self._handles.append(layer.register_forward_pre_hook(self._recorder(name), with_kwargs=True))
 
-    def _recorder(self, name: str):  # noqa: ANN202 - a forward pre-hook
+    def _recorder(self, name: str):
         def record(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
             if args and isinstance(args[0], Tensor):
                 self._inputs[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)

@@ -214,7 +214,9 @@ def save_condensed(
             dynamic_shapes = tuple({d: torch.export.Dim.AUTO for d in range(x.dim())} for x in inputs)
         if dynamic_shapes is not None:
             if not isinstance(dynamic_shapes, (tuple, list)):
-                raise ValueError("dynamic_shapes must be 'auto', None, or one entry per positional example input")
+                raise ValueError(
+                    "dynamic_shapes must be 'auto', None, or one entry per positional example input"
+                ) from error
             dynamic_shapes = (tuple(dynamic_shapes),)  # PlainOutputs.forward takes the inputs as *args
         buffer = io.BytesIO()
         program = torch.export.export(PlainOutputs(model.eval()), inputs, dynamic_shapes=dynamic_shapes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import warnings
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,7 @@ def triton_conv() -> ModuleType | None:
 
 
 @condensed_conv2d.register_kernel("cuda")
-def _condensed_conv2d_cuda(*args: object) -> Tensor:
+def _condensed_conv2d_cuda(*args: Any) -> Tensor:
     """CUDA dispatch point: the Triton kernel, or the reference where Triton is missing."""
     module = triton_conv()
     return (conv2d_reference if module is None else module.condensed_conv2d_triton)(*args)

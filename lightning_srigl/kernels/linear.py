@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import warnings
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,14 +80,14 @@ def _condensed_linear_fake(x2d: Tensor, values: Tensor, indices: Tensor, bias_ac
     return fakes.condensed_linear(x2d, values, indices, bias_active)
 
 
-def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor | None], output: Tensor) -> None:
     x2d, values, indices, bias_active = inputs
     ctx.save_for_backward(x2d, values, indices)
     ctx.in_features = x2d.shape[1]
     ctx.has_bias = bias_active is not None
 
 
-def _backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
+def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
     """Gradients via one dense scatter of the weights: ``dx = g @ W``, ``dvalues = (gᵀ x)[a, indices[a, j]]``.
 
     ``grad`` is ``(B, A)``; the dense ``(A, in)`` temporaries are the size of the original weight.

@@ -47,7 +47,7 @@ def is_layer_type(module: nn.Module, layer_types: Sequence[type | str]) -> bool:
 
 def layer_type_name(layer_type: type | str) -> str:
     """A layer type as the docs and messages name it."""
-    return f"transformers {layer_type}" if layer_type == HF_CONV1D else layer_type.__name__
+    return layer_type.__name__ if isinstance(layer_type, type) else f"transformers {layer_type}"
 
 
 def neuron_major(module: nn.Module, tensor: Tensor) -> Tensor:

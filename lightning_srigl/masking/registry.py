@@ -69,7 +69,8 @@ class MaskedWeight:
     @property
     def weight(self) -> Tensor:
         """The weight, shape ``(out, *fan_in_dims)``."""
-        return getattr(self.module, self.param_name)
+        weight: Tensor = getattr(self.module, self.param_name)
+        return weight
 
     @property
     def mask(self) -> Tensor:
@@ -86,7 +87,8 @@ class MaskedWeight:
 
 
 def _record(module: nn.Module) -> dict[str, str]:
-    return module.__dict__.get(MASK_RECORD, {})
+    record: dict[str, str] = module.__dict__.get(MASK_RECORD, {})
+    return record
 
 
 def mask_of(module: nn.Module, param_name: str = "weight") -> Tensor | None:
@@ -136,11 +138,12 @@ def register_mask_(module: nn.Module, param_name: str, mask: Tensor) -> Tensor:
         )
     if MASK_RECORD not in module.__dict__:
         module.__dict__[MASK_RECORD] = {}
-        module.register_load_state_dict_pre_hook(_check_loaded_masks)
+        module.register_load_state_dict_pre_hook(_check_loaded_masks)  # type: ignore[no-untyped-call]
     name = mask_buffer_name(param_name)
     module.register_buffer(name, mask.to(device=weight.device, dtype=torch.bool).clone(), persistent=True)
     module.__dict__[MASK_RECORD][param_name] = name
-    return module._buffers[name]
+    installed: Tensor = module._buffers[name]  # type: ignore[assignment]  # just registered, not None
+    return installed
 
 
 def remove_mask_(module: nn.Module, param_name: str = "weight") -> None:
@@ -193,7 +196,7 @@ def bind_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> list[MaskedWeig
 
 
 def _install_from_state_dict(
-    model: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any, layer_types: Sequence[type]
+    model: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any, layer_types: Sequence[type | str]
 ) -> None:
     for sparse in sparsifiable_weights(model, layer_types):
         key = prefix + qualified_name(sparse.module_name, mask_buffer_name(sparse.param_name))
@@ -201,7 +204,9 @@ def _install_from_state_dict(
             register_mask_(sparse.module, sparse.param_name, torch.zeros(sparse.shape, dtype=torch.bool))
 
 
-def accept_masks_on_load(model: nn.Module, layer_types: Sequence[type] = DEFAULT_LAYER_TYPES) -> RemovableHandle:
+def accept_masks_on_load(
+    model: nn.Module, layer_types: Sequence[type | str] = DEFAULT_LAYER_TYPES
+) -> RemovableHandle:
     """Let ``model.load_state_dict`` install the masks that a state dict carries for its weights.
 
     Nothing is installed until a state dict with ``<weight>_mask`` entries is loaded; then each such
@@ -211,4 +216,6 @@ def accept_masks_on_load(model: nn.Module, layer_types: Sequence[type] = DEFAULT
     Returns:
         The hook's handle; ``handle.remove()`` stops accepting masks.
     """
-    return model.register_load_state_dict_pre_hook(partial(_install_from_state_dict, layer_types=tuple(layer_types)))
+    hook = partial(_install_from_state_dict, layer_types=tuple(layer_types))
+    handle: RemovableHandle = model.register_load_state_dict_pre_hook(hook)  # type: ignore[no-untyped-call]
+    return handle

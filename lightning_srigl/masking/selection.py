@@ -70,7 +70,8 @@ class SparseParameter:
     @property
     def param(self) -> nn.Parameter:
         """The parameter itself, shape ``(out, *fan_in_dims)``."""
-        return getattr(self.module, self.param_name)
+        param: nn.Parameter = getattr(self.module, self.param_name)
+        return param
 
     @property
     def shape(self) -> torch.Size:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 import torch
@@ -102,7 +102,7 @@ def untile_view(tiles: Tensor, shape: Sequence[int]) -> Tensor:
     return per_position.reshape(*kernel, out, inp).movedim((-2, -1), (0, 1))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _patterns_cpu(m: int, n: int) -> Tensor:
     rows = [r for r in itertools.product((0, 1), repeat=m) if sum(r) == n]
     row_table = torch.tensor(rows, dtype=torch.int64)  # (C(m, n), m)

@@ -106,7 +106,7 @@ class _SparseBackwardForward:
     def __reduce__(self) -> tuple[object, tuple[nn.Module]]:
         return _own_forward, (self.module,)
 
-    def __call__(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Linear.forward's argument name)
+    def __call__(self, input: Tensor) -> Tensor:
         module = self.module
         weight = module.weight
         if (

@@ -18,7 +18,7 @@ from lightning_srigl.condensed.sampled import sampled_product_available
 from lightning_srigl.masking import MaskedParameters
 from lightning_srigl.training import SparseBackward
 from lightning_srigl.training import sparse_backward as sparse_backward_module
-from tests.callbacks.test_remask import OPTIMIZERS, InactiveProbe, Net, _assert_inactive_zero
+from tests.callbacks.test_remask import InactiveProbe, Net, _assert_inactive_zero
 from tests.callbacks.tiny import TinyNet, trainer
 
 pytestmark = pytest.mark.skipif(not sampled_product_available(), reason="the C++ CPU kernels are not built")

@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from lightning_srigl.kernels.cpu.variants import (
     Variant,
@@ -55,12 +57,12 @@ class KernelOps:
 
     variant: str
     library: Path
-    condensed_linear: object
-    batch1_layout: object
-    batch1_forward: object
+    condensed_linear: Callable[..., Tensor]
+    batch1_layout: Callable[..., Tensor]
+    batch1_forward: Callable[..., Tensor]
     batch1_supported: bool
-    condensed_conv2d: object
-    sampled_product: object
+    condensed_conv2d: Callable[..., Tensor]
+    sampled_product: Callable[..., Tensor]
 
 
 def build_directory(variant: Variant) -> Path:
@@ -130,10 +132,10 @@ def load_variant(variant: Variant) -> KernelOps:
             try:
                 if library is None:
                     raise FileNotFoundError(f"no installed {variant.library} library")
-                torch.ops.load_library(str(library))
+                torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
             except OSError:  # missing, or built against another torch (undefined symbols)
                 library = jit_build(variant)
-                torch.ops.load_library(str(library))
+                torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
             register_cpp_fakes(variant.namespace)
             _loaded[variant.name] = _resolve(variant.name, library)
     return _loaded[variant.name]

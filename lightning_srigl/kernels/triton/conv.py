@@ -86,7 +86,7 @@ def _slots(kernel_size: list[int], stride: list[int], dilation: list[int]) -> di
 
 
 def tap_offsets(
-    channels: int, kernel_size: list[int], stride: list[int], dilation: list[int], plane_shape: tuple[int, int], device
+    channels: int, kernel_size: list[int], stride: list[int], dilation: list[int], plane_shape: tuple[int, int], device: torch.device
 ) -> Tensor:
     """``(C * kh * kw,)`` int64: the offset of each tap ``(c, ky, kx)`` in a sample of :func:`phase_planes`."""
     (kh, kw), (hq, wq) = kernel_size, plane_shape
@@ -165,7 +165,7 @@ def condensed_conv2d_triton(
     values_t = values.t().contiguous().t()
     meta = _INTERPRET_TILE if _INTERPRET else {}
 
-    def grid(meta: dict) -> tuple[int, int, int]:
+    def grid(meta: dict[str, int]) -> tuple[int, int, int]:
         return triton.cdiv(n_active, meta["BLOCK_N"]), triton.cdiv(grid_points, meta["BLOCK_Q"]), n
 
     _KERNEL[grid](

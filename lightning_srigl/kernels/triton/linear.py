@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -135,7 +136,7 @@ def _gather_tiled_kernel(
     tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask_bn)
 
 
-def _fitting_configs(configs: list[triton.Config], named_args: dict, **_: object) -> list[triton.Config]:
+def _fitting_configs(configs: list[triton.Config], named_args: dict[str, Any], **_: object) -> list[triton.Config]:
     """The configs whose tiles do not exceed the problem by more than the smallest tile does.
 
     A block wider than the next power of two of ``A`` (or ``B``) only adds masked-off lanes, so small
@@ -144,7 +145,7 @@ def _fitting_configs(configs: list[triton.Config], named_args: dict, **_: object
 
     def fits(config: triton.Config, block: str, size: int) -> bool:
         smallest = min(c.kwargs[block] for c in configs)
-        return config.kwargs[block] <= max(smallest, triton.next_power_of_2(size))
+        return bool(config.kwargs[block] <= max(smallest, triton.next_power_of_2(size)))
 
     kept = [c for c in configs if fits(c, "BLOCK_N", named_args["A"])]
     if "BLOCK_B" in configs[0].kwargs:
@@ -154,7 +155,8 @@ def _fitting_configs(configs: list[triton.Config], named_args: dict, **_: object
 
 def _bench(kernel_call: Callable[[], object], quantiles: tuple[float, ...]) -> list[float]:
     """Autotuning timer: Triton's ``do_bench`` with a 5 ms warm-up and 25 ms of repeats (default 25 / 100)."""
-    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+    times: list[float] = triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+    return times
 
 
 def _autotuned(kernel: triton.JITFunction, configs: list[triton.Config], key: list[str]) -> triton.JITFunction:
@@ -258,7 +260,7 @@ def gather_gemv(x2d: Tensor, values: Tensor, indices: Tensor, bias: Tensor | Non
     (batch, _), (n_active, fan_in) = x2d.shape, values.shape
     meta = _INTERPRET_GEMV if INTERPRETER else {}
 
-    def grid(meta: dict) -> tuple[int, int]:
+    def grid(meta: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(n_active, meta["BLOCK_N"]), batch
 
     _GEMV[grid](
@@ -283,7 +285,7 @@ def gather_tiled(xt: Tensor, values: Tensor, indices: Tensor, bias: Tensor | Non
     batch, (n_active, fan_in) = xt.shape[1], values.shape
     meta = _INTERPRET_TILED if INTERPRETER else {}
 
-    def grid(meta: dict) -> tuple[int, int]:
+    def grid(meta: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(n_active, meta["BLOCK_N"]), triton.cdiv(batch, meta["BLOCK_B"])
 
     _TILED[grid](
