@@ -1,7 +1,7 @@
 """Timing with warm caches: interleaved rounds of short samples, their median and minimum.
 
 Shared by ``accelerate()`` (which picks the fastest exact layer) and the benchmark
-(:mod:`lightning_srigl.benchmark.timing` adds cold-cache timing on top), so both rank kernels the same
+([`timing`][lightning_srigl.benchmark.timing] adds cold-cache timing on top), so both rank kernels the same
 way: on a machine shared with other work a preempted sample only ever looks slower, so the minimum of
 interleaved samples is the robust statistic.
 """

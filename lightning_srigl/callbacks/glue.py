@@ -2,16 +2,16 @@
 
 * ``setup`` — in ``fit``: one sparsity callback per Trainer, a strategy that keeps whole weights on
   every rank, a model that was not accelerated for inference, then the subclass's
-  :meth:`SparsityCallback.setup_fit`. In ``validate``/``test``/``predict`` nothing is selected and no
+  `SparsityCallback.setup_fit`. In ``validate``/``test``/``predict`` nothing is selected and no
   mask is made up: the model only *accepts* the masks a loaded checkpoint carries
-  (:func:`lightning_srigl.masking.accept_masks_on_load`), so a later ``fit`` never mistakes
+  ([`accept_masks_on_load`][lightning_srigl.masking.accept_masks_on_load]), so a later ``fit`` never mistakes
   placeholders for trained masks.
 * frozen weights (``requires_grad=False``) are left dense, with a warning;
 * masks already on the model (an earlier fit, a checkpoint loaded for evaluation) are reused only
   when they cover exactly the weights this callback selects;
 * metrics go straight to the loggers on rank 0; no collective runs inside rank-zero-only code;
 * ``state_dict`` is versioned: keys a checkpoint lacks take their defaults, and only arguments that
-  change what the masks mean (:attr:`SparsityCallback.mask_defining`) block a resume.
+  change what the masks mean (`SparsityCallback.mask_defining`) block a resume.
 """
 
 from __future__ import annotations
@@ -100,11 +100,11 @@ def check_trainable(pl_module: LightningModule, owner: str) -> None:
 
 
 class SparsityCallback(Callback):
-    """Shared base of :class:`~lightning_srigl.callbacks.DynamicSparsityCallback` and
-    :class:`~lightning_srigl.callbacks.NMSparsityCallback`.
+    """Shared base of `DynamicSparsityCallback` and
+    [`NMSparsityCallback`][lightning_srigl.callbacks.NMSparsityCallback].
 
-    A subclass implements :meth:`setup_fit`, :meth:`config`, :meth:`resumable_state` and
-    :meth:`restore_state`, and names its :attr:`mask_defining` config keys.
+    A subclass implements `setup_fit`, `config`, `resumable_state` and
+    `restore_state`, and names its `mask_defining` config keys.
     """
 
     mask_defining: frozenset[str] = frozenset()
@@ -126,11 +126,11 @@ class SparsityCallback(Callback):
         raise NotImplementedError
 
     def state_defaults(self) -> dict[str, Any]:
-        """Values of :meth:`resumable_state` keys that an older checkpoint may lack."""
+        """Values of `resumable_state` keys that an older checkpoint may lack."""
         return {}
 
     def restore_state(self, state: dict[str, Any]) -> None:
-        """Take the state back (every key of :meth:`state_defaults` is present)."""
+        """Take the state back (every key of `state_defaults` is present)."""
         raise NotImplementedError
 
     # ---- Lightning hooks ----------------------------------------------------------------------

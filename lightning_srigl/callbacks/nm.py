@@ -15,7 +15,7 @@ and the SR term, which is exactly ``lambda_w * P``, is added to ``p.grad``: two 
 calls over all layers, once per step, so ``lambda_w`` does not scale with the number of processes,
 accumulation steps or the loss scale (the reference code's in-backward placement does). Right after
 the step the mask is recomputed and the pruned values are set aside again
-(:func:`~lightning_srigl.masking.move_inactive_`: exact, no allocation). Outside that window the
+([`move_inactive_`][lightning_srigl.masking.move_inactive_]: exact, no allocation). Outside that window the
 model is exactly N:M, so validation, checkpoints' model weights, ``AccelerateCallback`` and any code
 touching ``module.weight`` directly (tied weights, ``nn.MultiheadAttention``) all see the sparse
 network.

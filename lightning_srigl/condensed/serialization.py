@@ -169,7 +169,7 @@ def plain_outputs(value: object) -> object:
 
 
 class PlainOutputs(nn.Module):
-    """``model`` whose outputs pass through :func:`plain_outputs` (what an exported program returns)."""
+    """``model`` whose outputs pass through `plain_outputs` (what an exported program returns)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -185,10 +185,12 @@ def save_condensed(
     example_input: Tensor | tuple[Tensor, ...] | None = None,
     dynamic_shapes: str | object | None = "auto",
 ) -> str:
-    """Save ``model`` so [`load_condensed`][lightning_srigl.condensed.serialization.load_condensed] can rebuild it without the training code.
+    """Save ``model`` so [`load_condensed`][lightning_srigl.condensed.serialization.load_condensed] can rebuild it
+    without the training code.
 
     Args:
-        model: a model (typically with [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear] layers).
+        model: a model (typically with
+            [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear] layers).
         path: destination file.
         example_input: needed only for models with custom modules; they are captured with
             ``torch.export`` on this input (one tensor or a tuple of positional tensors).
@@ -239,7 +241,8 @@ def load_condensed(
             so set it only for files from a source you trust. ``"spec"`` files never need it.
 
     Raises:
-        ValueError: the file was not written by [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed], is malformed or tampered with
+        ValueError: the file was not written by
+            [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed], is malformed or tampered with
             (unknown types, bad arguments, shapes, dtypes or indices), or is an exported program
             without ``trust_exported=True``.
     """

@@ -35,7 +35,7 @@ def to_csr(weight: Tensor) -> Tensor:
     """``weight (out, in)`` as a torch sparse CSR tensor, without torch's CSR beta warning.
 
     torch raises that warning at most once per process, at the first CSR tensor built; the layers build
-    theirs here or in :func:`csr_tensor`, so the forward pass (which skips the filter: it costs ~3 us a
+    theirs here or in `csr_tensor`, so the forward pass (which skips the filter: it costs ~3 us a
     call) does not raise it either.
     """
     with _csr_beta_warning_hidden():
@@ -68,7 +68,7 @@ def csr_product(
 def csr_linear(
     x2d: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None, in_features: int
 ) -> Tensor:
-    """:func:`csr_product` as one op, for tracing, compiling and exporting."""
+    """`csr_product` as one op, for tracing, compiling and exporting."""
     return csr_product(x2d, crow_indices, col_indices, values, bias, in_features)
 
 

@@ -3,10 +3,10 @@
 ``condensed_linear(x2d, values, indices, bias_active) -> y (B, A)`` with
 ``y[b, a] = bias_active[a] + sum_j values[a, j] * x2d[b, indices[a, j]]``.
 
-Registered with :func:`torch.library.custom_op`, so ``torch.compile(fullgraph=True)`` and
+Registered with `torch.library.custom_op`, so ``torch.compile(fullgraph=True)`` and
 ``torch.export`` treat it as one opaque node (shapes come from the fake implementation).
 Device dispatch: CPU -> C++ extension (pure-torch fallback), CUDA -> Triton
-(:func:`lightning_srigl.kernels.triton.linear.condensed_linear_triton`, imported lazily), any other
+([`condensed_linear_triton`][lightning_srigl.kernels.triton.linear.condensed_linear_triton], imported lazily), any other
 device -> the pure-torch reference.
 """
 
@@ -55,7 +55,7 @@ def condensed_linear(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: 
 
 @functools.cache
 def triton_kernels() -> ModuleType | None:
-    """The Triton kernel module (:mod:`lightning_srigl.kernels.triton.linear`), or ``None`` (after one
+    """The Triton kernel module ([`linear`][lightning_srigl.kernels.triton.linear]), or ``None`` (after one
     warning) when Triton is not installed. Imported on first use, so CPU-only installs never load Triton."""
     try:
         from lightning_srigl.kernels.triton import linear as triton_linear

@@ -1,6 +1,7 @@
 """Masks of a chosen set of sparse weights: install, read, update, and re-apply them.
 
-[`MaskedParameters`][lightning_srigl.masking.masks.MaskedParameters] is what the training callbacks hold: the selected weights and, through
+[`MaskedParameters`][lightning_srigl.masking.masks.MaskedParameters] is what the training callbacks hold: the selected
+weights and, through
 ``lightning_srigl.masking.registry``, their mask buffers. Weights are stored dense with zeros at
 inactive positions ("mask simulation"); forward and backward are the ordinary dense ops.
 """
@@ -77,7 +78,7 @@ class MaskedParameters:
         self.mask(fqn).copy_(new_mask)
 
     def step_mask(self, fqn: str, like: Tensor) -> Tensor:
-        """:func:`~lightning_srigl.masking.zeroing.step_mask` of ``fqn``'s mask for tensors like ``like``.
+        """[`step_mask`][lightning_srigl.masking.zeroing.step_mask] of ``fqn``'s mask for tensors like ``like``.
 
         Made once per topology change: cached until the buffer is replaced or changed in place (its
         version counter moves on ``set_mask_``, ``load_state_dict`` and any in-place write), or
@@ -103,7 +104,7 @@ class MaskedParameters:
     def apply_to_gradients_(self, skip: Collection[str] = ()) -> None:
         """Zero every gradient at its weight's inactive positions, in place (``None`` grads are skipped).
 
-        One pass per gradient; the mask form is cached (see :meth:`step_mask`), so nothing is
+        One pass per gradient; the mask form is cached (see `step_mask`), so nothing is
         converted or allocated per step.
 
         Args:

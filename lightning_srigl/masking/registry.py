@@ -2,9 +2,9 @@
 
 A mask is a persistent bool buffer ``<param>_mask`` on the module that owns the weight (so every
 ``state_dict`` and Lightning checkpoint carries it), and the module records which of its buffers are
-masks in one attribute, :data:`MASK_RECORD` (``{param name: buffer name}``). The record travels with
+masks in one attribute, `MASK_RECORD` (``{param name: buffer name}``). The record travels with
 the module through ``copy.deepcopy``, pickling and ``to_empty``; code that needs the sparse layers
-calls :func:`masked_weights` or :func:`mask_of` and never looks buffers up by name.
+calls `masked_weights` or `mask_of` and never looks buffers up by name.
 
 Loading a sparse checkpoint into a model that has no masks yet::
 
@@ -176,7 +176,8 @@ def bind_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> list[MaskedWeig
     """Install ``masks`` (``{fully-qualified weight name: BoolTensor(weight.shape)}``) on ``model``.
 
     For a model made sparse elsewhere (e.g. loaded from another library's checkpoint), before
-    :func:`~lightning_srigl.condensed.acceleration.accelerate.accelerate` or folding. The weights are not changed.
+    [`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate] or folding. The weights are not
+    changed.
 
     Returns:
         The masked weights, in the order of ``masks``.

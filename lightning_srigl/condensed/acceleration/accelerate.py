@@ -122,7 +122,7 @@ def _time_candidates(
     """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
 
     The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
-    timer, :func:`~lightning_srigl.timing.hot_times`: ``warmup`` calls, at least ``repeats``
+    timer, [`hot_times`][lightning_srigl.timing.hot_times]: ``warmup`` calls, at least ``repeats``
     samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
 
     Returns ``(times, skipped, built)``: seconds per exact candidate, why the others were skipped,
@@ -164,7 +164,7 @@ def plan_acceleration(
     """Time the candidates of each sparse layer in ``layer_inputs`` and choose the fastest.
 
     ``layer_inputs`` maps a layer name to its real input (``(..., in)`` for a linear layer) or, for
-    layers called with more (attention), to the :class:`LayerCall` it received. ``device`` defaults to the
+    layers called with more (attention), to the `LayerCall` it received. ``device`` defaults to the
     layer's own device; a layer timed elsewhere is moved back to its own device in the plan. The
     model is not modified.
     """
@@ -224,8 +224,8 @@ def rebuild_plan(model: nn.Module, report: AccelerationReport) -> AccelerationPl
 
 
 def fold_in_place(model: nn.Module) -> list[str]:
-    """Fold BatchNorms into the sparse convolutions they follow (:func:`batchnorm_fold.fold_batchnorms`),
-    then ablated neurons into the next layer (:func:`fold.fold_ablated_neurons`), where exact.
+    """Fold BatchNorms into the sparse convolutions they follow (`batchnorm_fold.fold_batchnorms`),
+    then ablated neurons into the next layer (`fold.fold_ablated_neurons`), where exact.
 
     Runs in eval mode (dropout on a folding path must be off). Returns the names of the modules it
     changed; a model no part of which ``torch.fx`` can trace is left as is, with a warning.
@@ -265,7 +265,8 @@ def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Mod
 
 def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
     """Install the plan's layers in place of the sparse layers (their masks leave with them), keeping each
-    replaced layer's forward hooks and train/eval mode (:func:`~lightning_srigl.condensed.acceleration.swap.replace_module`);
+    replaced layer's forward hooks and train/eval mode
+    ([`replace_module`][lightning_srigl.condensed.acceleration.swap.replace_module]);
     [`restore_dense`][lightning_srigl.condensed.acceleration.swap.restore_dense] undoes it."""
     sparse = sparse_layers(model)
     for row in plan.report.rows:

@@ -34,7 +34,7 @@ from lightning_srigl.masking import mask_of
 
 
 def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
-    """:func:`~lightning_srigl.condensed.layers.contract.eager_inference` for CPU tensors."""
+    """[`eager_inference`][lightning_srigl.condensed.layers.contract.eager_inference] for CPU tensors."""
     return x2d.is_cpu and eager_inference(x2d, values, bias)
 
 
@@ -55,7 +55,7 @@ class CondensedLinear(nn.Module):
 
     Kernel layouts derived from the buffers (the CPU batch-1 layout, the Triton kernels' ``(k, A)``
     storage) are built on the first call that needs them and kept until the buffers are replaced or
-    changed in place (see :meth:`_derived_layout`); they are not part of the ``state_dict``.
+    changed in place (see `_derived_layout`); they are not part of the ``state_dict``.
 
     Under autocast (``bf16-mixed``, ``16-mixed``) an input in the autocast dtype is cast to the
     layer's dtype: the layer computes in its own dtype, exactly as the masked dense layer would.
@@ -135,7 +135,8 @@ class CondensedLinear(nn.Module):
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedLinear:
-        """Rebuild (validated) from [`spec_args`][lightning_srigl.condensed.layers.linear.CondensedLinear.spec_args] and the layer's ``state_dict`` tensors."""
+        """Rebuild (validated) from [`spec_args`][lightning_srigl.condensed.layers.linear.CondensedLinear.spec_args] and
+        the layer's ``state_dict`` tensors."""
         return cls(
             tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"),
             args["in_features"], args["out_features"], args.get("backend", "auto"),

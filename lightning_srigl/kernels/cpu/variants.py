@@ -54,8 +54,8 @@ class Variant:
         return [*BASE_FLAGS, *self.machine_flags, *defines]
 
     def build_flags(self) -> list[str]:
-        """:meth:`compile_flags` plus the sources' hash, which the library then carries (see
-        :func:`library_source_hash`)."""
+        """`compile_flags` plus the sources' hash, which the library then carries (see
+        `library_source_hash`)."""
         return [*self.compile_flags(), f"-DLSR_SOURCE_HASH={source_hash()}"]
 
 
@@ -123,7 +123,7 @@ SOURCE_MARKER = b"lightning_srigl-sources:"
 
 
 def library_source_hash(library: Path) -> str | None:
-    """The :func:`source_hash` a built library was compiled from, read from its bytes (no loading)."""
+    """The `source_hash` a built library was compiled from, read from its bytes (no loading)."""
     data = library.read_bytes()
     at = data.find(SOURCE_MARKER)
     if at < 0:

@@ -88,7 +88,7 @@ def _slots(kernel_size: list[int], stride: list[int], dilation: list[int]) -> di
 def tap_offsets(
     channels: int, kernel_size: list[int], stride: list[int], dilation: list[int], plane_shape: tuple[int, int], device: torch.device
 ) -> Tensor:
-    """``(C * kh * kw,)`` int64: the offset of each tap ``(c, ky, kx)`` in a sample of :func:`phase_planes`."""
+    """``(C * kh * kw,)`` int64: the offset of each tap ``(c, ky, kx)`` in a sample of `phase_planes`."""
     (kh, kw), (hq, wq) = kernel_size, plane_shape
     slots = _slots(kernel_size, stride, dilation)
     ky, kx = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing="ij")

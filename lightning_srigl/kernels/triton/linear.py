@@ -9,18 +9,18 @@ neurons of fan-in ``k``. Two regimes, as on the CPU (``csrc/gather_dot.h``, ``cs
 * **large batch**: one program per ``(BLOCK_B batch rows x BLOCK_N neurons)`` tile, reading ``x``
   in ``(in, B)`` layout so that every gathered ``x.T[indices[a, j], b0:b0 + BLOCK_B]`` is one
   contiguous segment (a coalesced load). The ``x.t().contiguous()`` transpose happens inside
-  :func:`condensed_linear_triton` and therefore counts in any timing of it.
+  `condensed_linear_triton` and therefore counts in any timing of it.
 
 Both accumulate in fp32 on CUDA cores (every neuron has its own index set, so there is no shared K
 dimension for tensor cores) and accept fp32 / fp16 / bf16. Values and indices are read through
-their strides; both kernels were designed for the layout of :func:`prepare_triton_layout`, ``(A, k)``
+their strides; both kernels were designed for the layout of `prepare_triton_layout`, ``(A, k)``
 views over ``(k, A)`` storage, in which a warp reads the ``j``-th entries of consecutive neurons
 contiguously (coalesced). ``CondensedLinear`` builds that layout once per set of buffers and passes
 it on every call; any other strides give the same result, only slower.
 
-Entry points: :func:`condensed_linear_triton` validates its arguments and picks the regime;
-:func:`gather_gemv` and :func:`gather_tiled` launch one kernel each on validated tensors and write
-into a caller-provided ``(B, A)`` output of any strides. :func:`gather_tiled` takes the input as any
+Entry points: `condensed_linear_triton` validates its arguments and picks the regime;
+`gather_gemv` and `gather_tiled` launch one kernel each on validated tensors and write
+into a caller-provided ``(B, A)`` output of any strides. `gather_tiled` takes the input as any
 strided ``(in, B)`` operand, so a caller with its own layout (e.g. a condensed convolution whose
 "batch" is the output pixels) can launch it without the ``x.t().contiguous()`` copy.
 
@@ -209,7 +209,7 @@ def condensed_linear_triton(x2d: Tensor, values: Tensor, indices: Tensor, bias_a
 
     Args:
         x2d: ``(B, in)`` input.
-        values: ``(A, k)`` condensed weights (any strides; see :func:`prepare_triton_layout`).
+        values: ``(A, k)`` condensed weights (any strides; see `prepare_triton_layout`).
         indices: ``(A, k)`` int16/int32 input column of each weight, in ``[0, in)``.
         bias_active: ``(A,)`` bias of the active neurons, or ``None``.
 
@@ -217,7 +217,7 @@ def condensed_linear_triton(x2d: Tensor, values: Tensor, indices: Tensor, bias_a
         ``(B, A)`` in ``torch.promote_types(x2d.dtype, values.dtype)``, accumulated in fp32.
         For ``B > SMALL_BATCH`` the input is first transposed to ``(in, B)`` (included here).
 
-    Unsupported device or dtype (see :func:`triton_supported`): warns and computes the same
+    Unsupported device or dtype (see `triton_supported`): warns and computes the same
     product exactly with PyTorch (scatter to a dense ``(A, in)`` weight, then ``F.linear``).
     """
     _check_condensed(values, indices)
@@ -253,7 +253,7 @@ def gather_gemv(x2d: Tensor, values: Tensor, indices: Tensor, bias: Tensor | Non
 
     Args:
         x2d: ``(B, in)``, any strides.
-        values, indices: ``(A, k)``; coalesced in the layout of :func:`prepare_triton_layout`.
+        values, indices: ``(A, k)``; coalesced in the layout of `prepare_triton_layout`.
         bias: ``(A,)`` or None.
         y: ``(B, A)`` output, any strides; offsets must fit in int32.
     """
@@ -278,7 +278,7 @@ def gather_tiled(xt: Tensor, values: Tensor, indices: Tensor, bias: Tensor | Non
     Args:
         xt: the input as an ``(in, B)`` operand of any strides; the gathered loads are coalesced
             when ``xt.stride(1) == 1`` (e.g. ``x2d.t().contiguous()``).
-        values, indices: ``(A, k)``; coalesced in the layout of :func:`prepare_triton_layout`.
+        values, indices: ``(A, k)``; coalesced in the layout of `prepare_triton_layout`.
         bias: ``(A,)`` or None.
         y: ``(B, A)`` output, any strides (e.g. a transposed view writing ``(A, B)`` storage).
     """
