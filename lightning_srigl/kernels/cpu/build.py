@@ -1,11 +1,14 @@
 """Loading a CPU kernel variant: the library built at install time, else a one-time JIT build.
 
-``pip install --no-build-isolation .`` puts one library per variant next to this module
-(``_cpu_<variant>*.so``, see ``setup.py``). A source tree without them (or with libraries built against
-another torch) compiles the variant on first use with ``torch.utils.cpp_extension.load``, printing one
+``pip install --no-build-isolation .`` (or the wheel of ``make wheel``) puts one library per variant next
+to this module (``_cpu_<variant>*.so``, see ``setup.py``). Each library records the hash of its sources
+and the torch version and C++11 ABI flag it was compiled against (``csrc/ops.cpp``); one that does not
+match the sources and the running torch is never loaded (a C++ library loaded into another torch can
+crash). The variant is then compiled on first use with ``torch.utils.cpp_extension.load``, printing one
 line first, into ``$LIGHTNING_SRIGL_CACHE`` (default ``~/.cache/lightning_srigl``) under a folder named by
 the torch version, the variant and a hash of the sources and flags, so installs of different versions
-never rebuild each other's kernels.
+never rebuild each other's kernels. Where that compilation fails (no compiler), `load_variant`
+raises an error naming the mismatch, and ``kernel.py`` falls back to pure torch after one warning.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from torch import Tensor
 
 from lightning_srigl.kernels.cpu.variants import (
     Variant,
-    library_source_hash,
+    library_record,
     source_hash,
     sources,
+    torch_build,
 )
 from lightning_srigl.kernels.fakes import register_cpp_fakes
 
@@ -71,25 +75,32 @@ def build_directory(variant: Variant) -> Path:
     return root / torch.__version__.replace("+", "_") / f"{variant.name}-{source_hash()}"
 
 
-def installed_library(variant: Variant) -> Path | None:
-    """The library ``setup.py`` built for ``variant`` (in the package folder), or None.
+def running_torch_build() -> str:
+    """The [`torch_build`][lightning_srigl.kernels.cpu.variants.torch_build] of the running torch."""
+    return torch_build(torch.__version__, bool(torch._C._GLIBCXX_USE_CXX11_ABI))
 
-    A library built from other sources than the ones beside it (a checkout edited since its install) is
-    not used: one line says so, and the current sources are compiled instead.
-    """
+
+def installed_library(variant: Variant) -> Path | None:
+    """The library ``setup.py`` built for ``variant`` (in the package folder), or None."""
     found = sorted(_PACKAGE_DIR.glob(f"{variant.library}.*so")) + sorted(_PACKAGE_DIR.glob(f"{variant.library}.pyd"))
-    if not found:
-        return None
-    built_from, current = library_source_hash(found[0]), source_hash()
-    if built_from != current:
-        print(
-            f"lightning_srigl: {found[0].name} was built from other kernel sources ({built_from}, now {current}); "
-            "using a fresh build of the current ones (`pip install --no-build-isolation -e .` rebuilds it in place)",
-            file=sys.stderr,
-            flush=True,
+    return found[0] if found else None
+
+
+def mismatch(library: Path) -> str | None:
+    """Why ``library`` must not be loaded here, or None when it was built from the current sources against
+    the running torch (same version, same C++11 ABI flag)."""
+    record = library_record(library)
+    if record.source_hash != source_hash():
+        return (
+            f"{library.name} was built from other kernel sources ({record.source_hash}, now {source_hash()}); "
+            "`pip install --no-build-isolation -e .` rebuilds it in place"
         )
-        return None
-    return found[0]
+    if record.torch_build != running_torch_build():
+        return (
+            f"{library.name} was built against {record.torch_build or 'an unrecorded torch'}, but this is "
+            f"{running_torch_build()}: loading it could crash"
+        )
+    return None
 
 
 def jit_build(variant: Variant) -> Path:
@@ -109,7 +120,7 @@ def jit_build(variant: Variant) -> Path:
     cpp_extension.load(
         name=name,
         sources=[str(source) for source in sources()],
-        extra_cflags=variant.build_flags(),
+        extra_cflags=variant.build_flags(running_torch_build()),
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),
         is_python_module=False,
@@ -119,26 +130,47 @@ def jit_build(variant: Variant) -> Path:
 
 
 def load_variant(variant: Variant) -> KernelOps:
-    """Load ``variant``'s ops (installed library first, else a JIT build); cached per process.
+    """Load ``variant``'s ops (the installed library when it matches the sources and torch, else a JIT
+    build); cached per process.
 
     Raises:
-        RuntimeError / OSError: neither an installed library nor a build was possible.
+        RuntimeError: no installed library matches and compiling the variant failed; the message names
+            why the installed library was refused.
+        OSError, ...: no installed library and compiling failed (no compiler).
     """
     if variant.name in _loaded:
         return _loaded[variant.name]
     with _lock:
         if variant.name not in _loaded:
             library = installed_library(variant)
-            try:
-                if library is None:
-                    raise FileNotFoundError(f"no installed {variant.library} library")
-                torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
-            except OSError:  # missing, or built against another torch (undefined symbols)
-                library = jit_build(variant)
-                torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
+            refused = mismatch(library) if library is not None else None
+            if library is not None and refused is None:
+                try:
+                    torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
+                except OSError as error:  # undefined symbols, a damaged file
+                    refused = f"{library.name} does not load ({error})"
+            if library is None or refused is not None:
+                library = _rebuild(variant, refused)
             register_cpp_fakes(variant.namespace)
             _loaded[variant.name] = _resolve(variant.name, library)
     return _loaded[variant.name]
+
+
+def _rebuild(variant: Variant, refused: str | None) -> Path:
+    """Compile and load ``variant`` instead of an installed library that is missing or was ``refused``."""
+    if refused is not None:
+        print(f"lightning_srigl: {refused}; compiling the kernels from source instead", file=sys.stderr, flush=True)
+    try:
+        library = jit_build(variant)
+        torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
+    except Exception as error:
+        if refused is None:
+            raise
+        raise RuntimeError(
+            f"{refused}, and compiling them here failed ({type(error).__name__}: {str(error)[:200]}); install a "
+            "C++ compiler with OpenMP, or lightning-srigl built against this torch"
+        ) from error
+    return library
 
 
 def _resolve(variant: str, library: Path) -> KernelOps:

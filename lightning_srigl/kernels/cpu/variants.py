@@ -53,10 +53,12 @@ class Variant:
             defines.append(f"-DCPU_CAPABILITY_{self.capability}")
         return [*BASE_FLAGS, *self.machine_flags, *defines]
 
-    def build_flags(self) -> list[str]:
-        """`compile_flags` plus the sources' hash, which the library then carries (see
-        `library_source_hash`)."""
-        return [*self.compile_flags(), f"-DLSR_SOURCE_HASH={source_hash()}"]
+    def build_flags(self, torch_build: str) -> list[str]:
+        """`compile_flags` plus the sources' hash and ``torch_build`` (see `torch_build`), which
+        the library then carries (see `library_record`)."""
+        # Hex in an identifier: a bare "2.4.0+linux" would be macro-expanded (GNU C++ defines `linux`).
+        encoded = "x" + torch_build.encode().hex()
+        return [*self.compile_flags(), f"-DLSR_SOURCE_HASH={source_hash()}", f"-DLSR_TORCH_BUILD={encoded}"]
 
 
 # The same flags ATen builds its own AVX2 / AVX-512 kernels with (plus popcnt and F16C for fp16).
@@ -118,15 +120,52 @@ def source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-# ``csrc/ops.cpp`` embeds this marker followed by the hash it was built from.
+def torch_build(torch_version: str, cxx11_abi: bool) -> str:
+    """What a library's binary interface with torch depends on: the torch version it was compiled against
+    (``torch.__version__``) and libstdc++'s C++11 ABI flag (``torch._C._GLIBCXX_USE_CXX11_ABI``)."""
+    return f"torch {torch_version}, C++11 ABI {int(cxx11_abi)}"
+
+
+# ``csrc/ops.cpp`` embeds these markers, followed by the source hash and the hex of the torch build.
 SOURCE_MARKER = b"lightning_srigl-sources:"
+TORCH_MARKER = b"lightning_srigl-torch:x"
 
 
-def library_source_hash(library: Path) -> str | None:
-    """The `source_hash` a built library was compiled from, read from its bytes (no loading)."""
+@dataclass(frozen=True)
+class LibraryRecord:
+    """What a built library records about its build (None where it carries no record: an older build).
+
+    Attributes:
+        source_hash: the `source_hash` it was compiled from.
+        torch_build: the `torch_build` it was compiled against.
+    """
+
+    source_hash: str | None
+    torch_build: str | None
+
+
+def library_record(library: Path) -> LibraryRecord:
+    """The sources and torch a built library was compiled from, read from its bytes (no loading)."""
     data = library.read_bytes()
-    at = data.find(SOURCE_MARKER)
+    return LibraryRecord(_field(data, SOURCE_MARKER, 16), _torch_field(data))
+
+
+def _field(data: bytes, marker: bytes, length: int | None = None) -> str | None:
+    """The ASCII text after ``marker`` in ``data``: ``length`` bytes, or up to the string's NUL."""
+    at = data.find(marker)
     if at < 0:
         return None
-    start = at + len(SOURCE_MARKER)
-    return data[start : start + 16].decode("ascii", errors="replace")
+    start = at + len(marker)
+    end = start + length if length is not None else data.find(b"\0", start)
+    return data[start:end].decode("ascii", errors="replace")
+
+
+def _torch_field(data: bytes) -> str | None:
+    """The decoded torch build record of a library, None when it has none."""
+    encoded = _field(data, TORCH_MARKER)
+    if encoded is None:
+        return None
+    try:
+        return bytes.fromhex(encoded).decode()
+    except ValueError:  # damaged: compared as a foreign build
+        return f"an unreadable record {encoded[:40]!r}"

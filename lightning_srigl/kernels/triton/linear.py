@@ -50,7 +50,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only where triton is missing
     raise ImportError(
         "lightning_srigl's GPU kernel needs Triton, an optional dependency. "
-        "Install it with: pip install lightning-srigl[kernels]"
+        "Install it with: pip install lightning-srigl[gpu]"
     ) from err
 
 __all__ = [

@@ -27,15 +27,18 @@
 #ifndef LSR_OPS_NAMESPACE
 #error "build with -DLSR_OPS_NAMESPACE=lightning_srigl_<variant> (see lightning_srigl/kernels/cpu/variants.py)"
 #endif
-#ifndef LSR_SOURCE_HASH
-#error "build with -DLSR_SOURCE_HASH=<hash of the sources> (Variant.build_flags in kernels/cpu/variants.py)"
+#if !defined(LSR_SOURCE_HASH) || !defined(LSR_TORCH_BUILD)
+#error "build with -DLSR_SOURCE_HASH=<sources hash> -DLSR_TORCH_BUILD=x<hex> (Variant.build_flags, variants.py)"
 #endif
 #define LSR_STRINGIFY_(x) #x
 #define LSR_STRINGIFY(x) LSR_STRINGIFY_(x)
 
-// The hash of the sources this library was built from; variants.library_source_hash() reads it from
-// the file, so a library older than the sources is rebuilt instead of loaded.
+// The hash of the sources this library was built from, and the torch version and C++11 ABI flag it was
+// compiled against; variants.library_record() reads them from the file, so a library older than the
+// sources, or built for another torch, is rebuilt (or refused) instead of loaded.
 extern "C" __attribute__((used)) const char lsr_source_marker[] = "lightning_srigl-sources:" LSR_STRINGIFY(LSR_SOURCE_HASH);
+extern "C" __attribute__((used)) const char lsr_torch_marker[] =
+    "lightning_srigl-torch:" LSR_STRINGIFY(LSR_TORCH_BUILD);
 
 namespace lightning_srigl {
 inline namespace CPU_CAPABILITY {
