@@ -13,8 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.masking.registry import mask_buffer_name, mask_of, register_mask_
-from lightning_srigl.masking.selection import SparseParameter, qualified_name
+from lightning_srigl.masking.registry import mask_of, register_mask_
+from lightning_srigl.masking.selection import SparseParameter
 from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
 
 
@@ -114,21 +114,6 @@ class MaskedParameters:
             grad = p.param.grad
             if grad is not None and p.fqn not in skip:
                 zero_inactive_(grad, self.step_mask(p.fqn, grad))
-
-    def check_compatible(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
-        """Raise ``ValueError`` if ``state_dict`` (a full model state dict) lacks a mask or has a misfit one."""
-        problems = []
-        for p in self.params:
-            key = prefix + qualified_name(p.module_name, mask_buffer_name(p.param_name))
-            if key not in state_dict:
-                problems.append(f"{key!r} is missing")
-            elif tuple(state_dict[key].shape) != tuple(p.shape):
-                problems.append(f"{key!r} has shape {tuple(state_dict[key].shape)}, expected {tuple(p.shape)}")
-        if problems:
-            raise ValueError(
-                "The checkpoint's masks do not fit this model: " + "; ".join(problems) + ". Use the same "
-                "model and the same include/exclude/dense patterns as the run that wrote it."
-            )
 
     def _param(self, fqn: str) -> SparseParameter:
         try:

@@ -10,7 +10,8 @@ the benchmark (``lightning_srigl.benchmark.layers``) and serialization (its allo
   ``"dense"``, is a plain copy of the masked module and the exact reference for the others;
 * how an input captured before folding reaches the module after folding shrank it (``fit_input``).
 
-Adding a kind (a condensed convolution, say) is one more entry here; nothing else changes.
+Adding a kind is one more entry here, plus the candidate layers it names (each keeping the contract of
+``condensed/layers/contract.py``, and listed in ``INFERENCE_LAYERS`` to be saved and loaded).
 Which modules of a model *are* sparse, and with which mask, is the masking layer's record
 ([`lightning_srigl.masking.masked_weights`][lightning_srigl.masking.masked_weights]); `sparse_layers` joins the two.
 """

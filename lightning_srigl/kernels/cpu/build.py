@@ -34,8 +34,6 @@ from lightning_srigl.kernels.fakes import register_cpp_fakes
 
 CACHE_ENV = "LIGHTNING_SRIGL_CACHE"
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# Seconds one variant took to compile on the 2-core development VM (g++ 12), for the JIT message.
-_BUILD_SECONDS = 25
 
 _lock = threading.Lock()
 _loaded: dict[str, KernelOps] = {}
@@ -112,7 +110,7 @@ def jit_build(variant: Variant) -> Path:
     library = directory / f"{name}.so"
     if not library.exists():
         print(
-            f"lightning_srigl: building the CPU kernel once ({variant.name}), about {_BUILD_SECONDS} s, into {directory}",
+            f"lightning_srigl: building the CPU kernel once ({variant.name}) into {directory}; later runs reuse it",
             file=sys.stderr,
             flush=True,
         )

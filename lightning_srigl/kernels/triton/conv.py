@@ -9,8 +9,8 @@ contiguous (coalesced) run; it accumulates in fp32 on CUDA cores and stores the 
 ``ox < Wo`` to output channel ``rows[a]``. Channels without an active filter hold their bias.
 
 Tested under the Triton interpreter (``TRITON_INTERPRET=1``) on CPU tensors with one fixed tile;
-on a GPU the tiles are autotuned. **No GPU was available while this was written: correctness is
-verified under the interpreter only, GPU speed is unmeasured.**
+on a GPU the tiles are autotuned; ``scripts/gpu_check.sh`` runs the tests and the sweep on a GPU. GPU speed is
+unmeasured in this release (docs/benchmarks.md, "GPU").
 """
 
 from __future__ import annotations

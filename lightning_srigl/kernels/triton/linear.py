@@ -26,8 +26,8 @@ strided ``(in, B)`` operand, so a caller with its own layout (e.g. a condensed c
 
 Testing and status: the kernels are exercised on CPU tensors by the Triton interpreter
 (``TRITON_INTERPRET=1``, read by Triton when this module is imported), which uses one fixed tile
-configuration; on a GPU the tile sizes are autotuned. **No GPU was available while this was
-written: correctness is verified only under the interpreter, GPU speed is unmeasured.**
+configuration; on a GPU the tile sizes are autotuned; ``scripts/gpu_check.sh`` runs the tests and the
+sweep on a GPU. GPU speed is unmeasured in this release (docs/benchmarks.md, "GPU").
 
 Triton is an optional dependency: importing this module without it raises an ``ImportError`` that
 says how to install it.
