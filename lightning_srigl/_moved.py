@@ -1,5 +1,5 @@
-"""The modules that moved in 0.2 (``condensed/`` split into ``kernels/`` and sub-packages), importable by
-their old paths for one release: ``import lightning_srigl.condensed.linear`` gives the module now at
+"""The modules that moved in 0.2 (``condensed/`` split into ``kernels/`` and sub-packages; the callbacks'
+``glue.py`` and ``base.py`` renamed for what they hold), importable by their old paths for one release: ``import lightning_srigl.condensed.linear`` gives the module now at
 ``lightning_srigl.condensed.layers.linear`` (the same module object, so patching either name patches both).
 
 No file sits at an old path, so history follows the moved files. Imports nothing from the package (a leaf
@@ -45,6 +45,9 @@ MOVED_MODULES: dict[str, str] = {
         "registry": "lightning_srigl.condensed.kinds.registry",
         # `condensed.fold` and `condensed.kinds` are packages now that re-export the old modules' names.
     }.items()
+} | {
+    "lightning_srigl.callbacks.glue": "lightning_srigl.callbacks.sparsity_callback",
+    "lightning_srigl.callbacks.base": "lightning_srigl.callbacks.dynamic_sparsity",
 }
 
 

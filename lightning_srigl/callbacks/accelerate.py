@@ -16,7 +16,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_integer, check_flag
-from lightning_srigl.callbacks.glue import check_trainable, log_metrics, run_folder
+from lightning_srigl.callbacks.sparsity_callback import check_trainable, log_metrics, run_folder
 from lightning_srigl.condensed.acceleration.accelerate import (
     AccelerationPlan,
     check_candidates,

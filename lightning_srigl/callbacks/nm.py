@@ -37,7 +37,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_integer, as_real, check_choice, check_flag, check_patterns
-from lightning_srigl.callbacks.glue import SparsityCallback, log_metrics
+from lightning_srigl.callbacks.sparsity_callback import SparsityCallback, log_metrics
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, move_inactive_, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask

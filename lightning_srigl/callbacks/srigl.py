@@ -12,7 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_real, check_patterns
-from lightning_srigl.callbacks.base import DynamicSparsityCallback, Distribution
+from lightning_srigl.callbacks.dynamic_sparsity import DynamicSparsityCallback, Distribution
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import check_patterns_match, matches
 from lightning_srigl.sparsity import (

@@ -6,7 +6,7 @@ The hooks read like the algorithm:
   from one seeded generator (identical on every rank), install them as buffers (before a checkpoint
   is restored, so ``load_state_dict`` fills them), zero the weights there, optionally re-initialise.
   Stage handling, trainer checks and versioned state are
-  [`SparsityCallback`][lightning_srigl.callbacks.glue.SparsityCallback]'s.
+  [`SparsityCallback`][lightning_srigl.callbacks.sparsity_callback.SparsityCallback]'s.
 * ``on_train_start`` — fix the end of exploration from ``trainer.estimated_stepping_batches``; patch
   the sparse linear layers to compute their weight gradient at active positions only
   ([`SparseBackward`][lightning_srigl.training.SparseBackward], ``sparse_backward=True``).
@@ -47,7 +47,7 @@ from lightning_srigl.callbacks.arguments import (
     check_range,
     check_range_int,
 )
-from lightning_srigl.callbacks.glue import (
+from lightning_srigl.callbacks.sparsity_callback import (
     SparsityCallback,
     check_ranks_agree,
     layers_per_optimizer,
