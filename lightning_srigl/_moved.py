@@ -1,5 +1,6 @@
 """The modules that moved in 0.2 (``condensed/`` split into ``kernels/`` and sub-packages; the callbacks'
-``glue.py`` and ``base.py`` renamed for what they hold), importable by their old paths for one release: ``import lightning_srigl.condensed.linear`` gives the module now at
+``glue.py`` and ``base.py`` renamed for what they hold), importable by their old paths for one release:
+``import lightning_srigl.condensed.linear`` gives the module now at
 ``lightning_srigl.condensed.layers.linear`` (the same module object, so patching either name patches both).
 
 No file sits at an old path, so history follows the moved files. Imports nothing from the package (a leaf

@@ -72,7 +72,8 @@ def _version() -> str:
 
 
 def check_one_sparsity_callback(callbacks: Sequence[Any] | None) -> None:
-    """Raise [`ConfigError`][lightning_srigl.cli.ConfigError] when the configured ``trainer.callbacks`` hold two sparsity callbacks.
+    """Raise [`ConfigError`][lightning_srigl.cli.ConfigError] when the configured ``trainer.callbacks`` hold two
+    sparsity callbacks.
 
     ``callbacks`` are the parsed entries (``class_path`` namespaces, dicts or strings).
     """

@@ -248,6 +248,7 @@ def markdown_report(summary: Sequence[dict[str, Any]], meta: dict[str, Any]) -> 
         lines += accuracy_table(summary, dataset)
         lines += ["", "Active neurons (mask rows with at least one weight; mean over seeds) and fan-in of the",
                   "active rows (mean over seeds; max over seeds); batch-1 latency of the first seed's",
-                  "accelerated model (median µs) and its speed-up over the dense model, timed interleaved.", ""]  # fmt: skip
+                  "accelerated model (median µs) and its speed-up over the dense model, "
+                  "timed interleaved.", ""]  # fmt: skip
         lines += topology_table(summary, dataset)
     return "\n".join(lines) + "\n"

@@ -106,7 +106,8 @@ def make_masked_linear(spec: SparseLayerSpec, seed: int = 0) -> tuple[nn.Linear,
 
 
 def parse_method(method: str) -> Method:
-    """``"condensed_graph_bf16" -> Method("condensed", torch.bfloat16, graph=True)``; ``ValueError`` on unknown names."""
+    """``"condensed_graph_bf16" -> Method("condensed", torch.bfloat16, graph=True)``; ``ValueError`` on
+    unknown names."""
     kernel, _, dtype = method.rpartition("_")
     graph = kernel.endswith("_graph")
     kernel = kernel.removesuffix("_graph")

@@ -11,7 +11,8 @@ For a model factory and an input factory, `benchmark_model`:
    ([`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]
    at that batch size, which keeps a dense layer wherever no sparse kernel is faster);
 3. times them end to end in interleaved rounds ([`hot_times`][lightning_srigl.benchmark.timing.hot_times],
-   minimum per call; at 1 thread the timing thread's CPU time, robust on a shared machine), and reports each variant's latency, its speedup over ``dense_fp32``, the max
+   minimum per call; at 1 thread the timing thread's CPU time, robust on a shared machine), and reports each variant's
+   latency, its speedup over ``dense_fp32``, the max
    logit difference from ``dense_fp32`` and its weight bytes (parameters and buffers).
 """
 

@@ -62,7 +62,8 @@ class AccelerateCallback(Callback):
         fold: fold ablated neurons into the following layer where exact.
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
-            (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.acceleration.accelerate.accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
+            (interleaved rounds, fastest sample; see
+            [`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
     """
 
     def __init__(

@@ -91,7 +91,8 @@ def topology_metrics(stats: Sequence[LayerStats], prefix: str) -> dict[str, floa
 def history_record(
     step: int, drop_fraction: float, changed: dict[str, int], metrics: dict[str, float], prefix: str
 ) -> dict[str, Any]:
-    """One topology update for the history: its step, drop fraction, mask change, active neurons and fan-in per layer."""
+    """One topology update for the history: its step, drop fraction, mask change, active neurons and fan-in per
+    layer."""
     return {
         "step": step,
         "drop_fraction": drop_fraction,

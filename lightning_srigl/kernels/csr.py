@@ -53,7 +53,8 @@ def csr_product(
 ) -> Tensor:
     """``(B, in) -> (B, out)`` with the CSR weight of those parts. Batch 1 uses ``F.linear(x, W_csr, b)``
     and larger batches ``addmm(b, W_csr, xᵀ)ᵀ``: the faster torch CSR call for each regime on CPU
-    (measured with ``scripts/bench_condensed_cpu.py``). Under ``torch.inference_mode()`` batch 1 takes the ``addmm`` path too:
+    (measured with ``scripts/bench_condensed_cpu.py``). Under ``torch.inference_mode()`` batch 1 takes the ``addmm``
+    path too:
     torch's sparse ``F.linear`` raises "Cannot set version_counter for inference tensor" there."""
     out_features = crow_indices.shape[0] - 1
     weight = torch.sparse_csr_tensor(crow_indices, col_indices, values, (out_features, in_features), check_invariants=False)

@@ -139,7 +139,8 @@ def neurons_to_ablate(
         weight_score: ``(O, F)`` ``|w|`` of active weights; inactive positions score 0 or below.
         grad_score: ``(O, F)`` ``|dense gradient|``.
         n_keep, n_prune: the update's keep/prune counts (``n_keep`` at most the number of
-            positive ``weight_score`` entries, as [`srigl_update`][lightning_srigl.sparsity.constant_fan_in.srigl_update] guarantees).
+            positive ``weight_score`` entries, as
+            [`srigl_update`][lightning_srigl.sparsity.constant_fan_in.srigl_update] guarantees).
         budget: target nnz of the layer.
         gamma_sal: minimum salient fraction (``< 1``) or count (``>= 1``), must be ``> 0``.
         sparse_fan_in_denominator: relative ``gamma_sal`` is a fraction of the sparse fan-in.
@@ -240,7 +241,8 @@ def srigl_update(
         dense_grad: ``(O, *rest)`` gradient w.r.t. the dense weight (finite).
         budget: target number of active weights (the reference's ``n_max``); must be ``>= O``.
         drop_fraction: fraction of active weights to replace, in ``[0, 1]``.
-        gamma_sal: ablation threshold (0 disables ablation), see [`neurons_to_ablate`][lightning_srigl.sparsity.constant_fan_in.neurons_to_ablate].
+        gamma_sal: ablation threshold (0 disables ablation), see
+            [`neurons_to_ablate`][lightning_srigl.sparsity.constant_fan_in.neurons_to_ablate].
         ablation: False protects this layer from ablation (e.g. the output layer).
         sparse_fan_in_denominator: relative ``gamma_sal`` is a fraction of ``budget // O`` (True)
             or of the dense fan-in ``F`` (False).

@@ -1,4 +1,5 @@
-"""The sampled weight gradient in real fits: taken off the update steps' window, skips the gradient pass, removed after."""
+"""The sampled weight gradient in real fits: taken off the update steps' window, skips the gradient pass, removed
+after."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def instance_forwards(model: nn.Module) -> list[str]:
 
 
 def dense_window(steps: int, delta_t: int, t_end: int, n: int) -> set[int]:
-    """Optimizer steps (counted from 0) whose gradient feeds an update: the n before each multiple of delta_t < t_end."""
+    """Optimizer steps (counted from 0) whose gradient feeds an update: the n before each multiple of delta_t <
+    t_end."""
     return {u - i for u in range(delta_t, t_end, delta_t) for i in range(1, n + 1)} & set(range(steps))
 
 

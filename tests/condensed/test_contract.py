@@ -122,7 +122,8 @@ def masked_net() -> Net:
     masks = {
         "conv.weight": fan_in_mask((4, 3, 3, 3), 9), "linear.weight": fan_in_mask((8, 64), 16),
         "attention.in_proj_weight": fan_in_mask((24, 8), 3, ablated=()),
-        "attention.out_proj.weight": fan_in_mask((8, 8), 3, ablated=()), "head.weight": fan_in_mask((5, 8), 2, ablated=()),
+        "attention.out_proj.weight": fan_in_mask((8, 8), 3, ablated=()),
+        "head.weight": fan_in_mask((5, 8), 2, ablated=()),
     }  # fmt: skip
     with torch.no_grad():
         for fqn, mask in masks.items():
