@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.masking.registry import mask_of, register_mask_
 from lightning_srigl.masking.selection import SparseParameter
 from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
@@ -31,7 +32,7 @@ class MaskedParameters:
             raise ValueError(f"Each sparse parameter must appear once; got {fqns}")
         self.params: list[SparseParameter] = list(params)
         self._by_fqn: dict[str, SparseParameter] = {p.fqn: p for p in params}
-        self._step_masks: dict[str, tuple[Tensor, int, torch.dtype, torch.device, Tensor]] = {}
+        self._step_masks: DerivedCache[Tensor] = DerivedCache()
 
     @property
     def fqns(self) -> list[str]:
@@ -85,13 +86,8 @@ class MaskedParameters:
         ``like`` has another dtype or device.
         """
         mask = self.mask(fqn)
-        cached = self._step_masks.get(fqn)
-        if cached is None or not (
-            cached[0] is mask and cached[1] == mask._version and cached[2] == like.dtype and cached[3] == like.device
-        ):
-            cached = (mask, mask._version, like.dtype, like.device, step_mask(mask, like))
-            self._step_masks[fqn] = cached
-        return cached[4]
+        cached = self._step_masks.get(fqn, (mask,), lambda: step_mask(mask, like), (like.dtype, like.device))
+        return step_mask(mask, like) if cached is None else cached
 
     @torch.no_grad()
     def apply_to_weights_(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.kernels.sampled import SampledLayout, sampled_product, sampled_product_available
 from lightning_srigl.masking import MaskedParameters
 
@@ -144,7 +145,7 @@ class SparseBackward:
         self.masked = masked
         self.enabled = True
         self._patched: dict[str, nn.Module] = {}
-        self._layouts: dict[str, tuple[Tensor, int, SampledLayout]] = {}
+        self._layouts: DerivedCache[SampledLayout] = DerivedCache()
         self._written: dict[str, tuple[torch.UntypedStorage, int, int]] = {}
 
     @property
@@ -180,11 +181,8 @@ class SparseBackward:
         (its version counter moves: ``set_mask_``, ``load_state_dict``, any in-place op; a write through
         ``mask.data`` does not, so change masks through `MaskedParameters`)."""
         mask = self.masked.mask(fqn)
-        cached = self._layouts.get(fqn)
-        if cached is None or cached[0] is not mask or cached[1] != mask._version:
-            cached = (mask, mask._version, SampledLayout.from_mask(mask))
-            self._layouts[fqn] = cached
-        return cached[2]
+        cached = self._layouts.get(fqn, (mask,), lambda: SampledLayout.from_mask(mask))
+        return SampledLayout.from_mask(mask) if cached is None else cached
 
     def record_gradient(self, fqn: str, grad: Tensor) -> None:
         """Note the weight gradient the sampled backward of ``fqn`` just returned (zero where inactive).
