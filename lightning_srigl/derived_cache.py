@@ -1,48 +1,104 @@
-"""A cache of values derived from tensors, rebuilt when a source tensor is replaced or changed in place.
+"""``DerivedCache``: things built from tensors (kernel layouts, mask forms), rebuilt whenever those tensors change.
 
-A tensor's version counter (``t._version``) moves on every in-place write (``copy_``, ``load_state_dict``,
-optimizer steps), and a replaced tensor is another object, so an entry stays valid exactly while every
-source is the same object at the same version (and ``extra``, e.g. a dtype and device, is the same).
-Used for the masks' step masks (``masking/masks.py``), the sampled product's layouts
-(``training/sparse_backward.py``) and ``CondensedLinear``'s kernel layouts. A leaf module: it imports
-nothing from the package, so every layer may use it (docs/design.md).
+A cache keyed on a tensor's identity and version counter misses writes that bypass the counter: through
+``tensor.data`` (a new alias with a counter of its own), a numpy view or DLPack. So the key may also hold
+a `checksum` of a tensor's contents (one pass over it): an edit of any one element, or one that
+scales them all, rebuilds the cached value. Edits through such aliases that keep the checksum (two
+elements swapped between the same byte positions of two 8-byte words) are not seen; in-place torch ops
+on the tensor itself always are (its counter moves). The checksum of a CUDA tensor would wait for the
+device, so only CPU tensors are summed.
+
+The checksum costs one read of the tensor per lookup (for ``CondensedLinear``'s batch-1 layout, one read of
+the values per call: the price of never serving stale weights; ``scripts/bench_layout_checksum.py``
+measures it against a cache keyed on version counters only).
+
+A leaf module (it imports nothing from the package), so every layer may use it.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
+import torch
 from torch import Tensor
 
-__all__ = ["DerivedCache"]
+__all__ = ["DerivedCache", "checksum", "checksum_view"]
 
 T = TypeVar("T")
 
 
-class DerivedCache(Generic[T]):
-    """``key -> build()`` while the ``sources`` it was built from are unchanged (see the module docstring)."""
+def checksum_view(tensor: Tensor) -> Tensor:
+    """A flat view of ``tensor`` whose `checksum` covers all its bytes: int64 words where its size is a
+    whole number of them, else its elements. Shares ``tensor``'s memory, so it sees every later write."""
+    flat = tensor.detach().reshape(-1)
+    return flat.view(torch.int64) if (flat.numel() * flat.element_size()) % 8 == 0 else flat
 
-    __slots__ = ("_entries",)
+
+def checksum(view: Tensor) -> int | float | str:
+    """The wrapping sum of a `checksum_view`: any one changed int64 word changes it, and so does
+    scaling every float (``mul_(2)``). One pass over the memory."""
+    total = view.sum().item()
+    return "nan" if math.isnan(total) else total  # NaN != NaN would rebuild on every call
+
+
+class DerivedCache(Generic[T]):
+    """``kind -> value`` built from tensors, rebuilt when one of them is replaced or changed.
+
+    An entry keeps the tensors it was built from (so their identity can be checked and an ``id`` is
+    never reused), their version counters, and the checksums of the ``summed`` ones. ``clear()`` drops
+    every entry (a module's ``_apply``: ``.to()``, ``.half()``).
+    """
 
     def __init__(self) -> None:
-        self._entries: dict[Hashable, tuple[tuple[Tensor, ...], list[int], Any, T]] = {}
+        self._entries: dict[Hashable, _Entry[T]] = {}
 
-    def get(self, key: Hashable, sources: tuple[Tensor, ...], build: Callable[[], T], extra: Any = None) -> T | None:
-        """The value cached under ``key``, or ``build()`` (then cached) when a source was replaced, changed in
-        place, or ``extra`` differs. ``None`` for sources made under ``torch.inference_mode`` (they have no
-        version counter): callers then compute without the cache."""
+    def get(
+        self, kind: Hashable, watched: Sequence[Tensor], build: Callable[[], T], summed: Sequence[Tensor] = ()
+    ) -> T | None:
+        """The value of ``kind``: cached while ``watched`` (identity and version counter) and the contents of
+        ``summed`` (CPU tensors among them, see the module docstring) are unchanged, else ``build()``.
+
+        Returns None for inference tensors (created under ``torch.inference_mode``: they have no version
+        counter): the caller then works without the cache.
+        """
         try:
-            versions = [t._version for t in sources]  # a list, not a generator: this runs on every call
-        except RuntimeError:  # inference tensors
+            versions = [t._version for t in watched]
+        except RuntimeError:
             return None
-        entry = self._entries.get(key)
-        if entry is None or entry[1] != versions or entry[2] != extra or not all(map(operator.is_, entry[0], sources)):
-            entry = (sources, versions, extra, build())
-            self._entries[key] = entry
-        return entry[3]
+        entry = self._entries.get(kind)
+        if (
+            entry is None
+            or entry.versions != versions
+            or any(a is not b for a, b in zip(entry.tensors, watched))
+            or entry.sums != [checksum(v) for v in entry.views]
+        ):
+            views = [checksum_view(t) for t in summed if t.device.type == "cpu"]
+            entry = _Entry(tuple(watched), versions, views, [checksum(v) for v in views], build())
+            self._entries[kind] = entry
+        return entry.value
+
+    def cached(self, kind: Hashable) -> T | None:
+        """The value cached under ``kind`` (whether or not still valid), or None."""
+        entry = self._entries.get(kind)
+        return None if entry is None else entry.value
+
+    def __contains__(self, kind: Hashable) -> bool:
+        return kind in self._entries
 
     def clear(self) -> None:
-        """Forget every entry (their sources are gone, e.g. after ``module.to(...)``)."""
         self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class _Entry(Generic[T]):
+    tensors: tuple[Tensor, ...]
+    versions: list[int]
+    views: list[Tensor]  # checksum views of the summed tensors
+    sums: list[int | float | str]
+    value: T

@@ -44,7 +44,7 @@ def test_default_condensed_layer_on_cuda_runs_triton_on_the_transposed_layout() 
     x = torch.randn(64, 256, device=CUDA)
     with torch.no_grad():
         _close(layer(x), linear(x), torch.float32)
-    values, indices = layer._layouts["triton"][-1]
+    values, indices = layer._layouts.cached("triton")
     assert values.stride() == (1, layer.n_active) and indices.stride() == (1, layer.n_active)
 
 

@@ -13,8 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_srigl"
 LAYERS = ("sparsity", "masking", "kernels", "condensed", "convert", "training", "callbacks", "benchmark", "cli")
 ENTRY_POINTS = ("__init__", "__main__")  # the lazy exports and `python -m lightning_srigl`
 WITHOUT_LIGHTNING = ("sparsity", "masking", "kernels", "condensed", "convert", "training")
-# What training/ may use besides itself: the masks and the ops, no inference layer (condensed/, convert.py).
-TRAINING_USES = {"sparsity", "masking", "kernels"}
+# What training/ may use besides itself: the masks and the ops, no inference layer (condensed/, convert.py),
+# and the leaf helpers (top-level modules outside LAYERS, which any layer may use).
+TRAINING_USES = {"sparsity", "masking", "kernels"} | {
+    path.stem for path in PACKAGE.glob("*.py") if path.stem not in (*LAYERS, *ENTRY_POINTS)
+}
 
 
 def layer_of(path: Path) -> str:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import inspect
 import io
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.exported import ExportedModel, export_program
 from lightning_srigl.condensed.kinds.registry import INFERENCE_LAYERS
 
 FORMAT = "lightning_srigl.condensed/1"
@@ -140,9 +140,16 @@ def build_from_spec(spec: dict[str, Any], state_dict: dict[str, Tensor], prefix:
             f"refusing to build {type_name!r} at {where or 'the root module'}: only torch.nn modules and "
             f"lightning_srigl's inference layers ({', '.join(sorted(_PACKAGE_LAYERS))}) may be loaded"
         )
+    if type_name in _PACKAGE_LAYERS:
+        own = ((k[len(prefix) :], v) for k, v in state_dict.items() if k.startswith(prefix))
+        tensors = {name: v for name, v in own if "." not in name}
+        args = dict(args)
+        has_bias = args.pop("bias", None)  # recorded by spec_args (files from before it lack it)
+        if has_bias is not None and has_bias is not ("bias" in tensors):
+            found = "missing" if has_bias else "present"
+            raise _malformed(where, f"the layer was saved with bias={has_bias} but {prefix}bias is {found}")
     try:
         if type_name in _PACKAGE_LAYERS:
-            tensors = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
             module = _PACKAGE_LAYERS[type_name].from_spec(args, tensors)
         else:
             with torch.device("meta"):
@@ -158,27 +165,6 @@ def build_from_spec(spec: dict[str, Any], state_dict: dict[str, Tensor], prefix:
     return module
 
 
-def plain_outputs(value: object) -> object:
-    """``value`` with every mapping (a Hugging Face ``ModelOutput``, say) as a plain ``dict`` without
-    ``None`` entries and every sequence as a ``tuple``: containers any torch can rebuild."""
-    if isinstance(value, Mapping):
-        return {str(k): plain_outputs(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (tuple, list)):
-        return tuple(plain_outputs(v) for v in value)
-    return value
-
-
-class PlainOutputs(nn.Module):
-    """``model`` whose outputs pass through `plain_outputs` (what an exported program returns)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args: object) -> object:
-        return plain_outputs(self.model(*args))
-
-
 def save_condensed(
     model: nn.Module,
     path: str | Path,
@@ -189,20 +175,26 @@ def save_condensed(
     without the training code.
 
     Args:
-        model: a model (typically with
-            [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear] layers).
+        model: a model (typically with [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear]
+            layers).
         path: destination file.
         example_input: needed only for models with custom modules; they are captured with
             ``torch.export`` on this input (one tensor or a tuple of positional tensors).
         dynamic_shapes: for the exported format: ``"auto"`` lets every dimension of the example
             input vary where the model allows it (``torch.export.Dim.AUTO``), so the loaded model runs
-            at other batch sizes and sequence lengths; ``None`` fixes the example's shapes; anything
-            else is passed to ``torch.export.export`` as its ``dynamic_shapes``.
+            at other batch sizes and sequence lengths (a batch-1 example too: it is widened to 2 for
+            the capture); ``None`` fixes the example's shapes; anything else is passed to
+            ``torch.export.export`` as its ``dynamic_shapes``.
 
     Returns:
         The format used: ``"spec"`` or ``"exported"``. An exported model returns plain ``dict``s and
         ``tuple``s where the model returned other containers (a Hugging Face ``CausalLMOutput``
-        becomes ``{"logits": ...}``), so loading it needs torch only.
+        becomes ``{"logits": ...}``), so loading it needs torch only; it takes its inputs by position
+        or by their names in ``model.forward`` (``input_ids=``). A Hugging Face model is captured
+        with its cache off (`exported`).
+
+    Raises:
+        ValueError: a custom model without ``example_input``, or one whose outputs are not tensors.
     """
     try:
         payload = {"format": FORMAT, "kind": "spec", "spec": module_spec(model), "state_dict": model.state_dict()}
@@ -211,22 +203,24 @@ def save_condensed(
             raise ValueError(
                 f"{error}; pass example_input=... so the model can be saved as a torch.export program"
             ) from error
-        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-        if isinstance(dynamic_shapes, str) and dynamic_shapes == "auto":
-            dynamic_shapes = tuple({d: torch.export.Dim.AUTO for d in range(x.dim())} for x in inputs)
-        if dynamic_shapes is not None:
-            if not isinstance(dynamic_shapes, (tuple, list)):
-                raise ValueError(
-                    "dynamic_shapes must be 'auto', None, or one entry per positional example input"
-                ) from error
-            dynamic_shapes = (tuple(dynamic_shapes),)  # PlainOutputs.forward takes the inputs as *args
-        buffer = io.BytesIO()
-        program = torch.export.export(PlainOutputs(model.eval()), inputs, dynamic_shapes=dynamic_shapes)
-        torch.export.save(program, buffer)
-        program = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
-        payload = {"format": FORMAT, "kind": "exported", "program": program}
+        program, names = export_program(model, example_input, dynamic_shapes)
+        payload = {"format": FORMAT, "kind": "exported", "program": program, "input_names": list(names)}
     torch.save(payload, path)
     return payload["kind"]
+
+
+def _read(path: str | Path, map_location: str | torch.device | None) -> object:
+    """``torch.load(path, weights_only=True)``; a file that is not a readable torch file raises ``ValueError``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, MemoryError):
+        raise
+    except Exception as error:
+        # torch's own message may advise weights_only=False: wrong advice for a file of unknown origin.
+        raise ValueError(
+            f"{path} is not a condensed model file: it is empty, truncated or not written by save_condensed "
+            f"({type(error).__name__} while reading it)"
+        ) from None
 
 
 def load_condensed(
@@ -246,7 +240,7 @@ def load_condensed(
             (unknown types, bad arguments, shapes, dtypes or indices), or is an exported program
             without ``trust_exported=True``.
     """
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = _read(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} was not written by lightning_srigl.condensed.save_condensed")
     if payload.get("kind") == "exported":
@@ -256,7 +250,10 @@ def load_condensed(
                 "Pass trust_exported=True only if you trust where the file comes from."
             )
         program = torch.export.load(io.BytesIO(payload["program"].numpy().tobytes()))
-        return program.module()
+        names = payload.get("input_names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path}: input_names must be a list of strings")
+        return ExportedModel(program.module(), names)
     state_dict = payload.get("state_dict")
     if payload.get("kind") != "spec" or not isinstance(state_dict, dict):
         raise ValueError(f"{path}: unknown kind {payload.get('kind')!r} or missing state_dict")
@@ -264,7 +261,9 @@ def load_condensed(
         raise ValueError(f"{path}: the state_dict must map names to tensors")
     try:
         model = build_from_spec(payload["spec"], state_dict)
-        model.load_state_dict(state_dict, assign=True)
+        # The inference layers were built from their tensors (validated, index dtypes normalised): keep those.
+        built = {name: t for name, t in model.state_dict(keep_vars=True).items() if not t.is_meta}
+        model.load_state_dict({**state_dict, **built}, assign=True)
     except RecursionError:
         raise ValueError(f"{path}: the architecture tree is nested too deeply") from None
     except RuntimeError as error:

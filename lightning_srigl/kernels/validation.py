@@ -13,7 +13,7 @@ from numbers import Integral
 import torch
 from torch import Tensor
 
-__all__ = ["check_bias", "check_condensed", "check_csr", "check_width"]
+__all__ = ["check_bias", "check_condensed", "check_contiguous", "check_csr", "check_width"]
 
 INDEX_DTYPES = (torch.int16, torch.int32)
 INT16_MAX = 32767
@@ -72,6 +72,7 @@ def check_condensed(
             f"active_rows must be an integer ({n_active},) tensor (one row per active neuron), got "
             f"{active_rows.dtype} of shape {tuple(active_rows.shape)}"
         )
+    check_contiguous(values=values, indices=indices)
     if n_active > out_features:
         raise ValueError(f"{n_active} active neurons cannot fit out_features={out_features}")
     if values.shape[1] > in_features:
@@ -90,6 +91,13 @@ def _check_sorted_in_range(t: Tensor, name: str, limit: int, order: str) -> None
         )
     if t.shape[-1] > 1 and not bool((t[..., 1:] > t[..., :-1]).all()):
         raise ValueError(f"{name} must increase strictly {order}")
+
+
+def check_contiguous(**tensors: Tensor) -> None:
+    """Each named tensor is contiguous (the kernels read it row by row), else ``ValueError``."""
+    for name, tensor in tensors.items():
+        if not tensor.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (the kernels read it row by row); pass {name}.contiguous()")
 
 
 def check_csr(weight: Tensor) -> None:

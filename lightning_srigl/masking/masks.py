@@ -81,13 +81,13 @@ class MaskedParameters:
     def step_mask(self, fqn: str, like: Tensor) -> Tensor:
         """[`step_mask`][lightning_srigl.masking.zeroing.step_mask] of ``fqn``'s mask for tensors like ``like``.
 
-        Made once per topology change: cached until the buffer is replaced or changed in place (its
-        version counter moves on ``set_mask_``, ``load_state_dict`` and any in-place write), or
-        ``like`` has another dtype or device.
+        Made once per topology change: cached until the buffer is replaced or changed (its version
+        counter moves on ``set_mask_``, ``load_state_dict`` and any in-place op; a write through
+        ``mask.data`` or numpy changes its checksum, see `derived_cache`).
         """
         mask = self.mask(fqn)
-        cached = self._step_masks.get(fqn, (mask,), lambda: step_mask(mask, like), (like.dtype, like.device))
-        return step_mask(mask, like) if cached is None else cached
+        form = self._step_masks.get((fqn, like.dtype, like.device), (mask,), lambda: step_mask(mask, like), (mask,))
+        return step_mask(mask, like) if form is None else form
 
     @torch.no_grad()
     def apply_to_weights_(self) -> None:

@@ -177,12 +177,12 @@ class SparseBackward:
         self._written.clear()
 
     def layout(self, fqn: str) -> SampledLayout:
-        """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed in place
-        (its version counter moves: ``set_mask_``, ``load_state_dict``, any in-place op; a write through
-        ``mask.data`` does not, so change masks through `MaskedParameters`)."""
+        """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed (its version
+        counter moves: ``set_mask_``, ``load_state_dict``, any in-place op; a write through ``mask.data``
+        or numpy changes its checksum, see `lightning_srigl.derived_cache`)."""
         mask = self.masked.mask(fqn)
-        cached = self._layouts.get(fqn, (mask,), lambda: SampledLayout.from_mask(mask))
-        return SampledLayout.from_mask(mask) if cached is None else cached
+        layout = self._layouts.get(fqn, (mask,), lambda: SampledLayout.from_mask(mask), (mask,))
+        return SampledLayout.from_mask(mask) if layout is None else layout
 
     def record_gradient(self, fqn: str, grad: Tensor) -> None:
         """Note the weight gradient the sampled backward of ``fqn`` just returned (zero where inactive).

@@ -122,7 +122,7 @@ def test_condensed_linear_batch1_follows_weight_changes(extension):
     x = torch.randn(1, 200)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, linear.weight * mask, linear.bias))
-        assert layer._layouts["cpu_batch1"][-1] is not None
+        assert layer._layouts.cached("cpu_batch1") is not None
         layer.values.mul_(2.0)  # in place: the cached layout must be rebuilt
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, 2 * linear.weight * mask, linear.bias))
         other = CondensedLinear.from_linear(torch.nn.Linear(200, 40), mask)

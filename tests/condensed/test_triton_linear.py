@@ -137,9 +137,9 @@ def test_dtype_change_drops_the_old_layout(device: torch.device) -> None:
     with torch.no_grad():
         _assert_matches(layer, dense, 4)
         layer.half()
-        assert layer._layouts == {}  # the fp32 layout went with the fp32 buffers
+        assert len(layer._layouts) == 0  # the fp32 layout went with the fp32 buffers
         _assert_matches(layer, dense, 4, torch.float16)
-    assert layer._layouts["triton"][-1][0].dtype == torch.float16
+    assert layer._layouts.cached("triton")[0].dtype == torch.float16
 
 
 def test_gradients_flow_through_the_differentiable_op(device: torch.device, launches: list) -> None:

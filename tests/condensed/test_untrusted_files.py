@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_srigl.condensed import CondensedLinear, save_condensed
+from lightning_srigl.condensed import CondensedLinear, load_condensed, save_condensed
 from lightning_srigl.condensed.csr import CSRLinear
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +66,8 @@ TAMPERED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "function_as_type": (_set_type(("2",), "lightning_srigl.condensed.serialization.load_condensed"), r"refusing to build"),
     "builtin_as_type": (_set_type(("1",), "builtins.eval"), r"refusing to build 'builtins.eval'"),
     "non_string_type": (_set_type((), 42), r"refusing to build 42"),
+    "bias_deleted": (lambda payload: payload["state_dict"].pop("2.bias"), r"bias=True but 2.bias is missing"),
+    "noncontiguous_values": (_set("2.values", lambda t: t.t().contiguous().t()), r"values must be contiguous"),
 }
 
 
@@ -118,3 +120,33 @@ def test_layer_constructors_validate_once_and_loading_state_revalidates() -> Non
     bad_csr = torch.sparse_csr_tensor(torch.tensor([0, 1, 2]), torch.tensor([0, 9]), torch.ones(2), (2, 4), check_invariants=False)
     with pytest.raises(ValueError, match="the CSR weight is corrupt"):
         CSRLinear(bad_csr, None)
+
+
+def test_unreadable_files_raise_value_error_without_advising_weights_only_false(tmp_path: Path) -> None:
+    save_condensed(condensed_model(), tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    files = {"empty": b"", "truncated": data[: len(data) // 2], "garbage": os.urandom(4096), "text": b"hello\n" * 50}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match="not a condensed model file") as caught:
+            load_condensed(tmp_path / name)
+        assert "weights_only=False" not in str(caught.value), name
+    with pytest.raises(FileNotFoundError):
+        load_condensed(tmp_path / "missing.pt")
+
+
+def test_active_rows_of_another_integer_dtype_load_as_int64_and_run_at_every_batch(tmp_path: Path) -> None:
+    model = condensed_model()
+    save_condensed(model, tmp_path / "good.pt")
+    payload = torch.load(tmp_path / "good.pt", weights_only=True)
+    payload["state_dict"]["2.active_rows"] = payload["state_dict"]["2.active_rows"].to(torch.int16)
+    torch.save(payload, tmp_path / "int16_rows.pt")
+    loaded = load_condensed(tmp_path / "int16_rows.pt")
+    assert loaded[2].active_rows.dtype == torch.int64
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        for batch in (1, 3):
+            torch.testing.assert_close(loaded(x[:batch]), model(x[:batch]))
+    layer = condensed_model()[2]
+    with pytest.raises(ValueError, match="active_rows must be int64"):
+        layer.load_state_dict({**layer.state_dict(), "active_rows": layer.active_rows.to(torch.int16)}, assign=True)

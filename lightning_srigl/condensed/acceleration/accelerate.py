@@ -134,7 +134,7 @@ def _time_candidates(
     tol = 1e-2 if call.x.dtype in (torch.float16, torch.bfloat16) else 1e-4
     with torch.no_grad():
         reference = call(build_candidate("dense", layer, mask))
-        for name in candidates:
+        for name in (c for c in candidates if c in sparse_kind(layer).candidates):  # the kind's own candidates
             try:
                 candidate = build_candidate(name, layer, mask)
                 out = call(candidate)
@@ -233,15 +233,17 @@ def fold_in_place(model: nn.Module) -> list[str]:
     from lightning_srigl.condensed.fold.batchnorm import fold_batchnorms
     from lightning_srigl.condensed.fold.neurons import fold_ablated_neurons
 
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # each module's own, not the root's
     model.eval()
+    replaced: list[str] = []
     try:
         replaced = list(fold_batchnorms(model))
         replaced += fold_ablated_neurons(model, inplace=True).replaced
     except ValueError as err:
         warnings.warn(f"accelerate: ablated neurons not folded: {err}", stacklevel=2)
     finally:
-        model.train(was_training)
+        for module in model.modules():
+            module.training = modes.get(module, modes[model])  # a module folding made: the model's mode
     return list(dict.fromkeys(replaced))
 
 

@@ -17,27 +17,25 @@ from lightning_srigl.masking import register_mask_
 __all__ = ["replace_module", "restore_dense"]
 
 
+# A module's forward hooks and pre-hooks, as torch keeps them (a handle removes its hook from these dicts).
+_FORWARD_HOOKS = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+)  # fmt: skip
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at ``name`` in ``model`` with the replaced module's forward hooks, forward pre-hooks
-    and ``training`` flag (as ``torch.ao``'s ``swap_module`` keeps hooks); returns ``new``.
+    and ``training`` flag; returns ``new``.
 
-    The hooks are registered anew on ``new`` (but for those it has already, a deep copy of the old module
-    say): handles returned for the old module do not remove them.
+    ``new`` takes over the old module's hook dicts themselves (in place of its own, which for a deep copy
+    of the old module hold copies of the same hooks), so the handles returned when the hooks were
+    registered still remove them.
     """
     old = model.get_submodule(name)
     new.train(old.training)
-    pre_hooks, hooks = list(new._forward_pre_hooks.values()), list(new._forward_hooks.values())
-    for hook_id, hook in old._forward_pre_hooks.items():
-        if hook not in pre_hooks:
-            new.register_forward_pre_hook(hook, with_kwargs=hook_id in old._forward_pre_hooks_with_kwargs)
-    for hook_id, hook in old._forward_hooks.items():
-        if hook in hooks:
-            continue
-        new.register_forward_hook(
-            hook,
-            with_kwargs=hook_id in old._forward_hooks_with_kwargs,
-            always_call=hook_id in old._forward_hooks_always_called,
-        )
+    for hooks in _FORWARD_HOOKS:
+        new.__dict__[hooks] = old.__dict__[hooks]
     model.set_submodule(name, new)
     return new
 

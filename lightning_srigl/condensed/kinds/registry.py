@@ -169,7 +169,8 @@ def tied_layers(model: nn.Module) -> dict[str, list[str]]:
 
 
 def build_candidate(name: str, module: nn.Module, mask: Tensor) -> nn.Module:
-    """Build candidate ``name`` of ``module``'s kind, equal to ``module`` with its weight times ``mask``.
+    """Build candidate ``name`` of ``module``'s kind, equal to ``module`` with its weight times ``mask``, in
+    ``module``'s mode (``training`` or not).
 
     Raises:
         ValueError: ``module`` is of no known kind or its kind has no candidate ``name``; also (like
@@ -181,7 +182,7 @@ def build_candidate(name: str, module: nn.Module, mask: Tensor) -> nn.Module:
         raise ValueError(f"{type(module).__name__} is not a sparse kind that can be accelerated; known: {_kind_names()}")
     if name not in kind.candidates:
         raise ValueError(f"Unknown candidate {name!r} for {type(module).__name__}; choose from {tuple(kind.candidates)}.")
-    return kind.candidates[name](module, mask)
+    return kind.candidates[name](module, mask).train(module.training)  # dropout on or off as the module has it
 
 
 def mark_accelerated(module: nn.Module, candidate: str) -> nn.Module:

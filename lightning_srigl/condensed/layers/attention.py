@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
+from lightning_srigl.condensed.layers.weight_facts import WeightFacts
 
 __all__ = ["ProjectedAttention"]
 
@@ -164,6 +165,37 @@ class ProjectedAttention(nn.Module):
         if args.pop("packed"):
             return cls(out_proj=nn.Identity(), in_proj=nn.Identity(), **args)
         return cls(out_proj=nn.Identity(), q_proj=nn.Identity(), k_proj=nn.Identity(), v_proj=nn.Identity(), **args)
+
+    # What code around an nn.MultiheadAttention reads of it (nn.TransformerEncoderLayer's fast-path checks):
+    # the projections' weights (a condensed projection's is a WeightFacts: shape, dtype, device) and biases.
+    @property
+    def _qkv_same_embed_dim(self) -> bool:
+        return self.in_proj is not None
+
+    @property
+    def in_proj_weight(self) -> Tensor | WeightFacts | None:
+        """``(3E, E)`` packed input projection weight (None with separate projections)."""
+        return None if self.in_proj is None else self.in_proj.weight
+
+    @property
+    def in_proj_bias(self) -> Tensor | None:
+        """``(3E,)`` input projection bias, or None."""
+        if self.in_proj is not None:
+            return self.in_proj.bias
+        biases = [self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]
+        return None if any(b is None for b in biases) else torch.cat(biases)
+
+    @property
+    def q_proj_weight(self) -> Tensor | WeightFacts | None:
+        return None if self.q_proj is None else self.q_proj.weight
+
+    @property
+    def k_proj_weight(self) -> Tensor | WeightFacts | None:
+        return None if self.k_proj is None else self.k_proj.weight
+
+    @property
+    def v_proj_weight(self) -> Tensor | WeightFacts | None:
+        return None if self.v_proj is None else self.v_proj.weight
 
     def forward(
         self,

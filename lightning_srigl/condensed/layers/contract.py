@@ -9,6 +9,10 @@ An inference layer is built from a masked module and turns back into one:
 * ``spec_args()`` / ``from_spec(args, tensors)`` (a classmethod): plain constructor facts and the layer
   rebuilt, validated, from them and its ``state_dict`` tensors (what ``save_condensed`` writes), for every
   layer a ``weights_only`` file can hold (all but ``SemiStructuredLinear``, whose weight is a tensor subclass).
+  A layer with an optional bias also records ``"bias": bool`` in ``spec_args()``: the loader checks the file
+  holds the bias tensor exactly then, and passes ``from_spec`` the other facts;
+* ``weight`` (a property) where the replaced module had one: its shape, dtype and device as a
+  [`WeightFacts`][lightning_srigl.condensed.layers.weight_facts.WeightFacts], for code that reads them.
 
 ``tests/condensed/test_contract.py`` checks every class of ``INFERENCE_LAYERS`` against it.
 """

@@ -35,9 +35,11 @@ from lightning_srigl.kernels.conv import (
     conv_output_size,
     triton_conv,
 )
+from lightning_srigl.condensed.layers.weight_facts import WeightFacts
 from lightning_srigl.kernels.cpu.loader import condensed_linear_cpu, load_extension
 from lightning_srigl.kernels.layout import condense_conv, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear
+from lightning_srigl.kernels.validation import check_contiguous
 
 __all__ = ["CondensedConv1d", "CondensedConv2d", "condense_conv"]
 
@@ -102,6 +104,8 @@ class CondensedConv2d(nn.Module):
         """
         if self.bias is not None and self.bias.shape != (self.out_channels,):
             raise ValueError(f"bias must be ({self.out_channels},), got {tuple(self.bias.shape)}")
+        if self.active_rows.dtype != torch.int64:  # the constructor converts them; a loaded state dict must not
+            raise ValueError(f"active_rows must be int64, got {self.active_rows.dtype}; load active_rows.long()")
         self._check_buffers(self.values, self.indices, self.active_rows)
 
     def _check_buffers(self, values: Tensor, indices: Tensor, rows: Tensor) -> None:
@@ -113,6 +117,7 @@ class CondensedConv2d(nn.Module):
             )
         if indices.dtype not in (torch.int16, torch.int32):
             raise ValueError(f"indices must be int16 or int32, got {indices.dtype}")
+        check_contiguous(values=values, indices=indices)
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.out_channels or rows.unique().numel() != rows.numel()):
             raise ValueError(f"active_rows must be distinct output channels in [0, {self.out_channels})")
         if indices.numel():
@@ -173,12 +178,21 @@ class CondensedConv2d(nn.Module):
             "in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
             "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
             "padding_mode": self.padding_mode, "backend": self.backend, "algorithm": self.algorithm,
+            "bias": self.bias is not None,
         }  # fmt: skip
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedConv2d:
         """Rebuild (validated) from `spec_args` and the layer's ``state_dict`` tensors."""
         return cls(tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"), **args)
+
+    @property
+    def weight(self) -> WeightFacts:
+        """Shape (``nn.Conv2d``'s ``(out, in / groups, kh, kw)``, ``nn.Conv1d``'s ``(out, in / groups, k)``),
+        dtype and device of the dense weight this layer replaced, for code that reads them (no values: see
+        `dense_weight`)."""
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        return WeightFacts(self._dense_shape(torch.empty(shape, device="meta")).shape, self.values, type(self).__name__)
 
     @property
     def fan_in(self) -> int:

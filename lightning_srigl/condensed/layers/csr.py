@@ -64,9 +64,9 @@ class CSRLinear(nn.Module):
         ones = torch.ones_like(self.values, dtype=torch.bool)
         return {"weight": csr_tensor(self.crow_indices, self.col_indices, ones, (self.out_features, self.in_features)).to_dense()}
 
-    def spec_args(self) -> dict[str, int]:
+    def spec_args(self) -> dict[str, int | bool]:
         """Plain constructor facts for [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]."""
-        return {"in_features": self.in_features, "out_features": self.out_features}
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CSRLinear:

@@ -21,6 +21,8 @@ from lightning_srigl.condensed.layers.contract import (
     eager_inference,
     validate_after_load,
 )
+from lightning_srigl.condensed.layers.weight_facts import WeightFacts
+from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.kernels.cpu.loader import (
     batch1_forward,
     batch1_layout,
@@ -85,16 +87,18 @@ class CondensedLinear(nn.Module):
         self.register_buffer("indices", indices)
         self.register_buffer("active_rows", active_rows.long())
         self.register_buffer("bias", bias)
-        # kind -> (values, indices, active_rows, their versions, layout built from them); see _derived_layout.
-        self._layouts: dict[str, tuple[Tensor, Tensor, Tensor, tuple[int, int, int], Any]] = {}
+        self._layouts: DerivedCache[Any] = DerivedCache()  # kernel layouts of the buffers; see _derived_layout
         self.register_load_state_dict_post_hook(validate_after_load)
 
     def check_buffers(self) -> None:
         """Validate the buffers as the constructor does (``check_condensed``, ``check_bias``); run after loading.
 
         Raises:
-            ValueError: naming the tensor that does not fit.
+            ValueError: naming the tensor that does not fit (and ``active_rows`` that are not int64: the
+                constructor converts them, a loaded state dict must hold them so).
         """
+        if self.active_rows.dtype != torch.int64:
+            raise ValueError(f"active_rows must be int64, got {self.active_rows.dtype}; load active_rows.long()")
         check_condensed(self.values, self.indices, self.active_rows, self.in_features, self.out_features)
         check_bias(self.bias, self.out_features, self.values)
 
@@ -131,7 +135,10 @@ class CondensedLinear(nn.Module):
 
     def spec_args(self) -> dict[str, int | str | bool]:
         """Plain constructor facts for [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]."""
-        return {"in_features": self.in_features, "out_features": self.out_features, "backend": self.backend}
+        return {
+            "in_features": self.in_features, "out_features": self.out_features, "backend": self.backend,
+            "bias": self.bias is not None,
+        }  # fmt: skip
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedLinear:
@@ -141,6 +148,12 @@ class CondensedLinear(nn.Module):
             tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"),
             args["in_features"], args["out_features"], args.get("backend", "auto"),
         )  # fmt: skip
+
+    @property
+    def weight(self) -> WeightFacts:
+        """Shape ``(out, in)``, dtype and device of the dense weight this layer replaced, for code that reads
+        them (no values: see `dense_weight`)."""
+        return WeightFacts((self.out_features, self.in_features), self.values, type(self).__name__)
 
     @property
     def fan_in(self) -> int:
@@ -217,34 +230,20 @@ class CondensedLinear(nn.Module):
     def _derived_layout(self, kind: str, build: Callable[[Tensor, Tensor, Tensor], Any]) -> Any:
         """``build(values, indices, active_rows)``, cached under ``kind`` while those buffers stay the same.
 
-        Rebuilt when a buffer is replaced (``load_state_dict(assign=True)``) or changed in place
-        (``load_state_dict``, ``copy_``: its version counter moves), so a layout never serves stale
-        weights; ``.to()`` and other ``_apply`` calls drop every layout. Returns None for buffers created
-        under ``torch.inference_mode`` (they have no version counter): callers then use the buffers.
+        Rebuilt when a buffer is replaced (``load_state_dict(assign=True)``), changed in place
+        (``load_state_dict``, ``copy_``: its version counter moves) or its values are edited past the
+        counter (``layer.values.data.mul_(2)``, a numpy view: the values' checksum changes; see
+        `derived_cache`), so a layout never serves stale weights; ``.to()`` and other
+        ``_apply`` calls drop every layout. Returns None for buffers created under ``torch.inference_mode``
+        (they have no version counter): callers then use the buffers.
         """
         buffers = self._buffers
         values, indices, rows = buffers["values"], buffers["indices"], buffers["active_rows"]
-        try:
-            versions = (values._version, indices._version, rows._version)
-        except RuntimeError:  # inference tensors
-            return None
-        # lightning_srigl.derived_cache.DerivedCache written out for three buffers: this runs on every call,
-        # and the general form costs ~0.4 us more (min of interleaved rounds, 1 thread) than this one.
-        entry = self._layouts.get(kind)
-        if (
-            entry is None
-            or entry[0] is not values
-            or entry[1] is not indices
-            or entry[2] is not rows
-            or entry[3] != versions
-        ):
-            entry = (values, indices, rows, versions, build(values, indices, rows))
-            self._layouts[kind] = entry
-        return entry[4]
+        return self._layouts.get(kind, (values, indices, rows), lambda: build(values, indices, rows), (values,))
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CondensedLinear:
         """Drop the derived layouts (they belong to the old buffers), then move or cast as ``nn.Module`` does."""
-        self._layouts = {}
+        self._layouts = DerivedCache()
         return super()._apply(fn, recurse)
 
     def _scatter_active(self, y: Tensor) -> Tensor:
