@@ -8,9 +8,12 @@ elements swapped between the same byte positions of two 8-byte words) are not se
 on the tensor itself always are (its counter moves). The checksum of a CUDA tensor would wait for the
 device, so only CPU tensors are summed.
 
-The checksum costs one read of the tensor per lookup (for ``CondensedLinear``'s batch-1 layout, one read of
-the values per call: the price of never serving stale weights; ``scripts/bench_layout_checksum.py``
-measures it against a cache keyed on version counters only).
+The full checksum costs one read of the tensor per lookup. On a hot path (``CondensedLinear``'s batch-1
+layout, looked up on every call) a lookup sums a fixed number of evenly strided words instead: it sees
+edits that scale or rewrite the weights wholesale (``layer.values.data.mul_(2)``, a numpy view's
+``*= 2``), not an aliased edit of one element between the sampled words; in-place torch ops on the
+buffer itself are always seen. ``scripts/bench_layout_checksum.py`` measures both against a cache keyed
+on version counters only.
 
 A leaf module (it imports nothing from the package), so every layer may use it.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -30,16 +33,33 @@ __all__ = ["DerivedCache", "checksum", "checksum_view"]
 T = TypeVar("T")
 
 
-def checksum_view(tensor: Tensor) -> Tensor:
-    """A flat view of ``tensor`` whose `checksum` covers all its bytes: int64 words where its size is a
-    whole number of them, else its elements. Shares ``tensor``'s memory, so it sees every later write."""
+def checksum_view(tensor: Tensor, words: int | None = None) -> Tensor | Any:
+    """A flat view of ``tensor`` whose `checksum` covers its bytes: int64 words where its size is a
+    whole number of them, else its elements. Shares ``tensor``'s memory, so it sees every later write.
+
+    Args:
+        tensor: any CPU tensor.
+        words: at most this many words, evenly strided from the first (a fingerprint of fixed cost that
+            still sees ``mul_(2)``-like edits of every element), as a numpy view where numpy is installed
+            (its bytes are compared, a few times cheaper than a torch reduction); None: all of them.
+    """
     flat = tensor.detach().reshape(-1)
-    return flat.view(torch.int64) if (flat.numel() * flat.element_size()) % 8 == 0 else flat
+    flat = flat.view(torch.int64) if (flat.numel() * flat.element_size()) % 8 == 0 else flat
+    if words is None:
+        return flat
+    if flat.numel() > words:
+        flat = flat[:: -(-flat.numel() // words)]
+    try:
+        return flat.numpy()
+    except (ImportError, RuntimeError, TypeError):  # no numpy, or a dtype it lacks (bf16)
+        return flat
 
 
-def checksum(view: Tensor) -> int | float | str:
+def checksum(view: Tensor | Any) -> int | float | str | bytes:
     """The wrapping sum of a `checksum_view`: any one changed int64 word changes it, and so does
-    scaling every float (``mul_(2)``). One pass over the memory."""
+    scaling every float (``mul_(2)``). One pass over the memory. A numpy view's key is its bytes."""
+    if not isinstance(view, Tensor):
+        return bytes(view.tobytes())
     total = view.sum().item()
     return "nan" if math.isnan(total) else total  # NaN != NaN would rebuild on every call
 
@@ -56,10 +76,17 @@ class DerivedCache(Generic[T]):
         self._entries: dict[Hashable, _Entry[T]] = {}
 
     def get(
-        self, kind: Hashable, watched: Sequence[Tensor], build: Callable[[], T], summed: Sequence[Tensor] = ()
+        self,
+        kind: Hashable,
+        watched: Sequence[Tensor],
+        build: Callable[[], T],
+        summed: Sequence[Tensor] = (),
+        words: int | None = None,
     ) -> T | None:
         """The value of ``kind``: cached while ``watched`` (identity and version counter) and the contents of
         ``summed`` (CPU tensors among them, see the module docstring) are unchanged, else ``build()``.
+        ``words``: checksum at most this many evenly strided words of each ``summed`` tensor
+        (`checksum_view`), for lookups on a hot path.
 
         Returns None for inference tensors (created under ``torch.inference_mode``: they have no version
         counter): the caller then works without the cache.
@@ -75,7 +102,7 @@ class DerivedCache(Generic[T]):
             or any(a is not b for a, b in zip(entry.tensors, watched))
             or entry.sums != [checksum(v) for v in entry.views]
         ):
-            views = [checksum_view(t) for t in summed if t.device.type == "cpu"]
+            views = [checksum_view(t, words) for t in summed if t.device.type == "cpu"]
             entry = _Entry(tuple(watched), versions, views, [checksum(v) for v in views], build())
             self._entries[kind] = entry
         return entry.value
@@ -99,6 +126,6 @@ class DerivedCache(Generic[T]):
 class _Entry(Generic[T]):
     tensors: tuple[Tensor, ...]
     versions: list[int]
-    views: list[Tensor]  # checksum views of the summed tensors
-    sums: list[int | float | str]
+    views: list[Tensor | Any]  # checksum views of the summed tensors
+    sums: list[int | float | str | bytes]
     value: T

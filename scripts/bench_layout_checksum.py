@@ -3,7 +3,8 @@
 Usage: ``python scripts/bench_layout_checksum.py``. Per layer (90 % sparsity, constant fan-in), times:
 
 * ``checked``: ``layer(x)`` as shipped: the batch-1 layout is looked up under the buffers' identities,
-  version counters and a checksum of the values (``lightning_srigl/derived_cache.py``), so edits
+  version counters and a checksum of ``LAYOUT_CHECK_WORDS`` strided words of the values
+  (``lightning_srigl/derived_cache.py``), so wholesale edits
   through ``.data`` or numpy are seen;
 * ``versions_only``: the same call with the layout looked up under identities and version counters only
   (what the cache keyed on before: it serves stale weights after a ``.data`` edit).

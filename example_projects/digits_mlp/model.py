@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from example_projects.common.classification import ClassificationModule, Recipe
 
@@ -36,3 +38,18 @@ class DigitsMLP(ClassificationModule):
     def __init__(self, hidden: tuple[int, ...] = (512, 512), recipe: Recipe = DIGITS_RECIPE) -> None:
         super().__init__(mlp(64, hidden, 10), recipe)
         self.save_hyperparameters()
+
+
+class ShardedDigitsMLP(DigitsMLP):
+    """:class:`DigitsMLP` for ``ModelParallelStrategy`` (FSDP2): ``configure_model`` applies ``fully_shard`` to
+    every ``Linear`` and then to the whole module, over the data-parallel mesh dimension, so each rank holds
+    whole neurons (rows) of every layer (docs/distributed.md). Under any other strategy it is ``DigitsMLP``."""
+
+    def configure_model(self) -> None:
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or isinstance(self, FSDPModule):
+            return  # not sharded, or sharded already (configure_model runs again for test/predict)
+        mesh = self.device_mesh["data_parallel"]
+        for layer in self.net.modules():
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self, mesh=mesh)

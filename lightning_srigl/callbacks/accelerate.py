@@ -20,6 +20,7 @@ from lightning_srigl.callbacks.sparsity_callback import check_trainable, log_met
 from lightning_srigl.condensed.acceleration.accelerate import (
     AccelerationPlan,
     check_candidates,
+    check_quantize,
     fit_inputs_to_layers,
     fold_in_place,
     plan_acceleration,
@@ -30,9 +31,10 @@ from lightning_srigl.condensed.acceleration.accelerate import (
 )
 from lightning_srigl.condensed.acceleration.report import AccelerationReport
 from lightning_srigl.condensed.acceleration.layer_call import LayerCall
+from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.logs import rank_zero_info
-from lightning_srigl.masking import masked_weights, qualified_name
+from lightning_srigl.masking import masked_weights, qualified_name, unshard_modules_
 
 REPORT_FILENAME = "acceleration.csv"
 
@@ -43,8 +45,10 @@ class AccelerateCallback(Callback):
     During fit it keeps (by reference, no copy) the latest input of every layer of an accelerable
     kind (``nn.Linear``; ``lightning_srigl.condensed.kinds.registry``). At ``on_fit_end`` rank 0 times
     the exact candidates of the masked ones on those real inputs and installs the modules it timed;
-    the other ranks build the same choice (broadcast). The report is printed, logged
-    (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
+    the other ranks build the same choice (broadcast). After an FSDP2 fit (``ModelParallelStrategy``) the
+    layers it may change are first gathered into plain modules with whole weights and masks, on every rank.
+    The report is printed, logged (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first
+    logger's folder
     (else ``trainer.default_root_dir``) on rank 0. Afterwards ``trainer.test()``, ``trainer.predict()``
     and ``trainer.validate()`` run the accelerated model; a later ``trainer.fit()`` on it is refused
     (its sparse layers are gone), before any weight changes.
@@ -63,7 +67,9 @@ class AccelerateCallback(Callback):
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
             (interleaved rounds, fastest sample; see
-            [`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
+            [`lightning_srigl.condensed.acceleration.accelerate.accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
+        quantize, error_budget: ``"int8"`` also tries int8 layers, calibrated on the captured inputs and
+            kept within ``error_budget`` (relative output error); as for ``accelerate``.
     """
 
     def __init__(
@@ -74,6 +80,8 @@ class AccelerateCallback(Callback):
         verbose: bool = True,
         warmup: int = 3,
         repeats: int = 10,
+        quantize: str | None = None,
+        error_budget: float = DEFAULT_ERROR_BUDGET,
     ) -> None:
         if batch_size is not None:
             batch_size = as_integer(batch_size, "batch_size", 1, "or None to time at the training batch size")
@@ -83,6 +91,8 @@ class AccelerateCallback(Callback):
         self.verbose = check_flag(verbose, "verbose")
         self.warmup = as_integer(warmup, "warmup", 0)
         self.repeats = as_integer(repeats, "repeats", 1)
+        check_quantize(quantize, error_budget)
+        self.quantize, self.error_budget = quantize, error_budget
         self.report: AccelerationReport | None = None
         self._inputs: dict[str, LayerCall] = {}
         self._handles: list[RemovableHandle] = []
@@ -130,6 +140,8 @@ class AccelerateCallback(Callback):
         if not inputs:
             rank_zero_warn("AccelerateCallback: no sparse layer ran during fit; nothing was accelerated.")
             return
+        # FSDP2: the layers folding and swapping may change become plain modules with whole weights and masks
+        unshard_modules_(pl_module, _foldable_modules(pl_module))
         self._snapshot = snapshot_modules(pl_module, _foldable_modules(pl_module))
         self._fold_and_swap(pl_module, inputs if trainer.is_global_zero else None, trainer)
         if trainer.is_global_zero:
@@ -166,8 +178,9 @@ class AccelerateCallback(Callback):
         """Time the candidates of each sparse layer on its captured input ``(..., in)`` (the model is
         in eval mode) and keep the fastest; override to choose otherwise."""
         return plan_acceleration(
-            pl_module, inputs, candidates=self.candidates, warmup=self.warmup, repeats=self.repeats
-        )
+            pl_module, inputs, candidates=self.candidates, warmup=self.warmup, repeats=self.repeats,
+            quantize=self.quantize, error_budget=self.error_budget,
+        )  # fmt: skip
 
     def _publish(self, trainer: pl.Trainer, report: AccelerationReport) -> None:
         """Rank 0 only: print, log and save the report (nothing here is a collective)."""

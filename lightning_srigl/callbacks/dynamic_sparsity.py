@@ -5,8 +5,9 @@ The hooks read like the algorithm:
 * ``setup`` (``fit``) — select the sparse weights, allocate per-layer budgets, draw the initial masks
   from one seeded generator (identical on every rank), install them as buffers (before a checkpoint
   is restored, so ``load_state_dict`` fills them), zero the weights there, optionally re-initialise.
-  Stage handling, trainer checks and versioned state are
-  [`SparsityCallback`][lightning_srigl.callbacks.sparsity_callback.SparsityCallback]'s.
+  Under FSDP2 (``ModelParallelStrategy``) this runs at ``on_fit_start``, and masks and per-weight state
+  hold this rank's rows ([`sharding`][lightning_srigl.masking.sharding]). Stage handling, trainer checks and
+  versioned state are [`SparsityCallback`][lightning_srigl.callbacks.sparsity_callback.SparsityCallback]'s.
 * ``on_train_start`` — fix the end of exploration from ``trainer.estimated_stepping_batches``; patch
   the sparse linear layers to compute their weight gradient at active positions only
   ([`SparseBackward`][lightning_srigl.training.SparseBackward], ``sparse_backward=True``).
@@ -65,10 +66,21 @@ from lightning_srigl.callbacks.report import (
     topology_metrics,
 )
 from lightning_srigl.logs import rank_zero_info
-from lightning_srigl.masking import MaskedParameters, check_patterns_match, matches, select_parameters
-from lightning_srigl.masking import zero_inactive_, zero_optimizer_state_
-from lightning_srigl.training import SparseBackward
+from lightning_srigl.masking import (
+    MaskedParameters,
+    check_patterns_match,
+    gather_rows,
+    local_part,
+    matches,
+    reducer_for,
+    select_parameters,
+    zero_inactive_,
+    zero_optimizer_state_,
+)
 from lightning_srigl.sparsity import (
+    LayerInputs,
+    LocalReducer,
+    Reducer,
     all_finite,
     check_sparsity,
     cosine_drop_fraction,
@@ -80,7 +92,9 @@ from lightning_srigl.sparsity import (
     sparse_init_,
     uniform_densities,
     update_due,
+    update_groups,
 )
+from lightning_srigl.training import SparseBackward
 
 Distribution = Literal["erk", "uniform"]
 
@@ -89,10 +103,11 @@ class DynamicSparsityCallback(SparsityCallback):
     """Shared engine of the dynamic sparse training callbacks.
 
     Subclasses provide the initial mask (`initial_mask`) and one layer's topology update
-    (`layer_update`). See [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback] for the arguments.
+    (`layer_updates`). See [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback] for the arguments.
     """
 
     metric_prefix = "sparsity"
+    supports_row_sharding = True
     mask_defining = frozenset({"method", "sparsity", "distribution", "include", "exclude", "dense"})
 
     def __init__(
@@ -151,6 +166,7 @@ class DynamicSparsityCallback(SparsityCallback):
         self._fqns_of: dict[int, list[str]] = {}
         self.remask = RemaskPolicy()
         self._backward: SparseBackward | None = None
+        self._reducer: Reducer = LocalReducer()
         self._trust_sampled_gradients = False
 
     # ---- what a method must provide -------------------------------------------------------
@@ -163,11 +179,14 @@ class DynamicSparsityCallback(SparsityCallback):
         """
         raise NotImplementedError
 
-    def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
-    ) -> tuple[Tensor, Tensor]:
-        """One layer's topology update: ``(new_mask, grown)``, both ``BoolTensor(weight.shape)``, with
-        about ``target`` active weights (as for `initial_mask`)."""
+    def layer_updates(
+        self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer, carry: int
+    ) -> list[tuple[Tensor, Tensor]]:
+        """The topology update of ``layers`` (named ``fqns``): per layer ``(new_mask, grown)``, both bool and
+        shaped like its ``mask``, with about the layer's budget of active weights plus ``carry``, the rounding
+        the layers before left (as for `initial_mask`; a method that keeps every budget exactly ignores
+        it). Each layer is whole or this process's shard of its rows; ``reducer`` runs the layer-wide steps
+        ([`lightning_srigl.sparsity.reducer`][lightning_srigl.sparsity.reducer])."""
         raise NotImplementedError
 
     def allocate_densities(self, names: list[str], shapes: list[tuple[int, ...]], pinned: list[int]) -> list[float]:
@@ -204,12 +223,13 @@ class DynamicSparsityCallback(SparsityCallback):
         self._reset_run_state()
         self._build_layers(pl_module)
         assert self.masked is not None
+        self._reducer = reducer_for(self.masked.params)  # refuses weights not sharded by rows, before any change
         if self.adopt_existing_masks(pl_module, self.masked.fqns):
             rank_zero_info(f"{type(self).__name__}: training on with the masks already installed on the model")
         else:
             self._install_initial_masks()
-        self._ever_active = {fqn: m.clone() for fqn, m in self.masked.masks().items()}
-        check_ranks_agree(trainer, self.masked, type(self).__name__)
+        self._ever_active = {fqn: self.masked.local(fqn, m).clone() for fqn, m in self.masked.masks().items()}
+        check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
 
     def _reset_run_state(self) -> None:
         """Forget a previous fit's schedule; a checkpoint restored after ``setup`` refills it."""
@@ -236,11 +256,13 @@ class DynamicSparsityCallback(SparsityCallback):
                 f"but the first is at delta_t={self.delta_t}; lower delta_t or train longer"
             )
         assert self.masked is not None
-        masks = self.masked.masks()
-        ever = {fqn: self._ever_active.get(fqn, mask) for fqn, mask in masks.items()}
+        local = self.masked.local
+        masks = {fqn: local(fqn, mask) for fqn, mask in self.masked.masks().items()}
+        ever = {fqn: local(fqn, self._ever_active.get(fqn, mask)) for fqn, mask in masks.items()}
         self._ever_active = {fqn: e.to(masks[fqn].device) | masks[fqn] for fqn, e in ever.items()}
-        self._grad_sums = {fqn: g.to(masks[fqn].device) for fqn, g in self._grad_sums.items()}
+        self._grad_sums = {fqn: local(fqn, g).to(masks[fqn].device) for fqn, g in self._grad_sums.items()}
         self._fqns_of = layers_per_optimizer(trainer, self.masked)
+        self.masked.forget_step_masks()  # a distributed checkpoint loads masks without moving version counters
         self.remask.start(trainer, pl_module, self, self.masked, self._fqns_of)
         self._last_step = trainer.global_step
         if self.sparse_backward:
@@ -293,9 +315,11 @@ class DynamicSparsityCallback(SparsityCallback):
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_end(trainer, pl_module)
-        if not self.report or not trainer.is_global_zero or self.masked is None:
+        if not self.report or self.masked is None:
             return
-        stats = self._layer_stats()
+        stats = self._layer_stats()  # on every rank: the counts of sharded masks are summed over ranks
+        if not trainer.is_global_zero:
+            return
         dense = [dense_layer_stats(name, shape) for name, shape in self.dense_shapes.items()]
         parameters = sum(p.numel() for p in pl_module.parameters())
         print_layer_table(stats, f"{type(self).__name__}: sparse layers at the end of fit", dense, parameters)
@@ -305,11 +329,14 @@ class DynamicSparsityCallback(SparsityCallback):
 
     @override
     def resumable_state(self) -> dict[str, Any]:
+        """The state; per-weight tensors whole (gathered over the ranks that shard a weight's rows, on every
+        rank, as Lightning asks every rank for it), so any rank, or a run with another layout, resumes it."""
+        whole = self._whole_tensors
         return {
             "t_end": self.t_end,
-            "grad_sums": {fqn: g.to("cpu", copy=True) for fqn, g in self._grad_sums.items()},
-            "grads_finite": self._grads_finite,
-            "ever_active": {fqn: e.to("cpu", copy=True) for fqn, e in self._ever_active.items()},
+            "grad_sums": whole(self._grad_sums),
+            "grads_finite": self._agreed_finite(self._grads_finite),
+            "ever_active": whole(self._ever_active),
             "skipped_updates": self.skipped_updates,
             "history": list(self.history),
         }
@@ -335,6 +362,16 @@ class DynamicSparsityCallback(SparsityCallback):
         self._ever_active = dict(state["ever_active"])  # {}: rebuilt from the loaded masks at train start
         self.skipped_updates = state["skipped_updates"]
         self.history = list(state["history"])
+
+    def _whole_tensors(self, per_weight: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{fqn: this process's rows}`` -> ``{fqn: the whole tensor}`` on the CPU (gathered when sharded)."""
+        if self.masked is None:
+            return {fqn: t.to("cpu", copy=True) for fqn, t in per_weight.items()}
+        return {fqn: gather_rows(t, self.masked.param(fqn)).to("cpu", copy=True) for fqn, t in per_weight.items()}
+
+    def _agreed_finite(self, finite: bool) -> bool:
+        """``finite`` on every rank that shares the update (a sharded gradient is checked part by part)."""
+        return self._reducer.sum([0 if finite else 1])[0] == 0
 
     # ---- steps of the algorithm -----------------------------------------------------------
     def _build_layers(self, pl_module: LightningModule) -> None:
@@ -376,9 +413,11 @@ class DynamicSparsityCallback(SparsityCallback):
         self.masked.apply_to_weights_()
         self._log_budget()
         if self.sparse_init:
-            for fqn, mask in self.masked.masks().items():
-                weight = rows(fqn, self.masked.param(fqn).data)
-                sparse_init_(weight, rows(fqn, mask), generator, std_quirk=self.init_std_quirk)
+            for fqn, mask in masks.items():
+                param = self.masked.param(fqn)
+                weight = torch.empty(param.shape, dtype=param.dtype, device=param.device)  # the whole weight
+                sparse_init_(rows(fqn, weight), rows(fqn, mask), generator, std_quirk=self.init_std_quirk)
+                self.masked.local(fqn, param.data).copy_(self.masked.local(fqn, weight))
             rank_zero_info(
                 f"{type(self).__name__}: re-initialised the kept weights of {len(self.budgets)} layers for their "
                 "sparse fan-in (the paper's recipe from scratch); pass sparse_init=False to keep pretrained values"
@@ -390,7 +429,8 @@ class DynamicSparsityCallback(SparsityCallback):
         masks = self.masked.masks()
         if not masks:
             return
-        held, asked = sum(int(m.count_nonzero()) for m in masks.values()), sum(self.budgets.values())
+        local = [int(self.masked.local(fqn, mask).count_nonzero()) for fqn, mask in masks.items()]
+        held, asked = sum(self._reducer.sum(local)), sum(self.budgets.values())  # summed over shards
         total = sum(m.numel() for m in masks.values())
         rank_zero_info(
             f"{type(self).__name__}: {held} active weights in {len(masks)} sparse layers (density {held / total:.4%}) "
@@ -425,7 +465,7 @@ class DynamicSparsityCallback(SparsityCallback):
         assert self.masked is not None
         for fqn in fqns:
             param = self.masked.param(fqn)
-            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            grad = local_part(param.grad) if param.grad is not None else torch.zeros_like(local_part(param.data))
             self._grads_finite = self._grads_finite and all_finite(grad)
             scaled = grad.detach() / self.grad_accumulation_n
             self._grad_sums[fqn] = self._grad_sums[fqn].add_(scaled) if fqn in self._grad_sums else scaled
@@ -437,7 +477,7 @@ class DynamicSparsityCallback(SparsityCallback):
         grads, finite = self._grad_sums, self._grads_finite
         self._grad_sums, self._grads_finite = {}, True
         weights = {fqn: self.masked.param(fqn) for fqn in self.masked.fqns}
-        finite = finite and all(all_finite(w) for w in weights.values())
+        finite = self._agreed_finite(finite and all(all_finite(local_part(w.data)) for w in weights.values()))
         if not finite or grads.keys() != weights.keys():
             self.skipped_updates += 1
             reason = "non-finite gradients or weights" if not finite else "no dense gradient was captured"
@@ -445,13 +485,15 @@ class DynamicSparsityCallback(SparsityCallback):
             log_metrics(trainer, {f"{self.metric_prefix}/skipped_updates": float(self.skipped_updates)}, step)
             return
         drop_fraction = cosine_drop_fraction(step, self.t_end, self.alpha)
-        changed: dict[str, int] = {}
+        local_changes: dict[str, int] = {}
+        numels = [weights[fqn].numel() for fqn in self.masked.fqns]
         carry = 0  # the layers so far hold this many weights fewer than their budgets
-        for fqn, weight in weights.items():
-            target = self.budgets[fqn] + carry
-            changed[fqn] = self._update_layer(trainer, fqn, weight, grads.pop(fqn), target, drop_fraction)
-            carry = target - int(self.masked.mask(fqn).count_nonzero())
-        check_ranks_agree(trainer, self.masked, type(self).__name__)
+        for group in update_groups(self.masked.fqns, numels, self._reducer.batch_elements):
+            changes, active = self._update_group(trainer, group, grads, drop_fraction, carry)
+            local_changes.update(changes)
+            carry += sum(self.budgets[fqn] for fqn in group) - sum(self._reducer.sum(active))
+        changed = dict(zip(local_changes, self._reducer.sum(list(local_changes.values()))))
+        check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
         metrics = self._metrics()
         self.history.append(history_record(step, drop_fraction, changed, metrics, self.metric_prefix))
         metrics[f"{self.metric_prefix}/drop_fraction"] = drop_fraction
@@ -460,36 +502,50 @@ class DynamicSparsityCallback(SparsityCallback):
         metrics[f"{self.metric_prefix}/skipped_updates"] = float(self.skipped_updates)
         log_metrics(trainer, metrics, step)
 
-    def _update_layer(
-        self, trainer: Trainer, fqn: str, weight: Tensor, grad_sum: Tensor, target: int, drop_fraction: float
-    ) -> int:
-        """One layer's update in place (mask, weights, optimizer state); returns how many positions changed.
+    def _update_group(
+        self, trainer: Trainer, fqns: Sequence[str], grads: dict[str, Tensor], drop_fraction: float, carry: int
+    ) -> tuple[dict[str, int], list[int]]:
+        """Update ``fqns`` together (masks, weights, optimizer state, in place); per layer the number of
+        positions of this process's part that changed, and its active weights there.
 
-        ``grad_sum`` is this callback's own sum, turned into ``|grad|`` in place; the live mask is read,
-        not copied, until the new one is written into it.
+        ``grads`` holds this callback's own gradient sums (this process's rows), turned into ``|grad|``
+        in place and dropped once used; the live masks are read, not copied, until the new ones are written.
         """
         assert self.masked is not None
-        rows = self.masked.rows
-        mask = self.masked.mask(fqn)
-        new, grown = self.layer_update(
-            fqn, rows(fqn, weight.data), rows(fqn, mask), rows(fqn, grad_sum.abs_()), target, drop_fraction
-        )
-        new, grown = rows(fqn, new), rows(fqn, grown)
-        del grad_sum
-        changed = mask_change(mask, new)
-        self.masked.set_mask_(fqn, new)
-        zero_inactive_(weight.data, self.masked.step_mask(fqn, weight))  # the gradient pass reuses this form
-        reset = new.logical_not()
-        reset |= grown
-        for optimizer in trainer.optimizers:
-            zero_optimizer_state_(optimizer, weight, reset)
-        self._ever_active[fqn] |= new
-        return changed
+        rows, local = self.masked.rows, self.masked.local
+        layers = [
+            LayerInputs(
+                rows(fqn, local(fqn, self.masked.param(fqn).data)),
+                rows(fqn, local(fqn, self.masked.mask(fqn))),
+                rows(fqn, grads.pop(fqn).abs_()),
+                self.budgets[fqn],
+            )
+            for fqn in fqns
+        ]
+        results = self.layer_updates(fqns, layers, drop_fraction, self._reducer, carry)
+        del layers
+        changed, active = {}, []
+        for fqn, (new, grown) in zip(fqns, results):
+            weight = self.masked.param(fqn)
+            new, grown = rows(fqn, new), rows(fqn, grown)
+            mask = local(fqn, self.masked.mask(fqn))
+            changed[fqn] = mask_change(mask, new)
+            self.masked.set_mask_(fqn, new)
+            local_weight = local(fqn, weight.data)
+            zero_inactive_(local_weight, self.masked.step_mask(fqn, local_weight))  # the gradient pass reuses it
+            reset = new.logical_not()
+            reset |= grown
+            for optimizer in trainer.optimizers:
+                zero_optimizer_state_(optimizer, weight, reset)
+            self._ever_active[fqn] |= new
+            active.append(int(new.count_nonzero()))
+        return changed, active
 
     # ---- observability and checks ----------------------------------------------------------
     def _layer_stats(self) -> list[LayerStats]:
+        """Every layer's topology; a collective where the weights are sharded (call it on every rank)."""
         assert self.masked is not None
-        return masked_layer_stats(self.masked, self._ever_active)
+        return masked_layer_stats(self.masked, self._ever_active, self._reducer.sum)
 
     def _metrics(self) -> dict[str, float]:
         return topology_metrics(self._layer_stats(), self.metric_prefix)

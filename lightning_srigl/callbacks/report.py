@@ -8,7 +8,7 @@ the topology updates (lines).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from lightning_srigl.masking import MaskedParameters
-from lightning_srigl.sparsity import active_neurons, fan_in, itop_rate
+from lightning_srigl.sparsity import active_neurons, fan_in
 
 
 @dataclass(frozen=True)
@@ -46,27 +46,47 @@ class LayerStats:
         return 100.0 * self.active_neurons / self.shape[0]
 
 
-def layer_stats(name: str, mask: Tensor, ever_active: Tensor) -> LayerStats:
-    """Statistics of a ``(O, *rest)`` bool ``mask``; ``fan_in`` is the mean over active neurons."""
+def layer_counts(mask: Tensor, ever_active: Tensor) -> list[int]:
+    """``[nnz, active neurons, positions ever active]`` of a ``(O, *rest)`` bool ``mask`` (or a part of its
+    rows: the counts add up over parts)."""
     counts = fan_in(mask)
-    active = active_neurons(mask)
-    nnz = int(counts.sum())
+    return [int(counts.sum()), active_neurons(mask), int(ever_active.count_nonzero())]
+
+
+def layer_stats(name: str, shape: tuple[int, ...], counts: Sequence[int]) -> LayerStats:
+    """Statistics of a layer of ``shape`` from its `layer_counts`; ``fan_in`` is the mean over active neurons."""
+    nnz, active, ever = counts
     return LayerStats(
         name=name,
-        shape=tuple(mask.shape),
+        shape=tuple(shape),
         nnz=nnz,
         active_neurons=active,
         fan_in=nnz / active if active else 0.0,
-        itop_rate=itop_rate(ever_active),
+        itop_rate=ever / max(math.prod(shape), 1),
     )
 
 
-def masked_layer_stats(masked: MaskedParameters, ever_active: Mapping[str, Tensor]) -> list[LayerStats]:
+def masked_layer_stats(
+    masked: MaskedParameters,
+    ever_active: Mapping[str, Tensor],
+    total: Callable[[Sequence[int]], list[int]] = list,
+) -> list[LayerStats]:
     """``layer_stats`` of every layer of ``masked``, neuron-major; a layer missing from ``ever_active``
-    (``fqn -> bool mask of the positions ever active``) counts its current mask."""
-    rows = masked.rows
+    (``fqn -> bool mask of the positions ever active``, this process's rows) counts its current mask.
+
+    Args:
+        total: sums counts over the processes that share the layers' rows (e.g. a reducer's ``sum``;
+            a collective then, for every rank to call); the default keeps them (whole layers).
+    """
+    rows, local = masked.rows, masked.local
+    counts = []
+    for fqn, mask in masked.masks().items():
+        mine = local(fqn, mask)
+        counts += layer_counts(rows(fqn, mine), ever_active.get(fqn, mine))
+    summed = total(counts)
     return [
-        layer_stats(fqn, rows(fqn, mask), rows(fqn, ever_active.get(fqn, mask))) for fqn, mask in masked.masks().items()
+        layer_stats(fqn, tuple(rows(fqn, masked.param(fqn)).shape), summed[3 * i : 3 * i + 3])
+        for i, fqn in enumerate(masked.fqns)
     ]
 
 

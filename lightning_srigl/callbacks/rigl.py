@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_srigl.callbacks.dynamic_sparsity import DynamicSparsityCallback
-from lightning_srigl.sparsity import random_unstructured_mask, rigl_update
+from lightning_srigl.sparsity import LayerInputs, Reducer, random_unstructured_mask, rigl_update_layers
 
 
 class RigLCallback(DynamicSparsityCallback):
@@ -33,8 +35,13 @@ class RigLCallback(DynamicSparsityCallback):
         return super().mask_problem(fqn, mask)
 
     @override
-    def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
-    ) -> tuple[Tensor, Tensor]:
-        update = rigl_update(weight, mask, dense_grad, drop_fraction=drop_fraction)
-        return update.mask, update.grown
+    def layer_updates(
+        self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer, carry: int
+    ) -> list[tuple[Tensor, Tensor]]:
+        """RigL keeps every layer's budget exactly, so there is no rounding to carry."""
+        updates = rigl_update_layers(
+            [(layer.weight, layer.mask, layer.dense_grad) for layer in layers],
+            drop_fraction=drop_fraction,
+            reducer=reducer,
+        )
+        return [(u.mask, u.grown) for u in updates]

@@ -1,8 +1,10 @@
 """``SparsityCallback``: the Lightning glue every sparsity callback shares (no mask math here).
 
-* ``setup`` — in ``fit``: one sparsity callback per Trainer, a strategy that keeps whole weights on
-  every rank, a model that was not accelerated for inference, then the subclass's
-  `SparsityCallback.setup_fit`. In ``validate``/``test``/``predict`` nothing is selected and no
+* ``setup`` — in ``fit``: one sparsity callback per Trainer, a strategy that keeps whole neurons on
+  every rank (DDP; FSDP2 with weights sharded by rows for the callbacks that support it, whose
+  `SparsityCallback.setup_fit` then runs at ``on_fit_start``, once the model is built and sharded),
+  a model that was not accelerated for inference, then the subclass's `SparsityCallback.setup_fit`. In
+  ``validate``/``test``/``predict`` nothing is selected and no
   mask is made up: the model only *accepts* the masks a loaded checkpoint carries
   ([`accept_masks_on_load`][lightning_srigl.masking.accept_masks_on_load]), so a later ``fit`` never mistakes
   placeholders for trained masks.
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,13 +45,19 @@ from lightning_srigl.masking import (
     mask_buffer_name,
     masked_weights,
     qualified_name,
+    row_sharding,
     sparsifiable_weights,
     split_frozen,
 )
+from lightning_srigl.sparsity import LocalReducer, Reducer
 
 STATE_VERSION = 3  # 1: before the state carried a version; 2: before it named the method
 _METHODS = ("SRigLCallback", "RigLCallback", "NMSparsityCallback")  # the state keys of states without a method
-_SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+WHAT_WORKS = (
+    "use DDP (strategy='ddp'), or ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1) with "
+    "torch.distributed.fsdp.fully_shard applied in LightningModule.configure_model (FSDP2: each rank holds whole "
+    "neurons); see docs/distributed.md"
+)
 
 
 def run_folder(trainer: Trainer) -> Path:
@@ -83,15 +92,34 @@ def layers_per_optimizer(trainer: Trainer, masked: MaskedParameters) -> dict[int
     return per_optimizer
 
 
-def check_ranks_agree(trainer: Trainer, masked: MaskedParameters | None, owner: str) -> None:
-    """Under DDP, compare a cheap per-layer mask fingerprint across ranks (on every rank); raise if they differ."""
+def mask_fingerprint(mask: Tensor, first_row: int = 0) -> list[int]:
+    """``[active positions, sum of their flat indices]`` of a mask, or of its rows from ``first_row`` on (the
+    indices counted in the whole mask, so the fingerprints of a mask's row shards add up to its own)."""
+    offset = first_row * math.prod(mask.shape[1:])
+    positions = mask.reshape(-1).nonzero()
+    return [int(positions.numel()), int(positions.sum()) + offset * int(positions.numel())]
+
+
+def check_ranks_agree(
+    trainer: Trainer, masked: MaskedParameters | None, owner: str, reducer: Reducer | None = None
+) -> None:
+    """Compare a cheap per-layer mask fingerprint across ranks (on every rank); raise if they differ.
+
+    Under DDP every rank holds whole masks; under FSDP2 the fingerprints of a rank's row shards are first
+    summed over the ranks that shard them (``reducer``), so ranks that replicate (HSDP) are compared too.
+    No mask is gathered.
+    """
     if trainer.world_size <= 1 or masked is None or not masked.fqns:
         return
-    fingerprint = torch.stack([torch.stack([m.sum(), m.flatten().nonzero().sum()]) for m in masked.masks().values()])
-    gathered = trainer.strategy.all_gather(fingerprint)
+    local = []
+    for fqn, mask in masked.masks().items():
+        sharding = row_sharding(masked.param(fqn), fqn)
+        local += mask_fingerprint(masked.local(fqn, mask), 0 if sharding is None else sharding.start)
+    summed = (reducer or LocalReducer()).sum(local)
+    gathered = trainer.strategy.all_gather(torch.tensor(summed, dtype=torch.int64))
     if not bool((gathered == gathered[0]).all()):
         raise RuntimeError(
-            f"{owner}: masks differ across DDP ranks. The update is deterministic given identical gradients; "
+            f"{owner}: masks differ across ranks. The update is deterministic given identical gradients; "
             "check that every rank runs the same model and data order per step."
         )
 
@@ -127,10 +155,12 @@ class SparsityCallback(Callback):
     """
 
     mask_defining: frozenset[str] = frozenset()
+    supports_row_sharding = False  # True: ModelParallelStrategy with weights sharded by rows (FSDP2) works
 
     def __init__(self) -> None:
         self._accept_handle: RemovableHandle | None = None
         self._resume_handle: RemovableHandle | None = None
+        self._setup_at_fit_start = False
         self.masked: MaskedParameters | None = None  # the sparse weights, known once fit is set up
 
     # ---- what a subclass provides ------------------------------------------------------------
@@ -174,6 +204,14 @@ class SparsityCallback(Callback):
         self._check_trainer(trainer)
         check_trainable(pl_module, type(self).__name__)
         check_not_pruned(pl_module, type(self).__name__)
+        # ModelParallelStrategy builds and shards the model after this hook (configure_model, then
+        # materialisation) and restores a checkpoint after on_fit_start: select and install masks in between.
+        self._setup_at_fit_start = isinstance(trainer.strategy, ModelParallelStrategy)
+        if not self._setup_at_fit_start:
+            self._set_up_fit(trainer, pl_module)
+
+    def _set_up_fit(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """`setup_fit`, then watch what a checkpoint loads."""
         self.setup_fit(trainer, pl_module)
         if self.masked is not None and not self.masked.fqns:
             rank_zero_warn(
@@ -208,7 +246,12 @@ class SparsityCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Check the masks the model carries now (drawn, adopted, or loaded from ``ckpt_path``)."""
+        """Check the masks the model carries now (drawn, adopted, or loaded from ``ckpt_path``); under
+        ModelParallelStrategy first select the layers and install the masks (the model is sharded now)."""
+        if self._setup_at_fit_start:
+            self._setup_at_fit_start = False
+            check_trainable(pl_module, type(self).__name__)
+            self._set_up_fit(trainer, pl_module)
         self.check_masks()
 
     @override
@@ -220,8 +263,9 @@ class SparsityCallback(Callback):
         check_not_pruned(pl_module, type(self).__name__)
 
     def check_masks(self) -> None:
-        """``ValueError`` naming every mask that breaks `mask_problem`'s rules."""
-        if self.masked is None:
+        """``ValueError`` naming every mask that breaks `mask_problem`'s rules (whole masks only: the
+        rules are about whole layers, and sharded masks are not gathered)."""
+        if self.masked is None or any(row_sharding(p.param, p.fqn) is not None for p in self.masked.params):
             return
         problems = [f"{fqn}: {p}" for fqn, mask in self.masked.masks().items() if (p := self.mask_problem(fqn, mask))]
         if problems:
@@ -289,11 +333,31 @@ class SparsityCallback(Callback):
     def _check_trainer(self, trainer: Trainer) -> None:
         name = type(self).__name__
         strategy = trainer.strategy
-        if isinstance(strategy, _SHARDED_STRATEGIES) or strategy.restore_checkpoint_after_setup:
-            raise ValueError(f"{name} does not support {type(strategy).__name__} (sharded weights); use DDP")
+        if isinstance(strategy, ModelParallelStrategy):
+            self._check_model_parallel(strategy)
+        elif isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy)) or strategy.restore_checkpoint_after_setup:
+            raise ValueError(
+                f"{name} does not support {type(strategy).__name__}: it shards flattened parameters (a neuron's "
+                f"weights may straddle ranks) and restores checkpoints after setup. Instead {WHAT_WORKS}."
+            )
         others = [c for c in trainer.callbacks if isinstance(c, SparsityCallback) and c is not self]
         if others:
             raise ValueError(f"Use one sparsity callback per Trainer; {name} found {type(others[0]).__name__} too")
+
+    def _check_model_parallel(self, strategy: ModelParallelStrategy) -> None:
+        """Accept FSDP2 (rows sharded over the data-parallel dimension); refuse tensor parallelism."""
+        name = type(self).__name__
+        if not self.supports_row_sharding:
+            raise ValueError(f"{name} does not support ModelParallelStrategy yet; use DDP (strategy='ddp')")
+        mesh = strategy.device_mesh
+        names = mesh.mesh_dim_names or ()
+        tensor_parallel = mesh["tensor_parallel"].size() if "tensor_parallel" in names else 1
+        if tensor_parallel > 1:
+            raise ValueError(
+                f"{name} does not support tensor parallelism (tensor_parallel_size={tensor_parallel}): it splits each "
+                f"neuron's fan-in across ranks, while constant fan-in and the top-k updates need whole rows. "
+                f"Instead {WHAT_WORKS}."
+            )
 
     def select_trainable(self, selected: Sequence[SparseParameter]) -> list[SparseParameter]:
         """``selected`` without frozen weights, which stay dense (a frozen weight could never regrow)."""

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
-
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_real, check_patterns
-from lightning_srigl.callbacks.dynamic_sparsity import DynamicSparsityCallback, Distribution
+from lightning_srigl.callbacks.dynamic_sparsity import Distribution, DynamicSparsityCallback
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import check_patterns_match, matches
 from lightning_srigl.sparsity import (
     CONSTANT_FAN_IN,
+    LayerInputs,
+    Reducer,
     Structure,
     check_fan_in_budget,
     check_nm,
@@ -26,7 +28,7 @@ from lightning_srigl.sparsity import (
     nm_drop_grow,
     random_constant_fan_in_mask,
     random_nm_mask,
-    srigl_update,
+    srigl_update_layers,
 )
 
 class SRigLCallback(DynamicSparsityCallback):
@@ -73,7 +75,7 @@ class SRigLCallback(DynamicSparsityCallback):
         sparse_backward: compute the weight gradient of sparse fp32 ``nn.Linear`` layers on the CPU
             only at active positions (the dense product's work times the density; the same masked
             gradient up to summation order), except on the steps whose dense gradient scores the
-            next update. ``False``: the dense gradient, then masked.
+            next update; off for weights sharded by FSDP2. ``False``: the dense gradient, then masked.
     """
 
     metric_prefix = "srigl"
@@ -189,21 +191,23 @@ class SRigLCallback(DynamicSparsityCallback):
         return random_constant_fan_in_mask(shape, fan_in * shape[0], generator)
 
     @override
-    def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
-    ) -> tuple[Tensor, Tensor]:
-        if self.nm is not None:
+    def layer_updates(
+        self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer, carry: int
+    ) -> list[tuple[Tensor, Tensor]]:
+        """N:M: each layer on its own. Constant fan-in: all layers in one ``srigl_update_layers`` whose fan-ins are
+        the nearest to each layer's budget plus the rounding carried from the layers before (``carry`` in)."""
+        if self.nm is not None:  # N:M groups lie inside rows: nothing layer-wide
             n, m = self.nm
-            nm_update = nm_drop_grow(weight, mask, dense_grad, n=n, m=m, drop_fraction=drop_fraction)
-            return nm_update.mask, nm_update.grown
-        update = srigl_update(
-            weight,
-            mask,
-            dense_grad,
-            budget=self.budgets[fqn],
-            target=target,
+            nm_updates = [
+                nm_drop_grow(layer.weight, layer.mask, layer.dense_grad, n=n, m=m, drop_fraction=drop_fraction)
+                for layer in layers
+            ]
+            return [(u.mask, u.grown) for u in nm_updates]
+        updates = srigl_update_layers(
+            [replace(layer, ablation=fqn not in self.protected) for fqn, layer in zip(fqns, layers)],
             drop_fraction=drop_fraction,
             gamma_sal=self.gamma_sal,
-            ablation=self.gamma_sal > 0 and fqn not in self.protected,
+            carry=carry,
+            reducer=reducer,
         )
-        return update.mask, update.grown
+        return [(u.mask, u.grown) for u in updates]

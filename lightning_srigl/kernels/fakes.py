@@ -22,6 +22,8 @@ __all__ = [
     "condensed_linear",
     "conv_output_size",
     "csr_linear",
+    "int8_condensed_linear",
+    "int8_window_layout",
     "register_cpp_fakes",
     "sampled_product",
 ]
@@ -79,13 +81,38 @@ def batch1_forward(x: Tensor, layout: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty((1, out))
 
 
-# The C++ ops of csrc/ops.cpp (all but batch1_supported, which takes no tensor) and their fakes.
+def int8_condensed_linear(
+    x2d: Tensor,
+    weight: Tensor,
+    indices: Tensor,
+    weight_sum: Tensor,
+    weight_scale: Tensor,
+    rows: Tensor,
+    bias: Tensor | None,
+    layout: Tensor | None,
+    out_features: int,
+    input_scale: float | None,
+    input_zero: int | None,
+    mode: int = 0,
+) -> Tensor:
+    """``x2d (B, in)`` -> ``(B, out_features)`` fp32 (``mode`` is the C++ op's test-only knob)."""
+    return x2d.new_empty((x2d.shape[0], out_features))
+
+
+def int8_window_layout(weight: Tensor, indices: Tensor, in_features: int) -> Tensor:
+    """A uint8 layout whose length the weights decide (an unbacked size; 0 where the CPU has no window kernel)."""
+    return weight.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.uint8)
+
+
+# The C++ ops of csrc/ops.cpp (all but batch1_supported and int8_path, which take no tensor) and their fakes.
 CPP_FAKES: dict[str, Callable[..., Tensor]] = {
     "condensed_linear": condensed_linear,
     "batch1_layout": batch1_layout,
     "batch1_forward": batch1_forward,
     "condensed_conv2d": condensed_conv2d,
     "sampled_product": sampled_product,
+    "int8_condensed_linear": int8_condensed_linear,
+    "int8_window_layout": int8_window_layout,
 }
 
 

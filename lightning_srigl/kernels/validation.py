@@ -79,11 +79,11 @@ def check_condensed(
         raise ValueError(f"fan-in {values.shape[1]} exceeds in_features={in_features}")
     if len({values.device, indices.device, active_rows.device}) != 1:
         raise ValueError("values, indices and active_rows must be on one device; move the layer with module.to(...)")
-    _check_sorted_in_range(indices, "indices", in_features, "along each row (sorted, no repeated input)")
-    _check_sorted_in_range(active_rows, "active_rows", out_features, "(sorted, each output row once)")
+    check_sorted_in_range(indices, "indices", in_features, "along each row (sorted, no repeated input)")
+    check_sorted_in_range(active_rows, "active_rows", out_features, "(sorted, each output row once)")
 
 
-def _check_sorted_in_range(t: Tensor, name: str, limit: int, order: str) -> None:
+def check_sorted_in_range(t: Tensor, name: str, limit: int, order: str) -> None:
     """Every entry of ``t`` in ``[0, limit)`` and its last dim strictly increasing, else ``ValueError``."""
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= limit):
         raise ValueError(

@@ -4,6 +4,11 @@
 weights and, through
 ``lightning_srigl.masking.registry``, their mask buffers. Weights are stored dense with zeros at
 inactive positions ("mask simulation"); forward and backward are the ordinary dense ops.
+
+A weight sharded by rows (FSDP2, [`lightning_srigl.masking.sharding`][lightning_srigl.masking.sharding]) has a mask
+sharded alike; the
+per-step work (`MaskedParameters.apply_to_weights_`, `MaskedParameters.apply_to_gradients_`)
+and `MaskedParameters.set_mask_` act on this process's part only, without communication.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import Tensor, nn
 from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.masking.registry import mask_of, register_mask_
 from lightning_srigl.masking.selection import SparseParameter
+from lightning_srigl.masking.sharding import local_part, row_sharding
 from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
 
 
@@ -73,27 +79,53 @@ class MaskedParameters:
         return self._param(fqn).param
 
     def set_mask_(self, fqn: str, new_mask: Tensor) -> None:
-        """Copy ``new_mask`` (``BoolTensor(param.shape)``) into the existing buffer, in place."""
-        p = self._param(fqn)
-        self._check_shape(p, new_mask)
-        self.mask(fqn).copy_(new_mask)
+        """Copy ``new_mask`` into this process's part of the buffer, in place.
+
+        Args:
+            new_mask: bool, shaped like `local` of the mask (``param.shape`` for a whole weight).
+        """
+        local = self.local(fqn, self.mask(fqn))
+        if tuple(new_mask.shape) != tuple(local.shape):
+            raise ValueError(f"Mask for {fqn!r} has shape {tuple(new_mask.shape)}, expected {tuple(local.shape)}")
+        local.copy_(new_mask)
+
+    def local(self, fqn: str, tensor: Tensor) -> Tensor:
+        """This process's rows of ``tensor`` shaped like ``fqn``'s weight: the local part of a ``DTensor``,
+        the rows of the local shard of a whole tensor (e.g. from a checkpoint) when the weight is sharded,
+        else ``tensor`` itself. Writes into the result write into ``tensor``."""
+        if tensor is not local_part(tensor):
+            return local_part(tensor)
+        sharding = row_sharding(self.param(fqn), fqn)
+        if sharding is None or tuple(tensor.shape) != tuple(self._param(fqn).shape):
+            return tensor
+        return tensor[sharding.start : sharding.stop]
 
     def step_mask(self, fqn: str, like: Tensor) -> Tensor:
         """[`step_mask`][lightning_srigl.masking.zeroing.step_mask] of ``fqn``'s mask for tensors like ``like``.
 
-        Made once per topology change: cached until the buffer is replaced or changed (its version
-        counter moves on ``set_mask_``, ``load_state_dict`` and any in-place op; a write through
-        ``mask.data`` or numpy changes its checksum, see `derived_cache`).
+        Made once per topology change: cached until the buffer is replaced or changed (the version counter
+        of its local part moves on ``set_mask_``, ``load_state_dict`` and any in-place op, also one into a
+        sharded mask's local shard; a write through ``mask.data``, numpy or a distributed checkpoint load
+        changes its checksum, see `lightning_srigl.derived_cache`).
+
+        Args:
+            like: a tensor shaped like this process's part of the weight (its local shard when sharded).
         """
-        mask = self.mask(fqn)
+        mask = local_part(self.mask(fqn))
         form = self._step_masks.get((fqn, like.dtype, like.device), (mask,), lambda: step_mask(mask, like), (mask,))
         return step_mask(mask, like) if form is None else form
+
+    def forget_step_masks(self) -> None:
+        """Drop the cached step masks; call it after masks were written without moving their version
+        counters, e.g. by ``torch.distributed.checkpoint``, which loads a sharded checkpoint into the local
+        shards' storage in place."""
+        self._step_masks.clear()
 
     @torch.no_grad()
     def apply_to_weights_(self) -> None:
         """Zero every weight at its inactive positions, in place (also non-finite values there)."""
         for p in self.params:
-            weight = p.param.detach()
+            weight = local_part(p.param.detach())
             zero_inactive_(weight, self.step_mask(p.fqn, weight))
 
     @torch.no_grad()
@@ -109,6 +141,7 @@ class MaskedParameters:
         for p in self.params:
             grad = p.param.grad
             if grad is not None and p.fqn not in skip:
+                grad = local_part(grad)  # FSDP2: the local shard of the reduce-scattered gradient
                 zero_inactive_(grad, self.step_mask(p.fqn, grad))
 
     def _param(self, fqn: str) -> SparseParameter:

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_srigl.masking.sharding import local_part
+
 
 @torch.no_grad()
 def zero_optimizer_state_(optimizer: Optimizer, param: Tensor, positions: Tensor) -> int:
@@ -22,16 +24,18 @@ def zero_optimizer_state_(optimizer: Optimizer, param: Tensor, positions: Tensor
     Args:
         optimizer: the optimizer that updates ``param``.
         param: a parameter of shape ``S``.
-        positions: ``BoolTensor(S)``, True where the state must be zeroed.
+        positions: ``BoolTensor(S)``, True where the state must be zeroed; for a parameter sharded by
+            rows (a ``DTensor``), a mask of the same layout or this process's part of it.
 
     Returns:
         The number of state tensors that were zeroed (0 when the optimizer has no state yet).
     """
-    if positions.shape != param.shape:
-        raise ValueError(f"positions has shape {tuple(positions.shape)}, expected {tuple(param.shape)}")
+    positions, local = local_part(positions), local_part(param)
+    if positions.shape != local.shape:
+        raise ValueError(f"positions has shape {tuple(positions.shape)}, expected {tuple(local.shape)}")
     zeroed = 0
     for value in optimizer.state.get(param, {}).values():
         if isinstance(value, Tensor) and value.shape == param.shape:
-            value.masked_fill_(positions.to(value.device), 0)
+            local_part(value).masked_fill_(positions.to(value.device), 0)
             zeroed += 1
     return zeroed

@@ -33,6 +33,7 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.utils.hooks import RemovableHandle
 
 from lightning_srigl.masking.selection import DEFAULT_LAYER_TYPES, qualified_name, sparsifiable_weights
+from lightning_srigl.masking.sharding import shard_like
 
 MASK_SUFFIX = "_sparsity_mask"
 LEGACY_MASK_SUFFIX = "_mask"  # older checkpoints' name; also torch.nn.utils.prune's
@@ -167,7 +168,9 @@ def register_mask_(module: nn.Module, param_name: str, mask: Tensor) -> Tensor:
     Args:
         module: the module that owns the weight.
         param_name: the weight's local name, e.g. ``"weight"`` or ``"in_proj_weight"``.
-        mask: ``BoolTensor(weight.shape)`` (any dtype is converted; it is copied to the weight's device).
+        mask: ``BoolTensor(weight.shape)`` (any dtype is converted; it is copied to the weight's device). For
+            a weight sharded by rows (a ``DTensor``), the mask becomes a ``DTensor`` of the same layout, this
+            process holding the rows of its part of the weight.
 
     Returns:
         The installed buffer. An existing mask of the weight is replaced.
@@ -182,7 +185,8 @@ def register_mask_(module: nn.Module, param_name: str, mask: Tensor) -> Tensor:
         module.__dict__[MASK_RECORD] = {}
         module.register_load_state_dict_pre_hook(_check_loaded_masks)  # type: ignore[no-untyped-call]
     name = mask_buffer_name(param_name)
-    module.register_buffer(name, mask.to(device=weight.device, dtype=torch.bool).clone(), persistent=True)
+    mask = shard_like(mask.to(device=weight.device, dtype=torch.bool).clone(), weight)  # a sharded weight's rows
+    module.register_buffer(name, mask, persistent=True)
     module.__dict__[MASK_RECORD][param_name] = name
     installed: Tensor = module._buffers[name]  # type: ignore[assignment]  # just registered, not None
     return installed

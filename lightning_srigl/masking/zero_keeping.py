@@ -117,6 +117,6 @@ def establish_zeros_(masked: MaskedParameters, optimizers: Iterable[Optimizer]) 
     optimizers = list(optimizers)
     masked.apply_to_weights_()
     for fqn, mask in masked.masks().items():
-        inactive = mask.logical_not()
+        inactive = masked.local(fqn, mask).logical_not()
         for optimizer in optimizers:
             zero_optimizer_state_(optimizer, masked.param(fqn), inactive)

@@ -1,6 +1,7 @@
 """Pure tensor math for dynamic sparse training: no Lightning, no module walking."""
 
 from lightning_srigl.sparsity.constant_fan_in import (
+    LayerInputs,
     NeuronAblation,
     SRigLUpdate,
     check_fan_in_budget,
@@ -8,6 +9,7 @@ from lightning_srigl.sparsity.constant_fan_in import (
     nearest_fan_in,
     random_constant_fan_in_mask,
     srigl_update,
+    srigl_update_layers,
 )
 from lightning_srigl.sparsity.distribution import erk_densities, layer_budgets, uniform_densities
 from lightning_srigl.sparsity.init import sparse_init_
@@ -19,7 +21,8 @@ from lightning_srigl.sparsity.metrics import (
     itop_rate,
     mask_change,
 )
-from lightning_srigl.sparsity.rigl import RigLUpdate, random_unstructured_mask, rigl_update
+from lightning_srigl.sparsity.reducer import LocalReducer, Reducer, Selection, ShardReducer, update_groups
+from lightning_srigl.sparsity.rigl import RigLUpdate, random_unstructured_mask, rigl_update, rigl_update_layers
 from lightning_srigl.sparsity.schedule import (
     cosine_drop_fraction,
     exploration_end,
@@ -53,6 +56,11 @@ from lightning_srigl.sparsity.transposable import (
 
 __all__ = [
     "CONSTANT_FAN_IN",
+    "LayerInputs",
+    "LocalReducer",
+    "Reducer",
+    "Selection",
+    "ShardReducer",
     "NMUpdate",
     "NeuronAblation",
     "RigLUpdate",
@@ -94,10 +102,12 @@ __all__ = [
     "random_nm_mask",
     "random_unstructured_mask",
     "rigl_update",
+    "rigl_update_layers",
     "rowwise_topk_mask",
     "sparse_init_",
     "sr_ste_refine_term",
     "srigl_update",
+    "srigl_update_layers",
     "tile_view",
     "topk_mask",
     "transposable_nm_mask",
@@ -105,4 +115,5 @@ __all__ = [
     "uniform_densities",
     "untile_view",
     "update_due",
+    "update_groups",
 ]

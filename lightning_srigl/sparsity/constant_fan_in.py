@@ -29,16 +29,19 @@ and reproduces its golden vectors, with these deliberate, documented deviations:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from lightning_srigl.sparsity.topk import as_rows, row_blocks, row_counts, rowwise_topk_mask, topk_mask
+from lightning_srigl.sparsity.reducer import LocalReducer, Reducer, Selection
+from lightning_srigl.sparsity.topk import as_rows, row_blocks, row_counts, rowwise_topk_mask
 from lightning_srigl.sparsity.validation import check_drop_fraction, check_update_inputs
 
 __all__ = [
+    "LayerInputs",
     "NeuronAblation",
     "SRigLUpdate",
     "check_fan_in_budget",
@@ -46,6 +49,7 @@ __all__ = [
     "neurons_to_ablate",
     "random_constant_fan_in_mask",
     "srigl_update",
+    "srigl_update_layers",
 ]
 
 TrimRule = Literal["magnitude", "reference"]
@@ -146,22 +150,62 @@ def neurons_to_ablate(
         sparse_fan_in_denominator: relative ``gamma_sal`` is a fraction of the sparse fan-in.
         min_active_neurons: user floor on surviving neurons.
     """
-    if gamma_sal <= 0:
-        raise ValueError(f"gamma_sal must be > 0 to ablate neurons (0 disables ablation), got {gamma_sal}")
-    rows, cols = weight_score.shape
-    salient = topk_mask(weight_score, n_keep, among=weight_score > 0)
-    salient |= topk_mask(grad_score, n_prune)
-    counts = row_counts(salient)
-    if gamma_sal >= 1:
-        threshold = math.ceil(gamma_sal)
-    else:
-        denominator = budget // rows if sparse_fan_in_denominator else cols
-        threshold = max(1, int(gamma_sal * denominator))
-    floor_position = min(max(budget // cols, min_active_neurons - 1), rows - 1)
-    floor_count = int(torch.sort(counts, descending=True).values[floor_position])
-    threshold = min(threshold, floor_count)
+    rule = _AblationRule(gamma_sal, sparse_fan_in_denominator, min_active_neurons)
+    reducer = LocalReducer()
+    (counts,) = _saliency_counts([(weight_score, grad_score, n_keep, n_prune)], reducer)
+    (threshold,) = _ablation_thresholds([(counts, budget, weight_score.shape)], rule, reducer)
     ablated = torch.nonzero(counts < threshold).flatten()
     return NeuronAblation(ablated=ablated, threshold=threshold, saliency_counts=counts)
+
+
+@dataclass(frozen=True)
+class _AblationRule:
+    """The ablation arguments an update applies to every ablatable layer."""
+
+    gamma_sal: float
+    sparse_fan_in_denominator: bool
+    min_active_neurons: int
+
+    def __post_init__(self) -> None:
+        if self.gamma_sal <= 0:
+            raise ValueError(f"gamma_sal must be > 0 to ablate neurons (0 disables ablation), got {self.gamma_sal}")
+
+    def threshold(self, rows: int, cols: int, budget: int) -> int:
+        """The salient-weight count ``tau`` a neuron needs, before the survivor floor lowers it."""
+        if self.gamma_sal >= 1:
+            return math.ceil(self.gamma_sal)
+        denominator = budget // rows if self.sparse_fan_in_denominator else cols
+        return max(1, int(self.gamma_sal * denominator))
+
+    def floor_position(self, rows: int, cols: int, budget: int) -> int:
+        """0-based position, in the descending row counts, of the count every survivor floor needs."""
+        return min(max(budget // cols, self.min_active_neurons - 1), rows - 1)
+
+
+def _saliency_counts(layers: Sequence[tuple[Tensor, Tensor, int, int]], reducer: Reducer) -> list[Tensor]:
+    """Per layer ``(weight_score, grad_score, n_keep, n_prune)`` (this part's ``(O, F)`` scores), the
+    ``(O,)`` int64 number of salient weights per row: in the layer-wide top-``n_keep`` of positive
+    ``weight_score`` or top-``n_prune`` of ``grad_score``."""
+    selections = []
+    for weight_score, grad_score, n_keep, n_prune in layers:
+        selections += [Selection(weight_score, n_keep, weight_score > 0), Selection(grad_score, n_prune)]
+    masks = reducer.topk_masks(selections)
+    return [row_counts(by_weight | by_grad) for by_weight, by_grad in zip(masks[::2], masks[1::2])]
+
+
+def _ablation_thresholds(
+    layers: Sequence[tuple[Tensor, int, tuple[int, ...] | torch.Size]], rule: _AblationRule, reducer: Reducer
+) -> list[int]:
+    """Per layer ``(counts, budget, (O, F) of the whole layer)``, the final ablation threshold ``tau``."""
+    selections = []
+    for counts, budget, (rows, cols) in layers:
+        position = rule.floor_position(rows, cols, budget)
+        selections.append(Selection(counts.to(torch.int32), position + 1))
+    floors = reducer.kth_largest(selections)
+    return [
+        min(rule.threshold(rows, cols, budget), int(floor))
+        for (_, budget, (rows, cols)), floor in zip(layers, floors)
+    ]
 
 
 @dataclass(frozen=True)
@@ -212,6 +256,25 @@ def _trim_rows(kept: Tensor, weight_score: Tensor, fan_in: int, trim: TrimRule) 
     return trimmed
 
 
+@dataclass(frozen=True)
+class LayerInputs:
+    """One layer's tensors for an update: the whole layer, or this process's shard of its rows.
+
+    Attributes:
+        weight: ``(O, *rest)`` weights (``O`` = this part's rows), zero where ``mask`` is False.
+        mask: ``(O, *rest)`` bool, True = active.
+        dense_grad: ``(O, *rest)`` gradient w.r.t. the dense weight (finite).
+        budget: target number of active weights of the whole layer.
+        ablation: False protects this layer from ablation (e.g. the output layer).
+    """
+
+    weight: Tensor
+    mask: Tensor
+    dense_grad: Tensor
+    budget: int = 0
+    ablation: bool = True
+
+
 def srigl_update(
     weight: Tensor,
     mask: Tensor,
@@ -255,9 +318,85 @@ def srigl_update(
     Returns:
         [`SRigLUpdate`][lightning_srigl.sparsity.constant_fan_in.SRigLUpdate] with weight-shaped masks.
     """
-    check_update_inputs(weight, mask, dense_grad)
+    (update,) = srigl_update_layers(
+        [LayerInputs(weight, mask, dense_grad, budget, ablation)],
+        carry=None if target is None else target - budget,
+        drop_fraction=drop_fraction,
+        gamma_sal=gamma_sal,
+        sparse_fan_in_denominator=sparse_fan_in_denominator,
+        trim=trim,
+        min_active_neurons=min_active_neurons,
+    )
+    return update
+
+
+@dataclass
+class _LayerScores:
+    """One layer's scores and counts while an update runs (``(O, F)`` views of this part's rows)."""
+
+    active: Tensor
+    weight_score: Tensor
+    grad_score: Tensor
+    nonzero: Tensor
+    layer_shape: tuple[int, int] = (0, 0)  # (O, F) of the whole layer
+    n_prune: int = 0
+    n_keep: int = 0
+
+
+def _score(layer: LayerInputs) -> tuple[_LayerScores, list[int]]:
+    """Scores of one layer and its local counts ``[rows, active, non-zero active, non-zero anywhere]``.
+
+    Memory: one ``|w|`` score and at most one ``|grad|`` copy (none when ``dense_grad`` is already
+    ``>= 0``, as the callbacks pass it); the selections work in blocks
+    ([`lightning_srigl.sparsity.topk`][lightning_srigl.sparsity.topk]).
+    """
+    check_update_inputs(layer.weight, layer.mask, layer.dense_grad)
+    active = as_rows(layer.mask)
+    grad_score = as_rows(layer.dense_grad)
+    if not bool((grad_score >= 0).all()):
+        grad_score = grad_score.abs()
+    scores = _LayerScores(active, as_rows(layer.weight).abs(), grad_score, torch.empty(0))
+    scores.nonzero = scores.weight_score > 0
+    n_anywhere = int(scores.nonzero.count_nonzero())
+    scores.nonzero &= active
+    counts = [active.shape[0], int(active.count_nonzero()), int(scores.nonzero.count_nonzero()), n_anywhere]
+    return scores, counts
+
+
+def srigl_update_layers(
+    layers: Sequence[LayerInputs],
+    *,
+    drop_fraction: float,
+    gamma_sal: float = 0.0,
+    sparse_fan_in_denominator: bool = True,
+    trim: TrimRule = "magnitude",
+    min_active_neurons: int = 1,
+    carry: int | None = None,
+    reducer: Reducer | None = None,
+) -> list[SRigLUpdate]:
+    """[`srigl_update`][lightning_srigl.sparsity.constant_fan_in.srigl_update] of several layers at once,
+    each whole or as this process's shard of rows.
+
+    With a [`ShardReducer`][lightning_srigl.sparsity.reducer.ShardReducer] every process passes its shards
+    (``LayerInputs`` of the same layers, in the same order) and gets its part of each update's masks, the
+    same positions a whole-layer update selects. The layer-wide steps of all layers share communication
+    rounds: at most 7 rounds per update without ablation, 16 with, whatever the number of layers.
+
+    Args:
+        layers: the layers' tensors, budgets and ablation flags.
+        drop_fraction, gamma_sal, sparse_fan_in_denominator, trim, min_active_neurons: as in ``srigl_update``.
+        carry: ``None``: each layer's fan-in is the reference's ``budget // survivors``. An int: the layers'
+            targets are chained, layer ``i`` spreading ``target_i = budget_i + carry_i`` over its survivors
+            with ``k_i = nearest_fan_in(target_i, ...)`` and passing ``carry_{i+1} = target_i - k_i *
+            survivors_i`` on, starting from ``carry`` (the rounding of the layers before these).
+        reducer: the layer-wide steps; ``None``: [`LocalReducer`][lightning_srigl.sparsity.reducer.LocalReducer].
+
+    Returns:
+        One [`SRigLUpdate`][lightning_srigl.sparsity.constant_fan_in.SRigLUpdate] per layer, masks shaped like
+        its ``mask`` (this part's rows); ``ablated`` holds this part's row indices.
+    """
+    reducer = reducer if reducer is not None else LocalReducer()
     drop_fraction = check_drop_fraction(drop_fraction)
-    check_fan_in_budget(weight.shape, budget)
     if gamma_sal < 0:
         raise ValueError(f"gamma_sal must be >= 0 (0 disables ablation), got {gamma_sal}")
     if trim not in ("magnitude", "reference"):
@@ -265,59 +404,83 @@ def srigl_update(
     if min_active_neurons < 1:
         raise ValueError(f"min_active_neurons must be >= 1, got {min_active_neurons}")
 
-    # Memory: one |w| score and at most one |grad| copy (none when dense_grad is already >= 0, as the
-    # callbacks pass it); the selections below work in blocks (lightning_srigl.sparsity.topk).
-    active = as_rows(mask)
-    rows = active.shape[0]
-    weight_score = as_rows(weight).abs()
-    grad_score = as_rows(dense_grad)
-    if not bool((grad_score >= 0).all()):
-        grad_score = grad_score.abs()
-    nonzero = weight_score > 0
-    n_nonzero_anywhere = int(nonzero.count_nonzero())
-    nonzero &= active
-    n_nonzero = int(nonzero.count_nonzero())
-    if n_nonzero != n_nonzero_anywhere:  # weights off the mask: score them below every active one
-        weight_score.masked_fill_(~active, -1.0)
-    # Otherwise inactive positions score 0, which the selections below exclude just as they exclude -1.
-    n_prune, n_keep = _drop_counts(int(active.count_nonzero()), n_nonzero, drop_fraction)
+    scored = [_score(layer) for layer in layers]
+    totals = reducer.sum([count for _, counts in scored for count in counts])
+    for i, ((scores, _), layer) in enumerate(zip(scored, layers)):
+        rows, n_active, n_nonzero, n_anywhere = totals[4 * i : 4 * i + 4]
+        cols = scores.active.shape[1]
+        check_fan_in_budget((rows, *layer.mask.shape[1:]), layer.budget)
+        scores.layer_shape = (rows, cols)
+        if n_nonzero != n_anywhere:  # weights off the mask: score them below every active one
+            scores.weight_score.masked_fill_(~scores.active, -1.0)
+        # Otherwise inactive positions score 0, which the selections exclude just as they exclude -1.
+        scores.n_prune, scores.n_keep = _drop_counts(n_active, n_nonzero, drop_fraction)
+    layer_scores = [scores for scores, _ in scored]
+    del scored
 
-    ablated = torch.zeros(rows, dtype=torch.bool, device=mask.device)
-    threshold = None
-    if ablation and gamma_sal > 0:
-        result = neurons_to_ablate(
-            weight_score,
-            grad_score,
-            n_keep=n_keep,
-            n_prune=n_prune,
-            budget=budget,
-            gamma_sal=gamma_sal,
-            sparse_fan_in_denominator=sparse_fan_in_denominator,
-            min_active_neurons=min_active_neurons,
-        )
-        ablated[result.ablated] = True
-        threshold = result.threshold
-    survivors = rows - int(ablated.sum())
-    fan_in = budget // survivors if target is None else nearest_fan_in(target, survivors, active.shape[1])
+    rule = _AblationRule(gamma_sal, sparse_fan_in_denominator, min_active_neurons) if gamma_sal > 0 else None
+    ablated, thresholds = _ablate(layers, layer_scores, rule, reducer)
+    candidates = []
+    for scores, dead in zip(layer_scores, ablated):
+        scores.nonzero[dead] = False  # the candidates to keep: active, non-zero, not ablated
+        candidates += [int(dead.count_nonzero()), int(scores.nonzero.count_nonzero())]
+    candidates = reducer.sum(candidates)
+    n_ablated, n_candidates = candidates[::2], candidates[1::2]
+    kept = reducer.topk_masks(
+        [Selection(s.weight_score, min(s.n_keep, n), s.nonzero) for s, n in zip(layer_scores, n_candidates)]
+    )
+    updates = []
+    for i, (layer, scores, kept_here) in enumerate(zip(layers, layer_scores, kept)):
+        rows, cols = scores.layer_shape
+        survivors = rows - n_ablated[i]
+        if carry is None:
+            fan_in = layer.budget // survivors
+        else:
+            target = layer.budget + carry
+            fan_in = nearest_fan_in(target, survivors, cols)
+            carry = target - fan_in * survivors
+        kept_here = _trim_rows(kept_here, scores.weight_score, fan_in, trim)
+        updates.append(_grow(layer.mask, scores, kept_here, ablated[i], fan_in, thresholds[i]))
+    return updates
 
-    candidates = nonzero
-    candidates[ablated] = False
-    n_kept = min(n_keep, int(candidates.count_nonzero()))
-    kept = topk_mask(weight_score, n_kept, among=candidates)
-    del candidates, nonzero
-    kept = _trim_rows(kept, weight_score, fan_in, trim)
-    del weight_score
 
-    # Each surviving row is grown back to fan_in: its kept weights plus its top |grad| elsewhere.
-    new_mask = rowwise_topk_mask(grad_score, torch.where(ablated, 0, fan_in), keep=kept)
+def _ablate(
+    layers: Sequence[LayerInputs],
+    layer_scores: Sequence[_LayerScores],
+    rule: _AblationRule | None,
+    reducer: Reducer,
+) -> tuple[list[Tensor], list[int | None]]:
+    """Per layer the ``(O,)`` bool ablated rows of this part and the final threshold (``None``: no ablation)."""
+    ablated = [torch.zeros(s.active.shape[0], dtype=torch.bool, device=s.active.device) for s in layer_scores]
+    thresholds: list[int | None] = [None] * len(layers)
+    if rule is None:
+        return ablated, thresholds
+    which = [i for i, layer in enumerate(layers) if layer.ablation]
+    counts = _saliency_counts(
+        [(s.weight_score, s.grad_score, s.n_keep, s.n_prune) for s in (layer_scores[i] for i in which)], reducer
+    )
+    found = _ablation_thresholds(
+        [(c, layers[i].budget, layer_scores[i].layer_shape) for i, c in zip(which, counts)], rule, reducer
+    )
+    for i, c, threshold in zip(which, counts, found):
+        ablated[i] = c < threshold
+        thresholds[i] = threshold
+    return ablated, thresholds
+
+
+def _grow(
+    mask: Tensor, scores: _LayerScores, kept: Tensor, ablated: Tensor, fan_in: int, threshold: int | None
+) -> SRigLUpdate:
+    """Grow each surviving row of ``kept`` back to ``fan_in`` by its top ``|grad|`` elsewhere."""
+    new_mask = rowwise_topk_mask(scores.grad_score, torch.where(ablated, 0, fan_in), keep=kept)
     regrown = new_mask & ~kept
     return SRigLUpdate(
         mask=new_mask.reshape(mask.shape),
-        grown=(regrown & ~active).reshape(mask.shape),
+        grown=(regrown & ~scores.active).reshape(mask.shape),
         regrown=regrown.reshape(mask.shape),
         ablated=torch.nonzero(ablated).flatten(),
         fan_in=fan_in,
-        n_prune=n_prune,
-        n_keep=n_keep,
+        n_prune=scores.n_prune,
+        n_keep=scores.n_keep,
         saliency_threshold=threshold,
     )

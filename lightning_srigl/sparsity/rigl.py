@@ -8,15 +8,17 @@ break ties by the lower flat index.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lightning_srigl.sparsity.reducer import LocalReducer, Reducer, Selection
 from lightning_srigl.sparsity.topk import topk_mask
 from lightning_srigl.sparsity.validation import check_drop_fraction, check_update_inputs
 
-__all__ = ["RigLUpdate", "random_unstructured_mask", "rigl_update"]
+__all__ = ["RigLUpdate", "random_unstructured_mask", "rigl_update", "rigl_update_layers"]
 
 
 def random_unstructured_mask(
@@ -77,17 +79,38 @@ def rigl_update(weight: Tensor, mask: Tensor, dense_grad: Tensor, *, drop_fracti
     Returns:
         [`RigLUpdate`][lightning_srigl.sparsity.rigl.RigLUpdate]; the caller applies ``weight.mul_(update.mask)``.
     """
-    check_update_inputs(weight, mask, dense_grad)
+    (update,) = rigl_update_layers([(weight, mask, dense_grad)], drop_fraction=drop_fraction)
+    return update
+
+
+def rigl_update_layers(
+    layers: Sequence[tuple[Tensor, Tensor, Tensor]], *, drop_fraction: float, reducer: Reducer | None = None
+) -> list[RigLUpdate]:
+    """[`rigl_update`][lightning_srigl.sparsity.rigl.rigl_update] of several layers at once, each whole or as
+    this process's shard of rows (see [`lightning_srigl.sparsity.reducer`][lightning_srigl.sparsity.reducer]): at most
+    11 communication rounds
+    per update with a ``ShardReducer``, whatever the number of layers.
+
+    Args:
+        layers: per layer ``(weight, mask, dense_grad)``, each ``(O, *rest)`` (``O`` = this part's rows).
+        drop_fraction: fraction of active weights to replace, in ``[0, 1]``.
+        reducer: the layer-wide steps; ``None``: [`LocalReducer`][lightning_srigl.sparsity.reducer.LocalReducer].
+
+    Returns:
+        One [`RigLUpdate`][lightning_srigl.sparsity.rigl.RigLUpdate] per layer, masks shaped like its ``mask``.
+    """
+    reducer = reducer if reducer is not None else LocalReducer()
     drop_fraction = check_drop_fraction(drop_fraction)
-    n_ones = int(mask.count_nonzero())
-    n_prune = int(n_ones * drop_fraction)
-    n_keep = n_ones - n_prune
-    kept = topk_mask(weight.abs(), n_keep, among=mask)
-    regrown = topk_mask(dense_grad.abs().masked_fill_(kept, -1.0), n_prune)
-    return RigLUpdate(
-        mask=kept | regrown,
-        grown=regrown & ~mask,
-        regrown=regrown,
-        n_prune=n_prune,
-        n_keep=n_keep,
+    for weight, mask, dense_grad in layers:
+        check_update_inputs(weight, mask, dense_grad)
+    n_ones = reducer.sum([int(mask.count_nonzero()) for _, mask, _ in layers])
+    n_prune = [int(n * drop_fraction) for n in n_ones]
+    n_keep = [n - p for n, p in zip(n_ones, n_prune)]
+    kept = reducer.topk_masks([Selection(w.abs(), k, m) for (w, m, _), k in zip(layers, n_keep)])
+    regrown = reducer.topk_masks(
+        [Selection(g.abs().masked_fill_(keep, -1.0), p) for (_, _, g), keep, p in zip(layers, kept, n_prune)]
     )
+    return [
+        RigLUpdate(mask=keep | grow, grown=grow & ~mask, regrown=grow, n_prune=p, n_keep=k)
+        for (_, mask, _), keep, grow, p, k in zip(layers, kept, regrown, n_prune, n_keep)
+    ]

@@ -40,7 +40,7 @@ def as_rows(t: Tensor) -> Tensor:
             f"expected a weight-shaped tensor with at least 2 dims (out, in, ...), got shape "
             f"{tuple(t.shape)}; biases and 1-D parameters cannot be made constant fan-in sparse"
         )
-    return t.reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))  # explicit: a shard may hold no rows
 
 
 def row_blocks(rows: int, cols: int) -> range:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.kernels.sampled import SampledLayout, sampled_product, sampled_product_available
-from lightning_srigl.masking import MaskedParameters
+from lightning_srigl.masking import MaskedParameters, is_sharded
 
 __all__ = ["SparseBackward", "supports_sparse_backward"]
 
@@ -40,7 +40,7 @@ def _has_own_forward(module: nn.Module) -> bool:
 def supports_sparse_backward(module: nn.Module, param_name: str) -> bool:
     """Whether ``module.<param_name>`` is the fp32 CPU weight of a linear layer `SparseBackward`
     can patch: an ``nn.Linear`` (or a subclass that keeps its ``forward``) whose ``forward`` runs (not
-    ``nn.MultiheadAttention``'s ``out_proj``, which the attention reads the weight of directly)."""
+    ``nn.MultiheadAttention``'s ``out_proj``, which the attention reads the weight of directly), not sharded."""
     if not isinstance(module, nn.Linear) or param_name != "weight":
         return False
     weight = module.weight
@@ -50,6 +50,7 @@ def supports_sparse_backward(module: nn.Module, param_name: str) -> bool:
         and not _has_own_forward(module)
         and weight.dtype == torch.float32
         and weight.device.type == "cpu"
+        and not is_sharded(weight)  # FSDP2 swaps in the gathered weight for forward: the patch would not see it
     )
 
 

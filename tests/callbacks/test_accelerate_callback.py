@@ -166,3 +166,13 @@ def test_batch_size_resizes_the_captured_inputs() -> None:
     assert torch.equal(_resize_batch(x, 7), torch.cat([x, x, x[:1]]))
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         AccelerateCallback(batch_size=0)
+
+
+def test_quantize_int8_keeps_predictions_within_the_budget(tmp_path: Path) -> None:
+    """Every layer's choice stays within the error budget; a wide budget lets int8 layers be chosen."""
+    _, model, keep, accelerate = fit(tmp_path, quantize="int8", error_budget=0.5)
+    for row in accelerate.report.rows:
+        assert {"int8_condensed", "int8_condensed_static", "int8_dense"} <= set(row.errors)
+        assert row.errors.get(row.chosen, 0.0) <= 0.5
+    got, expected = predictions(model, loader(2)), predictions(keep.model, loader(2))
+    assert float((got - expected).norm() / expected.norm()) < 0.1

@@ -34,7 +34,7 @@ class Spies:
 
     steps: list[dict[str, Any]] = field(default_factory=list)  # per optimizer step: enabled, untouched
     skips: list[frozenset[str]] = field(default_factory=list)  # per gradient pass: the weights skipped
-    updates: list[dict[str, Any]] = field(default_factory=list)  # per layer_update call
+    updates: list[dict[str, Any]] = field(default_factory=list)  # per layer of a layer_updates call
     installs: int = 0
     sampled_calls: int = 0
 
@@ -45,7 +45,7 @@ def spying(callback_cls: type) -> Any:
     untouched = SparseBackward.untouched_gradients
     apply = MaskedParameters.apply_to_gradients_
     install = SparseBackward.install
-    layer_update = callback_cls.layer_update
+    layer_updates = callback_cls.layer_updates
     sampled_product = sparse_backward_module.sampled_product
 
     def on_untouched(self: SparseBackward) -> set[str]:
@@ -61,9 +61,10 @@ def spying(callback_cls: type) -> Any:
         spies.installs += 1
         return install(self)
 
-    def on_layer_update(self, fqn, weight, mask, dense_grad, budget, drop_fraction):
-        spies.updates.append({"fqn": fqn, "mask": mask.clone(), "dense_grad": dense_grad.clone()})
-        return layer_update(self, fqn, weight, mask, dense_grad, budget, drop_fraction)
+    def on_layer_updates(self, fqns, layers, drop_fraction, reducer, carry):
+        for fqn, layer in zip(fqns, layers):
+            spies.updates.append({"fqn": fqn, "mask": layer.mask.clone(), "dense_grad": layer.dense_grad.clone()})
+        return layer_updates(self, fqns, layers, drop_fraction, reducer, carry)
 
     def on_sampled(*args: Any) -> torch.Tensor:
         spies.sampled_calls += 1
@@ -73,7 +74,7 @@ def spying(callback_cls: type) -> Any:
         stack.enter_context(mock.patch.object(SparseBackward, "untouched_gradients", autospec=True, side_effect=on_untouched))
         stack.enter_context(mock.patch.object(MaskedParameters, "apply_to_gradients_", autospec=True, side_effect=on_apply))
         stack.enter_context(mock.patch.object(SparseBackward, "install", autospec=True, side_effect=on_install))
-        stack.enter_context(mock.patch.object(callback_cls, "layer_update", autospec=True, side_effect=on_layer_update))
+        stack.enter_context(mock.patch.object(callback_cls, "layer_updates", autospec=True, side_effect=on_layer_updates))
         stack.enter_context(mock.patch.object(sparse_backward_module, "sampled_product", side_effect=on_sampled))
         yield spies
 

@@ -17,15 +17,17 @@ from lightning_srigl.kernels.cpu.isa import all_variants
 from lightning_srigl.kernels.cpu.loader import host_variants, load_variant_by_name
 from lightning_srigl.kernels.csr import to_csr
 from lightning_srigl.kernels.fakes import CPP_FAKES
+from lightning_srigl.kernels.int8 import INT8_PAD
 from lightning_srigl.kernels.layout import condense
 from lightning_srigl.kernels.sampled import SampledLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_NAMESPACE = "lightning_srigl"
-# Arguments a C++ op has beyond its Python op's (each with a default): the conv's forced block width (tests).
-CPP_ONLY_ARGUMENTS = {"condensed_conv2d": ("block",)}
+# Arguments a C++ op has beyond its Python op's (each with a default): the conv's forced block width and the
+# int8 op's dot-product path (tests).
+CPP_ONLY_ARGUMENTS = {"condensed_conv2d": ("block",), "int8_condensed_linear": ("mode",)}
 # Ops that take no tensor (nothing to fake).
-NO_TENSORS = {"batch1_supported"}
+NO_TENSORS = {"batch1_supported", "int8_path"}
 
 
 def _condensed() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -60,6 +62,21 @@ def _batch1_layout_args() -> tuple:
     return (values, indices, rows, 20, 6)
 
 
+def _int8_weights() -> tuple[torch.Tensor, torch.Tensor]:
+    weight = torch.zeros(4, INT8_PAD, dtype=torch.int8)
+    weight[:, :4] = torch.randint(-127, 128, (4, 4), dtype=torch.int8)
+    indices = torch.zeros(4, INT8_PAD, dtype=torch.int16)
+    indices[:, :4] = torch.arange(4, dtype=torch.int16)
+    return weight, indices
+
+
+def _int8_linear_args(ops: object) -> tuple:
+    weight, indices = _int8_weights()
+    layout = ops.int8_window_layout(weight, indices, 20) if ops is not None else None
+    sums, rows = weight.sum(1, dtype=torch.int32), torch.tensor([0, 2, 3, 5])
+    return (torch.randn(3, 20), weight, indices, sums, torch.rand(4) + 0.1, rows, torch.randn(6), layout, 6, None, None)
+
+
 def _batch1_forward_args(ops: object) -> tuple:
     return (torch.randn(1, 20), ops.batch1_layout(*_batch1_layout_args()), torch.randn(6))
 
@@ -72,6 +89,8 @@ EXAMPLES: dict[str, Callable[[object], tuple]] = {
     "sampled_product": lambda ops: _sampled_args(),
     "batch1_layout": lambda ops: _batch1_layout_args(),
     "batch1_forward": _batch1_forward_args,
+    "int8_condensed_linear": _int8_linear_args,
+    "int8_window_layout": lambda ops: (*_int8_weights(), 20),
 }
 
 

@@ -8,7 +8,9 @@
    (``lightning_srigl.condensed.fold.neurons``);
 3. ``plan_acceleration`` builds every candidate of each layer's kind (dense, condensed, CSR, 2:4
    semi-structured for ``nn.Linear``; ``lightning_srigl.condensed.kinds.registry``), checks it against the
-   masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed;
+   masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed.
+   With ``quantize="int8"`` the kind's quantized candidates (``lightning_srigl.condensed.kinds.quantized``)
+   join them, calibrated on the captured input and kept when their output error stays in the budget;
 4. ``swap_layers`` installs them (mask buffers leave with the old modules).
 
 The sparse layers are the masked modules the masking layer records
@@ -32,6 +34,7 @@ from lightning_srigl.condensed.acceleration.report import (
     LayerAcceleration,
 )
 from lightning_srigl.condensed.acceleration.swap import replace_module
+from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET, QUANTIZE_MODES, STATIC, relative_error
 from lightning_srigl.condensed.kinds.registry import (
     CANDIDATES,
     build_candidate,
@@ -40,6 +43,7 @@ from lightning_srigl.condensed.kinds.registry import (
     sparse_layers,
     tied_layers,
 )
+from lightning_srigl.kernels.int8_layout import calibration_range
 from lightning_srigl.masking import neuron_major
 from lightning_srigl.timing import hot_times
 
@@ -52,6 +56,7 @@ __all__ = [
     "accelerate",
     "capture_layer_inputs",
     "check_candidates",
+    "check_quantize",
     "fit_inputs_to_layers",
     "fold_in_place",
     "plan_acceleration",
@@ -117,31 +122,44 @@ def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequenc
 
 
 def _time_candidates(
-    layer: nn.Module, mask: Tensor, call: LayerCall, candidates: Sequence[str], warmup: int, repeats: int
-) -> tuple[dict[str, float], dict[str, str], dict[str, nn.Module]]:
+    layer: nn.Module, mask: Tensor, call: LayerCall, candidates: Sequence[str], warmup: int, repeats: int,
+    quantized: Sequence[str] = (), error_budget: float = DEFAULT_ERROR_BUDGET,
+) -> tuple[dict[str, float], dict[str, str], dict[str, nn.Module], dict[str, float], tuple[float, int] | None]:
     """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
 
     The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
     timer, [`hot_times`][lightning_srigl.timing.hot_times]: ``warmup`` calls, at least ``repeats``
     samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
+    The ``quantized`` candidates (static ones calibrated on ``call``'s input) join them when their
+    [`relative_error`][lightning_srigl.condensed.kinds.quantized.relative_error] is at most ``error_budget``.
 
-    Returns ``(times, skipped, built)``: seconds per exact candidate, why the others were skipped,
-    and the exact candidates themselves (the one chosen is installed as is).
+    Returns ``(times, skipped, built, errors, input_range)``: seconds per kept candidate, why the others
+    were skipped, the kept candidates themselves (the one chosen is installed as is), each quantized
+    candidate's error, and the calibrated activation range (None without quantized candidates).
     """
     calls: dict[str, Callable[[], object]] = {}
     skipped: dict[str, str] = {}
     built: dict[str, nn.Module] = {}
+    errors: dict[str, float] = {}
     tol = 1e-2 if call.x.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    input_range = _calibrated(call.x) if set(quantized) & STATIC else None
     with torch.no_grad():
         reference = call(build_candidate("dense", layer, mask))
-        for name in (c for c in candidates if c in sparse_kind(layer).candidates):  # the kind's own candidates
+        kind = sparse_kind(layer)
+        own = (*(c for c in candidates if c in kind.candidates), *(q for q in quantized if q in kind.quantized))
+        for name in own:  # the kind's own candidates
             try:
-                candidate = build_candidate(name, layer, mask)
+                candidate = build_candidate(name, layer, mask, input_range)
                 out = call(candidate)
             except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
                 skipped[name] = f"{type(err).__name__}: {err}".splitlines()[0][:120]
                 continue
-            if not outputs_close(out, reference, tol):
+            if name in quantized:
+                errors[name] = relative_error(out, reference)
+                if errors[name] > error_budget:
+                    skipped[name] = f"relative error {errors[name]:.3g} above the budget {error_budget:g}"
+                    continue
+            elif not outputs_close(out, reference, tol):
                 skipped[name] = "inexact: output differs from the masked dense layer"
                 continue
             calls[name] = functools.partial(call, candidate)
@@ -149,7 +167,24 @@ def _time_candidates(
         timings = hot_times(
             calls, threads=torch.get_num_threads(), min_run_time=0.0, device=call.x.device, warmup=warmup, min_samples=repeats
         )
-    return {name: timing.min for name, timing in timings.items()}, skipped, built
+    return {name: timing.min for name, timing in timings.items()}, skipped, built, errors, input_range
+
+
+def _calibrated(x: Tensor) -> tuple[float, int] | None:
+    """The activation range of ``x`` (None when it is not finite: the static candidates are then skipped)."""
+    try:
+        return calibration_range(x)
+    except ValueError:
+        return None
+
+
+def check_quantize(quantize: str | None, error_budget: float) -> tuple[str, ...]:
+    """The quantized candidate names ``quantize`` adds (none for None), else raise ValueError."""
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be None or one of {sorted(QUANTIZE_MODES)}, got {quantize!r}")
+    if not (isinstance(error_budget, (int, float)) and error_budget >= 0):
+        raise ValueError(f"error_budget must be a non-negative number (a relative L2 error), got {error_budget!r}")
+    return QUANTIZE_MODES[quantize] if quantize is not None else ()
 
 
 def plan_acceleration(
@@ -160,8 +195,13 @@ def plan_acceleration(
     device: torch.device | str | None = None,
     warmup: int = 3,
     repeats: int = 10,
+    quantize: str | None = None,
+    error_budget: float = DEFAULT_ERROR_BUDGET,
 ) -> AccelerationPlan:
     """Time the candidates of each sparse layer in ``layer_inputs`` and choose the fastest.
+
+    ``quantize="int8"`` adds the quantized candidates; they count when their output error on the input
+    is at most ``error_budget`` (see `accelerate`).
 
     ``layer_inputs`` maps a layer name to its real input (``(..., in)`` for a linear layer) or, for
     layers called with more (attention), to the `LayerCall` it received. ``device`` defaults to the
@@ -169,6 +209,7 @@ def plan_acceleration(
     model is not modified.
     """
     candidates = check_candidates(candidates)
+    quantized = check_quantize(quantize, error_budget)
     sparse = sparse_layers(model)
     missing = sorted(set(layer_inputs) - set(sparse))
     if missing:
@@ -184,18 +225,22 @@ def plan_acceleration(
         # compute in the layer's dtype, as they will at inference (CondensedLinear, CSRLinear cast to it).
         dtype = sparse[name].weight.dtype
         call = call.map(lambda t: t.to(device=target, dtype=dtype) if t.is_floating_point() else t.to(target))
-        times, skipped, built = _time_candidates(layer, mask.to(target), call, candidates, warmup, repeats)
-        row = _layer_row(name, layer, mask, call.x, times, skipped)
+        times, skipped, built, errors, input_range = _time_candidates(
+            layer, mask.to(target), call, candidates, warmup, repeats, quantized, error_budget
+        )
+        row = _layer_row(name, layer, mask, call.x, times, skipped, errors, input_range)
         rows.append(row)
         layers[name] = built[row.chosen].to(home)
     return AccelerationPlan(AccelerationReport(rows), layers)
 
 
 def _layer_row(
-    name: str, layer: nn.Module, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str]
+    name: str, layer: nn.Module, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str],
+    errors: dict[str, float], input_range: tuple[float, int] | None,
 ) -> LayerAcceleration:
     rows = neuron_major(layer, mask).flatten(1)  # (out, fan-in positions)
     images = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    chosen = min(times, key=times.__getitem__)
     return LayerAcceleration(
         name=name,
         in_features=rows.shape[1],
@@ -203,9 +248,11 @@ def _layer_row(
         batch=x.shape[0] if images else x.numel() // x.shape[-1],
         density=float(mask.float().mean()),
         active_neurons=int(rows.any(dim=1).sum()),
-        chosen=min(times, key=times.__getitem__),
+        chosen=chosen,
         times=times,
         skipped=skipped,
+        errors=errors,
+        input_range=input_range if chosen in STATIC else None,
     )
 
 
@@ -219,7 +266,10 @@ def rebuild_plan(model: nn.Module, report: AccelerationReport) -> AccelerationPl
     missing = [row.name for row in report.rows if row.name not in sparse]
     if missing:
         raise ValueError(f"{missing} are not masked layers of a known kind: was the model already accelerated?")
-    layers = {row.name: build_candidate(row.chosen, sparse[row.name].module, sparse[row.name].mask) for row in report.rows}
+    layers = {
+        row.name: build_candidate(row.chosen, sparse[row.name].module, sparse[row.name].mask, row.input_range)
+        for row in report.rows
+    }
     return AccelerationPlan(report, layers)
 
 
@@ -294,6 +344,8 @@ def accelerate(
     repeats: int = 10,
     fold: bool = True,
     verbose: bool = True,
+    quantize: str | None = None,
+    error_budget: float = DEFAULT_ERROR_BUDGET,
 ) -> AccelerationReport:
     """Replace every sparse layer of ``model`` by its fastest exact inference layer, in place.
 
@@ -309,11 +361,20 @@ def accelerate(
         fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
             next layer, where provably exact.
         verbose: print the report as a rich table.
+        quantize: ``"int8"`` also tries the int8 candidates of ``nn.Linear`` layers (int8 condensed with
+            per-token or calibrated activations, torch's dynamic int8 dense; calibrated on
+            ``example_input``); ``"int8-condensed"`` the int8 condensed ones only (a model holding
+            torch's int8 dense layers cannot be saved with ``save_condensed``); None (default) keeps
+            every layer exact.
+        error_budget: the largest relative L2 error ``||y - y_fp32|| / ||y_fp32||`` of a quantized
+            layer's output on ``example_input`` for it to be chosen (default 0.02); the fastest candidate
+            within it wins.
 
     Returns:
         The report: per layer its shape, density, active neurons, times and chosen kernel.
     """
     candidates = check_candidates(candidates)
+    check_quantize(quantize, error_budget)
     names = list(sparse_layers(model))
     if not names:
         raise ValueError(
@@ -328,7 +389,10 @@ def accelerate(
     if fold:
         fold_in_place(model)
         inputs = fit_inputs_to_layers(model, inputs)
-    plan = plan_acceleration(model, inputs, candidates=candidates, device=device, warmup=warmup, repeats=repeats)
+    plan = plan_acceleration(
+        model, inputs, candidates=candidates, device=device, warmup=warmup, repeats=repeats, quantize=quantize,
+        error_budget=error_budget,
+    )  # fmt: skip
     swap_layers(model, plan)
     if verbose:
         plan.report.print()

@@ -7,23 +7,30 @@ writes it as CSV and turns it into logger metrics.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from lightning_srigl.condensed.kinds.registry import CANDIDATES
+from lightning_srigl.condensed.kinds.registry import CANDIDATES, QUANTIZED_CANDIDATES
 from lightning_srigl.tables import fitted_table, terminal_console
 
-SHORT_NAMES = {"dense": "dense", "condensed": "cond.", "csr": "CSR", "semi_structured": "2:4"}
+SHORT_NAMES = {
+    "dense": "dense", "condensed": "cond.", "csr": "CSR", "semi_structured": "2:4",
+    "int8_condensed": "int8 cond.", "int8_condensed_static": "int8 cond. static", "int8_dense": "int8 dense",
+}  # fmt: skip
 
 __all__ = ["CANDIDATES", "SHORT_NAMES", "AccelerationReport", "LayerAcceleration"]
 
 
 @dataclass(frozen=True)
 class LayerAcceleration:
-    """What ``plan_acceleration`` measured and chose for one layer (times in seconds)."""
+    """What ``plan_acceleration`` measured and chose for one layer (times in seconds).
+
+    ``errors``: the relative output error of each quantized candidate tried (exact ones are not listed);
+    ``input_range``: the calibrated activation ``(scale, zero)`` a static quantized choice was built with.
+    """
 
     name: str
     in_features: int
@@ -34,6 +41,8 @@ class LayerAcceleration:
     chosen: str
     times: dict[str, float]
     skipped: dict[str, str]
+    errors: dict[str, float] = field(default_factory=dict)
+    input_range: tuple[float, int] | None = None
 
     @property
     def speedup(self) -> float:
@@ -48,8 +57,8 @@ class AccelerationReport:
     rows: list[LayerAcceleration]
 
     def columns(self) -> list[str]:
-        """Candidate names timed in at least one layer, in ``CANDIDATES`` order."""
-        return [c for c in CANDIDATES if any(c in row.times for row in self.rows)]
+        """Candidate names timed in at least one layer, in ``CANDIDATES`` order, then the quantized ones."""
+        return [c for c in (*CANDIDATES, *QUANTIZED_CANDIDATES) if any(c in row.times for row in self.rows)]
 
     def records(self) -> list[dict[str, object]]:
         """One flat dict per layer (times in microseconds), the CSV rows."""
@@ -63,6 +72,7 @@ class AccelerationReport:
                 "chosen": r.chosen,
                 **{f"{c}_us": round(r.times[c] * 1e6, 2) if c in r.times else "" for c in self.columns()},
                 "speedup_vs_dense": round(r.speedup, 3),
+                "relative_error": r.errors.get(r.chosen, 0.0),
             }
             for r in self.rows
         ]

@@ -8,7 +8,10 @@ the benchmark (``lightning_srigl.benchmark.layers``) and serialization (its allo
 * which of its weights carries the mask (``param_names``: the first the module has a mask for);
 * its candidate inference layers, ``{name: from_masked(module, mask) -> nn.Module}``; the first,
   ``"dense"``, is a plain copy of the masked module and the exact reference for the others;
-* how an input captured before folding reaches the module after folding shrank it (``fit_input``).
+* how an input captured before folding reaches the module after folding shrank it (``fit_input``);
+* its quantized (inexact) candidates, ``{name: quantize(module, mask, input_range) -> nn.Module}``
+  ([`lightning_srigl.condensed.kinds.quantized`][lightning_srigl.condensed.kinds.quantized]), tried only when
+  acceleration is asked to quantize.
 
 Adding a kind is one more entry here, plus the candidate layers it names (each keeping the contract of
 ``condensed/layers/contract.py``, and listed in ``INFERENCE_LAYERS`` to be saved and loaded).
@@ -19,7 +22,7 @@ Which modules of a model *are* sparse, and with which mask, is the masking layer
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -33,10 +36,12 @@ from lightning_srigl.condensed.kinds.candidates import (
     masked_copy,
     projected_attention,
 )
+from lightning_srigl.condensed.kinds.quantized import QUANTIZED_LINEAR, InputRange, Quantizer
 from lightning_srigl.condensed.layers.attention import ProjectedAttention
 from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.condensed.layers.conv import CondensedConv1d, CondensedConv2d
 from lightning_srigl.condensed.layers.csr import CSRLinear
+from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.condensed.layers.semi_structured import SemiStructuredLinear
 from lightning_srigl.masking import (
@@ -44,6 +49,7 @@ from lightning_srigl.masking import (
     is_hf_conv1d,
     masked_weights,
     parameter_owners,
+    plain_class,
 )
 
 FromMasked = Callable[[nn.Module, Tensor], nn.Module]
@@ -51,6 +57,7 @@ FromMasked = Callable[[nn.Module, Tensor], nn.Module]
 __all__ = [
     "CANDIDATES",
     "INFERENCE_LAYERS",
+    "QUANTIZED_CANDIDATES",
     "SPARSE_KINDS",
     "FromMasked",
     "SparseKind",
@@ -74,6 +81,7 @@ class SparseKind:
     fit_input: Callable[[nn.Module, Tensor], Tensor]
     # Where the batch is in a call of the module: argument position or keyword -> dim (see LayerCall.resized).
     batch_dims: Callable[[nn.Module], dict[int | str, int]] = lambda module: {0: 0}
+    quantized: Mapping[str, Quantizer] = field(default_factory=dict)
 
 
 def masked_dense_linear(linear: nn.Linear, mask: Tensor) -> nn.Linear:
@@ -99,6 +107,7 @@ SPARSE_KINDS: dict[type[nn.Module], SparseKind] = {
             "semi_structured": _semi_structured_linear,
         },
         fit_input=features_input,
+        quantized=QUANTIZED_LINEAR,
     ),
     nn.Conv2d: SparseKind(
         param_names=("weight",),
@@ -125,19 +134,23 @@ HF_CONV1D_KIND = SparseKind(
     fit_input=features_input,
 )
 
-# Every candidate name, in display order.
+# Every exact candidate name, in display order, then the quantized ones.
 CANDIDATES: tuple[str, ...] = tuple(dict.fromkeys(name for kind in SPARSE_KINDS.values() for name in kind.candidates))
+QUANTIZED_CANDIDATES: tuple[str, ...] = tuple(
+    dict.fromkeys(name for kind in SPARSE_KINDS.values() for name in kind.quantized)
+)
 
 # The package's inference layer classes (the exact allowlist of the loader, with standard torch.nn modules).
 INFERENCE_LAYERS: tuple[type[nn.Module], ...] = (
     CondensedLinear, CSRLinear, SemiStructuredLinear, CondensedConv2d, CondensedConv1d, ProjectedAttention,
+    Int8CondensedLinear,
 )  # fmt: skip
 
 
 def sparse_kind(module: nn.Module) -> SparseKind | None:
-    """The kind of ``module`` (by exact type, or a Hugging Face ``Conv1D``), or ``None`` when it cannot be
-    accelerated."""
-    kind = SPARSE_KINDS.get(type(module))
+    """The kind of ``module`` (by exact type, the type ``fully_shard`` started from, or a Hugging Face
+    ``Conv1D``), or ``None`` when it cannot be accelerated."""
+    kind = SPARSE_KINDS.get(plain_class(module))
     if kind is None and is_hf_conv1d(module):
         return HF_CONV1D_KIND
     return kind
@@ -168,9 +181,10 @@ def tied_layers(model: nn.Module) -> dict[str, list[str]]:
     return tied
 
 
-def build_candidate(name: str, module: nn.Module, mask: Tensor) -> nn.Module:
+def build_candidate(name: str, module: nn.Module, mask: Tensor, input_range: InputRange | None = None) -> nn.Module:
     """Build candidate ``name`` of ``module``'s kind, equal to ``module`` with its weight times ``mask``, in
-    ``module``'s mode (``training`` or not).
+    ``module``'s mode (``training`` or not); a quantized candidate is close to it instead, with activations
+    in ``input_range`` where it is static.
 
     Raises:
         ValueError: ``module`` is of no known kind or its kind has no candidate ``name``; also (like
@@ -180,8 +194,11 @@ def build_candidate(name: str, module: nn.Module, mask: Tensor) -> nn.Module:
     kind = sparse_kind(module)
     if kind is None:
         raise ValueError(f"{type(module).__name__} is not a sparse kind that can be accelerated; known: {_kind_names()}")
+    if name in kind.quantized:
+        return kind.quantized[name](module, mask, input_range)
     if name not in kind.candidates:
-        raise ValueError(f"Unknown candidate {name!r} for {type(module).__name__}; choose from {tuple(kind.candidates)}.")
+        known = (*kind.candidates, *kind.quantized)
+        raise ValueError(f"Unknown candidate {name!r} for {type(module).__name__}; choose from {known}.")
     return kind.candidates[name](module, mask).train(module.training)  # dropout on or off as the module has it
 
 

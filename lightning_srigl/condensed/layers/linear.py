@@ -34,6 +34,10 @@ from lightning_srigl.kernels.linear import condensed_linear, triton_kernels
 from lightning_srigl.kernels.validation import check_bias, check_condensed, check_width
 from lightning_srigl.masking import mask_of
 
+LAYOUT_CHECK_WORDS = 256
+"""Words of the values summed per call to see ``.data``/numpy edits of a cached layout (a fixed cost:
+``scripts/bench_layout_checksum.py``)."""
+
 
 def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
     """[`eager_inference`][lightning_srigl.condensed.layers.contract.eager_inference] for CPU tensors."""
@@ -232,14 +236,16 @@ class CondensedLinear(nn.Module):
 
         Rebuilt when a buffer is replaced (``load_state_dict(assign=True)``), changed in place
         (``load_state_dict``, ``copy_``: its version counter moves) or its values are edited past the
-        counter (``layer.values.data.mul_(2)``, a numpy view: the values' checksum changes; see
-        `derived_cache`), so a layout never serves stale weights; ``.to()`` and other
+        counter wholesale (``layer.values.data.mul_(2)``, a numpy view: the checksum of
+        ``LAYOUT_CHECK_WORDS`` strided words changes; see `lightning_srigl.derived_cache`); ``.to()`` and other
         ``_apply`` calls drop every layout. Returns None for buffers created under ``torch.inference_mode``
         (they have no version counter): callers then use the buffers.
         """
         buffers = self._buffers
         values, indices, rows = buffers["values"], buffers["indices"], buffers["active_rows"]
-        return self._layouts.get(kind, (values, indices, rows), lambda: build(values, indices, rows), (values,))
+        return self._layouts.get(
+            kind, (values, indices, rows), lambda: build(values, indices, rows), (values,), words=LAYOUT_CHECK_WORDS
+        )
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CondensedLinear:
         """Drop the derived layouts (they belong to the old buffers), then move or cast as ``nn.Module`` does."""

@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -55,6 +56,13 @@ class KernelOps:
             (``csrc/conv.h``).
         sampled_product: ``(go (N, out), x (N, in), row_ptr (out + 1,) int64, cols (nnz,) int32) -> (out, in)``,
             ``go^T x`` at the listed positions and ``+0`` elsewhere (``csrc/sampled.h``).
+        int8_condensed_linear: ``(x (B, in), weight (A, kp) int8, indices (A, kp), weight_sum (A,) int32,
+            weight_scale (A,), rows (A,), bias (out,) | None, layout | None, out_features, input_scale | None,
+            input_zero | None,
+            mode) -> (B, out)`` (``csrc/int8.h``).
+        int8_window_layout: ``(weight, indices, in_features) -> uint8 layout`` for the gather-free int8
+            kernel (``csrc/int8_window.h``; empty where the variant or CPU has none).
+        int8_path: ``(mode) -> str``, the int8 dot-product path that runs (``"avx512_vnni"``, ``"avx2"``, ...).
     """
 
     variant: str
@@ -65,6 +73,9 @@ class KernelOps:
     batch1_supported: bool
     condensed_conv2d: Callable[..., Tensor]
     sampled_product: Callable[..., Tensor]
+    int8_condensed_linear: Callable[..., Tensor]
+    int8_window_layout: Callable[..., Tensor]
+    int8_path: Callable[..., Any]
 
 
 def build_directory(variant: Variant) -> Path:
@@ -183,4 +194,7 @@ def _resolve(variant: str, library: Path) -> KernelOps:
         batch1_supported=bool(ops.batch1_supported()),
         condensed_conv2d=ops.condensed_conv2d.default,
         sampled_product=ops.sampled_product.default,
+        int8_condensed_linear=ops.int8_condensed_linear.default,
+        int8_window_layout=ops.int8_window_layout.default,
+        int8_path=ops.int8_path.default,
     )
