@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # Extra demo flags, e.g. DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05" for the quick check the tests run.
 DEMO_ARGS ?=
 
-.PHONY: demo test docs wheel benchmark overhead findings clean
+.PHONY: demo test lint docs wheel benchmark overhead findings clean
 
 # The installation's output goes to $(VENV)/install.log (printed in full if a step fails).
 # torch comes first, pinned. Where pip's configured index serves only PyPI, Linux gets the CUDA build (several GB):
@@ -33,6 +33,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 -q
+
+# ruff (lint and format) and mypy, as .ci/run checks them (rules in pyproject.toml).
+lint: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/lint.sh
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict

@@ -10,10 +10,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from lightning_srigl.sparsity import random_constant_fan_in_mask, random_unstructured_mask, srigl_update  # noqa: E402
+from lightning_srigl.sparsity import random_constant_fan_in_mask, random_unstructured_mask, srigl_update
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 OUT, IN, DENSITY = 12, 24, 0.25

@@ -1,5 +1,6 @@
-"""The modules that moved in 0.2 (``condensed/`` split into ``kernels/`` and sub-packages), importable by
-their old paths for one release: ``import lightning_srigl.condensed.linear`` gives the module now at
+"""The modules that moved in 0.2 (``condensed/`` split into ``kernels/`` and sub-packages; the callbacks'
+``glue.py`` and ``base.py`` renamed for what they hold), importable by their old paths for one release:
+``import lightning_srigl.condensed.linear`` gives the module now at
 ``lightning_srigl.condensed.layers.linear`` (the same module object, so patching either name patches both).
 
 No file sits at an old path, so history follows the moved files. Imports nothing from the package (a leaf
@@ -45,6 +46,9 @@ MOVED_MODULES: dict[str, str] = {
         "registry": "lightning_srigl.condensed.kinds.registry",
         # `condensed.fold` and `condensed.kinds` are packages now that re-export the old modules' names.
     }.items()
+} | {
+    "lightning_srigl.callbacks.glue": "lightning_srigl.callbacks.sparsity_callback",
+    "lightning_srigl.callbacks.base": "lightning_srigl.callbacks.dynamic_sparsity",
 }
 
 
@@ -62,7 +66,7 @@ class _Alias(importlib.abc.Loader):
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
-    """Finds the old names of :data:`MOVED_MODULES` (after every other finder found no file there)."""
+    """Finds the old names of `MOVED_MODULES` (after every other finder found no file there)."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
         new = MOVED_MODULES.get(fullname)

@@ -72,11 +72,12 @@ def _version() -> str:
 
 
 def check_one_sparsity_callback(callbacks: Sequence[Any] | None) -> None:
-    """Raise [`ConfigError`][lightning_srigl.cli.ConfigError] when the configured ``trainer.callbacks`` hold two sparsity callbacks.
+    """Raise [`ConfigError`][lightning_srigl.cli.ConfigError] when the configured ``trainer.callbacks`` hold two
+    sparsity callbacks.
 
     ``callbacks`` are the parsed entries (``class_path`` namespaces, dicts or strings).
     """
-    from lightning_srigl.callbacks.glue import SparsityCallback  # the base of every callback that owns masks
+    from lightning_srigl.callbacks.sparsity_callback import SparsityCallback  # the base of every callback that owns masks
 
     found = []
     for index, entry in enumerate(callbacks or []):
@@ -95,7 +96,7 @@ def check_callback_arguments(callbacks: Sequence[Any] | None) -> None:
     """Build each configured sparsity callback once, so a bad argument is one
     [`ConfigError`][lightning_srigl.cli.ConfigError] line naming it (jsonargparse buries it in a dump of
     every type it tried)."""
-    from lightning_srigl.callbacks.glue import SparsityCallback
+    from lightning_srigl.callbacks.sparsity_callback import SparsityCallback
 
     for index, entry in enumerate(callbacks or []):
         class_path = entry if isinstance(entry, str) else entry.get("class_path")

@@ -63,7 +63,8 @@ class LayerConversion:
 
 @dataclass(frozen=True)
 class ConversionReport:
-    """Per-layer results of [`convert_to_structured`][lightning_srigl.convert.convert_to_structured], layers left dense and their reasons."""
+    """Per-layer results of [`convert_to_structured`][lightning_srigl.convert.convert_to_structured], layers left dense
+    and their reasons."""
 
     layers: list[LayerConversion]
     skipped: dict[str, str] = field(default_factory=dict)
@@ -221,7 +222,7 @@ def convert_to_structured(
         model: dense or unstructured-sparse trained network (modified in place).
         structure: an N:M pattern such as ``"2:4"`` (or ``"n:m"`` with ``n`` and ``m``), or
             ``"constant_fan_in"`` (``round(fan_in * (1 - sparsity))`` weights per output row; needs
-            ``sparsity``): any spelling [`Structure.parse`][lightning_srigl.sparsity.structure.Structure.parse] takes.
+            ``sparsity``): any spelling `Structure.parse` takes.
         n: with ``structure="n:m"``, the weights kept in every group of ``m`` consecutive inputs (default 2).
         m: with ``structure="n:m"``, the size of the groups (default 4); layers whose input dim ``m`` does
             not divide stay dense.
@@ -304,14 +305,16 @@ def convert_and_evaluate(
     calibration_batches: int = 8,
     **convert_kwargs: Any,
 ) -> ConversionReport:
-    """Measure accuracy, convert with [`convert_to_structured`][lightning_srigl.convert.convert_to_structured], measure again.
+    """Measure accuracy, convert with [`convert_to_structured`][lightning_srigl.convert.convert_to_structured], measure
+    again.
 
     Args:
         model: trained classifier (modified in place).
         eval_dataloader: ``(x, y)`` batches for top-1 accuracy before and after.
         calibration_dataloader: batches for reconstruction (``None`` = magnitude pruning only); the
             first ``calibration_batches`` of them are used.
-        convert_kwargs: forwarded to [`convert_to_structured`][lightning_srigl.convert.convert_to_structured] (``structure``, ``n``, ``m``, ...).
+        convert_kwargs: forwarded to [`convert_to_structured`][lightning_srigl.convert.convert_to_structured]
+            (``structure``, ``n``, ``m``, ...).
 
     Returns:
         The report with ``accuracy_before`` and ``accuracy_after`` filled in.

@@ -2,7 +2,7 @@
 
 A cache keyed on a tensor's identity and version counter misses writes that bypass the counter: through
 ``tensor.data`` (a new alias with a counter of its own), a numpy view or DLPack. So the key may also hold
-a :func:`checksum` of a tensor's contents (one pass over it): an edit of any one element, or one that
+a `checksum` of a tensor's contents (one pass over it): an edit of any one element, or one that
 scales them all, rebuilds the cached value. Edits through such aliases that keep the checksum (two
 elements swapped between the same byte positions of two 8-byte words) are not seen; in-place torch ops
 on the tensor itself always are (its counter moves). The checksum of a CUDA tensor would wait for the
@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 
 def checksum_view(tensor: Tensor, words: int | None = None) -> Tensor | Any:
-    """A flat view of ``tensor`` whose :func:`checksum` covers its bytes: int64 words where its size is a
+    """A flat view of ``tensor`` whose `checksum` covers its bytes: int64 words where its size is a
     whole number of them, else its elements. Shares ``tensor``'s memory, so it sees every later write.
 
     Args:
@@ -56,7 +56,7 @@ def checksum_view(tensor: Tensor, words: int | None = None) -> Tensor | Any:
 
 
 def checksum(view: Tensor | Any) -> int | float | str | bytes:
-    """The wrapping sum of a :func:`checksum_view`: any one changed int64 word changes it, and so does
+    """The wrapping sum of a `checksum_view`: any one changed int64 word changes it, and so does
     scaling every float (``mul_(2)``). One pass over the memory. A numpy view's key is its bytes."""
     if not isinstance(view, Tensor):
         return bytes(view.tobytes())
@@ -86,7 +86,7 @@ class DerivedCache(Generic[T]):
         """The value of ``kind``: cached while ``watched`` (identity and version counter) and the contents of
         ``summed`` (CPU tensors among them, see the module docstring) are unchanged, else ``build()``.
         ``words``: checksum at most this many evenly strided words of each ``summed`` tensor
-        (:func:`checksum_view`), for lookups on a hot path.
+        (`checksum_view`), for lookups on a hot path.
 
         Returns None for inference tensors (created under ``torch.inference_mode``: they have no version
         counter): the caller then works without the cache.

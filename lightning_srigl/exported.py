@@ -1,4 +1,4 @@
-"""The ``"exported"`` format of :func:`~lightning_srigl.condensed.serialization.save_condensed`: a model
+"""The ``"exported"`` format of [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]: a model
 captured with ``torch.export``, and the module a loaded program becomes. A leaf module (torch only), so
 loading a program needs nothing else of the package.
 
@@ -12,7 +12,7 @@ What the capture takes care of, so that the program runs wherever the model did:
 * a Hugging Face model's cache is switched off (``config.use_cache = False``) while it is captured, and
   any other output that is not a tensor (in dicts and tuples) is refused with a ``ValueError`` naming it;
 * the loaded program takes its inputs by position or by the names of the model's ``forward``
-  (``model(input_ids=ids)``), as :class:`ExportedModel`.
+  (``model(input_ids=ids)``), as `ExportedModel`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def plain_outputs(value: object, where: str = "output") -> object:
 
 
 class PlainOutputs(nn.Module):
-    """``model`` whose outputs pass through :func:`plain_outputs` (what an exported program returns)."""
+    """``model`` whose outputs pass through `plain_outputs` (what an exported program returns)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -107,7 +107,7 @@ def export_program(
 
     Returns:
         The program as a ``uint8`` tensor of ``torch.export.save`` bytes, and the names of its inputs
-        (:func:`input_names`).
+        (`input_names`).
     """
     raw = example_input if isinstance(example_input, tuple) else (example_input,)
     if not all(isinstance(x, Tensor) for x in raw):
@@ -127,7 +127,7 @@ def export_program(
         if widened is not None:
             try:
                 program = torch.export.export(wrapped, widened, dynamic_shapes=dynamic_shapes)
-            except Exception as error:  # noqa: BLE001 - any failure: capture at the example's own batch size
+            except Exception as error:
                 warnings.warn(
                     f"save_condensed: the model did not run at batch 2 ({type(error).__name__}), so the saved "
                     "program runs at batch size 1 only; pass an example with a batch of 2 or more to free it",

@@ -1,7 +1,7 @@
 """Timing with warm caches: interleaved rounds of short samples, their median and minimum.
 
 Shared by ``accelerate()`` (which picks the fastest exact layer) and the benchmark
-(:mod:`lightning_srigl.benchmark.timing` adds cold-cache timing on top), so both rank kernels the same
+([`timing`][lightning_srigl.benchmark.timing] adds cold-cache timing on top), so both rank kernels the same
 way: on a machine shared with other work a preempted sample only ever looks slower, so the minimum of
 interleaved samples is the robust statistic.
 """
@@ -59,7 +59,8 @@ def hot_times(
     Each function gets warm-up calls (at least ``warmup`` and 10 % of ``min_run_time``) and a
     ``number`` of back-to-back calls per sample chosen so a sample lasts about ``sample_time``. Then
     every round takes one sample of each function in turn, until each has at least ``min_samples``
-    samples and ``min_run_time`` seconds measured; each sample follows one untimed call of the same function, so its caches are as
+    samples and ``min_run_time`` seconds measured; each sample follows one untimed call of the same function, so its
+    caches are as
     warm as in back-to-back calls although the other functions ran in between. Interleaving makes the
     functions share the machine's slow drifts (other tenants, clock changes), so their ratio is fairer
     than with one function timed after the other; short samples keep the minimum meaningful on a

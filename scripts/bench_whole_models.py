@@ -51,7 +51,7 @@ DOC_CSV = ROOT / "docs" / "assets" / "whole_models.csv"
 DOC_MARKER = "<!-- results -->"
 
 
-def images(side: int):  # noqa: ANN201 - batch -> input
+def images(side: int):
     return lambda batch: torch.randn(batch, 3, side, side)
 
 
@@ -75,7 +75,9 @@ def cases(smoke: bool) -> dict[str, ModelCase]:
     """The benchmark's models; ``smoke`` makes each tiny (same code paths, for the tests)."""
     vit = {"image_size": 32, "patch_size": 8, "dim": 64, "depth": 2, "heads": 4, "mlp_dim": 128} if smoke else {}
     found = {
-        "resnet18_cifar": ModelCase("resnet18_cifar", lambda: ResNet18(10, 8 if smoke else 64), images(32), "erk", 0.1, True),
+        "resnet18_cifar": ModelCase(
+            "resnet18_cifar", lambda: ResNet18(10, 8 if smoke else 64), images(32), "erk", 0.1, True
+        ),
         "resnet50": ModelCase(
             "resnet50", lambda: ResNet50(10, 8, (1, 1, 1, 1)) if smoke else ResNet50(), images(32 if smoke else 224),
             "erk", 0.1, True,
@@ -100,7 +102,8 @@ def write_doc(rows: list[dict]) -> None:
         shown = re.sub(r" --out \S+", "", command)  # --doc writes into docs/ wherever --out points
         facts.append(
             f"* {', '.join(dict.fromkeys(r['model'] for r in run))}: `{shown}`. CPU: {first['cpu_model']}; kernels: "
-            f"{first['kernel_variant']}; ATen capability: {first['aten_capability']}; ISA limits: {first['isa_limits']}; "
+            f"{first['kernel_variant']}; ATen capability: {first['aten_capability']}; "
+            f"ISA limits: {first['isa_limits']}; "
             f"{first['threads']} thread(s); clock: {first['clock']}; load average "
             f"{min(float(r['load_average']) for r in run)}–{max(float(r['load_average']) for r in run)}."
         )

@@ -1,4 +1,5 @@
-"""The GPU sweep of ``scripts/gpu_check.sh``: run ``configs/benchmark_gpu.yaml``, check exactness, compare with the speed goals.
+"""The GPU sweep of ``scripts/gpu_check.sh``: run ``configs/benchmark_gpu.yaml``, check exactness, compare with the
+speed goals.
 
 Usage (``scripts/gpu_check.sh`` calls it; it can also run alone)::
 

@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from example_projects.cifar10_resnet18.model import ResNet18
 from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
-from lightning_srigl.callbacks.glue import SparsityCallback
+from lightning_srigl.callbacks.sparsity_callback import SparsityCallback
 from lightning_srigl.masking import MaskedParameters, zero_inactive_
 
 TIMED_HOOKS = (

@@ -3,7 +3,8 @@
 A real ``Trainer.fit`` of one ``nn.Linear(size, size)`` (fp32, SGD with momentum, batch 1) with
 ``SRigLCallback(delta_t=1, t_end_fraction=1)`` over 2 steps: the update runs once, after step 1, in
 ``on_train_batch_end``. The layer is the model's last, so SRigL protects it from ablation by default;
-``--ablate`` (``no_ablation=[]``) measures the update with the neuron-ablation step as well. Two probe callbacks sit around ``SRigLCallback`` in the callback list, so
+``--ablate`` (``no_ablation=[]``) measures the update with the neuron-ablation step as well. Two probe callbacks sit
+around ``SRigLCallback`` in the callback list, so
 only its ``on_train_batch_end`` (re-mask, then the update) runs between them: the first resets the
 process's peak RSS (``/proc/self/clear_refs``, Linux) and records the RSS, the second reads the new
 peak. The figure is ``(peak - rss before) / weight bytes``; the target is <= 3.
@@ -100,7 +101,10 @@ def main() -> None:
         return
     torch_threads = torch.get_num_threads()
     ablation = "with neuron ablation" if args.ablate else "output layer, no ablation"
-    print(f"one SRigL update of a {args.size}x{args.size} fp32 layer ({ablation}, {torch_threads} threads), peak RSS increase:")
+    print(
+        f"one SRigL update of a {args.size}x{args.size} fp32 layer ({ablation}, {torch_threads} threads), "
+        "peak RSS increase:"
+    )
     for sparsity in args.sparsity:
         command = [sys.executable, __file__, "--one", "--size", str(args.size), "--sparsity", str(sparsity)]
         command += ["--ablate"] if args.ablate else []

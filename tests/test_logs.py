@@ -42,8 +42,8 @@ def test_quiet_filters_only_lightning_s_own_deprecation() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with quiet():
-            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
-            warnings.warn("something the user must see", UserWarning)
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+            warnings.warn("something the user must see", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something the user must see"]
 
 

@@ -3,7 +3,7 @@
 A *method* is ``"<kernel>_<dtype>"`` or ``"<kernel>_graph_<dtype>"``: kernel ``dense``, ``csr``,
 ``condensed`` or ``semi_structured`` (2:4, CUDA GPUs with sparse tensor cores); dtype ``fp32``,
 ``bf16``, ``fp16`` or ``tf32`` (fp32 weights, TF32 tensor-core matmuls: dense only); ``_graph``
-replays the layer from a CUDA graph (:mod:`lightning_srigl.benchmark.wrappers`). Examples:
+replays the layer from a CUDA graph ([`wrappers`][lightning_srigl.benchmark.wrappers]). Examples:
 ``dense_fp32``, ``dense_tf32``, ``csr_fp32``, ``condensed_bf16``, ``condensed_graph_fp32``.
 Every method of one configuration is built from the same masked fp32 weight.
 """
@@ -106,7 +106,8 @@ def make_masked_linear(spec: SparseLayerSpec, seed: int = 0) -> tuple[nn.Linear,
 
 
 def parse_method(method: str) -> Method:
-    """``"condensed_graph_bf16" -> Method("condensed", torch.bfloat16, graph=True)``; ``ValueError`` on unknown names."""
+    """``"condensed_graph_bf16" -> Method("condensed", torch.bfloat16, graph=True)``; ``ValueError`` on
+    unknown names."""
     kernel, _, dtype = method.rpartition("_")
     graph = kernel.endswith("_graph")
     kernel = kernel.removesuffix("_graph")
@@ -123,7 +124,7 @@ def build_method(
 ) -> nn.Module:
     """The inference module for ``method`` equal to ``linear`` masked by ``mask``, on ``device``.
 
-    ``condensed_backend`` is the :class:`CondensedLinear` backend (``"triton"`` runs the GPU kernels
+    ``condensed_backend`` is the `CondensedLinear` backend (``"triton"`` runs the GPU kernels
     on CPU tensors under ``TRITON_INTERPRET=1``, as the GPU check's smoke run does).
     """
     parsed = parse_method(method)
@@ -144,7 +145,7 @@ def build_method(
 
 
 def unwrapped(module: nn.Module) -> nn.Module:
-    """The layer inside the wrappers of :mod:`lightning_srigl.benchmark.wrappers`."""
+    """The layer inside the wrappers of [`lightning_srigl.benchmark.wrappers`][lightning_srigl.benchmark.wrappers]."""
     while isinstance(module, (TF32Matmul, CUDAGraphReplay)):
         module = module.inner
     return module

@@ -48,7 +48,7 @@ def emulation_env(cpu_isa: str) -> dict[str, str]:
 
 
 def is_emulating(cpu_isa: str) -> bool:
-    """True when this process already runs under :func:`emulation_env` of ``cpu_isa``."""
+    """True when this process already runs under `emulation_env` of ``cpu_isa``."""
     return all(os.environ.get(name) == value for name, value in emulation_env(cpu_isa).items())
 
 

@@ -43,7 +43,8 @@ class BenchmarkModule(pl.LightningModule):
     """A LightningModule whose test loop is a kernel benchmark sweep.
 
     Args:
-        config: the sweep; ``None`` uses [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] defaults updated with ``overrides``.
+        config: the sweep; ``None`` uses [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] defaults updated
+            with ``overrides``.
         overrides: [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] fields.
 
     After ``trainer.test(module)``: ``results`` holds one dict per (case, method) and
@@ -176,7 +177,8 @@ def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: A
     """Run the sweep through ``Trainer.test`` and return the module (``.results``, ``.outputs``).
 
     Args:
-        config: a YAML path (flat [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] keys), a [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig], or ``None``
+        config: a YAML path (flat [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] keys), a
+            [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig], or ``None``
             for the defaults.
         overrides: [`SweepConfig`][lightning_srigl.benchmark.sweep.SweepConfig] fields that win over the file.
     """

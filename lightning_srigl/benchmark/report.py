@@ -65,7 +65,7 @@ def _number(text: str) -> Any:
 
 def summarize(rows: Sequence[Row], statistic: str = "median") -> list[Row]:
     """One row per case: each method's time (µs, ``statistic`` of its samples) and the ratios of
-    :data:`RATIOS` present."""
+    `RATIOS` present."""
     column = {"median": "time_us", "min": "min_us"}[statistic]
     cases: dict[tuple[Any, ...], Row] = {}
     for row in rows:

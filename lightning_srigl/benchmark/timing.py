@@ -1,4 +1,4 @@
-"""Timing with cold caches, on top of the warm-cache timer of :mod:`lightning_srigl.timing`.
+"""Timing with cold caches, on top of the warm-cache timer of [`lightning_srigl.timing`][lightning_srigl.timing].
 
 Cold caches: the same layer is copied until the copies together exceed the last-level cache
 (``cold_bytes``, ~1 GB by default) and the timed statement runs every copy once per pass, so each

@@ -1,16 +1,18 @@
 """Whole-model benchmark: a sparse model accelerated end to end vs the same model dense, in one run.
 
-For a model factory and an input factory, :func:`benchmark_model`:
+For a model factory and an input factory, `benchmark_model`:
 
-1. builds the model (seeded) and gives it SRigL masks (:func:`srigl_masks`: the callbacks' layer
+1. builds the model (seeded) and gives it SRigL masks (`srigl_masks`: the callbacks' layer
    selection, ERK or uniform densities, constant fan-in, a share of ablated neurons whose budget goes
    to the surviving ones, as SRigL redistributes it; the output layer keeps all its neurons);
 2. per batch size, builds the variants from that one masked model: ``dense_fp32`` (the masked weights
    in the plain dense model), ``dense_channels_last`` (convolutional models), ``dense_bf16`` (only where
-   the CPU computes bf16 natively) and ``accelerated`` (:func:`~lightning_srigl.condensed.acceleration.accelerate.accelerate`
+   the CPU computes bf16 natively) and ``accelerated``
+   ([`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]
    at that batch size, which keeps a dense layer wherever no sparse kernel is faster);
-3. times them end to end in interleaved rounds (:func:`~lightning_srigl.benchmark.timing.hot_times`,
-   minimum per call; at 1 thread the timing thread's CPU time, robust on a shared machine), and reports each variant's latency, its speedup over ``dense_fp32``, the max
+3. times them end to end in interleaved rounds ([`hot_times`][lightning_srigl.benchmark.timing.hot_times],
+   minimum per call; at 1 thread the timing thread's CPU time, robust on a shared machine), and reports each variant's
+   latency, its speedup over ``dense_fp32``, the max
    logit difference from ``dense_fp32`` and its weight bytes (parameters and buffers).
 """
 
@@ -151,7 +153,7 @@ def benchmark_model(
         threads: intra-op threads (``torch.set_num_threads``), for acceleration and timing.
         min_run_time: seconds of samples per variant and batch size (at least 7 samples each).
         seed: seeds the model, the masks and the inputs.
-        accelerate_repeats: timed calls per candidate layer inside :func:`accelerate`.
+        accelerate_repeats: timed calls per candidate layer inside `accelerate`.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Outputs of the whole-model benchmark (:mod:`~lightning_srigl.benchmark.whole_model`): a rich table, a
+"""Outputs of the whole-model benchmark ([`whole_model`][lightning_srigl.benchmark.whole_model]): a rich table, a
 markdown table for ``docs/``, and a plot of each variant's speedup over dense fp32."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def rich_table(rows: Sequence[Row], title: str) -> Table:
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    """The :func:`rich_table` columns as a GitHub-flavoured markdown table."""
+    """The `rich_table` columns as a GitHub-flavoured markdown table."""
     return tables.markdown_table(list(COLUMNS.values()), [_cells(row) for row in rows])
 
 

@@ -1,6 +1,6 @@
 """Lightning callbacks for dynamic sparse training and condensed inference."""
 
-from lightning_srigl.callbacks.base import DynamicSparsityCallback
+from lightning_srigl.callbacks.dynamic_sparsity import DynamicSparsityCallback
 from lightning_srigl.callbacks.rigl import RigLCallback
 from lightning_srigl.callbacks.srigl import SRigLCallback
 from lightning_srigl.callbacks.nm import NMSparsityCallback

@@ -16,7 +16,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_integer, check_flag
-from lightning_srigl.callbacks.glue import check_trainable, log_metrics, run_folder
+from lightning_srigl.callbacks.sparsity_callback import check_trainable, log_metrics, run_folder
 from lightning_srigl.condensed.acceleration.accelerate import (
     AccelerationPlan,
     check_candidates,
@@ -47,7 +47,8 @@ class AccelerateCallback(Callback):
     the exact candidates of the masked ones on those real inputs and installs the modules it timed;
     the other ranks build the same choice (broadcast). After an FSDP2 fit (``ModelParallelStrategy``) the
     layers it may change are first gathered into plain modules with whole weights and masks, on every rank.
-    The report is printed, logged (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
+    The report is printed, logged (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first
+    logger's folder
     (else ``trainer.default_root_dir``) on rank 0. Afterwards ``trainer.test()``, ``trainer.predict()``
     and ``trainer.validate()`` run the accelerated model; a later ``trainer.fit()`` on it is refused
     (its sparse layers are gone), before any weight changes.
@@ -65,7 +66,8 @@ class AccelerateCallback(Callback):
         fold: fold ablated neurons into the following layer where exact.
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
-            (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.acceleration.accelerate.accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
+            (interleaved rounds, fastest sample; see
+            [`lightning_srigl.condensed.acceleration.accelerate.accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
         quantize, error_budget: ``"int8"`` also tries int8 layers, calibrated on the captured inputs and
             kept within ``error_budget`` (relative output error); as for ``accelerate``.
     """
@@ -114,7 +116,7 @@ class AccelerateCallback(Callback):
             if sparse_kind(layer) is not None:
                 self._handles.append(layer.register_forward_pre_hook(self._recorder(name), with_kwargs=True))
 
-    def _recorder(self, name: str):  # noqa: ANN202 - a forward pre-hook
+    def _recorder(self, name: str):
         def record(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
             if args and isinstance(args[0], Tensor):
                 self._inputs[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)

@@ -1,7 +1,8 @@
 """Constructor-argument checks shared by the callbacks: every bad value fails in ``__init__``.
 
 Numbers may be Python numbers, numpy scalars or 0-d tensors
-(:func:`~lightning_srigl.sparsity.validation.as_real`, :func:`~lightning_srigl.sparsity.validation.as_integer`);
+([`as_real`][lightning_srigl.sparsity.validation.as_real],
+[`as_integer`][lightning_srigl.sparsity.validation.as_integer]);
 errors are ``TypeError`` for a value of the wrong kind and ``ValueError`` for one out of range, and
 name the argument and how to fix it.
 """

@@ -15,7 +15,7 @@ and the SR term, which is exactly ``lambda_w * P``, is added to ``p.grad``: two 
 calls over all layers, once per step, so ``lambda_w`` does not scale with the number of processes,
 accumulation steps or the loss scale (the reference code's in-backward placement does). Right after
 the step the mask is recomputed and the pruned values are set aside again
-(:func:`~lightning_srigl.masking.move_inactive_`: exact, no allocation). Outside that window the
+([`move_inactive_`][lightning_srigl.masking.move_inactive_]: exact, no allocation). Outside that window the
 model is exactly N:M, so validation, checkpoints' model weights, ``AccelerateCallback`` and any code
 touching ``module.weight`` directly (tied weights, ``nn.MultiheadAttention``) all see the sparse
 network.
@@ -37,7 +37,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_integer, as_real, check_choice, check_flag, check_patterns
-from lightning_srigl.callbacks.glue import SparsityCallback, log_metrics
+from lightning_srigl.callbacks.sparsity_callback import SparsityCallback, log_metrics
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, move_inactive_, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask
@@ -64,7 +64,7 @@ class NMSparsityCallback(SparsityCallback):
             (a stem conv rarely has a multiple of ``m`` inputs; the head is small).
         log_every_n_steps: log mask flips (SAD) per layer and globally every this many steps.
         structure: the pattern written once, e.g. ``"2:4"`` (the spelling ``SRigLCallback`` and
-            ``convert`` take, [`Structure.parse`][lightning_srigl.sparsity.structure.Structure.parse]); instead of ``n``
+            ``convert`` take, `Structure.parse`); instead of ``n``
             and ``m``.
 
     Layers whose input (or, for transposable masks, output) dimension is not divisible by ``m`` stay

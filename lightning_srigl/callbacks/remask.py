@@ -1,7 +1,7 @@
 """When a fit may skip re-masking the weights after an optimizer step (the Lightning side).
 
 Masked gradients and zeroed optimizer state keep inactive weights at exactly zero through the steps
-of SGD, Adam and AdamW (derived in :mod:`lightning_srigl.masking.zero_keeping`), *if nothing else
+of SGD, Adam and AdamW (derived in [`zero_keeping`][lightning_srigl.masking.zero_keeping]), *if nothing else
 moves a weight*. What else could, in a Lightning fit, and keeps the per-step re-mask:
 
 * manual optimization (the ``training_step`` steps optimizers and may touch anything between steps);
@@ -13,16 +13,16 @@ moves a weight*. What else could, in a Lightning fit, and keeps the per-step re-
 * any other callback that overrides a hook of the training loop (batch, epoch, backward, optimizer
   and validation hooks: weight averaging such as ``StochasticWeightAveraging`` or
   ``EMAWeightAveraging``, pruning, user callbacks), except Lightning's own callbacks that only read
-  (:data:`LOOP_SAFE_CALLBACKS`: checkpointing, progress bars, summaries, monitors, early stopping,
-  timer, accumulation scheduler) and :class:`~lightning_srigl.callbacks.AccelerateCallback` (it
+  (`LOOP_SAFE_CALLBACKS`: checkpointing, progress bars, summaries, monitors, early stopping,
+  timer, accumulation scheduler) and [`AccelerateCallback`][lightning_srigl.callbacks.AccelerateCallback] (it
   swaps layers at fit end only).
 
 Gradient clipping by norm or by value and gradient accumulation keep masked gradients zero (see
-:mod:`lightning_srigl.masking.zero_keeping`), so they need no re-mask.
+[`lightning_srigl.masking.zero_keeping`][lightning_srigl.masking.zero_keeping]), so they need no re-mask.
 
 The same reasoning decides when the gradient pass may skip a weight whose gradient the sampled
-backward wrote (:meth:`lightning_srigl.training.SparseBackward.untouched_gradients`, which sees every
-write through autograd but not one through ``.data``): :func:`gradient_pass_reason` also keeps the
+backward wrote (`lightning_srigl.training.SparseBackward.untouched_gradients`, which sees every
+write through autograd but not one through ``.data``): `gradient_pass_reason` also keeps the
 pass under a strategy that reduces gradients across processes and for a LightningModule that
 overrides ``backward``, ``on_before_backward`` or ``on_after_backward``.
 """
@@ -136,8 +136,8 @@ def step_remask_reason(optimizers: Iterable[Optimizer]) -> str | None:
 class RemaskPolicy:
     """Per step, whether a sparsity callback must re-mask its weights (see the module's rules).
 
-    :meth:`start` (at ``on_train_start``, after any restore) establishes the invariant the skip
-    relies on: inactive weights and their optimizer state zero. :meth:`reason` then says, each step,
+    `start` (at ``on_train_start``, after any restore) establishes the invariant the skip
+    relies on: inactive weights and their optimizer state zero. `reason` then says, each step,
     why a re-mask is needed (``None``: it is not).
     """
 

@@ -54,7 +54,7 @@ def layer_counts(mask: Tensor, ever_active: Tensor) -> list[int]:
 
 
 def layer_stats(name: str, shape: tuple[int, ...], counts: Sequence[int]) -> LayerStats:
-    """Statistics of a layer of ``shape`` from its :func:`layer_counts`; ``fan_in`` is the mean over active neurons."""
+    """Statistics of a layer of ``shape`` from its `layer_counts`; ``fan_in`` is the mean over active neurons."""
     nnz, active, ever = counts
     return LayerStats(
         name=name,
@@ -111,7 +111,8 @@ def topology_metrics(stats: Sequence[LayerStats], prefix: str) -> dict[str, floa
 def history_record(
     step: int, drop_fraction: float, changed: dict[str, int], metrics: dict[str, float], prefix: str
 ) -> dict[str, Any]:
-    """One topology update for the history: its step, drop fraction, mask change, active neurons and fan-in per layer."""
+    """One topology update for the history: its step, drop fraction, mask change, active neurons and fan-in per
+    layer."""
     return {
         "step": step,
         "drop_fraction": drop_fraction,

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_srigl.callbacks.base import DynamicSparsityCallback
+from lightning_srigl.callbacks.dynamic_sparsity import DynamicSparsityCallback
 from lightning_srigl.sparsity import LayerInputs, Reducer, random_unstructured_mask, rigl_update_layers
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_real, check_patterns
-from lightning_srigl.callbacks.base import Distribution, DynamicSparsityCallback
+from lightning_srigl.callbacks.dynamic_sparsity import Distribution, DynamicSparsityCallback
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import check_patterns_match, matches
 from lightning_srigl.sparsity import (
@@ -51,7 +51,7 @@ class SRigLCallback(DynamicSparsityCallback):
             ``0`` disables ablation. ``None``: 0.3 (the paper's CNN value) for constant fan-in,
             0 for N:M (a group must keep exactly N, so neurons cannot be ablated).
         structure: ``"constant_fan_in"`` (SRigL) or an N:M pattern such as ``"2:4"`` (any spelling
-            [`Structure.parse`][lightning_srigl.sparsity.structure.Structure.parse] takes): the same
+            `Structure.parse` takes): the same
             schedule then drops by magnitude and regrows by gradient inside each group of M inputs,
             so every layer stays exactly N:M (density N/M; ``sparsity`` and ``distribution`` are
             not used; selected layers whose input dimension M does not divide stay dense).

@@ -171,10 +171,12 @@ def save_condensed(
     example_input: Tensor | tuple[Tensor, ...] | None = None,
     dynamic_shapes: str | object | None = "auto",
 ) -> str:
-    """Save ``model`` so [`load_condensed`][lightning_srigl.condensed.serialization.load_condensed] can rebuild it without the training code.
+    """Save ``model`` so [`load_condensed`][lightning_srigl.condensed.serialization.load_condensed] can rebuild it
+    without the training code.
 
     Args:
-        model: a model (typically with [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear] layers).
+        model: a model (typically with [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear]
+            layers).
         path: destination file.
         example_input: needed only for models with custom modules; they are captured with
             ``torch.export`` on this input (one tensor or a tuple of positional tensors).
@@ -189,7 +191,7 @@ def save_condensed(
         ``tuple``s where the model returned other containers (a Hugging Face ``CausalLMOutput``
         becomes ``{"logits": ...}``), so loading it needs torch only; it takes its inputs by position
         or by their names in ``model.forward`` (``input_ids=``). A Hugging Face model is captured
-        with its cache off (:mod:`~lightning_srigl.exported`).
+        with its cache off (`exported`).
 
     Raises:
         ValueError: a custom model without ``example_input``, or one whose outputs are not tensors.
@@ -213,7 +215,7 @@ def _read(path: str | Path, map_location: str | torch.device | None) -> object:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError, MemoryError):
         raise
-    except Exception as error:  # noqa: BLE001 - bytes that are no torch file fail anywhere in the unpickler
+    except Exception as error:
         # torch's own message may advise weights_only=False: wrong advice for a file of unknown origin.
         raise ValueError(
             f"{path} is not a condensed model file: it is empty, truncated or not written by save_condensed "
@@ -233,7 +235,8 @@ def load_condensed(
             so set it only for files from a source you trust. ``"spec"`` files never need it.
 
     Raises:
-        ValueError: the file was not written by [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed], is malformed or tampered with
+        ValueError: the file was not written by
+            [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed], is malformed or tampered with
             (unknown types, bad arguments, shapes, dtypes or indices), or is an exported program
             without ``trust_exported=True``.
     """

@@ -3,10 +3,10 @@
 ``condensed_conv2d(x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding,
 dilation) -> y (N, out, Ho, Wo)`` is the convolution of ``x (N, C, H, W)`` with the dense weight whose
 row ``rows[a]`` holds ``values[a, j]`` at tap ``indices[a, j]`` (taps over all ``C`` channels, see
-:mod:`lightning_srigl.condensed.layers.conv`); channels without an active row output their bias. Registered
-with :func:`torch.library.custom_op` so ``torch.compile`` and ``torch.export`` (with dynamic batch and
+[`conv`][lightning_srigl.condensed.layers.conv]); channels without an active row output their bias. Registered
+with `torch.library.custom_op` so ``torch.compile`` and ``torch.export`` (with dynamic batch and
 image sizes) see one node. Device dispatch: CPU -> the C++ variant (fp32) or the reference, CUDA -> the
-Triton kernel (:mod:`~lightning_srigl.kernels.triton.conv`, imported lazily) or the reference.
+Triton kernel ([`conv`][lightning_srigl.kernels.triton.conv], imported lazily) or the reference.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import warnings
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ def conv2d_reference(
     dilation: list[int],
 ) -> Tensor:
     """``F.conv2d`` with the dense weight rebuilt from ``values``: exact, and differentiable in ``x`` and
-    ``values``. Shapes as for :func:`condensed_conv2d`."""
+    ``values``. Shapes as for `condensed_conv2d`."""
     kh, kw = kernel_size
     per_group = x.shape[1] // groups * kh * kw
     group = rows // (out_channels // groups)
@@ -79,7 +80,7 @@ def condensed_conv2d(
 
 @functools.cache
 def triton_conv() -> ModuleType | None:
-    """:mod:`lightning_srigl.kernels.triton.conv`, or ``None`` (after one warning) without Triton."""
+    """[`conv`][lightning_srigl.kernels.triton.conv], or ``None`` (after one warning) without Triton."""
     try:
         from lightning_srigl.kernels.triton import conv as module
     except ImportError as error:
@@ -89,7 +90,7 @@ def triton_conv() -> ModuleType | None:
 
 
 @condensed_conv2d.register_kernel("cuda")
-def _condensed_conv2d_cuda(*args: object) -> Tensor:
+def _condensed_conv2d_cuda(*args: Any) -> Tensor:
     """CUDA dispatch point: the Triton kernel, or the reference where Triton is missing."""
     module = triton_conv()
     return (conv2d_reference if module is None else module.condensed_conv2d_triton)(*args)

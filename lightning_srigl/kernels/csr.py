@@ -35,7 +35,7 @@ def to_csr(weight: Tensor) -> Tensor:
     """``weight (out, in)`` as a torch sparse CSR tensor, without torch's CSR beta warning.
 
     torch raises that warning at most once per process, at the first CSR tensor built; the layers build
-    theirs here or in :func:`csr_tensor`, so the forward pass (which skips the filter: it costs ~3 us a
+    theirs here or in `csr_tensor`, so the forward pass (which skips the filter: it costs ~3 us a
     call) does not raise it either.
     """
     with _csr_beta_warning_hidden():
@@ -53,7 +53,8 @@ def csr_product(
 ) -> Tensor:
     """``(B, in) -> (B, out)`` with the CSR weight of those parts. Batch 1 uses ``F.linear(x, W_csr, b)``
     and larger batches ``addmm(b, W_csr, xᵀ)ᵀ``: the faster torch CSR call for each regime on CPU
-    (measured with ``scripts/bench_condensed_cpu.py``). Under ``torch.inference_mode()`` batch 1 takes the ``addmm`` path too:
+    (measured with ``scripts/bench_condensed_cpu.py``). Under ``torch.inference_mode()`` batch 1 takes the ``addmm``
+    path too:
     torch's sparse ``F.linear`` raises "Cannot set version_counter for inference tensor" there."""
     out_features = crow_indices.shape[0] - 1
     weight = torch.sparse_csr_tensor(crow_indices, col_indices, values, (out_features, in_features), check_invariants=False)
@@ -68,7 +69,7 @@ def csr_product(
 def csr_linear(
     x2d: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None, in_features: int
 ) -> Tensor:
-    """:func:`csr_product` as one op, for tracing, compiling and exporting."""
+    """`csr_product` as one op, for tracing, compiling and exporting."""
     return csr_product(x2d, crow_indices, col_indices, values, bias, in_features)
 
 

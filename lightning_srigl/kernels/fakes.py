@@ -2,8 +2,8 @@
 ``torch.compile``, ``torch.export`` and ``FakeTensorMode`` trace calls through the ops.
 
 One function per op. The Python custom ops (``torch.ops.lightning_srigl.*``) register theirs where they
-are defined; :func:`register_cpp_fakes` gives each C++ variant's ops (``torch.ops.lightning_srigl_<variant>``,
-:data:`CPP_FAKES`) theirs when the variant loads. Outputs whose size the data decides (the batch-1 layout)
+are defined; `register_cpp_fakes` gives each C++ variant's ops (``torch.ops.lightning_srigl_<variant>``,
+`CPP_FAKES`) theirs when the variant loads. Outputs whose size the data decides (the batch-1 layout)
 get an unbacked size from ``torch.library.get_ctx()``.
 """
 
@@ -117,6 +117,6 @@ CPP_FAKES: dict[str, Callable[..., Tensor]] = {
 
 
 def register_cpp_fakes(namespace: str) -> None:
-    """Register :data:`CPP_FAKES` for the ops of ``torch.ops.<namespace>`` (a loaded variant), once."""
+    """Register `CPP_FAKES` for the ops of ``torch.ops.<namespace>`` (a loaded variant), once."""
     for name, fake in CPP_FAKES.items():
         torch.library.register_fake(f"{namespace}::{name}", fake)

@@ -7,16 +7,19 @@ input_scale, input_zero) -> y (B, out)`` computes, with ``q`` the activations qu
                     * (scale[b] * weight_scale[a]) + bias[rows[a]]
 
 and ``bias`` (or 0) at the other outputs. ``weight (A, kp)`` is int8 in ``[-127, 127]`` with the fan-in
-padded to a multiple of :data:`INT8_PAD` by zero weights; ``q = clamp(round(x / scale) + zero, 0, 255)``
-with ``(scale, zero)`` per row from its range (dynamic: :func:`dynamic_input_quantization`) or one
-calibrated pair (``input_scale``, ``input_zero``). ``layout`` (:func:`window_layout`; may be empty) lets
+padded to a multiple of `INT8_PAD` by zero weights; ``q = clamp(round(x / scale) + zero, 0, 255)``
+with ``(scale, zero)`` per row from its range (dynamic: `dynamic_input_quantization`) or one
+calibrated pair (``input_scale``, ``input_zero``). ``layout`` (`window_layout`; may be empty) lets
 AVX-512 VBMI + VNNI CPUs skip the gathers; it changes the order of the integer sums only. The C++ kernels
-(``csrc/int8.h``, ``csrc/int8_window.h``) and :func:`int8_linear_reference` do the same integer sums and the same fp32 operations in the same order,
-so they agree bit for bit. Registered with :func:`torch.library.custom_op` (with a fake kernel), so
+(``csrc/int8.h``, ``csrc/int8_window.h``) and `int8_linear_reference` do the same integer sums and the same fp32
+operations in the same order,
+so they agree bit for bit. Registered with `torch.library.custom_op` (with a fake kernel), so
 ``torch.compile(fullgraph=True)`` and ``torch.export`` see one node. Inference only (no autograd).
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -80,14 +83,14 @@ def int8_linear_reference(
     """The int32 reference of the kernels' arithmetic (module docstring): ``(B, in) -> (B, out)`` fp32.
 
     Exact integer sums in int64 (the kernels' int32 cannot overflow for fan-ins up to
-    :data:`INT8_MAX_FAN_IN`), then ``float(sum) * (scale * weight_scale)`` and ``+ bias`` as two fp32
+    `INT8_MAX_FAN_IN`), then ``float(sum) * (scale * weight_scale)`` and ``+ bias`` as two fp32
     operations. Memory ``O(B * A * kp)``: for tests and devices without the kernels, not for speed.
     """
     scale, zero = dynamic_input_quantization(x2d)
     if input_scale is not None:
         finite = torch.isfinite(scale)
         scale = torch.where(finite, torch.full_like(scale, input_scale), scale)
-        zero = torch.where(finite, torch.full_like(zero, int(input_zero)), zero)
+        zero = torch.where(finite, torch.full_like(zero, int(cast(int, input_zero))), zero)
     q = quantize_input(x2d, scale, zero).long()
     sums = (q[:, indices.long()] * weight.long()).sum(-1) - zero.long()[:, None] * weight_sum.long()  # (B, A)
     product = sums.to(torch.float32) * (scale[:, None] * weight_scale[None, :])

@@ -2,9 +2,9 @@
 
 ``int8_layout(values, indices)`` quantizes ``values (A, k)`` per row, symmetric (``scale = max |w| / 127``,
 1 for an all-zero row; ``int8 = clamp(round(w / scale), -127, 127)``), pads the fan-in with zero weights
-(index 0) to a multiple of :data:`~lightning_srigl.kernels.int8.INT8_PAD` and adds the row sums the
-activations' zero point needs. :func:`calibration_range` fixes one activation ``(scale, zero)`` from real
-inputs; :func:`check_int8` validates a layout (run when a layer is built or loaded, so the op trusts it).
+(index 0) to a multiple of [`INT8_PAD`][lightning_srigl.kernels.int8.INT8_PAD] and adds the row sums the
+activations' zero point needs. `calibration_range` fixes one activation ``(scale, zero)`` from real
+inputs; `check_int8` validates a layout (run when a layer is built or loaded, so the op trusts it).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def int8_layout(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor
     condensed ``values (A, k)``, ``indices (A, k)``.
 
     Raises:
-        ValueError: the fan-in exceeds :data:`INT8_MAX_FAN_IN` (int32 sums could overflow).
+        ValueError: the fan-in exceeds `INT8_MAX_FAN_IN` (int32 sums could overflow).
     """
     if values.shape[1] > INT8_MAX_FAN_IN:
         raise ValueError(f"int8 layers take a fan-in of at most {INT8_MAX_FAN_IN}, got {values.shape[1]}")

@@ -3,10 +3,10 @@
 ``condensed_linear(x2d, values, indices, bias_active) -> y (B, A)`` with
 ``y[b, a] = bias_active[a] + sum_j values[a, j] * x2d[b, indices[a, j]]``.
 
-Registered with :func:`torch.library.custom_op`, so ``torch.compile(fullgraph=True)`` and
+Registered with `torch.library.custom_op`, so ``torch.compile(fullgraph=True)`` and
 ``torch.export`` treat it as one opaque node (shapes come from the fake implementation).
 Device dispatch: CPU -> C++ extension (pure-torch fallback), CUDA -> Triton
-(:func:`lightning_srigl.kernels.triton.linear.condensed_linear_triton`, imported lazily), any other
+([`condensed_linear_triton`][lightning_srigl.kernels.triton.linear.condensed_linear_triton], imported lazily), any other
 device -> the pure-torch reference.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import warnings
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,7 +55,7 @@ def condensed_linear(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: 
 
 @functools.cache
 def triton_kernels() -> ModuleType | None:
-    """The Triton kernel module (:mod:`lightning_srigl.kernels.triton.linear`), or ``None`` (after one
+    """The Triton kernel module ([`linear`][lightning_srigl.kernels.triton.linear]), or ``None`` (after one
     warning) when Triton is not installed. Imported on first use, so CPU-only installs never load Triton."""
     try:
         from lightning_srigl.kernels.triton import linear as triton_linear
@@ -79,14 +80,14 @@ def _condensed_linear_fake(x2d: Tensor, values: Tensor, indices: Tensor, bias_ac
     return fakes.condensed_linear(x2d, values, indices, bias_active)
 
 
-def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor | None], output: Tensor) -> None:
     x2d, values, indices, bias_active = inputs
     ctx.save_for_backward(x2d, values, indices)
     ctx.in_features = x2d.shape[1]
     ctx.has_bias = bias_active is not None
 
 
-def _backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
+def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
     """Gradients via one dense scatter of the weights: ``dx = g @ W``, ``dvalues = (gᵀ x)[a, indices[a, j]]``.
 
     ``grad`` is ``(B, A)``; the dense ``(A, in)`` temporaries are the size of the original weight.

@@ -3,7 +3,7 @@
 For a linear layer ``y = x W^T`` with a masked weight this is the weight's gradient, ``dL/dW =
 go^T x`` (``go = dL/dy``), computed at the active positions only: the dense product's flops times the
 density. The kernel is ``csrc/sampled.h``, compiled with the condensed kernels (one library per
-instruction set, see :mod:`~lightning_srigl.kernels.cpu.loader`).
+instruction set, see `loader`).
 """
 
 from __future__ import annotations
@@ -76,13 +76,13 @@ def sampled_product(go: Tensor, x: Tensor, layout: SampledLayout) -> Tensor:
     Args:
         go: ``(N, out)`` fp32 on the CPU.
         x: ``(N, in)`` fp32 on the CPU.
-        layout: the positions, :meth:`SampledLayout.from_mask` of an ``(out, in)`` mask.
+        layout: the positions, `SampledLayout.from_mask` of an ``(out, in)`` mask.
 
     Returns:
         ``(out, in)`` fp32: ``sum_n go[n, i] * x[n, c]`` where the mask is True, ``+0`` where it is False.
 
     Raises:
-        RuntimeError: the C++ kernels are not available (see :func:`sampled_product_available`).
+        RuntimeError: the C++ kernels are not available (see `sampled_product_available`).
         ValueError: shapes that do not fit ``layout``.
     """
     kernel = load_extension()

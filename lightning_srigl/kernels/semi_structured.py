@@ -4,7 +4,7 @@ weights they take.
 PyTorch's ``SparseSemiStructuredTensor`` runs on NVIDIA GPUs with compute capability >= 8.0 through
 cuSPARSELt, or CUTLASS on 8.x when the build has no cuSPARSELt. Requirements (PyTorch's own): a 2-D
 contiguous CUDA weight in fp16/bf16 whose ``(out, in)`` are multiples of (and at least) the backend's
-minimum block, e.g. 32×64 for CUTLASS and 16×16 for cuSPARSELt. :func:`semi_structured_supported` says
+minimum block, e.g. 32×64 for CUTLASS and 16×16 for cuSPARSELt. `semi_structured_supported` says
 whether a weight qualifies and, if not, why (on CPU, the answer is always no). The layer is
 [`SemiStructuredLinear`][lightning_srigl.condensed.layers.semi_structured.SemiStructuredLinear].
 """
@@ -61,7 +61,7 @@ def semi_structured_supported(weight: Tensor) -> tuple[bool, str]:
     """Whether ``weight`` (``(out, in)``) can become a 2:4 semi-structured tensor here, and why (not).
 
     Checks device (CUDA), dtype, compute capability, backend and shape; not the 2:4 pattern itself
-    (see :func:`is_2_4`).
+    (see `is_2_4`).
     """
     if not weight.is_cuda:
         return False, f"2:4 semi-structured sparsity needs a CUDA GPU; the weight is on {weight.device}"
@@ -69,7 +69,7 @@ def semi_structured_supported(weight: Tensor) -> tuple[bool, str]:
 
 
 def check_semi_structured(shape: tuple[int, ...], dtype: torch.dtype, facts: DeviceFacts) -> tuple[bool, str]:
-    """The support decision of :func:`semi_structured_supported` for a CUDA weight, from plain facts."""
+    """The support decision of `semi_structured_supported` for a CUDA weight, from plain facts."""
     backend, reason = semi_structured_backend(facts)
     if backend is None:
         return False, reason

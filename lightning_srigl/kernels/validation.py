@@ -43,7 +43,7 @@ def check_bias(bias: Tensor | None, out_features: int, like: Tensor) -> None:
 def check_condensed(
     values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int
 ) -> None:
-    """Validate the buffers of a :class:`~lightning_srigl.condensed.layers.linear.CondensedLinear`.
+    """Validate the buffers of a [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear].
 
     Args:
         values: ``(A, k)`` floating weights of the ``A`` active neurons.

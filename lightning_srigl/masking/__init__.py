@@ -1,11 +1,11 @@
 """Bind masks to a model (plain PyTorch): which weights are sparse, with which mask.
 
-This layer is the one owner of that question. :func:`masked_weights` lists a model's masked weights
-and :func:`mask_of` gives one module's mask; acceleration, folding and reporting ask them. Selection
-(:func:`select_parameters`), the mask buffers (:func:`register_mask_`, :class:`MaskedParameters`) and
-optimizer-state hygiene (:func:`zero_optimizer_state_`) live here too, and the per-step work: one
-exact pass to zero gradients (:func:`zero_inactive_`) and the rule for when the optimizer step keeps
-inactive weights at zero by itself (:func:`weight_remask_reason`).
+This layer is the one owner of that question. `masked_weights` lists a model's masked weights
+and `mask_of` gives one module's mask; acceleration, folding and reporting ask them. Selection
+(`select_parameters`), the mask buffers (`register_mask_`, `MaskedParameters`) and
+optimizer-state hygiene (`zero_optimizer_state_`) live here too, and the per-step work: one
+exact pass to zero gradients (`zero_inactive_`) and the rule for when the optimizer step keeps
+inactive weights at zero by itself (`weight_remask_reason`).
 """
 
 from lightning_srigl.masking.layer_types import HF_CONV1D, is_hf_conv1d, neuron_major, parameter_owners

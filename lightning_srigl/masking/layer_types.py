@@ -1,10 +1,10 @@
 """The module types whose weights can be sparse, how their neurons are laid out, and what is shared.
 
-Besides ``torch.nn`` types, :data:`HF_CONV1D` names Hugging Face's ``transformers.pytorch_utils.Conv1D``
+Besides ``torch.nn`` types, `HF_CONV1D` names Hugging Face's ``transformers.pytorch_utils.Conv1D``
 (GPT-2's projections): a linear layer whose weight is stored transposed, ``(in, out)``. It is matched
 by duck typing (its class name and the ``nx``/``nf`` attributes that fix its weight's shape), so
 ``transformers`` is never imported. Everything that applies sparsity math views a weight neuron-major,
-``(out, ...)`` (:func:`neuron_major`): for a ``Conv1D`` that is the transposed weight.
+``(out, ...)`` (`neuron_major`): for a ``Conv1D`` that is the transposed weight.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ def is_hf_conv1d(module: nn.Module) -> bool:
 
 
 def is_layer_type(module: nn.Module, layer_types: Sequence[type | str]) -> bool:
-    """Whether ``module`` is one of ``layer_types`` (types by ``isinstance``, :data:`HF_CONV1D` by duck typing)."""
+    """Whether ``module`` is one of ``layer_types`` (types by ``isinstance``, `HF_CONV1D` by duck typing)."""
     types = tuple(t for t in layer_types if isinstance(t, type))
     return isinstance(module, types) or (HF_CONV1D in layer_types and is_hf_conv1d(module))
 
 
 def layer_type_name(layer_type: type | str) -> str:
     """A layer type as the docs and messages name it."""
-    return f"transformers {layer_type}" if layer_type == HF_CONV1D else layer_type.__name__
+    return layer_type.__name__ if isinstance(layer_type, type) else f"transformers {layer_type}"
 
 
 def neuron_major(module: nn.Module, tensor: Tensor) -> Tensor:

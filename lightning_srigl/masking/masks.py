@@ -1,12 +1,14 @@
 """Masks of a chosen set of sparse weights: install, read, update, and re-apply them.
 
-[`MaskedParameters`][lightning_srigl.masking.masks.MaskedParameters] is what the training callbacks hold: the selected weights and, through
+[`MaskedParameters`][lightning_srigl.masking.masks.MaskedParameters] is what the training callbacks hold: the selected
+weights and, through
 ``lightning_srigl.masking.registry``, their mask buffers. Weights are stored dense with zeros at
 inactive positions ("mask simulation"); forward and backward are the ordinary dense ops.
 
-A weight sharded by rows (FSDP2, :mod:`lightning_srigl.masking.sharding`) has a mask sharded alike; the
-per-step work (:meth:`MaskedParameters.apply_to_weights_`, :meth:`MaskedParameters.apply_to_gradients_`)
-and :meth:`MaskedParameters.set_mask_` act on this process's part only, without communication.
+A weight sharded by rows (FSDP2, [`lightning_srigl.masking.sharding`][lightning_srigl.masking.sharding]) has a mask
+sharded alike; the
+per-step work (`MaskedParameters.apply_to_weights_`, `MaskedParameters.apply_to_gradients_`)
+and `MaskedParameters.set_mask_` act on this process's part only, without communication.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.derived_cache import DerivedCache
-from lightning_srigl.masking.registry import mask_buffer_name, mask_of, register_mask_
-from lightning_srigl.masking.selection import SparseParameter, qualified_name
+from lightning_srigl.masking.registry import mask_of, register_mask_
+from lightning_srigl.masking.selection import SparseParameter
 from lightning_srigl.masking.sharding import local_part, row_sharding
 from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
 
@@ -80,7 +82,7 @@ class MaskedParameters:
         """Copy ``new_mask`` into this process's part of the buffer, in place.
 
         Args:
-            new_mask: bool, shaped like :meth:`local` of the mask (``param.shape`` for a whole weight).
+            new_mask: bool, shaped like `local` of the mask (``param.shape`` for a whole weight).
         """
         local = self.local(fqn, self.mask(fqn))
         if tuple(new_mask.shape) != tuple(local.shape):
@@ -99,12 +101,12 @@ class MaskedParameters:
         return tensor[sharding.start : sharding.stop]
 
     def step_mask(self, fqn: str, like: Tensor) -> Tensor:
-        """:func:`~lightning_srigl.masking.zeroing.step_mask` of ``fqn``'s mask for tensors like ``like``.
+        """[`step_mask`][lightning_srigl.masking.zeroing.step_mask] of ``fqn``'s mask for tensors like ``like``.
 
         Made once per topology change: cached until the buffer is replaced or changed (the version counter
         of its local part moves on ``set_mask_``, ``load_state_dict`` and any in-place op, also one into a
         sharded mask's local shard; a write through ``mask.data``, numpy or a distributed checkpoint load
-        changes its checksum, see :mod:`lightning_srigl.derived_cache`).
+        changes its checksum, see `lightning_srigl.derived_cache`).
 
         Args:
             like: a tensor shaped like this process's part of the weight (its local shard when sharded).
@@ -130,7 +132,7 @@ class MaskedParameters:
     def apply_to_gradients_(self, skip: Collection[str] = ()) -> None:
         """Zero every gradient at its weight's inactive positions, in place (``None`` grads are skipped).
 
-        One pass per gradient; the mask form is cached (see :meth:`step_mask`), so nothing is
+        One pass per gradient; the mask form is cached (see `step_mask`), so nothing is
         converted or allocated per step.
 
         Args:
@@ -141,21 +143,6 @@ class MaskedParameters:
             if grad is not None and p.fqn not in skip:
                 grad = local_part(grad)  # FSDP2: the local shard of the reduce-scattered gradient
                 zero_inactive_(grad, self.step_mask(p.fqn, grad))
-
-    def check_compatible(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
-        """Raise ``ValueError`` if ``state_dict`` (a full model state dict) lacks a mask or has a misfit one."""
-        problems = []
-        for p in self.params:
-            key = prefix + qualified_name(p.module_name, mask_buffer_name(p.param_name))
-            if key not in state_dict:
-                problems.append(f"{key!r} is missing")
-            elif tuple(state_dict[key].shape) != tuple(p.shape):
-                problems.append(f"{key!r} has shape {tuple(state_dict[key].shape)}, expected {tuple(p.shape)}")
-        if problems:
-            raise ValueError(
-                "The checkpoint's masks do not fit this model: " + "; ".join(problems) + ". Use the same "
-                "model and the same include/exclude/dense patterns as the run that wrote it."
-            )
 
     def _param(self, fqn: str) -> SparseParameter:
         try:

@@ -2,12 +2,12 @@
 
 A mask is a persistent bool buffer ``<param>_sparsity_mask`` on the module that owns the weight (so
 every ``state_dict`` and Lightning checkpoint carries it), and the module records which of its buffers
-are masks in one attribute, :data:`MASK_RECORD` (``{param name: buffer name}``). The name is our own:
+are masks in one attribute, `MASK_RECORD` (``{param name: buffer name}``). The name is our own:
 ``<param>_mask``, which older checkpoints use (lightning_srigl 0.1.0), is also ``torch.nn.utils.prune``'s
 (and so Lightning's ``ModelPruning``'s); such checkpoints still load, their keys renamed on the way in
-(:data:`LEGACY_MASK_SUFFIX`). The record travels with
+(`LEGACY_MASK_SUFFIX`). The record travels with
 the module through ``copy.deepcopy``, pickling and ``to_empty``; code that needs the sparse layers
-calls :func:`masked_weights` or :func:`mask_of` and never looks buffers up by name.
+calls `masked_weights` or `mask_of` and never looks buffers up by name.
 
 Loading a sparse checkpoint into a model that has no masks yet::
 
@@ -111,7 +111,8 @@ class MaskedWeight:
     @property
     def weight(self) -> Tensor:
         """The weight, shape ``(out, *fan_in_dims)``."""
-        return getattr(self.module, self.param_name)
+        weight: Tensor = getattr(self.module, self.param_name)
+        return weight
 
     @property
     def mask(self) -> Tensor:
@@ -128,7 +129,8 @@ class MaskedWeight:
 
 
 def _record(module: nn.Module) -> dict[str, str]:
-    return module.__dict__.get(MASK_RECORD, {})
+    record: dict[str, str] = module.__dict__.get(MASK_RECORD, {})
+    return record
 
 
 def mask_of(module: nn.Module, param_name: str = "weight") -> Tensor | None:
@@ -181,12 +183,13 @@ def register_mask_(module: nn.Module, param_name: str, mask: Tensor) -> Tensor:
         )
     if MASK_RECORD not in module.__dict__:
         module.__dict__[MASK_RECORD] = {}
-        module.register_load_state_dict_pre_hook(_check_loaded_masks)
+        module.register_load_state_dict_pre_hook(_check_loaded_masks)  # type: ignore[no-untyped-call]
     name = mask_buffer_name(param_name)
     mask = shard_like(mask.to(device=weight.device, dtype=torch.bool).clone(), weight)  # a sharded weight's rows
     module.register_buffer(name, mask, persistent=True)
     module.__dict__[MASK_RECORD][param_name] = name
-    return module._buffers[name]
+    installed: Tensor = module._buffers[name]  # type: ignore[assignment]  # just registered, not None
+    return installed
 
 
 def remove_mask_(module: nn.Module, param_name: str = "weight") -> None:
@@ -219,7 +222,8 @@ def bind_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> list[MaskedWeig
     """Install ``masks`` (``{fully-qualified weight name: BoolTensor(weight.shape)}``) on ``model``.
 
     For a model made sparse elsewhere (e.g. loaded from another library's checkpoint), before
-    :func:`~lightning_srigl.condensed.acceleration.accelerate.accelerate` or folding. The weights are not changed.
+    [`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate] or folding. The weights are not
+    changed.
 
     Returns:
         The masked weights, in the order of ``masks``.
@@ -239,7 +243,7 @@ def bind_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> list[MaskedWeig
 
 
 def _install_from_state_dict(
-    model: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any, layer_types: Sequence[type]
+    model: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, layer_types: Sequence[type | str]
 ) -> None:
     for sparse in sparsifiable_weights(model, layer_types):
         module_prefix = prefix + qualified_name(sparse.module_name, "")
@@ -248,7 +252,9 @@ def _install_from_state_dict(
             register_mask_(sparse.module, sparse.param_name, torch.zeros(sparse.shape, dtype=torch.bool))
 
 
-def accept_masks_on_load(model: nn.Module, layer_types: Sequence[type] = DEFAULT_LAYER_TYPES) -> RemovableHandle:
+def accept_masks_on_load(
+    model: nn.Module, layer_types: Sequence[type | str] = DEFAULT_LAYER_TYPES
+) -> RemovableHandle:
     """Let ``model.load_state_dict`` install the masks that a state dict carries for its weights.
 
     Nothing is installed until a state dict with ``<weight>_sparsity_mask`` entries (or an older
@@ -259,4 +265,6 @@ def accept_masks_on_load(model: nn.Module, layer_types: Sequence[type] = DEFAULT
     Returns:
         The hook's handle; ``handle.remove()`` stops accepting masks.
     """
-    return model.register_load_state_dict_pre_hook(partial(_install_from_state_dict, layer_types=tuple(layer_types)))
+    hook = partial(_install_from_state_dict, layer_types=tuple(layer_types))
+    handle: RemovableHandle = model.register_load_state_dict_pre_hook(hook)  # type: ignore[no-untyped-call]
+    return handle

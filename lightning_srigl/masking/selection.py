@@ -4,7 +4,7 @@ A *sparse parameter* is a weight tensor whose neurons are output rows: the ``wei
 ``nn.Linear`` and ``nn.Conv1d/2d/3d`` (shape ``(out, in, *kernel)``), the input projections of
 ``nn.MultiheadAttention`` (``in_proj_weight`` ``(3*embed, embed)``, or ``q/k/v_proj_weight`` when
 the key/value dims differ), and the ``weight`` of Hugging Face's ``Conv1D``, stored ``(in, out)``
-(:mod:`~lightning_srigl.masking.layer_types`; sparsity math sees it transposed). The attention output
+(`layer_types`; sparsity math sees it transposed). The attention output
 projection ``out_proj`` is an ``nn.Linear`` and is selected as such. Biases, normalisation layers and
 embeddings are never sparse.
 
@@ -70,7 +70,8 @@ class SparseParameter:
     @property
     def param(self) -> nn.Parameter:
         """The parameter itself, shape ``(out, *fan_in_dims)``."""
-        return getattr(self.module, self.param_name)
+        param: nn.Parameter = getattr(self.module, self.param_name)
+        return param
 
     @property
     def shape(self) -> torch.Size:
@@ -160,7 +161,7 @@ def select_parameters(
         include: fnmatch patterns on fully-qualified parameter names; ``None`` selects every
             weight of a supported layer except tied ones (see the module docstring).
         exclude: patterns removed from the selection.
-        layer_types: module types whose weights may be selected (:data:`HF_CONV1D` for Hugging Face's
+        layer_types: module types whose weights may be selected (`HF_CONV1D` for Hugging Face's
             ``Conv1D``).
 
     Returns:
@@ -242,7 +243,8 @@ def select_structured_parameters(
         model: the network.
         check_shape: ``f(shape)`` raising ``ValueError`` when a weight cannot carry the structure,
             e.g. ``lambda s: check_nm(s, 2, 4)``.
-        include, exclude: fnmatch patterns on parameter names (see [`select_parameters`][lightning_srigl.masking.selection.select_parameters]).
+        include, exclude: fnmatch patterns on parameter names (see
+            [`select_parameters`][lightning_srigl.masking.selection.select_parameters]).
         keep_first_dense, keep_last_dense: leave the model's first / last sparsifiable weight (in
             registration order) dense, e.g. a 3-channel stem conv and the classifier head.
 

@@ -4,10 +4,10 @@ Under ``fully_shard`` every parameter is a ``DTensor`` whose rows are split into
 one per process of the data-parallel mesh dimension (``torch.chunk``'s split, the last ranges possibly
 short or empty); on an HSDP mesh the other dimension replicates. A process then owns whole neurons,
 so masks, gradient masking and most of a topology update stay local. This module says which rows a
-process holds (:func:`row_sharding`), lays a mask out like its weight (:func:`shard_like`), reads a
-tensor's local part (:func:`local_part`) and builds the
-:class:`~lightning_srigl.sparsity.ShardReducer` whose collectives run over the sharding processes
-(:func:`reducer_for`). Anything else (tensor parallelism splits a neuron's fan-in across processes) is
+process holds (`row_sharding`), lays a mask out like its weight (`shard_like`), reads a
+tensor's local part (`local_part`) and builds the
+[`ShardReducer`][lightning_srigl.sparsity.ShardReducer] whose collectives run over the sharding processes
+(`reducer_for`). Anything else (tensor parallelism splits a neuron's fan-in across processes) is
 refused with a message.
 """
 
@@ -58,7 +58,8 @@ def local_part(tensor: Tensor) -> Tensor:
     """
     if is_sharded(tensor):
         with torch.no_grad():
-            return tensor.to_local()
+            local: Tensor = tensor.to_local()  # type: ignore[attr-defined]  # a DTensor
+            return local
     return tensor
 
 
@@ -125,7 +126,7 @@ def shard_like(tensor: Tensor, weight: Tensor) -> Tensor:
         )
     local = tensor[sharding.start : sharding.stop].to(local_part(weight).device).contiguous()
     stride = torch.empty(weight.shape, device="meta").stride()  # contiguous: the mask's own stride
-    return DTensor.from_local(  # type: ignore[union-attr]
+    return DTensor.from_local(
         local, weight.device_mesh, weight.placements, run_check=False, shape=weight.shape, stride=stride  # type: ignore[attr-defined]
     )
 
@@ -137,7 +138,7 @@ def gather_rows(rows: Tensor, weight: Tensor) -> Tensor:
     if row_sharding(weight) is None:
         return rows
     stride = torch.empty(weight.shape, device="meta").stride()
-    spread = DTensor.from_local(  # type: ignore[union-attr]
+    spread = DTensor.from_local(
         rows.to(local_part(weight).device), weight.device_mesh, weight.placements,  # type: ignore[attr-defined]
         run_check=False, shape=weight.shape, stride=stride,
     )  # fmt: skip
@@ -197,7 +198,7 @@ def _own_attribute(key: str, module_internals: set[str]) -> bool:
 
 
 def _whole(tensor: Tensor) -> Tensor:
-    return tensor.full_tensor() if is_sharded(tensor) else tensor
+    return tensor.full_tensor() if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
 
 
 def _all_reduce_sum(tensor: Tensor, group: Any, device: torch.device) -> Tensor:
@@ -218,7 +219,7 @@ def reducer_for(params: Sequence[SparseParameter]) -> Reducer:
     the processes that shard their rows.
 
     Raises:
-        ValueError: a weight sharded other than by rows (see :func:`row_sharding`), a Hugging Face ``Conv1D``
+        ValueError: a weight sharded other than by rows (see `row_sharding`), a Hugging Face ``Conv1D``
             weight sharded (stored ``(in, out)``, so ``Shard(0)`` splits its inputs), or weights sharded over
             different processes, or some sharded and some whole.
     """

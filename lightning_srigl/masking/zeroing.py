@@ -2,9 +2,9 @@
 
 Training with simulated sparsity zeroes every sparse layer's gradient once per optimizer step, so
 this pass is the per-step price of keeping weights sparse. The bool mask stays the one stored truth
-(the ``<param>_mask`` buffer, see :mod:`lightning_srigl.masking.registry`); what is applied is a
+(the ``<param>_mask`` buffer, see [`registry`][lightning_srigl.masking.registry]); what is applied is a
 *step mask* derived from it once per topology change and cached by
-:class:`~lightning_srigl.masking.MaskedParameters`:
+[`MaskedParameters`][lightning_srigl.masking.MaskedParameters]:
 
 * on the CPU, *keep bits*: an integer tensor with the element width of the tensor to zero, all bits
   set where the mask is True and none where it is False. ``t.view(int).bitwise_and_(bits)`` is one
@@ -28,7 +28,7 @@ __all__ = ["move_inactive_", "step_mask", "zero_inactive_"]
 
 
 def step_mask(mask: Tensor, like: Tensor) -> Tensor:
-    """The form of ``mask`` that :func:`zero_inactive_` applies to tensors like ``like``.
+    """The form of ``mask`` that `zero_inactive_` applies to tensors like ``like``.
 
     Args:
         mask: ``BoolTensor(S)``, True at active positions.
@@ -59,7 +59,7 @@ def zero_inactive_(tensor: Tensor, mask_form: Tensor) -> None:
 
     Args:
         tensor: ``(S)``, e.g. a weight or its gradient, any floating dtype.
-        mask_form: :func:`step_mask` of the tensor's mask for a tensor like this one.
+        mask_form: `step_mask` of the tensor's mask for a tensor like this one.
     """
     if mask_form.dtype == torch.bool:
         tensor.masked_fill_(mask_form, 0)
@@ -77,7 +77,7 @@ def move_inactive_(tensor: Tensor, mask_form: Tensor, out: Tensor) -> None:
 
     Args:
         tensor: ``(S)``, e.g. a dense weight.
-        mask_form: :func:`step_mask` of its mask for a tensor like this one.
+        mask_form: `step_mask` of its mask for a tensor like this one.
         out: ``(S)``, same dtype and device, overwritten.
     """
     if mask_form.dtype == torch.bool:

@@ -143,7 +143,8 @@ def neurons_to_ablate(
         weight_score: ``(O, F)`` ``|w|`` of active weights; inactive positions score 0 or below.
         grad_score: ``(O, F)`` ``|dense gradient|``.
         n_keep, n_prune: the update's keep/prune counts (``n_keep`` at most the number of
-            positive ``weight_score`` entries, as [`srigl_update`][lightning_srigl.sparsity.constant_fan_in.srigl_update] guarantees).
+            positive ``weight_score`` entries, as
+            [`srigl_update`][lightning_srigl.sparsity.constant_fan_in.srigl_update] guarantees).
         budget: target nnz of the layer.
         gamma_sal: minimum salient fraction (``< 1``) or count (``>= 1``), must be ``> 0``.
         sparse_fan_in_denominator: relative ``gamma_sal`` is a fraction of the sparse fan-in.
@@ -303,7 +304,8 @@ def srigl_update(
         dense_grad: ``(O, *rest)`` gradient w.r.t. the dense weight (finite).
         budget: target number of active weights (the reference's ``n_max``); must be ``>= O``.
         drop_fraction: fraction of active weights to replace, in ``[0, 1]``.
-        gamma_sal: ablation threshold (0 disables ablation), see [`neurons_to_ablate`][lightning_srigl.sparsity.constant_fan_in.neurons_to_ablate].
+        gamma_sal: ablation threshold (0 disables ablation), see
+            [`neurons_to_ablate`][lightning_srigl.sparsity.constant_fan_in.neurons_to_ablate].
         ablation: False protects this layer from ablation (e.g. the output layer).
         sparse_fan_in_denominator: relative ``gamma_sal`` is a fraction of ``budget // O`` (True)
             or of the dense fan-in ``F`` (False).
@@ -345,7 +347,8 @@ def _score(layer: LayerInputs) -> tuple[_LayerScores, list[int]]:
     """Scores of one layer and its local counts ``[rows, active, non-zero active, non-zero anywhere]``.
 
     Memory: one ``|w|`` score and at most one ``|grad|`` copy (none when ``dense_grad`` is already
-    ``>= 0``, as the callbacks pass it); the selections work in blocks (:mod:`lightning_srigl.sparsity.topk`).
+    ``>= 0``, as the callbacks pass it); the selections work in blocks
+    ([`lightning_srigl.sparsity.topk`][lightning_srigl.sparsity.topk]).
     """
     check_update_inputs(layer.weight, layer.mask, layer.dense_grad)
     active = as_rows(layer.mask)
@@ -374,7 +377,7 @@ def srigl_update_layers(
     """[`srigl_update`][lightning_srigl.sparsity.constant_fan_in.srigl_update] of several layers at once,
     each whole or as this process's shard of rows.
 
-    With a :class:`~lightning_srigl.sparsity.reducer.ShardReducer` every process passes its shards
+    With a [`ShardReducer`][lightning_srigl.sparsity.reducer.ShardReducer] every process passes its shards
     (``LayerInputs`` of the same layers, in the same order) and gets its part of each update's masks, the
     same positions a whole-layer update selects. The layer-wide steps of all layers share communication
     rounds: at most 7 rounds per update without ablation, 16 with, whatever the number of layers.
@@ -386,7 +389,7 @@ def srigl_update_layers(
             targets are chained, layer ``i`` spreading ``target_i = budget_i + carry_i`` over its survivors
             with ``k_i = nearest_fan_in(target_i, ...)`` and passing ``carry_{i+1} = target_i - k_i *
             survivors_i`` on, starting from ``carry`` (the rounding of the layers before these).
-        reducer: the layer-wide steps; ``None``: :class:`~lightning_srigl.sparsity.reducer.LocalReducer`.
+        reducer: the layer-wide steps; ``None``: [`LocalReducer`][lightning_srigl.sparsity.reducer.LocalReducer].
 
     Returns:
         One [`SRigLUpdate`][lightning_srigl.sparsity.constant_fan_in.SRigLUpdate] per layer, masks shaped like

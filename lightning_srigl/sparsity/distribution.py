@@ -69,7 +69,7 @@ def uniform_densities(
 
 
 def _erk_raw_weight(shape: Sequence[int], power_scale: float) -> float:
-    return (sum(shape) / math.prod(shape)) ** power_scale
+    return float((sum(shape) / math.prod(shape)) ** power_scale)
 
 
 def erk_densities(

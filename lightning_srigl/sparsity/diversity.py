@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 from lightning_srigl.sparsity.nm import check_nm
@@ -37,7 +37,7 @@ def _distributions(total: int, limits: tuple[int, ...]) -> Iterator[tuple[int, .
             yield (first, *rest)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _count_completions(rows_left: int, columns_needing: tuple[int, ...]) -> int:
     """Ways to fill ``rows_left`` rows when ``columns_needing[k]`` columns still need ``k + 1`` ones.
 
@@ -115,6 +115,7 @@ def mask_diversity_log10(kind: Kind, numel: int, n: int, m: int, *, block_size: 
     if kind == "transposable_nm":
         return _units(numel, m * m, kind) * math.log10(count_transposable_patterns(m, n))
     if kind == "block":
+        assert block_size is not None  # checked above: kind == "block" comes with a block_size
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}.")
         blocks = _units(numel, block_size, kind)

@@ -70,7 +70,8 @@ def nm_group_view(t: Tensor, m: int) -> Tensor:
 
     Returns:
         ``(G, m)`` tensor with ``G = numel / m``. Linear groups are ordered row-major over
-        ``(out, in / m)``; conv groups over ``(K, *kernel, C / m)``. Invert with [`nm_ungroup_view`][lightning_srigl.sparsity.nm.nm_ungroup_view].
+        ``(out, in / m)``; conv groups over ``(K, *kernel, C / m)``. Invert with
+        [`nm_ungroup_view`][lightning_srigl.sparsity.nm.nm_ungroup_view].
     """
     check_nm(t.shape, 1, m)
     return t.movedim(1, -1).reshape(-1, m)
@@ -147,7 +148,8 @@ def is_nm(mask: Tensor, n: int, m: int) -> bool:
         m: group size.
 
     Raises:
-        ValueError: if ``mask.shape`` cannot carry an ``n:m`` pattern (see [`check_nm`][lightning_srigl.sparsity.nm.check_nm]).
+        ValueError: if ``mask.shape`` cannot carry an ``n:m`` pattern (see
+            [`check_nm`][lightning_srigl.sparsity.nm.check_nm]).
     """
     check_nm(mask.shape, n, m)
     counts = nm_group_view(mask != 0, m).sum(dim=-1)

@@ -2,7 +2,8 @@
 
 An N:M mask is a constant fan-in mask (every output row keeps ``in * n / m`` inputs) whose kept
 inputs are also spread evenly, ``n`` in every group of ``m`` consecutive inputs (see
-[`lightning_srigl.sparsity.nm`][lightning_srigl.sparsity.nm] for the group layout). This module lets the SRigL schedule explore
+[`lightning_srigl.sparsity.nm`][lightning_srigl.sparsity.nm] for the group layout). This module lets the SRigL schedule
+explore
 such masks: drop the smallest-magnitude active weights of the layer, then refill every group that
 lost weights with the positions of that group that have the largest dense-gradient magnitude.
 Neuron ablation does not apply: a group must keep exactly ``n``.

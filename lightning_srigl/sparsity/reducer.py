@@ -1,12 +1,12 @@
 """The layer-wide steps of a topology update behind a reducer: one code path for one process and for row shards.
 
 Almost all of an SRigL or RigL update is per neuron (row). What needs the whole layer is a few scalar
-counts, the layer-wise top-``k`` selections and one order statistic. :func:`srigl_update_layers`
-and :func:`rigl_update_layers` ask a :class:`Reducer` for exactly those, for all layers of one update
+counts, the layer-wise top-``k`` selections and one order statistic. `srigl_update_layers`
+and `rigl_update_layers` ask a `Reducer` for exactly those, for all layers of one update
 at once, so the number of communication rounds does not grow with depth:
 
-* :class:`LocalReducer` - the whole layer is here (one process, or DDP where every rank holds it all);
-* :class:`ShardReducer` - each process holds a *shard*, a consecutive range of rows, shard ``i`` the
+* `LocalReducer` - the whole layer is here (one process, or DDP where every rank holds it all);
+* `ShardReducer` - each process holds a *shard*, a consecutive range of rows, shard ``i`` the
   rows before shard ``i + 1``'s (FSDP2's ``Shard(0)``, ``torch.chunk``'s split; a shard may be empty).
   The collectives are passed in as callables, so this module needs no ``torch.distributed``.
 
@@ -78,7 +78,7 @@ class Reducer(Protocol):
 
 
 class LocalReducer:
-    """The whole layer is in this process: counts are what they are, selections are :mod:`topk`'s."""
+    """The whole layer is in this process: counts are what they are, selections are `topk`'s."""
 
     batch_elements = 0  # no communication to batch: one layer's temporaries at a time
 
@@ -87,11 +87,11 @@ class LocalReducer:
         return [int(c) for c in counts]
 
     def kth_largest(self, selections: Sequence[Selection]) -> list[Tensor]:
-        """:func:`~lightning_srigl.sparsity.topk.kth_largest` of each selection."""
+        """`kth_largest` of each selection."""
         return [kth_largest(s.scores, s.k, s.among) for s in selections]
 
     def topk_masks(self, selections: Sequence[Selection]) -> list[Tensor]:
-        """:func:`~lightning_srigl.sparsity.topk.topk_mask` of each selection."""
+        """`topk_mask` of each selection."""
         return [topk_mask(s.scores, s.k, among=s.among) for s in selections]
 
 
@@ -116,7 +116,7 @@ def order_keys(values: Tensor) -> Tensor:
 
 
 def _value_of_key(key: int, like: Tensor) -> Tensor:
-    """The 0-d value of ``like``'s dtype whose :func:`order_keys` key is ``key`` (inverse of the key map)."""
+    """The 0-d value of ``like``'s dtype whose `order_keys` key is ``key`` (inverse of the key map)."""
     if not like.is_floating_point():
         return torch.tensor(key, dtype=like.dtype, device=like.device)
     wide = like.element_size() == 8
@@ -149,7 +149,7 @@ class _Search:
 
 
 def _eligible_keys(search: _Search) -> Iterator[Tensor]:
-    """:func:`order_keys` of the eligible scores, block by block."""
+    """`order_keys` of the eligible scores, block by block."""
     for start in range(0, search.scores.numel(), BLOCK_ELEMENTS):
         block = search.scores[start : start + BLOCK_ELEMENTS]
         if search.eligible is not None:
@@ -338,7 +338,7 @@ def update_groups(names: Sequence[str], numels: Sequence[int], batch_elements: i
     Args:
         names: the layers, in update order.
         numels: each whole layer's number of weights.
-        batch_elements: :attr:`Reducer.batch_elements`.
+        batch_elements: `Reducer.batch_elements`.
     """
     groups: list[list[str]] = []
     held = 0

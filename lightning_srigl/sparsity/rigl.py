@@ -87,13 +87,14 @@ def rigl_update_layers(
     layers: Sequence[tuple[Tensor, Tensor, Tensor]], *, drop_fraction: float, reducer: Reducer | None = None
 ) -> list[RigLUpdate]:
     """[`rigl_update`][lightning_srigl.sparsity.rigl.rigl_update] of several layers at once, each whole or as
-    this process's shard of rows (see :mod:`lightning_srigl.sparsity.reducer`): at most 11 communication rounds
+    this process's shard of rows (see [`lightning_srigl.sparsity.reducer`][lightning_srigl.sparsity.reducer]): at most
+    11 communication rounds
     per update with a ``ShardReducer``, whatever the number of layers.
 
     Args:
         layers: per layer ``(weight, mask, dense_grad)``, each ``(O, *rest)`` (``O`` = this part's rows).
         drop_fraction: fraction of active weights to replace, in ``[0, 1]``.
-        reducer: the layer-wide steps; ``None``: :class:`~lightning_srigl.sparsity.reducer.LocalReducer`.
+        reducer: the layer-wide steps; ``None``: [`LocalReducer`][lightning_srigl.sparsity.reducer.LocalReducer].
 
     Returns:
         One [`RigLUpdate`][lightning_srigl.sparsity.rigl.RigLUpdate] per layer, masks shaped like its ``mask``.

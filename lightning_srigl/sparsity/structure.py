@@ -3,7 +3,7 @@
 A structure is either *constant fan-in* (every active neuron keeps the same number of weights; the
 count comes from the sparsity) or *N:M* (``n`` of every ``m`` consecutive inputs). It is written as a
 string, ``"constant_fan_in"`` or ``"N:M"`` such as ``"2:4"``, and parsed once by
-:meth:`Structure.parse`, which also takes the older spellings: ``"fan_in"``, and ``convert``'s
+`Structure.parse`, which also takes the older spellings: ``"fan_in"``, and ``convert``'s
 ``structure="n:m"`` with separate ``n`` and ``m``.
 """
 

@@ -7,9 +7,9 @@ strictly above it is taken, and the remaining places go to the lowest-index entr
 
 Memory stays a small multiple of the scores' size, because a topology update of a large layer must
 not need many copies of it: on CPU, ``torch.topk`` and ``torch.sort`` over ``n`` values peak at about
-5x their input and ``torch.kthvalue`` at 3x. So :func:`kth_largest` brackets the answer from a strided
+5x their input and ``torch.kthvalue`` at 3x. So `kth_largest` brackets the answer from a strided
 sample and selects exactly inside the (small) bracket, row-wise selections run over blocks of
-about :data:`BLOCK_ELEMENTS` scores, and tie-breaking counts block by block.
+about `BLOCK_ELEMENTS` scores, and tie-breaking counts block by block.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def as_rows(t: Tensor) -> Tensor:
 
 
 def row_blocks(rows: int, cols: int) -> range:
-    """Start rows of blocks of about :data:`BLOCK_ELEMENTS` entries of a ``(rows, cols)`` matrix."""
+    """Start rows of blocks of about `BLOCK_ELEMENTS` entries of a ``(rows, cols)`` matrix."""
     return range(0, rows, max(1, BLOCK_ELEMENTS // max(cols, 1)))
 
 
@@ -100,7 +100,7 @@ def kth_largest(values: Tensor, k: int, among: Tensor | None = None) -> Tensor:
 
 
 def _kth_largest(flat: Tensor, k: int, eligible: Tensor | None, n: int) -> Tensor:
-    """:func:`kth_largest` of 1-D ``flat`` with its ``n`` eligible entries already counted."""
+    """`kth_largest` of 1-D ``flat`` with its ``n`` eligible entries already counted."""
     if n > BLOCK_ELEMENTS:
         bound = _kth_largest_in_bracket(flat, eligible, n, k)
         if bound is not None:
@@ -110,7 +110,7 @@ def _kth_largest(flat: Tensor, k: int, eligible: Tensor | None, n: int) -> Tenso
 
 
 def _kth_largest_in_bracket(flat: Tensor, eligible: Tensor | None, n: int, k: int) -> Tensor | None:
-    """:func:`kth_largest` through a sampled bracket, or ``None`` when the bracket does not isolate it."""
+    """`kth_largest` through a sampled bracket, or ``None`` when the bracket does not isolate it."""
     stride = max(1, flat.numel() // SAMPLE_SIZE)
     sample = flat[::stride] if eligible is None else flat[::stride][eligible[::stride]]
     m = sample.numel()
@@ -210,7 +210,7 @@ def rowwise_topk_mask(
     Returns:
         BoolTensor ``(O, F)``; row ``i`` has exactly ``k_i`` True entries, ties at the row's
         threshold go to the lower column index. Rows are processed in blocks of about
-        :data:`BLOCK_ELEMENTS` scores, so the temporaries stay small.
+        `BLOCK_ELEMENTS` scores, so the temporaries stay small.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D (O, F), got shape {tuple(scores.shape)}")
@@ -241,7 +241,7 @@ def rowwise_topk_mask(
 
 
 def _rowwise_topk_block(scores: Tensor, k_rows: Tensor) -> Tensor:
-    """:func:`rowwise_topk_mask` of one block of rows: ``scores (R, F)``, ``k_rows (R,)``.
+    """`rowwise_topk_mask` of one block of rows: ``scores (R, F)``, ``k_rows (R,)``.
 
     The threshold of row ``i`` is its ``k_i``-th largest score; every score above it is selected and
     the lowest-index ones equal to it fill the row up to ``k_i``. When every non-zero ``k_i`` is the

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 import torch
@@ -86,7 +86,8 @@ def tile_view(t: Tensor, m: int) -> Tensor:
 
     Returns:
         ``(T, m, m)`` tensor; ``tiles[t, i, j]`` is output ``i`` and input ``j`` of tile ``t``. Tiles are
-        ordered over ``(*kernel, out / m, in / m)``. Invert with [`untile_view`][lightning_srigl.sparsity.transposable.untile_view].
+        ordered over ``(*kernel, out / m, in / m)``. Invert with
+        [`untile_view`][lightning_srigl.sparsity.transposable.untile_view].
     """
     check_transposable_nm(t.shape, 1, m)
     out, inp = t.shape[0], t.shape[1]
@@ -95,14 +96,15 @@ def tile_view(t: Tensor, m: int) -> Tensor:
 
 
 def untile_view(tiles: Tensor, shape: Sequence[int]) -> Tensor:
-    """Inverse of [`tile_view`][lightning_srigl.sparsity.transposable.tile_view]: ``(T, m, m)`` tiles back to a tensor of ``shape``."""
+    """Inverse of [`tile_view`][lightning_srigl.sparsity.transposable.tile_view]: ``(T, m, m)`` tiles back to a tensor
+    of ``shape``."""
     m = tiles.shape[-1]
     out, inp, kernel = shape[0], shape[1], tuple(shape[2:])
     per_position = tiles.reshape(-1, out // m, inp // m, m, m).permute(0, 1, 3, 2, 4)
     return per_position.reshape(*kernel, out, inp).movedim((-2, -1), (0, 1))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _patterns_cpu(m: int, n: int) -> Tensor:
     rows = [r for r in itertools.product((0, 1), repeat=m) if sum(r) == n]
     row_table = torch.tensor(rows, dtype=torch.int64)  # (C(m, n), m)
@@ -226,7 +228,8 @@ def transposable_nm_mask(scores: Tensor, n: int, m: int, method: Method = "exact
             or ``"greedy"`` (2-approximation, at most ``n`` per row/column).
 
     Returns:
-        [`TransposableMask`][lightning_srigl.sparsity.transposable.TransposableMask] with a bool mask of ``scores.shape`` and the greedy's under-fill rates.
+        [`TransposableMask`][lightning_srigl.sparsity.transposable.TransposableMask] with a bool mask of
+        ``scores.shape`` and the greedy's under-fill rates.
     """
     check_transposable_nm(scores.shape, n, m)
     tiles = tile_view(scores.detach(), m)
@@ -257,7 +260,8 @@ def is_transposable_nm(mask: Tensor, n: int, m: int, exact: bool = True) -> bool
         exact: if True, exactly ``n``; if False, at most ``n`` (what the greedy guarantees).
 
     Raises:
-        ValueError: if ``mask.shape`` cannot be tiled (see [`check_transposable_nm`][lightning_srigl.sparsity.transposable.check_transposable_nm]).
+        ValueError: if ``mask.shape`` cannot be tiled (see
+            [`check_transposable_nm`][lightning_srigl.sparsity.transposable.check_transposable_nm]).
     """
     check_transposable_nm(mask.shape, n, m)
     rows, cols = _line_counts(tile_view(mask, m))

@@ -2,18 +2,18 @@
 
 With simulated sparsity the backward of a linear layer computes the dense weight gradient
 ``go^T x`` (``(out, in)``, as many flops as the forward) and the sparsity callback then zeroes the
-inactive part. :class:`SparseBackward` makes the layer compute it only where the mask is active
-(:func:`~lightning_srigl.kernels.sampled.sampled_product`, the dense flops times the density) and
+inactive part. `SparseBackward` makes the layer compute it only where the mask is active
+([`sampled_product`][lightning_srigl.kernels.sampled.sampled_product], the dense flops times the density) and
 ``+0`` elsewhere, which is what the zeroing leaves anyway: the masked gradient is the same up to the
 order of the floating-point sums. The input gradient ``go W`` and the bias gradient stay dense.
 
 It applies to an fp32 ``nn.Linear`` (or a subclass that keeps its ``forward``) on the CPU, called on
 a plain tensor while autograd records and no CPU autocast, ``torch.compile`` tracing or ``torch.func``
-transform is active, and only on steps where :attr:`SparseBackward.enabled` is True: the dynamic
+transform is active, and only on steps where `SparseBackward.enabled` is True: the dynamic
 sparsity callbacks switch it off for the steps whose dense gradient scores the next topology update.
 Everywhere else the layer runs its own ``forward``. A backward with ``create_graph=True`` takes the
 differentiable dense gradient, masked, so gradient penalties keep working. The layers are patched by
-an instance attribute ``forward`` (the class is untouched) and restored by :meth:`SparseBackward.remove`.
+an instance attribute ``forward`` (the class is untouched) and restored by `SparseBackward.remove`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = ["SparseBackward", "supports_sparse_backward"]
 
 def _has_own_forward(module: nn.Module) -> bool:
     """Whether ``module`` carries an instance ``forward`` other than its class's bound to it (what a
-    copy of a patched layer holds, see :func:`_own_forward`)."""
+    copy of a patched layer holds, see `_own_forward`)."""
     forward = vars(module).get("forward")
     return forward is not None and not (
         getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward
@@ -38,7 +38,7 @@ def _has_own_forward(module: nn.Module) -> bool:
 
 
 def supports_sparse_backward(module: nn.Module, param_name: str) -> bool:
-    """Whether ``module.<param_name>`` is the fp32 CPU weight of a linear layer :class:`SparseBackward`
+    """Whether ``module.<param_name>`` is the fp32 CPU weight of a linear layer `SparseBackward`
     can patch: an ``nn.Linear`` (or a subclass that keeps its ``forward``) whose ``forward`` runs (not
     ``nn.MultiheadAttention``'s ``out_proj``, which the attention reads the weight of directly), not sharded."""
     if not isinstance(module, nn.Linear) or param_name != "weight":
@@ -108,7 +108,7 @@ class _SparseBackwardForward:
     def __reduce__(self) -> tuple[object, tuple[nn.Module]]:
         return _own_forward, (self.module,)
 
-    def __call__(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Linear.forward's argument name)
+    def __call__(self, input: Tensor) -> Tensor:
         module = self.module
         weight = module.weight
         if (
@@ -135,8 +135,8 @@ class SparseBackward:
     """Patches the masked linear layers of ``masked`` so that their weight gradient is sparse.
 
     Args:
-        masked: the sparse weights; the layers that :func:`supports_sparse_backward` are patched by
-            :meth:`install`.
+        masked: the sparse weights; the layers that `supports_sparse_backward` are patched by
+            `install`.
 
     Attributes:
         enabled: whether the patched layers take the sampled path now (the callbacks set it per step).
@@ -180,7 +180,7 @@ class SparseBackward:
     def layout(self, fqn: str) -> SampledLayout:
         """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed (its version
         counter moves: ``set_mask_``, ``load_state_dict``, any in-place op; a write through ``mask.data``
-        or numpy changes its checksum, see :mod:`lightning_srigl.derived_cache`)."""
+        or numpy changes its checksum, see `lightning_srigl.derived_cache`)."""
         mask = self.masked.mask(fqn)
         layout = self._layouts.get(fqn, (mask,), lambda: SampledLayout.from_mask(mask), (mask,))
         return SampledLayout.from_mask(mask) if layout is None else layout
@@ -188,7 +188,7 @@ class SparseBackward:
     def record_gradient(self, fqn: str, grad: Tensor) -> None:
         """Note the weight gradient the sampled backward of ``fqn`` just returned (zero where inactive).
 
-        Its storage is held until :meth:`untouched_gradients` reads the note, so no other tensor can be
+        Its storage is held until `untouched_gradients` reads the note, so no other tensor can be
         allocated at its address meanwhile.
         """
         self._written[fqn] = (grad.untyped_storage(), grad.data_ptr(), grad._version)

@@ -44,19 +44,19 @@ class RecordingDDPStrategy(DDPStrategy):
         super().__init__()
         self.collectives: list[str] = []
 
-    def broadcast(self, obj, src=0):  # noqa: ANN001, ANN201 - the strategy's signature
+    def broadcast(self, obj, src=0):
         self.collectives.append("broadcast")
         return super().broadcast(obj, src)
 
-    def barrier(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def barrier(self, *args, **kwargs):
         self.collectives.append("barrier")
         return super().barrier(*args, **kwargs)
 
-    def all_gather(self, tensor, group=None, sync_grads=False):  # noqa: ANN001, ANN201
+    def all_gather(self, tensor, group=None, sync_grads=False):
         self.collectives.append("all_gather")
         return super().all_gather(tensor, group, sync_grads)
 
-    def reduce(self, tensor, group=None, reduce_op="mean"):  # noqa: ANN001, ANN201
+    def reduce(self, tensor, group=None, reduce_op="mean"):
         self.collectives.append("reduce")
         return super().reduce(tensor, group, reduce_op)
 

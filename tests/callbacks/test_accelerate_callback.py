@@ -97,7 +97,8 @@ def test_test_and_predict_run_on_the_accelerated_model(fitted) -> None:
             "gpu",
             marks=pytest.mark.skipif(
                 not torch.cuda.is_available(),
-                reason="16-mixed (fp16 autocast with a gradient scaler) runs on CUDA only; scripts/gpu_check.sh runs it",
+                reason="16-mixed (fp16 autocast with a gradient scaler) runs on CUDA only; "
+                "scripts/gpu_check.sh runs it",
             ),
         ),
     ],

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_srigl.callbacks import RigLCallback, SRigLCallback
-from lightning_srigl.callbacks.glue import STATE_VERSION
+from lightning_srigl.callbacks.sparsity_callback import STATE_VERSION
 from tests.callbacks.tiny import TinyNet, UpdateProbe, trainer
 
 

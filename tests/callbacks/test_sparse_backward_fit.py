@@ -1,4 +1,5 @@
-"""The sampled weight gradient in real fits: taken off the update steps' window, skips the gradient pass, removed after."""
+"""The sampled weight gradient in real fits: taken off the update steps' window, skips the gradient pass, removed
+after."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from lightning_srigl.condensed.sampled import sampled_product_available
 from lightning_srigl.masking import MaskedParameters
 from lightning_srigl.training import SparseBackward
 from lightning_srigl.training import sparse_backward as sparse_backward_module
-from tests.callbacks.test_remask import OPTIMIZERS, InactiveProbe, Net, _assert_inactive_zero
+from tests.callbacks.test_remask import InactiveProbe, Net, _assert_inactive_zero
 from tests.callbacks.tiny import TinyNet, trainer
 
 pytestmark = pytest.mark.skipif(not sampled_product_available(), reason="the C++ CPU kernels are not built")
@@ -83,7 +84,8 @@ def instance_forwards(model: nn.Module) -> list[str]:
 
 
 def dense_window(steps: int, delta_t: int, t_end: int, n: int) -> set[int]:
-    """Optimizer steps (counted from 0) whose gradient feeds an update: the n before each multiple of delta_t < t_end."""
+    """Optimizer steps (counted from 0) whose gradient feeds an update: the n before each multiple of delta_t <
+    t_end."""
     return {u - i for u in range(delta_t, t_end, delta_t) for i in range(1, n + 1)} & set(range(steps))
 
 

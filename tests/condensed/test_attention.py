@@ -80,7 +80,8 @@ def test_attention_and_key_padding_masks(mask_kind):
     padding = torch.tensor([[False] * 4 + [True], [False] * 5])
     per_head = attn_mask.expand(2 * 4, 5, 5)
     padding = padding if mask_kind == "bool" else torch.zeros(2, 5).masked_fill(padding, -1e4)
-    for kwargs in ({"attn_mask": attn_mask}, {"key_padding_mask": padding}, {"attn_mask": per_head, "key_padding_mask": padding},
+    for kwargs in ({"attn_mask": attn_mask}, {"key_padding_mask": padding},
+                   {"attn_mask": per_head, "key_padding_mask": padding},
                    {"attn_mask": attn_mask, "is_causal": True, "need_weights": False}):  # fmt: skip
         (expected, expected_w), (out, w) = both(attention, projected, x, x, x, **kwargs)
         assert_close_to_scale(out, expected)

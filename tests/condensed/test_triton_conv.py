@@ -4,13 +4,13 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
-from lightning_srigl.condensed import triton_conv  # noqa: E402
-from lightning_srigl.condensed.conv import CondensedConv2d  # noqa: E402
-from tests.condensed.conv_cases import GEOMETRIES, assert_close_to_scale, masked_conv, reference  # noqa: E402
+from lightning_srigl.condensed import triton_conv
+from lightning_srigl.condensed.conv import CondensedConv2d
+from tests.condensed.conv_cases import GEOMETRIES, assert_close_to_scale, masked_conv, reference
 
 # A silent PyTorch fallback would make these tests vacuous: its warning is an error here.
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")

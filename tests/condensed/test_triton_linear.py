@@ -32,7 +32,7 @@ def launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, ...], tup
     seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     launch = triton_kernel.condensed_linear_triton
 
-    def spy(x2d, values, indices, bias):  # noqa: ANN001, ANN202 - same signature as the kernel entry
+    def spy(x2d, values, indices, bias):
         seen.append((values.stride(), indices.stride()))
         return launch(x2d, values, indices, bias)
 

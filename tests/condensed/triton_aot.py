@@ -18,11 +18,11 @@ import torch
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     sys.exit("triton_aot: run with TRITON_INTERPRET=0 (the interpreter patches Triton's language)")
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from lightning_srigl.condensed import triton_kernel  # noqa: E402
+from lightning_srigl.condensed import triton_kernel
 
 HOPPER = GPUTarget("cuda", 90, 32)
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int16: "i16", torch.int32: "i32"}

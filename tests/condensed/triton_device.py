@@ -11,8 +11,8 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 triton_kernel = pytest.importorskip("lightning_srigl.condensed.triton_kernel", reason="Triton is not installed")
 

@@ -12,8 +12,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-import lightning_srigl.kernels.conv
-import lightning_srigl.kernels.linear  # noqa: F401 (registers the Python ops; kernels.csr is imported below)
+from lightning_srigl.kernels import conv, linear  # noqa: F401 (importing them registers their Python ops)
 from lightning_srigl.kernels.cpu.isa import all_variants
 from lightning_srigl.kernels.cpu.loader import host_variants, load_variant_by_name
 from lightning_srigl.kernels.csr import to_csr

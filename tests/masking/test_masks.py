@@ -97,16 +97,6 @@ def test_loading_a_non_bool_mask_is_rejected() -> None:
         model.load_state_dict(sd)
 
 
-def test_check_compatible_reports_missing_and_misfit_masks() -> None:
-    model, mp, _ = _installed()
-    sd = model.state_dict()
-    mp.check_compatible(sd)
-    del sd["0.weight_sparsity_mask"]
-    sd["2.weight_sparsity_mask"] = torch.ones(1, dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"'0\.weight_sparsity_mask' is missing; '2\.weight_sparsity_mask' has shape"):
-        mp.check_compatible(sd)
-
-
 def _keep_bits(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, -1, 0).to(torch.int32)
 

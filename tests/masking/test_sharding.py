@@ -49,7 +49,7 @@ def mesh() -> Iterator[DeviceMesh]:
         dist.destroy_process_group()
 
 
-def sharded_linear(mesh: DeviceMesh, placement: Shard | Replicate = Shard(0)) -> nn.Linear:
+def sharded_linear(mesh: DeviceMesh, placement: Shard | Replicate = Shard(0)) -> nn.Linear:  # noqa: B008
     layer = nn.Linear(6, 5)
     layer.weight = nn.Parameter(distribute_tensor(layer.weight.detach(), mesh, [placement]))
     return layer

@@ -78,7 +78,7 @@ def test_eps_zero_makes_adam_move_inactive_weights_and_the_rule_refuses_it() -> 
 class DriftingSGD(torch.optim.SGD):
     """A subclass whose step moves every weight, masked or not."""
 
-    def step(self, closure=None):  # noqa: ANN001, ANN201
+    def step(self, closure=None):
         loss = super().step(closure)
         with torch.no_grad():
             for group in self.param_groups:

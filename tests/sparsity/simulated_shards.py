@@ -51,7 +51,7 @@ class SimulatedGroup:
         def target(rank: int) -> None:
             try:
                 results[rank] = work(rank, self.reducer(rank))
-            except BaseException as error:  # noqa: BLE001 - handed to the caller below
+            except BaseException as error:
                 errors.append(error)
                 self._barrier.abort()
 

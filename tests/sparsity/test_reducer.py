@@ -210,7 +210,7 @@ def test_nan_on_one_shard_raises_on_every_shard() -> None:
     group = SimulatedGroup(2)
     raised = []
 
-    def work(rank, reducer):  # noqa: ANN001, ANN202
+    def work(rank, reducer):
         try:
             reducer.topk_masks([Selection(scores[parts[rank]], 3)])
         except ValueError as error:

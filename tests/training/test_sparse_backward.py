@@ -1,4 +1,5 @@
-"""SparseBackward: masked nn.Linear layers whose weight gradient is the dense one masked, computed at active positions."""
+"""SparseBackward: masked nn.Linear layers whose weight gradient is the dense one masked, computed at active
+positions."""
 
 from __future__ import annotations
 

@@ -121,17 +121,17 @@ def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequenc
     return captured
 
 
-def _time_candidates(  # noqa: PLR0913 - the call, what to try, and how to time and judge it
+def _time_candidates(
     layer: nn.Module, mask: Tensor, call: LayerCall, candidates: Sequence[str], warmup: int, repeats: int,
     quantized: Sequence[str] = (), error_budget: float = DEFAULT_ERROR_BUDGET,
 ) -> tuple[dict[str, float], dict[str, str], dict[str, nn.Module], dict[str, float], tuple[float, int] | None]:
     """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
 
     The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
-    timer, :func:`~lightning_srigl.timing.hot_times`: ``warmup`` calls, at least ``repeats``
+    timer, [`hot_times`][lightning_srigl.timing.hot_times]: ``warmup`` calls, at least ``repeats``
     samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
     The ``quantized`` candidates (static ones calibrated on ``call``'s input) join them when their
-    :func:`~lightning_srigl.condensed.kinds.quantized.relative_error` is at most ``error_budget``.
+    [`relative_error`][lightning_srigl.condensed.kinds.quantized.relative_error] is at most ``error_budget``.
 
     Returns ``(times, skipped, built, errors, input_range)``: seconds per kept candidate, why the others
     were skipped, the kept candidates themselves (the one chosen is installed as is), each quantized
@@ -201,10 +201,10 @@ def plan_acceleration(
     """Time the candidates of each sparse layer in ``layer_inputs`` and choose the fastest.
 
     ``quantize="int8"`` adds the quantized candidates; they count when their output error on the input
-    is at most ``error_budget`` (see :func:`accelerate`).
+    is at most ``error_budget`` (see `accelerate`).
 
     ``layer_inputs`` maps a layer name to its real input (``(..., in)`` for a linear layer) or, for
-    layers called with more (attention), to the :class:`LayerCall` it received. ``device`` defaults to the
+    layers called with more (attention), to the `LayerCall` it received. ``device`` defaults to the
     layer's own device; a layer timed elsewhere is moved back to its own device in the plan. The
     model is not modified.
     """
@@ -234,7 +234,7 @@ def plan_acceleration(
     return AccelerationPlan(AccelerationReport(rows), layers)
 
 
-def _layer_row(  # noqa: PLR0913 - the row's facts, one argument each
+def _layer_row(
     name: str, layer: nn.Module, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str],
     errors: dict[str, float], input_range: tuple[float, int] | None,
 ) -> LayerAcceleration:
@@ -274,8 +274,8 @@ def rebuild_plan(model: nn.Module, report: AccelerationReport) -> AccelerationPl
 
 
 def fold_in_place(model: nn.Module) -> list[str]:
-    """Fold BatchNorms into the sparse convolutions they follow (:func:`batchnorm_fold.fold_batchnorms`),
-    then ablated neurons into the next layer (:func:`fold.fold_ablated_neurons`), where exact.
+    """Fold BatchNorms into the sparse convolutions they follow (`batchnorm_fold.fold_batchnorms`),
+    then ablated neurons into the next layer (`fold.fold_ablated_neurons`), where exact.
 
     Runs in eval mode (dropout on a folding path must be off). Returns the names of the modules it
     changed; a model no part of which ``torch.fx`` can trace is left as is, with a warning.
@@ -317,7 +317,8 @@ def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Mod
 
 def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
     """Install the plan's layers in place of the sparse layers (their masks leave with them), keeping each
-    replaced layer's forward hooks and train/eval mode (:func:`~lightning_srigl.condensed.acceleration.swap.replace_module`);
+    replaced layer's forward hooks and train/eval mode
+    ([`replace_module`][lightning_srigl.condensed.acceleration.swap.replace_module]);
     [`restore_dense`][lightning_srigl.condensed.acceleration.swap.restore_dense] undoes it."""
     sparse = sparse_layers(model)
     for row in plan.report.rows:

@@ -46,7 +46,7 @@ class LayerCall:
     def __call__(self, module: nn.Module) -> object:
         return module(*self.args, **self.kwargs)
 
-    def map(self, fn) -> LayerCall:  # noqa: ANN001 - Tensor -> Tensor
+    def map(self, fn) -> LayerCall:
         """The call with ``fn`` applied to every tensor argument."""
         apply = lambda v: fn(v) if isinstance(v, Tensor) else v  # noqa: E731
         return LayerCall(tuple(apply(a) for a in self.args), {k: apply(v) for k, v in self.kwargs.items()})

@@ -1,6 +1,7 @@
 """What ``plan_acceleration`` measured and chose, per layer.
 
-[`AccelerationReport`][lightning_srigl.condensed.acceleration.report.AccelerationReport] prints it as a rich table, writes it as CSV and turns it into logger metrics.
+[`AccelerationReport`][lightning_srigl.condensed.acceleration.report.AccelerationReport] prints it as a rich table,
+writes it as CSV and turns it into logger metrics.
 """
 
 from __future__ import annotations
@@ -93,12 +94,14 @@ class AccelerationReport:
         return fitted_table(title, headers, rows, width, left=("layer", "kernel"), fold=("layer",))
 
     def print(self, console: Console | None = None) -> None:
-        """Print [`table`][lightning_srigl.condensed.acceleration.report.AccelerationReport.table] (by default on a console as wide as the terminal)."""
+        """Print [`table`][lightning_srigl.condensed.acceleration.report.AccelerationReport.table] (by default on a
+        console as wide as the terminal)."""
         console = console or terminal_console()
         console.print(self.table(console.width))
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write [`records`][lightning_srigl.condensed.acceleration.report.AccelerationReport.records] to ``path`` (parents created) and return it."""
+        """Write [`records`][lightning_srigl.condensed.acceleration.report.AccelerationReport.records] to ``path``
+        (parents created) and return it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         records = self.records()

@@ -1,5 +1,5 @@
 """Putting layers into a model and taking them out again: the swap keeps what the model set on the module
-it replaces (forward hooks and pre-hooks, train/eval mode), and :func:`restore_dense` is its inverse."""
+it replaces (forward hooks and pre-hooks, train/eval mode), and `restore_dense` is its inverse."""
 
 from __future__ import annotations
 

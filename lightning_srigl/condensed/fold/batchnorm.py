@@ -6,8 +6,8 @@ convolution ``y = W * x + b`` it equals a convolution with ``W' = W * s`` (row `
 ``W'`` is zero exactly where ``W`` is, so the mask (and an ablated filter, now outputting ``BN(b_c)``)
 carries over. The BatchNorm becomes ``nn.Identity``.
 
-:func:`fold_batchnorms` does this where the ``torch.fx`` graphs of the model or of its traceable parts
-(:func:`~lightning_srigl.condensed.fold.local_trace.traced_graphs`) prove it: a masked ``nn.Conv1d/2d/3d``
+`fold_batchnorms` does this where the ``torch.fx`` graphs of the model or of its traceable parts
+([`traced_graphs`][lightning_srigl.condensed.fold.local_trace.traced_graphs]) prove it: a masked ``nn.Conv1d/2d/3d``
 whose output's only user is a ``BatchNorm`` module in eval mode with running statistics, both called
 once in ``forward`` and holding no parameter another module holds.
 """

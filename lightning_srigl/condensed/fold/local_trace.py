@@ -3,7 +3,7 @@
 Folding needs to know which module feeds which, and whether a value has other users. ``torch.fx``
 tells exactly that, but tracing a whole model fails on much real code (Hugging Face models: "Proxy
 object cannot be iterated", data-dependent control flow, ``len(x)`` on an input). Such failures are
-usually local, so :func:`traced_graphs` traces the model, and where that fails each child (and so on
+usually local, so `traced_graphs` traces the model, and where that fails each child (and so on
 down), keeping the graphs of the parts that trace: an ``nn.Sequential`` chain, an MLP block, a ResNet
 block. A value that leaves its part (the part's output) counts as used elsewhere, so whatever a fold
 proves on a part's graph holds in the whole model.

@@ -7,9 +7,9 @@ so it can go into ``bias_next`` and column ``i`` can go away. The producer then 
 active rows (``out`` shrinks) and the consumer only the matching input columns: exact up to float
 rounding.
 
-:func:`fold_ablated_neurons` finds such chains in the ``torch.fx`` graphs of the model's forward, or of
+`fold_ablated_neurons` finds such chains in the ``torch.fx`` graphs of the model's forward, or of
 its largest traceable parts where the whole model does not trace
-(:func:`~lightning_srigl.condensed.fold.local_trace.traced_graphs`: ``nn.Sequential`` chains, MLP and ResNet
+([`traced_graphs`][lightning_srigl.condensed.fold.local_trace.traced_graphs]: ``nn.Sequential`` chains, MLP and ResNet
 blocks), and folds only what is provably exact:
 
 * producer: an ``nn.Linear`` or ``nn.Conv{1,2,3}d`` (exact type; conv with ``groups == 1``) whose
@@ -85,7 +85,7 @@ class KeptNeurons:
 
 @dataclass
 class FoldReport:
-    """What :func:`fold_ablated_neurons` did.
+    """What `fold_ablated_neurons` did.
 
     Attributes:
         model: the folded model (same class as the input; see ``inplace``).
@@ -118,11 +118,12 @@ def fold_ablated_neurons(
         model: a module whose ``forward`` is traceable by ``torch.fx.symbolic_trace``, in eval mode
             where it has dropout or BatchNorm on a folding path.
         masks: optional ``{module name (or "name.weight"): bool mask shaped like its weight}``.
-            Without it a layer's own mask (:func:`lightning_srigl.masking.mask_of`) is used if it has one. A neuron is ablated when
+            Without it a layer's own mask ([`mask_of`][lightning_srigl.masking.mask_of]) is used if it has one. A neuron
+            is ablated when
             its weight row is all zero; the masks are checked to agree (weights zero outside them)
-            and are sliced along with the weights (see :attr:`FoldReport.masks`).
+            and are sliced along with the weights (see `FoldReport.masks`).
         inplace: fold into ``model`` itself instead of into a deep copy. Folded modules are replaced
-            by new module objects (the originals are kept in :attr:`FoldReport.replaced`), never
+            by new module objects (the originals are kept in `FoldReport.replaced`), never
             mutated, so references held elsewhere keep seeing the unfolded layers.
 
     Returns:

@@ -2,12 +2,12 @@
 
 Each ``from_masked``-style function takes the masked module and the mask of the kind's weight and
 returns an inference module that computes what the module computes with its weights times their
-masks (:mod:`lightning_srigl.condensed.kinds.registry` lists them per kind):
+masks ([`lightning_srigl.condensed.kinds.registry`][lightning_srigl.condensed.kinds.registry] lists them per kind):
 
-* :func:`masked_copy` — the ``"dense"`` reference of every kind: a copy with the masks applied;
-* :func:`projected_attention` — ``nn.MultiheadAttention`` with condensed ``in_proj``/``out_proj``;
-* :func:`hf_conv1d_condensed`, :func:`hf_conv1d_csr` — Hugging Face ``Conv1D`` (``y = x @ W + b``,
-  ``W (in, out)``) as the :class:`CondensedLinear` / :class:`CSRLinear` of ``Wᵀ``.
+* `masked_copy` — the ``"dense"`` reference of every kind: a copy with the masks applied;
+* `projected_attention` — ``nn.MultiheadAttention`` with condensed ``in_proj``/``out_proj``;
+* `hf_conv1d_condensed`, `hf_conv1d_csr` — Hugging Face ``Conv1D`` (``y = x @ W + b``,
+  ``W (in, out)``) as the `CondensedLinear` / `CSRLinear` of ``Wᵀ``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def masked_copy(module: nn.Module, mask: Tensor) -> nn.Module:
 
 
 def projected_attention(attention: nn.MultiheadAttention, mask: Tensor) -> ProjectedAttention:
-    """:class:`ProjectedAttention` with condensed projections (``mask``: ``in_proj_weight``'s; the others
+    """`ProjectedAttention` with condensed projections (``mask``: ``in_proj_weight``'s; the others
     are the module's own masks, and a projection without one stays dense)."""
     if attention.in_proj_weight is None:
         masks = {name: mask_of(attention, name) for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight")}
@@ -71,13 +71,13 @@ def _transposed_weight(conv1d: nn.Module, mask: Tensor) -> tuple[Tensor, Tensor]
 
 
 def hf_conv1d_condensed(conv1d: nn.Module, mask: Tensor) -> CondensedLinear:
-    """The :class:`CondensedLinear` equal to a Hugging Face ``Conv1D`` with ``weight * mask`` (``(in, out)``)."""
+    """The `CondensedLinear` equal to a Hugging Face ``Conv1D`` with ``weight * mask`` (``(in, out)``)."""
     weight, rows = _transposed_weight(conv1d, mask)
     return CondensedLinear.from_weight_mask(weight, pad_fan_in(rows), conv1d.bias)
 
 
 def hf_conv1d_csr(conv1d: nn.Module, mask: Tensor) -> CSRLinear:
-    """The :class:`CSRLinear` equal to a Hugging Face ``Conv1D`` with ``weight * mask``."""
+    """The `CSRLinear` equal to a Hugging Face ``Conv1D`` with ``weight * mask``."""
     weight, _ = _transposed_weight(conv1d, mask)
     bias = None if conv1d.bias is None else conv1d.bias.detach().clone()
     return CSRLinear(to_csr(weight), bias)

@@ -2,9 +2,9 @@
 
 Each builder takes the masked module, its mask and the activation range ``(scale, zero)`` calibrated
 on the example batch (``None`` where the candidate quantizes activations per call) and returns an
-inference module; :func:`relative_error` measures it against the masked fp32 layer on that batch:
+inference module; `relative_error` measures it against the masked fp32 layer on that batch:
 
-* ``"int8_condensed"`` — :class:`Int8CondensedLinear`, activations quantized per row (token) per call;
+* ``"int8_condensed"`` — `Int8CondensedLinear`, activations quantized per row (token) per call;
 * ``"int8_condensed_static"`` — the same with the calibrated activation range;
 * ``"int8_dense"`` — torch's dynamic int8 ``Linear`` of the masked dense weight (``torch.ao``), for
   comparison (CPU only). ``save_condensed`` cannot save it (torch's packed int8 weights neither

@@ -1,8 +1,8 @@
 """The sparse module kinds that can be accelerated, and the inference layers each kind can become.
 
-One table, :data:`SPARSE_KINDS`, is read by acceleration (:mod:`~lightning_srigl.condensed.acceleration.accelerate`),
+One table, `SPARSE_KINDS`, is read by acceleration (`accelerate`),
 the benchmark (``lightning_srigl.benchmark.layers``) and serialization (its allowlist,
-:data:`INFERENCE_LAYERS`). A kind is an exact module type (so a subclass with its own forward, such as
+`INFERENCE_LAYERS`). A kind is an exact module type (so a subclass with its own forward, such as
 ``nn.MultiheadAttention``'s ``out_proj``, is not taken for ``nn.Linear``) and says:
 
 * which of its weights carries the mask (``param_names``: the first the module has a mask for);
@@ -10,11 +10,13 @@ the benchmark (``lightning_srigl.benchmark.layers``) and serialization (its allo
   ``"dense"``, is a plain copy of the masked module and the exact reference for the others;
 * how an input captured before folding reaches the module after folding shrank it (``fit_input``);
 * its quantized (inexact) candidates, ``{name: quantize(module, mask, input_range) -> nn.Module}``
-  (:mod:`lightning_srigl.condensed.kinds.quantized`), tried only when acceleration is asked to quantize.
+  ([`lightning_srigl.condensed.kinds.quantized`][lightning_srigl.condensed.kinds.quantized]), tried only when
+  acceleration is asked to quantize.
 
-Adding a kind (a condensed convolution, say) is one more entry here; nothing else changes.
+Adding a kind is one more entry here, plus the candidate layers it names (each keeping the contract of
+``condensed/layers/contract.py``, and listed in ``INFERENCE_LAYERS`` to be saved and loaded).
 Which modules of a model *are* sparse, and with which mask, is the masking layer's record
-(:func:`lightning_srigl.masking.masked_weights`); :func:`sparse_layers` joins the two.
+([`lightning_srigl.masking.masked_weights`][lightning_srigl.masking.masked_weights]); `sparse_layers` joins the two.
 """
 
 from __future__ import annotations
@@ -155,8 +157,8 @@ def sparse_kind(module: nn.Module) -> SparseKind | None:
 
 
 def sparse_layers(model: nn.Module) -> dict[str, MaskedWeight]:
-    """Module name -> masked weight, for every masked module of a known kind (:func:`sparse_kind`) whose
-    weight no other module holds: swapping a tied layer would break the tie (see :func:`tied_layers`)."""
+    """Module name -> masked weight, for every masked module of a known kind (`sparse_kind`) whose
+    weight no other module holds: swapping a tied layer would break the tie (see `tied_layers`)."""
     found = {}
     tied = set(tied_layers(model))
     for masked in masked_weights(model):
@@ -208,7 +210,7 @@ def mark_accelerated(module: nn.Module, candidate: str) -> nn.Module:
 
 def accelerated_layers(model: nn.Module) -> dict[str, str]:
     """Module name -> candidate, for every inference layer of ``model`` (installed by acceleration or a
-    package inference layer such as a loaded :class:`CondensedLinear`)."""
+    package inference layer such as a loaded `CondensedLinear`)."""
     return {
         name: module.__dict__.get(ACCELERATED_MARK, type(module).__name__)
         for name, module in model.named_modules()

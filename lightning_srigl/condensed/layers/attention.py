@@ -2,16 +2,16 @@
 
 ``nn.MultiheadAttention`` keeps its input projection as a packed ``in_proj_weight (3E, E)`` (or separate
 ``q/k/v_proj_weight`` when the key/value widths differ) and its output projection as ``out_proj``, and
-runs them inside one fused function, so swapping a layer cannot reach them. :class:`ProjectedAttention`
+runs them inside one fused function, so swapping a layer cannot reach them. `ProjectedAttention`
 computes the same thing from modules: ``in_proj`` (``(..., E) -> (..., 3E)``) or ``q_proj``/``k_proj``/
 ``v_proj``, then ``F.scaled_dot_product_attention`` over the heads, then ``out_proj``. With condensed
-projections (:meth:`ProjectedAttention.from_masked`) the attention output equals the masked dense
+projections (`ProjectedAttention.from_masked`) the attention output equals the masked dense
 module's up to float rounding; the attention kernel itself is torch's.
 
 Supported as ``nn.MultiheadAttention`` supports them: ``batch_first`` or not, unbatched inputs,
 self- and cross-attention, ``key_padding_mask`` and ``attn_mask`` (bool, True = not allowed, or float,
 added), ``need_weights`` with ``average_attn_weights``, dropout in training mode. Not supported (the
-dense module is kept, see :meth:`ProjectedAttention.from_masked`): ``bias_k``/``bias_v`` and
+dense module is kept, see `ProjectedAttention.from_masked`): ``bias_k``/``bias_v`` and
 ``add_zero_attn``.
 """
 
@@ -151,7 +151,7 @@ class ProjectedAttention(nn.Module):
         }
 
     def spec_args(self) -> dict[str, object]:
-        """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`
+        """Plain constructor facts for [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]
         (the projections are saved as children)."""
         return {
             "embed_dim": self.embed_dim, "num_heads": self.num_heads, "batch_first": self.batch_first,

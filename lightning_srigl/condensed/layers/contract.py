@@ -12,7 +12,7 @@ An inference layer is built from a masked module and turns back into one:
   A layer with an optional bias also records ``"bias": bool`` in ``spec_args()``: the loader checks the file
   holds the bias tensor exactly then, and passes ``from_spec`` the other facts;
 * ``weight`` (a property) where the replaced module had one: its shape, dtype and device as a
-  :class:`~lightning_srigl.condensed.layers.weight_facts.WeightFacts`, for code that reads them.
+  [`WeightFacts`][lightning_srigl.condensed.layers.weight_facts.WeightFacts], for code that reads them.
 
 ``tests/condensed/test_contract.py`` checks every class of ``INFERENCE_LAYERS`` against it.
 """

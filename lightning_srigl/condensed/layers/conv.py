@@ -9,7 +9,7 @@ its group's channels), so the kernels need no notion of groups.
 
 Kernels (``forward``), ``algorithm="direct"``: on CPU the ``condensed_conv2d`` op of the C++ variant
 (``csrc/conv.h``: output pixels are the batch of a panel read straight from the zero-padded input, no
-im2col), on CUDA the Triton kernel of :mod:`~lightning_srigl.kernels.triton.conv`.
+im2col), on CUDA the Triton kernel of [`conv`][lightning_srigl.kernels.triton.conv].
 ``algorithm="im2col"`` materialises the im2col matrix (``F.unfold``) and runs the condensed linear
 kernels on it: slower except on tiny images (a 4x4 map), where the direct kernel computes many padding
 columns; ``accelerate`` times both (``scripts/bench_conv_layouts.py`` compares them per layer).
@@ -167,13 +167,13 @@ class CondensedConv2d(nn.Module):
 
     @classmethod
     def im2col_from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:
-        """:meth:`from_masked` with ``algorithm="im2col"`` (the registry's ``"im2col"`` candidate)."""
+        """`from_masked` with ``algorithm="im2col"`` (the registry's ``"im2col"`` candidate)."""
         layer = cls.from_masked(conv, mask)
         layer.algorithm = "im2col"
         return layer
 
     def spec_args(self) -> dict[str, object]:
-        """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""
+        """Plain constructor facts for [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]."""
         return {
             "in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
             "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
@@ -183,14 +183,14 @@ class CondensedConv2d(nn.Module):
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedConv2d:
-        """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
+        """Rebuild (validated) from `spec_args` and the layer's ``state_dict`` tensors."""
         return cls(tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"), **args)
 
     @property
     def weight(self) -> WeightFacts:
         """Shape (``nn.Conv2d``'s ``(out, in / groups, kh, kw)``, ``nn.Conv1d``'s ``(out, in / groups, k)``),
         dtype and device of the dense weight this layer replaced, for code that reads them (no values: see
-        :meth:`dense_weight`)."""
+        `dense_weight`)."""
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         return WeightFacts(self._dense_shape(torch.empty(shape, device="meta")).shape, self.values, type(self).__name__)
 
@@ -283,7 +283,7 @@ class CondensedConv2d(nn.Module):
         return self._dense_shape(weight.view(self.out_channels, self.in_channels // self.groups, *self.kernel_size))
 
     def _dense_shape(self, weight: Tensor) -> Tensor:
-        """A ``(out, in / groups, kh, kw)`` weight in the shape of :meth:`to_dense`'s weight."""
+        """A ``(out, in / groups, kh, kw)`` weight in the shape of `to_dense`'s weight."""
         return weight
 
     def dense_weight(self) -> Tensor:

@@ -65,12 +65,12 @@ class CSRLinear(nn.Module):
         return {"weight": csr_tensor(self.crow_indices, self.col_indices, ones, (self.out_features, self.in_features)).to_dense()}
 
     def spec_args(self) -> dict[str, int | bool]:
-        """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""
+        """Plain constructor facts for [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]."""
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CSRLinear:
-        """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
+        """Rebuild (validated) from `spec_args` and the layer's ``state_dict`` tensors."""
         shape = (args["out_features"], args["in_features"])
         weight = csr_tensor(tensors["crow_indices"], tensors["col_indices"], tensors["values"], shape)
         return cls(weight, tensors.get("bias"))  # validated here

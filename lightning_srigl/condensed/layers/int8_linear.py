@@ -1,6 +1,7 @@
 """``Int8CondensedLinear``: a ``CondensedLinear`` with int8 weights (a symmetric scale per neuron) and u8
 activations (per token, or calibrated), int32 sums and fp32 output; inference only, and not exact: its error
-is that of int8 quantization (docs/int8.md; the arithmetic: :mod:`lightning_srigl.kernels.int8`).
+is that of int8 quantization (docs/int8.md; the arithmetic:
+[`lightning_srigl.kernels.int8`][lightning_srigl.kernels.int8]).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.condensed.layers.linear import CondensedLinear, _eager_cpu_inference
 from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.int8 import int8_condensed_linear, window_layout
@@ -34,7 +36,7 @@ class Int8CondensedLinear(nn.Module):
     64), ``indices (A, kp)`` (int16 when ``in_features <= 32767``, else int32; 0 in the padding),
     ``weight_sum (A,)`` int32 (row sums, for the activations' zero point), ``weight_scale (A,)`` fp32,
     ``active_rows (A,)`` int64 and ``bias (out,)`` fp32 or None; ``layout``, not saved, is the gather-free
-    kernel's layout, rebuilt from them (:func:`~lightning_srigl.kernels.int8.window_layout`).
+    kernel's layout, rebuilt from them ([`window_layout`][lightning_srigl.kernels.int8.window_layout]).
     ``input_scale``/``input_zero``: the calibrated activation quantization, or None for dynamic per-row
     quantization.
     """
@@ -75,7 +77,7 @@ class Int8CondensedLinear(nn.Module):
     def from_condensed(
         cls, layer: CondensedLinear, input_range: tuple[float, int] | None = None
     ) -> Int8CondensedLinear:
-        """Quantize a ``CondensedLinear`` (:func:`~lightning_srigl.kernels.int8_layout.int8_layout`);
+        """Quantize a ``CondensedLinear`` (`int8_layout`);
         ``input_range`` (``(scale, zero)``, e.g. ``calibration_range`` of real inputs) fixes the activation
         quantization (static), None keeps it dynamic (per row). Raises ``ValueError`` for fan-ins over 65536."""
         bias = None if layer.bias is None else layer.bias.detach().float().clone()
@@ -84,6 +86,37 @@ class Int8CondensedLinear(nn.Module):
             *int8_layout(layer.values, layer.indices), layer.active_rows.clone(), bias, layer.in_features,
             layer.out_features, input_scale, input_zero,
         )  # fmt: skip
+
+    @classmethod
+    def from_masked(cls, linear: nn.Linear, mask: Tensor) -> Int8CondensedLinear:
+        """``linear`` with ``weight * mask`` (``mask (out, in)`` bool, constant fan-in), quantized with dynamic
+        activations: `from_condensed` of ``CondensedLinear.from_masked``."""
+        return cls.from_condensed(CondensedLinear.from_masked(linear, mask))
+
+    def _positions(self) -> Tensor:
+        """``(A, kp)`` bool: the stored weights that are real, not padding (padding has index 0 after the
+        row's strictly increasing indices, so only a row's first index can be a real 0)."""
+        real = torch.ones_like(self.indices, dtype=torch.bool)
+        real[:, 1:] = self.indices[:, 1:] != 0
+        return real
+
+    def _scatter(self, values: Tensor) -> Tensor:
+        """``values (A, kp)`` at their ``(out, in)`` positions (padding adds nothing), zero elsewhere."""
+        rows = values.new_zeros(self.weight.shape[0], self.in_features)
+        rows.scatter_add_(1, self.indices.long(), values * self._positions().to(values.dtype))
+        dense = values.new_zeros(self.out_features, self.in_features)
+        dense[self.active_rows] = rows
+        return dense
+
+    def dense_masks(self) -> dict[str, Tensor]:
+        """``{"weight": (out, in) bool}``: the positions the layer keeps."""
+        return {"weight": self._scatter(torch.ones(self.weight.shape, device=self.weight.device)) != 0}
+
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` with the dequantized weight (``int8 * scale`` per neuron) and the bias: the layer's
+        weights as it computes with them (its activation quantization aside)."""
+        dequantized = self.weight.float() * self.weight_scale[:, None]
+        return dense_linear(self._scatter(dequantized), self.bias, frozen=False)
 
     def calibrate(self, inputs: Tensor) -> Int8CondensedLinear:
         """Fix the activation quantization to the range of ``inputs (..., in)`` (static); returns self."""
@@ -101,7 +134,7 @@ class Int8CondensedLinear(nn.Module):
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> Int8CondensedLinear:
-        """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
+        """Rebuild (validated) from `spec_args` and the layer's ``state_dict`` tensors."""
         return cls(
             tensors["weight"], tensors["indices"], tensors["weight_sum"], tensors["weight_scale"],
             tensors["active_rows"], tensors.get("bias"), args["in_features"], args["out_features"],

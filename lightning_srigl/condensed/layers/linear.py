@@ -40,7 +40,7 @@ LAYOUT_CHECK_WORDS = 256
 
 
 def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
-    """:func:`~lightning_srigl.condensed.layers.contract.eager_inference` for CPU tensors."""
+    """[`eager_inference`][lightning_srigl.condensed.layers.contract.eager_inference] for CPU tensors."""
     return x2d.is_cpu and eager_inference(x2d, values, bias)
 
 
@@ -61,7 +61,7 @@ class CondensedLinear(nn.Module):
 
     Kernel layouts derived from the buffers (the CPU batch-1 layout, the Triton kernels' ``(k, A)``
     storage) are built on the first call that needs them and kept until the buffers are replaced or
-    changed in place (see :meth:`_derived_layout`); they are not part of the ``state_dict``.
+    changed in place (see `_derived_layout`); they are not part of the ``state_dict``.
 
     Under autocast (``bf16-mixed``, ``16-mixed``) an input in the autocast dtype is cast to the
     layer's dtype: the layer computes in its own dtype, exactly as the masked dense layer would.
@@ -146,7 +146,8 @@ class CondensedLinear(nn.Module):
 
     @classmethod
     def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedLinear:
-        """Rebuild (validated) from [`spec_args`][lightning_srigl.condensed.layers.linear.CondensedLinear.spec_args] and the layer's ``state_dict`` tensors."""
+        """Rebuild (validated) from [`spec_args`][lightning_srigl.condensed.layers.linear.CondensedLinear.spec_args] and
+        the layer's ``state_dict`` tensors."""
         return cls(
             tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"),
             args["in_features"], args["out_features"], args.get("backend", "auto"),
@@ -155,7 +156,7 @@ class CondensedLinear(nn.Module):
     @property
     def weight(self) -> WeightFacts:
         """Shape ``(out, in)``, dtype and device of the dense weight this layer replaced, for code that reads
-        them (no values: see :meth:`dense_weight`)."""
+        them (no values: see `dense_weight`)."""
         return WeightFacts((self.out_features, self.in_features), self.values, type(self).__name__)
 
     @property
@@ -236,7 +237,7 @@ class CondensedLinear(nn.Module):
         Rebuilt when a buffer is replaced (``load_state_dict(assign=True)``), changed in place
         (``load_state_dict``, ``copy_``: its version counter moves) or its values are edited past the
         counter wholesale (``layer.values.data.mul_(2)``, a numpy view: the checksum of
-        ``LAYOUT_CHECK_WORDS`` strided words changes; see :mod:`lightning_srigl.derived_cache`); ``.to()`` and other
+        ``LAYOUT_CHECK_WORDS`` strided words changes; see `lightning_srigl.derived_cache`); ``.to()`` and other
         ``_apply`` calls drop every layout. Returns None for buffers created under ``torch.inference_mode``
         (they have no version counter): callers then use the buffers.
         """

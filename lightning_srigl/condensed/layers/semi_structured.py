@@ -39,7 +39,7 @@ class SemiStructuredLinear(nn.Module):
     """Inference ``Linear`` whose 2:4 weight is a ``SparseSemiStructuredTensor``.
 
     ``forward(x (..., in)) -> (..., out)`` equals the masked dense layer up to fp16/bf16 rounding.
-    Build it with :meth:`from_linear`; :meth:`to_dense` returns the equivalent ``nn.Linear``.
+    Build it with `from_linear`; `to_dense` returns the equivalent ``nn.Linear``.
     """
 
     def __init__(self, weight: SparseSemiStructuredTensor, bias: Tensor | None) -> None:
@@ -57,7 +57,7 @@ class SemiStructuredLinear(nn.Module):
 
         Raises:
             ValueError: the mask is not 2:4 or this weight/device cannot use 2:4 kernels (the
-                message gives the reason from :func:`semi_structured_supported`); keep another layer.
+                message gives the reason from `semi_structured_supported`); keep another layer.
         """
         weight = linear.weight.detach()
         mask = weight != 0 if mask is None else mask.to(device=weight.device, dtype=torch.bool)
@@ -78,7 +78,7 @@ class SemiStructuredLinear(nn.Module):
 
     @classmethod
     def from_masked(cls, linear: nn.Linear, mask: Tensor) -> SemiStructuredLinear:
-        """The 2:4 form of ``linear`` with ``weight * mask``; see :meth:`from_linear` for what it needs."""
+        """The 2:4 form of ``linear`` with ``weight * mask``; see `from_linear` for what it needs."""
         return cls.from_linear(linear, mask)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 Models check their layers' weights without computing with them: Hugging Face's ViT casts its input to
 ``patch_embeddings.projection.weight.dtype``, ``nn.TransformerEncoderLayer`` looks at
 ``linear1.weight`` before choosing its fused path. A condensed layer holds no dense weight, so its
-``weight`` (and an attention's ``in_proj_weight``) is a :class:`WeightFacts`: the shape, dtype and
+``weight`` (and an attention's ``in_proj_weight``) is a `WeightFacts`: the shape, dtype and
 device of the weight it stands for, and nothing else. It costs nothing (no tensor is built), and any
 use of it as a tensor (``F.linear(x, layer.weight)``, ``layer.weight.sum()``) raises an error that
 points to ``dense_weight()``, never a silently wrong value. Because it defines ``__torch_function__``,

@@ -7,7 +7,7 @@ match the sources and the running torch is never loaded (a C++ library loaded in
 crash). The variant is then compiled on first use with ``torch.utils.cpp_extension.load``, printing one
 line first, into ``$LIGHTNING_SRIGL_CACHE`` (default ``~/.cache/lightning_srigl``) under a folder named by
 the torch version, the variant and a hash of the sources and flags, so installs of different versions
-never rebuild each other's kernels. Where that compilation fails (no compiler), :func:`load_variant`
+never rebuild each other's kernels. Where that compilation fails (no compiler), `load_variant`
 raises an error naming the mismatch, and ``kernel.py`` falls back to pure torch after one warning.
 """
 
@@ -16,10 +16,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from lightning_srigl.kernels.cpu.variants import (
     Variant,
@@ -32,8 +35,6 @@ from lightning_srigl.kernels.fakes import register_cpp_fakes
 
 CACHE_ENV = "LIGHTNING_SRIGL_CACHE"
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# Seconds one variant took to compile on the 2-core development VM (g++ 12), for the JIT message.
-_BUILD_SECONDS = 25
 
 _lock = threading.Lock()
 _loaded: dict[str, KernelOps] = {}
@@ -56,7 +57,8 @@ class KernelOps:
         sampled_product: ``(go (N, out), x (N, in), row_ptr (out + 1,) int64, cols (nnz,) int32) -> (out, in)``,
             ``go^T x`` at the listed positions and ``+0`` elsewhere (``csrc/sampled.h``).
         int8_condensed_linear: ``(x (B, in), weight (A, kp) int8, indices (A, kp), weight_sum (A,) int32,
-            weight_scale (A,), rows (A,), bias (out,) | None, layout | None, out_features, input_scale | None, input_zero | None,
+            weight_scale (A,), rows (A,), bias (out,) | None, layout | None, out_features, input_scale | None,
+            input_zero | None,
             mode) -> (B, out)`` (``csrc/int8.h``).
         int8_window_layout: ``(weight, indices, in_features) -> uint8 layout`` for the gather-free int8
             kernel (``csrc/int8_window.h``; empty where the variant or CPU has none).
@@ -65,15 +67,15 @@ class KernelOps:
 
     variant: str
     library: Path
-    condensed_linear: object
-    batch1_layout: object
-    batch1_forward: object
+    condensed_linear: Callable[..., Tensor]
+    batch1_layout: Callable[..., Tensor]
+    batch1_forward: Callable[..., Tensor]
     batch1_supported: bool
-    condensed_conv2d: object
-    sampled_product: object
-    int8_condensed_linear: object
-    int8_window_layout: object
-    int8_path: object
+    condensed_conv2d: Callable[..., Tensor]
+    sampled_product: Callable[..., Tensor]
+    int8_condensed_linear: Callable[..., Tensor]
+    int8_window_layout: Callable[..., Tensor]
+    int8_path: Callable[..., Any]
 
 
 def build_directory(variant: Variant) -> Path:
@@ -83,7 +85,7 @@ def build_directory(variant: Variant) -> Path:
 
 
 def running_torch_build() -> str:
-    """The :func:`~lightning_srigl.kernels.cpu.variants.torch_build` of the running torch."""
+    """The [`torch_build`][lightning_srigl.kernels.cpu.variants.torch_build] of the running torch."""
     return torch_build(torch.__version__, bool(torch._C._GLIBCXX_USE_CXX11_ABI))
 
 
@@ -119,7 +121,7 @@ def jit_build(variant: Variant) -> Path:
     library = directory / f"{name}.so"
     if not library.exists():
         print(
-            f"lightning_srigl: building the CPU kernel once ({variant.name}), about {_BUILD_SECONDS} s, into {directory}",
+            f"lightning_srigl: building the CPU kernel once ({variant.name}) into {directory}; later runs reuse it",
             file=sys.stderr,
             flush=True,
         )
@@ -153,7 +155,7 @@ def load_variant(variant: Variant) -> KernelOps:
             refused = mismatch(library) if library is not None else None
             if library is not None and refused is None:
                 try:
-                    torch.ops.load_library(str(library))
+                    torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
                 except OSError as error:  # undefined symbols, a damaged file
                     refused = f"{library.name} does not load ({error})"
             if library is None or refused is not None:
@@ -169,7 +171,7 @@ def _rebuild(variant: Variant, refused: str | None) -> Path:
         print(f"lightning_srigl: {refused}; compiling the kernels from source instead", file=sys.stderr, flush=True)
     try:
         library = jit_build(variant)
-        torch.ops.load_library(str(library))
+        torch.ops.load_library(str(library))  # type: ignore[no-untyped-call]
     except Exception as error:
         if refused is None:
             raise

@@ -47,7 +47,7 @@ def default_variant() -> str:
 
 
 def requested_variant() -> str:
-    """``$LIGHTNING_SRIGL_CPU_ISA`` when set (checked), else :func:`default_variant`.
+    """``$LIGHTNING_SRIGL_CPU_ISA`` when set (checked), else `default_variant`.
 
     Raises:
         ValueError: the variable names an unknown variant, or one this CPU cannot execute.

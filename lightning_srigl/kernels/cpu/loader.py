@@ -1,9 +1,9 @@
 """CPU kernel for the condensed product: the chosen C++ variant, and the pure-torch fallback.
 
-:func:`load_extension` returns the ops of the variant :mod:`~lightning_srigl.kernels.cpu.isa` picks
-for this CPU (``LIGHTNING_SRIGL_CPU_ISA`` forces one), loaded by :mod:`~lightning_srigl.kernels.cpu.build`
+`load_extension` returns the ops of the variant [`isa`][lightning_srigl.kernels.cpu.isa] picks
+for this CPU (``LIGHTNING_SRIGL_CPU_ISA`` forces one), loaded by [`build`][lightning_srigl.kernels.cpu.build]
 (the library built at install time, else a one-time JIT build). Where neither exists (no compiler),
-:func:`condensed_linear_cpu` falls back to :func:`condensed_linear_torch` after one warning: it is
+`condensed_linear_cpu` falls back to `condensed_linear_torch` after one warning: it is
 several times slower than a dense ``nn.Linear``, so ``accelerate()``, which times every candidate, keeps
 dense layers then. ``LIGHTNING_SRIGL_DISABLE_CPP=1`` forces the fallback.
 """
@@ -63,7 +63,7 @@ def cpp_disabled() -> bool:
 
 
 def load_variant_by_name(name: str) -> KernelOps:
-    """The ops of variant ``name`` (one of :func:`host_variants`), loading or building it; for tests and
+    """The ops of variant ``name`` (one of `host_variants`), loading or building it; for tests and
     benchmarks that compare variants in one process.
 
     Raises:
@@ -161,12 +161,12 @@ def batch1_layout(
         indices: ``(A, k)`` int16/int32 input columns.
         rows: ``(A,)`` int64 output row of each active neuron (the others output their bias).
         in_features, out_features: the layer's widths.
-        kernel: the variant to build it for (default: :func:`load_extension`'s).
+        kernel: the variant to build it for (default: `load_extension`'s).
 
     Returns:
         One uint8 tensor (the weights in step order, ``A * k`` floats, plus 1-2 bytes per weight of lane
         and step data), or None for non-fp32, empty, non-CPU or very wide (> 65503 inputs) layers and
-        for variants without the kernel (scalar, NEON). Pass it to :func:`batch1_forward`.
+        for variants without the kernel (scalar, NEON). Pass it to `batch1_forward`.
     """
     kernel = kernel or load_extension()
     if kernel is None or not kernel.batch1_supported:
@@ -183,7 +183,7 @@ def batch1_layout(
 def batch1_forward(x: Tensor, layout: Tensor, bias: Tensor | None) -> Tensor:
     """``(1, in) -> (1, out)`` fp32 through the batch-1 kernel; ``bias`` is the full ``(out,)`` bias or None.
 
-    ``layout`` exists only when the extension was loaded (see :func:`batch1_layout`), so this is one call.
+    ``layout`` exists only when the extension was loaded (see `batch1_layout`), so this is one call.
     """
     if _extension is None:
         raise RuntimeError("batch1_forward needs a layout from batch1_layout(), which loads the extension")

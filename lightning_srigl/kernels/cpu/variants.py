@@ -54,8 +54,8 @@ class Variant:
         return [*BASE_FLAGS, *self.machine_flags, *defines]
 
     def build_flags(self, torch_build: str) -> list[str]:
-        """:meth:`compile_flags` plus the sources' hash and ``torch_build`` (see :func:`torch_build`), which
-        the library then carries (see :func:`library_record`)."""
+        """`compile_flags` plus the sources' hash and ``torch_build`` (see `torch_build`), which
+        the library then carries (see `library_record`)."""
         # Hex in an identifier: a bare "2.4.0+linux" would be macro-expanded (GNU C++ defines `linux`).
         encoded = "x" + torch_build.encode().hex()
         return [*self.compile_flags(), f"-DLSR_SOURCE_HASH={source_hash()}", f"-DLSR_TORCH_BUILD={encoded}"]
@@ -136,8 +136,8 @@ class LibraryRecord:
     """What a built library records about its build (None where it carries no record: an older build).
 
     Attributes:
-        source_hash: the :func:`source_hash` it was compiled from.
-        torch_build: the :func:`torch_build` it was compiled against.
+        source_hash: the `source_hash` it was compiled from.
+        torch_build: the `torch_build` it was compiled against.
     """
 
     source_hash: str | None

@@ -9,8 +9,8 @@ contiguous (coalesced) run; it accumulates in fp32 on CUDA cores and stores the 
 ``ox < Wo`` to output channel ``rows[a]``. Channels without an active filter hold their bias.
 
 Tested under the Triton interpreter (``TRITON_INTERPRET=1``) on CPU tensors with one fixed tile;
-on a GPU the tiles are autotuned. **No GPU was available while this was written: correctness is
-verified under the interpreter only, GPU speed is unmeasured.**
+on a GPU the tiles are autotuned; ``scripts/gpu_check.sh`` runs the tests and the sweep on a GPU. GPU speed is
+unmeasured in this release (docs/benchmarks.md, "GPU").
 """
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ def _slots(kernel_size: list[int], stride: list[int], dilation: list[int]) -> di
 
 
 def tap_offsets(
-    channels: int, kernel_size: list[int], stride: list[int], dilation: list[int], plane_shape: tuple[int, int], device
+    channels: int, kernel_size: list[int], stride: list[int], dilation: list[int], plane_shape: tuple[int, int], device: torch.device
 ) -> Tensor:
-    """``(C * kh * kw,)`` int64: the offset of each tap ``(c, ky, kx)`` in a sample of :func:`phase_planes`."""
+    """``(C * kh * kw,)`` int64: the offset of each tap ``(c, ky, kx)`` in a sample of `phase_planes`."""
     (kh, kw), (hq, wq) = kernel_size, plane_shape
     slots = _slots(kernel_size, stride, dilation)
     ky, kx = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing="ij")
@@ -165,7 +165,7 @@ def condensed_conv2d_triton(
     values_t = values.t().contiguous().t()
     meta = _INTERPRET_TILE if _INTERPRET else {}
 
-    def grid(meta: dict) -> tuple[int, int, int]:
+    def grid(meta: dict[str, int]) -> tuple[int, int, int]:
         return triton.cdiv(n_active, meta["BLOCK_N"]), triton.cdiv(grid_points, meta["BLOCK_Q"]), n
 
     _KERNEL[grid](

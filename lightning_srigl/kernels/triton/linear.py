@@ -9,25 +9,25 @@ neurons of fan-in ``k``. Two regimes, as on the CPU (``csrc/gather_dot.h``, ``cs
 * **large batch**: one program per ``(BLOCK_B batch rows x BLOCK_N neurons)`` tile, reading ``x``
   in ``(in, B)`` layout so that every gathered ``x.T[indices[a, j], b0:b0 + BLOCK_B]`` is one
   contiguous segment (a coalesced load). The ``x.t().contiguous()`` transpose happens inside
-  :func:`condensed_linear_triton` and therefore counts in any timing of it.
+  `condensed_linear_triton` and therefore counts in any timing of it.
 
 Both accumulate in fp32 on CUDA cores (every neuron has its own index set, so there is no shared K
 dimension for tensor cores) and accept fp32 / fp16 / bf16. Values and indices are read through
-their strides; both kernels were designed for the layout of :func:`prepare_triton_layout`, ``(A, k)``
+their strides; both kernels were designed for the layout of `prepare_triton_layout`, ``(A, k)``
 views over ``(k, A)`` storage, in which a warp reads the ``j``-th entries of consecutive neurons
 contiguously (coalesced). ``CondensedLinear`` builds that layout once per set of buffers and passes
 it on every call; any other strides give the same result, only slower.
 
-Entry points: :func:`condensed_linear_triton` validates its arguments and picks the regime;
-:func:`gather_gemv` and :func:`gather_tiled` launch one kernel each on validated tensors and write
-into a caller-provided ``(B, A)`` output of any strides. :func:`gather_tiled` takes the input as any
+Entry points: `condensed_linear_triton` validates its arguments and picks the regime;
+`gather_gemv` and `gather_tiled` launch one kernel each on validated tensors and write
+into a caller-provided ``(B, A)`` output of any strides. `gather_tiled` takes the input as any
 strided ``(in, B)`` operand, so a caller with its own layout (e.g. a condensed convolution whose
 "batch" is the output pixels) can launch it without the ``x.t().contiguous()`` copy.
 
 Testing and status: the kernels are exercised on CPU tensors by the Triton interpreter
 (``TRITON_INTERPRET=1``, read by Triton when this module is imported), which uses one fixed tile
-configuration; on a GPU the tile sizes are autotuned. **No GPU was available while this was
-written: correctness is verified only under the interpreter, GPU speed is unmeasured.**
+configuration; on a GPU the tile sizes are autotuned; ``scripts/gpu_check.sh`` runs the tests and the
+sweep on a GPU. GPU speed is unmeasured in this release (docs/benchmarks.md, "GPU").
 
 Triton is an optional dependency: importing this module without it raises an ``ImportError`` that
 says how to install it.
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -135,7 +136,7 @@ def _gather_tiled_kernel(
     tl.store(y_ptr + y_offsets, acc.to(y_ptr.dtype.element_ty), mask=mask_bn)
 
 
-def _fitting_configs(configs: list[triton.Config], named_args: dict, **_: object) -> list[triton.Config]:
+def _fitting_configs(configs: list[triton.Config], named_args: dict[str, Any], **_: object) -> list[triton.Config]:
     """The configs whose tiles do not exceed the problem by more than the smallest tile does.
 
     A block wider than the next power of two of ``A`` (or ``B``) only adds masked-off lanes, so small
@@ -144,7 +145,7 @@ def _fitting_configs(configs: list[triton.Config], named_args: dict, **_: object
 
     def fits(config: triton.Config, block: str, size: int) -> bool:
         smallest = min(c.kwargs[block] for c in configs)
-        return config.kwargs[block] <= max(smallest, triton.next_power_of_2(size))
+        return bool(config.kwargs[block] <= max(smallest, triton.next_power_of_2(size)))
 
     kept = [c for c in configs if fits(c, "BLOCK_N", named_args["A"])]
     if "BLOCK_B" in configs[0].kwargs:
@@ -154,7 +155,8 @@ def _fitting_configs(configs: list[triton.Config], named_args: dict, **_: object
 
 def _bench(kernel_call: Callable[[], object], quantiles: tuple[float, ...]) -> list[float]:
     """Autotuning timer: Triton's ``do_bench`` with a 5 ms warm-up and 25 ms of repeats (default 25 / 100)."""
-    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+    times: list[float] = triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+    return times
 
 
 def _autotuned(kernel: triton.JITFunction, configs: list[triton.Config], key: list[str]) -> triton.JITFunction:
@@ -207,7 +209,7 @@ def condensed_linear_triton(x2d: Tensor, values: Tensor, indices: Tensor, bias_a
 
     Args:
         x2d: ``(B, in)`` input.
-        values: ``(A, k)`` condensed weights (any strides; see :func:`prepare_triton_layout`).
+        values: ``(A, k)`` condensed weights (any strides; see `prepare_triton_layout`).
         indices: ``(A, k)`` int16/int32 input column of each weight, in ``[0, in)``.
         bias_active: ``(A,)`` bias of the active neurons, or ``None``.
 
@@ -215,7 +217,7 @@ def condensed_linear_triton(x2d: Tensor, values: Tensor, indices: Tensor, bias_a
         ``(B, A)`` in ``torch.promote_types(x2d.dtype, values.dtype)``, accumulated in fp32.
         For ``B > SMALL_BATCH`` the input is first transposed to ``(in, B)`` (included here).
 
-    Unsupported device or dtype (see :func:`triton_supported`): warns and computes the same
+    Unsupported device or dtype (see `triton_supported`): warns and computes the same
     product exactly with PyTorch (scatter to a dense ``(A, in)`` weight, then ``F.linear``).
     """
     _check_condensed(values, indices)
@@ -251,14 +253,14 @@ def gather_gemv(x2d: Tensor, values: Tensor, indices: Tensor, bias: Tensor | Non
 
     Args:
         x2d: ``(B, in)``, any strides.
-        values, indices: ``(A, k)``; coalesced in the layout of :func:`prepare_triton_layout`.
+        values, indices: ``(A, k)``; coalesced in the layout of `prepare_triton_layout`.
         bias: ``(A,)`` or None.
         y: ``(B, A)`` output, any strides; offsets must fit in int32.
     """
     (batch, _), (n_active, fan_in) = x2d.shape, values.shape
     meta = _INTERPRET_GEMV if INTERPRETER else {}
 
-    def grid(meta: dict) -> tuple[int, int]:
+    def grid(meta: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(n_active, meta["BLOCK_N"]), batch
 
     _GEMV[grid](
@@ -276,14 +278,14 @@ def gather_tiled(xt: Tensor, values: Tensor, indices: Tensor, bias: Tensor | Non
     Args:
         xt: the input as an ``(in, B)`` operand of any strides; the gathered loads are coalesced
             when ``xt.stride(1) == 1`` (e.g. ``x2d.t().contiguous()``).
-        values, indices: ``(A, k)``; coalesced in the layout of :func:`prepare_triton_layout`.
+        values, indices: ``(A, k)``; coalesced in the layout of `prepare_triton_layout`.
         bias: ``(A,)`` or None.
         y: ``(B, A)`` output, any strides (e.g. a transposed view writing ``(A, B)`` storage).
     """
     batch, (n_active, fan_in) = xt.shape[1], values.shape
     meta = _INTERPRET_TILED if INTERPRETER else {}
 
-    def grid(meta: dict) -> tuple[int, int]:
+    def grid(meta: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(n_active, meta["BLOCK_N"]), triton.cdiv(batch, meta["BLOCK_B"])
 
     _TILED[grid](

@@ -1,5 +1,5 @@
-"""Writes tests/condensed/data/saved_before_layout.pt with the code as of commit b4e9d52 (before the
-kernels/ layout move); kept so a test checks that files saved by earlier releases still load."""
+"""Wrote tests/condensed/data/saved_before_layout.pt (and _io.pt) with the code as of commit b4e9d52 (before
+the kernels/ layout move), run from the repository root; kept as it was run (lint skips data/)."""
 import torch
 from lightning_srigl.condensed.attention import ProjectedAttention
 from lightning_srigl.condensed.conv import CondensedConv1d, CondensedConv2d

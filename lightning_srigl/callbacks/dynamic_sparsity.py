@@ -6,19 +6,21 @@ The hooks read like the algorithm:
   from one seeded generator (identical on every rank), install them as buffers (before a checkpoint
   is restored, so ``load_state_dict`` fills them), zero the weights there, optionally re-initialise.
   Under FSDP2 (``ModelParallelStrategy``) this runs at ``on_fit_start``, and masks and per-weight state
-  hold this rank's rows (:mod:`lightning_srigl.masking.sharding`). Stage handling, trainer checks and versioned state are :class:`~lightning_srigl.callbacks.glue.SparsityCallback`'s.
+  hold this rank's rows ([`sharding`][lightning_srigl.masking.sharding]). Stage handling, trainer checks and
+  versioned state are [`SparsityCallback`][lightning_srigl.callbacks.sparsity_callback.SparsityCallback]'s.
 * ``on_train_start`` — fix the end of exploration from ``trainer.estimated_stepping_batches``; patch
   the sparse linear layers to compute their weight gradient at active positions only
-  (:class:`~lightning_srigl.training.SparseBackward`, ``sparse_backward=True``).
+  ([`SparseBackward`][lightning_srigl.training.SparseBackward], ``sparse_backward=True``).
 * ``on_train_batch_start`` — take the dense weight gradient instead on the steps whose gradient
   scores the next update.
 * ``on_before_optimizer_step`` — the gradient here is accumulated over micro-batches, averaged over
   DDP ranks and unscaled by AMP, and dense on the steps inside the window: keep it for the next update
   then, and mask it (except a gradient the sampled backward wrote and nothing touched since, which
-  is masked already; :func:`~lightning_srigl.callbacks.remask.gradient_pass_reason` says when that is known).
+  is masked already; [`gradient_pass_reason`][lightning_srigl.callbacks.remask.gradient_pass_reason] says when that is
+  known).
 * ``on_train_batch_end`` (once per round of optimizer steps) — at a scheduled step, re-mask the
   weights, update the topology, zero optimizer state at inactive and newly grown positions, log
-  metrics; other steps re-mask only when :class:`~lightning_srigl.callbacks.remask.RemaskPolicy` says.
+  metrics; other steps re-mask only when [`RemaskPolicy`][lightning_srigl.callbacks.remask.RemaskPolicy] says.
 * ``on_train_end`` / ``on_exception`` — give the patched layers their own ``forward`` back.
 
 Counting is in optimizer steps (``trainer.global_step``); with several optimizers (manual
@@ -46,7 +48,7 @@ from lightning_srigl.callbacks.arguments import (
     check_range,
     check_range_int,
 )
-from lightning_srigl.callbacks.glue import (
+from lightning_srigl.callbacks.sparsity_callback import (
     SparsityCallback,
     check_ranks_agree,
     layers_per_optimizer,
@@ -100,8 +102,8 @@ Distribution = Literal["erk", "uniform"]
 class DynamicSparsityCallback(SparsityCallback):
     """Shared engine of the dynamic sparse training callbacks.
 
-    Subclasses provide the initial mask (:meth:`initial_mask`) and one layer's topology update
-    (:meth:`layer_updates`). See :class:`~lightning_srigl.callbacks.SRigLCallback` for the arguments.
+    Subclasses provide the initial mask (`initial_mask`) and one layer's topology update
+    (`layer_updates`). See [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback] for the arguments.
     """
 
     metric_prefix = "sparsity"
@@ -182,9 +184,9 @@ class DynamicSparsityCallback(SparsityCallback):
     ) -> list[tuple[Tensor, Tensor]]:
         """The topology update of ``layers`` (named ``fqns``): per layer ``(new_mask, grown)``, both bool and
         shaped like its ``mask``, with about the layer's budget of active weights plus ``carry``, the rounding
-        the layers before left (as for :meth:`initial_mask`; a method that keeps every budget exactly ignores
+        the layers before left (as for `initial_mask`; a method that keeps every budget exactly ignores
         it). Each layer is whole or this process's shard of its rows; ``reducer`` runs the layer-wide steps
-        (:mod:`lightning_srigl.sparsity.reducer`)."""
+        ([`lightning_srigl.sparsity.reducer`][lightning_srigl.sparsity.reducer])."""
         raise NotImplementedError
 
     def allocate_densities(self, names: list[str], shapes: list[tuple[int, ...]], pinned: list[int]) -> list[float]:
@@ -197,7 +199,7 @@ class DynamicSparsityCallback(SparsityCallback):
 
     @override
     def config(self) -> dict[str, Any]:
-        """The arguments that define the run (:attr:`mask_defining` ones must match to resume)."""
+        """The arguments that define the run (`mask_defining` ones must match to resume)."""
         return {
             "method": type(self).__name__,
             "sparsity": self.sparsity,

@@ -2,10 +2,11 @@
 
 * ``setup`` — in ``fit``: one sparsity callback per Trainer, a strategy that keeps whole neurons on
   every rank (DDP; FSDP2 with weights sharded by rows for the callbacks that support it, whose
-  :meth:`SparsityCallback.setup_fit` then runs at ``on_fit_start``, once the model is built and sharded),
-  a model that was not accelerated for inference, then the subclass's :meth:`SparsityCallback.setup_fit`. In ``validate``/``test``/``predict`` nothing is selected and no
+  `SparsityCallback.setup_fit` then runs at ``on_fit_start``, once the model is built and sharded),
+  a model that was not accelerated for inference, then the subclass's `SparsityCallback.setup_fit`. In
+  ``validate``/``test``/``predict`` nothing is selected and no
   mask is made up: the model only *accepts* the masks a loaded checkpoint carries
-  (:func:`lightning_srigl.masking.accept_masks_on_load`), so a later ``fit`` never mistakes
+  ([`accept_masks_on_load`][lightning_srigl.masking.accept_masks_on_load]), so a later ``fit`` never mistakes
   placeholders for trained masks.
 * frozen weights (``requires_grad=False``) are left dense, with a warning;
 * masks already on the model (an earlier fit, a checkpoint loaded for evaluation) are reused only
@@ -13,7 +14,7 @@
 * metrics go straight to the loggers on rank 0; no collective runs inside rank-zero-only code;
 * ``state_dict`` is versioned and names the method (the class), so a checkpoint that another sparsity
   method wrote is refused by name. Keys a checkpoint lacks take their defaults, and only arguments that
-  change what the masks mean (:attr:`SparsityCallback.mask_defining`) block a resume.
+  change what the masks mean (`SparsityCallback.mask_defining`) block a resume.
 """
 
 from __future__ import annotations
@@ -147,11 +148,11 @@ def check_trainable(pl_module: LightningModule, owner: str) -> None:
 
 
 class SparsityCallback(Callback):
-    """Shared base of :class:`~lightning_srigl.callbacks.DynamicSparsityCallback` and
-    :class:`~lightning_srigl.callbacks.NMSparsityCallback`.
+    """Shared base of `DynamicSparsityCallback` and
+    [`NMSparsityCallback`][lightning_srigl.callbacks.NMSparsityCallback].
 
-    A subclass implements :meth:`setup_fit`, :meth:`config`, :meth:`resumable_state` and
-    :meth:`restore_state`, and names its :attr:`mask_defining` config keys.
+    A subclass implements `setup_fit`, `config`, `resumable_state` and
+    `restore_state`, and names its `mask_defining` config keys.
     """
 
     mask_defining: frozenset[str] = frozenset()
@@ -177,11 +178,11 @@ class SparsityCallback(Callback):
         raise NotImplementedError
 
     def state_defaults(self) -> dict[str, Any]:
-        """Values of :meth:`resumable_state` keys that an older checkpoint may lack."""
+        """Values of `resumable_state` keys that an older checkpoint may lack."""
         return {}
 
     def restore_state(self, state: dict[str, Any]) -> None:
-        """Take the state back (every key of :meth:`state_defaults` is present)."""
+        """Take the state back (every key of `state_defaults` is present)."""
         raise NotImplementedError
 
     def mask_problem(self, fqn: str, mask: Tensor, rows: Tensor) -> str | None:
@@ -212,7 +213,7 @@ class SparsityCallback(Callback):
             self._set_up_fit(trainer, pl_module)
 
     def _set_up_fit(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """:meth:`setup_fit`, then watch what a checkpoint loads."""
+        """`setup_fit`, then watch what a checkpoint loads."""
         self.setup_fit(trainer, pl_module)
         if self.masked is not None and not self.masked.fqns:
             rank_zero_warn(
@@ -264,8 +265,8 @@ class SparsityCallback(Callback):
         check_not_pruned(pl_module, type(self).__name__)
 
     def check_masks(self) -> None:
-        """``ValueError`` naming every mask of the run that breaks :meth:`mask_problem`'s rules (whole masks
-        only: the rules are about whole layers, and sharded masks are not gathered)."""
+        """``ValueError`` naming every mask that breaks `mask_problem`'s rules (whole masks only: the
+        rules are about whole layers, and sharded masks are not gathered)."""
         if self.masked is None or any(row_sharding(p.param, p.fqn) is not None for p in self.masked.params):
             return
         masks = self.masked.masks()
@@ -316,7 +317,7 @@ class SparsityCallback(Callback):
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose sparsity state another method wrote (Lightning files it under that
-        method's key, so :meth:`load_state_dict` would never see it)."""
+        method's key, so `load_state_dict` would never see it)."""
         for key, state in checkpoint.get("callbacks", {}).items():
             if key in (self.state_key, self._legacy_state_key) or not isinstance(state, dict):
                 continue
