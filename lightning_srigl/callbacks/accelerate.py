@@ -29,6 +29,7 @@ from lightning_srigl.condensed.accelerate import (
     swap_layers,
 )
 from lightning_srigl.condensed.acceleration_report import AccelerationReport
+from lightning_srigl.condensed.compiled import compile_lazily, holder_of
 from lightning_srigl.condensed.layer_call import LayerCall
 from lightning_srigl.condensed.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.logs import rank_zero_info
@@ -63,6 +64,10 @@ class AccelerateCallback(Callback):
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
             (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.accelerate.accelerate`][lightning_srigl.condensed.accelerate.accelerate]).
+        compile: after the swap, compile the innermost module holding the accelerated layers in place
+            into one graph (``torch.compile`` with inductor freezing,
+            [`lightning_srigl.condensed.compiled`][lightning_srigl.condensed.compiled]); it compiles at its
+            first call (the first test/predict batch), which takes the compile time once.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class AccelerateCallback(Callback):
         verbose: bool = True,
         warmup: int = 3,
         repeats: int = 10,
+        compile: bool = False,
     ) -> None:
         if batch_size is not None:
             batch_size = as_integer(batch_size, "batch_size", 1, "or None to time at the training batch size")
@@ -82,6 +88,7 @@ class AccelerateCallback(Callback):
         self.verbose = check_flag(verbose, "verbose")
         self.warmup = as_integer(warmup, "warmup", 0)
         self.repeats = as_integer(repeats, "repeats", 1)
+        self.compile = check_flag(compile, "compile")
         self.report: AccelerationReport | None = None
         self._inputs: dict[str, LayerCall] = {}
         self._handles: list[RemovableHandle] = []
@@ -157,6 +164,8 @@ class AccelerateCallback(Callback):
         names = list(dict.fromkeys([*touched, *(row.name for row in self.report.rows)]))
         self._originals = {name: self._snapshot[name] for name in names}
         swap_layers(pl_module, plan)
+        if self.compile:
+            compile_lazily(holder_of(pl_module, [row.name for row in self.report.rows]))
         _leave_out_of_ddp_sync(pl_module)
         if self._load_hook is None:
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._restore_before_load)

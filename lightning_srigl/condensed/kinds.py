@@ -33,11 +33,11 @@ __all__ = [
 ]
 
 
-def masked_copy(module: nn.Module, mask: Tensor) -> nn.Module:
+def masked_copy(module: nn.Module, mask: Tensor | None) -> nn.Module:
     """A copy of ``module`` with every masked weight times its mask, no masks and no gradients.
 
-    ``mask`` is the mask of the kind's weight, which is the module's own (as registered); the copy
-    applies every mask the module carries (an attention's ``out_proj`` too).
+    ``mask`` is the mask of the kind's weight, which is the module's own (as registered), or None; the
+    copy applies every mask the module and its submodules carry (an attention's ``out_proj`` too).
     """
     dense = copy.deepcopy(module)
     with torch.no_grad():

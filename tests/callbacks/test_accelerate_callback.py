@@ -165,3 +165,11 @@ def test_batch_size_resizes_the_captured_inputs() -> None:
     assert torch.equal(_resize_batch(x, 7), torch.cat([x, x, x[:1]]))
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         AccelerateCallback(batch_size=0)
+
+
+def test_compile_compiles_the_module_holding_the_accelerated_layers(tmp_path: Path) -> None:
+    _, model, keep, accelerate = fit(tmp_path, compile=True)
+    assert "forward" in vars(model.net)  # net.0 and net.2 live in net: its forward was compiled in place
+    torch.testing.assert_close(predictions(model, loader(2)), predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="compile"):
+        AccelerateCallback(compile="yes")
