@@ -71,17 +71,18 @@ __all__ = [
 
 
 def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequence[str]) -> dict[str, LayerCall]:
-    """Run ``model(example_input)`` under ``no_grad`` and return each named layer's first call.
+    """Run ``model(example_input)`` under ``no_grad`` and return each named layer's last call.
 
     ``example_input`` is passed as one positional argument (a tuple is unpacked). A layer that the
-    forward never reaches is missing from the result.
+    forward never reaches is missing from the result. The last call (as ``AccelerateCallback`` keeps the
+    latest input): a decoder that prefills its KV cache and then decodes is timed at the decode step.
     """
     captured: dict[str, LayerCall] = {}
     modules = dict(model.named_modules())
 
     def hook_for(name: str) -> Callable[..., None]:
         def hook(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-            if name not in captured and args and isinstance(args[0], Tensor):
+            if args and isinstance(args[0], Tensor):
                 captured[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)
 
         return hook
