@@ -21,7 +21,8 @@ interpreter has no torch, so DeepSparse is timed against ONNX Runtime in its pro
 torch dense eager through ONNX Runtime's ratio in the ``onnxruntime`` process). An engine that is not
 installed (or not configured) gets a column that says so; nothing fails.
 
-Writes ``<out>/peers.csv``; with ``--doc`` also docs/peers.md (``--doc PATH``: that file instead).
+Writes ``<out>/peers.csv`` and each acceleration report (``<out>/work/accelerate_*.csv``: per layer the
+candidates' times and the kernel chosen); with ``--doc`` also docs/peers.md (``--doc PATH``: that file instead).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +114,10 @@ def engine_call(
     inputs: tuple,
     onnx: Path,
     threads: int,
-):  # noqa: ANN201
-    """``(() -> output, facts)`` for one engine on one (model, batch) at ``threads`` threads."""
+    report_csv: Path,
+) -> tuple[Callable[[], object], dict[str, object]]:
+    """``(() -> output, facts)`` for one engine on one (model, batch) at ``threads`` threads (ours: the
+    acceleration report is written to ``report_csv``)."""
     if engine in ("onnxruntime", "openvino"):
         run = onnx_runner(engine, onnx, threads)
         arrays = [t.numpy() for t in inputs]
@@ -133,10 +137,9 @@ def engine_call(
                 model_repeats=0,
                 compile=engine == "ours_compiled",
             )
+        report.to_csv(report_csv)
         chosen = [row.chosen for row in report.rows]
-        facts["chosen"] = " ".join(
-            f"{kind}:{chosen.count(kind)}" for kind in sorted(set(chosen))
-        )
+        facts["chosen"] = " ".join(f"{kind}:{chosen.count(kind)}" for kind in sorted(set(chosen)))
         if report.compile_seconds is not None:
             facts["compile_s"] = round(report.compile_seconds, 1)
     return (lambda: case.logits(model(*inputs))), facts
@@ -168,14 +171,9 @@ def worker(engine: str, job: dict) -> None:
                     print(json.dumps(row | {"status": entry["error"]}), flush=True)
                     continue
                 try:
-                    run, facts = engine_call(
-                        engine,
-                        masked,
-                        case,
-                        inputs,
-                        Path(entry.get("onnx", "")),
-                        threads,
-                    )
+                    report_csv = Path(job["work"]) / f"accelerate_{engine}_{name}_b{batch}_t{threads}.csv"
+                    onnx = Path(entry.get("onnx", ""))
+                    run, facts = engine_call(engine, masked, case, inputs, onnx, threads, report_csv)
                     out = torch.as_tensor(run())
                     clock = time.process_time if threads == 1 else time.perf_counter
                     calls = {"dense": lambda: dense(*inputs), "engine": run}
@@ -185,9 +183,7 @@ def worker(engine: str, job: dict) -> None:
                     )  # fmt: skip
                 except Exception as error:  # noqa: BLE001 - an engine that cannot run a model is a row
                     print(
-                        json.dumps(
-                            row | {"status": f"failed: {type(error).__name__}"[:80]}
-                        ),
+                        json.dumps(row | {"status": f"failed: {type(error).__name__}"[:80]}),
                         flush=True,
                     )
                     continue
@@ -201,12 +197,9 @@ def worker(engine: str, job: dict) -> None:
 
 def run_engine(engine: str, job: dict, work: Path) -> list[dict]:
     """The rows of one engine's process (or rows saying why it did not run)."""
-    pairs = [
-        (m, b, t) for m in job["models"] for b in job["batches"] for t in job["threads"]
-    ]
+    pairs = [(m, b, t) for m in job["models"] for b in job["batches"] for t in job["threads"]]
     missing = lambda reason: [
-        {"model": m, "batch": b, "threads": t, "engine": engine, "status": reason}
-        for m, b, t in pairs
+        {"model": m, "batch": b, "threads": t, "engine": engine, "status": reason} for m, b, t in pairs
     ]  # noqa: E731
     job_path = work / f"job_{engine}.json"
     if engine == "deepsparse":
@@ -235,12 +228,8 @@ def run_engine(engine: str, job: dict, work: Path) -> list[dict]:
         file=sys.stderr,
         flush=True,
     )
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, check=False
-    )
-    rows = [
-        json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")
-    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     if rows and "model" not in rows[0]:  # the worker's interpreter lacks the engine
         return missing(rows[0]["status"])
     if result.returncode != 0:
@@ -258,9 +247,7 @@ def relate_deepsparse(rows: list[dict]) -> list[dict]:
     """DeepSparse's rows with ``speedup`` over torch dense eager: its ratio over ONNX Runtime (same process)
     times ONNX Runtime's over torch dense eager (the onnxruntime process)."""
     ort = {
-        (r["model"], r["batch"], r["threads"]): r
-        for r in rows
-        if r["engine"] == "onnxruntime" and r["status"] == "ok"
+        (r["model"], r["batch"], r["threads"]): r for r in rows if r["engine"] == "onnxruntime" and r["status"] == "ok"
     }
     related = []
     for row in rows:
@@ -325,11 +312,7 @@ def write_doc(
 
 def judged(rows: list[dict]) -> str:
     """Per (model, batch, threads): our best speed-up (eager or compiled) over the best peer's."""
-    ok = [
-        r
-        for r in rows
-        if r["status"] == "ok" and r.get("exact", True) and r["speedup"] == r["speedup"]
-    ]
+    ok = [r for r in rows if r["status"] == "ok" and r.get("exact", True) and r["speedup"] == r["speedup"]]
     lines = [
         "## Ours against the fastest peer",
         "",
@@ -361,9 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument(
-        "--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES)
-    )
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument(
         "--seconds",
         type=float,
@@ -372,9 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny models (for the tests)"
-    )
+    parser.add_argument("--smoke", action="store_true", help="tiny models (for the tests)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "peers")
     parser.add_argument(
         "--doc",
@@ -390,9 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         return worker(args.worker, json.loads(args.job.read_text()))
     unknown = [m for m in args.models if m not in cases(args.smoke)]
     if unknown:
-        parser.error(
-            f"unknown or unavailable models {unknown}; choose from {sorted(cases(args.smoke))}"
-        )
+        parser.error(f"unknown or unavailable models {unknown}; choose from {sorted(cases(args.smoke))}")
     work = args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     job = {
@@ -408,26 +385,21 @@ def main(argv: list[str] | None = None) -> None:
         )
     }
     start_load = os.getloadavg()[0]
-    job["prepared"] = (
-        prepare(job, work) if set(args.engines) & set(ONNX_ENGINES) else []
-    )
-    rows = []
-    for engine in args.engines:
+    job["work"] = str(work)
+    job["prepared"] = prepare(job, work) if set(args.engines) & set(ONNX_ENGINES) else []
+    command = "python scripts/bench_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows: list[dict] = []
+    for engine in args.engines:  # the CSV and the doc after every engine, so a long run keeps what it measured
         rows += run_engine(engine, job, work)
-    rows = relate_deepsparse(rows)
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with (args.out / "peers.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    command = "python scripts/bench_peers.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:])
-    )
-    print(peers_markdown(rows, args.engines))
-    if args.doc:
-        write_doc(
-            rows, args.engines, command, (start_load, os.getloadavg()[0]), args.doc
-        )
+        related = relate_deepsparse(rows)
+        fields = list(dict.fromkeys(key for row in related for key in row))
+        with (args.out / "peers.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(related)
+        if args.doc:
+            write_doc(related, args.engines, command, (start_load, os.getloadavg()[0]), args.doc)
+    print(peers_markdown(relate_deepsparse(rows), args.engines))
     print(f"wrote {args.out / 'peers.csv'}" + (f" and {args.doc}" if args.doc else ""))
     return None
 

@@ -19,9 +19,7 @@ import time
 from collections.abc import Callable
 
 
-def interleaved_min(
-    calls: dict[str, Callable[[], object]], seconds: float, threads: int
-) -> dict[str, float]:
+def interleaved_min(calls: dict[str, Callable[[], object]], seconds: float, threads: int) -> dict[str, float]:
     """Seconds per call of each function: one warm-up call, then interleaved samples (one untimed call
     before each) until each has at least 5 samples and ``seconds`` measured; the minimum sample."""
     clock = time.process_time if threads == 1 else time.perf_counter
@@ -60,14 +58,10 @@ def main(job_path: str) -> None:
                 "engine": "deepsparse",
             }
             try:
-                engine = deepsparse.Engine(
-                    case["onnx"], batch_size=case["batch"], num_cores=threads
-                )
+                engine = deepsparse.Engine(case["onnx"], batch_size=case["batch"], num_cores=threads)
                 options = ort.SessionOptions()
                 options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-                session = ort.InferenceSession(
-                    case["onnx"], options, providers=["CPUExecutionProvider"]
-                )
+                session = ort.InferenceSession(case["onnx"], options, providers=["CPUExecutionProvider"])
                 names = [i.name for i in session.get_inputs()]
                 out = engine.run(inputs)[0]
                 times = interleaved_min(
@@ -76,9 +70,7 @@ def main(job_path: str) -> None:
                 )  # fmt: skip
             except Exception as error:  # noqa: BLE001 - an engine that cannot run this model is a row, not a crash
                 print(
-                    json.dumps(
-                        row | {"status": f"failed: {type(error).__name__}"[:80]}
-                    ),
+                    json.dumps(row | {"status": f"failed: {type(error).__name__}"[:80]}),
                     flush=True,
                 )
                 continue

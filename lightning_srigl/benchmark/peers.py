@@ -50,9 +50,7 @@ ENGINE_MODULES = {
 }
 # The IR version DeepSparse 1.8's onnx (< 1.15) reads.
 ONNX_IR_VERSION = 8
-ONNX_OPSET = (
-    18  # the dynamo exporter's lowest; converting down to 17 breaks GPT-2's Split
-)
+ONNX_OPSET = 18  # the dynamo exporter's lowest; converting down to 17 breaks GPT-2's Split
 
 
 def missing_reason(engine: str) -> str | None:
@@ -83,18 +81,14 @@ def export_onnx(model: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> Pat
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        program = torch.onnx.export(
-            model, inputs, dynamo=True, opset_version=ONNX_OPSET, external_data=False
-        )
+        program = torch.onnx.export(model, inputs, dynamo=True, opset_version=ONNX_OPSET, external_data=False)
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, ONNX_IR_VERSION)
     onnx.save(proto, str(path))
     return path
 
 
-def onnx_runner(
-    engine: str, path: Path, threads: int
-) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+def onnx_runner(engine: str, path: Path, threads: int) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
     """``inputs -> first output`` of the ONNX model at ``path`` through ONNX Runtime or OpenVINO (CPU, fp32,
     ``threads`` intra-op threads, one stream)."""
     if engine == "onnxruntime":
@@ -104,9 +98,7 @@ def onnx_runner(
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         return lambda inputs: session.run(None, dict(zip(names, inputs)))[0]
     if engine == "openvino":
@@ -117,9 +109,7 @@ def onnx_runner(
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
         }
-        compiled = ov.Core().compile_model(
-            str(path), "CPU", config | {"INFERENCE_PRECISION_HINT": "f32"}
-        )
+        compiled = ov.Core().compile_model(str(path), "CPU", config | {"INFERENCE_PRECISION_HINT": "f32"})
         request = compiled.create_infer_request()
         return lambda inputs: request.infer(list(inputs))[compiled.output(0)]
     raise ValueError(f"onnx_runner runs onnxruntime or openvino, not {engine!r}")
@@ -135,27 +125,16 @@ def peers_markdown(rows: Sequence[Row], engines: Sequence[str]) -> str:
             f"**{threads} thread{'s' if threads > 1 else ''}** (× torch dense eager, ms per call)",
             "",
         ]
-        lines += [
-            "| model | batch | dense eager ms | "
-            + " | ".join(ENGINES[e] for e in engines)
-            + " |"
-        ]
+        lines += ["| model | batch | dense eager ms | " + " | ".join(ENGINES[e] for e in engines) + " |"]
         lines += ["|---|---|---|" + "---|" * len(engines)]
-        pairs = dict.fromkeys(
-            (r["model"], int(r["batch"])) for r in rows if int(r["threads"]) == threads
-        )
+        pairs = dict.fromkeys((r["model"], int(r["batch"])) for r in rows if int(r["threads"]) == threads)
         for model, batch in pairs:
             here = {
                 r["engine"]: r
                 for r in rows
-                if (r["model"], int(r["batch"]), int(r["threads"]))
-                == (model, batch, threads)
+                if (r["model"], int(r["batch"]), int(r["threads"])) == (model, batch, threads)
             }
-            dense = [
-                float(r["dense_ms"])
-                for r in here.values()
-                if r.get("status") == "ok" and r.get("dense_ms")
-            ]
+            dense = [float(r["dense_ms"]) for r in here.values() if r.get("status") == "ok" and r.get("dense_ms")]
             cells = [model, str(batch), f"{min(dense):.1f}" if dense else "—"]
             cells += [_cell(here.get(engine)) for engine in engines]
             lines.append("| " + " | ".join(cells) + " |")

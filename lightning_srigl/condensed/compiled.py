@@ -62,15 +62,11 @@ def graph_breaks(model: nn.Module, example_input: object) -> int:
     """How many graph breaks ``torch._dynamo`` finds in ``model``'s eager forward on ``example_input`` (0: one
     graph; a model already compiled in place is explained too)."""
     with torch.no_grad():
-        explanation = torch._dynamo.explain(eager_forward(model))(
-            *_arguments(example_input)
-        )
+        explanation = torch._dynamo.explain(eager_forward(model))(*_arguments(example_input))
     return explanation.graph_break_count
 
 
-def compile_in_place(
-    model: nn.Module, example_input: object, *, fullgraph: bool = True
-) -> float:
+def compile_in_place(model: nn.Module, example_input: object, *, fullgraph: bool = True) -> float:
     """Compile ``model``'s calls in place (``model.compile``) with freezing and compile them now.
 
     The first call on ``example_input`` (under ``no_grad``) runs the compiler, so the returned seconds
@@ -96,9 +92,7 @@ def compile_lazily(model: nn.Module, *, fullgraph: bool = True) -> None:
     compiles ``_call_impl``, which dynamo skips as library code when the forward is torch's own
     (an ``nn.Sequential``), and ``fullgraph=True`` then fails with "found no compiled frames".
     """
-    model.forward = torch.compile(
-        eager_forward(model), fullgraph=fullgraph, options=dict(COMPILE_OPTIONS)
-    )
+    model.forward = torch.compile(eager_forward(model), fullgraph=fullgraph, options=dict(COMPILE_OPTIONS))
 
 
 def eager_forward(model: nn.Module) -> Callable[..., object]:
@@ -116,9 +110,7 @@ def holder_of(model: nn.Module, names: list[str]) -> nn.Module:
             break
         common.append(level[0])
     if parts and len(common) == min(map(len, parts)):
-        common = common[
-            :-1
-        ]  # a single layer (or one that contains the others): compile around it
+        common = common[:-1]  # a single layer (or one that contains the others): compile around it
     return model.get_submodule(".".join(common))
 
 
@@ -130,9 +122,7 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
     """
     path = Path(path)
     if path.suffix != ".pt2":
-        raise ValueError(
-            f"path must end in .pt2 (an AOTInductor package), got {str(path)!r}"
-        )
+        raise ValueError(f"path must end in .pt2 (an AOTInductor package), got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.export.export(model, _arguments(example_input))
@@ -147,7 +137,5 @@ def load_package(path: str | Path) -> nn.Module:
     has registered the condensed ops it calls)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no AOTInductor package at {str(path)!r}; write one with export_package"
-        )
+        raise FileNotFoundError(f"no AOTInductor package at {str(path)!r}; write one with export_package")
     return torch._inductor.aoti_load_package(str(path))

@@ -25,9 +25,7 @@ def as_call(example_input: object) -> LayerCall:
     argument (as ``accelerate()`` reads its example input)."""
     if isinstance(example_input, LayerCall):
         return example_input
-    return LayerCall(
-        example_input if isinstance(example_input, tuple) else (example_input,)
-    )
+    return LayerCall(example_input if isinstance(example_input, tuple) else (example_input,))
 
 
 def dense_reference(model: nn.Module) -> nn.Module:

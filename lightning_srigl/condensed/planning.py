@@ -103,16 +103,10 @@ def choose(timings: Mapping[str, Timing], order: Sequence[str] = CANDIDATES) -> 
     fastest = min(timings, key=lambda name: timings[name].min)
     spread = max(_spread(timings["dense"]), _spread(timings[fastest]))
     margin = min(max(spread, MIN_MARGIN), MAX_MARGIN)
-    close = [
-        name
-        for name in timings
-        if timings[name].min <= timings[fastest].min * (1 + margin)
-    ]
+    close = [name for name in timings if timings[name].min <= timings[fastest].min * (1 + margin)]
     if "dense" in close:
         return "dense"
-    return min(
-        close, key=lambda name: order.index(name) if name in order else len(order)
-    )
+    return min(close, key=lambda name: order.index(name) if name in order else len(order))
 
 
 def _spread(timing: Timing) -> float:
@@ -149,16 +143,10 @@ class PlanCache:
     def get(self, signature: str) -> dict[str, Timing] | None:
         """The stored timings of ``signature`` on this machine, or None."""
         entry = self.entries.get(f"{self.machine}||{signature}")
-        return (
-            None
-            if entry is None
-            else {name: Timing(*values) for name, values in entry.items()}
-        )
+        return None if entry is None else {name: Timing(*values) for name, values in entry.items()}
 
     def put(self, signature: str, timings: Mapping[str, Timing]) -> None:
-        self.entries[f"{self.machine}||{signature}"] = {
-            name: [t.median, t.min] for name, t in timings.items()
-        }
+        self.entries[f"{self.machine}||{signature}"] = {name: [t.median, t.min] for name, t in timings.items()}
 
     def save(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,9 +214,7 @@ def plan_acceleration(
     sparse = sparse_layers(model)
     missing = sorted(set(layer_inputs) - set(sparse))
     if missing:
-        raise ValueError(
-            f"{missing} are not masked layers of a known kind; sparse layers: {sorted(sparse)}."
-        )
+        raise ValueError(f"{missing} are not masked layers of a known kind; sparse layers: {sorted(sparse)}.")
     timed: dict[str, dict[str, Timing]] = {}  # signature -> timings, in this plan
     rows, layers = [], {}
     for name, value in layer_inputs.items():
@@ -240,19 +226,11 @@ def plan_acceleration(
         # A call captured under autocast (bf16-mixed, 16-mixed) is in the autocast dtype; the candidates
         # compute in the layer's dtype, as they will at inference (CondensedLinear, CSRLinear cast to it).
         dtype = sparse[name].weight.dtype
-        call = call.map(
-            lambda t: (
-                t.to(device=target, dtype=dtype)
-                if t.is_floating_point()
-                else t.to(target)
-            )
-        )
+        call = call.map(lambda t: t.to(device=target, dtype=dtype) if t.is_floating_point() else t.to(target))
         mask = mask.to(target)
         built, skipped = _exact_candidates(layer, mask, call, candidates)
         signature = layer_signature(layer, mask, call)
-        timings = timed.get(signature) or (
-            cache.get(signature) if cache is not None else None
-        )
+        timings = timed.get(signature) or (cache.get(signature) if cache is not None else None)
         if timings is None or not set(built) <= set(timings):
             calls = {c: functools.partial(call, module) for c, module in built.items()}
             timings = (timer or default_timer(warmup, repeats, target))(calls)

@@ -45,9 +45,7 @@ def masked(model: nn.Module, distribution: str) -> nn.Module:
         warnings.simplefilter("ignore")
         bind_masks(
             model,
-            srigl_masks(
-                model, 0.9, distribution, 0.1, torch.Generator().manual_seed(0)
-            ),
+            srigl_masks(model, 0.9, distribution, 0.1, torch.Generator().manual_seed(0)),
         )
     return model
 
@@ -68,15 +66,10 @@ def condensed_everywhere(calls: dict) -> dict:
     """A fake timer under which every candidate but dense is fastest, so the compiled graph holds custom ops."""
     from lightning_srigl.condensed.timing import Timing
 
-    return {
-        name: Timing(2.0, 2.0) if name == "dense" else Timing(1.0, 1.0)
-        for name in calls
-    }
+    return {name: Timing(2.0, 2.0) if name == "dense" else Timing(1.0, 1.0) for name in calls}
 
 
-@pytest.mark.parametrize(
-    ("build", "distribution"), [(ConvNet, "erk"), (tiny_vit, "uniform")]
-)
+@pytest.mark.parametrize(("build", "distribution"), [(ConvNet, "erk"), (tiny_vit, "uniform")])
 def test_compiled_model_is_one_graph_equal_to_eager(build, distribution: str) -> None:
     model = masked(build(), distribution)
     x = torch.randn(2, 3, 16, 16)

@@ -26,13 +26,9 @@ from tests.condensed.test_accelerate import constant_fan_in_mask
 def twin_mlp() -> nn.Sequential:
     """64 -> 64 -> 64 -> 10: the two hidden layers share one shape, fan-in and input shape."""
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
-    ).eval()
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
     masks = {f"{i}.weight": constant_fan_in_mask(64, 64, 8, [], seed=i) for i in (0, 2)}
-    bind_masks(
-        model, masks | {"4.weight": constant_fan_in_mask(10, 64, 16, [], seed=4)}
-    )
+    bind_masks(model, masks | {"4.weight": constant_fan_in_mask(10, 64, 16, [], seed=4)})
     return model
 
 
@@ -54,18 +50,14 @@ class FakeTimer:
         self.calls.append(list(calls))
         timings = {}
         for name in calls:
-            fastest = self.speed.get(name, 10.0) * (
-                1 + self.random.uniform(-self.jitter, self.jitter)
-            )
+            fastest = self.speed.get(name, 10.0) * (1 + self.random.uniform(-self.jitter, self.jitter))
             timings[name] = Timing(fastest * (1 + self.spread), fastest)
         return timings
 
 
 def test_a_candidate_replaces_dense_only_beyond_the_noise() -> None:
     quiet = lambda t: Timing(t * 1.001, t)
-    assert (
-        choose({"dense": quiet(1.0), "condensed": quiet(0.99)}) == "dense"
-    )  # inside MIN_MARGIN
+    assert choose({"dense": quiet(1.0), "condensed": quiet(0.99)}) == "dense"  # inside MIN_MARGIN
     assert choose({"dense": quiet(1.0), "condensed": quiet(0.9)}) == "condensed"
     noisy = {
         "dense": Timing(1.2, 1.0),
@@ -94,9 +86,7 @@ def test_layers_of_one_shape_are_timed_once_and_get_one_kernel() -> None:
     assert len(timer.calls) == 2  # 0 and 2 share a signature; 4 is its own
     chosen = {row.name: row.chosen for row in plan.report.rows}
     assert chosen == {"0": "condensed", "2": "condensed", "4": "condensed"}
-    assert (
-        plan.layers["0"] is not plan.layers["2"]
-    )  # each layer is built from its own weights
+    assert plan.layers["0"] is not plan.layers["2"]  # each layer is built from its own weights
     assert not torch.equal(plan.layers["0"].values, plan.layers["2"].values)
 
 
@@ -104,9 +94,7 @@ def test_two_runs_on_noisy_timings_give_the_same_plan() -> None:
     plans = []
     for seed in (1, 2):
         # condensed is 2 % faster than dense (inside the margin), CSR 40 % faster; timings jitter by 1 %.
-        timer = FakeTimer(
-            {"dense": 1.0, "condensed": 0.98, "csr": 0.6}, jitter=0.01, seed=seed
-        )
+        timer = FakeTimer({"dense": 1.0, "condensed": 0.98, "csr": 0.6}, jitter=0.01, seed=seed)
         model = twin_mlp()
         report = accelerate(
             copy.deepcopy(model),
@@ -131,9 +119,7 @@ def test_a_saved_plan_is_reused_without_timing(tmp_path: Path) -> None:
         model_repeats=0,
     )
     assert path.exists() and len(first.calls) == 2
-    second = FakeTimer(
-        {"dense": 0.1, "condensed": 0.5}, jitter=0.0
-    )  # would choose dense if it were asked
+    second = FakeTimer({"dense": 0.1, "condensed": 0.5}, jitter=0.0)  # would choose dense if it were asked
     again = accelerate(
         twin_mlp(),
         torch.randn(4, 64),
@@ -143,10 +129,6 @@ def test_a_saved_plan_is_reused_without_timing(tmp_path: Path) -> None:
         model_repeats=0,
     )
     assert second.calls == []
-    assert (
-        [r.chosen for r in again.rows]
-        == [r.chosen for r in report.rows]
-        == ["condensed"] * 3
-    )
+    assert [r.chosen for r in again.rows] == [r.chosen for r in report.rows] == ["condensed"] * 3
     other = PlanCache(path, "another CPU")
     assert all(other.get(key.split("||", 1)[1]) is None for key in other.entries)
