@@ -243,6 +243,21 @@ def run_engine(engine: str, job: dict, work: Path) -> list[dict]:
     return rows
 
 
+def _parsed(row: dict[str, str]) -> dict:
+    """A CSV row with its numbers and flags as numbers and flags."""
+    parsed: dict = {}
+    for key, value in row.items():
+        if key in ("batch", "threads"):
+            parsed[key] = int(value)
+        elif key in ("engine_ms", "dense_ms", "speedup", "max_diff", "load", "ds_ms", "ort_ms") and value:
+            parsed[key] = float(value)
+        elif key == "exact":
+            parsed[key] = value == "True"
+        else:
+            parsed[key] = value
+    return parsed
+
+
 def relate_deepsparse(rows: list[dict]) -> list[dict]:
     """DeepSparse's rows with ``speedup`` over torch dense eager: its ratio over ONNX Runtime (same process)
     times ONNX Runtime's over torch dense eager (the onnxruntime process)."""
@@ -270,14 +285,33 @@ def relate_deepsparse(rows: list[dict]) -> list[dict]:
     return related
 
 
+def not_condensed(work: Path) -> str:
+    """From ``accelerate()``'s reports in ``work`` (the ``ours_eager`` process): every layer that did not get
+    the condensed kernel, with the candidates' times (the shapes where the sparse kernels lose)."""
+    lines = [
+        "## Layers `accelerate()` did not condense",
+        "",
+        "From the acceleration reports of the `ours_eager` process (`<out>/work/accelerate_*.csv`): each layer",
+        "that kept dense or took im2col, with the candidates' times (µs, fastest interleaved sample).",
+        "",
+        "| report | layer | in→out (fan-in positions) | chosen | dense µs | condensed µs | im2col µs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for report in sorted(work.glob("accelerate_ours_eager_*.csv")):
+        label = report.stem.removeprefix("accelerate_ours_eager_")
+        with report.open() as handle:
+            for row in csv.DictReader(handle):
+                if row["chosen"] != "condensed":
+                    times = " | ".join(row.get(f"{c}_us") or "—" for c in ("dense", "condensed", "im2col"))
+                    lines.append(f"| {label} | {row['layer']} | {row['shape']} | {row['chosen']} | {times} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_doc(
-    rows: list[dict],
-    engines: list[str],
-    command: str,
-    loads: tuple[float, float],
-    path: Path,
+    rows: list[dict], engines: list[str], command: str, loads: tuple[float, float], path: Path, work: Path
 ) -> None:
-    """docs/peers.md (at ``path``): how it was measured, the tables, and ours against the best peer."""
+    """docs/peers.md (at ``path``): how it was measured, the tables, ours against the best peer, and the
+    layers ``accelerate()`` did not condense (its reports in ``work``)."""
     machine = next((r for r in rows if r.get("cpu_model")), {})
     ds = next((r for r in rows if r["engine"] == "deepsparse" and r.get("version")), {})
     lines = [
@@ -307,7 +341,7 @@ def write_doc(
         "",
         peers_markdown(rows, engines),
     ]
-    path.write_text("\n".join(lines) + "\n" + judged(rows))
+    path.write_text("\n".join(lines) + "\n" + judged(rows) + "\n" + not_condensed(work))
 
 
 def judged(rows: list[dict]) -> str:
@@ -362,11 +396,21 @@ def main(argv: list[str] | None = None) -> None:
         const=DOC,
         help="write docs/peers.md (or this path)",
     )
+    parser.add_argument("--from-csv", type=Path, help="write the doc from this run's peers.csv (and --out's reports)")
     parser.add_argument("--worker", choices=list(ENGINES), help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker, json.loads(args.job.read_text()))
+    if args.from_csv is not None:  # rewrite the doc from a run's CSV and reports (same --out)
+        with args.from_csv.open() as handle:
+            rows = [_parsed(row) for row in csv.DictReader(handle)]
+        engines = list(dict.fromkeys(r["engine"] for r in rows))
+        loads = [float(r["load"]) for r in rows if r.get("load")] or [float("nan")]
+        write_doc(
+            rows, engines, rows[0].get("command") or "", (min(loads), max(loads)), args.doc or DOC, args.out / "work"
+        )
+        return None
     unknown = [m for m in args.models if m not in cases(args.smoke)]
     if unknown:
         parser.error(f"unknown or unavailable models {unknown}; choose from {sorted(cases(args.smoke))}")
@@ -390,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python scripts/bench_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[dict] = []
     for engine in args.engines:  # the CSV and the doc after every engine, so a long run keeps what it measured
-        rows += run_engine(engine, job, work)
+        rows += [row | {"command": command} for row in run_engine(engine, job, work)]
         related = relate_deepsparse(rows)
         fields = list(dict.fromkeys(key for row in related for key in row))
         with (args.out / "peers.csv").open("w", newline="") as handle:
@@ -398,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
             writer.writeheader()
             writer.writerows(related)
         if args.doc:
-            write_doc(related, args.engines, command, (start_load, os.getloadavg()[0]), args.doc)
+            write_doc(related, args.engines, command, (start_load, os.getloadavg()[0]), args.doc, work)
     print(peers_markdown(relate_deepsparse(rows), args.engines))
     print(f"wrote {args.out / 'peers.csv'}" + (f" and {args.doc}" if args.doc else ""))
     return None

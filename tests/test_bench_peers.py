@@ -29,7 +29,12 @@ def test_the_script_runs_and_marks_the_engines_it_cannot_run(tmp_path: Path) -> 
     assert rows["deepsparse"]["status"].startswith("not configured")
     text = doc.read_text()
     assert "not configured ($LIGHTNING_SRIGL_DEEPSPARSE_PYTHON)" in text and ENGINES["ours_eager"] in text
-    assert "scripts/bench_peers.py --smoke" in text
+    assert "scripts/bench_peers.py --smoke" in text and "## Layers `accelerate()` did not condense" in text
+    again = tmp_path / "again.md"
+    redo = [sys.executable, "scripts/bench_peers.py", "--from-csv", str(tmp_path / "peers.csv"), "--out", str(tmp_path)]
+    subprocess.run([*redo, "--doc", str(again)], cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
+    table = lambda doc: [line for line in doc.splitlines() if line.startswith("| resnet50 |")]  # noqa: E731
+    assert table(again.read_text()) == table(text) and len(table(text)) == 1
 
 
 def test_the_tables_mark_inexact_and_missing_engines() -> None:
