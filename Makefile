@@ -8,15 +8,21 @@ STAMP   := $(VENV)/.installed
 # Extra demo flags, e.g. DEMO_ARGS="--seeds 1 --epochs 1 --min-run-time 0.05" for the quick check the tests run.
 DEMO_ARGS ?=
 
-.PHONY: demo test docs benchmark overhead clean
+.PHONY: demo test docs wheel benchmark overhead clean
 
 # The installation's output goes to $(VENV)/install.log (printed in full if a step fails).
+# torch comes first, pinned. Where pip's configured index serves only PyPI, Linux gets the CUDA build (several GB):
+# `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` adds PyTorch's CPU index (or another build's index).
+# Empty by default, so a machine whose pip is set up with a local CPU wheel asks no other host.
+# The dev extra holds Triton too: its interpreter (TRITON_INTERPRET=1) runs the GPU kernels' tests on the CPU.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml setup.py
 	@echo "Setting up $(VENV): torch 2.13.0 (CPU), this package and its C++ kernels (a few minutes, once; log: $(VENV)/install.log)"
 	@test -d $(VENV) || $(PY) -m venv $(VENV)
 	@( $(BIN)/pip install -q --upgrade pip \
-	  && $(BIN)/pip install -q torch==2.13.0 "setuptools>=77" wheel ninja \
-	  && $(BIN)/pip install -q --no-build-isolation -e ".[dev,docs,examples,kernels]" \
+	  && $(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+	  && $(BIN)/pip install -q "setuptools>=77" wheel ninja \
+	  && $(BIN)/pip install -q --no-build-isolation -e ".[dev,docs]" \
 	) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
 
@@ -30,6 +36,13 @@ test: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
+
+# A wheel in dist/ carrying the CPU kernels of every instruction set of this architecture, compiled against
+# .venv's torch (it fails if one is missing): install it beside that same torch version (the kernels record
+# it and are not loaded under another, see docs/acceleration.md). tests/test_packaging.py installs it into a
+# fresh venv.
+wheel: $(STAMP)
+	$(BIN)/python scripts/build_wheel.py dist
 
 # Results go to RESULTS (git-ignored benchmark_results/ by default); `make benchmark RESULTS=docs/assets`
 # regenerates the committed CSVs, plots and docs/benchmarks.md.
@@ -46,4 +59,4 @@ overhead: $(STAMP)
 	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py
 
 clean:
-	rm -rf $(VENV) site build *.egg-info
+	rm -rf $(VENV) site build dist *.egg-info

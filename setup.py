@@ -1,8 +1,9 @@
 """Builds the condensed CPU kernels at install time: one shared library per instruction set.
 
-``pip install --no-build-isolation .`` (or ``-e .``) compiles ``lightning_srigl/condensed/csrc/ops.cpp``
-once per variant of ``lightning_srigl/condensed/cpu_variants.py`` (AVX-512, AVX2 and a scalar baseline
-on x86-64; NEON on aarch64) against the installed torch, with ``torch.utils.cpp_extension``. The build
+``pip install --no-build-isolation .`` (or ``-e .``) compiles ``lightning_srigl/kernels/cpu/csrc/ops.cpp``
+once per variant of ``lightning_srigl/kernels/cpu/variants.py`` (AVX-512, AVX2 and a scalar baseline
+on x86-64; NEON on aarch64) against the installed torch, with ``torch.utils.cpp_extension``; each library
+records that torch's version and C++11 ABI flag, and is not loaded under another (``build.py``). The build
 needs a C++17 compiler with OpenMP (g++ 9 or newer, or clang) and ``ninja``. A variant the compiler
 cannot build is skipped with a warning; without torch in the build environment (an isolated build) or
 without a compiler the package installs without prebuilt kernels, which are then compiled on first
@@ -21,8 +22,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def load_variants():
-    """``lightning_srigl/condensed/cpu_variants.py``, loaded without importing the package."""
-    spec = importlib.util.spec_from_file_location("cpu_variants", ROOT / "lightning_srigl/condensed/cpu_variants.py")
+    """``lightning_srigl/kernels/cpu/variants.py``, loaded without importing the package."""
+    spec = importlib.util.spec_from_file_location("cpu_variants", ROOT / "lightning_srigl/kernels/cpu/variants.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
@@ -32,6 +33,7 @@ def load_variants():
 def extensions_and_commands():
     """One ``CppExtension`` per variant, and the build command; nothing when torch is not importable."""
     try:
+        import torch
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
         print(
@@ -41,6 +43,8 @@ def extensions_and_commands():
         )
         return [], {}
     variants = load_variants()
+    # Recorded in each library: the loader refuses a library built against another torch (cpu_build.py).
+    torch_build = variants.torch_build(torch.__version__, bool(torch._C._GLIBCXX_USE_CXX11_ABI))
 
     class BuildVariants(BuildExtension):
         """Builds the variants one after the other (they share one ninja file); one that fails to compile
@@ -80,8 +84,8 @@ def extensions_and_commands():
             CppExtension(
                 name=f"{variants.PACKAGE}.{variant.library}",
                 sources=[str(source)],
-                depends=[str(variants.CSRC / name) for name in (*variants.SOURCES, *variants.HEADERS)],
-                extra_compile_args={"cxx": variant.build_flags()},
+                depends=[str(path) for path in (*variants.sources(), *variants.headers())],
+                extra_compile_args={"cxx": variant.build_flags(torch_build)},
                 extra_link_args=["-fopenmp"],
             )
         )

@@ -15,11 +15,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lightning_srigl import _moved
 from lightning_srigl.logs import configure_package_logger
 
 __version__ = "0.1.0"
 
 configure_package_logger()
+_moved.install()  # the modules moved out of condensed/ keep their old import paths for one release
 
 _EXPORTS = {
     "AccelerateCallback": "lightning_srigl.callbacks",
@@ -27,9 +29,10 @@ _EXPORTS = {
     "NMSparsityCallback": "lightning_srigl.callbacks",
     "RigLCallback": "lightning_srigl.callbacks",
     "SRigLCallback": "lightning_srigl.callbacks",
-    "accelerate": "lightning_srigl.condensed.accelerate",
-    "CondensedLinear": "lightning_srigl.condensed.linear",
+    "accelerate": "lightning_srigl.condensed.acceleration.accelerate",
+    "CondensedLinear": "lightning_srigl.condensed.layers.linear",
     "load_condensed": "lightning_srigl.condensed.serialization",
+    "restore_dense": "lightning_srigl.condensed.acceleration.swap",
     "save_condensed": "lightning_srigl.condensed.serialization",
     "convert_to_structured": "lightning_srigl.convert",
 }
@@ -44,8 +47,9 @@ if TYPE_CHECKING:
         RigLCallback,
         SRigLCallback,
     )
-    from lightning_srigl.condensed.accelerate import accelerate
-    from lightning_srigl.condensed.linear import CondensedLinear
+    from lightning_srigl.condensed.acceleration.accelerate import accelerate
+    from lightning_srigl.condensed.acceleration.swap import restore_dense
+    from lightning_srigl.condensed.layers.linear import CondensedLinear
     from lightning_srigl.condensed.serialization import load_condensed, save_condensed
     from lightning_srigl.convert import convert_to_structured
 

@@ -91,6 +91,24 @@ def check_one_sparsity_callback(callbacks: Sequence[Any] | None) -> None:
         )
 
 
+def check_callback_arguments(callbacks: Sequence[Any] | None) -> None:
+    """Build each configured sparsity callback once, so a bad argument is one
+    [`ConfigError`][lightning_srigl.cli.ConfigError] line naming it (jsonargparse buries it in a dump of
+    every type it tried)."""
+    from lightning_srigl.callbacks.glue import SparsityCallback
+
+    for index, entry in enumerate(callbacks or []):
+        class_path = entry if isinstance(entry, str) else entry.get("class_path")
+        cls = _import_class(class_path) if class_path else None
+        if cls is None or not issubclass(cls, SparsityCallback):
+            continue
+        init_args = {} if isinstance(entry, str) else _as_kwargs(entry.get("init_args") or {})
+        try:
+            cls(**init_args)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"trainer.callbacks #{index} ({cls.__name__}): {err}") from None
+
+
 def _import_class(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -115,7 +133,9 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True) -> Lightn
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
-            check_one_sparsity_callback(config.get("trainer", {}).get("callbacks"))
+            callbacks = config.get("trainer", {}).get("callbacks")
+            check_one_sparsity_callback(callbacks)
+            check_callback_arguments(callbacks)
 
     return SRigLCLI(
         LightningModule,
@@ -151,7 +171,11 @@ def benchmark(args: Sequence[str]) -> Any:
 
     cfg = benchmark_parser().parse_args(list(args)).as_dict()
     cfg.pop("config", None)
-    return run_benchmark(SweepConfig(**cfg))
+    try:
+        sweep = SweepConfig(**cfg)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    return run_benchmark(sweep)
 
 
 def convert_parser() -> ArgumentParser:
@@ -192,11 +216,10 @@ def load_weights(model: nn.Module, ckpt_path: str | Path) -> None:
     """
     import torch
 
-    from lightning_srigl.masking import MASK_SUFFIX
+    from lightning_srigl.masking import MASK_SUFFIX, without_masks
 
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    state = checkpoint.get("state_dict", checkpoint)
-    weights = {k: v for k, v in state.items() if not k.endswith(MASK_SUFFIX)}
+    weights = without_masks(checkpoint.get("state_dict", checkpoint))
     hint = "Give the same model class_path and init_args as in training."
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -257,6 +280,8 @@ def run(args: Sequence[str] | None = None) -> Any:
         raise SystemExit(2)
     if argv[0] in ("-h", "--help", "--version"):
         overview_parser().parse_args(argv)
+    if not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        overview_parser().error(f"invalid subcommand {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)})")
     if argv[0] == "benchmark":
         return benchmark(argv[1:])
     if argv[0] == "convert":

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from lightning_srigl.masking import MaskedParameters, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, nm_group_view, nm_mask, nm_ungroup_view
 from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask
+from lightning_srigl.sparsity.structure import Structure
 from lightning_srigl.sparsity.validation import as_integer, check_sparsity
 
 __all__ = [
@@ -37,10 +38,9 @@ __all__ = [
     "convert_and_evaluate",
     "convert_to_structured",
     "evaluate_accuracy",
-    "parse_structure",
 ]
 
-Structure = Literal["n:m", "constant_fan_in"]
+_Kind = Literal["n:m", "constant_fan_in"]
 _RECONSTRUCTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -86,27 +86,13 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def parse_structure(text: str) -> dict[str, Any]:
-    """Parse a command-line structure: ``"2:4"`` -> N:M, ``"constant_fan_in"`` / ``"fan_in"``.
-
-    Returns:
-        Keyword arguments for [`convert_to_structured`][lightning_srigl.convert.convert_to_structured] (``structure`` and, for N:M, ``n``, ``m``).
-    """
-    if text in ("constant_fan_in", "fan_in"):
-        return {"structure": "constant_fan_in"}
-    n_text, sep, m_text = text.partition(":")
-    if not (sep and n_text.isdigit() and m_text.isdigit()):
-        raise ValueError(f"Unknown structure {text!r}: use 'N:M' (e.g. '2:4') or 'constant_fan_in'.")
-    return {"structure": "n:m", "n": int(n_text), "m": int(m_text)}
-
-
 def _check_fan_in_shape(shape: Sequence[int]) -> None:
     """Raise ``ValueError`` unless ``shape`` is a weight shape ``(out, *fan_in_dims)``."""
     if len(shape) < 2:
         raise ValueError(f"Constant fan-in needs a weight of at least 2 dims, got {tuple(shape)}.")
 
 
-def _magnitude_mask(weight: Tensor, structure: Structure, n: int, m: int, sparsity: float | None) -> Tensor:
+def _magnitude_mask(weight: Tensor, structure: _Kind, n: int, m: int, sparsity: float | None) -> Tensor:
     """Bool mask ``weight.shape`` of the largest ``|weight|`` under the structure."""
     if structure == "n:m":
         return nm_mask(weight.abs(), n, m)
@@ -120,13 +106,13 @@ def _magnitude_mask(weight: Tensor, structure: Structure, n: int, m: int, sparsi
     return rowwise_topk_mask(rows, keep).reshape(weight.shape)
 
 
-def _grouped(t: Tensor, structure: Structure, m: int) -> Tensor:
+def _grouped(t: Tensor, structure: _Kind, m: int) -> Tensor:
     """``(G, g)`` view of ``t``: N:M groups or constant fan-in rows."""
     return nm_group_view(t, m) if structure == "n:m" else as_rows(t)
 
 
 @torch.no_grad()
-def _absorb_pruned_(weight: Tensor, mask: Tensor, structure: Structure, m: int) -> None:
+def _absorb_pruned_(weight: Tensor, mask: Tensor, structure: _Kind, m: int) -> None:
     """Fold each group's (row's) pruned weights into its kept ones: kept += sum(pruned) / n_kept."""
     groups, keep = _grouped(weight, structure, m), _grouped(mask, structure, m)
     shift = (groups * ~keep).sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp(min=1)
@@ -215,9 +201,9 @@ def _reconstruct(
 
 def convert_to_structured(
     model: nn.Module,
-    structure: Structure = "n:m",
-    n: int = 2,
-    m: int = 4,
+    structure: str | Structure = "n:m",
+    n: int | None = None,
+    m: int | None = None,
     sparsity: float | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
@@ -233,10 +219,12 @@ def convert_to_structured(
 
     Args:
         model: dense or unstructured-sparse trained network (modified in place).
-        structure: ``"n:m"`` (``n`` of every ``m`` consecutive inputs) or ``"constant_fan_in"``
-            (``round(fan_in * (1 - sparsity))`` weights per output row; needs ``sparsity``).
-        n: weights kept in every group of ``m`` consecutive inputs (N:M).
-        m: size of the groups (N:M); layers whose input dim ``m`` does not divide stay dense.
+        structure: an N:M pattern such as ``"2:4"`` (or ``"n:m"`` with ``n`` and ``m``), or
+            ``"constant_fan_in"`` (``round(fan_in * (1 - sparsity))`` weights per output row; needs
+            ``sparsity``): any spelling [`Structure.parse`][lightning_srigl.sparsity.Structure.parse] takes.
+        n: with ``structure="n:m"``, the weights kept in every group of ``m`` consecutive inputs (default 2).
+        m: with ``structure="n:m"``, the size of the groups (default 4); layers whose input dim ``m`` does
+            not divide stay dense.
         sparsity: per-layer sparsity for constant fan-in (ignored for N:M, which is ``1 - n/m``).
         include: ``fnmatch`` patterns of the parameter names to convert (default: every eligible
             weight); an explicit ``include`` of a weight that cannot carry the structure is an error.
@@ -254,23 +242,23 @@ def convert_to_structured(
     Returns:
         A [`ConversionReport`][lightning_srigl.convert.ConversionReport].
     """
-    if structure not in ("n:m", "constant_fan_in"):
-        raise ValueError(f"structure must be 'n:m' or 'constant_fan_in', got {structure!r}.")
-    if structure == "constant_fan_in" and sparsity is None:
-        raise ValueError("structure='constant_fan_in' needs sparsity=..., e.g. sparsity=0.9.")
-    if structure == "n:m":
-        n, m = as_integer(n, "n", 1), as_integer(m, "m", 2)
-        check_nm((m, m), n, m)  # an impossible pattern would skip every layer: a silent no-op
-    else:
+    parsed = Structure.parse(structure, n, m)  # an impossible pattern raises: it would skip every layer
+    kind: _Kind = "constant_fan_in" if parsed.nm is None else "n:m"
+    if parsed.nm is None:
+        if sparsity is None:
+            raise ValueError("structure='constant_fan_in' needs sparsity=..., e.g. sparsity=0.9.")
         sparsity = check_sparsity(sparsity)
+        n = m = 0  # unused by constant fan-in
+    else:
+        n, m = parsed.nm
     reconstruction_steps = as_integer(reconstruction_steps, "reconstruction_steps", 0)
-    check_shape = (lambda shape: check_nm(shape, n, m)) if structure == "n:m" else _check_fan_in_shape
+    check_shape = (lambda shape: check_nm(shape, n, m)) if kind == "n:m" else _check_fan_in_shape
     selected, skipped = select_structured_parameters(
         model, check_shape, include, exclude, keep_first_dense, keep_last_dense
     )
     reconstructable = {p.fqn: p.module for p in selected if isinstance(p.module, _RECONSTRUCTABLE)}
     cache = _cache_layer_io(model, reconstructable, calibration_batches) if calibration_batches is not None else {}
-    masks = {p.fqn: _magnitude_mask(p.param.detach(), structure, n, m, sparsity) for p in selected}
+    masks = {p.fqn: _magnitude_mask(p.param.detach(), kind, n, m, sparsity) for p in selected}
     masked = MaskedParameters(selected)
     masked.install_(masks)
     layers = []
@@ -279,13 +267,13 @@ def convert_to_structured(
         weight = p.param.detach()
         kept = float((weight.abs() * mask).sum() / weight.abs().sum().clamp(min=1e-30))
         if absorb_mean:
-            _absorb_pruned_(p.param.data, mask, structure, m)
+            _absorb_pruned_(p.param.data, mask, kind, m)
         with torch.no_grad():
             p.param.mul_(mask)
         mse = (None, None)
         if cache.get(p.fqn):
             mse = _reconstruct(p.module, mask, cache[p.fqn], reconstruction_steps, lr, bias_lr)
-        label = f"{n}:{m}" if structure == "n:m" else f"fan-in {int(as_rows(mask)[0].sum())}"
+        label = f"{n}:{m}" if kind == "n:m" else f"fan-in {int(as_rows(mask)[0].sum())}"
         layers.append(LayerConversion(p.fqn, label, tuple(p.shape), mask.float().mean().item(), kept, *mse))
     return ConversionReport(layers=layers, skipped=skipped)
 

@@ -4,7 +4,8 @@ Rich shrinks a table that is wider than the console by wrapping or cutting cells
 is at least as wide as its longest cell (only its header wraps, at spaces), and the columns named in
 ``fold`` (layer names, which have no spaces to wrap at) get the width that is left, folding a long
 name onto several lines. Every table of the package (benchmark, acceleration report, topology
-report, demo) is built here and printed on [`terminal_console`][lightning_srigl.tables.terminal_console].
+report, demo) is built here and printed on [`terminal_console`][lightning_srigl.tables.terminal_console];
+the tables written into ``docs/`` are built by [`markdown_table`][lightning_srigl.tables.markdown_table].
 """
 
 from __future__ import annotations
@@ -66,3 +67,16 @@ def fitted_table(
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """``rows`` (cells as strings, one per header) as a GitHub-flavoured markdown table, one line per row.
+
+    A ``|`` inside a header or cell (``max |Δ logit|``) is escaped as ``\\|``: unescaped, it splits the cell
+    and the whole table renders as plain text.
+    """
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(headers), "|" + "---|" * len(headers), *map(line, rows)]) + "\n"

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from lightning_srigl.benchmark.machine import emulation_env, is_emulating, machine_fields
 from lightning_srigl.condensed import CondensedLinear
-from lightning_srigl.condensed.conv import CondensedConv2d
-from lightning_srigl.condensed.timing import hot_times
+from lightning_srigl.condensed.layers.conv import CondensedConv2d
+from lightning_srigl.timing import hot_times
 
 # (name, in, out, kernel, stride, padding, image side): ResNet-50 and CIFAR ResNet-18 layers.
 LAYERS = [

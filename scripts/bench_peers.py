@@ -56,10 +56,10 @@ from lightning_srigl.benchmark.peers import (  # noqa: E402
     peers_markdown,
 )
 from lightning_srigl.benchmark.whole_model import ModelCase, masked_model  # noqa: E402
-from lightning_srigl.condensed.accelerate import accelerate  # noqa: E402
-from lightning_srigl.condensed.compiled import compile_in_place  # noqa: E402
-from lightning_srigl.condensed.model_timing import dense_reference  # noqa: E402
-from lightning_srigl.condensed.timing import hot_times  # noqa: E402
+from lightning_srigl.condensed.acceleration.accelerate import accelerate  # noqa: E402
+from lightning_srigl.kernels.compiled import compile_in_place  # noqa: E402
+from lightning_srigl.condensed.acceleration.model_timing import dense_reference  # noqa: E402
+from lightning_srigl.timing import hot_times  # noqa: E402
 
 DOC = ROOT / "docs" / "peers.md"
 DEEPSPARSE_ENV = "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON"
@@ -189,7 +189,8 @@ def worker(engine: str, job: dict) -> None:
                     continue
                 print(json.dumps(row | facts | {
                     "status": "ok", "engine_ms": times["engine"].min * 1e3, "dense_ms": times["dense"].min * 1e3,
-                    "speedup": times["dense"].min / times["engine"].min, "max_diff": float((out - reference).abs().max()),
+                    "speedup": times["dense"].min / times["engine"].min,
+                    "max_diff": float((out - reference).abs().max()),
                     "exact": bool(torch.allclose(out, reference, rtol=1e-4, atol=1e-4)),
                     "clock": "process CPU time" if threads == 1 else "wall", "load": os.getloadavg()[0],
                 }), flush=True)  # fmt: skip

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from lightning_srigl.benchmark.machine import machine_fields
-from lightning_srigl.condensed.cpu_isa import cpu_model
+from lightning_srigl.kernels.cpu.isa import cpu_model
 
 # The paper's top-1 accuracies (%) from the reference code's notebooks/final_results.ipynb, as
 # quoted in docs/reproducing.md: (model, dense, {method: {sparsity %: accuracy}}).

@@ -47,7 +47,7 @@ from example_projects.digits_mlp.model import DigitsMLP
 from example_projects.mnist1d_mlp.datamodule import MNIST1DDataModule
 from example_projects.mnist1d_mlp.model import MNIST1DMLP
 from lightning_srigl import RigLCallback, SRigLCallback, accelerate
-from lightning_srigl.condensed.timing import hot_times
+from lightning_srigl.timing import hot_times
 from lightning_srigl.masking import mask_of
 from lightning_srigl.sparsity import fan_in
 

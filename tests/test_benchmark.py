@@ -194,3 +194,28 @@ def test_emulated_sweep_limits_dense_and_condensed_kernels_alike(tmp_path: Path)
 def test_unknown_emulated_isa_is_rejected() -> None:
     with pytest.raises(ValueError, match="cpu_isa must be one of"):
         SweepConfig(cpu_isa="avx9000")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_sizes": [0]}, r"each of batch_sizes must be an integer >= 1, got 0"),
+        ({"cold_batch_sizes": [1.5]}, r"each of cold_batch_sizes must be an integer"),
+        ({"threads": [-1]}, r"each of threads must be an integer >= 1"),
+        ({"sparsities": [1.5]}, r"each of sparsities must be a number in \[0, 1\)"),
+        ({"cold_sparsities": [-0.1]}, r"each of cold_sparsities must be a number in \[0, 1\)"),
+        ({"sparsities": []}, r"sparsities is empty"),
+        ({"ablation": 1.0}, r"ablation is the fraction of neurons removed, in \[0, 1\)"),
+        ({"min_run_time": 0}, r"min_run_time and cold_bytes must be > 0"),
+        ({"shapes": [[8, 4]], "sparsities": [0.95]}, r"leave no weight per neuron of a layer with 8 inputs"),
+    ],
+)
+def test_a_sweep_with_impossible_numbers_is_refused_before_it_runs(overrides: dict, message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        SweepConfig(**overrides)
+
+
+def test_the_progress_bar_says_it_times_cases() -> None:
+    from lightning_srigl.benchmark.module import BenchmarkProgressBar
+
+    assert BenchmarkProgressBar().test_description == "Timing cases"

@@ -96,8 +96,8 @@ def test_convert_subcommand_makes_a_2_4_checkpoint(tmp_path: Path, capsys: pytes
     assert [layer.name for layer in report.layers] == ["net.0.0.weight", "net.0.2.weight"]
     assert report.accuracy_before is not None and report.accuracy_after is not None
     state = torch.load(out, weights_only=False)["state_dict"]
-    assert is_nm(state["net.0.2.weight_mask"], 2, 4)
-    assert not state["net.0.2.weight"][~state["net.0.2.weight_mask"]].any()
+    assert is_nm(state["net.0.2.weight_sparsity_mask"], 2, 4)
+    assert not state["net.0.2.weight"][~state["net.0.2.weight_sparsity_mask"]].any()
     assert "accuracy:" in capsys.readouterr().out
 
 
@@ -173,3 +173,43 @@ def test_overrides_reach_the_config_s_sparsity_callback(capsys: pytest.CaptureFi
         ["fit", "--config", str(DIGITS_CONFIG), "--trainer.callbacks.class_path=RigLCallback"], capsys
     )["trainer"]["callbacks"][1]
     assert swapped["class_path"].endswith("RigLCallback") and swapped["init_args"]["sparsity"] == 0.9
+
+
+def _one_error_line(args: list[str]) -> str:
+    """Run ``python -m lightning_srigl <args>``: it must exit 2 with one ``error:`` line and no traceback."""
+    command = [sys.executable, "-m", "lightning_srigl", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    (error,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch_sizes", "[0]"], "each of batch_sizes must be an integer >= 1, got 0"),  # was a matplotlib traceback
+        (["--sparsities", "[1.5]"], "each of sparsities must be a number in [0, 1)"),  # ran "at sparsity 1.50"
+        (["--threads", "[]"], "threads is empty"),
+        (["--shapes", "[[8, 4]]", "--sparsities", "[0.95]"], "leave no weight per neuron of a layer with 8 inputs"),
+    ],
+)
+def test_bad_benchmark_arguments_are_one_error_line_before_anything_runs(flags: list[str], message: str) -> None:
+    error = _one_error_line(["benchmark", *flags, "--output_dir", "null"])
+    assert error.startswith("lightning-srigl: error: ") and message in error
+
+
+def test_a_bad_callback_argument_is_one_error_line_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(SMOKE), "--trainer.callbacks.sparsity=1.5"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("lightning-srigl: error: trainer.callbacks #0 (SRigLCallback): sparsity must be a number")
+
+
+def test_an_unknown_subcommand_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fitt"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "invalid subcommand 'fitt' (choose from fit, validate, test, predict, benchmark, convert)" in error

@@ -13,9 +13,8 @@ from lightning_srigl.convert import (
     convert_and_evaluate,
     convert_to_structured,
     evaluate_accuracy,
-    parse_structure,
 )
-from lightning_srigl.masking import MaskedParameters, select_parameters
+from lightning_srigl.masking import MaskedParameters, masked_weights, select_parameters
 from lightning_srigl.sparsity.metrics import is_constant_fan_in
 from lightning_srigl.sparsity.nm import is_nm, nm_group_view
 
@@ -56,7 +55,7 @@ def _trained_mlp() -> nn.Sequential:
 
 def _weight_and_mask(model: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     module = model.get_submodule(name.rpartition(".")[0])
-    return module.weight, module.weight_mask
+    return module.weight, module.weight_sparsity_mask
 
 
 def test_nm_conversion_is_exact_and_skips_unfit_layers() -> None:
@@ -70,7 +69,7 @@ def test_nm_conversion_is_exact_and_skips_unfit_layers() -> None:
         assert is_nm(mask, 2, 4) and is_nm(weight, 2, 4) and not weight[~mask].any()
         assert layer.density == 0.5 and 0.5 < layer.kept_magnitude_fraction < 1.0
         assert layer.mse_before is None  # no calibration data: magnitude pruning only
-    assert not hasattr(model[6], "weight_mask") and (model[6].weight != 0).all()
+    assert not hasattr(model[6], "weight_sparsity_mask") and (model[6].weight != 0).all()
 
 
 def test_constant_fan_in_conversion_keeps_the_same_count_per_row() -> None:
@@ -132,16 +131,20 @@ def test_explicitly_included_layer_that_cannot_be_nm_is_an_error() -> None:
         convert_to_structured(_convnet(), include=["2.weight", "6.weight"])
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("2:4", {"structure": "n:m", "n": 2, "m": 4}), ("constant_fan_in", {"structure": "constant_fan_in"})],
-)
-def test_parse_structure(text: str, expected: dict) -> None:
-    assert parse_structure(text) == expected
+def test_every_spelling_of_a_structure_converts_alike() -> None:
+    """``structure="2:4"``, ``structure="n:m", n=2, m=4`` and ``n=2, m=4`` are one structure."""
+    masks = []
+    for kwargs in ({"structure": "2:4"}, {"structure": "n:m", "n": 2, "m": 4}, {"n": 2, "m": 4}, {}):
+        model = _mlp()
+        convert_to_structured(model, **kwargs)
+        masks.append([m.mask for m in masked_weights(model)])
+    assert all(len(a) == len(masks[0]) and all(torch.equal(x, y) for x, y in zip(a, masks[0])) for a in masks)
 
 
 def test_bad_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="Unknown structure"):
-        parse_structure("2-4")
+        convert_to_structured(_mlp(), structure="2-4")
+    with pytest.raises(ValueError, match=r"contradicts n=1, m=4"):
+        convert_to_structured(_mlp(), structure="2:4", n=1, m=4)
     with pytest.raises(ValueError, match="needs sparsity"):
         convert_to_structured(_mlp(), structure="constant_fan_in")

@@ -47,6 +47,45 @@ def check_rendered_site(site: Path) -> None:
         assert "pip install" in re.sub(r"<[^>]+>", "", html), f"{page}: no pip install line"
 
 
+def table_cells(line: str) -> list[str]:
+    """The cells of a markdown table line, split at the pipes that are not escaped (``\\|``) or in code."""
+    outside_code = re.sub(r"`[^`]*`", lambda code: "x" * len(code.group()), line)
+    bounds = [m.start() for m in re.finditer(r"(?<!\\)\|", outside_code)]
+    return [line[a + 1 : b].strip() for a, b in zip(bounds, bounds[1:])]
+
+
+@pytest.mark.parametrize("document", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
+def test_every_table_row_has_its_headers_cell_count(document: str) -> None:
+    """A row with more cells than its header (an unescaped ``|`` in ``|Δ logit|``) makes the whole table
+    render as plain text."""
+    path = ROOT / document if document == "README.md" else ROOT / "docs" / document
+    in_code, header = False, None
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        in_code = in_code != line.startswith("```")
+        if in_code or not line.startswith("|"):
+            header = None
+            continue
+        if header is None:
+            header = len(table_cells(line))
+        cells = len(table_cells(line))
+        assert cells == header, f"{document}:{number} has {cells} cells, its header {header}"
+
+
+def test_getting_started_quotes_the_current_speed_figures() -> None:
+    """Its expected-speed figures are those of the benchmark page (both kernel classes) and of the README's
+    demo table, which the commands regenerate."""
+    text = " ".join((ROOT / "docs" / "getting-started.md").read_text().split())
+    ranges = re.findall(r"ran ([\d.–]+)× faster than dense at batch 1 and ([\d.–]+)× at batch 256",
+                        (ROOT / "docs" / "benchmarks.md").read_text())
+    assert len(ranges) == 2
+    for batch1, batch256 in ranges:
+        assert f"{batch1}×" in text and f"{batch256}×" in text, (batch1, batch256)
+    (demo,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| SRigL 90% |")]
+    batch1, batch256 = table_cells(demo)[-2:]
+    assert f"SRigL 90 % model was {batch1}× faster than dense at batch 1 and {batch256}× at batch 256" in text
+    assert "AVX2-only x86, ARM) are not measured" not in text
+
+
 def test_method_figures_are_committed() -> None:
     for name in ("constant_fan_in.png", "ablation.png", "condensed_layout.png"):
         assert (ROOT / "docs" / "assets" / name).stat().st_size > 1000, f"run python docs/make_figures.py ({name})"

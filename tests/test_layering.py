@@ -10,13 +10,15 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_srigl"
 # docs/design.md's order; convert.py sits at the level of condensed/ (it uses sparsity/ and masking/).
-LAYERS = ("sparsity", "masking", "condensed", "convert", "training", "callbacks", "benchmark", "cli")
+LAYERS = ("sparsity", "masking", "kernels", "condensed", "convert", "training", "callbacks", "benchmark", "cli")
 ENTRY_POINTS = ("__init__", "__main__")  # the lazy exports and `python -m lightning_srigl`
-WITHOUT_LIGHTNING = ("sparsity", "masking", "condensed", "convert", "training")
+WITHOUT_LIGHTNING = ("sparsity", "masking", "kernels", "condensed", "convert", "training")
+# What training/ may use besides itself: the masks and the ops, no inference layer (condensed/, convert.py).
+TRAINING_USES = {"sparsity", "masking", "kernels"}
 
 
 def layer_of(path: Path) -> str:
-    """The top-level name of a file of the package: ``condensed`` for ``condensed/fold.py``."""
+    """The top-level name of a file of the package: ``condensed`` for ``condensed/fold/neurons.py``."""
     return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
 
 
@@ -66,3 +68,26 @@ def test_lower_layers_need_no_lightning_and_sparsity_no_modules() -> None:
         if layer == "sparsity":
             problems += [f"{path.name} imports {n}" for n in names if n in ("torch.nn", "torch.nn.Module")]
     assert not problems, "\n".join(problems)
+
+
+def test_kernels_are_ops_only_and_training_uses_no_inference_layer() -> None:
+    """``kernels/`` sees no masks (no masking/) and defines no ``nn.Module``; ``training/`` builds on the ops."""
+    problems = []
+    for path in sorted((PACKAGE / "kernels").rglob("*.py")):
+        problems += [f"{path.name} imports lightning_srigl.masking" for _ in {"masking"} & package_layers(path)]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any("Module" in ast.unparse(base) for base in node.bases):
+                problems.append(f"{path.name} defines the module {node.name}")
+    for path in sorted((PACKAGE / "training").rglob("*.py")):
+        problems += [f"{path.name} imports lightning_srigl.{name}" for name in sorted(package_layers(path) - TRAINING_USES)]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_top_level_part_holds_more_than_a_quarter_of_the_code() -> None:
+    """Python lines per top-level sub-package (or module): none is over 25 % of the package's."""
+    lines: dict[str, int] = {}
+    for path in PACKAGE.rglob("*.py"):
+        lines[layer_of(path)] = lines.get(layer_of(path), 0) + len(path.read_text().splitlines())
+    total = sum(lines.values())
+    too_big = {name: f"{count / total:.1%}" for name, count in lines.items() if count > total / 4}
+    assert not too_big, f"split these (over a quarter of {total} lines): {too_big}"

@@ -10,6 +10,7 @@ from rich.table import Table
 from lightning_srigl.benchmark.report import format_us, read_csv, summarize, summary_tables
 from lightning_srigl.callbacks.report import LayerStats, print_layer_table
 from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
+from lightning_srigl.benchmark import whole_model_report
 from lightning_srigl.tables import fitted_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +69,14 @@ def test_topology_table_fits(capsys) -> None:
     text = capsys.readouterr().out
     _fits(text)
     assert "2304/2304 (100.0%)" in text and "2304x768" in text
+
+
+def test_markdown_tables_escape_pipes_in_cells() -> None:
+    """The whole-model table's `max |Δ logit|` header keeps its pipes inside one cell."""
+    from tests.test_docs import table_cells
+
+    row = {"model": "m|x", "batch": 1, "variant": "accelerated", "latency_ms": 1.0, "speedup": 2.0,
+           "max_logit_diff": 1e-7, "weight_bytes": 2**20, "chosen": "condensed:1"}
+    header, rule, line = whole_model_report.markdown_table([row]).splitlines()
+    assert table_cells(header) == [h.replace("|", "\\|") for h in whole_model_report.COLUMNS.values()]
+    assert table_cells(line)[0] == "m\\|x" and len(table_cells(line)) == len(whole_model_report.COLUMNS)

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.benchmark.wrappers import CUDAGraphReplay, TF32Matmul
-from lightning_srigl.condensed.linear import CondensedLinear
-from lightning_srigl.condensed.registry import CANDIDATES, build_candidate
+from lightning_srigl.condensed.kinds.registry import CANDIDATES, build_candidate
+from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.sparsity.nm import nm_mask
 
 DTYPES: dict[str, torch.dtype] = {

@@ -13,9 +13,9 @@ import os
 
 import torch
 
-from lightning_srigl.condensed.cpu_isa import ISA_ENV, cpu_model
-from lightning_srigl.condensed.cpu_kernel import load_extension
-from lightning_srigl.condensed.ops import triton_kernels
+from lightning_srigl.kernels.cpu.isa import ISA_ENV, cpu_model
+from lightning_srigl.kernels.cpu.loader import load_extension
+from lightning_srigl.kernels.linear import triton_kernels
 
 # Per emulated instruction set: the limits of MKL, oneDNN, ATen's own kernels and ours.
 EMULATION_ENV: dict[str, dict[str, str]] = {

@@ -163,6 +163,15 @@ def _row(case: Case, spec: SparseLayerSpec, method: str, timing: Timing, nbytes:
     }
 
 
+class BenchmarkProgressBar(RichProgressBar):
+    """Lightning's bar, saying what the ``Trainer.test`` loop does here: one step per timed case."""
+
+    @property
+    @override
+    def test_description(self) -> str:
+        return "Timing cases"
+
+
 def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: Any) -> BenchmarkModule:
     """Run the sweep through ``Trainer.test`` and return the module (``.results``, ``.outputs``).
 
@@ -190,7 +199,7 @@ def run_benchmark(config: str | Path | SweepConfig | None = None, **overrides: A
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            callbacks=[RichProgressBar()],  # one step per case
+            callbacks=[BenchmarkProgressBar()],  # one step per case
             inference_mode=False,
         )
         trainer.test(module, verbose=False)

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lightning_srigl import tables
 from lightning_srigl.tables import fitted_table, terminal_console
 
 Row = dict[str, Any]
@@ -302,8 +303,5 @@ def markdown_table(summary: Sequence[Row]) -> str:
     """Every case with the ``TABLE_COLUMNS`` some row has, as one GitHub-flavoured markdown table (for ``docs/``)."""
     columns = _columns(summary)
     headers = [*CASE_HEADERS, *columns.values()]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in summary:
-        cells = case_cells(row) + [str(row.get(key, "")) for key in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [case_cells(row) + [str(row.get(key, "")) for key in columns] for row in summary]
+    return tables.markdown_table(headers, cells)

@@ -10,8 +10,10 @@ import yaml
 
 from lightning_srigl.benchmark.layers import SparseLayerSpec, parse_method
 from lightning_srigl.benchmark.machine import emulation_env
-from lightning_srigl.condensed.linear import BACKENDS
+from lightning_srigl.condensed.layers.linear import BACKENDS
+from lightning_srigl.sparsity.validation import as_integer, as_real, check_sparsity
 
+_EXAMPLES = {"batch_sizes": "1, 16", "threads": "1", "sparsities": "0.9"}
 Case = dict[str, Any]
 """One timed configuration: a layer spec's fields plus ``batch``, ``threads``, ``cache``, ``methods``."""
 
@@ -93,6 +95,32 @@ class SweepConfig:
         bad = [s for s in self.shapes if len(s) != 2 or min(s) < 1]
         if bad:
             raise ValueError(f"shapes are [in_features, out_features] pairs of positive ints; got {bad}.")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every count a positive integer, every sparsity in ``[0, 1)`` leaving each neuron a weight."""
+        for name in ("batch_sizes", "cold_batch_sizes", "threads"):
+            for value in getattr(self, name):
+                as_integer(value, f"each of {name}", 1, f"got {name}={getattr(self, name)}")
+        for name in ("batch_sizes", "threads", "sparsities"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty; give at least one value, e.g. --{name} '[{_EXAMPLES[name]}]'.")
+        for name in ("sparsities", "cold_sparsities"):
+            for value in getattr(self, name):
+                check_sparsity(value, f"each of {name}")
+        if not 0.0 <= as_real(self.ablation, "ablation") < 1.0:
+            raise ValueError(f"ablation is the fraction of neurons removed, in [0, 1); got {self.ablation!r}.")
+        if as_real(self.min_run_time, "min_run_time") <= 0 or as_real(self.cold_bytes, "cold_bytes") <= 0:
+            raise ValueError(
+                f"min_run_time and cold_bytes must be > 0; got {self.min_run_time!r}, {self.cold_bytes!r}."
+            )
+        smallest = min(in_features for in_features, _ in self.shapes) if self.shapes else 0
+        too_sparse = [s for s in self.sparsities if smallest and round(smallest * (1 - s)) < 1]
+        if too_sparse:
+            raise ValueError(
+                f"sparsities {too_sparse} leave no weight per neuron of a layer with {smallest} inputs; "
+                f"use at most {1 - 1 / smallest:.4g} for these shapes."
+            )
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> SweepConfig:

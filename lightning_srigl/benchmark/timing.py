@@ -1,4 +1,4 @@
-"""Timing with cold caches, on top of the warm-cache timer of :mod:`lightning_srigl.condensed.timing`.
+"""Timing with cold caches, on top of the warm-cache timer of :mod:`lightning_srigl.timing`.
 
 Cold caches: the same layer is copied until the copies together exceed the last-level cache
 (``cold_bytes``, ~1 GB by default) and the timed statement runs every copy once per pass, so each
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.timing import Timing, hot_times
+from lightning_srigl.timing import Timing, hot_times
 
 __all__ = ["Timing", "cold_copies", "cold_time", "hot_times"]
 

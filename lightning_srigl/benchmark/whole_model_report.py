@@ -9,6 +9,8 @@ from typing import Any
 
 from rich.table import Table
 
+from lightning_srigl import tables
+
 __all__ = ["markdown_table", "plot_speedups", "rich_table"]
 
 Row = dict[str, Any]
@@ -46,9 +48,7 @@ def rich_table(rows: Sequence[Row], title: str) -> Table:
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The :func:`rich_table` columns as a GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return tables.markdown_table(list(COLUMNS.values()), [_cells(row) for row in rows])
 
 
 def plot_speedups(rows: Sequence[Row], path: Path) -> Path:

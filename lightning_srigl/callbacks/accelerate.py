@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_integer, check_flag
 from lightning_srigl.callbacks.glue import check_trainable, log_metrics, run_folder
-from lightning_srigl.condensed.accelerate import (
+from lightning_srigl.condensed.acceleration.accelerate import (
     AccelerationPlan,
     check_candidates,
     fit_inputs_to_layers,
@@ -28,10 +28,10 @@ from lightning_srigl.condensed.accelerate import (
     snapshot_modules,
     swap_layers,
 )
-from lightning_srigl.condensed.acceleration_report import AccelerationReport
-from lightning_srigl.condensed.compiled import compile_lazily, holder_of
-from lightning_srigl.condensed.layer_call import LayerCall
-from lightning_srigl.condensed.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
+from lightning_srigl.kernels.compiled import compile_lazily, holder_of
+from lightning_srigl.condensed.acceleration.layer_call import LayerCall
+from lightning_srigl.condensed.acceleration.report import AccelerationReport
+from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import masked_weights, qualified_name
 
@@ -42,7 +42,7 @@ class AccelerateCallback(Callback):
     """Make the trained sparse model fast at inference, in place, when ``trainer.fit`` ends.
 
     During fit it keeps (by reference, no copy) the latest input of every layer of an accelerable
-    kind (``nn.Linear``; ``lightning_srigl.condensed.registry``). At ``on_fit_end`` rank 0 times
+    kind (``nn.Linear``; ``lightning_srigl.condensed.kinds.registry``). At ``on_fit_end`` rank 0 times
     the exact candidates of the masked ones on those real inputs and installs the modules it timed;
     the other ranks build the same choice (broadcast). The report is printed, logged
     (``log_metrics``/``log_hyperparams``) and saved as ``acceleration.csv`` in the first logger's folder
@@ -63,11 +63,11 @@ class AccelerateCallback(Callback):
         fold: fold ablated neurons into the following layer where exact.
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
-            (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.accelerate.accelerate`][lightning_srigl.condensed.accelerate.accelerate]).
+            (interleaved rounds, fastest sample; see [`lightning_srigl.condensed.acceleration.accelerate.accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
         compile: after the swap, compile the innermost module holding the accelerated layers in place
             into one graph (``torch.compile`` with inductor freezing,
-            [`lightning_srigl.condensed.compiled`][lightning_srigl.condensed.compiled]); it compiles at its
-            first call (the first test/predict batch), which takes the compile time once.
+            [`lightning_srigl.kernels.compiled`][lightning_srigl.kernels.compiled]);
+            it compiles at its first call (the first test/predict batch), which takes the compile time once.
     """
 
     def __init__(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from lightning_srigl.sparsity.validation import as_integer, as_real
 
-__all__ = ["as_integer", "as_real", "check_choice", "check_flag", "check_patterns", "check_range"]
+__all__ = ["as_integer", "as_real", "check_choice", "check_flag", "check_patterns", "check_range", "check_range_int"]
 
 
 def check_flag(value: object, name: str) -> bool:
@@ -41,6 +41,14 @@ def check_range(
     if not (above and below):
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{name} must be in {interval}, got {value!r}" + (f"; {hint}" if hint else ""))
+    return number
+
+
+def check_range_int(value: object, name: str, low: int, high: int, hint: str = "") -> int:
+    """``value`` as an ``int`` inside ``[low, high]``, else ``TypeError``/``ValueError`` naming ``name``."""
+    number = as_integer(value, name, hint=hint)
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}" + (f"; {hint}" if hint else ""))
     return number
 
 

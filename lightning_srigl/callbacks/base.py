@@ -37,7 +37,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_srigl.callbacks.arguments import as_integer, check_choice, check_flag, check_patterns, check_range
+from lightning_srigl.callbacks.arguments import (
+    as_integer,
+    check_choice,
+    check_flag,
+    check_patterns,
+    check_range,
+    check_range_int,
+)
 from lightning_srigl.callbacks.glue import (
     SparsityCallback,
     check_ranks_agree,
@@ -48,6 +55,7 @@ from lightning_srigl.callbacks.glue import (
 from lightning_srigl.callbacks.remask import RemaskPolicy, gradient_pass_reason
 from lightning_srigl.callbacks.report import (
     LayerStats,
+    dense_layer_stats,
     history_record,
     masked_layer_stats,
     print_layer_table,
@@ -123,16 +131,16 @@ class DynamicSparsityCallback(SparsityCallback):
         self.dense = check_patterns(dense, "dense") or ()
         self.sparse_init = check_flag(sparse_init, "sparse_init")
         self.init_std_quirk = check_flag(init_std_quirk, "init_std_quirk")
-        self.seed = as_integer(seed, "seed", hint="any integer; the same on every rank")
+        self.seed = check_range_int(seed, "seed", -(2**63), 2**64 - 1, "a 64-bit integer; the same on every rank")
         self.log_every_n_steps = log_every_n_steps
         self.report = check_flag(report, "report")
         self.sparse_backward = check_flag(sparse_backward, "sparse_backward")
         self.masked: MaskedParameters | None = None
         self.budgets: dict[str, int] = {}
+        self.dense_shapes: dict[str, tuple[int, ...]] = {}  # selected weights that stay dense, neuron-major
         self.t_end: int | None = None
         self.skipped_updates = 0
         self.history: list[dict[str, Any]] = []
-        self._generator = torch.Generator().manual_seed(self.seed)
         self._ever_active: dict[str, Tensor] = {}
         self._grad_sums: dict[str, Tensor] = {}
         self._grads_finite = True
@@ -144,14 +152,20 @@ class DynamicSparsityCallback(SparsityCallback):
         self._trust_sampled_gradients = False
 
     # ---- what a method must provide -------------------------------------------------------
-    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
-        """Initial ``BoolTensor(shape)`` with ``budget`` (or fewer, by construction) active weights."""
+    def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:
+        """Initial ``BoolTensor(shape)`` with about ``target`` active weights.
+
+        ``target`` is the layer's budget (``self.budgets[fqn]``) plus the rounding the layers before it
+        carried over (their targets minus what they hold), so a method that cannot hit every count
+        (constant fan-in) still keeps the model-wide count of weights asked for.
+        """
         raise NotImplementedError
 
     def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
+        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:
-        """One layer's topology update: ``(new_mask, grown)``, both ``BoolTensor(weight.shape)``."""
+        """One layer's topology update: ``(new_mask, grown)``, both ``BoolTensor(weight.shape)``, with
+        about ``target`` active weights (as for :meth:`initial_mask`)."""
         raise NotImplementedError
 
     def allocate_densities(self, names: list[str], shapes: list[tuple[int, ...]], pinned: list[int]) -> list[float]:
@@ -197,7 +211,6 @@ class DynamicSparsityCallback(SparsityCallback):
 
     def _reset_run_state(self) -> None:
         """Forget a previous fit's schedule; a checkpoint restored after ``setup`` refills it."""
-        self._generator.manual_seed(self.seed)
         self.t_end = None
         self.skipped_updates = 0
         self.history = []
@@ -277,18 +290,21 @@ class DynamicSparsityCallback(SparsityCallback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
         if not self.report or not trainer.is_global_zero or self.masked is None:
             return
         stats = self._layer_stats()
-        print_layer_table(stats, title=f"{type(self).__name__}: sparse layers at the end of fit")
+        dense = [dense_layer_stats(name, shape) for name, shape in self.dense_shapes.items()]
+        parameters = sum(p.numel() for p in pl_module.parameters())
+        print_layer_table(stats, f"{type(self).__name__}: sparse layers at the end of fit", dense, parameters)
         path = save_active_neurons_plot(stats, self.history, run_folder(trainer) / "active_neurons.png")
-        rank_zero_info(f"{type(self).__name__}: active-neurons plot saved to {path}")
+        updates = f"{len(self.history)} topology updates" if self.history else "no topology update ran"
+        rank_zero_info(f"{type(self).__name__}: active-neurons plot ({updates}) saved to {path}")
 
     @override
     def resumable_state(self) -> dict[str, Any]:
         return {
             "t_end": self.t_end,
-            "generator": self._generator.get_state(),
             "grad_sums": {fqn: g.to("cpu", copy=True) for fqn, g in self._grad_sums.items()},
             "grads_finite": self._grads_finite,
             "ever_active": {fqn: e.to("cpu", copy=True) for fqn, e in self._ever_active.items()},
@@ -298,11 +314,10 @@ class DynamicSparsityCallback(SparsityCallback):
 
     @override
     def state_defaults(self) -> dict[str, Any]:
-        """An older checkpoint lacking a key resumes from: exploration end recomputed, the generator as
-        seeded, no pending gradients, in-time coverage from the loaded masks, no skipped updates, no history."""
+        """An older checkpoint lacking a key resumes from: exploration end recomputed, no pending gradients,
+        in-time coverage from the loaded masks, no skipped updates, no history."""
         return {
             "t_end": None,
-            "generator": self._generator.get_state(),
             "grad_sums": {},
             "grads_finite": True,
             "ever_active": {},
@@ -313,7 +328,6 @@ class DynamicSparsityCallback(SparsityCallback):
     @override
     def restore_state(self, state: dict[str, Any]) -> None:
         self.t_end = state["t_end"]
-        self._generator.set_state(state["generator"])
         self._grad_sums = dict(state["grad_sums"])
         self._grads_finite = state["grads_finite"]
         self._ever_active = dict(state["ever_active"])  # {}: rebuilt from the loaded masks at train start
@@ -333,32 +347,53 @@ class DynamicSparsityCallback(SparsityCallback):
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
         sparse = [i for i, d in enumerate(densities) if d < 1.0]
-        if not sparse:
-            rank_zero_warn(f"{type(self).__name__}: every selected layer is dense at sparsity {self.sparsity}")
         self.masked = MaskedParameters([selected[i] for i in sparse])
         self.budgets = {names[i]: budgets[i] for i in sparse}
+        self.dense_shapes = {names[i]: shapes[i] for i in range(len(names)) if i not in sparse}
         self.configure_layers(self.masked.fqns)
 
     def _install_initial_masks(self) -> None:
+        """Draw every layer's mask, carrying each layer's rounding into the next layer's target.
+
+        The generator is made here from ``seed`` and dropped after: a callback that holds one cannot be
+        pickled into ``ddp_spawn``'s processes (every rank draws the same masks from the same seed).
+        """
         assert self.masked is not None
+        generator = torch.Generator().manual_seed(self.seed)
         masks = {}
         rows = self.masked.rows
+        carry = 0
         for fqn, budget in self.budgets.items():
             shape = rows(fqn, self.masked.param(fqn)).shape
             try:
-                masks[fqn] = rows(fqn, self.initial_mask(fqn, shape, budget, self._generator))
+                masks[fqn] = rows(fqn, self.initial_mask(fqn, shape, budget + carry, generator))
             except ValueError as error:
                 raise ValueError(f"sparse layer {fqn!r}: {error}") from error
+            carry += budget - int(masks[fqn].count_nonzero())
         self.masked.install_(masks)
         self.masked.apply_to_weights_()
+        self._log_budget()
         if self.sparse_init:
             for fqn, mask in self.masked.masks().items():
                 weight = rows(fqn, self.masked.param(fqn).data)
-                sparse_init_(weight, rows(fqn, mask), self._generator, std_quirk=self.init_std_quirk)
+                sparse_init_(weight, rows(fqn, mask), generator, std_quirk=self.init_std_quirk)
             rank_zero_info(
                 f"{type(self).__name__}: re-initialised the kept weights of {len(self.budgets)} layers for their "
                 "sparse fan-in (the paper's recipe from scratch); pass sparse_init=False to keep pretrained values"
             )
+
+    def _log_budget(self) -> None:
+        """Log the active weights the masks hold against the budget they were drawn for (model-wide)."""
+        assert self.masked is not None
+        masks = self.masked.masks()
+        if not masks:
+            return
+        held, asked = sum(int(m.count_nonzero()) for m in masks.values()), sum(self.budgets.values())
+        total = sum(m.numel() for m in masks.values())
+        rank_zero_info(
+            f"{type(self).__name__}: {held} active weights in {len(masks)} sparse layers (density {held / total:.4%}) "
+            f"for a budget of {asked} ({(held - asked) / max(asked, 1):+.2%})"
+        )
 
     def _dense_gradient_needed(self) -> bool:
         """Whether the coming optimizer step's dense gradient feeds the next topology update."""
@@ -409,8 +444,11 @@ class DynamicSparsityCallback(SparsityCallback):
             return
         drop_fraction = cosine_drop_fraction(step, self.t_end, self.alpha)
         changed: dict[str, int] = {}
+        carry = 0  # the layers so far hold this many weights fewer than their budgets
         for fqn, weight in weights.items():
-            changed[fqn] = self._update_layer(trainer, fqn, weight, grads.pop(fqn), drop_fraction)
+            target = self.budgets[fqn] + carry
+            changed[fqn] = self._update_layer(trainer, fqn, weight, grads.pop(fqn), target, drop_fraction)
+            carry = target - int(self.masked.mask(fqn).count_nonzero())
         check_ranks_agree(trainer, self.masked, type(self).__name__)
         metrics = self._metrics()
         self.history.append(history_record(step, drop_fraction, changed, metrics, self.metric_prefix))
@@ -420,7 +458,9 @@ class DynamicSparsityCallback(SparsityCallback):
         metrics[f"{self.metric_prefix}/skipped_updates"] = float(self.skipped_updates)
         log_metrics(trainer, metrics, step)
 
-    def _update_layer(self, trainer: Trainer, fqn: str, weight: Tensor, grad_sum: Tensor, drop_fraction: float) -> int:
+    def _update_layer(
+        self, trainer: Trainer, fqn: str, weight: Tensor, grad_sum: Tensor, target: int, drop_fraction: float
+    ) -> int:
         """One layer's update in place (mask, weights, optimizer state); returns how many positions changed.
 
         ``grad_sum`` is this callback's own sum, turned into ``|grad|`` in place; the live mask is read,
@@ -430,7 +470,7 @@ class DynamicSparsityCallback(SparsityCallback):
         rows = self.masked.rows
         mask = self.masked.mask(fqn)
         new, grown = self.layer_update(
-            fqn, rows(fqn, weight.data), rows(fqn, mask), rows(fqn, grad_sum.abs_()), self.budgets[fqn], drop_fraction
+            fqn, rows(fqn, weight.data), rows(fqn, mask), rows(fqn, grad_sum.abs_()), target, drop_fraction
         )
         new, grown = rows(fqn, new), rows(fqn, grown)
         del grad_sum

@@ -10,7 +10,8 @@
 * masks already on the model (an earlier fit, a checkpoint loaded for evaluation) are reused only
   when they cover exactly the weights this callback selects;
 * metrics go straight to the loggers on rank 0; no collective runs inside rank-zero-only code;
-* ``state_dict`` is versioned: keys a checkpoint lacks take their defaults, and only arguments that
+* ``state_dict`` is versioned and names the method (the class), so a checkpoint that another sparsity
+  method wrote is refused by name. Keys a checkpoint lacks take their defaults, and only arguments that
   change what the masks mean (:attr:`SparsityCallback.mask_defining`) block a resume.
 """
 
@@ -26,19 +27,27 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_srigl.condensed.registry import accelerated_layers
+from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.masking import (
     MaskedParameters,
     SparseParameter,
     accept_masks_on_load,
+    LEGACY_MASK_SUFFIX,
+    MASK_SUFFIX,
+    check_not_pruned,
+    mask_buffer_name,
     masked_weights,
+    qualified_name,
+    sparsifiable_weights,
     split_frozen,
 )
 
-STATE_VERSION = 2  # 1: checkpoints written before the state carried a version
+STATE_VERSION = 3  # 1: before the state carried a version; 2: before it named the method
+_METHODS = ("SRigLCallback", "RigLCallback", "NMSparsityCallback")  # the state keys of states without a method
 _SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 
@@ -87,6 +96,16 @@ def check_ranks_agree(trainer: Trainer, masked: MaskedParameters | None, owner: 
         )
 
 
+def _all_mask_keys(model: nn.Module) -> set[str]:
+    """The mask key every sparsifiable weight of ``model`` would have."""
+    return {qualified_name(w.module_name, mask_buffer_name(w.param_name)) for w in sparsifiable_weights(model)}
+
+
+def _listing(keys: list[str], shown: int = 4) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
 def check_trainable(pl_module: LightningModule, owner: str) -> None:
     """Refuse to train a model whose sparse layers were swapped for inference layers."""
     accelerated = accelerated_layers(pl_module)
@@ -111,6 +130,8 @@ class SparsityCallback(Callback):
 
     def __init__(self) -> None:
         self._accept_handle: RemovableHandle | None = None
+        self._resume_handle: RemovableHandle | None = None
+        self.masked: MaskedParameters | None = None  # the sparse weights, known once fit is set up
 
     # ---- what a subclass provides ------------------------------------------------------------
     def setup_fit(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -133,6 +154,16 @@ class SparsityCallback(Callback):
         """Take the state back (every key of :meth:`state_defaults` is present)."""
         raise NotImplementedError
 
+    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+        """What in ``mask`` (weight-shaped bool, of the sparse weight ``fqn``) breaks this method's rules,
+        or ``None``; the base rule: a sparse layer is neither dense nor empty."""
+        active = int(mask.count_nonzero())
+        if active == mask.numel():
+            return "every weight is active (a dense layer)"
+        if active == 0:
+            return "no weight is active (a dead layer)"
+        return None
+
     # ---- Lightning hooks ----------------------------------------------------------------------
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -142,32 +173,117 @@ class SparsityCallback(Callback):
             return
         self._check_trainer(trainer)
         check_trainable(pl_module, type(self).__name__)
+        check_not_pruned(pl_module, type(self).__name__)
         self.setup_fit(trainer, pl_module)
+        if self.masked is not None and not self.masked.fqns:
+            rank_zero_warn(
+                f"{type(self).__name__}: no selected layer is sparse (each stays dense for the reason given above, "
+                "e.g. a shape the structure does not divide, or a sparsity that leaves it dense), so this fit trains "
+                "the dense model. Change the arguments or the model, or drop the callback."
+            )
+        self._stop_accepting_masks()
+        self._resume_handle = pl_module.register_load_state_dict_pre_hook(self._check_checkpoint_masks)
+
+    def _check_checkpoint_masks(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """``load_state_dict`` pre-hook during fit: the checkpoint has masks for exactly the weights this run
+        masks, else one error that says which differ (instead of Lightning's missing/unexpected keys)."""
+        if prefix:
+            return
+        expected = {m.mask_key for m in masked_weights(module)}
+        legacy = [k[: -len(LEGACY_MASK_SUFFIX)] for k in state_dict if k.endswith(LEGACY_MASK_SUFFIX)]
+        found = {k for k in state_dict if k.endswith(MASK_SUFFIX)} | {k + MASK_SUFFIX for k in legacy}
+        found &= _all_mask_keys(module)  # other buffers may end in "_mask" too
+        if found == expected:
+            return
+        missing, extra = sorted(expected - found), sorted(found - expected)
+        what = "no masks: it was written without a sparsity callback" if not found else "masks for other weights"
+        differ = ([f"it lacks {_listing(missing)}, which this run masks"] if missing else []) + (
+            [f"it masks {_listing(extra)}, which this run keeps dense"] if extra else []
+        )
+        raise ValueError(
+            f"{type(self).__name__}: the checkpoint has {what} ({'; '.join(differ)}). Resume with the "
+            "callback and include/exclude/dense arguments that wrote it, or start a new run from its weights: "
+            "model.load_state_dict(lightning_srigl.masking.without_masks(state_dict)), then fit without ckpt_path."
+        )
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Check the masks the model carries now (drawn, adopted, or loaded from ``ckpt_path``)."""
+        self.check_masks()
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        check_not_pruned(pl_module, type(self).__name__)  # ModelPruning prunes at epoch ends
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        check_not_pruned(pl_module, type(self).__name__)
+
+    def check_masks(self) -> None:
+        """``ValueError`` naming every mask that breaks :meth:`mask_problem`'s rules."""
+        if self.masked is None:
+            return
+        problems = [f"{fqn}: {p}" for fqn, mask in self.masked.masks().items() if (p := self.mask_problem(fqn, mask))]
+        if problems:
+            raise ValueError(
+                f"{type(self).__name__}: the model's masks break the method's rules ({'; '.join(problems)}). A "
+                "checkpoint's masks were edited or written under other settings: resume from an untouched "
+                "checkpoint, or start a new run from the weights without ckpt_path."
+            )
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._stop_accepting_masks()
 
     def _stop_accepting_masks(self) -> None:
-        if self._accept_handle is not None:
-            self._accept_handle.remove()
-            self._accept_handle = None
+        for handle in (self._accept_handle, self._resume_handle):
+            if handle is not None:
+                handle.remove()
+        self._accept_handle = self._resume_handle = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "config": self.config(), **self.resumable_state()}
+        method = type(self).__name__
+        return {"version": STATE_VERSION, "method": method, "config": self.config(), **self.resumable_state()}
+
+    @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose sparsity state another method wrote (Lightning files it under that
+        method's key, so :meth:`load_state_dict` would never see it)."""
+        for key, state in checkpoint.get("callbacks", {}).items():
+            if key in (self.state_key, self._legacy_state_key) or not isinstance(state, dict):
+                continue
+            method = state.get("method", key if key in _METHODS else None)
+            if method is not None and "config" in state:
+                self._check_method(method)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         version = state_dict.get("version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint's callback state has version {version!r}, not a positive "
+                "integer: the checkpoint is corrupt or was not written by lightning_srigl."
+            )
         if version > STATE_VERSION:
             raise ValueError(
                 f"{type(self).__name__}: the checkpoint's state has version {version}, newer than this "
                 f"lightning_srigl understands ({STATE_VERSION}); upgrade lightning_srigl to resume it."
             )
-        self._check_resumable(state_dict.get("config", {}))
-        state = {k: v for k, v in state_dict.items() if k not in ("version", "config")}
+        config = state_dict.get("config", {})
+        self._check_method(state_dict.get("method", config.get("method", type(self).__name__)))
+        self._check_resumable(config)
+        state = {k: v for k, v in state_dict.items() if k not in ("version", "method", "config")}
         self.restore_state({**self.state_defaults(), **state})
+
+    def _check_method(self, method: object) -> None:
+        """``ValueError`` when the checkpoint was written by another sparsity method."""
+        if method != type(self).__name__:
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint was written by {method}; its masks follow that method's "
+                f"rules. Resume it with {method}, or start a new {type(self).__name__} run from its weights "
+                "without ckpt_path (lightning_srigl.masking.remove_masks_(model) drops the old masks)."
+            )
 
     # ---- shared steps ---------------------------------------------------------------------------
     def _check_trainer(self, trainer: Trainer) -> None:

@@ -41,6 +41,7 @@ from lightning_srigl.callbacks.glue import SparsityCallback, log_metrics
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import MaskedParameters, move_inactive_, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, is_nm, nm_mask
+from lightning_srigl.sparsity.structure import Structure
 from lightning_srigl.sparsity.transposable import check_transposable_nm, is_transposable_nm, transposable_nm_mask
 
 Transposable = Literal["greedy", "exact"]
@@ -51,7 +52,7 @@ class NMSparsityCallback(SparsityCallback):
 
     Args:
         n, m: keep ``n`` of every ``m`` consecutive weights along the input dimension (conv: input
-            channels at each kernel position).
+            channels at each kernel position); ``None``: 2 and 4, or what ``structure`` says.
         lambda_w: strength of the sparse-refined decay on pruned weights; 0 is the plain STE. SR-STE
             was tuned with SGD + momentum; with Adam(W) it is reported to work less well.
         mask_interval: recompute the masks every this many optimizer steps (the reference SR-STE
@@ -62,6 +63,9 @@ class NMSparsityCallback(SparsityCallback):
         keep_first_dense, keep_last_dense: leave the model's first and last sparsifiable layers dense
             (a stem conv rarely has a multiple of ``m`` inputs; the head is small).
         log_every_n_steps: log mask flips (SAD) per layer and globally every this many steps.
+        structure: the pattern written once, e.g. ``"2:4"`` (the spelling ``SRigLCallback`` and
+            ``convert`` take, [`Structure.parse`][lightning_srigl.sparsity.Structure.parse]); instead of ``n``
+            and ``m``.
 
     Layers whose input (or, for transposable masks, output) dimension is not divisible by ``m`` stay
     dense with a logged message, unless an ``include`` pattern names them: then ``setup`` raises.
@@ -72,8 +76,8 @@ class NMSparsityCallback(SparsityCallback):
 
     def __init__(
         self,
-        n: int = 2,
-        m: int = 4,
+        n: int | None = None,
+        m: int | None = None,
         lambda_w: float = 2e-4,
         mask_interval: int = 1,
         transposable: Transposable | None = None,
@@ -82,11 +86,15 @@ class NMSparsityCallback(SparsityCallback):
         keep_first_dense: bool = True,
         keep_last_dense: bool = True,
         log_every_n_steps: int = 50,
+        structure: str | Structure = "n:m",
     ) -> None:
         super().__init__()
-        n, m = as_integer(n, "n", 1), as_integer(m, "m", 2)
-        check_nm((m, m), n, m)
-        self.n, self.m = n, m
+        n = None if n is None else as_integer(n, "n", 1)
+        m = None if m is None else as_integer(m, "m", 2)
+        parsed = Structure.parse(structure, n, m)
+        if parsed.nm is None:
+            raise ValueError(f"NMSparsityCallback trains N:M patterns, got structure={structure!r}; use SRigLCallback")
+        self.n, self.m = parsed.nm
         self.lambda_w = as_real(lambda_w, "lambda_w", "the SR-STE decay of pruned weights, e.g. 2e-4 (0: plain STE)")
         if self.lambda_w < 0:
             raise ValueError(f"lambda_w must be >= 0, got {lambda_w}.")
@@ -144,7 +152,9 @@ class NMSparsityCallback(SparsityCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Sparsify the weights: set the pruned values aside (or take them from the checkpoint)."""
+        """Check the masks, then sparsify the weights: set the pruned values aside (or take them from the
+        checkpoint)."""
+        super().on_fit_start(trainer, pl_module)
         masked = self._masks()
         loaded, self._loaded = self._loaded, None
         if loaded is not None and loaded["pruned"]:
@@ -163,6 +173,9 @@ class NMSparsityCallback(SparsityCallback):
             return
         self._check_gradients_unscaled(trainer, optimizer)
         masked = self._masks()
+        self._dense = True
+        if not masked.fqns:
+            return  # no sparse layer (setup warned): nothing to put back
         params = [masked.param(fqn) for fqn in masked.fqns]
         pruned = [self._pruned[fqn] for fqn in masked.fqns]
         with torch.no_grad():
@@ -171,7 +184,6 @@ class NMSparsityCallback(SparsityCallback):
             if with_grad and self.lambda_w > 0:  # sr_ste_refine_term(W, mask, lambda_w) == lambda_w * P
                 grads, values = zip(*with_grad)
                 torch._foreach_add_(list(grads), list(values), alpha=self.lambda_w)
-        self._dense = True
 
     @override
     def on_train_batch_end(
@@ -236,6 +248,12 @@ class NMSparsityCallback(SparsityCallback):
             "lambda_w": self.lambda_w,
             "mask_interval": self.mask_interval,
         }
+
+    @override
+    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+        if not self._is_structured(mask):
+            return f"not {'transposable ' if self.transposable else ''}{self.n}:{self.m} sparse"
+        return super().mask_problem(fqn, mask)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _is_structured(self, mask: Tensor) -> bool:

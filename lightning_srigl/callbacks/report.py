@@ -101,22 +101,39 @@ def history_record(
     }
 
 
-def print_layer_table(stats: Sequence[LayerStats], title: str) -> None:
-    """Print one row per sparse layer (layer, shape, density, active neurons, fan-in, ITOP), terminal-wide."""
+def dense_layer_stats(name: str, shape: tuple[int, ...]) -> LayerStats:
+    """The statistics of a selected layer that stays dense (``shape`` neuron-major, ``(O, *rest)``)."""
+    numel = math.prod(shape)
+    return LayerStats(name, shape, nnz=numel, active_neurons=shape[0], fan_in=numel / shape[0], itop_rate=1.0)
+
+
+def print_layer_table(
+    stats: Sequence[LayerStats], title: str, dense: Sequence[LayerStats] = (), model_parameters: int = 0
+) -> None:
+    """Print one row per sparse layer (layer, shape, density, active neurons, fan-in, ITOP), then the
+    selected layers that stay dense, the density of all selected weights and, given the number of the
+    model's parameters, of the whole model (biases, norms and unselected layers count dense); terminal-wide."""
     from lightning_srigl.tables import fitted_table, terminal_console
 
     headers = ("layer", "shape", "density", "active neurons", "fan-in", "ITOP")
     rows = [
         (
-            s.name,
+            s.name + (" (dense)" if s in dense else ""),
             "x".join(map(str, s.shape)),
             f"{s.density:.4f}",
             f"{s.active_neurons}/{s.shape[0]} ({s.active_neurons_pct:.1f}%)",
             f"{s.fan_in:.1f}",
-            f"{s.itop_rate:.3f}",
+            f"{s.itop_rate:.3f}" if s not in dense else "-",
         )
-        for s in stats
+        for s in [*stats, *dense]
     ]
+    selected = [*stats, *dense]
+    numel, nnz = sum(s.numel for s in selected), sum(s.nnz for s in selected)
+    if numel:
+        rows.append(("all selected layers", f"{numel} weights", f"{nnz / numel:.4f}", "", "", ""))
+    if model_parameters:
+        active = model_parameters - numel + nnz
+        rows.append(("whole model", f"{model_parameters} parameters", f"{active / model_parameters:.4f}", "", "", ""))
     console = terminal_console()
     console.print(fitted_table(title, headers, rows, console.width, fold=("layer",)))
 
@@ -145,10 +162,12 @@ def save_active_neurons_plot(
     for name in names:
         values = [record["active_neurons_pct"].get(name, math.nan) for record in history]  # type: ignore[union-attr]
         lines.plot(steps, values, marker=".", label=name)
+    if not history:
+        lines.text(0.5, 0.5, "no topology update ran in this fit", ha="center", va="center", transform=lines.transAxes)
     lines.set_xlabel("optimizer step")
     lines.set_ylabel("active neurons (%)")
     lines.set_title("at each topology update")
-    if len(names) <= 12:
+    if history and len(names) <= 12:
         lines.legend(fontsize=6)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

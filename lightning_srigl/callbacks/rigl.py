@@ -21,12 +21,20 @@ class RigLCallback(DynamicSparsityCallback):
     metric_prefix = "rigl"
 
     @override
-    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
-        return random_unstructured_mask(shape, budget, generator)
+    def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:
+        return random_unstructured_mask(shape, target, generator)
+
+    @override
+    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+        """RigL keeps each layer's budget exactly."""
+        active = int(mask.count_nonzero())
+        if active != self.budgets[fqn]:
+            return f"{active} active weights, but RigL keeps the layer's budget of {self.budgets[fqn]}"
+        return super().mask_problem(fqn, mask)
 
     @override
     def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
+        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:
         update = rigl_update(weight, mask, dense_grad, drop_fraction=drop_fraction)
         return update.mask, update.grown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,32 +16,18 @@ from lightning_srigl.callbacks.base import DynamicSparsityCallback, Distribution
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import check_patterns_match, matches
 from lightning_srigl.sparsity import (
+    CONSTANT_FAN_IN,
+    Structure,
+    check_fan_in_budget,
     check_nm,
+    is_constant_fan_in,
+    is_nm,
+    nearest_fan_in,
     nm_drop_grow,
     random_constant_fan_in_mask,
     random_nm_mask,
     srigl_update,
 )
-
-CONSTANT_FAN_IN = "constant_fan_in"
-
-
-def parse_structure(structure: str) -> tuple[int, int] | None:
-    """``"constant_fan_in"`` -> ``None``; ``"N:M"`` (e.g. ``"2:4"``) -> ``(N, M)``; else ``ValueError``
-    (``TypeError`` for a non-string)."""
-    if not isinstance(structure, str):
-        raise TypeError(
-            f"structure must be a string, 'constant_fan_in' or an N:M pattern such as '2:4', got {structure!r}"
-        )
-    if structure == CONSTANT_FAN_IN:
-        return None
-    parts = structure.split(":")
-    if len(parts) == 2 and all(part.strip().isdigit() for part in parts):
-        n, m = int(parts[0]), int(parts[1])
-        check_nm((1, m), n, m)
-        return n, m
-    raise ValueError(f"structure must be 'constant_fan_in' or an N:M pattern such as '2:4', got {structure!r}")
-
 
 class SRigLCallback(DynamicSparsityCallback):
     """Train with SRigL (Lasby et al., ICLR 2024): every active neuron keeps the same fan-in.
@@ -61,7 +48,8 @@ class SRigLCallback(DynamicSparsityCallback):
             weights to stay (``k0`` = sparse fan-in), or ``gamma_sal`` weights if ``>= 1``;
             ``0`` disables ablation. ``None``: 0.3 (the paper's CNN value) for constant fan-in,
             0 for N:M (a group must keep exactly N, so neurons cannot be ablated).
-        structure: ``"constant_fan_in"`` (SRigL) or an N:M pattern such as ``"2:4"``: the same
+        structure: ``"constant_fan_in"`` (SRigL) or an N:M pattern such as ``"2:4"`` (any spelling
+            [`Structure.parse`][lightning_srigl.sparsity.Structure.parse] takes): the same
             schedule then drops by magnitude and regrows by gradient inside each group of M inputs,
             so every layer stays exactly N:M (density N/M; ``sparsity`` and ``distribution`` are
             not used; selected layers whose input dimension M does not divide stay dense).
@@ -99,7 +87,7 @@ class SRigLCallback(DynamicSparsityCallback):
         t_end_fraction: float = 0.75,
         alpha: float = 0.3,
         gamma_sal: float | None = None,
-        structure: str = CONSTANT_FAN_IN,
+        structure: str | Structure = CONSTANT_FAN_IN,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         dense: Sequence[str] = (),
@@ -129,8 +117,9 @@ class SRigLCallback(DynamicSparsityCallback):
             report=report,
             sparse_backward=sparse_backward,
         )
-        self.structure = structure
-        self.nm = parse_structure(structure)
+        parsed = Structure.parse(structure)
+        self.structure = str(parsed)  # the canonical spelling, as checkpoints store it
+        self.nm = parsed.nm
         if gamma_sal is None:
             gamma_sal = 0.0 if self.nm else 0.3
         gamma_sal = as_real(gamma_sal, "gamma_sal", "0 disables ablation; the paper uses 0.3")
@@ -179,14 +168,29 @@ class SRigLCallback(DynamicSparsityCallback):
             self.protected = {fqn for fqn in fqns if matches(fqn, self.no_ablation)}
 
     @override
-    def initial_mask(self, fqn: str, shape: torch.Size, budget: int, generator: torch.Generator) -> Tensor:
+    def mask_problem(self, fqn: str, mask: Tensor) -> str | None:
+        """Constant fan-in: every active neuron has the same number of weights; N:M: exactly N of every M."""
+        assert self.masked is not None
+        rows = self.masked.rows(fqn, mask)
+        if self.nm is not None and not is_nm(rows, *self.nm):
+            return f"not {self.nm[0]}:{self.nm[1]} sparse"
+        if self.nm is None and not is_constant_fan_in(rows):
+            counts = sorted({int(c) for c in rows.flatten(1).sum(1).unique() if c > 0})
+            return f"active neurons hold different numbers of weights ({counts[:6]}), not one constant fan-in"
+        return super().mask_problem(fqn, mask)
+
+    @override
+    def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:
+        """Random N:M mask, or random constant fan-in ``nearest_fan_in(target, O, F)`` in every row."""
         if self.nm is not None:
             return random_nm_mask(shape, *self.nm, generator)
-        return random_constant_fan_in_mask(shape, budget, generator)
+        check_fan_in_budget(shape, self.budgets[fqn])
+        fan_in = nearest_fan_in(target, shape[0], math.prod(shape[1:]))
+        return random_constant_fan_in_mask(shape, fan_in * shape[0], generator)
 
     @override
     def layer_update(
-        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, budget: int, drop_fraction: float
+        self, fqn: str, weight: Tensor, mask: Tensor, dense_grad: Tensor, target: int, drop_fraction: float
     ) -> tuple[Tensor, Tensor]:
         if self.nm is not None:
             n, m = self.nm
@@ -196,7 +200,8 @@ class SRigLCallback(DynamicSparsityCallback):
             weight,
             mask,
             dense_grad,
-            budget=budget,
+            budget=self.budgets[fqn],
+            target=target,
             drop_fraction=drop_fraction,
             gamma_sal=self.gamma_sal,
             ablation=self.gamma_sal > 0 and fqn not in self.protected,

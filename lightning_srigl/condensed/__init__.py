@@ -1,11 +1,12 @@
 """Inference layers for sparse models: condensed constant-fan-in linear layers, convolutions and attention
 projections, and their kernels."""
 
-from lightning_srigl.condensed.attention import ProjectedAttention
-from lightning_srigl.condensed.conv import CondensedConv1d, CondensedConv2d
-from lightning_srigl.condensed.linear import CondensedLinear
-from lightning_srigl.condensed.ops import condensed_linear
+from lightning_srigl.condensed.acceleration.swap import restore_dense
+from lightning_srigl.condensed.layers.attention import ProjectedAttention
+from lightning_srigl.condensed.layers.conv import CondensedConv1d, CondensedConv2d
+from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.condensed.serialization import load_condensed, save_condensed
+from lightning_srigl.kernels.linear import condensed_linear
 
 __all__ = [
     "CondensedConv1d",
@@ -14,5 +15,6 @@ __all__ = [
     "ProjectedAttention",
     "condensed_linear",
     "load_condensed",
+    "restore_dense",
     "save_condensed",
 ]

@@ -4,8 +4,10 @@ Two formats, both one ``torch.save`` file read with ``weights_only=True`` (no ar
 
 * ``"spec"`` — for models built only from standard ``torch.nn`` modules and the package's inference
   layers (``CondensedLinear``, ...): an architecture tree (module type + constructor arguments read
-  back from the module) plus the state dict. Loading resolves each ``type`` in an exact allowlist
-  (the classes ``torch.nn`` exports, and ``INFERENCE_LAYERS``
+  back from the module) plus the state dict. An inference layer is named by its stable name
+  ``lightning_srigl.<class name>`` (``layer_name``), not by the module that holds it, so files load after
+  the class moves (files written before 0.2, which named the module path, still load). Loading resolves
+  each ``type`` in an exact allowlist (the classes ``torch.nn`` exports, and ``INFERENCE_LAYERS``
   that can be rebuilt), builds the modules — an inference layer from its own tensors, validated by
   its constructor — and assigns the tensors. A malformed or tampered file raises ``ValueError``.
 * ``"exported"`` — for any other model (custom ``forward`` code, Hugging Face models): pass
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.registry import INFERENCE_LAYERS
+from lightning_srigl.condensed.kinds.registry import INFERENCE_LAYERS
 
 FORMAT = "lightning_srigl.condensed/1"
 _SKIPPED_ARGS = {"self", "device", "dtype", "args", "kwargs"}
@@ -47,8 +49,24 @@ _TORCH_MODULES: dict[str, type[nn.Module]] = {
     for cls in vars(nn).values()
     if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith("torch.nn.modules")
 }
+
+def layer_name(cls: type) -> str:
+    """The stable name a file gives an inference layer class, ``lightning_srigl.<class name>``: it does not
+    change when the class moves between modules."""
+    return f"lightning_srigl.{cls.__name__}"
+
+
 _PACKAGE_LAYERS: dict[str, type[nn.Module]] = {
-    _qualified(cls): cls for cls in INFERENCE_LAYERS if hasattr(cls, "from_spec") and hasattr(cls, "spec_args")
+    layer_name(cls): cls for cls in INFERENCE_LAYERS if hasattr(cls, "from_spec") and hasattr(cls, "spec_args")
+}
+# Files written before 0.2 named a layer by its module path then; they still load.
+_OLD_MODULES = {
+    "CondensedLinear": "linear", "CSRLinear": "csr", "SemiStructuredLinear": "semi_structured",
+    "CondensedConv2d": "conv", "CondensedConv1d": "conv", "ProjectedAttention": "attention",
+}  # fmt: skip
+_OLD_LAYER_NAMES: dict[str, str] = {
+    f"lightning_srigl.condensed.{module}.{class_name}": f"lightning_srigl.{class_name}"
+    for class_name, module in _OLD_MODULES.items()
 }
 
 
@@ -82,8 +100,8 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
     """
     cls = type(module)
     name = _qualified(cls)
-    if _PACKAGE_LAYERS.get(name) is cls:
-        args = module.spec_args()
+    if _PACKAGE_LAYERS.get(layer_name(cls)) is cls:
+        name, args = layer_name(cls), module.spec_args()
     elif isinstance(module, _CONTAINERS):
         args = {}
     elif _TORCH_MODULES.get(name) is cls and not list(module.children()):
@@ -115,6 +133,8 @@ def build_from_spec(spec: dict[str, Any], state_dict: dict[str, Tensor], prefix:
     type_name, args, children = spec["type"], spec["args"], spec["children"]
     if not isinstance(args, dict) or not isinstance(children, dict) or not all(isinstance(k, str) for k in children):
         raise _malformed(where, "'args' and 'children' must be dicts keyed by name")
+    if isinstance(type_name, str):  # a name written before 0.2 -> its stable name
+        type_name = _OLD_LAYER_NAMES.get(type_name, type_name)
     if not isinstance(type_name, str) or type_name not in _TORCH_MODULES.keys() | _PACKAGE_LAYERS.keys():
         raise ValueError(
             f"refusing to build {type_name!r} at {where or 'the root module'}: only torch.nn modules and "
@@ -168,7 +188,7 @@ def save_condensed(
     """Save ``model`` so [`load_condensed`][lightning_srigl.condensed.serialization.load_condensed] can rebuild it without the training code.
 
     Args:
-        model: a model (typically with [`CondensedLinear`][lightning_srigl.condensed.linear.CondensedLinear] layers).
+        model: a model (typically with [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear] layers).
         path: destination file.
         example_input: needed only for models with custom modules; they are captured with
             ``torch.export`` on this input (one tensor or a tuple of positional tensors).

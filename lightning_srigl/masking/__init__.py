@@ -12,16 +12,19 @@ from lightning_srigl.masking.layer_types import HF_CONV1D, is_hf_conv1d, neuron_
 from lightning_srigl.masking.masks import MaskedParameters
 from lightning_srigl.masking.optim_state import zero_optimizer_state_
 from lightning_srigl.masking.registry import (
+    LEGACY_MASK_SUFFIX,
     MASK_SUFFIX,
     MaskedWeight,
     accept_masks_on_load,
     bind_masks,
+    check_not_pruned,
     mask_buffer_name,
     mask_of,
     masked_weights,
     register_mask_,
     remove_mask_,
     remove_masks_,
+    without_masks,
 )
 from lightning_srigl.masking.selection import (
     DEFAULT_LAYER_TYPES,
@@ -42,12 +45,14 @@ __all__ = [
     "DEFAULT_LAYER_TYPES",
     "HF_CONV1D",
     "ZERO_KEEPING_OPTIMIZERS",
+    "LEGACY_MASK_SUFFIX",
     "MASK_SUFFIX",
     "MaskedParameters",
     "MaskedWeight",
     "SparseParameter",
     "accept_masks_on_load",
     "bind_masks",
+    "check_not_pruned",
     "is_hf_conv1d",
     "check_patterns_match",
     "establish_zeros_",
@@ -62,6 +67,7 @@ __all__ = [
     "register_mask_",
     "remove_mask_",
     "remove_masks_",
+    "without_masks",
     "select_parameters",
     "select_structured_parameters",
     "sparsifiable_param_names",

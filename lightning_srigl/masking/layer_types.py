@@ -69,14 +69,17 @@ def parameter_owners(model: nn.Module) -> dict[int, list[str]]:
 
 
 def unsupported_weight_layers(model: nn.Module, layer_types: Sequence[type | str]) -> dict[str, list[str]]:
-    """Type name -> module names, for modules with a ``weight`` (or ``*_weight``) of two or more dimensions
-    that are none of ``layer_types``, nor one of the containers of a supported layer, nor an embedding."""
+    """Type name -> module names, for modules with a ``weight`` (or ``*_weight``, or an RNN's ``weight_ih_l0``
+    and the like) of two or more dimensions that are none of ``layer_types``, nor one of the containers of a
+    supported layer, nor an embedding."""
     found: dict[str, list[str]] = {}
     for name, module in model.named_modules():
         if is_layer_type(module, layer_types) or isinstance(module, _DENSE_BY_DESIGN):
             continue
         weights = [
-            p for n, p in module.named_parameters(recurse=False) if (n == "weight" or n.endswith("_weight")) and p.dim() >= 2
+            p
+            for n, p in module.named_parameters(recurse=False)
+            if (n == "weight" or n.endswith("_weight") or n.startswith("weight_")) and p.dim() >= 2
         ]
         if weights:
             found.setdefault(type(module).__name__, []).append(name)

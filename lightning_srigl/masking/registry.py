@@ -1,8 +1,11 @@
 """Which weights of a model are sparse, with which mask: the record every other layer reads.
 
-A mask is a persistent bool buffer ``<param>_mask`` on the module that owns the weight (so every
-``state_dict`` and Lightning checkpoint carries it), and the module records which of its buffers are
-masks in one attribute, :data:`MASK_RECORD` (``{param name: buffer name}``). The record travels with
+A mask is a persistent bool buffer ``<param>_sparsity_mask`` on the module that owns the weight (so
+every ``state_dict`` and Lightning checkpoint carries it), and the module records which of its buffers
+are masks in one attribute, :data:`MASK_RECORD` (``{param name: buffer name}``). The name is our own:
+``<param>_mask``, which older checkpoints use (lightning_srigl 0.1.0), is also ``torch.nn.utils.prune``'s
+(and so Lightning's ``ModelPruning``'s); such checkpoints still load, their keys renamed on the way in
+(:data:`LEGACY_MASK_SUFFIX`). The record travels with
 the module through ``copy.deepcopy``, pickling and ``to_empty``; code that needs the sparse layers
 calls :func:`masked_weights` or :func:`mask_of` and never looks buffers up by name.
 
@@ -14,7 +17,7 @@ Loading a sparse checkpoint into a model that has no masks yet::
 
 Loading it into a plain model instead (no masks; the weights are already zero outside them)::
 
-    model.load_state_dict({k: v for k, v in sd.items() if not k.endswith(MASK_SUFFIX)})
+    model.load_state_dict(without_masks(state_dict))
 """
 
 from __future__ import annotations
@@ -26,31 +29,69 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.prune import BasePruningMethod
 from torch.utils.hooks import RemovableHandle
 
 from lightning_srigl.masking.selection import DEFAULT_LAYER_TYPES, qualified_name, sparsifiable_weights
 
-MASK_SUFFIX = "_mask"
+MASK_SUFFIX = "_sparsity_mask"
+LEGACY_MASK_SUFFIX = "_mask"  # older checkpoints' name; also torch.nn.utils.prune's
 MASK_RECORD = "_lightning_srigl_masks"
 
 __all__ = [
+    "LEGACY_MASK_SUFFIX",
     "MASK_RECORD",
     "MASK_SUFFIX",
     "MaskedWeight",
     "accept_masks_on_load",
     "bind_masks",
+    "check_not_pruned",
     "mask_buffer_name",
     "mask_of",
     "masked_weights",
     "register_mask_",
     "remove_mask_",
     "remove_masks_",
+    "without_masks",
 ]
 
 
 def mask_buffer_name(param_name: str) -> str:
-    """Name of the mask buffer that belongs to the parameter ``param_name`` (``weight`` -> ``weight_mask``)."""
+    """Name of the mask buffer that belongs to the parameter ``param_name`` (``weight`` -> ``weight_sparsity_mask``)."""
     return f"{param_name}{MASK_SUFFIX}"
+
+
+def without_masks(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` without its mask entries (either name): what a plain model of the same
+    architecture loads, e.g. ``model.load_state_dict(without_masks(checkpoint["state_dict"]))``."""
+    return {k: v for k, v in state_dict.items() if not k.endswith((MASK_SUFFIX, LEGACY_MASK_SUFFIX))}
+
+
+def _rename_legacy_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str, param_name: str) -> str:
+    """Move an older checkpoint's ``<param>_mask`` entry of ``module`` to its current key (unless it is the mask of
+    ``torch.nn.utils.prune``, whose ``<param>_orig`` goes with it); returns the current key."""
+    key = prefix + mask_buffer_name(param_name)
+    legacy = prefix + param_name + LEGACY_MASK_SUFFIX
+    if key not in state_dict and legacy in state_dict and prefix + param_name + "_orig" not in state_dict:
+        state_dict[key] = state_dict.pop(legacy)
+    return key
+
+
+def check_not_pruned(model: nn.Module, owner: str) -> None:
+    """``ValueError`` when ``torch.nn.utils.prune`` (e.g. Lightning's ``ModelPruning``) prunes a module of
+    ``model``: it replaces the weight by ``<param>_orig * <param>_mask`` computed before every forward,
+    so a sparsity callback would train and mask a copy, and both masks would fight silently."""
+    pruned = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if any(isinstance(hook, BasePruningMethod) for hook in module._forward_pre_hooks.values())
+    ]
+    if pruned:
+        raise ValueError(
+            f"{owner}: {', '.join(pruned[:4])}{' ...' if len(pruned) > 4 else ''} are pruned by torch.nn.utils.prune "
+            "(Lightning's ModelPruning), which replaces the weights this callback masks and trains. Use one of "
+            "them: drop ModelPruning, or make its pruning permanent (torch.nn.utils.prune.remove) before fit."
+        )
 
 
 @dataclass(frozen=True)
@@ -96,9 +137,10 @@ def mask_of(module: nn.Module, param_name: str = "weight") -> Tensor | None:
 
 
 def _check_loaded_masks(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """``load_state_dict`` pre-hook: reject a mask entry that does not fit its parameter."""
-    for param_name, buffer_name in _record(module).items():
-        key = prefix + buffer_name
+    """``load_state_dict`` pre-hook: take an older checkpoint's mask name; reject a mask entry that does not
+    fit its parameter."""
+    for param_name in _record(module):
+        key = _rename_legacy_mask(module, state_dict, prefix, param_name)
         if key not in state_dict:
             continue
         loaded = state_dict[key]
@@ -173,7 +215,7 @@ def bind_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> list[MaskedWeig
     """Install ``masks`` (``{fully-qualified weight name: BoolTensor(weight.shape)}``) on ``model``.
 
     For a model made sparse elsewhere (e.g. loaded from another library's checkpoint), before
-    :func:`~lightning_srigl.condensed.accelerate.accelerate` or folding. The weights are not changed.
+    :func:`~lightning_srigl.condensed.acceleration.accelerate.accelerate` or folding. The weights are not changed.
 
     Returns:
         The masked weights, in the order of ``masks``.
@@ -196,7 +238,8 @@ def _install_from_state_dict(
     model: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any, layer_types: Sequence[type]
 ) -> None:
     for sparse in sparsifiable_weights(model, layer_types):
-        key = prefix + qualified_name(sparse.module_name, mask_buffer_name(sparse.param_name))
+        module_prefix = prefix + qualified_name(sparse.module_name, "")
+        key = _rename_legacy_mask(sparse.module, state_dict, module_prefix, sparse.param_name)
         if key in state_dict and mask_of(sparse.module, sparse.param_name) is None:
             register_mask_(sparse.module, sparse.param_name, torch.zeros(sparse.shape, dtype=torch.bool))
 
@@ -204,7 +247,8 @@ def _install_from_state_dict(
 def accept_masks_on_load(model: nn.Module, layer_types: Sequence[type] = DEFAULT_LAYER_TYPES) -> RemovableHandle:
     """Let ``model.load_state_dict`` install the masks that a state dict carries for its weights.
 
-    Nothing is installed until a state dict with ``<weight>_mask`` entries is loaded; then each such
+    Nothing is installed until a state dict with ``<weight>_sparsity_mask`` entries (or an older
+    checkpoint's ``<weight>_mask``) is loaded; then each such
     weight (of a module of ``layer_types``) gets a mask, which the load fills. Weights that already
     have a mask keep it (the load overwrites its values).
 

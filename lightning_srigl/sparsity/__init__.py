@@ -3,7 +3,9 @@
 from lightning_srigl.sparsity.constant_fan_in import (
     NeuronAblation,
     SRigLUpdate,
+    check_fan_in_budget,
     neurons_to_ablate,
+    nearest_fan_in,
     random_constant_fan_in_mask,
     srigl_update,
 )
@@ -26,6 +28,7 @@ from lightning_srigl.sparsity.schedule import (
     update_due,
 )
 from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask, topk_mask
+from lightning_srigl.sparsity.structure import CONSTANT_FAN_IN, Structure
 from lightning_srigl.sparsity.validation import all_finite, as_integer, as_real, check_sparsity
 from lightning_srigl.sparsity.diversity import count_transposable_patterns, mask_diversity_log10
 from lightning_srigl.sparsity.nm import (
@@ -49,16 +52,19 @@ from lightning_srigl.sparsity.transposable import (
 )
 
 __all__ = [
+    "CONSTANT_FAN_IN",
     "NMUpdate",
     "NeuronAblation",
     "RigLUpdate",
     "SRigLUpdate",
+    "Structure",
     "TransposableMask",
     "active_neurons",
     "all_finite",
     "as_integer",
     "as_real",
     "as_rows",
+    "check_fan_in_budget",
     "check_nm",
     "check_sparsity",
     "check_transposable_nm",
@@ -77,6 +83,7 @@ __all__ = [
     "layer_budgets",
     "mask_change",
     "mask_diversity_log10",
+    "nearest_fan_in",
     "neurons_to_ablate",
     "nm_drop_grow",
     "nm_fan_in",

@@ -141,7 +141,7 @@ def _import_scipy_lp() -> tuple[Callable[..., Any], type]:
     except ImportError as err:
         raise ImportError(
             "Exact transposable N:M masks for m > 4 solve a linear program with SciPy, which is not "
-            "installed. Install it with `pip install lightning-srigl[kernels]`, or use method='greedy'."
+            "installed. Install it with `pip install lightning-srigl[transposable]`, or use method='greedy'."
         ) from err
     return linprog, coo_array
 

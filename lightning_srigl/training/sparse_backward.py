@@ -3,7 +3,7 @@
 With simulated sparsity the backward of a linear layer computes the dense weight gradient
 ``go^T x`` (``(out, in)``, as many flops as the forward) and the sparsity callback then zeroes the
 inactive part. :class:`SparseBackward` makes the layer compute it only where the mask is active
-(:func:`~lightning_srigl.condensed.sampled.sampled_product`, the dense flops times the density) and
+(:func:`~lightning_srigl.kernels.sampled.sampled_product`, the dense flops times the density) and
 ``+0`` elsewhere, which is what the zeroing leaves anyway: the masked gradient is the same up to the
 order of the floating-point sums. The input gradient ``go W`` and the bias gradient stay dense.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.sampled import SampledLayout, sampled_product, sampled_product_available
+from lightning_srigl.kernels.sampled import SampledLayout, sampled_product, sampled_product_available
 from lightning_srigl.masking import MaskedParameters
 
 __all__ = ["SparseBackward", "supports_sparse_backward"]

@@ -1,7 +1,9 @@
 """A user's DDP script with default callback arguments: ``fit`` (2 CPU processes, gloo), then ``test``.
 
 Run by ``tests/callbacks/test_ddp.py`` as ``python -m tests.callbacks.ddp_run <folder> [--accelerate]
-[--fit-only]``; Lightning's DDP launcher starts rank 1 by running the same command again. Each rank
+[--fit-only] [--spawn]``; Lightning's DDP launcher starts rank 1 by running the same command again
+(``--spawn``: ``strategy="ddp_spawn"``, which pickles the callbacks into two new processes; only
+the masks are saved then, by the ranks, and the script ends after fit). Each rank
 saves, into ``<folder>``, its masks at the end of fit (``rank<r>_masks.pt``, before any acceleration),
 its update history, its model state after ``trainer.test`` (``rank<r>_final.pt``; after fit with
 ``--fit-only``, where the script ends right after fit, as a training script does) and the collectives
@@ -59,10 +61,17 @@ class RecordingDDPStrategy(DDPStrategy):
         return super().reduce(tensor, group, reduce_op)
 
 
-def main(folder: Path, accelerate: bool, test: bool) -> None:
+def main(folder: Path, accelerate: bool, test: bool, spawn: bool) -> None:
     pl.seed_everything(0)
     srigl = SRigLCallback()
     callbacks = [srigl, SaveMasks(folder)] + ([AccelerateCallback()] if accelerate else [])
+    if spawn:
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=150, default_root_dir=folder,
+            callbacks=callbacks, enable_progress_bar=False,
+        )  # fmt: skip
+        trainer.fit(TinyClassifier(), loader(0))
+        return
     strategy = RecordingDDPStrategy()
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_steps=150, default_root_dir=folder,
@@ -78,4 +87,6 @@ def main(folder: Path, accelerate: bool, test: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), accelerate="--accelerate" in sys.argv[2:], test="--fit-only" not in sys.argv[2:])
+    flags = sys.argv[2:]
+    spawn = "--spawn" in flags
+    main(Path(sys.argv[1]), accelerate="--accelerate" in flags, test="--fit-only" not in flags, spawn=spawn)

@@ -72,7 +72,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.Trainer, TinyCl
 def test_fit_end_swaps_sparse_layers_and_keeps_predictions(fitted) -> None:
     trainer, model, keep, accelerate = fitted
     assert [row.name for row in accelerate.report.rows] == ["net.0", "net.2"]
-    assert not any(name.endswith("weight_mask") for name in model.state_dict())
+    assert not any(name.endswith("weight_sparsity_mask") for name in model.state_dict())
     torch.testing.assert_close(predictions(model, loader(2)), predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
     with (Path(trainer.log_dir) / REPORT_FILENAME).open() as handle:
         assert [r["layer"] for r in csv.DictReader(handle)] == ["net.0", "net.2"]
@@ -121,7 +121,7 @@ def test_best_checkpoint_loads_after_the_swap(tmp_path: Path) -> None:
     trainer, model, keep, accelerate = fit(tmp_path)
     best = trainer.checkpoint_callback.best_model_path
     trainer.test(model, loader(2), ckpt_path="best", verbose=False)
-    assert not any(name.endswith("weight_mask") for name in model.state_dict())  # accelerated again
+    assert not any(name.endswith("weight_sparsity_mask") for name in model.state_dict())  # accelerated again
     sparse = copy.deepcopy(keep.model)
     sparse.load_state_dict(torch.load(best, weights_only=False)["state_dict"])  # a fresh sparse model loads it too
     torch.testing.assert_close(predictions(model, loader(2)), predictions(sparse, loader(2)), rtol=1e-5, atol=1e-5)

@@ -50,6 +50,8 @@ def test_invalid_arguments_are_rejected_in_init(kwargs: dict, message: str) -> N
         (lambda: SRigLCallback(gamma_sal="0.3"), TypeError, r"gamma_sal must be a number, got str '0\.3'"),
         (lambda: SRigLCallback(structure=None), TypeError, r"structure must be a string.*'2:4'"),
         (lambda: SRigLCallback(seed="abc"), TypeError, r"seed must be an integer, got str 'abc'"),
+        (lambda: SRigLCallback(seed=2**70), ValueError, r"seed must be in \[-9223372036854775808, 1844674407\d+\]"),
+        (lambda: RigLCallback(seed=-(2**64)), ValueError, r"seed must be in"),
         (lambda: SRigLCallback(sparsity="0.9"), TypeError, r"sparsity must be a number"),
         (lambda: SRigLCallback(alpha=float("nan")), ValueError, r"alpha .*must be finite"),
         (lambda: SRigLCallback(report="no"), TypeError, r"report must be True or False"),

@@ -48,7 +48,7 @@ def test_ddp_ranks_hold_identical_masks(tmp_path: Path) -> None:
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert rank0["steps"] == rank1["steps"] == [2, 4]  # 4 steps/epoch per rank, t_end = 6
     masks = [k for k in rank0["state"] if k.endswith("_mask")]
-    assert masks == ["net.0.weight_mask", "net.2.weight_mask", "net.4.weight_mask"]
+    assert masks == ["net.0.weight_sparsity_mask", "net.2.weight_sparsity_mask", "net.4.weight_sparsity_mask"]
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
     assert all(is_constant_fan_in(rank0["state"][k]) for k in masks)
@@ -86,3 +86,21 @@ def test_a_ddp_script_with_default_arguments_ends_with_identical_ranks(tmp_path:
     assert swapped == accelerate
     assert (next(tmp_path.rglob("acceleration.csv"), None) is not None) == accelerate
     assert next(tmp_path.rglob("active_neurons.png"), None) is not None
+
+
+def test_ddp_spawn_with_default_arguments_ends_with_identical_masks(tmp_path: Path) -> None:
+    """``strategy="ddp_spawn"`` pickles the callback into each process: it must hold nothing unpicklable
+    (a ``torch.Generator`` did, and both processes died)."""
+    command = [sys.executable, "-m", "tests.callbacks.ddp_run", str(tmp_path), "--spawn"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"the ddp_spawn run did not finish: {str(error.stderr)[-3000:]}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    masks = [torch.load(tmp_path / f"rank{r}_masks.pt") for r in (0, 1)]
+    assert masks[0].keys() == masks[1].keys() and masks[0]
+    for fqn, mask in masks[0].items():
+        assert torch.equal(mask, masks[1][fqn]), fqn
+        assert is_constant_fan_in(mask), fqn
+        assert 0 < int(mask.sum()) < mask.numel(), fqn

@@ -118,7 +118,7 @@ def _assert_exactly_nm(model: nn.Module, names: tuple[str, ...], transposable: s
     for name in names:
         module_name, _, param_name = name.rpartition(".")
         module = model.get_submodule(module_name)
-        weight, mask = getattr(module, param_name), getattr(module, f"{param_name}_mask")
+        weight, mask = getattr(module, param_name), getattr(module, f"{param_name}_sparsity_mask")
         if transposable is None:
             assert is_nm(mask, 2, 4) and is_nm(weight, 2, 4), name
         else:
@@ -133,7 +133,7 @@ def test_bf16_mixed_with_accumulation_ends_exactly_nm() -> None:
     assert callback.masked is not None and callback.masked.fqns == ["net.2.weight", "net.4.weight"]
     _assert_exactly_nm(model, ("net.2.weight", "net.4.weight"))
     for dense in ("net.0", "net.6", "net.8"):  # stem, the conv with 6 input channels, head
-        assert not hasattr(model.get_submodule(dense), "weight_mask")
+        assert not hasattr(model.get_submodule(dense), "weight_sparsity_mask")
         assert (model.get_submodule(dense).weight != 0).all()
 
 
@@ -211,7 +211,7 @@ def test_checkpoint_carries_masks_and_pruned_values(tmp_path: Path) -> None:
     state = checkpoint["callbacks"]["NMSparsityCallback"]
     assert set(state["pruned"]) == set(SPARSE)
     for name in SPARSE:
-        mask = checkpoint["state_dict"][f"{name}_mask"]
+        mask = checkpoint["state_dict"][f"{name}_sparsity_mask"]
         assert is_nm(mask, 2, 4) and state["pruned"][name].numel() == int((~mask).sum())
     assert trainer.global_step == 2
 

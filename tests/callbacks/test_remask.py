@@ -158,7 +158,7 @@ def test_a_restored_checkpoint_is_re_masked_with_its_optimizer_state(tmp_path: P
     trainer([SRigLCallback(report=False, sparsity=0.8, delta_t=8), saver], max_steps=8).fit(Net("sgd-momentum-wd"))
     path = tmp_path / "epoch=0-step=8.ckpt"
     checkpoint = torch.load(path, weights_only=False)
-    inactive = ~checkpoint["state_dict"]["net.2.weight_mask"]
+    inactive = ~checkpoint["state_dict"]["net.2.weight_sparsity_mask"]
     checkpoint["state_dict"]["net.2.weight"][inactive] = 0.5
     momentum = checkpoint["optimizer_states"][0]["state"][2]["momentum_buffer"]  # net.2.weight is parameter 2
     assert momentum.shape == inactive.shape

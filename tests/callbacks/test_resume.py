@@ -12,7 +12,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lightning_srigl.callbacks import SRigLCallback
+from lightning_srigl.callbacks import RigLCallback, SRigLCallback
+from lightning_srigl.callbacks.glue import STATE_VERSION
 from tests.callbacks.tiny import TinyNet, UpdateProbe, trainer
 
 
@@ -84,7 +85,6 @@ def test_mid_epoch_checkpoint_restores_the_schedule_exactly(tmp_path: Path) -> N
         assert torch.equal(probe.records[0]["before"][fqn], mask)  # masks as saved at step 5
     restored = probe.restored_state
     assert restored["t_end"] == saved["state"]["t_end"] == 15
-    assert torch.equal(restored["generator"], saved["state"]["generator"])
     assert restored["history"] == saved["state"]["history"]
     for key in ("grad_sums", "ever_active"):
         for fqn, value in saved["state"][key].items():
@@ -128,9 +128,11 @@ def test_resuming_with_another_schedule_warns_and_resumes(tmp_path: Path) -> Non
 
 
 def _edit_callback_state(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of the checkpoint at ``path`` with the SRigL callback state edited."""
     checkpoint = torch.load(path, weights_only=False)
     (key,) = [k for k in checkpoint["callbacks"] if k.startswith("SRigLCallback")]
-    edit(checkpoint["callbacks"][key])
+    state = checkpoint["callbacks"][key]
+    edit(state)
     edited = path.with_name("edited.ckpt")
     torch.save(checkpoint, edited)
     return edited
@@ -138,13 +140,14 @@ def _edit_callback_state(path: Path, edit: Callable[[dict[str, Any]], None]) -> 
 
 def test_an_older_checkpoint_without_new_keys_resumes_with_their_defaults(tmp_path: Path) -> None:
     def make_old(state: dict[str, Any]) -> None:  # as written before `version`, `structure` and `history` existed
-        del state["version"], state["config"]["structure"], state["history"]
+        del state["version"], state["method"], state["config"]["structure"], state["history"]
+        state["generator"] = torch.Generator().get_state()  # held until version 3; ignored now
 
     path = _edit_callback_state(_checkpoint_at_step_4(tmp_path), make_old)
     callback = _srigl()
     trainer(callbacks=[callback], max_steps=16).fit(TinyNet(), ckpt_path=path)
     assert [h["step"] for h in callback.history] == [6, 9]  # the step-3 record went with the history
-    assert callback.state_dict()["version"] == 2
+    assert callback.state_dict()["version"] == STATE_VERSION
 
 
 def test_a_missing_key_counts_as_its_default_when_it_changes_the_masks(tmp_path: Path) -> None:
@@ -162,5 +165,23 @@ def test_checkpoint_with_masks_that_do_not_fit_is_an_error(tmp_path: Path) -> No
 
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_train_steps=4)
     trainer(callbacks=[_srigl(), checkpoint], max_steps=4).fit(TinyNet())
-    with pytest.raises(ValueError, match=r"'net\.4\.weight_mask' has shape \(4, 32\).*\(5, 32\)"):
+    with pytest.raises(ValueError, match=r"'net\.4\.weight_sparsity_mask' has shape \(4, 32\).*\(5, 32\)"):
         trainer(callbacks=[_srigl()], max_steps=8).fit(Wider(), ckpt_path=tmp_path / "epoch=0-step=4.ckpt")
+
+
+@pytest.mark.parametrize("method", [True, False], ids=["current", "before-version-3"])
+def test_a_checkpoint_of_another_method_is_refused_naming_it(tmp_path: Path, method: bool) -> None:
+    """An SRigL checkpoint resumed under RigL: same mask keys, other rules; the state says which method wrote it."""
+    path = _checkpoint_at_step_4(tmp_path)
+    if not method:
+        path = _edit_callback_state(path, lambda state: state.pop("method"))
+    rigl = RigLCallback(sparsity=0.8, delta_t=3, report=False)
+    with pytest.raises(ValueError, match=r"RigLCallback: the checkpoint was written by SRigLCallback.*Resume it with"):
+        trainer(callbacks=[rigl], max_steps=16).fit(TinyNet(), ckpt_path=path)
+
+
+@pytest.mark.parametrize("version", ["x", 0, 2.5])
+def test_a_corrupt_state_version_is_a_clear_error(tmp_path: Path, version: object) -> None:
+    path = _edit_callback_state(_checkpoint_at_step_4(tmp_path), lambda state: state.update(version=version))
+    with pytest.raises(ValueError, match=r"state has version .*not a positive integer.*corrupt"):
+        trainer(callbacks=[_srigl()], max_steps=16).fit(TinyNet(), ckpt_path=path)

@@ -27,12 +27,12 @@ def test_fan_in_is_constant_and_budget_kept_after_every_update() -> None:
     assert [r["step"] for r in probe.records] == [4, 8, 12, 16]  # t_end = 0.75 * 24 = 18
     for record in probe.records:
         for fqn, mask in record["after"].items():
-            counts = mask.flatten(1).sum(1)
-            active = counts[counts > 0]
-            k = callback.budgets[fqn] // active.numel()
-            assert is_constant_fan_in(mask) and bool((active == k).all()), fqn
-            assert int(mask.sum()) == k * active.numel() <= callback.budgets[fqn]
+            assert is_constant_fan_in(mask), fqn
             assert torch.all(record["weights"][fqn][~mask] == 0)
+        # each layer rounds its fan-in to the nearest integer and hands the rest to the next layer
+        held = sum(int(mask.sum()) for mask in record["after"].values())
+        last = list(record["after"].values())[-1]
+        assert abs(held - sum(callback.budgets.values())) <= int(last.flatten(1).any(1).sum()) / 2
     assert sum(sum(r["mask_change"].values()) for r in callback.history) > 0
 
 
@@ -168,7 +168,7 @@ def test_nm_structure_stays_exactly_nm_through_every_update() -> None:
             assert int(mask.sum()) == callback.budgets[fqn] == mask.numel() // 2
             assert torch.all(record["weights"][fqn][~mask] == 0)
     assert sum(sum(r["mask_change"].values()) for r in callback.history) > 0
-    assert all(is_nm(m.weight_mask, 2, 4) for m in model.net if isinstance(m, torch.nn.Linear))
+    assert all(is_nm(m.weight_sparsity_mask, 2, 4) for m in model.net if isinstance(m, torch.nn.Linear))
 
 
 def test_nm_structure_rejects_ablation_and_misfit_layers() -> None:

@@ -61,7 +61,7 @@ def test_accelerated_model_equals_the_masked_model(fold: bool, shape: tuple[int,
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert [row.name for row in report.rows] == ["0", "2"]
-    assert not any(key.endswith("weight_mask") for key in model.state_dict())
+    assert not any(key.endswith("weight_sparsity_mask") for key in model.state_dict())
     assert accelerated_layers(model).keys() == {"0", "2"} and not sparse_layers(model)
     for row in report.rows:
         assert row.chosen in row.times and "dense" in row.times
@@ -84,7 +84,7 @@ def test_every_swapped_kernel_is_exact_and_drops_the_mask(kind: str) -> None:
     swap_layers(model, rebuild_plan(model, AccelerationReport(rows)))
     expected_type = {"dense": nn.Linear, "condensed": CondensedLinear, "csr": CSRLinear}[kind]
     assert type(model[0]) is expected_type and type(model[2]) is expected_type
-    assert not hasattr(model[0], "weight_mask") and mask_of(model[0]) is None
+    assert not hasattr(model[0], "weight_sparsity_mask") and mask_of(model[0]) is None
     assert accelerated_layers(model) == {"0": kind, "2": kind}
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
@@ -120,7 +120,7 @@ def test_the_installed_layer_is_the_one_that_was_timed(monkeypatch: pytest.Monke
 
 def test_sparse_layers_are_the_masked_ones_the_masking_layer_records() -> None:
     named_like_a_mask = nn.Linear(8, 4)
-    named_like_a_mask.register_buffer("weight_mask", torch.ones(4, 8, dtype=torch.bool))  # not a recorded mask
+    named_like_a_mask.register_buffer("weight_sparsity_mask", torch.ones(4, 8, dtype=torch.bool))  # not a recorded mask
     zeros_only = nn.Linear(8, 4)
     with torch.no_grad():
         zeros_only.weight.mul_(constant_fan_in_mask(4, 8, 3, [2], seed=1))  # zeros alone make no sparse layer

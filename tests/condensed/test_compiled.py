@@ -11,14 +11,14 @@ from torch import nn
 
 from example_projects.imagenet_vit_b16.model import VisionTransformer
 from lightning_srigl.benchmark.whole_model import srigl_masks
-from lightning_srigl.condensed.accelerate import accelerate
-from lightning_srigl.condensed.compiled import (
+from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.kernels.compiled import (
     eager_forward,
     export_package,
     graph_breaks,
     load_package,
 )
-from lightning_srigl.condensed.registry import accelerated_layers
+from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.masking import bind_masks
 
 
@@ -64,7 +64,7 @@ def tiny_vit() -> nn.Module:
 
 def condensed_everywhere(calls: dict) -> dict:
     """A fake timer under which every candidate but dense is fastest, so the compiled graph holds custom ops."""
-    from lightning_srigl.condensed.timing import Timing
+    from lightning_srigl.timing import Timing
 
     return {name: Timing(2.0, 2.0) if name == "dense" else Timing(1.0, 1.0) for name in calls}
 

@@ -23,7 +23,7 @@ def test_op_equals_masked_dense_conv_for_every_block_width(kernel, geometry):
     expected = reference(conv, x)
     for block in block_widths(kernel):
         y = kernel.condensed_conv2d(
-            x, layer.values, layer.indices, layer.active_rows, layer.bias, conv.out_channels,
+            x, layer.values, layer.indices, layer.active_rows, layer.bias, conv.out_channels, conv.groups,
             list(conv.kernel_size), list(conv.stride), list(conv.padding), list(conv.dilation), block,
         )  # fmt: skip
         assert_close_to_scale(y, expected)
@@ -33,7 +33,9 @@ def test_op_rejects_a_block_width_that_is_not_a_multiple_of_the_lanes(kernel):
     conv, mask, x = masked_conv(GEOMETRIES[0])
     layer = CondensedConv2d.from_masked(conv, mask)
     with pytest.raises(RuntimeError, match="block must be 0"):
-        kernel.condensed_conv2d(x, layer.values, layer.indices, layer.active_rows, None, 16, [3, 3], [1, 1], [1, 1], [1, 1], 12)
+        kernel.condensed_conv2d(
+            x, layer.values, layer.indices, layer.active_rows, None, 16, conv.groups, [3, 3], [1, 1], [1, 1], [1, 1], 12
+        )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -62,7 +64,7 @@ def test_every_variant_equals_masked_dense_conv_over_random_geometry(
     conv, mask, x = masked_conv(geometry, density, ablated, bias, seed)
     layer = CondensedConv2d.from_masked(conv, mask)
     y = kernel.condensed_conv2d(
-        x, layer.values, layer.indices, layer.active_rows, layer.bias, conv.out_channels,
+        x, layer.values, layer.indices, layer.active_rows, layer.bias, conv.out_channels, groups,
         list(kernel_size), list(stride), list(padding), list(dilation), 0,
     )  # fmt: skip
     assert_close_to_scale(y, reference(conv, x))

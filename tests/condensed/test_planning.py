@@ -10,15 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_srigl.condensed.accelerate import accelerate, capture_layer_inputs
-from lightning_srigl.condensed.planning import (
+from lightning_srigl.condensed.acceleration.accelerate import accelerate, capture_layer_inputs
+from lightning_srigl.condensed.acceleration.planning import (
     MIN_MARGIN,
     PlanCache,
     choose,
     plan_acceleration,
 )
-from lightning_srigl.condensed.registry import sparse_layers
-from lightning_srigl.condensed.timing import Timing
+from lightning_srigl.condensed.kinds.registry import sparse_layers
+from lightning_srigl.timing import Timing
 from lightning_srigl.masking import bind_masks
 from tests.condensed.test_accelerate import constant_fan_in_mask
 

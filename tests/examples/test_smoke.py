@@ -43,7 +43,7 @@ def test_smoke_config_trains_sparse(name: str, cifar_dir: Path, imagenet_dir: Pa
     assert _mask_density(cli.model) == pytest.approx(0.1, abs=0.02)
     for name_, buffer in cli.model.named_buffers():
         if name_.endswith("_mask"):
-            weight = cli.model.get_parameter(name_[: -len("_mask")])
+            weight = cli.model.get_parameter(name_.removesuffix("_sparsity_mask"))
             assert not weight[~buffer].any(), f"{name_}: weights outside the mask are not zero"
 
 

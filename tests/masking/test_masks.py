@@ -28,11 +28,11 @@ def _installed() -> tuple[nn.Sequential, MaskedParameters, dict[str, torch.Tenso
 def test_masks_are_persistent_bool_buffers_in_the_state_dict() -> None:
     model, mp, masks = _installed()
     sd = model.state_dict()
-    assert set(k for k in sd if k.endswith("_mask")) == {"0.weight_mask", "2.weight_mask"}
-    assert sd["0.weight_mask"].dtype == torch.bool
-    assert torch.equal(sd["0.weight_mask"], masks["0.weight"])
+    assert set(k for k in sd if k.endswith("_mask")) == {"0.weight_sparsity_mask", "2.weight_sparsity_mask"}
+    assert sd["0.weight_sparsity_mask"].dtype == torch.bool
+    assert torch.equal(sd["0.weight_sparsity_mask"], masks["0.weight"])
     assert [m.fqn for m in masked_weights(model)] == mp.fqns == ["0.weight", "2.weight"]
-    assert model.half().get_buffer("0.weight_mask").dtype == torch.bool
+    assert model.half().get_buffer("0.weight_sparsity_mask").dtype == torch.bool
 
 
 def test_apply_to_weights_and_gradients_zero_inactive_positions() -> None:
@@ -84,15 +84,15 @@ def test_state_dict_round_trip_restores_masks() -> None:
 def test_loading_a_mask_of_the_wrong_shape_names_it() -> None:
     model, _, _ = _installed()
     sd = model.state_dict()
-    sd["0.weight_mask"] = torch.ones(5, 7, dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"'0\.weight_mask' has shape \(5, 7\).*\(5, 6\)"):
+    sd["0.weight_sparsity_mask"] = torch.ones(5, 7, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"'0\.weight_sparsity_mask' has shape \(5, 7\).*\(5, 6\)"):
         model.load_state_dict(sd)
 
 
 def test_loading_a_non_bool_mask_is_rejected() -> None:
     model, _, _ = _installed()
     sd = model.state_dict()
-    sd["2.weight_mask"] = sd["2.weight_mask"].float()
+    sd["2.weight_sparsity_mask"] = sd["2.weight_sparsity_mask"].float()
     with pytest.raises(ValueError, match="bool"):
         model.load_state_dict(sd)
 
@@ -101,9 +101,9 @@ def test_check_compatible_reports_missing_and_misfit_masks() -> None:
     model, mp, _ = _installed()
     sd = model.state_dict()
     mp.check_compatible(sd)
-    del sd["0.weight_mask"]
-    sd["2.weight_mask"] = torch.ones(1, dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"'0\.weight_mask' is missing; '2\.weight_mask' has shape \(1,\)"):
+    del sd["0.weight_sparsity_mask"]
+    sd["2.weight_sparsity_mask"] = torch.ones(1, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"'0\.weight_sparsity_mask' is missing; '2\.weight_sparsity_mask' has shape"):
         mp.check_compatible(sd)
 
 
@@ -120,7 +120,7 @@ def test_step_mask_is_made_once_and_follows_in_place_changes_and_state_dict_load
     mp.set_mask_("0.weight", torch.ones(5, 6, dtype=torch.bool))
     assert torch.equal(mp.step_mask("0.weight", weight), _keep_bits(torch.ones(5, 6, dtype=torch.bool)))
     sd = model.state_dict()
-    sd["0.weight_mask"] = masks["0.weight"]
+    sd["0.weight_sparsity_mask"] = masks["0.weight"]
     model.load_state_dict(sd)
     assert torch.equal(mp.step_mask("0.weight", weight), _keep_bits(masks["0.weight"]))
     mp.install_({fqn: ~m for fqn, m in masks.items()})  # new buffer objects

@@ -37,12 +37,12 @@ def test_masked_weights_list_module_name_module_param_and_mask_in_order() -> Non
     ]
     assert listed[0].module is net[0] and listed[0].weight is net[0].weight
     assert torch.equal(listed[0].mask, mask0) and listed[0].mask.dtype == torch.bool
-    assert listed[1].mask_key == "3.in_proj_weight_mask" and listed[1].mask_key in net.state_dict()
+    assert listed[1].mask_key == "3.in_proj_weight_sparsity_mask" and listed[1].mask_key in net.state_dict()
 
 
 def test_a_buffer_that_merely_looks_like_a_mask_is_not_one() -> None:
     net = model()
-    net[2].register_buffer("weight_mask", torch.ones(3, 6, dtype=torch.bool))
+    net[2].register_buffer("weight_sparsity_mask", torch.ones(3, 6, dtype=torch.bool))
     assert masked_weights(net) == [] and mask_of(net[2]) is None
 
 
@@ -69,7 +69,7 @@ def test_tied_weights_are_listed_once_and_removal_leaves_weights_alone() -> None
     assert [m.fqn for m in masked_weights(holder)] == ["a.weight"]
     weight = net[0].weight.detach().clone()
     remove_mask_(net[0])
-    assert mask_of(net[0]) is None and "weight_mask" not in net[0].state_dict()
+    assert mask_of(net[0]) is None and "weight_sparsity_mask" not in net[0].state_dict()
     assert torch.equal(net[0].weight, weight)
     remove_masks_(holder)
     assert masked_weights(holder) == []
@@ -109,6 +109,6 @@ def test_a_loaded_mask_of_the_wrong_shape_or_dtype_is_rejected() -> None:
     register_mask_(net[2], "weight", torch.ones(3, 6, dtype=torch.bool))
     state = net.state_dict()
     with pytest.raises(ValueError, match="different architecture"):
-        net.load_state_dict({**state, "2.weight_mask": torch.ones(6, 3, dtype=torch.bool)})
+        net.load_state_dict({**state, "2.weight_sparsity_mask": torch.ones(6, 3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="bool tensors"):
-        net.load_state_dict({**state, "2.weight_mask": torch.ones(3, 6)})
+        net.load_state_dict({**state, "2.weight_sparsity_mask": torch.ones(3, 6)})

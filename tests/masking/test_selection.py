@@ -112,6 +112,13 @@ def test_layers_the_selection_cannot_handle_are_named_in_one_warning() -> None:
     assert len([w for w in record if "cannot handle" in str(w.message)]) == 1
 
 
+def test_recurrent_layers_are_named_among_the_unsupported_ones() -> None:
+    """An RNN's weights are ``weight_ih_l0``/``weight_hh_l0``: the warning used to leave them out."""
+    model = nn.ModuleDict({"lstm": nn.LSTM(4, 4), "gru": nn.GRU(4, 4), "rnn": nn.RNN(4, 4), "head": nn.Linear(4, 2)})
+    with pytest.warns(UserWarning, match=r"cannot handle stay dense \(LSTM: lstm; GRU: gru; RNN: rnn\)"):
+        assert _fqns(model) == ["head.weight"]
+
+
 def test_layer_types_restrict_the_candidates() -> None:
     assert _fqns(_Net(), layer_types=(nn.Linear,)) == ["attn.out_proj.weight", "head.0.weight", "head.2.weight"]
 

@@ -162,5 +162,5 @@ def test_bad_shapes_and_methods_raise_value_error() -> None:
 
 def test_lp_without_scipy_explains_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "scipy.optimize", None)
-    with pytest.raises(ImportError, match=r"pip install lightning-srigl\[kernels\]"):
+    with pytest.raises(ImportError, match=r"pip install lightning-srigl\[transposable\]"):
         transposable_nm_mask(torch.ones(8, 8), 4, 8)

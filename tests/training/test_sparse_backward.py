@@ -146,7 +146,7 @@ def dense_equal(model, reference, x) -> None:
 
 
 def mask_of(model, layer: str) -> torch.Tensor:
-    return getattr(model, layer).weight_mask
+    return getattr(model, layer).weight_sparsity_mask
 
 
 def test_disabled_takes_the_class_forward(sampled_calls):
@@ -341,7 +341,7 @@ def test_the_layout_follows_a_replaced_or_loaded_mask():
     state = reference.state_dict()
     loaded = {fqn: torch.rand(m.shape, generator=g) < 0.2 for fqn, m in replaced.items()}
     for fqn, mask in loaded.items():
-        state[fqn + "_mask"] = mask
+        state[fqn + "_sparsity_mask"] = mask
     model.load_state_dict(state)  # copied into the buffers in place
     reference.load_state_dict(state)
     assert torch.equal(masked.mask("c.weight"), loaded["c.weight"])

@@ -1,0 +1,247 @@
+"""Swap each sparse layer of a model for the fastest exact inference layer on its device.
+
+``accelerate(model, example_input)`` does four steps, also usable one by one:
+
+1. ``capture_layer_inputs`` runs ``model(example_input)`` once with forward hooks and keeps the
+   real input of every sparse layer (so kernels are timed at the user's batch size and shapes);
+2. ``fold_in_place`` folds ablated neurons into the next layer where that is exact
+   (``lightning_srigl.condensed.fold.neurons``);
+3. ``plan_acceleration`` builds every candidate of each layer's kind (dense, condensed, CSR, 2:4
+   semi-structured for ``nn.Linear``; ``lightning_srigl.condensed.kinds.registry``), checks it against the
+   masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed;
+4. ``swap_layers`` installs them (mask buffers leave with the old modules).
+
+The sparse layers are the masked modules the masking layer records
+(``lightning_srigl.masking.masked_weights``) whose type is a kind of the registry.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lightning_srigl.kernels.compiled import compile_in_place, eager_forward
+from lightning_srigl.condensed.acceleration.layer_call import LayerCall
+from lightning_srigl.condensed.acceleration.model_timing import dense_reference, whole_model_times
+from lightning_srigl.condensed.acceleration.planning import (
+    AccelerationPlan,
+    PlanCache,
+    Timer,
+    check_candidates,
+    machine_key,
+    plan_acceleration,
+)
+from lightning_srigl.condensed.acceleration.report import AccelerationReport, LayerAcceleration
+from lightning_srigl.condensed.acceleration.swap import replace_module
+from lightning_srigl.condensed.kinds.registry import (
+    CANDIDATES,
+    build_candidate,
+    mark_accelerated,
+    sparse_kind,
+    sparse_layers,
+    tied_layers,
+)
+
+__all__ = [
+    "CANDIDATES",
+    "AccelerationPlan",
+    "AccelerationReport",
+    "LayerAcceleration",
+    "LayerCall",
+    "PlanCache",
+    "accelerate",
+    "capture_layer_inputs",
+    "check_candidates",
+    "fit_inputs_to_layers",
+    "fold_in_place",
+    "plan_acceleration",
+    "rebuild_plan",
+    "restore_modules",
+    "snapshot_modules",
+    "swap_layers",
+]
+
+
+def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequence[str]) -> dict[str, LayerCall]:
+    """Run ``model(example_input)`` under ``no_grad`` and return each named layer's last call.
+
+    ``example_input`` is passed as one positional argument (a tuple is unpacked). A layer that the
+    forward never reaches is missing from the result. The last call (as ``AccelerateCallback`` keeps the
+    latest input): a decoder that prefills its KV cache and then decodes is timed at the decode step.
+    """
+    captured: dict[str, LayerCall] = {}
+    modules = dict(model.named_modules())
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+            if args and isinstance(args[0], Tensor):
+                captured[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)
+
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(hook_for(name), with_kwargs=True) for name in names]
+    try:
+        with torch.no_grad():
+            args = example_input if isinstance(example_input, tuple) else (example_input,)
+            model(*args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def rebuild_plan(model: nn.Module, report: AccelerationReport) -> AccelerationPlan:
+    """The layers ``report`` chose, built from the model's current weights and masks (no timing).
+
+    For a process that did not time (DDP ranks other than 0) and for re-accelerating after a
+    checkpoint was loaded into the restored dense layers.
+    """
+    sparse = sparse_layers(model)
+    missing = [row.name for row in report.rows if row.name not in sparse]
+    if missing:
+        raise ValueError(f"{missing} are not masked layers of a known kind: was the model already accelerated?")
+    layers = {row.name: build_candidate(row.chosen, sparse[row.name].module, sparse[row.name].mask) for row in report.rows}
+    return AccelerationPlan(report, layers)
+
+
+def fold_in_place(model: nn.Module) -> list[str]:
+    """Fold BatchNorms into the sparse convolutions they follow (:func:`batchnorm_fold.fold_batchnorms`),
+    then ablated neurons into the next layer (:func:`fold.fold_ablated_neurons`), where exact.
+
+    Runs in eval mode (dropout on a folding path must be off). Returns the names of the modules it
+    changed; a model no part of which ``torch.fx`` can trace is left as is, with a warning.
+    """
+    from lightning_srigl.condensed.fold.batchnorm import fold_batchnorms
+    from lightning_srigl.condensed.fold.neurons import fold_ablated_neurons
+
+    was_training = model.training
+    model.eval()
+    try:
+        replaced = list(fold_batchnorms(model))
+        replaced += fold_ablated_neurons(model, inplace=True).replaced
+    except ValueError as err:
+        warnings.warn(f"accelerate: ablated neurons not folded: {err}", stacklevel=2)
+    finally:
+        model.train(was_training)
+    return list(dict.fromkeys(replaced))
+
+
+def fit_inputs_to_layers(
+    model: nn.Module, layer_inputs: Mapping[str, Tensor | LayerCall]
+) -> dict[str, Tensor | LayerCall]:
+    """Adapt captured inputs to layers whose inputs folding reduced (each kind's ``fit_input`` on the
+    first argument)."""
+    fitted: dict[str, Tensor | LayerCall] = {}
+    for name, value in layer_inputs.items():
+        module = model.get_submodule(name)
+        fit = sparse_kind(module).fit_input
+        fitted[name] = value.with_x(fit(module, value.x)) if isinstance(value, LayerCall) else fit(module, value)
+    return fitted
+
+
+def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """Shape-only (``meta`` device) copies of the named modules: ``to_empty`` + a checkpoint restores them."""
+    return {name: copy.deepcopy(model.get_submodule(name)).to("meta") for name in names}
+
+
+def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
+    """Install the plan's layers in place of the sparse layers (their masks leave with them), keeping each
+    replaced layer's forward hooks and train/eval mode (:func:`~lightning_srigl.condensed.acceleration.swap.replace_module`);
+    [`restore_dense`][lightning_srigl.condensed.acceleration.swap.restore_dense] undoes it."""
+    sparse = sparse_layers(model)
+    for row in plan.report.rows:
+        if row.name not in sparse:
+            found = type(model.get_submodule(row.name)).__name__
+            raise ValueError(f"{row.name} is {found}, not a masked layer of a known kind: was it already accelerated?")
+        replace_module(model, row.name, mark_accelerated(plan.layers[row.name], row.chosen))
+
+
+def restore_modules(model: nn.Module, originals: dict[str, nn.Module]) -> None:
+    """Put modules back by name (e.g. the ``snapshot_modules`` copies, after ``to_empty``)."""
+    for name, module in originals.items():
+        model.set_submodule(name, module)
+
+
+def accelerate(
+    model: nn.Module,
+    example_input: object,
+    *,
+    candidates: Sequence[str] = CANDIDATES,
+    device: torch.device | str | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    fold: bool = True,
+    verbose: bool = True,
+    compile: bool = False,
+    model_repeats: int = 3,
+    plan_cache: str | Path | None = None,
+    timer: Timer | None = None,
+) -> AccelerationReport:
+    """Replace every sparse layer of ``model`` by its fastest exact inference layer, in place.
+
+    Args:
+        model: any ``nn.Module``; its sparse layers are its masked modules of a known kind
+            (``lightning_srigl.condensed.kinds.registry.sparse_layers``).
+        example_input: one real batch for ``model(example_input)`` (a tuple is unpacked); every
+            layer is timed on the input it receives from this batch.
+        candidates: kernels to try; ``"dense"`` is always needed as the reference.
+        device: where to time (default: each layer's device).
+        warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
+            (candidates are timed in interleaved rounds; layers of one shape once; a candidate replaces
+            dense only on a margin the samples' spread supports:
+            :mod:`~lightning_srigl.condensed.acceleration.planning`).
+        fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
+            next layer, where provably exact.
+        verbose: print the report as a rich table.
+        compile: compile the accelerated model in place into one graph (``torch.compile`` with inductor
+            freezing, the condensed layers as opaque custom ops; :mod:`~lightning_srigl.kernels.compiled`);
+            the report gives the compile time. Later calls of ``model`` run the compiled graph.
+        model_repeats: samples of the whole model's time before (dense) and after (accelerated, and
+            compiled) for the report; 0 skips that timing.
+        plan_cache: a JSON file of candidate times per layer shape on this machine, read and updated
+            (:class:`~lightning_srigl.condensed.acceleration.planning.PlanCache`): a second model with the same shapes
+            is not timed again.
+        timer: replaces the candidates' timer (``calls -> {name: Timing}``), e.g. in tests.
+
+    Returns:
+        The report: per layer its shape, density, active neurons, times and chosen kernel; the whole
+        model's times and the compile time.
+    """
+    candidates = check_candidates(candidates)
+    names = list(sparse_layers(model))
+    if not names:
+        raise ValueError(
+            "No sparse layer found: a layer is sparse when it has a mask, installed by the sparsity callbacks, "
+            "convert_to_structured or lightning_srigl.masking.bind_masks(model, {'<name>.weight': mask})."
+        )
+    tied = tied_layers(model)
+    if tied:
+        described = "; ".join(f"{name} (tied to {', '.join(others)})" for name, others in tied.items())
+        warnings.warn(f"accelerate: {described} stay as they are: swapping a tied layer would break the tie", stacklevel=2)
+    dense = dense_reference(model) if model_repeats > 0 else None
+    inputs = capture_layer_inputs(model, example_input, names)
+    if fold:
+        fold_in_place(model)
+        inputs = fit_inputs_to_layers(model, inputs)
+    cache = None if plan_cache is None else PlanCache(plan_cache, machine_key())
+    plan = plan_acceleration(
+        model, inputs, candidates=candidates, device=device, warmup=warmup, repeats=repeats, timer=timer, cache=cache
+    )
+    if cache is not None:
+        cache.save()
+    swap_layers(model, plan)
+    report = plan.report
+    if compile:
+        report = report.with_compile_seconds(compile_in_place(model, example_input))
+    if dense is not None:
+        forms = {"dense": dense, "accelerated": eager_forward(model)} | ({"compiled": model} if compile else {})
+        report = report.with_model_times(whole_model_times(forms, example_input, repeats=model_repeats))
+    if verbose:
+        report.print()
+    return report
+

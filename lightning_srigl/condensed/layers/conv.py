@@ -1,0 +1,343 @@
+"""Condensed convolutions: exact, smaller and faster stand-ins for constant-fan-in masked ``nn.Conv1d/2d``.
+
+A conv weight ``(out, in / groups, kh, kw)`` is viewed as ``(out, in / groups * kh * kw)``: a neuron is
+an output channel, its fan-in the taps it keeps. When every non-empty row keeps the same number ``k``
+(SRigL's constant fan-in), the layer is stored as ``values (A, k)`` and ``indices (A, k)`` for its ``A``
+active filters; ablated filters (all-zero rows) are dropped and output their bias. An index is a tap
+``(c, ky, kx)`` over *all* ``in`` channels, ``c * kh * kw + ky * kw + kx`` (a grouped filter's taps lie in
+its group's channels), so the kernels need no notion of groups.
+
+Kernels (``forward``), ``algorithm="direct"``: on CPU the ``condensed_conv2d`` op of the C++ variant
+(``csrc/conv.h``: output pixels are the batch of a panel read straight from the zero-padded input, no
+im2col), on CUDA the Triton kernel of :mod:`~lightning_srigl.kernels.triton.conv`.
+``algorithm="im2col"`` materialises the im2col matrix (``F.unfold``) and runs the condensed linear
+kernels on it: slower except on tiny images (a 4x4 map), where the direct kernel computes many padding
+columns; ``accelerate`` times both (``scripts/bench_conv_layouts.py`` compares them per layer).
+``backend="torch"`` (and any call that tracks a gradient) scatters the values into the dense weight and
+calls ``F.conv2d``, the exact reference. ``CondensedConv1d`` runs the same kernels on ``(N, C, 1, L)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_srigl.condensed.layers.contract import (
+    BACKENDS,
+    check_choice,
+    eager_inference,
+    validate_after_load,
+)
+from lightning_srigl.kernels.conv import (
+    condensed_conv2d,
+    conv2d_reference,
+    conv_output_size,
+    triton_conv,
+)
+from lightning_srigl.kernels.cpu.loader import condensed_linear_cpu, load_extension
+from lightning_srigl.kernels.layout import condense_conv, pad_fan_in
+from lightning_srigl.kernels.linear import condensed_linear
+
+__all__ = ["CondensedConv1d", "CondensedConv2d", "condense_conv"]
+
+ALGORITHMS = ("direct", "im2col")
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[-1]))
+
+
+class CondensedConv2d(nn.Module):
+    """Condensed constant-fan-in 2-D convolution, ``(N, in, H, W) -> (N, out, Ho, Wo)`` (or unbatched).
+
+    Buffers: ``values (A, k)`` in the weight's dtype, ``indices (A, k)`` taps (int16 when
+    ``in * kh * kw <= 32767``, else int32), ``active_rows (A,)`` int64 and ``bias (out,)`` (or None).
+    ``stride``, ``padding`` (ints, ``"valid"`` or ``"same"``), ``dilation``, ``groups`` and
+    ``padding_mode`` mean what they mean for ``nn.Conv2d``.
+    """
+
+    def __init__(
+        self,
+        values: Tensor,
+        indices: Tensor,
+        active_rows: Tensor,
+        bias: Tensor | None,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        backend: str = "auto",
+        algorithm: str = "direct",
+    ) -> None:
+        super().__init__()
+        check_choice(backend, BACKENDS, "backend")
+        check_choice(algorithm, ALGORITHMS, "algorithm")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must divide by groups={groups}")
+        if bias is not None and bias.shape != (out_channels,):
+            raise ValueError(f"bias must be ({out_channels},), got {tuple(bias.shape)}")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"padding_mode must be zeros, reflect, replicate or circular, got {padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.padding_mode, self.backend, self.algorithm = padding_mode, backend, algorithm
+        self._check_buffers(values, indices, active_rows)
+        self.register_buffer("values", values)
+        self.register_buffer("indices", indices)
+        self.register_buffer("active_rows", active_rows.long())
+        self.register_buffer("bias", bias)
+        self.register_load_state_dict_post_hook(validate_after_load)
+
+    def check_buffers(self) -> None:
+        """Validate the buffers as the constructor does; run after loading.
+
+        Raises:
+            ValueError: naming the tensor that does not fit.
+        """
+        if self.bias is not None and self.bias.shape != (self.out_channels,):
+            raise ValueError(f"bias must be ({self.out_channels},), got {tuple(self.bias.shape)}")
+        self._check_buffers(self.values, self.indices, self.active_rows)
+
+    def _check_buffers(self, values: Tensor, indices: Tensor, rows: Tensor) -> None:
+        """Validate once what the kernels assume: shapes, index ranges, and each row's taps in its group."""
+        if values.dim() != 2 or indices.shape != values.shape or rows.shape != values.shape[:1]:
+            raise ValueError(
+                f"values (A, k), indices (A, k) and active_rows (A,) must agree; got {tuple(values.shape)}, "
+                f"{tuple(indices.shape)}, {tuple(rows.shape)}"
+            )
+        if indices.dtype not in (torch.int16, torch.int32):
+            raise ValueError(f"indices must be int16 or int32, got {indices.dtype}")
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.out_channels or rows.unique().numel() != rows.numel()):
+            raise ValueError(f"active_rows must be distinct output channels in [0, {self.out_channels})")
+        if indices.numel():
+            per_group = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+            group = (rows.long() // (self.out_channels // self.groups))[:, None]
+            taps = indices.long()
+            if bool(((taps < group * per_group) | (taps >= (group + 1) * per_group)).any()):
+                raise ValueError("indices must be taps of the row's own group, c * kh * kw + ky * kw + kx")
+
+    @classmethod
+    def from_weight_mask(
+        cls,
+        weight: Tensor,
+        mask: Tensor,
+        bias: Tensor | None = None,
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        backend: str = "auto",
+    ) -> CondensedConv2d:
+        """Build from a ``(out, in / groups, kh, kw)`` weight, its boolean mask and an optional bias."""
+        if weight.dim() != 4:
+            raise ValueError(f"weight must be (out, in / groups, kh, kw), got {tuple(weight.shape)}")
+        values, indices, rows = condense_conv(weight, mask.to(weight.device, torch.bool), groups)
+        out, per_group, kh, kw = weight.shape
+        bias = None if bias is None else bias.detach().clone()
+        return cls(
+            values, indices, rows, bias, per_group * groups, out, (kh, kw),
+            stride, padding, dilation, groups, padding_mode, backend,
+        )  # fmt: skip
+
+    @classmethod
+    def from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:
+        """The condensed form of ``conv`` with its weight times ``mask`` (the registry's constructor).
+
+        Filters whose fan-in folding reduced are padded with inactive (zero) taps up to the largest
+        fan-in, so the layer stays exact. Raises ``ValueError`` without constant fan-in.
+        """
+        mask = pad_fan_in(mask.flatten(1).to(torch.bool)).view_as(mask)
+        return cls.from_weight_mask(
+            conv.weight.detach() * mask, mask, conv.bias, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, padding_mode=conv.padding_mode,
+        )  # fmt: skip
+
+    @classmethod
+    def im2col_from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:
+        """:meth:`from_masked` with ``algorithm="im2col"`` (the registry's ``"im2col"`` candidate)."""
+        layer = cls.from_masked(conv, mask)
+        layer.algorithm = "im2col"
+        return layer
+
+    def spec_args(self) -> dict[str, object]:
+        """Plain constructor facts for :func:`~lightning_srigl.condensed.serialization.save_condensed`."""
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
+            "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
+            "padding_mode": self.padding_mode, "backend": self.backend, "algorithm": self.algorithm,
+        }  # fmt: skip
+
+    @classmethod
+    def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> CondensedConv2d:
+        """Rebuild (validated) from :meth:`spec_args` and the layer's ``state_dict`` tensors."""
+        return cls(tensors["values"], tensors["indices"], tensors["active_rows"], tensors.get("bias"), **args)
+
+    @property
+    def fan_in(self) -> int:
+        """Taps kept per active filter (``k``)."""
+        return self.values.shape[1]
+
+    @property
+    def n_active(self) -> int:
+        """Number of active (non-ablated) filters ``A``."""
+        return self.values.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in, H, W) -> (N, out, Ho, Wo)``, or ``(in, H, W) -> (out, Ho, Wo)``."""
+        if x.dim() == 3:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != self.values.dtype:
+            raise ValueError(
+                f"expected input (N, {self.in_channels}, H, W) of dtype {self.values.dtype}, got {tuple(x.shape)} "
+                f"of dtype {x.dtype}; reshape or cast the input (or call module.to(dtype))"
+            )
+        x, padding = self._pad(x)
+        geometry = (self.kernel_size, self.stride, padding, self.dilation)
+        values, backend = self.values, self.backend
+        tracks_gradient = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
+        if self.algorithm == "im2col" and backend != "torch" and not tracks_gradient:
+            return self._im2col_forward(x, padding)
+        if backend != "torch" and eager_inference(x, values):
+            if x.is_cpu and backend == "auto" and x.dtype == torch.float32:
+                kernel = load_extension()
+                if kernel is not None:  # the C++ op itself, minus the dispatcher (~15 us per call)
+                    return kernel.condensed_conv2d(
+                        x.contiguous(), values, self.indices, self.active_rows, self.bias, self.out_channels,
+                        self.groups, *geometry, 0,
+                    )
+            if backend == "triton" or x.is_cuda:
+                kernels = triton_conv()
+                if kernels is not None:
+                    return kernels.condensed_conv2d_triton(
+                        x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry
+                    )
+        args = (x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry)
+        if backend == "torch" or tracks_gradient:  # differentiable in x and values
+            return conv2d_reference(*args)
+        return condensed_conv2d(*args)  # the custom op: compile and export see one node
+
+    def _im2col_forward(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        """``(N, C, H, W) -> (N, out, Ho, Wo)`` through a materialised im2col and the condensed linear kernels
+        (the taps are ``F.unfold``'s rows, so the values and indices serve unchanged)."""
+        n, _, h, w = x.shape
+        sizes = [conv_output_size(s, k, st, p, d) for s, k, st, p, d in zip((h, w), self.kernel_size, self.stride, padding, self.dilation)]
+        cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (N, C * kh * kw, L)
+        x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous()
+        eager_cpu = x2d.is_cpu and self.backend == "auto" and eager_inference(x2d, self.values)
+        y = (condensed_linear_cpu if eager_cpu else condensed_linear)(x2d, self.values, self.indices, None)
+        y = y.view(n, -1, self.n_active).transpose(1, 2)  # (N, A, L)
+        if self.bias is None:
+            full = y.new_zeros(n, self.out_channels, y.shape[2])
+        else:
+            full = self.bias.view(1, -1, 1).expand(n, -1, y.shape[2]).contiguous()
+        return full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
+
+    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``x`` padded ahead of the kernel where the kernel cannot pad (non-zero modes, asymmetric
+        ``"same"``), and the symmetric zero padding left for the kernel."""
+        padding = self.padding
+        if padding == "valid":
+            return x, (0, 0)
+        if padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            if self.padding_mode == "zeros" and all(t % 2 == 0 for t in totals):
+                return x, (totals[0] // 2, totals[1] // 2)
+            pads = [totals[1] // 2, totals[1] - totals[1] // 2, totals[0] // 2, totals[0] - totals[0] // 2]
+        elif self.padding_mode == "zeros":
+            return x, padding
+        else:
+            pads = [padding[1], padding[1], padding[0], padding[0]]
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return F.pad(x, pads, mode=mode), (0, 0)
+
+    def _scatter(self, values: Tensor) -> Tensor:
+        """``values (A, k)`` (or a tensor of their shape) at their taps, ``(out, in / groups, kh, kw)``."""
+        per_group = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        group = self.active_rows // (self.out_channels // self.groups)
+        local = self.indices.long() - (group * per_group)[:, None]
+        rows = values.new_zeros(self.n_active, per_group).scatter_(1, local, values)
+        weight = values.new_zeros(self.out_channels, per_group)
+        weight[self.active_rows] = rows
+        return self._dense_shape(weight.view(self.out_channels, self.in_channels // self.groups, *self.kernel_size))
+
+    def _dense_shape(self, weight: Tensor) -> Tensor:
+        """A ``(out, in / groups, kh, kw)`` weight in the shape of :meth:`to_dense`'s weight."""
+        return weight
+
+    def dense_weight(self) -> Tensor:
+        """The equivalent masked dense weight ``(out, in / groups, kh, kw)``."""
+        return self._scatter(self.values)
+
+    def dense_masks(self) -> dict[str, Tensor]:
+        """``{"weight": bool mask of to_dense()'s weight}``: the taps the layer keeps."""
+        return {"weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
+
+    def to_dense(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` with the masked dense weight and the full bias."""
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.bias is not None, self.padding_mode, device=self.values.device, dtype=self.values.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        index = str(self.indices.dtype).removeprefix("torch.")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, fan_in={self.fan_in}, "
+            f"active_rows={self.n_active}, index_dtype={index}, bias={self.bias is not None}, backend={self.backend}"
+        )
+
+
+class CondensedConv1d(CondensedConv2d):
+    """Condensed constant-fan-in 1-D convolution, ``(N, in, L) -> (N, out, Lo)``: the 2-D kernels on
+    ``(N, in, 1, L)`` with a ``(1, kernel)`` filter (its geometry attributes are the 2-D ones)."""
+
+    @classmethod
+    def from_masked(cls, conv: nn.Conv1d, mask: Tensor) -> CondensedConv1d:
+        """The condensed form of ``conv`` with its weight times ``mask`` (the registry's constructor)."""
+        weight = (conv.weight.detach() * mask).unsqueeze(2)
+        bias = None if conv.bias is None else conv.bias.detach().clone()
+        padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
+        values, indices, rows = condense_conv(weight, pad_fan_in(mask.flatten(1).bool()).view_as(mask).unsqueeze(2), conv.groups)
+        return cls(
+            values, indices, rows, bias, conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]),
+            (1, conv.stride[0]), padding, (1, conv.dilation[0]), conv.groups, conv.padding_mode,
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in, L) -> (N, out, Lo)``, or ``(in, L) -> (out, Lo)``."""
+        if x.dim() == 2:
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 3:
+            raise ValueError(f"expected input (N, {self.in_channels}, L), got {tuple(x.shape)}")
+        return super().forward(x.unsqueeze(2)).squeeze(2)
+
+    def _dense_shape(self, weight: Tensor) -> Tensor:
+        """``(out, in / groups, 1, k) -> (out, in / groups, k)``, ``nn.Conv1d``'s weight."""
+        return weight.squeeze(2)
+
+    def to_dense(self) -> nn.Conv1d:
+        """An ``nn.Conv1d`` with the masked dense weight and the full bias."""
+        conv = nn.Conv1d(
+            self.in_channels, self.out_channels, self.kernel_size[1], self.stride[1],
+            self.padding if isinstance(self.padding, str) else self.padding[1], self.dilation[1], self.groups,
+            self.bias is not None, self.padding_mode, device=self.values.device, dtype=self.values.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv

@@ -1,0 +1,98 @@
+"""The torch custom op ``lightning_srigl::condensed_conv2d`` and the exact pure-torch reference.
+
+``condensed_conv2d(x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding,
+dilation) -> y (N, out, Ho, Wo)`` is the convolution of ``x (N, C, H, W)`` with the dense weight whose
+row ``rows[a]`` holds ``values[a, j]`` at tap ``indices[a, j]`` (taps over all ``C`` channels, see
+:mod:`lightning_srigl.condensed.layers.conv`); channels without an active row output their bias. Registered
+with :func:`torch.library.custom_op` so ``torch.compile`` and ``torch.export`` (with dynamic batch and
+image sizes) see one node. Device dispatch: CPU -> the C++ variant (fp32) or the reference, CUDA -> the
+Triton kernel (:mod:`~lightning_srigl.kernels.triton.conv`, imported lazily) or the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_srigl.kernels import fakes
+from lightning_srigl.kernels.cpu.loader import load_extension
+from lightning_srigl.kernels.fakes import conv_output_size
+
+OP_NAME = "lightning_srigl::condensed_conv2d"
+
+__all__ = ["OP_NAME", "condensed_conv2d", "conv2d_reference", "conv_output_size", "triton_conv"]
+
+
+def conv2d_reference(
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    rows: Tensor,
+    bias: Tensor | None,
+    out_channels: int,
+    groups: int,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> Tensor:
+    """``F.conv2d`` with the dense weight rebuilt from ``values``: exact, and differentiable in ``x`` and
+    ``values``. Shapes as for :func:`condensed_conv2d`."""
+    kh, kw = kernel_size
+    per_group = x.shape[1] // groups * kh * kw
+    group = rows // (out_channels // groups)
+    local = indices.long() - (group * per_group)[:, None]
+    filters = values.new_zeros(values.shape[0], per_group).scatter(1, local, values)
+    weight = values.new_zeros(out_channels, per_group).index_copy(0, rows, filters)
+    weight = weight.view(out_channels, x.shape[1] // groups, kh, kw)
+    return F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=())
+def condensed_conv2d(
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    rows: Tensor,
+    bias: Tensor | None,
+    out_channels: int,
+    groups: int,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> Tensor:
+    """Condensed convolution ``(N, C, H, W) -> (N, out, Ho, Wo)``; see the module docstring. CPU kernel."""
+    kernel = load_extension() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+    if kernel is None:
+        return conv2d_reference(x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation)
+    return kernel.condensed_conv2d(
+        x.contiguous(), values.contiguous(), indices.contiguous(), rows.contiguous(), bias, out_channels, groups,
+        kernel_size, stride, padding, dilation, 0,
+    )  # fmt: skip
+
+
+@functools.cache
+def triton_conv() -> ModuleType | None:
+    """:mod:`lightning_srigl.kernels.triton.conv`, or ``None`` (after one warning) without Triton."""
+    try:
+        from lightning_srigl.kernels.triton import conv as module
+    except ImportError as error:
+        warnings.warn(f"{error} Using the exact PyTorch convolution for condensed convolutions.", stacklevel=3)
+        return None
+    return module
+
+
+@condensed_conv2d.register_kernel("cuda")
+def _condensed_conv2d_cuda(*args: object) -> Tensor:
+    """CUDA dispatch point: the Triton kernel, or the reference where Triton is missing."""
+    module = triton_conv()
+    return (conv2d_reference if module is None else module.condensed_conv2d_triton)(*args)
+
+
+condensed_conv2d.register_fake(fakes.condensed_conv2d)

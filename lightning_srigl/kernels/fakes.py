@@ -1,0 +1,95 @@
+"""Fake (shape-only) kernels: each op's output for inputs that carry shapes and dtypes but no data, so
+``torch.compile``, ``torch.export`` and ``FakeTensorMode`` trace calls through the ops.
+
+One function per op. The Python custom ops (``torch.ops.lightning_srigl.*``) register theirs where they
+are defined; :func:`register_cpp_fakes` gives each C++ variant's ops (``torch.ops.lightning_srigl_<variant>``,
+:data:`CPP_FAKES`) theirs when the variant loads. Outputs whose size the data decides (the batch-1 layout)
+get an unbacked size from ``torch.library.get_ctx()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CPP_FAKES",
+    "batch1_forward",
+    "batch1_layout",
+    "condensed_conv2d",
+    "condensed_linear",
+    "conv_output_size",
+    "csr_linear",
+    "register_cpp_fakes",
+    "sampled_product",
+]
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of one spatial axis (as ``nn.Conv2d`` computes it); works on symbolic sizes."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def condensed_linear(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None) -> Tensor:
+    """``x2d (B, in)``, ``values (A, k)`` -> ``(B, A)``."""
+    return x2d.new_empty((x2d.shape[0], values.shape[0]))
+
+
+def condensed_conv2d(
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    rows: Tensor,
+    bias: Tensor | None,
+    out_channels: int,
+    groups: int,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    block: int = 0,
+) -> Tensor:
+    """``x (N, C, H, W)`` -> ``(N, out_channels, Ho, Wo)`` (``block`` is the C++ op's test-only knob)."""
+    sizes = [conv_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i]) for i in range(2)]
+    return x.new_empty((x.shape[0], out_channels, *sizes))
+
+
+def csr_linear(
+    x2d: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, bias: Tensor | None, in_features: int
+) -> Tensor:
+    """``x2d (B, in)``, ``crow_indices (out + 1,)`` -> ``(B, out)``."""
+    return x2d.new_empty((x2d.shape[0], crow_indices.shape[0] - 1))
+
+
+def sampled_product(go: Tensor, x: Tensor, row_ptr: Tensor, cols: Tensor) -> Tensor:
+    """``go (N, out)``, ``x (N, in)`` -> ``(out, in)``."""
+    return go.new_empty((go.shape[1], x.shape[1]))
+
+
+def batch1_layout(values: Tensor, indices: Tensor, rows: Tensor, in_features: int, out_features: int) -> Tensor:
+    """A uint8 layout whose length the weights decide (an unbacked size)."""
+    return values.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.uint8)
+
+
+def batch1_forward(x: Tensor, layout: Tensor, bias: Tensor | None) -> Tensor:
+    """``x (1, in)`` -> ``(1, out)``; ``out`` is the bias's length, else read from the layout (unbacked)."""
+    out = bias.shape[0] if bias is not None else torch.library.get_ctx().new_dynamic_size()
+    return x.new_empty((1, out))
+
+
+# The C++ ops of csrc/ops.cpp (all but batch1_supported, which takes no tensor) and their fakes.
+CPP_FAKES: dict[str, Callable[..., Tensor]] = {
+    "condensed_linear": condensed_linear,
+    "batch1_layout": batch1_layout,
+    "batch1_forward": batch1_forward,
+    "condensed_conv2d": condensed_conv2d,
+    "sampled_product": sampled_product,
+}
+
+
+def register_cpp_fakes(namespace: str) -> None:
+    """Register :data:`CPP_FAKES` for the ops of ``torch.ops.<namespace>`` (a loaded variant), once."""
+    for name, fake in CPP_FAKES.items():
+        torch.library.register_fake(f"{namespace}::{name}", fake)
