@@ -337,8 +337,10 @@ def write_doc(
         f"ATen capability {machine.get('aten_capability', '?')}; torch {machine.get('torch', '?')}"
         + (f"; DeepSparse {ds['version']}" if ds else "")
         + ".",
-        f"* Machine: a shared 2-vCPU VM with other work running; load average {loads[0]:.1f} at the start, "
-        f"{loads[1]:.1f} at the end. At 2 threads (wall time) the figures are the least reliable.",
+        f"* Measured: batch {', '.join(map(str, sorted({int(r['batch']) for r in rows})))}; "
+        f"{', '.join(map(str, sorted({int(r['threads']) for r in rows})))} thread(s).",
+        f"* Machine: a shared 2-vCPU VM with other work running; load average {min(loads):.1f}–{max(loads):.1f} "
+        "during the run. At 2 threads (wall time) the figures are the least reliable.",
         "",
         peers_markdown(rows, engines),
     ]
