@@ -333,6 +333,10 @@ def write_doc(
         command,
         "```",
         "",
+        "This page is rewritten from the stored run (its CSV and acceleration reports in `docs/assets/peers/`,",
+        "copied from `--out`) by `python scripts/bench_peers.py --from-csv docs/assets/peers/peers.csv --out",
+        "docs/assets/peers --doc`.",
+        "",
         f"* CPU: {machine.get('cpu_model', '?')}; our kernel variant: {machine.get('kernel_variant', '?')}; "
         f"ATen capability {machine.get('aten_capability', '?')}; torch {machine.get('torch', '?')}"
         + (f"; DeepSparse {ds['version']}" if ds else "")
