@@ -53,6 +53,7 @@ def hot_times(
     sample_time: float = 1e-3,
     warmup: int = 3,
     min_samples: int = 7,
+    clock: Callable[[], float] | None = None,
 ) -> dict[str, Timing]:
     """Time each of ``fns`` with warm caches on ``threads`` intra-op threads, in interleaved rounds.
 
@@ -66,11 +67,13 @@ def hot_times(
     than with one function timed after the other; short samples keep the minimum meaningful on a
     shared machine, since a sample that was not preempted exists even when many were. On one CPU
     thread a sample is the calling thread's CPU time (``time.thread_time``), which time spent
-    descheduled does not inflate; otherwise, and on GPUs, it is wall time.
+    descheduled does not inflate; otherwise, and on GPUs, it is wall time. ``clock`` replaces that choice
+    (e.g. ``time.process_time`` for engines that compute on threads of their own).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    clock = time.thread_time if threads == 1 and device.type == "cpu" else time.perf_counter
+    if clock is None:
+        clock = time.thread_time if threads == 1 and device.type == "cpu" else time.perf_counter
     try:
         numbers = {}
         for name, fn in fns.items():

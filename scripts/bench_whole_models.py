@@ -7,7 +7,11 @@ Usage (from the repository root)::
     python scripts/bench_whole_models.py --models resnet18_cifar --batches 1 --seconds 1
 
 Models: the example projects' CIFAR-10 ResNet-18 (32x32), ImageNet ResNet-50 and ViT-B/16 (224x224),
-and GPT-2 small built from a ``GPT2Config`` (128 tokens; only when ``transformers`` is installed).
+and, only when ``transformers`` is installed, GPT-2 small built from a ``GPT2Config`` (128 tokens),
+BERT-base (``BertConfig()``, 128 tokens), and a Llama-style decoder of about 100 M parameters
+(``LlamaConfig``: 12 layers, width 768, MLP 2048, vocabulary 8192) at 128-token prefill
+(``llama_prefill``) and decoding one token after a 128-token prompt with the KV cache
+(``llama_decode``: time per generated token).
 Each gets 90 % SRigL masks (ERK for the ResNets, uniform for the transformers) with a share of
 ablated neurons, then is timed end to end as dense fp32, dense channels-last (ResNets), dense bf16
 (where the CPU has native bf16) and accelerated, at each batch size.
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # example_projects
@@ -71,6 +76,61 @@ def gpt2_case(smoke: bool) -> ModelCase | None:
     )  # fmt: skip
 
 
+class DecodeStep(nn.Module):
+    """One token of greedy decoding with the KV cache: ``(token (B, 1), prompt (B, P)) -> logits (B, 1, vocab)``.
+
+    The first call (or a new prompt) prefills the cache with ``prompt`` through this module's own model;
+    every call then decodes ``token`` after the prompt and crops the cache back to the prompt, so each
+    call times one generated token at the same cache length.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.cache: object | None = None
+        self.prompt: torch.Tensor | None = None
+
+    def forward(self, token: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        if self.prompt is not prompt:
+            self.cache = self.model(prompt, use_cache=True).past_key_values
+            self.prompt = prompt
+        logits = self.model(token, past_key_values=self.cache, use_cache=True).logits
+        self.cache.crop(-token.shape[1])  # drop the token just decoded
+        return logits
+
+
+def hf_cases(smoke: bool, tokens: int) -> dict[str, ModelCase]:
+    """BERT-base (``BertConfig()``) and a Llama-style decoder of about 100 M parameters at ``tokens``-token
+    prefill, and that decoder's token-by-token decode with the KV cache (a ``tokens``-token prompt), or
+    nothing without transformers."""
+    try:
+        from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        print("transformers is not installed: BERT and Llama skipped (pip install transformers)", file=sys.stderr)
+        return {}
+    small = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
+    bert = BertConfig(**(small | {"vocab_size": 500} if smoke else {}))
+    llama = LlamaConfig(**(small | {"vocab_size": 500, "num_key_value_heads": 4} if smoke else {
+        "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "num_key_value_heads": 12, "vocab_size": 8192,
+    }))  # fmt: skip
+    ids = lambda vocab, length: lambda batch: torch.randint(0, vocab, (batch, length))  # noqa: E731
+    prompt_and_token = lambda batch: (torch.randint(0, llama.vocab_size, (batch, 1)), ids(llama.vocab_size, tokens)(batch))  # noqa: E731
+    return {
+        "bert": ModelCase(
+            "bert", lambda: BertModel(bert, add_pooling_layer=False), ids(bert.vocab_size, tokens),
+            distribution="uniform", logits=lambda out: out.last_hidden_state,
+        ),
+        "llama_prefill": ModelCase(
+            "llama_prefill", lambda: LlamaForCausalLM(llama), ids(llama.vocab_size, tokens),
+            distribution="uniform", logits=lambda out: out.logits,
+        ),
+        "llama_decode": ModelCase(
+            "llama_decode", lambda: DecodeStep(LlamaForCausalLM(llama)), prompt_and_token, distribution="uniform",
+        ),
+    }  # fmt: skip
+
+
 def cases(smoke: bool) -> dict[str, ModelCase]:
     """The benchmark's models; ``smoke`` makes each tiny (same code paths, for the tests)."""
     vit = {"image_size": 32, "patch_size": 8, "dim": 64, "depth": 2, "heads": 4, "mlp_dim": 128} if smoke else {}
@@ -87,7 +147,7 @@ def cases(smoke: bool) -> dict[str, ModelCase]:
     gpt2 = gpt2_case(smoke)
     if gpt2 is not None:
         found["gpt2"] = gpt2
-    return found
+    return found | hf_cases(smoke, 16 if smoke else 128)
 
 
 def write_doc(rows: list[dict]) -> None:
@@ -173,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         argv = argv if argv is not None else sys.argv[1:]
         sys.exit(subprocess.run([sys.executable, __file__, *argv], env=env, check=False).returncode)
     available = cases(args.smoke)
-    unknown = [m for m in args.models if m not in available and m != "gpt2"]
+    optional = ("gpt2", "bert", "llama_prefill", "llama_decode")  # need transformers
+    unknown = [m for m in args.models if m not in available and m not in optional]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {sorted(available)}")
     command = "python scripts/bench_whole_models.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -34,7 +34,7 @@ from lightning_srigl.condensed.acceleration.accelerate import accelerate
 from lightning_srigl.masking import bind_masks, masked_weights, remove_masks_, select_parameters
 from lightning_srigl.sparsity import erk_densities, layer_budgets, random_constant_fan_in_mask, uniform_densities
 
-__all__ = ["ModelCase", "benchmark_model", "model_bytes", "native_bf16", "srigl_masks"]
+__all__ = ["ModelCase", "benchmark_model", "masked_model", "model_bytes", "native_bf16", "srigl_masks"]
 
 Row = dict[str, Any]
 
@@ -127,10 +127,25 @@ def _variants(
     accelerated = copy.deepcopy(masked)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # folding or tie notes; the report lists what was chosen
-        report = accelerate(accelerated, inputs, repeats=repeats, verbose=False)
+        report = accelerate(accelerated, inputs, repeats=repeats, verbose=False, model_repeats=0)
     variants["accelerated"] = (accelerated, inputs)
     chosen = [row.chosen for row in report.rows]
     return variants, " ".join(f"{kind}:{chosen.count(kind)}" for kind in sorted(set(chosen)))
+
+
+@torch.no_grad()
+def masked_model(case: ModelCase, sparsity: float, seed: int) -> nn.Module:
+    """``case``'s model (built under ``seed``, eval mode) with :func:`srigl_masks` bound and applied: the same
+    model in every process that calls this with the same arguments."""
+    torch.manual_seed(seed)
+    model = case.build().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tied weights stay dense (the warning is the selection's)
+        masks = srigl_masks(model, sparsity, case.distribution, case.ablated, torch.Generator().manual_seed(seed))
+    bind_masks(model, masks)
+    for masked in masked_weights(model):
+        masked.weight.mul_(masked.mask)
+    return model
 
 
 @torch.no_grad()
@@ -158,14 +173,7 @@ def benchmark_model(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        torch.manual_seed(seed)
-        model = case.build().eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tied weights stay dense (the warning is the selection's)
-            masks = srigl_masks(model, sparsity, case.distribution, case.ablated, torch.Generator().manual_seed(seed))
-        bind_masks(model, masks)
-        for masked in masked_weights(model):
-            masked.weight.mul_(masked.mask)
+        model = masked_model(case, sparsity, seed)
         rows = []
         for batch in batches:
             torch.manual_seed(seed + batch)

@@ -29,10 +29,11 @@ from lightning_srigl.condensed.acceleration.accelerate import (
     snapshot_modules,
     swap_layers,
 )
-from lightning_srigl.condensed.acceleration.report import AccelerationReport
 from lightning_srigl.condensed.acceleration.layer_call import LayerCall
+from lightning_srigl.condensed.acceleration.report import AccelerationReport
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
+from lightning_srigl.kernels.compiled import compile_lazily, holder_of
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import masked_weights, qualified_name, unshard_modules_
 
@@ -70,6 +71,10 @@ class AccelerateCallback(Callback):
             [`lightning_srigl.condensed.acceleration.accelerate.accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
         quantize, error_budget: ``"int8"`` also tries int8 layers, calibrated on the captured inputs and
             kept within ``error_budget`` (relative output error); as for ``accelerate``.
+        compile: after the swap, compile the innermost module holding the accelerated layers in place
+            into one graph (``torch.compile`` with inductor freezing,
+            [`lightning_srigl.kernels.compiled`][lightning_srigl.kernels.compiled]);
+            it compiles at its first call (the first test/predict batch), which takes the compile time once.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class AccelerateCallback(Callback):
         repeats: int = 10,
         quantize: str | None = None,
         error_budget: float = DEFAULT_ERROR_BUDGET,
+        compile: bool = False,
     ) -> None:
         if batch_size is not None:
             batch_size = as_integer(batch_size, "batch_size", 1, "or None to time at the training batch size")
@@ -93,6 +99,7 @@ class AccelerateCallback(Callback):
         self.repeats = as_integer(repeats, "repeats", 1)
         check_quantize(quantize, error_budget)
         self.quantize, self.error_budget = quantize, error_budget
+        self.compile = check_flag(compile, "compile")
         self.report: AccelerationReport | None = None
         self._inputs: dict[str, LayerCall] = {}
         self._handles: list[RemovableHandle] = []
@@ -170,6 +177,8 @@ class AccelerateCallback(Callback):
         names = list(dict.fromkeys([*touched, *(row.name for row in self.report.rows)]))
         self._originals = {name: self._snapshot[name] for name in names}
         swap_layers(pl_module, plan)
+        if self.compile:
+            compile_lazily(holder_of(pl_module, [row.name for row in self.report.rows]))
         _leave_out_of_ddp_sync(pl_module)
         if self._load_hook is None:
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._restore_before_load)

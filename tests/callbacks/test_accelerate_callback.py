@@ -176,3 +176,11 @@ def test_quantize_int8_keeps_predictions_within_the_budget(tmp_path: Path) -> No
         assert row.errors.get(row.chosen, 0.0) <= 0.5
     got, expected = predictions(model, loader(2)), predictions(keep.model, loader(2))
     assert float((got - expected).norm() / expected.norm()) < 0.1
+
+
+def test_compile_compiles_the_module_holding_the_accelerated_layers(tmp_path: Path) -> None:
+    _, model, keep, accelerate = fit(tmp_path, compile=True)
+    assert "forward" in vars(model.net)  # net.0 and net.2 live in net: its forward was compiled in place
+    torch.testing.assert_close(predictions(model, loader(2)), predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="compile"):
+        AccelerateCallback(compile="yes")

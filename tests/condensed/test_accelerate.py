@@ -181,5 +181,6 @@ def test_report_writes_csv_metrics_and_a_table(tmp_path: Path) -> None:
     assert [r["layer"] for r in records] == ["0", "2"]
     assert records[0]["shape"] == "64->48" and records[0]["active_neurons"] == "45/48"
     assert float(records[0]["density"]) == pytest.approx(45 * 8 / (48 * 64), abs=1e-4)
-    assert set(report.metrics()) == {"accelerate/0/speedup", "accelerate/2/speedup"}
+    layer_metrics = {"accelerate/0/speedup", "accelerate/2/speedup"}
+    assert set(report.metrics()) == layer_metrics | {"accelerate/model/dense_ms", "accelerate/model/accelerated_ms"}
     assert report.table().row_count == 2

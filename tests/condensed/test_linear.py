@@ -184,3 +184,15 @@ def test_torch_backend_matches_auto_backend():
     reference = CondensedLinear.from_linear(linear, mask, backend="torch")
     x = torch.randn(19, 30)
     torch.testing.assert_close(auto(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_one_row_of_any_rank_takes_the_batch1_kernel():
+    """A decoded token's ``(1, 1, in)`` is one row: the batch-1 kernel serves it, with the input's leading dims."""
+    mask = constant_fan_in_mask(24, 40, 5, [i % 6 == 0 for i in range(24)], seed=3)
+    linear = masked_linear(24, 40, mask, bias=True, seed=3)
+    layer = CondensedLinear.from_linear(linear, mask)
+    x = torch.randn(1, 1, 40)
+    with torch.no_grad():
+        out = layer(x)
+    assert out.shape == (1, 1, 24) and "cpu_batch1" in layer._layouts
+    torch.testing.assert_close(out.double(), dense_reference(linear, x), rtol=1e-5, atol=1e-5)

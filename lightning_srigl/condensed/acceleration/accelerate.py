@@ -20,21 +20,27 @@ The sparse layers are the masked modules the masking layer records
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.acceleration.layer_call import LayerCall, outputs_close
-from lightning_srigl.condensed.acceleration.report import (
-    AccelerationReport,
-    LayerAcceleration,
+from lightning_srigl.condensed.acceleration.layer_call import LayerCall
+from lightning_srigl.condensed.acceleration.model_timing import dense_reference, whole_model_times
+from lightning_srigl.condensed.acceleration.planning import (
+    AccelerationPlan,
+    PlanCache,
+    Timer,
+    check_candidates,
+    check_quantize,
+    machine_key,
+    plan_acceleration,
 )
+from lightning_srigl.condensed.acceleration.report import AccelerationReport, LayerAcceleration
 from lightning_srigl.condensed.acceleration.swap import replace_module
-from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET, QUANTIZE_MODES, STATIC, relative_error
+from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import (
     CANDIDATES,
     build_candidate,
@@ -43,9 +49,7 @@ from lightning_srigl.condensed.kinds.registry import (
     sparse_layers,
     tied_layers,
 )
-from lightning_srigl.kernels.int8_layout import calibration_range
-from lightning_srigl.masking import neuron_major
-from lightning_srigl.timing import hot_times
+from lightning_srigl.kernels.compiled import compile_in_place, eager_forward
 
 __all__ = [
     "CANDIDATES",
@@ -53,6 +57,7 @@ __all__ = [
     "AccelerationReport",
     "LayerAcceleration",
     "LayerCall",
+    "PlanCache",
     "accelerate",
     "capture_layer_inputs",
     "check_candidates",
@@ -67,45 +72,19 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class AccelerationPlan:
-    """What to install: the report, and per layer the module that was chosen (the one that was timed)."""
-
-    report: AccelerationReport
-    layers: dict[str, nn.Module]
-
-
-def check_candidates(candidates: Sequence[str]) -> tuple[str, ...]:
-    """``candidates`` as a tuple of known names that includes ``"dense"`` (the reference), else raise.
-
-    Raises:
-        TypeError: a bare string (``"dense"`` would be five one-letter names) or non-string items.
-        ValueError: an unknown name, or ``"dense"`` missing.
-    """
-    if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
-        raise TypeError(f"candidates must be a list of candidate names such as ['dense', 'condensed'], got {candidates!r}")
-    chosen = tuple(candidates)
-    unknown = [c for c in chosen if c not in CANDIDATES]
-    if unknown or "dense" not in chosen:
-        raise ValueError(
-            f"candidates must include 'dense' (the reference) and come from {CANDIDATES}; got {chosen}"
-            + (f" ({unknown} unknown)" if unknown else "")
-        )
-    return chosen
-
-
 def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequence[str]) -> dict[str, LayerCall]:
-    """Run ``model(example_input)`` under ``no_grad`` and return each named layer's first call.
+    """Run ``model(example_input)`` under ``no_grad`` and return each named layer's last call.
 
     ``example_input`` is passed as one positional argument (a tuple is unpacked). A layer that the
-    forward never reaches is missing from the result.
+    forward never reaches is missing from the result. The last call (as ``AccelerateCallback`` keeps the
+    latest input): a decoder that prefills its KV cache and then decodes is timed at the decode step.
     """
     captured: dict[str, LayerCall] = {}
     modules = dict(model.named_modules())
 
     def hook_for(name: str) -> Callable[..., None]:
         def hook(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-            if name not in captured and args and isinstance(args[0], Tensor):
+            if args and isinstance(args[0], Tensor):
                 captured[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)
 
         return hook
@@ -119,141 +98,6 @@ def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequenc
         for handle in handles:
             handle.remove()
     return captured
-
-
-def _time_candidates(
-    layer: nn.Module, mask: Tensor, call: LayerCall, candidates: Sequence[str], warmup: int, repeats: int,
-    quantized: Sequence[str] = (), error_budget: float = DEFAULT_ERROR_BUDGET,
-) -> tuple[dict[str, float], dict[str, str], dict[str, nn.Module], dict[str, float], tuple[float, int] | None]:
-    """Build each candidate of ``layer``; time those that reproduce the masked dense output on ``call``.
-
-    The exact candidates are timed together in interleaved rounds of ~1 ms samples (the benchmark's
-    timer, [`hot_times`][lightning_srigl.timing.hot_times]: ``warmup`` calls, at least ``repeats``
-    samples each) and ranked by their fastest sample, so other work on the machine cannot favour one.
-    The ``quantized`` candidates (static ones calibrated on ``call``'s input) join them when their
-    [`relative_error`][lightning_srigl.condensed.kinds.quantized.relative_error] is at most ``error_budget``.
-
-    Returns ``(times, skipped, built, errors, input_range)``: seconds per kept candidate, why the others
-    were skipped, the kept candidates themselves (the one chosen is installed as is), each quantized
-    candidate's error, and the calibrated activation range (None without quantized candidates).
-    """
-    calls: dict[str, Callable[[], object]] = {}
-    skipped: dict[str, str] = {}
-    built: dict[str, nn.Module] = {}
-    errors: dict[str, float] = {}
-    tol = 1e-2 if call.x.dtype in (torch.float16, torch.bfloat16) else 1e-4
-    input_range = _calibrated(call.x) if set(quantized) & STATIC else None
-    with torch.no_grad():
-        reference = call(build_candidate("dense", layer, mask))
-        kind = sparse_kind(layer)
-        own = (*(c for c in candidates if c in kind.candidates), *(q for q in quantized if q in kind.quantized))
-        for name in own:  # the kind's own candidates
-            try:
-                candidate = build_candidate(name, layer, mask, input_range)
-                out = call(candidate)
-            except (ValueError, RuntimeError, NotImplementedError, ImportError) as err:
-                skipped[name] = f"{type(err).__name__}: {err}".splitlines()[0][:120]
-                continue
-            if name in quantized:
-                errors[name] = relative_error(out, reference)
-                if errors[name] > error_budget:
-                    skipped[name] = f"relative error {errors[name]:.3g} above the budget {error_budget:g}"
-                    continue
-            elif not outputs_close(out, reference, tol):
-                skipped[name] = "inexact: output differs from the masked dense layer"
-                continue
-            calls[name] = functools.partial(call, candidate)
-            built[name] = candidate
-        timings = hot_times(
-            calls, threads=torch.get_num_threads(), min_run_time=0.0, device=call.x.device, warmup=warmup, min_samples=repeats
-        )
-    return {name: timing.min for name, timing in timings.items()}, skipped, built, errors, input_range
-
-
-def _calibrated(x: Tensor) -> tuple[float, int] | None:
-    """The activation range of ``x`` (None when it is not finite: the static candidates are then skipped)."""
-    try:
-        return calibration_range(x)
-    except ValueError:
-        return None
-
-
-def check_quantize(quantize: str | None, error_budget: float) -> tuple[str, ...]:
-    """The quantized candidate names ``quantize`` adds (none for None), else raise ValueError."""
-    if quantize is not None and quantize not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be None or one of {sorted(QUANTIZE_MODES)}, got {quantize!r}")
-    if not (isinstance(error_budget, (int, float)) and error_budget >= 0):
-        raise ValueError(f"error_budget must be a non-negative number (a relative L2 error), got {error_budget!r}")
-    return QUANTIZE_MODES[quantize] if quantize is not None else ()
-
-
-def plan_acceleration(
-    model: nn.Module,
-    layer_inputs: Mapping[str, Tensor | LayerCall],
-    *,
-    candidates: Sequence[str] = CANDIDATES,
-    device: torch.device | str | None = None,
-    warmup: int = 3,
-    repeats: int = 10,
-    quantize: str | None = None,
-    error_budget: float = DEFAULT_ERROR_BUDGET,
-) -> AccelerationPlan:
-    """Time the candidates of each sparse layer in ``layer_inputs`` and choose the fastest.
-
-    ``quantize="int8"`` adds the quantized candidates; they count when their output error on the input
-    is at most ``error_budget`` (see `accelerate`).
-
-    ``layer_inputs`` maps a layer name to its real input (``(..., in)`` for a linear layer) or, for
-    layers called with more (attention), to the `LayerCall` it received. ``device`` defaults to the
-    layer's own device; a layer timed elsewhere is moved back to its own device in the plan. The
-    model is not modified.
-    """
-    candidates = check_candidates(candidates)
-    quantized = check_quantize(quantize, error_budget)
-    sparse = sparse_layers(model)
-    missing = sorted(set(layer_inputs) - set(sparse))
-    if missing:
-        raise ValueError(f"{missing} are not masked layers of a known kind; sparse layers: {sorted(sparse)}.")
-    rows, layers = [], {}
-    for name, value in layer_inputs.items():
-        layer, mask, call = sparse[name].module, sparse[name].mask, LayerCall.of(value)
-        home = sparse[name].weight.device
-        target = torch.device(device) if device is not None else home
-        if target != home:
-            layer = copy.deepcopy(layer).to(target)
-        # A call captured under autocast (bf16-mixed, 16-mixed) is in the autocast dtype; the candidates
-        # compute in the layer's dtype, as they will at inference (CondensedLinear, CSRLinear cast to it).
-        dtype = sparse[name].weight.dtype
-        call = call.map(lambda t: t.to(device=target, dtype=dtype) if t.is_floating_point() else t.to(target))
-        times, skipped, built, errors, input_range = _time_candidates(
-            layer, mask.to(target), call, candidates, warmup, repeats, quantized, error_budget
-        )
-        row = _layer_row(name, layer, mask, call.x, times, skipped, errors, input_range)
-        rows.append(row)
-        layers[name] = built[row.chosen].to(home)
-    return AccelerationPlan(AccelerationReport(rows), layers)
-
-
-def _layer_row(
-    name: str, layer: nn.Module, mask: Tensor, x: Tensor, times: dict[str, float], skipped: dict[str, str],
-    errors: dict[str, float], input_range: tuple[float, int] | None,
-) -> LayerAcceleration:
-    rows = neuron_major(layer, mask).flatten(1)  # (out, fan-in positions)
-    images = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-    chosen = min(times, key=times.__getitem__)
-    return LayerAcceleration(
-        name=name,
-        in_features=rows.shape[1],
-        out_features=rows.shape[0],
-        batch=x.shape[0] if images else x.numel() // x.shape[-1],
-        density=float(mask.float().mean()),
-        active_neurons=int(rows.any(dim=1).sum()),
-        chosen=chosen,
-        times=times,
-        skipped=skipped,
-        errors=errors,
-        input_range=input_range if chosen in STATIC else None,
-    )
 
 
 def rebuild_plan(model: nn.Module, report: AccelerationReport) -> AccelerationPlan:
@@ -346,6 +190,10 @@ def accelerate(
     verbose: bool = True,
     quantize: str | None = None,
     error_budget: float = DEFAULT_ERROR_BUDGET,
+    compile: bool = False,
+    model_repeats: int = 3,
+    plan_cache: str | Path | None = None,
+    timer: Timer | None = None,
 ) -> AccelerationReport:
     """Replace every sparse layer of ``model`` by its fastest exact inference layer, in place.
 
@@ -357,7 +205,9 @@ def accelerate(
         candidates: kernels to try; ``"dense"`` is always needed as the reference.
         device: where to time (default: each layer's device).
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
-            (candidates are timed in interleaved rounds and ranked by their fastest sample).
+            (candidates are timed in interleaved rounds; layers of one shape once; a candidate replaces
+            dense only on a margin the samples' spread supports:
+            :mod:`~lightning_srigl.condensed.acceleration.planning`).
         fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
             next layer, where provably exact.
         verbose: print the report as a rich table.
@@ -369,9 +219,19 @@ def accelerate(
         error_budget: the largest relative L2 error ``||y - y_fp32|| / ||y_fp32||`` of a quantized
             layer's output on ``example_input`` for it to be chosen (default 0.02); the fastest candidate
             within it wins.
+        compile: compile the accelerated model in place into one graph (``torch.compile`` with inductor
+            freezing, the condensed layers as opaque custom ops; :mod:`~lightning_srigl.kernels.compiled`);
+            the report gives the compile time. Later calls of ``model`` run the compiled graph.
+        model_repeats: samples of the whole model's time before (dense) and after (accelerated, and
+            compiled) for the report; 0 skips that timing.
+        plan_cache: a JSON file of candidate times per layer shape on this machine, read and updated
+            (:class:`~lightning_srigl.condensed.acceleration.planning.PlanCache`): a second model with the same shapes
+            is not timed again.
+        timer: replaces the candidates' timer (``calls -> {name: Timing}``), e.g. in tests.
 
     Returns:
-        The report: per layer its shape, density, active neurons, times and chosen kernel.
+        The report: per layer its shape, density, active neurons, times and chosen kernel; the whole
+        model's times and the compile time.
     """
     candidates = check_candidates(candidates)
     check_quantize(quantize, error_budget)
@@ -385,15 +245,34 @@ def accelerate(
     if tied:
         described = "; ".join(f"{name} (tied to {', '.join(others)})" for name, others in tied.items())
         warnings.warn(f"accelerate: {described} stay as they are: swapping a tied layer would break the tie", stacklevel=2)
+    dense = dense_reference(model) if model_repeats > 0 else None
     inputs = capture_layer_inputs(model, example_input, names)
     if fold:
         fold_in_place(model)
         inputs = fit_inputs_to_layers(model, inputs)
+    cache = None if plan_cache is None else PlanCache(plan_cache, machine_key())
     plan = plan_acceleration(
-        model, inputs, candidates=candidates, device=device, warmup=warmup, repeats=repeats, quantize=quantize,
+        model,
+        inputs,
+        candidates=candidates,
+        device=device,
+        warmup=warmup,
+        repeats=repeats,
+        quantize=quantize,
         error_budget=error_budget,
-    )  # fmt: skip
+        timer=timer,
+        cache=cache,
+    )
+    if cache is not None:
+        cache.save()
     swap_layers(model, plan)
+    report = plan.report
+    if compile:
+        report = report.with_compile_seconds(compile_in_place(model, example_input))
+    if dense is not None:
+        forms = {"dense": dense, "accelerated": eager_forward(model)} | ({"compiled": model} if compile else {})
+        report = report.with_model_times(whole_model_times(forms, example_input, repeats=model_repeats))
     if verbose:
-        plan.report.print()
-    return plan.report
+        report.print()
+    return report
+

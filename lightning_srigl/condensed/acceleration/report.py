@@ -7,7 +7,7 @@ writes it as CSV and turns it into logger metrics.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -52,9 +52,38 @@ class LayerAcceleration:
 
 @dataclass(frozen=True)
 class AccelerationReport:
-    """One ``LayerAcceleration`` per accelerated layer, with printing, CSV and metric views."""
+    """One ``LayerAcceleration`` per accelerated layer, with printing, CSV and metric views.
+
+    ``model_times``: seconds per call of the whole model, ``"dense"`` (before), ``"accelerated"`` (after,
+    eager) and ``"compiled"`` (after, ``compile=True``), when they were timed; ``compile_seconds``: the
+    compile time of ``compile=True``.
+    """
 
     rows: list[LayerAcceleration]
+    model_times: dict[str, float] = field(default_factory=dict)
+    compile_seconds: float | None = None
+
+    def with_model_times(self, times: dict[str, float]) -> AccelerationReport:
+        """This report with the whole model's ``times``."""
+        return replace(self, model_times=dict(times))
+
+    def with_compile_seconds(self, seconds: float) -> AccelerationReport:
+        """This report with the compile time."""
+        return replace(self, compile_seconds=seconds)
+
+    def summary(self) -> str:
+        """One line: the whole model's times before and after, and the compile time ('' when none)."""
+        parts = []
+        if "dense" in self.model_times:
+            dense = self.model_times["dense"]
+            parts.append(f"whole model: dense {dense * 1e3:.3g} ms")
+            for name in ("accelerated", "compiled"):
+                if name in self.model_times:
+                    time = self.model_times[name]
+                    parts.append(f"{name} {time * 1e3:.3g} ms ({dense / time:.2f}×)")
+        if self.compile_seconds is not None:
+            parts.append(f"compile {self.compile_seconds:.1f} s")
+        return ", ".join(parts)
 
     def columns(self) -> list[str]:
         """Candidate names timed in at least one layer, in ``CANDIDATES`` order, then the quantized ones."""
@@ -98,6 +127,8 @@ class AccelerationReport:
         console as wide as the terminal)."""
         console = console or terminal_console()
         console.print(self.table(console.width))
+        if self.summary():
+            console.print(self.summary())
 
     def to_csv(self, path: str | Path) -> Path:
         """Write [`records`][lightning_srigl.condensed.acceleration.report.AccelerationReport.records] to ``path``
@@ -112,8 +143,11 @@ class AccelerationReport:
         return path
 
     def metrics(self) -> dict[str, float]:
-        """``accelerate/<layer>/speedup`` for every layer, for ``logger.log_metrics``."""
-        return {f"accelerate/{r.name}/speedup": r.speedup for r in self.rows}
+        """``accelerate/<layer>/speedup`` for every layer, the whole model's ``accelerate/model/<form>_ms``
+        and ``accelerate/compile_s``, for ``logger.log_metrics``."""
+        metrics = {f"accelerate/{r.name}/speedup": r.speedup for r in self.rows}
+        metrics |= {f"accelerate/model/{name}_ms": time * 1e3 for name, time in self.model_times.items()}
+        return metrics | ({} if self.compile_seconds is None else {"accelerate/compile_s": self.compile_seconds})
 
 
 def _microseconds(seconds: float) -> str:

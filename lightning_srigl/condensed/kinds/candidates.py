@@ -38,12 +38,12 @@ __all__ = [
 MASKED_PARAMS = "_lightning_srigl_masked_params"
 
 
-def masked_copy(module: nn.Module, mask: Tensor) -> nn.Module:
+def masked_copy(module: nn.Module, mask: Tensor | None) -> nn.Module:
     """A copy of ``module`` with every masked weight times its mask, no masks and no gradients (the names of
     the weights that had masks are kept in ``module.__dict__[MASKED_PARAMS]``).
 
-    ``mask`` is the mask of the kind's weight, which is the module's own (as registered); the copy
-    applies every mask the module carries (an attention's ``out_proj`` too).
+    ``mask`` is the mask of the kind's weight, which is the module's own (as registered), or None; the
+    copy applies every mask the module and its submodules carry (an attention's ``out_proj`` too).
     """
     dense = copy.deepcopy(module)
     with torch.no_grad():

@@ -171,10 +171,12 @@ class CondensedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)``; ablated outputs equal their bias."""
-        if x.dim() == 2 and x.shape[0] == 1:
-            layout = self._batch1_layout(x)
+        if x.dim() >= 2 and x.numel() == x.shape[-1]:  # one row: (1, in), a decoded token's (1, 1, in), ...
+            row = x if x.dim() == 2 else x.view(1, -1)
+            layout = self._batch1_layout(row)
             if layout is not None:  # fp32 eager CPU inference at batch 1: one C++ call
-                return batch1_forward(x, layout, self.bias)
+                y = batch1_forward(row, layout, self.bias)
+                return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         values = self.values
         if x.shape[-1] != self.in_features or x.dtype != values.dtype:
             x = self._autocast_input(x)

@@ -1,0 +1,141 @@
+"""The accelerated model as one optimised graph: ``torch.compile`` with freezing, or an AOTInductor package.
+
+After :func:`~lightning_srigl.condensed.acceleration.accelerate.accelerate` has swapped the sparse layers, the rest of
+the model (its dense layers, normalisations, activations, attention) still runs op by op in eager
+PyTorch. :func:`compile_in_place` hands the whole model to PyTorch's own compiler instead:
+
+* ``torch.compile(fullgraph=True)`` with inductor's ``freezing`` option: parameters and buffers
+  become constants, so inductor prepacks the remaining dense convolution and linear weights for oneDNN
+  and fuses BatchNorm, bias, activations and pointwise work around them;
+* the condensed layers reach the graph as the opaque custom ops ``lightning_srigl::condensed_linear``
+  and ``lightning_srigl::condensed_conv2d`` (:mod:`~lightning_srigl.kernels.linear`,
+  :mod:`~lightning_srigl.kernels.conv`), whose fake implementations give inductor their output
+  shapes: no graph break (``fullgraph=True`` raises if there is one).
+
+:func:`export_package` writes the same graph ahead of time as an AOTInductor package (``.pt2``) and
+:func:`load_package` runs it without the model's Python code. The package calls our ops through the
+PyTorch dispatcher, and they are registered from Python: the loading process must import
+``lightning_srigl.kernels`` (which :func:`load_package` does) before the package is loaded, else
+AOTInductor reports ``Could not find schema for lightning_srigl::condensed_conv2d``.
+
+Freezing takes the weights as they are when the graph is compiled: changing them afterwards needs a new
+compile (``torch.compiler.reset()`` and a new call). It applies to calls without gradient tracking
+(``torch.no_grad()`` / ``torch.inference_mode()``), the inference calls it is meant for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_srigl.kernels.conv import condensed_conv2d
+from lightning_srigl.kernels.linear import condensed_linear
+
+__all__ = [
+    "COMPILE_OPTIONS",
+    "CUSTOM_OPS",
+    "compile_in_place",
+    "compile_lazily",
+    "eager_forward",
+    "export_package",
+    "graph_breaks",
+    "holder_of",
+    "load_package",
+]
+
+# Inductor options of the compiled graph (torch._inductor.config names).
+COMPILE_OPTIONS: dict[str, object] = {"freezing": True}
+# The custom ops a compiled or packaged model calls (importing them registered them).
+CUSTOM_OPS = (condensed_linear, condensed_conv2d)
+
+
+def _arguments(example_input: object) -> tuple[object, ...]:
+    """``example_input`` as positional arguments (a tuple is unpacked, as ``accelerate`` does)."""
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
+def graph_breaks(model: nn.Module, example_input: object) -> int:
+    """How many graph breaks ``torch._dynamo`` finds in ``model``'s eager forward on ``example_input`` (0: one
+    graph; a model already compiled in place is explained too)."""
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(eager_forward(model))(*_arguments(example_input))
+    return explanation.graph_break_count
+
+
+def compile_in_place(model: nn.Module, example_input: object, *, fullgraph: bool = True) -> float:
+    """Compile ``model``'s calls in place (``model.compile``) with freezing and compile them now.
+
+    The first call on ``example_input`` (under ``no_grad``) runs the compiler, so the returned seconds
+    are the compile time; later calls of ``model`` run the compiled graph (another input shape compiles
+    once more). The eager forward stays reachable through :func:`eager_forward`.
+
+    Raises:
+        torch._dynamo.exc.Unsupported: with ``fullgraph=True``, when part of the model cannot be
+            captured in one graph (``fullgraph=False`` compiles the pieces between the breaks).
+    """
+    compile_lazily(model, fullgraph=fullgraph)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(*_arguments(example_input))
+    return time.perf_counter() - start
+
+
+def compile_lazily(model: nn.Module, *, fullgraph: bool = True) -> None:
+    """Make ``model``'s forward compile (with :data:`COMPILE_OPTIONS`) at its next call, in place.
+
+    The compiled forward is an instance attribute (``del model.forward`` returns to eager;
+    :func:`eager_forward` calls the eager one meanwhile). ``nn.Module.compile`` is not used: it
+    compiles ``_call_impl``, which dynamo skips as library code when the forward is torch's own
+    (an ``nn.Sequential``), and ``fullgraph=True`` then fails with "found no compiled frames".
+    """
+    model.forward = torch.compile(eager_forward(model), fullgraph=fullgraph, options=dict(COMPILE_OPTIONS))
+
+
+def eager_forward(model: nn.Module) -> Callable[..., object]:
+    """``model``'s class forward bound to it: the eager forward even after :func:`compile_lazily`."""
+    return type(model).forward.__get__(model)
+
+
+def holder_of(model: nn.Module, names: list[str]) -> nn.Module:
+    """The innermost submodule of ``model`` that contains every module in ``names`` (``model`` itself when
+    they share no prefix): what to compile so that the calls that reach those modules are compiled."""
+    parts = [name.split(".") for name in names]
+    common: list[str] = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    if parts and len(common) == min(map(len, parts)):
+        common = common[:-1]  # a single layer (or one that contains the others): compile around it
+    return model.get_submodule(".".join(common))
+
+
+def export_package(model: nn.Module, example_input: object, path: str | Path) -> Path:
+    """Export ``model`` (``torch.export``) and compile it ahead of time into the AOTInductor package ``path``
+    (``.pt2``), with the options of :func:`compile_in_place`; returns the path.
+
+    The package holds the graph and its (frozen) weights; :func:`load_package` runs it.
+    """
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ValueError(f"path must end in .pt2 (an AOTInductor package), got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.export.export(model, _arguments(example_input))
+        written = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(path), inductor_configs=dict(COMPILE_OPTIONS)
+        )
+    return Path(written)
+
+
+def load_package(path: str | Path) -> nn.Module:
+    """The callable model of an AOTInductor package written by :func:`export_package` (this module's import
+    has registered the condensed ops it calls)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no AOTInductor package at {str(path)!r}; write one with export_package")
+    return torch._inductor.aoti_load_package(str(path))

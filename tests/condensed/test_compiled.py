@@ -1,0 +1,109 @@
+"""``accelerate(compile=True)``: one graph without breaks, equal to eager; the AOTInductor package."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from example_projects.imagenet_vit_b16.model import VisionTransformer
+from lightning_srigl.benchmark.whole_model import srigl_masks
+from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.kernels.compiled import (
+    eager_forward,
+    export_package,
+    graph_breaks,
+    load_package,
+)
+from lightning_srigl.condensed.kinds.registry import accelerated_layers
+from lightning_srigl.masking import bind_masks
+
+
+class ConvNet(nn.Module):
+    """Conv-BN-ReLU, a strided conv and two linear layers: (N, 3, 16, 16) -> (N, 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
+        self.fc = nn.Linear(32 * 8 * 8, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.bn(self.conv(x)))))
+        return self.head(torch.relu(self.fc(x.flatten(1))))
+
+
+def masked(model: nn.Module, distribution: str) -> nn.Module:
+    torch.manual_seed(0)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bind_masks(
+            model,
+            srigl_masks(model, 0.9, distribution, 0.1, torch.Generator().manual_seed(0)),
+        )
+    return model
+
+
+def tiny_vit() -> nn.Module:
+    return VisionTransformer(
+        image_size=16,
+        patch_size=8,
+        num_classes=10,
+        dim=32,
+        depth=1,
+        heads=4,
+        mlp_dim=64,
+    )
+
+
+def condensed_everywhere(calls: dict) -> dict:
+    """A fake timer under which every candidate but dense is fastest, so the compiled graph holds custom ops."""
+    from lightning_srigl.timing import Timing
+
+    return {name: Timing(2.0, 2.0) if name == "dense" else Timing(1.0, 1.0) for name in calls}
+
+
+@pytest.mark.parametrize(("build", "distribution"), [(ConvNet, "erk"), (tiny_vit, "uniform")])
+def test_compiled_model_is_one_graph_equal_to_eager(build, distribution: str) -> None:
+    model = masked(build(), distribution)
+    x = torch.randn(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = accelerate(
+            model,
+            x,
+            verbose=False,
+            timer=condensed_everywhere,
+            model_repeats=1,
+            compile=True,
+        )
+    assert "condensed" in accelerated_layers(model).values()
+    with torch.no_grad():
+        eager, compiled = eager_forward(model)(x), model(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    assert graph_breaks(model, x) == 0
+    assert report.compile_seconds is not None and report.compile_seconds > 0
+    assert set(report.model_times) == {"dense", "accelerated", "compiled"}
+    assert "compile" in report.summary()
+
+
+def test_the_aoti_package_runs_the_accelerated_model(tmp_path: Path) -> None:
+    model = masked(ConvNet(), "erk")
+    x = torch.randn(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        accelerate(model, x, verbose=False, timer=condensed_everywhere, model_repeats=0)
+    path = export_package(model, x, tmp_path / "model.pt2")
+    runner = load_package(path)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\.pt2"):
+        export_package(model, x, tmp_path / "model.zip")
+    with pytest.raises(FileNotFoundError, match="export_package"):
+        load_package(tmp_path / "missing.pt2")

@@ -1,0 +1,63 @@
+"""scripts/bench_peers.py: runs end to end on a tiny model; engines absent are columns that say so."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lightning_srigl.benchmark.peers import ENGINES, peers_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_script_runs_and_marks_the_engines_it_cannot_run(tmp_path: Path) -> None:
+    doc = tmp_path / "peers.md"
+    command = [
+        sys.executable, "scripts/bench_peers.py", "--smoke", "--models", "resnet50", "--batches", "1", "--threads", "1",
+        "--engines", "ours_eager", "deepsparse", "--seconds", "0.01", "--out", str(tmp_path), "--doc", str(doc),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON"}
+    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
+    with (tmp_path / "peers.csv").open() as handle:
+        rows = {r["engine"]: r for r in csv.DictReader(handle)}
+    ours = rows["ours_eager"]
+    assert ours["status"] == "ok" and ours["exact"] == "True" and float(ours["max_diff"]) <= 1e-4
+    assert float(ours["engine_ms"]) > 0 and float(ours["dense_ms"]) > 0 and ours["cpu_model"]
+    assert rows["deepsparse"]["status"].startswith("not configured")
+    text = doc.read_text()
+    assert "not configured ($LIGHTNING_SRIGL_DEEPSPARSE_PYTHON)" in text and ENGINES["ours_eager"] in text
+    assert "scripts/bench_peers.py --smoke" in text and "## Layers `accelerate()` did not condense" in text
+    again = tmp_path / "again.md"
+    redo = [sys.executable, "scripts/bench_peers.py", "--from-csv", str(tmp_path / "peers.csv"), "--out", str(tmp_path)]
+    subprocess.run([*redo, "--doc", str(again)], cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
+    table = lambda doc: [line for line in doc.splitlines() if line.startswith("| resnet50 |")]  # noqa: E731
+    assert table(again.read_text()) == table(text) and len(table(text)) == 1
+
+
+def test_the_tables_mark_inexact_and_missing_engines() -> None:
+    row = {"model": "m", "batch": 1, "threads": 1, "dense_ms": 10.0}
+    rows = [
+        row
+        | {
+            "engine": "ours_eager",
+            "status": "ok",
+            "engine_ms": 2.0,
+            "speedup": 5.0,
+            "exact": True,
+        },
+        row
+        | {
+            "engine": "onnxruntime",
+            "status": "ok",
+            "engine_ms": 5.0,
+            "speedup": 2.0,
+            "exact": False,
+        },
+        row | {"engine": "openvino", "status": "openvino not installed"},
+    ]
+    table = peers_markdown(rows, ["ours_eager", "onnxruntime", "openvino", "deepsparse"])
+    line = next(line for line in table.splitlines() if line.startswith("| m |"))
+    assert line == "| m | 1 | 10.0 | **5.00×** (2.0) | **2.00×** (5.0) ✗ | openvino not installed | not run |"
