@@ -1,6 +1,6 @@
 """Generate the method figures in docs/assets/ from the library's own mask functions.
 
-    python docs/make_figures.py      # writes docs/assets/{constant_fan_in,ablation,condensed_layout}.png
+python docs/make_figures.py      # writes docs/assets/{constant_fan_in,ablation,condensed_layout}.png
 """
 
 from __future__ import annotations

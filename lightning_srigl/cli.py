@@ -48,7 +48,11 @@ EPILOG = f"Run `{PROG} <subcommand> --help` for the arguments of a subcommand."
 
 
 # Keys of a `fit` config that `convert` accepts and ignores, with their types.
-TRAINING_ONLY_KEYS: dict[str, Any] = {"trainer": dict | None, "seed_everything": int | bool | None, "weights_only": bool | None}
+TRAINING_ONLY_KEYS: dict[str, Any] = {
+    "trainer": dict | None,
+    "seed_everything": int | bool | None,
+    "weights_only": bool | None,
+}
 
 
 class ConfigError(ValueError):
@@ -77,7 +81,9 @@ def check_one_sparsity_callback(callbacks: Sequence[Any] | None) -> None:
 
     ``callbacks`` are the parsed entries (``class_path`` namespaces, dicts or strings).
     """
-    from lightning_srigl.callbacks.sparsity_callback import SparsityCallback  # the base of every callback that owns masks
+    from lightning_srigl.callbacks.sparsity_callback import (
+        SparsityCallback,
+    )  # the base of every callback that owns masks
 
     found = []
     for index, entry in enumerate(callbacks or []):
@@ -190,7 +196,9 @@ def convert_parser() -> ArgumentParser:
         prog=f"{PROG} convert",
         description="Convert a trained checkpoint to N:M or constant fan-in sparsity and report accuracy.",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the keys below, or a training config")
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML with any of the keys below, or a training config"
+    )
     for key, kind in TRAINING_ONLY_KEYS.items():  # so that the config given to `fit` works here too
         parser.add_argument(f"--{key}", type=kind, default=None, help="ignored (a training config's key)")
     parser.add_subclass_arguments(LightningModule, "model", required=True)
@@ -201,7 +209,9 @@ def convert_parser() -> ArgumentParser:
     parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint of the trained model")
     parser.add_argument("--output", type=str, required=True, help="where to write the converted checkpoint")
     parser.add_argument(
-        "--calibration_batches", type=int, default=8,
+        "--calibration_batches",
+        type=int,
+        default=8,
         help="training batches for AdaPrune reconstruction; 0 = magnitude pruning only",
     )
     parser.add_function_arguments(convert_to_structured, "convert", skip={"model", "calibration_batches"})

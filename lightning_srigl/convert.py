@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from lightning_srigl.masking import MaskedParameters, select_structured_parameters
 from lightning_srigl.sparsity.nm import check_nm, nm_group_view, nm_mask, nm_ungroup_view
-from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask
 from lightning_srigl.sparsity.structure import Structure
+from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask
 from lightning_srigl.sparsity.validation import as_integer, check_sparsity
 
 __all__ = [

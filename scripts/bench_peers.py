@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_whole_models import cases  # noqa: E402 - scripts/ is this script's directory
+
 from lightning_srigl.benchmark.machine import machine_fields  # noqa: E402
 from lightning_srigl.benchmark.peers import (  # noqa: E402
     ENGINES,
@@ -57,8 +58,8 @@ from lightning_srigl.benchmark.peers import (  # noqa: E402
 )
 from lightning_srigl.benchmark.whole_model import ModelCase, masked_model  # noqa: E402
 from lightning_srigl.condensed.acceleration.accelerate import accelerate  # noqa: E402
-from lightning_srigl.kernels.compiled import compile_in_place  # noqa: E402
 from lightning_srigl.condensed.acceleration.model_timing import dense_reference  # noqa: E402
+from lightning_srigl.kernels.compiled import compile_in_place  # noqa: E402
 from lightning_srigl.timing import hot_times  # noqa: E402
 
 DOC = ROOT / "docs" / "peers.md"
@@ -98,7 +99,7 @@ def prepare(job: dict, work: Path) -> list[dict]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     export_onnx(dense, inputs, Path(entry["onnx"]))
-            except Exception as error:  # noqa: BLE001 - an export failure is reported in the engines' columns
+            except Exception as error:
                 entry["error"] = f"export failed: {type(error).__name__}"
             np.savez(entry["inputs"], *[t.numpy() for t in inputs])
             with torch.no_grad():
@@ -181,7 +182,7 @@ def worker(engine: str, job: dict) -> None:
                         calls, threads=threads, min_run_time=job["seconds"], device=torch.device("cpu"), warmup=1,
                         min_samples=5, clock=clock,
                     )  # fmt: skip
-                except Exception as error:  # noqa: BLE001 - an engine that cannot run a model is a row
+                except Exception as error:
                     print(
                         json.dumps(row | {"status": f"failed: {type(error).__name__}"[:80]}),
                         flush=True,
@@ -199,9 +200,9 @@ def worker(engine: str, job: dict) -> None:
 def run_engine(engine: str, job: dict, work: Path) -> list[dict]:
     """The rows of one engine's process (or rows saying why it did not run)."""
     pairs = [(m, b, t) for m in job["models"] for b in job["batches"] for t in job["threads"]]
-    missing = lambda reason: [
+    missing = lambda reason: [  # noqa: E731
         {"model": m, "batch": b, "threads": t, "engine": engine, "status": reason} for m, b, t in pairs
-    ]  # noqa: E731
+    ]
     job_path = work / f"job_{engine}.json"
     if engine == "deepsparse":
         python = os.environ.get(DEEPSPARSE_ENV)

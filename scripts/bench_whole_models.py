@@ -115,7 +115,10 @@ def hf_cases(smoke: bool, tokens: int) -> dict[str, ModelCase]:
         "num_key_value_heads": 12, "vocab_size": 8192,
     }))  # fmt: skip
     ids = lambda vocab, length: lambda batch: torch.randint(0, vocab, (batch, length))  # noqa: E731
-    prompt_and_token = lambda batch: (torch.randint(0, llama.vocab_size, (batch, 1)), ids(llama.vocab_size, tokens)(batch))  # noqa: E731
+    prompt_and_token = lambda batch: (  # noqa: E731
+        torch.randint(0, llama.vocab_size, (batch, 1)),
+        ids(llama.vocab_size, tokens)(batch),
+    )
     return {
         "bert": ModelCase(
             "bert", lambda: BertModel(bert, add_pooling_layer=False), ids(bert.vocab_size, tokens),
@@ -202,7 +205,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def _parsed(row: dict[str, str]) -> dict:
     """A CSV row with its numbers as numbers."""
-    numbers = {"batch": int, "threads": int, "weight_bytes": int, "speedup": float, "latency_ms": float, "max_logit_diff": float}
+    numbers = {
+        "batch": int,
+        "threads": int,
+        "weight_bytes": int,
+        "speedup": float,
+        "latency_ms": float,
+        "max_logit_diff": float,
+    }
     return {k: numbers[k](v) if k in numbers else v for k, v in row.items()}
 
 
@@ -219,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--doc", action="store_true", help="write the table into docs/whole-models.md")
     parser.add_argument("--smoke", action="store_true", help="tiny models (for the tests)")
     parser.add_argument(
-        "--from-csv", type=Path, help="redraw the plot from a run's CSV (with --doc: add its rows to the documented ones)"
+        "--from-csv",
+        type=Path,
+        help="redraw the plot from a run's CSV (with --doc: add its rows to the documented ones)",
     )
     args = parser.parse_args(argv)
     if args.from_csv is not None:  # e.g. a run without --doc, to add to the documented rows

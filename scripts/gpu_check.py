@@ -110,7 +110,9 @@ def missing_methods(rows: list[dict], config: SweepConfig, smoke: bool) -> tuple
                 parsed = parse_method(method)
                 expected = smoke and (parsed.graph or parsed.kernel in CUDA_ONLY_KERNELS)
                 ok &= expected
-                lines.append(f"- {method} at {key} {case['cache']}: did not run" + (" (needs CUDA)" if expected else ""))
+                lines.append(
+                    f"- {method} at {key} {case['cache']}: did not run" + (" (needs CUDA)" if expected else "")
+                )
     return lines, ok
 
 

@@ -95,9 +95,7 @@ def main() -> None:
     columns: dict[str, Callable[[nn.Module], float]] = {
         "fp32 condensed": lambda net: accuracy(swapped(net, "condensed"), test_x, test_y),
         "int8 condensed (dynamic)": lambda net: accuracy(swapped(net, "int8_condensed"), test_x, test_y),
-        "int8 condensed (static)": lambda net: accuracy(
-            swapped(net, "int8_condensed_static", train_x), test_x, test_y
-        ),
+        "int8 condensed (static)": lambda net: accuracy(swapped(net, "int8_condensed_static", train_x), test_x, test_y),
         'accelerate(quantize="int8")': lambda net: _accelerated_accuracy(net, train_x, test_x, test_y),
     }
     if args.ort_python:

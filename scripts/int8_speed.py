@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.kernels.cpu.isa import cpu_model, requested_variant
-from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
+from lightning_srigl.kernels.cpu.isa import cpu_model, requested_variant
+from lightning_srigl.kernels.cpu.loader import load_extension
 
 
 def masked_linear(inp: int, out: int, density: float, generator: torch.Generator) -> nn.Linear:

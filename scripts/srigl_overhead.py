@@ -363,7 +363,9 @@ def main() -> None:
             for variant in order[shift:] + order[:shift]:
                 run = timed_fit(case, variant, steps, root, clock)
                 runs[variant or "dense"].append(run)
-                console.print(f"round {round_index} {variant or 'dense'}: fit {run.fit_s:.2f} s, loop {run.loop_s:.2f} s")
+                console.print(
+                    f"round {round_index} {variant or 'dense'}: fit {run.fit_s:.2f} s, loop {run.loop_s:.2f} s"
+                )
     _report(console, args.case, steps, runs, clock)
     console.print(_machine_line(args.threads, args.clock))
 

@@ -64,13 +64,31 @@ def headline(summary: list[dict], variant: str) -> tuple[str, bool]:
     for inp, out in HEADLINE_SHAPES:
         for threads in (1, 2):
             for batch in HEADLINE_BATCHES:
-                rows = pick(summary, structure="srigl", in_features=inp, out_features=out, sparsity=0.9, batch=batch, threads=threads, cache="hot")
+                rows = pick(
+                    summary,
+                    structure="srigl",
+                    in_features=inp,
+                    out_features=out,
+                    sparsity=0.9,
+                    batch=batch,
+                    threads=threads,
+                    cache="hot",
+                )
                 if not rows:
                     continue
                 s = rows[0]
                 dense_target, csr_target = targets.get(batch, (None, None))
-                ok = (dense_target is None or s["cond_vs_dense"] >= dense_target) and (csr_target is None or s["cond_vs_csr"] >= csr_target)
-                target = " ".join(t for t in (dense_target and f"≥ {dense_target}× dense", csr_target and f"≥ {csr_target}× CSR") if t) or "—"
+                ok = (dense_target is None or s["cond_vs_dense"] >= dense_target) and (
+                    csr_target is None or s["cond_vs_csr"] >= csr_target
+                )
+                target = (
+                    " ".join(
+                        t
+                        for t in (dense_target and f"≥ {dense_target}× dense", csr_target and f"≥ {csr_target}× CSR")
+                        if t
+                    )
+                    or "—"
+                )
                 met = "yes" if ok else "**no**"
                 met_all &= ok
                 lines.append(
@@ -98,7 +116,10 @@ def cold(summary: list[dict]) -> str:
 def native_extras(summary: list[dict], assets: str, stem: str) -> str:
     """Memory, bf16/AMX, 2:4 and plots: the sections only the full native sweep has."""
     parts = []
-    mem = {f"{s['in_features']}→{s['out_features']}": s["memory_ratio"] for s in pick(summary, structure="srigl", sparsity=0.9, cache="hot", batch=1, threads=1)}
+    mem = {
+        f"{s['in_features']}→{s['out_features']}": s["memory_ratio"]
+        for s in pick(summary, structure="srigl", sparsity=0.9, cache="hot", batch=1, threads=1)
+    }
     if mem:
         parts.append(
             "### Memory\n\nValues plus indices of a 90 %-sparse condensed fp32 layer over the dense fp32 weight "
@@ -119,7 +140,8 @@ def native_extras(summary: list[dict], assets: str, stem: str) -> str:
     nm = pick(summary, structure="2:4")
     if nm:
         rows = "\n".join(
-            f"| {s['in_features']}→{s['out_features']} | {s['threads']} | {s['batch']} | {s['cond_vs_dense']} | {s['cond_vs_csr']} |" for s in nm
+            f"| {s['in_features']}→{s['out_features']} | {s['threads']} | {s['batch']} | {s['cond_vs_dense']} | {s['cond_vs_csr']} |"
+            for s in nm
         )
         parts.append(
             "### 2:4 (N:M) layers\n\nA 2:4 layer is a constant fan-in layer with `k = in/2`, so it is condensed with the same "
@@ -130,7 +152,9 @@ def native_extras(summary: list[dict], assets: str, stem: str) -> str:
         f"[![{shape[0]}→{shape[1]}, {threads} thread(s)]({assets}/{path.name})]({assets}/{path.name})"
         for (threads, shape), path in layer_plot_paths(summary, Path(assets), stem).items()
     )
-    grids = ", ".join(f"[{threads} thread(s)]({assets}/{stem}_t{threads}.png)" for threads in sorted({s["threads"] for s in summary}))
+    grids = ", ".join(
+        f"[{threads} thread(s)]({assets}/{stem}_t{threads}.png)" for threads in sorted({s["threads"] for s in summary})
+    )
     parts.append(
         "### Plots\n\nTime per call (minimum, log scale) against sparsity for each method, in the style of the paper's "
         "Figure 11; 2:4 layers are the open squares at 50 %. One figure per layer and thread count, one panel per "
@@ -151,8 +175,13 @@ def section(results: Path, output: Path, stem: str) -> tuple[str, dict] | None:
     table, met = headline(summary, variant)
     verdict = (
         "Goal: the speed this release aims for with this kernel variant. "
-        + ("Every row reaches its goal in this run." if met else "Rows marked **no** fall short of their goal in this run.")
-        if variant in TARGETS else ""
+        + (
+            "Every row reaches its goal in this run."
+            if met
+            else "Rows marked **no** fall short of their goal in this run."
+        )
+        if variant in TARGETS
+        else ""
     )
     text = f"""## {title}
 

@@ -95,7 +95,11 @@ def test_hot_times_interleaves_the_methods_in_rounds() -> None:
 
 def test_sweep_expands_to_hot_nm_and_cold_cases() -> None:
     config = SweepConfig(
-        shapes=[[8, 4], [4, 8]], sparsities=[0.5, 0.9], batch_sizes=[1, 2], threads=[1, 2], cold_sparsities=[0.9],
+        shapes=[[8, 4], [4, 8]],
+        sparsities=[0.5, 0.9],
+        batch_sizes=[1, 2],
+        threads=[1, 2],
+        cold_sparsities=[0.9],
         cold_batch_sizes=[1],
     )
     cases = config.cases()
@@ -113,8 +117,19 @@ def test_yaml_with_unknown_key_names_the_valid_ones(tmp_path: Path) -> None:
 
 
 def test_summary_ratios_are_reference_time_over_method_time() -> None:
-    case = dict(structure="srigl", in_features=8, out_features=4, sparsity=0.9, ablation=0.0, fan_in=1,
-                active_neurons=4, batch=1, threads=1, cache="hot", max_abs_err=0.0)
+    case = dict(
+        structure="srigl",
+        in_features=8,
+        out_features=4,
+        sparsity=0.9,
+        ablation=0.0,
+        fan_in=1,
+        active_neurons=4,
+        batch=1,
+        threads=1,
+        cache="hot",
+        max_abs_err=0.0,
+    )
     rows = [
         {**case, "method": "dense_fp32", "time_us": 60.0, "weight_bytes": 128},
         {**case, "method": "csr_fp32", "time_us": 30.0, "weight_bytes": 100},
@@ -183,7 +198,13 @@ def test_emulated_sweep_limits_dense_and_condensed_kernels_alike(tmp_path: Path)
     if "avx2" not in host_variants():
         pytest.skip("this CPU cannot run AVX2 kernels")
     module = run_benchmark(
-        SMOKE, output_dir=str(tmp_path), cpu_isa="avx2", sparsities=[0.9], batch_sizes=[1], nm_methods=[], cold_sparsities=[]
+        SMOKE,
+        output_dir=str(tmp_path),
+        cpu_isa="avx2",
+        sparsities=[0.9],
+        batch_sizes=[1],
+        nm_methods=[],
+        cold_sparsities=[],
     )
     assert module.results and module.outputs["raw_csv"].exists()
     for row in module.results:

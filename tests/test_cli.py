@@ -18,7 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "example_projects" / "digits_mlp" / "smoke.yaml"
 MODEL = ["--model", "example_projects.digits_mlp.model.DigitsMLP", "--model.hidden", "[16, 16]"]
 DATA = ["--data", "example_projects.digits_mlp.datamodule.DigitsDataModule"]
-QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+QUIET = [
+    "--trainer.logger",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -43,17 +50,37 @@ def test_callbacks_resolve_by_short_name(short: str, capsys: pytest.CaptureFixtu
 
 
 def test_short_name_arguments_reach_the_callback(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["fit", *MODEL, *DATA, "--trainer.callbacks+=SRigLCallback", "--trainer.callbacks.sparsity=0.8",
-            "--trainer.callbacks.gamma_sal=0"]
+    args = [
+        "fit",
+        *MODEL,
+        *DATA,
+        "--trainer.callbacks+=SRigLCallback",
+        "--trainer.callbacks.sparsity=0.8",
+        "--trainer.callbacks.gamma_sal=0",
+    ]
     (callback,) = _printed_config(args, capsys)["trainer"]["callbacks"]
     assert callback["init_args"]["sparsity"] == 0.8 and callback["init_args"]["gamma_sal"] == 0.0
 
 
 def test_fit_with_short_name_trains_sparse(tmp_path: Path) -> None:
-    args = ["fit", *MODEL, *DATA, *QUIET, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
-            "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.callbacks+=RigLCallback", "--trainer.callbacks.sparsity=0.5",
-            "--trainer.callbacks.delta_t=1", "--trainer.callbacks.report=false"]
+    args = [
+        "fit",
+        *MODEL,
+        *DATA,
+        *QUIET,
+        "--trainer.max_steps",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.callbacks+=RigLCallback",
+        "--trainer.callbacks.sparsity=0.5",
+        "--trainer.callbacks.delta_t=1",
+        "--trainer.callbacks.report=false",
+    ]
     cli = run(args)
     masks = [b for n, b in cli.model.named_buffers() if n.endswith("_mask")]
     assert cli.trainer.global_step == 3 and len(masks) == 3
@@ -75,11 +102,22 @@ def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_benchmark_subcommand_writes_results(tmp_path: Path) -> None:
     config = tmp_path / "bench.yaml"
-    config.write_text(yaml.safe_dump({
-        "shapes": [[32, 16]], "sparsities": [0.75], "batch_sizes": [2], "threads": [1],
-        "methods": ["dense_fp32", "csr_fp32"], "nm_methods": [], "cold_sparsities": [],
-        "min_run_time": 0.01, "output_dir": str(tmp_path / "out"), "name": "tiny",
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "shapes": [[32, 16]],
+                "sparsities": [0.75],
+                "batch_sizes": [2],
+                "threads": [1],
+                "methods": ["dense_fp32", "csr_fp32"],
+                "nm_methods": [],
+                "cold_sparsities": [],
+                "min_run_time": 0.01,
+                "output_dir": str(tmp_path / "out"),
+                "name": "tiny",
+            }
+        )
+    )
     module = run(["benchmark", "--config", str(config), "--seed", "1"])
     assert {row["method"] for row in module.results} == {"dense_fp32", "csr_fp32"}
     assert module.outputs and all(Path(p).is_file() for p in module.outputs.values())
@@ -90,8 +128,23 @@ def test_convert_subcommand_makes_a_2_4_checkpoint(tmp_path: Path, capsys: pytes
     ckpt = tmp_path / "dense.ckpt"
     torch.save({"state_dict": DigitsMLP(hidden=(16, 16)).state_dict()}, ckpt)
     out = tmp_path / "converted.ckpt"
-    args = ["convert", *MODEL, *DATA, "--ckpt_path", str(ckpt), "--output", str(out), "--calibration_batches", "2",
-            "--convert.structure", "n:m", "--convert.keep_first_dense", "false", "--convert.reconstruction_steps", "3"]
+    args = [
+        "convert",
+        *MODEL,
+        *DATA,
+        "--ckpt_path",
+        str(ckpt),
+        "--output",
+        str(out),
+        "--calibration_batches",
+        "2",
+        "--convert.structure",
+        "n:m",
+        "--convert.keep_first_dense",
+        "false",
+        "--convert.reconstruction_steps",
+        "3",
+    ]
     report = run(args)
     assert [layer.name for layer in report.layers] == ["net.0.0.weight", "net.0.2.weight"]
     assert report.accuracy_before is not None and report.accuracy_after is not None
@@ -123,7 +176,10 @@ def test_console_entry_exits_zero_after_a_benchmark(tmp_path: Path) -> None:
     entry = "import sys; from lightning_srigl.cli import main; sys.exit(main())"
     result = subprocess.run(
         [sys.executable, "-c", entry, "benchmark", "--config", str(config), "--output_dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "benchmark_smoke.csv").exists()

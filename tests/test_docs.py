@@ -20,7 +20,11 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     site = tmp_path / "site"
     result = subprocess.run(
         [MKDOCS, "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     callbacks_page = site / "api" / "callbacks" / "index.html"
@@ -33,13 +37,17 @@ def check_rendered_site(site: Path) -> None:
     for page in site.rglob("*.html"):
         text = page.read_text()
         role = re.search(r":(func|class|meth|attr|mod|data|obj|exc):(`|<code>)", text)  # Markdown makes `x` <code>
-        assert role is None, f"{page.relative_to(site)} shows a raw role: {text[role.start():role.start() + 80]}"
+        assert role is None, f"{page.relative_to(site)} shows a raw role: {text[role.start() : role.start() + 80]}"
         for internal in ("targets from issue", "All targets met", "as required"):
             assert internal not in text, f"{page.relative_to(site)} says {internal!r}"
     callbacks = (site / "api" / "callbacks" / "index.html").read_text()
     # NMSparsityCallback and AccelerateCallback implement these hooks themselves (the filters in mkdocs.yml hide them)
-    for owner, hook in [("nm.NMSparsityCallback", "on_train_batch_end"), ("nm.NMSparsityCallback", "on_fit_start"),
-                        ("accelerate.AccelerateCallback", "setup"), ("accelerate.AccelerateCallback", "on_fit_end")]:
+    for owner, hook in [
+        ("nm.NMSparsityCallback", "on_train_batch_end"),
+        ("nm.NMSparsityCallback", "on_fit_start"),
+        ("accelerate.AccelerateCallback", "setup"),
+        ("accelerate.AccelerateCallback", "on_fit_end"),
+    ]:
         assert f'id="lightning_srigl.callbacks.{owner}.{hook}"' not in callbacks, hook
     assert 'id="lightning_srigl.callbacks.nm.NMSparsityCallback"' in callbacks
     for page in ("index", "getting-started"):
@@ -75,8 +83,10 @@ def test_getting_started_quotes_the_current_speed_figures() -> None:
     """Its expected-speed figures are those of the benchmark page (both kernel classes) and of the README's
     demo table, which the commands regenerate."""
     text = " ".join((ROOT / "docs" / "getting-started.md").read_text().split())
-    ranges = re.findall(r"ran ([\d.–]+)× faster than dense at batch 1 and ([\d.–]+)× at batch 256",
-                        (ROOT / "docs" / "benchmarks.md").read_text())
+    ranges = re.findall(
+        r"ran ([\d.–]+)× faster than dense at batch 1 and ([\d.–]+)× at batch 256",
+        (ROOT / "docs" / "benchmarks.md").read_text(),
+    )
     assert len(ranges) == 2
     for batch1, batch256 in ranges:
         assert f"{batch1}×" in text and f"{batch256}×" in text, (batch1, batch256)

@@ -27,8 +27,11 @@ import pytest
 from tests.examples.conftest import write_cifar_batches, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("example_projects/*/README.md")),
-             "docs/cli.md"]
+DOCUMENTS = [
+    "README.md",
+    *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("example_projects/*/README.md")),
+    "docs/cli.md",
+]
 NOT_RUN = {  # command prefix -> why the suite does not run it
     "make test": "it is the command that runs this suite",
     "make docs": "tests/test_docs.py runs the same `mkdocs build --strict`",
@@ -42,7 +45,9 @@ SMOKE_CONFIGS = {  # printed --config -> the smoke config the docs say is added 
     "example_projects/mnist1d_mlp/config.yaml": "example_projects/mnist1d_mlp/smoke.yaml",
     "example_projects/mnist1d_cnn/config.yaml": "example_projects/mnist1d_cnn/smoke.yaml",
 }
-SMOKE_FLAGS = {"PYTHONPATH=. python scripts/findings_sweep.py": "--quick"}  # command prefix -> flag the docs say is added
+SMOKE_FLAGS = {
+    "PYTHONPATH=. python scripts/findings_sweep.py": "--quick"
+}  # command prefix -> flag the docs say is added
 SMOKE_ENV = {
     "make demo": {"DEMO_ARGS": "--seeds 1 --epochs 1 --min-run-time 0.05"},
     "make benchmark": {"BENCH_ARGS": "--config configs/benchmark_smoke.yaml"},  # the Makefile's quick check
@@ -90,7 +95,10 @@ def fresh_copy(destination: Path) -> Path:
     """The tracked and untracked-but-not-ignored files of the working tree, copied to ``destination``."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for name in filter(None, listed.split("\0")):
         source = ROOT / name
@@ -161,7 +169,10 @@ def not_ignored(names: list[str]) -> list[str]:
     if not names:
         return []
     ignored = subprocess.run(
-        ["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, input="\n".join(names), capture_output=True,
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=ROOT,
+        input="\n".join(names),
+        capture_output=True,
         text=True,
     ).stdout.splitlines()
     return [name for name in names if name not in ignored]

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = ROOT / "docs" / "assets" / "findings"
 sys.path.insert(0, str(ROOT / "scripts"))
 import findings_report  # noqa: E402  (scripts/ is not a package)
+
 # Sections of docs/findings.md that summarise the earlier, unmatched-budget sweep in hand-made tables
 # (claims, the paper's numbers, thresholds); the matched sweep's sections quote its report only.
 EARLIER_SWEEP_SUMMARIES = ("Short answer", "The paper's numbers, for comparison", "Data set or implementation?")

@@ -25,7 +25,9 @@ def test_the_lint_script_runs_every_check_and_fails_when_one_fails(tmp_path: Pat
     stub = tmp_path / "python"
     stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\ncase "$*" in *"{failing}"*) exit 1;; esac\n')
     stub.chmod(0o755)
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "lint.sh")], env={**os.environ, "PYTHON": str(stub)}, check=False)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "lint.sh")], env={**os.environ, "PYTHON": str(stub)}, check=False
+    )
     assert done.returncode == 1
     calls = log.read_text().splitlines()
     assert [call.split(" ")[1] for call in calls] == ["ruff", "ruff", "mypy"]

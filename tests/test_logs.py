@@ -63,7 +63,8 @@ def test_csr_beta_warning_is_hidden_for_our_csr_layers_only(ours: bool) -> None:
     """In a fresh process (torch warns once per process): our CSR build is silent, a plain one warns."""
     build = (
         "from lightning_srigl.condensed.csr import CSRLinear; CSRLinear.from_linear(torch.nn.Linear(8, 8))"
-        if ours else "torch.randn(8, 8).to_sparse_csr()"
+        if ours
+        else "torch.randn(8, 8).to_sparse_csr()"
     )
     code = f"import warnings, torch\nwarnings.simplefilter('error')\n{build}"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

@@ -17,7 +17,12 @@ def test_overhead_script_reports_ratios_and_hook_times() -> None:
     command = [sys.executable, "scripts/srigl_overhead.py", "--case", "light", "--steps", "2", "--rounds", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [*command, "--warmup-steps", "1", "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [*command, "--warmup-steps", "1", "--threads", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

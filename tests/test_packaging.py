@@ -8,11 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 import yaml
 
@@ -71,6 +71,7 @@ def test_a_new_header_changes_the_source_hash(tmp_path: Path, monkeypatch: pytes
     (csrc / "int8.h").write_text("// a new kernel header\n")
     assert variants.source_hash() != before
     assert csrc / "int8.h" in variants.headers()
+
 
 def extra_closure(extras: list[str]) -> set[str]:
     """The distributions (names, lower case) that ``pip install "lightning-srigl[<extras>]"`` pulls in beyond the
@@ -148,7 +149,10 @@ def run_forward(python: Path, cwd: Path, cache: Path, **env: str) -> dict[str, s
     printed values (``package``, ``library``, ``exact``, ``warnings``) and ``stderr``."""
     inherited = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", ISA_ENV, DISABLE_ENV)}
     done = subprocess.run(
-        [str(python), "-c", FORWARD], cwd=cwd, env={**inherited, CACHE_ENV: str(cache), **env}, capture_output=True,
+        [str(python), "-c", FORWARD],
+        cwd=cwd,
+        env={**inherited, CACHE_ENV: str(cache), **env},
+        capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -194,8 +198,11 @@ def test_the_wheel_runs_its_kernels_in_a_fresh_venv_without_compiling(tmp_path: 
     python = fresh_venv(tmp_path / "venv")
     installed = pip_install(python, "--no-deps", str(wheel))
     assert installed.returncode == 0, installed.stderr
-    site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        text=True).strip())
+    site = Path(
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
     outside, cache = tmp_path / "elsewhere", tmp_path / "cache"
     outside.mkdir()
     cache.mkdir()

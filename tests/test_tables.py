@@ -7,10 +7,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lightning_srigl.benchmark import whole_model_report
 from lightning_srigl.benchmark.report import format_us, read_csv, summarize, summary_tables
 from lightning_srigl.callbacks.report import LayerStats, print_layer_table
 from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
-from lightning_srigl.benchmark import whole_model_report
 from lightning_srigl.tables import fitted_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,9 @@ def _fits(text: str, width: int = WIDTH) -> None:
 def test_long_names_fold_and_numbers_stay_whole() -> None:
     name = "encoder.layers.encoder_layer_11.self_attention.out_proj"
     rows = [[name, "12,345,678", "0.0123"], ["net.0", "1", "1.0000"]]
-    text = _render(fitted_table("t", ["layer", "a long header for bytes", "ratio"], rows, 40, fold=("layer",)), width=40)
+    text = _render(
+        fitted_table("t", ["layer", "a long header for bytes", "ratio"], rows, 40, fold=("layer",)), width=40
+    )
     _fits(text, 40)
     assert "12,345,678" in text and "0.0123" in text
     assert name not in text and name[:12] in text  # folded onto several lines
@@ -51,9 +53,19 @@ def test_benchmark_tables_of_the_committed_sweep_fit() -> None:
 def test_acceleration_report_fits() -> None:
     times = {"dense": 1.2e-2, "condensed": 2.5e-3, "csr": 4.1e-3, "semi_structured": 1.0e-3}
     rows = [
-        LayerAcceleration(f"encoder.layers.encoder_layer_{i}.mlp.{j}", 768, 3072, 256 if i else 1, 0.1, 3000,
-                          "semi_structured", times, {})
-        for i in (0, 11) for j in (0, 3)
+        LayerAcceleration(
+            f"encoder.layers.encoder_layer_{i}.mlp.{j}",
+            768,
+            3072,
+            256 if i else 1,
+            0.1,
+            3000,
+            "semi_structured",
+            times,
+            {},
+        )
+        for i in (0, 11)
+        for j in (0, 3)
     ]
     console = Console(width=WIDTH, record=True)
     AccelerationReport(rows).print(console)
@@ -63,8 +75,12 @@ def test_acceleration_report_fits() -> None:
 
 
 def test_topology_table_fits(capsys) -> None:
-    stats = [LayerStats(f"encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight", (2304, 768), 177_000,
-                        2304, 76.8, 0.25) for i in range(3)]
+    stats = [
+        LayerStats(
+            f"encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight", (2304, 768), 177_000, 2304, 76.8, 0.25
+        )
+        for i in range(3)
+    ]
     print_layer_table(stats, "SRigLCallback: sparse layers at the end of fit")
     text = capsys.readouterr().out
     _fits(text)
@@ -75,8 +91,16 @@ def test_markdown_tables_escape_pipes_in_cells() -> None:
     """The whole-model table's `max |Δ logit|` header keeps its pipes inside one cell."""
     from tests.test_docs import table_cells
 
-    row = {"model": "m|x", "batch": 1, "variant": "accelerated", "latency_ms": 1.0, "speedup": 2.0,
-           "max_logit_diff": 1e-7, "weight_bytes": 2**20, "chosen": "condensed:1"}
+    row = {
+        "model": "m|x",
+        "batch": 1,
+        "variant": "accelerated",
+        "latency_ms": 1.0,
+        "speedup": 2.0,
+        "max_logit_diff": 1e-7,
+        "weight_bytes": 2**20,
+        "chosen": "condensed:1",
+    }
     header, rule, line = whole_model_report.markdown_table([row]).splitlines()
     assert table_cells(header) == [h.replace("|", "\\|") for h in whole_model_report.COLUMNS.values()]
     assert table_cells(line)[0] == "m\\|x" and len(table_cells(line)) == len(whole_model_report.COLUMNS)

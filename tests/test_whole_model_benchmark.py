@@ -35,7 +35,8 @@ def test_srigl_masks_have_constant_fan_in_ablated_neurons_and_the_target_sparsit
 
 def test_the_documented_command_runs_and_writes_exact_rows(tmp_path):
     command = [
-        sys.executable, "scripts/bench_whole_models.py", "--smoke", "--models", "resnet18_cifar", "vit_b16", "llama_decode",
+        sys.executable, "scripts/bench_whole_models.py", "--smoke",
+        "--models", "resnet18_cifar", "vit_b16", "llama_decode",
         "--batches", "1", "--seconds", "0.05", "--repeats", "2", "--out", str(tmp_path),
     ]  # fmt: skip
     subprocess.run(command, cwd=ROOT, check=True, timeout=600, capture_output=True)
@@ -43,7 +44,11 @@ def test_the_documented_command_runs_and_writes_exact_rows(tmp_path):
         rows = list(csv.DictReader(handle))
     assert (tmp_path / "whole_models.png").stat().st_size > 0
     variants = {(r["model"], r["variant"]) for r in rows}
-    assert {("resnet18_cifar", "dense_fp32"), ("resnet18_cifar", "dense_channels_last"), ("resnet18_cifar", "accelerated")} <= variants
+    assert {
+        ("resnet18_cifar", "dense_fp32"),
+        ("resnet18_cifar", "dense_channels_last"),
+        ("resnet18_cifar", "accelerated"),
+    } <= variants
     assert {("vit_b16", "dense_fp32"), ("vit_b16", "accelerated")} <= variants
     assert {("llama_decode", "dense_fp32"), ("llama_decode", "accelerated")} <= variants  # one token per call
     for row in rows:

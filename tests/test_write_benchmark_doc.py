@@ -50,6 +50,11 @@ def test_doc_has_one_and_two_thread_rows_verdicts_and_no_internal_wording(tmp_pa
     assert [row[:3] for row in headline if row[3] != "yes"] == [("768→3072", "2", "256")]
     assert "Rows marked **no** fall short of their goal in this run." in doc
     cold = re.findall(r"^\| (768→3072|3072→768) \| 0\.90 \| ([12]) \| .* \| (\d+)%[^|]* \|$", doc, re.M)
-    assert sorted((layer, t) for layer, t, _ in cold) == [("3072→768", "1"), ("3072→768", "2"), ("768→3072", "1"), ("768→3072", "2")]
+    assert sorted((layer, t) for layer, t, _ in cold) == [
+        ("3072→768", "1"),
+        ("3072→768", "2"),
+        ("768→3072", "1"),
+        ("768→3072", "2"),
+    ]
     assert {share for *_, share in cold} == {"90"}  # 6x dense over a 4*in / (6*k) = 6.67x ceiling
     assert not re.search(r"issue|#\d", doc, re.I)

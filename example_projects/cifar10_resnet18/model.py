@@ -9,8 +9,14 @@ from torch import Tensor, nn
 from example_projects.common.classification import ClassificationModule, Recipe
 
 CIFAR_RECIPE = Recipe(
-    optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-    schedule="step", milestones=(77, 154, 231), gamma=0.2,
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="step",
+    milestones=(77, 154, 231),
+    gamma=0.2,
 )
 
 

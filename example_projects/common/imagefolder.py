@@ -73,7 +73,9 @@ def eval_transform(image: Image.Image, size: int, crop_fraction: float = 0.875) 
     """Resize the short side to ``size / crop_fraction``, centre-crop ``size x size``, normalise."""
     short = round(size / crop_fraction)
     scale = short / min(image.width, image.height)
-    resized = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BILINEAR)
+    resized = image.resize(
+        (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BILINEAR
+    )
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
     return to_normalized_tensor(resized.crop((left, top, left + size, top + size)))
@@ -108,7 +110,9 @@ class ImageNetDataModule(LightningDataModule):
         num_workers: data-loader worker processes per device.
     """
 
-    def __init__(self, data_dir: str = "data/imagenet", image_size: int = 224, batch_size: int = 128, num_workers: int = 8) -> None:
+    def __init__(
+        self, data_dir: str = "data/imagenet", image_size: int = 224, batch_size: int = 128, num_workers: int = 8
+    ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         self.image_size = image_size
@@ -125,8 +129,12 @@ class ImageNetDataModule(LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -62,4 +62,6 @@ class DigitsDataModule(TensorSplitsDataModule):
             return
         x, y = load_digits_tensors()
         train, val, test = split_indices(len(y), self.val_fraction, self.test_fraction, self.split_seed)
-        self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in (("train", train), ("val", val), ("test", test))}
+        self.splits = {
+            name: TensorDataset(x[idx], y[idx]) for name, idx in (("train", train), ("val", val), ("test", test))
+        }

@@ -41,7 +41,11 @@ DELTA_T = 25  # ~20 optimizer steps per epoch: updates every ~1.25 epochs until 
 
 
 def _srigl(sparsity: float, gamma_sal: float) -> Callable[[int], list[Callback]]:
-    return lambda seed: [SRigLCallback(sparsity=sparsity, delta_t=DELTA_T, gamma_sal=gamma_sal, sparse_init=True, seed=seed, report=False)]
+    return lambda seed: [
+        SRigLCallback(
+            sparsity=sparsity, delta_t=DELTA_T, gamma_sal=gamma_sal, sparse_init=True, seed=seed, report=False
+        )
+    ]
 
 
 def _rigl(sparsity: float) -> Callable[[int], list[Callback]]:
@@ -66,8 +70,14 @@ def train(method: str, seed: int, hidden: tuple[int, ...], epochs: int) -> tuple
     data = DigitsDataModule()
     with quiet():  # Lightning's per-fit banners and tips, and the callbacks' info lines
         trainer = Trainer(
-            max_epochs=epochs, accelerator="cpu", devices=1, callbacks=METHODS[method](seed), logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            callbacks=METHODS[method](seed),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
             num_sanity_val_steps=0,
         )
         trainer.fit(model, data)
@@ -81,8 +91,9 @@ def linear_stats(net: nn.Module) -> tuple[float, str]:
     A sparse layer's mask says which weights are active (a regrown weight may still be exactly zero);
     a layer without a mask counts its non-zero weights. A neuron is active when it has an active weight.
     """
-    actives = [m.weight_mask if hasattr(m, "weight_mask") else m.weight != 0
-               for m in net.modules() if isinstance(m, nn.Linear)]
+    actives = [
+        m.weight_mask if hasattr(m, "weight_mask") else m.weight != 0 for m in net.modules() if isinstance(m, nn.Linear)
+    ]
     nonzero = sum(int(a.sum()) for a in actives)
     total = sum(a.numel() for a in actives)
     neurons = sum(int(a.any(dim=1).sum()) for a in actives)
@@ -131,8 +142,9 @@ def latencies_us(nets: dict[str, nn.Module], x: Tensor, min_run_time: float) -> 
     return {name: timing.median * 1e6 for name, timing in timings.items()}
 
 
-def measure(accuracies: dict[str, list[float]], candidates: dict[str, Candidate], test_x: Tensor,
-            min_run_time: float) -> list[Row]:
+def measure(
+    accuracies: dict[str, list[float]], candidates: dict[str, Candidate], test_x: Tensor, min_run_time: float
+) -> list[Row]:
     """One table row per method: topology of the trained net, bytes, kernels and latencies of the fast ones."""
     b1 = latencies_us({m: c.fast1 for m, c in candidates.items()}, test_x[:1], min_run_time)
     b256 = latencies_us({m: c.fast256 for m, c in candidates.items()}, test_x[:256], min_run_time)
@@ -143,8 +155,20 @@ def measure(accuracies: dict[str, list[float]], candidates: dict[str, Candidate]
         density, neurons = linear_stats(c.net)
         masks = [b for name, b in c.net.named_buffers() if name.endswith("_mask")]
         two_four = bool(masks) and all(is_nm(mask, 2, 4) for mask in masks)
-        rows.append(Row(method, accuracies[method], density, neurons, inference_bytes(c.fast1), c.report1,
-                        b1[method], b256[method], exact, two_four))
+        rows.append(
+            Row(
+                method,
+                accuracies[method],
+                density,
+                neurons,
+                inference_bytes(c.fast1),
+                c.report1,
+                b1[method],
+                b256[method],
+                exact,
+                two_four,
+            )
+        )
     return rows
 
 
@@ -155,7 +179,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, str]]:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per model and batch size")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for digits_demo.md / .csv (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for digits_demo.md / .csv (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     console = terminal_console()
     hidden = tuple(args.hidden)
@@ -178,10 +204,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, str]]:
         timing = progress.add_task("timing the accelerated models (interleaved)", total=None)
         rows = measure(accuracies, candidates, test_x, args.min_run_time)
         progress.update(timing, total=1, completed=1)
-    command = (f"python -m example_projects.digits_mlp.demo --seeds {args.seeds} --epochs {args.epochs} "
-               f"--hidden {' '.join(map(str, hidden))}")
-    header = (f"Digits MLP 64-{'-'.join(map(str, hidden))}-10, {args.epochs} epochs, seeds 0..{args.seeds - 1}, "
-              f"{torch.get_num_threads()} CPU threads; command: {command}")
+    command = (
+        f"python -m example_projects.digits_mlp.demo --seeds {args.seeds} --epochs {args.epochs} "
+        f"--hidden {' '.join(map(str, hidden))}"
+    )
+    header = (
+        f"Digits MLP 64-{'-'.join(map(str, hidden))}-10, {args.epochs} epochs, seeds 0..{args.seeds - 1}, "
+        f"{torch.get_num_threads()} CPU threads; command: {command}"
+    )
     return print_and_write(rows, header, args.out, console)
 
 

@@ -51,14 +51,16 @@ def accuracy_records(rows: list[Row]) -> list[dict[str, str]]:
     for r in rows:
         mean = 100 * statistics.mean(r.accuracies)
         spread = 100 * statistics.stdev(r.accuracies) if len(r.accuracies) > 1 else 0.0
-        records.append({
-            "method": r.method,
-            "test acc % (mean ± sd)": f"{mean:.2f} ± {spread:.2f}",
-            "per seed": " ".join(f"{100 * a:.2f}" for a in r.accuracies),
-            "Δ vs dense": f"{mean - 100 * dense_mean:+.2f}",
-            "density": f"{r.density:.3f}",
-            "active neurons": r.active_neurons,
-        })
+        records.append(
+            {
+                "method": r.method,
+                "test acc % (mean ± sd)": f"{mean:.2f} ± {spread:.2f}",
+                "per seed": " ".join(f"{100 * a:.2f}" for a in r.accuracies),
+                "Δ vs dense": f"{mean - 100 * dense_mean:+.2f}",
+                "density": f"{r.density:.3f}",
+                "active neurons": r.active_neurons,
+            }
+        )
     return records
 
 
@@ -105,14 +107,17 @@ def print_and_write(rows: list[Row], header: str, out: Path, console: Console) -
     accuracy, inference = accuracy_records(rows), inference_records(rows)
     tables = [
         ("Accuracy and topology (test accuracy over seeds; density and neurons of seed 0)", accuracy),
-        ("Inference on this CPU (seed-0 model, accelerated for each batch size; median of interleaved "
-         "timings)", inference),
+        (
+            "Inference on this CPU (seed-0 model, accelerated for each batch size; median of interleaved timings)",
+            inference,
+        ),
     ]
     for title, records in tables:
         headers = list(records[0])
         cells = [list(record.values()) for record in records]
-        console.print(fitted_table(title, headers, cells, console.width, left=("method", "kernels (batch 1)"),
-                                   fold=("method",)))
+        console.print(
+            fitted_table(title, headers, cells, console.width, left=("method", "kernels (batch 1)"), fold=("method",))
+        )
     lines = notes(rows)
     for line in lines:
         console.print(f"• {line}", highlight=False)
@@ -123,7 +128,10 @@ def print_and_write(rows: list[Row], header: str, out: Path, console: Console) -
 
 
 def write_results(
-    tables: list[tuple[str, list[dict[str, str]]]], lines: list[str], header: str, merged: list[dict[str, str]],
+    tables: list[tuple[str, list[dict[str, str]]]],
+    lines: list[str],
+    header: str,
+    merged: list[dict[str, str]],
     out: Path,
 ) -> None:
     """``<out>/digits_demo.md`` (header, both tables, notes) and ``<out>/digits_demo.csv`` (one row per method)."""

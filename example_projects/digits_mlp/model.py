@@ -8,9 +8,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from example_projects.common.classification import ClassificationModule, Recipe
 
-DIGITS_RECIPE = Recipe(
-    optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine"
-)
+DIGITS_RECIPE = Recipe(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine")
 
 
 def mlp(in_features: int, hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:

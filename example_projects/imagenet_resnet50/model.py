@@ -7,9 +7,17 @@ from torch import Tensor, nn
 from example_projects.common.classification import ClassificationModule, Recipe
 
 RESNET50_RECIPE = Recipe(
-    optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, weight_decay=1e-4,
-    schedule="step", milestones=(30, 70, 90), gamma=0.1,
-    warmup_epochs=5.0, warmup_start_factor=5e-6, label_smoothing=0.1,
+    optimizer="sgd",
+    lr=0.2,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=1e-4,
+    schedule="step",
+    milestones=(30, 70, 90),
+    gamma=0.1,
+    warmup_epochs=5.0,
+    warmup_start_factor=5e-6,
+    label_smoothing=0.1,
 )
 
 
@@ -25,8 +33,10 @@ class Bottleneck(nn.Module):
         super().__init__()
         c_out = width * 4
         self.body = nn.Sequential(
-            conv_bn(c_in, width, 1), nn.ReLU(inplace=True),
-            conv_bn(width, width, 3, stride), nn.ReLU(inplace=True),
+            conv_bn(c_in, width, 1),
+            nn.ReLU(inplace=True),
+            conv_bn(width, width, 3, stride),
+            nn.ReLU(inplace=True),
             conv_bn(width, c_out, 1),
         )
         self.shortcut = conv_bn(c_in, c_out, 1, stride) if stride != 1 or c_in != c_out else nn.Identity()
@@ -51,7 +61,9 @@ class ResNet50(nn.Module):
         for i, n in enumerate(blocks):
             stage_width = width * 2**i
             stride = 1 if i == 0 else 2
-            stage = [Bottleneck(c_in if j == 0 else stage_width * 4, stage_width, stride if j == 0 else 1) for j in range(n)]
+            stage = [
+                Bottleneck(c_in if j == 0 else stage_width * 4, stage_width, stride if j == 0 else 1) for j in range(n)
+            ]
             stages.append(nn.Sequential(*stage))
             c_in = stage_width * 4
         self.stages = nn.Sequential(*stages)
@@ -74,7 +86,11 @@ class ImageNetResNet50(ClassificationModule):
     """
 
     def __init__(
-        self, num_classes: int = 1000, width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3), recipe: Recipe = RESNET50_RECIPE
+        self,
+        num_classes: int = 1000,
+        width: int = 64,
+        blocks: tuple[int, ...] = (3, 4, 6, 3),
+        recipe: Recipe = RESNET50_RECIPE,
     ) -> None:
         super().__init__(ResNet50(num_classes, width, blocks), recipe)
         self.save_hyperparameters()

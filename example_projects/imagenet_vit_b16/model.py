@@ -9,8 +9,14 @@ from torch import Tensor, nn
 from example_projects.common.classification import ClassificationModule, Recipe
 
 VIT_RECIPE = Recipe(
-    optimizer="adamw", lr=3e-3, betas=(0.9, 0.999), weight_decay=0.3,
-    schedule="cosine", warmup_epochs=16.0, warmup_start_factor=0.033, label_smoothing=0.11,
+    optimizer="adamw",
+    lr=3e-3,
+    betas=(0.9, 0.999),
+    weight_decay=0.3,
+    schedule="cosine",
+    warmup_epochs=16.0,
+    warmup_start_factor=0.033,
+    label_smoothing=0.11,
 )
 
 
@@ -22,7 +28,9 @@ class EncoderBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
         self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.ln_1(x)
@@ -45,8 +53,15 @@ class VisionTransformer(nn.Module):
     """
 
     def __init__(
-        self, image_size: int = 224, patch_size: int = 16, dim: int = 768, depth: int = 12, heads: int = 12,
-        mlp_dim: int = 3072, num_classes: int = 1000, dropout: float = 0.0,
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        dim: int = 768,
+        depth: int = 12,
+        heads: int = 12,
+        mlp_dim: int = 3072,
+        num_classes: int = 1000,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -76,8 +91,16 @@ class ImageNetViTB16(ClassificationModule):
     """
 
     def __init__(
-        self, image_size: int = 224, patch_size: int = 16, dim: int = 768, depth: int = 12, heads: int = 12,
-        mlp_dim: int = 3072, num_classes: int = 1000, dropout: float = 0.0, recipe: Recipe = VIT_RECIPE,
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        dim: int = 768,
+        depth: int = 12,
+        heads: int = 12,
+        mlp_dim: int = 3072,
+        num_classes: int = 1000,
+        dropout: float = 0.0,
+        recipe: Recipe = VIT_RECIPE,
     ) -> None:
         net = VisionTransformer(image_size, patch_size, dim, depth, heads, mlp_dim, num_classes, dropout)
         super().__init__(net, recipe)

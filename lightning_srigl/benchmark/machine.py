@@ -25,7 +25,12 @@ EMULATION_ENV: dict[str, dict[str, str]] = {
         "ATEN_CPU_CAPABILITY": "avx512",
         ISA_ENV: "avx512",
     },
-    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", ISA_ENV: "avx2"},
+    "avx2": {
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        ISA_ENV: "avx2",
+    },
     "scalar": {
         "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
         "ONEDNN_MAX_CPU_ISA": "SSE41",

@@ -96,7 +96,11 @@ class BenchmarkModule(pl.LightningModule):
                 build = lambda: build_method(method, linear, mask, device, backend)  # noqa: E731
                 copies = cold_copies(build, dense_bytes, int(self.config.cold_bytes))
                 timings[method] = cold_time(
-                    copies, inputs[method], threads=case["threads"], min_run_time=self.config.min_run_time, device=device
+                    copies,
+                    inputs[method],
+                    threads=case["threads"],
+                    min_run_time=self.config.min_run_time,
+                    device=device,
                 )
                 del copies
         else:  # interleaved rounds: every method sees the same machine

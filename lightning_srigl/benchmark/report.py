@@ -21,7 +21,17 @@ from lightning_srigl import tables
 from lightning_srigl.tables import fitted_table, terminal_console
 
 Row = dict[str, Any]
-CASE_KEYS = ("structure", "in_features", "out_features", "sparsity", "fan_in", "active_neurons", "batch", "threads", "cache")
+CASE_KEYS = (
+    "structure",
+    "in_features",
+    "out_features",
+    "sparsity",
+    "fan_in",
+    "active_neurons",
+    "batch",
+    "threads",
+    "cache",
+)
 RATIOS = {
     "cond_vs_dense": ("dense_fp32", "condensed_fp32"),
     "cond_vs_csr": ("csr_fp32", "condensed_fp32"),
@@ -139,8 +149,9 @@ def summary_tables(summary: Sequence[Row], title: str = "lightning_srigl benchma
     tables = []
     for kind, headers, cell in (("µs per call", times, format_us), ("ratios, > 1 = faster", ratios, str)):
         rows = [case_cells(row) + [cell(row.get(key, "")) for key in headers] for row in summary]
-        tables.append(fitted_table(f"{title}: {kind}", [*CASE_HEADERS, *headers.values()], rows, width,
-                                   left=("layer", "cache")))
+        tables.append(
+            fitted_table(f"{title}: {kind}", [*CASE_HEADERS, *headers.values()], rows, width, left=("layer", "cache"))
+        )
     return tables
 
 
@@ -170,12 +181,17 @@ def plot(rows: Sequence[Row], path: Path, threads: int, statistic: str = "median
     return _panels(hot, _time_series(column), path, f"{threads} thread(s)", f"time per call (µs, {statistic}, log)")
 
 
-def plot_layer(rows: Sequence[Row], path: Path, threads: int, shape: tuple[int, int], statistic: str = "median") -> Path:
+def plot_layer(
+    rows: Sequence[Row], path: Path, threads: int, shape: tuple[int, int], statistic: str = "median"
+) -> Path:
     """[`plot`][lightning_srigl.benchmark.report.plot] for one layer ``shape``: one figure, a panel per batch
     size, sized to stay legible in a documentation column about 700 px wide."""
     column = "time_us" if statistic == "median" else "min_us"
-    hot = [r for r in rows if r["cache"] == "hot" and r["threads"] == threads
-           and (r["in_features"], r["out_features"]) == shape]
+    hot = [
+        r
+        for r in rows
+        if r["cache"] == "hot" and r["threads"] == threads and (r["in_features"], r["out_features"]) == shape
+    ]
     title = f"{shape[0]}→{shape[1]} layer, {threads} thread{'s' if threads > 1 else ''}"
     return _panels(hot, _time_series(column), path, title, f"µs per call ({statistic}, log)", one_figure_per_shape=True)
 
@@ -224,8 +240,11 @@ def _panels(
         figure = Figure(figsize=(4 * len(batches), 3.4 * len(shapes) + 0.8), layout="constrained")
         fonts = {"title": 10, "label": 11, "ticks": 9, "legend": 10}
     axes = figure.subplots(len(shapes), len(batches), squeeze=False, sharex=True)
-    panels = {(i, j): series([r for r in rows if (r["in_features"], r["out_features"]) == shape and r["batch"] == batch])
-              for i, shape in enumerate(shapes) for j, batch in enumerate(batches)}
+    panels = {
+        (i, j): series([r for r in rows if (r["in_features"], r["out_features"]) == shape and r["batch"] == batch])
+        for i, shape in enumerate(shapes)
+        for j, batch in enumerate(batches)
+    }
     methods = list(dict.fromkeys(label.removesuffix(" (2:4)") for points in panels.values() for label in points))
     for (i, j), points_by_label in panels.items():
         ax = axes[i][j]

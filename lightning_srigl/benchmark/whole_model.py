@@ -117,11 +117,14 @@ def _variants(
     dense = copy.deepcopy(masked)
     remove_masks_(dense)
     variants = {"dense_fp32": (dense, inputs)}
-    cast = lambda fn: (lambda v: fn(v) if isinstance(v, Tensor) and v.is_floating_point() else v)  # noqa: E731
+    cast = lambda fn: lambda v: fn(v) if isinstance(v, Tensor) and v.is_floating_point() else v  # noqa: E731
     convert = lambda inputs, fn: tuple(map(cast(fn), inputs)) if isinstance(inputs, tuple) else cast(fn)(inputs)  # noqa: E731
     if case.convolutional:
         last = copy.deepcopy(dense).to(memory_format=torch.channels_last)
-        variants["dense_channels_last"] = (last, convert(inputs, lambda t: t.contiguous(memory_format=torch.channels_last)))
+        variants["dense_channels_last"] = (
+            last,
+            convert(inputs, lambda t: t.contiguous(memory_format=torch.channels_last)),
+        )
     if native_bf16():
         variants["dense_bf16"] = (copy.deepcopy(dense).to(torch.bfloat16), convert(inputs, lambda t: t.bfloat16()))
     accelerated = copy.deepcopy(masked)

@@ -63,7 +63,10 @@ def plot_speedups(rows: Sequence[Row], path: Path) -> Path:
     width = 0.8 / len(variants)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups)), 3.6))
     for i, variant in enumerate(variants):
-        speedups = [next((r["speedup"] for r in rows if (r["model"], r["batch"]) == g and r["variant"] == variant), 0) for g in groups]
+        speedups = [
+            next((r["speedup"] for r in rows if (r["model"], r["batch"]) == g and r["variant"] == variant), 0)
+            for g in groups
+        ]
         ax.bar([j + i * width for j in range(len(groups))], speedups, width, label=variant)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], [f"{m}\nbatch {b}" for m, b in groups], fontsize=8)

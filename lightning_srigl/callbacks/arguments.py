@@ -33,7 +33,14 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> object:
 
 
 def check_range(
-    value: object, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False, hint: str = ""
+    value: object,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    hint: str = "",
 ) -> float:
     """``value`` as a finite float inside ``[low, high]`` (either end open if asked), else raise."""
     number = as_real(value, name, hint)

@@ -48,13 +48,6 @@ from lightning_srigl.callbacks.arguments import (
     check_range,
     check_range_int,
 )
-from lightning_srigl.callbacks.sparsity_callback import (
-    SparsityCallback,
-    check_ranks_agree,
-    layers_per_optimizer,
-    log_metrics,
-    run_folder,
-)
 from lightning_srigl.callbacks.remask import RemaskPolicy, gradient_pass_reason
 from lightning_srigl.callbacks.report import (
     LayerStats,
@@ -64,6 +57,13 @@ from lightning_srigl.callbacks.report import (
     print_layer_table,
     save_active_neurons_plot,
     topology_metrics,
+)
+from lightning_srigl.callbacks.sparsity_callback import (
+    SparsityCallback,
+    check_ranks_agree,
+    layers_per_optimizer,
+    log_metrics,
+    run_folder,
 )
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import (
@@ -131,7 +131,9 @@ class DynamicSparsityCallback(SparsityCallback):
         super().__init__()
         self.sparsity = check_sparsity(sparsity)
         self.distribution = check_choice(distribution, "distribution", ("erk", "uniform"))
-        self.delta_t = as_integer(delta_t, "delta_t", 1, "it is the number of optimizer steps between updates (paper: 100)")
+        self.delta_t = as_integer(
+            delta_t, "delta_t", 1, "it is the number of optimizer steps between updates (paper: 100)"
+        )
         self.t_end_fraction = check_range(
             t_end_fraction, "t_end_fraction", 0.0, 1.0, low_open=True, hint="0.75 stops updates at 75%"
         )
@@ -440,7 +442,9 @@ class DynamicSparsityCallback(SparsityCallback):
     def _dense_gradient_needed(self) -> bool:
         """Whether the coming optimizer step's dense gradient feeds the next topology update."""
         assert self.t_end is not None
-        return in_gradient_window(self._last_step, self._steps_per_round, self.grad_accumulation_n, self.delta_t, self.t_end)
+        return in_gradient_window(
+            self._last_step, self._steps_per_round, self.grad_accumulation_n, self.delta_t, self.t_end
+        )
 
     def _install_sparse_backward(self) -> None:
         assert self.masked is not None

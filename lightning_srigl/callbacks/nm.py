@@ -268,7 +268,11 @@ class NMSparsityCallback(SparsityCallback):
         for fqn in masked.fqns:
             weight = masked.param(fqn).detach()
             pruned = self._pruned.get(fqn)
-            if pruned is None or (pruned.shape, pruned.dtype, pruned.device) != (weight.shape, weight.dtype, weight.device):
+            if pruned is None or (pruned.shape, pruned.dtype, pruned.device) != (
+                weight.shape,
+                weight.dtype,
+                weight.device,
+            ):
                 pruned = self._pruned[fqn] = torch.empty_like(weight)
             move_inactive_(weight, masked.step_mask(fqn, weight), pruned)
         self._dense = False

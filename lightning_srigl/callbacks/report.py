@@ -159,9 +159,7 @@ def print_layer_table(
     console.print(fitted_table(title, headers, rows, console.width, fold=("layer",)))
 
 
-def save_active_neurons_plot(
-    stats: Sequence[LayerStats], history: Sequence[Mapping[str, object]], path: Path
-) -> Path:
+def save_active_neurons_plot(stats: Sequence[LayerStats], history: Sequence[Mapping[str, object]], path: Path) -> Path:
     """Save a PNG: active neurons (%) per layer at the end (bars) and at every update (lines).
 
     Args:

@@ -36,11 +36,11 @@ from typing_extensions import override
 
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.masking import (
+    LEGACY_MASK_SUFFIX,
+    MASK_SUFFIX,
     MaskedParameters,
     SparseParameter,
     accept_masks_on_load,
-    LEGACY_MASK_SUFFIX,
-    MASK_SUFFIX,
     check_not_pruned,
     mask_buffer_name,
     masked_weights,
@@ -424,7 +424,9 @@ class SparsityCallback(Callback):
                 "from its weights without ckpt_path."
             )
         if differ:
-            rank_zero_warn(f"{type(self).__name__}: resuming with arguments that differ from the checkpoint's ({details(differ)})")
+            rank_zero_warn(
+                f"{type(self).__name__}: resuming with arguments that differ from the checkpoint's ({details(differ)})"
+            )
 
     def _default_config(self) -> dict[str, Any]:
         """The config of this class with default arguments: what a checkpoint that lacks a key ran with."""

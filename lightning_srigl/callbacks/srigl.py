@@ -31,6 +31,7 @@ from lightning_srigl.sparsity import (
     srigl_update_layers,
 )
 
+
 class SRigLCallback(DynamicSparsityCallback):
     """Train with SRigL (Lasby et al., ICLR 2024): every active neuron keeps the same fan-in.
 

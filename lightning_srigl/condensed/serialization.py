@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.exported import ExportedModel, export_program
 from lightning_srigl.condensed.kinds.registry import INFERENCE_LAYERS
+from lightning_srigl.exported import ExportedModel, export_program
 
 FORMAT = "lightning_srigl.condensed/1"
 _SKIPPED_ARGS = {"self", "device", "dtype", "args", "kwargs"}
@@ -49,6 +49,7 @@ _TORCH_MODULES: dict[str, type[nn.Module]] = {
     for cls in vars(nn).values()
     if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith("torch.nn.modules")
 }
+
 
 def layer_name(cls: type) -> str:
     """The stable name a file gives an inference layer class, ``lightning_srigl.<class name>``: it does not

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 # Inductor options of the compiled graph (torch._inductor.config names).
-COMPILE_OPTIONS: dict[str, object] = {"freezing": True}
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 # The custom ops a compiled or packaged model calls (importing them registered them).
 CUSTOM_OPS = (condensed_linear, condensed_conv2d)
 
@@ -63,7 +64,7 @@ def graph_breaks(model: nn.Module, example_input: object) -> int:
     graph; a model already compiled in place is explained too)."""
     with torch.no_grad():
         explanation = torch._dynamo.explain(eager_forward(model))(*_arguments(example_input))
-    return explanation.graph_break_count
+    return int(explanation.graph_break_count)
 
 
 def compile_in_place(model: nn.Module, example_input: object, *, fullgraph: bool = True) -> float:
@@ -97,7 +98,7 @@ def compile_lazily(model: nn.Module, *, fullgraph: bool = True) -> None:
 
 def eager_forward(model: nn.Module) -> Callable[..., object]:
     """``model``'s class forward bound to it: the eager forward even after :func:`compile_lazily`."""
-    return type(model).forward.__get__(model)
+    return cast(Callable[..., object], type(model).forward.__get__(model))
 
 
 def holder_of(model: nn.Module, names: list[str]) -> nn.Module:
@@ -132,7 +133,7 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
     return Path(written)
 
 
-def load_package(path: str | Path) -> nn.Module:
+def load_package(path: str | Path) -> Callable[..., Any]:
     """The callable model of an AOTInductor package written by :func:`export_package` (this module's import
     has registered the condensed ops it calls)."""
     path = Path(path)

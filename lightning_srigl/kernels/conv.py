@@ -71,7 +71,9 @@ def condensed_conv2d(
     """Condensed convolution ``(N, C, H, W) -> (N, out, Ho, Wo)``; see the module docstring. CPU kernel."""
     kernel = load_extension() if x.device.type == "cpu" and x.dtype == torch.float32 else None
     if kernel is None:
-        return conv2d_reference(x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation)
+        return conv2d_reference(
+            x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation
+        )
     return kernel.condensed_conv2d(
         x.contiguous(), values.contiguous(), indices.contiguous(), rows.contiguous(), bias, out_channels, groups,
         kernel_size, stride, padding, dilation, 0,

@@ -57,7 +57,9 @@ def csr_product(
     path too:
     torch's sparse ``F.linear`` raises "Cannot set version_counter for inference tensor" there."""
     out_features = crow_indices.shape[0] - 1
-    weight = torch.sparse_csr_tensor(crow_indices, col_indices, values, (out_features, in_features), check_invariants=False)
+    weight = torch.sparse_csr_tensor(
+        crow_indices, col_indices, values, (out_features, in_features), check_invariants=False
+    )
     if x2d.shape[0] == 1 and not torch.is_inference_mode_enabled():
         return F.linear(x2d, weight, bias)
     if bias is None:

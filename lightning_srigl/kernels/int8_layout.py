@@ -72,8 +72,10 @@ def check_int8(
     if weight.shape[1] > INT8_MAX_FAN_IN or bool((weight == -128).any()):
         raise ValueError(f"weight must lie in [-127, 127] with a fan-in of at most {INT8_MAX_FAN_IN}")
     rows = weight.shape[0]
-    if indices.shape != weight.shape or indices.dtype not in INDEX_DTYPES or (
-        indices.dtype == torch.int16 and in_features > INT16_MAX
+    if (
+        indices.shape != weight.shape
+        or indices.dtype not in INDEX_DTYPES
+        or (indices.dtype == torch.int16 and in_features > INT16_MAX)
     ):
         raise ValueError(f"indices must be int16 (in_features <= {INT16_MAX}) or int32 of weight's shape "
                          f"{tuple(weight.shape)}; got {indices.dtype} {tuple(indices.shape)}")  # fmt: skip

@@ -41,7 +41,11 @@ class SampledLayout:
                 f"SampledLayout of shape {self.shape} needs row_ptr int64 ({out + 1},) and cols int32 (nnz,); "
                 f"got {row_ptr.dtype} {tuple(row_ptr.shape)} and {cols.dtype} {tuple(cols.shape)}"
             )
-        if row_ptr.device.type != "cpu" or cols.device.type != "cpu" or not (row_ptr.is_contiguous() and cols.is_contiguous()):
+        if (
+            row_ptr.device.type != "cpu"
+            or cols.device.type != "cpu"
+            or not (row_ptr.is_contiguous() and cols.is_contiguous())
+        ):
             raise ValueError("SampledLayout: row_ptr and cols must be contiguous CPU tensors")
         if int(row_ptr[0]) != 0 or int(row_ptr[-1]) != cols.numel() or bool((row_ptr.diff() < 0).any()):
             raise ValueError(f"SampledLayout: row_ptr must rise from 0 to nnz = {cols.numel()}")
@@ -87,7 +91,9 @@ def sampled_product(go: Tensor, x: Tensor, layout: SampledLayout) -> Tensor:
     """
     kernel = load_extension()
     if kernel is None:
-        raise RuntimeError("sampled_product needs the C++ CPU kernels; reinstall with `pip install --no-build-isolation .`")
+        raise RuntimeError(
+            "sampled_product needs the C++ CPU kernels; reinstall with `pip install --no-build-isolation .`"
+        )
     if go.dim() != 2 or x.dim() != 2 or go.shape[0] != x.shape[0] or (go.shape[1], x.shape[1]) != layout.shape:
         raise ValueError(
             f"sampled_product: go {tuple(go.shape)} and x {tuple(x.shape)} do not fit a layout of shape {layout.shape}"

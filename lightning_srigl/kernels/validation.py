@@ -40,9 +40,7 @@ def check_bias(bias: Tensor | None, out_features: int, like: Tensor) -> None:
         )
 
 
-def check_condensed(
-    values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int
-) -> None:
+def check_condensed(values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int) -> None:
     """Validate the buffers of a [`CondensedLinear`][lightning_srigl.condensed.layers.linear.CondensedLinear].
 
     Args:
@@ -107,6 +105,8 @@ def check_csr(weight: Tensor) -> None:
     if not weight.is_floating_point():
         raise ValueError(f"weight values must be floating, got {weight.dtype}")
     try:
-        torch._validate_sparse_csr_tensor_args(weight.crow_indices(), weight.col_indices(), weight.values(), weight.shape)
+        torch._validate_sparse_csr_tensor_args(
+            weight.crow_indices(), weight.col_indices(), weight.values(), weight.shape
+        )
     except RuntimeError as error:
         raise ValueError(f"the CSR weight is corrupt: {error}") from None

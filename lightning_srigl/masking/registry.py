@@ -252,9 +252,7 @@ def _install_from_state_dict(
             register_mask_(sparse.module, sparse.param_name, torch.zeros(sparse.shape, dtype=torch.bool))
 
 
-def accept_masks_on_load(
-    model: nn.Module, layer_types: Sequence[type | str] = DEFAULT_LAYER_TYPES
-) -> RemovableHandle:
+def accept_masks_on_load(model: nn.Module, layer_types: Sequence[type | str] = DEFAULT_LAYER_TYPES) -> RemovableHandle:
     """Let ``model.load_state_dict`` install the masks that a state dict carries for its weights.
 
     Nothing is installed until a state dict with ``<weight>_sparsity_mask`` entries (or an older

@@ -213,7 +213,9 @@ def _warn_unsupported_layers(model: nn.Module, layer_types: Sequence[type | str]
     """One warning naming the layers with weight matrices that no supported type covers (they stay dense)."""
     unsupported = unsupported_weight_layers(model, layer_types)
     if unsupported:
-        described = "; ".join(f"{kind}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" for kind, names in unsupported.items())
+        described = "; ".join(
+            f"{kind}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" for kind, names in unsupported.items()
+        )
         supported = ", ".join(layer_type_name(t) for t in layer_types)
         warnings.warn(
             f"lightning_srigl: layers of types the sparsity selection cannot handle stay dense ({described}); "

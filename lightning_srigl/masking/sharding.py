@@ -127,7 +127,12 @@ def shard_like(tensor: Tensor, weight: Tensor) -> Tensor:
     local = tensor[sharding.start : sharding.stop].to(local_part(weight).device).contiguous()
     stride = torch.empty(weight.shape, device="meta").stride()  # contiguous: the mask's own stride
     return DTensor.from_local(
-        local, weight.device_mesh, weight.placements, run_check=False, shape=weight.shape, stride=stride  # type: ignore[attr-defined]
+        local,
+        weight.device_mesh,  # type: ignore[attr-defined]
+        weight.placements,  # type: ignore[attr-defined]
+        run_check=False,
+        shape=weight.shape,
+        stride=stride,
     )
 
 

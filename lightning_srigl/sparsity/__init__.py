@@ -5,13 +5,14 @@ from lightning_srigl.sparsity.constant_fan_in import (
     NeuronAblation,
     SRigLUpdate,
     check_fan_in_budget,
-    neurons_to_ablate,
     nearest_fan_in,
+    neurons_to_ablate,
     random_constant_fan_in_mask,
     srigl_update,
     srigl_update_layers,
 )
 from lightning_srigl.sparsity.distribution import erk_densities, layer_budgets, uniform_densities
+from lightning_srigl.sparsity.diversity import count_transposable_patterns, mask_diversity_log10
 from lightning_srigl.sparsity.init import sparse_init_
 from lightning_srigl.sparsity.metrics import (
     active_neurons,
@@ -21,19 +22,6 @@ from lightning_srigl.sparsity.metrics import (
     itop_rate,
     mask_change,
 )
-from lightning_srigl.sparsity.reducer import LocalReducer, Reducer, Selection, ShardReducer, update_groups
-from lightning_srigl.sparsity.rigl import RigLUpdate, random_unstructured_mask, rigl_update, rigl_update_layers
-from lightning_srigl.sparsity.schedule import (
-    cosine_drop_fraction,
-    exploration_end,
-    in_gradient_window,
-    is_update_step,
-    update_due,
-)
-from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask, topk_mask
-from lightning_srigl.sparsity.structure import CONSTANT_FAN_IN, Structure
-from lightning_srigl.sparsity.validation import all_finite, as_integer, as_real, check_sparsity
-from lightning_srigl.sparsity.diversity import count_transposable_patterns, mask_diversity_log10
 from lightning_srigl.sparsity.nm import (
     check_nm,
     is_nm,
@@ -44,6 +32,17 @@ from lightning_srigl.sparsity.nm import (
     sr_ste_refine_term,
 )
 from lightning_srigl.sparsity.nm_dynamic import NMUpdate, nm_drop_grow, random_nm_mask
+from lightning_srigl.sparsity.reducer import LocalReducer, Reducer, Selection, ShardReducer, update_groups
+from lightning_srigl.sparsity.rigl import RigLUpdate, random_unstructured_mask, rigl_update, rigl_update_layers
+from lightning_srigl.sparsity.schedule import (
+    cosine_drop_fraction,
+    exploration_end,
+    in_gradient_window,
+    is_update_step,
+    update_due,
+)
+from lightning_srigl.sparsity.structure import CONSTANT_FAN_IN, Structure
+from lightning_srigl.sparsity.topk import as_rows, rowwise_topk_mask, topk_mask
 from lightning_srigl.sparsity.transposable import (
     TransposableMask,
     check_transposable_nm,
@@ -53,6 +52,7 @@ from lightning_srigl.sparsity.transposable import (
     transposable_patterns,
     untile_view,
 )
+from lightning_srigl.sparsity.validation import all_finite, as_integer, as_real, check_sparsity
 
 __all__ = [
     "CONSTANT_FAN_IN",

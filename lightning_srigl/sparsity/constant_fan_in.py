@@ -60,9 +60,7 @@ def check_fan_in_budget(shape: torch.Size | tuple[int, ...], budget: int) -> Non
     rows = shape[0]
     numel = math.prod(shape)
     if not 0 <= budget <= numel:
-        raise ValueError(
-            f"budget must be in [0, {numel}] active weights for shape {tuple(shape)}, got {budget}"
-        )
+        raise ValueError(f"budget must be in [0, {numel}] active weights for shape {tuple(shape)}, got {budget}")
     if budget < rows:
         raise ValueError(
             f"a budget of {budget} active weights cannot give each of the {rows} neurons of a layer "
@@ -203,8 +201,7 @@ def _ablation_thresholds(
         selections.append(Selection(counts.to(torch.int32), position + 1))
     floors = reducer.kth_largest(selections)
     return [
-        min(rule.threshold(rows, cols, budget), int(floor))
-        for (_, budget, (rows, cols)), floor in zip(layers, floors)
+        min(rule.threshold(rows, cols, budget), int(floor)) for (_, budget, (rows, cols)), floor in zip(layers, floors)
     ]
 
 

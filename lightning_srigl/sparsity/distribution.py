@@ -38,9 +38,7 @@ def _check_layers(shapes: Sequence[Sequence[int]], dense: Collection[int]) -> li
     return numels
 
 
-def uniform_densities(
-    shapes: Sequence[Sequence[int]], sparsity: float, dense: Collection[int] = ()
-) -> list[float]:
+def uniform_densities(shapes: Sequence[Sequence[int]], sparsity: float, dense: Collection[int] = ()) -> list[float]:
     """Same density on every non-pinned layer, raised so that pinned dense layers are paid for.
 
     Sparse layers get sparsity ``1 - (N_total * d - N_dense) / N_sparse`` with ``d`` the dense

@@ -32,8 +32,7 @@ def sparse_init_(
     """
     if mask.shape != weight.shape or mask.dtype != torch.bool:
         raise ValueError(
-            f"mask must be a bool tensor shaped like weight {tuple(weight.shape)}, got "
-            f"{mask.dtype} {tuple(mask.shape)}"
+            f"mask must be a bool tensor shaped like weight {tuple(weight.shape)}, got {mask.dtype} {tuple(mask.shape)}"
         )
     fan_in = as_rows(mask).sum(dim=1).to(torch.float64)
     variance_or_std = 2.0 / fan_in.clamp(min=1)

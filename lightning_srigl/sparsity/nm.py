@@ -45,9 +45,7 @@ def check_nm(shape: Sequence[int], n: int, m: int) -> None:
     if isinstance(n, bool) or isinstance(m, bool) or not isinstance(n, int) or not isinstance(m, int):
         raise ValueError(f"N:M needs integer n and m, got n={n!r}, m={m!r}.")
     if m < 2 or not 1 <= n < m:
-        raise ValueError(
-            f"Invalid N:M pattern {n}:{m}: need 1 <= n < m (keep n of every m weights), e.g. 2:4 or 4:8."
-        )
+        raise ValueError(f"Invalid N:M pattern {n}:{m}: need 1 <= n < m (keep n of every m weights), e.g. 2:4 or 4:8.")
     if len(shape) < 2:
         raise ValueError(
             f"N:M sparsity needs a weight of at least 2 dims ((out, in) or (K, C, *kernel)); got shape "

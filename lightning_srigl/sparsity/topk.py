@@ -170,9 +170,7 @@ def topk_mask(scores: Tensor, k: int, *, among: Tensor | None = None) -> Tensor:
         threshold go to the lower flat (row-major) index.
     """
     if among is not None and among.shape != scores.shape:
-        raise ValueError(
-            f"among must have the shape of scores {tuple(scores.shape)}, got {tuple(among.shape)}"
-        )
+        raise ValueError(f"among must have the shape of scores {tuple(scores.shape)}, got {tuple(among.shape)}")
     flat = scores.reshape(-1)
     n = flat.numel() if among is None else int(among.count_nonzero())
     if not 0 <= k <= n:

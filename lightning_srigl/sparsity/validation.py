@@ -27,7 +27,9 @@ def as_real(value: object, name: str, hint: str = "") -> float:
     """
     number = _scalar(value)
     if isinstance(number, bool) or not isinstance(number, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}" + (f"; {hint}" if hint else ""))
+        raise TypeError(
+            f"{name} must be a number, got {type(value).__name__} {value!r}" + (f"; {hint}" if hint else "")
+        )
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value!r}" + (f"; {hint}" if hint else ""))
     return float(number)
@@ -42,7 +44,9 @@ def as_integer(value: object, name: str, minimum: int | None = None, hint: str =
     """
     number = _scalar(value)
     if isinstance(number, bool) or not isinstance(number, Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}" + (f"; {hint}" if hint else ""))
+        raise TypeError(
+            f"{name} must be an integer, got {type(value).__name__} {value!r}" + (f"; {hint}" if hint else "")
+        )
     if minimum is not None and int(number) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}" + (f"; {hint}" if hint else ""))
     return int(number)
@@ -86,9 +90,7 @@ def all_finite(t: Tensor) -> bool:
 def check_update_inputs(weight: Tensor, mask: Tensor, dense_grad: Tensor) -> None:
     """Check that a topology update gets a weight, a bool mask and a dense gradient of one shape."""
     if weight.dim() < 2:
-        raise ValueError(
-            f"weight must have shape (out, in, ...) with at least 2 dims, got {tuple(weight.shape)}"
-        )
+        raise ValueError(f"weight must have shape (out, in, ...) with at least 2 dims, got {tuple(weight.shape)}")
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a torch.bool tensor (True = active), got dtype {mask.dtype}")
     if mask.shape != weight.shape or dense_grad.shape != weight.shape:
@@ -101,4 +103,3 @@ def check_update_inputs(weight: Tensor, mask: Tensor, dense_grad: Tensor) -> Non
             "dense_grad contains non-finite values (inf/NaN); skip this topology update "
             "(e.g. an AMP overflow step) instead of scoring with it"
         )
-

@@ -158,7 +158,9 @@ class SparseBackward:
         """Patch every supported layer (none without the C++ kernels, which are loaded only when some
         layer qualifies); returns the patched weights' names."""
         candidates = [
-            p for p in self.masked.params if p.fqn not in self._patched and supports_sparse_backward(p.module, p.param_name)
+            p
+            for p in self.masked.params
+            if p.fqn not in self._patched and supports_sparse_backward(p.module, p.param_name)
         ]
         if not candidates or not sampled_product_available():
             return self.fqns

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_srigl.callbacks.accelerate import REPORT_FILENAME, AccelerateCallback
-from lightning_srigl.condensed.layer_call import resize_batch as _resize_batch
 from lightning_srigl.callbacks.nm import NMSparsityCallback
 from lightning_srigl.callbacks.srigl import SRigLCallback
+from lightning_srigl.condensed.layer_call import resize_batch as _resize_batch
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.serialization import save_condensed
 from lightning_srigl.sparsity import is_constant_fan_in
@@ -65,7 +65,9 @@ def predictions(model: nn.Module, data: DataLoader) -> Tensor:
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.Trainer, TinyClassifier, KeepSparseModel, AccelerateCallback]:
+def fitted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[pl.Trainer, TinyClassifier, KeepSparseModel, AccelerateCallback]:
     return fit(tmp_path_factory.mktemp("fit"))
 
 

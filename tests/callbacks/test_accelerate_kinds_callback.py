@@ -16,7 +16,9 @@ class ConvAttention(pl.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        )
         self.attention = nn.MultiheadAttention(32, 4, batch_first=True)
         self.head = nn.Linear(32, 5)
 

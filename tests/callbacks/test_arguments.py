@@ -59,9 +59,17 @@ def test_invalid_arguments_are_rejected_in_init(kwargs: dict, message: str) -> N
         (lambda: NMSparsityCallback(lambda_w=float("nan")), ValueError, r"lambda_w must be finite"),
         (lambda: NMSparsityCallback(lambda_w=float("inf")), ValueError, r"lambda_w must be finite"),
         (lambda: NMSparsityCallback(n=2.0), TypeError, r"n must be an integer"),
-        (lambda: NMSparsityCallback(transposable="best"), ValueError, r"transposable must be one of None, 'greedy', 'exact'"),
+        (
+            lambda: NMSparsityCallback(transposable="best"),
+            ValueError,
+            r"transposable must be one of None, 'greedy', 'exact'",
+        ),
         (lambda: NMSparsityCallback(include=[3]), TypeError, r"include must be a list of fnmatch patterns"),
-        (lambda: convert_to_structured(nn.Sequential(nn.Linear(8, 8)), n=4, m=2), ValueError, r"Invalid N:M pattern 4:2"),
+        (
+            lambda: convert_to_structured(nn.Sequential(nn.Linear(8, 8)), n=4, m=2),
+            ValueError,
+            r"Invalid N:M pattern 4:2",
+        ),
     ],
 )
 def test_each_bad_argument_fails_at_construction_with_a_clear_error(

@@ -143,7 +143,11 @@ def test_resumed_masks_are_checked_under_rigl_and_nm_too(tmp_path: Path) -> None
     [
         (list, _srigl, r"has no masks: it was written without a sparsity callback \(it lacks net\.0\.weight_"),
         (lambda: [_srigl()], NMSparsityCallback, r"has masks for other weights \(it masks net\.0\.weight_"),
-        (lambda: [_srigl()], lambda: _srigl(include=["net.2.weight"]), r"has masks for other weights \(it masks net\.0\."),
+        (
+            lambda: [_srigl()],
+            lambda: _srigl(include=["net.2.weight"]),
+            r"has masks for other weights \(it masks net\.0\.",
+        ),
     ],
     ids=["dense-with-srigl", "srigl-with-nm", "include-subset"],
 )

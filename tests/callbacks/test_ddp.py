@@ -56,9 +56,13 @@ def test_ddp_ranks_hold_identical_masks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("accelerate", "test"), [(False, False), (False, True), (True, True)], ids=["fit", "fit-test", "fit-accelerate-test"]
+    ("accelerate", "test"),
+    [(False, False), (False, True), (True, True)],
+    ids=["fit", "fit-test", "fit-accelerate-test"],
 )
-def test_a_ddp_script_with_default_arguments_ends_with_identical_ranks(tmp_path: Path, accelerate: bool, test: bool) -> None:
+def test_a_ddp_script_with_default_arguments_ends_with_identical_ranks(
+    tmp_path: Path, accelerate: bool, test: bool
+) -> None:
     """``python script.py`` as a user runs it (Lightning starts rank 1); a deadlock fails by timeout."""
     command = [sys.executable, "-m", "tests.callbacks.ddp_run", str(tmp_path)]
     command += (["--accelerate"] if accelerate else []) + ([] if test else ["--fit-only"])

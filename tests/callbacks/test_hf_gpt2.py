@@ -23,7 +23,14 @@ class LanguageModel(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         config = transformers.GPT2Config(
-            n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0, use_cache=False
+            n_layer=2,
+            n_embd=32,
+            n_head=4,
+            vocab_size=64,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            use_cache=False,
         )
         self.model = transformers.GPT2LMHeadModel(config)
 
@@ -59,7 +66,11 @@ def trained(tmp_path_factory):
 def test_every_block_conv1d_has_a_constant_fan_in_mask_and_the_tied_embedding_is_untouched(trained):
     module, dense, embedding = trained
     masked = {m.fqn: m for m in masked_weights(dense)}
-    blocks = [f"transformer.h.{i}.{name}.weight" for i in range(2) for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    blocks = [
+        f"transformer.h.{i}.{name}.weight"
+        for i in range(2)
+        for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    ]
     assert sorted(masked) == sorted(blocks)
     for fqn in blocks:
         rows = neuron_major(masked[fqn].module, masked[fqn].mask)

@@ -46,8 +46,8 @@ SCRIPT = textwrap.dedent(
 
 def _run(method: str, folder: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", SCRIPT, method, str(folder)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)  # fmt: skip
+    command = [sys.executable, "-c", SCRIPT, method, str(folder)]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_nm_with_no_layer_it_can_sparsify_warns_and_trains_dense(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -115,7 +115,9 @@ def _checkpoint_at_step_4(tmp_path: Path) -> Path:
 def test_resuming_with_an_argument_that_changes_the_masks_is_an_error_naming_it(tmp_path: Path) -> None:
     path = _checkpoint_at_step_4(tmp_path)
     with pytest.raises(ValueError, match=r"sparsity differ .*sparsity: checkpoint 0\.8, now 0\.7.*checkpoint's values"):
-        trainer(callbacks=[SRigLCallback(sparsity=0.7, delta_t=3, report=False)], max_steps=16).fit(TinyNet(), ckpt_path=path)
+        trainer(callbacks=[SRigLCallback(sparsity=0.7, delta_t=3, report=False)], max_steps=16).fit(
+            TinyNet(), ckpt_path=path
+        )
 
 
 def test_resuming_with_another_schedule_warns_and_resumes(tmp_path: Path) -> None:

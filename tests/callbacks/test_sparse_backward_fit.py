@@ -71,10 +71,16 @@ def spying(callback_cls: type) -> Any:
         return sampled_product(*args)
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(SparseBackward, "untouched_gradients", autospec=True, side_effect=on_untouched))
-        stack.enter_context(mock.patch.object(MaskedParameters, "apply_to_gradients_", autospec=True, side_effect=on_apply))
+        stack.enter_context(
+            mock.patch.object(SparseBackward, "untouched_gradients", autospec=True, side_effect=on_untouched)
+        )
+        stack.enter_context(
+            mock.patch.object(MaskedParameters, "apply_to_gradients_", autospec=True, side_effect=on_apply)
+        )
         stack.enter_context(mock.patch.object(SparseBackward, "install", autospec=True, side_effect=on_install))
-        stack.enter_context(mock.patch.object(callback_cls, "layer_updates", autospec=True, side_effect=on_layer_updates))
+        stack.enter_context(
+            mock.patch.object(callback_cls, "layer_updates", autospec=True, side_effect=on_layer_updates)
+        )
         stack.enter_context(mock.patch.object(sparse_backward_module, "sampled_product", side_effect=on_sampled))
         yield spies
 

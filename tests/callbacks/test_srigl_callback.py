@@ -212,7 +212,8 @@ def test_kept_weights_are_reinitialised_by_default_and_keep_their_values_with_sp
 
 @pytest.mark.parametrize("callback_type", [SRigLCallback, RigLCallback])
 def test_init_std_quirk_draws_the_same_weights_with_the_references_std(callback_type) -> None:
-    """Same seed, same masks, same noise: each kept weight is scaled by ``(2/k) / sqrt(2/k)`` (``k``: its row's fan-in)."""
+    """Same seed, same masks, same noise: each kept weight is scaled by ``(2/k) / sqrt(2/k)``
+    (``k``: its row's fan-in)."""
     started = {}
     for quirk in (False, True):
         probe = _WeightsAtTrainStart()

@@ -78,8 +78,7 @@ def test_every_swapped_kernel_is_exact_and_drops_the_mask(kind: str) -> None:
     with torch.no_grad():
         expected = model(x)
     rows = [
-        LayerAcceleration(name, 0, 0, 7, 0.1, 0, kind, {"dense": 1.0, kind: 1.0}, {})
-        for name in sparse_layers(model)
+        LayerAcceleration(name, 0, 0, 7, 0.1, 0, kind, {"dense": 1.0, kind: 1.0}, {}) for name in sparse_layers(model)
     ]
     swap_layers(model, rebuild_plan(model, AccelerationReport(rows)))
     expected_type = {"dense": nn.Linear, "condensed": CondensedLinear, "csr": CSRLinear}[kind]

@@ -56,7 +56,9 @@ def sparsify(model: nn.Module, density: float = 0.3, ablated: float = 0.25, seed
 def accelerate_and_compare(model: nn.Module, *inputs: torch.Tensor) -> object:
     with torch.no_grad():
         expected = model(*inputs)
-    report = accelerate(model, inputs if len(inputs) > 1 else inputs[0], candidates=CANDIDATES, warmup=0, repeats=1, verbose=False)
+    report = accelerate(
+        model, inputs if len(inputs) > 1 else inputs[0], candidates=CANDIDATES, warmup=0, repeats=1, verbose=False
+    )
     with torch.no_grad():
         out = model(*inputs)
     assert_close_to_scale(out, expected)
@@ -76,7 +78,10 @@ def test_convolutions_are_candidates_and_the_accelerated_cnn_is_exact():
     report = accelerate_and_compare(model, torch.randn(2, 3, 12, 12))
     assert {row.name for row in report.rows} == {"0", "3", "5", "9"}
     assert {report.rows[0].in_features, report.rows[0].out_features} == {27, 16}
-    assert all(type(model.get_submodule(row.name)) in (CondensedConv2d, CondensedLinear, nn.Conv2d, nn.Linear) for row in report.rows)
+    assert all(
+        type(model.get_submodule(row.name)) in (CondensedConv2d, CondensedLinear, nn.Conv2d, nn.Linear)
+        for row in report.rows
+    )
 
 
 def test_conv1d_is_a_candidate():

@@ -53,7 +53,9 @@ def test_self_attention_equals_masked_dense(batch_first, need_weights, average):
     projected = ProjectedAttention.from_masked(attention, {"in_proj_weight": masks["in"]}, masks["out"])
     assert isinstance(projected.in_proj, CondensedLinear) and isinstance(projected.out_proj, CondensedLinear)
     x = torch.randn(3, 7, 16) if batch_first else torch.randn(7, 3, 16)
-    (expected, expected_w), (out, w) = both(attention, projected, x, x, x, need_weights=need_weights, average_attn_weights=average)
+    (expected, expected_w), (out, w) = both(
+        attention, projected, x, x, x, need_weights=need_weights, average_attn_weights=average
+    )
     assert_close_to_scale(out, expected)
     if need_weights:
         assert_close_to_scale(w, expected_w)

@@ -12,13 +12,13 @@ from torch import nn
 from example_projects.imagenet_vit_b16.model import VisionTransformer
 from lightning_srigl.benchmark.whole_model import srigl_masks
 from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.kernels.compiled import (
     eager_forward,
     export_package,
     graph_breaks,
     load_package,
 )
-from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.masking import bind_masks
 
 

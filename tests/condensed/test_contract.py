@@ -57,7 +57,10 @@ CASES: dict[type[nn.Module], tuple[Callable[[], tuple], Callable]] = {
     CSRLinear: (_linear, CSRLinear.from_masked),
     CondensedConv2d: (_conv2d, CondensedConv2d.from_masked),
     CondensedConv1d: (_conv1d, CondensedConv1d.from_masked),
-    ProjectedAttention: (_attention, lambda m, masks: ProjectedAttention.from_masked(m, masks, masks["out_proj.weight"])),
+    ProjectedAttention: (
+        _attention,
+        lambda m, masks: ProjectedAttention.from_masked(m, masks, masks["out_proj.weight"]),
+    ),
     SemiStructuredLinear: (_linear, SemiStructuredLinear.from_masked),  # CUDA only: its build is skipped here
     Int8CondensedLinear: (_linear, Int8CondensedLinear.from_masked),
 }
@@ -66,7 +69,11 @@ LOSSY = {Int8CondensedLinear}
 
 
 def _call(module: nn.Module, x: Tensor) -> Tensor:
-    return module(x, x, x, need_weights=False)[0] if isinstance(module, (nn.MultiheadAttention, ProjectedAttention)) else module(x)
+    return (
+        module(x, x, x, need_weights=False)[0]
+        if isinstance(module, (nn.MultiheadAttention, ProjectedAttention))
+        else module(x)
+    )
 
 
 def _masked_weights(module: nn.Module, masks: Tensor | dict) -> dict[str, Tensor]:
@@ -151,7 +158,11 @@ def test_restore_dense_gives_back_the_masked_dense_model_exactly(chosen: str) ->
         net = masked_net()
         rows = [replace(row, chosen=chosen if chosen in row.times else "condensed") for row in report.rows]
         swap_layers(net, rebuild_plan(net, replace(report, rows=rows)))
-        assert {type(module) for module in net.modules()} & {CondensedLinear, CSRLinear, ProjectedAttention} or chosen == "dense"
+        assert {type(module) for module in net.modules()} & {
+            CondensedLinear,
+            CSRLinear,
+            ProjectedAttention,
+        } or chosen == "dense"
     restore_dense(net)
     for name, module in reference.named_modules():
         assert type(net.get_submodule(name)) is type(module), name

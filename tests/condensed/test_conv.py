@@ -38,7 +38,9 @@ def test_op_rejects_a_block_width_that_is_not_a_multiple_of_the_lanes(kernel):
         )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(
     batch=st.integers(1, 3),
     groups=st.sampled_from([1, 2, 4]),
@@ -55,12 +57,35 @@ def test_op_rejects_a_block_width_that_is_not_a_multiple_of_the_lanes(kernel):
     seed=st.integers(0, 2**16),
 )
 def test_every_variant_equals_masked_dense_conv_over_random_geometry(
-    kernel, batch, groups, per_group, out_per_group, size, kernel_size, stride, padding, dilation, density, ablated, bias, seed
+    kernel,
+    batch,
+    groups,
+    per_group,
+    out_per_group,
+    size,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    density,
+    ablated,
+    bias,
+    seed,
 ):
     spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel_size)]
     if any(s + 2 * p < span for s, p, span in zip(size, padding, spans)):
         return  # the dilated kernel does not fit the padded image: nn.Conv2d rejects it too
-    geometry = (batch, groups * per_group, *size, groups * out_per_group, kernel_size, stride, padding, dilation, groups)
+    geometry = (
+        batch,
+        groups * per_group,
+        *size,
+        groups * out_per_group,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+    )
     conv, mask, x = masked_conv(geometry, density, ablated, bias, seed)
     layer = CondensedConv2d.from_masked(conv, mask)
     y = kernel.condensed_conv2d(
@@ -120,7 +145,12 @@ def test_dense_weight_and_to_dense_round_trip():
     layer = CondensedConv2d.from_masked(conv, mask)
     torch.testing.assert_close(layer.dense_weight(), conv.weight.detach())
     dense = layer.to_dense()
-    assert (dense.stride, dense.padding, dense.dilation, dense.groups) == (conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert (dense.stride, dense.padding, dense.dilation, dense.groups) == (
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+    )
     with torch.no_grad():
         torch.testing.assert_close(dense(x), conv(x))
 
@@ -159,7 +189,9 @@ def test_wrong_input_says_what_was_expected():
         layer(x[:, :4])
 
 
-@pytest.mark.parametrize(("kernel", "stride", "padding", "dilation", "groups"), [(3, 1, 1, 1, 1), (5, 2, 2, 2, 2), (1, 1, 0, 1, 1)])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "groups"), [(3, 1, 1, 1, 1), (5, 2, 2, 2, 2), (1, 1, 0, 1, 1)]
+)
 def test_conv1d_equals_masked_dense_conv1d(kernel, stride, padding, dilation, groups):
     torch.manual_seed(kernel)
     conv = nn.Conv1d(4, 6, kernel, stride, padding, dilation, groups)

@@ -213,7 +213,10 @@ def test_parts_of_an_untraceable_model_are_folded_where_they_trace() -> None:
     _ablate(model.blocks[0][0], [1, 4])
     _ablate(model.blocks[1][0], [0])
     report = fold_ablated_neurons(model)
-    assert [(f.producer, f.consumer, f.removed) for f in report.folded] == [("blocks.0.0", "blocks.0.2", 2), ("blocks.1.0", "blocks.1.2", 1)]
+    assert [(f.producer, f.consumer, f.removed) for f in report.folded] == [
+        ("blocks.0.0", "blocks.0.2", 2),
+        ("blocks.1.0", "blocks.1.2", 1),
+    ]
     assert report.model.blocks[0][0].out_features == 4 and report.model.blocks[1][2].in_features == 4
     _assert_same_outputs(model, report.model, torch.randn(3, 4))
 
@@ -292,7 +295,9 @@ def test_batchnorm_after_a_masked_conv_folds_exactly_and_keeps_the_mask() -> Non
     from lightning_srigl.masking import bind_masks, mask_of
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1, bias=False), nn.BatchNorm2d(4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1, bias=False), nn.BatchNorm2d(4)
+    )
     mask = torch.rand(6, 3, 3, 3) < 0.4
     mask[2] = False  # an ablated filter: outputs BN(bias) everywhere
     bind_masks(model, {"0.weight": mask})

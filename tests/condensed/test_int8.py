@@ -11,8 +11,8 @@ import torch
 
 from lightning_srigl.condensed import CondensedLinear, load_condensed, save_condensed
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
-from lightning_srigl.kernels.int8_layout import calibration_range, quantize_weights
 from lightning_srigl.kernels.int8 import int8_linear_reference
+from lightning_srigl.kernels.int8_layout import calibration_range, quantize_weights
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +142,11 @@ def test_saved_int8_model_gives_identical_outputs_in_a_fresh_process(tmp_path):
         "print('ok')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr[-2000:]

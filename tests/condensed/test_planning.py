@@ -18,8 +18,8 @@ from lightning_srigl.condensed.acceleration.planning import (
     plan_acceleration,
 )
 from lightning_srigl.condensed.kinds.registry import sparse_layers
-from lightning_srigl.timing import Timing
 from lightning_srigl.masking import bind_masks
+from lightning_srigl.timing import Timing
 from tests.condensed.test_accelerate import constant_fan_in_mask
 
 
@@ -56,7 +56,7 @@ class FakeTimer:
 
 
 def test_a_candidate_replaces_dense_only_beyond_the_noise() -> None:
-    quiet = lambda t: Timing(t * 1.001, t)
+    quiet = lambda t: Timing(t * 1.001, t)  # noqa: E731
     assert choose({"dense": quiet(1.0), "condensed": quiet(0.99)}) == "dense"  # inside MIN_MARGIN
     assert choose({"dense": quiet(1.0), "condensed": quiet(0.9)}) == "condensed"
     noisy = {

@@ -104,7 +104,11 @@ def test_loads_in_a_fresh_process_with_only_torch_and_lightning_srigl(tmp_path):
         "print('ok')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr[-2000:]

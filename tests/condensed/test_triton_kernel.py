@@ -161,7 +161,10 @@ def test_autotuning_skips_tiles_larger_than_the_problem() -> None:
     gemv, tiled = triton_kernel._GEMV_CONFIGS, triton_kernel._TILED_CONFIGS
     assert [c.kwargs["BLOCK_N"] for c in fitting(gemv, {"A": 40})] == [64]
     assert fitting(gemv, {"A": 768}) == gemv
-    assert {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_B"]) for c in fitting(tiled, {"A": 40, "B": 17})} == {(32, 32), (64, 32)}
+    assert {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_B"]) for c in fitting(tiled, {"A": 40, "B": 17})} == {
+        (32, 32),
+        (64, 32),
+    }
     assert fitting(tiled, {"A": 768, "B": 256}) == tiled
 
 

@@ -53,17 +53,32 @@ def _widen(payload: dict[str, Any]) -> None:
 
 
 TAMPERED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
-    "index_out_of_range": (_set("2.indices", lambda t: t.index_fill(1, torch.tensor([3]), 16)), r"indices must lie in \[0, 16\)"),
-    "negative_index": (_set("2.indices", lambda t: t.index_fill(1, torch.tensor([0]), -1)), r"indices must lie in \[0, 16\)"),
-    "huge_index": (_set("2.indices", lambda t: t.int().index_fill(1, torch.tensor([3]), 2**31 - 1)), r"indices must lie in \[0, 16\)"),
+    "index_out_of_range": (
+        _set("2.indices", lambda t: t.index_fill(1, torch.tensor([3]), 16)),
+        r"indices must lie in \[0, 16\)",
+    ),
+    "negative_index": (
+        _set("2.indices", lambda t: t.index_fill(1, torch.tensor([0]), -1)),
+        r"indices must lie in \[0, 16\)",
+    ),
+    "huge_index": (
+        _set("2.indices", lambda t: t.int().index_fill(1, torch.tensor([3]), 2**31 - 1)),
+        r"indices must lie in \[0, 16\)",
+    ),
     "unsorted_indices": (_set("2.indices", lambda t: t.flip(1)), r"indices must increase strictly"),
     "row_out_of_range": (_set("2.active_rows", lambda t: t + 100), r"active_rows must lie in \[0, 8\)"),
-    "values_wrong_shape": (_set("2.values", lambda t: torch.cat([t, t], dim=1)), r"indices has shape \(7, 4\).*\(7, 8\)"),
+    "values_wrong_shape": (
+        _set("2.values", lambda t: torch.cat([t, t], dim=1)),
+        r"indices has shape \(7, 4\).*\(7, 8\)",
+    ),
     "float_indices": (_set("2.indices", lambda t: t.float()), r"indices must be int16 or int32"),
     "bias_wrong_shape": (_set("2.bias", lambda t: t[:3]), r"bias must be a \(8,\) tensor"),
     "linear_wrong_shape": (_set("0.weight", lambda t: t[:, :5]), r"do not fit the architecture"),
     "huge_linear": (_widen, r"do not fit the architecture"),
-    "function_as_type": (_set_type(("2",), "lightning_srigl.condensed.serialization.load_condensed"), r"refusing to build"),
+    "function_as_type": (
+        _set_type(("2",), "lightning_srigl.condensed.serialization.load_condensed"),
+        r"refusing to build",
+    ),
     "builtin_as_type": (_set_type(("1",), "builtins.eval"), r"refusing to build 'builtins.eval'"),
     "non_string_type": (_set_type((), 42), r"refusing to build 42"),
     "bias_deleted": (lambda payload: payload["state_dict"].pop("2.bias"), r"bias=True but 2.bias is missing"),
@@ -117,7 +132,9 @@ def test_layer_constructors_validate_once_and_loading_state_revalidates() -> Non
     tampered = {**layer.state_dict(), "indices": layer.indices.index_fill(1, torch.tensor([0]), -1)}
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\)"):
         layer.load_state_dict(tampered)
-    bad_csr = torch.sparse_csr_tensor(torch.tensor([0, 1, 2]), torch.tensor([0, 9]), torch.ones(2), (2, 4), check_invariants=False)
+    bad_csr = torch.sparse_csr_tensor(
+        torch.tensor([0, 1, 2]), torch.tensor([0, 9]), torch.ones(2), (2, 4), check_invariants=False
+    )
     with pytest.raises(ValueError, match="the CSR weight is corrupt"):
         CSRLinear(bad_csr, None)
 

@@ -25,8 +25,17 @@ def test_srigl_at_99_percent_ablates_neurons_that_it_keeps_without_ablation() ->
 
 def _row(method: str, neurons: str, param_bytes: int, chosen: list[str], b1: float, two_four: bool = False) -> Row:
     layers = [
-        LayerAcceleration(f"net.{i}", 64, 512, 1, 0.5, 512, kind, {"dense": 2e-5, kind: 1e-5},
-                          {"semi_structured": "NotImplementedError: 2:4 semi-structured kernels need a CUDA GPU"})
+        LayerAcceleration(
+            f"net.{i}",
+            64,
+            512,
+            1,
+            0.5,
+            512,
+            kind,
+            {"dense": 2e-5, kind: 1e-5},
+            {"semi_structured": "NotImplementedError: 2:4 semi-structured kernels need a CUDA GPU"},
+        )
         for i, kind in enumerate(chosen)
     ]
     report = AccelerationReport(layers) if layers else None

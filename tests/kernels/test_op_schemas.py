@@ -97,7 +97,9 @@ EXAMPLES: dict[str, Callable[[object], tuple]] = {
 def ops_in(namespace: str) -> list[str]:
     """The names of the ops registered in ``torch.ops.<namespace>``."""
     prefix = f"{namespace}::"
-    return sorted({name[len(prefix):].split(".")[0] for name in torch._C._dispatch_get_all_op_names() if name.startswith(prefix)})
+    return sorted(
+        {name[len(prefix) :].split(".")[0] for name in torch._C._dispatch_get_all_op_names() if name.startswith(prefix)}
+    )
 
 
 @pytest.fixture(params=host_variants())
@@ -121,7 +123,9 @@ def test_every_cpp_op_with_a_python_op_has_its_schema(variant: str) -> None:
         python = getattr(torch.ops.lightning_srigl, name).default._schema
         cpp = getattr(getattr(torch.ops, namespace), name).default._schema
         extra = CPP_ONLY_ARGUMENTS.get(name, ())
-        assert _signature(cpp, extra) == _signature(python), f"{namespace}::{name} and {PYTHON_NAMESPACE}::{name} differ"
+        assert _signature(cpp, extra) == _signature(python), (
+            f"{namespace}::{name} and {PYTHON_NAMESPACE}::{name} differ"
+        )
         assert all(arg.default_value is not None for arg in cpp.arguments if arg.name in extra), name
         assert [str(r.type) for r in cpp.returns] == [str(r.type) for r in python.returns], name
 

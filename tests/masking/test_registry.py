@@ -52,7 +52,11 @@ def test_the_record_survives_deepcopy_pickling_and_to_empty() -> None:
     buffer = io.BytesIO()
     torch.save(net, buffer)
     buffer.seek(0)
-    copies = [copy.deepcopy(net), torch.load(buffer, weights_only=False), copy.deepcopy(net).to("meta").to_empty(device="cpu")]
+    copies = [
+        copy.deepcopy(net),
+        torch.load(buffer, weights_only=False),
+        copy.deepcopy(net).to("meta").to_empty(device="cpu"),
+    ]
     for other in copies:
         assert [m.fqn for m in masked_weights(other)] == ["2.weight"]
         assert mask_of(other[2]) is not mask_of(net[2])

@@ -87,7 +87,9 @@ def test_tied_weights_stay_dense_with_one_warning_unless_named_exactly() -> None
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight
     model = nn.Sequential(a, b, nn.Linear(4, 2))
-    with pytest.warns(UserWarning, match=r"\['0.weight'\] are tied weights \(0.weight = 1.weight\).*include=\[..., '0.weight'\]"):
+    with pytest.warns(
+        UserWarning, match=r"\['0.weight'\] are tied weights \(0.weight = 1.weight\).*include=\[..., '0.weight'\]"
+    ):
         assert _fqns(model) == ["2.weight"]
     assert _fqns(model, include=["0.weight", "2.*"]) == ["0.weight", "2.weight"]  # opted in: selected once
 

@@ -19,7 +19,9 @@ ZERO_KEEPING: dict[str, OptimizerFactory] = {
     ),
     "sgd-fused": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, fused=True),
     "adam-l2-amsgrad": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2, amsgrad=True),
-    "adam-decoupled-foreach": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, foreach=True),
+    "adam-decoupled-foreach": lambda p: torch.optim.Adam(
+        p, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, foreach=True
+    ),
     "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
     "adamw-fused-amsgrad": lambda p: torch.optim.AdamW(p, lr=1e-2, amsgrad=True, fused=True),
 }

@@ -22,7 +22,11 @@ def test_zero_inactive_keeps_active_bits_and_writes_positive_zero(dtype: torch.d
     mask_form = step_mask(mask, values) if form == "keep bits" else mask.logical_not()
     tensor = values.clone()
     zero_inactive_(tensor, mask_form)
-    bits = torch.int16 if dtype in (torch.float16, torch.bfloat16) else {4: torch.int32, 8: torch.int64}[values.element_size()]
+    bits = (
+        torch.int16
+        if dtype in (torch.float16, torch.bfloat16)
+        else {4: torch.int32, 8: torch.int64}[values.element_size()]
+    )
     assert torch.equal(tensor.view(bits)[mask], values.view(bits)[mask])
     assert torch.equal(tensor.view(bits)[~mask], torch.zeros(int((~mask).sum()), dtype=bits))  # +0.0 exactly
 

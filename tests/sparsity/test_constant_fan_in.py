@@ -138,9 +138,7 @@ def test_ablation_clamp_keeps_min_neurons_plus_one() -> None:
     update = srigl_update(weight, mask, grad, budget=20, drop_fraction=0.0, gamma_sal=0.9)
     assert update.saliency_threshold == 2
     assert update.ablated.tolist() == [3]
-    floored = srigl_update(
-        weight, mask, grad, budget=20, drop_fraction=0.0, gamma_sal=0.9, min_active_neurons=4
-    )
+    floored = srigl_update(weight, mask, grad, budget=20, drop_fraction=0.0, gamma_sal=0.9, min_active_neurons=4)
     assert floored.ablated.tolist() == [] and floored.fan_in == 5
 
 
@@ -239,9 +237,7 @@ def test_srigl_update_keeps_constant_fan_in_and_budget(
     grad = torch.randn(rows, cols, generator=generator)
 
     def run():
-        return srigl_update(
-            weight, start, grad, budget=budget, drop_fraction=drop_fraction, gamma_sal=gamma_sal
-        )
+        return srigl_update(weight, start, grad, budget=budget, drop_fraction=drop_fraction, gamma_sal=gamma_sal)
 
     update = run()
     alive = _survivors(update, rows)

@@ -17,7 +17,14 @@ def _layer(shape: tuple[int, ...], n: int, m: int, seed: int = 0) -> tuple[torch
     return weight, mask, grad
 
 
-CASES = [((8, 16), 2, 4), ((8, 16), 1, 4), ((8, 16), 4, 8), ((6, 8, 3, 3), 2, 4), ((6, 8, 3, 3), 4, 8), ((4, 12, 5), 1, 4)]
+CASES = [
+    ((8, 16), 2, 4),
+    ((8, 16), 1, 4),
+    ((8, 16), 4, 8),
+    ((6, 8, 3, 3), 2, 4),
+    ((6, 8, 3, 3), 4, 8),
+    ((4, 12, 5), 1, 4),
+]
 
 
 @pytest.mark.parametrize(("shape", "n", "m"), CASES)

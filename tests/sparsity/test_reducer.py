@@ -6,7 +6,6 @@ The ranks are threads (``tests/sparsity/simulated_shards.py``); each holds a con
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import Tensor

@@ -42,8 +42,7 @@ def _load_cases(path: Path) -> list[tuple[str, dict[str, Any]]]:
 def _load_erk(path: Path) -> list[tuple[str, dict[str, Any]]]:
     entries = json.loads(path.read_text())["entries"]
     return [
-        (f"{e['model']}-{e['distribution']}-{e['sparsity']}-dense0={e['keep_first_layer_dense']}", e)
-        for e in entries
+        (f"{e['model']}-{e['distribution']}-{e['sparsity']}-dense0={e['keep_first_layer_dense']}", e) for e in entries
     ]
 
 
@@ -129,9 +128,7 @@ def test_drop_fraction_matches_reference(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", RIGL)
 def test_rigl_update_matches_reference(case: dict[str, Any]) -> None:
     assert case["deterministic"]
-    update = rigl_update(
-        case["weight"], case["mask"], case["dense_grad"], drop_fraction=case["drop_fraction"]
-    )
+    update = rigl_update(case["weight"], case["mask"], case["dense_grad"], drop_fraction=case["drop_fraction"])
     assert (update.n_prune, update.n_keep) == (case["n_prune"], case["n_keep"])
     assert torch.equal(update.mask, case["new_mask"])
     assert torch.equal(update.regrown, case["grow_mask"])

@@ -46,9 +46,7 @@ def test_rigl_update_prefers_active_zero_weights_when_few_are_nonzero() -> None:
     drop_fraction=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**16),
 )
-def test_rigl_update_keeps_layer_nnz(
-    rows: int, cols: int, density: float, drop_fraction: float, seed: int
-) -> None:
+def test_rigl_update_keeps_layer_nnz(rows: int, cols: int, density: float, drop_fraction: float, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     mask = random_unstructured_mask((rows, cols), round(density * rows * cols), generator)
     weight = torch.randn(rows, cols, generator=generator) * mask

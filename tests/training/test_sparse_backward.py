@@ -413,6 +413,7 @@ def test_a_replaced_gradient_is_not_untouched():
 
 def test_gradient_hooks_that_change_the_gradient_are_not_untouched():
     model, _, _, backward = patched()
+
     def add_one_in_place(param: nn.Parameter) -> None:
         param.grad.add_(1)
 
@@ -469,7 +470,9 @@ def test_torch_func_grad_takes_the_class_forward(sampled_calls):
     x = inputs((3,))
     params = dict(model.named_parameters())
     grads = torch.func.grad(lambda p: torch.func.functional_call(model, p, (x,)).sum())(params)
-    ref_grads = torch.func.grad(lambda p: torch.func.functional_call(reference, p, (x,)).sum())(dict(reference.named_parameters()))
+    ref_grads = torch.func.grad(lambda p: torch.func.functional_call(reference, p, (x,)).sum())(
+        dict(reference.named_parameters())
+    )
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name])
     assert sampled_calls.call_count == 0

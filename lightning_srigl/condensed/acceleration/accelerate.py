@@ -244,7 +244,9 @@ def accelerate(
     tied = tied_layers(model)
     if tied:
         described = "; ".join(f"{name} (tied to {', '.join(others)})" for name, others in tied.items())
-        warnings.warn(f"accelerate: {described} stay as they are: swapping a tied layer would break the tie", stacklevel=2)
+        warnings.warn(
+            f"accelerate: {described} stay as they are: swapping a tied layer would break the tie", stacklevel=2
+        )
     dense = dense_reference(model) if model_repeats > 0 else None
     inputs = capture_layer_inputs(model, example_input, names)
     if fold:
@@ -275,4 +277,3 @@ def accelerate(
     if verbose:
         report.print()
     return report
-

@@ -82,9 +82,15 @@ class LayerCall:
 def outputs_close(out: object, reference: object, tol: float) -> bool:
     """Whether two layer outputs agree: tensors within ``tol``, tuples element by element (None = None)."""
     if isinstance(reference, Tensor):
-        return isinstance(out, Tensor) and out.shape == reference.shape and torch.allclose(out.float(), reference.float(), rtol=tol, atol=tol)
+        return (
+            isinstance(out, Tensor)
+            and out.shape == reference.shape
+            and torch.allclose(out.float(), reference.float(), rtol=tol, atol=tol)
+        )
     if isinstance(reference, (tuple, list)):
-        return isinstance(out, (tuple, list)) and len(out) == len(reference) and all(
-            outputs_close(o, r, tol) for o, r in zip(out, reference)
+        return (
+            isinstance(out, (tuple, list))
+            and len(out) == len(reference)
+            and all(outputs_close(o, r, tol) for o, r in zip(out, reference))
         )
     return out is None and reference is None

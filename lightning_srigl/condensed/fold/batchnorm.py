@@ -27,6 +27,7 @@ from lightning_srigl.masking import mask_of, parameter_owners
 
 __all__ = ["fold_batchnorms"]
 
+
 def fold_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     """Fold every provable (masked conv, BatchNorm) pair of ``model`` in place (see the module docstring).
 

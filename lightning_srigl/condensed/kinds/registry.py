@@ -111,7 +111,11 @@ SPARSE_KINDS: dict[type[nn.Module], SparseKind] = {
     ),
     nn.Conv2d: SparseKind(
         param_names=("weight",),
-        candidates={"dense": masked_copy, "condensed": CondensedConv2d.from_masked, "im2col": CondensedConv2d.im2col_from_masked},
+        candidates={
+            "dense": masked_copy,
+            "condensed": CondensedConv2d.from_masked,
+            "im2col": CondensedConv2d.im2col_from_masked,
+        },
         fit_input=channels_input,
     ),
     nn.Conv1d: SparseKind(
@@ -193,7 +197,9 @@ def build_candidate(name: str, module: nn.Module, mask: Tensor, input_range: Inp
     """
     kind = sparse_kind(module)
     if kind is None:
-        raise ValueError(f"{type(module).__name__} is not a sparse kind that can be accelerated; known: {_kind_names()}")
+        raise ValueError(
+            f"{type(module).__name__} is not a sparse kind that can be accelerated; known: {_kind_names()}"
+        )
     if name in kind.quantized:
         return kind.quantized[name](module, mask, input_range)
     if name not in kind.candidates:

@@ -121,7 +121,10 @@ class ProjectedAttention(nn.Module):
 
     def to_dense(self) -> nn.MultiheadAttention:
         """The equivalent ``nn.MultiheadAttention`` with the masked dense projection weights."""
-        dense = {name: proj.to_dense() if isinstance(proj, CondensedLinear) else proj for name, proj in self._projections().items()}
+        dense = {
+            name: proj.to_dense() if isinstance(proj, CondensedLinear) else proj
+            for name, proj in self._projections().items()
+        }
         out = dense["out_proj.weight"]
         first = dense.get("in_proj_weight", dense.get("q_proj_weight"))
         kdim = vdim = None
@@ -252,7 +255,9 @@ class ProjectedAttention(nn.Module):
         mask = None
         if attn_mask is not None:
             mask = _float_mask(attn_mask, dtype)
-            mask = mask.view(1, 1, length, source) if mask.dim() == 2 else mask.view(batch, self.num_heads, length, source)
+            mask = (
+                mask.view(1, 1, length, source) if mask.dim() == 2 else mask.view(batch, self.num_heads, length, source)
+            )
         if key_padding_mask is not None:
             padding = _float_mask(key_padding_mask, dtype).view(batch, 1, 1, source)
             mask = padding if mask is None else mask + padding

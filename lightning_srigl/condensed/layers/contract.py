@@ -74,7 +74,9 @@ def eager_inference(x: Tensor, values: Tensor, bias: Tensor | None = None) -> bo
     # Ordered cheapest first: this runs on every call, and each tensor attribute costs ~0.1-0.3 us.
     if type(x) is not Tensor or type(values) is not Tensor:
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)):
+    if torch.is_grad_enabled() and (
+        x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
+    ):
         return False
     return not torch.compiler.is_compiling()
 

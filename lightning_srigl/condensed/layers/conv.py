@@ -29,13 +29,13 @@ from lightning_srigl.condensed.layers.contract import (
     eager_inference,
     validate_after_load,
 )
+from lightning_srigl.condensed.layers.weight_facts import WeightFacts
 from lightning_srigl.kernels.conv import (
     condensed_conv2d,
     conv2d_reference,
     conv_output_size,
     triton_conv,
 )
-from lightning_srigl.condensed.layers.weight_facts import WeightFacts
 from lightning_srigl.kernels.cpu.loader import condensed_linear_cpu, load_extension
 from lightning_srigl.kernels.layout import condense_conv, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear
@@ -80,7 +80,9 @@ class CondensedConv2d(nn.Module):
         check_choice(backend, BACKENDS, "backend")
         check_choice(algorithm, ALGORITHMS, "algorithm")
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must divide by groups={groups}")
+            raise ValueError(
+                f"in_channels={in_channels} and out_channels={out_channels} must divide by groups={groups}"
+            )
         if bias is not None and bias.shape != (out_channels,):
             raise ValueError(f"bias must be ({out_channels},), got {tuple(bias.shape)}")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
@@ -118,7 +120,9 @@ class CondensedConv2d(nn.Module):
         if indices.dtype not in (torch.int16, torch.int32):
             raise ValueError(f"indices must be int16 or int32, got {indices.dtype}")
         check_contiguous(values=values, indices=indices)
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.out_channels or rows.unique().numel() != rows.numel()):
+        if rows.numel() and (
+            int(rows.min()) < 0 or int(rows.max()) >= self.out_channels or rows.unique().numel() != rows.numel()
+        ):
             raise ValueError(f"active_rows must be distinct output channels in [0, {self.out_channels})")
         if indices.numel():
             per_group = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
@@ -224,8 +228,15 @@ class CondensedConv2d(nn.Module):
                 kernel = load_extension()
                 if kernel is not None:  # the C++ op itself, minus the dispatcher (~15 us per call)
                     return kernel.condensed_conv2d(
-                        x.contiguous(), values, self.indices, self.active_rows, self.bias, self.out_channels,
-                        self.groups, *geometry, 0,
+                        x.contiguous(),
+                        values,
+                        self.indices,
+                        self.active_rows,
+                        self.bias,
+                        self.out_channels,
+                        self.groups,
+                        *geometry,
+                        0,
                     )
             if backend == "triton" or x.is_cuda:
                 kernels = triton_conv()
@@ -242,7 +253,10 @@ class CondensedConv2d(nn.Module):
         """``(N, C, H, W) -> (N, out, Ho, Wo)`` through a materialised im2col and the condensed linear kernels
         (the taps are ``F.unfold``'s rows, so the values and indices serve unchanged)."""
         n, _, h, w = x.shape
-        sizes = [conv_output_size(s, k, st, p, d) for s, k, st, p, d in zip((h, w), self.kernel_size, self.stride, padding, self.dilation)]
+        sizes = [
+            conv_output_size(s, k, st, p, d)
+            for s, k, st, p, d in zip((h, w), self.kernel_size, self.stride, padding, self.dilation)
+        ]
         cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (N, C * kh * kw, L)
         x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous()
         eager_cpu = x2d.is_cpu and self.backend == "auto" and eager_inference(x2d, self.values)
@@ -325,7 +339,9 @@ class CondensedConv1d(CondensedConv2d):
         weight = (conv.weight.detach() * mask).unsqueeze(2)
         bias = None if conv.bias is None else conv.bias.detach().clone()
         padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
-        values, indices, rows = condense_conv(weight, pad_fan_in(mask.flatten(1).bool()).view_as(mask).unsqueeze(2), conv.groups)
+        values, indices, rows = condense_conv(
+            weight, pad_fan_in(mask.flatten(1).bool()).view_as(mask).unsqueeze(2), conv.groups
+        )
         return cls(
             values, indices, rows, bias, conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]),
             (1, conv.stride[0]), padding, (1, conv.dilation[0]), conv.groups, conv.padding_mode,

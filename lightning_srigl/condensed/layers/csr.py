@@ -62,7 +62,11 @@ class CSRLinear(nn.Module):
     def dense_masks(self) -> dict[str, Tensor]:
         """``{"weight": (out, in) bool}``: the stored positions (explicit zeros included)."""
         ones = torch.ones_like(self.values, dtype=torch.bool)
-        return {"weight": csr_tensor(self.crow_indices, self.col_indices, ones, (self.out_features, self.in_features)).to_dense()}
+        return {
+            "weight": csr_tensor(
+                self.crow_indices, self.col_indices, ones, (self.out_features, self.in_features)
+            ).to_dense()
+        }
 
     def spec_args(self) -> dict[str, int | bool]:
         """Plain constructor facts for [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]."""

@@ -35,6 +35,7 @@ __all__ = [
     "semi_structured_supported",
 ]
 
+
 class SemiStructuredLinear(nn.Module):
     """Inference ``Linear`` whose 2:4 weight is a ``SparseSemiStructuredTensor``.
 
@@ -98,4 +99,3 @@ class SemiStructuredLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, 2:4"
-

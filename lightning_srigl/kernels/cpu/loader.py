@@ -142,9 +142,7 @@ def condensed_linear_torch(
     xc = x2d.to(compute)
     idx = indices.long()
     step = max(1, chunk_elements // max(1, batch * k))
-    chunks = [
-        (xc[:, idx[a : a + step]] * values[a : a + step].to(compute)).sum(-1) for a in range(0, rows, step)
-    ]
+    chunks = [(xc[:, idx[a : a + step]] * values[a : a + step].to(compute)).sum(-1) for a in range(0, rows, step)]
     y = torch.cat(chunks, dim=1) if chunks else xc.new_zeros(batch, 0)
     if bias_active is not None:
         y = y + bias_active.to(compute)

@@ -20,8 +20,15 @@ PACKAGE = "lightning_srigl.kernels.cpu"
 # symbols: torch.ops.load_library opens libraries with RTLD_GLOBAL, so an exported inline function of
 # one variant could otherwise be bound to another library's copy, compiled for another instruction set.
 # No debug information (-g0): it would triple the libraries' size and the build time.
-BASE_FLAGS = ("-O3", "-g0", "-fopenmp", "-ffp-contract=fast", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
-              "-Wno-unknown-pragmas")
+BASE_FLAGS = (
+    "-O3",
+    "-g0",
+    "-fopenmp",
+    "-ffp-contract=fast",
+    "-fvisibility=hidden",
+    "-fvisibility-inlines-hidden",
+    "-Wno-unknown-pragmas",
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,16 @@ X86_VARIANTS = (
     Variant(
         "avx512",
         "AVX512",
-        ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-mpopcnt", "-mprefer-vector-width=512"),
+        (
+            "-mavx512f",
+            "-mavx512bw",
+            "-mavx512vl",
+            "-mavx512dq",
+            "-mfma",
+            "-mf16c",
+            "-mpopcnt",
+            "-mprefer-vector-width=512",
+        ),
         ("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq", "fma3", "f16c", "popcnt"),
         batch1=True,
     ),

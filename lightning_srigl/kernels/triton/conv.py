@@ -86,7 +86,12 @@ def _slots(kernel_size: list[int], stride: list[int], dilation: list[int]) -> di
 
 
 def tap_offsets(
-    channels: int, kernel_size: list[int], stride: list[int], dilation: list[int], plane_shape: tuple[int, int], device: torch.device
+    channels: int,
+    kernel_size: list[int],
+    stride: list[int],
+    dilation: list[int],
+    plane_shape: tuple[int, int],
+    device: torch.device,
 ) -> Tensor:
     """``(C * kh * kw,)`` int64: the offset of each tap ``(c, ky, kx)`` in a sample of `phase_planes`."""
     (kh, kw), (hq, wq) = kernel_size, plane_shape
@@ -137,7 +142,9 @@ def condensed_conv2d_triton(
     ``lightning_srigl::condensed_conv2d``; ``groups`` is implied by the taps), fp32 / fp16 / bf16,
     accumulated in fp32."""
     if not (x.is_cuda or (_INTERPRET and x.device.type == "cpu")):
-        raise ValueError(f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {x.device}")
+        raise ValueError(
+            f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {x.device}"
+        )
     n, c, h, w = x.shape
     ho = (h + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1

@@ -160,9 +160,9 @@ def _bench(kernel_call: Callable[[], object], quantiles: tuple[float, ...]) -> l
 
 
 def _autotuned(kernel: triton.JITFunction, configs: list[triton.Config], key: list[str]) -> triton.JITFunction:
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _fitting_configs}, do_bench=_bench)(
-        kernel
-    )
+    return triton.autotune(
+        configs, key=key, prune_configs_by={"early_config_prune": _fitting_configs}, do_bench=_bench
+    )(kernel)
 
 
 # triton.jit builds interpreter functions when TRITON_INTERPRET=1 at import time; they cannot be autotuned.
