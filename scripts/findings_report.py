@@ -1,11 +1,11 @@
 """Tables of ``findings_sweep.py``: ``results.json`` (every run, machine-readable) and ``findings.md``.
 
-``findings.md`` is a pure function of ``results.json`` (:func:`markdown_report`), so a test can
+``findings.md`` is a pure function of ``results.json`` (`markdown_report`), so a test can
 check that the committed tables are the committed results'. Per ``(model, schedule)`` it has: test
 accuracy (mean ± sd over seeds), the difference to RigL (mean ± sd of the per-seed differences),
 the active weights against RigL's (the matched-budget check), the active neurons and fan-in at the
 end, and the ablated neurons over training. Then the effect of the reference's sparse init and the
-paper's own numbers (quoted, :data:`PAPER`).
+paper's own numbers (quoted, `PAPER`).
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def markdown_report(data: dict[str, Any]) -> str:
 
 
 def write_report(results: Sequence[Any], meta: dict[str, Any], out: Path, tolerance: float) -> dict[str, Any]:
-    """``results.json`` and ``findings.md`` into ``out`` (created); returns :func:`budget_summary`."""
+    """``results.json`` and ``findings.md`` into ``out`` (created); returns `budget_summary`."""
     runs = [result.record() for result in results]
     budget = {**budget_summary(runs), "tolerance": tolerance}
     data = {"meta": {**meta, "weight_budget": budget}, "runs": runs}

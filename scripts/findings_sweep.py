@@ -22,7 +22,7 @@ CPU time, sized from single runs measured on an AMD EPYC (Zen 5) core: a 40-epoc
 17 s (MLP) and 30 s (CNN), a long one twice that, so the 114 runs take about 3,200 CPU-seconds:
 about 27 minutes of wall time on a quiet 2-core machine with the default 2 single-threaded worker
 processes (``meta`` in ``results.json`` records the measured figures; on a loaded machine it takes
-longer). Runs execute sparsest level first (:func:`priority`). Usage, from the repository root::
+longer). Runs execute sparsest level first (`priority`). Usage, from the repository root::
 
     PYTHONPATH=. python scripts/findings_sweep.py --output docs/assets/findings/matched   # full sweep (make findings)
     PYTHONPATH=. python scripts/findings_sweep.py --quick                                 # tiny, about a minute
@@ -60,6 +60,9 @@ SPARSITIES = (0.95, 0.98, 0.99)
 GAMMAS = (0.0, 0.3, 0.95)
 QUIRK_GAMMA = 0.3
 BUDGET_TOLERANCE = 0.005  # every method's active weights within 0.5 % of RigL's
+# --quick's models hold ~1,200 weights, where one neuron's fan-in (the budget's guaranteed bound per
+# layer, docs/deviations.md) is ~0.8 % of them: the structure check allows 1 %.
+QUICK_BUDGET_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def cache_path(cache: Path, setting: Setting, spec: ModelSpec) -> Path:
 
 
 def train_cached(setting: Setting, spec: ModelSpec, cache: Path | None) -> tuple[RunResult, bool]:
-    """:func:`train_one`, reusing (and filling) the ``cache`` folder when one is given; ``True`` if reused."""
+    """`train_one`, reusing (and filling) the ``cache`` folder when one is given; ``True`` if reused."""
     path = cache_path(cache, setting, spec) if cache is not None else None
     if path is not None and path.is_file():
         saved = json.loads(path.read_text())
@@ -231,11 +234,12 @@ def main(argv: list[str] | None = None) -> Path:
         wall_seconds=time.perf_counter() - wall, workers=args.workers, reused_runs=reused,
         recipes={f"{m}/{s}": recipe_text(spec) for (m, s), spec in plan.specs.items()},
     )  # fmt: skip
-    budget = findings_report.write_report(results, meta, args.output, BUDGET_TOLERANCE)
+    tolerance = QUICK_BUDGET_TOLERANCE if args.quick else BUDGET_TOLERANCE
+    budget = findings_report.write_report(results, meta, args.output, tolerance)
     print(f"report written to {args.output}/ (results.json, findings.md)")
     print(f"CPU time of the training runs: {meta['training_cpu_seconds']:.0f} s; "
           f"estimated quiet wall time on 2 cores: {meta['estimated_quiet_wall_seconds'] / 60:.1f} min")  # fmt: skip
-    if budget["worst"] > BUDGET_TOLERANCE:
+    if budget["worst"] > tolerance:
         sys.exit(
             f"weight counts not matched: {budget['worst_setting']} differs from RigL by {100 * budget['worst']:.2f} %"
         )

@@ -111,7 +111,7 @@ def active_neurons(net: nn.Module) -> dict[str, int]:
 
 
 class NeuronTrace(Callback):
-    """Records :func:`active_neurons` before training and after each tenth of the training steps.
+    """Records `active_neurons` before training and after each tenth of the training steps.
 
     Runs after the sparsity callback (it is listed after it), so a point that falls on an update
     step sees the updated masks.

@@ -46,7 +46,7 @@ def _status_kib(field: str) -> int:
 
 
 class Collectives:
-    """Counts the collectives (and their payload bytes) this rank enters while :attr:`on` is set."""
+    """Counts the collectives (and their payload bytes) this rank enters while `on` is set."""
 
     def __init__(self) -> None:
         self.on = False

@@ -63,7 +63,7 @@ def swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn
 
 
 class Int8WithoutVnni(nn.Module):
-    """An :class:`Int8CondensedLinear` run through the kernel's gathers without VNNI (``mode=1``)."""
+    """An `Int8CondensedLinear` run through the kernel's gathers without VNNI (``mode=1``)."""
 
     def __init__(self, layer: Int8CondensedLinear) -> None:
         super().__init__()

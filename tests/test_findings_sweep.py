@@ -60,9 +60,9 @@ def test_quick_sweep_runs_every_setting_at_matched_weight_counts(quick_report: P
             assert run["weights"] == {}
             continue
         count = sum(run["weights"].values())
-        assert abs(count / rigl[(run["model"], run["schedule"], run["seed"])] - 1) <= 0.005, run["label"]
+        assert abs(count / rigl[(run["model"], run["schedule"], run["seed"])] - 1) <= 0.01, run["label"]
         assert count > 0
-    assert _load(quick_report)["meta"]["weight_budget"]["worst"] <= 0.005
+    assert _load(quick_report)["meta"]["weight_budget"]["worst"] <= 0.01  # QUICK_BUDGET_TOLERANCE: ~1 neuron
 
 
 def test_quick_sweep_traces_active_neurons_over_training(quick_report: Path) -> None:

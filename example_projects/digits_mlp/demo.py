@@ -33,6 +33,7 @@ from lightning_srigl.benchmark.timing import hot_times
 from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
 from lightning_srigl.condensed.acceleration.accelerate import AccelerationReport, accelerate
 from lightning_srigl.logs import quiet
+from lightning_srigl.masking import mask_of, masked_weights
 from lightning_srigl.sparsity.nm import is_nm
 from lightning_srigl.tables import terminal_console
 
@@ -92,7 +93,7 @@ def linear_stats(net: nn.Module) -> tuple[float, str]:
     a layer without a mask counts its non-zero weights. A neuron is active when it has an active weight.
     """
     actives = [
-        m.weight_mask if hasattr(m, "weight_mask") else m.weight != 0 for m in net.modules() if isinstance(m, nn.Linear)
+        m.weight != 0 if (mask := mask_of(m)) is None else mask for m in net.modules() if isinstance(m, nn.Linear)
     ]
     nonzero = sum(int(a.sum()) for a in actives)
     total = sum(a.numel() for a in actives)
@@ -110,7 +111,7 @@ def accelerated(net: nn.Module, x: Tensor) -> tuple[nn.Module, AccelerationRepor
     """A copy of ``net`` with its sparse layers swapped for the fastest exact kernel at ``x``'s batch,
     and what ``accelerate`` measured (``None``: the network has no sparse layer)."""
     fast = copy.deepcopy(net).eval()
-    if not any(name.endswith("_mask") for name, _ in fast.named_buffers()):
+    if not masked_weights(fast):
         return fast, None
     with torch.no_grad():
         return fast, accelerate(fast, x, verbose=False)
@@ -153,7 +154,7 @@ def measure(
         with torch.inference_mode():
             exact = bool((c.fast256(test_x).argmax(-1) == c.net(test_x).argmax(-1)).all())
         density, neurons = linear_stats(c.net)
-        masks = [b for name, b in c.net.named_buffers() if name.endswith("_mask")]
+        masks = [entry.mask for entry in masked_weights(c.net)]
         two_four = bool(masks) and all(is_nm(mask, 2, 4) for mask in masks)
         rows.append(
             Row(

@@ -39,7 +39,7 @@ class DigitsMLP(ClassificationModule):
 
 
 class ShardedDigitsMLP(DigitsMLP):
-    """:class:`DigitsMLP` for ``ModelParallelStrategy`` (FSDP2): ``configure_model`` applies ``fully_shard`` to
+    """`DigitsMLP` for ``ModelParallelStrategy`` (FSDP2): ``configure_model`` applies ``fully_shard`` to
     every ``Linear`` and then to the whole module, over the data-parallel mesh dimension, so each rank holds
     whole neurons (rows) of every layer (docs/distributed.md). Under any other strategy it is ``DigitsMLP``."""
 

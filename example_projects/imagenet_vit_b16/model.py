@@ -86,7 +86,7 @@ class ImageNetViTB16(ClassificationModule):
 
     Args:
         image_size, patch_size, dim, depth, heads, mlp_dim, num_classes, dropout: see
-            :class:`VisionTransformer`.
+            `VisionTransformer`.
         recipe: optimiser and schedule.
     """
 

@@ -3,12 +3,12 @@
 ``scripts/bench_peers.py`` times one masked model through each engine in a process of its own, against
 torch dense eager in that process. This module holds what does not depend on the script's models:
 
-* :data:`ENGINES`: every engine and what it is; :func:`missing_reason` says why one cannot run here;
-* :func:`export_onnx`: the masked dense model as ONNX (the dynamo exporter; the legacy one fails on
+* `ENGINES`: every engine and what it is; `missing_reason` says why one cannot run here;
+* `export_onnx`: the masked dense model as ONNX (the dynamo exporter; the legacy one fails on
   GPT-2's ``aten::diff``), at a static batch size, in an IR version DeepSparse 1.8 (``onnx<1.15``) reads;
-* :func:`onnx_runner`: ONNX Runtime or OpenVINO on ``threads`` threads, fp32 (OpenVINO's default
+* `onnx_runner`: ONNX Runtime or OpenVINO on ``threads`` threads, fp32 (OpenVINO's default
   inference precision on CPUs with AVX-512 BF16 is bf16: it is pinned to f32 here);
-* :func:`peers_markdown`: the tables of docs/peers.md from the rows the workers wrote.
+* `peers_markdown`: the tables of docs/peers.md from the rows the workers wrote.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class LogitsOnly(nn.Module):
 
 def export_onnx(model: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> Path:
     """Export ``model`` on ``inputs`` (static shapes) to ``path`` with the dynamo exporter, opset
-    :data:`ONNX_OPSET`, IR version :data:`ONNX_IR_VERSION`, weights inside the file."""
+    `ONNX_OPSET`, IR version `ONNX_IR_VERSION`, weights inside the file."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)

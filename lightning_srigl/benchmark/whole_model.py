@@ -138,7 +138,7 @@ def _variants(
 
 @torch.no_grad()
 def masked_model(case: ModelCase, sparsity: float, seed: int) -> nn.Module:
-    """``case``'s model (built under ``seed``, eval mode) with :func:`srigl_masks` bound and applied: the same
+    """``case``'s model (built under ``seed``, eval mode) with `srigl_masks` bound and applied: the same
     model in every process that calls this with the same arguments."""
     torch.manual_seed(seed)
     model = case.build().eval()

@@ -151,10 +151,12 @@ def print_layer_table(
     selected = [*stats, *dense]
     numel, nnz = sum(s.numel for s in selected), sum(s.nnz for s in selected)
     if numel:
-        rows.append(("all selected layers", f"{numel} weights", f"{nnz / numel:.4f}", "", "", ""))
+        rows.append(("all selected layers (weights)", f"{numel:,}", f"{nnz / numel:.4f}", "", "", ""))
     if model_parameters:
         active = model_parameters - numel + nnz
-        rows.append(("whole model", f"{model_parameters} parameters", f"{active / model_parameters:.4f}", "", "", ""))
+        rows.append(
+            ("whole model (parameters)", f"{model_parameters:,}", f"{active / model_parameters:.4f}", "", "", "")
+        )
     console = terminal_console()
     console.print(fitted_table(title, headers, rows, console.width, fold=("layer",)))
 

@@ -1,21 +1,21 @@
 """The accelerated model as one optimised graph: ``torch.compile`` with freezing, or an AOTInductor package.
 
-After :func:`~lightning_srigl.condensed.acceleration.accelerate.accelerate` has swapped the sparse layers, the rest of
+After `accelerate` has swapped the sparse layers, the rest of
 the model (its dense layers, normalisations, activations, attention) still runs op by op in eager
-PyTorch. :func:`compile_in_place` hands the whole model to PyTorch's own compiler instead:
+PyTorch. `compile_in_place` hands the whole model to PyTorch's own compiler instead:
 
 * ``torch.compile(fullgraph=True)`` with inductor's ``freezing`` option: parameters and buffers
   become constants, so inductor prepacks the remaining dense convolution and linear weights for oneDNN
   and fuses BatchNorm, bias, activations and pointwise work around them;
 * the condensed layers reach the graph as the opaque custom ops ``lightning_srigl::condensed_linear``
-  and ``lightning_srigl::condensed_conv2d`` (:mod:`~lightning_srigl.kernels.linear`,
-  :mod:`~lightning_srigl.kernels.conv`), whose fake implementations give inductor their output
+  and ``lightning_srigl::condensed_conv2d`` (`linear`,
+  `conv`), whose fake implementations give inductor their output
   shapes: no graph break (``fullgraph=True`` raises if there is one).
 
-:func:`export_package` writes the same graph ahead of time as an AOTInductor package (``.pt2``) and
-:func:`load_package` runs it without the model's Python code. The package calls our ops through the
+`export_package` writes the same graph ahead of time as an AOTInductor package (``.pt2``) and
+`load_package` runs it without the model's Python code. The package calls our ops through the
 PyTorch dispatcher, and they are registered from Python: the loading process must import
-``lightning_srigl.kernels`` (which :func:`load_package` does) before the package is loaded, else
+``lightning_srigl.kernels`` (which `load_package` does) before the package is loaded, else
 AOTInductor reports ``Could not find schema for lightning_srigl::condensed_conv2d``.
 
 Freezing takes the weights as they are when the graph is compiled: changing them afterwards needs a new
@@ -72,7 +72,7 @@ def compile_in_place(model: nn.Module, example_input: object, *, fullgraph: bool
 
     The first call on ``example_input`` (under ``no_grad``) runs the compiler, so the returned seconds
     are the compile time; later calls of ``model`` run the compiled graph (another input shape compiles
-    once more). The eager forward stays reachable through :func:`eager_forward`.
+    once more). The eager forward stays reachable through `eager_forward`.
 
     Raises:
         torch._dynamo.exc.Unsupported: with ``fullgraph=True``, when part of the model cannot be
@@ -86,10 +86,10 @@ def compile_in_place(model: nn.Module, example_input: object, *, fullgraph: bool
 
 
 def compile_lazily(model: nn.Module, *, fullgraph: bool = True) -> None:
-    """Make ``model``'s forward compile (with :data:`COMPILE_OPTIONS`) at its next call, in place.
+    """Make ``model``'s forward compile (with `COMPILE_OPTIONS`) at its next call, in place.
 
     The compiled forward is an instance attribute (``del model.forward`` returns to eager;
-    :func:`eager_forward` calls the eager one meanwhile). ``nn.Module.compile`` is not used: it
+    `eager_forward` calls the eager one meanwhile). ``nn.Module.compile`` is not used: it
     compiles ``_call_impl``, which dynamo skips as library code when the forward is torch's own
     (an ``nn.Sequential``), and ``fullgraph=True`` then fails with "found no compiled frames".
     """
@@ -97,7 +97,7 @@ def compile_lazily(model: nn.Module, *, fullgraph: bool = True) -> None:
 
 
 def eager_forward(model: nn.Module) -> Callable[..., object]:
-    """``model``'s class forward bound to it: the eager forward even after :func:`compile_lazily`."""
+    """``model``'s class forward bound to it: the eager forward even after `compile_lazily`."""
     return cast(Callable[..., object], type(model).forward.__get__(model))
 
 
@@ -117,9 +117,9 @@ def holder_of(model: nn.Module, names: list[str]) -> nn.Module:
 
 def export_package(model: nn.Module, example_input: object, path: str | Path) -> Path:
     """Export ``model`` (``torch.export``) and compile it ahead of time into the AOTInductor package ``path``
-    (``.pt2``), with the options of :func:`compile_in_place`; returns the path.
+    (``.pt2``), with the options of `compile_in_place`; returns the path.
 
-    The package holds the graph and its (frozen) weights; :func:`load_package` runs it.
+    The package holds the graph and its (frozen) weights; `load_package` runs it.
     """
     path = Path(path)
     if path.suffix != ".pt2":
@@ -134,7 +134,7 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
 
 
 def load_package(path: str | Path) -> Callable[..., Any]:
-    """The callable model of an AOTInductor package written by :func:`export_package` (this module's import
+    """The callable model of an AOTInductor package written by `export_package` (this module's import
     has registered the condensed ops it calls)."""
     path = Path(path)
     if not path.is_file():

@@ -25,7 +25,7 @@ def test_the_table_shows_the_dense_classifier_and_the_overall_densities(
     assert f"{(sparse_nnz + 128) / selected:.4f}" in text.split("all selected layers")[1].splitlines()[0]
     parameters = sum(p.numel() for p in model.parameters())
     active = parameters - sum(m.numel() for m in masks.values()) + sparse_nnz
-    assert f"{parameters} parameters" in text and f"{active / parameters:.4f}" in text.split("whole model")[1]
+    assert f"{parameters:,}" in text and f"{active / parameters:.4f}" in text.split("whole model")[1]
 
 
 def test_the_plot_says_when_no_update_ran(tmp_path: Path) -> None:

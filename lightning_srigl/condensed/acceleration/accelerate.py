@@ -207,7 +207,7 @@ def accelerate(
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
             (candidates are timed in interleaved rounds; layers of one shape once; a candidate replaces
             dense only on a margin the samples' spread supports:
-            :mod:`~lightning_srigl.condensed.acceleration.planning`).
+            `planning`).
         fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
             next layer, where provably exact.
         verbose: print the report as a rich table.
@@ -220,12 +220,12 @@ def accelerate(
             layer's output on ``example_input`` for it to be chosen (default 0.02); the fastest candidate
             within it wins.
         compile: compile the accelerated model in place into one graph (``torch.compile`` with inductor
-            freezing, the condensed layers as opaque custom ops; :mod:`~lightning_srigl.kernels.compiled`);
+            freezing, the condensed layers as opaque custom ops; `compiled`);
             the report gives the compile time. Later calls of ``model`` run the compiled graph.
         model_repeats: samples of the whole model's time before (dense) and after (accelerated, and
             compiled) for the report; 0 skips that timing.
         plan_cache: a JSON file of candidate times per layer shape on this machine, read and updated
-            (:class:`~lightning_srigl.condensed.acceleration.planning.PlanCache`): a second model with the same shapes
+            (`PlanCache`): a second model with the same shapes
             is not timed again.
         timer: replaces the candidates' timer (``calls -> {name: Timing}``), e.g. in tests.
 

@@ -1,8 +1,8 @@
 """The whole model's time before and after acceleration, for the report.
 
-:func:`dense_reference` is the model as it computes before acceleration, as a plain dense module (the
-masked weights, no masks); :func:`whole_model_times` times several forms of a model on one input in
-interleaved rounds (:func:`~lightning_srigl.timing.hot_times`, fastest sample), so the
+`dense_reference` is the model as it computes before acceleration, as a plain dense module (the
+masked weights, no masks); `whole_model_times` times several forms of a model on one input in
+interleaved rounds (`hot_times`, fastest sample), so the
 before/after ratio shares the machine's drifts.
 """
 
@@ -21,7 +21,7 @@ __all__ = ["as_call", "dense_reference", "whole_model_times"]
 
 
 def as_call(example_input: object) -> LayerCall:
-    """``example_input`` as a call: a :class:`LayerCall` as is, a tuple as positional arguments, else one
+    """``example_input`` as a call: a `LayerCall` as is, a tuple as positional arguments, else one
     argument (as ``accelerate()`` reads its example input)."""
     if isinstance(example_input, LayerCall):
         return example_input

@@ -1,18 +1,18 @@
 """Choosing each sparse layer's kernel: once per layer shape, only on a margin the noise supports, reusable.
 
-:func:`plan_acceleration` (used by ``accelerate()`` and ``AccelerateCallback``) builds every candidate
+`plan_acceleration` (used by ``accelerate()`` and ``AccelerateCallback``) builds every candidate
 of each sparse layer, checks it against the masked dense layer and keeps one, such that the plan is
 stable and explainable:
 
-* **One timing per shape.** Layers with the same :func:`layer_signature` (kind, configuration, fan-in,
+* **One timing per shape.** Layers with the same `layer_signature` (kind, configuration, fan-in,
   active neurons, input shapes and dtypes, threads) are timed once, on the first of them, and all get
   the same kernel; each layer's own candidate is still built from its own weights and checked exactly.
-* **A margin the noise supports.** :func:`choose` keeps ``"dense"`` (the exact reference) unless a
+* **A margin the noise supports.** `choose` keeps ``"dense"`` (the exact reference) unless a
   candidate's fastest sample beats dense's by more than the relative spread of the samples
-  (``median / min - 1`` of either, at least :data:`MIN_MARGIN`, at most :data:`MAX_MARGIN`); among
+  (``median / min - 1`` of either, at least `MIN_MARGIN`, at most `MAX_MARGIN`); among
   candidates within that margin of the fastest it takes the first in the kind's candidate order, so
   two runs that time the same layer a few per cent apart choose the same kernel.
-* **Reusable.** A :class:`PlanCache` (a JSON file) stores the times of each signature on this CPU and
+* **Reusable.** A `PlanCache` (a JSON file) stores the times of each signature on this CPU and
   kernel variant; a later plan on the same machine reuses them instead of timing again.
 
 The timer is injectable (``timer=``): the tests give deterministic timings to check the mechanism.
@@ -135,16 +135,16 @@ def layer_signature(layer: nn.Module, mask: Tensor, call: LayerCall) -> str:
 
 
 def machine_key() -> str:
-    """The CPU model and kernel variant that a :class:`PlanCache`'s times belong to."""
+    """The CPU model and kernel variant that a `PlanCache`'s times belong to."""
     kernel = load_extension()
     return f"{cpu_model()} {kernel.variant if kernel is not None else 'torch-fallback'}"
 
 
 class PlanCache:
-    """Candidate times per :func:`layer_signature` on one machine, kept in a JSON file.
+    """Candidate times per `layer_signature` on one machine, kept in a JSON file.
 
     The file maps ``"<machine>||<signature>"`` (machine: CPU model and kernel variant) to
-    ``{candidate: [median, min]}`` seconds; :meth:`save` writes it back.
+    ``{candidate: [median, min]}`` seconds; `save` writes it back.
     """
 
     def __init__(self, path: str | Path, machine: str) -> None:
@@ -168,7 +168,7 @@ class PlanCache:
 
 
 def default_timer(warmup: int, repeats: int, device: torch.device) -> Timer:
-    """:func:`~lightning_srigl.timing.hot_times` on this process's threads: ``warmup`` calls, then
+    """`hot_times` on this process's threads: ``warmup`` calls, then
     interleaved rounds until each candidate has ``repeats`` ~1 ms samples."""
     return lambda calls: hot_times(
         calls,
@@ -261,9 +261,9 @@ def plan_acceleration(
     """Choose a kernel for each sparse layer in ``layer_inputs`` (see the module docstring).
 
     ``layer_inputs`` maps a layer name to its real input (``(..., in)`` for a linear layer) or, for
-    layers called with more (attention), to the :class:`LayerCall` it received. ``device`` defaults to the
+    layers called with more (attention), to the `LayerCall` it received. ``device`` defaults to the
     layer's own device; a layer timed elsewhere is moved back to its own device in the plan. ``timer``
-    replaces the default (:func:`default_timer` of ``warmup``, ``repeats``); ``cache`` supplies and
+    replaces the default (`default_timer` of ``warmup``, ``repeats``); ``cache`` supplies and
     records the timings per signature. ``quantize="int8"`` adds the quantized candidates; they count
     when their output error on the input is at most ``error_budget`` (see ``accelerate``). The model is
     not modified.
