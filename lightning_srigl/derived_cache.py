@@ -59,7 +59,7 @@ def checksum(view: Tensor | Any) -> int | float | str | bytes:
     """The wrapping sum of a `checksum_view`: any one changed int64 word changes it, and so does
     scaling every float (``mul_(2)``). One pass over the memory. A numpy view's key is its bytes."""
     if not isinstance(view, Tensor):
-        return bytes(view.tobytes())
+        return view.tobytes()
     total = view.sum().item()
     return "nan" if math.isnan(total) else total  # NaN != NaN would rebuild on every call
 
