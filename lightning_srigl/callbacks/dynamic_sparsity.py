@@ -156,6 +156,9 @@ class DynamicSparsityCallback(SparsityCallback):
         self.sparse_backward = check_flag(sparse_backward, "sparse_backward")
         self.masked: MaskedParameters | None = None
         self.budgets: dict[str, int] = {}
+        # Active weights per layer when training starts (the budget's nearest count the method can hold): the
+        # topology updates keep the model-wide count there, so ablation does not move it (docs/deviations.md).
+        self.targets: dict[str, int] = {}
         self.dense_shapes: dict[str, tuple[int, ...]] = {}  # selected weights that stay dense, neuron-major
         self.t_end: int | None = None
         self.skipped_updates = 0
@@ -185,9 +188,9 @@ class DynamicSparsityCallback(SparsityCallback):
         self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer, carry: int
     ) -> list[tuple[Tensor, Tensor]]:
         """The topology update of ``layers`` (named ``fqns``): per layer ``(new_mask, grown)``, both bool and
-        shaped like its ``mask``, with about the layer's budget of active weights plus ``carry``, the rounding
-        the layers before left (as for `initial_mask`; a method that keeps every budget exactly ignores
-        it). Each layer is whole or this process's shard of its rows; ``reducer`` runs the layer-wide steps
+        shaped like its ``mask``, with about ``layer.budget`` active weights (the layer's count when training
+        started, ``self.targets``) plus ``carry``, the rounding the layers before left (as for `initial_mask`;
+        a method that keeps every budget exactly ignores it). Each layer is whole or this process's shard of its rows; ``reducer`` runs the layer-wide steps
         ([`lightning_srigl.sparsity.reducer`][lightning_srigl.sparsity.reducer])."""
         raise NotImplementedError
 
@@ -230,6 +233,7 @@ class DynamicSparsityCallback(SparsityCallback):
             rank_zero_info(f"{type(self).__name__}: training on with the masks already installed on the model")
         else:
             self._install_initial_masks()
+        self.targets = self._held_counts()
         self._ever_active = {fqn: self.masked.local(fqn, m).clone() for fqn, m in self.masked.masks().items()}
         check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
 
@@ -431,13 +435,19 @@ class DynamicSparsityCallback(SparsityCallback):
         masks = self.masked.masks()
         if not masks:
             return
-        local = [int(self.masked.local(fqn, mask).count_nonzero()) for fqn, mask in masks.items()]
-        held, asked = sum(self._reducer.sum(local)), sum(self.budgets.values())  # summed over shards
+        held, asked = sum(self._held_counts().values()), sum(self.budgets.values())
         total = sum(m.numel() for m in masks.values())
         rank_zero_info(
             f"{type(self).__name__}: {held} active weights in {len(masks)} sparse layers (density {held / total:.4%}) "
             f"for a budget of {asked} ({(held - asked) / max(asked, 1):+.2%})"
         )
+
+    def _held_counts(self) -> dict[str, int]:
+        """``{fqn: active weights of the whole layer}`` (this process's rows summed over the ranks that shard it)."""
+        assert self.masked is not None
+        masks = self.masked.masks()
+        local = [int(self.masked.local(fqn, mask).count_nonzero()) for fqn, mask in masks.items()]
+        return dict(zip(masks, self._reducer.sum(local)))
 
     def _dense_gradient_needed(self) -> bool:
         """Whether the coming optimizer step's dense gradient feeds the next topology update."""
@@ -491,11 +501,11 @@ class DynamicSparsityCallback(SparsityCallback):
         drop_fraction = cosine_drop_fraction(step, self.t_end, self.alpha)
         local_changes: dict[str, int] = {}
         numels = [weights[fqn].numel() for fqn in self.masked.fqns]
-        carry = 0  # the layers so far hold this many weights fewer than their budgets
+        carry = 0  # the layers so far hold this many weights fewer than their targets
         for group in update_groups(self.masked.fqns, numels, self._reducer.batch_elements):
             changes, active = self._update_group(trainer, group, grads, drop_fraction, carry)
             local_changes.update(changes)
-            carry += sum(self.budgets[fqn] for fqn in group) - sum(self._reducer.sum(active))
+            carry += sum(self.targets[fqn] for fqn in group) - sum(self._reducer.sum(active))
         changed = dict(zip(local_changes, self._reducer.sum(list(local_changes.values()))))
         check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
         metrics = self._metrics()
@@ -522,7 +532,7 @@ class DynamicSparsityCallback(SparsityCallback):
                 rows(fqn, local(fqn, self.masked.param(fqn).data)),
                 rows(fqn, local(fqn, self.masked.mask(fqn))),
                 rows(fqn, grads.pop(fqn).abs_()),
-                self.budgets[fqn],
+                self.targets[fqn],
             )
             for fqn in fqns
         ]
