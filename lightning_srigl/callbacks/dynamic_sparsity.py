@@ -190,7 +190,8 @@ class DynamicSparsityCallback(SparsityCallback):
         """The topology update of ``layers`` (named ``fqns``): per layer ``(new_mask, grown)``, both bool and
         shaped like its ``mask``, with about ``layer.budget`` active weights (the layer's count when training
         started, ``self.targets``) plus ``carry``, the rounding the layers before left (as for `initial_mask`;
-        a method that keeps every budget exactly ignores it). Each layer is whole or this process's shard of its rows; ``reducer`` runs the layer-wide steps
+        a method that keeps every budget exactly ignores it). Each layer is whole or this process's shard of its
+        rows; ``reducer`` runs the layer-wide steps
         ([`lightning_srigl.sparsity.reducer`][lightning_srigl.sparsity.reducer])."""
         raise NotImplementedError
 
