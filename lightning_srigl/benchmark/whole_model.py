@@ -72,7 +72,7 @@ def srigl_masks(
     random inputs (at most its fan-in).
     """
     selected = select_parameters(model)
-    shapes = [tuple(p.rows(p.param).shape) for p in selected]
+    shapes = [tuple(p.rows(p.weight).shape) for p in selected]
     allocate = erk_densities if distribution == "erk" else uniform_densities
     budgets = layer_budgets(shapes, allocate(shapes, sparsity))
     masks = {}

@@ -416,7 +416,7 @@ class DynamicSparsityCallback(SparsityCallback):
             raise ValueError(f"{type(self).__name__}: every selected weight is frozen; nothing is left to sparsify")
         names = [p.fqn for p in selected]
         check_patterns_match(self.dense, names, "dense")
-        shapes = [tuple(p.rows(p.param).shape) for p in selected]  # neuron-major: (out, ...)
+        shapes = [tuple(p.rows(p.weight).shape) for p in selected]  # neuron-major: (out, ...)
         pinned = [i for i, name in enumerate(names) if matches(name, self.dense)]
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
