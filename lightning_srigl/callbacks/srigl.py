@@ -62,6 +62,7 @@ class SRigLCallback(DynamicSparsityCallback):
 
     def __init__(
         self,
+        *,
         gamma_sal: float | None = None,
         structure: str | Structure = CONSTANT_FAN_IN,
         no_ablation: Sequence[str] | None = None,

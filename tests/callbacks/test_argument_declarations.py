@@ -89,3 +89,9 @@ def test_a_base_argument_set_on_a_subclass_reaches_the_base() -> None:
     assert (srigl.sparsity, srigl.delta_t, srigl.gamma_sal) == (0.8, 7, 0.1)
     with pytest.raises(TypeError, match="sparsty"):
         SRigLCallback(sparsty=0.8)
+
+
+def test_a_positional_argument_is_refused_rather_than_taken_for_another() -> None:
+    """``SRigLCallback(0.8)`` meant ``sparsity=0.8`` before the shared arguments moved to the base."""
+    with pytest.raises(TypeError, match="positional"):
+        SRigLCallback(0.8)
