@@ -103,7 +103,40 @@ class DynamicSparsityCallback(SparsityCallback):
     """Shared engine of the dynamic sparse training callbacks.
 
     Subclasses provide the initial mask (`initial_mask`) and one layer's topology update
-    (`layer_updates`). See [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback] for the arguments.
+    (`layer_updates`). Its arguments are every method's, declared here once: a subclass declares only
+    its own and passes the rest on as ``**kwargs`` (LightningCLI and jsonargparse follow them here, so a
+    config or ``--help`` of [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback] lists them all).
+
+    Args:
+        sparsity: overall fraction of zero weights in the selected layers, in ``[0, 1)``.
+        distribution: per-layer densities: ``"erk"`` (Erdős–Rényi-Kernel) or ``"uniform"``.
+        delta_t: optimizer steps between topology updates.
+        t_end_fraction: fraction of ``trainer.estimated_stepping_batches`` after which the topology
+            is frozen.
+        alpha: initial drop fraction of the cosine schedule.
+        include: fnmatch patterns of fully-qualified weight names to sparsify (``None``: every
+            Linear, Conv1d/2d/3d and MultiheadAttention projection).
+        exclude: patterns removed from the selection (not counted in the budget).
+        dense: patterns of selected weights kept dense; the others become sparser to compensate.
+        sparse_init: re-initialise the kept weights for their sparse fan-in when the masks are first
+            drawn, as the paper does when training from scratch (without it, a 99 %-sparse layer keeps
+            the dense initialisation's scale and its signal shrinks about tenfold). Pass ``False`` to
+            fine-tune a pretrained model: the kept weights then keep their values.
+        init_std_quirk: draw the re-initialised weights with the reference code's std ``2/fan_in``
+            (it passes the grad-flow init's variance as the std) instead of ``sqrt(2/fan_in)``: a
+            ``sqrt(fan_in/2)`` times smaller scale, 1.6x at fan-in 5 and 12x at fan-in 274. For
+            reproducing the paper's runs; no effect with ``sparse_init=False``. Its measured effect
+            on accuracy: ``docs/findings.md``.
+        grad_accumulation_n: growth scores are ``|mean gradient|`` over this many optimizer steps
+            before each update.
+        seed: seed of the initial masks and re-initialisation (identical on every rank).
+        log_every_n_steps: also log topology metrics every this many steps (``None``: at updates).
+        report: at the end of fit, print a per-layer table and save ``active_neurons.png`` in the
+            first logger's folder (else ``trainer.default_root_dir``), on rank 0.
+        sparse_backward: compute the weight gradient of sparse fp32 ``nn.Linear`` layers on the CPU
+            only at active positions (the dense product's work times the density; the same masked
+            gradient up to summation order), except on the steps whose dense gradient scores the
+            next update; off for weights sharded by FSDP2. ``False``: the dense gradient, then masked.
     """
 
     metric_prefix = "sparsity"
@@ -388,7 +421,7 @@ class DynamicSparsityCallback(SparsityCallback):
             raise ValueError(f"{type(self).__name__}: every selected weight is frozen; nothing is left to sparsify")
         names = [p.fqn for p in selected]
         check_patterns_match(self.dense, names, "dense")
-        shapes = [tuple(p.rows(p.param).shape) for p in selected]  # neuron-major: (out, ...)
+        shapes = [tuple(p.rows(p.weight).shape) for p in selected]  # neuron-major: (out, ...)
         pinned = [i for i, name in enumerate(names) if matches(name, self.dense)]
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
