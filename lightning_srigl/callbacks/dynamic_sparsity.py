@@ -496,6 +496,8 @@ class DynamicSparsityCallback(SparsityCallback):
             changes, active = self._update_group(trainer, group, grads, drop_fraction, carry)
             local_changes.update(changes)
             carry += sum(self.budgets[fqn] for fqn in group) - sum(self._reducer.sum(active))
+        if self._backward is not None:
+            self._backward.masks_changed()
         changed = dict(zip(local_changes, self._reducer.sum(list(local_changes.values()))))
         check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
         metrics = self._metrics()

@@ -99,7 +99,7 @@ def match(folder: Path) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for case, (cls, kwargs, steps) in CASES.items():
         sharded, _ = fit(fsdp(), cls(**kwargs), steps, folder=folder / case / "fsdp")  # the report on, as by default
-        whole, _ = fit(ddp(), cls(sparse_backward=False, **kwargs), steps, folder=folder / case / "ddp")
+        whole, _ = fit(ddp(), cls(**kwargs), steps, folder=folder / case / "ddp")
         record[case] = {"fsdp": local_state(sharded), "ddp": local_state(whole)}
     return record
 

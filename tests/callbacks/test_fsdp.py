@@ -57,8 +57,10 @@ def assert_identical(got: dict[str, torch.Tensor], expected: dict[str, torch.Ten
 
 def test_fsdp2_fits_equal_ddp_fits_bit_for_bit(tmp_path: Path) -> None:
     """``SRigLCallback()`` and ``RigLCallback()`` with default arguments, and SRigL with strong ablation, on 2
-    ranks: masks and weights after the FSDP2 fit equal those after the DDP fit. DDP runs with
-    ``sparse_backward=False``: FSDP2 has no sampled backward, and the sampled product sums in another order."""
+    ranks: masks and weights after the FSDP2 fit equal those after the same fit under DDP. Both compute the weight
+    gradient at active positions only (``sparse_backward=True``, the default) between the steps whose dense
+    gradient scores an update, with the same kernel on the same operands (FSDP2's forward sees the gathered whole
+    weight), and average 2 ranks' gradients exactly alike (``a + b == b + a``; halving is exact)."""
     ranks = launch(tmp_path, "match", 2)
     for case in ("srigl", "ablation", "rigl"):
         sharded = assemble([rank[case]["fsdp"] for rank in ranks])
