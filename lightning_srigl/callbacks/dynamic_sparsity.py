@@ -265,6 +265,8 @@ class DynamicSparsityCallback(SparsityCallback):
         self._grad_sums = {fqn: local(fqn, g).to(masks[fqn].device) for fqn, g in self._grad_sums.items()}
         self._fqns_of = layers_per_optimizer(trainer, self.masked)
         self.masked.forget_step_masks()  # a distributed checkpoint loads masks without moving version counters
+        if not isinstance(self._reducer, LocalReducer):  # sharded: a checkpoint is restored after on_fit_start
+            self.check_sharded_masks(self._reducer)
         self.remask.start(trainer, pl_module, self, self.masked, self._fqns_of)
         self._last_step = trainer.global_step
         if self.sparse_backward:
