@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.utils.data import DataLoader
 
@@ -70,6 +71,7 @@ def fit(
     ckpt_path: str | None = None,
     folder: Path | None = None,
     data: DataLoader | None = None,
+    model_class: type[ShardedClassifier] = ShardedClassifier,
     **trainer_args: Any,
 ) -> tuple[ShardedClassifier, pl.Trainer]:
     trainer = pl.Trainer(
@@ -78,7 +80,7 @@ def fit(
         callbacks=[sparsity, *extra], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in extra), default_root_dir=folder,
     )  # fmt: skip
-    model = ShardedClassifier()
+    model = model_class()
     trainer.fit(model, data if data is not None else loader(0), ckpt_path=ckpt_path)
     return model, trainer
 
@@ -135,6 +137,35 @@ def resume(folder: Path) -> dict[str, Any]:
         "whole": (local_state(model), whole_run.state_dict(), [h["step"] for h in whole_run.history]),
         "resumed": (local_state(resumed_model), resumed.state_dict(), [h["step"] for h in resumed.history]),
         "ddp": (local_state(ddp_model), ddp_run.state_dict(), [h["step"] for h in ddp_run.history]),
+    }
+
+
+class HybridShardedClassifier(ShardedClassifier):
+    """``ShardedClassifier`` under HSDP: a (replicate, shard) mesh of 2 x (ranks / 2), rows split over ``shard``."""
+
+    def configure_model(self) -> None:
+        if is_sharded(self.net[0].weight):
+            return
+        mesh = init_device_mesh("cpu", (2, processes() // 2), mesh_dim_names=("replicate", "shard"))
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
+def hybrid(folder: Path) -> dict[str, Any]:
+    """SRigL (ablation on, as by default; an update every 5 steps) under HSDP and under DDP on the same ranks."""
+
+    def callback() -> SRigLCallback:
+        return SRigLCallback(delta_t=5, report=False)
+
+    sharded_run, ddp_run = callback(), callback()
+    sharded, _ = fit(fsdp(), sharded_run, 20, folder=folder / "hsdp", model_class=HybridShardedClassifier)
+    whole, _ = fit(ddp(), ddp_run, 20, folder=folder / "ddp")
+    return {
+        "hsdp": local_state(sharded),
+        "ddp": local_state(whole),
+        "steps": ([h["step"] for h in sharded_run.history], [h["step"] for h in ddp_run.history]),
     }
 
 
@@ -205,6 +236,7 @@ def main(folder: Path, scenarios: list[str]) -> None:
     for scenario in scenarios:
         pl.seed_everything(0)
         (folder / scenario).mkdir(exist_ok=True)
-        record = {"match": match, "resume": resume, "accelerate": accelerate}[scenario](folder / scenario)
+        scenarios_by_name = {"match": match, "resume": resume, "accelerate": accelerate, "hybrid": hybrid}
+        record = scenarios_by_name[scenario](folder / scenario)
         rank = torch.distributed.get_rank()
         torch.save(record, folder / f"{scenario}_rank{rank}.pt")

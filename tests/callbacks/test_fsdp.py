@@ -135,6 +135,27 @@ def test_three_uneven_shards_resume_mid_run_bit_for_bit_and_equal_ddp(tmp_path: 
         assert rank["whole"][1]["history"] == ranks[0]["ddp"][1]["history"]
 
 
+def test_hsdp_reduces_over_the_shard_dimension_and_keeps_ddps_masks(tmp_path: Path) -> None:
+    """4 ranks on a (replicate 2, shard 2) mesh: ranks 0 and 1 split each layer's rows, ranks 2 and 3 hold the same
+    split. The update's reductions run over the shard dimension, so both replicas end bit-identical, and the masks
+    equal those of the same fit under DDP on 4 ranks after 2 updates with ablation; the weights equal DDP's to
+    rounding (a 4-rank average: HSDP reduce-scatters then all-reduces, DDP sums in its ring's order, see
+    docs/distributed.md)."""
+    ranks = launch(tmp_path, ["hybrid"], 4)["hybrid"]
+    starts = [rank["hsdp"]["net.2.weight"][1] for rank in ranks]
+    assert starts == [0, 32, 0, 32] and [rank["hsdp"]["net.2.weight"][0].shape[0] for rank in ranks] == [32] * 4
+    first, second = assemble([ranks[0]["hsdp"], ranks[1]["hsdp"]]), assemble([ranks[2]["hsdp"], ranks[3]["hsdp"]])
+    assert_identical(first, second, "replicas")
+    assert ranks[0]["steps"][0] == ranks[0]["steps"][1] == [5, 10]
+    ddp = assemble([ranks[0]["ddp"]])
+    masks = [key for key in ddp if key.endswith(MASK_SUFFIX)]
+    assert len(masks) == 3 and all(is_constant_fan_in(first[key]) for key in masks)
+    assert_identical({k: first[k] for k in masks}, {k: ddp[k] for k in masks}, "masks vs ddp")
+    assert any(int((first[key].sum(dim=1) == 0).sum()) > 0 for key in masks)  # neurons were ablated
+    for key in ddp.keys() - masks:
+        torch.testing.assert_close(first[key], ddp[key], rtol=1e-5, atol=1e-6)
+
+
 def load_sharded_checkpoint(folder: Path, converted: Path) -> TinyClassifier:
     """The documented recipe: a sharded (DCP) checkpoint into a single-process model, masks included."""
     dcp_to_torch_save(folder, converted)
