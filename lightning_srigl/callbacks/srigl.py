@@ -80,7 +80,8 @@ class SRigLCallback(DynamicSparsityCallback):
         sparse_backward: compute the weight gradient of sparse fp32 ``nn.Linear`` layers on the CPU
             only at active positions (the dense product's work times the density; the same masked
             gradient up to summation order), except on the steps whose dense gradient scores the
-            next update; off for weights sharded by FSDP2. ``False``: the dense gradient, then masked.
+            next update; under FSDP2 too (on the gathered weight, so a fit equals the DDP fit bit for bit).
+            ``False``: the dense gradient, then masked.
     """
 
     metric_prefix = "srigl"
