@@ -156,7 +156,7 @@ def test_the_sampled_backward_of_an_fsdp2_layer_gives_the_gradient_of_the_whole_
     masks = [torch.rand(5, 6, generator=torch.Generator().manual_seed(seed)) < 0.5 for seed in (1, 2)]
     grads = []
     for layer in (whole, sharded):
-        masked = MaskedParameters([SparseParameter("", "weight", layer)])
+        masked = MaskedParameters([MaskedWeight("", layer, "weight")])
         masked.install_({"weight": masks[0]})
         backward = SparseBackward(masked)
         assert backward.install() == ["weight"]
