@@ -34,6 +34,7 @@ import os
 import statistics
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,9 +177,9 @@ def accelerated_accuracy(net: nn.Module, train_x: Tensor, test_x: Tensor, test_y
     """Accuracy after ``accelerate(quantize="int8")`` at ``train_x``'s batch; appends what it chose to ``choices``."""
     accelerated = copy.deepcopy(net).eval()
     report = accelerate(accelerated, train_x, quantize="int8", verbose=False, warmup=1, repeats=3)
-    choices.append(
-        ", ".join(f"{row.name}: {row.chosen} (error {row.errors.get(row.chosen, 0.0):.4f})" for row in report.rows)
-    )
+    chosen = Counter(row.chosen for row in report.rows)
+    worst = max((row.errors.get(row.chosen, 0.0) for row in report.rows), default=0.0)
+    choices.append(", ".join(f"{name} x{count}" for name, count in chosen.items()) + f" (largest error {worst:.4f})")
     return accuracy(accelerated, test_x, test_y)
 
 

@@ -15,7 +15,7 @@
 //     per half (an offset byte is o for o < 16, 0x80 | (o - 16) above, so the low half's shuffle zeroes the
 //     high half's slots and the high half's shuffle, on the offsets xor 0x80, the low half's), then one
 //     vpdpbusd (AVX-VNNI, VEX) where the CPU has it, else the bytes and weights widened to int16 and two
-//     vpmaddwd (u8 x s8 products in int16 pairs cannot saturate there, unlike vpmaddubsw's).
+//     vpmaddwd (u8 x s8 products summed in int32 cannot saturate, unlike vpmaddubsw's int16 pairs).
 //
 // Layout (uint8 tensor): header int64[8] = {magic, A, kp, in, G, S, 0, format}, then int64 group[G + 1]
 // (first step of each group), int32 start[S], then S records of kWindowRecord bytes (offsets, weights),
@@ -220,26 +220,25 @@ __attribute__((target("avxvnni"))) void window_group_vnni(const WindowLayout& v,
   for (int b = 0; b < NB; ++b) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b]), acc[b]);
 }
 
-// Without VNNI: bytes and weights widened to int16; vpmaddwd sums pairs, so rows 0-1 (4-5 in the high lane)
-// build up in `low`, rows 2-3 (6-7) in `high`, and one vphaddd puts the 8 rows in order at the end.
+// Without VNNI: the even and the odd bytes of each 16-bit word widened to int16 (activations with zeros,
+// weights with their sign); vpmaddwd on the even ones adds slots 0 and 2 of a row, on the odd ones slots 1
+// and 3, both into the row's own dword.
 template <int NB>
 void window_group_madd(const WindowLayout& v, int64_t g, const uint8_t* const* q, int32_t out[][kWindowRows]) {
-  __m256i low[NB], high[NB];
-  for (int b = 0; b < NB; ++b) low[b] = high[b] = _mm256_setzero_si256();
-  const __m256i zero = _mm256_setzero_si256();
+  __m256i acc[NB];
+  for (int b = 0; b < NB; ++b) acc[b] = _mm256_setzero_si256();
+  const __m256i low_byte = _mm256_set1_epi16(0xff);
   for (int64_t t = v.group[g]; t < v.group[g + 1]; ++t) {
     const WindowStep step = window_step(v, t);
-    const __m256i sign = _mm256_cmpgt_epi8(zero, step.weights);
-    const __m256i w_low = _mm256_unpacklo_epi8(step.weights, sign), w_high = _mm256_unpackhi_epi8(step.weights, sign);
+    const __m256i w_even = _mm256_srai_epi16(_mm256_slli_epi16(step.weights, 8), 8);
+    const __m256i w_odd = _mm256_srai_epi16(step.weights, 8);
     for (int b = 0; b < NB; ++b) {
       const __m256i bytes = window_bytes(q[b] + step.start, step.offsets, step.offsets_high);
-      low[b] = _mm256_add_epi32(low[b], _mm256_madd_epi16(_mm256_unpacklo_epi8(bytes, zero), w_low));
-      high[b] = _mm256_add_epi32(high[b], _mm256_madd_epi16(_mm256_unpackhi_epi8(bytes, zero), w_high));
+      const __m256i even = _mm256_madd_epi16(_mm256_and_si256(bytes, low_byte), w_even);
+      acc[b] = _mm256_add_epi32(acc[b], _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_srli_epi16(bytes, 8), w_odd)));
     }
   }
-  for (int b = 0; b < NB; ++b) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b]), _mm256_hadd_epi32(low[b], high[b]));
-  }
+  for (int b = 0; b < NB; ++b) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b]), acc[b]);
 }
 
 // Sums of rows [8 g, 8 g + 8) for NB samples: out[b][l].
