@@ -4,8 +4,7 @@ Each builder takes the masked module, its mask and the activation range ``(scale
 on the example batch (``None`` where the candidate quantizes activations per call) and returns an
 inference module; `relative_error` measures it against the masked fp32 layer on that batch:
 
-* ``"int8_condensed"`` — `Int8CondensedLinear` (``nn.Linear``), `Int8CondensedConv2d`/`Int8CondensedConv1d`
-  (``groups=1`` convolutions, on im2col rows), activations quantized per row (token, output position) per call;
+* ``"int8_condensed"`` — `Int8CondensedLinear`, `Int8CondensedConv2d`/`1d`; activations quantized per row per call;
 * ``"int8_condensed_static"`` — the same with the calibrated activation range;
 * ``"int8_dense"`` — torch's dynamic int8 ``Linear`` of the masked dense weight (``torch.ao``), for
   comparison (CPU only). ``save_condensed`` cannot save it (torch's packed int8 weights neither
@@ -40,8 +39,8 @@ DEFAULT_ERROR_BUDGET = 0.02
 def _int8_condensed(module: nn.Module, mask: Tensor, input_range: InputRange | None) -> Int8Condensed:
     if isinstance(module, nn.Linear):
         return Int8CondensedLinear.from_condensed(CondensedLinear.from_masked(module, mask), input_range)
-    layer = Int8CondensedConv1d if isinstance(module, nn.Conv1d) else Int8CondensedConv2d
-    return layer.from_condensed(layer.condensed_class.from_masked(module, mask), input_range)
+    conv = Int8CondensedConv1d if isinstance(module, nn.Conv1d) else Int8CondensedConv2d
+    return conv.from_condensed(conv.condensed_class.from_masked(module, mask), input_range)
 
 
 def _int8_condensed_static(module: nn.Module, mask: Tensor, input_range: InputRange | None) -> Int8Condensed:

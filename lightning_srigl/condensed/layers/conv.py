@@ -219,7 +219,7 @@ class CondensedConv2d(nn.Module):
                 f"expected input (N, {self.in_channels}, H, W) of dtype {self.values.dtype}, got {tuple(x.shape)} "
                 f"of dtype {x.dtype}; reshape or cast the input (or call module.to(dtype))"
             )
-        x, padding = self._pad(x)
+        x, padding = conv_ops.pad_input(x, self.padding, self.padding_mode, self.kernel_size, self.dilation)
         geometry = (self.kernel_size, self.stride, padding, self.dilation)
         values, backend = self.values, self.backend
         tracks_gradient = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
@@ -264,10 +264,6 @@ class CondensedConv2d(nn.Module):
         else:
             full = self.bias.view(1, -1, 1).expand(n, -1, y.shape[2]).contiguous()
         return full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
-
-    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """`pad_input` with this layer's geometry."""
-        return conv_ops.pad_input(x, self.padding, self.padding_mode, self.kernel_size, self.dilation)
 
     def _scatter(self, values: Tensor) -> Tensor:
         """``values (A, k)`` (or a tensor of their shape) at their taps, ``(out, in / groups, kh, kw)``."""

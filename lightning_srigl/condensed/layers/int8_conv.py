@@ -51,8 +51,7 @@ class Int8CondensedConv2d(Int8Condensed):
         )  # fmt: skip
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = (kh, kw), _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.padding_mode = padding_mode
+        self.padding, self.padding_mode = padding if isinstance(padding, str) else _pair(padding), padding_mode
 
     @classmethod
     def from_condensed(cls, conv: CondensedConv2d, input_range: tuple[float, int] | None = None) -> Int8CondensedConv2d:
@@ -81,17 +80,11 @@ class Int8CondensedConv2d(Int8Condensed):
             "padding_mode": self.padding_mode, "input_scale": self.input_scale, "input_zero": self.input_zero,
         }  # fmt: skip
 
-    @classmethod
-    def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> Int8CondensedConv2d:
-        """Rebuild (validated) from `spec_args` and the layer's ``state_dict`` tensors."""
-        names = ("weight", "indices", "weight_sum", "weight_scale", "active_rows")
-        return cls(*(tensors[name] for name in names), tensors.get("bias"), **args)
-
     def _dequantized(self) -> CondensedConv2d:
         """The fp32 `condensed_class` of the dequantized weights (``int8 * scale``) at the kept taps, and the bias."""
         shape = (self.out_channels, self.in_channels, *self.kernel_size)
         return self.condensed_class.from_weight_mask(
-            self._dense_rows().view(shape), self._kept_rows().view(shape), self.bias, stride=self.stride,
+            self._dense_rows().view(shape), self._kept().view(shape), self.bias, stride=self.stride,
             padding=self.padding, dilation=self.dilation, padding_mode=self.padding_mode,
         )  # fmt: skip
 
@@ -131,7 +124,5 @@ class Int8CondensedConv1d(Int8CondensedConv2d):
     condensed_class = CondensedConv1d
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, in, L) -> (N, out, Lo)`` fp32, or ``(in, L) -> (out, Lo)``."""
-        if x.dim() not in (2, 3):
-            raise ValueError(f"expected input (N, {self.in_channels}, L), got {tuple(x.shape)}")
+        """``(N, in, L) -> (N, out, Lo)`` fp32, or ``(in, L) -> (out, Lo)`` (the 2-D layer rejects other shapes)."""
         return super().forward(x.unsqueeze(-2)).squeeze(-2)

@@ -1,9 +1,6 @@
-"""``Int8CondensedLinear``: a ``CondensedLinear`` with int8 weights (a symmetric scale per neuron) and u8
-activations (per token, or calibrated), int32 sums and fp32 output; inference only, and not exact: its error
-is that of int8 quantization (docs/int8.md; the arithmetic:
-[`lightning_srigl.kernels.int8`][lightning_srigl.kernels.int8]). `Int8Condensed`, its base, is what the int8
-convolutions share with it.
-"""
+"""``Int8CondensedLinear`` (and `Int8Condensed`, its base, shared with the int8 convolutions): int8 weights, u8
+activations, int32 sums, fp32 output; inference only, its error that of int8 quantization (docs/int8.md; the
+arithmetic: [`lightning_srigl.kernels.int8`][lightning_srigl.kernels.int8])."""
 
 from __future__ import annotations
 
@@ -33,17 +30,12 @@ def _check_int8_buffers(module: Int8Condensed, incompatible: object = None) -> N
 
 
 class Int8Condensed(nn.Module):
-    """The int8 product of rows ``(B, in_features)`` with the active neurons, ``-> (B, out_features)`` fp32: what
-    `Int8CondensedLinear` and the int8 convolutions (on im2col rows) share.
-
-    Buffers: ``weight (A, kp)`` int8 (the fan-in ``k`` padded with zero weights to ``kp``, a multiple of
-    64), ``indices (A, kp)`` (int16 when ``in_features <= 32767``, else int32; 0 in the padding),
-    ``weight_sum (A,)`` int32 (row sums, for the activations' zero point), ``weight_scale (A,)`` fp32,
-    ``active_rows (A,)`` int64 and ``bias (out,)`` fp32 or None; ``layout``, not saved, is the gather-free
-    kernel's layout, rebuilt from them ([`window_layout`][lightning_srigl.kernels.int8.window_layout]).
-    ``input_scale``/``input_zero``: the calibrated activation quantization, or None for dynamic per-row
-    quantization.
-    """
+    """Rows ``(B, in_features)`` times the active neurons in int8, ``-> (B, out_features)`` fp32 (the linear and conv
+    layers' shared part). Buffers: ``weight (A, kp)`` int8 (fan-in padded with zero weights to a multiple of 64),
+    ``indices (A, kp)`` (int16 when ``in_features <= 32767``, else int32; 0 in the padding), ``weight_sum (A,)``
+    int32 (row sums, for the zero point), ``weight_scale (A,)`` fp32, ``active_rows (A,)`` int64, ``bias (out,)``
+    fp32 or None; ``layout`` (not saved) is rebuilt from them (`window_layout`). ``input_scale``/``input_zero``:
+    the calibrated activation quantization, or None (dynamic, per row)."""
 
     def __init__(
         self,
@@ -78,8 +70,7 @@ class Int8Condensed(nn.Module):
         self.register_load_state_dict_post_hook(_check_int8_buffers)
 
     def _positions(self) -> Tensor:
-        """``(A, kp)`` bool: the stored weights that are real, not padding (padding has index 0 after the
-        row's strictly increasing indices, so only a row's first index can be a real 0)."""
+        """``(A, kp)`` bool: the real weights (padding repeats index 0 after the row's increasing indices)."""
         real = torch.ones_like(self.indices, dtype=torch.bool)
         real[:, 1:] = self.indices[:, 1:] != 0
         return real
@@ -93,13 +84,17 @@ class Int8Condensed(nn.Module):
         return dense
 
     def _dense_rows(self, values: Tensor | None = None) -> Tensor:
-        """``(out, in_features)``: ``values (A, kp)`` at their positions, by default the dequantized weights
-        (``int8 * scale`` per neuron, the weights the layer computes with)."""
+        """``(out, in_features)``: ``values (A, kp)`` at their positions, by default the weights (``int8 * scale``)."""
         return self._scatter(self.weight.float() * self.weight_scale[:, None] if values is None else values)
 
-    def _kept_rows(self) -> Tensor:
-        """``(out, in_features)`` bool: the positions the layer keeps."""
-        return self._dense_rows(torch.ones(self.weight.shape, device=self.weight.device)) != 0
+    def _kept(self) -> Tensor:
+        return self._dense_rows(torch.ones(self.weight.shape, device=self.weight.device)) != 0  # (out, in) bool
+
+    @classmethod
+    def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> Self:
+        """Rebuild (validated) from ``spec_args()`` and the layer's ``state_dict`` tensors."""
+        names = ("weight", "indices", "weight_sum", "weight_scale", "active_rows")
+        return cls(*(tensors[name] for name in names), tensors.get("bias"), **args)
 
     def calibrate(self, inputs: Tensor) -> Self:
         """Fix the activation quantization to the range of ``inputs (..., in)`` (static); returns self."""
@@ -145,32 +140,21 @@ class Int8CondensedLinear(Int8Condensed):
 
     @classmethod
     def from_masked(cls, linear: nn.Linear, mask: Tensor) -> Int8CondensedLinear:
-        """``linear`` with ``weight * mask`` (``mask (out, in)`` bool, constant fan-in), quantized with dynamic
-        activations: `from_condensed` of ``CondensedLinear.from_masked``."""
+        """``linear`` with ``weight * mask`` (``mask (out, in)`` bool, constant fan-in), activations dynamic."""
         return cls.from_condensed(CondensedLinear.from_masked(linear, mask))
 
     def dense_masks(self) -> dict[str, Tensor]:
         """``{"weight": (out, in) bool}``: the positions the layer keeps."""
-        return {"weight": self._kept_rows()}
+        return {"weight": self._kept()}
 
     def to_dense(self) -> nn.Linear:
-        """An ``nn.Linear`` with the dequantized weight (``int8 * scale`` per neuron) and the bias: the layer's
-        weights as it computes with them (its activation quantization aside)."""
+        """An ``nn.Linear`` with the dequantized weight (``int8 * scale`` per neuron) and the bias."""
         return dense_linear(self._dense_rows(), self.bias, frozen=False)
 
     def spec_args(self) -> dict[str, int | float | None]:
         """Plain constructor facts for ``save_condensed``."""
         return {"in_features": self.in_features, "out_features": self.out_features, "input_scale": self.input_scale,
                 "input_zero": self.input_zero}  # fmt: skip
-
-    @classmethod
-    def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> Int8CondensedLinear:
-        """Rebuild (validated) from `spec_args` and the layer's ``state_dict`` tensors."""
-        return cls(
-            tensors["weight"], tensors["indices"], tensors["weight_sum"], tensors["weight_scale"],
-            tensors["active_rows"], tensors.get("bias"), args["in_features"], args["out_features"],
-            args.get("input_scale"), args.get("input_zero"),
-        )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in) -> (..., out)`` fp32."""
