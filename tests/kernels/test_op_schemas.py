@@ -12,7 +12,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-from lightning_srigl.kernels import conv, linear  # noqa: F401 (importing them registers their Python ops)
+from lightning_srigl.kernels import conv, dense, linear  # noqa: F401 (importing them registers their Python ops)
 from lightning_srigl.kernels.cpu.isa import all_variants
 from lightning_srigl.kernels.cpu.loader import host_variants, load_variant_by_name
 from lightning_srigl.kernels.csr import to_csr
@@ -91,6 +91,7 @@ EXAMPLES: dict[str, Callable[[object], tuple]] = {
     "batch1_forward": _batch1_forward_args,
     "int8_condensed_linear": _int8_linear_args,
     "int8_window_layout": lambda ops: (*_int8_weights(), 20),
+    "packed_linear": lambda ops: (torch.randn(2, 3, 20), torch.randn(6, 20), torch.randn(6)),
 }
 
 
