@@ -440,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     job["work"] = str(work)
     job["prepared"] = prepare(job, work) if set(args.engines) & set(ONNX_ENGINES) else []
     command = "python scripts/bench_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if "deepsparse" in args.engines:
+        command = f"{DEEPSPARSE_ENV}=<deepsparse venv>/bin/python {command}"
     rows: list[dict] = []
     for engine in args.engines:  # the CSV and the doc after every engine, so a long run keeps what it measured
         rows += [row | {"command": command} for row in run_engine(engine, job, work)]
