@@ -24,14 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lightning_srigl.derived_cache import checksum, checksum_view
+from lightning_srigl.derived_cache import LAYOUT_CHECK_WORDS, checksum, checksum_view
 
 OP_NAME = "lightning_srigl::packed_linear"
 
-LAYOUT_CHECK_WORDS = 256
-"""Words of the weight summed per call to see ``.data``/numpy edits of the packed copy (as ``CondensedLinear``)."""
-
-__all__ = ["LAYOUT_CHECK_WORDS", "onednn_linear_available", "packed_linear", "packed_linear_cpu", "packed_weight"]
+__all__ = ["onednn_linear_available", "packed_linear", "packed_linear_cpu", "packed_weight"]
 
 
 @functools.cache
