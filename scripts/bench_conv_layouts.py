@@ -70,7 +70,7 @@ def main() -> None:
         x = torch.randn(args.batch, c, side, side, generator=g)
         x_cl, conv_cl = x.contiguous(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
         direct = CondensedConv2d.from_masked(conv, mask)
-        unfolded = CondensedLinear.from_weight_mask(conv.weight.detach().flatten(1), mask.flatten(1))
+        unfolded = CondensedLinear.from_dense_weight(conv.weight.detach().flatten(1), mask.flatten(1))
         with torch.no_grad():
             torch.testing.assert_close(im2col_conv(unfolded, x, k, s, p), direct(x), atol=1e-4, rtol=1e-4)
             calls = {

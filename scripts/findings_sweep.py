@@ -9,18 +9,19 @@ sweep trains on MNIST-1D (generated offline by the ``mnist1d`` package; ``pip in
   sparse fan-in 28 / 5 of 704 at 95 / 99 %, the regime of the paper's WRN-22-2);
 * the short schedule (40 epochs, an update every 25 steps: 34 topology updates) at sparsity 95, 98 and
   99 %: dense, RigL, SRigL ``gamma_sal`` 0 (no ablation), 0.3 (the paper's CNN value) and 0.95;
-* the long schedule (80 epochs, an update every 10 steps: 174 updates, 5.1x) at 99 %, same methods;
+* the long schedule (80 epochs, an update every 10 steps: 174 updates, 5.1x) at 95, 98 and 99 %, same methods;
 * the reference code's sparse init (std ``2/fan_in``, ``init_std_quirk=True``) once: RigL and SRigL
   ``gamma_sal=0.3``, short schedule, 99 %;
-* 3 seeds each (114 runs).
+* 3 seeds each (162 runs).
 
-Every run records its test accuracy, the real number of active weights (the sweep fails if a
+Every run records its test accuracy, the real number of active weights (RigL is given the count
+SRigL's constant fan-in holds at the same sparsity, ``match_rigl_counts``; the sweep fails if a
 method's count differs from RigL's by more than 0.5 %), and the active neurons of every layer at
 each tenth of training. ``findings_report.py`` writes ``results.json`` and ``findings.md``.
 
 CPU time, sized from single runs measured on an AMD EPYC (Zen 5) core: a 40-epoch run takes about
-17 s (MLP) and 30 s (CNN), a long one twice that, so the 114 runs take about 3,200 CPU-seconds:
-about 27 minutes of wall time on a quiet 2-core machine with the default 2 single-threaded worker
+17 s (MLP) and 30 s (CNN), a long one twice that, so the 162 runs take about 5,100 CPU-seconds:
+about 43 minutes of wall time on a quiet 2-core machine with the default 2 single-threaded worker
 processes (``meta`` in ``results.json`` records the measured figures; on a loaded machine it takes
 longer). Runs execute sparsest level first (`priority`). Usage, from the repository root::
 
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import findings_report  # scripts/ is on sys.path when this file runs as a script
 import torch
-from findings_train import STEPS_PER_EPOCH, ModelSpec, RunResult, Setting, train_one
+from findings_train import STEPS_PER_EPOCH, ModelSpec, RunResult, Setting, active_weights_at_start, train_one
 
 from example_projects.mnist1d_cnn.model import MNIST1DCNN
 from example_projects.mnist1d_mlp.model import MNIST1DMLP
@@ -103,11 +104,49 @@ def make_plan(
     return Plan(settings, specs)
 
 
+def matched_rigl_sparsity(model: str, sparsity: float, spec: ModelSpec) -> float:
+    """RigL's ``sparsity`` argument that gives it the active weights SRigL holds at ``sparsity``.
+
+    SRigL's constant fan-in moves a layer's count in steps of its row count, so its nearest count to
+    the budget can differ from RigL's exact one by more than the 0.5 % the comparison allows (the MLP
+    at 95 %: 45,056 against 44,749). RigL can hold any count, so RigL is given SRigL's (its count is
+    linear in the sparsity up to rounding: one secant step, then the nearest of a few neighbours).
+    """
+    srigl = active_weights_at_start(Setting(model, "short", "srigl", sparsity, 0, 0.0), spec)
+
+    def rigl(s: float) -> int:
+        return active_weights_at_start(Setting(model, "short", "rigl", sparsity, 0, rigl_sparsity=s), spec)
+
+    at, near = rigl(sparsity), rigl(sparsity - 1e-3)
+    if at == srigl:
+        return sparsity
+    guess = sparsity - 1e-3 * (srigl - at) / (near - at)
+    step = 1e-3 / abs(near - at)  # about one weight
+    candidates = [guess + i * step for i in range(-2, 3)]
+    return min(candidates, key=lambda s: (abs(rigl(s) - srigl), abs(s - guess)))
+
+
+def match_rigl_counts(plan: Plan) -> Plan:
+    """``plan`` with every RigL setting given SRigL's weight count at its sparsity (`matched_rigl_sparsity`)."""
+    matched: dict[tuple[str, float], float] = {}
+    settings = []
+    for setting in plan.settings:
+        if setting.method == "rigl":
+            key = (setting.model, setting.sparsity)
+            if key not in matched:
+                matched[key] = matched_rigl_sparsity(*key, plan.specs[(setting.model, "short")])
+            if matched[key] != setting.sparsity:
+                setting = replace(setting, rigl_sparsity=matched[key])
+        settings.append(setting)
+    return Plan(settings, plan.specs)
+
+
 def cache_path(cache: Path, setting: Setting, spec: ModelSpec) -> Path:
     """Where ``--cache`` keeps one finished run: named by the setting and the recipe."""
     parts = [setting.model, setting.schedule, setting.method, f"s{setting.sparsity:g}", f"seed{setting.seed}"]
     parts += [f"g{setting.gamma_sal:g}"] if setting.gamma_sal is not None else []
     parts += ["quirk"] if setting.init_std_quirk else []
+    parts += [f"r{setting.rigl_sparsity:.8f}"] if setting.rigl_sparsity is not None else []
     recipe = "-".join(f"{k}{v}" for k, v in spec.kwargs.items()).replace(" ", "")
     return cache / f"{'_'.join(parts)}_{recipe}_e{spec.epochs}_dt{spec.delta_t}.json"
 
@@ -191,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sparsities", type=float, nargs="*", default=None,
                         help=f"sparsities of the short schedule (default {SPARSITIES}; none to skip it)")  # fmt: skip
     parser.add_argument("--long-sparsities", type=float, nargs="*", default=None,
-                        help="sparsities of the long schedule (default 0.99; none to skip it)")  # fmt: skip
+                        help=f"sparsities of the long schedule (default {SPARSITIES}; none to skip it)")  # fmt: skip
     parser.add_argument("--quirk-sparsity", type=float, default=None,
                         help="sparsity of the init_std_quirk runs (default 0.99; 0 to skip them)")  # fmt: skip
     parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
@@ -207,7 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.sparsities is None:
         args.sparsities = [0.9] if args.quick else list(SPARSITIES)
     if args.long_sparsities is None:
-        args.long_sparsities = [0.9] if args.quick else [0.99]
+        args.long_sparsities = [0.9] if args.quick else list(SPARSITIES)
     if args.quirk_sparsity is None:
         args.quirk_sparsity = 0.9 if args.quick else 0.99
     args.quirk_sparsity = args.quirk_sparsity or None
@@ -226,6 +265,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     plan = make_plan(args.models, args.sparsities, args.long_sparsities, args.quirk_sparsity, args.gammas,
                      args.seeds, args.quick, args.dense)  # fmt: skip
+    plan = match_rigl_counts(plan)
     wall = time.perf_counter()
     results, reused = run_all(plan, args.workers, args.cache)
     command = "PYTHONPATH=. python scripts/findings_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])

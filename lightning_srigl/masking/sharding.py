@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_srigl.masking.layer_types import is_hf_conv1d
-from lightning_srigl.masking.selection import SparseParameter
+from lightning_srigl.masking.masked_weight import MaskedWeight
 from lightning_srigl.sparsity import LocalReducer, Reducer, ShardReducer
 
 try:
@@ -42,6 +42,7 @@ __all__ = [
     "row_sharding",
     "shard_like",
     "unshard_modules_",
+    "whole_tensor",
 ]
 
 
@@ -186,10 +187,10 @@ def unshard_modules_(model: nn.Module, names: Sequence[str]) -> list[str]:
         plain._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
         with torch.no_grad():
             plain._parameters = {
-                key: None if p is None else nn.Parameter(_whole(p), requires_grad=p.requires_grad)
+                key: None if p is None else nn.Parameter(whole_tensor(p), requires_grad=p.requires_grad)
                 for key, p in module._parameters.items()
             }
-            plain._buffers = {key: None if b is None else _whole(b) for key, b in module._buffers.items()}
+            plain._buffers = {key: None if b is None else whole_tensor(b) for key, b in module._buffers.items()}
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, plain)
         replaced.append(name)
@@ -202,7 +203,9 @@ def _own_attribute(key: str, module_internals: set[str]) -> bool:
     return key not in module_internals and not key.startswith(("__composable_api_state_key", "_fsdp", "_is_fsdp"))
 
 
-def _whole(tensor: Tensor) -> Tensor:
+def whole_tensor(tensor: Tensor) -> Tensor:
+    """``tensor`` whole: a ``DTensor`` gathered from its parts (a collective, for every process that holds a
+    part to call), a plain tensor as it is."""
     return tensor.full_tensor() if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
 
 
@@ -219,7 +222,7 @@ def _all_gather(tensor: Tensor, group: Any, device: torch.device) -> Tensor:
     return torch.stack(parts).cpu()
 
 
-def reducer_for(params: Sequence[SparseParameter]) -> Reducer:
+def reducer_for(params: Sequence[MaskedWeight]) -> Reducer:
     """The reducer of the layer-wide update steps of ``params``: local when their weights are whole, else over
     the processes that shard their rows.
 
@@ -228,7 +231,7 @@ def reducer_for(params: Sequence[SparseParameter]) -> Reducer:
             weight sharded (stored ``(in, out)``, so ``Shard(0)`` splits its inputs), or weights sharded over
             different processes, or some sharded and some whole.
     """
-    shardings = [row_sharding(p.param, p.fqn) for p in params]
+    shardings = [row_sharding(p.weight, p.fqn) for p in params]
     names = [p.fqn for p in params]
     sharded = [name for name, s in zip(names, shardings) if s is not None]
     if not sharded:
@@ -248,7 +251,7 @@ def reducer_for(params: Sequence[SparseParameter]) -> Reducer:
             "module holding a sparse weight (or to the root module, which shards the rest)"
         )
     first = next(s for s in shardings if s is not None)
-    device = local_part(params[0].param).device
+    device = local_part(params[0].weight).device
     if dist.get_backend(first.group) == "gloo":
         device = torch.device("cpu")
     return ShardReducer(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import socket
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 import torch
@@ -18,9 +19,10 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
+from lightning_srigl.kernels.sampled import sampled_product
 from lightning_srigl.masking import (
     MaskedParameters,
-    SparseParameter,
+    MaskedWeight,
     gather_rows,
     is_sharded,
     local_part,
@@ -34,7 +36,8 @@ from lightning_srigl.masking import (
     zero_optimizer_state_,
 )
 from lightning_srigl.sparsity import LocalReducer, ShardReducer
-from lightning_srigl.training import supports_sparse_backward
+from lightning_srigl.training import SparseBackward, supports_sparse_backward
+from lightning_srigl.training import sparse_backward as sparse_backward_module
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_a_mask_is_laid_out_like_its_sharded_weight(mesh: DeviceMesh) -> None:
 
 def test_masking_acts_on_the_local_part_and_the_cache_sees_local_writes(mesh: DeviceMesh) -> None:
     layer = sharded_linear(mesh)
-    masked = MaskedParameters([SparseParameter("", "weight", layer)])
+    masked = MaskedParameters([MaskedWeight("", layer, "weight")])
     mask = torch.ones(5, 6, dtype=torch.bool)
     mask[:, 0] = False
     masked.install_({"weight": mask})
@@ -99,9 +102,9 @@ def test_optimizer_state_is_zeroed_on_the_local_part(mesh: DeviceMesh) -> None:
 
 
 def test_the_reducer_follows_the_weights_layout(mesh: DeviceMesh) -> None:
-    whole = SparseParameter("", "weight", nn.Linear(6, 5))
+    whole = MaskedWeight("", nn.Linear(6, 5), "weight")
     assert isinstance(reducer_for([whole]), LocalReducer)
-    sharded = SparseParameter("", "weight", sharded_linear(mesh))
+    sharded = MaskedWeight("", sharded_linear(mesh), "weight")
     reducer = reducer_for([sharded])
     assert isinstance(reducer, ShardReducer) and reducer.sum([3, 4]) == [3, 4]
     with pytest.raises(ValueError, match="all be sharded over the same processes or all be whole"):
@@ -109,7 +112,7 @@ def test_the_reducer_follows_the_weights_layout(mesh: DeviceMesh) -> None:
 
 
 def test_weights_not_sharded_by_rows_are_refused_with_what_works(mesh: DeviceMesh) -> None:
-    by_columns = SparseParameter("", "weight", sharded_linear(mesh, Shard(1)))
+    by_columns = MaskedWeight("", sharded_linear(mesh, Shard(1)), "weight")
     with pytest.raises(ValueError, match=r"Tensor parallelism splits a neuron's fan-in.*tensor_parallel_size=1"):
         reducer_for([by_columns])
     with pytest.raises(ValueError, match="Shard\\(0\\) on one data-parallel mesh dimension"):
@@ -118,7 +121,7 @@ def test_weights_not_sharded_by_rows_are_refused_with_what_works(mesh: DeviceMes
     conv1d = transformers.pytorch_utils.Conv1D(5, 6)  # weight (in, out) = (6, 5)
     conv1d.weight = nn.Parameter(distribute_tensor(conv1d.weight.detach(), mesh, [Shard(0)]))
     with pytest.raises(ValueError, match="Hugging Face Conv1D.*Exclude them"):
-        reducer_for([SparseParameter("h.0.attn.c_attn", "weight", conv1d)])
+        reducer_for([MaskedWeight("h.0.attn.c_attn", conv1d, "weight")])
 
 
 def test_sharded_layers_become_plain_layers_with_whole_weights_and_masks(mesh: DeviceMesh) -> None:
@@ -142,6 +145,29 @@ def test_sharded_layers_become_plain_layers_with_whole_weights_and_masks(mesh: D
     assert unshard_modules_(model, ["0", "2"]) == []  # whole already
 
 
-def test_the_sampled_sparse_backward_leaves_sharded_weights_alone(mesh: DeviceMesh) -> None:
-    assert supports_sparse_backward(nn.Linear(6, 5), "weight")
-    assert not supports_sparse_backward(sharded_linear(mesh), "weight")  # FSDP2 forwards the gathered weight
+def test_the_sampled_backward_of_an_fsdp2_layer_gives_the_gradient_of_the_whole_layer(mesh: DeviceMesh) -> None:
+    """Under ``fully_shard`` the patched forward sees the gathered weight: the gradient equals that of the same
+    layer whole (bit for bit: the same kernel on the same operands), and follows the mask after ``masks_changed``."""
+    torch.manual_seed(0)
+    whole, x = nn.Linear(6, 5), torch.randn(7, 6)
+    sharded = copy.deepcopy(whole)
+    fully_shard(sharded, mesh=mesh)
+    assert supports_sparse_backward(sharded, "weight") and is_sharded(sharded.weight)
+    masks = [torch.rand(5, 6, generator=torch.Generator().manual_seed(seed)) < 0.5 for seed in (1, 2)]
+    grads = []
+    for layer in (whole, sharded):
+        masked = MaskedParameters([MaskedWeight("", layer, "weight")])
+        masked.install_({"weight": masks[0]})
+        backward = SparseBackward(masked)
+        assert backward.install() == ["weight"]
+        for mask in masks:
+            masked.set_mask_("weight", mask)
+            backward.masks_changed()
+            layer.zero_grad()
+            with mock.patch.object(sparse_backward_module, "sampled_product", wraps=sampled_product) as sampled:
+                layer(x).square().sum().backward()
+            assert sampled.call_count == 1
+            grads.append(local_part(layer.weight.grad).clone())
+        backward.remove()
+    for got, expected, mask in zip(grads[2:], grads[:2], masks):
+        assert torch.equal(got, expected) and not got[~mask].any() and got[mask].all()

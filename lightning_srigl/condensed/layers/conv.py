@@ -20,22 +20,18 @@ calls ``F.conv2d``, the exact reference. ``CondensedConv1d`` runs the same kerne
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.layers.contract import (
     BACKENDS,
     check_choice,
     eager_inference,
+    renamed_constructor,
     validate_after_load,
 )
 from lightning_srigl.condensed.layers.weight_facts import WeightFacts
-from lightning_srigl.kernels.conv import (
-    condensed_conv2d,
-    conv2d_reference,
-    conv_output_size,
-    triton_conv,
-)
+from lightning_srigl.kernels import conv as conv_ops
+from lightning_srigl.kernels.conv import condensed_conv2d, conv2d_reference, triton_conv
 from lightning_srigl.kernels.cpu.loader import condensed_linear_cpu, load_extension
 from lightning_srigl.kernels.layout import condense_conv, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear
@@ -85,8 +81,7 @@ class CondensedConv2d(nn.Module):
             )
         if bias is not None and bias.shape != (out_channels,):
             raise ValueError(f"bias must be ({out_channels},), got {tuple(bias.shape)}")
-        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"padding_mode must be zeros, reflect, replicate or circular, got {padding_mode!r}")
+        conv_ops.check_padding(padding, padding_mode)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
@@ -132,7 +127,7 @@ class CondensedConv2d(nn.Module):
                 raise ValueError("indices must be taps of the row's own group, c * kh * kw + ky * kw + kx")
 
     @classmethod
-    def from_weight_mask(
+    def from_dense_weight(
         cls,
         weight: Tensor,
         mask: Tensor,
@@ -145,7 +140,11 @@ class CondensedConv2d(nn.Module):
         padding_mode: str = "zeros",
         backend: str = "auto",
     ) -> CondensedConv2d:
-        """Build from a ``(out, in / groups, kh, kw)`` weight, its boolean mask and an optional bias."""
+        """Build from tensors: a ``(out, in / groups, kh, kw)`` weight, its bool mask and an optional ``(out,)`` bias.
+
+        The weight is read at the mask's positions only. Raises ``ValueError`` unless every non-empty
+        filter keeps the same number of taps (`from_masked` pads them instead).
+        """
         if weight.dim() != 4:
             raise ValueError(f"weight must be (out, in / groups, kh, kw), got {tuple(weight.shape)}")
         values, indices, rows = condense_conv(weight, mask.to(weight.device, torch.bool), groups)
@@ -160,14 +159,17 @@ class CondensedConv2d(nn.Module):
     def from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:
         """The condensed form of ``conv`` with its weight times ``mask`` (the registry's constructor).
 
-        Filters whose fan-in folding reduced are padded with inactive (zero) taps up to the largest
-        fan-in, so the layer stays exact. Raises ``ValueError`` without constant fan-in.
+        Filters with fewer taps than the largest fan-in (folding removes inputs) are padded with inactive,
+        zero-weight taps up to it, so the layer stays exact for any mask.
         """
-        mask = pad_fan_in(mask.flatten(1).to(torch.bool)).view_as(mask)
-        return cls.from_weight_mask(
-            conv.weight.detach() * mask, mask, conv.bias, stride=conv.stride, padding=conv.padding,
+        mask = mask.to(device=conv.weight.device, dtype=torch.bool)
+        padded = pad_fan_in(mask.flatten(1)).view_as(mask)
+        return cls.from_dense_weight(
+            conv.weight.detach() * mask, padded, conv.bias, stride=conv.stride, padding=conv.padding,
             dilation=conv.dilation, groups=conv.groups, padding_mode=conv.padding_mode,
         )  # fmt: skip
+
+    from_weight_mask = renamed_constructor("from_weight_mask", "from_dense_weight")
 
     @classmethod
     def im2col_from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:
@@ -217,7 +219,7 @@ class CondensedConv2d(nn.Module):
                 f"expected input (N, {self.in_channels}, H, W) of dtype {self.values.dtype}, got {tuple(x.shape)} "
                 f"of dtype {x.dtype}; reshape or cast the input (or call module.to(dtype))"
             )
-        x, padding = self._pad(x)
+        x, padding = conv_ops.pad_input(x, self.padding, self.padding_mode, self.kernel_size, self.dilation)
         geometry = (self.kernel_size, self.stride, padding, self.dilation)
         values, backend = self.values, self.backend
         tracks_gradient = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
@@ -252,13 +254,8 @@ class CondensedConv2d(nn.Module):
     def _im2col_forward(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         """``(N, C, H, W) -> (N, out, Ho, Wo)`` through a materialised im2col and the condensed linear kernels
         (the taps are ``F.unfold``'s rows, so the values and indices serve unchanged)."""
-        n, _, h, w = x.shape
-        sizes = [
-            conv_output_size(s, k, st, p, d)
-            for s, k, st, p, d in zip((h, w), self.kernel_size, self.stride, padding, self.dilation)
-        ]
-        cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (N, C * kh * kw, L)
-        x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous()
+        n = x.shape[0]
+        x2d, sizes = conv_ops.im2col_rows(x, self.kernel_size, self.stride, padding, self.dilation)
         eager_cpu = x2d.is_cpu and self.backend == "auto" and eager_inference(x2d, self.values)
         y = (condensed_linear_cpu if eager_cpu else condensed_linear)(x2d, self.values, self.indices, None)
         y = y.view(n, -1, self.n_active).transpose(1, 2)  # (N, A, L)
@@ -267,24 +264,6 @@ class CondensedConv2d(nn.Module):
         else:
             full = self.bias.view(1, -1, 1).expand(n, -1, y.shape[2]).contiguous()
         return full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
-
-    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """``x`` padded ahead of the kernel where the kernel cannot pad (non-zero modes, asymmetric
-        ``"same"``), and the symmetric zero padding left for the kernel."""
-        padding = self.padding
-        if padding == "valid":
-            return x, (0, 0)
-        if padding == "same":
-            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            if self.padding_mode == "zeros" and all(t % 2 == 0 for t in totals):
-                return x, (totals[0] // 2, totals[1] // 2)
-            pads = [totals[1] // 2, totals[1] - totals[1] // 2, totals[0] // 2, totals[0] - totals[0] // 2]
-        elif self.padding_mode == "zeros":
-            return x, padding
-        else:
-            pads = [padding[1], padding[1], padding[0], padding[0]]
-        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-        return F.pad(x, pads, mode=mode), (0, 0)
 
     def _scatter(self, values: Tensor) -> Tensor:
         """``values (A, k)`` (or a tensor of their shape) at their taps, ``(out, in / groups, kh, kw)``."""
