@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.acceleration.dense_layers import dense_linears, pack_dense_linears
-from lightning_srigl.condensed.acceleration.layer_call import LayerCall
 from lightning_srigl.condensed.acceleration.model_timing import dense_reference, whole_model_times
 from lightning_srigl.condensed.acceleration.planning import (
     AccelerationPlan,
@@ -53,6 +52,7 @@ from lightning_srigl.condensed.kinds.registry import (
     tied_layers,
 )
 from lightning_srigl.kernels.compiled import compile_in_place, eager_forward
+from lightning_srigl.layer_call import LayerCall
 
 __all__ = [
     "CANDIDATES",

@@ -9,12 +9,12 @@ import functools
 import torch
 from torch import nn
 
-from lightning_srigl.condensed.acceleration.layer_call import LayerCall, outputs_close
 from lightning_srigl.condensed.acceleration.planning import Timer, choose, default_timer
 from lightning_srigl.condensed.acceleration.swap import replace_module
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.condensed.layers.packed_linear import PackedLinear
 from lightning_srigl.kernels.dense import onednn_linear_available
+from lightning_srigl.layer_call import LayerCall, outputs_close
 from lightning_srigl.masking import masked_weights
 
 __all__ = ["DENSE_CANDIDATES", "dense_linears", "pack_dense_linears"]
