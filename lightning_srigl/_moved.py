@@ -37,7 +37,7 @@ MOVED_MODULES: dict[str, str] = {
         "layers.validation": "lightning_srigl.kernels.validation",
         "accelerate": "lightning_srigl.condensed.acceleration.accelerate",
         "acceleration_report": "lightning_srigl.condensed.acceleration.report",
-        "layer_call": "lightning_srigl.condensed.acceleration.layer_call",
+        "layer_call": "lightning_srigl.layer_call",
         "timing": "lightning_srigl.timing",
         "acceleration.timing": "lightning_srigl.timing",
         "fold_chain": "lightning_srigl.condensed.fold.chain",

@@ -28,7 +28,11 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["DerivedCache", "checksum", "checksum_view"]
+__all__ = ["LAYOUT_CHECK_WORDS", "DerivedCache", "checksum", "checksum_view"]
+
+LAYOUT_CHECK_WORDS = 256
+"""Words summed per lookup on a hot path (a condensed layer's batch-1 layout, a dense layer's packed weight): a
+fixed cost (``scripts/bench_layout_checksum.py``)."""
 
 T = TypeVar("T")
 

@@ -1,27 +1,45 @@
 """What the values checksum costs a batch-1 ``CondensedLinear`` call, 1 thread, side by side in one run.
 
-Usage: ``python scripts/bench_layout_checksum.py``. Per layer (90 % sparsity, constant fan-in), times:
+Usage: ``python scripts/bench_layout_checksum.py [--model llama_decode]``. Per layer (90 % sparsity, constant
+fan-in), times:
 
 * ``checked``: ``layer(x)`` as shipped: the batch-1 layout is looked up under the buffers' identities,
   version counters and a checksum of ``LAYOUT_CHECK_WORDS`` strided words of the values
   (``lightning_srigl/derived_cache.py``), so wholesale edits
   through ``.data`` or numpy are seen;
 * ``versions_only``: the same call with the layout looked up under identities and version counters only
-  (what the cache keyed on before: it serves stale weights after a ``.data`` edit).
+  (what the cache keyed on before: it serves stale weights after a ``.data`` edit);
+* ``compiled_op``: the call a compiled graph makes (``torch.compile``, ``accelerate(compile=True)``): the
+  ``lightning_srigl::condensed_linear`` op on the buffers, with no layout lookup and hence no checksum.
+
+``--model llama_decode`` also times the whole model: one token decoded with the KV cache after a 128-token
+prompt (the whole-model benchmark's Llama-style decoder, 90 %), accelerated, with its layers as shipped and
+with versions-only lookups, side by side (needs ``transformers``).
 
 Times are the minimum of interleaved samples of the timing thread's CPU time (robust on a shared machine).
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import os
+import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
+
 from lightning_srigl.benchmark.machine import machine_fields
+from lightning_srigl.benchmark.whole_model import masked_model
 from lightning_srigl.condensed import CondensedLinear
+from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.kernels.linear import condensed_linear
 from lightning_srigl.timing import hot_times
 
 LAYERS = [(256, 256), (768, 768), (3072, 768), (768, 3072)]  # (out, in)
@@ -57,19 +75,50 @@ def layer(cls: type[CondensedLinear], out: int, width: int) -> CondensedLinear:
     return cls(dense.values, dense.indices, dense.active_rows, dense.bias, width, out)
 
 
+def timed(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Microseconds per call of each of ``calls``: the fastest interleaved sample, 1 thread, CPU time."""
+    with torch.no_grad():
+        times = hot_times(calls, threads=1, min_run_time=1.0, device=torch.device("cpu"), min_samples=30)
+    return {name: t.min * 1e6 for name, t in times.items()}
+
+
+def whole_decoder() -> None:
+    """The Llama-style decoder's decode step, accelerated, as shipped and with versions-only layout lookups."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_whole_models import cases
+
+    case = cases(False)["llama_decode"]
+    shipped = masked_model(case, 0.9, 0)
+    torch.manual_seed(1)
+    inputs = case.example(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        accelerate(shipped, inputs, verbose=False, model_repeats=0)
+    plain = copy.deepcopy(shipped)
+    for module in plain.modules():
+        if type(module) is CondensedLinear:
+            module.__class__ = VersionsOnly
+    us = timed({"checked": lambda: shipped(*inputs), "versions_only": lambda: plain(*inputs)})
+    print(f"llama_decode: checked {us['checked']:.0f} us, versions_only {us['versions_only']:.0f} us, "
+          f"ratio {us['checked'] / us['versions_only']:.3f}")  # fmt: skip
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["llama_decode"], help="also time this whole model")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    print(machine_fields())
+    print(machine_fields(), f"load {os.getloadavg()[0]:.1f}")
     for out, width in LAYERS:
         x = torch.randn(1, width)
         checked, plain = layer(CondensedLinear, out, width), layer(VersionsOnly, out, width)
-        with torch.no_grad():
-            calls = {"checked": lambda x=x: checked(x), "versions_only": lambda x=x: plain(x)}
-            times = hot_times(calls, threads=1, min_run_time=1.0, device=torch.device("cpu"), min_samples=30)
-        mins = {name: t.min * 1e6 for name, t in times.items()}
-        ratio = mins["checked"] / mins["versions_only"]
-        checked_us, plain_us = mins["checked"], mins["versions_only"]
-        print(f"{out}x{width}: checked {checked_us:.1f} us, versions_only {plain_us:.1f} us, ratio {ratio:.2f}")
+        op = lambda x=x, m=checked: condensed_linear(x, m.values, m.indices, m.bias)  # noqa: E731
+        us = timed({"checked": lambda x=x: checked(x), "versions_only": lambda x=x: plain(x), "compiled_op": op})
+        print(f"{out}x{width}: checked {us['checked']:.1f} us, versions_only {us['versions_only']:.1f} us, "
+              f"ratio {us['checked'] / us['versions_only']:.2f}; compiled_op {us['compiled_op']:.1f} us")  # fmt: skip
+    if args.model:
+        whole_decoder()
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,9 @@ def prepare(job: dict, work: Path) -> list[dict]:
                 "inputs": f"{stem}.npz",
                 "reference": f"{stem}.npy",
             }
+            prepared.append(entry)
+            if job.get("reuse_exports") and all(Path(entry[key]).exists() for key in ("onnx", "inputs", "reference")):
+                continue  # an earlier run's export of the same model, batch and seed
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -104,7 +107,6 @@ def prepare(job: dict, work: Path) -> list[dict]:
             np.savez(entry["inputs"], *[t.numpy() for t in inputs])
             with torch.no_grad():
                 np.save(entry["reference"], dense(*inputs).numpy())
-            prepared.append(entry)
     return prepared
 
 
@@ -245,6 +247,26 @@ def run_engine(engine: str, job: dict, work: Path) -> list[dict]:
     return rows
 
 
+def write_csv(rows: list[dict], path: Path) -> None:
+    """``rows`` as CSV at ``path`` (the union of their keys as columns)."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def merged_rows(paths: list[Path]) -> list[dict]:
+    """The rows of the CSVs at ``paths``; a later file's row replaces an earlier one's for the same model, batch,
+    threads and engine (a later run of some models)."""
+    merged: dict[tuple, dict] = {}
+    for path in paths:
+        with path.open() as handle:
+            for row in map(_parsed, csv.DictReader(handle)):
+                merged[(row["model"], row["batch"], row["threads"], row["engine"])] = row
+    return list(merged.values())
+
+
 def _parsed(row: dict[str, str]) -> dict:
     """A CSV row with its numbers and flags as numbers and flags."""
     parsed: dict = {}
@@ -309,12 +331,11 @@ def not_condensed(work: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(
-    rows: list[dict], engines: list[str], command: str, loads: tuple[float, float], path: Path, work: Path
-) -> None:
+def write_doc(rows: list[dict], engines: list[str], loads: tuple[float, float], path: Path, work: Path) -> None:
     """docs/peers.md (at ``path``): how it was measured, the tables, ours against the best peer, and the
     layers ``accelerate()`` did not condense (its reports in ``work``)."""
     machine = next((r for r in rows if r.get("cpu_model")), {})
+    commands = list(dict.fromkeys(str(r["command"]) for r in rows if r.get("command")))
     ds = next((r for r in rows if r["engine"] == "deepsparse" and r.get("version")), {})
     lines = [
         "# Ours beside the engines users deploy",
@@ -331,9 +352,14 @@ def write_doc(
         "cache loop); it is in [whole models](whole-models.md).",
         "",
         "```bash",
-        command,
+        *commands,
         "```",
         "",
+        *(
+            ["The CSV records each row's command; a later run replaced the earlier one's rows of its models.", ""]
+            if len(commands) > 1
+            else []
+        ),
         "This page is rewritten from the stored run (its CSV and acceleration reports in `docs/assets/peers/`,",
         "copied from `--out`) by `python scripts/bench_peers.py --from-csv docs/assets/peers/peers.csv --out",
         "docs/assets/peers --doc`.",
@@ -396,6 +422,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny models (for the tests)")
+    parser.add_argument(
+        "--reuse-exports", action="store_true", help="keep the ONNX exports, inputs and references already in --out"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "peers")
     parser.add_argument(
         "--doc",
@@ -404,20 +433,23 @@ def main(argv: list[str] | None = None) -> None:
         const=DOC,
         help="write docs/peers.md (or this path)",
     )
-    parser.add_argument("--from-csv", type=Path, help="write the doc from this run's peers.csv (and --out's reports)")
+    parser.add_argument(
+        "--from-csv", type=Path, nargs="+",
+        help="write the doc from these runs' peers.csv (merged: a later file's row replaces an earlier one's for the "
+        "same model, batch, threads and engine; several files are merged into --out/peers.csv) and --out's reports",
+    )  # fmt: skip
     parser.add_argument("--worker", choices=list(ENGINES), help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker, json.loads(args.job.read_text()))
-    if args.from_csv is not None:  # rewrite the doc from a run's CSV and reports (same --out)
-        with args.from_csv.open() as handle:
-            rows = [_parsed(row) for row in csv.DictReader(handle)]
+    if args.from_csv:  # rewrite the doc from runs' CSVs (merged into --out/peers.csv) and --out's reports
+        rows = merged_rows(args.from_csv)
+        if len(args.from_csv) > 1:
+            write_csv(rows, args.out / "peers.csv")
         engines = list(dict.fromkeys(r["engine"] for r in rows))
         loads = [float(r["load"]) for r in rows if r.get("load")] or [float("nan")]
-        write_doc(
-            rows, engines, rows[0].get("command") or "", (min(loads), max(loads)), args.doc or DOC, args.out / "work"
-        )
+        write_doc(rows, engines, (min(loads), max(loads)), args.doc or DOC, args.out / "work")
         return None
     unknown = [m for m in args.models if m not in cases(args.smoke)]
     if unknown:
@@ -434,23 +466,22 @@ def main(argv: list[str] | None = None) -> None:
             "sparsity",
             "seed",
             "smoke",
+            "reuse_exports",
         )
     }
     start_load = os.getloadavg()[0]
     job["work"] = str(work)
     job["prepared"] = prepare(job, work) if set(args.engines) & set(ONNX_ENGINES) else []
     command = "python scripts/bench_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if "deepsparse" in args.engines:
+        command = f"{DEEPSPARSE_ENV}=<deepsparse venv>/bin/python {command}"
     rows: list[dict] = []
     for engine in args.engines:  # the CSV and the doc after every engine, so a long run keeps what it measured
         rows += [row | {"command": command} for row in run_engine(engine, job, work)]
         related = relate_deepsparse(rows)
-        fields = list(dict.fromkeys(key for row in related for key in row))
-        with (args.out / "peers.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(related)
+        write_csv(related, args.out / "peers.csv")
         if args.doc:
-            write_doc(related, args.engines, command, (start_load, os.getloadavg()[0]), args.doc, work)
+            write_doc(related, args.engines, (start_load, os.getloadavg()[0]), args.doc, work)
     print(peers_markdown(relate_deepsparse(rows), args.engines))
     print(f"wrote {args.out / 'peers.csv'}" + (f" and {args.doc}" if args.doc else ""))
     return None

@@ -61,3 +61,25 @@ def test_the_tables_mark_inexact_and_missing_engines() -> None:
     table = peers_markdown(rows, ["ours_eager", "onnxruntime", "openvino", "deepsparse"])
     line = next(line for line in table.splitlines() if line.startswith("| m |"))
     assert line == "| m | 1 | 10.0 | **5.00×** (2.0) | **2.00×** (5.0) ✗ | openvino not installed | not run |"
+
+
+def test_from_csv_merges_runs_a_later_row_replacing_an_earlier_one(tmp_path: Path) -> None:
+    fields = ["model", "batch", "threads", "engine", "status", "engine_ms", "dense_ms", "speedup", "exact", "command"]
+    runs = {
+        "first.csv": [["a", 1, 1, "ours_eager", "ok", 2.0, 10.0, 5.0, True, "first"],
+                      ["b", 1, 1, "ours_eager", "ok", 4.0, 10.0, 2.5, True, "first"]],
+        "second.csv": [["b", 1, 1, "ours_eager", "ok", 1.0, 10.0, 10.0, True, "second"]],
+    }  # fmt: skip
+    for name, rows in runs.items():
+        with (tmp_path / name).open("w", newline="") as handle:
+            csv.writer(handle).writerows([fields, *rows])
+    out, doc = tmp_path / "out", tmp_path / "peers.md"
+    out.mkdir()
+    command = [sys.executable, "scripts/bench_peers.py", "--from-csv", str(tmp_path / "first.csv"),
+               str(tmp_path / "second.csv"), "--out", str(out), "--doc", str(doc)]  # fmt: skip
+    subprocess.run(command, cwd=ROOT, check=True, timeout=600, capture_output=True)
+    with (out / "peers.csv").open() as handle:
+        merged = {r["model"]: r for r in csv.DictReader(handle)}
+    assert merged["a"]["command"] == "first" and merged["b"]["command"] == "second"
+    text = doc.read_text()
+    assert "| b | 1 | 10.0 | **10.00×** (1.0) |" in text and "\nfirst\nsecond\n" in text

@@ -29,11 +29,11 @@ from lightning_srigl.condensed.acceleration.accelerate import (
     snapshot_modules,
     swap_layers,
 )
-from lightning_srigl.condensed.acceleration.layer_call import LayerCall
 from lightning_srigl.condensed.acceleration.report import AccelerationReport
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.kernels.compiled import compile_lazily, holder_of
+from lightning_srigl.layer_call import LayerCall
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import masked_weights, qualified_name, unshard_modules_
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.kinds.registry import INFERENCE_LAYERS
+from lightning_srigl.condensed.layers.packed_linear import PackedLinear
 from lightning_srigl.exported import ExportedModel, export_program
 
 FORMAT = "lightning_srigl.condensed/1"
@@ -99,6 +100,8 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
     Raises:
         TypeError: for a module whose constructor cannot be rebuilt (custom classes).
     """
+    if type(module) is PackedLinear:  # written as the nn.Linear it computes (the same parameters)
+        module = module.to_linear()
     cls = type(module)
     name = _qualified(cls)
     if _PACKAGE_LAYERS.get(layer_name(cls)) is cls:

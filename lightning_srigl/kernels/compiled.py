@@ -5,12 +5,14 @@ the model (its dense layers, normalisations, activations, attention) still runs 
 PyTorch. `compile_in_place` hands the whole model to PyTorch's own compiler instead:
 
 * ``torch.compile(fullgraph=True)`` with inductor's ``freezing`` option: parameters and buffers
-  become constants, so inductor prepacks the remaining dense convolution and linear weights for oneDNN
+  become constants, so inductor prepacks the remaining dense convolution weights for oneDNN (fp32 linear ones for MKL)
   and fuses BatchNorm, bias, activations and pointwise work around them;
 * the condensed layers reach the graph as the opaque custom ops ``lightning_srigl::condensed_linear``
   and ``lightning_srigl::condensed_conv2d`` (`linear`,
   `conv`), whose fake implementations give inductor their output
-  shapes: no graph break (``fullgraph=True`` raises if there is one).
+  shapes: no graph break (``fullgraph=True`` raises if there is one); so do the dense linear layers that
+  ``accelerate`` moved to oneDNN's prepacked GEMM (``lightning_srigl::packed_linear``, `dense`), since
+  inductor's freezing packs fp32 linear weights for MKL, the slower GEMM on AMD CPUs.
 
 `export_package` writes the same graph ahead of time as an AOTInductor package (``.pt2``) and
 `load_package` runs it without the model's Python code. The package calls our ops through the
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from lightning_srigl.kernels.conv import condensed_conv2d
+from lightning_srigl.kernels.dense import packed_linear
 from lightning_srigl.kernels.linear import condensed_linear
 
 __all__ = [
@@ -51,7 +54,7 @@ __all__ = [
 # Inductor options of the compiled graph (torch._inductor.config names).
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
 # The custom ops a compiled or packaged model calls (importing them registered them).
-CUSTOM_OPS = (condensed_linear, condensed_conv2d)
+CUSTOM_OPS = (condensed_linear, condensed_conv2d, packed_linear)
 
 
 def _arguments(example_input: object) -> tuple[object, ...]:

@@ -98,6 +98,7 @@ EXAMPLES: dict[str, Callable[[object], tuple]] = {
     "batch1_forward": _batch1_forward_args,
     "int8_condensed_linear": _int8_linear_args,
     "int8_window_layout": lambda ops: (*_int8_weights(), 20),
+    "packed_linear": lambda ops: (torch.randn(2, 3, 20), torch.randn(6, 20), torch.randn(6)),
 }
 
 

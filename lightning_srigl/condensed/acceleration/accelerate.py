@@ -11,7 +11,9 @@
    masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed.
    With ``quantize="int8"`` the kind's quantized candidates (``lightning_srigl.condensed.kinds.quantized``)
    join them, calibrated on the captured input and kept when their output error stays in the budget;
-4. ``swap_layers`` installs them (mask buffers leave with the old modules).
+4. ``swap_layers`` installs them (mask buffers leave with the old modules);
+5. ``pack_dense_linears`` moves the dense ``nn.Linear`` layers no mask covers (GPT-2's tied ``lm_head``) to
+   oneDNN's prepacked GEMM where that times faster than torch's (``PackedLinear``).
 
 The sparse layers are the masked modules the masking layer records
 (``lightning_srigl.masking.masked_weights``) whose type is a kind of the registry.
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.acceleration.layer_call import LayerCall
+from lightning_srigl.condensed.acceleration.dense_layers import dense_linears, pack_dense_linears
 from lightning_srigl.condensed.acceleration.model_timing import dense_reference, whole_model_times
 from lightning_srigl.condensed.acceleration.planning import (
     AccelerationPlan,
@@ -50,6 +52,7 @@ from lightning_srigl.condensed.kinds.registry import (
     tied_layers,
 )
 from lightning_srigl.kernels.compiled import compile_in_place, eager_forward
+from lightning_srigl.layer_call import LayerCall
 
 __all__ = [
     "CANDIDATES",
@@ -191,6 +194,7 @@ def accelerate(
     quantize: str | None = None,
     error_budget: float = DEFAULT_ERROR_BUDGET,
     compile: bool = False,
+    pack_dense: bool = True,
     model_repeats: int = 3,
     plan_cache: str | Path | None = None,
     timer: Timer | None = None,
@@ -222,6 +226,9 @@ def accelerate(
         compile: compile the accelerated model in place into one graph (``torch.compile`` with inductor
             freezing, the condensed layers as opaque custom ops; `compiled`);
             the report gives the compile time. Later calls of ``model`` run the compiled graph.
+        pack_dense: also time the dense ``nn.Linear`` layers that have no mask (fp32, CPU) against oneDNN's
+            prepacked GEMM on their real input and swap in a ``PackedLinear`` (same parameters) where
+            it is faster (`dense_layers`); the report's ``dense_layers`` says which.
         model_repeats: samples of the whole model's time before (dense) and after (accelerated, and
             compiled) for the report; 0 skips that timing.
         plan_cache: a JSON file of candidate times per layer shape on this machine, read and updated
@@ -269,6 +276,9 @@ def accelerate(
         cache.save()
     swap_layers(model, plan)
     report = plan.report
+    if pack_dense:
+        calls = capture_layer_inputs(model, example_input, dense_linears(model))
+        report = report.with_dense_layers(pack_dense_linears(model, calls, timer=timer, warmup=warmup, repeats=repeats))
     if compile:
         report = report.with_compile_seconds(compile_in_place(model, example_input))
     if dense is not None:

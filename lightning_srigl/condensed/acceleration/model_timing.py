@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from lightning_srigl.condensed.acceleration.layer_call import LayerCall
 from lightning_srigl.condensed.kinds.candidates import masked_copy
+from lightning_srigl.layer_call import LayerCall
 from lightning_srigl.timing import hot_times
 
 __all__ = ["as_call", "dense_reference", "whole_model_times"]

@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.acceleration.layer_call import LayerCall, outputs_close
 from lightning_srigl.condensed.acceleration.report import (
     AccelerationReport,
     LayerAcceleration,
@@ -45,6 +44,7 @@ from lightning_srigl.condensed.kinds.registry import (
 from lightning_srigl.kernels.cpu.isa import cpu_model
 from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.int8_layout import calibration_range
+from lightning_srigl.layer_call import LayerCall, outputs_close
 from lightning_srigl.masking import neuron_major
 from lightning_srigl.timing import Timing, hot_times
 

@@ -56,16 +56,22 @@ class AccelerationReport:
 
     ``model_times``: seconds per call of the whole model, ``"dense"`` (before), ``"accelerated"`` (after,
     eager) and ``"compiled"`` (after, ``compile=True``), when they were timed; ``compile_seconds``: the
-    compile time of ``compile=True``.
+    compile time of ``compile=True``; ``dense_layers``: each dense ``nn.Linear`` without a mask -> the product it
+    kept (``"dense"``: torch's, ``"packed"``: oneDNN's on the prepacked weight; ``accelerate(pack_dense=True)``).
     """
 
     rows: list[LayerAcceleration]
     model_times: dict[str, float] = field(default_factory=dict)
     compile_seconds: float | None = None
+    dense_layers: dict[str, str] = field(default_factory=dict)
 
     def with_model_times(self, times: dict[str, float]) -> AccelerationReport:
         """This report with the whole model's ``times``."""
         return replace(self, model_times=dict(times))
+
+    def with_dense_layers(self, chosen: dict[str, str]) -> AccelerationReport:
+        """This report with the products kept by the dense linear layers without a mask."""
+        return replace(self, dense_layers=dict(chosen))
 
     def with_compile_seconds(self, seconds: float) -> AccelerationReport:
         """This report with the compile time."""
@@ -83,6 +89,9 @@ class AccelerationReport:
                     parts.append(f"{name} {time * 1e3:.3g} ms ({dense / time:.2f}×)")
         if self.compile_seconds is not None:
             parts.append(f"compile {self.compile_seconds:.1f} s")
+        packed = [name for name, kept in self.dense_layers.items() if kept == "packed"]
+        if packed:
+            parts.append(f"dense linear on oneDNN: {', '.join(packed)}")
         return ", ".join(parts)
 
     def columns(self) -> list[str]:

@@ -24,7 +24,7 @@ from lightning_srigl.condensed.layers.contract import (
     validate_after_load,
 )
 from lightning_srigl.condensed.layers.weight_facts import WeightFacts
-from lightning_srigl.derived_cache import DerivedCache
+from lightning_srigl.derived_cache import LAYOUT_CHECK_WORDS, DerivedCache
 from lightning_srigl.kernels.cpu.loader import (
     batch1_forward,
     batch1_layout,
@@ -34,10 +34,6 @@ from lightning_srigl.kernels.cpu.loader import (
 from lightning_srigl.kernels.layout import condense, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear, triton_kernels
 from lightning_srigl.kernels.validation import check_bias, check_condensed, check_width
-
-LAYOUT_CHECK_WORDS = 256
-"""Words of the values summed per call to see ``.data``/numpy edits of a cached layout (a fixed cost:
-``scripts/bench_layout_checksum.py``)."""
 
 
 def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bool:
