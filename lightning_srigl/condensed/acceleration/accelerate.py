@@ -11,7 +11,9 @@
    masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed.
    With ``quantize="int8"`` the kind's quantized candidates (``lightning_srigl.condensed.kinds.quantized``)
    join them, calibrated on the captured input and kept when their output error stays in the budget;
-4. ``swap_layers`` installs them (mask buffers leave with the old modules).
+4. ``swap_layers`` installs them (mask buffers leave with the old modules); with folding, a ReLU module
+   that alone consumed a swapped convolution's output moves into its kernel's epilogue
+   (``lightning_srigl.condensed.fold.activation``).
 
 The sparse layers are the masked modules the masking layer records
 (``lightning_srigl.masking.masked_weights``) whose type is a kind of the registry.
@@ -40,6 +42,7 @@ from lightning_srigl.condensed.acceleration.planning import (
 )
 from lightning_srigl.condensed.acceleration.report import AccelerationReport, LayerAcceleration
 from lightning_srigl.condensed.acceleration.swap import replace_module
+from lightning_srigl.condensed.fold.activation import fuse_relus, relu_pairs
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import (
     CANDIDATES,
@@ -208,8 +211,8 @@ def accelerate(
             (candidates are timed in interleaved rounds; layers of one shape once; a candidate replaces
             dense only on a margin the samples' spread supports:
             `planning`).
-        fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
-            next layer, where provably exact.
+        fold: fold BatchNorms into the sparse convolutions before them, ablated neurons into the
+            next layer, and a ReLU into the condensed convolution it alone follows, where provably exact.
         verbose: print the report as a rich table.
         quantize: ``"int8"`` also tries the int8 candidates of ``nn.Linear`` layers (int8 condensed with
             per-token or calibrated activations, torch's dynamic int8 dense; calibrated on
@@ -249,9 +252,11 @@ def accelerate(
         )
     dense = dense_reference(model) if model_repeats > 0 else None
     inputs = capture_layer_inputs(model, example_input, names)
+    relus: dict[str, str] = {}
     if fold:
         fold_in_place(model)
         inputs = fit_inputs_to_layers(model, inputs)
+        relus = relu_pairs(model)
     cache = None if plan_cache is None else PlanCache(plan_cache, machine_key())
     plan = plan_acceleration(
         model,
@@ -268,6 +273,7 @@ def accelerate(
     if cache is not None:
         cache.save()
     swap_layers(model, plan)
+    fuse_relus(model, relus)
     report = plan.report
     if compile:
         report = report.with_compile_seconds(compile_in_place(model, example_input))

@@ -15,6 +15,9 @@ kernels on it: slower except on tiny images (a 4x4 map), where the direct kernel
 columns; ``accelerate`` times both (``scripts/bench_conv_layouts.py`` compares them per layer).
 ``backend="torch"`` (and any call that tracks a gradient) scatters the values into the dense weight and
 calls ``F.conv2d``, the exact reference. ``CondensedConv1d`` runs the same kernels on ``(N, C, 1, L)``.
+``relu=True`` makes the layer ``relu(conv(x))``, the ReLU applied in the CPU kernel's epilogue (``accelerate``
+sets it where a ReLU module was the convolution's only consumer: `fuse_relus`); its ``to_dense()`` is then
+``nn.Sequential(conv, nn.ReLU())``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class CondensedConv2d(nn.Module):
     Buffers: ``values (A, k)`` in the weight's dtype, ``indices (A, k)`` taps (int16 when
     ``in * kh * kw <= 32767``, else int32), ``active_rows (A,)`` int64 and ``bias (out,)`` (or None).
     ``stride``, ``padding`` (ints, ``"valid"`` or ``"same"``), ``dilation``, ``groups`` and
-    ``padding_mode`` mean what they mean for ``nn.Conv2d``.
+    ``padding_mode`` mean what they mean for ``nn.Conv2d``; ``relu`` appends a ReLU to the output.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class CondensedConv2d(nn.Module):
         padding_mode: str = "zeros",
         backend: str = "auto",
         algorithm: str = "direct",
+        relu: bool = False,
     ) -> None:
         super().__init__()
         check_choice(backend, BACKENDS, "backend")
@@ -90,7 +94,7 @@ class CondensedConv2d(nn.Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.padding_mode, self.backend, self.algorithm = padding_mode, backend, algorithm
+        self.padding_mode, self.backend, self.algorithm, self.relu = padding_mode, backend, algorithm, bool(relu)
         self._check_buffers(values, indices, active_rows)
         self.register_buffer("values", values)
         self.register_buffer("indices", indices)
@@ -182,7 +186,7 @@ class CondensedConv2d(nn.Module):
             "in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
             "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
             "padding_mode": self.padding_mode, "backend": self.backend, "algorithm": self.algorithm,
-            "bias": self.bias is not None,
+            "relu": self.relu, "bias": self.bias is not None,
         }  # fmt: skip
 
     @classmethod
@@ -237,14 +241,18 @@ class CondensedConv2d(nn.Module):
                         self.groups,
                         *geometry,
                         0,
+                        self.relu,
                     )
             if backend == "triton" or x.is_cuda:
                 kernels = triton_conv()
                 if kernels is not None:
-                    return kernels.condensed_conv2d_triton(
+                    y = kernels.condensed_conv2d_triton(
                         x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry
                     )
-        args = (x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry)
+                    return y.relu_() if self.relu else y
+        args = (
+            x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry, self.relu
+        )  # fmt: skip
         if backend == "torch" or tracks_gradient:  # differentiable in x and values
             return conv2d_reference(*args)
         return condensed_conv2d(*args)  # the custom op: compile and export see one node
@@ -266,7 +274,8 @@ class CondensedConv2d(nn.Module):
             full = y.new_zeros(n, self.out_channels, y.shape[2])
         else:
             full = self.bias.view(1, -1, 1).expand(n, -1, y.shape[2]).contiguous()
-        return full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
+        full = full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
+        return full.relu_() if self.relu else full
 
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """``x`` padded ahead of the kernel where the kernel cannot pad (non-zero modes, asymmetric
@@ -305,10 +314,16 @@ class CondensedConv2d(nn.Module):
         return self._scatter(self.values)
 
     def dense_masks(self) -> dict[str, Tensor]:
-        """``{"weight": bool mask of to_dense()'s weight}``: the taps the layer keeps."""
-        return {"weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
+        """``{"weight": bool mask of to_dense()'s weight}`` (``"0.weight"`` with ``relu``): the taps the layer
+        keeps."""
+        return {"0.weight" if self.relu else "weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
 
-    def to_dense(self) -> nn.Conv2d:
+    def to_dense(self) -> nn.Module:
+        """`dense_conv`, followed by ``nn.ReLU()`` in an ``nn.Sequential`` with ``relu``."""
+        conv = self.dense_conv()
+        return nn.Sequential(conv, nn.ReLU()) if self.relu else conv
+
+    def dense_conv(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the masked dense weight and the full bias."""
         conv = nn.Conv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -326,6 +341,7 @@ class CondensedConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, fan_in={self.fan_in}, "
             f"active_rows={self.n_active}, index_dtype={index}, bias={self.bias is not None}, backend={self.backend}"
+            + (", relu=True" if self.relu else "")
         )
 
 
@@ -359,7 +375,7 @@ class CondensedConv1d(CondensedConv2d):
         """``(out, in / groups, 1, k) -> (out, in / groups, k)``, ``nn.Conv1d``'s weight."""
         return weight.squeeze(2)
 
-    def to_dense(self) -> nn.Conv1d:
+    def dense_conv(self) -> nn.Conv1d:
         """An ``nn.Conv1d`` with the masked dense weight and the full bias."""
         conv = nn.Conv1d(
             self.in_channels, self.out_channels, self.kernel_size[1], self.stride[1],

@@ -13,6 +13,8 @@
 // without packing anything: each (row, tap) multiplies BT activations by one broadcast weight. Columns
 // ox in [Wo, Wq) of the grid are computed and not stored (2 of 58 for a padded 3x3 on 56 x 56).
 // A 1x1 convolution with stride 1 and no padding reads x in place (off = c * H * W).
+// Epilogue: each output is written once, as bias + sum, or max(0, bias + sum) with relu (a folded
+// BatchNorm's shift is the bias), so a following ReLU costs no pass of its own.
 #pragma once
 
 #include "common.h"
@@ -126,8 +128,10 @@ inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
 }
 
 // dst[r][0:BT] = init[r] + sum_j w[r, j] * xs[off[r, j] + 0:BT] for NN consecutive rows (row stride k).
+// With relu, dst holds max(0, that) (NaN stays NaN, as in torch.relu).
 template <int BT, int NN>
-inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64_t k, const float* init, float* dst) {
+inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64_t k, const float* init, bool relu,
+                      float* dst) {
   constexpr int V = BT / kLanes;
   Vec acc[NN][V];
   for (int r = 0; r < NN; ++r) {
@@ -138,6 +142,11 @@ inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64
       const Vec wj(w[r * k + j]);
       const float* xr = xs + off[r * k + j];
       for (int v = 0; v < V; ++v) acc[r][v] = at::vec::fmadd(wj, Vec::loadu(xr + v * kLanes), acc[r][v]);
+    }
+  }
+  if (relu) {
+    for (int r = 0; r < NN; ++r) {
+      for (int v = 0; v < V; ++v) acc[r][v] = at::vec::maximum(acc[r][v], Vec(0.f));
     }
   }
   for (int r = 0; r < NN; ++r) {
@@ -182,7 +191,7 @@ inline BlockRuns block_runs(const ConvGeometry& g, int64_t q0, int64_t BT) {
 // All active rows over the blocks [b0, b1) of the (sample, block) enumeration.
 template <int BT>
 void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const int32_t* off, const int64_t* rows,
-                 const float* bias, int64_t A, int64_t k, int64_t out, int64_t b0, int64_t b1, float* y) {
+                 const float* bias, int64_t A, int64_t k, int64_t out, bool relu, int64_t b0, int64_t b1, float* y) {
   constexpr int NN = conv_rows_per_step<BT>();
   const int64_t blocks = (g.Q + BT - 1) / BT, HWo = g.Ho * g.Wo;
   alignas(64) float tile[NN * BT];
@@ -199,9 +208,10 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
       float init[NN] = {};
       for (int64_t r = 0; r < nr; ++r) init[r] = bias ? bias[rows[a + r]] : 0.f;
       if (nr == NN) {
-        conv_rows<BT, NN>(xs, w + a * k, off + a * k, k, init, tile);
+        conv_rows<BT, NN>(xs, w + a * k, off + a * k, k, init, relu, tile);
       } else {
-        for (int64_t r = 0; r < nr; ++r) conv_rows<BT, 1>(xs, w + (a + r) * k, off + (a + r) * k, k, init + r, tile + r * BT);
+        for (int64_t r = 0; r < nr; ++r) conv_rows<BT, 1>(xs, w + (a + r) * k, off + (a + r) * k, k, init + r, relu,
+                                                           tile + r * BT);
       }
       for (int64_t r = 0; r < nr; ++r) {
         float* yc = yn + rows[a + r] * HWo;
@@ -216,10 +226,12 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
   }
 }
 
-// y (N, out, Ho, Wo) for fp32 x (N, C, H, W), values (A, k), indices (A, k) into C * kh * kw, rows (A,).
+// y (N, out, Ho, Wo) for fp32 x (N, C, H, W), values (A, k), indices (A, k) into C * kh * kw, rows (A,);
+// with relu, max(0, y) in the same pass.
 template <typename IT>
 void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float* w, const IT* idx,
-                              const int64_t* rows, const float* bias, int64_t A, int64_t k, int64_t out, float* y) {
+                              const int64_t* rows, const float* bias, int64_t A, int64_t k, int64_t out, bool relu,
+                              float* y) {
   thread_local std::vector<int32_t> offsets;
   thread_local std::vector<float> planes;
   const int64_t taps = g.C * g.kh * g.kw;
@@ -241,32 +253,27 @@ void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float
     build_planes(x, g, aligned);
     buf = aligned;
   }
-  // Output channels without an active row hold their bias.
+  // Output channels without an active row (every channel when k == 0) hold their bias (max(0, bias) with relu).
   std::vector<bool> active(out, false);
-  for (int64_t a = 0; a < A; ++a) active[rows[a]] = true;
+  if (k > 0) {
+    for (int64_t a = 0; a < A; ++a) active[rows[a]] = true;
+  }
   const int64_t HWo = g.Ho * g.Wo;
   for (int64_t n = 0; n < g.N; ++n) {
     for (int64_t c = 0; c < out; ++c) {
-      if (!active[c]) std::fill(y + (n * out + c) * HWo, y + (n * out + c + 1) * HWo, bias ? bias[c] : 0.f);
+      const float b = bias ? bias[c] : 0.f, v = relu && b < 0.f ? 0.f : b;
+      if (!active[c]) std::fill(y + (n * out + c) * HWo, y + (n * out + c + 1) * HWo, v);
     }
   }
-  if (A == 0 || k == 0) {
-    for (int64_t n = 0; n < g.N; ++n) {
-      for (int64_t a = 0; a < A; ++a) {
-        const int64_t c = rows[a];
-        std::fill(y + (n * out + c) * HWo, y + (n * out + c + 1) * HWo, bias ? bias[c] : 0.f);
-      }
-    }
-    return;
-  }
+  if (A == 0 || k == 0) return;
   const int32_t* off = offsets.data();  // the calling thread's buffer (workers have their own thread_locals)
   const int64_t total = g.N * ((g.Q + g.BT - 1) / g.BT);
   at::parallel_for(0, total, 1, [&](int64_t b0, int64_t b1) {
     switch (g.BT) {
-      case 16: conv_blocks<16>(buf, g, w, off, rows, bias, A, k, out, b0, b1, y); break;
-      case 32: conv_blocks<32>(buf, g, w, off, rows, bias, A, k, out, b0, b1, y); break;
-      case 64: conv_blocks<64>(buf, g, w, off, rows, bias, A, k, out, b0, b1, y); break;
-      default: conv_blocks<kLanes>(buf, g, w, off, rows, bias, A, k, out, b0, b1, y); break;
+      case 16: conv_blocks<16>(buf, g, w, off, rows, bias, A, k, out, relu, b0, b1, y); break;
+      case 32: conv_blocks<32>(buf, g, w, off, rows, bias, A, k, out, relu, b0, b1, y); break;
+      case 64: conv_blocks<64>(buf, g, w, off, rows, bias, A, k, out, relu, b0, b1, y); break;
+      default: conv_blocks<kLanes>(buf, g, w, off, rows, bias, A, k, out, relu, b0, b1, y); break;
     }
   });
 }
