@@ -17,7 +17,8 @@ DEMO_ARGS ?=
 # The dev extra holds Triton too: its interpreter (TRITON_INTERPRET=1) runs the GPU kernels' tests on the CPU.
 TORCH_INDEX ?=
 $(STAMP): pyproject.toml setup.py
-	@echo "Setting up $(VENV): torch 2.13.0 (CPU), this package and its C++ kernels (a few minutes, once; log: $(VENV)/install.log)"
+	@echo "Setting up $(VENV): torch 2.13.0 (CPU), this package and its C++ kernels"
+	@echo "(a few minutes, once; log: $(VENV)/install.log)"
 	@test -d $(VENV) || $(PY) -m venv $(VENV)
 	@( $(BIN)/pip install -q --upgrade pip \
 	  && $(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
@@ -55,16 +56,20 @@ wheel: $(STAMP)
 BENCH_ARGS ?=
 benchmark: OUT = $(or $(RESULTS),benchmark_results)
 benchmark: $(STAMP)
-	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml $(BENCH_ARGS) --name benchmark_cpu --output_dir $(OUT)
-	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu_avx2.yaml $(BENCH_ARGS) --name benchmark_cpu_avx2 --output_dir $(OUT)
-	$(BIN)/python scripts/write_benchmark_doc.py $(OUT) $(if $(filter docs/assets,$(OUT)),docs/benchmarks.md,$(OUT)/benchmarks.md)
+	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu.yaml $(BENCH_ARGS) \
+		--name benchmark_cpu --output_dir $(OUT)
+	$(BIN)/lightning-srigl benchmark --config configs/benchmark_cpu_avx2.yaml $(BENCH_ARGS) \
+		--name benchmark_cpu_avx2 --output_dir $(OUT)
+	$(BIN)/python scripts/write_benchmark_doc.py $(OUT) \
+		$(if $(filter docs/assets,$(OUT)),docs/benchmarks.md,$(OUT)/benchmarks.md)
 
 overhead: $(STAMP)
 	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py
 
 # The accuracy sweep behind docs/findings.md: RigL against SRigL on MNIST-1D (MLP and 1-D CNN), 114 runs,
 # about 27 minutes on a quiet 2-core machine. Results go to RESULTS (git-ignored runs/findings by default);
-# `make findings RESULTS=docs/assets/findings/matched` regenerates the committed ones. FINDINGS_ARGS="--quick": a 1-minute check.
+# `make findings RESULTS=docs/assets/findings/matched` regenerates the committed ones.
+# FINDINGS_ARGS="--quick": a 1-minute check.
 FINDINGS_ARGS ?=
 findings: OUT = $(or $(RESULTS),runs/findings)
 findings: $(STAMP)

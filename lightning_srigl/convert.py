@@ -259,18 +259,18 @@ def convert_to_structured(
     )
     reconstructable = {p.fqn: p.module for p in selected if isinstance(p.module, _RECONSTRUCTABLE)}
     cache = _cache_layer_io(model, reconstructable, calibration_batches) if calibration_batches is not None else {}
-    masks = {p.fqn: _magnitude_mask(p.param.detach(), kind, n, m, sparsity) for p in selected}
+    masks = {p.fqn: _magnitude_mask(p.weight.detach(), kind, n, m, sparsity) for p in selected}
     masked = MaskedParameters(selected)
     masked.install_(masks)
     layers = []
     for p in selected:
         mask = masked.mask(p.fqn)
-        weight = p.param.detach()
+        weight = p.weight.detach()
         kept = float((weight.abs() * mask).sum() / weight.abs().sum().clamp(min=1e-30))
         if absorb_mean:
-            _absorb_pruned_(p.param.data, mask, kind, m)
+            _absorb_pruned_(p.weight.data, mask, kind, m)
         with torch.no_grad():
-            p.param.mul_(mask)
+            p.weight.mul_(mask)
         mse = (None, None)
         if cache.get(p.fqn):
             mse = _reconstruct(p.module, mask, cache[p.fqn], reconstruction_steps, lr, bias_lr)

@@ -68,8 +68,8 @@ def main(threads: list[int], batches: list[int], seconds: float) -> None:
             # Plain tensors and no_grad, as when serving a trained model: CondensedLinear does not cache
             # its batch-1 layout for inference-mode buffers (they have no version counter).
             weight, mask, bias = constant_fan_in_layer(inp, out, 0.9)
-            condensed = CondensedLinear.from_weight_mask(weight, mask, bias)
-            condensed_bf16 = CondensedLinear.from_weight_mask(weight, mask, bias).to(torch.bfloat16)
+            condensed = CondensedLinear.from_dense_weight(weight, mask, bias)
+            condensed_bf16 = CondensedLinear.from_dense_weight(weight, mask, bias).to(torch.bfloat16)
             weight_bf16, bias_bf16 = weight.bfloat16(), bias.bfloat16()
             csr, bias_column = weight.to_sparse_csr(), bias[:, None]
             with torch.no_grad():

@@ -88,7 +88,7 @@ def measure(layer: tuple, batch: int, seconds: float, generator: torch.Generator
     x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
     direct = CondensedConv2d.from_masked(conv, mask)
     direct.relu = True
-    unfolded = CondensedLinear.from_weight_mask(w.flatten(1), mask.flatten(1), b)
+    unfolded = CondensedLinear.from_dense_weight(w.flatten(1), mask.flatten(1), b)
     with torch.no_grad():
         expected = F.conv2d(x, w, b, s, p)
         torch.testing.assert_close(direct(x), expected.relu(), atol=1e-4, rtol=1e-4)

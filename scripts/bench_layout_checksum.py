@@ -53,7 +53,7 @@ def layer(cls: type[CondensedLinear], out: int, width: int) -> CondensedLinear:
     g = torch.Generator().manual_seed(0)
     keep = torch.rand(out, width, generator=g).argsort(1)[:, : width // 10]
     mask = torch.zeros(out, width, dtype=torch.bool).scatter_(1, keep, True)
-    dense = CondensedLinear.from_weight_mask(torch.randn(out, width, generator=g), mask, torch.randn(out, generator=g))
+    dense = CondensedLinear.from_dense_weight(torch.randn(out, width, generator=g), mask, torch.randn(out, generator=g))
     return cls(dense.values, dense.indices, dense.active_rows, dense.bias, width, out)
 
 

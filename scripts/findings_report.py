@@ -143,6 +143,19 @@ def weights_table(groups: dict[tuple[str, float], list[Record]]) -> list[str]:
     return _table(["sparsity", *labels, "largest deviation from RigL"], rows, right=len(labels) + 1)
 
 
+def rigl_matching_note(groups: dict[tuple[str, float], list[Record]]) -> list[str]:
+    """A line naming RigL's own ``sparsity`` argument where the sweep matched its count to SRigL's."""
+    matched = {
+        sparsity: runs[0]["rigl_sparsity"]
+        for (label, sparsity), runs in groups.items()
+        if label == "RigL" and runs and runs[0].get("rigl_sparsity") is not None
+    }
+    if not matched:
+        return []
+    given = ", ".join(f"{100 * s:g} %: `sparsity={r:.6f}`" for s, r in sorted(matched.items()))
+    return [f"RigL is given the weight count SRigL's constant fan-in holds at the same level ({given}).", ""]
+
+
 def _count(value: float) -> str:
     """A mean count to one decimal, without a trailing ``.0``."""
     return f"{round(value, 1):g}"
@@ -251,6 +264,7 @@ def markdown_report(data: dict[str, Any]) -> str:
         lines += ["Difference to RigL (points): mean ± sd of the per-seed differences (seeds paired).", ""]
         lines += [*gap_table(groups), "", "Active weights of the sparse layers at the end (mean over seeds).", ""]
         lines += [*weights_table(groups), ""]
+        lines += rigl_matching_note(groups)
         lines += ["Active neurons at the end (mean over seeds) · mean fan-in of the active rows (max over seeds).", ""]
         lines += [
             *neurons_table(groups),

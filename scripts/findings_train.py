@@ -48,6 +48,9 @@ class Setting:
     seed: int
     gamma_sal: float | None = None
     init_std_quirk: bool = False
+    # RigL's own ``sparsity`` argument where the sweep matched RigL's weight count to the count SRigL's
+    # constant fan-in holds (`findings_sweep.match_rigl_counts`); None: ``sparsity``.
+    rigl_sparsity: float | None = None
 
     @property
     def label(self) -> str:
@@ -141,8 +144,26 @@ def sparsity_callbacks(setting: Setting, delta_t: int) -> list[Callback]:
         init_std_quirk=setting.init_std_quirk,
     )  # fmt: skip
     if setting.method == "rigl":
+        if setting.rigl_sparsity is not None:
+            common["sparsity"] = setting.rigl_sparsity
         return [RigLCallback(**common)]
     return [SRigLCallback(gamma_sal=setting.gamma_sal, **common)]
+
+
+def _trainer(callbacks: list[Callback], **limits: Any) -> Trainer:
+    """A quiet single-process CPU trainer without validation, checkpoints or logger."""
+    return Trainer(
+        accelerator="cpu", devices=1, logger=False, limit_val_batches=0, callbacks=callbacks,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        **limits,
+    )  # fmt: skip
+
+
+def active_weights_at_start(setting: Setting, spec: ModelSpec) -> int:
+    """The active weights of ``setting``'s sparse layers once its masks are drawn (a fit of zero steps)."""
+    model = spec.model(**spec.kwargs)
+    _trainer(sparsity_callbacks(setting, spec.delta_t), max_steps=0).fit(model, MNIST1DDataModule(batch_size=128))
+    return sum(int(_mask(layer).sum()) for layer in layer_names(model).values() if mask_of(layer) is not None)
 
 
 def train_one(setting: Setting, spec: ModelSpec) -> RunResult:
@@ -151,11 +172,7 @@ def train_one(setting: Setting, spec: ModelSpec) -> RunResult:
     seed_everything(setting.seed, verbose=False)
     model, data = spec.model(**spec.kwargs), MNIST1DDataModule(batch_size=128)
     trace = NeuronTrace()
-    trainer = Trainer(
-        max_epochs=spec.epochs, accelerator="cpu", devices=1, logger=False, limit_val_batches=0,
-        callbacks=[*sparsity_callbacks(setting, spec.delta_t), trace], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )  # fmt: skip
+    trainer = _trainer([*sparsity_callbacks(setting, spec.delta_t), trace], max_epochs=spec.epochs)
     start = time.process_time()
     try:
         trainer.fit(model, data)

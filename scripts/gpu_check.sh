@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command: environment, GPU tests, the GPU benchmark sweep, CSV, plots, verdict.
 #
-#   bash scripts/gpu_check.sh                    # on a CUDA machine (estimated 5-7 minutes on one H200; not yet run on one)
+#   bash scripts/gpu_check.sh                    # on a CUDA machine (estimated 5-7 minutes on one H200;
+#                                                # not yet run on one)
 #   bash scripts/gpu_check.sh --interpret-smoke  # anywhere: the plumbing on CPU, Triton interpreter, tiny sizes
 #
 # Results go to $GPU_CHECK_OUT, else $OUT (set on this workplace's device machines), else gpu_check_results/:
@@ -64,7 +65,8 @@ TESTS=(tests/condensed/test_triton_kernel.py tests/condensed/test_triton_linear.
        "tests/callbacks/test_accelerate_callback.py::test_mixed_precision_fit_accelerates_and_predicts")
 if [[ $MODE == gpu ]]; then
   export TRITON_INTERPRET=0
-  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device (use --interpret-smoke)')" || exit 2
+  no_cuda='gpu_check: no CUDA device (use --interpret-smoke)'
+  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else '$no_cuda')" || exit 2
   nvidia-smi >"$RESULTS/gpu_tests.log" 2>&1
   phase "GPU tests (compiled Triton kernels on CUDA)"
   timeout 150 "$PY" -m pytest -q -rs "${TESTS[@]}" 2>&1 | tee -a "$RESULTS/gpu_tests.log"

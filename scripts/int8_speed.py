@@ -97,10 +97,10 @@ def ort_dynamic_int8(model: nn.Module, x: Tensor) -> Callable[[], object] | None
 
 
 def candidates(model: nn.Module, x: Tensor) -> dict[str, Callable[[], object]]:
-    int8 = swap_linears(model, lambda linear: Int8CondensedLinear.from_condensed(CondensedLinear.from_linear(linear)))
+    int8 = swap_linears(model, lambda linear: Int8CondensedLinear.from_condensed(CondensedLinear.from_masked(linear)))
     fns = {
         "dense fp32": model,
-        "fp32 condensed": swap_linears(model, CondensedLinear.from_linear),
+        "fp32 condensed": swap_linears(model, CondensedLinear.from_masked),
         "int8 condensed": int8,
         "int8 condensed, no VNNI": _without_vnni(int8),
         "torch dynamic int8 (dense)": torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8),

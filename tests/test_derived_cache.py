@@ -14,7 +14,7 @@ def condensed_layer() -> CondensedLinear:
     g = torch.Generator().manual_seed(0)
     mask = torch.zeros(24, 40, dtype=torch.bool).scatter_(1, torch.rand(24, 40, generator=g).argsort(1)[:, :5], True)
     mask[3] = False  # an ablated neuron
-    return CondensedLinear.from_weight_mask(torch.randn(24, 40, generator=g), mask, torch.randn(24, generator=g))
+    return CondensedLinear.from_dense_weight(torch.randn(24, 40, generator=g), mask, torch.randn(24, generator=g))
 
 
 def test_batch_1_output_follows_edits_through_data_and_numpy() -> None:

@@ -40,7 +40,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> 
 
 def test_default_condensed_layer_on_cuda_runs_triton_on_the_transposed_layout() -> None:
     linear, mask = _layer(SparseLayerSpec(256, 128, 0.9, ablation=0.25))
-    layer = CondensedLinear.from_linear(linear, mask)
+    layer = CondensedLinear.from_masked(linear, mask)
     x = torch.randn(64, 256, device=CUDA)
     with torch.no_grad():
         _close(layer(x), linear(x), torch.float32)
@@ -51,7 +51,7 @@ def test_default_condensed_layer_on_cuda_runs_triton_on_the_transposed_layout() 
 @pytest.mark.parametrize("batch", [1, 256])
 def test_compiled_condensed_layer_matches_eager(batch: int) -> None:
     linear, mask = _layer(SparseLayerSpec(512, 256, 0.9))
-    layer = CondensedLinear.from_linear(linear, mask)
+    layer = CondensedLinear.from_masked(linear, mask)
     compiled = torch.compile(layer, fullgraph=True, dynamic=False)
     x = torch.randn(batch, 512, device=CUDA)
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_semi_structured_layer_matches_the_masked_dense_layer(dtype: torch.dtype
     ok, reason = semi_structured_supported(linear.weight)
     if not ok:
         pytest.skip(f"2:4 kernels unavailable on this GPU: {reason}")
-    layer = SemiStructuredLinear.from_linear(linear, mask)
+    layer = SemiStructuredLinear.from_masked(linear, mask)
     x = torch.randn(64, 256, device=CUDA, dtype=dtype)
     with torch.no_grad():
         _close(layer(x), linear(x), dtype)
@@ -74,7 +74,7 @@ def test_semi_structured_layer_matches_the_masked_dense_layer(dtype: torch.dtype
 @pytest.mark.parametrize("batch", [1, 64])
 def test_csr_layer_matches_the_masked_dense_layer(batch: int) -> None:
     linear, mask = _layer(SparseLayerSpec(256, 128, 0.9))
-    layer = CSRLinear.from_linear(linear, mask)
+    layer = CSRLinear.from_masked(linear, mask)
     x = torch.randn(batch, 256, device=CUDA)
     with torch.no_grad():
         _close(layer(x), linear(x), torch.float32)

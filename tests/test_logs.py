@@ -62,7 +62,7 @@ def test_package_info_lines_print_to_stderr_by_default_and_can_be_silenced() -> 
 def test_csr_beta_warning_is_hidden_for_our_csr_layers_only(ours: bool) -> None:
     """In a fresh process (torch warns once per process): our CSR build is silent, a plain one warns."""
     build = (
-        "from lightning_srigl.condensed.csr import CSRLinear; CSRLinear.from_linear(torch.nn.Linear(8, 8))"
+        "from lightning_srigl.condensed.csr import CSRLinear; CSRLinear.from_masked(torch.nn.Linear(8, 8))"
         if ours
         else "torch.randn(8, 8).to_sparse_csr()"
     )

@@ -132,7 +132,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     weight = torch.randn(16, 64)
     mask = torch.zeros(16, 64, dtype=torch.bool).scatter_(1, torch.rand(16, 64).argsort(1)[:, :16], True)
-    layer = CondensedLinear.from_weight_mask(weight, mask)
+    layer = CondensedLinear.from_dense_weight(weight, mask)
     x = torch.randn(4, 64)
     y, y1 = layer(x), layer(x[:1])
     kernel = load_extension()

@@ -72,7 +72,7 @@ def srigl_masks(
     random inputs (at most its fan-in).
     """
     selected = select_parameters(model)
-    shapes = [tuple(p.rows(p.param).shape) for p in selected]
+    shapes = [tuple(p.rows(p.weight).shape) for p in selected]
     allocate = erk_densities if distribution == "erk" else uniform_densities
     budgets = layer_budgets(shapes, allocate(shapes, sparsity))
     masks = {}
@@ -109,6 +109,15 @@ def _call(model: nn.Module, inputs: Any) -> Any:
     return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
 
 
+def _convert(inputs: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` applied to the floating-point tensors of ``inputs`` (one input or a tuple); others as they are."""
+
+    def cast(value: Any) -> Any:
+        return fn(value) if isinstance(value, Tensor) and value.is_floating_point() else value
+
+    return tuple(map(cast, inputs)) if isinstance(inputs, tuple) else cast(inputs)
+
+
 def _variants(
     case: ModelCase, masked: nn.Module, inputs: Any, *, repeats: int
 ) -> tuple[dict[str, tuple[nn.Module, Any]], str]:
@@ -117,16 +126,14 @@ def _variants(
     dense = copy.deepcopy(masked)
     remove_masks_(dense)
     variants = {"dense_fp32": (dense, inputs)}
-    cast = lambda fn: lambda v: fn(v) if isinstance(v, Tensor) and v.is_floating_point() else v  # noqa: E731
-    convert = lambda inputs, fn: tuple(map(cast(fn), inputs)) if isinstance(inputs, tuple) else cast(fn)(inputs)  # noqa: E731
     if case.convolutional:
         last = copy.deepcopy(dense).to(memory_format=torch.channels_last)
         variants["dense_channels_last"] = (
             last,
-            convert(inputs, lambda t: t.contiguous(memory_format=torch.channels_last)),
+            _convert(inputs, lambda t: t.contiguous(memory_format=torch.channels_last)),
         )
     if native_bf16():
-        variants["dense_bf16"] = (copy.deepcopy(dense).to(torch.bfloat16), convert(inputs, lambda t: t.bfloat16()))
+        variants["dense_bf16"] = (copy.deepcopy(dense).to(torch.bfloat16), _convert(inputs, lambda t: t.bfloat16()))
     accelerated = copy.deepcopy(masked)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # folding or tie notes; the report lists what was chosen

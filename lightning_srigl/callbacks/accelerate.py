@@ -68,7 +68,7 @@ class AccelerateCallback(Callback):
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
             (interleaved rounds, fastest sample; see
-            [`lightning_srigl.condensed.acceleration.accelerate.accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
+            [`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
         quantize, error_budget: ``"int8"`` also tries int8 layers, calibrated on the captured inputs and
             kept within ``error_budget`` (relative output error); as for ``accelerate``.
         compile: after the swap, compile the innermost module holding the accelerated layers in place

@@ -103,7 +103,40 @@ class DynamicSparsityCallback(SparsityCallback):
     """Shared engine of the dynamic sparse training callbacks.
 
     Subclasses provide the initial mask (`initial_mask`) and one layer's topology update
-    (`layer_updates`). See [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback] for the arguments.
+    (`layer_updates`). Its arguments are every method's, declared here once: a subclass declares only
+    its own and passes the rest on as ``**kwargs`` (LightningCLI and jsonargparse follow them here, so a
+    config or ``--help`` of [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback] lists them all).
+
+    Args:
+        sparsity: overall fraction of zero weights in the selected layers, in ``[0, 1)``.
+        distribution: per-layer densities: ``"erk"`` (Erdős–Rényi-Kernel) or ``"uniform"``.
+        delta_t: optimizer steps between topology updates.
+        t_end_fraction: fraction of ``trainer.estimated_stepping_batches`` after which the topology
+            is frozen.
+        alpha: initial drop fraction of the cosine schedule.
+        include: fnmatch patterns of fully-qualified weight names to sparsify (``None``: every
+            Linear, Conv1d/2d/3d and MultiheadAttention projection).
+        exclude: patterns removed from the selection (not counted in the budget).
+        dense: patterns of selected weights kept dense; the others become sparser to compensate.
+        sparse_init: re-initialise the kept weights for their sparse fan-in when the masks are first
+            drawn, as the paper does when training from scratch (without it, a 99 %-sparse layer keeps
+            the dense initialisation's scale and its signal shrinks about tenfold). Pass ``False`` to
+            fine-tune a pretrained model: the kept weights then keep their values.
+        init_std_quirk: draw the re-initialised weights with the reference code's std ``2/fan_in``
+            (it passes the grad-flow init's variance as the std) instead of ``sqrt(2/fan_in)``: a
+            ``sqrt(fan_in/2)`` times smaller scale, 1.6x at fan-in 5 and 12x at fan-in 274. For
+            reproducing the paper's runs; no effect with ``sparse_init=False``. Its measured effect
+            on accuracy: ``docs/findings.md``.
+        grad_accumulation_n: growth scores are ``|mean gradient|`` over this many optimizer steps
+            before each update.
+        seed: seed of the initial masks and re-initialisation (identical on every rank).
+        log_every_n_steps: also log topology metrics every this many steps (``None``: at updates).
+        report: at the end of fit, print a per-layer table and save ``active_neurons.png`` in the
+            first logger's folder (else ``trainer.default_root_dir``), on rank 0.
+        sparse_backward: compute the weight gradient of sparse fp32 ``nn.Linear`` layers on the CPU
+            only at active positions (the dense product's work times the density; the same masked
+            gradient up to summation order), except on the steps whose dense gradient scores the
+            next update; off for weights sharded by FSDP2. ``False``: the dense gradient, then masked.
     """
 
     metric_prefix = "sparsity"
@@ -156,6 +189,9 @@ class DynamicSparsityCallback(SparsityCallback):
         self.sparse_backward = check_flag(sparse_backward, "sparse_backward")
         self.masked: MaskedParameters | None = None
         self.budgets: dict[str, int] = {}
+        # Active weights per layer when training starts (the budget's nearest count the method can hold): the
+        # topology updates keep the model-wide count there, so ablation does not move it (docs/deviations.md).
+        self.targets: dict[str, int] = {}
         self.dense_shapes: dict[str, tuple[int, ...]] = {}  # selected weights that stay dense, neuron-major
         self.t_end: int | None = None
         self.skipped_updates = 0
@@ -185,9 +221,10 @@ class DynamicSparsityCallback(SparsityCallback):
         self, fqns: Sequence[str], layers: Sequence[LayerInputs], drop_fraction: float, reducer: Reducer, carry: int
     ) -> list[tuple[Tensor, Tensor]]:
         """The topology update of ``layers`` (named ``fqns``): per layer ``(new_mask, grown)``, both bool and
-        shaped like its ``mask``, with about the layer's budget of active weights plus ``carry``, the rounding
-        the layers before left (as for `initial_mask`; a method that keeps every budget exactly ignores
-        it). Each layer is whole or this process's shard of its rows; ``reducer`` runs the layer-wide steps
+        shaped like its ``mask``, with about ``layer.budget`` active weights (the layer's count when training
+        started, ``self.targets``) plus ``carry``, the rounding the layers before left (as for `initial_mask`;
+        a method that keeps every budget exactly ignores it). Each layer is whole or this process's shard of its
+        rows; ``reducer`` runs the layer-wide steps
         ([`lightning_srigl.sparsity.reducer`][lightning_srigl.sparsity.reducer])."""
         raise NotImplementedError
 
@@ -230,6 +267,7 @@ class DynamicSparsityCallback(SparsityCallback):
             rank_zero_info(f"{type(self).__name__}: training on with the masks already installed on the model")
         else:
             self._install_initial_masks()
+        self.targets = self._held_counts()
         self._ever_active = {fqn: self.masked.local(fqn, m).clone() for fqn, m in self.masked.masks().items()}
         check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
 
@@ -383,7 +421,7 @@ class DynamicSparsityCallback(SparsityCallback):
             raise ValueError(f"{type(self).__name__}: every selected weight is frozen; nothing is left to sparsify")
         names = [p.fqn for p in selected]
         check_patterns_match(self.dense, names, "dense")
-        shapes = [tuple(p.rows(p.param).shape) for p in selected]  # neuron-major: (out, ...)
+        shapes = [tuple(p.rows(p.weight).shape) for p in selected]  # neuron-major: (out, ...)
         pinned = [i for i, name in enumerate(names) if matches(name, self.dense)]
         densities = self.allocate_densities(names, shapes, pinned)
         budgets = layer_budgets(shapes, densities)
@@ -431,13 +469,19 @@ class DynamicSparsityCallback(SparsityCallback):
         masks = self.masked.masks()
         if not masks:
             return
-        local = [int(self.masked.local(fqn, mask).count_nonzero()) for fqn, mask in masks.items()]
-        held, asked = sum(self._reducer.sum(local)), sum(self.budgets.values())  # summed over shards
+        held, asked = sum(self._held_counts().values()), sum(self.budgets.values())
         total = sum(m.numel() for m in masks.values())
         rank_zero_info(
             f"{type(self).__name__}: {held} active weights in {len(masks)} sparse layers (density {held / total:.4%}) "
             f"for a budget of {asked} ({(held - asked) / max(asked, 1):+.2%})"
         )
+
+    def _held_counts(self) -> dict[str, int]:
+        """``{fqn: active weights of the whole layer}`` (this process's rows summed over the ranks that shard it)."""
+        assert self.masked is not None
+        masks = self.masked.masks()
+        local = [int(self.masked.local(fqn, mask).count_nonzero()) for fqn, mask in masks.items()]
+        return dict(zip(masks, self._reducer.sum(local)))
 
     def _dense_gradient_needed(self) -> bool:
         """Whether the coming optimizer step's dense gradient feeds the next topology update."""
@@ -491,11 +535,11 @@ class DynamicSparsityCallback(SparsityCallback):
         drop_fraction = cosine_drop_fraction(step, self.t_end, self.alpha)
         local_changes: dict[str, int] = {}
         numels = [weights[fqn].numel() for fqn in self.masked.fqns]
-        carry = 0  # the layers so far hold this many weights fewer than their budgets
+        carry = 0  # the layers so far hold this many weights fewer than their targets
         for group in update_groups(self.masked.fqns, numels, self._reducer.batch_elements):
             changes, active = self._update_group(trainer, group, grads, drop_fraction, carry)
             local_changes.update(changes)
-            carry += sum(self.budgets[fqn] for fqn in group) - sum(self._reducer.sum(active))
+            carry += sum(self.targets[fqn] for fqn in group) - sum(self._reducer.sum(active))
         changed = dict(zip(local_changes, self._reducer.sum(list(local_changes.values()))))
         check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
         metrics = self._metrics()
@@ -522,7 +566,7 @@ class DynamicSparsityCallback(SparsityCallback):
                 rows(fqn, local(fqn, self.masked.param(fqn).data)),
                 rows(fqn, local(fqn, self.masked.mask(fqn))),
                 rows(fqn, grads.pop(fqn).abs_()),
-                self.budgets[fqn],
+                self.targets[fqn],
             )
             for fqn in fqns
         ]

@@ -51,17 +51,21 @@ class NMSparsityCallback(SparsityCallback):
     """SR-STE N:M sparse training; at the end of fit every selected weight is exactly N:M.
 
     Args:
-        n, m: keep ``n`` of every ``m`` consecutive weights along the input dimension (conv: input
-            channels at each kernel position); ``None``: 2 and 4, or what ``structure`` says.
+        n: keep ``n`` of every ``m`` consecutive weights along the input dimension (conv: input
+            channels at each kernel position); ``None``: 2, or what ``structure`` says.
+        m: the group size of ``n``; ``None``: 4, or what ``structure`` says.
         lambda_w: strength of the sparse-refined decay on pruned weights; 0 is the plain STE. SR-STE
             was tuned with SGD + momentum; with Adam(W) it is reported to work less well.
         mask_interval: recompute the masks every this many optimizer steps (the reference SR-STE
             recomputes every step; transposable training used 40).
         transposable: ``None`` for plain N:M; ``"exact"`` or ``"greedy"`` for transposable N:M masks
             (every ``m x m`` out x in tile keeps ``n`` per row and column; the greedy may keep fewer).
-        include, exclude: fnmatch patterns on parameter names, as for ``SRigLCallback``.
-        keep_first_dense, keep_last_dense: leave the model's first and last sparsifiable layers dense
-            (a stem conv rarely has a multiple of ``m`` inputs; the head is small).
+        include: fnmatch patterns of fully-qualified weight names to sparsify (``None``: every
+            Linear, Conv1d/2d/3d and MultiheadAttention projection).
+        exclude: patterns removed from the selection.
+        keep_first_dense: leave the model's first sparsifiable layer dense (a stem conv rarely has a
+            multiple of ``m`` inputs).
+        keep_last_dense: leave the model's last sparsifiable layer (the head, which is small) dense.
         log_every_n_steps: log mask flips (SAD) per layer and globally every this many steps.
         structure: the pattern written once, e.g. ``"2:4"`` (the spelling ``SRigLCallback`` and
             ``convert`` take, `Structure.parse`); instead of ``n``

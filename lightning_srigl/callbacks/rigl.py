@@ -17,7 +17,8 @@ class RigLCallback(DynamicSparsityCallback):
 
     Same schedule, budgets, logging and resumable state as
     [`SRigLCallback`][lightning_srigl.callbacks.SRigLCallback], without the constant fan-in constraint and
-    without neuron ablation. See that class for the arguments.
+    without neuron ablation. Its arguments are
+    [`DynamicSparsityCallback`][lightning_srigl.callbacks.DynamicSparsityCallback]'s.
     """
 
     metric_prefix = "rigl"

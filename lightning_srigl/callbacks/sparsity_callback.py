@@ -39,7 +39,7 @@ from lightning_srigl.masking import (
     LEGACY_MASK_SUFFIX,
     MASK_SUFFIX,
     MaskedParameters,
-    SparseParameter,
+    MaskedWeight,
     accept_masks_on_load,
     check_not_pruned,
     mask_buffer_name,
@@ -267,7 +267,7 @@ class SparsityCallback(Callback):
     def check_masks(self) -> None:
         """``ValueError`` naming every mask that breaks `mask_problem`'s rules (whole masks only: the
         rules are about whole layers, and sharded masks are not gathered)."""
-        if self.masked is None or any(row_sharding(p.param, p.fqn) is not None for p in self.masked.params):
+        if self.masked is None or any(row_sharding(p.weight, p.fqn) is not None for p in self.masked.params):
             return
         masks = self.masked.masks()
         self._raise_mask_problems({fqn: (mask, self.masked.rows(fqn, mask)) for fqn, mask in masks.items()})
@@ -383,7 +383,7 @@ class SparsityCallback(Callback):
                 f"Instead {WHAT_WORKS}."
             )
 
-    def select_trainable(self, selected: Sequence[SparseParameter]) -> list[SparseParameter]:
+    def select_trainable(self, selected: Sequence[MaskedWeight]) -> list[MaskedWeight]:
         """``selected`` without frozen weights, which stay dense (a frozen weight could never regrow)."""
         trainable, frozen = split_frozen(selected)
         if frozen:

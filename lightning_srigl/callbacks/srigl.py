@@ -12,7 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_srigl.callbacks.arguments import as_real, check_patterns
-from lightning_srigl.callbacks.dynamic_sparsity import Distribution, DynamicSparsityCallback
+from lightning_srigl.callbacks.dynamic_sparsity import DynamicSparsityCallback
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import check_patterns_match, matches
 from lightning_srigl.sparsity import (
@@ -41,12 +41,6 @@ class SRigLCallback(DynamicSparsityCallback):
     fan-in by dense-gradient magnitude. Regrown weights start at zero, with zero optimizer state.
 
     Args:
-        sparsity: overall fraction of zero weights in the selected layers, in ``[0, 1)``.
-        distribution: per-layer densities: ``"erk"`` (Erdős–Rényi-Kernel) or ``"uniform"``.
-        delta_t: optimizer steps between topology updates.
-        t_end_fraction: fraction of ``trainer.estimated_stepping_batches`` after which the topology
-            is frozen.
-        alpha: initial drop fraction of the cosine schedule.
         gamma_sal: ablation threshold: a neuron needs ``max(1, floor(gamma_sal * k0))`` salient
             weights to stay (``k0`` = sparse fan-in), or ``gamma_sal`` weights if ``>= 1``;
             ``0`` disables ablation. ``None``: 0.3 (the paper's CNN value) for constant fan-in,
@@ -56,31 +50,11 @@ class SRigLCallback(DynamicSparsityCallback):
             schedule then drops by magnitude and regrows by gradient inside each group of M inputs,
             so every layer stays exactly N:M (density N/M; ``sparsity`` and ``distribution`` are
             not used; selected layers whose input dimension M does not divide stay dense).
-        include: fnmatch patterns of fully-qualified weight names to sparsify (``None``: every
-            Linear, Conv1d/2d/3d and MultiheadAttention projection).
-        exclude: patterns removed from the selection (not counted in the budget).
-        dense: patterns of selected weights kept dense; the others become sparser to compensate.
         no_ablation: patterns of layers never ablated; ``None`` protects the last sparse layer (the
             output layer); ``[]`` allows ablating every layer.
-        sparse_init: re-initialise the kept weights for their sparse fan-in when the masks are first
-            drawn, as the paper does when training from scratch (without it, a 99 %-sparse layer keeps
-            the dense initialisation's scale and its signal shrinks about tenfold). Pass ``False`` to
-            fine-tune a pretrained model: the kept weights then keep their values.
-        init_std_quirk: draw the re-initialised weights with the reference code's std ``2/fan_in``
-            (it passes the grad-flow init's variance as the std) instead of ``sqrt(2/fan_in)``: a
-            ``sqrt(fan_in/2)`` times smaller scale, 1.6x at fan-in 5 and 12x at fan-in 274. For
-            reproducing the paper's runs; no effect with ``sparse_init=False``. Its measured effect
-            on accuracy: ``docs/findings.md``.
-        grad_accumulation_n: growth scores are ``|mean gradient|`` over this many optimizer steps
-            before each update.
-        seed: seed of the initial masks and re-initialisation (identical on every rank).
-        log_every_n_steps: also log topology metrics every this many steps (``None``: at updates).
-        report: at the end of fit, print a per-layer table and save ``active_neurons.png`` in the
-            first logger's folder (else ``trainer.default_root_dir``), on rank 0.
-        sparse_backward: compute the weight gradient of sparse fp32 ``nn.Linear`` layers on the CPU
-            only at active positions (the dense product's work times the density; the same masked
-            gradient up to summation order), except on the steps whose dense gradient scores the
-            next update; off for weights sharded by FSDP2. ``False``: the dense gradient, then masked.
+        **kwargs: the arguments every dynamic sparsity method shares (``sparsity``, ``distribution``,
+            ``delta_t``, ``include``, ...), by keyword: see
+            [`DynamicSparsityCallback`][lightning_srigl.callbacks.DynamicSparsityCallback].
     """
 
     metric_prefix = "srigl"
@@ -88,42 +62,13 @@ class SRigLCallback(DynamicSparsityCallback):
 
     def __init__(
         self,
-        sparsity: float = 0.9,
-        distribution: Distribution = "erk",
-        delta_t: int = 100,
-        t_end_fraction: float = 0.75,
-        alpha: float = 0.3,
+        *,
         gamma_sal: float | None = None,
         structure: str | Structure = CONSTANT_FAN_IN,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] = (),
-        dense: Sequence[str] = (),
         no_ablation: Sequence[str] | None = None,
-        sparse_init: bool = True,
-        init_std_quirk: bool = False,
-        grad_accumulation_n: int = 1,
-        seed: int = 0,
-        log_every_n_steps: int | None = None,
-        report: bool = True,
-        sparse_backward: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            sparsity=sparsity,
-            distribution=distribution,
-            delta_t=delta_t,
-            t_end_fraction=t_end_fraction,
-            alpha=alpha,
-            include=include,
-            exclude=exclude,
-            dense=dense,
-            sparse_init=sparse_init,
-            init_std_quirk=init_std_quirk,
-            grad_accumulation_n=grad_accumulation_n,
-            seed=seed,
-            log_every_n_steps=log_every_n_steps,
-            report=report,
-            sparse_backward=sparse_backward,
-        )
+        super().__init__(**kwargs)
         parsed = Structure.parse(structure)
         self.structure = str(parsed)  # the canonical spelling, as checkpoints store it
         self.nm = parsed.nm

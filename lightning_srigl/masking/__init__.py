@@ -9,17 +9,16 @@ inactive weights at zero by itself (`weight_remask_reason`).
 """
 
 from lightning_srigl.masking.layer_types import HF_CONV1D, is_hf_conv1d, neuron_major, parameter_owners
+from lightning_srigl.masking.masked_weight import MaskedWeight, mask_of, qualified_name
 from lightning_srigl.masking.masks import MaskedParameters
 from lightning_srigl.masking.optim_state import zero_optimizer_state_
 from lightning_srigl.masking.registry import (
     LEGACY_MASK_SUFFIX,
     MASK_SUFFIX,
-    MaskedWeight,
     accept_masks_on_load,
     bind_masks,
     check_not_pruned,
     mask_buffer_name,
-    mask_of,
     masked_weights,
     register_mask_,
     remove_mask_,
@@ -31,7 +30,6 @@ from lightning_srigl.masking.selection import (
     SparseParameter,
     check_patterns_match,
     matches,
-    qualified_name,
     select_parameters,
     select_structured_parameters,
     sparsifiable_param_names,

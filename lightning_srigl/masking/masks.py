@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_srigl.derived_cache import DerivedCache
+from lightning_srigl.masking.masked_weight import MaskedWeight
 from lightning_srigl.masking.registry import mask_of, register_mask_
-from lightning_srigl.masking.selection import SparseParameter
 from lightning_srigl.masking.sharding import local_part, row_sharding
 from lightning_srigl.masking.zeroing import step_mask, zero_inactive_
 
@@ -32,12 +32,12 @@ class MaskedParameters:
         params: the sparse parameters, e.g. from ``select_parameters``.
     """
 
-    def __init__(self, params: Sequence[SparseParameter]) -> None:
+    def __init__(self, params: Sequence[MaskedWeight]) -> None:
         fqns = [p.fqn for p in params]
         if len(set(fqns)) != len(fqns):
             raise ValueError(f"Each sparse parameter must appear once; got {fqns}")
-        self.params: list[SparseParameter] = list(params)
-        self._by_fqn: dict[str, SparseParameter] = {p.fqn: p for p in params}
+        self.params: list[MaskedWeight] = list(params)
+        self._by_fqn: dict[str, MaskedWeight] = {p.fqn: p for p in params}
         self._step_masks: DerivedCache[Tensor] = DerivedCache()
 
     @property
@@ -59,7 +59,7 @@ class MaskedParameters:
 
     def mask(self, fqn: str) -> Tensor:
         """The mask buffer of ``fqn``: ``BoolTensor(param.shape)``."""
-        p = self._param(fqn)
+        p = self._masked_weight(fqn)
         buffer = self._buffer_or_none(p)
         if buffer is None:
             raise RuntimeError(f"No mask installed for {fqn!r}; call install_() first.")
@@ -72,11 +72,11 @@ class MaskedParameters:
     def rows(self, fqn: str, tensor: Tensor) -> Tensor:
         """``tensor`` shaped like ``fqn``'s weight, as the ``(out, ...)`` view sparsity math takes (transposed
         for a Hugging Face ``Conv1D``); a view, and its own inverse (``rows(fqn, rows(fqn, t))`` is ``t``)."""
-        return self._param(fqn).rows(tensor)
+        return self._masked_weight(fqn).rows(tensor)
 
-    def param(self, fqn: str) -> nn.Parameter:
+    def param(self, fqn: str) -> Tensor:
         """The parameter ``fqn``."""
-        return self._param(fqn).param
+        return self._masked_weight(fqn).weight
 
     def set_mask_(self, fqn: str, new_mask: Tensor) -> None:
         """Copy ``new_mask`` into this process's part of the buffer, in place.
@@ -96,7 +96,7 @@ class MaskedParameters:
         if tensor is not local_part(tensor):
             return local_part(tensor)
         sharding = row_sharding(self.param(fqn), fqn)
-        if sharding is None or tuple(tensor.shape) != tuple(self._param(fqn).shape):
+        if sharding is None or tuple(tensor.shape) != tuple(self._masked_weight(fqn).shape):
             return tensor
         return tensor[sharding.start : sharding.stop]
 
@@ -125,7 +125,7 @@ class MaskedParameters:
     def apply_to_weights_(self) -> None:
         """Zero every weight at its inactive positions, in place (also non-finite values there)."""
         for p in self.params:
-            weight = local_part(p.param.detach())
+            weight = local_part(p.weight.detach())
             zero_inactive_(weight, self.step_mask(p.fqn, weight))
 
     @torch.no_grad()
@@ -139,22 +139,22 @@ class MaskedParameters:
             skip: weights whose gradient is known to be zero at inactive positions already.
         """
         for p in self.params:
-            grad = p.param.grad
+            grad = p.weight.grad
             if grad is not None and p.fqn not in skip:
                 grad = local_part(grad)  # FSDP2: the local shard of the reduce-scattered gradient
                 zero_inactive_(grad, self.step_mask(p.fqn, grad))
 
-    def _param(self, fqn: str) -> SparseParameter:
+    def _masked_weight(self, fqn: str) -> MaskedWeight:
         try:
             return self._by_fqn[fqn]
         except KeyError:
             raise KeyError(f"{fqn!r} is not a sparse parameter; known: {self.fqns}") from None
 
     @staticmethod
-    def _buffer_or_none(p: SparseParameter) -> Tensor | None:
+    def _buffer_or_none(p: MaskedWeight) -> Tensor | None:
         return mask_of(p.module, p.param_name)
 
     @staticmethod
-    def _check_shape(p: SparseParameter, mask: Tensor) -> None:
+    def _check_shape(p: MaskedWeight, mask: Tensor) -> None:
         if tuple(mask.shape) != tuple(p.shape):
             raise ValueError(f"Mask for {p.fqn!r} has shape {tuple(mask.shape)}, expected {tuple(p.shape)}")

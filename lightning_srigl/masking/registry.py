@@ -23,7 +23,6 @@ Loading it into a plain model instead (no masks; the weights are already zero ou
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -32,12 +31,12 @@ from torch import Tensor, nn
 from torch.nn.utils.prune import BasePruningMethod
 from torch.utils.hooks import RemovableHandle
 
-from lightning_srigl.masking.selection import DEFAULT_LAYER_TYPES, qualified_name, sparsifiable_weights
+from lightning_srigl.masking.masked_weight import MASK_RECORD, MaskedWeight, mask_of, mask_record, qualified_name
+from lightning_srigl.masking.selection import DEFAULT_LAYER_TYPES, sparsifiable_weights
 from lightning_srigl.masking.sharding import shard_like
 
 MASK_SUFFIX = "_sparsity_mask"
 LEGACY_MASK_SUFFIX = "_mask"  # older checkpoints' name; also torch.nn.utils.prune's
-MASK_RECORD = "_lightning_srigl_masks"
 
 __all__ = [
     "LEGACY_MASK_SUFFIX",
@@ -95,54 +94,10 @@ def check_not_pruned(model: nn.Module, owner: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class MaskedWeight:
-    """One masked weight of a model: its owning module, the parameter's local name and its mask."""
-
-    module_name: str
-    module: nn.Module
-    param_name: str
-
-    @property
-    def fqn(self) -> str:
-        """Fully-qualified parameter name, e.g. ``"encoder.0.weight"``."""
-        return qualified_name(self.module_name, self.param_name)
-
-    @property
-    def weight(self) -> Tensor:
-        """The weight, shape ``(out, *fan_in_dims)``."""
-        weight: Tensor = getattr(self.module, self.param_name)
-        return weight
-
-    @property
-    def mask(self) -> Tensor:
-        """The live mask buffer, ``BoolTensor(weight.shape)``."""
-        mask = mask_of(self.module, self.param_name)
-        if mask is None:
-            raise RuntimeError(f"{self.fqn} has no mask any more (it was removed after this listing)")
-        return mask
-
-    @property
-    def mask_key(self) -> str:
-        """The mask's key in the model's ``state_dict``, e.g. ``"encoder.0.weight_sparsity_mask"``."""
-        return qualified_name(self.module_name, _record(self.module)[self.param_name])
-
-
-def _record(module: nn.Module) -> dict[str, str]:
-    record: dict[str, str] = module.__dict__.get(MASK_RECORD, {})
-    return record
-
-
-def mask_of(module: nn.Module, param_name: str = "weight") -> Tensor | None:
-    """The mask of ``module.<param_name>`` (``BoolTensor(weight.shape)``), or ``None`` when it has none."""
-    buffer_name = _record(module).get(param_name)
-    return None if buffer_name is None else module._buffers.get(buffer_name)
-
-
 def _check_loaded_masks(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     """``load_state_dict`` pre-hook: take an older checkpoint's mask name; reject a mask entry that does not
     fit its parameter."""
-    for param_name in _record(module):
+    for param_name in mask_record(module):
         key = _rename_legacy_mask(module, state_dict, prefix, param_name)
         if key not in state_dict:
             continue
@@ -194,7 +149,7 @@ def register_mask_(module: nn.Module, param_name: str, mask: Tensor) -> Tensor:
 
 def remove_mask_(module: nn.Module, param_name: str = "weight") -> None:
     """Remove the mask of ``module.<param_name>`` (no-op when it has none); the weight is untouched."""
-    record = _record(module)
+    record = mask_record(module)
     name = record.pop(param_name, None)
     if name is not None:
         del module._buffers[name]
@@ -210,7 +165,7 @@ def masked_weights(model: nn.Module) -> list[MaskedWeight]:
     """Every masked weight of ``model``, in module registration order (a tied weight appears once)."""
     found, seen = [], set()
     for module_name, module in model.named_modules():
-        for param_name in _record(module):
+        for param_name in mask_record(module):
             weight = getattr(module, param_name)
             if id(weight) not in seen:
                 seen.add(id(weight))

@@ -22,20 +22,19 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_srigl.masking.layer_types import (
     HF_CONV1D,
     is_hf_conv1d,
     is_layer_type,
     layer_type_name,
-    neuron_major,
     parameter_owners,
     unsupported_weight_layers,
 )
+from lightning_srigl.masking.masked_weight import MaskedWeight
+from lightning_srigl.masking.masked_weight import qualified_name as qualified_name  # its 0.1 path, for a release
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module] | str, ...] = (
     nn.Linear,
@@ -47,40 +46,6 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module] | str, ...] = (
 )
 
 _MHA_SEPARATE_PROJECTIONS = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
-
-
-def qualified_name(module_name: str, local_name: str) -> str:
-    """``"encoder.0"``, ``"weight"`` -> ``"encoder.0.weight"`` (the root module's name is ``""``)."""
-    return f"{module_name}.{local_name}" if module_name else local_name
-
-
-@dataclass
-class SparseParameter:
-    """One sparse weight: the module that owns it and the parameter's local name."""
-
-    module_name: str
-    param_name: str
-    module: nn.Module
-
-    @property
-    def fqn(self) -> str:
-        """Fully-qualified parameter name, e.g. ``"encoder.0.weight"``."""
-        return qualified_name(self.module_name, self.param_name)
-
-    @property
-    def param(self) -> nn.Parameter:
-        """The parameter itself, shape ``(out, *fan_in_dims)``."""
-        param: nn.Parameter = getattr(self.module, self.param_name)
-        return param
-
-    @property
-    def shape(self) -> torch.Size:
-        """Shape of the parameter, ``(out, *fan_in_dims)`` (``(in, out)`` for a Hugging Face ``Conv1D``)."""
-        return self.param.shape
-
-    def rows(self, tensor: Tensor) -> Tensor:
-        """``tensor`` (shaped like the parameter) as ``(out, *fan_in_dims)``: the view sparsity math takes."""
-        return neuron_major(self.module, tensor)
 
 
 def matches(fqn: str, patterns: Iterable[str]) -> bool:
@@ -101,11 +66,11 @@ def sparsifiable_param_names(module: nn.Module) -> list[str]:
 
 def sparsifiable_weights(
     model: nn.Module, layer_types: Sequence[type | str] = DEFAULT_LAYER_TYPES
-) -> list[SparseParameter]:
+) -> list[MaskedWeight]:
     """Every sparsifiable weight of a module of one of ``layer_types``, in registration order (a tied
     weight once, through its first owner)."""
     seen: set[int] = set()
-    found: list[SparseParameter] = []
+    found: list[MaskedWeight] = []
     for module_name, module in model.named_modules():
         if not is_layer_type(module, layer_types):
             continue
@@ -114,7 +79,7 @@ def sparsifiable_weights(
             if not isinstance(param, nn.Parameter) or id(param) in seen:
                 continue  # tied weights are masked once, through their first owner
             seen.add(id(param))
-            found.append(SparseParameter(module_name, param_name, module))
+            found.append(MaskedWeight(module_name, module, param_name))
     return found
 
 
@@ -153,7 +118,7 @@ def select_parameters(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     layer_types: Sequence[type | str] = DEFAULT_LAYER_TYPES,
-) -> list[SparseParameter]:
+) -> list[MaskedWeight]:
     """Select the sparse weights of ``model``.
 
     Args:
@@ -190,12 +155,12 @@ def select_parameters(
 
 
 def _without_tied_weights(
-    model: nn.Module, candidates: list[SparseParameter], include: Sequence[str] | None
-) -> list[SparseParameter]:
+    model: nn.Module, candidates: list[MaskedWeight], include: Sequence[str] | None
+) -> list[MaskedWeight]:
     """``candidates`` less the weights other modules hold too, unless ``include`` names them exactly."""
     owners = parameter_owners(model)
     named = set(include or ())
-    tied = {c.fqn: owners[id(c.param)] for c in candidates if len(owners[id(c.param)]) > 1 and c.fqn not in named}
+    tied = {c.fqn: owners[id(c.weight)] for c in candidates if len(owners[id(c.weight)]) > 1 and c.fqn not in named}
     if tied:
         described = "; ".join(" = ".join(names) for names in tied.values())
         warnings.warn(
@@ -225,10 +190,10 @@ def _warn_unsupported_layers(model: nn.Module, layer_types: Sequence[type | str]
         )
 
 
-def split_frozen(params: Sequence[SparseParameter]) -> tuple[list[SparseParameter], list[SparseParameter]]:
+def split_frozen(params: Sequence[MaskedWeight]) -> tuple[list[MaskedWeight], list[MaskedWeight]]:
     """``(trainable, frozen)``: a frozen weight (``requires_grad=False``) cannot regrow, so it stays dense."""
-    trainable = [p for p in params if p.param.requires_grad]
-    return trainable, [p for p in params if not p.param.requires_grad]
+    trainable = [p for p in params if p.weight.requires_grad]
+    return trainable, [p for p in params if not p.weight.requires_grad]
 
 
 def select_structured_parameters(
@@ -238,7 +203,7 @@ def select_structured_parameters(
     exclude: Sequence[str] = (),
     keep_first_dense: bool = True,
     keep_last_dense: bool = True,
-) -> tuple[list[SparseParameter], dict[str, str]]:
+) -> tuple[list[MaskedWeight], dict[str, str]]:
     """Select the weights to structure, leaving the first/last layer and unfit layers dense.
 
     Args:
@@ -277,3 +242,16 @@ def select_structured_parameters(
             continue
         selected.append(param)
     return selected, skipped
+
+
+class SparseParameter(MaskedWeight):
+    """Deprecated since 0.2 (removed in 0.3): `MaskedWeight`, which takes the same three fields in the order
+    ``(module_name, module, param_name)``; this name keeps 0.1's order ``(module_name, param_name, module)``."""
+
+    def __init__(self, module_name: str, param_name: str, module: nn.Module) -> None:
+        warnings.warn(
+            "SparseParameter is deprecated: use MaskedWeight(module_name, module, param_name)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(module_name, module, param_name)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_srigl.masking.layer_types import is_hf_conv1d
-from lightning_srigl.masking.selection import SparseParameter
+from lightning_srigl.masking.masked_weight import MaskedWeight
 from lightning_srigl.sparsity import LocalReducer, Reducer, ShardReducer
 
 try:
@@ -219,7 +219,7 @@ def _all_gather(tensor: Tensor, group: Any, device: torch.device) -> Tensor:
     return torch.stack(parts).cpu()
 
 
-def reducer_for(params: Sequence[SparseParameter]) -> Reducer:
+def reducer_for(params: Sequence[MaskedWeight]) -> Reducer:
     """The reducer of the layer-wide update steps of ``params``: local when their weights are whole, else over
     the processes that shard their rows.
 
@@ -228,7 +228,7 @@ def reducer_for(params: Sequence[SparseParameter]) -> Reducer:
             weight sharded (stored ``(in, out)``, so ``Shard(0)`` splits its inputs), or weights sharded over
             different processes, or some sharded and some whole.
     """
-    shardings = [row_sharding(p.param, p.fqn) for p in params]
+    shardings = [row_sharding(p.weight, p.fqn) for p in params]
     names = [p.fqn for p in params]
     sharded = [name for name, s in zip(names, shardings) if s is not None]
     if not sharded:
@@ -248,7 +248,7 @@ def reducer_for(params: Sequence[SparseParameter]) -> Reducer:
             "module holding a sparse weight (or to the root module, which shards the rest)"
         )
     first = next(s for s in shardings if s is not None)
-    device = local_part(params[0].param).device
+    device = local_part(params[0].weight).device
     if dist.get_backend(first.group) == "gloo":
         device = torch.device("cpu")
     return ShardReducer(

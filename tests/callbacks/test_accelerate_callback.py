@@ -156,7 +156,7 @@ def test_nm_layers_are_condensed_with_fan_in_half_the_inputs(tmp_path: Path) -> 
     _, model, keep, accelerate = fit(tmp_path, sparsity=nm, candidates=("dense", "condensed"), fold=False)
     assert [row.name for row in accelerate.report.rows] == ["net.0", "net.2"]
     assert [row.density for row in accelerate.report.rows] == [0.5, 0.5]
-    condensed = CondensedLinear.from_linear(keep.model.net[2])  # what the condensed candidate is
+    condensed = CondensedLinear.from_masked(keep.model.net[2])  # what the condensed candidate is
     assert condensed.fan_in == 64 // 2
     torch.testing.assert_close(predictions(model, loader(2)), predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
 

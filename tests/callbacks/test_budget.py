@@ -93,3 +93,27 @@ def test_an_update_that_ablates_spreads_the_target_over_the_survivors() -> None:
     assert int(update.mask.sum()) == survivors * update.fan_in
     floored = srigl_update(weight, mask, grad, budget=70, drop_fraction=0.3, gamma_sal=0.5)
     assert floored.fan_in == 70 // survivors  # the reference's rule without a target
+
+
+class CountAtStart(pl.Callback):
+    """Records the active weights of the sparse layers when training starts (after the masks are drawn)."""
+
+    count = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.count = sum(int(m.mask.sum()) for m in masked_weights(pl_module))
+
+
+def test_ablating_updates_keep_the_count_training_started_with() -> None:
+    """The updates aim at each layer's count at training start (its budget's nearest constant fan-in), so
+    ablating hidden neurons does not pull the model-wide count back towards the nominal budget: the 500-row
+    output layer's rounding (+200 weights at 95 %) stays, and a RigL run given that count is matched."""
+    model = MLP([40, 200, 200, 500])
+    start = CountAtStart()
+    callback = SRigLCallback(sparsity=0.95, delta_t=2, gamma_sal=0.95, report=False)
+    trainer(callbacks=[callback, start], max_steps=16).fit(model)
+    masks = [m.mask for m in masked_weights(model)]
+    assert sum(int(m.any(dim=1).sum()) for m in masks[:2]) < 400  # hidden neurons were ablated
+    assert sum(callback.targets.values()) == start.count
+    assert start.count - sum(callback.budgets.values()) == 200  # the output layer's rounding, kept on purpose
+    assert sum(int(m.sum()) for m in masks) == pytest.approx(start.count, rel=0.005)

@@ -96,7 +96,7 @@ def test_csr_layer_runs_under_inference_mode(batch: int) -> None:
     """Regression: batch 1 used torch's sparse F.linear, which raises under torch.inference_mode()."""
     linear = nn.Linear(64, 32)
     mask = torch.rand(32, 64, generator=torch.Generator().manual_seed(0)) < 0.1
-    layer = CSRLinear.from_linear(linear, mask)
+    layer = CSRLinear.from_masked(linear, mask)
     x = torch.randn(batch, 64)
     with torch.no_grad():
         expected = F.linear(x, linear.weight * mask, linear.bias)

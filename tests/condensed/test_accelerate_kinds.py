@@ -38,14 +38,14 @@ def sparsify(model: nn.Module, density: float = 0.3, ablated: float = 0.25, seed
     params = select_parameters(model)
     masks = {}
     for i, p in enumerate(params):
-        rows = p.rows(p.param).detach().flatten(1)
+        rows = p.rows(p.weight).detach().flatten(1)
         out, fan_in = rows.shape
         keep = max(1, round(density * fan_in))
         order = torch.argsort(torch.rand(out, fan_in, generator=g), dim=1)[:, :keep]
         mask = torch.zeros(out, fan_in, dtype=torch.bool).scatter_(1, order, True)
         if i < len(params) - 1:
             mask[torch.rand(out, generator=g) < ablated] = False
-        masks[p.fqn] = p.rows(mask.view(p.rows(p.param).shape))
+        masks[p.fqn] = p.rows(mask.view(p.rows(p.weight).shape))
     bind_masks(model, masks)
     with torch.no_grad():
         for masked in masked_weights(model):

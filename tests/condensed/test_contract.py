@@ -195,3 +195,66 @@ def test_the_swap_and_its_inverse_keep_hooks_and_the_training_flag(candidates: t
     with torch.no_grad():
         net(x)
     assert calls == ["pre", "post"]
+
+
+@pytest.mark.parametrize(
+    "cls", [CondensedLinear, CSRLinear, CondensedConv2d, CondensedConv1d], ids=lambda c: c.__name__
+)
+def test_from_masked_is_exact_for_a_mask_of_unequal_fan_in_over_dense_weights(cls: type[nn.Module]) -> None:
+    """Rows of unequal fan-in are padded with taps of zero weight, whatever the module holds outside the mask."""
+    build = CASES[cls][0]
+    module, _, x = build()
+    mask = torch.rand(module.weight.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert len(mask.flatten(1).sum(1).unique()) > 1  # unequal fan-in
+    layer = cls.from_masked(module.eval(), mask)
+    with torch.no_grad():
+        module.weight.mul_(mask)
+        torch.testing.assert_close(layer(x), module(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [CondensedLinear, CSRLinear], ids=lambda c: c.__name__)
+def test_a_linear_layer_from_its_module_alone_takes_the_installed_mask_else_the_non_zeros(cls: type) -> None:
+    linear, mask, x = _linear()
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+    from_zeros = cls.from_masked(linear)
+    bind_masks(linear, {"weight": mask})
+    with torch.no_grad():
+        linear.weight[mask] = 0.0  # zeros inside the installed mask: only the mask says which weights it keeps
+    from_installed = cls.from_masked(linear)
+    assert torch.equal(from_zeros.dense_masks()["weight"], mask)
+    if cls is CondensedLinear:  # CSR stores the non-zeros only
+        assert torch.equal(from_installed.dense_masks()["weight"], mask)
+    with torch.no_grad():
+        torch.testing.assert_close(from_installed(x), linear(x))
+
+
+@pytest.mark.parametrize(
+    ("cls", "old", "new", "make_args"),
+    [
+        (CondensedLinear, "from_linear", "from_masked", lambda: _linear()[:2]),
+        (CSRLinear, "from_linear", "from_masked", lambda: _linear()[:2]),
+        (
+            CondensedLinear,
+            "from_weight_mask",
+            "from_dense_weight",
+            lambda: (torch.randn(6, 12), fan_in_mask((6, 12), 4)),
+        ),
+        (
+            CondensedConv2d,
+            "from_weight_mask",
+            "from_dense_weight",
+            lambda: (torch.randn(6, 4, 3, 3), fan_in_mask((6, 4, 3, 3), 5)),
+        ),
+    ],
+)
+def test_0_1_constructor_names_warn_and_build_what_the_new_name_builds(
+    cls: type, old: str, new: str, make_args: Callable[[], tuple]
+) -> None:
+    args = make_args()
+    with pytest.warns(DeprecationWarning, match=rf"{cls.__name__}\.{old} is deprecated: use {cls.__name__}\.{new}"):
+        built = getattr(cls, old)(*args)
+    expected = getattr(cls, new)(*args)
+    assert type(built) is cls and built.state_dict().keys() == expected.state_dict().keys()
+    for key, value in expected.state_dict().items():
+        assert torch.equal(built.state_dict()[key], value), key

@@ -218,7 +218,7 @@ def test_constant_fan_in_is_required():
     mask = mask.clone()
     mask.view(mask.shape[0], -1)[0, :] = True
     with pytest.raises(ValueError, match="constant"):
-        CondensedConv2d.from_weight_mask(conv.weight, mask, padding=1)
+        CondensedConv2d.from_dense_weight(conv.weight, mask, padding=1)
 
 
 def test_wrong_input_says_what_was_expected():

@@ -118,14 +118,14 @@ def test_condensed_linear_batch1_follows_weight_changes(extension):
     torch.manual_seed(0)
     linear = torch.nn.Linear(200, 40)
     mask = torch.zeros(40, 200, dtype=torch.bool).scatter_(1, torch.argsort(torch.rand(40, 200), 1)[:, :20], True)
-    layer = CondensedLinear.from_linear(linear, mask)
+    layer = CondensedLinear.from_masked(linear, mask)
     x = torch.randn(1, 200)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, linear.weight * mask, linear.bias))
         assert layer._layouts.cached("cpu_batch1") is not None
         layer.values.mul_(2.0)  # in place: the cached layout must be rebuilt
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, 2 * linear.weight * mask, linear.bias))
-        other = CondensedLinear.from_linear(torch.nn.Linear(200, 40), mask)
+        other = CondensedLinear.from_masked(torch.nn.Linear(200, 40), mask)
         layer.load_state_dict(other.state_dict(), assign=True)  # replaced buffers
         torch.testing.assert_close(layer(x), other(x.clone()))
         torch.testing.assert_close(layer(x), condensed_linear_torch(x, other.values, other.indices, other.bias))
@@ -134,7 +134,7 @@ def test_condensed_linear_batch1_follows_weight_changes(extension):
 def test_layers_built_in_inference_mode_keep_the_gather_kernel(extension):
     with torch.inference_mode():
         linear = torch.nn.Linear(64, 8)
-        layer = CondensedLinear.from_linear(linear, torch.ones(8, 64, dtype=torch.bool))
+        layer = CondensedLinear.from_masked(linear, torch.ones(8, 64, dtype=torch.bool))
         x = torch.randn(1, 64)
         torch.testing.assert_close(layer(x), linear(x))
     assert "cpu_batch1" not in layer._layouts

@@ -102,7 +102,7 @@ def test_installed_library_is_used_without_any_build():
         "import torch\n"
         "from lightning_srigl.condensed import CondensedLinear\n"
         "from lightning_srigl.kernels.cpu.loader import load_extension\n"
-        "layer = CondensedLinear.from_weight_mask(torch.randn(8, 32), torch.ones(8, 32, dtype=torch.bool))\n"
+        "layer = CondensedLinear.from_dense_weight(torch.randn(8, 32), torch.ones(8, 32, dtype=torch.bool))\n"
         "layer(torch.randn(1, 32))\n"
         "print(load_extension().library)\n"
     )

@@ -17,7 +17,7 @@ def test_csr_linear_matches_masked_dense(batch: int, mode: str) -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(16, 8)
     mask = torch.rand(8, 16) < 0.3
-    layer = CSRLinear.from_linear(linear, mask)
+    layer = CSRLinear.from_masked(linear, mask)
     x = torch.randn(batch, 16)
     context = {"grad": contextlib.nullcontext(), "no_grad": torch.no_grad(), "inference_mode": torch.inference_mode()}
     with context[mode]:

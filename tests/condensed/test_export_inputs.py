@@ -25,7 +25,7 @@ class TokenModel(nn.Module):
         torch.manual_seed(0)
         self.embed = nn.Embedding(16, 12)
         mask = torch.zeros(16, 12, dtype=torch.bool).scatter_(1, torch.rand(16, 12).argsort(1)[:, :3], True)
-        self.head = CondensedLinear.from_weight_mask(torch.randn(16, 12), mask, torch.randn(16))
+        self.head = CondensedLinear.from_dense_weight(torch.randn(16, 12), mask, torch.randn(16))
 
     def forward(self, input_ids: Tensor) -> dict[str, Tensor]:
         hidden = self.embed(input_ids)

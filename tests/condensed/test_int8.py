@@ -24,7 +24,7 @@ def condensed(out: int, inp: int, fan_in: int, seed: int, bias: bool = True, abl
     if ablate:
         mask[1::4] = False
     b = torch.randn(out, generator=g) if bias else None
-    return CondensedLinear.from_weight_mask(torch.randn(out, inp, generator=g), mask, b)
+    return CondensedLinear.from_dense_weight(torch.randn(out, inp, generator=g), mask, b)
 
 
 def run_kernel(kernel, layer: Int8CondensedLinear, x: torch.Tensor, mode: int) -> torch.Tensor:

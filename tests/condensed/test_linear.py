@@ -72,7 +72,7 @@ def test_condensed_equals_masked_dense(path, case):
     inp, out, fan_in, ablated, batch_shape, dtype, bias, seed = case
     mask = constant_fan_in_mask(out, inp, fan_in, ablated, seed)
     linear = masked_linear(out, inp, mask, bias, seed).to(dtype)
-    condensed = CondensedLinear.from_linear(linear, mask)
+    condensed = CondensedLinear.from_masked(linear, mask)
     x = torch.randn(*batch_shape, inp, generator=torch.Generator().manual_seed(seed)).to(dtype)
     with mock.patch.dict(os.environ, {DISABLE_ENV: "1" if path == "fallback" else "0"}), torch.no_grad():
         y = condensed(x)
@@ -83,7 +83,7 @@ def test_condensed_equals_masked_dense(path, case):
 def test_buffers_layout_and_ablated_rows_output_bias():
     mask = constant_fan_in_mask(6, 10, 3, [False, True, False, False, True, False], seed=0)
     linear = masked_linear(6, 10, mask, bias=True, seed=0)
-    condensed = CondensedLinear.from_linear(linear, mask)
+    condensed = CondensedLinear.from_masked(linear, mask)
     assert condensed.values.shape == (4, 3) and condensed.values.dtype == torch.float32
     assert condensed.indices.dtype == torch.int16
     assert torch.equal(condensed.indices, condensed.indices.sort(dim=1).values)
@@ -95,7 +95,7 @@ def test_buffers_layout_and_ablated_rows_output_bias():
 def test_int32_indices_for_wide_inputs():
     mask = constant_fan_in_mask(2, 32768, 5, [False, False], seed=1)
     linear = masked_linear(2, 32768, mask, bias=True, seed=1)
-    condensed = CondensedLinear.from_linear(linear, mask)
+    condensed = CondensedLinear.from_masked(linear, mask)
     assert condensed.indices.dtype == torch.int32
     x = torch.randn(3, 32768)
     torch.testing.assert_close(condensed(x).double(), dense_reference(linear, x), atol=1e-4, rtol=1e-4)
@@ -106,7 +106,7 @@ def test_rejects_rows_with_different_fan_ins():
     mask[0, :2] = True
     mask[1, :3] = True
     with pytest.raises(ValueError, match="same number of inputs.*CSR"):
-        CondensedLinear.from_weight_mask(torch.randn(3, 8), mask)
+        CondensedLinear.from_dense_weight(torch.randn(3, 8), mask)
 
 
 def test_nm_mask_and_the_layers_own_mask_are_used():
@@ -117,16 +117,16 @@ def test_nm_mask_and_the_layers_own_mask_are_used():
     with torch.no_grad():
         linear.weight.mul_(mask)
         linear.weight[0, mask[0]] = 0.0  # explicit zeros inside the mask stay part of the layer
-    condensed = CondensedLinear.from_linear(linear)
+    condensed = CondensedLinear.from_masked(linear)
     assert condensed.fan_in == 8 and condensed.n_active == 8
     x = torch.randn(5, 16)
     torch.testing.assert_close(condensed(x), linear(x), atol=1e-5, rtol=1e-5)
 
 
-def test_to_dense_and_from_weight_mask_round_trip():
+def test_to_dense_and_from_dense_weight_round_trip():
     mask = constant_fan_in_mask(12, 20, 4, [i % 5 == 0 for i in range(12)], seed=2)
     linear = masked_linear(12, 20, mask, bias=False, seed=2)
-    condensed = CondensedLinear.from_weight_mask(linear.weight, mask)
+    condensed = CondensedLinear.from_dense_weight(linear.weight, mask)
     dense = condensed.to_dense()
     assert dense.bias is None
     torch.testing.assert_close(dense.weight, linear.weight)
@@ -138,7 +138,7 @@ def test_memory_of_90_percent_sparse_layer_is_at_most_016_of_dense():
     for inp, out in [(3072, 768), (768, 3072)]:
         fan_in = round(0.1 * inp)
         mask = constant_fan_in_mask(out, inp, fan_in, [False] * out, seed=3)
-        condensed = CondensedLinear.from_weight_mask(torch.randn(out, inp), mask)
+        condensed = CondensedLinear.from_dense_weight(torch.randn(out, inp), mask)
         condensed_bytes = condensed.values.nbytes + condensed.indices.nbytes
         assert condensed_bytes <= 0.16 * out * inp * 4
 
@@ -146,7 +146,7 @@ def test_memory_of_90_percent_sparse_layer_is_at_most_016_of_dense():
 def test_input_gradient_matches_masked_dense():
     mask = constant_fan_in_mask(9, 13, 4, [i == 3 for i in range(9)], seed=4)
     linear = masked_linear(9, 13, mask, bias=True, seed=4)
-    condensed = CondensedLinear.from_linear(linear, mask)
+    condensed = CondensedLinear.from_masked(linear, mask)
     x = torch.randn(2, 3, 13, requires_grad=True)
     (grad_condensed,) = torch.autograd.grad(condensed(x).square().sum(), x)
     (grad_dense,) = torch.autograd.grad(linear(x).square().sum(), x)
@@ -156,7 +156,7 @@ def test_input_gradient_matches_masked_dense():
 def test_values_gradient_flows_when_values_require_grad():
     mask = constant_fan_in_mask(5, 7, 2, [False] * 5, seed=5)
     linear = masked_linear(5, 7, mask, bias=True, seed=5)
-    condensed = CondensedLinear.from_linear(linear, mask)
+    condensed = CondensedLinear.from_masked(linear, mask)
     condensed.values.requires_grad_(True)
     x = torch.randn(4, 7)
     condensed(x).sum().backward()
@@ -165,13 +165,13 @@ def test_values_gradient_flows_when_values_require_grad():
 
 
 def test_errors_and_repr():
-    condensed = CondensedLinear.from_weight_mask(torch.randn(4, 6), torch.ones(4, 6, dtype=torch.bool))
+    condensed = CondensedLinear.from_dense_weight(torch.randn(4, 6), torch.ones(4, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
         condensed(torch.randn(2, 5))
     with pytest.raises(ValueError, match="dtype"):
         condensed(torch.randn(2, 6, dtype=torch.float64))
     with pytest.raises(ValueError, match="backend"):
-        CondensedLinear.from_weight_mask(torch.randn(4, 6), torch.ones(4, 6, dtype=torch.bool), backend="cuda")
+        CondensedLinear.from_dense_weight(torch.randn(4, 6), torch.ones(4, 6, dtype=torch.bool), backend="cuda")
     text = repr(condensed)
     for part in ["in_features=6", "out_features=4", "fan_in=6", "active_rows=4", "index_dtype=int16", "backend=auto"]:
         assert part in text
@@ -180,8 +180,8 @@ def test_errors_and_repr():
 def test_torch_backend_matches_auto_backend():
     mask = constant_fan_in_mask(10, 30, 6, [i % 4 == 0 for i in range(10)], seed=6)
     linear = masked_linear(10, 30, mask, bias=True, seed=6)
-    auto = CondensedLinear.from_linear(linear, mask)
-    reference = CondensedLinear.from_linear(linear, mask, backend="torch")
+    auto = CondensedLinear.from_masked(linear, mask)
+    reference = CondensedLinear.from_masked(linear, mask, backend="torch")
     x = torch.randn(19, 30)
     torch.testing.assert_close(auto(x), reference(x), atol=1e-5, rtol=1e-5)
 
@@ -190,7 +190,7 @@ def test_one_row_of_any_rank_takes_the_batch1_kernel():
     """A decoded token's ``(1, 1, in)`` is one row: the batch-1 kernel serves it, with the input's leading dims."""
     mask = constant_fan_in_mask(24, 40, 5, [i % 6 == 0 for i in range(24)], seed=3)
     linear = masked_linear(24, 40, mask, bias=True, seed=3)
-    layer = CondensedLinear.from_linear(linear, mask)
+    layer = CondensedLinear.from_masked(linear, mask)
     x = torch.randn(1, 1, 40)
     with torch.no_grad():
         out = layer(x)

@@ -65,7 +65,7 @@ def small_model() -> nn.Sequential:
     for row in range(12):
         if row % 5:
             mask[row, torch.randperm(16)[:3]] = True
-    condensed = CondensedLinear.from_weight_mask(torch.randn(12, 16), mask, torch.randn(12))
+    condensed = CondensedLinear.from_dense_weight(torch.randn(12, 16), mask, torch.randn(12))
     return nn.Sequential(condensed, nn.ReLU(), nn.Linear(12, 2)).eval()
 
 

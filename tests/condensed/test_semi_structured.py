@@ -29,12 +29,12 @@ def test_cpu_weight_is_unsupported_with_the_reason() -> None:
 def test_building_on_cpu_raises_so_callers_can_fall_back() -> None:
     linear = nn.Linear(64, 32).half()
     with pytest.raises(ValueError, match="cannot build a 2:4 .*CUDA GPU"):
-        SemiStructuredLinear.from_linear(linear, _two_four_mask(32, 64))
+        SemiStructuredLinear.from_masked(linear, _two_four_mask(32, 64))
 
 
 def test_non_2_4_mask_is_rejected_before_the_device_check() -> None:
     with pytest.raises(ValueError, match="not 2:4"):
-        SemiStructuredLinear.from_linear(nn.Linear(64, 32).half(), torch.ones(32, 64, dtype=torch.bool))
+        SemiStructuredLinear.from_masked(nn.Linear(64, 32).half(), torch.ones(32, 64, dtype=torch.bool))
 
 
 @pytest.mark.parametrize(

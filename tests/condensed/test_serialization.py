@@ -19,7 +19,7 @@ def condensed_layer(out: int, inp: int, fan_in: int, seed: int) -> CondensedLine
     order = torch.argsort(torch.rand(out, inp, generator=g), dim=1)[:, :fan_in]
     mask = torch.zeros(out, inp, dtype=torch.bool).scatter_(1, order, True)
     mask[::3] = False  # ablated neurons
-    return CondensedLinear.from_weight_mask(torch.randn(out, inp, generator=g), mask, torch.randn(out, generator=g))
+    return CondensedLinear.from_dense_weight(torch.randn(out, inp, generator=g), mask, torch.randn(out, generator=g))
 
 
 def mlp() -> nn.Sequential:

@@ -48,7 +48,7 @@ def _layer(device: torch.device, n_ablated: int = 3, bias: bool = True) -> tuple
     if bias:
         dense.bias.copy_(b)
     backend = "auto" if device.type == "cuda" else "triton"
-    return CondensedLinear.from_linear(dense, mask, backend=backend).to(device), dense
+    return CondensedLinear.from_masked(dense, mask, backend=backend).to(device), dense
 
 
 def _assert_matches(layer: CondensedLinear, dense: nn.Linear, batch: int, dtype: torch.dtype = torch.float32) -> None:

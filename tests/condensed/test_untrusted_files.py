@@ -27,7 +27,7 @@ def condensed_model() -> nn.Sequential:
     g = torch.Generator().manual_seed(0)
     mask = torch.zeros(8, 16, dtype=torch.bool).scatter_(1, torch.rand(8, 16, generator=g).argsort(1)[:, :4], True)
     mask[2] = False  # an ablated neuron
-    layer = CondensedLinear.from_weight_mask(torch.randn(8, 16, generator=g), mask, torch.randn(8, generator=g))
+    layer = CondensedLinear.from_dense_weight(torch.randn(8, 16, generator=g), mask, torch.randn(8, generator=g))
     return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), layer).eval()
 
 

@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_srigl.masking import matches, select_parameters
+from lightning_srigl.masking import (
+    MaskedWeight,
+    SparseParameter,
+    mask_of,
+    masked_weights,
+    matches,
+    register_mask_,
+    select_parameters,
+)
 
 
 class _Net(nn.Module):
@@ -129,3 +137,25 @@ def test_matches_uses_fnmatch_on_full_names() -> None:
     assert matches("encoder.0.weight", ["encoder.*"])
     assert not matches("encoder.0.weight", ["0.weight"])  # no substring matching on local names
     assert not matches("x", [])
+
+
+def test_selection_and_the_registry_return_one_record_type() -> None:
+    """What selection chooses and what ``masked_weights`` lists are the same ``MaskedWeight`` records."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    selected = select_parameters(model)
+    for chosen in selected:
+        register_mask_(chosen.module, chosen.param_name, torch.ones_like(chosen.weight, dtype=torch.bool))
+    assert all(type(record) is MaskedWeight for record in selected)
+    assert masked_weights(model) == selected
+    first = selected[0]
+    assert first.weight is model[0].weight and first.shape == (3, 4) and first.mask is mask_of(model[0])
+    assert first.rows(first.weight) is first.weight  # an nn.Linear weight is neuron-major already
+
+
+def test_the_0_1_name_and_field_order_still_work_for_a_release_with_a_warning() -> None:
+    layer = nn.Linear(4, 3)
+    with pytest.warns(DeprecationWarning, match=r"use MaskedWeight\(module_name, module, param_name\)"):
+        old = SparseParameter("", "weight", layer)
+    assert isinstance(old, MaskedWeight) and (old.module, old.param_name, old.fqn) == (layer, "weight", "weight")
+    with pytest.warns(DeprecationWarning, match=r"use \.weight"):
+        assert MaskedWeight("", layer, "weight").param is layer.weight

@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tenso
 
 from lightning_srigl.masking import (
     MaskedParameters,
-    SparseParameter,
+    MaskedWeight,
     gather_rows,
     is_sharded,
     local_part,
@@ -68,7 +68,7 @@ def test_a_mask_is_laid_out_like_its_sharded_weight(mesh: DeviceMesh) -> None:
 
 def test_masking_acts_on_the_local_part_and_the_cache_sees_local_writes(mesh: DeviceMesh) -> None:
     layer = sharded_linear(mesh)
-    masked = MaskedParameters([SparseParameter("", "weight", layer)])
+    masked = MaskedParameters([MaskedWeight("", layer, "weight")])
     mask = torch.ones(5, 6, dtype=torch.bool)
     mask[:, 0] = False
     masked.install_({"weight": mask})
@@ -99,9 +99,9 @@ def test_optimizer_state_is_zeroed_on_the_local_part(mesh: DeviceMesh) -> None:
 
 
 def test_the_reducer_follows_the_weights_layout(mesh: DeviceMesh) -> None:
-    whole = SparseParameter("", "weight", nn.Linear(6, 5))
+    whole = MaskedWeight("", nn.Linear(6, 5), "weight")
     assert isinstance(reducer_for([whole]), LocalReducer)
-    sharded = SparseParameter("", "weight", sharded_linear(mesh))
+    sharded = MaskedWeight("", sharded_linear(mesh), "weight")
     reducer = reducer_for([sharded])
     assert isinstance(reducer, ShardReducer) and reducer.sum([3, 4]) == [3, 4]
     with pytest.raises(ValueError, match="all be sharded over the same processes or all be whole"):
@@ -109,7 +109,7 @@ def test_the_reducer_follows_the_weights_layout(mesh: DeviceMesh) -> None:
 
 
 def test_weights_not_sharded_by_rows_are_refused_with_what_works(mesh: DeviceMesh) -> None:
-    by_columns = SparseParameter("", "weight", sharded_linear(mesh, Shard(1)))
+    by_columns = MaskedWeight("", sharded_linear(mesh, Shard(1)), "weight")
     with pytest.raises(ValueError, match=r"Tensor parallelism splits a neuron's fan-in.*tensor_parallel_size=1"):
         reducer_for([by_columns])
     with pytest.raises(ValueError, match="Shard\\(0\\) on one data-parallel mesh dimension"):
@@ -118,7 +118,7 @@ def test_weights_not_sharded_by_rows_are_refused_with_what_works(mesh: DeviceMes
     conv1d = transformers.pytorch_utils.Conv1D(5, 6)  # weight (in, out) = (6, 5)
     conv1d.weight = nn.Parameter(distribute_tensor(conv1d.weight.detach(), mesh, [Shard(0)]))
     with pytest.raises(ValueError, match="Hugging Face Conv1D.*Exclude them"):
-        reducer_for([SparseParameter("h.0.attn.c_attn", "weight", conv1d)])
+        reducer_for([MaskedWeight("h.0.attn.c_attn", conv1d, "weight")])
 
 
 def test_sharded_layers_become_plain_layers_with_whole_weights_and_masks(mesh: DeviceMesh) -> None:

@@ -73,7 +73,7 @@ def _transposed_weight(conv1d: nn.Module, mask: Tensor) -> tuple[Tensor, Tensor]
 def hf_conv1d_condensed(conv1d: nn.Module, mask: Tensor) -> CondensedLinear:
     """The `CondensedLinear` equal to a Hugging Face ``Conv1D`` with ``weight * mask`` (``(in, out)``)."""
     weight, rows = _transposed_weight(conv1d, mask)
-    return CondensedLinear.from_weight_mask(weight, pad_fan_in(rows), conv1d.bias)
+    return CondensedLinear.from_dense_weight(weight, pad_fan_in(rows), conv1d.bias)
 
 
 def hf_conv1d_csr(conv1d: nn.Module, mask: Tensor) -> CSRLinear:

@@ -39,7 +39,7 @@ def _projection(weight: Tensor, mask: Tensor | None, bias: Tensor | None) -> nn.
     bias = None if bias is None else bias.detach()
     if mask is None:
         return dense_linear(weight, bias)
-    return CondensedLinear.from_weight_mask(weight * mask, mask, bias)
+    return CondensedLinear.from_dense_weight(weight * mask, mask, bias)
 
 
 def _float_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:

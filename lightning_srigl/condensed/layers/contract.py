@@ -2,7 +2,9 @@
 
 An inference layer is built from a masked module and turns back into one:
 
-* ``from_masked(module, mask)`` (a classmethod): the layer that computes ``module`` with ``weight * mask``;
+* ``from_masked(module, mask)`` (a classmethod): the layer that computes ``module`` with ``weight * mask``
+  (the linear layers also take ``mask=None``: the module's own mask, `own_mask`). Layers whose kernels need
+  a weight's raw tensors have a second constructor that says so, ``from_dense_weight(weight, mask, bias)``;
 * ``to_dense()``: the plain dense module with the masked weight (no masks, like the module it came from);
 * ``dense_masks()``: ``{parameter path in to_dense()'s module: bool mask}``, the positions the layer keeps,
   so ``to_dense()`` with these masks is again the masked module (``restore_dense`` installs them);
@@ -19,11 +21,14 @@ An inference layer is built from a masked module and turns back into one:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from lightning_srigl.masking import mask_of
 
 __all__ = [
     "BACKENDS",
@@ -32,6 +37,8 @@ __all__ = [
     "check_choice",
     "dense_linear",
     "eager_inference",
+    "own_mask",
+    "renamed_constructor",
     "validate_after_load",
 ]
 
@@ -96,3 +103,27 @@ def dense_linear(weight: Tensor, bias: Tensor | None, *, frozen: bool = True) ->
         if bias is not None:
             linear.bias.copy_(bias)
     return linear.requires_grad_(not frozen)
+
+
+def own_mask(module: nn.Module, mask: Tensor | None = None) -> Tensor:
+    """``mask`` if given, else the mask installed on ``module.weight`` (`mask_of`), else its non-zeros
+    (``weight != 0``): the mask a layer built from an already sparse module keeps; bool, the weight's shape."""
+    if mask is None:
+        mask = mask_of(module, "weight")
+    if mask is None:
+        mask = module.weight.detach() != 0
+    return mask.to(device=module.weight.device, dtype=torch.bool)
+
+
+def renamed_constructor(old: str, new: str) -> Any:
+    """A classmethod named ``old`` that calls ``cls.<new>`` with the same arguments after a
+    ``DeprecationWarning`` naming ``new``: a constructor's 0.1 name, kept for one release."""
+
+    def constructor(cls: type, *args: Any, **kwargs: Any) -> Any:
+        warnings.warn(f"{cls.__name__}.{old} is deprecated: use {cls.__name__}.{new}", DeprecationWarning, stacklevel=2)
+        build: Callable[..., Any] = getattr(cls, new)
+        return build(*args, **kwargs)
+
+    constructor.__name__ = constructor.__qualname__ = old
+    constructor.__doc__ = f"Deprecated since 0.2 (removed in 0.3): `{new}`, which takes the same arguments."
+    return classmethod(constructor)

@@ -30,6 +30,7 @@ from lightning_srigl.condensed.layers.contract import (
     BACKENDS,
     check_choice,
     eager_inference,
+    renamed_constructor,
     validate_after_load,
 )
 from lightning_srigl.condensed.layers.weight_facts import WeightFacts
@@ -136,7 +137,7 @@ class CondensedConv2d(nn.Module):
                 raise ValueError("indices must be taps of the row's own group, c * kh * kw + ky * kw + kx")
 
     @classmethod
-    def from_weight_mask(
+    def from_dense_weight(
         cls,
         weight: Tensor,
         mask: Tensor,
@@ -149,7 +150,11 @@ class CondensedConv2d(nn.Module):
         padding_mode: str = "zeros",
         backend: str = "auto",
     ) -> CondensedConv2d:
-        """Build from a ``(out, in / groups, kh, kw)`` weight, its boolean mask and an optional bias."""
+        """Build from tensors: a ``(out, in / groups, kh, kw)`` weight, its bool mask and an optional ``(out,)`` bias.
+
+        The weight is read at the mask's positions only. Raises ``ValueError`` unless every non-empty
+        filter keeps the same number of taps (`from_masked` pads them instead).
+        """
         if weight.dim() != 4:
             raise ValueError(f"weight must be (out, in / groups, kh, kw), got {tuple(weight.shape)}")
         values, indices, rows = condense_conv(weight, mask.to(weight.device, torch.bool), groups)
@@ -164,14 +169,17 @@ class CondensedConv2d(nn.Module):
     def from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:
         """The condensed form of ``conv`` with its weight times ``mask`` (the registry's constructor).
 
-        Filters whose fan-in folding reduced are padded with inactive (zero) taps up to the largest
-        fan-in, so the layer stays exact. Raises ``ValueError`` without constant fan-in.
+        Filters with fewer taps than the largest fan-in (folding removes inputs) are padded with inactive,
+        zero-weight taps up to it, so the layer stays exact for any mask.
         """
-        mask = pad_fan_in(mask.flatten(1).to(torch.bool)).view_as(mask)
-        return cls.from_weight_mask(
-            conv.weight.detach() * mask, mask, conv.bias, stride=conv.stride, padding=conv.padding,
+        mask = mask.to(device=conv.weight.device, dtype=torch.bool)
+        padded = pad_fan_in(mask.flatten(1)).view_as(mask)
+        return cls.from_dense_weight(
+            conv.weight.detach() * mask, padded, conv.bias, stride=conv.stride, padding=conv.padding,
             dilation=conv.dilation, groups=conv.groups, padding_mode=conv.padding_mode,
         )  # fmt: skip
+
+    from_weight_mask = renamed_constructor("from_weight_mask", "from_dense_weight")
 
     @classmethod
     def im2col_from_masked(cls, conv: nn.Conv2d, mask: Tensor) -> CondensedConv2d:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.layers.contract import dense_linear
+from lightning_srigl.condensed.layers.contract import dense_linear, own_mask, renamed_constructor
 from lightning_srigl.kernels.csr import csr_linear, csr_product, csr_tensor, to_csr
 from lightning_srigl.kernels.validation import check_bias, check_csr
 
@@ -38,17 +38,14 @@ class CSRLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None) -> CSRLinear:
-        """Build from a dense layer; ``mask (out, in)`` bool, default: the non-zeros of the weight."""
-        weight = linear.weight.detach()
-        weight = weight * mask if mask is not None else weight
+    def from_masked(cls, linear: nn.Linear, mask: Tensor | None = None) -> CSRLinear:
+        """The CSR form of ``linear`` with ``weight * mask`` (``mask (out, in)`` bool; ``None``: the layer's own
+        mask, `own_mask`: the installed mask, else ``weight != 0``)."""
+        weight = linear.weight.detach() * own_mask(linear, mask)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(to_csr(weight), bias)
 
-    @classmethod
-    def from_masked(cls, linear: nn.Linear, mask: Tensor) -> CSRLinear:
-        """The CSR form of ``linear`` with ``weight * mask`` (``mask (out, in)`` bool)."""
-        return cls.from_linear(linear, mask)
+    from_linear = renamed_constructor("from_linear", "from_masked")
 
     @property
     def weight(self) -> Tensor:

@@ -19,6 +19,8 @@ from lightning_srigl.condensed.layers.contract import (
     check_choice,
     dense_linear,
     eager_inference,
+    own_mask,
+    renamed_constructor,
     validate_after_load,
 )
 from lightning_srigl.condensed.layers.weight_facts import WeightFacts
@@ -32,7 +34,6 @@ from lightning_srigl.kernels.cpu.loader import (
 from lightning_srigl.kernels.layout import condense, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear, triton_kernels
 from lightning_srigl.kernels.validation import check_bias, check_condensed, check_width
-from lightning_srigl.masking import mask_of
 
 LAYOUT_CHECK_WORDS = 256
 """Words of the values summed per call to see ``.data``/numpy edits of a cached layout (a fixed cost:
@@ -107,35 +108,32 @@ class CondensedLinear(nn.Module):
         check_bias(self.bias, self.out_features, self.values)
 
     @classmethod
-    def from_weight_mask(
+    def from_dense_weight(
         cls, weight: Tensor, mask: Tensor, bias: Tensor | None = None, backend: str = "auto"
     ) -> CondensedLinear:
-        """Build from a ``(out, in)`` weight, its boolean mask and an optional ``(out,)`` bias."""
+        """Build from tensors: a ``(out, in)`` weight, its bool mask and an optional ``(out,)`` bias.
+
+        The weight is read at the mask's positions only. Raises ``ValueError`` unless every non-empty
+        mask row keeps the same number of inputs (`from_masked` pads them instead).
+        """
         values, indices, active_rows = condense(weight, mask)
         bias = None if bias is None else bias.detach().clone()
         return cls(values, indices, active_rows, bias, weight.shape[1], weight.shape[0], backend)
 
     @classmethod
-    def from_masked(cls, linear: nn.Linear, mask: Tensor) -> CondensedLinear:
-        """The condensed form of ``linear`` with ``weight * mask`` (``mask (out, in)`` bool).
+    def from_masked(cls, linear: nn.Linear, mask: Tensor | None = None, backend: str = "auto") -> CondensedLinear:
+        """The condensed form of ``linear`` with ``weight * mask``.
 
-        Rows whose fan-in folding reduced are padded with inactive (zero) columns up to the largest
-        fan-in, so the layer stays exact. Raises ``ValueError`` without constant fan-in.
+        ``mask (out, in)`` bool; ``None``: the layer's own mask (`own_mask`: the installed mask, else
+        ``weight != 0``). Rows with fewer inputs than the largest fan-in (folding removes inputs) are
+        padded with inactive, zero-weight columns up to it, so the layer stays exact for any mask; an
+        unstructured mask is better served by ``CSRLinear``.
         """
-        return cls.from_weight_mask(linear.weight.detach() * mask, pad_fan_in(mask), linear.bias)
+        mask = own_mask(linear, mask)
+        return cls.from_dense_weight(linear.weight.detach() * mask, pad_fan_in(mask), linear.bias, backend)
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None, backend: str = "auto") -> CondensedLinear:
-        """Build from a masked ``nn.Linear``.
-
-        The mask is, in order: ``mask``, the layer's own mask (``lightning_srigl.masking.mask_of``),
-        else ``weight != 0``.
-        """
-        if mask is None:
-            mask = mask_of(linear, "weight")
-        if mask is None:
-            mask = linear.weight != 0
-        return cls.from_weight_mask(linear.weight, mask, linear.bias, backend)
+    from_weight_mask = renamed_constructor("from_weight_mask", "from_dense_weight")
+    from_linear = renamed_constructor("from_linear", "from_masked")
 
     def spec_args(self) -> dict[str, int | str | bool]:
         """Plain constructor facts for [`save_condensed`][lightning_srigl.condensed.serialization.save_condensed]."""

@@ -12,12 +12,11 @@ on CPU cover the support checks and the 2:4 validation, and ``scripts/gpu_check.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.sparse import SparseSemiStructuredTensor
 
-from lightning_srigl.condensed.layers.contract import dense_linear
+from lightning_srigl.condensed.layers.contract import dense_linear, own_mask, renamed_constructor
 from lightning_srigl.kernels.semi_structured import (
     DeviceFacts,
     check_semi_structured,
@@ -40,7 +39,7 @@ class SemiStructuredLinear(nn.Module):
     """Inference ``Linear`` whose 2:4 weight is a ``SparseSemiStructuredTensor``.
 
     ``forward(x (..., in)) -> (..., out)`` equals the masked dense layer up to fp16/bf16 rounding.
-    Build it with `from_linear`; `to_dense` returns the equivalent ``nn.Linear``.
+    Build it with `from_masked`; `to_dense` returns the equivalent ``nn.Linear``.
     """
 
     def __init__(self, weight: SparseSemiStructuredTensor, bias: Tensor | None) -> None:
@@ -53,15 +52,16 @@ class SemiStructuredLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None) -> SemiStructuredLinear:
-        """Compress ``linear.weight * mask`` (``mask`` defaults to the non-zeros of the weight).
+    def from_masked(cls, linear: nn.Linear, mask: Tensor | None = None) -> SemiStructuredLinear:
+        """The 2:4 form of ``linear`` with ``weight * mask``, compressed (``mask (out, in)`` bool; ``None``: the
+        layer's own mask, `own_mask`: the installed mask, else ``weight != 0``).
 
         Raises:
             ValueError: the mask is not 2:4 or this weight/device cannot use 2:4 kernels (the
                 message gives the reason from `semi_structured_supported`); keep another layer.
         """
         weight = linear.weight.detach()
-        mask = weight != 0 if mask is None else mask.to(device=weight.device, dtype=torch.bool)
+        mask = own_mask(linear, mask)
         if mask.shape != weight.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(weight.shape)}")
         if not is_2_4(mask):
@@ -77,10 +77,7 @@ class SemiStructuredLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(sparse, bias)
 
-    @classmethod
-    def from_masked(cls, linear: nn.Linear, mask: Tensor) -> SemiStructuredLinear:
-        """The 2:4 form of ``linear`` with ``weight * mask``; see `from_linear` for what it needs."""
-        return cls.from_linear(linear, mask)
+    from_linear = renamed_constructor("from_linear", "from_masked")
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., in)`` in the layer's dtype -> ``(..., out)``."""
