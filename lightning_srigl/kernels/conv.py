@@ -96,14 +96,15 @@ def triton_conv() -> ModuleType | None:
 
 
 @condensed_conv2d.register_kernel("cuda")
-def _condensed_conv2d_cuda(*args: Any) -> Tensor:
-    """CUDA dispatch point: the Triton kernel (then the optional last argument ``relu`` as a second pass), or
+def _condensed_conv2d_cuda(*args: Any, **kwargs: Any) -> Tensor:
+    """CUDA dispatch point: the Triton kernel (then ``relu``, the op's last argument, as a second pass), or
     the reference where Triton is missing."""
+    relu = bool(kwargs.pop("relu", args[11] if len(args) > 11 else False))
     module = triton_conv()
     if module is None:
-        return conv2d_reference(*args)
-    y = module.condensed_conv2d_triton(*args[:11])
-    return y.relu_() if len(args) > 11 and args[11] else y
+        return conv2d_reference(*args[:11], **kwargs, relu=relu)
+    y = module.condensed_conv2d_triton(*args[:11], **kwargs)
+    return y.relu_() if relu else y
 
 
 condensed_conv2d.register_fake(fakes.condensed_conv2d)
