@@ -66,8 +66,8 @@ benchmark: $(STAMP)
 overhead: $(STAMP)
 	PYTHONPATH=. $(BIN)/python scripts/srigl_overhead.py
 
-# The accuracy sweep behind docs/findings.md: RigL against SRigL on MNIST-1D (MLP and 1-D CNN), 114 runs,
-# about 27 minutes on a quiet 2-core machine. Results go to RESULTS (git-ignored runs/findings by default);
+# The accuracy sweep behind docs/findings.md: RigL against SRigL on MNIST-1D (MLP and 1-D CNN), 162 runs,
+# about 43 minutes on a quiet 2-core machine. Results go to RESULTS (git-ignored runs/findings by default);
 # `make findings RESULTS=docs/assets/findings/matched` regenerates the committed ones.
 # FINDINGS_ARGS="--quick": a 1-minute check.
 FINDINGS_ARGS ?=

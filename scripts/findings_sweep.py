@@ -9,10 +9,10 @@ sweep trains on MNIST-1D (generated offline by the ``mnist1d`` package; ``pip in
   sparse fan-in 28 / 5 of 704 at 95 / 99 %, the regime of the paper's WRN-22-2);
 * the short schedule (40 epochs, an update every 25 steps: 34 topology updates) at sparsity 95, 98 and
   99 %: dense, RigL, SRigL ``gamma_sal`` 0 (no ablation), 0.3 (the paper's CNN value) and 0.95;
-* the long schedule (80 epochs, an update every 10 steps: 174 updates, 5.1x) at 99 %, same methods;
+* the long schedule (80 epochs, an update every 10 steps: 174 updates, 5.1x) at 95, 98 and 99 %, same methods;
 * the reference code's sparse init (std ``2/fan_in``, ``init_std_quirk=True``) once: RigL and SRigL
   ``gamma_sal=0.3``, short schedule, 99 %;
-* 3 seeds each (114 runs).
+* 3 seeds each (162 runs).
 
 Every run records its test accuracy, the real number of active weights (RigL is given the count
 SRigL's constant fan-in holds at the same sparsity, ``match_rigl_counts``; the sweep fails if a
@@ -20,8 +20,8 @@ method's count differs from RigL's by more than 0.5 %), and the active neurons o
 each tenth of training. ``findings_report.py`` writes ``results.json`` and ``findings.md``.
 
 CPU time, sized from single runs measured on an AMD EPYC (Zen 5) core: a 40-epoch run takes about
-17 s (MLP) and 30 s (CNN), a long one twice that, so the 114 runs take about 3,200 CPU-seconds:
-about 27 minutes of wall time on a quiet 2-core machine with the default 2 single-threaded worker
+17 s (MLP) and 30 s (CNN), a long one twice that, so the 162 runs take about 5,100 CPU-seconds:
+about 43 minutes of wall time on a quiet 2-core machine with the default 2 single-threaded worker
 processes (``meta`` in ``results.json`` records the measured figures; on a loaded machine it takes
 longer). Runs execute sparsest level first (`priority`). Usage, from the repository root::
 
@@ -230,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sparsities", type=float, nargs="*", default=None,
                         help=f"sparsities of the short schedule (default {SPARSITIES}; none to skip it)")  # fmt: skip
     parser.add_argument("--long-sparsities", type=float, nargs="*", default=None,
-                        help="sparsities of the long schedule (default 0.99; none to skip it)")  # fmt: skip
+                        help=f"sparsities of the long schedule (default {SPARSITIES}; none to skip it)")  # fmt: skip
     parser.add_argument("--quirk-sparsity", type=float, default=None,
                         help="sparsity of the init_std_quirk runs (default 0.99; 0 to skip them)")  # fmt: skip
     parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
@@ -246,7 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.sparsities is None:
         args.sparsities = [0.9] if args.quick else list(SPARSITIES)
     if args.long_sparsities is None:
-        args.long_sparsities = [0.9] if args.quick else [0.99]
+        args.long_sparsities = [0.9] if args.quick else list(SPARSITIES)
     if args.quirk_sparsity is None:
         args.quirk_sparsity = 0.9 if args.quick else 0.99
     args.quirk_sparsity = args.quirk_sparsity or None

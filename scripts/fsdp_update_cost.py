@@ -1,4 +1,4 @@
-"""Per-rank peak memory and communication of one SRigL update under FSDP2 and under DDP (2 CPU ranks, gloo).
+"""Per-rank peak memory and communication of one SRigL update under FSDP2 and under DDP (CPU ranks, gloo).
 
 A real ``Trainer.fit`` of a ViT-B MLP block's two layers, ``Linear(768, 3072)`` and ``Linear(3072, 768)``
 (fp32, SGD with momentum), with ``SRigLCallback(sparsity=0.9, delta_t=1, t_end_fraction=1, no_ablation=[])``
@@ -12,9 +12,9 @@ bytes of its tensor payload (what one rank contributes; the wire traffic of gloo
 ``fsdp2`` updates both layers in one batch (the default: the rounds do not grow with depth);
 ``fsdp2-per-layer`` one layer at a time, as the whole-layer (DDP) update does.
 
-Usage (from the repository root; each strategy runs as its own 2-process job)::
+Usage (from the repository root; each strategy runs as its own job of 2 processes, or ``--ranks N``)::
 
-    PYTHONPATH=. python scripts/fsdp_update_cost.py
+    PYTHONPATH=. python scripts/fsdp_update_cost.py [--ranks N]
 """
 
 from __future__ import annotations
@@ -115,23 +115,23 @@ class MLPBlock(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
-def measure(strategy_name: str, folder: Path) -> None:
-    """One 2-rank fit; each rank writes ``<folder>/<strategy>_rank<r>.json``."""
+def measure(strategy_name: str, folder: Path, ranks: int) -> None:
+    """One fit on ``ranks`` processes; each rank writes ``<folder>/<strategy>_rank<r>.json``."""
     collectives = Collectives()
     record: dict[str, Any] = {}
     srigl = SRigLCallback(sparsity=0.9, delta_t=1, t_end_fraction=1.0, no_ablation=[], report=False)
     strategy = (
-        ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, process_group_backend="gloo")
+        ModelParallelStrategy(data_parallel_size=ranks, tensor_parallel_size=1, process_group_backend="gloo")
         if strategy_name.startswith("fsdp2")
         else DDPStrategy(process_group_backend="gloo")
     )
     batch_elements = 0 if strategy_name == "fsdp2-per-layer" else None
     trainer = pl.Trainer(
-        max_steps=2, accelerator="cpu", devices=2, strategy=strategy, logger=False, enable_checkpointing=False,
+        max_steps=2, accelerator="cpu", devices=ranks, strategy=strategy, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
         callbacks=[Probe("start", record, collectives, batch_elements), srigl, Probe("end", record, collectives)],
     )  # fmt: skip
-    trainer.fit(MLPBlock(), DataLoader(TensorDataset(torch.randn(8, WIDTH)), batch_size=2))
+    trainer.fit(MLPBlock(), DataLoader(TensorDataset(torch.randn(4 * ranks, WIDTH)), batch_size=2))
     assert [h["step"] for h in srigl.history] == [1], "exactly one topology update must have run"
     record["collectives"] = len(collectives.calls)
     record["payload_bytes"] = sum(size for _, size in collectives.calls)
@@ -139,18 +139,20 @@ def measure(strategy_name: str, folder: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--one":
-        measure(sys.argv[2], Path(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--one":
+        measure(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))
         return
+    ranks = int(sys.argv[2]) if len(sys.argv) == 3 and sys.argv[1] == "--ranks" else 2
     folder = Path("runs/fsdp_update_cost")
     folder.mkdir(parents=True, exist_ok=True)
     weights_mib = 2 * WIDTH * HIDDEN * 4 / 2**20
     print(f"one SRigL update (sparsity 0.9, ablation on) of Linear({WIDTH}, {HIDDEN}) + Linear({HIDDEN}, {WIDTH})")
-    print(f"fp32 weights {weights_mib:.1f} MiB in all; 2 CPU ranks, gloo; per rank:")
+    print(f"fp32 weights {weights_mib:.1f} MiB in all; {ranks} CPU ranks, gloo; per rank:")
     for name in ("ddp", "fsdp2", "fsdp2-per-layer"):
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "OMP_NUM_THREADS": "1"}
-        subprocess.run([sys.executable, __file__, "--one", name, str(folder)], check=True, capture_output=True, env=env)
-        for rank in (0, 1):
+        command = [sys.executable, __file__, "--one", name, str(folder), str(ranks)]
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        for rank in range(ranks):
             r = json.loads((folder / f"{name}_rank{rank}.json").read_text())
             peak = (r["peak_kib"] - r["rss_kib"]) / 1024
             print(

@@ -1,7 +1,8 @@
 """Side-by-side CPU speed of int8 condensed layers against fp32 condensed, dense fp32, torch dynamic int8 and
 (where onnxruntime is importable) ONNX Runtime dynamic int8, on the same 90 %-sparse weights.
 
-Models: one 3072->768 layer, and a ViT-B/16-sized MLP stack (12 x [768->3072, GELU, 3072->768]), each
+Models: one 3072->768 layer, one 768->3072 layer, and a ViT-B/16-sized MLP stack (12 x [768->3072, GELU,
+3072->768]), each
 called on ``(B, in)`` rows (tokens) for every ``--batch``. Every linear layer has a constant fan-in mask
 keeping 10 % of its inputs (random weights: speed does not depend on them). 1 thread; each candidate's
 samples (``--sample-ms`` of calls) are taken in interleaved rounds and the minimum CPU time
@@ -44,8 +45,9 @@ def masked_linear(inp: int, out: int, density: float, generator: torch.Generator
 
 def build_model(name: str, density: float) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
-    if name == "layer_3072x768":
-        return nn.Sequential(masked_linear(3072, 768, density, generator)).eval()
+    if name.startswith("layer_"):
+        inp, out = (int(size) for size in name.removeprefix("layer_").split("x"))
+        return nn.Sequential(masked_linear(inp, out, density, generator)).eval()
     blocks = []
     for _ in range(12):
         up, down = masked_linear(768, 3072, density, generator), masked_linear(3072, 768, density, generator)
@@ -63,7 +65,8 @@ def swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn
 
 
 class Int8WithoutVnni(nn.Module):
-    """An `Int8CondensedLinear` run through the kernel's gathers without VNNI (``mode=1``)."""
+    """An `Int8CondensedLinear` run through the kernel's best path without VNNI (``mode=3``: the AVX2 window
+    kernel with ``vpmaddwd``; on AVX-512, whose window needs VNNI, the gathers with ``vpmaddwd``)."""
 
     def __init__(self, layer: Int8CondensedLinear) -> None:
         super().__init__()
@@ -72,8 +75,8 @@ class Int8WithoutVnni(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         q = self.layer
         return self.kernel.int8_condensed_linear(
-            x, q.weight, q.indices, q.weight_sum, q.weight_scale, q.active_rows, q.bias, None, q.out_features,
-            q.input_scale, q.input_zero, 1,
+            x, q.weight, q.indices, q.weight_sum, q.weight_scale, q.active_rows, q.bias, q.layout, q.out_features,
+            q.input_scale, q.input_zero, 3,
         )  # fmt: skip
 
 
@@ -155,16 +158,16 @@ def main() -> None:
         "cpu": cpu_model(),
         "variant": requested_variant(),
         "int8_path": kernel.int8_path(0),
-        "int8_path_no_vnni": kernel.int8_path(1),
+        "int8_path_no_vnni": kernel.int8_path(3),
         "threads": 1,
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
     }
     rows = []
     with torch.no_grad():
-        for model_name in ("layer_3072x768", "vit_b16_mlp_stack"):
+        for model_name in ("layer_3072x768", "layer_768x3072", "vit_b16_mlp_stack"):
             model = build_model(model_name, args.density)
             for batch in args.batch:
-                x = torch.randn(batch, 3072 if model_name.startswith("layer") else 768)
+                x = torch.randn(batch, 3072 if model_name.startswith("layer_3072") else 768)
                 times = interleaved_min(candidates(model, x), args.rounds, args.sample_ms)
                 rows.append({"model": model_name, "batch": batch, "seconds": times})
                 dense = times["dense fp32"]

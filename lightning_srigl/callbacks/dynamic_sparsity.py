@@ -136,7 +136,8 @@ class DynamicSparsityCallback(SparsityCallback):
         sparse_backward: compute the weight gradient of sparse fp32 ``nn.Linear`` layers on the CPU
             only at active positions (the dense product's work times the density; the same masked
             gradient up to summation order), except on the steps whose dense gradient scores the
-            next update; off for weights sharded by FSDP2. ``False``: the dense gradient, then masked.
+            next update; under FSDP2 too (on the gathered weight, so a fit equals the DDP fit bit for bit).
+            ``False``: the dense gradient, then masked.
     """
 
     metric_prefix = "sparsity"
@@ -303,6 +304,8 @@ class DynamicSparsityCallback(SparsityCallback):
         self._grad_sums = {fqn: local(fqn, g).to(masks[fqn].device) for fqn, g in self._grad_sums.items()}
         self._fqns_of = layers_per_optimizer(trainer, self.masked)
         self.masked.forget_step_masks()  # a distributed checkpoint loads masks without moving version counters
+        if not isinstance(self._reducer, LocalReducer):  # sharded: a checkpoint is restored after on_fit_start
+            self.check_sharded_masks(self._reducer)
         self.remask.start(trainer, pl_module, self, self.masked, self._fqns_of)
         self._last_step = trainer.global_step
         if self.sparse_backward:
@@ -540,6 +543,8 @@ class DynamicSparsityCallback(SparsityCallback):
             changes, active = self._update_group(trainer, group, grads, drop_fraction, carry)
             local_changes.update(changes)
             carry += sum(self.targets[fqn] for fqn in group) - sum(self._reducer.sum(active))
+        if self._backward is not None:
+            self._backward.masks_changed()
         changed = dict(zip(local_changes, self._reducer.sum(list(local_changes.values()))))
         check_ranks_agree(trainer, self.masked, type(self).__name__, self._reducer)
         metrics = self._metrics()

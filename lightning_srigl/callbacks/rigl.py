@@ -28,12 +28,12 @@ class RigLCallback(DynamicSparsityCallback):
         return random_unstructured_mask(shape, target, generator)
 
     @override
-    def mask_problem(self, fqn: str, mask: Tensor, rows: Tensor) -> str | None:
+    def counts_problem(self, fqn: str, counts: Sequence[int]) -> str | None:
         """RigL keeps each layer's budget exactly (known in fit)."""
-        active, budget = int(mask.count_nonzero()), self.budgets.get(fqn)
+        active, budget = counts[0], self.budgets.get(fqn)
         if budget is not None and active != budget:
             return f"{active} active weights, but RigL keeps the layer's budget of {budget}"
-        return super().mask_problem(fqn, mask, rows)
+        return super().counts_problem(fqn, counts)
 
     @override
     def layer_updates(

@@ -188,9 +188,18 @@ class SparsityCallback(Callback):
     def mask_problem(self, fqn: str, mask: Tensor, rows: Tensor) -> str | None:
         """What in ``mask`` (weight-shaped bool, of the sparse weight ``fqn``; ``rows``: the same mask
         neuron-major, ``(O, *rest)``) breaks this method's rules, or ``None``; the base rule: a sparse
-        layer is neither dense nor empty."""
-        active = int(mask.count_nonzero())
-        if active == mask.numel():
+        layer is neither dense nor empty. A whole mask is one shard: `counts_problem` of its `shard_counts`."""
+        return self.counts_problem(fqn, self.shard_counts(fqn, rows))
+
+    def shard_counts(self, fqn: str, rows: Tensor) -> list[int]:
+        """Counts of this process's rows of ``fqn``'s mask (neuron-major bool, ``(rows, *rest)``) whose sums
+        over the processes that shard the layer decide `counts_problem`; the base: active weights, weights."""
+        return [int(rows.count_nonzero()), rows.numel()]
+
+    def counts_problem(self, fqn: str, counts: Sequence[int]) -> str | None:
+        """`mask_problem` of a mask from its `shard_counts` summed over the shards (no mask gathered)."""
+        active, weights = counts[:2]
+        if active == weights:
             return "every weight is active (a dense layer)"
         if active == 0:
             return "no weight is active (a dead layer)"
@@ -265,12 +274,29 @@ class SparsityCallback(Callback):
         check_not_pruned(pl_module, type(self).__name__)
 
     def check_masks(self) -> None:
-        """``ValueError`` naming every mask that breaks `mask_problem`'s rules (whole masks only: the
-        rules are about whole layers, and sharded masks are not gathered)."""
+        """``ValueError`` naming every mask that breaks `mask_problem`'s rules (whole masks only: sharded ones
+        are checked by `check_sharded_masks` once ModelParallelStrategy has restored a checkpoint)."""
         if self.masked is None or any(row_sharding(p.weight, p.fqn) is not None for p in self.masked.params):
             return
         masks = self.masked.masks()
         self._raise_mask_problems({fqn: (mask, self.masked.rows(fqn, mask)) for fqn, mask in masks.items()})
+
+    def check_sharded_masks(self, reducer: Reducer) -> None:
+        """``ValueError`` naming every mask that breaks the method's rules, judged by `counts_problem` from
+        `shard_counts` of this process's rows summed over the shards (``reducer``; a collective, for every
+        rank to call, and no mask is gathered)."""
+        if self.masked is None:
+            return
+        local = {fqn: self.masked.rows(fqn, self.masked.local(fqn, mask)) for fqn, mask in self.masked.masks().items()}
+        problems = [f"{fqn}: {problem}" for fqn, problem in self.shard_problems(local, reducer).items() if problem]
+        self._raise_problems(problems)
+
+    def shard_problems(self, rows: dict[str, Tensor], reducer: Reducer) -> dict[str, str | None]:
+        """Per mask, `counts_problem` of the `shard_counts` of ``rows`` (this process's rows of each mask,
+        neuron-major) summed over the shards by ``reducer`` in one call."""
+        local = {fqn: self.shard_counts(fqn, part) for fqn, part in rows.items()}
+        summed = iter(reducer.sum([count for counts in local.values() for count in counts]))
+        return {fqn: self.counts_problem(fqn, [next(summed) for _ in counts]) for fqn, counts in local.items()}
 
     def _check_evaluated_masks(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Outside fit: the masks a loaded checkpoint brought must keep the method's rules too."""
@@ -279,7 +305,11 @@ class SparsityCallback(Callback):
             self._raise_mask_problems({m.fqn: (m.mask, neuron_major(m.module, m.mask)) for m in weights})
 
     def _raise_mask_problems(self, masks: dict[str, tuple[Tensor, Tensor]]) -> None:
-        problems = [f"{fqn}: {p}" for fqn, (mask, rows) in masks.items() if (p := self.mask_problem(fqn, mask, rows))]
+        self._raise_problems(
+            [f"{fqn}: {p}" for fqn, (mask, rows) in masks.items() if (p := self.mask_problem(fqn, mask, rows))]
+        )
+
+    def _raise_problems(self, problems: list[str]) -> None:
         if problems:
             raise ValueError(
                 f"{type(self).__name__}: the model's masks break the method's rules ({'; '.join(problems)}). A "

@@ -130,6 +130,27 @@ class SRigLCallback(DynamicSparsityCallback):
         return super().mask_problem(fqn, mask, rows)
 
     @override
+    def shard_counts(self, fqn: str, rows: Tensor) -> list[int]:
+        """The base counts, then active neurons, the sum of squared fan-ins, and whether these rows break N:M."""
+        fan_ins = rows.flatten(1).sum(1, dtype=torch.int64)
+        broken = int(self.nm is not None and rows.numel() > 0 and not is_nm(rows, *self.nm))
+        return [*super().shard_counts(fqn, rows), int(fan_ins.count_nonzero()), int(fan_ins.square().sum()), broken]
+
+    @override
+    def counts_problem(self, fqn: str, counts: Sequence[int]) -> str | None:
+        """Constant fan-in: ``neurons * sum(fan_in^2) == sum(fan_in)^2`` over the active neurons, which holds
+        exactly when their fan-ins are equal (Cauchy-Schwarz); N:M: no shard breaks it."""
+        active, _, neurons, squares, broken = counts
+        if self.nm is not None and broken:
+            return f"not {self.nm[0]}:{self.nm[1]} sparse"
+        if self.nm is None and neurons * squares != active * active:
+            return (
+                f"active neurons hold different numbers of weights ({active} weights over {neurons} active "
+                "neurons, not an equal share each), not one constant fan-in"
+            )
+        return super().counts_problem(fqn, counts)
+
+    @override
     def initial_mask(self, fqn: str, shape: torch.Size, target: int, generator: torch.Generator) -> Tensor:
         """Random N:M mask, or random constant fan-in ``nearest_fan_in(target, O, F)`` in every row."""
         if self.nm is not None:

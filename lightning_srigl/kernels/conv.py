@@ -27,7 +27,8 @@ from lightning_srigl.kernels.fakes import conv_output_size
 
 OP_NAME = "lightning_srigl::condensed_conv2d"
 
-__all__ = ["OP_NAME", "condensed_conv2d", "conv2d_reference", "conv_output_size", "triton_conv"]
+__all__ = ["OP_NAME", "check_padding", "condensed_conv2d", "conv2d_reference", "conv_output_size", "im2col_rows",
+           "pad_input", "triton_conv"]  # fmt: skip
 
 
 def conv2d_reference(
@@ -108,3 +109,52 @@ def _condensed_conv2d_cuda(*args: Any, **kwargs: Any) -> Tensor:
 
 
 condensed_conv2d.register_fake(fakes.condensed_conv2d)
+
+
+def pad_input(
+    x: Tensor,
+    padding: tuple[int, int] | str,
+    padding_mode: str,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[Tensor, tuple[int, int]]:
+    """``x (N, C, H, W)`` padded ahead of the kernel where the kernel cannot pad (non-zero modes, asymmetric
+    ``"same"``), and the symmetric zero padding left for the kernel (``nn.Conv2d``'s arguments)."""
+    if padding == "valid":
+        return x, (0, 0)
+    if isinstance(padding, str):  # "same"
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+        if padding_mode == "zeros" and all(t % 2 == 0 for t in totals):
+            return x, (totals[0] // 2, totals[1] // 2)
+        pads = [totals[1] // 2, totals[1] - totals[1] // 2, totals[0] // 2, totals[0] - totals[0] // 2]
+    elif padding_mode == "zeros":
+        return x, padding
+    else:
+        pads = [padding[1], padding[1], padding[0], padding[0]]
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    return F.pad(x, pads, mode=mode), (0, 0)
+
+
+def im2col_rows(
+    x: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[Tensor, list[int]]:
+    """``x (N, C, H, W)`` -> its im2col rows ``(N * Ho * Wo, C * kh * kw)`` (contiguous; a row is one output
+    position's taps ``c * kh * kw + ky * kw + kx``, ``F.unfold``'s order) and ``[Ho, Wo]``."""
+    sizes = [
+        conv_output_size(s, k, st, p, d) for s, k, st, p, d in zip(x.shape[2:], kernel_size, stride, padding, dilation)
+    ]
+    cols = F.unfold(x, kernel_size, dilation, padding, stride)  # (N, C * kh * kw, L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous(), sizes
+
+
+def check_padding(padding: int | tuple[int, ...] | str, padding_mode: str) -> None:
+    """Raise ``ValueError`` unless ``padding`` (ints, ``"valid"``, ``"same"``) and ``padding_mode`` are
+    ``nn.Conv2d``'s."""
+    if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+        raise ValueError(f"padding_mode must be zeros, reflect, replicate or circular, got {padding_mode!r}")
+    if isinstance(padding, str) and padding not in ("valid", "same"):
+        raise ValueError(f"padding must be ints, 'valid' or 'same', got {padding!r}")

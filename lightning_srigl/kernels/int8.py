@@ -10,11 +10,11 @@ and ``bias`` (or 0) at the other outputs. ``weight (A, kp)`` is int8 in ``[-127,
 padded to a multiple of `INT8_PAD` by zero weights; ``q = clamp(round(x / scale) + zero, 0, 255)``
 with ``(scale, zero)`` per row from its range (dynamic: `dynamic_input_quantization`) or one
 calibrated pair (``input_scale``, ``input_zero``). ``layout`` (`window_layout`; may be empty) lets
-AVX-512 VBMI + VNNI CPUs skip the gathers; it changes the order of the integer sums only. The C++ kernels
-(``csrc/int8.h``, ``csrc/int8_window.h``) and `int8_linear_reference` do the same integer sums and the same fp32
-operations in the same order,
-so they agree bit for bit. Registered with `torch.library.custom_op` (with a fake kernel), so
-``torch.compile(fullgraph=True)`` and ``torch.export`` see one node. Inference only (no autograd).
+the AVX-512 (VBMI + VNNI) and AVX2 variants skip the gathers; it changes the order of the integer sums only. The
+C++ kernels (``csrc/int8.h``, ``csrc/int8_window.h``) and `int8_linear_reference` do the same integer sums and
+the same fp32 operations in the same order, so they agree bit for bit. Registered with
+`torch.library.custom_op` (with a fake kernel), so ``torch.compile(fullgraph=True)`` and ``torch.export`` see
+one node. Inference only (no autograd).
 """
 
 from __future__ import annotations
@@ -142,7 +142,8 @@ def int8_condensed_linear(
 def window_layout(weight: Tensor, indices: Tensor, in_features: int) -> Tensor:
     """The gather-free kernel's layout of ``weight (A, kp)`` int8 and ``indices (A, kp)`` (``csrc/int8_window.h``:
     about 2 bytes per non-zero weight), or an empty uint8 tensor where the loaded variant or the CPU has no
-    such kernel (it needs AVX-512 VBMI and VNNI), for non-CPU tensors and without the C++ kernels."""
+    such kernel (the AVX-512 variant on a CPU with VBMI and VNNI, and the AVX2 variant, have one), for non-CPU
+    tensors and without the C++ kernels."""
     kernel = load_extension() if weight.device.type == "cpu" else None
     if kernel is None or weight.numel() == 0:
         return torch.empty(0, dtype=torch.uint8, device=weight.device)

@@ -46,6 +46,7 @@ from lightning_srigl.masking.sharding import (
     row_sharding,
     shard_like,
     unshard_modules_,
+    whole_tensor,
 )
 from lightning_srigl.masking.zero_keeping import ZERO_KEEPING_OPTIMIZERS, establish_zeros_, weight_remask_reason
 from lightning_srigl.masking.zeroing import move_inactive_, step_mask, zero_inactive_
@@ -93,6 +94,7 @@ __all__ = [
     "step_mask",
     "unshard_modules_",
     "weight_remask_reason",
+    "whole_tensor",
     "zero_inactive_",
     "zero_optimizer_state_",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "row_sharding",
     "shard_like",
     "unshard_modules_",
+    "whole_tensor",
 ]
 
 
@@ -186,10 +187,10 @@ def unshard_modules_(model: nn.Module, names: Sequence[str]) -> list[str]:
         plain._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
         with torch.no_grad():
             plain._parameters = {
-                key: None if p is None else nn.Parameter(_whole(p), requires_grad=p.requires_grad)
+                key: None if p is None else nn.Parameter(whole_tensor(p), requires_grad=p.requires_grad)
                 for key, p in module._parameters.items()
             }
-            plain._buffers = {key: None if b is None else _whole(b) for key, b in module._buffers.items()}
+            plain._buffers = {key: None if b is None else whole_tensor(b) for key, b in module._buffers.items()}
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, plain)
         replaced.append(name)
@@ -202,7 +203,9 @@ def _own_attribute(key: str, module_internals: set[str]) -> bool:
     return key not in module_internals and not key.startswith(("__composable_api_state_key", "_fsdp", "_is_fsdp"))
 
 
-def _whole(tensor: Tensor) -> Tensor:
+def whole_tensor(tensor: Tensor) -> Tensor:
+    """``tensor`` whole: a ``DTensor`` gathered from its parts (a collective, for every process that holds a
+    part to call), a plain tensor as it is."""
     return tensor.full_tensor() if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
 
 

@@ -428,6 +428,7 @@ def srigl_update_layers(
     )
     updates = []
     for i, (layer, scores, kept_here) in enumerate(zip(layers, layer_scores, kept)):
+        scores.nonzero = torch.empty(0)  # used up: free each layer's temporaries as soon as it is done
         rows, cols = scores.layer_shape
         survivors = rows - n_ablated[i]
         if carry is None:
@@ -437,6 +438,7 @@ def srigl_update_layers(
             fan_in = nearest_fan_in(target, survivors, cols - (survivors == rows))  # a sparse layer stays sparse
             carry = target - fan_in * survivors
         kept_here = _trim_rows(kept_here, scores.weight_score, fan_in, trim)
+        scores.weight_score = kept[i] = torch.empty(0)
         updates.append(_grow(layer.mask, scores, kept_here, ablated[i], fan_in, thresholds[i]))
     return updates
 

@@ -17,9 +17,10 @@ flipped; ``-0.0`` counted as ``+0.0``), and each round sums, over the shards, a 
 next 8 bits of the keys that match the bits chosen so far (4 rounds for 32-bit keys, 8 for 64-bit).
 One all-gather of per-shard tie counts then hands the threshold's ties out in row order. Per selection
 that is ``4 x 257`` summed int64 plus one gathered int64 per shard (about 8 KB), whatever the layer size.
-The first round reads the scores block by block; the masks come from comparing the scores with the
-threshold, so besides its inputs a selection needs two bool masks of the shard and the keys of the few
-scores that share the threshold's top byte.
+The first round reads the scores in blocks of `KEY_BLOCK_ELEMENTS`, and so does the count of ties; the
+mask comes from comparing the scores with the threshold, so besides its inputs a selection needs its bool
+mask of the shard (one more while the threshold's ties are handed out), the keys of the few scores that
+share the threshold's top byte, and temporaries of a fixed size.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = ["LocalReducer", "Reducer", "Selection", "ShardReducer", "update_group
 
 BITS_PER_ROUND = 8
 BINS = 1 << BITS_PER_ROUND
+KEY_BLOCK_ELEMENTS = 1 << 16  # scores turned into keys at a time: their few int32/int64 temporaries stay < 2 MiB
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,10 @@ class _Search:
 
 def _eligible_keys(search: _Search) -> Iterator[Tensor]:
     """`order_keys` of the eligible scores, block by block."""
-    for start in range(0, search.scores.numel(), BLOCK_ELEMENTS):
-        block = search.scores[start : start + BLOCK_ELEMENTS]
+    for start in range(0, search.scores.numel(), KEY_BLOCK_ELEMENTS):
+        block = search.scores[start : start + KEY_BLOCK_ELEMENTS]
         if search.eligible is not None:
-            block = block[search.eligible[start : start + BLOCK_ELEMENTS]]
+            block = block[search.eligible[start : start + KEY_BLOCK_ELEMENTS]]
         yield order_keys(block)
 
 
@@ -163,7 +165,9 @@ def _histogram(search: _Search, round_index: int) -> Tensor:
     histogram = torch.zeros(BINS, dtype=torch.int64)
     if round_index == 0:
         for keys in _eligible_keys(search):
-            histogram += torch.bincount((keys >> shift) + BINS // 2, minlength=BINS).cpu()  # the top byte is signed
+            top = keys >> shift
+            top += BINS // 2  # the top byte is signed
+            histogram += torch.bincount(top, minlength=BINS).cpu()
         return histogram
     if round_index == 1:  # gather the keys in the chosen top byte
         parts = [keys[(keys >> (shift + BITS_PER_ROUND)) == search.prefix] for keys in _eligible_keys(search)]
@@ -195,6 +199,20 @@ def _nan_count(search: _Search, selection: Selection) -> Tensor:
     if search.eligible is not None:
         nan &= search.eligible
     return nan.count_nonzero().reshape(1).to(torch.int64)
+
+
+def _ties(search: _Search, threshold: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+    """``(stop - start,)`` bool: which of this shard's scores ``[start, stop)`` are eligible and equal ``threshold``."""
+    tie = search.scores[start:stop] == threshold
+    if search.eligible is not None:
+        tie &= search.eligible[start:stop]
+    return tie
+
+
+def _tie_count(search: _Search, threshold: Tensor) -> int:
+    """How many of this shard's eligible scores equal ``threshold``, counted block by block (no mask of the shard)."""
+    blocks = range(0, search.scores.numel(), KEY_BLOCK_ELEMENTS)
+    return sum(int(_ties(search, threshold, start, start + KEY_BLOCK_ELEMENTS).count_nonzero()) for start in blocks)
 
 
 def _take_first(flags: Tensor, count: int) -> Tensor:
@@ -251,30 +269,26 @@ class ShardReducer:
         searches = self._search(selections, allow_empty=True)
         open_searches = [s for s in searches if not s.done]
         thresholds = {id(s): _value_of_key(s.prefix, s.scores) for s in open_searches}  # compares like the key
-        ties = [s.scores == thresholds[id(s)] for s in open_searches]
-        for s, tie in zip(open_searches, ties):
-            if s.eligible is not None:
-                tie &= s.eligible
-        local_ties = [int(t.count_nonzero()) for t in ties]
+        local_ties = [_tie_count(s, thresholds[id(s)]) for s in open_searches]
         before = [0] * len(open_searches)
         if open_searches:
             gathered = self._all_gather(torch.tensor(local_ties, dtype=torch.int64))
             before = gathered[: self.shard].sum(dim=0).tolist()
         masks = []
-        tie_of = dict(zip(map(id, open_searches), zip(ties, local_ties, before)))
+        tie_of = dict(zip(map(id, open_searches), zip(local_ties, before)))
         for s, sel in zip(searches, selections):
             if s.done:
                 full = s.k == s.total and s.k > 0
                 chosen = (torch.ones_like(s.scores, dtype=torch.bool) if s.eligible is None else s.eligible.clone()) \
                     if full else torch.zeros_like(s.scores, dtype=torch.bool)  # fmt: skip
             else:
-                tie, n_ties, n_before = tie_of[id(s)]
+                n_ties, n_before = tie_of[id(s)]
                 chosen = s.scores > thresholds[id(s)]
                 if s.eligible is not None:
                     chosen &= s.eligible
                 take = min(max(s.need - n_before, 0), n_ties)
                 if take:
-                    chosen |= _take_first(tie, take)
+                    chosen |= _take_first(_ties(s, thresholds[id(s)]), take)
             masks.append(chosen.reshape(sel.scores.shape))
         return masks
 

@@ -14,6 +14,15 @@ sparsity callbacks switch it off for the steps whose dense gradient scores the n
 Everywhere else the layer runs its own ``forward``. A backward with ``create_graph=True`` takes the
 differentiable dense gradient, masked, so gradient penalties keep working. The layers are patched by
 an instance attribute ``forward`` (the class is untouched) and restored by `SparseBackward.remove`.
+
+Under FSDP2 (``fully_shard``, weights sharded by rows) the layer's ``forward`` runs on the whole weight that
+FSDP2 gathers before it, and the weight gradient it computes is the whole layer's, which FSDP2 then
+reduce-scatters: so the sampled product needs the positions of the whole mask, while each process holds its
+rows only. `SparseBackward` gathers them (the mask's rows from every process, a collective) at the first
+sparse forward after `SparseBackward.masks_changed`, which the callbacks call on every process after each
+topology update, and keeps the whole layout until the next. Each process then computes exactly the
+gradient a process of a DDP fit computes on the same data (the same kernel on the same operands), so FSDP2's
+reduction of it matches DDP's (see ``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from torch import Tensor, nn
 
 from lightning_srigl.derived_cache import DerivedCache
 from lightning_srigl.kernels.sampled import SampledLayout, sampled_product, sampled_product_available
-from lightning_srigl.masking import MaskedParameters, is_sharded
+from lightning_srigl.masking import MaskedParameters, is_sharded, local_part, whole_tensor
 
 __all__ = ["SparseBackward", "supports_sparse_backward"]
 
@@ -40,7 +49,8 @@ def _has_own_forward(module: nn.Module) -> bool:
 def supports_sparse_backward(module: nn.Module, param_name: str) -> bool:
     """Whether ``module.<param_name>`` is the fp32 CPU weight of a linear layer `SparseBackward`
     can patch: an ``nn.Linear`` (or a subclass that keeps its ``forward``) whose ``forward`` runs (not
-    ``nn.MultiheadAttention``'s ``out_proj``, which the attention reads the weight of directly), not sharded."""
+    ``nn.MultiheadAttention``'s ``out_proj``, which the attention reads the weight of directly); whole, or
+    sharded by rows with FSDP2 (whose ``forward`` sees the gathered whole weight)."""
     if not isinstance(module, nn.Linear) or param_name != "weight":
         return False
     weight = module.weight
@@ -49,8 +59,7 @@ def supports_sparse_backward(module: nn.Module, param_name: str) -> bool:
         and not isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear)
         and not _has_own_forward(module)
         and weight.dtype == torch.float32
-        and weight.device.type == "cpu"
-        and not is_sharded(weight)  # FSDP2 swaps in the gathered weight for forward: the patch would not see it
+        and local_part(weight).device.type == "cpu"
     )
 
 
@@ -81,7 +90,8 @@ class _LinearSampledWeightGrad(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             if torch.is_grad_enabled():  # create_graph=True: differentiable, dense then masked
                 dense = go.t().matmul(x.reshape(-1, in_features))
-                grad_weight = torch.where(ctx.owner.masked.mask(ctx.fqn), dense, torch.zeros((), dtype=dense.dtype))
+                mask = ctx.owner.whole_mask(ctx.fqn)
+                grad_weight = torch.where(mask, dense, torch.zeros((), dtype=dense.dtype))
             else:
                 grad_weight = sampled_product(go, x.reshape(-1, in_features), ctx.layout)
                 ctx.owner.record_gradient(ctx.fqn, grad_weight)
@@ -119,6 +129,7 @@ class _SparseBackwardForward:
             or type(input) is not Tensor  # subclasses, nested tensors and functorch wrappers take the class path
             or input.is_nested
             or torch._C._are_functorch_transforms_active()
+            or is_sharded(weight)  # a sharded weight outside FSDP2's forward hooks, which gather it
             or weight.dtype != torch.float32
             or input.dtype != torch.float32
             or weight.device.type != "cpu"
@@ -148,6 +159,7 @@ class SparseBackward:
         self._patched: dict[str, nn.Module] = {}
         self._layouts: DerivedCache[SampledLayout] = DerivedCache()
         self._written: dict[str, tuple[torch.UntypedStorage, int, int]] = {}
+        self._whole_layouts: dict[str, SampledLayout] = {}  # of sharded masks, until `masks_changed`
 
     @property
     def fqns(self) -> list[str]:
@@ -178,21 +190,49 @@ class SparseBackward:
         self._patched.clear()
         self._layouts.clear()
         self._written.clear()
+        self._whole_layouts.clear()
 
     def layout(self, fqn: str) -> SampledLayout:
         """The positions of ``fqn``'s mask, rebuilt when the mask buffer is replaced or changed (its version
         counter moves: ``set_mask_``, ``load_state_dict``, any in-place op; a write through ``mask.data``
-        or numpy changes its checksum, see `lightning_srigl.derived_cache`)."""
+        or numpy changes its checksum, see `lightning_srigl.derived_cache`).
+
+        A sharded mask's layout covers the whole mask: gathered from every process's rows at the first call
+        after `masks_changed` (a collective: every process that shards the weight makes the same calls)."""
         mask = self.masked.mask(fqn)
+        if is_sharded(mask):
+            if fqn not in self._whole_layouts:
+                self._whole_layouts[fqn] = SampledLayout.from_mask(whole_tensor(mask))
+            return self._whole_layouts[fqn]
         layout = self._layouts.get(fqn, (mask,), lambda: SampledLayout.from_mask(mask), (mask,))
         return SampledLayout.from_mask(mask) if layout is None else layout
+
+    def masks_changed(self) -> None:
+        """Forget the whole layouts of sharded masks, which no version counter tracks (the processes write their
+        own rows): call it on every process whenever the masks change."""
+        self._whole_layouts.clear()
+
+    def whole_mask(self, fqn: str) -> Tensor:
+        """``fqn``'s mask over the whole weight, ``BoolTensor(out, in)``: the buffer, or for a sharded mask one
+        built from its whole layout (no collective: `layout` gathered it for the forward)."""
+        mask = self.masked.mask(fqn)
+        if not is_sharded(mask):
+            return mask
+        layout = self.layout(fqn)
+        rows = torch.repeat_interleave(torch.arange(layout.shape[0]), layout.row_ptr.diff())
+        whole = torch.zeros(layout.shape, dtype=torch.bool)
+        whole[rows, layout.cols.long()] = True
+        return whole
 
     def record_gradient(self, fqn: str, grad: Tensor) -> None:
         """Note the weight gradient the sampled backward of ``fqn`` just returned (zero where inactive).
 
         Its storage is held until `untouched_gradients` reads the note, so no other tensor can be
-        allocated at its address meanwhile.
+        allocated at its address meanwhile. Not for a sharded weight: FSDP2 reduce-scatters the gradient into
+        a new tensor, so it is never untouched, and holding it would keep the whole layer's gradient alive.
         """
+        if is_sharded(self.masked.mask(fqn)):
+            return
         self._written[fqn] = (grad.untyped_storage(), grad.data_ptr(), grad._version)
 
     def untouched_gradients(self) -> set[str]:

@@ -1,8 +1,11 @@
 """Sparse training under FSDP2 (``ModelParallelStrategy`` + ``fully_shard``) against DDP, CPU processes (gloo).
 
-Run by ``tests/callbacks/test_fsdp.py`` as ``python -m tests.callbacks.fsdp_run <folder> <scenario> <processes>``;
-Lightning's launcher starts the other ranks by running the same command again. Each rank writes what it
-holds into ``<folder>/<scenario>_rank<r>.pt``:
+``tests/callbacks/test_fsdp.py`` starts `run_rank` in every rank's process at once, with the environment
+``torchrun`` gives a user's script (``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_PORT``: Lightning then launches no
+processes of its own); the processes are forked from a server that imported this module once, so no rank pays
+for importing Lightning again. The scenarios run one after the other in the same processes and process group;
+for each, each rank writes what it holds into ``<folder>/<scenario>_rank<r>.pt`` (and its fits' files under
+``<folder>/<scenario>/``):
 
 * ``match``: per case (``SRigLCallback()``, SRigL with strong ablation, ``RigLCallback()``) the model state
   after an FSDP2 fit (this rank's rows of every tensor, and where they start) and after the same fit
@@ -13,6 +16,7 @@ holds into ``<folder>/<scenario>_rank<r>.pt``:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.utils.data import DataLoader
 
@@ -66,22 +71,27 @@ def fit(
     ckpt_path: str | None = None,
     folder: Path | None = None,
     data: DataLoader | None = None,
+    model_class: type[ShardedClassifier] = ShardedClassifier,
     **trainer_args: Any,
 ) -> tuple[ShardedClassifier, pl.Trainer]:
     trainer = pl.Trainer(
         **trainer_args,
-        accelerator="cpu", devices=int(sys.argv[3]), strategy=strategy, max_steps=steps, logger=False,
+        accelerator="cpu", devices=processes(), strategy=strategy, max_steps=steps, logger=False,
         callbacks=[sparsity, *extra], enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in extra), default_root_dir=folder,
     )  # fmt: skip
-    model = ShardedClassifier()
+    model = model_class()
     trainer.fit(model, data if data is not None else loader(0), ckpt_path=ckpt_path)
     return model, trainer
 
 
+def processes() -> int:
+    """How many ranks run (Lightning's teardown drops ``WORLD_SIZE`` from the environment; the group stays)."""
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else int(os.environ["WORLD_SIZE"])
+
+
 def fsdp() -> ModelParallelStrategy:
-    ranks = int(sys.argv[3])
-    return ModelParallelStrategy(data_parallel_size=ranks, tensor_parallel_size=1, process_group_backend="gloo")
+    return ModelParallelStrategy(data_parallel_size=processes(), tensor_parallel_size=1, process_group_backend="gloo")
 
 
 def ddp() -> DDPStrategy:
@@ -99,7 +109,7 @@ def match(folder: Path) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for case, (cls, kwargs, steps) in CASES.items():
         sharded, _ = fit(fsdp(), cls(**kwargs), steps, folder=folder / case / "fsdp")  # the report on, as by default
-        whole, _ = fit(ddp(), cls(sparse_backward=False, **kwargs), steps, folder=folder / case / "ddp")
+        whole, _ = fit(ddp(), cls(**kwargs), steps, folder=folder / case / "ddp")
         record[case] = {"fsdp": local_state(sharded), "ddp": local_state(whole)}
     return record
 
@@ -127,6 +137,35 @@ def resume(folder: Path) -> dict[str, Any]:
         "whole": (local_state(model), whole_run.state_dict(), [h["step"] for h in whole_run.history]),
         "resumed": (local_state(resumed_model), resumed.state_dict(), [h["step"] for h in resumed.history]),
         "ddp": (local_state(ddp_model), ddp_run.state_dict(), [h["step"] for h in ddp_run.history]),
+    }
+
+
+class HybridShardedClassifier(ShardedClassifier):
+    """``ShardedClassifier`` under HSDP: a (replicate, shard) mesh of 2 x (ranks / 2), rows split over ``shard``."""
+
+    def configure_model(self) -> None:
+        if is_sharded(self.net[0].weight):
+            return
+        mesh = init_device_mesh("cpu", (2, processes() // 2), mesh_dim_names=("replicate", "shard"))
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
+def hybrid(folder: Path) -> dict[str, Any]:
+    """SRigL (ablation on, as by default; an update every 5 steps) under HSDP and under DDP on the same ranks."""
+
+    def callback() -> SRigLCallback:
+        return SRigLCallback(delta_t=5, report=False)
+
+    sharded_run, ddp_run = callback(), callback()
+    sharded, _ = fit(fsdp(), sharded_run, 20, folder=folder / "hsdp", model_class=HybridShardedClassifier)
+    whole, _ = fit(ddp(), ddp_run, 20, folder=folder / "ddp")
+    return {
+        "hsdp": local_state(sharded),
+        "ddp": local_state(whole),
+        "steps": ([h["step"] for h in sharded_run.history], [h["step"] for h in ddp_run.history]),
     }
 
 
@@ -167,7 +206,7 @@ def accelerate(folder: Path) -> dict[str, Any]:
     whole = SaveWholeModel()
     accelerated = AccelerateCallback(verbose=False)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=int(sys.argv[3]), strategy=fsdp(), max_steps=150, logger=False,
+        accelerator="cpu", devices=processes(), strategy=fsdp(), max_steps=150, logger=False,
         callbacks=[SRigLCallback(), whole, accelerated], enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, default_root_dir=folder,
     )  # fmt: skip
@@ -180,12 +219,24 @@ def accelerate(folder: Path) -> dict[str, Any]:
     return {"dense": whole.state, "test_metrics": metrics, "kinds": kinds}
 
 
-def main(folder: Path, scenario: str) -> None:
-    pl.seed_everything(0)
-    record = {"match": match, "resume": resume, "accelerate": accelerate}[scenario](folder)
-    rank = torch.distributed.get_rank()
-    torch.save(record, folder / f"{scenario}_rank{rank}.pt")
+def run_rank(folder: Path, scenarios: list[str], processes: int, rank: int, port: int) -> None:
+    """One rank of a run: its environment as ``torchrun`` sets it, its output into ``<folder>/rank<r>.log``, then
+    the ``scenarios``."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(processes), NODE_RANK="0", LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    with (folder / f"rank{rank}.log").open("w") as log:
+        os.dup2(log.fileno(), sys.stdout.fileno())
+        os.dup2(log.fileno(), sys.stderr.fileno())
+        main(folder, scenarios)
 
 
-if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+def main(folder: Path, scenarios: list[str]) -> None:
+    for scenario in scenarios:
+        pl.seed_everything(0)
+        (folder / scenario).mkdir(exist_ok=True)
+        scenarios_by_name = {"match": match, "resume": resume, "accelerate": accelerate, "hybrid": hybrid}
+        record = scenarios_by_name[scenario](folder / scenario)
+        rank = torch.distributed.get_rank()
+        torch.save(record, folder / f"{scenario}_rank{rank}.pt")

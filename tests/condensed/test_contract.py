@@ -17,6 +17,7 @@ from lightning_srigl.condensed.layers.attention import ProjectedAttention
 from lightning_srigl.condensed.layers.contract import InferenceLayer, SavableLayer
 from lightning_srigl.condensed.layers.conv import CondensedConv1d, CondensedConv2d
 from lightning_srigl.condensed.layers.csr import CSRLinear
+from lightning_srigl.condensed.layers.int8_conv import Int8CondensedConv1d, Int8CondensedConv2d
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.condensed.layers.semi_structured import SemiStructuredLinear
@@ -46,6 +47,10 @@ def _conv1d() -> tuple[nn.Module, Tensor, Tensor]:
     return nn.Conv1d(3, 5, 3, stride=2), fan_in_mask((5, 3, 3), 4), torch.randn(2, 3, 9)
 
 
+def _ungrouped_conv2d() -> tuple[nn.Module, Tensor, Tensor]:
+    return nn.Conv2d(4, 6, 3, padding=1), fan_in_mask((6, 4, 3, 3), 7), torch.randn(2, 4, 5, 5)
+
+
 def _attention() -> tuple[nn.Module, dict, Tensor]:
     masks = {"in_proj_weight": fan_in_mask((24, 8), 3, ablated=()), "out_proj.weight": fan_in_mask((8, 8), 2)}
     return nn.MultiheadAttention(8, 2, batch_first=True), masks, torch.randn(2, 3, 8)
@@ -63,9 +68,11 @@ CASES: dict[type[nn.Module], tuple[Callable[[], tuple], Callable]] = {
     ),
     SemiStructuredLinear: (_linear, SemiStructuredLinear.from_masked),  # CUDA only: its build is skipped here
     Int8CondensedLinear: (_linear, Int8CondensedLinear.from_masked),
+    Int8CondensedConv2d: (_ungrouped_conv2d, Int8CondensedConv2d.from_masked),
+    Int8CondensedConv1d: (_conv1d, Int8CondensedConv1d.from_masked),
 }
 # Quantized layers: to_dense() is their dequantized weight, and they compute within quantization error of it.
-LOSSY = {Int8CondensedLinear}
+LOSSY = {Int8CondensedLinear, Int8CondensedConv2d, Int8CondensedConv1d}
 
 
 def _call(module: nn.Module, x: Tensor) -> Tensor:
@@ -98,7 +105,7 @@ def test_every_inference_layer_keeps_the_contract(cls: type[nn.Module], tmp_path
     assert type(dense) is type(module)
     for path, weight in expected.items():
         if cls in LOSSY:  # int8 per neuron: within half a quantization step of the weight
-            step = weight.abs().amax(dim=1, keepdim=True) / 127
+            step = weight.flatten(1).abs().amax(dim=1).view(-1, *[1] * (weight.dim() - 1)) / 127
             assert bool(((dense.get_parameter(path) - weight).abs() <= step / 2 + 1e-7).all()), path
         else:
             assert torch.equal(dense.get_parameter(path), weight), path

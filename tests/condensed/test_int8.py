@@ -11,8 +11,10 @@ import torch
 
 from lightning_srigl.condensed import CondensedLinear, load_condensed, save_condensed
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
+from lightning_srigl.kernels.cpu.isa import host_variants
 from lightning_srigl.kernels.int8 import int8_linear_reference
 from lightning_srigl.kernels.int8_layout import calibration_range, quantize_weights
+from tests.condensed.conftest import load_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +30,7 @@ def condensed(out: int, inp: int, fan_in: int, seed: int, bias: bool = True, abl
 
 
 def run_kernel(kernel, layer: Int8CondensedLinear, x: torch.Tensor, mode: int) -> torch.Tensor:
-    """Mode 0 with the variant's own window layout (empty where it has none), 1 and 2 the gathers."""
+    """Modes 0 and 3 with the variant's own window layout (empty where it has none), 1 and 2 the gathers."""
     layout = kernel.int8_window_layout(layer.weight, layer.indices, layer.in_features)
     return kernel.int8_condensed_linear(
         x, layer.weight, layer.indices, layer.weight_sum, layer.weight_scale, layer.active_rows, layer.bias,
@@ -57,7 +59,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("mode", [0, 1, 2], ids=["best", "gather", "gather-vnni-if-present"])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3], ids=["best", "gather", "gather-vnni-if-present", "best-without-vnni"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}k{s[2]}")
 def test_kernels_are_bit_equal_to_the_int32_reference(kernel, mode, shape):
     out, inp, fan_in, bias, ablate, _, static = shape
@@ -71,6 +73,25 @@ def test_kernels_are_bit_equal_to_the_int32_reference(kernel, mode, shape):
         assert_bit_equal(run_kernel(kernel, layer, x, mode), reference(layer, x))
 
 
+def test_avx2_runs_the_window_kernel_and_refuses_another_variants_layout():
+    if "avx2" not in host_variants():
+        pytest.skip("this CPU runs no AVX2 code")
+    avx2 = load_or_skip("avx2")
+    vnni = "avx_vnni_window" if torch.cpu.get_capabilities().get("avx_vnni", False) else "avx2_window"
+    assert [avx2.int8_path(mode) for mode in (0, 1, 3)] == [vnni, "avx2", "avx2_window"]
+    layer = Int8CondensedLinear.from_condensed(condensed(24, 300, 30, seed=4))
+    layout = avx2.int8_window_layout(layer.weight, layer.indices, layer.in_features)
+    assert layout.numel() > 0
+    others = [load_or_skip(name) for name in host_variants() if name not in ("avx2", "scalar")]
+    for other in others:  # AVX-512: 16 rows and 128-byte windows per step, a layout of another format
+        x = torch.randn(3, 300)
+        with pytest.raises(RuntimeError, match="layout"):
+            other.int8_condensed_linear(
+                x, layer.weight, layer.indices, layer.weight_sum, layer.weight_scale, layer.active_rows, layer.bias,
+                layout, layer.out_features, None, None, 0,
+            )  # fmt: skip
+
+
 def test_non_finite_and_zero_rows(kernel):
     layer = Int8CondensedLinear.from_condensed(condensed(12, 50, 9, seed=3))
     x = torch.randn(5, 50)
@@ -79,7 +100,7 @@ def test_non_finite_and_zero_rows(kernel):
         if static:
             layer.calibrate(torch.randn(4, 50))
         y = run_kernel(kernel, layer, x, 0)
-        for mode in (0, 1, 2):
+        for mode in (0, 1, 2, 3):
             assert_bit_equal(run_kernel(kernel, layer, x, mode), reference(layer, x))
         active = layer.active_rows
         assert y[1:3, active].isnan().all() and not y[[0, 3, 4]].isnan().any()

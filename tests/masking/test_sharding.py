@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import socket
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
+from lightning_srigl.kernels.sampled import sampled_product
 from lightning_srigl.masking import (
     MaskedParameters,
     MaskedWeight,
@@ -34,7 +36,8 @@ from lightning_srigl.masking import (
     zero_optimizer_state_,
 )
 from lightning_srigl.sparsity import LocalReducer, ShardReducer
-from lightning_srigl.training import supports_sparse_backward
+from lightning_srigl.training import SparseBackward, supports_sparse_backward
+from lightning_srigl.training import sparse_backward as sparse_backward_module
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +145,29 @@ def test_sharded_layers_become_plain_layers_with_whole_weights_and_masks(mesh: D
     assert unshard_modules_(model, ["0", "2"]) == []  # whole already
 
 
-def test_the_sampled_sparse_backward_leaves_sharded_weights_alone(mesh: DeviceMesh) -> None:
-    assert supports_sparse_backward(nn.Linear(6, 5), "weight")
-    assert not supports_sparse_backward(sharded_linear(mesh), "weight")  # FSDP2 forwards the gathered weight
+def test_the_sampled_backward_of_an_fsdp2_layer_gives_the_gradient_of_the_whole_layer(mesh: DeviceMesh) -> None:
+    """Under ``fully_shard`` the patched forward sees the gathered weight: the gradient equals that of the same
+    layer whole (bit for bit: the same kernel on the same operands), and follows the mask after ``masks_changed``."""
+    torch.manual_seed(0)
+    whole, x = nn.Linear(6, 5), torch.randn(7, 6)
+    sharded = copy.deepcopy(whole)
+    fully_shard(sharded, mesh=mesh)
+    assert supports_sparse_backward(sharded, "weight") and is_sharded(sharded.weight)
+    masks = [torch.rand(5, 6, generator=torch.Generator().manual_seed(seed)) < 0.5 for seed in (1, 2)]
+    grads = []
+    for layer in (whole, sharded):
+        masked = MaskedParameters([MaskedWeight("", layer, "weight")])
+        masked.install_({"weight": masks[0]})
+        backward = SparseBackward(masked)
+        assert backward.install() == ["weight"]
+        for mask in masks:
+            masked.set_mask_("weight", mask)
+            backward.masks_changed()
+            layer.zero_grad()
+            with mock.patch.object(sparse_backward_module, "sampled_product", wraps=sampled_product) as sampled:
+                layer(x).square().sum().backward()
+            assert sampled.call_count == 1
+            grads.append(local_part(layer.weight.grad).clone())
+        backward.remove()
+    for got, expected, mask in zip(grads[2:], grads[:2], masks):
+        assert torch.equal(got, expected) and not got[~mask].any() and got[mask].all()

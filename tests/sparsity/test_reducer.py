@@ -23,6 +23,7 @@ from lightning_srigl.sparsity import (
     srigl_update_layers,
     topk_mask,
 )
+from lightning_srigl.sparsity import reducer as reducer_module
 from lightning_srigl.sparsity.reducer import order_keys
 from lightning_srigl.sparsity.topk import kth_largest
 from tests.sparsity.simulated_shards import SimulatedGroup, row_splits
@@ -48,8 +49,14 @@ def test_order_keys_order_like_the_values() -> None:
     assert torch.equal(order_keys(counts), counts)
 
 
+@pytest.mark.parametrize("key_block", [None, 5])
 @pytest.mark.parametrize("shards", [2, 3])
-def test_sharded_selections_equal_whole_layer_ones(shards: int) -> None:
+def test_sharded_selections_equal_whole_layer_ones(
+    shards: int, key_block: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``key_block=5``: the shards' scores are read in blocks of 5 (histograms and tie counts cross blocks)."""
+    if key_block is not None:
+        monkeypatch.setattr(reducer_module, "KEY_BLOCK_ELEMENTS", key_block)
     generator = torch.Generator().manual_seed(shards)
     selections, expected_masks, expected_kth = [], [], []
     for case in range(24):

@@ -36,11 +36,12 @@ from lightning_srigl.condensed.kinds.candidates import (
     masked_copy,
     projected_attention,
 )
-from lightning_srigl.condensed.kinds.quantized import QUANTIZED_LINEAR, InputRange, Quantizer
+from lightning_srigl.condensed.kinds.quantized import QUANTIZED_CONV, QUANTIZED_LINEAR, InputRange, Quantizer
 from lightning_srigl.condensed.layers.attention import ProjectedAttention
 from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.condensed.layers.conv import CondensedConv1d, CondensedConv2d
 from lightning_srigl.condensed.layers.csr import CSRLinear
+from lightning_srigl.condensed.layers.int8_conv import Int8CondensedConv1d, Int8CondensedConv2d
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.condensed.layers.semi_structured import SemiStructuredLinear
@@ -117,11 +118,13 @@ SPARSE_KINDS: dict[type[nn.Module], SparseKind] = {
             "im2col": CondensedConv2d.im2col_from_masked,
         },
         fit_input=channels_input,
+        quantized=QUANTIZED_CONV,
     ),
     nn.Conv1d: SparseKind(
         param_names=("weight",),
         candidates={"dense": masked_copy, "condensed": CondensedConv1d.from_masked},
         fit_input=channels_input,
+        quantized=QUANTIZED_CONV,
     ),
     nn.MultiheadAttention: SparseKind(
         param_names=("in_proj_weight", "q_proj_weight"),
@@ -147,7 +150,7 @@ QUANTIZED_CANDIDATES: tuple[str, ...] = tuple(
 # The package's inference layer classes (the exact allowlist of the loader, with standard torch.nn modules).
 INFERENCE_LAYERS: tuple[type[nn.Module], ...] = (
     CondensedLinear, CSRLinear, SemiStructuredLinear, CondensedConv2d, CondensedConv1d, ProjectedAttention,
-    Int8CondensedLinear,
+    Int8CondensedLinear, Int8CondensedConv2d, Int8CondensedConv1d,
 )  # fmt: skip
 
 

@@ -23,7 +23,6 @@ sets it where a ReLU module was the convolution's only consumer: `fuse_relus`); 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.layers.contract import (
@@ -34,12 +33,8 @@ from lightning_srigl.condensed.layers.contract import (
     validate_after_load,
 )
 from lightning_srigl.condensed.layers.weight_facts import WeightFacts
-from lightning_srigl.kernels.conv import (
-    condensed_conv2d,
-    conv2d_reference,
-    conv_output_size,
-    triton_conv,
-)
+from lightning_srigl.kernels import conv as conv_ops
+from lightning_srigl.kernels.conv import condensed_conv2d, conv2d_reference, triton_conv
 from lightning_srigl.kernels.cpu.loader import condensed_linear_cpu, load_extension
 from lightning_srigl.kernels.layout import condense_conv, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear
@@ -90,8 +85,7 @@ class CondensedConv2d(nn.Module):
             )
         if bias is not None and bias.shape != (out_channels,):
             raise ValueError(f"bias must be ({out_channels},), got {tuple(bias.shape)}")
-        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"padding_mode must be zeros, reflect, replicate or circular, got {padding_mode!r}")
+        conv_ops.check_padding(padding, padding_mode)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
@@ -229,7 +223,7 @@ class CondensedConv2d(nn.Module):
                 f"expected input (N, {self.in_channels}, H, W) of dtype {self.values.dtype}, got {tuple(x.shape)} "
                 f"of dtype {x.dtype}; reshape or cast the input (or call module.to(dtype))"
             )
-        x, padding = self._pad(x)
+        x, padding = conv_ops.pad_input(x, self.padding, self.padding_mode, self.kernel_size, self.dilation)
         geometry = (self.kernel_size, self.stride, padding, self.dilation)
         values, backend = self.values, self.backend
         tracks_gradient = torch.is_grad_enabled() and (x.requires_grad or values.requires_grad)
@@ -268,13 +262,8 @@ class CondensedConv2d(nn.Module):
     def _im2col_forward(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         """``(N, C, H, W) -> (N, out, Ho, Wo)`` through a materialised im2col and the condensed linear kernels
         (the taps are ``F.unfold``'s rows, so the values and indices serve unchanged)."""
-        n, _, h, w = x.shape
-        sizes = [
-            conv_output_size(s, k, st, p, d)
-            for s, k, st, p, d in zip((h, w), self.kernel_size, self.stride, padding, self.dilation)
-        ]
-        cols = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (N, C * kh * kw, L)
-        x2d = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous()
+        n = x.shape[0]
+        x2d, sizes = conv_ops.im2col_rows(x, self.kernel_size, self.stride, padding, self.dilation)
         eager_cpu = x2d.is_cpu and self.backend == "auto" and eager_inference(x2d, self.values)
         y = (condensed_linear_cpu if eager_cpu else condensed_linear)(x2d, self.values, self.indices, None)
         y = y.view(n, -1, self.n_active).transpose(1, 2)  # (N, A, L)
@@ -284,24 +273,6 @@ class CondensedConv2d(nn.Module):
             full = self.bias.view(1, -1, 1).expand(n, -1, y.shape[2]).contiguous()
         full = full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
         return full.relu_() if self.relu else full
-
-    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """``x`` padded ahead of the kernel where the kernel cannot pad (non-zero modes, asymmetric
-        ``"same"``), and the symmetric zero padding left for the kernel."""
-        padding = self.padding
-        if padding == "valid":
-            return x, (0, 0)
-        if padding == "same":
-            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            if self.padding_mode == "zeros" and all(t % 2 == 0 for t in totals):
-                return x, (totals[0] // 2, totals[1] // 2)
-            pads = [totals[1] // 2, totals[1] - totals[1] // 2, totals[0] // 2, totals[0] - totals[0] // 2]
-        elif self.padding_mode == "zeros":
-            return x, padding
-        else:
-            pads = [padding[1], padding[1], padding[0], padding[0]]
-        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-        return F.pad(x, pads, mode=mode), (0, 0)
 
     def _scatter(self, values: Tensor) -> Tensor:
         """``values (A, k)`` (or a tensor of their shape) at their taps, ``(out, in / groups, kh, kw)``."""

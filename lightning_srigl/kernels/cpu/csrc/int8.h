@@ -21,10 +21,10 @@
 //   AVX-VNNI (AVX2 build): 4 x 8 dword gathers packed to 32 bytes, one vpdpbusd (VEX) per 32;
 //   NEON dotprod: bytes gathered 16 at a time, shifted to s8 (q - 128), sdot, plus 128 * wsum;
 //   scalar: one multiply-add per weight.
-// With AVX-512 VBMI and VNNI, int8_window.h replaces the gathers (mode 0 with a layout).
+// With AVX-512 VBMI and VNNI, and on AVX2, int8_window.h replaces the gathers (modes 0 and 3 with a layout).
 // VNNI and dotprod are used when the CPU reports them (checked at run time: the variants' compiler flags
 // stay those of their ISA); mode 1 forces the gathers without them, mode 2 the gathers with them (where
-// present), so tests cover every path on one host.
+// present), mode 3 the best path without them (AVX2's window with vpmaddwd), so tests cover every path on one host.
 // Sums stay below 2^31 for k <= kInt8MaxFanIn (|w * (q - zero)| <= 127 * 255).
 #pragma once
 
@@ -232,10 +232,10 @@ constexpr const char* kVnniPath = "scalar";
 constexpr const char* kPlainPath = "scalar";
 #endif
 
-// Whether `mode` (0 and 2: best, 1: without VNNI / dotprod) runs the VNNI gather path here.
+// Whether `mode` (0 and 2: best, 1 and 3: without VNNI / dotprod) uses the VNNI / dotprod instructions here.
 inline bool use_vnni(int64_t mode) {
   static const bool has = cpu_has_vnni();
-  return mode != 1 && has;
+  return (mode == 0 || mode == 2) && has;
 }
 
 // The dequantizing epilogue. Contraction into an FMA is off here: the reference rounds the product and
@@ -245,6 +245,23 @@ inline bool use_vnni(int64_t mode) {
 __attribute__((noinline)) inline float dequantize(int64_t corrected, float scale, float bias) {
   const float product = static_cast<float>(corrected) * scale;
   return product + bias;
+}
+
+// The outputs of n consecutive active rows (weight sums wsum[0, n), scales wscale[0, n), output rows
+// rows[0, n)) of one sample from their int32 dot products `sums`, into that sample's output row y: the
+// arithmetic of output_of, one call per group of rows (the window kernels' epilogue).
+__attribute__((noinline)) inline void dequantize_rows(const int32_t* sums, int64_t n, RowQuant rq, const int32_t* wsum,
+                                                      const float* wscale, const int64_t* rows, const float* bias,
+                                                      float* y) {
+  if (!std::isfinite(rq.scale)) {
+    for (int64_t l = 0; l < n; ++l) y[rows[l]] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  for (int64_t l = 0; l < n; ++l) {
+    const int64_t corrected = static_cast<int64_t>(sums[l]) - static_cast<int64_t>(rq.zero) * wsum[l];
+    const float product = static_cast<float>(corrected) * (rq.scale * wscale[l]);
+    y[rows[l]] = product + (bias ? bias[rows[l]] : 0.f);
+  }
 }
 #pragma GCC pop_options
 

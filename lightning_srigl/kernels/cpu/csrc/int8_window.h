@@ -1,18 +1,25 @@
-// Gather-free int8 dot products (AVX-512 VBMI + VNNI): the int8 analogue of batch1.h.
+// Gather-free int8 dot products: the int8 analogue of batch1.h, for AVX-512 (VBMI + VNNI) and AVX2.
 //
-// The active rows are taken 16 at a time (a group; one int32 lane of a zmm register per row). A group's
-// kept weights are cut into steps; in one step each row takes up to 4 of its next weights whose inputs lie
-// in one 128-byte window [start, start + 128) of the quantized activations. The step stores `start`, 64
-// window offsets (row l's 4 slots at bytes 4l..4l+3) and the 64 weights (0 in unused slots). The kernel
-// loads the window (two 64-byte loads), moves each slot's activation into place with one vpermi2b and
-// adds the 4-way products into the row's lane with one vpdpbusd; the sums equal those of int8.h exactly
-// (integer sums in another order). Zero weights (the layout's padding, weights quantized to 0) are left out.
-// Steps are chosen greedily: start = the smallest next input of the group's rows. At 90 % sparsity a
-// window holds about 13 kept inputs per row, so a step fills most of its 64 slots.
+// The active rows are taken kWindowRows at a time (a group; one int32 lane of a vector register per row).
+// A group's kept weights are cut into steps; in one step each row takes up to 4 of its next weights whose
+// inputs lie in one window [start, start + kWindowBytes) of the quantized activations. The step stores
+// `start`, 4 * kWindowRows window offsets (row l's 4 slots at bytes 4l..4l+3) and as many weights (0 in
+// unused slots). The kernel loads the window, moves each slot's activation into place with byte shuffles
+// and adds the 4-way products into the row's lane; the sums equal those of int8.h exactly (integer sums in
+// another order). Zero weights (the layout's padding, weights quantized to 0) are left out. Steps are chosen
+// greedily: start = the smallest next input of the group's rows.
+//   AVX-512 (VBMI + VNNI): 16 rows, 128-byte windows (two 64-byte loads), one vpermi2b and one vpdpbusd per
+//     step and sample; at 90 % sparsity a window holds about 13 kept inputs per row, so a step fills most of
+//     its 64 slots.
+//   AVX2: 8 rows, 32-byte windows: each 16-byte half broadcast to both lanes of a ymm register, one vpshufb
+//     per half (an offset byte is o for o < 16, 0x80 | (o - 16) above, so the low half's shuffle zeroes the
+//     high half's slots and the high half's shuffle, on the offsets xor 0x80, the low half's), then one
+//     vpdpbusd (AVX-VNNI, VEX) where the CPU has it, else the bytes and weights widened to int16 and two
+//     vpmaddwd (u8 x s8 products summed in int32 cannot saturate, unlike vpmaddubsw's int16 pairs).
 //
 // Layout (uint8 tensor): header int64[8] = {magic, A, kp, in, G, S, 0, format}, then int64 group[G + 1]
-// (first step of each group), int32 start[S], then S records of 128 bytes (64 offsets, 64 weights),
-// 64-byte aligned.
+// (first step of each group), int32 start[S], then S records of kWindowRecord bytes (offsets, weights),
+// 64-byte aligned. The format names the variant's geometry, so one variant refuses another's layout.
 #pragma once
 
 #include "int8.h"
@@ -21,11 +28,41 @@ namespace lightning_srigl {
 inline namespace CPU_CAPABILITY {
 
 constexpr int64_t kWindowMagic = 0x384e495753524cLL;  // "LSRSWIN8"
-constexpr int64_t kWindowFormat = 1;
 constexpr int64_t kWindowHeader = 8;
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kWindowKernel = true;
+constexpr int64_t kWindowFormat = 1;
 constexpr int64_t kWindowBytes = 128;
 constexpr int64_t kWindowRows = 16;
-constexpr int64_t kWindowRecord = 128;
+inline bool cpu_has_window() { return cpu_has_vnni() && __builtin_cpu_supports("avx512vbmi"); }
+inline uint8_t encode_offset(int64_t offset) { return static_cast<uint8_t>(offset); }  // vpermi2b's index
+constexpr bool kWindowWithoutVnni = false;
+inline const char* window_path(bool) { return "avx512_vbmi_vnni_window"; }
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr bool kWindowKernel = true;
+constexpr int64_t kWindowFormat = 2;
+constexpr int64_t kWindowBytes = 32;
+constexpr int64_t kWindowRows = 8;
+inline bool cpu_has_window() { return true; }  // the AVX2 variant loads on AVX2 CPUs only
+// vpshufb's index into the low half (o < 16) or, with bit 7 set, the high half (see the top of this file).
+inline uint8_t encode_offset(int64_t offset) {
+  return static_cast<uint8_t>(offset < 16 ? offset : 0x80 | (offset - 16));
+}
+constexpr bool kWindowWithoutVnni = true;  // vpmaddwd where the CPU has no AVX-VNNI
+inline const char* window_path(bool vnni) { return vnni ? "avx_vnni_window" : "avx2_window"; }
+#else
+constexpr bool kWindowKernel = false;
+constexpr int64_t kWindowFormat = 0;
+constexpr int64_t kWindowBytes = 128;
+constexpr int64_t kWindowRows = 16;
+inline bool cpu_has_window() { return false; }
+inline uint8_t encode_offset(int64_t offset) { return static_cast<uint8_t>(offset); }
+constexpr bool kWindowWithoutVnni = false;
+inline const char* window_path(bool) { return "none"; }
+#endif
+constexpr int64_t kWindowSlots = 4 * kWindowRows;      // 4 kept inputs per row and step
+constexpr int64_t kWindowRecord = 2 * kWindowSlots;    // offsets, then weights
 
 struct WindowSections {
   int64_t group, start, records, total;
@@ -36,14 +73,6 @@ struct WindowSections {
     total = records + S * kWindowRecord;
   }
 };
-
-#if defined(CPU_CAPABILITY_AVX512)
-constexpr bool kWindowKernel = true;
-inline bool cpu_has_window() { return cpu_has_vnni() && __builtin_cpu_supports("avx512vbmi"); }
-#else
-constexpr bool kWindowKernel = false;
-inline bool cpu_has_window() { return false; }
-#endif
 
 // The window layout of weight (A, kp) int8 and indices (A, kp) for inputs of width `in` (an empty tensor
 // where this variant or CPU has no window kernel).
@@ -78,8 +107,8 @@ at::Tensor build_window_layout(const int8_t* w, const IT* idx, int64_t A, int64_
         const int8_t* wr = w + (g * kWindowRows + l) * kp;
         const IT* ir = idx + (g * kWindowRows + l) * kp;
         for (int slot = 0; slot < 4 && next[l] < kp && index_at(ir, next[l]) < start + kWindowBytes; ++slot) {
-          records[at + 4 * l + slot] = static_cast<uint8_t>(index_at(ir, next[l]) - start);
-          records[at + 64 + 4 * l + slot] = static_cast<uint8_t>(wr[next[l]]);
+          records[at + 4 * l + slot] = encode_offset(index_at(ir, next[l]) - start);
+          records[at + kWindowSlots + 4 * l + slot] = static_cast<uint8_t>(wr[next[l]]);
           ++next[l];
           skip_zeros(l);
         }
@@ -131,10 +160,11 @@ inline WindowLayout parse_window_layout(const at::Tensor& layout, int64_t A, int
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// Sums of rows [16 g, 16 g + 16) for NB samples: out[b][l].
+// Sums of rows [16 g, 16 g + 16) for NB samples: out[b][l]. (`vnni` is always true here: cpu_has_window.)
 template <int NB>
 __attribute__((target("avx512vbmi,avx512vnni"))) void window_group(const WindowLayout& v, int64_t g,
-                                                                    const uint8_t* const* q, int32_t out[][16]) {
+                                                                    const uint8_t* const* q, bool /*vnni*/,
+                                                                    int32_t out[][kWindowRows]) {
   __m512i acc[NB];
   for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_si512();
   const int64_t last = v.in;  // no window starts later (a row holds kInt8RowSlack bytes after its inputs)
@@ -142,7 +172,7 @@ __attribute__((target("avx512vbmi,avx512vnni"))) void window_group(const WindowL
     const int64_t start = std::min<int64_t>(v.start[t], last);
     const uint8_t* record = v.records + t * kWindowRecord;
     const __m512i offsets = _mm512_loadu_si512(record);
-    const __m512i weights = _mm512_loadu_si512(record + 64);
+    const __m512i weights = _mm512_loadu_si512(record + kWindowSlots);
     for (int b = 0; b < NB; ++b) {
       const uint8_t* window = q[b] + start;
       const __m512i bytes =
@@ -152,16 +182,86 @@ __attribute__((target("avx512vbmi,avx512vnni"))) void window_group(const WindowL
   }
   for (int b = 0; b < NB; ++b) _mm512_storeu_si512(out[b], acc[b]);
 }
+#elif defined(CPU_CAPABILITY_AVX2)
+// A step's 32 activation bytes of one sample (the window at `window`), in slot order.
+inline __m256i window_bytes(const uint8_t* window, __m256i offsets, __m256i offsets_high) {
+  const __m256i low = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(window)));
+  const __m256i high = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(window + 16)));
+  return _mm256_or_si256(_mm256_shuffle_epi8(low, offsets), _mm256_shuffle_epi8(high, offsets_high));
+}
 
+// One step of a group: where its window starts, its shuffle indices for both halves, its 32 weights.
+struct WindowStep {
+  int64_t start;  // the window's first byte in a sample's quantized row
+  __m256i offsets, offsets_high, weights;
+};
+
+inline WindowStep window_step(const WindowLayout& v, int64_t t) {
+  const uint8_t* record = v.records + t * kWindowRecord;
+  const __m256i offsets = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record));
+  // No window starts after the inputs' end: a row holds kInt8RowSlack zero bytes after its inputs.
+  return {std::min<int64_t>(v.start[t], v.in), offsets,
+          _mm256_xor_si256(offsets, _mm256_set1_epi8(static_cast<char>(0x80))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record + kWindowSlots))};
+}
+
+template <int NB>
+__attribute__((target("avxvnni"))) void window_group_vnni(const WindowLayout& v, int64_t g, const uint8_t* const* q,
+                                                         int32_t out[][kWindowRows]) {
+  __m256i acc[NB];
+  for (int b = 0; b < NB; ++b) acc[b] = _mm256_setzero_si256();
+  for (int64_t t = v.group[g]; t < v.group[g + 1]; ++t) {
+    const WindowStep step = window_step(v, t);
+    for (int b = 0; b < NB; ++b) {
+      const __m256i bytes = window_bytes(q[b] + step.start, step.offsets, step.offsets_high);
+      acc[b] = _mm256_dpbusd_avx_epi32(acc[b], bytes, step.weights);
+    }
+  }
+  for (int b = 0; b < NB; ++b) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b]), acc[b]);
+}
+
+// Without VNNI: the even and the odd bytes of each 16-bit word widened to int16 (activations with zeros,
+// weights with their sign); vpmaddwd on the even ones adds slots 0 and 2 of a row, on the odd ones slots 1
+// and 3, both into the row's own dword.
+template <int NB>
+void window_group_madd(const WindowLayout& v, int64_t g, const uint8_t* const* q, int32_t out[][kWindowRows]) {
+  __m256i acc[NB];
+  for (int b = 0; b < NB; ++b) acc[b] = _mm256_setzero_si256();
+  const __m256i low_byte = _mm256_set1_epi16(0xff);
+  for (int64_t t = v.group[g]; t < v.group[g + 1]; ++t) {
+    const WindowStep step = window_step(v, t);
+    const __m256i w_even = _mm256_srai_epi16(_mm256_slli_epi16(step.weights, 8), 8);
+    const __m256i w_odd = _mm256_srai_epi16(step.weights, 8);
+    for (int b = 0; b < NB; ++b) {
+      const __m256i bytes = window_bytes(q[b] + step.start, step.offsets, step.offsets_high);
+      const __m256i even = _mm256_madd_epi16(_mm256_and_si256(bytes, low_byte), w_even);
+      acc[b] = _mm256_add_epi32(acc[b], _mm256_add_epi32(even, _mm256_madd_epi16(_mm256_srli_epi16(bytes, 8), w_odd)));
+    }
+  }
+  for (int b = 0; b < NB; ++b) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b]), acc[b]);
+}
+
+// Sums of rows [8 g, 8 g + 8) for NB samples: out[b][l].
+template <int NB>
+void window_group(const WindowLayout& v, int64_t g, const uint8_t* const* q, bool vnni, int32_t out[][kWindowRows]) {
+  if (vnni) {
+    window_group_vnni<NB>(v, g, q, out);
+  } else {
+    window_group_madd<NB>(v, g, q, out);
+  }
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // Dot products of every active row with every quantized sample through the window layout, then the
-// same epilogue as int8_product.
+// same epilogue as int8_product. `vnni`: the AVX-VNNI dot products (AVX2; AVX-512's window always has them).
 inline void window_product(const WindowLayout& v, const uint8_t* q, int64_t stride, const RowQuant* quant, int64_t B,
                            const int32_t* wsum, const float* wscale, const int64_t* rows, const float* bias,
-                           int64_t out, float* y) {
+                           int64_t out, bool vnni, float* y) {
   // Samples per pass over a group's steps: each step's offsets and weights are loaded once per pass.
   constexpr int kSamples = 8;
   at::parallel_for(0, v.G, 1, [&](int64_t g0, int64_t g1) {
-    int32_t sums[kSamples][16];
+    int32_t sums[kSamples][kWindowRows];
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t n = std::min(kWindowRows, v.A - g * kWindowRows);
       for (int64_t b0 = 0; b0 < B; b0 += kSamples) {
@@ -169,21 +269,18 @@ inline void window_product(const WindowLayout& v, const uint8_t* q, int64_t stri
         const uint8_t* samples[kSamples];
         for (int64_t b = 0; b < kSamples; ++b) samples[b] = q + std::min(b0 + b, B - 1) * stride;
         switch (nb) {
-          case 1: window_group<1>(v, g, samples, sums); break;
-          case 2: window_group<2>(v, g, samples, sums); break;
-          case 3: window_group<3>(v, g, samples, sums); break;
-          case 4: window_group<4>(v, g, samples, sums); break;
-          case 5: window_group<5>(v, g, samples, sums); break;
-          case 6: window_group<6>(v, g, samples, sums); break;
-          case 7: window_group<7>(v, g, samples, sums); break;
-          default: window_group<8>(v, g, samples, sums); break;
+          case 1: window_group<1>(v, g, samples, vnni, sums); break;
+          case 2: window_group<2>(v, g, samples, vnni, sums); break;
+          case 3: window_group<3>(v, g, samples, vnni, sums); break;
+          case 4: window_group<4>(v, g, samples, vnni, sums); break;
+          case 5: window_group<5>(v, g, samples, vnni, sums); break;
+          case 6: window_group<6>(v, g, samples, vnni, sums); break;
+          case 7: window_group<7>(v, g, samples, vnni, sums); break;
+          default: window_group<8>(v, g, samples, vnni, sums); break;
         }
+        const int64_t a = g * kWindowRows;
         for (int64_t b = 0; b < nb; ++b) {
-          for (int64_t l = 0; l < n; ++l) {
-            const int64_t a = g * kWindowRows + l;
-            y[(b0 + b) * out + rows[a]] =
-                output_of(sums[b][l], quant[b0 + b], wsum[a], wscale[a], bias ? bias[rows[a]] : 0.f);
-          }
+          dequantize_rows(sums[b], n, quant[b0 + b], wsum + a, wscale + a, rows + a, bias, y + (b0 + b) * out);
         }
       }
     }
@@ -191,7 +288,7 @@ inline void window_product(const WindowLayout& v, const uint8_t* q, int64_t stri
 }
 #else
 inline void window_product(const WindowLayout&, const uint8_t*, int64_t, const RowQuant*, int64_t, const int32_t*,
-                           const float*, const int64_t*, const float*, int64_t, float*) {
+                           const float*, const int64_t*, const float*, int64_t, bool, float*) {
   TORCH_CHECK(false, "int8_condensed_linear: this kernel variant has no window kernel");
 }
 #endif

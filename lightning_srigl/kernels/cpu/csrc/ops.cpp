@@ -258,7 +258,8 @@ at::Tensor sampled_product_op(const at::Tensor& go, const at::Tensor& x, const a
 // fp32 x (B, in), int8 weight (A, kp), indices (A, kp), int32 weight_sum (A,), fp32 weight_scale (A,),
 // int64 rows (A,), bias (out,) or none -> fp32 y (B, out); see int8.h. layout: int8_window_layout()'s
 // (empty or none: the gathers). input_scale/input_zero: the calibrated quantization of x (both or
-// neither; neither: dynamic per row). mode 0: best, 1: gathers without VNNI/dotprod, 2: gathers.
+// neither; neither: dynamic per row). mode 0: best, 1: gathers without VNNI/dotprod, 2: gathers, 3: best
+// without VNNI/dotprod (the AVX2 window with vpmaddwd; elsewhere mode 1).
 // The indices are trusted (< in): the layer validates them once (Int8CondensedLinear).
 at::Tensor int8_condensed_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
                        const at::Tensor& weight_sum, const at::Tensor& weight_scale, const at::Tensor& rows,
@@ -292,9 +293,11 @@ at::Tensor int8_condensed_linear(const at::Tensor& x, const at::Tensor& weight, 
                                            static_cast<float>(*input_scale) > 0.f && *input_zero >= 0 &&
                                            *input_zero <= 255),
               "int8_condensed_linear: input_scale must be finite and > 0, input_zero in [0, 255]");
-  TORCH_CHECK(mode >= 0 && mode <= 2,
-              "int8_condensed_linear: mode must be 0 (best), 1 (gathers, no VNNI / dotprod) or 2 (gathers)");
-  const bool window = mode == 0 && layout.has_value() && layout->numel() > 0;
+  TORCH_CHECK(mode >= 0 && mode <= 3,
+              "int8_condensed_linear: mode must be 0 (best), 1 (gathers, no VNNI / dotprod), 2 (gathers) or 3 "
+              "(best without VNNI / dotprod)");
+  const bool has_layout = layout.has_value() && layout->numel() > 0;
+  const bool window = has_layout && (mode == 0 || (mode == 3 && kWindowWithoutVnni));
   TORCH_CHECK(!window || (kWindowKernel && cpu_has_window()),
               "int8_condensed_linear: this variant or CPU has no window kernel; pass the layout its "
               "int8_window_layout() built");
@@ -335,7 +338,7 @@ at::Tensor int8_condensed_linear(const at::Tensor& x, const at::Tensor& weight, 
   });
   if (window) {
     window_product(parsed, qp, stride, quant_p, B, weight_sum.data_ptr<int32_t>(), weight_scale.data_ptr<float>(), r, b,
-                   out_features, yp);
+                   out_features, use_vnni(mode), yp);
     return y;
   }
   const bool vnni = use_vnni(mode);
@@ -370,9 +373,11 @@ at::Tensor int8_window_layout(const at::Tensor& weight, const at::Tensor& indice
   return build_window_layout(w, idx, A, kp, in_features);
 }
 
-// The dot-product path int8_condensed_linear takes in `mode` (with a layout for mode 0, where one can be built).
+// The dot-product path int8_condensed_linear takes in `mode` (with a layout for modes 0 and 3, where one can
+// be built).
 std::string int8_path_op(int64_t mode) {
-  if (mode == 0 && kWindowKernel && cpu_has_window()) return "avx512_vbmi_vnni_window";
+  if (mode == 0 && kWindowKernel && cpu_has_window()) return window_path(use_vnni(0));
+  if (mode == 3 && kWindowWithoutVnni && cpu_has_window()) return window_path(false);
   return use_vnni(mode) ? kVnniPath : kPlainPath;
 }
 
