@@ -11,9 +11,7 @@
    masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed.
    With ``quantize="int8"`` the kind's quantized candidates (``lightning_srigl.condensed.kinds.quantized``)
    join them, calibrated on the captured input and kept when their output error stays in the budget;
-4. ``swap_layers`` installs them (mask buffers leave with the old modules); with folding, a ReLU module
-   that alone consumed a swapped convolution's output moves into its kernel's epilogue
-   (``lightning_srigl.condensed.fold.activation``).
+4. ``swap_layers`` installs them (mask buffers leave with the old modules; ``fold.activation`` fuses ReLUs).
 
 The sparse layers are the masked modules the masking layer records
 (``lightning_srigl.masking.masked_weights``) whose type is a kind of the registry.
@@ -252,11 +250,10 @@ def accelerate(
         )
     dense = dense_reference(model) if model_repeats > 0 else None
     inputs = capture_layer_inputs(model, example_input, names)
-    relus: dict[str, str] = {}
     if fold:
         fold_in_place(model)
         inputs = fit_inputs_to_layers(model, inputs)
-        relus = relu_pairs(model)
+    relus = relu_pairs(model) if fold else {}
     cache = None if plan_cache is None else PlanCache(plan_cache, machine_key())
     plan = plan_acceleration(
         model,

@@ -15,9 +15,6 @@ kernels on it: slower except on tiny images (a 4x4 map), where the direct kernel
 columns; ``accelerate`` times both (``scripts/bench_conv_layouts.py`` compares them per layer).
 ``backend="torch"`` (and any call that tracks a gradient) scatters the values into the dense weight and
 calls ``F.conv2d``, the exact reference. ``CondensedConv1d`` runs the same kernels on ``(N, C, 1, L)``.
-``relu=True`` makes the layer ``relu(conv(x))``, the ReLU applied in the CPU kernel's epilogue (``accelerate``
-sets it where a ReLU module was the convolution's only consumer: `fuse_relus`); its ``to_dense()`` is then
-``nn.Sequential(conv, nn.ReLU())``.
 """
 
 from __future__ import annotations
@@ -245,19 +242,16 @@ class CondensedConv2d(nn.Module):
                         0,
                         self.relu,
                     )
-            if backend == "triton" or x.is_cuda:
+            if (backend == "triton" or x.is_cuda) and not self.relu:  # with relu: the op's CUDA kernel below
                 kernels = triton_conv()
                 if kernels is not None:
-                    y = kernels.condensed_conv2d_triton(
+                    return kernels.condensed_conv2d_triton(
                         x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry
                     )
-                    return y.relu_() if self.relu else y
-        args = (
-            x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry, self.relu
-        )  # fmt: skip
+        args = (x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry)
         if backend == "torch" or tracks_gradient:  # differentiable in x and values
-            return conv2d_reference(*args)
-        return condensed_conv2d(*args)  # the custom op: compile and export see one node
+            return conv2d_reference(*args, self.relu)
+        return condensed_conv2d(*args, self.relu)  # the custom op: compile and export see one node
 
     def _im2col_forward(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         """``(N, C, H, W) -> (N, out, Ho, Wo)`` through a materialised im2col and the condensed linear kernels
@@ -293,17 +287,11 @@ class CondensedConv2d(nn.Module):
         return self._scatter(self.values)
 
     def dense_masks(self) -> dict[str, Tensor]:
-        """``{"weight": bool mask of to_dense()'s weight}`` (``"0.weight"`` with ``relu``): the taps the layer
-        keeps."""
+        """``{"weight": bool mask of to_dense()'s weight}`` (``"0.weight"`` with ``relu``): the taps kept."""
         return {"0.weight" if self.relu else "weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
 
     def to_dense(self) -> nn.Module:
-        """`dense_conv`, followed by ``nn.ReLU()`` in an ``nn.Sequential`` with ``relu``."""
-        conv = self.dense_conv()
-        return nn.Sequential(conv, nn.ReLU()) if self.relu else conv
-
-    def dense_conv(self) -> nn.Conv2d:
-        """An ``nn.Conv2d`` with the masked dense weight and the full bias."""
+        """An ``nn.Conv2d`` with the masked dense weight and the full bias (then ``nn.ReLU`` with ``relu``)."""
         conv = nn.Conv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
             self.groups, self.bias is not None, self.padding_mode, device=self.values.device, dtype=self.values.dtype,
@@ -312,7 +300,7 @@ class CondensedConv2d(nn.Module):
             conv.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
-        return conv
+        return nn.Sequential(conv, nn.ReLU()) if self.relu else conv
 
     def extra_repr(self) -> str:
         index = str(self.indices.dtype).removeprefix("torch.")
@@ -354,8 +342,8 @@ class CondensedConv1d(CondensedConv2d):
         """``(out, in / groups, 1, k) -> (out, in / groups, k)``, ``nn.Conv1d``'s weight."""
         return weight.squeeze(2)
 
-    def dense_conv(self) -> nn.Conv1d:
-        """An ``nn.Conv1d`` with the masked dense weight and the full bias."""
+    def to_dense(self) -> nn.Module:
+        """An ``nn.Conv1d`` with the masked dense weight and the full bias (then ``nn.ReLU`` with ``relu``)."""
         conv = nn.Conv1d(
             self.in_channels, self.out_channels, self.kernel_size[1], self.stride[1],
             self.padding if isinstance(self.padding, str) else self.padding[1], self.dilation[1], self.groups,
@@ -365,4 +353,4 @@ class CondensedConv1d(CondensedConv2d):
             conv.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
-        return conv
+        return nn.Sequential(conv, nn.ReLU()) if self.relu else conv
