@@ -1,9 +1,10 @@
 """The torch custom op ``lightning_srigl::condensed_conv2d`` and the exact pure-torch reference.
 
 ``condensed_conv2d(x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding,
-dilation) -> y (N, out, Ho, Wo)`` is the convolution of ``x (N, C, H, W)`` with the dense weight whose
-row ``rows[a]`` holds ``values[a, j]`` at tap ``indices[a, j]`` (taps over all ``C`` channels, see
-[`conv`][lightning_srigl.condensed.layers.conv]); channels without an active row output their bias. Registered
+dilation, relu=False) -> y (N, out, Ho, Wo)`` is the convolution of ``x (N, C, H, W)`` with the dense weight
+whose row ``rows[a]`` holds ``values[a, j]`` at tap ``indices[a, j]`` (taps over all ``C`` channels, see
+[`conv`][lightning_srigl.condensed.layers.conv]); channels without an active row output their bias. With
+``relu`` the output is ``max(0, y)``, applied in the CPU kernel's epilogue (one pass over the output). Registered
 with `torch.library.custom_op` so ``torch.compile`` and ``torch.export`` (with dynamic batch and
 image sizes) see one node. Device dispatch: CPU -> the C++ variant (fp32) or the reference, CUDA -> the
 Triton kernel ([`conv`][lightning_srigl.kernels.triton.conv], imported lazily) or the reference.
@@ -42,9 +43,10 @@ def conv2d_reference(
     stride: list[int],
     padding: list[int],
     dilation: list[int],
+    relu: bool = False,
 ) -> Tensor:
-    """``F.conv2d`` with the dense weight rebuilt from ``values``: exact, and differentiable in ``x`` and
-    ``values``. Shapes as for `condensed_conv2d`."""
+    """``F.conv2d`` (then ``relu``) with the dense weight rebuilt from ``values``: exact, and differentiable in
+    ``x`` and ``values``. Shapes as for `condensed_conv2d`."""
     kh, kw = kernel_size
     per_group = x.shape[1] // groups * kh * kw
     group = rows // (out_channels // groups)
@@ -52,7 +54,8 @@ def conv2d_reference(
     filters = values.new_zeros(values.shape[0], per_group).scatter(1, local, values)
     weight = values.new_zeros(out_channels, per_group).index_copy(0, rows, filters)
     weight = weight.view(out_channels, x.shape[1] // groups, kh, kw)
-    return F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
+    y = F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
+    return F.relu(y) if relu else y
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
@@ -68,16 +71,17 @@ def condensed_conv2d(
     stride: list[int],
     padding: list[int],
     dilation: list[int],
+    relu: bool = False,
 ) -> Tensor:
     """Condensed convolution ``(N, C, H, W) -> (N, out, Ho, Wo)``; see the module docstring. CPU kernel."""
     kernel = load_extension() if x.device.type == "cpu" and x.dtype == torch.float32 else None
     if kernel is None:
         return conv2d_reference(
-            x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation
+            x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation, relu
         )
     return kernel.condensed_conv2d(
         x.contiguous(), values.contiguous(), indices.contiguous(), rows.contiguous(), bias, out_channels, groups,
-        kernel_size, stride, padding, dilation, 0,
+        kernel_size, stride, padding, dilation, 0, relu,
     )  # fmt: skip
 
 
@@ -93,10 +97,15 @@ def triton_conv() -> ModuleType | None:
 
 
 @condensed_conv2d.register_kernel("cuda")
-def _condensed_conv2d_cuda(*args: Any) -> Tensor:
-    """CUDA dispatch point: the Triton kernel, or the reference where Triton is missing."""
+def _condensed_conv2d_cuda(*args: Any, **kwargs: Any) -> Tensor:
+    """CUDA dispatch point: the Triton kernel (then ``relu``, the op's last argument, as a second pass), or
+    the reference where Triton is missing."""
+    relu = bool(kwargs.pop("relu", args[11] if len(args) > 11 else False))
     module = triton_conv()
-    return (conv2d_reference if module is None else module.condensed_conv2d_triton)(*args)
+    if module is None:
+        return conv2d_reference(*args[:11], **kwargs, relu=relu)
+    y = module.condensed_conv2d_triton(*args[:11], **kwargs)
+    return y.relu_() if relu else y
 
 
 condensed_conv2d.register_fake(fakes.condensed_conv2d)

@@ -8,7 +8,8 @@ from torch import nn
 
 # (N, C, H, W, out, kernel, stride, padding, dilation, groups): 3x3 with and without padding, strided,
 # 1x1 (read in place) and strided 1x1, patchify (kernel = stride = 16), dilated, grouped and depthwise,
-# non-square kernels and images, an image smaller than a block, odd sizes.
+# non-square kernels and images, an image smaller than a block, odd sizes, ResNet's 7x7/2 stem (a tap panel,
+# csrc/conv.h), a strided 3x3 with more taps than a panel holds at blocks of 32 and 64.
 GEOMETRIES = [
     (1, 8, 10, 10, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     (2, 6, 9, 7, 12, (3, 3), (2, 2), (1, 1), (1, 1), 1),
@@ -20,6 +21,8 @@ GEOMETRIES = [
     (3, 5, 7, 9, 9, (5, 3), (3, 2), (2, 1), (2, 1), 1),
     (1, 4, 2, 2, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1),
     (1, 6, 5, 5, 6, (3, 3), (1, 1), (0, 0), (1, 1), 3),
+    (2, 3, 32, 30, 16, (7, 7), (2, 2), (3, 3), (1, 1), 1),
+    (1, 48, 12, 12, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),
 ]
 
 

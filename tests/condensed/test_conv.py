@@ -29,6 +29,45 @@ def test_op_equals_masked_dense_conv_for_every_block_width(kernel, geometry):
         assert_close_to_scale(y, expected)
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}")
+def test_op_relu_epilogue_equals_relu_of_masked_dense_conv(kernel, geometry):
+    conv, mask, x = masked_conv(geometry)  # ablated filters with biases of both signs
+    layer = CondensedConv2d.from_masked(conv, mask)
+    expected = reference(conv, x).relu()
+    for block in block_widths(kernel):
+        y = kernel.condensed_conv2d(
+            x, layer.values, layer.indices, layer.active_rows, layer.bias, conv.out_channels, conv.groups,
+            list(conv.kernel_size), list(conv.stride), list(conv.padding), list(conv.dilation), block, True,
+        )  # fmt: skip
+        assert_close_to_scale(y, expected)
+        assert bool((y >= 0).all())
+
+
+def test_relu_layer_equals_relu_of_masked_dense_conv_on_every_path():
+    conv, mask, x = masked_conv(GEOMETRIES[1])
+    expected = reference(conv, x).relu()
+    for backend, algorithm in (("auto", "direct"), ("torch", "direct"), ("auto", "im2col")):
+        layer = CondensedConv2d.from_masked(conv, mask)
+        layer.backend, layer.algorithm, layer.relu = backend, algorithm, True
+        with torch.no_grad():
+            assert_close_to_scale(layer(x), expected)
+    with torch.no_grad():
+        assert_close_to_scale(torch.ops.lightning_srigl.condensed_conv2d(*_op_args(layer, x), True), expected)
+        dense = layer.to_dense()
+        assert isinstance(dense, nn.Sequential) and isinstance(dense[1], nn.ReLU)
+        assert_close_to_scale(dense(x), expected)
+    assert set(layer.dense_masks()) == {"0.weight"}
+    args = {key: value for key, value in layer.spec_args().items() if key != "bias"}
+    assert CondensedConv2d.from_spec(args, dict(layer.state_dict())).relu
+
+
+def _op_args(layer: CondensedConv2d, x: torch.Tensor) -> tuple:
+    return (
+        x, layer.values, layer.indices, layer.active_rows, layer.bias, layer.out_channels, layer.groups,
+        list(layer.kernel_size), list(layer.stride), list(layer.padding), list(layer.dilation),
+    )  # fmt: skip
+
+
 def test_op_rejects_a_block_width_that_is_not_a_multiple_of_the_lanes(kernel):
     conv, mask, x = masked_conv(GEOMETRIES[0])
     layer = CondensedConv2d.from_masked(conv, mask)

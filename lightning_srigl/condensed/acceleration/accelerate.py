@@ -11,7 +11,7 @@
    masked dense layer, times it and keeps the fastest: the plan holds the very modules it timed.
    With ``quantize="int8"`` the kind's quantized candidates (``lightning_srigl.condensed.kinds.quantized``)
    join them, calibrated on the captured input and kept when their output error stays in the budget;
-4. ``swap_layers`` installs them (mask buffers leave with the old modules);
+4. ``swap_layers`` installs them (mask buffers leave with the old modules; ``fold.activation`` fuses ReLUs);
 5. ``pack_dense_linears`` moves the dense ``nn.Linear`` layers no mask covers (GPT-2's tied ``lm_head``) to
    oneDNN's prepacked GEMM where that times faster than torch's (``PackedLinear``).
 
@@ -42,6 +42,7 @@ from lightning_srigl.condensed.acceleration.planning import (
 )
 from lightning_srigl.condensed.acceleration.report import AccelerationReport, LayerAcceleration
 from lightning_srigl.condensed.acceleration.swap import replace_module
+from lightning_srigl.condensed.fold.activation import fuse_relus, relu_pairs
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import (
     CANDIDATES,
@@ -212,8 +213,8 @@ def accelerate(
             (candidates are timed in interleaved rounds; layers of one shape once; a candidate replaces
             dense only on a margin the samples' spread supports:
             `planning`).
-        fold: fold BatchNorms into the sparse convolutions before them and ablated neurons into the
-            next layer, where provably exact.
+        fold: fold BatchNorms into the sparse convolutions before them, ablated neurons into the
+            next layer, and a ReLU into the condensed convolution it alone follows, where provably exact.
         verbose: print the report as a rich table.
         quantize: ``"int8"`` also tries the int8 candidates of ``nn.Linear`` layers (int8 condensed with
             per-token or calibrated activations, torch's dynamic int8 dense; calibrated on
@@ -259,6 +260,7 @@ def accelerate(
     if fold:
         fold_in_place(model)
         inputs = fit_inputs_to_layers(model, inputs)
+    relus = relu_pairs(model) if fold else {}
     cache = None if plan_cache is None else PlanCache(plan_cache, machine_key())
     plan = plan_acceleration(
         model,
@@ -275,6 +277,7 @@ def accelerate(
     if cache is not None:
         cache.save()
     swap_layers(model, plan)
+    fuse_relus(model, relus)
     report = plan.report
     if pack_dense:
         calls = capture_layer_inputs(model, example_input, dense_linears(model))

@@ -52,7 +52,7 @@ class CondensedConv2d(nn.Module):
     Buffers: ``values (A, k)`` in the weight's dtype, ``indices (A, k)`` taps (int16 when
     ``in * kh * kw <= 32767``, else int32), ``active_rows (A,)`` int64 and ``bias (out,)`` (or None).
     ``stride``, ``padding`` (ints, ``"valid"`` or ``"same"``), ``dilation``, ``groups`` and
-    ``padding_mode`` mean what they mean for ``nn.Conv2d``.
+    ``padding_mode`` mean what they mean for ``nn.Conv2d``; ``relu`` appends a ReLU to the output.
     """
 
     def __init__(
@@ -71,6 +71,7 @@ class CondensedConv2d(nn.Module):
         padding_mode: str = "zeros",
         backend: str = "auto",
         algorithm: str = "direct",
+        relu: bool = False,
     ) -> None:
         super().__init__()
         check_choice(backend, BACKENDS, "backend")
@@ -85,7 +86,7 @@ class CondensedConv2d(nn.Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.padding_mode, self.backend, self.algorithm = padding_mode, backend, algorithm
+        self.padding_mode, self.backend, self.algorithm, self.relu = padding_mode, backend, algorithm, bool(relu)
         self._check_buffers(values, indices, active_rows)
         self.register_buffer("values", values)
         self.register_buffer("indices", indices)
@@ -184,7 +185,7 @@ class CondensedConv2d(nn.Module):
             "in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
             "stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
             "padding_mode": self.padding_mode, "backend": self.backend, "algorithm": self.algorithm,
-            "bias": self.bias is not None,
+            "relu": self.relu, "bias": self.bias is not None,
         }  # fmt: skip
 
     @classmethod
@@ -239,8 +240,9 @@ class CondensedConv2d(nn.Module):
                         self.groups,
                         *geometry,
                         0,
+                        self.relu,
                     )
-            if backend == "triton" or x.is_cuda:
+            if (backend == "triton" or x.is_cuda) and not self.relu:  # with relu: the op's CUDA kernel below
                 kernels = triton_conv()
                 if kernels is not None:
                     return kernels.condensed_conv2d_triton(
@@ -248,8 +250,8 @@ class CondensedConv2d(nn.Module):
                     )
         args = (x, values, self.indices, self.active_rows, self.bias, self.out_channels, self.groups, *geometry)
         if backend == "torch" or tracks_gradient:  # differentiable in x and values
-            return conv2d_reference(*args)
-        return condensed_conv2d(*args)  # the custom op: compile and export see one node
+            return conv2d_reference(*args, self.relu)
+        return condensed_conv2d(*args, self.relu)  # the custom op: compile and export see one node
 
     def _im2col_forward(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         """``(N, C, H, W) -> (N, out, Ho, Wo)`` through a materialised im2col and the condensed linear kernels
@@ -263,7 +265,8 @@ class CondensedConv2d(nn.Module):
             full = y.new_zeros(n, self.out_channels, y.shape[2])
         else:
             full = self.bias.view(1, -1, 1).expand(n, -1, y.shape[2]).contiguous()
-        return full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
+        full = full.index_add_(1, self.active_rows, y).view(n, self.out_channels, *sizes)
+        return full.relu_() if self.relu else full
 
     def _scatter(self, values: Tensor) -> Tensor:
         """``values (A, k)`` (or a tensor of their shape) at their taps, ``(out, in / groups, kh, kw)``."""
@@ -284,11 +287,11 @@ class CondensedConv2d(nn.Module):
         return self._scatter(self.values)
 
     def dense_masks(self) -> dict[str, Tensor]:
-        """``{"weight": bool mask of to_dense()'s weight}``: the taps the layer keeps."""
-        return {"weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
+        """``{"weight": bool mask of to_dense()'s weight}`` (``"0.weight"`` with ``relu``): the taps kept."""
+        return {"0.weight" if self.relu else "weight": self._scatter(torch.ones_like(self.values, dtype=torch.bool))}
 
-    def to_dense(self) -> nn.Conv2d:
-        """An ``nn.Conv2d`` with the masked dense weight and the full bias."""
+    def to_dense(self) -> nn.Module:
+        """An ``nn.Conv2d`` with the masked dense weight and the full bias (then ``nn.ReLU`` with ``relu``)."""
         conv = nn.Conv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
             self.groups, self.bias is not None, self.padding_mode, device=self.values.device, dtype=self.values.dtype,
@@ -297,7 +300,7 @@ class CondensedConv2d(nn.Module):
             conv.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
-        return conv
+        return nn.Sequential(conv, nn.ReLU()) if self.relu else conv
 
     def extra_repr(self) -> str:
         index = str(self.indices.dtype).removeprefix("torch.")
@@ -305,6 +308,7 @@ class CondensedConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, fan_in={self.fan_in}, "
             f"active_rows={self.n_active}, index_dtype={index}, bias={self.bias is not None}, backend={self.backend}"
+            + (", relu=True" if self.relu else "")
         )
 
 
@@ -338,8 +342,8 @@ class CondensedConv1d(CondensedConv2d):
         """``(out, in / groups, 1, k) -> (out, in / groups, k)``, ``nn.Conv1d``'s weight."""
         return weight.squeeze(2)
 
-    def to_dense(self) -> nn.Conv1d:
-        """An ``nn.Conv1d`` with the masked dense weight and the full bias."""
+    def to_dense(self) -> nn.Module:
+        """An ``nn.Conv1d`` with the masked dense weight and the full bias (then ``nn.ReLU`` with ``relu``)."""
         conv = nn.Conv1d(
             self.in_channels, self.out_channels, self.kernel_size[1], self.stride[1],
             self.padding if isinstance(self.padding, str) else self.padding[1], self.dilation[1], self.groups,
@@ -349,4 +353,4 @@ class CondensedConv1d(CondensedConv2d):
             conv.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
-        return conv
+        return nn.Sequential(conv, nn.ReLU()) if self.relu else conv

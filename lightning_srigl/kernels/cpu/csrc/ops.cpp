@@ -9,7 +9,7 @@
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_forward(x, layout, bias) -> y (1, out)
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_supported() -> bool
 //   torch.ops.<LSR_OPS_NAMESPACE>.condensed_conv2d(x, values, indices, rows, bias, out_channels, groups,
-//                                                  kernel_size, stride, padding, dilation, block) -> y (N, out, Ho, Wo)
+//                                                  kernel_size, stride, padding, dilation, block, relu) -> y (N, out, Ho, Wo)
 //   torch.ops.<LSR_OPS_NAMESPACE>.sampled_product(go, x, row_ptr, cols) -> grad (out, in)
 //   torch.ops.<LSR_OPS_NAMESPACE>.int8_condensed_linear(x2d, weight, indices, weight_sum, weight_scale, rows,
 //                                         bias, layout, out_features, input_scale, input_zero, mode) -> y (B, out)
@@ -180,11 +180,11 @@ at::Tensor batch1_forward(const at::Tensor& x, const at::Tensor& layout, const c
 
 // fp32 x (N, C, H, W), values (A, k), indices (A, k) into C * kh * kw, rows (A,) output channels,
 // bias (out,) or none -> y (N, out, Ho, Wo); see conv.h. The indices are taps over all C channels, so groups
-// is only checked. block > 0 forces the block width (tests).
+// is only checked. block > 0 forces the block width (tests); relu applies max(0, .) in the epilogue.
 at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
                             const at::Tensor& rows, const c10::optional<at::Tensor>& bias, int64_t out_channels,
                             int64_t groups, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                            at::IntArrayRef dilation, int64_t block) {
+                            at::IntArrayRef dilation, int64_t block, bool relu) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "condensed_conv2d: x must be a contiguous fp32 (N, C, H, W) tensor");
   TORCH_CHECK(groups >= 1 && out_channels % groups == 0 && x.size(1) % groups == 0,
@@ -216,10 +216,10 @@ at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   if (indices.scalar_type() == at::kShort) {
     condensed_conv2d_forward(x.data_ptr<float>(), g, values.data_ptr<float>(), indices.data_ptr<int16_t>(), r, b,
-                             A, k, out_channels, y.data_ptr<float>());
+                             A, k, out_channels, relu, y.data_ptr<float>());
   } else {
     condensed_conv2d_forward(x.data_ptr<float>(), g, values.data_ptr<float>(), indices.data_ptr<int32_t>(), r, b,
-                             A, k, out_channels, y.data_ptr<float>());
+                             A, k, out_channels, relu, y.data_ptr<float>());
   }
   return y;
 }
@@ -390,7 +390,7 @@ TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
   m.def("batch1_forward(Tensor x, Tensor layout, Tensor? bias) -> Tensor");
   m.def("batch1_supported() -> bool", &lightning_srigl::batch1_supported);
   m.def("condensed_conv2d(Tensor x, Tensor values, Tensor indices, Tensor rows, Tensor? bias, int out_channels, "
-        "int groups, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0) -> Tensor");
+        "int groups, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0, bool relu=False) -> Tensor");
   m.def("sampled_product(Tensor go, Tensor x, Tensor row_ptr, Tensor cols) -> Tensor");
   m.def("int8_condensed_linear(Tensor x2d, Tensor weight, Tensor indices, Tensor weight_sum, Tensor weight_scale, "
         "Tensor rows, Tensor? bias, Tensor? layout, int out_features, float? input_scale, int? input_zero, "
