@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import warnings
 from types import ModuleType
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,14 +96,27 @@ def triton_conv() -> ModuleType | None:
 
 
 @condensed_conv2d.register_kernel("cuda")
-def _condensed_conv2d_cuda(*args: Any, **kwargs: Any) -> Tensor:
-    """CUDA dispatch point: the Triton kernel (then ``relu``, the op's last argument, as a second pass), or
-    the reference where Triton is missing."""
-    relu = bool(kwargs.pop("relu", args[11] if len(args) > 11 else False))
+def _condensed_conv2d_cuda(
+    x: Tensor,
+    values: Tensor,
+    indices: Tensor,
+    rows: Tensor,
+    bias: Tensor | None,
+    out_channels: int,
+    groups: int,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    relu: bool = False,
+) -> Tensor:
+    """CUDA dispatch point: the Triton kernel (then ``relu`` as a second pass), or the reference where
+    Triton is missing."""
+    args = (x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation)
     module = triton_conv()
     if module is None:
-        return conv2d_reference(*args[:11], **kwargs, relu=relu)
-    y = module.condensed_conv2d_triton(*args[:11], **kwargs)
+        return conv2d_reference(*args, relu)
+    y: Tensor = module.condensed_conv2d_triton(*args)
     return y.relu_() if relu else y
 
 
