@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.condensed.acceleration.swap import restore_dense
 from lightning_srigl.condensed.layers.packed_linear import PackedLinear
 from lightning_srigl.condensed.serialization import load_condensed, save_condensed
 from lightning_srigl.kernels.compiled import compile_in_place, graph_breaks
@@ -144,3 +145,14 @@ def test_a_packed_layer_saves_as_the_linear_it_computes(tmp_path) -> None:
     assert type(loaded[2]) is nn.Linear
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_restore_dense_gives_back_torch_linear_holding_the_same_parameters() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    head = model[2]
+    model[2] = PackedLinear.from_linear(head)
+    restore_dense(model)
+    assert type(model[2]) is nn.Linear
+    assert model[2].weight is head.weight and model[2].bias is head.bias
+    x = torch.randn(3, 8)
+    assert torch.equal(model(x), torch.nn.functional.linear(model[1](model[0](x)), head.weight, head.bias))

@@ -12,6 +12,7 @@ from lightning_srigl.condensed.kinds.registry import (
     accelerated_layers,
 )
 from lightning_srigl.condensed.layers.contract import InferenceLayer
+from lightning_srigl.condensed.layers.packed_linear import PackedLinear
 from lightning_srigl.masking import register_mask_
 
 __all__ = ["replace_module", "restore_dense"]
@@ -55,7 +56,8 @@ def restore_dense(model: nn.Module) -> nn.Module:
     acceleration kept dense gets back the masks of its masked weights as their non-zeros. After ``accelerate(model,
     x, fold=False)`` the result equals the masked dense model exactly (parameters, masks, outputs);
     folding changed the model itself (BatchNorms and ablated neurons moved into other layers), so after
-    folding the result equals the folded model.
+    folding the result equals the folded model. Dense ``nn.Linear`` layers ``accelerate`` packed for
+    oneDNN (``PackedLinear``) become plain ``nn.Linear`` again, holding the same parameters.
     """
     restored: list[str] = []
     for name in accelerated_layers(model):
@@ -75,4 +77,7 @@ def restore_dense(model: nn.Module) -> nn.Module:
             register_mask_(dense.get_submodule(owner), param, mask)
         replace_module(model, name, dense)
         restored.append(name)
+    for name, module in list(model.named_modules()):
+        if type(module) is PackedLinear:  # a dense layer moved to oneDNN's GEMM (pack_dense): torch's again
+            replace_module(model, name, module.to_linear())
     return model
