@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,19 +29,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, TensorDataset
+from update_memory import PeakProbe  # scripts/ is on sys.path when this file runs as a script
 
 from lightning_srigl.callbacks import SRigLCallback
 
 WIDTH, HIDDEN = 768, 3072  # ViT-B/16's MLP block
-
-
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
 
 
 class Collectives:
@@ -66,8 +61,9 @@ class Collectives:
         setattr(dist, name, counted)
 
 
-class Probe(Callback):
-    """``role="start"``: reset the peak RSS, note the RSS, count collectives; ``role="end"``: read the peak.
+class Probe(PeakProbe):
+    """`PeakProbe` that also counts the collectives between the two probes (``role="start"`` turns the
+    counting on, ``role="end"`` off).
 
     ``batch_elements`` (on the start probe) overrides how many weights one batch of layers holds in the
     update (``ShardReducer.batch_elements``; 0: layer by layer, as a whole-layer update runs)."""
@@ -75,8 +71,8 @@ class Probe(Callback):
     def __init__(
         self, role: str, record: dict[str, Any], collectives: Collectives, batch_elements: int | None = None
     ) -> None:
-        self.role, self.record, self.collectives = role, record, collectives
-        self.batch_elements = batch_elements
+        super().__init__(role, record)
+        self.collectives, self.batch_elements = collectives, batch_elements
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.batch_elements is not None:
@@ -84,15 +80,9 @@ class Probe(Callback):
             srigl._reducer.batch_elements = self.batch_elements
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step != 1:
-            return
-        if self.role == "start":
-            Path("/proc/self/clear_refs").write_text("5")
-            self.record["rss_kib"] = _status_kib("VmRSS")
-            self.collectives.on = True
-        else:
-            self.record["peak_kib"] = _status_kib("VmHWM")
-            self.collectives.on = False
+        super().on_train_batch_end(trainer, *args)
+        if trainer.global_step == 1:
+            self.collectives.on = self.role == "start"
 
 
 class MLPBlock(pl.LightningModule):
