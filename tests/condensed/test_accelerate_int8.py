@@ -15,6 +15,7 @@ from lightning_srigl.condensed.acceleration.accelerate import (
     plan_acceleration,
     rebuild_plan,
 )
+from lightning_srigl.condensed.acceleration.planning import MAX_MARGIN
 from lightning_srigl.condensed.kinds.registry import build_candidate, sparse_layers
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from tests.condensed.test_accelerate import sparse_mlp
@@ -31,7 +32,8 @@ def test_quantized_candidates_are_timed_within_the_budget_and_installed() -> Non
         assert set(INT8) <= set(row.errors)
         for name in INT8:
             assert (name in row.times) == (row.errors[name] <= 0.05), row.skipped
-        assert row.chosen == min(row.times, key=row.times.get)
+        # the fastest, or one the planner's noise margin cannot tell from it (dense kept: planning.choose)
+        assert row.times[row.chosen] <= min(row.times.values()) * (1 + MAX_MARGIN)
         assert row.errors.get(row.chosen, 0.0) <= 0.05
         assert (row.input_range is not None) == (row.chosen == "int8_condensed_static")
     with torch.no_grad():
