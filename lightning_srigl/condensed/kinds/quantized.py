@@ -98,4 +98,3 @@ STATIC = frozenset({"int8_condensed_static"})
 # Quantized candidates of nn.Conv1d and nn.Conv2d (groups=1; other convolutions fail to build and are skipped),
 # nn.MultiheadAttention (its masked projections) and Hugging Face's Conv1D: the int8 condensed ones.
 QUANTIZED_CONDENSED: Mapping[str, Quantizer] = {n: QUANTIZED_LINEAR[n] for n in QUANTIZE_MODES["int8-condensed"]}
-
