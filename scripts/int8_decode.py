@@ -12,6 +12,8 @@ cache and token and returns its own cache. Engines, on the same weights:
 * ``ours fp32``: ``accelerate(step, (token, *past))``, exact kernels only;
 * ``ours int8``: ``accelerate(step, (token, *past), quantize="int8-condensed")``; the layers are timed on
   their decode-step input (one row);
+* ``ours int8 layers``: only the int8 layers of ``ours int8``, called on their inputs of one step (what of its
+  time per token the sparse layers take; the rest is the model's other operations);
 * ``ORT fp32``, ``ORT int8``: ``CacheStep`` of the dense model exported with ``torch.onnx.export(dynamo=True)``,
   the cache as graph inputs and outputs with a dynamic length, and that graph quantized by
   ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights; every MatMul it quantizes, the LM head too),
@@ -49,6 +51,7 @@ from lightning_srigl.benchmark.peers import ONNX_IR_VERSION, ONNX_OPSET  # noqa:
 from lightning_srigl.benchmark.whole_model import masked_model  # noqa: E402
 from lightning_srigl.condensed.acceleration.accelerate import accelerate  # noqa: E402
 from lightning_srigl.condensed.acceleration.model_timing import dense_reference  # noqa: E402
+from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear  # noqa: E402
 from lightning_srigl.kernels.cpu.isa import cpu_model, requested_variant  # noqa: E402
 from lightning_srigl.timing import hot_times  # noqa: E402
 
@@ -134,6 +137,19 @@ def _ort_step(session: object, names: list[str]) -> Step:
     return run
 
 
+def int8_layer_calls(step: nn.Module, token: Tensor, past: list[Tensor]) -> Callable[[], object]:
+    """``() -> None`` calling every `Int8CondensedLinear` of ``step`` on its input of one step on ``(token, past)``."""
+    calls: list[tuple[nn.Module, Tensor]] = []
+    layers = [m for m in step.modules() if isinstance(m, Int8CondensedLinear)]
+    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args[0]))) for m in layers]
+    try:
+        step(token, *past)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return lambda: [module(x) for module, x in calls]
+
+
 def greedy(step: Step, token: Tensor, past: list[Tensor], count: int) -> list[int]:
     """``count`` greedy tokens after ``token`` from the cache ``past``, each step on the cache of the last."""
     tokens = []
@@ -165,6 +181,7 @@ def measure(name: str, prompt_length: int, count: int, seconds: float, smoke: bo
     errors = {k: float((step(token, past)[0] - reference).norm() / reference.norm()) for k, step in steps.items()}
     tokens = {label: greedy(step, token, past, count) for label, step in steps.items()}
     calls = {label: (lambda step=step: step(token, past)) for label, step in steps.items()}
+    calls["ours int8 layers"] = int8_layer_calls(int8, token, past)
     timings = hot_times(
         calls, threads=1, min_run_time=seconds, device=torch.device("cpu"), clock=time.process_time, min_samples=5
     )
@@ -187,15 +204,16 @@ def table(rows: list[dict], count: int, loads: tuple[str, str]) -> str:
         f"{loads[0]} before and {loads[1]} after.",
         "",
         "| model | "
-        + " | ".join(f"{label} ms/token (error)" for label in labels)
+        + " | ".join(f"{label} ms/token" + (" (error)" if label in rows[0]["error"] else "") for label in labels)
         + f" | ours int8 vs ORT int8 | ours int8 vs dense fp32 | greedy tokens = dense fp32's (of {count}) "
         "| int8 acceleration chose | ORT int8 graph |",
         "|---|" + "---|" * (len(labels) + 5),
     ]
     for row in rows:
         ms, error, agree = row["ms"], row["error"], row["agree"]
-        cells = " | ".join(f"{ms[label]:.2f} ({error[label]:.3f})" for label in labels)
-        same = ", ".join(f"{label} {agree[label]}" for label in labels if label != "dense fp32")
+        shown = [f"{ms[label]:.2f}" + (f" ({error[label]:.3f})" if label in error else "") for label in labels]
+        cells = " | ".join(shown)
+        same = ", ".join(f"{label} {agree[label]}" for label in agree if label != "dense fp32")
         lines.append(
             f"| {row['model']} | {cells} | {ms['ORT int8'] / ms['ours int8']:.2f}x | "
             f"{ms['dense fp32'] / ms['ours int8']:.2f}x | {same} | {row['int8 chose']} | {row['ORT int8 graph']} |"
