@@ -437,6 +437,8 @@ def int8_section(rows: list[dict], engines: list[str]) -> str:
     here = [r for r in rows if r["engine"] in INT8_ENGINES]
     if not int8 or not here:
         return ""
+    measured = [float(r["load"]) for r in here if r.get("load") not in (None, "")]
+    loads = f"{min(measured):.1f}–{max(measured):.1f}" if measured else "not recorded"
     text = [
         "## int8 (not bit-exact)",
         "",
@@ -446,8 +448,10 @@ def int8_section(rows: list[dict], engines: list[str]) -> str:
         "runs that export statically quantized in QDQ format (`quantize_static`: MatMul, Gemm and Conv, int8",
         "weights, u8 activations calibrated on 4 other batches), its speed-up related to torch dense eager through",
         'ONNX Runtime int8\'s; ours is `accelerate(quantize="int8-condensed")` (the int8 layers kept where',
-        "timed faster, each within the default error budget 0.02; what it chose in the CSV's `chosen`). Re-run and",
-        "merge into the stored CSV (the other rows are kept) and this page:",
+        "timed faster, each within the default error budget 0.02; what it chose in the CSV's `chosen`). DeepSparse",
+        "1.8 aborts (an assertion in its planner) on the dynamic form (`DynamicQuantizeLinear`, `MatMulInteger`),",
+        f"hence the QDQ form. Load average {loads} during these rows. Re-run and merge into the stored CSV (the",
+        "other rows are kept) and this page:",
         "",
         "```bash",
         "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON=<deepsparse venv>/bin/python python scripts/bench_peers.py --models vit_b16 "
