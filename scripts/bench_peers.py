@@ -24,7 +24,7 @@ installed (or not configured) gets a column that says so; nothing fails.
 The int8 engines, **not exact** (their output is checked against the masked dense model's within a relative
 L2 error of ``INT8_TOLERANCE``, and tabled apart): ``ours_int8`` (``accelerate(quantize="int8-condensed")``),
 ``onnxruntime_int8`` (ONNX Runtime's dynamic int8 quantization of the dense export) and ``deepsparse_int8``
-(the dense export statically quantized in QDQ format, calibrated on 4 other batches; related to torch dense
+(the dense export statically quantized, ``QLinearMatMul``, calibrated on 4 other batches; related to torch dense
 eager through ``onnxruntime_int8``, as ``deepsparse`` is through ``onnxruntime``): `onnx_int8`.
 
 Writes ``<out>/peers.csv`` and each acceleration report (``<out>/work/accelerate_*.csv``: per layer the
@@ -57,7 +57,7 @@ from lightning_srigl.benchmark.machine import machine_fields  # noqa: E402
 from lightning_srigl.benchmark.onnx_int8 import (  # noqa: E402
     INT8_TOLERANCE,
     quantize_dynamic_int8,
-    quantize_qdq_int8,
+    quantize_static_int8,
     relative_l2,
 )
 from lightning_srigl.benchmark.peers import (  # noqa: E402
@@ -78,8 +78,8 @@ from lightning_srigl.timing import hot_times  # noqa: E402
 DOC = ROOT / "docs" / "peers.md"
 DEEPSPARSE_ENV = "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON"
 ONNX_ENGINES = ("onnxruntime", "openvino", "deepsparse")
-# The ONNX file each engine runs (a key of a prepared case): the fp32 export, its dynamic int8 or QDQ form.
-ONNX_FILE = {**dict.fromkeys(ONNX_ENGINES, "onnx"), "onnxruntime_int8": "int8", "deepsparse_int8": "qdq"}
+# The ONNX file each engine runs (a key of a prepared case): the fp32 export, its dynamic or static int8 form.
+ONNX_FILE = {**dict.fromkeys(ONNX_ENGINES, "onnx"), "onnxruntime_int8": "int8", "deepsparse_int8": "static"}
 # The engine in whose process ONNX Runtime relates each DeepSparse engine to torch dense eager.
 BRIDGE = {"deepsparse": "onnxruntime", "deepsparse_int8": "onnxruntime_int8"}
 CALIBRATION_BATCHES = 4
@@ -113,12 +113,17 @@ def prepare(job: dict, work: Path) -> list[dict]:
                 "onnx": f"{stem}.onnx",
                 "inputs": f"{stem}.npz",
                 "reference": f"{stem}.npy",
-                **({"int8": f"{stem}.int8.onnx", "qdq": f"{stem}.qdq.onnx"} if job.get("int8") else {}),
+                **({"int8": f"{stem}.int8.onnx", "static": f"{stem}.static.onnx"} if job.get("int8") else {}),
             }
             prepared.append(entry)
-            files = [entry[key] for key in ("onnx", "inputs", "reference", "int8", "qdq") if key in entry]
-            if job.get("reuse_exports") and all(Path(file).exists() for file in files):
+            reuse = job.get("reuse_exports") and all(
+                Path(entry[key]).exists() for key in ("onnx", "inputs", "reference")
+            )
+            if reuse and all(Path(entry[key]).exists() for key in ("int8", "static") if key in entry):
                 continue  # an earlier run's export of the same model, batch and seed
+            if reuse and job.get("int8"):
+                quantize_forms(entry, calibration_batches(case, batch, job["seed"]))
+                continue  # an earlier run's export, quantized now
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -129,20 +134,23 @@ def prepare(job: dict, work: Path) -> list[dict]:
             with torch.no_grad():
                 np.save(entry["reference"], dense(*inputs).numpy())
             if job.get("int8"):
-                calibration = [[t.numpy() for t in inputs_of(case, batch, job["seed"] + 1 + i)]
-                               for i in range(CALIBRATION_BATCHES)]  # fmt: skip
-                quantize_forms(entry, calibration)
+                quantize_forms(entry, calibration_batches(case, batch, job["seed"]))
     return prepared
 
 
+def calibration_batches(case: ModelCase, batch: int, seed: int) -> list[list[np.ndarray]]:
+    """`CALIBRATION_BATCHES` batches of the model's inputs other than the timed one (other seeds)."""
+    return [[t.numpy() for t in inputs_of(case, batch, seed + 1 + i)] for i in range(CALIBRATION_BATCHES)]
+
+
 def quantize_forms(entry: dict, calibration: list[list[np.ndarray]]) -> None:
-    """Write ``entry``'s dynamic int8 and QDQ forms of its export (or their ``"<key>_error"``)."""
-    for key, quantize in (("int8", quantize_dynamic_int8), ("qdq", quantize_qdq_int8)):
+    """Write ``entry``'s dynamic and static int8 forms of its export (or their ``"<key>_error"``)."""
+    for key, quantize in (("int8", quantize_dynamic_int8), ("static", quantize_static_int8)):
         if "onnx_error" in entry:
             entry[f"{key}_error"] = entry["onnx_error"]
             continue
         try:
-            extra = (calibration,) if key == "qdq" else ()
+            extra = (calibration,) if key == "static" else ()
             quantize(Path(entry["onnx"]), Path(entry[key]), *extra)
         except Exception as error:
             entry[f"{key}_error"] = f"quantization failed: {type(error).__name__}"
@@ -445,13 +453,14 @@ def int8_section(rows: list[dict], engines: list[str]) -> str:
         "The same models through int8 engines, timed as above. **None is exact**: each output is compared with the",
         f"masked dense fp32 model's by relative L2 error (shown in each cell), ✗ above {INT8_TOLERANCE}. ONNX",
         "Runtime's is its dynamic int8 quantization (`quantize_dynamic`, QInt8) of the dense export; DeepSparse's",
-        "runs that export statically quantized in QDQ format (`quantize_static`: MatMul, Gemm and Conv, int8",
-        "weights, u8 activations calibrated on 4 other batches), its speed-up related to torch dense eager through",
-        'ONNX Runtime int8\'s; ours is `accelerate(quantize="int8-condensed")` (the int8 layers kept where',
-        "timed faster, each within the default error budget 0.02; what it chose in the CSV's `chosen`). DeepSparse",
-        "1.8 aborts (an assertion in its planner) on the dynamic form (`DynamicQuantizeLinear`, `MatMulInteger`),",
-        f"hence the QDQ form. Load average {loads} during these rows. Re-run and merge into the stored CSV (the",
-        "other rows are kept) and this page:",
+        "runs that export statically quantized (`quantize_static`, operator format: MatMul, Gemm and Conv become",
+        "`QLinearMatMul`/`QLinearConv`, int8 weights, u8 activations calibrated on 4 other batches), its speed-up",
+        'related to torch dense eager through ONNX Runtime int8\'s; ours is `accelerate(quantize="int8-condensed")`',
+        "(the int8 layers kept where timed faster, each within the default error budget 0.02; what it chose in the",
+        "CSV's `chosen`). DeepSparse 1.8 aborts (an assertion in its planner) on the dynamic form",
+        "(`DynamicQuantizeLinear`, `MatMulInteger`) and runs the QDQ form (`QuantizeLinear`/`DequantizeLinear`) but",
+        f"much slower, hence the operator form. Load average {loads} during these rows. Re-run and merge into the",
+        "stored CSV (the other rows are kept) and this page:",
         "",
         "```bash",
         "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON=<deepsparse venv>/bin/python python scripts/bench_peers.py --models vit_b16 "

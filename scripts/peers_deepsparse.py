@@ -8,7 +8,7 @@ thread, wall time otherwise; minimum per call), checks DeepSparse's output again
 model's, and prints one JSON row per (model, batch, threads): ``ds_ms``, ``ort_ms`` (ONNX Runtime in this
 process, which bench_peers.py uses to relate DeepSparse to torch dense eager), ``max_diff``, ``exact``.
 The job's ``engine`` names the rows; DeepSparse runs each case's ``model_key`` file (``onnx``: the fp32
-export; ``qdq``: its int8 QDQ form) and ONNX Runtime its ``bridge_key`` file; with ``rel_tolerance`` (int8)
+export; ``static``: its static int8 form) and ONNX Runtime its ``bridge_key`` file; with ``rel_tolerance`` (int8)
 the output is checked by relative L2 error (``rel_error``) instead of within 1e-4.
 """
 

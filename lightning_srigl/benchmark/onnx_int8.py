@@ -2,9 +2,10 @@
 
 * `quantize_dynamic_int8`: ONNX Runtime's dynamic quantization (``quantize_dynamic``, QInt8 weights per
   tensor, activations quantized per call), what ``onnxruntime_int8`` runs;
-* `quantize_qdq_int8`: ONNX Runtime's static quantization in QDQ format (``QuantizeLinear``/``DequantizeLinear``
-  pairs around every MatMul, Gemm and Conv; int8 weights, u8 activations calibrated (min/max) on a few batches),
-  the format DeepSparse 1.8 reads as a quantized model, what ``deepsparse_int8`` runs;
+* `quantize_static_int8`: ONNX Runtime's static quantization in operator format (every MatMul, Gemm and Conv
+  becomes ``QLinearMatMul``/``QLinearConv``: int8 weights, u8 activations calibrated (min/max) on a few
+  batches), what ``deepsparse_int8`` runs: DeepSparse 1.8 runs this form on its sparse int8 kernels, while it
+  aborts on the dynamic form and runs the QDQ form (``QuantizeLinear``/``DequantizeLinear`` pairs) much slower;
 * `relative_l2`: the error measure the int8 engines are checked with (`INT8_TOLERANCE`), since
   none of them is exact.
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from lightning_srigl.benchmark.peers import ONNX_IR_VERSION
 
-__all__ = ["INT8_TOLERANCE", "quantize_dynamic_int8", "quantize_qdq_int8", "relative_l2"]
+__all__ = ["INT8_TOLERANCE", "quantize_dynamic_int8", "quantize_static_int8", "relative_l2"]
 
 # Relative L2 error of an int8 engine's output against the masked dense fp32 model's that still counts as
 # the same model (acceleration keeps each int8 layer within 0.02; the error compounds over the layers).
@@ -53,8 +54,8 @@ def quantize_dynamic_int8(fp32: Path, out: Path) -> Path:
     return _keep_ir_version(out)
 
 
-def quantize_qdq_int8(fp32: Path, out: Path, batches: Sequence[Sequence[np.ndarray]]) -> Path:
-    """``fp32`` statically quantized in QDQ format at ``out``: MatMul, Gemm and Conv with QInt8 weights (per
+def quantize_static_int8(fp32: Path, out: Path, batches: Sequence[Sequence[np.ndarray]]) -> Path:
+    """``fp32`` statically quantized in operator format at ``out``: MatMul, Gemm and Conv with QInt8 weights (per
     tensor) and QUInt8 activations whose ranges are the min/max over ``batches`` (each the model's inputs)."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -69,7 +70,7 @@ def quantize_qdq_int8(fp32: Path, out: Path, batches: Sequence[Sequence[np.ndarr
             return next(self.feeds, None)
 
     quantize_static(
-        fp32, out, Batches(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+        fp32, out, Batches(), quant_format=QuantFormat.QOperator, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
     return _keep_ir_version(out)

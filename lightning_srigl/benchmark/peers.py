@@ -44,7 +44,7 @@ ENGINES: dict[str, str] = {
     "deepsparse": "DeepSparse (sparse)",
     "ours_int8": 'ours, `accelerate(quantize="int8-condensed")`',
     "onnxruntime_int8": "ONNX Runtime dynamic int8 (dense)",
-    "deepsparse_int8": "DeepSparse int8 (static QDQ)",
+    "deepsparse_int8": "DeepSparse int8 (static, QLinearMatMul)",
 }
 # The int8 engines: not exact, checked against the masked dense model within a relative L2 error
 # (`lightning_srigl.benchmark.onnx_int8.INT8_TOLERANCE`) and tabled apart.

@@ -1,6 +1,6 @@
 """int8 projections of ``nn.MultiheadAttention`` and Hugging Face ``Conv1D`` under ``accelerate(quantize=...)``: the
 int32 reference arithmetic through the attention, the layers installed, the error reported, the dynamic candidate
-left dynamic, dense forms, save/load in a fresh process and torch.compile."""
+left dynamic, dense forms, save/load in a fresh process, torch.compile and torch.export."""
 
 from __future__ import annotations
 
@@ -140,6 +140,11 @@ def test_saved_int8_attention_loads_in_a_fresh_process_and_compiles(tmp_path) ->
         whole = model(x)
         compiled = torch.compile(model, fullgraph=True, dynamic=False)
         assert torch.equal(compiled(x), whole)
+        program = torch.export.export(model, (x,))
+    ops = [node for node in program.graph.nodes if "int8_condensed_linear" in str(node.target)]
+    assert len(ops) == sum(isinstance(m, Int8CondensedLinear) for m in model.modules()) >= 2  # one node per layer
+    with torch.no_grad():
+        assert torch.equal(program.module()(x), whole)
     script = (
         "import sys, torch\n"
         "from lightning_srigl.condensed import load_condensed\n"
