@@ -84,6 +84,17 @@ def test_int8_attention_is_the_int32_reference_arithmetic_of_its_projections() -
         assert isinstance(attention.in_proj_weight, WeightFacts) and attention.in_proj_weight.shape == (96, 32)
 
 
+def test_an_int8_attention_is_built_in_the_mode_of_the_module_it_replaces() -> None:
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(32, 4, dropout=0.5, batch_first=True)
+    model = sparsify(nn.ModuleDict({"attention": attention}))  # eval mode: dropout off
+    masked = sparse_layers(model)["attention"]
+    candidate = build_candidate("int8_condensed", masked.module, masked.mask)
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        assert not candidate.training and torch.equal(candidate(x, x, x)[0], candidate(x, x, x)[0])
+
+
 def test_accelerate_installs_int8_attention_projections_and_reports_their_error() -> None:
     model, x = encoder(), torch.randn(2, 9, 32)
     with torch.no_grad():

@@ -206,7 +206,7 @@ def build_candidate(name: str, module: nn.Module, mask: Tensor, input_range: Inp
             f"{type(module).__name__} is not a sparse kind that can be accelerated; known: {_kind_names()}"
         )
     if name in kind.quantized:
-        return kind.quantized[name](module, mask, input_range)
+        return kind.quantized[name](module, mask, input_range).train(module.training)  # an attention's dropout
     if name not in kind.candidates:
         known = (*kind.candidates, *kind.quantized)
         raise ValueError(f"Unknown candidate {name!r} for {type(module).__name__}; choose from {known}.")
