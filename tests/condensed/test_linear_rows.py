@@ -24,7 +24,8 @@ def random_rows(
     indices = torch.argsort(torch.rand(active, inp, generator=g), dim=1)[:, :k].sort(dim=1).values.short()
     rows = torch.arange(active) if contiguous else torch.randperm(out, generator=g)[:active].sort().values
     values = torch.randn(active, k, generator=g).to(dtype)
-    return torch.randn(batch, inp, generator=g).to(dtype), values, indices, rows, torch.randn(out, generator=g).to(dtype)
+    x, bias = torch.randn(batch, inp, generator=g).to(dtype), torch.randn(out, generator=g).to(dtype)
+    return x, values, indices, rows, bias
 
 
 def check_rows(kernel, batch: int, inp: int, out: int, active: int, k: int, dtype: torch.dtype, seed: int,
@@ -48,7 +49,9 @@ def test_rows_equal_the_reference(kernel, batch, inp, out, active, k):
     check_rows(kernel, batch, inp, out, active, k, torch.float32, seed=batch + inp)
 
 
-@pytest.mark.parametrize(("batch", "active", "contiguous"), [(20, 0, False), (20, 30, True), (1, 30, True), (65, 3, False)])
+@pytest.mark.parametrize(
+    ("batch", "active", "contiguous"), [(20, 0, False), (20, 30, True), (1, 30, True), (65, 3, False)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rows_with_no_active_contiguous_or_sparse_columns(kernel, batch, active, contiguous, dtype):
     check_rows(kernel, batch, 60, 48, active, 7, dtype, seed=active, contiguous=contiguous)

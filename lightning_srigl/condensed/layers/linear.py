@@ -175,7 +175,8 @@ class CondensedLinear(nn.Module):
                 y = batch1_forward(row, layout, self.bias)
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
             if self._frozen_batch1(row):  # the same kernel in a compiled graph, on the layout frozen before it
-                y = batch1_forward(row, self.frozen_batch1_layout, self.frozen_batch1_bias)
+                bias = self.bias if self.bias is not None else self.frozen_batch1_zeros  # the op's fake needs a bias
+                y = batch1_forward(row, self.frozen_batch1_layout, bias)
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         values = self.values
         if x.shape[-1] != self.in_features or x.dtype != values.dtype:
@@ -186,7 +187,8 @@ class CondensedLinear(nn.Module):
         ablated = values.shape[0] < self.out_features
         if ablated and self.backend == "auto" and x2d.is_cpu:
             # The product stored at the active columns, the ablated ones set to their bias: no scatter pass.
-            product = condensed_linear_rows_cpu if _eager_cpu_inference(x2d, values, self.bias) else condensed_linear_rows
+            eager = _eager_cpu_inference(x2d, values, self.bias)
+            product = condensed_linear_rows_cpu if eager else condensed_linear_rows
             y = product(x2d, values, self.indices, self.active_rows, self.bias, self.out_features)
         else:
             y = self._product(x2d, values, None if ablated else self.bias)
@@ -195,9 +197,10 @@ class CondensedLinear(nn.Module):
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def freeze_for_compile(self, freeze: bool = True) -> None:
-        """Keep the batch-1 layout as the non-persistent buffer ``frozen_batch1_layout`` (and the bias, zeros
-        without one, as ``frozen_batch1_bias``), so that a graph compiled afterwards sends one-row inputs to
-        the batch-1 kernel: inductor's freezing makes both constants. ``freeze=False`` drops them.
+        """Keep the batch-1 layout as the non-persistent buffer ``frozen_batch1_layout`` (and for a layer without
+        bias, zeros as ``frozen_batch1_zeros``: the op's output width comes from its bias), so that a graph
+        compiled afterwards sends one-row inputs to the batch-1 kernel: inductor's freezing makes both
+        constants. ``freeze=False`` drops them.
 
         Called by [`compile_lazily`][lightning_srigl.kernels.compiled.compile_lazily] and
         [`export_package`][lightning_srigl.kernels.compiled.export_package] before they trace, and after
@@ -208,9 +211,9 @@ class CondensedLinear(nn.Module):
         layout = None
         if freeze and self.backend == "auto" and self.values.is_cpu and self.values.dtype == torch.float32:
             layout = self._build_batch1_layout(self.values, self.indices, self.active_rows)
-        bias = None if layout is None else self.bias if self.bias is not None else self.values.new_zeros(self.out_features)
+        zeros = self.values.new_zeros(self.out_features) if layout is not None and self.bias is None else None
         self.register_buffer("frozen_batch1_layout", layout, persistent=False)
-        self.register_buffer("frozen_batch1_bias", bias, persistent=False)
+        self.register_buffer("frozen_batch1_zeros", zeros, persistent=False)
 
     def _frozen_batch1(self, row: Tensor) -> bool:
         """Whether a traced call on ``row (1, in)`` may use the frozen batch-1 layout (`freeze_for_compile`)."""
