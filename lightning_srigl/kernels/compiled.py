@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from lightning_srigl.kernels.conv import condensed_conv2d
+from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.dense import packed_linear
 from lightning_srigl.kernels.linear import condensed_linear
 from lightning_srigl.kernels.linear_rows import condensed_linear_rows
@@ -151,8 +152,10 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
 
 def load_package(path: str | Path) -> Callable[..., Any]:
     """The callable model of an AOTInductor package written by `export_package` (this module's import
-    has registered the condensed ops it calls)."""
+    has registered the condensed ops it calls, and it loads the CPU kernel variant whose ``batch1_forward``
+    a graph with one-row calls names)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no AOTInductor package at {str(path)!r}; write one with export_package")
+    load_extension()
     return torch._inductor.aoti_load_package(str(path))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_srigl.condensed import CondensedLinear
-from lightning_srigl.kernels.compiled import compile_lazily, eager_forward
+from lightning_srigl.kernels.compiled import compile_lazily, eager_forward, export_package, load_package
 from lightning_srigl.kernels.cpu.loader import condensed_linear_rows_torch, host_variants, load_extension
 from lightning_srigl.kernels.linear_rows import condensed_linear_rows
 
@@ -141,6 +141,15 @@ def test_compiled_one_row_call_takes_the_batch1_kernel(shape, bias):
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     assert f"lightning_srigl_{extension.variant}::batch1_forward" in names, names
     assert not any(name.startswith("lightning_srigl::condensed_linear") for name in names), names
+
+
+@pytest.mark.slow
+def test_package_with_one_row_calls_equals_eager(tmp_path):
+    layer = ablated_layer().eval()
+    x = torch.randn(1, 1, 96)
+    with torch.no_grad():
+        runner = load_package(export_package(layer, x, tmp_path / "layer.pt2"))
+        torch.testing.assert_close(runner(x), layer(x), atol=1e-5, rtol=1e-5)
 
 
 def test_loading_weights_drops_the_frozen_layout():
