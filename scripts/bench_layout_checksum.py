@@ -9,8 +9,11 @@ fan-in), times:
   through ``.data`` or numpy are seen;
 * ``versions_only``: the same call with the layout looked up under identities and version counters only
   (what the cache keyed on before: it serves stale weights after a ``.data`` edit);
-* ``compiled_op``: the call a compiled graph makes (``torch.compile``, ``accelerate(compile=True)``): the
-  ``lightning_srigl::condensed_linear`` op on the buffers, with no layout lookup and hence no checksum.
+* ``compiled``: the layer in a compiled graph (``compile_lazily``, as ``accelerate(compile=True)`` compiles):
+  the batch-1 kernel on the layout frozen before the compile (``CondensedLinear.freeze_for_compile``), no
+  lookup and hence no checksum;
+* ``gather_op``: the ``lightning_srigl::condensed_linear`` op on the buffers (the gather kernel), what a
+  graph compiled without that frozen layout (plain ``torch.compile``) runs.
 
 ``--model llama_decode`` also times the whole model: one token decoded with the KV cache after a 128-token
 prompt (the whole-model benchmark's Llama-style decoder, 90 %), accelerated, with its layers as shipped and
@@ -39,6 +42,7 @@ from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.benchmark.whole_model import masked_model
 from lightning_srigl.condensed import CondensedLinear
 from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.kernels.compiled import compile_lazily
 from lightning_srigl.kernels.linear import condensed_linear
 from lightning_srigl.timing import hot_times
 
@@ -113,9 +117,13 @@ def main() -> None:
         x = torch.randn(1, width)
         checked, plain = layer(CondensedLinear, out, width), layer(VersionsOnly, out, width)
         op = lambda x=x, m=checked: condensed_linear(x, m.values, m.indices, m.bias)  # noqa: E731
-        us = timed({"checked": lambda x=x: checked(x), "versions_only": lambda x=x: plain(x), "compiled_op": op})
+        compiled = copy.deepcopy(checked)
+        compile_lazily(compiled)
+        calls = {"checked": lambda x=x: checked(x), "versions_only": lambda x=x: plain(x), "gather_op": op}
+        us = timed(calls | {"compiled": lambda x=x: compiled(x)})
         print(f"{out}x{width}: checked {us['checked']:.1f} us, versions_only {us['versions_only']:.1f} us, "
-              f"ratio {us['checked'] / us['versions_only']:.2f}; compiled_op {us['compiled_op']:.1f} us")  # fmt: skip
+              f"ratio {us['checked'] / us['versions_only']:.2f}; compiled {us['compiled']:.1f} us, "
+              f"gather_op {us['gather_op']:.1f} us")  # fmt: skip
     if args.model:
         whole_decoder()
     print(f"load at the end {os.getloadavg()[0]:.1f}")

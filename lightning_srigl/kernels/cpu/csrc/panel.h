@@ -124,6 +124,22 @@ constexpr int rows_per_step() {
   return V >= 8 ? 1 : std::min(4, 8 / V);
 }
 
+// Rows whose weights and indices are prefetched (into L2) while the rows this far before them compute: in a
+// whole network a layer's weights are no longer cached when its first panel reads them. Measured on an AMD
+// EPYC (Zen 5 class, AVX-512, 1 thread) with the weights evicted before each call, batch 128, 90 %: 4-7 %
+// faster for 768 -> 768 and 768 -> 3072, nothing measurable at batch 1024 (later panels find them in cache).
+constexpr int64_t kPrefetchRows = 16;
+
+// Prefetches the weights and indices of rows [a, a + n) (if they exist; rows of stride k).
+template <typename T, typename IT>
+inline void prefetch_rows(const T* w, const IT* idx, int64_t k, int64_t a, int64_t n, int64_t A) {
+  if (a + n > A) return;
+  const char* wp = reinterpret_cast<const char*>(w + a * k);
+  const char* ip = reinterpret_cast<const char*>(idx + a * k);
+  for (int64_t o = 0; o < n * k * static_cast<int64_t>(sizeof(T)); o += 64) __builtin_prefetch(wp + o, 0, 2);
+  for (int64_t o = 0; o < n * k * static_cast<int64_t>(sizeof(IT)); o += 64) __builtin_prefetch(ip + o, 0, 2);
+}
+
 // Output tiles [t0, t1) of one panel holding nb samples: y (nb, A) rows of the panel's samples.
 template <int BT, typename T, typename IT>
 void panel_tiles(const float* panel, int64_t nb, const T* w, const IT* idx, const T* bias, int64_t A, int64_t k,
@@ -137,6 +153,7 @@ void panel_tiles(const float* panel, int64_t nb, const T* w, const IT* idx, cons
     for (int64_t r = 0; r < rows; ++r) init[r] = bias ? to_float(bias[a0 + r]) : 0.f;
     int64_t r = 0;
     for (; r + NN <= rows; r += NN) {
+      prefetch_rows(w, idx, k, a0 + r + kPrefetchRows, NN, A);
       panel_rows<BT, NN>(panel, w + (a0 + r) * k, idx + (a0 + r) * k, k, init + r, tile + r * BT);
     }
     for (; r < rows; ++r) panel_rows<BT, 1>(panel, w + (a0 + r) * k, idx + (a0 + r) * k, k, init + r, tile + r * BT);
