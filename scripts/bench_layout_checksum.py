@@ -17,7 +17,8 @@ fan-in), times:
 
 ``--model llama_decode`` also times the whole model: one token decoded with the KV cache after a 128-token
 prompt (the whole-model benchmark's Llama-style decoder, 90 %), accelerated, with its layers as shipped and
-with versions-only lookups, side by side (needs ``transformers``).
+with versions-only lookups, and compiled with and without the frozen batch-1 layouts, side by side (needs
+``transformers``).
 
 Times are the minimum of interleaved samples of the timing thread's CPU time (robust on a shared machine).
 """
@@ -42,7 +43,7 @@ from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.benchmark.whole_model import masked_model
 from lightning_srigl.condensed import CondensedLinear
 from lightning_srigl.condensed.acceleration.accelerate import accelerate
-from lightning_srigl.kernels.compiled import compile_lazily
+from lightning_srigl.kernels.compiled import compile_in_place, compile_lazily
 from lightning_srigl.kernels.linear import condensed_linear
 from lightning_srigl.timing import hot_times
 
@@ -87,7 +88,8 @@ def timed(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
 
 
 def whole_decoder() -> None:
-    """The Llama-style decoder's decode step, accelerated, as shipped and with versions-only layout lookups."""
+    """The Llama-style decoder's decode step, accelerated: eager as shipped and with versions-only layout lookups,
+    and compiled (``compile_in_place``), with the frozen batch-1 layouts and without them (the gather op)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_whole_models import cases
 
@@ -102,9 +104,17 @@ def whole_decoder() -> None:
     for module in plain.modules():
         if type(module) is CondensedLinear:
             module.__class__ = VersionsOnly
-    us = timed({"checked": lambda: shipped(*inputs), "versions_only": lambda: plain(*inputs)})
+    compiled, gather = copy.deepcopy(shipped), copy.deepcopy(shipped)
+    for module in gather.modules():
+        if type(module) is CondensedLinear:
+            module.freeze_for_compile = lambda freeze=True: None  # type: ignore[method-assign]
+    for model in (compiled, gather):  # the KV cache's Python objects break the graph: compile the pieces
+        compile_in_place(model, inputs, fullgraph=False)
+    us = timed({"checked": lambda: shipped(*inputs), "versions_only": lambda: plain(*inputs),
+                "compiled": lambda: compiled(*inputs), "compiled_gather": lambda: gather(*inputs)})  # fmt: skip
     print(f"llama_decode: checked {us['checked']:.0f} us, versions_only {us['versions_only']:.0f} us, "
-          f"ratio {us['checked'] / us['versions_only']:.3f}")  # fmt: skip
+          f"ratio {us['checked'] / us['versions_only']:.3f}; compiled {us['compiled']:.0f} us, "
+          f"compiled without frozen layouts (gather op) {us['compiled_gather']:.0f} us")  # fmt: skip
 
 
 def main() -> None:
