@@ -24,6 +24,8 @@
 
 #include "int8.h"
 
+#include <utility>
+
 namespace lightning_srigl {
 inline namespace CPU_CAPABILITY {
 
@@ -168,7 +170,7 @@ inline WindowLayout parse_window_layout(const at::Tensor& layout, int64_t A, int
 // steps, so steps go round-robin to U accumulators (about 16 chains in flight), summed at the end (integer
 // sums: any order gives the same result).
 template <int NB>
-constexpr int kChains = NB >= 8 ? 2 : NB >= 4 ? 4 : 8;
+constexpr int kChains = NB >= 12 ? 1 : NB >= 6 ? 2 : NB >= 3 ? 4 : 8;
 
 // One step for NB samples into accumulator set acc[.][u].
 template <int NB, int U>
@@ -322,37 +324,44 @@ inline void dequantize_group(const int32_t* sums, int64_t n, RowQuant rq, const 
 }
 #pragma GCC pop_options
 
+// Samples per pass over a group's steps (each step's offsets and weights are loaded once per pass): AVX2's 16
+// ymm registers hold 8 accumulators beside a step's operands; on AVX-512 (8 samples x 2 accumulators), 16
+// samples measured no faster.
+constexpr int kWindowSamples = 8;
+using WindowGroupFn = void (*)(const WindowLayout&, int64_t, const uint8_t* const*, bool, int32_t (*)[kWindowRows]);
+
+template <size_t... NB>
+WindowGroupFn window_group_for(int64_t nb, std::index_sequence<NB...>) {
+  static constexpr WindowGroupFn table[] = {&window_group<static_cast<int>(NB) + 1>...};
+  return table[nb - 1];
+}
+
+// window_group for nb in [1, kWindowSamples] samples (the remainder of a call's rows takes its own size).
+inline WindowGroupFn window_group_fn(int64_t nb) {
+  return window_group_for(nb, std::make_index_sequence<kWindowSamples>());
+}
+
 // Dot products of every active row with every quantized sample through the window layout, then the
 // same epilogue as int8_product. `vnni`: the AVX-VNNI dot products (AVX2; AVX-512's window always has them).
 inline void window_product(const WindowLayout& v, const uint8_t* q, int64_t stride, const RowQuant* quant, int64_t B,
                            const int32_t* wsum, const float* wscale, const int64_t* rows, const float* bias,
                            int64_t out, bool vnni, float* y) {
-  // Samples per pass over a group's steps: each step's offsets and weights are loaded once per pass.
-  constexpr int kSamples = 8;
   // Groups per tile: a tile's steps (about kTileBytes of layout) stay in L1 while every block of samples
-  // passes, and a block's kSamples rows stay in L1 across the tile's groups.
+  // passes, and a block's rows stay in L1 across the tile's groups.
   constexpr int64_t kTileBytes = 16384;
   at::parallel_for(0, v.G, 1, [&](int64_t g0, int64_t g1) {
-    int32_t sums[kSamples][kWindowRows];
+    int32_t sums[kWindowSamples][kWindowRows];
     for (int64_t t0 = g0; t0 < g1;) {
       int64_t t1 = t0 + 1;
       while (t1 < g1 && (v.group[t1 + 1] - v.group[t0]) * (kWindowRecord + 4) <= kTileBytes) ++t1;
-      for (int64_t b0 = 0; b0 < B; b0 += kSamples) {
-        const int64_t nb = std::min<int64_t>(kSamples, B - b0);
-        const uint8_t* samples[kSamples];
-        for (int64_t b = 0; b < kSamples; ++b) samples[b] = q + std::min(b0 + b, B - 1) * stride;
+      for (int64_t b0 = 0; b0 < B; b0 += kWindowSamples) {
+        const int64_t nb = std::min<int64_t>(kWindowSamples, B - b0);
+        const uint8_t* samples[kWindowSamples];
+        for (int64_t b = 0; b < kWindowSamples; ++b) samples[b] = q + std::min(b0 + b, B - 1) * stride;
+        const WindowGroupFn run = window_group_fn(nb);
         for (int64_t g = t0; g < t1; ++g) {
           const int64_t n = std::min(kWindowRows, v.A - g * kWindowRows);
-          switch (nb) {
-            case 1: window_group<1>(v, g, samples, vnni, sums); break;
-            case 2: window_group<2>(v, g, samples, vnni, sums); break;
-            case 3: window_group<3>(v, g, samples, vnni, sums); break;
-            case 4: window_group<4>(v, g, samples, vnni, sums); break;
-            case 5: window_group<5>(v, g, samples, vnni, sums); break;
-            case 6: window_group<6>(v, g, samples, vnni, sums); break;
-            case 7: window_group<7>(v, g, samples, vnni, sums); break;
-            default: window_group<8>(v, g, samples, vnni, sums); break;
-          }
+          run(v, g, samples, vnni, sums);
           const int64_t a = g * kWindowRows;
           for (int64_t b = 0; b < nb; ++b) {
             dequantize_group(sums[b], n, quant[b0 + b], wsum + a, wscale + a, rows + a, bias, y + (b0 + b) * out);
