@@ -298,7 +298,8 @@ __attribute__((noinline)) inline float dequantize(int64_t corrected, float scale
 
 // The outputs of n consecutive active rows (weight sums wsum[0, n), scales wscale[0, n), output rows
 // rows[0, n)) of one sample from their int32 dot products `sums`, into that sample's output row y: the
-// arithmetic of output_of, one call per group of rows (the window kernels' epilogue).
+// arithmetic of output_of, one call per group of rows (the window kernels' epilogue where dequantize_group,
+// in int8_window.h, has no vector path: partial groups, non-finite rows).
 __attribute__((noinline)) inline void dequantize_rows(const int32_t* sums, int64_t n, RowQuant rq, const int32_t* wsum,
                                                       const float* wscale, const int64_t* rows, const float* bias,
                                                       float* y) {
