@@ -369,10 +369,11 @@ at::Tensor int8_condensed_linear(const at::Tensor& x, const at::Tensor& weight, 
   const int64_t stride = (in + kInt8RowSlack + 63) / 64 * 64;
   thread_local std::vector<uint8_t> q;
   thread_local std::vector<RowQuant> quant;
-  q.resize(B * stride);
+  q.resize(B * stride + 64);
   quant.resize(B);
   // Pointers, not the thread_local buffers themselves: inside the lambda those would be another thread's.
-  uint8_t* qp = q.data();
+  // Rows start on 64-byte boundaries (the stride is a multiple of 64), so aligned windows load whole lines.
+  uint8_t* qp = q.data() + (64 - reinterpret_cast<uintptr_t>(q.data()) % 64) % 64;
   RowQuant* quant_p = quant.data();
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, B, 8, [&](int64_t s0, int64_t s1) {
