@@ -6,7 +6,8 @@ PyTorch. `compile_in_place` hands the whole model to PyTorch's own compiler inst
 
 * ``torch.compile(fullgraph=True)`` with inductor's ``freezing`` option: parameters and buffers
   become constants, so inductor prepacks the remaining dense convolution weights for oneDNN (fp32 linear ones for MKL)
-  and fuses BatchNorm, bias, activations and pointwise work around them;
+  and fuses BatchNorm, bias, activations and pointwise work around them; a residual addition (and its ReLU)
+  after a condensed convolution goes into that convolution's epilogue (`residual_fusion`);
 * the condensed layers reach the graph as the opaque custom ops ``lightning_srigl::condensed_linear``
   and ``lightning_srigl::condensed_conv2d`` (`linear`,
   `conv`), whose fake implementations give inductor their output
@@ -38,6 +39,7 @@ from torch import nn
 from lightning_srigl.kernels.conv import condensed_conv2d
 from lightning_srigl.kernels.dense import packed_linear
 from lightning_srigl.kernels.linear import condensed_linear
+from lightning_srigl.kernels.residual_fusion import ResidualFusion
 
 __all__ = [
     "COMPILE_OPTIONS",
@@ -51,8 +53,9 @@ __all__ = [
     "load_package",
 ]
 
-# Inductor options of the compiled graph (torch._inductor.config names).
-COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
+# Inductor options of the compiled graph (torch._inductor.config names): freezing, and a ResNet block's residual
+# addition and ReLU fused into the condensed convolution before them (residual_fusion).
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
 # The custom ops a compiled or packaged model calls (importing them registered them).
 CUSTOM_OPS = (condensed_linear, condensed_conv2d, packed_linear)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -13,28 +14,34 @@ from example_projects.imagenet_vit_b16.model import VisionTransformer
 from lightning_srigl.benchmark.whole_model import srigl_masks
 from lightning_srigl.condensed.acceleration.accelerate import accelerate
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
+from lightning_srigl.condensed.layers.conv import CondensedConv2d
 from lightning_srigl.kernels.compiled import (
+    COMPILE_OPTIONS,
     eager_forward,
     export_package,
     graph_breaks,
     load_package,
 )
+from lightning_srigl.kernels.residual_fusion import ResidualFusion, fuse_residuals
 from lightning_srigl.masking import bind_masks
 
 
 class ConvNet(nn.Module):
-    """Conv-BN-ReLU, a strided conv and two linear layers: (N, 3, 16, 16) -> (N, 10)."""
+    """Conv-BN-ReLU, a residual block (its addition and ReLU fuse into ``block`` when compiled), a strided conv
+    and two linear layers: (N, 3, 16, 16) -> (N, 10)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
         self.bn = nn.BatchNorm2d(16)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
         self.fc = nn.Linear(32 * 8 * 8, 64)
         self.head = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv2(torch.relu(self.bn(self.conv(x)))))
+        x = torch.relu(self.bn(self.conv(x)))
+        x = torch.relu(self.conv2(torch.relu(self.block(x) + x)))
         return self.head(torch.relu(self.fc(x.flatten(1))))
 
 
@@ -107,3 +114,50 @@ def test_the_aoti_package_runs_the_accelerated_model(tmp_path: Path) -> None:
         export_package(model, x, tmp_path / "model.zip")
     with pytest.raises(FileNotFoundError, match="export_package"):
         load_package(tmp_path / "missing.pt2")
+
+
+class ResidualBlocks(nn.Module):
+    """Two condensed residual blocks, ``relu(conv(x) + x)`` and ``conv(x) + shortcut(x)``:
+    (N, 8, 9, 9) -> (N, 16, 5, 5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = condensed_conv(nn.Conv2d(8, 8, 3, padding=1))
+        self.body = condensed_conv(nn.Conv2d(8, 16, 3, stride=2, padding=1))
+        self.shortcut = condensed_conv(nn.Conv2d(8, 16, 1, stride=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.first(x) + x)
+        return self.shortcut(x) + self.body(x)
+
+
+def condensed_conv(conv: nn.Conv2d) -> CondensedConv2d:
+    mask = torch.rand(conv.weight.shape[0], conv.weight[0].numel()).argsort(dim=1) < conv.weight[0].numel() // 3
+    return CondensedConv2d.from_masked(conv, mask.view_as(conv.weight))
+
+
+class CountingFusion(ResidualFusion):
+    """`ResidualFusion` that counts what it fused (a fresh ``uuid``: inductor's cache must not skip it)."""
+
+    def __init__(self) -> None:
+        self.fused = 0
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        self.fused += fuse_residuals(graph)
+
+    def uuid(self) -> str:
+        return f"counting-{id(self)}-{time.time_ns()}"
+
+
+def test_residual_additions_and_relus_fuse_into_the_convolution_epilogue() -> None:
+    torch.manual_seed(0)
+    model, x = ResidualBlocks().eval(), torch.randn(2, 8, 9, 9)
+    fusion = CountingFusion()
+    compiled = torch.compile(model, fullgraph=True, options=COMPILE_OPTIONS | {"post_grad_custom_post_pass": fusion})
+    with torch.no_grad():
+        expected = model(x)
+        dense = torch.relu(model.first.to_dense()(x) + x)
+        dense = model.shortcut.to_dense()(dense) + model.body.to_dense()(dense)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(expected, dense, rtol=1e-5, atol=1e-5)
+    assert fusion.fused == 2  # relu(first + x); shortcut + body (one of the two convolutions takes the other)
