@@ -43,6 +43,7 @@ from lightning_srigl.kernels.residual_fusion import ResidualFusion
 
 __all__ = [
     "COMPILE_OPTIONS",
+    "PACKAGE_OPTIONS",
     "CUSTOM_OPS",
     "compile_in_place",
     "compile_lazily",
@@ -54,8 +55,10 @@ __all__ = [
 ]
 
 # Inductor options of the compiled graph (torch._inductor.config names): freezing, and a ResNet block's residual
-# addition and ReLU fused into the condensed convolution before them (residual_fusion).
-COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
+# addition and ReLU fused into the condensed convolution before them (residual_fusion); in-process, the
+# convolutions call the loaded C++ variant directly (PACKAGE_OPTIONS, for other CPUs, keep the Python op).
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion(direct=True)}
+PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
 # The custom ops a compiled or packaged model calls (importing them registered them).
 CUSTOM_OPS = (condensed_linear, condensed_conv2d, packed_linear)
 
@@ -123,7 +126,8 @@ def holder_of(model: nn.Module, names: list[str]) -> nn.Module:
 
 def export_package(model: nn.Module, example_input: object, path: str | Path) -> Path:
     """Export ``model`` (``torch.export``) and compile it ahead of time into the AOTInductor package ``path``
-    (``.pt2``), with the options of `compile_in_place`; returns the path.
+    (``.pt2``) with `PACKAGE_OPTIONS` (`compile_in_place`'s, but the convolutions call the Python op, which
+    picks the C++ variant of the CPU the package runs on); returns the path.
 
     The package holds the graph and its (frozen) weights; `load_package` runs it.
     """
@@ -134,7 +138,7 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
     with torch.no_grad():
         program = torch.export.export(model, _arguments(example_input))
         written = torch._inductor.aoti_compile_and_package(
-            program, package_path=str(path), inductor_configs=dict(COMPILE_OPTIONS)
+            program, package_path=str(path), inductor_configs=dict(PACKAGE_OPTIONS)
         )
     return Path(written)
 

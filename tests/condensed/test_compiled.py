@@ -22,7 +22,7 @@ from lightning_srigl.kernels.compiled import (
     graph_breaks,
     load_package,
 )
-from lightning_srigl.kernels.residual_fusion import ResidualFusion, fuse_residuals
+from lightning_srigl.kernels.residual_fusion import ResidualFusion, call_kernel_directly, fuse_residuals
 from lightning_srigl.masking import bind_masks
 
 
@@ -137,13 +137,16 @@ def condensed_conv(conv: nn.Conv2d) -> CondensedConv2d:
 
 
 class CountingFusion(ResidualFusion):
-    """`ResidualFusion` that counts what it fused (a fresh ``uuid``: inductor's cache must not skip it)."""
+    """`ResidualFusion` with ``direct`` that counts what it rewrote (a fresh ``uuid``: inductor's cache must not
+    skip it)."""
 
     def __init__(self) -> None:
-        self.fused = 0
+        super().__init__(direct=True)
+        self.fused = self.direct_calls = 0
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         self.fused += fuse_residuals(graph)
+        self.direct_calls += call_kernel_directly(graph)
 
     def uuid(self) -> str:
         return f"counting-{id(self)}-{time.time_ns()}"
@@ -161,3 +164,4 @@ def test_residual_additions_and_relus_fuse_into_the_convolution_epilogue() -> No
         torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(expected, dense, rtol=1e-5, atol=1e-5)
     assert fusion.fused == 2  # relu(first + x); shortcut + body (one of the two convolutions takes the other)
+    assert fusion.direct_calls == 3
