@@ -14,7 +14,7 @@ from tests.condensed.conv_cases import GEOMETRIES, assert_close_to_scale, masked
 
 def block_widths(kernel) -> list[int]:
     lanes = 16 if kernel.variant == "avx512" else 4 if kernel.variant == "neon" else 8
-    return sorted({0, lanes, 16, 32, 64})
+    return sorted({0, lanes, 16, 32, 48, 64})
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}")
@@ -63,8 +63,11 @@ def test_relu_layer_equals_relu_of_masked_dense_conv_on_every_path():
 
 
 # ResNet-50's cases beyond GEOMETRIES: batch 8 and batch 0, 1x1 on 7 x 7 and 14 x 14 (channel planes of 49 and 196
-# floats, copied to aligned planes: csrc/conv.h), a strided 3x3 and a strided 1x1 at 14 x 14.
+# floats, copied to aligned planes: csrc/conv.h), a strided 3x3 and a strided 1x1 at 14 x 14, and a 1x1 and a 3x3
+# whose blocks read more of x than one chunk (kChunkBytes), so each row's taps run in two passes.
 RESNET_GEOMETRIES = [
+    (2, 160, 8, 8, 24, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (1, 96, 14, 14, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     (8, 24, 7, 7, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1),
     (0, 8, 14, 14, 16, (1, 1), (1, 1), (0, 0), (1, 1), 1),
     (1, 20, 14, 14, 24, (1, 1), (1, 1), (0, 0), (1, 1), 1),

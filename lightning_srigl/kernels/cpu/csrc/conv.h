@@ -37,6 +37,11 @@ constexpr int64_t kPanelBytes = 40 * 1024;
 // FMA: 1x1 convolutions at 14 x 14 (196 floats a channel) ran at 26 GMAC/s read in place, 2x slower than at
 // 28 x 28 (784 floats, aligned).
 constexpr int64_t kAlign = 16;
+// The widest block (points): 4 vectors with AVX-512, 8 with AVX2. Wider blocks read more of x per block than L1
+// holds and ran slower on ResNet-50's 1x1 convolutions at 56 x 56 (256 -> 128: 1.34 ms at 128 vs 1.00 at 64).
+constexpr int64_t kMaxBlock = 64;
+// The bytes of x one pass of a block's rows may read: more is split over chunks of each row's taps (below).
+constexpr int64_t kChunkBytes = 32 * 1024;
 
 struct ConvGeometry {
   int64_t N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
@@ -45,6 +50,7 @@ struct ConvGeometry {
   int64_t BT;               // block width: grid points per block
   bool direct;              // read x in place (1x1, stride 1, no padding)
   bool panel;               // copy each block's taps into an aligned tap panel first
+  int64_t chunks;           // passes over a block's rows, each over a share of every row's taps
   std::vector<int64_t> slot;  // slot[py * sw + px]: index of that plane among the built ones, or -1
   int64_t planes;           // planes built per channel
   int64_t sample;           // floats between samples in the buffer
@@ -64,8 +70,7 @@ struct ConvGeometry {
 inline int64_t conv_block_width(int64_t Q, int64_t block) {
   if (block > 0) return block;
   int64_t best = kLanes, best_cost = -1;
-  for (int64_t BT : {int64_t{kLanes}, int64_t{16}, int64_t{32}, int64_t{64}}) {
-    if (BT < kLanes) continue;
+  for (int64_t BT = kLanes; BT <= kMaxBlock; BT += kLanes) {
     const int64_t cost = (Q + BT - 1) / BT * (BT / kLanes + 2);
     if (best_cost < 0 || cost <= best_cost) best = BT, best_cost = cost;
   }
@@ -103,6 +108,12 @@ inline ConvGeometry conv_geometry(const at::Tensor& x, int64_t kh, int64_t kw, a
   }
   g.Q = g.Ho * g.Wq;
   g.panel = !g.direct && g.C * kh * kw * g.BT * static_cast<int64_t>(sizeof(float)) <= kPanelBytes;
+  // Floats of x a block reads per channel: BT per tap, less where the taps' runs overlap (a row of the plane
+  // and the next ones). Rows' taps ascend by channel, so the j-th of k taps of every row lies near channel
+  // j / k * C: chunk i of the taps [i k / chunks, (i + 1) k / chunks) reads about a chunks-th of x.
+  const int64_t reach = (kh - 1) * g.dh / g.sh * g.Wq + (kw - 1) * g.dw / g.sw;
+  const int64_t span = std::min(kh * kw * g.BT, g.planes * (reach + g.BT));
+  g.chunks = g.panel ? 1 : std::max<int64_t>(1, (g.C * span * 4 + kChunkBytes - 1) / kChunkBytes);
   int64_t max_offset = 0;
   for (int64_t ky = 0; ky < kh; ++ky) {
     for (int64_t kx = 0; kx < kw; ++kx) max_offset = std::max(max_offset, g.tap_offset(g.C - 1, ky, kx));
@@ -155,17 +166,18 @@ inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
   for (int64_t n = 0; n < g.N; ++n) std::fill(buf + n * g.sample + used, buf + (n + 1) * g.sample, 0.f);
 }
 
-// dst[r][0:BT] = init[r] + sum_j w[r, j] * xs[off[r, j] + 0:BT] for NN consecutive rows (row stride k).
-// With relu, dst holds max(0, that) (NaN stays NaN, as in torch.relu).
+// dst[r][0:BT] = start[r] + sum_{j < n} w[r * k + j] * xs[off[r * k + j] + 0:BT] for NN consecutive rows (row
+// stride k), where start[r] is init[r] in every lane, or partial[r * BT + 0:BT] (an earlier chunk's sums) where
+// partial is given. With relu, dst holds max(0, that) (NaN stays NaN, as in torch.relu).
 template <int BT, int NN>
-inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64_t k, const float* init, bool relu,
-                      float* dst) {
+inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64_t n, int64_t k, const float* init,
+                      const float* partial, bool relu, float* dst) {
   constexpr int V = BT / kLanes;
   Vec acc[NN][V];
   for (int r = 0; r < NN; ++r) {
-    for (int v = 0; v < V; ++v) acc[r][v] = Vec(init[r]);
+    for (int v = 0; v < V; ++v) acc[r][v] = partial ? Vec::loadu(partial + r * BT + v * kLanes) : Vec(init[r]);
   }
-  for (int64_t j = 0; j < k; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     for (int r = 0; r < NN; ++r) {
       const Vec wj(w[r * k + j]);
       const float* xr = xs + off[r * k + j];
@@ -196,7 +208,7 @@ constexpr int conv_rows_per_step() {
 // Wq == Wo (no padding columns) a run continues over output rows.
 struct BlockRuns {
   int64_t count = 0;
-  int64_t src[65], dst[65], len[65];
+  int64_t src[kMaxBlock + 1], dst[kMaxBlock + 1], len[kMaxBlock + 1];
 };
 
 inline BlockRuns block_runs(const ConvGeometry& g, int64_t q0, int64_t BT) {
@@ -244,10 +256,17 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
   const int64_t blocks = (g.Q + BT - 1) / BT, HWo = g.Ho * g.Wo;
   alignas(64) float tile[NN * BT];
   thread_local std::vector<float> panel_buffer;
+  thread_local std::vector<float> partial_buffer;
   float* panel = nullptr;
+  float* partial = nullptr;  // (A, BT): the sums of the chunks so far
   if (g.panel) {
     panel_buffer.resize(sources.size() * BT + 16);
     panel = panel_buffer.data() + (16 - reinterpret_cast<std::uintptr_t>(panel_buffer.data()) / sizeof(float) % 16) % 16;
+  }
+  if (g.chunks > 1) {
+    partial_buffer.resize(A * BT + 16);
+    partial = partial_buffer.data() +
+              (16 - reinterpret_cast<std::uintptr_t>(partial_buffer.data()) / sizeof(float) % 16) % 16;
   }
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t n = b / blocks;
@@ -265,17 +284,24 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
     const bool relu_rows = relu && !residual;  // with a residual the ReLU follows the addition
     const BlockRuns runs = block_runs(g, q0, BT);
     const bool whole = runs.count == 1 && runs.len[0] == BT;
-    for (int64_t a = 0; a < A; a += NN) {
+    for (int64_t chunk = 0; chunk < g.chunks; ++chunk) {
+     const int64_t j0 = k * chunk / g.chunks, n_taps = k * (chunk + 1) / g.chunks - j0;
+     const bool last = chunk + 1 == g.chunks;
+     for (int64_t a = 0; a < A; a += NN) {
       const int64_t nr = std::min<int64_t>(NN, A - a);
       float init[NN] = {};
       for (int64_t r = 0; r < nr; ++r) init[r] = bias ? bias[rows[a + r]] : 0.f;
+      const float* from = chunk > 0 ? partial + a * BT : nullptr;
+      float* to = last ? tile : partial + a * BT;
       if (nr == NN) {
-        conv_rows<BT, NN>(xs, w + a * k, off + a * k, k, init, relu_rows, tile);
+        conv_rows<BT, NN>(xs, w + a * k + j0, off + a * k + j0, n_taps, k, init, from, last && relu_rows, to);
       } else {
         for (int64_t r = 0; r < nr; ++r) {
-          conv_rows<BT, 1>(xs, w + (a + r) * k, off + (a + r) * k, k, init + r, relu_rows, tile + r * BT);
+          conv_rows<BT, 1>(xs, w + (a + r) * k + j0, off + (a + r) * k + j0, n_taps, k, init + r,
+                           from ? from + r * BT : nullptr, last && relu_rows, to + r * BT);
         }
       }
+      if (!last) continue;
       for (int64_t r = 0; r < nr; ++r) {
         float* yc = yn + rows[a + r] * HWo;
         const float* t = tile + r * BT;
@@ -290,6 +316,7 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
           for (int64_t s = 0; s < runs.count; ++s) std::memcpy(yc + runs.dst[s], t + runs.src[s], runs.len[s] * sizeof(float));
         }
       }
+     }
     }
   }
 }
@@ -354,11 +381,16 @@ void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float
   const int32_t* off = offsets.data();  // the calling thread's buffer (workers have their own thread_locals)
   const int64_t total = g.N * ((g.Q + g.BT - 1) / g.BT);
   at::parallel_for(0, total, 1, [&](int64_t b0, int64_t b1) {
-    switch (g.BT) {
-      case 16: conv_blocks<16>(buf, g, w, off, rows, bias, A, k, out, relu, residual, sources, b0, b1, y); break;
-      case 32: conv_blocks<32>(buf, g, w, off, rows, bias, A, k, out, relu, residual, sources, b0, b1, y); break;
-      case 64: conv_blocks<64>(buf, g, w, off, rows, bias, A, k, out, relu, residual, sources, b0, b1, y); break;
-      default: conv_blocks<kLanes>(buf, g, w, off, rows, bias, A, k, out, relu, residual, sources, b0, b1, y); break;
+    switch (g.BT / kLanes) {
+#define LSR_CONV_BLOCKS(V)                                                                                   \
+  case V:                                                                                                    \
+    if constexpr (V * kLanes <= kMaxBlock) {                                                                 \
+      conv_blocks<V * kLanes>(buf, g, w, off, rows, bias, A, k, out, relu, residual, sources, b0, b1, y);    \
+    }                                                                                                        \
+    break;
+      LSR_CONV_BLOCKS(1) LSR_CONV_BLOCKS(2) LSR_CONV_BLOCKS(3) LSR_CONV_BLOCKS(4)
+      LSR_CONV_BLOCKS(5) LSR_CONV_BLOCKS(6) LSR_CONV_BLOCKS(7) LSR_CONV_BLOCKS(8)
+#undef LSR_CONV_BLOCKS
     }
   });
 }

@@ -202,9 +202,8 @@ at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const
   TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 &&
                   padding[1] >= 0 && kernel_size[0] >= 1 && kernel_size[1] >= 1,
               "condensed_conv2d: stride, dilation and kernel_size must be positive, padding non-negative");
-  TORCH_CHECK(block == 0 || (block % kLanes == 0 && block <= 64 && (block == kLanes || block == 16 || block == 32 || block == 64)),
-              "condensed_conv2d: block must be 0 (automatic) or one of ", kLanes, ", 16, 32, 64 (a multiple of ",
-              kLanes, ")");
+  TORCH_CHECK(block == 0 || (block % kLanes == 0 && block > 0 && block <= kMaxBlock),
+              "condensed_conv2d: block must be 0 (automatic) or a multiple of ", kLanes, " up to ", kMaxBlock);
   const int64_t A = values.size(0), k = values.size(1);
   TORCH_CHECK(rows.scalar_type() == at::kLong && rows.is_contiguous() && rows.numel() == A,
               "condensed_conv2d: rows must be a contiguous int64 (A,) tensor of output channels");
