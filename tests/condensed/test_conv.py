@@ -64,8 +64,11 @@ def test_relu_layer_equals_relu_of_masked_dense_conv_on_every_path():
 
 # ResNet-50's cases beyond GEOMETRIES: batch 8 and batch 0, 1x1 on 7 x 7 and 14 x 14 (channel planes of 49 and 196
 # floats, copied to aligned planes: csrc/conv.h), a strided 3x3 and a strided 1x1 at 14 x 14, and a 1x1 and a 3x3
-# whose blocks read more of x than one chunk (kChunkBytes), so each row's taps run in two passes.
+# whose blocks read more of x than one chunk (kChunkBytes), so each row's taps run in two passes, and stride-2
+# convolutions on rows wide enough for the vectorised stride-2 plane copy (an odd width, a 7x7 stem).
 RESNET_GEOMETRIES = [
+    (2, 6, 11, 75, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    (1, 3, 20, 80, 8, (7, 7), (2, 2), (3, 3), (1, 1), 1),
     (2, 160, 8, 8, 24, (1, 1), (1, 1), (0, 0), (1, 1), 1),
     (1, 96, 14, 14, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     (8, 24, 7, 7, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1),

@@ -154,7 +154,16 @@ inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
             if (g.sw == 1) {
               std::memcpy(out + j0, row, (j1 - j0) * sizeof(float));
             } else {
-              for (int64_t j = j0; j < j1; ++j) out[j] = row[(j - j0) * g.sw];
+              int64_t j = j0;
+              if (g.sw == 2) {  // the even lanes of two vectors per vector (a strided scalar copy cost ~40 % of
+                                // ResNet-50's strided 3x3 convolutions); reads stay within the input row
+                const int64_t row_end = g.W - (j0 * g.sw + px - g.pw);
+                for (; 2 * (j - j0) + 2 * kLanes <= row_end && j + kLanes <= j1; j += kLanes) {
+                  const float* p = row + 2 * (j - j0);
+                  at::vec::deinterleave2(Vec::loadu(p), Vec::loadu(p + kLanes)).first.store(out + j);
+                }
+              }
+              for (; j < j1; ++j) out[j] = row[(j - j0) * g.sw];
             }
             std::fill(out + j1, out + g.Wq, 0.f);
           }
