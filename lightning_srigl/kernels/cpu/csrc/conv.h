@@ -34,11 +34,10 @@ inline namespace CPU_CAPABILITY {
 constexpr int64_t kPanelBytes = 40 * 1024;
 // Planes start at multiples of kAlign floats (64 bytes), and so do blocks (BT is a multiple of kLanes): every
 // 1x1 tap's run is then aligned. An unaligned 64-byte load spans two cache lines, and these loads are one per
-// FMA: 1x1 convolutions at 14 x 14 (196 floats a channel) ran at 26 GMAC/s read in place, 2x slower than at
-// 28 x 28 (784 floats, aligned).
+// FMA: 1x1 convolutions at 14 x 14 (196 floats a channel, so x is not read in place) and 7 x 7 gain most.
 constexpr int64_t kAlign = 16;
 // The widest block (points): 4 vectors with AVX-512, 8 with AVX2. Wider blocks read more of x per block than L1
-// holds and ran slower on ResNet-50's 1x1 convolutions at 56 x 56 (256 -> 128: 1.34 ms at 128 vs 1.00 at 64).
+// holds (ResNet-50's 1x1 convolutions at 56 x 56 ran slower at 128).
 constexpr int64_t kMaxBlock = 64;
 // The bytes of x one pass of a block's rows may read: more is split over chunks of each row's taps (below).
 constexpr int64_t kChunkBytes = 32 * 1024;
@@ -155,8 +154,8 @@ inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
               std::memcpy(out + j0, row, (j1 - j0) * sizeof(float));
             } else {
               int64_t j = j0;
-              if (g.sw == 2) {  // the even lanes of two vectors per vector (a strided scalar copy cost ~40 % of
-                                // ResNet-50's strided 3x3 convolutions); reads stay within the input row
+              if (g.sw == 2) {  // the even lanes of two vectors per vector (the strided scalar copy below was a
+                                // large share of the 7x7 stem's time); reads stay within the input row
                 const int64_t row_end = g.W - (j0 * g.sw + px - g.pw);
                 for (; 2 * (j - j0) + 2 * kLanes <= row_end && j + kLanes <= j1; j += kLanes) {
                   const float* p = row + 2 * (j - j0);
