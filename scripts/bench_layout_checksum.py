@@ -9,12 +9,16 @@ fan-in), times:
   through ``.data`` or numpy are seen;
 * ``versions_only``: the same call with the layout looked up under identities and version counters only
   (what the cache keyed on before: it serves stale weights after a ``.data`` edit);
-* ``compiled_op``: the call a compiled graph makes (``torch.compile``, ``accelerate(compile=True)``): the
-  ``lightning_srigl::condensed_linear`` op on the buffers, with no layout lookup and hence no checksum.
+* ``compiled``: the layer in a compiled graph (``compile_lazily``, as ``accelerate(compile=True)`` compiles):
+  the batch-1 kernel on the layout frozen before the compile (``CondensedLinear.freeze_for_compile``), no
+  lookup and hence no checksum;
+* ``gather_op``: the ``lightning_srigl::condensed_linear`` op on the buffers (the gather kernel), what a
+  graph compiled without that frozen layout (plain ``torch.compile``) runs.
 
 ``--model llama_decode`` also times the whole model: one token decoded with the KV cache after a 128-token
 prompt (the whole-model benchmark's Llama-style decoder, 90 %), accelerated, with its layers as shipped and
-with versions-only lookups, side by side (needs ``transformers``).
+with versions-only lookups, and compiled with and without the frozen batch-1 layouts, side by side (needs
+``transformers``).
 
 Times are the minimum of interleaved samples of the timing thread's CPU time (robust on a shared machine).
 """
@@ -39,6 +43,7 @@ from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.benchmark.whole_model import masked_model
 from lightning_srigl.condensed import CondensedLinear
 from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.kernels.compiled import compile_in_place, compile_lazily
 from lightning_srigl.kernels.linear import condensed_linear
 from lightning_srigl.timing import hot_times
 
@@ -83,7 +88,8 @@ def timed(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
 
 
 def whole_decoder() -> None:
-    """The Llama-style decoder's decode step, accelerated, as shipped and with versions-only layout lookups."""
+    """The Llama-style decoder's decode step, accelerated: eager as shipped and with versions-only layout lookups,
+    and compiled (``compile_in_place``), with the frozen batch-1 layouts and without them (the gather op)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_whole_models import cases
 
@@ -98,9 +104,17 @@ def whole_decoder() -> None:
     for module in plain.modules():
         if type(module) is CondensedLinear:
             module.__class__ = VersionsOnly
-    us = timed({"checked": lambda: shipped(*inputs), "versions_only": lambda: plain(*inputs)})
+    compiled, gather = copy.deepcopy(shipped), copy.deepcopy(shipped)
+    for module in gather.modules():
+        if type(module) is CondensedLinear:
+            module.freeze_for_compile = lambda freeze=True: None  # type: ignore[method-assign]
+    for model in (compiled, gather):  # the KV cache's Python objects break the graph: compile the pieces
+        compile_in_place(model, inputs, fullgraph=False)
+    us = timed({"checked": lambda: shipped(*inputs), "versions_only": lambda: plain(*inputs),
+                "compiled": lambda: compiled(*inputs), "compiled_gather": lambda: gather(*inputs)})  # fmt: skip
     print(f"llama_decode: checked {us['checked']:.0f} us, versions_only {us['versions_only']:.0f} us, "
-          f"ratio {us['checked'] / us['versions_only']:.3f}")  # fmt: skip
+          f"ratio {us['checked'] / us['versions_only']:.3f}; compiled {us['compiled']:.0f} us, "
+          f"compiled without frozen layouts (gather op) {us['compiled_gather']:.0f} us")  # fmt: skip
 
 
 def main() -> None:
@@ -113,9 +127,13 @@ def main() -> None:
         x = torch.randn(1, width)
         checked, plain = layer(CondensedLinear, out, width), layer(VersionsOnly, out, width)
         op = lambda x=x, m=checked: condensed_linear(x, m.values, m.indices, m.bias)  # noqa: E731
-        us = timed({"checked": lambda x=x: checked(x), "versions_only": lambda x=x: plain(x), "compiled_op": op})
+        compiled = copy.deepcopy(checked)
+        compile_lazily(compiled)
+        calls = {"checked": lambda x=x: checked(x), "versions_only": lambda x=x: plain(x), "gather_op": op}
+        us = timed(calls | {"compiled": lambda x=x: compiled(x)})
         print(f"{out}x{width}: checked {us['checked']:.1f} us, versions_only {us['versions_only']:.1f} us, "
-              f"ratio {us['checked'] / us['versions_only']:.2f}; compiled_op {us['compiled_op']:.1f} us")  # fmt: skip
+              f"ratio {us['checked'] / us['versions_only']:.2f}; compiled {us['compiled']:.1f} us, "
+              f"gather_op {us['gather_op']:.1f} us")  # fmt: skip
     if args.model:
         whole_decoder()
     print(f"load at the end {os.getloadavg()[0]:.1f}")

@@ -2,9 +2,9 @@
 (where onnxruntime is importable) ONNX Runtime dynamic int8, on the same 90 %-sparse weights.
 
 Models: one 3072->768 layer, one 768->3072 layer, and a ViT-B/16-sized MLP stack (12 x [768->3072, GELU,
-3072->768]), each
-called on ``(B, in)`` rows (tokens) for every ``--batch``. Every linear layer has a constant fan-in mask
-keeping 10 % of its inputs (random weights: speed does not depend on them). 1 thread; each candidate's
+3072->768]), each called on ``(B, in)`` rows (tokens) for every ``--batch`` (default 1, 8, 128: BERT-base's
+tokens, and 197: ViT-B/16's). Every linear layer has a constant fan-in mask keeping 10 % of its inputs
+(random weights: speed does not depend on them). 1 thread; each candidate's
 samples (``--sample-ms`` of calls) are taken in interleaved rounds and the minimum CPU time
 (``time.process_time``) per call is reported, with the CPU model, the kernel variant (pick it with
 ``LIGHTNING_SRIGL_CPU_ISA``), the int8 dot-product path and the load average beside it.
@@ -99,16 +99,17 @@ def ort_dynamic_int8(model: nn.Module, x: Tensor) -> Callable[[], object] | None
     return lambda: session.run(None, feed)
 
 
-def candidates(model: nn.Module, x: Tensor) -> dict[str, Callable[[], object]]:
-    int8 = swap_linears(model, lambda linear: Int8CondensedLinear.from_condensed(CondensedLinear.from_masked(linear)))
+def candidates(model: nn.Module, x: Tensor, int8: nn.Module, without_vnni: bool) -> dict[str, Callable[[], object]]:
+    """The timed calls on ``x``; ``int8``: ``model`` with `Int8CondensedLinear` layers; ``without_vnni``: time
+    the best path without VNNI too."""
     fns = {
         "dense fp32": model,
         "fp32 condensed": swap_linears(model, CondensedLinear.from_masked),
         "int8 condensed": int8,
-        "int8 condensed, no VNNI": _without_vnni(int8),
+        "int8 condensed, no VNNI": _without_vnni(int8) if without_vnni else None,
         "torch dynamic int8 (dense)": torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8),
     }
-    calls = {name: (lambda module=module: module(x)) for name, module in fns.items()}
+    calls = {name: (lambda module=module: module(x)) for name, module in fns.items() if module is not None}
     ort_call = ort_dynamic_int8(model, x)
     if ort_call is not None:
         calls["ORT dynamic int8 (dense)"] = ort_call
@@ -121,6 +122,12 @@ def _without_vnni(model: nn.Module) -> nn.Module:
         if isinstance(module, Int8CondensedLinear):
             model.set_submodule(name, Int8WithoutVnni(module))
     return model
+
+
+def window_steps(model: nn.Module) -> int:
+    """Window-kernel steps of all int8 layers of ``model`` (the layout header's ``S``; 0 without layouts)."""
+    layouts = [m.layout for m in model.modules() if isinstance(m, Int8CondensedLinear) and m.layout.numel()]
+    return sum(int(layout[:64].view(torch.int64)[5]) for layout in layouts)
 
 
 def interleaved_min(calls: dict[str, Callable[[], object]], rounds: int, sample_ms: float) -> dict[str, float]:
@@ -146,7 +153,7 @@ def interleaved_min(calls: dict[str, Callable[[], object]], rounds: int, sample_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 128, 197])
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--sample-ms", type=float, default=10.0)
@@ -166,14 +173,21 @@ def main() -> None:
     with torch.no_grad():
         for model_name in ("layer_3072x768", "layer_768x3072", "vit_b16_mlp_stack"):
             model = build_model(model_name, args.density)
+            int8 = swap_linears(model, lambda lin: Int8CondensedLinear.from_condensed(CondensedLinear.from_masked(lin)))
+            steps = window_steps(int8)
             for batch in args.batch:
                 x = torch.randn(batch, 3072 if model_name.startswith("layer_3072") else 768)
-                times = interleaved_min(candidates(model, x), args.rounds, args.sample_ms)
-                rows.append({"model": model_name, "batch": batch, "seconds": times})
+                # Without VNNI, AVX-512 runs the gathers: minutes at hundreds of rows, so only up to 8 rows.
+                without_vnni = batch <= 8 or facts["int8_path_no_vnni"].endswith("_window")
+                times = interleaved_min(candidates(model, x, int8, without_vnni), args.rounds, args.sample_ms)
+                rows.append({"model": model_name, "batch": batch, "seconds": times, "window_steps": steps})
                 dense = times["dense fp32"]
                 print(f"{model_name} B={batch} [{facts['variant']}, int8 path {facts['int8_path']}]")
                 for name, seconds in times.items():
                     print(f"  {name:28s} {seconds * 1e6:10.1f} us  {dense / seconds:6.2f}x dense fp32")
+                if steps:
+                    ns = times["int8 condensed"] * 1e9 / (steps * batch)
+                    print(f"  int8 condensed: {steps} window steps, {ns:.3f} ns per step and row (all costs included)")
     facts["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     print(json.dumps(facts))
     if args.out:

@@ -13,7 +13,8 @@ projections ``nn.Linear``; random weights, 90 % SRigL masks). Variants, all on t
   quantized by ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights), 1 intra-op thread.
 
 Timing: ``lightning_srigl.timing.hot_times``, interleaved rounds, minimum per call, CPU time of the process
-(ONNX Runtime computes on its own thread). Needs onnxruntime, onnx, onnxscript and transformers::
+(ONNX Runtime computes on its own thread). Then the int8 accelerated model's time by operator (``torch.profiler``):
+where the rest of its time goes. Needs onnxruntime, onnx, onnxscript and transformers::
 
     PYTHONPATH=. python scripts/int8_whole_models.py --models vit_b16 bert --batch 1 --out runs/int8_whole_models.md
 """
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,6 +80,7 @@ def measure(case: ModelCase, batch: int, seconds: float, folder: Path) -> dict[s
         timings = hot_times(
             calls, threads=1, min_run_time=seconds, device=torch.device("cpu"), clock=time.process_time, min_samples=5
         )
+        breakdown = profile(calls["int8 accelerated"])
     chosen = [row.chosen for row in report.rows]
     return {
         "model": case.name,
@@ -85,7 +88,22 @@ def measure(case: ModelCase, batch: int, seconds: float, folder: Path) -> dict[s
         "ms": {name: timing.min * 1e3 for name, timing in timings.items()},
         "error": errors,
         "int8 chose": ", ".join(f"{kind} x{chosen.count(kind)}" for kind in sorted(set(chosen))),
+        "int8 profile": breakdown,
     }
+
+
+def profile(call: Callable[[], object], calls: int = 3, top: int = 6) -> dict[str, float]:
+    """Share (%) of the ``top`` operators in ``call``'s self CPU time under ``torch.profiler`` (``calls`` calls;
+    the rest summed as "other")."""
+    call()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            call()
+    events = sorted(prof.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events)
+    shares = {event.key.split("::")[-1]: 100 * event.self_cpu_time_total / total for event in events[:top]}
+    shares["other"] = 100 - sum(shares.values())
+    return shares
 
 
 def main() -> None:
@@ -99,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(1)
     found = cases(smoke=args.smoke)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    lines = []
+    lines, profiles = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             for batch in args.batch:
@@ -111,6 +129,8 @@ def main() -> None:
                 lines.append(
                     f"| {name} | {batch} | {cells} | {dense / ours:.2f}x | {ort / ours:.2f}x | {row['int8 chose']} |"
                 )
+                shares = ", ".join(f"{op} {share:.0f} %" for op, share in row["int8 profile"].items())
+                profiles.append(f"* {name}, batch {batch}: {shares}")
     header = [
         f"CPU {cpu_model()}, kernel variant {requested_variant()}, 1 thread, CPU time (minimum), load average "
         f"{' '.join(load)} before and {' '.join(Path('/proc/loadavg').read_text().split()[:3])} after.",
@@ -119,7 +139,8 @@ def main() -> None:
         "int8 vs dense fp32 | int8 vs ORT int8 | int8 acceleration chose |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    table = "\n".join(header + lines)
+    footer = ["", "Self CPU time of the int8 accelerated model by operator (torch.profiler, 3 calls):", "", *profiles]
+    table = "\n".join(header + lines + footer)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

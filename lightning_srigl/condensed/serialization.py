@@ -59,7 +59,9 @@ def layer_name(cls: type) -> str:
 
 
 _PACKAGE_LAYERS: dict[str, type[nn.Module]] = {
-    layer_name(cls): cls for cls in INFERENCE_LAYERS if hasattr(cls, "from_spec") and hasattr(cls, "spec_args")
+    layer_name(cls): cls
+    for cls in (*INFERENCE_LAYERS, PackedLinear)
+    if hasattr(cls, "from_spec") and hasattr(cls, "spec_args")
 }
 # Files written before 0.2 named a layer by its module path then; they still load.
 _OLD_MODULES = {
@@ -100,8 +102,6 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
     Raises:
         TypeError: for a module whose constructor cannot be rebuilt (custom classes).
     """
-    if type(module) is PackedLinear:  # written as the nn.Linear it computes (the same parameters)
-        module = module.to_linear()
     cls = type(module)
     name = _qualified(cls)
     if _PACKAGE_LAYERS.get(layer_name(cls)) is cls:

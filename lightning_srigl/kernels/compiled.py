@@ -37,8 +37,10 @@ import torch
 from torch import nn
 
 from lightning_srigl.kernels.conv import condensed_conv2d
+from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.dense import packed_linear
 from lightning_srigl.kernels.linear import condensed_linear
+from lightning_srigl.kernels.linear_rows import condensed_linear_rows
 from lightning_srigl.kernels.residual_fusion import ResidualFusion
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "compile_lazily",
     "eager_forward",
     "export_package",
+    "freeze_layouts",
     "graph_breaks",
     "holder_of",
     "load_package",
@@ -60,7 +63,7 @@ __all__ = [
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion(direct=True)}
 PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
 # The custom ops a compiled or packaged model calls (importing them registered them).
-CUSTOM_OPS = (condensed_linear, condensed_conv2d, packed_linear)
+CUSTOM_OPS = (condensed_linear, condensed_linear_rows, condensed_conv2d, packed_linear)
 
 
 def _arguments(example_input: object) -> tuple[object, ...]:
@@ -102,7 +105,17 @@ def compile_lazily(model: nn.Module, *, fullgraph: bool = True) -> None:
     compiles ``_call_impl``, which dynamo skips as library code when the forward is torch's own
     (an ``nn.Sequential``), and ``fullgraph=True`` then fails with "found no compiled frames".
     """
+    freeze_layouts(model)
     model.forward = torch.compile(eager_forward(model), fullgraph=fullgraph, options=dict(COMPILE_OPTIONS))
+
+
+def freeze_layouts(model: nn.Module) -> None:
+    """Let each submodule with a ``freeze_for_compile()`` method (``CondensedLinear``: its batch-1 layout) keep
+    the kernel layouts a traced graph needs as buffers, which freezing turns into constants."""
+    for module in model.modules():
+        freeze = getattr(module, "freeze_for_compile", None)
+        if callable(freeze):
+            freeze()
 
 
 def eager_forward(model: nn.Module) -> Callable[..., object]:
@@ -135,6 +148,7 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
     if path.suffix != ".pt2":
         raise ValueError(f"path must end in .pt2 (an AOTInductor package), got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    freeze_layouts(model)
     with torch.no_grad():
         program = torch.export.export(model, _arguments(example_input))
         written = torch._inductor.aoti_compile_and_package(
@@ -145,8 +159,10 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
 
 def load_package(path: str | Path) -> Callable[..., Any]:
     """The callable model of an AOTInductor package written by `export_package` (this module's import
-    has registered the condensed ops it calls)."""
+    has registered the condensed ops it calls, and it loads the CPU kernel variant whose ``batch1_forward``
+    a graph with one-row calls names)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no AOTInductor package at {str(path)!r}; write one with export_package")
+    load_extension()
     return torch._inductor.aoti_load_package(str(path))

@@ -20,6 +20,7 @@ __all__ = [
     "batch1_layout",
     "condensed_conv2d",
     "condensed_linear",
+    "condensed_linear_rows",
     "conv_output_size",
     "csr_linear",
     "int8_condensed_linear",
@@ -37,6 +38,13 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 def condensed_linear(x2d: Tensor, values: Tensor, indices: Tensor, bias_active: Tensor | None) -> Tensor:
     """``x2d (B, in)``, ``values (A, k)`` -> ``(B, A)``."""
     return x2d.new_empty((x2d.shape[0], values.shape[0]))
+
+
+def condensed_linear_rows(
+    x2d: Tensor, values: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None, out_features: int
+) -> Tensor:
+    """``x2d (B, in)`` -> ``(B, out_features)``."""
+    return x2d.new_empty((x2d.shape[0], out_features))
 
 
 def condensed_conv2d(
@@ -109,6 +117,7 @@ def int8_window_layout(weight: Tensor, indices: Tensor, in_features: int) -> Ten
 # The C++ ops of csrc/ops.cpp (all but batch1_supported and int8_path, which take no tensor) and their fakes.
 CPP_FAKES: dict[str, Callable[..., Tensor]] = {
     "condensed_linear": condensed_linear,
+    "condensed_linear_rows": condensed_linear_rows,
     "batch1_layout": batch1_layout,
     "batch1_forward": batch1_forward,
     "condensed_conv2d": condensed_conv2d,

@@ -87,21 +87,27 @@ def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor | None
     ctx.has_bias = bias_active is not None
 
 
-def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
-    """Gradients via one dense scatter of the weights: ``dx = g @ W``, ``dvalues = (gᵀ x)[a, indices[a, j]]``.
-
-    ``grad`` is ``(B, A)``; the dense ``(A, in)`` temporaries are the size of the original weight.
-    """
-    x2d, values, indices = ctx.saved_tensors
+def product_grads(
+    ctx: Any, grad: Tensor, x2d: Tensor, values: Tensor, indices: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(dx, dvalues)`` of the condensed product for ``grad (B, A)``, each None unless ``ctx.needs_input_grad``
+    asks for it (positions 0 and 1): one dense scatter of the weights, ``dx = g @ W``, ``dvalues = (gᵀ x)[a,
+    indices[a, j]]``; the dense ``(A, in)`` temporaries are the size of the original weight."""
     idx = indices.long()
-    grad_x = grad_values = grad_bias = None
+    grad_x = grad_values = None
     if ctx.needs_input_grad[0]:
         dense = values.new_zeros(values.shape[0], ctx.in_features).scatter_(1, idx, values)
         grad_x = grad @ dense
     if ctx.needs_input_grad[1]:
         grad_values = (grad.transpose(0, 1) @ x2d).gather(1, idx)
-    if ctx.has_bias and ctx.needs_input_grad[3]:
-        grad_bias = grad.sum(0)
+    return grad_x, grad_values
+
+
+def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, Tensor | None]:
+    """`product_grads`, and ``grad.sum(0)`` for the bias."""
+    x2d, values, indices = ctx.saved_tensors
+    grad_x, grad_values = product_grads(ctx, grad, x2d, values, indices)
+    grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
     return grad_x, grad_values, None, grad_bias
 
 

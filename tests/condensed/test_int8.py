@@ -73,6 +73,29 @@ def test_kernels_are_bit_equal_to_the_int32_reference(kernel, mode, shape):
         assert_bit_equal(run_kernel(kernel, layer, x, mode), reference(layer, x))
 
 
+# Many rows per call (the window kernels' sample blocks of 8 and tiles of groups): random shapes with partial
+# groups, ablated (non-consecutive) and consecutive output rows, several L1 tiles, and row counts around and
+# between the blocks. (out, in, fan-in, seed)
+MANY_ROWS_SHAPES = [(256, 768, 77, 0), (100, 3072, 307, 1), (19, 130, 20, 2), (64, 64, 64, 3), (48, 1000, 3, 4)]
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2, 3], ids=["best", "gather", "gather-vnni-if-present", "best-without-vnni"])
+@pytest.mark.parametrize("shape", MANY_ROWS_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}k{s[2]}")
+def test_many_rows_are_bit_equal_to_the_int32_reference(kernel, mode, shape):
+    out, inp, fan_in, seed = shape
+    g = torch.Generator().manual_seed(seed)
+    layer = Int8CondensedLinear.from_condensed(condensed(out, inp, fan_in, seed, bias=seed % 2 == 0, ablate=seed < 2))
+    for batch in (0, 7, 9, 16, 23, 128, 197, 300):
+        x = torch.randn(batch, inp, generator=g) * torch.rand(batch, 1, generator=g) * 4
+        if batch > 100:
+            x[batch // 2, inp // 3] = float("nan")  # a non-finite row inside a block
+            x[batch // 3] = 0.0
+            x[batch // 4, :2] = torch.tensor([3e38, -3e38])  # finite, but its range (and sum) overflow fp32
+        if seed == 3:
+            layer.calibrate(torch.randn(4, inp, generator=g))
+        assert_bit_equal(run_kernel(kernel, layer, x, mode), reference(layer, x))
+
+
 def test_avx2_runs_the_window_kernel_and_refuses_another_variants_layout():
     if "avx2" not in host_variants():
         pytest.skip("this CPU runs no AVX2 code")

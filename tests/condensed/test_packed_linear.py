@@ -135,16 +135,26 @@ def test_compiled_packed_model_is_one_graph_equal_to_eager() -> None:
         torch.testing.assert_close(model(tokens), eager, rtol=1e-5, atol=1e-5)
 
 
-def test_a_packed_layer_saves_as_the_linear_it_computes(tmp_path) -> None:
+def test_a_packed_layer_saves_as_itself_and_loads_bit_identical(tmp_path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 8)).eval()
     model[2] = PackedLinear.from_linear(model[2])
     x = torch.randn(3, 24)
     save_condensed(model, tmp_path / "model.pt")
     loaded = load_condensed(tmp_path / "model.pt")
-    assert type(loaded[2]) is nn.Linear
+    assert type(loaded[2]) is PackedLinear
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_a_packed_layer_with_a_tampered_weight_is_refused(tmp_path) -> None:
+    model = nn.Sequential(PackedLinear.from_linear(nn.Linear(6, 4))).eval()
+    save_condensed(model, tmp_path / "model.pt")
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    payload["state_dict"]["0.weight"] = torch.zeros(4, 5)
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(ValueError, match="cannot build lightning_srigl.PackedLinear.*weight of shape"):
+        load_condensed(tmp_path / "tampered.pt")
 
 
 def test_restore_dense_gives_back_torch_linear_holding_the_same_parameters() -> None:

@@ -91,6 +91,7 @@ def _batch1_forward_args(ops: object) -> tuple:
 # Example inputs of every op, by name: adding an op means adding it here (the tests below fail until then).
 EXAMPLES: dict[str, Callable[[object], tuple]] = {
     "condensed_linear": lambda ops: _linear_args(),
+    "condensed_linear_rows": lambda ops: (*_linear_args()[:3], _condensed()[2], torch.randn(6), 6),
     "condensed_conv2d": lambda ops: _conv_args(),
     "csr_linear": lambda ops: _csr_args(),
     "sampled_product": lambda ops: _sampled_args(),

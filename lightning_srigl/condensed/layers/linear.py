@@ -29,10 +29,12 @@ from lightning_srigl.kernels.cpu.loader import (
     batch1_forward,
     batch1_layout,
     condensed_linear_cpu,
+    condensed_linear_rows_cpu,
     condensed_linear_torch,
 )
 from lightning_srigl.kernels.layout import condense, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear, triton_kernels
+from lightning_srigl.kernels.linear_rows import condensed_linear_rows
 from lightning_srigl.kernels.validation import check_bias, check_condensed, check_width
 
 
@@ -90,6 +92,7 @@ class CondensedLinear(nn.Module):
         self.register_buffer("bias", bias)
         self._layouts: DerivedCache[Any] = DerivedCache()  # kernel layouts of the buffers; see _derived_layout
         self.register_load_state_dict_post_hook(validate_after_load)
+        self.register_load_state_dict_post_hook(lambda module, _: module.freeze_for_compile(False))
 
     def check_buffers(self) -> None:
         """Validate the buffers as the constructor does (``check_condensed``, ``check_bias``); run after loading.
@@ -171,6 +174,10 @@ class CondensedLinear(nn.Module):
             if layout is not None:  # fp32 eager CPU inference at batch 1: one C++ call
                 y = batch1_forward(row, layout, self.bias)
                 return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+            if self._frozen_batch1(row):  # the same kernel in a compiled graph, on the layout frozen before it
+                bias = self.bias if self.bias is not None else self.frozen_batch1_zeros  # the op's fake needs a bias
+                y = batch1_forward(row, self.frozen_batch1_layout, bias)
+                return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
         values = self.values
         if x.shape[-1] != self.in_features or x.dtype != values.dtype:
             x = self._autocast_input(x)
@@ -178,10 +185,46 @@ class CondensedLinear(nn.Module):
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
         ablated = values.shape[0] < self.out_features
-        y = self._product(x2d, values, None if ablated else self.bias)
-        if ablated:
-            y = self._scatter_active(y)
+        if ablated and self.backend == "auto" and x2d.is_cpu:
+            # The product stored at the active columns, the ablated ones set to their bias: no scatter pass.
+            eager = _eager_cpu_inference(x2d, values, self.bias)
+            product = condensed_linear_rows_cpu if eager else condensed_linear_rows
+            y = product(x2d, values, self.indices, self.active_rows, self.bias, self.out_features)
+        else:
+            y = self._product(x2d, values, None if ablated else self.bias)
+            if ablated:
+                y = self._scatter_active(y)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+
+    def freeze_for_compile(self, freeze: bool = True) -> None:
+        """Keep the batch-1 layout as the non-persistent buffer ``frozen_batch1_layout`` (and for a layer without
+        bias, zeros as ``frozen_batch1_zeros``: the op's output width comes from its bias), so that a graph
+        compiled afterwards sends one-row inputs to the batch-1 kernel: inductor's freezing makes both
+        constants. ``freeze=False`` drops them.
+
+        Called by [`compile_lazily`][lightning_srigl.kernels.compiled.compile_lazily] and
+        [`export_package`][lightning_srigl.kernels.compiled.export_package] before they trace, and after
+        ``load_state_dict`` (with False). Only the compiled graph reads them (eager calls use the cached
+        layout that follows the weights), so values edited afterwards need that compile again, as freezing
+        does anyway. Nothing is kept where the batch-1 kernel does not apply (see `_batch1_layout`).
+        """
+        layout = None
+        if freeze and self.backend == "auto" and self.values.is_cpu and self.values.dtype == torch.float32:
+            layout = self._build_batch1_layout(self.values, self.indices, self.active_rows)
+        zeros = self.values.new_zeros(self.out_features) if layout is not None and self.bias is None else None
+        self.register_buffer("frozen_batch1_layout", layout, persistent=False)
+        self.register_buffer("frozen_batch1_zeros", zeros, persistent=False)
+
+    def _frozen_batch1(self, row: Tensor) -> bool:
+        """Whether a traced call on ``row (1, in)`` may use the frozen batch-1 layout (`freeze_for_compile`)."""
+        return (
+            self._buffers.get("frozen_batch1_layout") is not None
+            and torch.compiler.is_compiling()
+            and not torch.is_grad_enabled()
+            and row.is_cpu
+            and row.dtype == torch.float32
+            and row.shape[1] == self.in_features
+        )
 
     def _autocast_input(self, x: Tensor) -> Tensor:
         """``x`` cast to the layer's dtype under autocast on its device; otherwise a ValueError that says why."""

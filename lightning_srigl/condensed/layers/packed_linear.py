@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.kernels.dense import packed_linear, packed_linear_cpu
 
 __all__ = ["PackedLinear"]
@@ -27,6 +28,26 @@ class PackedLinear(nn.Linear):
     def from_linear(cls, linear: nn.Linear) -> PackedLinear:
         """The layer computing ``linear``, sharing its ``weight`` and ``bias`` parameters (ties hold)."""
         return cast(PackedLinear, _sharing(cls, linear))
+
+    def spec_args(self) -> dict[str, int | bool]:
+        """Plain constructor facts for `save_condensed` (the layer is saved as itself, so a loaded model runs
+        the same GEMM and gives bit-identical outputs)."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, args: dict[str, object], tensors: dict[str, Tensor]) -> PackedLinear:
+        """Rebuild from `spec_args` and the layer's ``weight (out, in)`` and optional ``bias (out,)``.
+
+        Raises:
+            ValueError: a tensor missing or of another shape or dtype than ``args`` give.
+        """
+        shape = (args["out_features"], args["in_features"])
+        weight, bias = tensors.get("weight"), tensors.get("bias")
+        if weight is None or tuple(weight.shape) != shape or not weight.is_floating_point():
+            raise ValueError(f"expected a floating-point weight of shape {shape}")
+        if bias is not None and (tuple(bias.shape) != shape[:1] or bias.dtype != weight.dtype):
+            raise ValueError(f"expected a bias of shape {shape[:1]} and dtype {weight.dtype}")
+        return cls.from_linear(dense_linear(weight, bias).eval())
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` sharing this layer's parameters (what ``from_linear`` was given)."""

@@ -48,6 +48,8 @@ class KernelOps:
         variant: the variant's name (``avx512``, ``avx2``, ``neon``, ``scalar``).
         library: the shared library the ops came from.
         condensed_linear: ``(x (B, in), values (A, k), indices (A, k), bias (A,) | None) -> (B, A)``.
+        condensed_linear_rows: ``(x (B, in), values (A, k), indices (A, k), rows (A,), bias (out,) | None, out)
+            -> (B, out)``: the product at the columns ``rows``, every other column its bias.
         batch1_layout: ``(values, indices, rows (A,), in, out) -> uint8 layout`` (empty where unsupported).
         batch1_forward: ``(x (1, in), layout, bias (out,) | None) -> (1, out)``.
         batch1_supported: whether the variant has the gather-free batch-1 kernel.
@@ -68,6 +70,7 @@ class KernelOps:
     variant: str
     library: Path
     condensed_linear: Callable[..., Tensor]
+    condensed_linear_rows: Callable[..., Tensor]
     batch1_layout: Callable[..., Tensor]
     batch1_forward: Callable[..., Tensor]
     batch1_supported: bool
@@ -189,6 +192,7 @@ def _resolve(variant: str, library: Path) -> KernelOps:
         variant=variant,
         library=library,
         condensed_linear=ops.condensed_linear.default,
+        condensed_linear_rows=ops.condensed_linear_rows.default,
         batch1_layout=ops.batch1_layout.default,
         batch1_forward=ops.batch1_forward.default,
         batch1_supported=bool(ops.batch1_supported()),

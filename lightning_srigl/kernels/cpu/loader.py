@@ -39,6 +39,8 @@ __all__ = [
     "batch1_layout",
     "build_directory",
     "condensed_linear_cpu",
+    "condensed_linear_rows_cpu",
+    "condensed_linear_rows_torch",
     "condensed_linear_torch",
     "host_variants",
     "load_extension",
@@ -198,3 +200,24 @@ def condensed_linear_cpu(x2d: Tensor, values: Tensor, indices: Tensor, bias_acti
     if extension is None or x2d.dtype not in _KERNEL_DTYPES:
         return condensed_linear_torch(x2d, values, indices, bias_active)
     return extension.condensed_linear(x2d, values, indices, bias_active)
+
+
+def condensed_linear_rows_torch(
+    x2d: Tensor, values: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None, out_features: int
+) -> Tensor:
+    """Pure-torch reference of ``condensed_linear_rows``: `condensed_linear_torch` at the columns ``rows (A,)`` of a
+    ``(B, out_features)`` output whose other columns hold ``bias (out_features,)`` (or 0). Differentiable."""
+    y = condensed_linear_torch(x2d, values, indices, None)
+    full = x2d.new_zeros(x2d.shape[0], out_features) if bias is None else bias.expand(x2d.shape[0], -1).contiguous()
+    return full.index_add(1, rows, y.to(full.dtype))
+
+
+def condensed_linear_rows_cpu(
+    x2d: Tensor, values: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None, out_features: int
+) -> Tensor:
+    """``(B, out_features)`` on the CPU: the C++ kernel, which stores each active row's output at its column
+    (no ``(B, A)`` temporary, no scatter), for fp32/bf16/fp16; else `condensed_linear_rows_torch`."""
+    extension = _extension if _extension is not None and os.environ.get(DISABLE_ENV) != "1" else load_extension()
+    if extension is None or x2d.dtype not in _KERNEL_DTYPES:
+        return condensed_linear_rows_torch(x2d, values, indices, rows, bias, out_features)
+    return extension.condensed_linear_rows(x2d, values, indices, rows, bias, out_features)

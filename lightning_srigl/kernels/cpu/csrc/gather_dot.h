@@ -48,10 +48,11 @@ inline void dot_rows(const float* x, const T* w, const IT* idx, int64_t k, float
 // or 8 with AVX-512 on a Sapphire-Rapids-class VM).
 constexpr int64_t kRowBlock = 2;
 
-// y (B, A) for small B; xf is x as fp32 (B, in).
+// The (B, A) product into y (rows ldy apart; row a to column cols[a], or a where cols is null) for small B;
+// xf is x as fp32 (B, in).
 template <typename T, typename IT>
 void gather_dot(const float* xf, int64_t B, int64_t in, const T* w, const IT* idx, const T* bias, int64_t A,
-                int64_t k, T* y) {
+                int64_t k, T* y, int64_t ldy, const int64_t* cols) {
   const int64_t n_blocks = (A + kRowBlock - 1) / kRowBlock;
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, k * B * kRowBlock));
   at::parallel_for(0, n_blocks, grain, [&](int64_t blk0, int64_t blk1) {
@@ -66,8 +67,10 @@ void gather_dot(const float* xf, int64_t B, int64_t in, const T* w, const IT* id
         } else {
           for (int64_t r = 0; r < rows; ++r) dot_rows<1>(xb, w + (a0 + r) * k, idx + (a0 + r) * k, k, out + r);
         }
-        T* yb = y + b * A + a0;
-        for (int64_t r = 0; r < rows; ++r) yb[r] = static_cast<T>(out[r] + (bias ? to_float(bias[a0 + r]) : 0.f));
+        T* yb = y + b * ldy;
+        for (int64_t r = 0; r < rows; ++r) {
+          yb[cols ? cols[a0 + r] : a0 + r] = static_cast<T>(out[r] + (bias ? to_float(bias[a0 + r]) : 0.f));
+        }
       }
     }
   });

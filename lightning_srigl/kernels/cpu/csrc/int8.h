@@ -51,9 +51,18 @@ struct RowQuant {
   int32_t zero;
 };
 
-// Dynamic scale and zero point of one row of n floats; the scale is NaN or inf (and the row's outputs NaN,
-// with a calibrated scale too) when the row holds a NaN or inf or its range exceeds fp32.
-inline RowQuant dynamic_quant(const float* x, int64_t n) {
+// (scale, zero) of a row from its range [lo, hi] (lo <= 0 <= hi), or NaN when it holds a NaN.
+inline RowQuant quant_of_range(float lo, float hi, bool nan) {
+  if (nan) return {std::numeric_limits<float>::quiet_NaN(), 0};
+  float scale = (hi - lo) / 255.f;  // inf when the row is infinite or its range overflows fp32
+  if (scale == 0.f) scale = 1.f;
+  if (!std::isfinite(scale)) return {scale, 0};
+  const float zero = std::nearbyint(-lo / scale);
+  return {scale, static_cast<int32_t>(std::min(255.f, std::max(0.f, zero)))};
+}
+
+// dynamic_quant with NaN-propagating min / max (for rows holding a NaN or inf).
+inline RowQuant dynamic_quant_checked(const float* x, int64_t n) {
   Vec lo_v(0.f), hi_v(0.f);
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -76,24 +85,64 @@ inline RowQuant dynamic_quant(const float* x, int64_t n) {
     lo = std::min(lo, x[i]);
     hi = std::max(hi, x[i]);
   }
-  if (nan) return {std::numeric_limits<float>::quiet_NaN(), 0};
-  float scale = (hi - lo) / 255.f;  // inf when the row is infinite or its range overflows fp32
-  if (scale == 0.f) scale = 1.f;
-  if (!std::isfinite(scale)) return {scale, 0};
-  const float zero = std::nearbyint(-lo / scale);
-  return {scale, static_cast<int32_t>(std::min(255.f, std::max(0.f, zero)))};
+  return quant_of_range(lo, hi, nan);
+}
+
+// Dynamic scale and zero point of one row of n floats; the scale is NaN or inf (and the row's outputs NaN,
+// with a calibrated scale too) when the row holds a NaN or inf or its range exceeds fp32. Plain min / max
+// (2 instructions per vector instead of NaN-propagating ones), and a running sum that is not finite when a
+// NaN or inf is present (or the sum overflows): such rows are redone by dynamic_quant_checked.
+inline RowQuant dynamic_quant(const float* x, int64_t n) {
+  Vec lo_v(0.f), hi_v(0.f), sum_v(0.f);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec v = Vec::loadu(x + i);
+    lo_v = at::vec::clamp_max(v, lo_v);
+    hi_v = at::vec::clamp_min(v, hi_v);
+    sum_v = sum_v + v;
+  }
+  alignas(64) float lo_l[kLanes], hi_l[kLanes], sum_l[kLanes];
+  lo_v.store(lo_l);
+  hi_v.store(hi_l);
+  sum_v.store(sum_l);
+  float lo = 0.f, hi = 0.f;
+  bool finite = true;
+  for (int l = 0; l < kLanes; ++l) {
+    finite &= std::isfinite(sum_l[l]);
+    lo = std::min(lo, lo_l[l]);
+    hi = std::max(hi, hi_l[l]);
+  }
+  for (; i < n; ++i) {
+    finite &= std::isfinite(x[i]);
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  return finite ? quant_of_range(lo, hi, false) : dynamic_quant_checked(x, n);
+}
+
+// The kLanes whole numbers in [0, 255] of v as bytes at q (exact conversions).
+inline void store_bytes(const Vec& v, uint8_t* q) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i ints = _mm256_cvtps_epi32(v);
+  const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(ints), _mm256_extracti128_si256(ints, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_packus_epi16(words, words));
+#else
+  alignas(64) float block[kLanes];
+  v.store(block);
+  for (int l = 0; l < kLanes; ++l) q[l] = static_cast<uint8_t>(block[l]);
+#endif
 }
 
 // q[i] = clamp(nearbyint(x[i] / scale) + zero, 0, 255) for i < n; q[n, n + kInt8RowSlack) = 0.
 inline void quantize_row(const float* x, int64_t n, RowQuant quant, uint8_t* q) {
   const Vec scale(quant.scale), zero(static_cast<float>(quant.zero)), low(0.f), high(255.f);
-  alignas(64) float block[kLanes];
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     // round() is nearbyint (half to even); |x / scale| <= 256 here, so + zero is exact in fp32.
     const Vec v = at::vec::clamp((Vec::loadu(x + i) / scale).round() + zero, low, high);
-    v.store(block);
-    for (int l = 0; l < kLanes; ++l) q[i + l] = static_cast<uint8_t>(block[l]);
+    store_bytes(v, q + i);
   }
   for (; i < n; ++i) {
     const float v = std::nearbyint(x[i] / quant.scale) + static_cast<float>(quant.zero);
@@ -249,7 +298,8 @@ __attribute__((noinline)) inline float dequantize(int64_t corrected, float scale
 
 // The outputs of n consecutive active rows (weight sums wsum[0, n), scales wscale[0, n), output rows
 // rows[0, n)) of one sample from their int32 dot products `sums`, into that sample's output row y: the
-// arithmetic of output_of, one call per group of rows (the window kernels' epilogue).
+// arithmetic of output_of, one call per group of rows (the window kernels' epilogue where dequantize_group,
+// in int8_window.h, has no vector path: partial groups, non-finite rows).
 __attribute__((noinline)) inline void dequantize_rows(const int32_t* sums, int64_t n, RowQuant rq, const int32_t* wsum,
                                                       const float* wscale, const int64_t* rows, const float* bias,
                                                       float* y) {

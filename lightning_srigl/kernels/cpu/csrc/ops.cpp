@@ -5,6 +5,7 @@
 //
 // This file is compiled once per instruction set into its own shared library, which registers
 //   torch.ops.<LSR_OPS_NAMESPACE>.condensed_linear(x, values, indices, bias) -> y
+//   torch.ops.<LSR_OPS_NAMESPACE>.condensed_linear_rows(x, values, indices, rows, bias, out_features) -> y (B, out)
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_layout(values, indices, rows, in_features, out_features) -> layout
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_forward(x, layout, bias) -> y (1, out)
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_supported() -> bool
@@ -53,28 +54,30 @@ inline namespace CPU_CAPABILITY {
 // Batches below this size use the gather-dot kernel.
 constexpr int64_t kSmallBatch = 3;
 
+// y (B, A), or with cols (A,) the active columns of y (B, ldy): the kernel of the batch size.
 template <typename T, typename IT>
-void run(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices, const T* bias, at::Tensor& y) {
-  const int64_t B = x.size(0), in = x.size(1), A = values.size(0), k = values.size(1);
+void run(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices, const T* bias, at::Tensor& y,
+         const int64_t* cols = nullptr) {
+  const int64_t B = x.size(0), in = x.size(1), A = values.size(0), k = values.size(1), ldy = y.size(1);
   const T* w = values.data_ptr<T>();
   const IT* idx = indices.data_ptr<IT>();
   T* yp = y.data_ptr<T>();
   if (B < kSmallBatch) {
     const at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
-    gather_dot<T, IT>(xf.data_ptr<float>(), B, in, w, idx, bias, A, k, yp);
+    gather_dot<T, IT>(xf.data_ptr<float>(), B, in, w, idx, bias, A, k, yp, ldy, cols);
   } else {
-    panel_product<T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, yp);
+    panel_product<T, IT>(x.data_ptr<T>(), B, in, w, idx, bias, A, k, Output<T>{yp, ldy, cols});
   }
 }
 
 template <typename T>
 void run_typed(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
-               const c10::optional<at::Tensor>& bias, at::Tensor& y) {
+               const c10::optional<at::Tensor>& bias, at::Tensor& y, const int64_t* cols = nullptr) {
   const T* b = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   if (indices.scalar_type() == at::kShort) {
-    run<T, int16_t>(x, values, indices, b, y);
+    run<T, int16_t>(x, values, indices, b, y, cols);
   } else {
-    run<T, int32_t>(x, values, indices, b, y);
+    run<T, int32_t>(x, values, indices, b, y, cols);
   }
 }
 
@@ -106,6 +109,56 @@ at::Tensor condensed_linear(const at::Tensor& x, const at::Tensor& values, const
     case at::kBFloat16: run_typed<bf16>(x, values, indices, bias, y); break;
     case at::kHalf: run_typed<fp16>(x, values, indices, bias, y); break;
     default: TORCH_CHECK(false, "condensed_linear: unsupported dtype ", x.scalar_type(),
+                         " (use float32, bfloat16 or float16)");
+  }
+  return y;
+}
+
+// condensed_linear_rows in dtype T: the ablated columns get their bias (or 0), then the kernel writes the rest.
+template <typename T>
+void rows_typed(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+                const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& bias_active,
+                const std::vector<int64_t>& ablated, const int64_t* rows, at::Tensor& y) {
+  const int64_t B = y.size(0), out = y.size(1);
+  const T* b = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  T* yp = y.data_ptr<T>();
+  for (int64_t s = 0; s < B; ++s) {
+    for (const int64_t c : ablated) yp[s * out + c] = b ? b[c] : static_cast<T>(0.f);
+  }
+  if (values.size(0) > 0) run_typed<T>(x, values, indices, bias_active, y, rows);
+}
+
+// y (B, out_features): column rows[a] holds active row a's product plus bias[rows[a]], every other column its
+// bias (or 0): condensed_linear followed by the scatter into the full width, in one pass (the kernels store
+// each output at its column). rows: strictly increasing int64 (A,) in [0, out_features); bias (out_features,).
+at::Tensor condensed_linear_rows(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
+                                 const at::Tensor& rows, const c10::optional<at::Tensor>& bias, int64_t out_features) {
+  check_inputs(x, values, indices, c10::nullopt);
+  const int64_t A = values.size(0), B = x.size(0);
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1 && rows.is_contiguous() && rows.numel() == A,
+              "condensed_linear_rows: rows must be a contiguous int64 (A,) tensor, one output column per row of values");
+  const int64_t* r = rows.data_ptr<int64_t>();
+  for (int64_t a = 0; a < A; ++a) {
+    TORCH_CHECK(r[a] >= 0 && r[a] < out_features && (a == 0 || r[a] > r[a - 1]),
+                "condensed_linear_rows: rows must be strictly increasing and lie in [0, ", out_features, ")");
+  }
+  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->numel() == out_features && bias->is_contiguous() &&
+                                    bias->scalar_type() == values.scalar_type()),
+              "condensed_linear_rows: bias must be a contiguous (", out_features, ",) tensor of the values' dtype");
+  at::Tensor y = at::empty({B, out_features}, x.options());
+  if (y.numel() == 0) return y;
+  const c10::optional<at::Tensor> bias_active =
+      bias.has_value() ? c10::optional<at::Tensor>(bias->index_select(0, rows)) : c10::nullopt;
+  std::vector<int64_t> ablated;  // the columns no row of values writes
+  ablated.reserve(out_features - A);
+  for (int64_t c = 0, a = 0; c < out_features; ++c) {
+    if (a < A && r[a] == c) ++a; else ablated.push_back(c);
+  }
+  switch (x.scalar_type()) {
+    case at::kFloat: rows_typed<float>(x, values, indices, bias, bias_active, ablated, r, y); break;
+    case at::kBFloat16: rows_typed<bf16>(x, values, indices, bias, bias_active, ablated, r, y); break;
+    case at::kHalf: rows_typed<fp16>(x, values, indices, bias, bias_active, ablated, r, y); break;
+    default: TORCH_CHECK(false, "condensed_linear_rows: unsupported dtype ", x.scalar_type(),
                          " (use float32, bfloat16 or float16)");
   }
   return y;
@@ -322,10 +375,11 @@ at::Tensor int8_condensed_linear(const at::Tensor& x, const at::Tensor& weight, 
   const int64_t stride = (in + kInt8RowSlack + 63) / 64 * 64;
   thread_local std::vector<uint8_t> q;
   thread_local std::vector<RowQuant> quant;
-  q.resize(B * stride);
+  q.resize(B * stride + 64);
   quant.resize(B);
   // Pointers, not the thread_local buffers themselves: inside the lambda those would be another thread's.
-  uint8_t* qp = q.data();
+  // Rows start on 64-byte boundaries (the stride is a multiple of 64), so aligned windows load whole lines.
+  uint8_t* qp = q.data() + (64 - reinterpret_cast<uintptr_t>(q.data()) % 64) % 64;
   RowQuant* quant_p = quant.data();
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, B, 8, [&](int64_t s0, int64_t s1) {
@@ -392,6 +446,8 @@ std::string int8_path_op(int64_t mode) {
 
 TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
   m.def("condensed_linear(Tensor x2d, Tensor values, Tensor indices, Tensor? bias_active) -> Tensor");
+  m.def("condensed_linear_rows(Tensor x2d, Tensor values, Tensor indices, Tensor rows, Tensor? bias, "
+        "int out_features) -> Tensor");
   m.def("batch1_layout(Tensor values, Tensor indices, Tensor rows, int in_features, int out_features) -> Tensor");
   m.def("batch1_forward(Tensor x, Tensor layout, Tensor? bias) -> Tensor");
   m.def("batch1_supported() -> bool", &lightning_srigl::batch1_supported);
@@ -408,6 +464,7 @@ TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
 
 TORCH_LIBRARY_IMPL(LSR_OPS_NAMESPACE, CPU, m) {
   m.impl("condensed_linear", &lightning_srigl::condensed_linear);
+  m.impl("condensed_linear_rows", &lightning_srigl::condensed_linear_rows);
   m.impl("batch1_layout", &lightning_srigl::batch1_layout);
   m.impl("batch1_forward", &lightning_srigl::batch1_forward);
   m.impl("condensed_conv2d", &lightning_srigl::condensed_conv2d);
