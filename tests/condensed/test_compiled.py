@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +25,7 @@ from lightning_srigl.kernels.compiled import (
     graph_breaks,
     load_package,
 )
+from lightning_srigl.kernels.cpu.loader import host_variants
 from lightning_srigl.kernels.residual_fusion import ResidualFusion, call_kernel_directly, fuse_residuals
 from lightning_srigl.masking import bind_masks
 
@@ -165,3 +169,26 @@ def test_residual_additions_and_relus_fuse_into_the_convolution_epilogue() -> No
     torch.testing.assert_close(expected, dense, rtol=1e-5, atol=1e-5)
     assert fusion.fused == 2  # relu(first + x); shortcut + body (one of the two convolutions takes the other)
     assert fusion.direct_calls == 3
+
+
+def test_the_fused_compiled_blocks_run_on_the_avx2_variant() -> None:
+    """Under ``LIGHTNING_SRIGL_CPU_ISA=avx2`` the compiled graph's convolutions (with residuals) call the AVX2 op."""
+    if "avx2" not in host_variants():
+        pytest.skip("this CPU runs no AVX2 kernels")
+    script = (
+        "import torch\n"
+        "from tests.condensed.test_compiled import CountingFusion, ResidualBlocks\n"
+        "from lightning_srigl.kernels.compiled import COMPILE_OPTIONS\n"
+        "from lightning_srigl.kernels.cpu.loader import load_extension\n"
+        "torch.manual_seed(0)\n"
+        "model, x, fusion = ResidualBlocks().eval(), torch.randn(8, 8, 9, 9), CountingFusion()\n"
+        "options = COMPILE_OPTIONS | {'post_grad_custom_post_pass': fusion}\n"
+        "compiled = torch.compile(model, fullgraph=True, options=options)\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)\n"
+        "print(load_extension().variant, fusion.fused, fusion.direct_calls)\n"
+    )
+    env = {**os.environ, "LIGHTNING_SRIGL_CPU_ISA": "avx2"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1] == "avx2 2 3"
