@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerCall", "outputs_close", "resize_batch"]
+__all__ = ["LayerCall", "outputs_close", "relative_error", "resize_batch"]
 
 
 def resize_batch(x: Tensor, batch_size: int | None, dim: int = 0) -> Tensor:
@@ -94,3 +94,20 @@ def outputs_close(out: object, reference: object, tol: float) -> bool:
             and all(outputs_close(o, r, tol) for o, r in zip(out, reference))
         )
     return out is None and reference is None
+
+
+def relative_error(out: object, reference: object) -> float:
+    """``||out - reference|| / ||reference||`` (L2 over every element; inf for other shapes, NaN or inf); for
+    tuples (an attention's ``(output, weights)``) the largest over their elements (``None`` = ``None``: 0)."""
+    if isinstance(reference, (tuple, list)):
+        if not isinstance(out, (tuple, list)) or len(out) != len(reference):
+            return math.inf
+        return max((relative_error(o, r) for o, r in zip(out, reference)), default=0.0)
+    if reference is None:
+        return 0.0 if out is None else math.inf
+    if not isinstance(out, Tensor) or not isinstance(reference, Tensor) or out.shape != reference.shape:
+        return math.inf
+    norm = float(reference.float().norm())
+    error = float((out.float() - reference.float()).norm())
+    ratio = error / norm if norm > 0 else (0.0 if error == 0 else math.inf)
+    return ratio if math.isfinite(ratio) else math.inf

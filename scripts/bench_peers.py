@@ -21,6 +21,12 @@ interpreter has no torch, so DeepSparse is timed against ONNX Runtime in its pro
 torch dense eager through ONNX Runtime's ratio in the ``onnxruntime`` process). An engine that is not
 installed (or not configured) gets a column that says so; nothing fails.
 
+The int8 engines, **not exact** (their output is checked against the masked dense model's within a relative
+L2 error of ``INT8_TOLERANCE``, and tabled apart): ``ours_int8`` (``accelerate(quantize="int8-condensed")``),
+``onnxruntime_int8`` (ONNX Runtime's dynamic int8 quantization of the dense export) and ``deepsparse_int8``
+(the dense export statically quantized, ``QLinearMatMul``, calibrated on 4 other batches; related to torch dense
+eager through ``onnxruntime_int8``, as ``deepsparse`` is through ``onnxruntime``): `onnx_int8`.
+
 Writes ``<out>/peers.csv`` and each acceleration report (``<out>/work/accelerate_*.csv``: per layer the
 candidates' times and the kernel chosen); with ``--doc`` also docs/peers.md (``--doc PATH``: that file instead).
 """
@@ -48,8 +54,15 @@ sys.path.insert(0, str(ROOT))
 from bench_whole_models import cases  # noqa: E402 - scripts/ is this script's directory
 
 from lightning_srigl.benchmark.machine import machine_fields  # noqa: E402
+from lightning_srigl.benchmark.onnx_int8 import (  # noqa: E402
+    INT8_TOLERANCE,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+    relative_l2,
+)
 from lightning_srigl.benchmark.peers import (  # noqa: E402
     ENGINES,
+    INT8_ENGINES,
     LogitsOnly,
     export_onnx,
     missing_reason,
@@ -65,6 +78,11 @@ from lightning_srigl.timing import hot_times  # noqa: E402
 DOC = ROOT / "docs" / "peers.md"
 DEEPSPARSE_ENV = "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON"
 ONNX_ENGINES = ("onnxruntime", "openvino", "deepsparse")
+# The ONNX file each engine runs (a key of a prepared case): the fp32 export, its dynamic or static int8 form.
+ONNX_FILE = {**dict.fromkeys(ONNX_ENGINES, "onnx"), "onnxruntime_int8": "int8", "deepsparse_int8": "static"}
+# The engine in whose process ONNX Runtime relates each DeepSparse engine to torch dense eager.
+BRIDGE = {"deepsparse": "onnxruntime", "deepsparse_int8": "onnxruntime_int8"}
+CALIBRATION_BATCHES = 4
 MODELS = ("vit_b16", "resnet50", "gpt2", "bert")
 
 
@@ -76,8 +94,9 @@ def inputs_of(case: ModelCase, batch: int, seed: int) -> tuple[torch.Tensor, ...
 
 
 def prepare(job: dict, work: Path) -> list[dict]:
-    """Export each (model, batch) to ONNX with its inputs and the masked dense model's outputs; the
-    DeepSparse worker's cases (a failed export is a case with its reason)."""
+    """Export each (model, batch) to ONNX with its inputs and the masked dense model's outputs, and with
+    ``job["int8"]`` its int8 forms; the DeepSparse worker's cases (a failed export or quantization is a case
+    with its reason under ``"<file key>_error"``)."""
     prepared = []
     for name in job["models"]:
         case = cases(job["smoke"])[name]
@@ -94,20 +113,47 @@ def prepare(job: dict, work: Path) -> list[dict]:
                 "onnx": f"{stem}.onnx",
                 "inputs": f"{stem}.npz",
                 "reference": f"{stem}.npy",
+                **({"int8": f"{stem}.int8.onnx", "static": f"{stem}.static.onnx"} if job.get("int8") else {}),
             }
             prepared.append(entry)
-            if job.get("reuse_exports") and all(Path(entry[key]).exists() for key in ("onnx", "inputs", "reference")):
+            reuse = job.get("reuse_exports") and all(
+                Path(entry[key]).exists() for key in ("onnx", "inputs", "reference")
+            )
+            if reuse and all(Path(entry[key]).exists() for key in ("int8", "static") if key in entry):
                 continue  # an earlier run's export of the same model, batch and seed
+            if reuse and job.get("int8"):
+                quantize_forms(entry, calibration_batches(case, batch, job["seed"]))
+                continue  # an earlier run's export, quantized now
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     export_onnx(dense, inputs, Path(entry["onnx"]))
             except Exception as error:
-                entry["error"] = f"export failed: {type(error).__name__}"
+                entry["onnx_error"] = f"export failed: {type(error).__name__}"
             np.savez(entry["inputs"], *[t.numpy() for t in inputs])
             with torch.no_grad():
                 np.save(entry["reference"], dense(*inputs).numpy())
+            if job.get("int8"):
+                quantize_forms(entry, calibration_batches(case, batch, job["seed"]))
     return prepared
+
+
+def calibration_batches(case: ModelCase, batch: int, seed: int) -> list[list[np.ndarray]]:
+    """`CALIBRATION_BATCHES` batches of the model's inputs other than the timed one (other seeds)."""
+    return [[t.numpy() for t in inputs_of(case, batch, seed + 1 + i)] for i in range(CALIBRATION_BATCHES)]
+
+
+def quantize_forms(entry: dict, calibration: list[list[np.ndarray]]) -> None:
+    """Write ``entry``'s dynamic and static int8 forms of its export (or their ``"<key>_error"``)."""
+    for key, quantize in (("int8", quantize_dynamic_int8), ("static", quantize_static_int8)):
+        if "onnx_error" in entry:
+            entry[f"{key}_error"] = entry["onnx_error"]
+            continue
+        try:
+            extra = (calibration,) if key == "static" else ()
+            quantize(Path(entry["onnx"]), Path(entry[key]), *extra)
+        except Exception as error:
+            entry[f"{key}_error"] = f"quantization failed: {type(error).__name__}"
 
 
 def engine_call(
@@ -121,8 +167,8 @@ def engine_call(
 ) -> tuple[Callable[[], object], dict[str, object]]:
     """``(() -> output, facts)`` for one engine on one (model, batch) at ``threads`` threads (ours: the
     acceleration report is written to ``report_csv``)."""
-    if engine in ("onnxruntime", "openvino"):
-        run = onnx_runner(engine, onnx, threads)
+    if engine in ("onnxruntime", "openvino", "onnxruntime_int8"):
+        run = onnx_runner(engine.removesuffix("_int8"), onnx, threads)
         arrays = [t.numpy() for t in inputs]
         return (lambda: run(arrays)), {}
     model = copy.deepcopy(masked)
@@ -139,6 +185,7 @@ def engine_call(
                 verbose=False,
                 model_repeats=0,
                 compile=engine == "ours_compiled",
+                quantize="int8-condensed" if engine == "ours_int8" else None,
             )
         report.to_csv(report_csv)
         chosen = [row.chosen for row in report.rows]
@@ -170,12 +217,13 @@ def worker(engine: str, job: dict) -> None:
                     "engine": engine,
                     **machine,
                 }
-                if engine in ONNX_ENGINES and "error" in entry:
-                    print(json.dumps(row | {"status": entry["error"]}), flush=True)
+                error = entry.get(f"{ONNX_FILE[engine]}_error") if engine in ONNX_FILE else None
+                if error is not None:
+                    print(json.dumps(row | {"status": error}), flush=True)
                     continue
                 try:
                     report_csv = Path(job["work"]) / f"accelerate_{engine}_{name}_b{batch}_t{threads}.csv"
-                    onnx = Path(entry.get("onnx", ""))
+                    onnx = Path(entry.get(ONNX_FILE.get(engine, "onnx"), ""))
                     run, facts = engine_call(engine, masked, case, inputs, onnx, threads, report_csv)
                     out = torch.as_tensor(run())
                     clock = time.process_time if threads == 1 else time.perf_counter
@@ -190,11 +238,14 @@ def worker(engine: str, job: dict) -> None:
                         flush=True,
                     )
                     continue
+                exact = bool(torch.allclose(out, reference, rtol=1e-4, atol=1e-4))
+                if engine in INT8_ENGINES:  # not exact: within a relative L2 error instead
+                    facts["rel_error"] = relative_l2(out.numpy(), reference.numpy())
+                    exact = facts["rel_error"] <= INT8_TOLERANCE
                 print(json.dumps(row | facts | {
                     "status": "ok", "engine_ms": times["engine"].min * 1e3, "dense_ms": times["dense"].min * 1e3,
                     "speedup": times["dense"].min / times["engine"].min,
-                    "max_diff": float((out - reference).abs().max()),
-                    "exact": bool(torch.allclose(out, reference, rtol=1e-4, atol=1e-4)),
+                    "max_diff": float((out - reference).abs().max()), "exact": exact,
                     "clock": "process CPU time" if threads == 1 else "wall", "load": os.getloadavg()[0],
                 }), flush=True)  # fmt: skip
 
@@ -206,14 +257,19 @@ def run_engine(engine: str, job: dict, work: Path) -> list[dict]:
         {"model": m, "batch": b, "threads": t, "engine": engine, "status": reason} for m, b, t in pairs
     ]
     job_path = work / f"job_{engine}.json"
-    if engine == "deepsparse":
+    if engine in BRIDGE:
         python = os.environ.get(DEEPSPARSE_ENV)
         if not python:
             return missing(f"not configured (${DEEPSPARSE_ENV})")
+        key, bridge = ONNX_FILE[engine], ONNX_FILE[BRIDGE[engine]]
         ds_job = {
-            "cases": [c for c in job["prepared"] if "error" not in c],
+            "cases": [c for c in job["prepared"] if f"{key}_error" not in c and f"{bridge}_error" not in c],
             "threads": job["threads"],
             "seconds": job["seconds"],
+            "engine": engine,
+            "model_key": key,
+            "bridge_key": bridge,
+            "rel_tolerance": INT8_TOLERANCE if engine in INT8_ENGINES else None,
         }
         job_path.write_text(json.dumps(ds_job))
         command = [python, str(ROOT / "scripts" / "peers_deepsparse.py"), str(job_path)]
@@ -273,7 +329,7 @@ def _parsed(row: dict[str, str]) -> dict:
     for key, value in row.items():
         if key in ("batch", "threads"):
             parsed[key] = int(value)
-        elif key in ("engine_ms", "dense_ms", "speedup", "max_diff", "load", "ds_ms", "ort_ms") and value:
+        elif key in ("engine_ms", "dense_ms", "speedup", "max_diff", "load", "ds_ms", "ort_ms", "rel_error") and value:
             parsed[key] = float(value)
         elif key == "exact":
             parsed[key] = value == "True"
@@ -283,15 +339,17 @@ def _parsed(row: dict[str, str]) -> dict:
 
 
 def relate_deepsparse(rows: list[dict]) -> list[dict]:
-    """DeepSparse's rows with ``speedup`` over torch dense eager: its ratio over ONNX Runtime (same process)
-    times ONNX Runtime's over torch dense eager (the onnxruntime process)."""
+    """DeepSparse's rows with ``speedup`` over torch dense eager: its ratio over ONNX Runtime (same process, on
+    the file of the engine in `BRIDGE`) times that engine's over torch dense eager (in its own process)."""
     ort = {
-        (r["model"], r["batch"], r["threads"]): r for r in rows if r["engine"] == "onnxruntime" and r["status"] == "ok"
+        (r["engine"], r["model"], r["batch"], r["threads"]): r
+        for r in rows
+        if r["engine"] in BRIDGE.values() and r["status"] == "ok"
     }
     related = []
     for row in rows:
-        if row["engine"] == "deepsparse" and row["status"] == "ok":
-            base = ort.get((row["model"], row["batch"], row["threads"]))
+        if row["engine"] in BRIDGE and row["status"] == "ok":
+            base = ort.get((BRIDGE[row["engine"]], row["model"], row["batch"], row["threads"]))
             if base is None:
                 row = row | {
                     "status": "ok",
@@ -349,7 +407,7 @@ def write_doc(rows: list[dict], engines: list[str], loads: tuple[float, float], 
         "dense eager, **bold**, and the engine's ms per call. DeepSparse's interpreter has no torch: its ratio",
         "is over ONNX Runtime in its own process, times ONNX Runtime's ratio over torch dense eager in the",
         "ONNX Runtime process. Llama decoding with the KV cache is not here (the engines need an exported",
-        "cache loop); it is in [whole models](whole-models.md).",
+        "cache loop); it is in [whole models](whole-models.md) (and int8 decoding in [int8](int8.md)).",
         "",
         "```bash",
         *commands,
@@ -373,16 +431,54 @@ def write_doc(rows: list[dict], engines: list[str], loads: tuple[float, float], 
         f"* Machine: a shared 2-vCPU VM with other work running; load average {min(loads):.1f}–{max(loads):.1f} "
         "during the run. At 2 threads (wall time) the figures are the least reliable.",
         "",
-        peers_markdown(rows, engines),
+        peers_markdown(
+            [r for r in rows if r["engine"] not in INT8_ENGINES], [e for e in engines if e not in INT8_ENGINES]
+        ),
     ]
-    path.write_text("\n".join(lines) + "\n" + judged(rows) + "\n" + not_condensed(work))
+    fp32 = judged(rows, [e for e in ENGINES if e.startswith("ours") and e not in INT8_ENGINES], ONNX_ENGINES)
+    path.write_text("\n".join(lines) + "\n" + fp32 + "\n" + int8_section(rows, engines) + not_condensed(work))
 
 
-def judged(rows: list[dict]) -> str:
-    """Per (model, batch, threads): our best speed-up (eager or compiled) over the best peer's."""
+def int8_section(rows: list[dict], engines: list[str]) -> str:
+    """The int8 table (not exact) and ours int8 against the fastest int8 peer; empty without int8 rows."""
+    int8 = [e for e in engines if e in INT8_ENGINES]
+    here = [r for r in rows if r["engine"] in INT8_ENGINES]
+    if not int8 or not here:
+        return ""
+    measured = [float(r["load"]) for r in here if r.get("load") not in (None, "")]
+    loads = f"{min(measured):.1f}–{max(measured):.1f}" if measured else "not recorded"
+    text = [
+        "## int8 (not bit-exact)",
+        "",
+        "The same models through int8 engines, timed as above. **None is exact**: each output is compared with the",
+        f"masked dense fp32 model's by relative L2 error (shown in each cell), ✗ above {INT8_TOLERANCE}. ONNX",
+        "Runtime's is its dynamic int8 quantization (`quantize_dynamic`, QInt8) of the dense export; DeepSparse's",
+        "runs that export statically quantized (`quantize_static`, operator format: MatMul, Gemm and Conv become",
+        "`QLinearMatMul`/`QLinearConv`, int8 weights, u8 activations calibrated on 4 other batches), its speed-up",
+        'related to torch dense eager through ONNX Runtime int8\'s; ours is `accelerate(quantize="int8-condensed")`',
+        "(the int8 layers kept where timed faster, each within the default error budget 0.02; what it chose in the",
+        "CSV's `chosen`). DeepSparse 1.8 aborts (an assertion in its planner) on the dynamic form",
+        "(`DynamicQuantizeLinear`, `MatMulInteger`) and runs the QDQ form (`QuantizeLinear`/`DequantizeLinear`) but",
+        f"much slower, hence the operator form. Load average {loads} during these rows. Re-run and merge into the",
+        "stored CSV (the other rows are kept) and this page:",
+        "",
+        "```bash",
+        "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON=<deepsparse venv>/bin/python python scripts/bench_peers.py --models vit_b16 "
+        "bert --batches 1 8 --threads 1 --seconds 0.5 --engines onnxruntime_int8 deepsparse_int8 ours_int8 --out "
+        "/tmp/peers_int8 && python scripts/bench_peers.py --from-csv docs/assets/peers/peers.csv "
+        "/tmp/peers_int8/peers.csv --out docs/assets/peers --doc",
+        "```",
+        "",
+        peers_markdown(here, int8),
+    ]
+    return "\n".join(text) + "\n" + judged(rows, ["ours_int8"], ("onnxruntime_int8", "deepsparse_int8"), "int8") + "\n"
+
+
+def judged(rows: list[dict], mine: list[str], peers: tuple[str, ...], label: str = "") -> str:
+    """Per (model, batch, threads): our best speed-up among the ``mine`` engines over the best of ``peers``'."""
     ok = [r for r in rows if r["status"] == "ok" and r.get("exact", True) and r["speedup"] == r["speedup"]]
     lines = [
-        "## Ours against the fastest peer",
+        f"## Ours against the fastest {label + ' ' if label else ''}peer",
         "",
         "| model | batch | threads | ours | fastest peer | ours ÷ peer |",
         "|---|---|---|---|---|---|",
@@ -390,12 +486,12 @@ def judged(rows: list[dict]) -> str:
     for key in dict.fromkeys((r["model"], r["batch"], r["threads"]) for r in ok):
         here = [r for r in ok if (r["model"], r["batch"], r["threads"]) == key]
         ours = max(
-            (r for r in here if r["engine"].startswith("ours")),
+            (r for r in here if r["engine"] in mine),
             key=lambda r: r["speedup"],
             default=None,
         )
         peer = max(
-            (r for r in here if r["engine"] in ONNX_ENGINES),
+            (r for r in here if r["engine"] in peers),
             key=lambda r: r["speedup"],
             default=None,
         )
@@ -404,7 +500,7 @@ def judged(rows: list[dict]) -> str:
                 f"| {key[0]} | {key[1]} | {key[2]} | {ours['speedup']:.2f}× ({ours['engine']}) | "
                 f"{peer['speedup']:.2f}× ({peer['engine']}) | {ours['speedup'] / peer['speedup']:.2f} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if len(lines) > 4 else ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -471,9 +567,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     start_load = os.getloadavg()[0]
     job["work"] = str(work)
-    job["prepared"] = prepare(job, work) if set(args.engines) & set(ONNX_ENGINES) else []
+    job["int8"] = bool(set(args.engines) & {"onnxruntime_int8", "deepsparse_int8"})
+    job["prepared"] = prepare(job, work) if set(args.engines) & set(ONNX_FILE) else []
     command = "python scripts/bench_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if "deepsparse" in args.engines:
+    if set(BRIDGE) & set(args.engines):
         command = f"{DEEPSPARSE_ENV}=<deepsparse venv>/bin/python {command}"
     rows: list[dict] = []
     for engine in args.engines:  # the CSV and the doc after every engine, so a long run keeps what it measured

@@ -7,6 +7,9 @@ the seconds per pair. For each it times DeepSparse and ONNX Runtime interleaved 
 thread, wall time otherwise; minimum per call), checks DeepSparse's output against the masked dense
 model's, and prints one JSON row per (model, batch, threads): ``ds_ms``, ``ort_ms`` (ONNX Runtime in this
 process, which bench_peers.py uses to relate DeepSparse to torch dense eager), ``max_diff``, ``exact``.
+The job's ``engine`` names the rows; DeepSparse runs each case's ``model_key`` file (``onnx``: the fp32
+export; ``static``: its static int8 form) and ONNX Runtime its ``bridge_key`` file; with ``rel_tolerance`` (int8)
+the output is checked by relative L2 error (``rel_error``) instead of within 1e-4.
 """
 
 from __future__ import annotations
@@ -55,13 +58,14 @@ def main(job_path: str) -> None:
                 "model": case["model"],
                 "batch": case["batch"],
                 "threads": threads,
-                "engine": "deepsparse",
+                "engine": job.get("engine", "deepsparse"),
             }
             try:
-                engine = deepsparse.Engine(case["onnx"], batch_size=case["batch"], num_cores=threads)
+                model_file, bridge_file = case[job.get("model_key", "onnx")], case[job.get("bridge_key", "onnx")]
+                engine = deepsparse.Engine(model_file, batch_size=case["batch"], num_cores=threads)
                 options = ort.SessionOptions()
                 options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-                session = ort.InferenceSession(case["onnx"], options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(bridge_file, options, providers=["CPUExecutionProvider"])
                 names = [i.name for i in session.get_inputs()]
                 out = engine.run(inputs)[0]
                 times = interleaved_min(
@@ -76,6 +80,9 @@ def main(job_path: str) -> None:
                 continue
             diff = float(np.abs(out - reference).max())
             exact = bool(np.allclose(out, reference, rtol=1e-4, atol=1e-4))
+            if job.get("rel_tolerance") is not None:  # int8: not exact, within a relative L2 error
+                row["rel_error"] = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
+                exact = row["rel_error"] <= job["rel_tolerance"]
             print(json.dumps(row | {
                 "status": "ok", "ds_ms": times["ds"] * 1e3, "ort_ms": times["ort"] * 1e3,
                 "ds_median_ms": times["ds_median"] * 1e3, "max_diff": diff, "exact": exact,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lightning_srigl.benchmark.onnx_int8 import INT8_TOLERANCE
 from lightning_srigl.benchmark.peers import ENGINES, peers_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +84,38 @@ def test_from_csv_merges_runs_a_later_row_replacing_an_earlier_one(tmp_path: Pat
     assert merged["a"]["command"] == "first" and merged["b"]["command"] == "second"
     text = doc.read_text()
     assert "| b | 1 | 10.0 | **10.00×** (1.0) |" in text and "\nfirst\nsecond\n" in text
+
+
+def test_int8_engines_are_checked_by_relative_error_and_tabled_apart(tmp_path: Path) -> None:
+    doc = tmp_path / "peers.md"
+    command = [
+        sys.executable, "scripts/bench_peers.py", "--smoke", "--models", "vit_b16", "--batches", "1", "--threads", "1",
+        "--engines", "ours_eager", "ours_int8", "onnxruntime_int8", "deepsparse_int8", "--seconds", "0.01",
+        "--out", str(tmp_path), "--doc", str(doc),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON"}
+    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
+    with (tmp_path / "peers.csv").open() as handle:
+        rows = {r["engine"]: r for r in csv.DictReader(handle)}
+    ours = rows["ours_int8"]
+    assert ours["status"] == "ok" and 0 < float(ours["rel_error"]) <= INT8_TOLERANCE and ours["exact"] == "True"
+    assert "int8_condensed" in ours["chosen"]  # the int8 layers, attention projections among them, where faster
+    assert rows["ours_eager"]["rel_error"] == "" and rows["ours_eager"]["exact"] == "True"
+    assert rows["deepsparse_int8"]["status"].startswith("not configured")
+    assert rows["onnxruntime_int8"]["status"] in ("ok", "onnxruntime not installed")
+    fp32, _, int8 = doc.read_text().partition("## int8 (not bit-exact)")
+    assert ENGINES["ours_eager"] in fp32 and ENGINES["ours_int8"] not in fp32
+    line = next(line for line in int8.splitlines() if line.startswith("| vit_b16 | 1 |"))
+    assert f"{float(ours['engine_ms']):.1f}, error {float(ours['rel_error']):.3f})" in line
+    assert "not configured" in line and "--from-csv docs/assets/peers/peers.csv /tmp/peers_int8/peers.csv" in int8
+
+
+def test_an_int8_cell_shows_its_error_and_marks_one_over_the_tolerance() -> None:
+    row = {"model": "m", "batch": 1, "threads": 1, "dense_ms": 10.0, "status": "ok", "engine_ms": 2.0, "speedup": 5.0}
+    rows = [
+        row | {"engine": "ours_int8", "exact": True, "rel_error": 0.012},
+        row | {"engine": "onnxruntime_int8", "exact": False, "rel_error": 0.2},
+    ]
+    table = peers_markdown(rows, ["ours_int8", "onnxruntime_int8"])
+    line = next(line for line in table.splitlines() if line.startswith("| m |"))
+    assert line == "| m | 1 | 10.0 | **5.00×** (2.0, error 0.012) | **5.00×** (2.0, error 0.200) ✗ |"

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "ENGINES",
+    "INT8_ENGINES",
     "LogitsOnly",
     "export_onnx",
     "missing_reason",
@@ -41,12 +42,20 @@ ENGINES: dict[str, str] = {
     "onnxruntime": "ONNX Runtime fp32 (dense)",
     "openvino": "OpenVINO fp32 (dense)",
     "deepsparse": "DeepSparse (sparse)",
+    "ours_int8": 'ours, `accelerate(quantize="int8-condensed")`',
+    "onnxruntime_int8": "ONNX Runtime dynamic int8 (dense)",
+    "deepsparse_int8": "DeepSparse int8 (static, QLinearMatMul)",
 }
+# The int8 engines: not exact, checked against the masked dense model within a relative L2 error
+# (`lightning_srigl.benchmark.onnx_int8.INT8_TOLERANCE`) and tabled apart.
+INT8_ENGINES = ("ours_int8", "onnxruntime_int8", "deepsparse_int8")
 # The Python modules each engine needs in its worker's interpreter.
 ENGINE_MODULES = {
     "onnxruntime": "onnxruntime",
     "openvino": "openvino",
     "deepsparse": "deepsparse",
+    "onnxruntime_int8": "onnxruntime",
+    "deepsparse_int8": "deepsparse",
 }
 # The IR version DeepSparse 1.8's onnx (< 1.15) reads.
 ONNX_IR_VERSION = 8
@@ -117,8 +126,9 @@ def onnx_runner(engine: str, path: Path, threads: int) -> Callable[[Sequence[np.
 
 def peers_markdown(rows: Sequence[Row], engines: Sequence[str]) -> str:
     """Per thread count, one table: a line per (model, batch), dense eager ms, then per engine its speed-up
-    over torch dense eager (its time in ms), ``not installed``/``failed`` where it did not run, and ``✗``
-    where its output is not within 1e-4 of the masked dense model."""
+    over torch dense eager (its time in ms; an int8 engine's relative L2 error after it), ``not installed``/
+    ``failed`` where it did not run, and ``✗`` where its output is not within 1e-4 (int8: within the tolerance)
+    of the masked dense model."""
     lines = []
     for threads in sorted({int(r["threads"]) for r in rows}):
         lines += [
@@ -148,4 +158,5 @@ def _cell(row: Row | None) -> str:
     if row["status"] != "ok":
         return str(row["status"])
     mark = "" if row["exact"] else " ✗"
-    return f"**{float(row['speedup']):.2f}×** ({float(row['engine_ms']):.1f}){mark}"
+    error = f", error {float(row['rel_error']):.3f}" if row.get("rel_error") not in (None, "") else ""
+    return f"**{float(row['speedup']):.2f}×** ({float(row['engine_ms']):.1f}{error}){mark}"

@@ -34,7 +34,7 @@ from lightning_srigl.condensed.acceleration.report import (
     AccelerationReport,
     LayerAcceleration,
 )
-from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET, QUANTIZE_MODES, STATIC, relative_error
+from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET, QUANTIZE_MODES, STATIC
 from lightning_srigl.condensed.kinds.registry import (
     CANDIDATES,
     build_candidate,
@@ -44,7 +44,7 @@ from lightning_srigl.condensed.kinds.registry import (
 from lightning_srigl.kernels.cpu.isa import cpu_model
 from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.int8_layout import calibration_range
-from lightning_srigl.layer_call import LayerCall, outputs_close
+from lightning_srigl.layer_call import LayerCall, outputs_close, relative_error
 from lightning_srigl.masking import neuron_major
 from lightning_srigl.timing import Timing, hot_times
 
@@ -211,7 +211,7 @@ def _checked_candidates(
     """Build the candidates of ``layer``'s kind among ``candidates`` and ``quantized``; keep the exact
     ones that reproduce the masked dense output on ``call``, and the quantized ones (static ones
     calibrated on ``call``'s input) whose
-    [`relative_error`][lightning_srigl.condensed.kinds.quantized.relative_error] is at most ``error_budget``."""
+    [`relative_error`][lightning_srigl.layer_call.relative_error] is at most ``error_budget``."""
     checked = _Checked({}, {}, {}, _calibrated(call.x) if set(quantized) & STATIC else None)
     tol = 1e-2 if call.x.dtype in (torch.float16, torch.bfloat16) else 1e-4
     reference = call(build_candidate("dense", layer, mask))

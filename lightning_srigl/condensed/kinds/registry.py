@@ -36,7 +36,7 @@ from lightning_srigl.condensed.kinds.candidates import (
     masked_copy,
     projected_attention,
 )
-from lightning_srigl.condensed.kinds.quantized import QUANTIZED_CONV, QUANTIZED_LINEAR, InputRange, Quantizer
+from lightning_srigl.condensed.kinds.quantized import QUANTIZED_CONDENSED, QUANTIZED_LINEAR, InputRange, Quantizer
 from lightning_srigl.condensed.layers.attention import ProjectedAttention
 from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.condensed.layers.conv import CondensedConv1d, CondensedConv2d
@@ -118,19 +118,20 @@ SPARSE_KINDS: dict[type[nn.Module], SparseKind] = {
             "im2col": CondensedConv2d.im2col_from_masked,
         },
         fit_input=channels_input,
-        quantized=QUANTIZED_CONV,
+        quantized=QUANTIZED_CONDENSED,
     ),
     nn.Conv1d: SparseKind(
         param_names=("weight",),
         candidates={"dense": masked_copy, "condensed": CondensedConv1d.from_masked},
         fit_input=channels_input,
-        quantized=QUANTIZED_CONV,
+        quantized=QUANTIZED_CONDENSED,
     ),
     nn.MultiheadAttention: SparseKind(
         param_names=("in_proj_weight", "q_proj_weight"),
         candidates={"dense": masked_copy, "condensed": projected_attention},
         fit_input=lambda attention, x: x,
         batch_dims=attention_batch_dims,
+        quantized=QUANTIZED_CONDENSED,
     ),
 }
 
@@ -139,6 +140,7 @@ HF_CONV1D_KIND = SparseKind(
     param_names=("weight",),
     candidates={"dense": masked_copy, "condensed": hf_conv1d_condensed, "csr": hf_conv1d_csr},
     fit_input=features_input,
+    quantized=QUANTIZED_CONDENSED,
 )
 
 # Every exact candidate name, in display order, then the quantized ones.
@@ -204,7 +206,7 @@ def build_candidate(name: str, module: nn.Module, mask: Tensor, input_range: Inp
             f"{type(module).__name__} is not a sparse kind that can be accelerated; known: {_kind_names()}"
         )
     if name in kind.quantized:
-        return kind.quantized[name](module, mask, input_range)
+        return kind.quantized[name](module, mask, input_range).train(module.training)  # an attention's dropout
     if name not in kind.candidates:
         known = (*kind.candidates, *kind.quantized)
         raise ValueError(f"Unknown candidate {name!r} for {type(module).__name__}; choose from {known}.")

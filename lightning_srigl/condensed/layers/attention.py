@@ -6,7 +6,7 @@ runs them inside one fused function, so swapping a layer cannot reach them. `Pro
 computes the same thing from modules: ``in_proj`` (``(..., E) -> (..., 3E)``) or ``q_proj``/``k_proj``/
 ``v_proj``, then ``F.scaled_dot_product_attention`` over the heads, then ``out_proj``. With condensed
 projections (`ProjectedAttention.from_masked`) the attention output equals the masked dense
-module's up to float rounding; the attention kernel itself is torch's.
+module's up to float rounding; the attention kernel itself is torch's (int8 projections: docs/int8.md).
 
 Supported as ``nn.MultiheadAttention`` supports them: ``batch_first`` or not, unbatched inputs,
 self- and cross-attention, ``key_padding_mask`` and ``attn_mask`` (bool, True = not allowed, or float,
@@ -25,12 +25,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_srigl.condensed.layers.contract import dense_linear
+from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.condensed.layers.weight_facts import WeightFacts
 
 __all__ = ["ProjectedAttention"]
 
 _SEPARATE = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+_SPARSE_PROJECTIONS = (CondensedLinear, Int8CondensedLinear)
+
+
+def _weight(projection: nn.Module | None) -> Tensor | WeightFacts | None:
+    """A projection's weight (an int8 layer's ``weight`` buffer holds int8 values: its `WeightFacts` instead)."""
+    if isinstance(projection, Int8CondensedLinear):
+        shape = (projection.out_features, projection.in_features)
+        return WeightFacts(shape, projection.weight_scale, type(projection).__name__)
+    return None if projection is None else projection.weight
 
 
 def _projection(weight: Tensor, mask: Tensor | None, bias: Tensor | None) -> nn.Module:
@@ -122,7 +132,7 @@ class ProjectedAttention(nn.Module):
     def to_dense(self) -> nn.MultiheadAttention:
         """The equivalent ``nn.MultiheadAttention`` with the masked dense projection weights."""
         dense = {
-            name: proj.to_dense() if isinstance(proj, CondensedLinear) else proj
+            name: proj.to_dense() if isinstance(proj, _SPARSE_PROJECTIONS) else proj
             for name, proj in self._projections().items()
         }
         out = dense["out_proj.weight"]
@@ -150,7 +160,7 @@ class ProjectedAttention(nn.Module):
         return {
             name: proj.dense_masks()["weight"]
             for name, proj in self._projections().items()
-            if isinstance(proj, CondensedLinear)
+            if isinstance(proj, _SPARSE_PROJECTIONS)
         }
 
     def spec_args(self) -> dict[str, object]:
@@ -178,7 +188,7 @@ class ProjectedAttention(nn.Module):
     @property
     def in_proj_weight(self) -> Tensor | WeightFacts | None:
         """``(3E, E)`` packed input projection weight (None with separate projections)."""
-        return None if self.in_proj is None else self.in_proj.weight
+        return _weight(self.in_proj)
 
     @property
     def in_proj_bias(self) -> Tensor | None:
@@ -190,15 +200,15 @@ class ProjectedAttention(nn.Module):
 
     @property
     def q_proj_weight(self) -> Tensor | WeightFacts | None:
-        return None if self.q_proj is None else self.q_proj.weight
+        return _weight(self.q_proj)
 
     @property
     def k_proj_weight(self) -> Tensor | WeightFacts | None:
-        return None if self.k_proj is None else self.k_proj.weight
+        return _weight(self.k_proj)
 
     @property
     def v_proj_weight(self) -> Tensor | WeightFacts | None:
-        return None if self.v_proj is None else self.v_proj.weight
+        return _weight(self.v_proj)
 
     def forward(
         self,
