@@ -4,6 +4,7 @@ in every kernel variant and through ``CondensedLinear`` (eager, compiled, and on
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -158,6 +159,18 @@ def test_loading_weights_drops_the_frozen_layout():
     assert layer.frozen_batch1_layout is not None or not load_extension().batch1_supported
     layer.load_state_dict(ablated_layer().state_dict())
     assert layer.frozen_batch1_layout is None and "frozen_batch1_layout" not in layer.state_dict()
+
+
+def test_a_layer_pickles_with_its_load_hooks():
+    """``torch.save(model)`` pickles the module and its ``load_state_dict`` hooks (no local functions)."""
+    layer = ablated_layer()
+    loaded = pickle.loads(pickle.dumps(layer))
+    loaded.load_state_dict(ablated_layer().state_dict())
+    assert loaded.frozen_batch1_layout is None
+    x = torch.randn(3, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), torch.nn.functional.linear(x, loaded.dense_weight(), loaded.bias),
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
 
 
 def test_avx2_variant_layer_with_ablated_rows_in_a_subprocess():

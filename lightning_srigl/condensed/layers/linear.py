@@ -43,6 +43,12 @@ def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bo
     return x2d.is_cpu and eager_inference(x2d, values, bias)
 
 
+def _drop_frozen_layout(module: CondensedLinear, _: object) -> None:
+    """``load_state_dict`` post hook: the loaded weights outdate a frozen batch-1 layout (a module-level function,
+    so that ``torch.save(model)`` can pickle the hook)."""
+    module.freeze_for_compile(False)
+
+
 def _triton_layout(values: Tensor, indices: Tensor, _: Tensor) -> tuple[Tensor, Tensor]:
     """The ``(A, k)`` views over ``(k, A)`` storage that the Triton kernels were designed for."""
     return triton_kernels().prepare_triton_layout(values, indices)
@@ -92,7 +98,7 @@ class CondensedLinear(nn.Module):
         self.register_buffer("bias", bias)
         self._layouts: DerivedCache[Any] = DerivedCache()  # kernel layouts of the buffers; see _derived_layout
         self.register_load_state_dict_post_hook(validate_after_load)
-        self.register_load_state_dict_post_hook(lambda module, _: module.freeze_for_compile(False))
+        self.register_load_state_dict_post_hook(_drop_frozen_layout)
 
     def check_buffers(self) -> None:
         """Validate the buffers as the constructor does (``check_condensed``, ``check_bias``); run after loading.
