@@ -161,6 +161,17 @@ def test_loading_weights_drops_the_frozen_layout():
     assert layer.frozen_batch1_layout is None and "frozen_batch1_layout" not in layer.state_dict()
 
 
+def test_a_compiled_layer_cast_to_bf16_runs_one_row_calls_under_autocast():
+    """The layout frozen by `compile_lazily` holds the fp32 weights: after ``.to(bfloat16)`` the recompiled graph
+    must not use it (it raised on the bf16 bias) but compute as eager does."""
+    layer = ablated_layer().eval()
+    compile_lazily(layer)
+    layer.to(torch.bfloat16)
+    x = torch.randn(1, 96)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(layer(x), eager_forward(layer)(x), atol=1e-2, rtol=1e-2)
+
+
 def test_a_layer_pickles_with_its_load_hooks():
     """``torch.save(model)`` pickles the module and its ``load_state_dict`` hooks (no local functions)."""
     layer = ablated_layer()

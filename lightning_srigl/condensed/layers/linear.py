@@ -222,10 +222,13 @@ class CondensedLinear(nn.Module):
         self.register_buffer("frozen_batch1_zeros", zeros, persistent=False)
 
     def _frozen_batch1(self, row: Tensor) -> bool:
-        """Whether a traced call on ``row (1, in)`` may use the frozen batch-1 layout (`freeze_for_compile`)."""
+        """Whether a traced call on ``row (1, in)`` may use the frozen batch-1 layout (`freeze_for_compile`): not
+        once ``.to()`` has moved or cast the layer (the layout holds the fp32 CPU weights it was frozen from)."""
         return (
             self._buffers.get("frozen_batch1_layout") is not None
             and torch.compiler.is_compiling()
+            and self.values.is_cpu
+            and self.values.dtype == torch.float32
             and not torch.is_grad_enabled()
             and row.is_cpu
             and row.dtype == torch.float32
