@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -145,12 +146,19 @@ def test_compiled_one_row_call_takes_the_batch1_kernel(shape, bias):
 
 
 @pytest.mark.slow
-def test_package_with_one_row_calls_equals_eager(tmp_path):
+def test_package_with_one_row_calls_equals_eager_and_names_no_kernel_variant(tmp_path):
+    """A package runs on other CPUs: its one-row calls take the Python op, even after `compile_lazily` froze the
+    batch-1 layout (``lightning_srigl_<variant>::batch1_forward`` did not load under another variant)."""
     layer = ablated_layer().eval()
     x = torch.randn(1, 1, 96)
+    compile_lazily(layer)
     with torch.no_grad():
-        runner = load_package(export_package(layer, x, tmp_path / "layer.pt2"))
-        torch.testing.assert_close(runner(x), layer(x), atol=1e-5, rtol=1e-5)
+        path = export_package(layer, x, tmp_path / "layer.pt2")
+        torch.testing.assert_close(load_package(path)(x), eager_forward(layer)(x), atol=1e-5, rtol=1e-5)
+    with zipfile.ZipFile(path) as package:
+        text = b"".join(package.read(name) for name in package.namelist() if not name.endswith((".so", ".o")))
+    assert b"lightning_srigl::condensed_linear_rows" in text
+    assert not any(f"lightning_srigl_{variant}".encode() in text for variant in host_variants())
 
 
 def test_loading_weights_drops_the_frozen_layout():

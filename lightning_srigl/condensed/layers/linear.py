@@ -208,11 +208,11 @@ class CondensedLinear(nn.Module):
         compiled afterwards sends one-row inputs to the batch-1 kernel: inductor's freezing makes both
         constants. ``freeze=False`` drops them.
 
-        Called by [`compile_lazily`][lightning_srigl.kernels.compiled.compile_lazily] and
-        [`export_package`][lightning_srigl.kernels.compiled.export_package] before they trace, and after
-        ``load_state_dict`` (with False). Only the compiled graph reads them (eager calls use the cached
-        layout that follows the weights), so values edited afterwards need that compile again, as freezing
-        does anyway. Nothing is kept where the batch-1 kernel does not apply (see `_batch1_layout`).
+        Called by [`compile_lazily`][lightning_srigl.kernels.compiled.compile_lazily] before it traces, and after
+        ``load_state_dict`` (with False); ``torch.export`` does not use them (the layout and the op belong to
+        this CPU's kernel variant, a package may run on another). Only the compiled graph reads them (eager
+        calls use the cached layout that follows the weights), so values edited afterwards need that compile
+        again, as freezing does anyway. Nothing is kept where the batch-1 kernel does not apply (see `_batch1_layout`).
         """
         layout = None
         if freeze and self.backend == "auto" and self.values.is_cpu and self.values.dtype == torch.float32:
@@ -223,10 +223,12 @@ class CondensedLinear(nn.Module):
 
     def _frozen_batch1(self, row: Tensor) -> bool:
         """Whether a traced call on ``row (1, in)`` may use the frozen batch-1 layout (`freeze_for_compile`): not
-        once ``.to()`` has moved or cast the layer (the layout holds the fp32 CPU weights it was frozen from)."""
+        once ``.to()`` has moved or cast the layer (the layout holds the fp32 CPU weights it was frozen from), nor
+        under ``torch.export`` (see `freeze_for_compile`)."""
         return (
             self._buffers.get("frozen_batch1_layout") is not None
             and torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
             and self.values.is_cpu
             and self.values.dtype == torch.float32
             and not torch.is_grad_enabled()
