@@ -147,4 +147,13 @@ class ResidualFusion(CustomGraphPass):
             call_kernel_directly(graph)
 
     def uuid(self) -> Any:
-        return f"lightning_srigl.residual_fusion.v2.direct={self.direct}"
+        """The key of the graphs this pass rewrote in inductor's on-disk cache: with ``direct``, they name the
+        loaded variant's op, so the key holds that variant and its kernel sources (another variant, a disabled
+        extension or a rebuilt one must not load them)."""
+        if not self.direct:
+            return "lightning_srigl.residual_fusion.v2.direct=False"
+        from lightning_srigl.kernels.cpu.loader import load_extension
+        from lightning_srigl.kernels.cpu.variants import source_hash
+
+        kernel = load_extension()
+        return f"lightning_srigl.residual_fusion.v2.direct={kernel and kernel.variant}.sources={source_hash()}"
