@@ -6,7 +6,8 @@ PyTorch. `compile_in_place` hands the whole model to PyTorch's own compiler inst
 
 * ``torch.compile(fullgraph=True)`` with inductor's ``freezing`` option: parameters and buffers
   become constants, so inductor prepacks the remaining dense convolution weights for oneDNN (fp32 linear ones for MKL)
-  and fuses BatchNorm, bias, activations and pointwise work around them;
+  and fuses BatchNorm, bias, activations and pointwise work around them; a residual addition (and its ReLU)
+  after a condensed convolution goes into that convolution's epilogue (`residual_fusion`);
 * the condensed layers reach the graph as the opaque custom ops ``lightning_srigl::condensed_linear``
   and ``lightning_srigl::condensed_conv2d`` (`linear`,
   `conv`), whose fake implementations give inductor their output
@@ -40,9 +41,11 @@ from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.dense import packed_linear
 from lightning_srigl.kernels.linear import condensed_linear
 from lightning_srigl.kernels.linear_rows import condensed_linear_rows
+from lightning_srigl.kernels.residual_fusion import ResidualFusion
 
 __all__ = [
     "COMPILE_OPTIONS",
+    "PACKAGE_OPTIONS",
     "CUSTOM_OPS",
     "compile_in_place",
     "compile_lazily",
@@ -54,8 +57,11 @@ __all__ = [
     "load_package",
 ]
 
-# Inductor options of the compiled graph (torch._inductor.config names).
-COMPILE_OPTIONS: dict[str, Any] = {"freezing": True}
+# Inductor options of the compiled graph (torch._inductor.config names): freezing, and a ResNet block's residual
+# addition and ReLU fused into the condensed convolution before them (residual_fusion); in-process, the
+# convolutions call the loaded C++ variant directly (PACKAGE_OPTIONS, for other CPUs, keep the Python op).
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion(direct=True)}
+PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
 # The custom ops a compiled or packaged model calls (importing them registered them).
 CUSTOM_OPS = (condensed_linear, condensed_linear_rows, condensed_conv2d, packed_linear)
 
@@ -133,27 +139,29 @@ def holder_of(model: nn.Module, names: list[str]) -> nn.Module:
 
 def export_package(model: nn.Module, example_input: object, path: str | Path) -> Path:
     """Export ``model`` (``torch.export``) and compile it ahead of time into the AOTInductor package ``path``
-    (``.pt2``), with the options of `compile_in_place`; returns the path.
+    (``.pt2``) with `PACKAGE_OPTIONS` (`compile_in_place`'s, but the convolutions call the Python op, which
+    picks the C++ variant of the CPU the package runs on); returns the path.
 
-    The package holds the graph and its (frozen) weights; `load_package` runs it.
+    The package holds the graph and its (frozen) weights; `load_package` runs it. One-row calls of a
+    ``CondensedLinear`` call the Python op too, not the variant's ``batch1_forward`` on a frozen batch-1 layout
+    (`freeze_layouts`): the layout and that op belong to the exporting CPU's variant, so such a package would
+    not load on another CPU ("Could not find schema for lightning_srigl_avx512::batch1_forward").
     """
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"path must end in .pt2 (an AOTInductor package), got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    freeze_layouts(model)
     with torch.no_grad():
         program = torch.export.export(model, _arguments(example_input))
         written = torch._inductor.aoti_compile_and_package(
-            program, package_path=str(path), inductor_configs=dict(COMPILE_OPTIONS)
+            program, package_path=str(path), inductor_configs=dict(PACKAGE_OPTIONS)
         )
     return Path(written)
 
 
 def load_package(path: str | Path) -> Callable[..., Any]:
     """The callable model of an AOTInductor package written by `export_package` (this module's import
-    has registered the condensed ops it calls, and it loads the CPU kernel variant whose ``batch1_forward``
-    a graph with one-row calls names)."""
+    has registered the condensed ops it calls; the CPU kernel variant is loaded before the package)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no AOTInductor package at {str(path)!r}; write one with export_package")

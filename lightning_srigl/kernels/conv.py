@@ -1,10 +1,12 @@
 """The torch custom op ``lightning_srigl::condensed_conv2d`` and the exact pure-torch reference.
 
 ``condensed_conv2d(x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding,
-dilation, relu=False) -> y (N, out, Ho, Wo)`` is the convolution of ``x (N, C, H, W)`` with the dense weight
-whose row ``rows[a]`` holds ``values[a, j]`` at tap ``indices[a, j]`` (taps over all ``C`` channels, see
-[`conv`][lightning_srigl.condensed.layers.conv]); channels without an active row output their bias. With
-``relu`` the output is ``max(0, y)``, applied in the CPU kernel's epilogue (one pass over the output). Registered
+dilation, relu=False, residual=None) -> y (N, out, Ho, Wo)`` is the convolution of ``x (N, C, H, W)`` with the
+dense weight whose row ``rows[a]`` holds ``values[a, j]`` at tap ``indices[a, j]`` (taps over all ``C`` channels,
+see [`conv`][lightning_srigl.condensed.layers.conv]); channels without an active row output their bias. A
+``residual`` of the output's shape is added (a ResNet block's shortcut, which the compiled graph fuses in:
+[`compiled`][lightning_srigl.kernels.compiled]); with ``relu`` the output is then ``max(0, y)``. Both happen in
+the CPU kernel's epilogue (one pass over the output). Registered
 with `torch.library.custom_op` so ``torch.compile`` and ``torch.export`` (with dynamic batch and
 image sizes) see one node. Device dispatch: CPU -> the C++ variant (fp32) or the reference, CUDA -> the
 Triton kernel ([`conv`][lightning_srigl.kernels.triton.conv], imported lazily) or the reference.
@@ -43,9 +45,10 @@ def conv2d_reference(
     padding: list[int],
     dilation: list[int],
     relu: bool = False,
+    residual: Tensor | None = None,
 ) -> Tensor:
-    """``F.conv2d`` (then ``relu``) with the dense weight rebuilt from ``values``: exact, and differentiable in
-    ``x`` and ``values``. Shapes as for `condensed_conv2d`."""
+    """``F.conv2d`` (plus ``residual``, then ``relu``) with the dense weight rebuilt from ``values``: exact, and
+    differentiable in ``x`` and ``values``. Shapes as for `condensed_conv2d`."""
     kh, kw = kernel_size
     per_group = x.shape[1] // groups * kh * kw
     group = rows // (out_channels // groups)
@@ -54,6 +57,7 @@ def conv2d_reference(
     weight = values.new_zeros(out_channels, per_group).index_copy(0, rows, filters)
     weight = weight.view(out_channels, x.shape[1] // groups, kh, kw)
     y = F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
+    y = y if residual is None else y + residual
     return F.relu(y) if relu else y
 
 
@@ -71,16 +75,17 @@ def condensed_conv2d(
     padding: list[int],
     dilation: list[int],
     relu: bool = False,
+    residual: Tensor | None = None,
 ) -> Tensor:
     """Condensed convolution ``(N, C, H, W) -> (N, out, Ho, Wo)``; see the module docstring. CPU kernel."""
     kernel = load_extension() if x.device.type == "cpu" and x.dtype == torch.float32 else None
     if kernel is None:
         return conv2d_reference(
-            x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation, relu
+            x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation, relu, residual
         )
     return kernel.condensed_conv2d(
         x.contiguous(), values.contiguous(), indices.contiguous(), rows.contiguous(), bias, out_channels, groups,
-        kernel_size, stride, padding, dilation, 0, relu,
+        kernel_size, stride, padding, dilation, 0, relu, None if residual is None else residual.contiguous(),
     )  # fmt: skip
 
 
@@ -109,14 +114,16 @@ def _condensed_conv2d_cuda(
     padding: list[int],
     dilation: list[int],
     relu: bool = False,
+    residual: Tensor | None = None,
 ) -> Tensor:
-    """CUDA dispatch point: the Triton kernel (then ``relu`` as a second pass), or the reference where
-    Triton is missing."""
+    """CUDA dispatch point: the Triton kernel (then ``residual`` and ``relu`` as further passes), or the
+    reference where Triton is missing."""
     args = (x, values, indices, rows, bias, out_channels, groups, kernel_size, stride, padding, dilation)
     module = triton_conv()
     if module is None:
-        return conv2d_reference(*args, relu)
+        return conv2d_reference(*args, relu, residual)
     y: Tensor = module.condensed_conv2d_triton(*args)
+    y = y if residual is None else y.add_(residual)
     return y.relu_() if relu else y
 
 

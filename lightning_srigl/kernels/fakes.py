@@ -61,6 +61,7 @@ def condensed_conv2d(
     dilation: list[int],
     block: int = 0,
     relu: bool = False,
+    residual: Tensor | None = None,
 ) -> Tensor:
     """``x (N, C, H, W)`` -> ``(N, out_channels, Ho, Wo)`` (``block`` is the C++ op's test-only knob)."""
     sizes = [conv_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i]) for i in range(2)]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -13,28 +17,35 @@ from example_projects.imagenet_vit_b16.model import VisionTransformer
 from lightning_srigl.benchmark.whole_model import srigl_masks
 from lightning_srigl.condensed.acceleration.accelerate import accelerate
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
+from lightning_srigl.condensed.layers.conv import CondensedConv2d
 from lightning_srigl.kernels.compiled import (
+    COMPILE_OPTIONS,
     eager_forward,
     export_package,
     graph_breaks,
     load_package,
 )
+from lightning_srigl.kernels.cpu.loader import host_variants
+from lightning_srigl.kernels.residual_fusion import ResidualFusion, call_kernel_directly, fuse_residuals
 from lightning_srigl.masking import bind_masks
 
 
 class ConvNet(nn.Module):
-    """Conv-BN-ReLU, a strided conv and two linear layers: (N, 3, 16, 16) -> (N, 10)."""
+    """Conv-BN-ReLU, a residual block (its addition and ReLU fuse into ``block`` when compiled), a strided conv
+    and two linear layers: (N, 3, 16, 16) -> (N, 10)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
         self.bn = nn.BatchNorm2d(16)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
         self.fc = nn.Linear(32 * 8 * 8, 64)
         self.head = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv2(torch.relu(self.bn(self.conv(x)))))
+        x = torch.relu(self.bn(self.conv(x)))
+        x = torch.relu(self.conv2(torch.relu(self.block(x) + x)))
         return self.head(torch.relu(self.fc(x.flatten(1))))
 
 
@@ -107,3 +118,104 @@ def test_the_aoti_package_runs_the_accelerated_model(tmp_path: Path) -> None:
         export_package(model, x, tmp_path / "model.zip")
     with pytest.raises(FileNotFoundError, match="export_package"):
         load_package(tmp_path / "missing.pt2")
+
+
+class ResidualBlocks(nn.Module):
+    """Two condensed residual blocks, ``relu(conv(x) + x)`` and ``conv(x) + shortcut(x)``:
+    (N, 8, 9, 9) -> (N, 16, 5, 5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = condensed_conv(nn.Conv2d(8, 8, 3, padding=1))
+        self.body = condensed_conv(nn.Conv2d(8, 16, 3, stride=2, padding=1))
+        self.shortcut = condensed_conv(nn.Conv2d(8, 16, 1, stride=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.first(x) + x)
+        return self.shortcut(x) + self.body(x)
+
+
+def condensed_conv(conv: nn.Conv2d) -> CondensedConv2d:
+    mask = torch.rand(conv.weight.shape[0], conv.weight[0].numel()).argsort(dim=1) < conv.weight[0].numel() // 3
+    return CondensedConv2d.from_masked(conv, mask.view_as(conv.weight))
+
+
+class CountingFusion(ResidualFusion):
+    """`ResidualFusion` with ``direct`` that counts what it rewrote (a fresh ``uuid``: inductor's cache must not
+    skip it)."""
+
+    def __init__(self) -> None:
+        super().__init__(direct=True)
+        self.fused = self.direct_calls = 0
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        self.fused += fuse_residuals(graph)
+        self.direct_calls += call_kernel_directly(graph)
+
+    def uuid(self) -> str:
+        return f"counting-{id(self)}-{time.time_ns()}"
+
+
+def test_residual_additions_and_relus_fuse_into_the_convolution_epilogue() -> None:
+    torch.manual_seed(0)
+    model, x = ResidualBlocks().eval(), torch.randn(2, 8, 9, 9)
+    fusion = CountingFusion()
+    compiled = torch.compile(model, fullgraph=True, options=COMPILE_OPTIONS | {"post_grad_custom_post_pass": fusion})
+    with torch.no_grad():
+        expected = model(x)
+        dense = torch.relu(model.first.to_dense()(x) + x)
+        dense = model.shortcut.to_dense()(dense) + model.body.to_dense()(dense)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(expected, dense, rtol=1e-5, atol=1e-5)
+    assert fusion.fused == 2  # relu(first + x); shortcut + body (one of the two convolutions takes the other)
+    assert fusion.direct_calls == 3
+
+
+def test_the_fused_compiled_blocks_run_on_the_avx2_variant() -> None:
+    """Under ``LIGHTNING_SRIGL_CPU_ISA=avx2`` the compiled graph's convolutions (with residuals) call the AVX2 op."""
+    if "avx2" not in host_variants():
+        pytest.skip("this CPU runs no AVX2 kernels")
+    script = (
+        "import torch\n"
+        "from tests.condensed.test_compiled import CountingFusion, ResidualBlocks\n"
+        "from lightning_srigl.kernels.compiled import COMPILE_OPTIONS\n"
+        "from lightning_srigl.kernels.cpu.loader import load_extension\n"
+        "torch.manual_seed(0)\n"
+        "model, x, fusion = ResidualBlocks().eval(), torch.randn(8, 8, 9, 9), CountingFusion()\n"
+        "options = COMPILE_OPTIONS | {'post_grad_custom_post_pass': fusion}\n"
+        "compiled = torch.compile(model, fullgraph=True, options=options)\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)\n"
+        "print(load_extension().variant, fusion.fused, fusion.direct_calls)\n"
+    )
+    env = {**os.environ, "LIGHTNING_SRIGL_CPU_ISA": "avx2"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1] == "avx2 2 3"
+
+
+@pytest.mark.slow
+def test_the_compiled_graph_cached_by_inductor_is_not_reused_by_another_kernel_variant(tmp_path: Path) -> None:
+    """Inductor's on-disk graph cache keys the pass by its ``uuid``: a graph compiled with the default options under
+    one variant (its convolutions call that variant's op) must not be loaded under another."""
+    if "avx2" not in host_variants()[1:]:
+        pytest.skip("this CPU runs no AVX2 kernels besides its own variant")
+    script = (
+        "import torch\n"
+        "from tests.condensed.test_compiled import ResidualBlocks\n"
+        "from lightning_srigl.kernels.compiled import COMPILE_OPTIONS\n"
+        "from lightning_srigl.kernels.cpu.loader import load_extension\n"
+        "torch.manual_seed(0)\n"
+        "model, x = ResidualBlocks().eval(), torch.randn(2, 8, 9, 9)\n"
+        "compiled = torch.compile(model, fullgraph=True, options=dict(COMPILE_OPTIONS))\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)\n"
+        "print(load_extension().variant)\n"
+    )
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    env.pop("LIGHTNING_SRIGL_CPU_ISA", None)
+    for variant in (host_variants()[0], "avx2"):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                              env=env | {"LIGHTNING_SRIGL_CPU_ISA": variant})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == variant

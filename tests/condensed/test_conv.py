@@ -8,12 +8,13 @@ from torch import nn
 
 from lightning_srigl.condensed.conv import CondensedConv1d, CondensedConv2d, condense_conv
 from lightning_srigl.condensed.cpu_kernel import load_extension
+from lightning_srigl.kernels.conv import conv2d_reference
 from tests.condensed.conv_cases import GEOMETRIES, assert_close_to_scale, masked_conv, reference
 
 
 def block_widths(kernel) -> list[int]:
     lanes = 16 if kernel.variant == "avx512" else 4 if kernel.variant == "neon" else 8
-    return sorted({0, lanes, 16, 32, 64})
+    return sorted({0, lanes, 16, 32, 48, 64})
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}")
@@ -59,6 +60,49 @@ def test_relu_layer_equals_relu_of_masked_dense_conv_on_every_path():
     assert set(layer.dense_masks()) == {"0.weight"}
     args = {key: value for key, value in layer.spec_args().items() if key != "bias"}
     assert CondensedConv2d.from_spec(args, dict(layer.state_dict())).relu
+
+
+# ResNet-50's cases beyond GEOMETRIES: batch 8 and batch 0, 1x1 on 7 x 7 and 14 x 14 (channel planes of 49 and 196
+# floats, copied to aligned planes: csrc/conv.h), a strided 3x3 and a strided 1x1 at 14 x 14, and a 1x1 and a 3x3
+# whose blocks read more of x than one chunk (kChunkBytes), so each row's taps run in two passes, and stride-2
+# convolutions on rows wide enough for the vectorised stride-2 plane copy (an odd width, a 7x7 stem).
+RESNET_GEOMETRIES = [
+    (2, 6, 11, 75, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    (1, 3, 20, 80, 8, (7, 7), (2, 2), (3, 3), (1, 1), 1),
+    (2, 160, 8, 8, 24, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (1, 96, 14, 14, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (8, 24, 7, 7, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (0, 8, 14, 14, 16, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (1, 20, 14, 14, 24, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (8, 16, 14, 14, 24, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    (2, 12, 14, 14, 32, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(
+    "geometry", GEOMETRIES + RESNET_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}"
+)
+def test_op_residual_epilogue_equals_masked_dense_conv_plus_residual(kernel, geometry, relu):
+    conv, mask, x = masked_conv(geometry)  # ablated filters: their channels output bias + residual
+    layer = CondensedConv2d.from_masked(conv, mask)
+    expected = reference(conv, x)
+    residual = torch.randn(expected.shape)
+    expected = expected + residual.double()
+    expected = expected.relu() if relu else expected
+    for block in block_widths(kernel):
+        y = kernel.condensed_conv2d(*_op_args(layer, x), block, relu, residual)
+        assert_close_to_scale(y, expected)
+    with torch.no_grad():  # the Python op (the default variant) and its exact reference
+        assert_close_to_scale(torch.ops.lightning_srigl.condensed_conv2d(*_op_args(layer, x), relu, residual), expected)
+        assert_close_to_scale(conv2d_reference(*_op_args(layer, x), relu, residual), expected)
+
+
+def test_op_rejects_a_residual_of_another_shape(kernel):
+    conv, mask, x = masked_conv(GEOMETRIES[0])
+    layer = CondensedConv2d.from_masked(conv, mask)
+    with pytest.raises(RuntimeError, match="residual must be a contiguous fp32 tensor of the output's shape"):
+        kernel.condensed_conv2d(*_op_args(layer, x), 0, True, torch.zeros(1, conv.out_channels, 10, 9))
 
 
 def _op_args(layer: CondensedConv2d, x: torch.Tensor) -> tuple:

@@ -21,7 +21,8 @@
 // The stem at 42 % density runs 1.3x faster so (scripts/bench_conv_layouts.py); narrower blocks with
 // panels lose more to short rows than they gain, and the in-place 1x1 reads are aligned already.
 // Epilogue: each output is written once, as bias + sum, or max(0, bias + sum) with relu (a folded
-// BatchNorm's shift is the bias), so a following ReLU costs no pass of its own.
+// BatchNorm's shift is the bias), so a following ReLU costs no pass of its own. With a residual r of y's
+// shape, bias + sum + r (then the ReLU): a ResNet block's shortcut addition (kernels/compiled.py fuses it).
 #pragma once
 
 #include "common.h"
@@ -31,13 +32,24 @@ inline namespace CPU_CAPABILITY {
 
 // The largest tap panel (bytes): most of a 48 KB L1d, which the weights and offsets stream through too.
 constexpr int64_t kPanelBytes = 40 * 1024;
+// Planes start at multiples of kAlign floats (64 bytes), and so do blocks (BT is a multiple of kLanes): every
+// 1x1 tap's run is then aligned. An unaligned 64-byte load spans two cache lines, and these loads are one per
+// FMA: 1x1 convolutions at 14 x 14 (196 floats a channel, so x is not read in place) and 7 x 7 gain most.
+constexpr int64_t kAlign = 16;
+// The widest block (points): 4 vectors with AVX-512, 8 with AVX2. Wider blocks read more of x per block than L1
+// holds (ResNet-50's 1x1 convolutions at 56 x 56 ran slower at 128).
+constexpr int64_t kMaxBlock = 64;
+// The bytes of x one pass of a block's rows may read: more is split over chunks of each row's taps (below).
+constexpr int64_t kChunkBytes = 32 * 1024;
 
 struct ConvGeometry {
   int64_t N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
   int64_t Hq, Wq, Q;        // plane rows and columns; grid points per sample (Ho * Wq)
+  int64_t plane_stride;     // floats from one plane to the next: Hq * Wq rounded up to kAlign
   int64_t BT;               // block width: grid points per block
   bool direct;              // read x in place (1x1, stride 1, no padding)
   bool panel;               // copy each block's taps into an aligned tap panel first
+  int64_t chunks;           // passes over a block's rows, each over a share of every row's taps
   std::vector<int64_t> slot;  // slot[py * sw + px]: index of that plane among the built ones, or -1
   int64_t planes;           // planes built per channel
   int64_t sample;           // floats between samples in the buffer
@@ -46,7 +58,7 @@ struct ConvGeometry {
     if (direct) return c * H * W;
     const int64_t ry = ky * dh, rx = kx * dw;
     const int64_t s = slot[(ry % sh) * sw + rx % sw];
-    return ((c * planes + s) * Hq + ry / sh) * Wq + rx / sw;
+    return (c * planes + s) * plane_stride + ry / sh * Wq + rx / sw;
   }
 };
 
@@ -57,8 +69,7 @@ struct ConvGeometry {
 inline int64_t conv_block_width(int64_t Q, int64_t block) {
   if (block > 0) return block;
   int64_t best = kLanes, best_cost = -1;
-  for (int64_t BT : {int64_t{kLanes}, int64_t{16}, int64_t{32}, int64_t{64}}) {
-    if (BT < kLanes) continue;
+  for (int64_t BT = kLanes; BT <= kMaxBlock; BT += kLanes) {
     const int64_t cost = (Q + BT - 1) / BT * (BT / kLanes + 2);
     if (best_cost < 0 || cost <= best_cost) best = BT, best_cost = cost;
   }
@@ -78,13 +89,15 @@ inline ConvGeometry conv_geometry(const at::Tensor& x, int64_t kh, int64_t kw, a
               Hp, ", ", Wp, ") is smaller than the dilated kernel");
   g.Wq = (Wp + g.sw - 1) / g.sw;
   g.BT = conv_block_width(g.Ho * g.Wq, block);
-  g.direct = kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.H * g.W >= g.BT;
+  g.direct = kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.H * g.W >= g.BT &&
+             g.H * g.W % kAlign == 0;
   g.slot.assign(g.sh * g.sw, -1);
   g.planes = 0;
   if (g.direct) {
-    g.Hq = g.H, g.planes = 1, g.slot[0] = 0;
+    g.Hq = g.H, g.planes = 1, g.slot[0] = 0, g.plane_stride = g.H * g.W;
   } else {
     g.Hq = (Hp + g.sh - 1) / g.sh;
+    g.plane_stride = (g.Hq * g.Wq + kAlign - 1) / kAlign * kAlign;
     for (int64_t ky = 0; ky < kh; ++ky) {
       for (int64_t kx = 0; kx < kw; ++kx) {
         int64_t& s = g.slot[((ky * g.dh) % g.sh) * g.sw + (kx * g.dw) % g.sw];
@@ -94,11 +107,17 @@ inline ConvGeometry conv_geometry(const at::Tensor& x, int64_t kh, int64_t kw, a
   }
   g.Q = g.Ho * g.Wq;
   g.panel = !g.direct && g.C * kh * kw * g.BT * static_cast<int64_t>(sizeof(float)) <= kPanelBytes;
+  // Floats of x a block reads per channel: BT per tap, less where the taps' runs overlap (a row of the plane
+  // and the next ones). Rows' taps ascend by channel, so the j-th of k taps of every row lies near channel
+  // j / k * C: chunk i of the taps [i k / chunks, (i + 1) k / chunks) reads about a chunks-th of x.
+  const int64_t reach = (kh - 1) * g.dh / g.sh * g.Wq + (kw - 1) * g.dw / g.sw;
+  const int64_t span = std::min(kh * kw * g.BT, g.planes * (reach + g.BT));
+  g.chunks = g.panel ? 1 : std::max<int64_t>(1, (g.C * span * 4 + kChunkBytes - 1) / kChunkBytes);
   int64_t max_offset = 0;
   for (int64_t ky = 0; ky < kh; ++ky) {
     for (int64_t kx = 0; kx < kw; ++kx) max_offset = std::max(max_offset, g.tap_offset(g.C - 1, ky, kx));
   }
-  const int64_t used = g.C * g.planes * g.Hq * g.Wq;
+  const int64_t used = g.C * g.planes * g.plane_stride;
   // Non-direct buffers end with slack, so the last block of a sample may read past the grid.
   const int64_t needed = g.direct ? used : std::max(used, max_offset + (g.Q + g.BT - 1) / g.BT * g.BT);
   g.sample = g.direct ? used : (needed + 15) / 16 * 16;
@@ -117,7 +136,8 @@ inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
         for (int64_t px = 0; px < g.sw; ++px) {
           const int64_t s = g.slot[py * g.sw + px];
           if (s < 0) continue;
-          float* plane = buf + n * g.sample + (c * g.planes + s) * g.Hq * g.Wq;
+          float* plane = buf + n * g.sample + (c * g.planes + s) * g.plane_stride;
+          std::fill(plane + g.Hq * g.Wq, plane + g.plane_stride, 0.f);
           // Plane column j reads input column j * sw + px - pw: valid for j in [j0, j1).
           const int64_t j0 = std::min(g.Wq, std::max<int64_t>(0, (g.pw - px + g.sw - 1) / g.sw));
           const int64_t j1 = std::max(j0, std::min(g.Wq, (g.W + g.pw - px + g.sw - 1) / g.sw));
@@ -133,7 +153,16 @@ inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
             if (g.sw == 1) {
               std::memcpy(out + j0, row, (j1 - j0) * sizeof(float));
             } else {
-              for (int64_t j = j0; j < j1; ++j) out[j] = row[(j - j0) * g.sw];
+              int64_t j = j0;
+              if (g.sw == 2) {  // the even lanes of two vectors per vector (the strided scalar copy below was a
+                                // large share of the 7x7 stem's time); reads stay within the input row
+                const int64_t row_end = g.W - (j0 * g.sw + px - g.pw);
+                for (; 2 * (j - j0) + 2 * kLanes <= row_end && j + kLanes <= j1; j += kLanes) {
+                  const float* p = row + 2 * (j - j0);
+                  at::vec::deinterleave2(Vec::loadu(p), Vec::loadu(p + kLanes)).first.store(out + j);
+                }
+              }
+              for (; j < j1; ++j) out[j] = row[(j - j0) * g.sw];
             }
             std::fill(out + j1, out + g.Wq, 0.f);
           }
@@ -141,21 +170,22 @@ inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
       }
     }
   });
-  const int64_t used = g.C * g.planes * g.Hq * g.Wq;
+  const int64_t used = g.C * g.planes * g.plane_stride;
   for (int64_t n = 0; n < g.N; ++n) std::fill(buf + n * g.sample + used, buf + (n + 1) * g.sample, 0.f);
 }
 
-// dst[r][0:BT] = init[r] + sum_j w[r, j] * xs[off[r, j] + 0:BT] for NN consecutive rows (row stride k).
-// With relu, dst holds max(0, that) (NaN stays NaN, as in torch.relu).
+// dst[r][0:BT] = start[r] + sum_{j < n} w[r * k + j] * xs[off[r * k + j] + 0:BT] for NN consecutive rows (row
+// stride k), where start[r] is init[r] in every lane, or partial[r * BT + 0:BT] (an earlier chunk's sums) where
+// partial is given. With relu, dst holds max(0, that) (NaN stays NaN, as in torch.relu).
 template <int BT, int NN>
-inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64_t k, const float* init, bool relu,
-                      float* dst) {
+inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64_t n, int64_t k, const float* init,
+                      const float* partial, bool relu, float* dst) {
   constexpr int V = BT / kLanes;
   Vec acc[NN][V];
   for (int r = 0; r < NN; ++r) {
-    for (int v = 0; v < V; ++v) acc[r][v] = Vec(init[r]);
+    for (int v = 0; v < V; ++v) acc[r][v] = partial ? Vec::loadu(partial + r * BT + v * kLanes) : Vec(init[r]);
   }
-  for (int64_t j = 0; j < k; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     for (int r = 0; r < NN; ++r) {
       const Vec wj(w[r * k + j]);
       const float* xr = xs + off[r * k + j];
@@ -182,10 +212,11 @@ constexpr int conv_rows_per_step() {
 }
 
 // Where the BT grid points starting at q0 go in one output channel (Ho * Wo floats): runs of
-// consecutive valid points (ox < Wo, q < Q) as (first point in the block, output offset, length).
+// consecutive valid points (ox < Wo, q < Q) as (first point in the block, output offset, length); where
+// Wq == Wo (no padding columns) a run continues over output rows.
 struct BlockRuns {
   int64_t count = 0;
-  int64_t src[65], dst[65], len[65];
+  int64_t src[kMaxBlock + 1], dst[kMaxBlock + 1], len[kMaxBlock + 1];
 };
 
 inline BlockRuns block_runs(const ConvGeometry& g, int64_t q0, int64_t BT) {
@@ -198,28 +229,53 @@ inline BlockRuns block_runs(const ConvGeometry& g, int64_t q0, int64_t BT) {
       i += g.Wq - ox;
       continue;
     }
-    const int64_t n = std::min(BT - i, g.Wo - ox);
-    runs.src[runs.count] = i, runs.dst[runs.count] = oy * g.Wo + ox, runs.len[runs.count] = n;
-    ++runs.count;
+    const int64_t n = std::min(BT - i, g.Wo - ox), c = runs.count;
+    if (c > 0 && runs.src[c - 1] + runs.len[c - 1] == i && runs.dst[c - 1] + runs.len[c - 1] == oy * g.Wo + ox) {
+      runs.len[c - 1] += n;  // Wq == Wo: the next output row continues the run
+    } else {
+      runs.src[c] = i, runs.dst[c] = oy * g.Wo + ox, runs.len[c] = n;
+      ++runs.count;
+    }
     i += n;
   }
   return runs;
 }
 
+// t[0:len] + r[0:len] (max(0, .) with relu) into d[0:len]: the epilogue with a residual.
+inline void add_residual(const float* t, const float* r, int64_t len, bool relu, float* d) {
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    const Vec v = Vec::loadu(t + i) + Vec::loadu(r + i);
+    (relu ? at::vec::maximum(v, Vec(0.f)) : v).store(d + i);
+  }
+  for (; i < len; ++i) {
+    const float v = t[i] + r[i];
+    d[i] = relu && v < 0.f ? 0.f : v;  // NaN stays NaN
+  }
+}
+
 // All active rows over the blocks [b0, b1) of the (sample, block) enumeration. With a panel, off holds panel
-// offsets and sources[i] the buffer offset of the tap at panel row i.
+// offsets and sources[i] the buffer offset of the tap at panel row i. A residual (N, out, Ho, Wo), laid out
+// like y, is added in the epilogue (add_residual), the ReLU after it.
 template <int BT>
 void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const int32_t* off, const int64_t* rows,
-                 const float* bias, int64_t A, int64_t k, int64_t out, bool relu, const std::vector<int32_t>& sources,
-                 int64_t b0, int64_t b1, float* y) {
+                 const float* bias, int64_t A, int64_t k, int64_t out, bool relu, const float* residual,
+                 const std::vector<int32_t>& sources, int64_t b0, int64_t b1, float* y) {
   constexpr int NN = conv_rows_per_step<BT>();
   const int64_t blocks = (g.Q + BT - 1) / BT, HWo = g.Ho * g.Wo;
   alignas(64) float tile[NN * BT];
   thread_local std::vector<float> panel_buffer;
+  thread_local std::vector<float> partial_buffer;
   float* panel = nullptr;
+  float* partial = nullptr;  // (A, BT): the sums of the chunks so far
   if (g.panel) {
     panel_buffer.resize(sources.size() * BT + 16);
     panel = panel_buffer.data() + (16 - reinterpret_cast<std::uintptr_t>(panel_buffer.data()) / sizeof(float) % 16) % 16;
+  }
+  if (g.chunks > 1) {
+    partial_buffer.resize(A * BT + 16);
+    partial = partial_buffer.data() +
+              (16 - reinterpret_cast<std::uintptr_t>(partial_buffer.data()) / sizeof(float) % 16) % 16;
   }
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t n = b / blocks;
@@ -233,25 +289,43 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
       xs = panel;
     }
     float* yn = y + n * out * HWo;
+    const float* rn = residual ? residual + n * out * HWo : nullptr;
+    const bool relu_rows = relu && !residual;  // with a residual the ReLU follows the addition
     const BlockRuns runs = block_runs(g, q0, BT);
     const bool whole = runs.count == 1 && runs.len[0] == BT;
-    for (int64_t a = 0; a < A; a += NN) {
-      const int64_t nr = std::min<int64_t>(NN, A - a);
-      float init[NN] = {};
-      for (int64_t r = 0; r < nr; ++r) init[r] = bias ? bias[rows[a + r]] : 0.f;
-      if (nr == NN) {
-        conv_rows<BT, NN>(xs, w + a * k, off + a * k, k, init, relu, tile);
-      } else {
-        for (int64_t r = 0; r < nr; ++r) conv_rows<BT, 1>(xs, w + (a + r) * k, off + (a + r) * k, k, init + r, relu,
-                                                           tile + r * BT);
-      }
-      for (int64_t r = 0; r < nr; ++r) {
-        float* yc = yn + rows[a + r] * HWo;
-        const float* t = tile + r * BT;
-        if (whole) {
-          for (int64_t v = 0; v < BT; v += kLanes) Vec::loadu(t + v).store(yc + runs.dst[0] + v);
+    for (int64_t chunk = 0; chunk < g.chunks; ++chunk) {
+      const int64_t j0 = k * chunk / g.chunks, n_taps = k * (chunk + 1) / g.chunks - j0;
+      const bool last = chunk + 1 == g.chunks;
+      for (int64_t a = 0; a < A; a += NN) {
+        const int64_t nr = std::min<int64_t>(NN, A - a);
+        float init[NN] = {};
+        for (int64_t r = 0; r < nr; ++r) init[r] = bias ? bias[rows[a + r]] : 0.f;
+        const float* from = chunk > 0 ? partial + a * BT : nullptr;
+        float* to = last ? tile : partial + a * BT;
+        if (nr == NN) {
+          conv_rows<BT, NN>(xs, w + a * k + j0, off + a * k + j0, n_taps, k, init, from, last && relu_rows, to);
         } else {
-          for (int64_t s = 0; s < runs.count; ++s) std::memcpy(yc + runs.dst[s], t + runs.src[s], runs.len[s] * sizeof(float));
+          for (int64_t r = 0; r < nr; ++r) {
+            conv_rows<BT, 1>(xs, w + (a + r) * k + j0, off + (a + r) * k + j0, n_taps, k, init + r,
+                             from ? from + r * BT : nullptr, last && relu_rows, to + r * BT);
+          }
+        }
+        if (!last) continue;
+        for (int64_t r = 0; r < nr; ++r) {
+          float* yc = yn + rows[a + r] * HWo;
+          const float* t = tile + r * BT;
+          if (rn) {
+            const float* rc = rn + rows[a + r] * HWo;
+            for (int64_t s = 0; s < runs.count; ++s) {
+              add_residual(t + runs.src[s], rc + runs.dst[s], runs.len[s], relu, yc + runs.dst[s]);
+            }
+          } else if (whole) {
+            for (int64_t v = 0; v < BT; v += kLanes) Vec::loadu(t + v).store(yc + runs.dst[0] + v);
+          } else {
+            for (int64_t s = 0; s < runs.count; ++s) {
+              std::memcpy(yc + runs.dst[s], t + runs.src[s], runs.len[s] * sizeof(float));
+            }
+          }
         }
       }
     }
@@ -259,11 +333,11 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
 }
 
 // y (N, out, Ho, Wo) for fp32 x (N, C, H, W), values (A, k), indices (A, k) into C * kh * kw, rows (A,);
-// with relu, max(0, y) in the same pass.
+// plus residual (N, out, Ho, Wo) where given, and with relu max(0, y), all in the same pass.
 template <typename IT>
 void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float* w, const IT* idx,
                               const int64_t* rows, const float* bias, int64_t A, int64_t k, int64_t out, bool relu,
-                              float* y) {
+                              const float* residual, float* y) {
   thread_local std::vector<int32_t> offsets;
   thread_local std::vector<float> planes;
   const int64_t taps = g.C * g.kh * g.kw;
@@ -294,7 +368,8 @@ void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float
     build_planes(x, g, aligned);
     buf = aligned;
   }
-  // Output channels without an active row (every channel when k == 0) hold their bias (max(0, bias) with relu).
+  // Output channels without an active row (every channel when k == 0) hold their bias (plus the residual;
+  // max(0, .) with relu).
   std::vector<bool> active(out, false);
   if (k > 0) {
     for (int64_t a = 0; a < A; ++a) active[rows[a]] = true;
@@ -303,18 +378,30 @@ void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float
   for (int64_t n = 0; n < g.N; ++n) {
     for (int64_t c = 0; c < out; ++c) {
       const float b = bias ? bias[c] : 0.f, v = relu && b < 0.f ? 0.f : b;
-      if (!active[c]) std::fill(y + (n * out + c) * HWo, y + (n * out + c + 1) * HWo, v);
+      if (active[c]) continue;
+      float* yc = y + (n * out + c) * HWo;
+      if (residual) {
+        const float* rc = residual + (n * out + c) * HWo;
+        for (int64_t i = 0; i < HWo; ++i) yc[i] = relu && b + rc[i] < 0.f ? 0.f : b + rc[i];
+      } else {
+        std::fill(yc, yc + HWo, v);
+      }
     }
   }
   if (A == 0 || k == 0) return;
   const int32_t* off = offsets.data();  // the calling thread's buffer (workers have their own thread_locals)
   const int64_t total = g.N * ((g.Q + g.BT - 1) / g.BT);
   at::parallel_for(0, total, 1, [&](int64_t b0, int64_t b1) {
-    switch (g.BT) {
-      case 16: conv_blocks<16>(buf, g, w, off, rows, bias, A, k, out, relu, sources, b0, b1, y); break;
-      case 32: conv_blocks<32>(buf, g, w, off, rows, bias, A, k, out, relu, sources, b0, b1, y); break;
-      case 64: conv_blocks<64>(buf, g, w, off, rows, bias, A, k, out, relu, sources, b0, b1, y); break;
-      default: conv_blocks<kLanes>(buf, g, w, off, rows, bias, A, k, out, relu, sources, b0, b1, y); break;
+    switch (g.BT / kLanes) {
+#define LSR_CONV_BLOCKS(V)                                                                                   \
+  case V:                                                                                                    \
+    if constexpr (V * kLanes <= kMaxBlock) {                                                                 \
+      conv_blocks<V * kLanes>(buf, g, w, off, rows, bias, A, k, out, relu, residual, sources, b0, b1, y);    \
+    }                                                                                                        \
+    break;
+      LSR_CONV_BLOCKS(1) LSR_CONV_BLOCKS(2) LSR_CONV_BLOCKS(3) LSR_CONV_BLOCKS(4)
+      LSR_CONV_BLOCKS(5) LSR_CONV_BLOCKS(6) LSR_CONV_BLOCKS(7) LSR_CONV_BLOCKS(8)
+#undef LSR_CONV_BLOCKS
     }
   });
 }

@@ -10,7 +10,8 @@
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_forward(x, layout, bias) -> y (1, out)
 //   torch.ops.<LSR_OPS_NAMESPACE>.batch1_supported() -> bool
 //   torch.ops.<LSR_OPS_NAMESPACE>.condensed_conv2d(x, values, indices, rows, bias, out_channels, groups,
-//                                                  kernel_size, stride, padding, dilation, block, relu) -> y (N, out, Ho, Wo)
+//                                                  kernel_size, stride, padding, dilation, block, relu, residual)
+//                                                  -> y (N, out, Ho, Wo)
 //   torch.ops.<LSR_OPS_NAMESPACE>.sampled_product(go, x, row_ptr, cols) -> grad (out, in)
 //   torch.ops.<LSR_OPS_NAMESPACE>.int8_condensed_linear(x2d, weight, indices, weight_sum, weight_scale, rows,
 //                                         bias, layout, out_features, input_scale, input_zero, mode) -> y (B, out)
@@ -233,11 +234,13 @@ at::Tensor batch1_forward(const at::Tensor& x, const at::Tensor& layout, const c
 
 // fp32 x (N, C, H, W), values (A, k), indices (A, k) into C * kh * kw, rows (A,) output channels,
 // bias (out,) or none -> y (N, out, Ho, Wo); see conv.h. The indices are taps over all C channels, so groups
-// is only checked. block > 0 forces the block width (tests); relu applies max(0, .) in the epilogue.
+// is only checked. block > 0 forces the block width (tests); a residual (N, out, Ho, Wo) is added and relu
+// applies max(0, .) after it, both in the epilogue.
 at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const at::Tensor& indices,
                             const at::Tensor& rows, const c10::optional<at::Tensor>& bias, int64_t out_channels,
                             int64_t groups, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                            at::IntArrayRef dilation, int64_t block, bool relu) {
+                            at::IntArrayRef dilation, int64_t block, bool relu,
+                            const c10::optional<at::Tensor>& residual) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "condensed_conv2d: x must be a contiguous fp32 (N, C, H, W) tensor");
   TORCH_CHECK(groups >= 1 && out_channels % groups == 0 && x.size(1) % groups == 0,
@@ -252,9 +255,8 @@ at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const
   TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && dilation[0] >= 1 && dilation[1] >= 1 && padding[0] >= 0 &&
                   padding[1] >= 0 && kernel_size[0] >= 1 && kernel_size[1] >= 1,
               "condensed_conv2d: stride, dilation and kernel_size must be positive, padding non-negative");
-  TORCH_CHECK(block == 0 || (block % kLanes == 0 && block <= 64 && (block == kLanes || block == 16 || block == 32 || block == 64)),
-              "condensed_conv2d: block must be 0 (automatic) or one of ", kLanes, ", 16, 32, 64 (a multiple of ",
-              kLanes, ")");
+  TORCH_CHECK(block == 0 || (block % kLanes == 0 && block > 0 && block <= kMaxBlock),
+              "condensed_conv2d: block must be 0 (automatic) or a multiple of ", kLanes, " up to ", kMaxBlock);
   const int64_t A = values.size(0), k = values.size(1);
   TORCH_CHECK(rows.scalar_type() == at::kLong && rows.is_contiguous() && rows.numel() == A,
               "condensed_conv2d: rows must be a contiguous int64 (A,) tensor of output channels");
@@ -265,14 +267,18 @@ at::Tensor condensed_conv2d(const at::Tensor& x, const at::Tensor& values, const
               "condensed_conv2d: bias must be a contiguous fp32 (", out_channels, ",) tensor");
   const ConvGeometry g = conv_geometry(x, kernel_size[0], kernel_size[1], stride, padding, dilation, block);
   at::Tensor y = at::empty({g.N, out_channels, g.Ho, g.Wo}, x.options());
+  TORCH_CHECK(!residual.has_value() || (residual->scalar_type() == at::kFloat && residual->is_contiguous() &&
+                                        residual->sizes() == y.sizes()),
+              "condensed_conv2d: residual must be a contiguous fp32 tensor of the output's shape ", y.sizes());
   if (y.numel() == 0) return y;
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  const float* res = residual.has_value() ? residual->data_ptr<float>() : nullptr;
   if (indices.scalar_type() == at::kShort) {
     condensed_conv2d_forward(x.data_ptr<float>(), g, values.data_ptr<float>(), indices.data_ptr<int16_t>(), r, b,
-                             A, k, out_channels, relu, y.data_ptr<float>());
+                             A, k, out_channels, relu, res, y.data_ptr<float>());
   } else {
     condensed_conv2d_forward(x.data_ptr<float>(), g, values.data_ptr<float>(), indices.data_ptr<int32_t>(), r, b,
-                             A, k, out_channels, relu, y.data_ptr<float>());
+                             A, k, out_channels, relu, res, y.data_ptr<float>());
   }
   return y;
 }
@@ -446,7 +452,8 @@ TORCH_LIBRARY(LSR_OPS_NAMESPACE, m) {
   m.def("batch1_forward(Tensor x, Tensor layout, Tensor? bias) -> Tensor");
   m.def("batch1_supported() -> bool", &lightning_srigl::batch1_supported);
   m.def("condensed_conv2d(Tensor x, Tensor values, Tensor indices, Tensor rows, Tensor? bias, int out_channels, "
-        "int groups, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0, bool relu=False) -> Tensor");
+        "int groups, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block=0, bool relu=False, "
+        "Tensor? residual=None) -> Tensor");
   m.def("sampled_product(Tensor go, Tensor x, Tensor row_ptr, Tensor cols) -> Tensor");
   m.def("int8_condensed_linear(Tensor x2d, Tensor weight, Tensor indices, Tensor weight_sum, Tensor weight_scale, "
         "Tensor rows, Tensor? bias, Tensor? layout, int out_features, float? input_scale, int? input_zero, "

@@ -1,0 +1,162 @@
+"""A residual addition (and the ReLU after it) fused into the condensed convolution before it, in the compiled graph.
+
+A ResNet block ends with ``relu(conv(x) + shortcut)``: compiled as is, inductor runs the convolution, then a
+pointwise kernel that reads its output and the shortcut and writes the sum, one more pass over the block's
+output. `ResidualFusion` is an inductor post-grad pass (``post_grad_custom_post_pass`` in
+``COMPILE_OPTIONS`` of [`compiled`][lightning_srigl.kernels.compiled]) that rewrites
+
+    y = condensed_conv2d(..., relu=False)      # y read only by the addition
+    z = aten.add.Tensor(y, r)                   # or (r, y); r of y's shape and dtype
+    z = aten.relu(z)                            # optional; the addition read only by it
+
+into ``condensed_conv2d(..., relu=<ReLU found>, residual=r)``, whose epilogue adds ``r`` (then applies the
+ReLU) as it writes the output. Exact: the sum is the same fp32 addition of the same two values, once per
+element. The model itself is unchanged; only its compiled graph (and an AOTInductor package) differs.
+
+With ``direct=True`` (``torch.compile`` in this process, not a package, which must run on other CPUs) the pass
+also points every fp32 CPU convolution whose inputs are contiguous at the loaded C++ variant's op
+(``torch.ops.lightning_srigl_<variant>.condensed_conv2d``), skipping the Python op in between (its dispatch
+costs several times the C++ op's own on a tiny convolution; a ResNet-50 forward makes 52 such calls).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch.fx.operator_schemas import normalize_function
+
+__all__ = ["ResidualFusion", "call_kernel_directly", "fuse_residuals"]
+
+
+def _conv_op() -> Any:
+    from lightning_srigl.kernels.conv import condensed_conv2d  # noqa: F401  (registers the op)
+
+    return torch.ops.lightning_srigl.condensed_conv2d.default
+
+
+def _record_input_layouts(node: fx.Node) -> None:
+    """Give ``node`` the fake inputs inductor constrains a custom op's input strides to (``eager_input_vals``): the
+    strides its inputs had when traced (the kernels assume contiguous inputs where the pass checked them)."""
+
+    def fake(value: object) -> object:
+        return value.meta["val"] if isinstance(value, fx.Node) else value
+
+    node.meta["eager_input_vals"] = (
+        tuple(fake(arg) for arg in node.args),
+        {name: fake(value) for name, value in node.kwargs.items()},
+    )
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    """The one node that reads ``node``, or None when several or none do."""
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _same_tensor_type(a: object, b: object) -> bool:
+    """Both fake tensors of one shape and dtype (so the addition does not broadcast or promote)."""
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.dtype == b.dtype
+        and tuple(a.shape) == tuple(b.shape)
+    )
+
+
+def fuse_residuals(graph: fx.Graph) -> int:
+    """Rewrite every ``condensed_conv2d -> add [-> relu]`` chain of ``graph`` (post-grad aten ops) in place, as
+    the module docstring describes; returns how many were fused."""
+    op, fused = _conv_op(), 0
+    for conv in list(graph.nodes):
+        if conv.op != "call_function" or conv.target is not op:
+            continue
+        add = _only_user(conv)
+        if add is None or add.target is not torch.ops.aten.add.Tensor or len(add.args) != 2 or add.kwargs:
+            continue
+        residual = add.args[1] if add.args[0] is conv else add.args[0]
+        if not isinstance(residual, fx.Node) or residual is conv:
+            continue
+        if not _same_tensor_type(conv.meta.get("val"), residual.meta.get("val")):
+            continue
+        bound = normalize_function(op, tuple(conv.args), dict(conv.kwargs), normalize_to_only_use_kwargs=True)
+        if bound is None:
+            continue
+        kwargs = dict(bound.kwargs)
+        if kwargs.get("relu") or kwargs.get("residual") is not None:
+            continue
+        relu = _only_user(add)
+        last = relu if relu is not None and relu.target is torch.ops.aten.relu.default else add
+        kwargs.update(relu=last is not add, residual=residual)
+        with graph.inserting_before(add):
+            node = graph.call_function(op, kwargs=kwargs)
+        node.meta = dict(last.meta)
+        _record_input_layouts(node)
+        last.replace_all_uses_with(node)
+        for dead in (last, add, conv) if last is not add else (add, conv):
+            graph.erase_node(dead)
+        fused += 1
+    return fused
+
+
+def _contiguous_cpu_fp32(node: object) -> bool:
+    """Whether ``node`` is a graph node whose traced value is a contiguous fp32 CPU tensor."""
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return (
+        isinstance(value, torch.Tensor)
+        and value.device.type == "cpu"
+        and value.dtype == torch.float32
+        and value.is_contiguous()
+    )
+
+
+def call_kernel_directly(graph: fx.Graph) -> int:
+    """Point the ``condensed_conv2d`` calls of ``graph`` whose ``x`` and ``residual`` are contiguous fp32 CPU tensors
+    at the loaded C++ variant's op (same arguments, ``block=0``); returns how many (0 without a loaded variant).
+    The C++ op checks ``indices``, ``rows`` and ``bias`` itself (contiguous, their dtypes): frozen buffers pass."""
+    from lightning_srigl.kernels.cpu.loader import load_extension
+
+    kernel, op, count = load_extension(), _conv_op(), 0
+    if kernel is None:
+        return 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not op:
+            continue
+        bound = normalize_function(op, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True)
+        if bound is None:
+            continue
+        kwargs = dict(bound.kwargs)
+        if not all(_contiguous_cpu_fp32(kwargs.get(name)) for name in ("x", "values")):
+            continue
+        if kwargs.get("residual") is not None and not _contiguous_cpu_fp32(kwargs["residual"]):
+            continue
+        node.target, node.args, node.kwargs = kernel.condensed_conv2d, (), kwargs | {"block": 0}
+        _record_input_layouts(node)
+        count += 1
+    return count
+
+
+class ResidualFusion(CustomGraphPass):
+    """`fuse_residuals` (then, with ``direct``, `call_kernel_directly`) as an inductor custom graph pass (its
+    ``uuid`` keys inductor's cache)."""
+
+    def __init__(self, direct: bool = False) -> None:
+        self.direct = direct
+
+    def __call__(self, graph: fx.Graph) -> None:
+        fuse_residuals(graph)
+        if self.direct:
+            call_kernel_directly(graph)
+
+    def uuid(self) -> Any:
+        """The key of the graphs this pass rewrote in inductor's on-disk cache: with ``direct``, they name the
+        loaded variant's op, so the key holds that variant and its kernel sources (another variant, a disabled
+        extension or a rebuilt one must not load them)."""
+        if not self.direct:
+            return "lightning_srigl.residual_fusion.v2.direct=False"
+        from lightning_srigl.kernels.cpu.loader import load_extension
+        from lightning_srigl.kernels.cpu.variants import source_hash
+
+        kernel = load_extension()
+        return f"lightning_srigl.residual_fusion.v2.direct={kernel and kernel.variant}.sources={source_hash()}"
