@@ -9,6 +9,9 @@ projections ``nn.Linear``; random weights, 90 % SRigL masks). Variants, all on t
 * ``fp32 accelerated``: ``accelerate(model, x)`` (exact kernels only);
 * ``int8 accelerated``: ``accelerate(model, x, quantize="int8-condensed")``: int8 condensed candidates too,
   each kept where its output error on ``x`` is within the default budget and it is the fastest;
+* ``int8 compiled``: that model compiled as ``compile=True`` does (``compile_in_place``): one inductor graph
+  (freezing) with the int8 and fp32 condensed ops opaque, LayerNorm, GELU and the residual adds fused around
+  them (``--no-compile`` leaves it out);
 * ``ORT dynamic int8 (dense)``: the dense model exported to ONNX (``torch.onnx.export``, dynamo) and
   quantized by ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights), 1 intra-op thread.
 
@@ -40,6 +43,7 @@ from bench_whole_models import cases  # noqa: E402
 from lightning_srigl.benchmark.peers import LogitsOnly, export_onnx, onnx_runner  # noqa: E402
 from lightning_srigl.benchmark.whole_model import ModelCase, masked_model  # noqa: E402
 from lightning_srigl.condensed.acceleration.accelerate import accelerate  # noqa: E402
+from lightning_srigl.kernels.compiled import compile_in_place  # noqa: E402
 from lightning_srigl.kernels.cpu.isa import cpu_model, requested_variant  # noqa: E402
 from lightning_srigl.masking import remove_masks_  # noqa: E402
 from lightning_srigl.timing import hot_times  # noqa: E402
@@ -56,7 +60,7 @@ def ort_int8(dense: torch.nn.Module, case: ModelCase, inputs: tuple[torch.Tensor
     return lambda: torch.from_numpy(run(arrays))
 
 
-def measure(case: ModelCase, batch: int, seconds: float, folder: Path) -> dict[str, object]:
+def measure(case: ModelCase, batch: int, seconds: float, folder: Path, compiled: bool) -> dict[str, object]:
     model = masked_model(case, 0.9, 0)
     torch.manual_seed(batch)
     example = case.example(batch)
@@ -68,12 +72,18 @@ def measure(case: ModelCase, batch: int, seconds: float, folder: Path) -> dict[s
         warnings.simplefilter("ignore")
         accelerate(fp32, example, repeats=3, verbose=False, model_repeats=0)
         report = accelerate(int8, example, quantize="int8-condensed", repeats=3, verbose=False, model_repeats=0)
+    int8_compiled = copy.deepcopy(int8)  # the same layers, compiled in place (what compile=True does)
+    if compiled:
+        compile_in_place(int8_compiled, example)
     calls = {
         "dense fp32": lambda: case.logits(dense(*inputs)),
         "fp32 accelerated": lambda: case.logits(fp32(*inputs)),
         "int8 accelerated": lambda: case.logits(int8(*inputs)),
+        "int8 compiled": lambda: case.logits(int8_compiled(*inputs)),
         "ORT dynamic int8 (dense)": ort_int8(dense, case, inputs, folder),
     }
+    if not compiled:
+        del calls["int8 compiled"]
     with torch.inference_mode():
         reference = calls["dense fp32"]().float()
         errors = {name: float((call().float() - reference).norm() / reference.norm()) for name, call in calls.items()}
@@ -111,6 +121,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vit_b16", "bert"])
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds of samples per variant")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled int8 model")
     parser.add_argument("--smoke", action="store_true", help="tiny models (the same code paths, for a quick check)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -121,23 +132,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             for batch in args.batch:
-                row = measure(found[name], batch, args.seconds, Path(folder))
+                row = measure(found[name], batch, args.seconds, Path(folder), not args.no_compile)
                 print(row, flush=True)
                 ms, error = row["ms"], row["error"]
                 cells = " | ".join(f"{value:.1f} ({error[key]:.3f})" for key, value in ms.items())
-                dense, ort, ours = ms["dense fp32"], ms["ORT dynamic int8 (dense)"], ms["int8 accelerated"]
-                lines.append(
-                    f"| {name} | {batch} | {cells} | {dense / ours:.2f}x | {ort / ours:.2f}x | {row['int8 chose']} |"
-                )
+                ours = [ms[key] for key in ("int8 accelerated", "int8 compiled") if key in ms]
+                versus = [
+                    " / ".join(f"{ms[peer] / mine:.2f}x" for mine in ours)
+                    for peer in ("dense fp32", "ORT dynamic int8 (dense)")
+                ]
+                lines.append(f"| {name} | {batch} | {cells} | {' | '.join(versus)} | {row['int8 chose']} |")
                 shares = ", ".join(f"{op} {share:.0f} %" for op, share in row["int8 profile"].items())
                 profiles.append(f"* {name}, batch {batch}: {shares}")
+    compiled = "" if args.no_compile else "int8 compiled | "
+    ours = "int8" if args.no_compile else "int8 (eager / compiled)"
     header = [
         f"CPU {cpu_model()}, kernel variant {requested_variant()}, 1 thread, CPU time (minimum), load average "
         f"{' '.join(load)} before and {' '.join(Path('/proc/loadavg').read_text().split()[:3])} after.",
         "",
-        "| model | batch | dense fp32 ms (error) | fp32 accelerated | int8 accelerated | ORT dynamic int8 (dense) | "
-        "int8 vs dense fp32 | int8 vs ORT int8 | int8 acceleration chose |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | dense fp32 ms (error) | fp32 accelerated | int8 accelerated | "
+        f"{compiled}ORT dynamic int8 (dense) | {ours} vs dense fp32 | {ours} vs ORT int8 | int8 acceleration chose |",
+        "|---|---|---|---|---|---|---|---|---|" + ("" if args.no_compile else "---|"),
     ]
     footer = ["", "Self CPU time of the int8 accelerated model by operator (torch.profiler, 3 calls):", "", *profiles]
     table = "\n".join(header + lines + footer)

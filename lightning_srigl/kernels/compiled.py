@@ -142,13 +142,15 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
     (``.pt2``) with `PACKAGE_OPTIONS` (`compile_in_place`'s, but the convolutions call the Python op, which
     picks the C++ variant of the CPU the package runs on); returns the path.
 
-    The package holds the graph and its (frozen) weights; `load_package` runs it.
+    The package holds the graph and its (frozen) weights; `load_package` runs it. One-row calls of a
+    ``CondensedLinear`` call the Python op too, not the variant's ``batch1_forward`` on a frozen batch-1 layout
+    (`freeze_layouts`): the layout and that op belong to the exporting CPU's variant, so such a package would
+    not load on another CPU ("Could not find schema for lightning_srigl_avx512::batch1_forward").
     """
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"path must end in .pt2 (an AOTInductor package), got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    freeze_layouts(model)
     with torch.no_grad():
         program = torch.export.export(model, _arguments(example_input))
         written = torch._inductor.aoti_compile_and_package(
@@ -159,8 +161,7 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
 
 def load_package(path: str | Path) -> Callable[..., Any]:
     """The callable model of an AOTInductor package written by `export_package` (this module's import
-    has registered the condensed ops it calls, and it loads the CPU kernel variant whose ``batch1_forward``
-    a graph with one-row calls names)."""
+    has registered the condensed ops it calls; the CPU kernel variant is loaded before the package)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no AOTInductor package at {str(path)!r}; write one with export_package")

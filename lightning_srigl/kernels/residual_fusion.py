@@ -51,6 +51,7 @@ def _record_input_layouts(node: fx.Node) -> None:
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
+    """The one node that reads ``node``, or None when several or none do."""
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
@@ -100,6 +101,7 @@ def fuse_residuals(graph: fx.Graph) -> int:
 
 
 def _contiguous_cpu_fp32(node: object) -> bool:
+    """Whether ``node`` is a graph node whose traced value is a contiguous fp32 CPU tensor."""
     value = node.meta.get("val") if isinstance(node, fx.Node) else None
     return (
         isinstance(value, torch.Tensor)
@@ -111,7 +113,8 @@ def _contiguous_cpu_fp32(node: object) -> bool:
 
 def call_kernel_directly(graph: fx.Graph) -> int:
     """Point the ``condensed_conv2d`` calls of ``graph`` whose ``x`` and ``residual`` are contiguous fp32 CPU tensors
-    at the loaded C++ variant's op (same arguments, ``block=0``); returns how many. None without a variant."""
+    at the loaded C++ variant's op (same arguments, ``block=0``); returns how many (0 without a loaded variant).
+    The C++ op checks ``indices``, ``rows`` and ``bias`` itself (contiguous, their dtypes): frozen buffers pass."""
     from lightning_srigl.kernels.cpu.loader import load_extension
 
     kernel, op, count = load_extension(), _conv_op(), 0
@@ -147,4 +150,13 @@ class ResidualFusion(CustomGraphPass):
             call_kernel_directly(graph)
 
     def uuid(self) -> Any:
-        return f"lightning_srigl.residual_fusion.v2.direct={self.direct}"
+        """The key of the graphs this pass rewrote in inductor's on-disk cache: with ``direct``, they name the
+        loaded variant's op, so the key holds that variant and its kernel sources (another variant, a disabled
+        extension or a rebuilt one must not load them)."""
+        if not self.direct:
+            return "lightning_srigl.residual_fusion.v2.direct=False"
+        from lightning_srigl.kernels.cpu.loader import load_extension
+        from lightning_srigl.kernels.cpu.variants import source_hash
+
+        kernel = load_extension()
+        return f"lightning_srigl.residual_fusion.v2.direct={kernel and kernel.variant}.sources={source_hash()}"

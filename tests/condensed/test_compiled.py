@@ -192,3 +192,30 @@ def test_the_fused_compiled_blocks_run_on_the_avx2_variant() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env,
                           timeout=600)  # fmt: skip
     assert done.stdout.strip().splitlines()[-1] == "avx2 2 3"
+
+
+@pytest.mark.slow
+def test_the_compiled_graph_cached_by_inductor_is_not_reused_by_another_kernel_variant(tmp_path: Path) -> None:
+    """Inductor's on-disk graph cache keys the pass by its ``uuid``: a graph compiled with the default options under
+    one variant (its convolutions call that variant's op) must not be loaded under another."""
+    if "avx2" not in host_variants()[1:]:
+        pytest.skip("this CPU runs no AVX2 kernels besides its own variant")
+    script = (
+        "import torch\n"
+        "from tests.condensed.test_compiled import ResidualBlocks\n"
+        "from lightning_srigl.kernels.compiled import COMPILE_OPTIONS\n"
+        "from lightning_srigl.kernels.cpu.loader import load_extension\n"
+        "torch.manual_seed(0)\n"
+        "model, x = ResidualBlocks().eval(), torch.randn(2, 8, 9, 9)\n"
+        "compiled = torch.compile(model, fullgraph=True, options=dict(COMPILE_OPTIONS))\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)\n"
+        "print(load_extension().variant)\n"
+    )
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    env.pop("LIGHTNING_SRIGL_CPU_ISA", None)
+    for variant in (host_variants()[0], "avx2"):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                              env=env | {"LIGHTNING_SRIGL_CPU_ISA": variant})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == variant

@@ -4,8 +4,10 @@ in every kernel variant and through ``CondensedLinear`` (eager, compiled, and on
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -144,12 +146,19 @@ def test_compiled_one_row_call_takes_the_batch1_kernel(shape, bias):
 
 
 @pytest.mark.slow
-def test_package_with_one_row_calls_equals_eager(tmp_path):
+def test_package_with_one_row_calls_equals_eager_and_names_no_kernel_variant(tmp_path):
+    """A package runs on other CPUs: its one-row calls take the Python op, even after `compile_lazily` froze the
+    batch-1 layout (``lightning_srigl_<variant>::batch1_forward`` did not load under another variant)."""
     layer = ablated_layer().eval()
     x = torch.randn(1, 1, 96)
+    compile_lazily(layer)
     with torch.no_grad():
-        runner = load_package(export_package(layer, x, tmp_path / "layer.pt2"))
-        torch.testing.assert_close(runner(x), layer(x), atol=1e-5, rtol=1e-5)
+        path = export_package(layer, x, tmp_path / "layer.pt2")
+        torch.testing.assert_close(load_package(path)(x), eager_forward(layer)(x), atol=1e-5, rtol=1e-5)
+    with zipfile.ZipFile(path) as package:
+        text = b"".join(package.read(name) for name in package.namelist() if not name.endswith((".so", ".o")))
+    assert b"lightning_srigl::condensed_linear_rows" in text
+    assert not any(f"lightning_srigl_{variant}".encode() in text for variant in host_variants())
 
 
 def test_loading_weights_drops_the_frozen_layout():
@@ -158,6 +167,29 @@ def test_loading_weights_drops_the_frozen_layout():
     assert layer.frozen_batch1_layout is not None or not load_extension().batch1_supported
     layer.load_state_dict(ablated_layer().state_dict())
     assert layer.frozen_batch1_layout is None and "frozen_batch1_layout" not in layer.state_dict()
+
+
+def test_a_compiled_layer_cast_to_bf16_runs_one_row_calls_under_autocast():
+    """The layout frozen by `compile_lazily` holds the fp32 weights: after ``.to(bfloat16)`` the recompiled graph
+    must not use it (it raised on the bf16 bias) but compute as eager does."""
+    layer = ablated_layer().eval()
+    compile_lazily(layer)
+    layer.to(torch.bfloat16)
+    x = torch.randn(1, 96)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(layer(x), eager_forward(layer)(x), atol=1e-2, rtol=1e-2)
+
+
+def test_a_layer_pickles_with_its_load_hooks():
+    """``torch.save(model)`` pickles the module and its ``load_state_dict`` hooks (no local functions)."""
+    layer = ablated_layer()
+    loaded = pickle.loads(pickle.dumps(layer))
+    loaded.load_state_dict(ablated_layer().state_dict())
+    assert loaded.frozen_batch1_layout is None
+    x = torch.randn(3, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), torch.nn.functional.linear(x, loaded.dense_weight(), loaded.bias),
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
 
 
 def test_avx2_variant_layer_with_ablated_rows_in_a_subprocess():

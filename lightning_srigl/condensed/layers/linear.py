@@ -43,6 +43,12 @@ def _eager_cpu_inference(x2d: Tensor, values: Tensor, bias: Tensor | None) -> bo
     return x2d.is_cpu and eager_inference(x2d, values, bias)
 
 
+def _drop_frozen_layout(module: CondensedLinear, _: object) -> None:
+    """``load_state_dict`` post hook: the loaded weights outdate a frozen batch-1 layout (a module-level function,
+    so that ``torch.save(model)`` can pickle the hook)."""
+    module.freeze_for_compile(False)
+
+
 def _triton_layout(values: Tensor, indices: Tensor, _: Tensor) -> tuple[Tensor, Tensor]:
     """The ``(A, k)`` views over ``(k, A)`` storage that the Triton kernels were designed for."""
     return triton_kernels().prepare_triton_layout(values, indices)
@@ -92,7 +98,7 @@ class CondensedLinear(nn.Module):
         self.register_buffer("bias", bias)
         self._layouts: DerivedCache[Any] = DerivedCache()  # kernel layouts of the buffers; see _derived_layout
         self.register_load_state_dict_post_hook(validate_after_load)
-        self.register_load_state_dict_post_hook(lambda module, _: module.freeze_for_compile(False))
+        self.register_load_state_dict_post_hook(_drop_frozen_layout)
 
     def check_buffers(self) -> None:
         """Validate the buffers as the constructor does (``check_condensed``, ``check_bias``); run after loading.
@@ -202,11 +208,11 @@ class CondensedLinear(nn.Module):
         compiled afterwards sends one-row inputs to the batch-1 kernel: inductor's freezing makes both
         constants. ``freeze=False`` drops them.
 
-        Called by [`compile_lazily`][lightning_srigl.kernels.compiled.compile_lazily] and
-        [`export_package`][lightning_srigl.kernels.compiled.export_package] before they trace, and after
-        ``load_state_dict`` (with False). Only the compiled graph reads them (eager calls use the cached
-        layout that follows the weights), so values edited afterwards need that compile again, as freezing
-        does anyway. Nothing is kept where the batch-1 kernel does not apply (see `_batch1_layout`).
+        Called by [`compile_lazily`][lightning_srigl.kernels.compiled.compile_lazily] before it traces, and after
+        ``load_state_dict`` (with False); ``torch.export`` does not use them (the layout and the op belong to
+        this CPU's kernel variant, a package may run on another). Only the compiled graph reads them (eager
+        calls use the cached layout that follows the weights), so values edited afterwards need that compile
+        again, as freezing does anyway. Nothing is kept where the batch-1 kernel does not apply (see `_batch1_layout`).
         """
         layout = None
         if freeze and self.backend == "auto" and self.values.is_cpu and self.values.dtype == torch.float32:
@@ -216,10 +222,15 @@ class CondensedLinear(nn.Module):
         self.register_buffer("frozen_batch1_zeros", zeros, persistent=False)
 
     def _frozen_batch1(self, row: Tensor) -> bool:
-        """Whether a traced call on ``row (1, in)`` may use the frozen batch-1 layout (`freeze_for_compile`)."""
+        """Whether a traced call on ``row (1, in)`` may use the frozen batch-1 layout (`freeze_for_compile`): not
+        once ``.to()`` has moved or cast the layer (the layout holds the fp32 CPU weights it was frozen from), nor
+        under ``torch.export`` (see `freeze_for_compile`)."""
         return (
             self._buffers.get("frozen_batch1_layout") is not None
             and torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
+            and self.values.is_cpu
+            and self.values.dtype == torch.float32
             and not torch.is_grad_enabled()
             and row.is_cpu
             and row.dtype == torch.float32

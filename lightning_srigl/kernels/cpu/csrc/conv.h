@@ -241,8 +241,6 @@ inline BlockRuns block_runs(const ConvGeometry& g, int64_t q0, int64_t BT) {
   return runs;
 }
 
-// All active rows over the blocks [b0, b1) of the (sample, block) enumeration. With a panel, off holds panel
-// offsets and sources[i] the buffer offset of the tap at panel row i.
 // t[0:len] + r[0:len] (max(0, .) with relu) into d[0:len]: the epilogue with a residual.
 inline void add_residual(const float* t, const float* r, int64_t len, bool relu, float* d) {
   int64_t i = 0;
@@ -256,6 +254,9 @@ inline void add_residual(const float* t, const float* r, int64_t len, bool relu,
   }
 }
 
+// All active rows over the blocks [b0, b1) of the (sample, block) enumeration. With a panel, off holds panel
+// offsets and sources[i] the buffer offset of the tap at panel row i. A residual (N, out, Ho, Wo), laid out
+// like y, is added in the epilogue (add_residual), the ReLU after it.
 template <int BT>
 void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const int32_t* off, const int64_t* rows,
                  const float* bias, int64_t A, int64_t k, int64_t out, bool relu, const float* residual,
@@ -293,38 +294,40 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
     const BlockRuns runs = block_runs(g, q0, BT);
     const bool whole = runs.count == 1 && runs.len[0] == BT;
     for (int64_t chunk = 0; chunk < g.chunks; ++chunk) {
-     const int64_t j0 = k * chunk / g.chunks, n_taps = k * (chunk + 1) / g.chunks - j0;
-     const bool last = chunk + 1 == g.chunks;
-     for (int64_t a = 0; a < A; a += NN) {
-      const int64_t nr = std::min<int64_t>(NN, A - a);
-      float init[NN] = {};
-      for (int64_t r = 0; r < nr; ++r) init[r] = bias ? bias[rows[a + r]] : 0.f;
-      const float* from = chunk > 0 ? partial + a * BT : nullptr;
-      float* to = last ? tile : partial + a * BT;
-      if (nr == NN) {
-        conv_rows<BT, NN>(xs, w + a * k + j0, off + a * k + j0, n_taps, k, init, from, last && relu_rows, to);
-      } else {
-        for (int64_t r = 0; r < nr; ++r) {
-          conv_rows<BT, 1>(xs, w + (a + r) * k + j0, off + (a + r) * k + j0, n_taps, k, init + r,
-                           from ? from + r * BT : nullptr, last && relu_rows, to + r * BT);
-        }
-      }
-      if (!last) continue;
-      for (int64_t r = 0; r < nr; ++r) {
-        float* yc = yn + rows[a + r] * HWo;
-        const float* t = tile + r * BT;
-        if (rn) {
-          const float* rc = rn + rows[a + r] * HWo;
-          for (int64_t s = 0; s < runs.count; ++s) {
-            add_residual(t + runs.src[s], rc + runs.dst[s], runs.len[s], relu, yc + runs.dst[s]);
-          }
-        } else if (whole) {
-          for (int64_t v = 0; v < BT; v += kLanes) Vec::loadu(t + v).store(yc + runs.dst[0] + v);
+      const int64_t j0 = k * chunk / g.chunks, n_taps = k * (chunk + 1) / g.chunks - j0;
+      const bool last = chunk + 1 == g.chunks;
+      for (int64_t a = 0; a < A; a += NN) {
+        const int64_t nr = std::min<int64_t>(NN, A - a);
+        float init[NN] = {};
+        for (int64_t r = 0; r < nr; ++r) init[r] = bias ? bias[rows[a + r]] : 0.f;
+        const float* from = chunk > 0 ? partial + a * BT : nullptr;
+        float* to = last ? tile : partial + a * BT;
+        if (nr == NN) {
+          conv_rows<BT, NN>(xs, w + a * k + j0, off + a * k + j0, n_taps, k, init, from, last && relu_rows, to);
         } else {
-          for (int64_t s = 0; s < runs.count; ++s) std::memcpy(yc + runs.dst[s], t + runs.src[s], runs.len[s] * sizeof(float));
+          for (int64_t r = 0; r < nr; ++r) {
+            conv_rows<BT, 1>(xs, w + (a + r) * k + j0, off + (a + r) * k + j0, n_taps, k, init + r,
+                             from ? from + r * BT : nullptr, last && relu_rows, to + r * BT);
+          }
+        }
+        if (!last) continue;
+        for (int64_t r = 0; r < nr; ++r) {
+          float* yc = yn + rows[a + r] * HWo;
+          const float* t = tile + r * BT;
+          if (rn) {
+            const float* rc = rn + rows[a + r] * HWo;
+            for (int64_t s = 0; s < runs.count; ++s) {
+              add_residual(t + runs.src[s], rc + runs.dst[s], runs.len[s], relu, yc + runs.dst[s]);
+            }
+          } else if (whole) {
+            for (int64_t v = 0; v < BT; v += kLanes) Vec::loadu(t + v).store(yc + runs.dst[0] + v);
+          } else {
+            for (int64_t s = 0; s < runs.count; ++s) {
+              std::memcpy(yc + runs.dst[s], t + runs.src[s], runs.len[s] * sizeof(float));
+            }
+          }
         }
       }
-     }
     }
   }
 }
