@@ -4,7 +4,7 @@
 ``y[b, rows[a]] = bias[rows[a]] + sum_j values[a, j] * x2d[b, indices[a, j]]`` and ``y[b, r] = bias[r]`` (or 0)
 for every column ``r`` not in ``rows`` (an ablated neuron). ``rows (A,)`` is strictly increasing, ``bias`` the
 full ``(out_features,)`` bias. It is `condensed_linear` followed by the scatter into the full width
-(``CondensedLinear._scatter_active``), in one pass: on the CPU the C++ kernels store each output at its column,
+(`scatter_columns`), in one pass: on the CPU the C++ kernels store each output at its column,
 so a compiled graph holds no ``(B, A)`` temporary and no ``index_add`` (which inductor turns into a scalar
 loop). Other devices run the reference (`condensed_linear` and an ``index_add``).
 """
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_srigl.kernels import fakes
-from lightning_srigl.kernels.cpu.loader import condensed_linear_rows_cpu
+from lightning_srigl.kernels.cpu.loader import condensed_linear_rows_cpu, scatter_columns
 from lightning_srigl.kernels.linear import condensed_linear, product_grads
 
 OP_NAME = "lightning_srigl::condensed_linear_rows"
@@ -41,9 +41,7 @@ def condensed_linear_rows(
     if x2d.device.type == "cpu":
         return condensed_linear_rows_cpu(x2d.contiguous(), values.contiguous(), indices.contiguous(), rows, bias,
                                          out_features)  # fmt: skip
-    y = condensed_linear(x2d, values, indices, None)
-    full = x2d.new_zeros(x2d.shape[0], out_features) if bias is None else bias.expand(x2d.shape[0], -1).contiguous()
-    return full.index_add(1, rows, y)
+    return scatter_columns(condensed_linear(x2d, values, indices, None), rows, bias, out_features)
 
 
 @condensed_linear_rows.register_fake

@@ -31,6 +31,7 @@ from lightning_srigl.kernels.cpu.loader import (
     condensed_linear_cpu,
     condensed_linear_rows_cpu,
     condensed_linear_torch,
+    scatter_columns,
 )
 from lightning_srigl.kernels.layout import condense, pad_fan_in
 from lightning_srigl.kernels.linear import condensed_linear, triton_kernels
@@ -199,7 +200,7 @@ class CondensedLinear(nn.Module):
         else:
             y = self._product(x2d, values, None if ablated else self.bias)
             if ablated:
-                y = self._scatter_active(y)
+                y = scatter_columns(y, self.active_rows, self.bias, self.out_features)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def freeze_for_compile(self, freeze: bool = True) -> None:
@@ -301,15 +302,6 @@ class CondensedLinear(nn.Module):
         """Drop the derived layouts (they belong to the old buffers), then move or cast as ``nn.Module`` does."""
         self._layouts = DerivedCache()
         return super()._apply(fn, recurse)
-
-    def _scatter_active(self, y: Tensor) -> Tensor:
-        """``(B, A) -> (B, out)``: active columns get ``bias + y``, ablated columns the bias alone."""
-        batch = y.shape[0]
-        if self.bias is None:
-            full = y.new_zeros(batch, self.out_features)
-        else:
-            full = self.bias.expand(batch, self.out_features).contiguous()
-        return full.index_add(1, self.active_rows, y)
 
     def _scatter(self, values: Tensor) -> Tensor:
         """``values (A, k)`` (or a tensor of their shape) at their ``(out, in)`` positions, zero elsewhere."""

@@ -41,6 +41,7 @@ __all__ = [
     "condensed_linear_cpu",
     "condensed_linear_rows_cpu",
     "condensed_linear_rows_torch",
+    "scatter_columns",
     "condensed_linear_torch",
     "host_variants",
     "load_extension",
@@ -207,8 +208,14 @@ def condensed_linear_rows_torch(
 ) -> Tensor:
     """Pure-torch reference of ``condensed_linear_rows``: `condensed_linear_torch` at the columns ``rows (A,)`` of a
     ``(B, out_features)`` output whose other columns hold ``bias (out_features,)`` (or 0). Differentiable."""
-    y = condensed_linear_torch(x2d, values, indices, None)
-    full = x2d.new_zeros(x2d.shape[0], out_features) if bias is None else bias.expand(x2d.shape[0], -1).contiguous()
+    return scatter_columns(condensed_linear_torch(x2d, values, indices, None), rows, bias, out_features)
+
+
+def scatter_columns(y: Tensor, rows: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    """``y (B, A)`` placed at the columns ``rows (A,)`` of a ``(B, out_features)`` output that holds ``bias
+    (out_features,)`` (or 0) in every column: active columns get ``bias + y``, the others the bias alone."""
+    batch = y.shape[0]
+    full = y.new_zeros(batch, out_features) if bias is None else bias.expand(batch, out_features).contiguous()
     return full.index_add(1, rows, y.to(full.dtype))
 
 
