@@ -29,10 +29,10 @@ _EXPORTS = {
     "NMSparsityCallback": "lightning_srigl.callbacks",
     "RigLCallback": "lightning_srigl.callbacks",
     "SRigLCallback": "lightning_srigl.callbacks",
-    "accelerate": "lightning_srigl.condensed.acceleration.accelerate",
+    "accelerate": "lightning_srigl.acceleration.accelerate",
     "CondensedLinear": "lightning_srigl.condensed.layers.linear",
     "load_condensed": "lightning_srigl.condensed.serialization",
-    "restore_dense": "lightning_srigl.condensed.acceleration.swap",
+    "restore_dense": "lightning_srigl.acceleration.swap",
     "save_condensed": "lightning_srigl.condensed.serialization",
     "convert_to_structured": "lightning_srigl.convert",
 }
@@ -40,6 +40,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from lightning_srigl.acceleration.accelerate import accelerate
+    from lightning_srigl.acceleration.swap import restore_dense
     from lightning_srigl.callbacks import (
         AccelerateCallback,
         DynamicSparsityCallback,
@@ -47,8 +49,6 @@ if TYPE_CHECKING:
         RigLCallback,
         SRigLCallback,
     )
-    from lightning_srigl.condensed.acceleration.accelerate import accelerate
-    from lightning_srigl.condensed.acceleration.swap import restore_dense
     from lightning_srigl.condensed.layers.linear import CondensedLinear
     from lightning_srigl.condensed.serialization import load_condensed, save_condensed
     from lightning_srigl.convert import convert_to_structured

@@ -1,5 +1,6 @@
 """The modules that moved in 0.2 (``condensed/`` split into ``kernels/`` and sub-packages; the callbacks'
-``glue.py`` and ``base.py`` renamed for what they hold), importable by their old paths for one release:
+``glue.py`` and ``base.py`` renamed for what they hold; ``condensed/acceleration/`` now the layer
+``acceleration/``), importable by their old paths for one release:
 ``import lightning_srigl.condensed.linear`` gives the module now at
 ``lightning_srigl.condensed.layers.linear`` (the same module object, so patching either name patches both).
 
@@ -35,11 +36,17 @@ MOVED_MODULES: dict[str, str] = {
         "semi_structured": "lightning_srigl.condensed.layers.semi_structured",
         "validation": "lightning_srigl.kernels.validation",
         "layers.validation": "lightning_srigl.kernels.validation",
-        "accelerate": "lightning_srigl.condensed.acceleration.accelerate",
-        "acceleration_report": "lightning_srigl.condensed.acceleration.report",
+        "accelerate": "lightning_srigl.acceleration.accelerate",
+        "acceleration_report": "lightning_srigl.acceleration.report",
         "layer_call": "lightning_srigl.layer_call",
         "timing": "lightning_srigl.timing",
         "acceleration.timing": "lightning_srigl.timing",
+        # acceleration/ became a layer of its own above condensed/
+        "acceleration": "lightning_srigl.acceleration",
+        **{
+            f"acceleration.{name}": f"lightning_srigl.acceleration.{name}"
+            for name in ("accelerate", "planning", "dense_layers", "model_timing", "swap", "report")
+        },
         "fold_chain": "lightning_srigl.condensed.fold.chain",
         "batchnorm_fold": "lightning_srigl.condensed.fold.batchnorm",
         "local_trace": "lightning_srigl.condensed.fold.local_trace",
@@ -66,7 +73,9 @@ class _Alias(importlib.abc.Loader):
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
-    """Finds the old names of `MOVED_MODULES` (after every other finder found no file there)."""
+    """Finds the old names of `MOVED_MODULES`. First on ``sys.meta_path``: an old package name is the new
+    package, whose ``__path__`` would otherwise let the path finder load a submodule a second time under its
+    old name (no file sits at an old path, so the finder shadows none)."""
 
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
@@ -80,4 +89,4 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder):
 def install() -> None:
     """Put the finder on ``sys.meta_path`` (once)."""
     if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
-        sys.meta_path.append(MovedModuleFinder())
+        sys.meta_path.insert(0, MovedModuleFinder())

@@ -39,10 +39,10 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
+from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.benchmark.whole_model import masked_model
 from lightning_srigl.condensed import CondensedLinear
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
 from lightning_srigl.kernels.compiled import compile_in_place, compile_lazily
 from lightning_srigl.kernels.linear import condensed_linear
 from lightning_srigl.timing import hot_times

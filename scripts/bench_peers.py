@@ -53,6 +53,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench_whole_models import cases  # noqa: E402 - scripts/ is this script's directory
 
+from lightning_srigl.acceleration.accelerate import accelerate  # noqa: E402
+from lightning_srigl.acceleration.model_timing import dense_reference  # noqa: E402
 from lightning_srigl.benchmark.machine import machine_fields  # noqa: E402
 from lightning_srigl.benchmark.onnx_int8 import (  # noqa: E402
     INT8_TOLERANCE,
@@ -70,8 +72,6 @@ from lightning_srigl.benchmark.peers import (  # noqa: E402
     peers_markdown,
 )
 from lightning_srigl.benchmark.whole_model import ModelCase, masked_model  # noqa: E402
-from lightning_srigl.condensed.acceleration.accelerate import accelerate  # noqa: E402
-from lightning_srigl.condensed.acceleration.model_timing import dense_reference  # noqa: E402
 from lightning_srigl.kernels.compiled import compile_in_place  # noqa: E402
 from lightning_srigl.timing import hot_times  # noqa: E402
 

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # example_projects
 
 from example_projects.imagenet_resnet50.model import ResNet50  # noqa: E402
+from lightning_srigl.acceleration.accelerate import accelerate  # noqa: E402
 from lightning_srigl.benchmark.machine import machine_fields  # noqa: E402
 from lightning_srigl.benchmark.whole_model import ModelCase, masked_model  # noqa: E402
-from lightning_srigl.condensed.acceleration.accelerate import accelerate  # noqa: E402
 from lightning_srigl.condensed.layers.conv import CondensedConv2d  # noqa: E402
 
 CASE = ModelCase("resnet50", ResNet50, lambda batch: torch.randn(batch, 3, 224, 224), "erk", 0.1, True)

@@ -43,8 +43,8 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
 from torch import Tensor, nn
 
+from lightning_srigl.acceleration.accelerate import accelerate, capture_layer_inputs
 from lightning_srigl.callbacks import SRigLCallback
-from lightning_srigl.condensed.acceleration.accelerate import accelerate, capture_layer_inputs
 from lightning_srigl.condensed.kinds.candidates import masked_copy
 from lightning_srigl.condensed.kinds.registry import build_candidate, sparse_kind, sparse_layers
 from lightning_srigl.kernels.int8_layout import calibration_range

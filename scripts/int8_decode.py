@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_whole_models import DecodeStep, cases  # noqa: E402
 
+from lightning_srigl.acceleration.accelerate import accelerate  # noqa: E402
+from lightning_srigl.acceleration.model_timing import dense_reference  # noqa: E402
 from lightning_srigl.benchmark.peers import ONNX_IR_VERSION, ONNX_OPSET  # noqa: E402
 from lightning_srigl.benchmark.whole_model import masked_model  # noqa: E402
-from lightning_srigl.condensed.acceleration.accelerate import accelerate  # noqa: E402
-from lightning_srigl.condensed.acceleration.model_timing import dense_reference  # noqa: E402
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear  # noqa: E402
 from lightning_srigl.kernels.cpu.isa import cpu_model, requested_variant  # noqa: E402
 from lightning_srigl.timing import hot_times  # noqa: E402

@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_whole_models import cases  # noqa: E402
 
+from lightning_srigl.acceleration.accelerate import accelerate  # noqa: E402
 from lightning_srigl.benchmark.peers import LogitsOnly, export_onnx, onnx_runner  # noqa: E402
 from lightning_srigl.benchmark.whole_model import ModelCase, masked_model  # noqa: E402
-from lightning_srigl.condensed.acceleration.accelerate import accelerate  # noqa: E402
 from lightning_srigl.kernels.compiled import compile_in_place  # noqa: E402
 from lightning_srigl.kernels.cpu.isa import cpu_model, requested_variant  # noqa: E402
 from lightning_srigl.masking import remove_masks_  # noqa: E402

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
-from lightning_srigl.condensed.acceleration.model_timing import dense_reference
+from lightning_srigl.acceleration.accelerate import accelerate
+from lightning_srigl.acceleration.model_timing import dense_reference
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from tests.condensed.test_int8_attention import int8_fastest
 

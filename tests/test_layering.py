@@ -10,9 +10,20 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_srigl"
 # docs/design.md's order; convert.py sits at the level of condensed/ (it uses sparsity/ and masking/).
-LAYERS = ("sparsity", "masking", "kernels", "condensed", "convert", "training", "callbacks", "benchmark", "cli")
+LAYERS = (
+    "sparsity",
+    "masking",
+    "kernels",
+    "condensed",
+    "acceleration",
+    "convert",
+    "training",
+    "callbacks",
+    "benchmark",
+    "cli",
+)
 ENTRY_POINTS = ("__init__", "__main__")  # the lazy exports and `python -m lightning_srigl`
-WITHOUT_LIGHTNING = ("sparsity", "masking", "kernels", "condensed", "convert", "training")
+WITHOUT_LIGHTNING = ("sparsity", "masking", "kernels", "condensed", "acceleration", "convert", "training")
 # What training/ may use besides itself: the masks and the ops, no inference layer (condensed/, convert.py),
 # and the leaf helpers (top-level modules outside LAYERS, which any layer may use).
 TRAINING_USES = {"sparsity", "masking", "kernels"} | {

@@ -7,10 +7,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lightning_srigl.acceleration.report import AccelerationReport, LayerAcceleration
 from lightning_srigl.benchmark import whole_model_report
 from lightning_srigl.benchmark.report import format_us, read_csv, summarize, summary_tables
 from lightning_srigl.callbacks.report import LayerStats, print_layer_table
-from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
 from lightning_srigl.tables import fitted_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ cosine, weight decay 5e-4, batch 64) for the same number of epochs, over a few s
 accuracy is the mean over seeds. Both of SRigL's ideas show: constant fan-in at 90 % (every method
 keeps all its neurons there) and neuron ablation at 99 %, where SRigL (``gamma_sal=0.3``) removes
 neurons that RigL and SRigL without ablation keep. The seed-0 model of every method is then made
-fast for inference with ``lightning_srigl.condensed.acceleration.accelerate.accelerate`` (once tuned
+fast for inference with ``lightning_srigl.acceleration.accelerate.accelerate`` (once tuned
 at batch 1, once at batch 256), checked to give the same test predictions, and timed with every
 method interleaved. Two tables are printed and written to ``--out`` (markdown and CSV)::
 
@@ -29,9 +29,9 @@ from torch import Tensor, nn
 from example_projects.digits_mlp.datamodule import DigitsDataModule
 from example_projects.digits_mlp.demo_report import Row, print_and_write
 from example_projects.digits_mlp.model import DigitsMLP
+from lightning_srigl.acceleration.accelerate import AccelerationReport, accelerate
 from lightning_srigl.benchmark.timing import hot_times
 from lightning_srigl.callbacks import NMSparsityCallback, RigLCallback, SRigLCallback
-from lightning_srigl.condensed.acceleration.accelerate import AccelerationReport, accelerate
 from lightning_srigl.logs import quiet
 from lightning_srigl.masking import mask_of, masked_weights
 from lightning_srigl.sparsity.nm import is_nm

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lightning_srigl.condensed.acceleration.report import SHORT_NAMES, AccelerationReport
+from lightning_srigl.acceleration.report import SHORT_NAMES, AccelerationReport
 from lightning_srigl.tables import fitted_table
 
 

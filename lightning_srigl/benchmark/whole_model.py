@@ -8,7 +8,7 @@ For a model factory and an input factory, `benchmark_model`:
 2. per batch size, builds the variants from that one masked model: ``dense_fp32`` (the masked weights
    in the plain dense model), ``dense_channels_last`` (convolutional models), ``dense_bf16`` (only where
    the CPU computes bf16 natively) and ``accelerated``
-   ([`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]
+   ([`accelerate`][lightning_srigl.acceleration.accelerate.accelerate]
    at that batch size, which keeps a dense layer wherever no sparse kernel is faster);
 3. times them end to end in interleaved rounds ([`hot_times`][lightning_srigl.benchmark.timing.hot_times],
    minimum per call; at 1 thread the timing thread's CPU time, robust on a shared machine), and reports each variant's
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.benchmark.timing import hot_times
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
 from lightning_srigl.masking import bind_masks, masked_weights, remove_masks_, select_parameters
 from lightning_srigl.sparsity import erk_densities, layer_budgets, random_constant_fan_in_mask, uniform_densities
 

@@ -15,9 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_srigl.callbacks.arguments import as_integer, check_flag
-from lightning_srigl.callbacks.sparsity_callback import check_trainable, log_metrics, run_folder
-from lightning_srigl.condensed.acceleration.accelerate import (
+from lightning_srigl.acceleration.accelerate import (
     AccelerationPlan,
     check_candidates,
     check_quantize,
@@ -29,7 +27,9 @@ from lightning_srigl.condensed.acceleration.accelerate import (
     snapshot_modules,
     swap_layers,
 )
-from lightning_srigl.condensed.acceleration.report import AccelerationReport
+from lightning_srigl.acceleration.report import AccelerationReport
+from lightning_srigl.callbacks.arguments import as_integer, check_flag
+from lightning_srigl.callbacks.sparsity_callback import check_trainable, log_metrics, run_folder
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.kernels.compiled import compile_lazily, holder_of
@@ -68,7 +68,7 @@ class AccelerateCallback(Callback):
         verbose: print the report table on rank 0.
         warmup, repeats: untimed calls before timing, and the fewest ~1 ms samples per candidate
             (interleaved rounds, fastest sample; see
-            [`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate]).
+            [`accelerate`][lightning_srigl.acceleration.accelerate.accelerate]).
         quantize, error_budget: ``"int8"`` also tries int8 layers, calibrated on the captured inputs and
             kept within ``error_budget`` (relative output error); as for ``accelerate``.
         compile: after the swap, compile the innermost module holding the accelerated layers in place

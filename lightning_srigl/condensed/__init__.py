@@ -1,7 +1,6 @@
 """Inference layers for sparse models: condensed constant-fan-in linear layers, convolutions and attention
 projections, and their kernels."""
 
-from lightning_srigl.condensed.acceleration.swap import restore_dense
 from lightning_srigl.condensed.layers.attention import ProjectedAttention
 from lightning_srigl.condensed.layers.conv import CondensedConv1d, CondensedConv2d
 from lightning_srigl.condensed.layers.linear import CondensedLinear
@@ -15,6 +14,5 @@ __all__ = [
     "ProjectedAttention",
     "condensed_linear",
     "load_condensed",
-    "restore_dense",
     "save_condensed",
 ]

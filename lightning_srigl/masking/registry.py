@@ -177,7 +177,7 @@ def bind_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> list[MaskedWeig
     """Install ``masks`` (``{fully-qualified weight name: BoolTensor(weight.shape)}``) on ``model``.
 
     For a model made sparse elsewhere (e.g. loaded from another library's checkpoint), before
-    [`accelerate`][lightning_srigl.condensed.acceleration.accelerate.accelerate] or folding. The weights are not
+    [`accelerate`][lightning_srigl.acceleration.accelerate.accelerate] or folding. The weights are not
     changed.
 
     Returns:

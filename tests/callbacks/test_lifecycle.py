@@ -19,9 +19,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 
+from lightning_srigl.acceleration.report import AccelerationReport
 from lightning_srigl.callbacks import AccelerateCallback, NMSparsityCallback, SRigLCallback
 from lightning_srigl.condensed.accelerate import AccelerationPlan, rebuild_plan
-from lightning_srigl.condensed.acceleration_report import AccelerationReport
 from lightning_srigl.condensed.csr import CSRLinear
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.masking import mask_of, masked_weights

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_srigl.acceleration.report import AccelerationReport, LayerAcceleration
 from lightning_srigl.condensed import accelerate as accelerate_module
 from lightning_srigl.condensed.accelerate import (
     accelerate,
@@ -18,7 +19,6 @@ from lightning_srigl.condensed.accelerate import (
     rebuild_plan,
     swap_layers,
 )
-from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
 from lightning_srigl.condensed.csr import CSRLinear
 from lightning_srigl.condensed.linear import CondensedLinear, pad_fan_in
 from lightning_srigl.condensed.registry import accelerated_layers, build_candidate, sparse_layers

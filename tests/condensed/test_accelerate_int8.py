@@ -7,15 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_srigl.callbacks.accelerate import AccelerateCallback
-from lightning_srigl.condensed import load_condensed, save_condensed
-from lightning_srigl.condensed.acceleration.accelerate import (
+from lightning_srigl.acceleration.accelerate import (
     accelerate,
     capture_layer_inputs,
     plan_acceleration,
     rebuild_plan,
 )
-from lightning_srigl.condensed.acceleration.planning import MAX_MARGIN
+from lightning_srigl.acceleration.planning import MAX_MARGIN
+from lightning_srigl.callbacks.accelerate import AccelerateCallback
+from lightning_srigl.condensed import load_condensed, save_condensed
 from lightning_srigl.condensed.kinds.registry import build_candidate, sparse_layers
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from tests.condensed.test_accelerate import sparse_mlp

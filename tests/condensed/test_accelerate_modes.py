@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.masking import bind_masks, masked_weights
 
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from example_projects.imagenet_vit_b16.model import VisionTransformer
+from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.benchmark.whole_model import srigl_masks
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.condensed.layers.conv import CondensedConv2d
 from lightning_srigl.kernels.compiled import (

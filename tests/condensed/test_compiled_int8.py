@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
+from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.kernels.compiled import eager_forward, graph_breaks
 from tests.condensed.test_compiled import masked, tiny_vit

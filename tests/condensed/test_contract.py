@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl import accelerate, restore_dense
-from lightning_srigl.condensed.acceleration.accelerate import rebuild_plan, swap_layers
+from lightning_srigl.acceleration.accelerate import rebuild_plan, swap_layers
 from lightning_srigl.condensed.kinds.registry import INFERENCE_LAYERS
 from lightning_srigl.condensed.layers.attention import ProjectedAttention
 from lightning_srigl.condensed.layers.contract import InferenceLayer, SavableLayer

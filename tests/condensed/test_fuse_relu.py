@@ -3,8 +3,8 @@
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
-from lightning_srigl.condensed.acceleration.swap import restore_dense
+from lightning_srigl.acceleration.accelerate import accelerate
+from lightning_srigl.acceleration.swap import restore_dense
 from lightning_srigl.condensed.fold.activation import relu_pairs
 from lightning_srigl.condensed.layers.conv import CondensedConv2d
 from lightning_srigl.masking import bind_masks

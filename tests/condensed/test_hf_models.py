@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_srigl import SRigLCallback
+from lightning_srigl.acceleration.accelerate import AccelerationPlan, plan_acceleration, rebuild_plan
 from lightning_srigl.callbacks import AccelerateCallback
 from lightning_srigl.condensed import CondensedConv2d, CondensedLinear, save_condensed
-from lightning_srigl.condensed.acceleration.accelerate import AccelerationPlan, plan_acceleration, rebuild_plan
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.acceleration.accelerate import accelerate
+from lightning_srigl.acceleration.swap import restore_dense
 from lightning_srigl.condensed import load_condensed, save_condensed
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
-from lightning_srigl.condensed.acceleration.swap import restore_dense
 from lightning_srigl.condensed.attention import ProjectedAttention
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import build_candidate, sparse_layers

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.condensed import load_condensed, save_condensed
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
 from lightning_srigl.condensed.layers.int8_conv import Int8CondensedConv1d, Int8CondensedConv2d
 from lightning_srigl.kernels.int8 import int8_linear_reference
 from lightning_srigl.masking import register_mask_

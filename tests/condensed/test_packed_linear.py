@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_srigl.condensed.acceleration.accelerate import accelerate
-from lightning_srigl.condensed.acceleration.swap import restore_dense
+from lightning_srigl.acceleration.accelerate import accelerate
+from lightning_srigl.acceleration.swap import restore_dense
 from lightning_srigl.condensed.layers.packed_linear import PackedLinear
 from lightning_srigl.condensed.serialization import load_condensed, save_condensed
 from lightning_srigl.kernels.compiled import compile_in_place, graph_breaks

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_srigl.condensed.acceleration.accelerate import accelerate, capture_layer_inputs
-from lightning_srigl.condensed.acceleration.planning import (
+from lightning_srigl.acceleration.accelerate import accelerate, capture_layer_inputs
+from lightning_srigl.acceleration.planning import (
     MIN_MARGIN,
     PlanCache,
     choose,

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from example_projects.digits_mlp.demo import linear_stats, train
 from example_projects.digits_mlp.demo_report import Row, notes, print_and_write
-from lightning_srigl.condensed.acceleration_report import AccelerationReport, LayerAcceleration
+from lightning_srigl.acceleration.report import AccelerationReport, LayerAcceleration
 
 
 def test_srigl_at_99_percent_ablates_neurons_that_it_keeps_without_ablation() -> None:

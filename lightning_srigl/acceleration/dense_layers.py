@@ -9,8 +9,8 @@ import functools
 import torch
 from torch import nn
 
-from lightning_srigl.condensed.acceleration.planning import Timer, choose, default_timer
-from lightning_srigl.condensed.acceleration.swap import replace_module
+from lightning_srigl.acceleration.planning import Timer, choose, default_timer
+from lightning_srigl.acceleration.swap import replace_module
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.condensed.layers.packed_linear import PackedLinear
 from lightning_srigl.kernels.dense import onednn_linear_available

@@ -1,6 +1,6 @@
 """What ``plan_acceleration`` measured and chose, per layer.
 
-[`AccelerationReport`][lightning_srigl.condensed.acceleration.report.AccelerationReport] prints it as a rich table,
+[`AccelerationReport`][lightning_srigl.acceleration.report.AccelerationReport] prints it as a rich table,
 writes it as CSV and turns it into logger metrics.
 """
 
@@ -117,7 +117,7 @@ class AccelerationReport:
 
     def table(self, width: int = 100) -> Table:
         """A rich table of the layers for a console ``width`` columns wide (long layer names fold; the
-        density is in [`records`][lightning_srigl.condensed.acceleration.report.AccelerationReport.records])."""
+        density is in [`records`][lightning_srigl.acceleration.report.AccelerationReport.records])."""
         columns = self.columns()
         batches = sorted({r.batch for r in self.rows})
         at = f" at batch {batches[0]}" if len(batches) == 1 else ""
@@ -132,7 +132,7 @@ class AccelerationReport:
         return fitted_table(title, headers, rows, width, left=("layer", "kernel"), fold=("layer",))
 
     def print(self, console: Console | None = None) -> None:
-        """Print [`table`][lightning_srigl.condensed.acceleration.report.AccelerationReport.table] (by default on a
+        """Print [`table`][lightning_srigl.acceleration.report.AccelerationReport.table] (by default on a
         console as wide as the terminal)."""
         console = console or terminal_console()
         console.print(self.table(console.width))
@@ -140,7 +140,7 @@ class AccelerationReport:
             console.print(self.summary())
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write [`records`][lightning_srigl.condensed.acceleration.report.AccelerationReport.records] to ``path``
+        """Write [`records`][lightning_srigl.acceleration.report.AccelerationReport.records] to ``path``
         (parents created) and return it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.acceleration.report import (
+from lightning_srigl.acceleration.report import (
     AccelerationReport,
     LayerAcceleration,
 )

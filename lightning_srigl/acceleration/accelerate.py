@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.condensed.acceleration.dense_layers import dense_linears, pack_dense_linears
-from lightning_srigl.condensed.acceleration.model_timing import dense_reference, whole_model_times
-from lightning_srigl.condensed.acceleration.planning import (
+from lightning_srigl.acceleration.dense_layers import dense_linears, pack_dense_linears
+from lightning_srigl.acceleration.model_timing import dense_reference, whole_model_times
+from lightning_srigl.acceleration.planning import (
     AccelerationPlan,
     PlanCache,
     Timer,
@@ -40,8 +40,8 @@ from lightning_srigl.condensed.acceleration.planning import (
     machine_key,
     plan_acceleration,
 )
-from lightning_srigl.condensed.acceleration.report import AccelerationReport, LayerAcceleration
-from lightning_srigl.condensed.acceleration.swap import replace_module
+from lightning_srigl.acceleration.report import AccelerationReport, LayerAcceleration
+from lightning_srigl.acceleration.swap import replace_module
 from lightning_srigl.condensed.fold.activation import fuse_relus, relu_pairs
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import (
@@ -166,8 +166,8 @@ def snapshot_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Mod
 def swap_layers(model: nn.Module, plan: AccelerationPlan) -> None:
     """Install the plan's layers in place of the sparse layers (their masks leave with them), keeping each
     replaced layer's forward hooks and train/eval mode
-    ([`replace_module`][lightning_srigl.condensed.acceleration.swap.replace_module]);
-    [`restore_dense`][lightning_srigl.condensed.acceleration.swap.restore_dense] undoes it."""
+    ([`replace_module`][lightning_srigl.acceleration.swap.replace_module]);
+    [`restore_dense`][lightning_srigl.acceleration.swap.restore_dense] undoes it."""
     sparse = sparse_layers(model)
     for row in plan.report.rows:
         if row.name not in sparse:
