@@ -12,6 +12,11 @@ cache and token and returns its own cache. Engines, on the same weights:
 * ``ours fp32``: ``accelerate(step, (token, *past))``, exact kernels only;
 * ``ours int8``: ``accelerate(step, (token, *past), quantize="int8-condensed")``; the layers are timed on
   their decode-step input (one row);
+* ``ours fp32 compiled``, ``ours int8 compiled``: the same two accelerated with ``compile=True`` (one inductor
+  graph with freezing, our ops opaque: `lightning_srigl.kernels.compiled`); the uncompiled engines above are these
+  very models' eager forwards. The example cache's length is marked dynamic (``torch._dynamo.mark_dynamic``), so
+  one graph serves every cache length: generating compiles nothing more (the table counts the graphs compiled
+  after ``accelerate``, over every engine's steps and tokens);
 * ``ours int8 layers``: only the int8 layers of ``ours int8``, called on their inputs of one step (what of its
   time per token the sparse layers take; the rest is the model's other operations);
 * ``ORT fp32``, ``ORT int8``: ``CacheStep`` of the dense model exported with ``torch.onnx.export(dynamo=True)``,
@@ -26,6 +31,8 @@ cache; the table gives how many agree with dense fp32's, and each engine's first
 against dense fp32. Needs onnxruntime, onnx, onnxscript and transformers::
 
     PYTHONPATH=. python scripts/int8_decode.py --models gpt2 llama_decode --out runs/int8_decode.md
+
+``--no-compile`` leaves the compiled engines out.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from lightning_srigl.acceleration.model_timing import dense_reference  # noqa: E
 from lightning_srigl.benchmark.peers import ONNX_IR_VERSION, ONNX_OPSET  # noqa: E402
 from lightning_srigl.benchmark.whole_model import masked_model  # noqa: E402
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear  # noqa: E402
+from lightning_srigl.kernels.compiled import eager_forward  # noqa: E402
 from lightning_srigl.kernels.cpu.isa import cpu_model, requested_variant  # noqa: E402
 from lightning_srigl.timing import hot_times  # noqa: E402
 
@@ -88,7 +96,7 @@ def hf_model(name: str, smoke: bool) -> nn.Module:
     return model.model if isinstance(model, DecodeStep) else model
 
 
-def torch_step(step: nn.Module) -> Step:
+def torch_step(step: Callable[..., tuple[Tensor, ...]]) -> Step:
     def run(token: Tensor, past: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
         logits, *present = step(token, *past)
         return logits, present
@@ -138,12 +146,13 @@ def _ort_step(session: object, names: list[str]) -> Step:
 
 
 def int8_layer_calls(step: nn.Module, token: Tensor, past: list[Tensor]) -> Callable[[], object]:
-    """``() -> None`` calling every `Int8CondensedLinear` of ``step`` on its input of one step on ``(token, past)``."""
+    """``() -> None`` calling every `Int8CondensedLinear` of ``step`` on its input of one step on ``(token, past)``
+    (captured from the eager forward, also of a compiled ``step``)."""
     calls: list[tuple[nn.Module, Tensor]] = []
     layers = [m for m in step.modules() if isinstance(m, Int8CondensedLinear)]
     hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args[0]))) for m in layers]
     try:
-        step(token, *past)
+        eager_forward(step)(token, *past)
     finally:
         for hook in hooks:
             hook.remove()
@@ -160,8 +169,19 @@ def greedy(step: Step, token: Tensor, past: list[Tensor], count: int) -> list[in
     return tokens
 
 
+def dynamic_length(past: list[Tensor]) -> list[Tensor]:
+    """Copies of the cache tensors ``(B, heads, P, head dim)`` with ``P`` marked dynamic for ``torch.compile`` (the
+    first compile then makes the graph that every later cache length runs)."""
+    copies = [t.clone() for t in past]
+    for t in copies:
+        torch._dynamo.mark_dynamic(t, 2)
+    return copies
+
+
 @torch.no_grad()
-def measure(name: str, prompt_length: int, count: int, seconds: float, smoke: bool, folder: Path) -> dict:
+def measure(
+    name: str, prompt_length: int, count: int, seconds: float, smoke: bool, folder: Path, compile: bool = True
+) -> dict:
     masked = hf_model(name, smoke)
     dense = CacheStep(dense_reference(masked)).eval()
     torch.manual_seed(1)
@@ -170,13 +190,23 @@ def measure(name: str, prompt_length: int, count: int, seconds: float, smoke: bo
     past = flat_cache(prefill.past_key_values)
     token = prefill.logits[:, -1:].argmax(-1)
     fp32, int8 = CacheStep(copy.deepcopy(masked)).eval(), CacheStep(copy.deepcopy(masked)).eval()
+    example = (token, *(dynamic_length(past) if compile else past))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        accelerate(fp32, (token, *past), repeats=3, verbose=False, model_repeats=0)
-        report = accelerate(int8, (token, *past), quantize="int8-condensed", repeats=3, verbose=False, model_repeats=0)
-    steps = {"dense fp32": torch_step(dense), "ours fp32": torch_step(fp32), "ours int8": torch_step(int8)}
-    ort, quantized = ort_steps(dense, token, past, folder)
+        accelerate(fp32, example, repeats=3, verbose=False, model_repeats=0, compile=compile)
+        report = accelerate(
+            int8, example, quantize="int8-condensed", repeats=3, verbose=False, model_repeats=0, compile=compile
+        )
+    steps = {
+        "dense fp32": torch_step(dense),
+        "ours fp32": torch_step(eager_forward(fp32)),
+        "ours int8": torch_step(eager_forward(int8)),
+    }
+    if compile:
+        steps |= {"ours fp32 compiled": torch_step(fp32), "ours int8 compiled": torch_step(int8)}
+    ort, quantized = ort_steps(dense, token, past, folder)  # torch.export: before the count of compiled graphs
     steps |= ort
+    compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     reference = steps["dense fp32"](token, past)[0]
     errors = {k: float((step(token, past)[0] - reference).norm() / reference.norm()) for k, step in steps.items()}
     tokens = {label: greedy(step, token, past, count) for label, step in steps.items()}
@@ -186,6 +216,7 @@ def measure(name: str, prompt_length: int, count: int, seconds: float, smoke: bo
         calls, threads=1, min_run_time=seconds, device=torch.device("cpu"), clock=time.process_time, min_samples=5
     )
     chosen = [row.chosen for row in report.rows]
+    recompiled = torch._dynamo.utils.counters["stats"]["unique_graphs"] - compiled_graphs
     return {
         "model": name,
         "ms": {label: timing.min * 1e3 for label, timing in timings.items()},
@@ -194,29 +225,32 @@ def measure(name: str, prompt_length: int, count: int, seconds: float, smoke: bo
         "tokens": tokens,
         "int8 chose": ", ".join(f"{kind} x{chosen.count(kind)}" for kind in sorted(set(chosen))),
         "ORT int8 graph": quantized,
+        "recompiles": recompiled if compile else "-",
     }
 
 
 def table(rows: list[dict], count: int, loads: tuple[str, str]) -> str:
     labels = list(rows[0]["ms"])
+    ours = [label for label in ("ours int8", "ours int8 compiled") if label in labels]
+    ratios = [f"{label} vs {peer}" for label in ours for peer in ("ORT int8", "dense fp32")]
     lines = [
         f"CPU {cpu_model()}, kernel variant {requested_variant()}, 1 thread, CPU time (minimum), load average "
         f"{loads[0]} before and {loads[1]} after.",
         "",
         "| model | "
         + " | ".join(f"{label} ms/token" + (" (error)" if label in rows[0]["error"] else "") for label in labels)
-        + f" | ours int8 vs ORT int8 | ours int8 vs dense fp32 | greedy tokens = dense fp32's (of {count}) "
-        "| int8 acceleration chose | ORT int8 graph |",
-        "|---|" + "---|" * (len(labels) + 5),
-    ]
+        + " | " + " | ".join(ratios) + f" | greedy tokens = dense fp32's (of {count}) "
+        "| int8 acceleration chose | ORT int8 graph | graphs compiled after accelerate |",
+        "|---|" + "---|" * (len(labels) + len(ratios) + 4),
+    ]  # fmt: skip
     for row in rows:
         ms, error, agree = row["ms"], row["error"], row["agree"]
         shown = [f"{ms[label]:.2f}" + (f" ({error[label]:.3f})" if label in error else "") for label in labels]
-        cells = " | ".join(shown)
+        speedups = [f"{ms[peer] / ms[label]:.2f}x" for label in ours for peer in ("ORT int8", "dense fp32")]
         same = ", ".join(f"{label} {agree[label]}" for label in agree if label != "dense fp32")
         lines.append(
-            f"| {row['model']} | {cells} | {ms['ORT int8'] / ms['ours int8']:.2f}x | "
-            f"{ms['dense fp32'] / ms['ours int8']:.2f}x | {same} | {row['int8 chose']} | {row['ORT int8 graph']} |"
+            f"| {row['model']} | {' | '.join(shown)} | {' | '.join(speedups)} | {same} | {row['int8 chose']} | "
+            f"{row['ORT int8 graph']} | {row['recompiles']} |"
         )
     return "\n".join(lines)
 
@@ -228,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=16, help="greedy tokens generated by each engine")
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds of samples per engine")
     parser.add_argument("--smoke", action="store_true", help="tiny models (the same code paths, for a quick check)")
+    parser.add_argument("--no-compile", action="store_true", help="leave the compiled engines out")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -235,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            rows.append(measure(name, args.prompt, args.tokens, args.seconds, args.smoke, Path(folder)))
+            rows.append(
+                measure(name, args.prompt, args.tokens, args.seconds, args.smoke, Path(folder), not args.no_compile)
+            )
             print({k: v for k, v in rows[-1].items() if k != "tokens"}, flush=True)
     after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     text = table(rows, args.tokens, (before, after))

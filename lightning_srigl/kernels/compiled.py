@@ -60,7 +60,15 @@ __all__ = [
 # Inductor options of the compiled graph (torch._inductor.config names): freezing, and a ResNet block's residual
 # addition and ReLU fused into the condensed convolution before them (residual_fusion); in-process, the
 # convolutions call the loaded C++ variant directly (PACKAGE_OPTIONS, for other CPUs, keep the Python op).
-COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion(direct=True)}
+# The Python wrapper's size, stride and alignment asserts of every input and op output are left out: about
+# 0.5 us each per call, 660 of them in a decode step of the Llama-style decoder (docs/int8.md, Decoding; the ops'
+# fakes are checked against their kernels by tests/kernels/test_op_schemas.py).
+COMPILE_OPTIONS: dict[str, Any] = {
+    "freezing": True,
+    "post_grad_custom_post_pass": ResidualFusion(direct=True),
+    "size_asserts": False,
+    "alignment_asserts": False,
+}
 PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
 # The custom ops a compiled or packaged model calls (importing them registered them).
 CUSTOM_OPS = (condensed_linear, condensed_linear_rows, condensed_conv2d, packed_linear)

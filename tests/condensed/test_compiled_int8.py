@@ -1,15 +1,22 @@
 """``accelerate(quantize="int8-condensed", compile=True)``: the example ViT (``nn.MultiheadAttention``, MLP, patch
-convolution) with int8 layers compiles into one graph without breaks, its int8 ops opaque, equal to eager."""
+convolution) with int8 layers compiles into one graph without breaks, its int8 ops opaque, equal to eager; a
+compiled int8 layer calls the loaded variant's C++ op (bit-equal to the int32 reference), an exported one the
+portable Python op."""
 
 from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
+from torch import nn
 
 from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
+from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from lightning_srigl.kernels.compiled import eager_forward, graph_breaks
+from lightning_srigl.kernels.cpu.loader import load_extension
+from lightning_srigl.kernels.int8 import int8_linear_reference
 from tests.condensed.test_compiled import masked, tiny_vit
 from tests.condensed.test_int8_attention import int8_fastest
 
@@ -32,3 +39,45 @@ def test_an_int8_model_compiles_into_one_graph_equal_to_eager() -> None:
     # the fp32 rounding of the fused LayerNorm / GELU / adds around them.
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     assert set(report.model_times) == {"dense", "accelerated", "compiled"}
+
+
+def _graph_ops(model: nn.Module, x: torch.Tensor, **compile_args: object) -> tuple[torch.Tensor, set[object]]:
+    """``model(x)`` compiled (``no_grad``) by a backend that records the ops of the traced graph, and those ops."""
+    ops: set[object] = set()
+
+    def record(graph: torch.fx.GraphModule, _: object) -> object:
+        ops.update(node.target for node in graph.graph.nodes if node.op == "call_function")
+        return graph.forward
+
+    with torch.no_grad():
+        return torch.compile(model, backend=record, fullgraph=True, **compile_args)(x), ops
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_compiled_int8_layer_calls_the_loaded_variant_bit_equal_to_the_reference(static: bool) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    mask = torch.zeros(40, 96, dtype=torch.bool)
+    for row in range(0, 40, 2):  # odd neurons ablated
+        mask[row, torch.randperm(96)[:10]] = True
+    layer = Int8CondensedLinear.from_masked(linear, mask).eval()
+    if static:
+        layer.calibrate(torch.randn(8, 96))
+    kernel = load_extension()
+    for x in (torch.randn(1, 96), torch.randn(5, 96)):  # one decoded token's row, and a few rows
+        y, ops = _graph_ops(layer, x)
+        assert kernel is None or kernel.int8_condensed_linear in ops, ops  # one C++ call, not the Python op
+        buffers = layer._buffers
+        reference = int8_linear_reference(
+            x, buffers["weight"], buffers["indices"], buffers["weight_sum"], buffers["weight_scale"],
+            buffers["active_rows"], buffers["bias"], 40, layer.input_scale, layer.input_zero,
+        )  # fmt: skip
+        assert torch.equal(y, reference)
+
+
+def test_an_exported_int8_layer_keeps_the_portable_op() -> None:
+    layer = Int8CondensedLinear.from_masked(nn.Linear(64, 8), torch.rand(8, 64) < 0.25).eval()
+    with torch.no_grad():
+        program = torch.export.export(layer, (torch.randn(1, 64),))
+    targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
+    assert torch.ops.lightning_srigl.int8_condensed_linear.default in targets, targets
