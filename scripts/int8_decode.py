@@ -12,9 +12,10 @@ cache and token and returns its own cache. Engines, on the same weights:
 * ``ours fp32``: ``accelerate(step, (token, *past))``, exact kernels only;
 * ``ours int8``: ``accelerate(step, (token, *past), quantize="int8-condensed")``; the layers are timed on
   their decode-step input (one row);
-* ``ours fp32 compiled``, ``ours int8 compiled``: the same two accelerated with ``compile=True`` (one inductor
-  graph with freezing, our ops opaque: `lightning_srigl.kernels.compiled`); the uncompiled engines above are these
-  very models' eager forwards. The example cache's length is marked dynamic (``torch._dynamo.mark_dynamic``), so
+* ``ours fp32 compiled``, ``ours int8 compiled``: the same two accelerated with ``compile=True,
+  module_guards=False`` (one inductor graph with freezing, our ops opaque, no per-call checks of the model's
+  modules: `lightning_srigl.kernels.compiled.compile_lazily`); the uncompiled engines above are these very models'
+  eager forwards. The example cache's length is marked dynamic (``torch._dynamo.mark_dynamic``), so
   one graph serves every cache length: generating compiles nothing more (the table counts the graphs compiled
   after ``accelerate``, over every engine's steps and tokens);
 * ``ours int8 layers``: only the int8 layers of ``ours int8``, called on their inputs of one step (what of its
@@ -193,10 +194,10 @@ def measure(
     example = (token, *(dynamic_length(past) if compile else past))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        accelerate(fp32, example, repeats=3, verbose=False, model_repeats=0, compile=compile)
-        report = accelerate(
-            int8, example, quantize="int8-condensed", repeats=3, verbose=False, model_repeats=0, compile=compile
-        )
+        compiled = {"compile": compile, "module_guards": False}
+        accelerate(fp32, example, repeats=3, verbose=False, model_repeats=0, **compiled)
+        report = accelerate(int8, example, quantize="int8-condensed", repeats=3, verbose=False, model_repeats=0,
+                            **compiled)  # fmt: skip
     steps = {
         "dense fp32": torch_step(dense),
         "ours fp32": torch_step(eager_forward(fp32)),

@@ -60,8 +60,9 @@ def test_the_compiled_int8_decode_step_serves_every_cache_length_with_one_graph(
     token = prefill.logits[:, -1:].argmax(-1)
     int8 = script["CacheStep"](copy.deepcopy(masked)).eval()
     example = (token, *script["dynamic_length"](past))  # the script's example: the cache length marked dynamic
+    # compiled as the script compiles it
     accelerate(int8, example, quantize="int8-condensed", timer=int8_fastest, verbose=False, model_repeats=0,
-               compile=True)  # fmt: skip
+               compile=True, module_guards=False)  # fmt: skip
     assert any(isinstance(m, Int8CondensedLinear) for m in int8.modules())
     graphs = counters["stats"]["unique_graphs"]
     eager = eager_forward(int8)

@@ -195,6 +195,7 @@ def accelerate(
     quantize: str | None = None,
     error_budget: float = DEFAULT_ERROR_BUDGET,
     compile: bool = False,
+    module_guards: bool = True,
     pack_dense: bool = True,
     model_repeats: int = 3,
     plan_cache: str | Path | None = None,
@@ -227,6 +228,10 @@ def accelerate(
         compile: compile the accelerated model in place into one graph (``torch.compile`` with inductor
             freezing, the condensed layers as opaque custom ops; `compiled`);
             the report gives the compile time. Later calls of ``model`` run the compiled graph.
+        module_guards: with ``compile``, False leaves out the compiled graph's per-call checks of the model's
+            modules (`lightning_srigl.kernels.compiled.compile_lazily`: a quarter of a compiled decode step of the
+            Llama-style decoder); the model must then not change after ``accelerate`` (no layer swapped, cast or
+            moved, no ``train()``).
         pack_dense: also time the dense ``nn.Linear`` layers that have no mask (fp32, CPU) against oneDNN's
             prepacked GEMM on their real input and swap in a ``PackedLinear`` (same parameters) where
             it is faster (`dense_layers`); the report's ``dense_layers`` says which.
@@ -283,7 +288,7 @@ def accelerate(
         calls = capture_layer_inputs(model, example_input, dense_linears(model))
         report = report.with_dense_layers(pack_dense_linears(model, calls, timer=timer, warmup=warmup, repeats=repeats))
     if compile:
-        report = report.with_compile_seconds(compile_in_place(model, example_input))
+        report = report.with_compile_seconds(compile_in_place(model, example_input, module_guards=module_guards))
     if dense is not None:
         forms = {"dense": dense, "accelerated": eager_forward(model)} | ({"compiled": model} if compile else {})
         report = report.with_model_times(whole_model_times(forms, example_input, repeats=model_repeats))

@@ -29,6 +29,7 @@ compile (``torch.compiler.reset()`` and a new call). It applies to calls without
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -87,34 +88,63 @@ def graph_breaks(model: nn.Module, example_input: object) -> int:
     return int(explanation.graph_break_count)
 
 
-def compile_in_place(model: nn.Module, example_input: object, *, fullgraph: bool = True) -> float:
+def compile_in_place(
+    model: nn.Module, example_input: object, *, fullgraph: bool = True, module_guards: bool = True
+) -> float:
     """Compile ``model``'s calls in place (``model.compile``) with freezing and compile them now.
 
     The first call on ``example_input`` (under ``no_grad``) runs the compiler, so the returned seconds
     are the compile time; later calls of ``model`` run the compiled graph (another input shape compiles
-    once more). The eager forward stays reachable through `eager_forward`.
+    once more, a dimension marked with ``torch._dynamo.mark_dynamic`` on ``example_input`` never). The eager
+    forward stays reachable through `eager_forward`. ``module_guards``: see `compile_lazily`.
 
     Raises:
         torch._dynamo.exc.Unsupported: with ``fullgraph=True``, when part of the model cannot be
             captured in one graph (``fullgraph=False`` compiles the pieces between the breaks).
     """
-    compile_lazily(model, fullgraph=fullgraph)
+    compile_lazily(model, fullgraph=fullgraph, module_guards=module_guards)
     start = time.perf_counter()
     with torch.no_grad():
         model(*_arguments(example_input))
     return time.perf_counter() - start
 
 
-def compile_lazily(model: nn.Module, *, fullgraph: bool = True) -> None:
+def compile_lazily(model: nn.Module, *, fullgraph: bool = True, module_guards: bool = True) -> None:
     """Make ``model``'s forward compile (with `COMPILE_OPTIONS`) at its next call, in place.
 
     The compiled forward is an instance attribute (``del model.forward`` returns to eager;
     `eager_forward` calls the eager one meanwhile). ``nn.Module.compile`` is not used: it
     compiles ``_call_impl``, which dynamo skips as library code when the forward is torch's own
     (an ``nn.Sequential``), and ``fullgraph=True`` then fails with "found no compiled frames".
+
+    ``module_guards=False`` leaves out dynamo's guards on the modules of ``model`` (their attributes, and the
+    shape, dtype and device of every weight and buffer; ``torch.compiler.skip_guard_on_all_nn_modules_unsafe``),
+    which every call of the compiled graph checks otherwise: about 0.8 ms a call for the 600 tensors of the
+    Llama-style decoder (docs/int8.md, Decoding). The guards on the inputs and on grad mode stay. The model
+    must then stay as compiled: a layer swapped, cast or moved, or ``train()``, is not noticed (no recompile);
+    to change it, ``del model.forward``, ``torch.compiler.reset()`` and compile again. Dynamo keeps its graphs
+    per code object, and without these guards another model of the same class would pass the guards of this
+    one's graph: so the compiled forward gets a copy of the class forward's code of its own.
     """
     freeze_layouts(model)
-    model.forward = torch.compile(eager_forward(model), fullgraph=fullgraph, options=dict(COMPILE_OPTIONS))
+    options = dict(COMPILE_OPTIONS)
+    forward = eager_forward(model)
+    if not module_guards:
+        options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
+        forward = _own_code(forward)
+    model.forward = torch.compile(forward, fullgraph=fullgraph, options=options)
+
+
+def _own_code(method: Callable[..., object]) -> Callable[..., object]:
+    """The bound ``method`` with a copy of its function's code object (same behaviour; dynamo's cache of
+    compiled graphs hangs on the code object, so the copy's cache holds only the graphs compiled through it)."""
+    function = cast(types.FunctionType, method.__func__)  # type: ignore[attr-defined]
+    copy = types.FunctionType(
+        function.__code__.replace(), function.__globals__, function.__name__, function.__defaults__,
+        function.__closure__,
+    )  # fmt: skip
+    copy.__kwdefaults__, copy.__qualname__ = function.__kwdefaults__, function.__qualname__
+    return cast(Callable[..., object], copy.__get__(method.__self__))  # type: ignore[attr-defined]
 
 
 def freeze_layouts(model: nn.Module) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from example_projects.imagenet_vit_b16.model import VisionTransformer
 from lightning_srigl.acceleration.accelerate import accelerate
@@ -20,6 +21,7 @@ from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.condensed.layers.conv import CondensedConv2d
 from lightning_srigl.kernels.compiled import (
     COMPILE_OPTIONS,
+    compile_lazily,
     eager_forward,
     export_package,
     graph_breaks,
@@ -219,3 +221,35 @@ def test_the_compiled_graph_cached_by_inductor_is_not_reused_by_another_kernel_v
                               env=env | {"LIGHTNING_SRIGL_CPU_ISA": variant})  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip().splitlines()[-1] == variant
+
+
+class Scaled(nn.Module):
+    """``(N, 4) -> (N, width)``: a linear layer, doubled (dropout after it, active in training mode only)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, width)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.linear(x)) * 2
+
+
+def test_without_module_guards_each_model_of_a_class_runs_its_own_graph_and_changes_are_not_checked() -> None:
+    narrow, wide = Scaled(3).eval(), Scaled(5).eval()
+    compile_lazily(narrow, module_guards=False)
+    compile_lazily(wide, module_guards=False)  # the same class: its graph must not serve the other model
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        for model in (narrow, wide, narrow):
+            torch.testing.assert_close(model(x), model.linear(x) * 2)
+        graphs = counters["stats"]["unique_graphs"]
+        narrow.train()  # not checked any more: the eval graph runs (the documented contract)
+        torch.testing.assert_close(narrow(x), narrow.linear(x) * 2)
+        assert counters["stats"]["unique_graphs"] == graphs
+        guarded = Scaled(3).eval()
+        compile_lazily(guarded)
+        guarded(x)
+        guarded.train()
+        guarded(x)  # with the module guards, training mode recompiles
+        assert counters["stats"]["unique_graphs"] == graphs + 2
