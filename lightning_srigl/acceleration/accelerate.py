@@ -229,9 +229,9 @@ def accelerate(
             freezing, the condensed layers as opaque custom ops; `compiled`);
             the report gives the compile time. Later calls of ``model`` run the compiled graph.
         module_guards: with ``compile``, False leaves out the compiled graph's per-call checks of the model's
-            modules (`lightning_srigl.kernels.compiled.compile_lazily`: a quarter of a compiled decode step of the
-            Llama-style decoder); the model must then not change after ``accelerate`` (no layer swapped, cast or
-            moved, no ``train()``).
+            modules and their weights (`lightning_srigl.kernels.compiled.compile_lazily`: many small steps, such
+            as decoding, gain most); the model must then not change after ``accelerate`` (no layer swapped, cast
+            or moved, no ``train()``).
         pack_dense: also time the dense ``nn.Linear`` layers that have no mask (fp32, CPU) against oneDNN's
             prepacked GEMM on their real input and swap in a ``PackedLinear`` (same parameters) where
             it is faster (`dense_layers`); the report's ``dense_layers`` says which.

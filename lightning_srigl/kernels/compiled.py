@@ -61,9 +61,9 @@ __all__ = [
 # Inductor options of the compiled graph (torch._inductor.config names): freezing, and a ResNet block's residual
 # addition and ReLU fused into the condensed convolution before them (residual_fusion); in-process, the
 # convolutions call the loaded C++ variant directly (PACKAGE_OPTIONS, for other CPUs, keep the Python op).
-# The Python wrapper's size, stride and alignment asserts of every input and op output are left out: about
-# 0.5 us each per call, 660 of them in a decode step of the Llama-style decoder (docs/int8.md, Decoding; the ops'
-# fakes are checked against their kernels by tests/kernels/test_op_schemas.py).
+# The Python wrapper's size, stride and alignment asserts of every input and op output are left out: one Python
+# call each per call of the graph, hundreds in a decode step of the Llama-style decoder (docs/int8.md, Decoding;
+# the ops' fakes are checked against their kernels by tests/kernels/test_op_schemas.py).
 COMPILE_OPTIONS: dict[str, Any] = {
     "freezing": True,
     "post_grad_custom_post_pass": ResidualFusion(direct=True),
@@ -119,8 +119,8 @@ def compile_lazily(model: nn.Module, *, fullgraph: bool = True, module_guards: b
 
     ``module_guards=False`` leaves out dynamo's guards on the modules of ``model`` (their attributes, and the
     shape, dtype and device of every weight and buffer; ``torch.compiler.skip_guard_on_all_nn_modules_unsafe``),
-    which every call of the compiled graph checks otherwise: about 0.8 ms a call for the 600 tensors of the
-    Llama-style decoder (docs/int8.md, Decoding). The guards on the inputs and on grad mode stay. The model
+    which every call of the compiled graph checks otherwise: the 500 and more weights and buffers of the Llama-style
+    decoder (docs/int8.md, Decoding) and their modules. The guards on the inputs and on grad mode stay. The model
     must then stay as compiled: a layer swapped, cast or moved, or ``train()``, is not noticed (no recompile);
     to change it, ``del model.forward``, ``torch.compiler.reset()`` and compile again. Dynamo keeps its graphs
     per code object, and without these guards another model of the same class would pass the guards of this
