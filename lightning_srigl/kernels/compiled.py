@@ -137,14 +137,17 @@ def compile_lazily(model: nn.Module, *, fullgraph: bool = True, module_guards: b
 
 def _own_code(method: Callable[..., object]) -> Callable[..., object]:
     """The bound ``method`` with a copy of its function's code object (same behaviour; dynamo's cache of
-    compiled graphs hangs on the code object, so the copy's cache holds only the graphs compiled through it)."""
-    function = cast(types.FunctionType, method.__func__)  # type: ignore[attr-defined]
+    compiled graphs hangs on the code object, so the copy's cache holds only the graphs compiled through it).
+    A forward that is not a plain Python function bound to the model is returned as it is."""
+    if not isinstance(method, types.MethodType) or not isinstance(method.__func__, types.FunctionType):
+        return method
+    function = method.__func__
     copy = types.FunctionType(
         function.__code__.replace(), function.__globals__, function.__name__, function.__defaults__,
         function.__closure__,
     )  # fmt: skip
     copy.__kwdefaults__, copy.__qualname__ = function.__kwdefaults__, function.__qualname__
-    return cast(Callable[..., object], copy.__get__(method.__self__))  # type: ignore[attr-defined]
+    return cast(Callable[..., object], copy.__get__(method.__self__))
 
 
 def freeze_layouts(model: nn.Module) -> None:
