@@ -33,7 +33,8 @@ against dense fp32. Needs onnxruntime, onnx, onnxscript and transformers::
 
     PYTHONPATH=. python scripts/int8_decode.py --models gpt2 llama_decode --out runs/int8_decode.md
 
-``--no-compile`` leaves the compiled engines out.
+``--no-compile`` leaves the compiled engines out; ``--cpp-wrapper`` compiles them with inductor's C++ wrapper
+(``compile_options={"cpp_wrapper": True}``: less time per call, a longer compile).
 """
 
 from __future__ import annotations
@@ -181,7 +182,14 @@ def dynamic_length(past: list[Tensor]) -> list[Tensor]:
 
 @torch.no_grad()
 def measure(
-    name: str, prompt_length: int, count: int, seconds: float, smoke: bool, folder: Path, compile: bool = True
+    name: str,
+    prompt_length: int,
+    count: int,
+    seconds: float,
+    smoke: bool,
+    folder: Path,
+    compile: bool = True,
+    cpp_wrapper: bool = False,
 ) -> dict:
     masked = hf_model(name, smoke)
     dense = CacheStep(dense_reference(masked)).eval()
@@ -194,7 +202,7 @@ def measure(
     example = (token, *(dynamic_length(past) if compile else past))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compiled = {"compile": compile, "module_guards": False}
+        compiled = {"compile": compile, "module_guards": False, "compile_options": {"cpp_wrapper": cpp_wrapper}}
         accelerate(fp32, example, repeats=3, verbose=False, model_repeats=0, **compiled)
         report = accelerate(int8, example, quantize="int8-condensed", repeats=3, verbose=False, model_repeats=0,
                             **compiled)  # fmt: skip
@@ -264,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds of samples per engine")
     parser.add_argument("--smoke", action="store_true", help="tiny models (the same code paths, for a quick check)")
     parser.add_argument("--no-compile", action="store_true", help="leave the compiled engines out")
+    parser.add_argument("--cpp-wrapper", action="store_true", help="compile with inductor's C++ wrapper")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -271,9 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            rows.append(
-                measure(name, args.prompt, args.tokens, args.seconds, args.smoke, Path(folder), not args.no_compile)
-            )
+            options = (args.prompt, args.tokens, args.seconds, args.smoke, Path(folder))
+            rows.append(measure(name, *options, not args.no_compile, args.cpp_wrapper))
             print({k: v for k, v in rows[-1].items() if k != "tokens"}, flush=True)
     after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     text = table(rows, args.tokens, (before, after))

@@ -25,6 +25,7 @@ import copy
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -196,6 +197,7 @@ def accelerate(
     error_budget: float = DEFAULT_ERROR_BUDGET,
     compile: bool = False,
     module_guards: bool = True,
+    compile_options: dict[str, Any] | None = None,
     pack_dense: bool = True,
     model_repeats: int = 3,
     plan_cache: str | Path | None = None,
@@ -232,6 +234,8 @@ def accelerate(
             modules and their weights (`lightning_srigl.kernels.compiled.compile_lazily`: many small steps, such
             as decoding, gain most); the model must then not change after ``accelerate`` (no layer swapped, cast
             or moved, no ``train()``).
+        compile_options: with ``compile``, inductor options over the defaults (e.g. ``{"cpp_wrapper": True}``;
+            `lightning_srigl.kernels.compiled.compile_lazily`).
         pack_dense: also time the dense ``nn.Linear`` layers that have no mask (fp32, CPU) against oneDNN's
             prepacked GEMM on their real input and swap in a ``PackedLinear`` (same parameters) where
             it is faster (`dense_layers`); the report's ``dense_layers`` says which.
@@ -288,7 +292,8 @@ def accelerate(
         calls = capture_layer_inputs(model, example_input, dense_linears(model))
         report = report.with_dense_layers(pack_dense_linears(model, calls, timer=timer, warmup=warmup, repeats=repeats))
     if compile:
-        report = report.with_compile_seconds(compile_in_place(model, example_input, module_guards=module_guards))
+        seconds = compile_in_place(model, example_input, module_guards=module_guards, options=compile_options)
+        report = report.with_compile_seconds(seconds)
     if dense is not None:
         forms = {"dense": dense, "accelerated": eager_forward(model)} | ({"compiled": model} if compile else {})
         report = report.with_model_times(whole_model_times(forms, example_input, repeats=model_repeats))

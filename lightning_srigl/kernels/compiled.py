@@ -89,27 +89,34 @@ def graph_breaks(model: nn.Module, example_input: object) -> int:
 
 
 def compile_in_place(
-    model: nn.Module, example_input: object, *, fullgraph: bool = True, module_guards: bool = True
+    model: nn.Module,
+    example_input: object,
+    *,
+    fullgraph: bool = True,
+    module_guards: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> float:
     """Compile ``model``'s calls in place (``model.compile``) with freezing and compile them now.
 
     The first call on ``example_input`` (under ``no_grad``) runs the compiler, so the returned seconds
     are the compile time; later calls of ``model`` run the compiled graph (another input shape compiles
     once more, a dimension marked with ``torch._dynamo.mark_dynamic`` on ``example_input`` never). The eager
-    forward stays reachable through `eager_forward`. ``module_guards``: see `compile_lazily`.
+    forward stays reachable through `eager_forward`. ``module_guards``, ``options``: see `compile_lazily`.
 
     Raises:
         torch._dynamo.exc.Unsupported: with ``fullgraph=True``, when part of the model cannot be
             captured in one graph (``fullgraph=False`` compiles the pieces between the breaks).
     """
-    compile_lazily(model, fullgraph=fullgraph, module_guards=module_guards)
+    compile_lazily(model, fullgraph=fullgraph, module_guards=module_guards, options=options)
     start = time.perf_counter()
     with torch.no_grad():
         model(*_arguments(example_input))
     return time.perf_counter() - start
 
 
-def compile_lazily(model: nn.Module, *, fullgraph: bool = True, module_guards: bool = True) -> None:
+def compile_lazily(
+    model: nn.Module, *, fullgraph: bool = True, module_guards: bool = True, options: dict[str, Any] | None = None
+) -> None:
     """Make ``model``'s forward compile (with `COMPILE_OPTIONS`) at its next call, in place.
 
     The compiled forward is an instance attribute (``del model.forward`` returns to eager;
@@ -125,14 +132,18 @@ def compile_lazily(model: nn.Module, *, fullgraph: bool = True, module_guards: b
     to change it, ``del model.forward``, ``torch.compiler.reset()`` and compile again. Dynamo keeps its graphs
     per code object, and without these guards another model of the same class would pass the guards of this
     one's graph: so the compiled forward gets a copy of the class forward's code of its own.
+
+    ``options``: inductor options (``torch._inductor.config`` names) over `COMPILE_OPTIONS`, e.g.
+    ``{"cpp_wrapper": True}``: the graph's wrapper in C++ instead of Python (less time per call, for graphs of many
+    small steps such as decoding; a longer compile).
     """
     freeze_layouts(model)
-    options = dict(COMPILE_OPTIONS)
+    merged = COMPILE_OPTIONS | (options or {})
     forward = eager_forward(model)
     if not module_guards:
-        options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
+        merged["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
         forward = _own_code(forward)
-    model.forward = torch.compile(forward, fullgraph=fullgraph, options=options)
+    model.forward = torch.compile(forward, fullgraph=fullgraph, options=merged)
 
 
 def _own_code(method: Callable[..., object]) -> Callable[..., object]:

@@ -14,7 +14,7 @@ from torch import nn
 from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
-from lightning_srigl.kernels.compiled import eager_forward, graph_breaks
+from lightning_srigl.kernels.compiled import compile_lazily, eager_forward, graph_breaks
 from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.int8 import int8_linear_reference
 from tests.condensed.test_compiled import masked, tiny_vit
@@ -81,3 +81,17 @@ def test_an_exported_int8_layer_keeps_the_portable_op() -> None:
         program = torch.export.export(layer, (torch.randn(1, 64),))
     targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
     assert torch.ops.lightning_srigl.int8_condensed_linear.default in targets, targets
+
+
+def test_an_int8_layer_compiled_with_the_cpp_wrapper_and_no_module_guards_equals_the_reference() -> None:
+    torch.manual_seed(1)
+    layer = Int8CondensedLinear.from_masked(nn.Linear(64, 24), torch.rand(24, 64) < 0.25).eval()
+    compile_lazily(layer, module_guards=False, options={"cpp_wrapper": True})  # what int8_decode.py --cpp-wrapper runs
+    x = torch.randn(1, 64)
+    buffers = layer._buffers
+    reference = int8_linear_reference(
+        x, buffers["weight"], buffers["indices"], buffers["weight_sum"], buffers["weight_scale"],
+        buffers["active_rows"], buffers["bias"], 24,
+    )  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(layer(x), reference)
