@@ -24,18 +24,13 @@ HeadStrides head_strides(const at::Tensor& t) { return {t.stride(0), t.stride(1)
 // The tensor with its last stride 1 (a copy only where it is not).
 at::Tensor last_dim_dense(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-// attn_mask as an fp32 additive mask expanded to (B, H, Lq, Lk) (a view; a copy where the key stride is not 1).
-at::Tensor additive_mask(const at::Tensor& mask, const AttentionShape& s) {
+// attn_mask expanded to (B, H, Lq, Lk) (a view; a copy where the key stride is not 1).
+at::Tensor expanded_mask(const at::Tensor& mask, const AttentionShape& s) {
   TORCH_CHECK(mask.scalar_type() == at::kFloat || mask.scalar_type() == at::kBool,
               "attention: attn_mask must be float32 (added to the scores) or bool (True = attend), got ",
               mask.scalar_type());
   TORCH_CHECK(mask.dim() <= 4, "attention: attn_mask must broadcast to (B, H, Lq, Lk), got ", mask.sizes());
-  at::Tensor additive = mask;
-  if (mask.scalar_type() == at::kBool) {
-    additive = at::zeros(mask.sizes(), mask.options().dtype(at::kFloat))
-                   .masked_fill_(mask.logical_not(), -std::numeric_limits<float>::infinity());
-  }
-  at::Tensor expanded = additive.expand({s.B, s.H, s.Lq, s.Lk});
+  at::Tensor expanded = mask.expand({s.B, s.H, s.Lq, s.Lk});
   return s.Lk > 1 && expanded.stride(3) != 1 ? expanded.contiguous() : expanded;
 }
 
@@ -59,22 +54,25 @@ at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::T
   if (out.numel() == 0) return out;
   if (s.Lk == 0) return out.zero_();
   const at::Tensor q = last_dim_dense(query), k = last_dim_dense(key), v = last_dim_dense(value);
-  const at::Tensor mask = attn_mask.has_value() ? additive_mask(*attn_mask, s) : at::Tensor();
-  const bool has_mask = mask.defined();
+  const at::Tensor mask = attn_mask.has_value() ? expanded_mask(*attn_mask, s) : at::Tensor();
+  const bool has_mask = mask.defined(), bool_mask = has_mask && mask.scalar_type() == at::kBool;
   const AttentionScratch layout(s, s.D % kLanes != 0);
   const HeadStrides sq = head_strides(q), sk = head_strides(k), sv = head_strides(v);
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
-  const float* mp = has_mask ? mask.data_ptr<float>() : nullptr;
+  const float* add = has_mask && !bool_mask ? mask.data_ptr<float>() : nullptr;
+  const bool* allowed = bool_mask ? mask.data_ptr<bool>() : nullptr;
   float* op = out.data_ptr<float>();
   const float scale_f = static_cast<float>(scale);
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t t0, int64_t t1) {
     float* scratch = scratch_buffer(layout.total);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / s.H, h = t % s.H;
-      const float* m = has_mask ? mp + b * mask.stride(0) + h * mask.stride(1) : nullptr;
+      const int64_t at = has_mask ? b * mask.stride(0) + h * mask.stride(1) : 0;
+      const HeadMask head_mask{add ? add + at : nullptr, allowed ? allowed + at : nullptr,
+                               has_mask ? mask.stride(2) : 0};
       attention_head(qp + b * sq.batch + h * sq.head, kp + b * sk.batch + h * sk.head,
-                     vp + b * sv.batch + h * sv.head, sq, sk, sv, m, has_mask ? mask.stride(2) : 0, s, scale_f,
-                     is_causal, layout, scratch, op + b * out.stride(0) + h * out.stride(1), out.stride(2));
+                     vp + b * sv.batch + h * sv.head, sq, sk, sv, head_mask, s, scale_f, is_causal, layout, scratch,
+                     op + b * out.stride(0) + h * out.stride(1), out.stride(2));
     }
   });
   return out;

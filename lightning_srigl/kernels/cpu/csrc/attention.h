@@ -1,7 +1,8 @@
 // Exact fp32 attention for short sequences: out = softmax(q k^T * scale + mask) v per (batch, head).
 //
-// q (B, H, Lq, D), k and v (B, H, Lk, D), each with any strides whose last one is 1; mask (B, H, Lq, Lk) fp32
-// additive (strides, 0 where broadcast, last one 1) or none; causal: query i sees keys 0..i (Lq == Lk).
+// q (B, H, Lq, D), k and v (B, H, Lk, D), each with any strides whose last one is 1; mask (B, H, Lq, Lk), fp32
+// additive or bool (True = attend), with strides (0 where broadcast, the last one 1), or none; causal: query i
+// sees keys 0..i (Lq == Lk).
 // Output (B, Lq, H, D) in memory, i.e. the (B, H, Lq, D) result with the strides of its transpose, as torch's
 // CPU flash attention returns it for Hugging Face's (B, L, H, D) projections.
 //
@@ -67,26 +68,27 @@ inline void block_product(const float* a, int64_t lda, const float* b, int64_t l
   for (; j < cols; j += kLanes) tile_product<1>(a, lda, b + j, ldb, depth, c + j, ldc);
 }
 
-// Row softmax of s[0:n] in place: s = s * scale + mask (mask may be null), then exp(s - max) into s[0:n] and
-// 0 into s[n:width]. Returns the factor of the row's output: 1 / sum, 0 for a row every key of which is masked
-// (-inf), NaN for a row with a NaN or +inf score.
-inline float softmax_row(float* s, int64_t n, int64_t width, const float* mask, float scale) {
+// Row softmax of s[0:n] in place: s = s * scale + add (an additive mask row, or null), -inf where allowed (a
+// bool mask row, or null) is false; then exp(s - max) into s[0:n] and 0 into s[n:width]. Returns the factor of
+// the row's output: 1 / sum, 0 for a row every key of which is masked (-inf), NaN for a row with a NaN or +inf.
+inline float softmax_row(float* s, int64_t n, int64_t width, const float* add, const bool* allowed, float scale) {
   const float minus_inf = -std::numeric_limits<float>::infinity();
-  Vec vmax(minus_inf);
   const Vec vscale(scale);
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    Vec x = Vec::loadu(s + j) * vscale;
-    if (mask) x = x + Vec::loadu(mask + j);
-    x.store(s + j);
-    vmax = at::vec::maximum(vmax, x);
+    const Vec x = Vec::loadu(s + j) * vscale;
+    (add ? x + Vec::loadu(add + j) : x).store(s + j);
   }
   if (j < n) {
-    Vec x = Vec::loadu(s + j, n - j) * vscale;
-    if (mask) x = x + Vec::loadu(mask + j, n - j);
-    x.store(s + j, n - j);
-    vmax = at::vec::maximum(vmax, Vec::set(Vec(minus_inf), x, n - j));
+    const Vec x = Vec::loadu(s + j, n - j) * vscale;
+    (add ? x + Vec::loadu(add + j, n - j) : x).store(s + j, n - j);
   }
+  if (allowed) {
+    for (j = 0; j < n; ++j) s[j] = allowed[j] ? s[j] : minus_inf;
+  }
+  Vec vmax(minus_inf);
+  for (j = 0; j + kLanes <= n; j += kLanes) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
+  if (j < n) vmax = at::vec::maximum(vmax, Vec::set(Vec(minus_inf), Vec::loadu(s + j, n - j), n - j));
   const float max = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax);
   std::fill(s + n, s + width, 0.f);
   if (!(max < std::numeric_limits<float>::infinity()) || max == minus_inf) {  // NaN, +inf, or all masked
@@ -136,9 +138,16 @@ struct AttentionScratch {
   }
 };
 
-// The output of one (batch, head): see the file comment. mask: this head's (Lq, Lk) rows, row stride mask_row.
+// This head's mask: (Lq, Lk) rows `row` apart, additive (add) or bool (allowed, True = attend), or none.
+struct HeadMask {
+  const float* add;
+  const bool* allowed;
+  int64_t row;
+};
+
+// The output of one (batch, head): see the file comment.
 inline void attention_head(const float* q, const float* k, const float* v, const HeadStrides& sq,
-                           const HeadStrides& sk, const HeadStrides& sv, const float* mask, int64_t mask_row,
+                           const HeadStrides& sk, const HeadStrides& sv, const HeadMask& mask,
                            const AttentionShape& s, float scale, bool causal, const AttentionScratch& layout,
                            float* scratch, float* out, int64_t out_row) {
   float* kt = scratch + layout.kt;
@@ -173,8 +182,9 @@ inline void attention_head(const float* q, const float* k, const float* v, const
     block_product(qb, s.D, kt, layout.ldk, s.D, round_up(seen, kLanes), sc, layout.lds);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t n = causal ? i0 + r + 1 : s.Lk;
-      const float* m = mask ? mask + (i0 + r) * mask_row : nullptr;
-      factor[r] = softmax_row(sc + r * layout.lds, n, seen, m, scale);
+      const float* add = mask.add ? mask.add + (i0 + r) * mask.row : nullptr;
+      const bool* allowed = mask.allowed ? mask.allowed + (i0 + r) * mask.row : nullptr;
+      factor[r] = softmax_row(sc + r * layout.lds, n, seen, add, allowed, scale);
     }
     block_product(sc, layout.lds, values, ldv, seen, layout.ldv, ob, layout.ldo);
     for (int64_t r = 0; r < rows; ++r) {
