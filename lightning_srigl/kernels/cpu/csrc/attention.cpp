@@ -56,7 +56,9 @@ at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::T
   const at::Tensor q = last_dim_dense(query), k = last_dim_dense(key), v = last_dim_dense(value);
   const at::Tensor mask = attn_mask.has_value() ? expanded_mask(*attn_mask, s) : at::Tensor();
   const bool has_mask = mask.defined(), bool_mask = has_mask && mask.scalar_type() == at::kBool;
-  const AttentionScratch layout(s, s.D % kLanes != 0);
+  // Values rows not whole vectors, or apart (Hugging Face's (B, L, H, D) views: rows H * D floats apart, which
+  // the P V product would read from a few L1 sets and many pages) are packed per head.
+  const AttentionScratch layout(s, s.D % kLanes != 0 || v.stride(2) != s.D);
   const HeadStrides sq = head_strides(q), sk = head_strides(k), sv = head_strides(v);
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   const float* add = has_mask && !bool_mask ? mask.data_ptr<float>() : nullptr;

@@ -23,9 +23,9 @@
 namespace lightning_srigl {
 inline namespace CPU_CAPABILITY {
 
-// The register tile: kAttnRows rows x kTileVecs vectors of accumulators (16 of the 32 AVX-512 registers,
+// The register tile: kAttnRows rows x kTileVecs vectors of accumulators (24 of the 32 AVX-512 registers,
 // 12 of AVX2's 16), one vector load per column vector and one broadcast per row at each step.
-constexpr int kAttnRows = kLanes >= 16 ? 8 : 6;
+constexpr int kAttnRows = kLanes >= 16 ? 12 : 6;
 constexpr int kTileVecs = 2;
 constexpr int64_t kTileCols = kTileVecs * kLanes;
 
@@ -155,11 +155,11 @@ inline void attention_head(const float* q, const float* k, const float* v, const
   float* sc = scratch + layout.scores;
   float* ob = scratch + layout.out;
   const int64_t keys = round_up(s.Lk, kLanes);
-  for (int64_t d = 0; d < s.D; ++d) {
-    float* row = kt + d * layout.ldk;
-    for (int64_t j = 0; j < s.Lk; ++j) row[j] = k[j * sk.row + d];
-    std::fill(row + s.Lk, row + keys, 0.f);
+  for (int64_t j = 0; j < s.Lk; ++j) {  // key rows read in order (Hugging Face's are H * D floats apart)
+    const float* key = k + j * sk.row;
+    for (int64_t d = 0; d < s.D; ++d) kt[d * layout.ldk + j] = key[d];
   }
+  for (int64_t d = 0; d < s.D; ++d) std::fill(kt + d * layout.ldk + s.Lk, kt + d * layout.ldk + keys, 0.f);
   const float* values = v;
   int64_t ldv = sv.row;
   if (layout.pack_values) {
