@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_whole_models (it adds the checkout's root)
 
-from bench_whole_models import cases  # noqa: E402
+from bench_whole_models import cases
 
-from lightning_srigl.acceleration.accelerate import accelerate  # noqa: E402
-from lightning_srigl.benchmark.machine import machine_fields  # noqa: E402
-from lightning_srigl.benchmark.whole_model import masked_model  # noqa: E402
-from lightning_srigl.timing import hot_times  # noqa: E402
+from lightning_srigl.acceleration.accelerate import accelerate
+from lightning_srigl.benchmark.machine import machine_fields
+from lightning_srigl.benchmark.whole_model import masked_model
+from lightning_srigl.timing import hot_times
 
 
 def _call(model: torch.nn.Module, inputs: object) -> object:

@@ -15,7 +15,7 @@ from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.acceleration.attention import HF_IMPLEMENTATION, attention_sites, hf_attention_forward
 from lightning_srigl.acceleration.swap import restore_dense
 from lightning_srigl.condensed.layers.attention import ProjectedAttention
-from lightning_srigl.kernels.compiled import graph_breaks
+from lightning_srigl.kernels.compiled import export_package, graph_breaks, load_package
 from lightning_srigl.masking import bind_masks
 from lightning_srigl.timing import Timing
 
@@ -169,3 +169,18 @@ def test_projected_attention_runs_the_op_where_it_times_faster(winner: str, fast
     torch.testing.assert_close(run(model, example), expected, rtol=1e-4, atol=1e-4)
     restore_dense(model)
     assert isinstance(model.attn, nn.MultiheadAttention)
+
+
+def test_an_aot_package_of_a_model_on_the_op_gives_its_outputs(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    mask = constant_fan_in(nn.Linear(32, 96), 8)
+    with torch.no_grad():
+        model.attn.in_proj_weight.mul_(mask)
+    bind_masks(model, {"attn.in_proj_weight": mask})
+    example = (torch.randn(2, 10, 32), torch.zeros(2, 10, dtype=torch.bool))
+    accelerate(model, example, timer=favouring("condensed", "lightning_srigl"), model_repeats=0, verbose=False)
+    assert model.attn.fast_attention
+    package = load_package(export_package(model, example, tmp_path / "model.pt2"))
+    with torch.no_grad():
+        torch.testing.assert_close(package(*example), run(model, example), rtol=1e-5, atol=1e-5)
