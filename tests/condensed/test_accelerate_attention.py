@@ -151,14 +151,20 @@ class Encoder(nn.Module):
         return self.head(self.attn(x, x, x, key_padding_mask=padding, need_weights=False)[0])
 
 
-@pytest.mark.parametrize(("winner", "fast"), [("lightning_srigl", True), ("sdpa", False)])
-def test_projected_attention_runs_the_op_where_it_times_faster(winner: str, fast: bool) -> None:
+def sparse_encoder() -> Encoder:
+    """An `Encoder` in eval mode whose attention's input projection has a constant fan-in mask."""
     torch.manual_seed(0)
     model = Encoder().eval()
     mask = constant_fan_in(nn.Linear(32, 96), 8)
     with torch.no_grad():
         model.attn.in_proj_weight.mul_(mask)
     bind_masks(model, {"attn.in_proj_weight": mask})
+    return model
+
+
+@pytest.mark.parametrize(("winner", "fast"), [("lightning_srigl", True), ("sdpa", False)])
+def test_projected_attention_runs_the_op_where_it_times_faster(winner: str, fast: bool) -> None:
+    model = sparse_encoder()
     padding = torch.zeros(3, 10, dtype=torch.bool)
     padding[0, 7:] = True
     example = (torch.randn(3, 10, 32), padding)
@@ -172,12 +178,7 @@ def test_projected_attention_runs_the_op_where_it_times_faster(winner: str, fast
 
 
 def test_an_aot_package_of_a_model_on_the_op_gives_its_outputs(tmp_path) -> None:
-    torch.manual_seed(0)
-    model = Encoder().eval()
-    mask = constant_fan_in(nn.Linear(32, 96), 8)
-    with torch.no_grad():
-        model.attn.in_proj_weight.mul_(mask)
-    bind_masks(model, {"attn.in_proj_weight": mask})
+    model = sparse_encoder()
     example = (torch.randn(2, 10, 32), torch.zeros(2, 10, dtype=torch.bool))
     accelerate(model, example, timer=favouring("condensed", "lightning_srigl"), model_repeats=0, verbose=False)
     assert model.attn.fast_attention
