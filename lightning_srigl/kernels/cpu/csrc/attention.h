@@ -74,21 +74,26 @@ inline void block_product(const float* a, int64_t lda, const float* b, int64_t l
 inline float softmax_row(float* s, int64_t n, int64_t width, const float* add, const bool* allowed, float scale) {
   const float minus_inf = -std::numeric_limits<float>::infinity();
   const Vec vscale(scale);
+  Vec vmax(minus_inf);
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    const Vec x = Vec::loadu(s + j) * vscale;
-    (add ? x + Vec::loadu(add + j) : x).store(s + j);
+    Vec x = Vec::loadu(s + j) * vscale;
+    if (add) x = x + Vec::loadu(add + j);
+    x.store(s + j);
+    vmax = at::vec::maximum(vmax, x);
   }
   if (j < n) {
-    const Vec x = Vec::loadu(s + j, n - j) * vscale;
-    (add ? x + Vec::loadu(add + j, n - j) : x).store(s + j, n - j);
+    Vec x = Vec::loadu(s + j, n - j) * vscale;
+    if (add) x = x + Vec::loadu(add + j, n - j);
+    x.store(s + j, n - j);
+    vmax = at::vec::maximum(vmax, Vec::set(Vec(minus_inf), x, n - j));
   }
-  if (allowed) {
+  if (allowed) {  // masked scores to -inf, and the maximum of the others
+    vmax = Vec(minus_inf);
     for (j = 0; j < n; ++j) s[j] = allowed[j] ? s[j] : minus_inf;
+    for (j = 0; j + kLanes <= n; j += kLanes) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
+    if (j < n) vmax = at::vec::maximum(vmax, Vec::set(Vec(minus_inf), Vec::loadu(s + j, n - j), n - j));
   }
-  Vec vmax(minus_inf);
-  for (j = 0; j + kLanes <= n; j += kLanes) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
-  if (j < n) vmax = at::vec::maximum(vmax, Vec::set(Vec(minus_inf), Vec::loadu(s + j, n - j), n - j));
   const float max = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax);
   std::fill(s + n, s + width, 0.f);
   if (!(max < std::numeric_limits<float>::infinity()) || max == minus_inf) {  // NaN, +inf, or all masked
@@ -155,9 +160,12 @@ inline void attention_head(const float* q, const float* k, const float* v, const
   float* sc = scratch + layout.scores;
   float* ob = scratch + layout.out;
   const int64_t keys = round_up(s.Lk, kLanes);
-  for (int64_t j = 0; j < s.Lk; ++j) {  // key rows read in order (Hugging Face's are H * D floats apart)
-    const float* key = k + j * sk.row;
-    for (int64_t d = 0; d < s.D; ++d) kt[d * layout.ldk + j] = key[d];
+  for (int64_t j = 0; j < s.Lk; j += 16) {  // 16 x 16 blocks (vector shuffles with AVX-512)
+    for (int64_t d = 0; d < s.D; d += 16) {
+      at::vec::transpose_mxn<float>(k + j * sk.row + d, sk.row, kt + d * layout.ldk + j, layout.ldk,
+                                    static_cast<int>(std::min<int64_t>(16, s.Lk - j)),
+                                    static_cast<int>(std::min<int64_t>(16, s.D - d)));
+    }
   }
   for (int64_t d = 0; d < s.D; ++d) std::fill(kt + d * layout.ldk + s.Lk, kt + d * layout.ldk + keys, 0.f);
   const float* values = v;
