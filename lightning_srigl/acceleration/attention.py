@@ -143,17 +143,20 @@ def _hf_calls(site: nn.Module, run: Callable[[], object]) -> list[LayerCall]:
     return calls
 
 
+def _signature(call: LayerCall) -> str:
+    """What a call's attention time depends on: its tensors' shapes, strides and dtypes, its other arguments (a
+    module by its type), the intra-op threads."""
+    described = [
+        (tuple(v.shape), v.stride(), v.dtype) if isinstance(v, Tensor) else v if not isinstance(v, nn.Module)
+        else type(v).__name__
+        for v in (*call.args, *call.kwargs.values())
+    ]  # fmt: skip
+    return repr((described, sorted(call.kwargs), torch.get_num_threads()))
+
+
 def _distinct(calls: list[LayerCall]) -> list[LayerCall]:
-    """One call per distinct signature (shapes, strides, dtypes of the tensors; the other arguments)."""
-    seen: dict[str, LayerCall] = {}
-    for call in calls:
-        described = [
-            (tuple(v.shape), v.stride(), v.dtype) if isinstance(v, Tensor) else v if not isinstance(v, nn.Module)
-            else type(v).__name__
-            for v in (*call.args, *call.kwargs.values())
-        ]  # fmt: skip
-        seen.setdefault(repr((described, sorted(call.kwargs))), call)
-    return list(seen.values())
+    """One call per distinct `_signature`."""
+    return list({_signature(call): call for call in reversed(calls)}.values())
 
 
 def _hf_forms(calls: list[LayerCall]) -> dict[str, Callable[[], list[object]]] | None:
@@ -187,19 +190,31 @@ def switch_attention(
     the noise supports (`choose`); returns site name -> the candidate kept (`ATTENTION_CANDIDATES`).
 
     A Hugging Face model is timed on the attention calls ``model(example_input)`` makes (a tuple is unpacked), a
-    `ProjectedAttention` on its call in ``projected_calls`` (name -> its captured call; one not there keeps torch's).
+    `ProjectedAttention` on its call in ``projected_calls`` (name -> its captured call; one not there keeps torch's);
+    the first of several `ProjectedAttention` layers of one configuration and call signature is timed, and the
+    others (each still checked against torch's outputs) take its choice.
     """
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     chosen: dict[str, str] = {}
+    timed: dict[str, str] = {}  # signature -> choice: layers of one shape are timed once and choose alike
     for name, site in attention_sites(model).items():
+        key = None
         if isinstance(site, ProjectedAttention):
-            forms = _projected_forms(site, projected_calls[name]) if name in projected_calls else None
+            call = projected_calls.get(name)
+            forms = _projected_forms(site, call) if call is not None else None
+            key = f"{site.extra_repr()}|{_signature(call)}" if call is not None else None
         else:
             calls = _distinct(_hf_calls(site, lambda: model(*args)))
             forms = _hf_forms(calls) if calls else None
-        chosen[name] = "sdpa" if forms is None else choose(
-            (timer or default_timer(warmup, repeats, torch.device("cpu")))(forms), ATTENTION_CANDIDATES, "sdpa"
-        )  # fmt: skip
+        if forms is None:
+            chosen[name] = "sdpa"
+        elif key is not None and key in timed:
+            chosen[name] = timed[key]
+        else:
+            times = (timer or default_timer(warmup, repeats, torch.device("cpu")))(forms)
+            chosen[name] = choose(times, ATTENTION_CANDIDATES, "sdpa")
+            if key is not None:
+                timed[key] = chosen[name]
         _install(site, chosen[name])
     return chosen
 

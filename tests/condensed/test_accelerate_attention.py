@@ -145,7 +145,7 @@ class Encoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
-        self.head = nn.Linear(32, 8)
+        self.head = nn.Linear(32, 32)
 
     def forward(self, x: Tensor, padding: Tensor) -> Tensor:
         return self.head(self.attn(x, x, x, key_padding_mask=padding, need_weights=False)[0])
@@ -175,6 +175,32 @@ def test_projected_attention_runs_the_op_where_it_times_faster(winner: str, fast
     torch.testing.assert_close(run(model, example), expected, rtol=1e-4, atol=1e-4)
     restore_dense(model)
     assert isinstance(model.attn, nn.MultiheadAttention)
+
+
+class Chain(nn.Module):
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(sparse_encoder() for _ in range(count))
+
+    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        for encoder in self.encoders:
+            x = encoder(x, padding)
+        return x
+
+
+def test_projected_attention_layers_of_one_shape_are_timed_once() -> None:
+    model = Chain(3).eval()
+    timed: list[set[str]] = []
+    favour = favouring("condensed", "lightning_srigl")
+
+    def timer(calls: Mapping[str, Callable[[], object]]) -> dict[str, Timing]:
+        timed.append(set(calls))
+        return favour(calls)
+
+    example = (torch.randn(2, 10, 32), torch.zeros(2, 10, dtype=torch.bool))
+    report = accelerate(model, example, timer=timer, model_repeats=0, verbose=False)
+    assert report.attention == {f"encoders.{i}.attn": "lightning_srigl" for i in range(3)}
+    assert sum("lightning_srigl" in names for names in timed) == 1
 
 
 def test_an_aot_package_of_a_model_on_the_op_gives_its_outputs(tmp_path) -> None:
