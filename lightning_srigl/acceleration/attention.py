@@ -160,14 +160,20 @@ def _distinct(calls: list[LayerCall]) -> list[LayerCall]:
 
 
 def _hf_forms(calls: list[LayerCall]) -> dict[str, Callable[[], list[object]]] | None:
-    """The captured calls run by each candidate, or None where the op's outputs differ from torch's."""
+    """The captured calls run by each candidate, or None where a query is not on the CPU (the op's kernel is the
+    CPU's) or the op's outputs differ from torch's."""
+    if any(call.args[1].device.type != "cpu" for call in calls):  # (module, query, key, value, mask, ...)
+        return None
     sdpa = lambda: [_sdpa_forward()(*call.args, **call.kwargs) for call in calls]  # noqa: E731
     ours = lambda: [hf_attention_forward(*call.args, **call.kwargs) for call in calls]  # noqa: E731
     return {"sdpa": sdpa, "lightning_srigl": ours} if outputs_close(ours(), sdpa(), 1e-4) else None
 
 
 def _projected_forms(module: ProjectedAttention, call: LayerCall) -> dict[str, Callable[[], object]] | None:
-    """``module`` on its call with ``fast_attention`` off and on, or None where the outputs differ."""
+    """``module`` on its call with ``fast_attention`` off and on, or None where the query is not on the CPU or the
+    outputs differ."""
+    if call.x.device.type != "cpu":
+        return None
     fast = copy.copy(module)  # the same projections
     fast.fast_attention = True
     slow = copy.copy(module)
