@@ -28,8 +28,8 @@ from lightning_srigl.kernels import fakes
 from lightning_srigl.kernels.cpu.loader import load_extension
 
 OP_NAME = "lightning_srigl::attention"
-# Longest key sequence the kernel takes: its scores, packed keys and values per head (3 * Lk * D floats and a
-# block of Lk scores) then still fit in L2; longer sequences run torch's flash attention.
+# Longest key sequence the kernel takes: a head's packed keys and values (2 * Lk * D floats) and a block of query
+# rows' scores then still fit in L2; longer sequences run torch's flash attention.
 MAX_KEYS = 1024
 
 __all__ = ["MAX_KEYS", "OP_NAME", "attention", "attention_reference", "kernel_applies", "scaled_dot_product_attention"]
