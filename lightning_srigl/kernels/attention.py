@@ -110,4 +110,5 @@ def scaled_dot_product_attention(
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
-    return attention(query, key, value, attn_mask, scale, is_causal)
+    out: Tensor = attention(query, key, value, attn_mask, scale, is_causal)
+    return out
