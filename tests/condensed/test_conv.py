@@ -79,9 +79,33 @@ RESNET_GEOMETRIES = [
 ]
 
 
+# Grids with no wasted plane rows, whose N images' planes the kernel lays side by side as one grid (csrc/conv.h,
+# ConvGeometry::batched): 1x1s stride 1 and 2 on odd and ResNet sizes, a padded 1x1 (its padding is output), kernel =
+# stride patchifies; batch 2 to 9, so blocks start and end mid-image and span several images.
+BATCHED_GEOMETRIES = [
+    (9, 20, 7, 7, 36, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (3, 12, 13, 11, 20, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+    (5, 8, 5, 6, 12, (1, 1), (1, 1), (1, 1), (1, 1), 1),
+    (4, 10, 14, 14, 24, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+    (2, 6, 9, 9, 8, (3, 3), (3, 3), (0, 0), (1, 1), 1),
+    (7, 4, 10, 10, 8, (2, 2), (2, 2), (0, 0), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("geometry", BATCHED_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"s{g[6][0]}")
+def test_op_over_several_images_per_block_equals_masked_dense_conv(kernel, geometry, relu):
+    conv, mask, x = masked_conv(geometry)
+    layer = CondensedConv2d.from_masked(conv, mask)
+    expected = reference(conv, x)
+    for block in block_widths(kernel):
+        y = kernel.condensed_conv2d(*_op_args(layer, x), block, relu)
+        assert_close_to_scale(y, expected.relu() if relu else expected)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize(
-    "geometry", GEOMETRIES + RESNET_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}"
+    "geometry", GEOMETRIES + RESNET_GEOMETRIES + BATCHED_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}"
 )
 def test_op_residual_epilogue_equals_masked_dense_conv_plus_residual(kernel, geometry, relu):
     conv, mask, x = masked_conv(geometry)  # ablated filters: their channels output bias + residual

@@ -79,32 +79,38 @@ constexpr int conv_rows_per_step() {
   return SHARED ? std::max(1, std::min(8, (registers - V - 1) / V)) : std::max(1, std::min(4, registers / 2 / V));
 }
 
-// Where the BT grid points starting at q0 go in one output channel (Ho * Wo floats): runs of
-// consecutive valid points (ox < Wo, q < Q) as (first point in the block, output offset, length); where
-// Wq == Wo (no padding columns) a run continues over output rows.
+// Where the BT grid points starting at point q0 of image n go in output channel 0 of y (N, out, Ho, Wo) (add
+// c * Ho * Wo for channel c): runs of consecutive valid points (ox < Wo, q < Q) as (first point in the block,
+// output offset, length); where Wq == Wo (no padding columns) a run continues over output rows. Batched, the
+// block goes on into the next images' planes (Hq * Wq points each).
 struct BlockRuns {
   int64_t count = 0;
   int64_t src[kMaxBlock + 1], dst[kMaxBlock + 1], len[kMaxBlock + 1];
 };
 
-inline BlockRuns block_runs(const ConvGeometry& g, int64_t q0, int64_t BT) {
+inline BlockRuns block_runs(const ConvGeometry& g, int64_t n, int64_t q0, int64_t BT, int64_t out) {
   BlockRuns runs;
+  const int64_t P = g.Hq * g.Wq, HWo = g.Ho * g.Wo;
   for (int64_t i = 0; i < BT;) {
-    const int64_t q = q0 + i;
-    if (q >= g.Q) break;
+    int64_t q = q0 + i;
+    if (q >= g.Q) {
+      if (!g.batched || n + 1 >= g.N) break;
+      i += P - q, q0 -= P, ++n;  // the rest of this plane, then the next image's
+      continue;
+    }
     const int64_t oy = q / g.Wq, ox = q % g.Wq;
     if (ox >= g.Wo) {
       i += g.Wq - ox;
       continue;
     }
-    const int64_t n = std::min(BT - i, g.Wo - ox), c = runs.count;
-    if (c > 0 && runs.src[c - 1] + runs.len[c - 1] == i && runs.dst[c - 1] + runs.len[c - 1] == oy * g.Wo + ox) {
-      runs.len[c - 1] += n;  // Wq == Wo: the next output row continues the run
+    const int64_t len = std::min(BT - i, g.Wo - ox), c = runs.count, dst = n * out * HWo + oy * g.Wo + ox;
+    if (c > 0 && runs.src[c - 1] + runs.len[c - 1] == i && runs.dst[c - 1] + runs.len[c - 1] == dst) {
+      runs.len[c - 1] += len;  // Wq == Wo: the next output row continues the run
     } else {
-      runs.src[c] = i, runs.dst[c] = oy * g.Wo + ox, runs.len[c] = n;
+      runs.src[c] = i, runs.dst[c] = dst, runs.len[c] = len;
       ++runs.count;
     }
-    i += n;
+    i += len;
   }
   return runs;
 }
@@ -122,7 +128,8 @@ inline void add_residual(const float* t, const float* r, int64_t len, bool relu,
   }
 }
 
-// All active rows over the blocks [b0, b1) of the (sample, block) enumeration. With a panel, off holds panel
+// All active rows over the blocks [b0, b1) of the (image, block) enumeration (of the points of all images, batched,
+// starting at image b BT / (Hq Wq)). With a panel, off holds panel
 // offsets and sources[i] the buffer offset of the tap at panel row i. A residual (N, out, Ho, Wo), laid out
 // like y, is added in the epilogue (add_residual), the ReLU after it.
 template <int BT, bool SHARED>
@@ -130,7 +137,7 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
                  const float* bias, int64_t A, int64_t k, int64_t out, bool relu, const float* residual,
                  const std::vector<int32_t>& sources, int64_t b0, int64_t b1, float* y) {
   constexpr int NN = conv_rows_per_step<BT, SHARED>();
-  const int64_t blocks = (g.Q + BT - 1) / BT, HWo = g.Ho * g.Wo;
+  const int64_t blocks = (g.Q + BT - 1) / BT, HWo = g.Ho * g.Wo, P = g.Hq * g.Wq;
   alignas(64) float tile[NN * BT];
   thread_local std::vector<float> panel_buffer;
   thread_local std::vector<float> partial_buffer;
@@ -138,7 +145,8 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
   float* partial = nullptr;  // (A, BT): the sums of the chunks so far
   if (g.panel) {
     panel_buffer.resize(sources.size() * BT + 16);
-    panel = panel_buffer.data() + (16 - reinterpret_cast<std::uintptr_t>(panel_buffer.data()) / sizeof(float) % 16) % 16;
+    panel = panel_buffer.data() +
+            (16 - reinterpret_cast<std::uintptr_t>(panel_buffer.data()) / sizeof(float) % 16) % 16;
   }
   if (g.chunks > 1) {
     partial_buffer.resize(A * BT + 16);
@@ -146,20 +154,18 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
               (16 - reinterpret_cast<std::uintptr_t>(partial_buffer.data()) / sizeof(float) % 16) % 16;
   }
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t n = b / blocks;
-    int64_t q0 = (b % blocks) * BT;
+    const int64_t n = g.batched ? b * BT / P : b / blocks;
+    int64_t q0 = g.batched ? b * BT % P : (b % blocks) * BT;
     if (g.direct) q0 = std::min(q0, g.Q - BT);  // the last block overlaps the previous one instead of over-reading
-    const float* xs = buf + n * g.sample + q0;
+    const float* xs = buf + n * g.image + q0;
     if (panel) {
       for (size_t i = 0; i < sources.size(); ++i) {
         for (int64_t v = 0; v < BT; v += kLanes) Vec::loadu(xs + sources[i] + v).store(panel + i * BT + v);
       }
       xs = panel;
     }
-    float* yn = y + n * out * HWo;
-    const float* rn = residual ? residual + n * out * HWo : nullptr;
     const bool relu_rows = relu && !residual;  // with a residual the ReLU follows the addition
-    const BlockRuns runs = block_runs(g, q0, BT);
+    const BlockRuns runs = block_runs(g, n, q0, BT, out);
     const bool whole = runs.count == 1 && runs.len[0] == BT;
     for (int64_t chunk = 0; chunk < g.chunks; ++chunk) {
       const int64_t j0 = k * chunk / g.chunks, n_taps = k * (chunk + 1) / g.chunks - j0;
@@ -175,15 +181,15 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
         } else {
           for (int64_t r = 0; r < nr; ++r) {
             conv_rows<BT, 1, SHARED>(xs, w + (a + r) * k + j0, off + (a + r) * k + j0, n_taps, k, init + r,
-                             from ? from + r * BT : nullptr, last && relu_rows, to + r * BT);
+                                     from ? from + r * BT : nullptr, last && relu_rows, to + r * BT);
           }
         }
         if (!last) continue;
         for (int64_t r = 0; r < nr; ++r) {
-          float* yc = yn + rows[a + r] * HWo;
+          float* yc = y + rows[a + r] * HWo;
           const float* t = tile + r * BT;
-          if (rn) {
-            const float* rc = rn + rows[a + r] * HWo;
+          if (residual) {
+            const float* rc = residual + rows[a + r] * HWo;
             for (int64_t s = 0; s < runs.count; ++s) {
               add_residual(t + runs.src[s], rc + runs.dst[s], runs.len[s], relu, yc + runs.dst[s]);
             }
@@ -231,7 +237,7 @@ void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float
   }
   const float* buf = x;
   if (!g.direct) {
-    planes.resize(g.N * g.sample + 16);
+    planes.resize(g.buffer + 16);
     float* aligned = planes.data() + (16 - reinterpret_cast<std::uintptr_t>(planes.data()) / sizeof(float) % 16) % 16;
     build_planes(x, g, aligned);
     buf = aligned;
@@ -260,8 +266,7 @@ void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float
   const int32_t* off = offsets.data();  // the calling thread's buffer (workers have their own thread_locals)
   bool shared = true;  // every row reads the first row's taps (conv_rows' SHARED)
   for (int64_t e = k; e < A * k && shared; ++e) shared = off[e] == off[e % k];
-  const int64_t total = g.N * ((g.Q + g.BT - 1) / g.BT);
-  at::parallel_for(0, total, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, g.blocks, 1, [&](int64_t b0, int64_t b1) {
     switch (g.BT / kLanes) {
 #define LSR_CONV_BLOCKS(V)                                                                                   \
   case V:                                                                                                    \
