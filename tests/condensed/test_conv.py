@@ -105,7 +105,9 @@ def test_op_over_several_images_per_block_equals_masked_dense_conv(kernel, geome
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize(
-    "geometry", GEOMETRIES + RESNET_GEOMETRIES + BATCHED_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}"
+    "geometry",
+    GEOMETRIES + RESNET_GEOMETRIES + BATCHED_GEOMETRIES,
+    ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}",
 )
 def test_op_residual_epilogue_equals_masked_dense_conv_plus_residual(kernel, geometry, relu):
     conv, mask, x = masked_conv(geometry)  # ablated filters: their channels output bias + residual
