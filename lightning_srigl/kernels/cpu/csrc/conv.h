@@ -13,6 +13,8 @@
 // without packing anything: each (row, tap) multiplies BT activations by one broadcast weight. Columns
 // ox in [Wo, Wq) of the grid are computed and not stored (2 of 58 for a padded 3x3 on 56 x 56).
 // A 1x1 convolution with stride 1 and no padding reads x in place (off = c * H * W).
+// Where it saves blocks, the N images' planes of a channel lie side by side and the blocks run over all their
+// points (ConvGeometry::batched in conv_geometry.h, which holds the geometry and the plane copy).
 //
 // Where all C * kh * kw taps of a block fit in L1 (the 7x7 stem: 147 taps x 64 points = 37 KB), each block
 // first copies the run of every tap some row reads into an aligned "tap panel" (the i-th such tap at row i)
