@@ -1,13 +1,14 @@
 """Builds the condensed CPU kernels at install time: one shared library per instruction set.
 
-``pip install --no-build-isolation .`` (or ``-e .``) compiles ``lightning_srigl/kernels/cpu/csrc/ops.cpp``
-once per variant of ``lightning_srigl/kernels/cpu/variants.py`` (AVX-512, AVX2 and a scalar baseline
-on x86-64; NEON on aarch64) against the installed torch, with ``torch.utils.cpp_extension``; each library
-records that torch's version and C++11 ABI flag, and is not loaded under another (``build.py``). The build
-needs a C++17 compiler with OpenMP (g++ 9 or newer, or clang) and ``ninja``. A variant the compiler
-cannot build is skipped with a warning; without torch in the build environment (an isolated build) or
-without a compiler the package installs without prebuilt kernels, which are then compiled on first
-use, or replaced by the pure-torch fallback (see docs/acceleration.md).
+``pip install --no-build-isolation .`` (or ``-e .``) compiles the sources of
+``lightning_srigl/kernels/cpu/csrc/`` (``variants.SOURCES``) once per variant of
+``lightning_srigl/kernels/cpu/variants.py`` (AVX-512, AVX2 and a scalar baseline on x86-64; NEON on aarch64)
+against the installed torch, with ``torch.utils.cpp_extension``; each library records that torch's version and
+C++11 ABI flag, and is not loaded under another (``build.py``). The build needs a C++17 compiler with OpenMP
+(g++ 9 or newer, or clang) and ``ninja``. A variant the compiler cannot build is skipped with a warning;
+without torch in the build environment (an isolated build) or without a compiler the package installs without
+prebuilt kernels, which are then compiled on first use, or replaced by the pure-torch fallback (see
+docs/acceleration.md).
 """
 
 from __future__ import annotations
@@ -70,20 +71,23 @@ def extensions_and_commands():
             self.extensions = self.built()
             return super().get_outputs()
 
-    # Each variant compiles its own copy of ops.cpp: object files are named after their source, so one
+    # Each variant compiles its own copy of each source: object files are named after their source, so one
     # shared source would give every variant the same object file.
     generated = ROOT / "build" / "lightning_srigl_variants"
     generated.mkdir(parents=True, exist_ok=True)
     extensions = []
     for variant in variants.variants_for_machine():
-        source = generated / f"ops_{variant.name}.cpp"
-        text = f'#include "{variants.CSRC / "ops.cpp"}"\n'
-        if not source.exists() or source.read_text() != text:
-            source.write_text(text)
+        copies = []
+        for original in variants.sources():
+            source = generated / f"{original.stem}_{variant.name}.cpp"
+            text = f'#include "{original}"\n'
+            if not source.exists() or source.read_text() != text:
+                source.write_text(text)
+            copies.append(str(source))
         extensions.append(
             CppExtension(
                 name=f"{variants.PACKAGE}.{variant.library}",
-                sources=[str(source)],
+                sources=copies,
                 depends=[str(path) for path in (*variants.sources(), *variants.headers())],
                 extra_compile_args={"cxx": variant.build_flags(torch_build)},
                 extra_link_args=["-fopenmp"],

@@ -13,7 +13,9 @@
    join them, calibrated on the captured input and kept when their output error stays in the budget;
 4. ``swap_layers`` installs them (mask buffers leave with the old modules; ``fold.activation`` fuses ReLUs);
 5. ``pack_dense_linears`` moves the dense ``nn.Linear`` layers no mask covers (GPT-2's tied ``lm_head``) to
-   oneDNN's prepacked GEMM where that times faster than torch's (``PackedLinear``).
+   oneDNN's prepacked GEMM where that times faster than torch's (``PackedLinear``);
+6. ``switch_attention`` puts the attention of Hugging Face models and ``ProjectedAttention`` layers on the
+   ``lightning_srigl::attention`` op where that times faster than torch's ``scaled_dot_product_attention``.
 
 The sparse layers are the masked modules the masking layer records
 (``lightning_srigl.masking.masked_weights``) whose type is a kind of the registry.
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lightning_srigl.acceleration.attention import projected_sites, switch_attention
 from lightning_srigl.acceleration.dense_layers import dense_linears, pack_dense_linears
 from lightning_srigl.acceleration.model_timing import dense_reference, whole_model_times
 from lightning_srigl.acceleration.planning import (
@@ -196,6 +199,7 @@ def accelerate(
     error_budget: float = DEFAULT_ERROR_BUDGET,
     compile: bool = False,
     pack_dense: bool = True,
+    fast_attention: bool = True,
     model_repeats: int = 3,
     plan_cache: str | Path | None = None,
     timer: Timer | None = None,
@@ -230,6 +234,10 @@ def accelerate(
         pack_dense: also time the dense ``nn.Linear`` layers that have no mask (fp32, CPU) against oneDNN's
             prepacked GEMM on their real input and swap in a ``PackedLinear`` (same parameters) where
             it is faster (`dense_layers`); the report's ``dense_layers`` says which.
+        fast_attention: also time the attention of Hugging Face models (``attn_implementation="sdpa"``) and of
+            ``ProjectedAttention`` layers on the calls ``example_input`` makes, torch's
+            ``scaled_dot_product_attention`` against the ``lightning_srigl::attention`` op, and switch to the op
+            where it is exact and faster (`attention`); the report's ``attention`` says which.
         model_repeats: samples of the whole model's time before (dense) and after (accelerated, and
             compiled) for the report; 0 skips that timing.
         plan_cache: a JSON file of candidate times per layer shape on this machine, read and updated
@@ -282,6 +290,10 @@ def accelerate(
     if pack_dense:
         calls = capture_layer_inputs(model, example_input, dense_linears(model))
         report = report.with_dense_layers(pack_dense_linears(model, calls, timer=timer, warmup=warmup, repeats=repeats))
+    if fast_attention:
+        calls = capture_layer_inputs(model, example_input, projected_sites(model))
+        chosen = switch_attention(model, example_input, calls, timer=timer, warmup=warmup, repeats=repeats)
+        report = report.with_attention(chosen)
     if compile:
         report = report.with_compile_seconds(compile_in_place(model, example_input))
     if dense is not None:

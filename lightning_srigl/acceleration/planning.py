@@ -100,19 +100,20 @@ def check_candidates(candidates: Sequence[str]) -> tuple[str, ...]:
     return chosen
 
 
-def choose(timings: Mapping[str, Timing], order: Sequence[str] = CANDIDATES) -> str:
-    """The kernel to install given each exact candidate's timing (``"dense"`` among them).
+def choose(timings: Mapping[str, Timing], order: Sequence[str] = CANDIDATES, reference: str = "dense") -> str:
+    """The kernel to install given each exact candidate's timing (``reference``, by default ``"dense"``, among
+    them).
 
-    The margin is the larger relative spread (``median / min - 1``) of dense and the fastest candidate,
-    clamped to ``[MIN_MARGIN, MAX_MARGIN]``. Dense stays when it is within that margin of the fastest;
+    The margin is the larger relative spread (``median / min - 1``) of the reference and the fastest candidate,
+    clamped to ``[MIN_MARGIN, MAX_MARGIN]``. The reference stays when it is within that margin of the fastest;
     otherwise the first candidate in ``order`` within the margin of the fastest is chosen.
     """
     fastest = min(timings, key=lambda name: timings[name].min)
-    spread = max(_spread(timings["dense"]), _spread(timings[fastest]))
+    spread = max(_spread(timings[reference]), _spread(timings[fastest]))
     margin = min(max(spread, MIN_MARGIN), MAX_MARGIN)
     close = [name for name in timings if timings[name].min <= timings[fastest].min * (1 + margin)]
-    if "dense" in close:
-        return "dense"
+    if reference in close:
+        return reference
     return min(close, key=lambda name: order.index(name) if name in order else len(order))
 
 

@@ -57,13 +57,17 @@ class AccelerationReport:
     ``model_times``: seconds per call of the whole model, ``"dense"`` (before), ``"accelerated"`` (after,
     eager) and ``"compiled"`` (after, ``compile=True``), when they were timed; ``compile_seconds``: the
     compile time of ``compile=True``; ``dense_layers``: each dense ``nn.Linear`` without a mask -> the product it
-    kept (``"dense"``: torch's, ``"packed"``: oneDNN's on the prepacked weight; ``accelerate(pack_dense=True)``).
+    kept (``"dense"``: torch's, ``"packed"``: oneDNN's on the prepacked weight; ``accelerate(pack_dense=True)``);
+    ``attention``: each attention site (a Hugging Face model, a ``ProjectedAttention``) -> the attention it kept
+    (``"sdpa"``: torch's, ``"lightning_srigl"``: the ``lightning_srigl::attention`` op;
+    ``accelerate(fast_attention=True)``).
     """
 
     rows: list[LayerAcceleration]
     model_times: dict[str, float] = field(default_factory=dict)
     compile_seconds: float | None = None
     dense_layers: dict[str, str] = field(default_factory=dict)
+    attention: dict[str, str] = field(default_factory=dict)
 
     def with_model_times(self, times: dict[str, float]) -> AccelerationReport:
         """This report with the whole model's ``times``."""
@@ -72,6 +76,10 @@ class AccelerationReport:
     def with_dense_layers(self, chosen: dict[str, str]) -> AccelerationReport:
         """This report with the products kept by the dense linear layers without a mask."""
         return replace(self, dense_layers=dict(chosen))
+
+    def with_attention(self, chosen: dict[str, str]) -> AccelerationReport:
+        """This report with the attention kept by each attention site."""
+        return replace(self, attention=dict(chosen))
 
     def with_compile_seconds(self, seconds: float) -> AccelerationReport:
         """This report with the compile time."""
@@ -92,6 +100,9 @@ class AccelerationReport:
         packed = [name for name, kept in self.dense_layers.items() if kept == "packed"]
         if packed:
             parts.append(f"dense linear on oneDNN: {', '.join(packed)}")
+        if self.attention:
+            sites = [name or "model" for name, kept in self.attention.items() if kept == "lightning_srigl"]
+            parts.append(f"attention on lightning_srigl::attention: {', '.join(sites) or 'none (torch SDPA faster)'}")
         return ", ".join(parts)
 
     def columns(self) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_srigl.acceleration.attention import restore_attention
 from lightning_srigl.condensed.kinds.candidates import MASKED_PARAMS
 from lightning_srigl.condensed.kinds.registry import (
     ACCELERATED_MARK,
@@ -57,7 +58,8 @@ def restore_dense(model: nn.Module) -> nn.Module:
     x, fold=False)`` the result equals the masked dense model exactly (parameters, masks, outputs);
     folding changed the model itself (BatchNorms and ablated neurons moved into other layers), so after
     folding the result equals the folded model. Dense ``nn.Linear`` layers ``accelerate`` packed for
-    oneDNN (``PackedLinear``) become plain ``nn.Linear`` again, holding the same parameters.
+    oneDNN (``PackedLinear``) become plain ``nn.Linear`` again, holding the same parameters, and attention that
+    ``accelerate`` put on the ``lightning_srigl::attention`` op is torch's again (`restore_attention`).
     """
     restored: list[str] = []
     for name in accelerated_layers(model):
@@ -80,4 +82,5 @@ def restore_dense(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if type(module) is PackedLinear:  # a dense layer moved to oneDNN's GEMM (pack_dense): torch's again
             replace_module(model, name, module.to_linear())
+    restore_attention(model)
     return model

@@ -13,7 +13,8 @@ PyTorch. `compile_in_place` hands the whole model to PyTorch's own compiler inst
   `conv`), whose fake implementations give inductor their output
   shapes: no graph break (``fullgraph=True`` raises if there is one); so do the dense linear layers that
   ``accelerate`` moved to oneDNN's prepacked GEMM (``lightning_srigl::packed_linear``, `dense`), since
-  inductor's freezing packs fp32 linear weights for MKL, the slower GEMM on AMD CPUs.
+  inductor's freezing packs fp32 linear weights for MKL, the slower GEMM on AMD CPUs; and so does the attention
+  ``accelerate`` moved to ``lightning_srigl::attention`` (`attention`).
 
 `export_package` writes the same graph ahead of time as an AOTInductor package (``.pt2``) and
 `load_package` runs it without the model's Python code. The package calls our ops through the
@@ -36,6 +37,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from lightning_srigl.kernels.attention import attention
 from lightning_srigl.kernels.conv import condensed_conv2d
 from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.dense import packed_linear
@@ -63,7 +65,7 @@ __all__ = [
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion(direct=True)}
 PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
 # The custom ops a compiled or packaged model calls (importing them registered them).
-CUSTOM_OPS = (condensed_linear, condensed_linear_rows, condensed_conv2d, packed_linear)
+CUSTOM_OPS = (condensed_linear, condensed_linear_rows, condensed_conv2d, packed_linear, attention)
 
 
 def _arguments(example_input: object) -> tuple[object, ...]:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "CPP_FAKES",
+    "attention",
     "batch1_forward",
     "batch1_layout",
     "condensed_conv2d",
@@ -114,7 +115,16 @@ def int8_window_layout(weight: Tensor, indices: Tensor, in_features: int) -> Ten
     return weight.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.uint8)
 
 
-# The C++ ops of csrc/ops.cpp (all but batch1_supported and int8_path, which take no tensor) and their fakes.
+def attention(
+    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float, is_causal: bool
+) -> Tensor:
+    """``query (B, H, Lq, D)`` -> ``(B, H, Lq, D)`` with the strides of a ``(B, Lq, H, D)`` tensor."""
+    batch, heads, length, dim = query.shape
+    return query.new_empty((batch, length, heads, dim)).transpose(1, 2)
+
+
+# The C++ ops of csrc/ops.cpp and csrc/attention.cpp (all but batch1_supported and int8_path, which take no
+# tensor) and their fakes.
 CPP_FAKES: dict[str, Callable[..., Tensor]] = {
     "condensed_linear": condensed_linear,
     "condensed_linear_rows": condensed_linear_rows,
@@ -124,6 +134,7 @@ CPP_FAKES: dict[str, Callable[..., Tensor]] = {
     "sampled_product": sampled_product,
     "int8_condensed_linear": int8_condensed_linear,
     "int8_window_layout": int8_window_layout,
+    "attention": attention,
 }
 
 

@@ -100,6 +100,14 @@ EXAMPLES: dict[str, Callable[[object], tuple]] = {
     "int8_condensed_linear": _int8_linear_args,
     "int8_window_layout": lambda ops: (*_int8_weights(), 20),
     "packed_linear": lambda ops: (torch.randn(2, 3, 20), torch.randn(6, 20), torch.randn(6)),
+    "attention": lambda ops: (
+        torch.randn(2, 5, 3, 32).transpose(1, 2),
+        torch.randn(2, 3, 4, 32),
+        torch.randn(2, 3, 4, 32),
+        torch.rand(2, 1, 5, 4) < 0.7,
+        0.25,
+        False,
+    ),
 }
 
 

@@ -4,9 +4,11 @@
 ``q/k/v_proj_weight`` when the key/value widths differ) and its output projection as ``out_proj``, and
 runs them inside one fused function, so swapping a layer cannot reach them. `ProjectedAttention`
 computes the same thing from modules: ``in_proj`` (``(..., E) -> (..., 3E)``) or ``q_proj``/``k_proj``/
-``v_proj``, then ``F.scaled_dot_product_attention`` over the heads, then ``out_proj``. With condensed
-projections (`ProjectedAttention.from_masked`) the attention output equals the masked dense
-module's up to float rounding; the attention kernel itself is torch's (int8 projections: docs/int8.md).
+``v_proj``, then ``F.scaled_dot_product_attention`` over the heads (or, with ``fast_attention`` set, which
+``accelerate()`` does where it times faster, the ``lightning_srigl::attention`` op:
+`lightning_srigl.kernels.attention`), then ``out_proj``. With condensed projections
+(`ProjectedAttention.from_masked`) the attention output equals the masked dense module's up to float
+rounding (int8 projections: docs/int8.md).
 
 Supported as ``nn.MultiheadAttention`` supports them: ``batch_first`` or not, unbatched inputs,
 self- and cross-attention, ``key_padding_mask`` and ``attn_mask`` (bool, True = not allowed, or float,
@@ -28,6 +30,7 @@ from lightning_srigl.condensed.layers.contract import dense_linear
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.condensed.layers.weight_facts import WeightFacts
+from lightning_srigl.kernels.attention import scaled_dot_product_attention
 
 __all__ = ["ProjectedAttention"]
 
@@ -67,7 +70,14 @@ class ProjectedAttention(nn.Module):
         out_proj: ``(..., E) -> (..., E)``.
         in_proj: packed ``(..., E) -> (..., 3E)`` (queries, keys, values), or None with
         q_proj, k_proj, v_proj: ``(..., E | kdim | vdim) -> (..., E)`` each.
+
+    Attributes:
+        fast_attention: run the attention itself (without weights or dropout) on the ``lightning_srigl::attention``
+            op instead of torch's ``scaled_dot_product_attention`` (default False; ``accelerate()`` sets it where
+            it times faster: `lightning_srigl.acceleration.attention`).
     """
+
+    fast_attention: bool = False
 
     def __init__(
         self,
@@ -239,6 +249,8 @@ class ProjectedAttention(nn.Module):
         if need_weights:
             out, weights = self._explicit_attention(*heads, mask, dropout)
             weights = weights.mean(dim=1) if average_attn_weights else weights
+        elif self.fast_attention and dropout == 0.0:
+            out, weights = scaled_dot_product_attention(*heads, attn_mask=mask), None
         else:
             out, weights = F.scaled_dot_product_attention(*heads, attn_mask=mask, dropout_p=dropout), None
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))

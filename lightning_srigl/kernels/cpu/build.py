@@ -65,6 +65,8 @@ class KernelOps:
         int8_window_layout: ``(weight, indices, in_features) -> uint8 layout`` for the gather-free int8
             kernel (``csrc/int8_window.h``; empty where the variant or CPU has none).
         int8_path: ``(mode) -> str``, the int8 dot-product path that runs (``"avx512_vnni"``, ``"avx2"``, ...).
+        attention: ``(query (B, H, Lq, D), key (B, H, Lk, D), value (B, H, Lk, D), attn_mask | None, scale,
+            is_causal) -> (B, H, Lq, D)`` fp32 (``csrc/attention.h``).
     """
 
     variant: str
@@ -79,6 +81,7 @@ class KernelOps:
     int8_condensed_linear: Callable[..., Tensor]
     int8_window_layout: Callable[..., Tensor]
     int8_path: Callable[..., Any]
+    attention: Callable[..., Tensor]
 
 
 def build_directory(variant: Variant) -> Path:
@@ -201,4 +204,5 @@ def _resolve(variant: str, library: Path) -> KernelOps:
         int8_condensed_linear=ops.int8_condensed_linear.default,
         int8_window_layout=ops.int8_window_layout.default,
         int8_path=ops.int8_path.default,
+        attention=ops.attention.default,
     )

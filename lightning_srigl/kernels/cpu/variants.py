@@ -1,4 +1,4 @@
-"""The CPU kernel variants: one build of ``csrc/ops.cpp`` per instruction set, and their compiler flags.
+"""The CPU kernel variants: one build of the ``csrc/`` sources per instruction set, and their compiler flags.
 
 Plain Python with no imports from the package or torch, so ``setup.py`` can read it before anything is
 installed. Each variant is its own shared library ``lightning_srigl/kernels/cpu/_cpu_<name>*.so`` that
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp",)
+# The translation units of one variant's library: ops.cpp (most ops, and the build record) first, then the ops
+# registered in a source of their own (a TORCH_LIBRARY_FRAGMENT of the same namespace).
+SOURCES = ("ops.cpp", "attention.cpp")
 PACKAGE = "lightning_srigl.kernels.cpu"
 # Common flags: OpenMP for at::parallel_for, fused multiply-adds where the ISA has them, and hidden
 # symbols: torch.ops.load_library opens libraries with RTLD_GLOBAL, so an exported inline function of

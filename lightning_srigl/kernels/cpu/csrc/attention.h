@@ -1,0 +1,209 @@
+// Exact fp32 attention for short sequences: out = softmax(q k^T * scale + mask) v per (batch, head).
+//
+// q (B, H, Lq, D), k and v (B, H, Lk, D), each with any strides whose last one is 1; mask (B, H, Lq, Lk), fp32
+// additive or bool (True = attend), with strides (0 where broadcast, the last one 1), or none; causal: query i
+// sees keys 0..i (Lq == Lk).
+// Output (B, Lq, H, D) in memory, i.e. the (B, H, Lq, D) result with the strides of its transpose, as torch's
+// CPU flash attention returns it for Hugging Face's (B, L, H, D) projections.
+//
+// One task per (batch, head): the keys are packed transposed, kT (D, Lk padded to whole vectors), once per
+// head; the query rows then go in blocks of kAttnRows: the scores S = q_block kT (kAttnRows x Lk) by a
+// register tile of kAttnRows rows x kTileVecs vectors (`tile_product`), the row softmax in place (max, exp,
+// sum), then O = P v by the same tile over the value columns, divided by the row sums on the store. The
+// scores of a block stay in L1 (kAttnRows * Lk floats); kT and v (2 * Lk * D floats) in L2.
+// A row whose scores hold a NaN or +inf gives NaN; a row with every key masked (-inf) gives 0, as torch's
+// scaled_dot_product_attention does. Causal blocks skip the keys no row of theirs sees.
+#pragma once
+
+#include "common.h"
+
+#include <cmath>
+#include <limits>
+
+namespace lightning_srigl {
+inline namespace CPU_CAPABILITY {
+
+// The register tile: kAttnRows rows x kTileVecs vectors of accumulators (24 of the 32 AVX-512 registers,
+// 12 of AVX2's 16), one vector load per column vector and one broadcast per row at each step.
+constexpr int kAttnRows = kLanes >= 16 ? 12 : 6;
+constexpr int kTileVecs = 2;
+constexpr int64_t kTileCols = kTileVecs * kLanes;
+
+inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// c[r, 0:NV*kLanes] = sum_{t < depth} a[r * lda + t] * b[t * ldb + 0:NV*kLanes] for r < kAttnRows.
+template <int NV>
+inline void tile_product(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t depth, float* c,
+                         int64_t ldc) {
+  Vec acc[kAttnRows][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < kAttnRows; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.f);
+  }
+  for (int64_t t = 0; t < depth; ++t) {
+    Vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = Vec::loadu(b + t * ldb + v * kLanes);
+#pragma GCC unroll 16
+    for (int r = 0; r < kAttnRows; ++r) {
+      const Vec av(a[r * lda + t]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kAttnRows; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v].store(c + r * ldc + v * kLanes);
+  }
+}
+
+// c (kAttnRows, cols) = a (kAttnRows, depth) b (depth, cols); cols a multiple of kLanes, b's rows readable up to
+// cols: whole tiles, then one vector at a time.
+inline void block_product(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t depth, int64_t cols,
+                          float* c, int64_t ldc) {
+  int64_t j = 0;
+  for (; j + kTileCols <= cols; j += kTileCols) tile_product<kTileVecs>(a, lda, b + j, ldb, depth, c + j, ldc);
+  for (; j < cols; j += kLanes) tile_product<1>(a, lda, b + j, ldb, depth, c + j, ldc);
+}
+
+// Row softmax of s[0:n] in place: s = s * scale + add (an additive mask row, or null), -inf where allowed (a
+// bool mask row, or null) is false; then exp(s - max) into s[0:n] and 0 into s[n:width]. Returns the factor of
+// the row's output: 1 / sum, 0 for a row every key of which is masked (-inf), NaN for a row with a NaN or +inf.
+inline float softmax_row(float* s, int64_t n, int64_t width, const float* add, const bool* allowed, float scale) {
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+  const Vec vscale(scale);
+  Vec vmax(minus_inf);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    Vec x = Vec::loadu(s + j) * vscale;
+    if (add) x = x + Vec::loadu(add + j);
+    x.store(s + j);
+    vmax = at::vec::maximum(vmax, x);
+  }
+  if (j < n) {
+    Vec x = Vec::loadu(s + j, n - j) * vscale;
+    if (add) x = x + Vec::loadu(add + j, n - j);
+    x.store(s + j, n - j);
+    vmax = at::vec::maximum(vmax, Vec::set(Vec(minus_inf), x, n - j));
+  }
+  if (allowed) {  // masked scores to -inf, and the maximum of the others
+    vmax = Vec(minus_inf);
+    for (j = 0; j < n; ++j) s[j] = allowed[j] ? s[j] : minus_inf;
+    for (j = 0; j + kLanes <= n; j += kLanes) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
+    if (j < n) vmax = at::vec::maximum(vmax, Vec::set(Vec(minus_inf), Vec::loadu(s + j, n - j), n - j));
+  }
+  const float max = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax);
+  std::fill(s + n, s + width, 0.f);
+  if (!(max < std::numeric_limits<float>::infinity()) || max == minus_inf) {  // NaN, +inf, or all masked
+    std::fill(s, s + n, 0.f);
+    return max == minus_inf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+  }
+  const Vec vmaxb(max);
+  Vec vsum(0.f);
+  for (j = 0; j + kLanes <= n; j += kLanes) {
+    const Vec p = (Vec::loadu(s + j) - vmaxb).exp_u20();
+    p.store(s + j);
+    vsum = vsum + p;
+  }
+  if (j < n) {
+    const Vec p = Vec::set(Vec(0.f), (Vec::loadu(s + j, n - j) - vmaxb).exp_u20(), n - j);
+    p.store(s + j, n - j);
+    vsum = vsum + p;
+  }
+  return 1.f / at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
+}
+
+// Strides of one (B, H, L, D) operand (elements; the last one is 1).
+struct HeadStrides {
+  int64_t batch, head, row;
+};
+
+struct AttentionShape {
+  int64_t B, H, Lq, Lk, D;
+};
+
+// Floats of one task's scratch: kT, the packed values, the query block, the scores and the output block.
+struct AttentionScratch {
+  int64_t ldk, ldv, lds, ldo, kt, values, query, scores, out, total;
+  bool pack_values;  // the values are copied into rows of ldv floats (D not whole vectors, or strided)
+  AttentionScratch(const AttentionShape& s, bool pack) : pack_values(pack) {
+    const int64_t keys = round_up(std::max<int64_t>(s.Lk, 1), kLanes);
+    ldk = keys % 256 == 0 ? keys + kLanes : keys;  // rows 1 KiB apart would share few L1 sets
+    ldv = round_up(s.D, kLanes);
+    lds = ldk;
+    ldo = ldv;
+    kt = 0;
+    values = kt + s.D * ldk;
+    query = values + (pack_values ? s.Lk * ldv : 0);
+    scores = query + kAttnRows * s.D;
+    out = scores + kAttnRows * lds;
+    total = out + kAttnRows * ldo;
+  }
+};
+
+// This head's mask: (Lq, Lk) rows `row` apart, additive (add) or bool (allowed, True = attend), or none.
+struct HeadMask {
+  const float* add;
+  const bool* allowed;
+  int64_t row;
+};
+
+// The output of one (batch, head): see the file comment.
+inline void attention_head(const float* q, const float* k, const float* v, const HeadStrides& sq,
+                           const HeadStrides& sk, const HeadStrides& sv, const HeadMask& mask,
+                           const AttentionShape& s, float scale, bool causal, const AttentionScratch& layout,
+                           float* scratch, float* out, int64_t out_row) {
+  float* kt = scratch + layout.kt;
+  float* qb = scratch + layout.query;
+  float* sc = scratch + layout.scores;
+  float* ob = scratch + layout.out;
+  const int64_t keys = round_up(s.Lk, kLanes);
+  for (int64_t j = 0; j < s.Lk; j += 16) {  // 16 x 16 blocks (vector shuffles with AVX-512)
+    for (int64_t d = 0; d < s.D; d += 16) {
+      at::vec::transpose_mxn<float>(k + j * sk.row + d, sk.row, kt + d * layout.ldk + j, layout.ldk,
+                                    static_cast<int>(std::min<int64_t>(16, s.Lk - j)),
+                                    static_cast<int>(std::min<int64_t>(16, s.D - d)));
+    }
+  }
+  for (int64_t d = 0; d < s.D; ++d) std::fill(kt + d * layout.ldk + s.Lk, kt + d * layout.ldk + keys, 0.f);
+  const float* values = v;
+  int64_t ldv = sv.row;
+  if (layout.pack_values) {
+    float* vp = scratch + layout.values;
+    for (int64_t j = 0; j < s.Lk; ++j) {
+      std::memcpy(vp + j * layout.ldv, v + j * sv.row, s.D * sizeof(float));
+      std::fill(vp + j * layout.ldv + s.D, vp + (j + 1) * layout.ldv, 0.f);
+    }
+    values = vp;
+    ldv = layout.ldv;
+  }
+  float factor[kAttnRows];
+  for (int64_t i0 = 0; i0 < s.Lq; i0 += kAttnRows) {
+    const int64_t rows = std::min<int64_t>(kAttnRows, s.Lq - i0);
+    for (int64_t r = 0; r < kAttnRows; ++r) {
+      if (r < rows) std::memcpy(qb + r * s.D, q + (i0 + r) * sq.row, s.D * sizeof(float));
+      else std::fill(qb + r * s.D, qb + (r + 1) * s.D, 0.f);
+    }
+    const int64_t seen = causal ? std::min(s.Lk, i0 + rows) : s.Lk;  // keys any row of the block sees
+    block_product(qb, s.D, kt, layout.ldk, s.D, round_up(seen, kLanes), sc, layout.lds);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t n = causal ? i0 + r + 1 : s.Lk;
+      const float* add = mask.add ? mask.add + (i0 + r) * mask.row : nullptr;
+      const bool* allowed = mask.allowed ? mask.allowed + (i0 + r) * mask.row : nullptr;
+      factor[r] = softmax_row(sc + r * layout.lds, n, seen, add, allowed, scale);
+    }
+    block_product(sc, layout.lds, values, ldv, seen, layout.ldv, ob, layout.ldo);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* o = out + (i0 + r) * out_row;
+      const Vec f(factor[r]);
+      int64_t d = 0;
+      for (; d + kLanes <= s.D; d += kLanes) (Vec::loadu(ob + r * layout.ldo + d) * f).store(o + d);
+      if (d < s.D) (Vec::loadu(ob + r * layout.ldo + d) * f).store(o + d, s.D - d);
+    }
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace lightning_srigl
