@@ -79,9 +79,35 @@ RESNET_GEOMETRIES = [
 ]
 
 
+# Grids with no wasted plane rows, whose N images' planes the kernel lays side by side as one grid (csrc/conv.h,
+# ConvGeometry::batched): 1x1s stride 1 and 2 on odd and ResNet sizes, a padded 1x1 (its padding is output), kernel =
+# stride patchifies; batch 2 to 9, so blocks start and end mid-image and span several images.
+BATCHED_GEOMETRIES = [
+    (9, 20, 7, 7, 36, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (3, 12, 13, 11, 20, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+    (5, 8, 5, 6, 12, (1, 1), (1, 1), (1, 1), (1, 1), 1),
+    (4, 10, 14, 14, 24, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+    (2, 6, 9, 9, 8, (3, 3), (3, 3), (0, 0), (1, 1), 1),
+    (7, 4, 10, 10, 8, (2, 2), (2, 2), (0, 0), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("geometry", BATCHED_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"s{g[6][0]}")
+def test_op_over_several_images_per_block_equals_masked_dense_conv(kernel, geometry, relu):
+    conv, mask, x = masked_conv(geometry)
+    layer = CondensedConv2d.from_masked(conv, mask)
+    expected = reference(conv, x)
+    for block in block_widths(kernel):
+        y = kernel.condensed_conv2d(*_op_args(layer, x), block, relu)
+        assert_close_to_scale(y, expected.relu() if relu else expected)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize(
-    "geometry", GEOMETRIES + RESNET_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}"
+    "geometry",
+    GEOMETRIES + RESNET_GEOMETRIES + BATCHED_GEOMETRIES,
+    ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}g{g[9]}",
 )
 def test_op_residual_epilogue_equals_masked_dense_conv_plus_residual(kernel, geometry, relu):
     conv, mask, x = masked_conv(geometry)  # ablated filters: their channels output bias + residual
@@ -96,6 +122,35 @@ def test_op_residual_epilogue_equals_masked_dense_conv_plus_residual(kernel, geo
     with torch.no_grad():  # the Python op (the default variant) and its exact reference
         assert_close_to_scale(torch.ops.lightning_srigl.condensed_conv2d(*_op_args(layer, x), relu, residual), expected)
         assert_close_to_scale(conv2d_reference(*_op_args(layer, x), relu, residual), expected)
+
+
+# Every filter keeps all its taps (density 1, only ablated filters): every row reads the same taps, the kernel's
+# register-blocked path (conv_rows' SHARED, csrc/conv.h). A 1x1 read in place, a 1x1 on 7 x 7 planes, 1x1 taps in two
+# chunks, padded and strided 3x3s, the 7x7 stem (a tap panel); batch 0 to 9; more rows than one step takes.
+SHARED_GEOMETRIES = [
+    (3, 16, 8, 8, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (9, 24, 7, 7, 44, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (2, 160, 8, 8, 24, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (0, 8, 9, 11, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (5, 8, 13, 11, 20, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    (2, 3, 30, 34, 24, (7, 7), (2, 2), (3, 3), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("geometry", SHARED_GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-k{g[5]}s{g[6]}")
+def test_op_with_every_row_reading_the_same_taps_equals_masked_dense_conv(kernel, geometry, relu):
+    conv, mask, x = masked_conv(geometry, density=1.0, ablated=0.2)
+    layer = CondensedConv2d.from_masked(conv, mask)
+    assert bool((layer.indices == layer.indices[:1]).all()) and layer.n_active < conv.out_channels
+    expected = reference(conv, x)
+    residual = torch.randn(expected.shape)
+    for block in block_widths(kernel):
+        y = kernel.condensed_conv2d(*_op_args(layer, x), block, relu)
+        assert_close_to_scale(y, expected.relu() if relu else expected)
+        y = kernel.condensed_conv2d(*_op_args(layer, x), block, relu, residual)
+        with_residual = expected + residual.double()
+        assert_close_to_scale(y, with_residual.relu() if relu else with_residual)
 
 
 def test_op_rejects_a_residual_of_another_shape(kernel):

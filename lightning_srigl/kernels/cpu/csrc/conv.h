@@ -13,6 +13,8 @@
 // without packing anything: each (row, tap) multiplies BT activations by one broadcast weight. Columns
 // ox in [Wo, Wq) of the grid are computed and not stored (2 of 58 for a padded 3x3 on 56 x 56).
 // A 1x1 convolution with stride 1 and no padding reads x in place (off = c * H * W).
+// Where it saves blocks, the N images' planes of a channel lie side by side and the blocks run over all their
+// points (ConvGeometry::batched in conv_geometry.h, which holds the geometry and the plane copy).
 //
 // Where all C * kh * kw taps of a block fit in L1 (the 7x7 stem: 147 taps x 64 points = 37 KB), each block
 // first copies the run of every tap some row reads into an aligned "tap panel" (the i-th such tap at row i)
@@ -25,159 +27,18 @@
 // shape, bias + sum + r (then the ReLU): a ResNet block's shortcut addition (kernels/compiled.py fuses it).
 #pragma once
 
-#include "common.h"
+#include "conv_geometry.h"
 
 namespace lightning_srigl {
 inline namespace CPU_CAPABILITY {
 
-// The largest tap panel (bytes): most of a 48 KB L1d, which the weights and offsets stream through too.
-constexpr int64_t kPanelBytes = 40 * 1024;
-// Planes start at multiples of kAlign floats (64 bytes), and so do blocks (BT is a multiple of kLanes): every
-// 1x1 tap's run is then aligned. An unaligned 64-byte load spans two cache lines, and these loads are one per
-// FMA: 1x1 convolutions at 14 x 14 (196 floats a channel, so x is not read in place) and 7 x 7 gain most.
-constexpr int64_t kAlign = 16;
-// The widest block (points): 4 vectors with AVX-512, 8 with AVX2. Wider blocks read more of x per block than L1
-// holds (ResNet-50's 1x1 convolutions at 56 x 56 ran slower at 128).
-constexpr int64_t kMaxBlock = 64;
-// The bytes of x one pass of a block's rows may read: more is split over chunks of each row's taps (below).
-constexpr int64_t kChunkBytes = 32 * 1024;
-
-struct ConvGeometry {
-  int64_t N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
-  int64_t Hq, Wq, Q;        // plane rows and columns; grid points per sample (Ho * Wq)
-  int64_t plane_stride;     // floats from one plane to the next: Hq * Wq rounded up to kAlign
-  int64_t BT;               // block width: grid points per block
-  bool direct;              // read x in place (1x1, stride 1, no padding)
-  bool panel;               // copy each block's taps into an aligned tap panel first
-  int64_t chunks;           // passes over a block's rows, each over a share of every row's taps
-  std::vector<int64_t> slot;  // slot[py * sw + px]: index of that plane among the built ones, or -1
-  int64_t planes;           // planes built per channel
-  int64_t sample;           // floats between samples in the buffer
-
-  int64_t tap_offset(int64_t c, int64_t ky, int64_t kx) const {
-    if (direct) return c * H * W;
-    const int64_t ry = ky * dh, rx = kx * dw;
-    const int64_t s = slot[(ry % sh) * sw + rx % sw];
-    return (c * planes + s) * plane_stride + ry / sh * Wq + rx / sw;
-  }
-};
-
-// The block width for a grid of Q points per sample: the one of kLanes, 16, 32, 64 with the least work per
-// (row, tap), ceil(Q / BT) blocks of BT / kLanes FMAs plus about two loads (offset, weight) each. Wide blocks
-// load each (row, tap) weight once per more pixels; narrow ones waste less of tiny grids (4 x 4 images).
-// On ResNet-50's 7 x 7 outputs (Q = 49 to 63) 64 runs 2x faster than 16. block > 0 forces one (for tests).
-inline int64_t conv_block_width(int64_t Q, int64_t block) {
-  if (block > 0) return block;
-  int64_t best = kLanes, best_cost = -1;
-  for (int64_t BT = kLanes; BT <= kMaxBlock; BT += kLanes) {
-    const int64_t cost = (Q + BT - 1) / BT * (BT / kLanes + 2);
-    if (best_cost < 0 || cost <= best_cost) best = BT, best_cost = cost;
-  }
-  return best;
-}
-
-// Geometry of one call; block > 0 forces the block width (a multiple of kLanes, at most 64).
-inline ConvGeometry conv_geometry(const at::Tensor& x, int64_t kh, int64_t kw, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t block) {
-  ConvGeometry g;
-  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.kh = kh, g.kw = kw;
-  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
-  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
-  g.Ho = (Hp - g.dh * (kh - 1) - 1) / g.sh + 1;
-  g.Wo = (Wp - g.dw * (kw - 1) - 1) / g.sw + 1;
-  TORCH_CHECK(Hp >= g.dh * (kh - 1) + 1 && Wp >= g.dw * (kw - 1) + 1, "condensed_conv2d: the padded input (",
-              Hp, ", ", Wp, ") is smaller than the dilated kernel");
-  g.Wq = (Wp + g.sw - 1) / g.sw;
-  g.BT = conv_block_width(g.Ho * g.Wq, block);
-  g.direct = kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.H * g.W >= g.BT &&
-             g.H * g.W % kAlign == 0;
-  g.slot.assign(g.sh * g.sw, -1);
-  g.planes = 0;
-  if (g.direct) {
-    g.Hq = g.H, g.planes = 1, g.slot[0] = 0, g.plane_stride = g.H * g.W;
-  } else {
-    g.Hq = (Hp + g.sh - 1) / g.sh;
-    g.plane_stride = (g.Hq * g.Wq + kAlign - 1) / kAlign * kAlign;
-    for (int64_t ky = 0; ky < kh; ++ky) {
-      for (int64_t kx = 0; kx < kw; ++kx) {
-        int64_t& s = g.slot[((ky * g.dh) % g.sh) * g.sw + (kx * g.dw) % g.sw];
-        if (s < 0) s = g.planes++;
-      }
-    }
-  }
-  g.Q = g.Ho * g.Wq;
-  g.panel = !g.direct && g.C * kh * kw * g.BT * static_cast<int64_t>(sizeof(float)) <= kPanelBytes;
-  // Floats of x a block reads per channel: BT per tap, less where the taps' runs overlap (a row of the plane
-  // and the next ones). Rows' taps ascend by channel, so the j-th of k taps of every row lies near channel
-  // j / k * C: chunk i of the taps [i k / chunks, (i + 1) k / chunks) reads about a chunks-th of x.
-  const int64_t reach = (kh - 1) * g.dh / g.sh * g.Wq + (kw - 1) * g.dw / g.sw;
-  const int64_t span = std::min(kh * kw * g.BT, g.planes * (reach + g.BT));
-  g.chunks = g.panel ? 1 : std::max<int64_t>(1, (g.C * span * 4 + kChunkBytes - 1) / kChunkBytes);
-  int64_t max_offset = 0;
-  for (int64_t ky = 0; ky < kh; ++ky) {
-    for (int64_t kx = 0; kx < kw; ++kx) max_offset = std::max(max_offset, g.tap_offset(g.C - 1, ky, kx));
-  }
-  const int64_t used = g.C * g.planes * g.plane_stride;
-  // Non-direct buffers end with slack, so the last block of a sample may read past the grid.
-  const int64_t needed = g.direct ? used : std::max(used, max_offset + (g.Q + g.BT - 1) / g.BT * g.BT);
-  g.sample = g.direct ? used : (needed + 15) / 16 * 16;
-  TORCH_CHECK(g.sample < (int64_t{1} << 31), "condensed_conv2d: one sample needs ", g.sample,
-              " floats; at most 2^31 are supported");
-  return g;
-}
-
-// The phase planes of every sample (zero where they fall on padding), into buf (N * sample floats).
-inline void build_planes(const float* x, const ConvGeometry& g, float* buf) {
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t nc0, int64_t nc1) {
-    for (int64_t nc = nc0; nc < nc1; ++nc) {
-      const int64_t n = nc / g.C, c = nc % g.C;
-      const float* src = x + nc * g.H * g.W;
-      for (int64_t py = 0; py < g.sh; ++py) {
-        for (int64_t px = 0; px < g.sw; ++px) {
-          const int64_t s = g.slot[py * g.sw + px];
-          if (s < 0) continue;
-          float* plane = buf + n * g.sample + (c * g.planes + s) * g.plane_stride;
-          std::fill(plane + g.Hq * g.Wq, plane + g.plane_stride, 0.f);
-          // Plane column j reads input column j * sw + px - pw: valid for j in [j0, j1).
-          const int64_t j0 = std::min(g.Wq, std::max<int64_t>(0, (g.pw - px + g.sw - 1) / g.sw));
-          const int64_t j1 = std::max(j0, std::min(g.Wq, (g.W + g.pw - px + g.sw - 1) / g.sw));
-          for (int64_t i = 0; i < g.Hq; ++i) {
-            float* out = plane + i * g.Wq;
-            const int64_t r = i * g.sh + py - g.ph;
-            if (r < 0 || r >= g.H) {
-              std::fill(out, out + g.Wq, 0.f);
-              continue;
-            }
-            std::fill(out, out + j0, 0.f);
-            const float* row = src + r * g.W + j0 * g.sw + px - g.pw;
-            if (g.sw == 1) {
-              std::memcpy(out + j0, row, (j1 - j0) * sizeof(float));
-            } else {
-              int64_t j = j0;
-              if (g.sw == 2) {  // the even lanes of two vectors per vector (the strided scalar copy below was a
-                                // large share of the 7x7 stem's time); reads stay within the input row
-                const int64_t row_end = g.W - (j0 * g.sw + px - g.pw);
-                for (; 2 * (j - j0) + 2 * kLanes <= row_end && j + kLanes <= j1; j += kLanes) {
-                  const float* p = row + 2 * (j - j0);
-                  at::vec::deinterleave2(Vec::loadu(p), Vec::loadu(p + kLanes)).first.store(out + j);
-                }
-              }
-              for (; j < j1; ++j) out[j] = row[(j - j0) * g.sw];
-            }
-            std::fill(out + j1, out + g.Wq, 0.f);
-          }
-        }
-      }
-    }
-  });
-  const int64_t used = g.C * g.planes * g.plane_stride;
-  for (int64_t n = 0; n < g.N; ++n) std::fill(buf + n * g.sample + used, buf + (n + 1) * g.sample, 0.f);
-}
-
 // dst[r][0:BT] = start[r] + sum_{j < n} w[r * k + j] * xs[off[r * k + j] + 0:BT] for NN consecutive rows (row
 // stride k), where start[r] is init[r] in every lane, or partial[r * BT + 0:BT] (an earlier chunk's sums) where
 // partial is given. With relu, dst holds max(0, that) (NaN stays NaN, as in torch.relu).
-template <int BT, int NN>
+// SHARED: every row reads the first row's taps (off[r * k + j] == off[j]; a layer whose only sparsity is ablated
+// filters), so each tap's BT activations are loaded once for all NN rows: NN FMAs per load instead of one, the
+// register blocking of a dense convolution (ResNet-50's 90 % ERK masks leave 6 such 1x1 layers at 56 x 56).
+template <int BT, int NN, bool SHARED>
 inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64_t n, int64_t k, const float* init,
                       const float* partial, bool relu, float* dst) {
   constexpr int V = BT / kLanes;
@@ -186,10 +47,19 @@ inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64
     for (int v = 0; v < V; ++v) acc[r][v] = partial ? Vec::loadu(partial + r * BT + v * kLanes) : Vec(init[r]);
   }
   for (int64_t j = 0; j < n; ++j) {
-    for (int r = 0; r < NN; ++r) {
-      const Vec wj(w[r * k + j]);
-      const float* xr = xs + off[r * k + j];
-      for (int v = 0; v < V; ++v) acc[r][v] = at::vec::fmadd(wj, Vec::loadu(xr + v * kLanes), acc[r][v]);
+    if constexpr (SHARED) {
+      Vec xv[V];
+      for (int v = 0; v < V; ++v) xv[v] = Vec::loadu(xs + off[j] + v * kLanes);
+      for (int r = 0; r < NN; ++r) {
+        const Vec wj(w[r * k + j]);
+        for (int v = 0; v < V; ++v) acc[r][v] = at::vec::fmadd(wj, xv[v], acc[r][v]);
+      }
+    } else {
+      for (int r = 0; r < NN; ++r) {
+        const Vec wj(w[r * k + j]);
+        const float* xr = xs + off[r * k + j];
+        for (int v = 0; v < V; ++v) acc[r][v] = at::vec::fmadd(wj, Vec::loadu(xr + v * kLanes), acc[r][v]);
+      }
     }
   }
   if (relu) {
@@ -202,41 +72,47 @@ inline void conv_rows(const float* xs, const float* w, const int32_t* off, int64
   }
 }
 
-// Rows accumulated together: at most 8 accumulators with 16 vector registers (AVX2, NEON, scalar),
-// 16 with 32 (AVX-512), at most 4 rows.
-template <int BT>
+// Rows accumulated together, with 16 vector registers (AVX2, NEON, scalar) or 32 (AVX-512): at most 4 rows of V
+// accumulators each; with shared taps up to 8 rows, leaving registers for the V activations and a weight.
+template <int BT, bool SHARED>
 constexpr int conv_rows_per_step() {
   constexpr int V = BT / kLanes;
-  constexpr int registers = kLanes >= 16 ? 16 : 8;
-  return std::max(1, std::min(4, registers / V));
+  constexpr int registers = kLanes >= 16 ? 32 : 16;
+  return SHARED ? std::max(1, std::min(8, (registers - V - 1) / V)) : std::max(1, std::min(4, registers / 2 / V));
 }
 
-// Where the BT grid points starting at q0 go in one output channel (Ho * Wo floats): runs of
-// consecutive valid points (ox < Wo, q < Q) as (first point in the block, output offset, length); where
-// Wq == Wo (no padding columns) a run continues over output rows.
+// Where the BT grid points starting at point q0 of image n go in output channel 0 of y (N, out, Ho, Wo) (add
+// c * Ho * Wo for channel c): runs of consecutive valid points (ox < Wo, q < Q) as (first point in the block,
+// output offset, length); where Wq == Wo (no padding columns) a run continues over output rows. Batched, the
+// block goes on into the next images' planes (Hq * Wq points each).
 struct BlockRuns {
   int64_t count = 0;
   int64_t src[kMaxBlock + 1], dst[kMaxBlock + 1], len[kMaxBlock + 1];
 };
 
-inline BlockRuns block_runs(const ConvGeometry& g, int64_t q0, int64_t BT) {
+inline BlockRuns block_runs(const ConvGeometry& g, int64_t n, int64_t q0, int64_t BT, int64_t out) {
   BlockRuns runs;
+  const int64_t P = g.Hq * g.Wq, HWo = g.Ho * g.Wo;
   for (int64_t i = 0; i < BT;) {
-    const int64_t q = q0 + i;
-    if (q >= g.Q) break;
+    int64_t q = q0 + i;
+    if (q >= g.Q) {
+      if (!g.batched || n + 1 >= g.N) break;
+      i += P - q, q0 -= P, ++n;  // the rest of this plane, then the next image's
+      continue;
+    }
     const int64_t oy = q / g.Wq, ox = q % g.Wq;
     if (ox >= g.Wo) {
       i += g.Wq - ox;
       continue;
     }
-    const int64_t n = std::min(BT - i, g.Wo - ox), c = runs.count;
-    if (c > 0 && runs.src[c - 1] + runs.len[c - 1] == i && runs.dst[c - 1] + runs.len[c - 1] == oy * g.Wo + ox) {
-      runs.len[c - 1] += n;  // Wq == Wo: the next output row continues the run
+    const int64_t len = std::min(BT - i, g.Wo - ox), c = runs.count, dst = n * out * HWo + oy * g.Wo + ox;
+    if (c > 0 && runs.src[c - 1] + runs.len[c - 1] == i && runs.dst[c - 1] + runs.len[c - 1] == dst) {
+      runs.len[c - 1] += len;  // Wq == Wo: the next output row continues the run
     } else {
-      runs.src[c] = i, runs.dst[c] = oy * g.Wo + ox, runs.len[c] = n;
+      runs.src[c] = i, runs.dst[c] = dst, runs.len[c] = len;
       ++runs.count;
     }
-    i += n;
+    i += len;
   }
   return runs;
 }
@@ -254,15 +130,16 @@ inline void add_residual(const float* t, const float* r, int64_t len, bool relu,
   }
 }
 
-// All active rows over the blocks [b0, b1) of the (sample, block) enumeration. With a panel, off holds panel
+// All active rows over the blocks [b0, b1) of the (image, block) enumeration (of the points of all images, batched,
+// starting at image b BT / (Hq Wq)). With a panel, off holds panel
 // offsets and sources[i] the buffer offset of the tap at panel row i. A residual (N, out, Ho, Wo), laid out
 // like y, is added in the epilogue (add_residual), the ReLU after it.
-template <int BT>
+template <int BT, bool SHARED>
 void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const int32_t* off, const int64_t* rows,
                  const float* bias, int64_t A, int64_t k, int64_t out, bool relu, const float* residual,
                  const std::vector<int32_t>& sources, int64_t b0, int64_t b1, float* y) {
-  constexpr int NN = conv_rows_per_step<BT>();
-  const int64_t blocks = (g.Q + BT - 1) / BT, HWo = g.Ho * g.Wo;
+  constexpr int NN = conv_rows_per_step<BT, SHARED>();
+  const int64_t blocks = (g.Q + BT - 1) / BT, HWo = g.Ho * g.Wo, P = g.Hq * g.Wq;
   alignas(64) float tile[NN * BT];
   thread_local std::vector<float> panel_buffer;
   thread_local std::vector<float> partial_buffer;
@@ -270,7 +147,8 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
   float* partial = nullptr;  // (A, BT): the sums of the chunks so far
   if (g.panel) {
     panel_buffer.resize(sources.size() * BT + 16);
-    panel = panel_buffer.data() + (16 - reinterpret_cast<std::uintptr_t>(panel_buffer.data()) / sizeof(float) % 16) % 16;
+    panel = panel_buffer.data() +
+            (16 - reinterpret_cast<std::uintptr_t>(panel_buffer.data()) / sizeof(float) % 16) % 16;
   }
   if (g.chunks > 1) {
     partial_buffer.resize(A * BT + 16);
@@ -278,20 +156,18 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
               (16 - reinterpret_cast<std::uintptr_t>(partial_buffer.data()) / sizeof(float) % 16) % 16;
   }
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t n = b / blocks;
-    int64_t q0 = (b % blocks) * BT;
+    const int64_t n = g.batched ? b * BT / P : b / blocks;
+    int64_t q0 = g.batched ? b * BT % P : (b % blocks) * BT;
     if (g.direct) q0 = std::min(q0, g.Q - BT);  // the last block overlaps the previous one instead of over-reading
-    const float* xs = buf + n * g.sample + q0;
+    const float* xs = buf + n * g.image + q0;
     if (panel) {
       for (size_t i = 0; i < sources.size(); ++i) {
         for (int64_t v = 0; v < BT; v += kLanes) Vec::loadu(xs + sources[i] + v).store(panel + i * BT + v);
       }
       xs = panel;
     }
-    float* yn = y + n * out * HWo;
-    const float* rn = residual ? residual + n * out * HWo : nullptr;
     const bool relu_rows = relu && !residual;  // with a residual the ReLU follows the addition
-    const BlockRuns runs = block_runs(g, q0, BT);
+    const BlockRuns runs = block_runs(g, n, q0, BT, out);
     const bool whole = runs.count == 1 && runs.len[0] == BT;
     for (int64_t chunk = 0; chunk < g.chunks; ++chunk) {
       const int64_t j0 = k * chunk / g.chunks, n_taps = k * (chunk + 1) / g.chunks - j0;
@@ -303,19 +179,19 @@ void conv_blocks(const float* buf, const ConvGeometry& g, const float* w, const 
         const float* from = chunk > 0 ? partial + a * BT : nullptr;
         float* to = last ? tile : partial + a * BT;
         if (nr == NN) {
-          conv_rows<BT, NN>(xs, w + a * k + j0, off + a * k + j0, n_taps, k, init, from, last && relu_rows, to);
+          conv_rows<BT, NN, SHARED>(xs, w + a * k + j0, off + a * k + j0, n_taps, k, init, from, last && relu_rows, to);
         } else {
           for (int64_t r = 0; r < nr; ++r) {
-            conv_rows<BT, 1>(xs, w + (a + r) * k + j0, off + (a + r) * k + j0, n_taps, k, init + r,
-                             from ? from + r * BT : nullptr, last && relu_rows, to + r * BT);
+            conv_rows<BT, 1, SHARED>(xs, w + (a + r) * k + j0, off + (a + r) * k + j0, n_taps, k, init + r,
+                                     from ? from + r * BT : nullptr, last && relu_rows, to + r * BT);
           }
         }
         if (!last) continue;
         for (int64_t r = 0; r < nr; ++r) {
-          float* yc = yn + rows[a + r] * HWo;
+          float* yc = y + rows[a + r] * HWo;
           const float* t = tile + r * BT;
-          if (rn) {
-            const float* rc = rn + rows[a + r] * HWo;
+          if (residual) {
+            const float* rc = residual + rows[a + r] * HWo;
             for (int64_t s = 0; s < runs.count; ++s) {
               add_residual(t + runs.src[s], rc + runs.dst[s], runs.len[s], relu, yc + runs.dst[s]);
             }
@@ -363,7 +239,7 @@ void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float
   }
   const float* buf = x;
   if (!g.direct) {
-    planes.resize(g.N * g.sample + 16);
+    planes.resize(g.buffer + 16);
     float* aligned = planes.data() + (16 - reinterpret_cast<std::uintptr_t>(planes.data()) / sizeof(float) % 16) % 16;
     build_planes(x, g, aligned);
     buf = aligned;
@@ -390,13 +266,15 @@ void condensed_conv2d_forward(const float* x, const ConvGeometry& g, const float
   }
   if (A == 0 || k == 0) return;
   const int32_t* off = offsets.data();  // the calling thread's buffer (workers have their own thread_locals)
-  const int64_t total = g.N * ((g.Q + g.BT - 1) / g.BT);
-  at::parallel_for(0, total, 1, [&](int64_t b0, int64_t b1) {
+  bool shared = true;  // every row reads the first row's taps (conv_rows' SHARED)
+  for (int64_t e = k; e < A * k && shared; ++e) shared = off[e] == off[e % k];
+  at::parallel_for(0, g.blocks, 1, [&](int64_t b0, int64_t b1) {
     switch (g.BT / kLanes) {
 #define LSR_CONV_BLOCKS(V)                                                                                   \
   case V:                                                                                                    \
     if constexpr (V * kLanes <= kMaxBlock) {                                                                 \
-      conv_blocks<V * kLanes>(buf, g, w, off, rows, bias, A, k, out, relu, residual, sources, b0, b1, y);    \
+      (shared ? conv_blocks<V * kLanes, true> : conv_blocks<V * kLanes, false>)(                             \
+          buf, g, w, off, rows, bias, A, k, out, relu, residual, sources, b0, b1, y);                        \
     }                                                                                                        \
     break;
       LSR_CONV_BLOCKS(1) LSR_CONV_BLOCKS(2) LSR_CONV_BLOCKS(3) LSR_CONV_BLOCKS(4)
