@@ -55,8 +55,10 @@ def baseline_conv(revision: str, variant_name: str) -> Callable:
         f"-DLSR_OPS_NAMESPACE={BASELINE_NAMESPACE}" if flag.startswith("-DLSR_OPS_NAMESPACE=") else flag
         for flag in variant.build_flags(running_torch_build())
     ]
+    # Every translation unit of that revision's csrc/ (ops.cpp alone before the op families had sources of their own).
+    sources = [str(path) for path in sorted((folder / "lightning_srigl/kernels/cpu/csrc").glob("*.cpp"))]
     cpp_extension.load(
-        name=f"lsr_baseline_{variant_name}", sources=[str(folder / "lightning_srigl/kernels/cpu/csrc/ops.cpp")],
+        name=f"lsr_baseline_{variant_name}", sources=sources,
         extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(folder), is_python_module=False,
     )  # fmt: skip
     return getattr(torch.ops, BASELINE_NAMESPACE).condensed_conv2d

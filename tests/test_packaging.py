@@ -73,6 +73,15 @@ def test_a_new_header_changes_the_source_hash(tmp_path: Path, monkeypatch: pytes
     assert csrc / "int8.h" in variants.headers()
 
 
+def test_every_kernel_source_is_built_and_hashed() -> None:
+    """Every translation unit in ``csrc/`` is in ``variants.SOURCES`` (so each variant compiles it and the source
+    hash covers it), ``ops.cpp`` (the schemas and the build record) first."""
+    from lightning_srigl.kernels.cpu import variants
+
+    assert variants.SOURCES[0] == "ops.cpp"
+    assert sorted(variants.sources()) == sorted(variants.CSRC.glob("*.cpp"))
+
+
 def extra_closure(extras: list[str]) -> set[str]:
     """The distributions (names, lower case) that ``pip install "lightning-srigl[<extras>]"`` pulls in beyond the
     base dependencies, following extras that name the project itself."""

@@ -123,7 +123,7 @@ def attention(
     return query.new_empty((batch, length, heads, dim)).transpose(1, 2)
 
 
-# The C++ ops of csrc/ops.cpp and csrc/attention.cpp (all but batch1_supported and int8_path, which take no
+# The C++ ops of csrc/ (schemas in ops.cpp; all but batch1_supported and int8_path, which take no
 # tensor) and their fakes.
 CPP_FAKES: dict[str, Callable[..., Tensor]] = {
     "condensed_linear": condensed_linear,

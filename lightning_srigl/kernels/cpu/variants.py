@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-# The translation units of one variant's library: ops.cpp (most ops, and the build record) first, then the ops
-# registered in a source of their own (a TORCH_LIBRARY_FRAGMENT of the same namespace).
-SOURCES = ("ops.cpp", "attention.cpp")
+# The translation units of one variant's library: ops.cpp (the library definition: every op's schema, and the
+# build record) first, then one source per op family, which registers its ops' kernels (TORCH_LIBRARY_IMPL).
+SOURCES = ("ops.cpp", "linear.cpp", "conv.cpp", "sampled.cpp", "int8.cpp", "attention.cpp")
 PACKAGE = "lightning_srigl.kernels.cpu"
 # Common flags: OpenMP for at::parallel_for, fused multiply-adds where the ISA has them, and hidden
 # symbols: torch.ops.load_library opens libraries with RTLD_GLOBAL, so an exported inline function of

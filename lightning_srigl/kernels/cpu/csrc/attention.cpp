@@ -1,18 +1,13 @@
-// The attention op of one variant, registered beside ops.cpp's in the same namespace (a second translation
-// unit of the same library, see variants.SOURCES):
+// The attention op of one variant (the entry point: input checks, then attention.h's kernel per head):
 //   torch.ops.<LSR_OPS_NAMESPACE>.attention(query, key, value, attn_mask, scale, is_causal) -> out
 // fp32 query (B, H, Lq, D), key and value (B, H, Lk, D), any strides; attn_mask fp32 (added) or bool (True =
 // attend) broadcastable to (B, H, Lq, Lk), or none; is_causal needs Lq == Lk and no mask. out is
-// (B, H, Lq, D) with the strides of a (B, Lq, H, D) tensor. See attention.h; the schema equals the Python
-// op's (lightning_srigl/kernels/attention.py, tests/kernels/test_op_schemas.py).
+// (B, H, Lq, D) with the strides of a (B, Lq, H, D) tensor. See attention.h; the schema (ops.cpp) equals the
+// Python op's (lightning_srigl/kernels/attention.py, tests/kernels/test_op_schemas.py).
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include "attention.h"
-
-#ifndef LSR_OPS_NAMESPACE
-#error "build with -DLSR_OPS_NAMESPACE=lightning_srigl_<variant> (see lightning_srigl/kernels/cpu/variants.py)"
-#endif
+#include "registration.h"
 
 namespace lightning_srigl {
 inline namespace CPU_CAPABILITY {
@@ -82,9 +77,5 @@ at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::T
 
 }  // namespace CPU_CAPABILITY
 }  // namespace lightning_srigl
-
-TORCH_LIBRARY_FRAGMENT(LSR_OPS_NAMESPACE, m) {
-  m.def("attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, float scale, bool is_causal) -> Tensor");
-}
 
 TORCH_LIBRARY_IMPL(LSR_OPS_NAMESPACE, CPU, m) { m.impl("attention", &lightning_srigl::attention); }
