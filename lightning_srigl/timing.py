@@ -94,3 +94,10 @@ def hot_times(
     finally:
         torch.set_num_threads(previous)
     return {name: Timing(statistics.median(times), min(times)) for name, times in samples.items()}
+
+
+def cpu_ms(fns: Mapping[str, Callable[[], object]], seconds: float) -> dict[str, float]:
+    """The scripts' side-by-side comparison: each of ``fns`` timed by `hot_times` on one CPU thread (thread CPU time,
+    interleaved rounds, at least 5 samples and ``seconds`` measured each) -> its fastest sample in ms per call."""
+    times = hot_times(fns, threads=1, min_run_time=seconds, device=torch.device("cpu"), warmup=1, min_samples=5)
+    return {name: timing.min * 1e3 for name, timing in times.items()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.kernels.attention import attention
-from lightning_srigl.timing import hot_times
+from lightning_srigl.timing import cpu_ms
 
 SHAPES = [(1, 12, 197, 64), (8, 12, 197, 64), (1, 12, 128, 64), (8, 12, 128, 64)]
 
@@ -43,19 +42,14 @@ def main() -> None:
             scale = dim**-0.5
             diff = float((attention(q, k, v, None, scale, causal) - F.scaled_dot_product_attention(
                 q, k, v, is_causal=causal)).abs().max())  # fmt: skip
-            times = hot_times(
+            ms = cpu_ms(
                 {
                     "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
                     "ours": lambda: attention(q, k, v, None, scale, causal),
                 },
-                threads=1,
-                min_run_time=args.seconds,
-                device=torch.device("cpu"),
-                warmup=1,
-                min_samples=5,
-                clock=time.thread_time,
+                args.seconds,
             )
-            sdpa_ms, ours_ms = times["sdpa"].min * 1e3, times["ours"].min * 1e3
+            sdpa_ms, ours_ms = ms["sdpa"], ms["ours"]
             shape = f"({batch}, {heads}, {length}, {dim})"
             print(f"| {shape} | {causal} | {sdpa_ms:.3f} | {ours_ms:.3f} | {sdpa_ms / ours_ms:.2f} | {diff:.1e} |")
     print(f"load at the end {os.getloadavg()[0]:.1f}")

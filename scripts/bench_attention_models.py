@@ -14,7 +14,6 @@ import argparse
 import copy
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from bench_whole_models import cases
 from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.benchmark.whole_model import masked_model
-from lightning_srigl.timing import hot_times
+from lightning_srigl.timing import cpu_ms
 
 
 def _call(model: torch.nn.Module, inputs: object) -> object:
@@ -62,16 +61,11 @@ def main() -> None:
                         forms[form], inputs, compile=True, fast_attention=fast, model_repeats=0, verbose=False
                     )
                 chosen = chosen or ",".join(sorted(set(report.attention.values())))
-            times = hot_times(
+            ms = cpu_ms(
                 {form: (lambda m=module: _call(m, inputs)) for form, module in forms.items()},
-                threads=1,
-                min_run_time=args.seconds,
-                device=torch.device("cpu"),
-                warmup=1,
-                min_samples=5,
-                clock=time.thread_time,
+                args.seconds,
             )
-            sdpa_ms, chosen_ms = times["sdpa"].min * 1e3, times["chosen"].min * 1e3
+            sdpa_ms, chosen_ms = ms["sdpa"], ms["chosen"]
             print(f"| {name} | {batch} | {chosen} | {sdpa_ms:.1f} | {chosen_ms:.1f} | {sdpa_ms / chosen_ms:.2f} |")
             torch.compiler.reset()
     print(f"load at the end {os.getloadavg()[0]:.1f}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from lightning_srigl.benchmark.machine import machine_fields
 from lightning_srigl.condensed.layers.packed_linear import PackedLinear
-from lightning_srigl.timing import hot_times
+from lightning_srigl.timing import cpu_ms
 
 SHAPES = [(768, 50257), (768, 3072), (3072, 768)]  # (in, out)
 
@@ -44,16 +43,11 @@ def main() -> None:
         for rows in args.rows:
             x = torch.randn(rows, width)
             diff = float((packed(x) - linear(x)).abs().max())
-            times = hot_times(
+            ms = cpu_ms(
                 {"torch": lambda: linear(x), "packed": lambda: packed(x)},
-                threads=1,
-                min_run_time=args.seconds,
-                device=torch.device("cpu"),
-                warmup=1,
-                min_samples=5,
-                clock=time.thread_time,
+                args.seconds,
             )
-            torch_ms, packed_ms = times["torch"].min * 1e3, times["packed"].min * 1e3
+            torch_ms, packed_ms = ms["torch"], ms["packed"]
             ratio = torch_ms / packed_ms
             print(f"| {width} -> {out} | {rows} | {torch_ms:.2f} | {packed_ms:.2f} | {ratio:.2f} | {diff:.1e} |")
     print(f"load at the end {os.getloadavg()[0]:.1f}")
