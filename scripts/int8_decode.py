@@ -58,6 +58,7 @@ from bench_whole_models import DecodeStep, cases  # noqa: E402
 
 from lightning_srigl.acceleration.accelerate import accelerate  # noqa: E402
 from lightning_srigl.acceleration.model_timing import dense_reference  # noqa: E402
+from lightning_srigl.benchmark.machine import load_averages  # noqa: E402
 from lightning_srigl.benchmark.peers import ONNX_IR_VERSION, ONNX_OPSET  # noqa: E402
 from lightning_srigl.benchmark.whole_model import masked_model  # noqa: E402
 from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear  # noqa: E402
@@ -276,14 +277,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    before = load_averages()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             options = (args.prompt, args.tokens, args.seconds, args.smoke, Path(folder))
             rows.append(measure(name, *options, not args.no_compile, args.cpp_wrapper))
             print({k: v for k, v in rows[-1].items() if k != "tokens"}, flush=True)
-    after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    after = load_averages()
     text = table(rows, args.tokens, (before, after))
     print(text)
     if args.out:

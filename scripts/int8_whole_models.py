@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_whole_models import cases  # noqa: E402
 
 from lightning_srigl.acceleration.accelerate import accelerate  # noqa: E402
+from lightning_srigl.benchmark.machine import load_averages  # noqa: E402
 from lightning_srigl.benchmark.peers import LogitsOnly, export_onnx, onnx_runner  # noqa: E402
 from lightning_srigl.benchmark.whole_model import ModelCase, masked_model  # noqa: E402
 from lightning_srigl.kernels.compiled import compile_in_place  # noqa: E402
@@ -127,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     found = cases(smoke=args.smoke)
-    load = Path("/proc/loadavg").read_text().split()[:3]
+    before = load_averages()
     lines, profiles = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
@@ -148,7 +149,7 @@ def main() -> None:
     ours = "int8" if args.no_compile else "int8 (eager / compiled)"
     header = [
         f"CPU {cpu_model()}, kernel variant {requested_variant()}, 1 thread, CPU time (minimum), load average "
-        f"{' '.join(load)} before and {' '.join(Path('/proc/loadavg').read_text().split()[:3])} after.",
+        f"{before} before and {load_averages()} after.",
         "",
         "| model | batch | dense fp32 ms (error) | fp32 accelerated | int8 accelerated | "
         f"{compiled}ORT dynamic int8 (dense) | {ours} vs dense fp32 | {ours} vs ORT int8 | int8 acceleration chose |",

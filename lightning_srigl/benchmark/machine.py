@@ -83,3 +83,8 @@ def triton_variant(device: torch.device, condensed_backend: str) -> str | None:
     if kernels is None:
         return "torch-fallback"
     return "triton-interpreter" if kernels.INTERPRETER else "triton"
+
+
+def load_averages() -> str:
+    """The machine's 1-, 5- and 15-minute load averages as the reports print them: ``"2.71 3.09 3.22"``."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
