@@ -9,9 +9,10 @@ transposed views are read in place), ``attn_mask`` fp32 (added) or bool (True = 
 H, D)`` tensor, as torch's CPU flash attention returns it, so ``out.transpose(1, 2)`` is contiguous.
 
 On the CPU the C++ kernel of the loaded variant (``csrc/attention.h``: register-tiled ``q k^T`` and ``p v``
-with the scores of a block of query rows in L1) runs where it applies (`kernel_applies`: fp32, equal head
-counts and widths, at most `MAX_KEYS` keys, ``is_causal`` only with ``Lq == Lk`` and no mask); elsewhere, and
-without the C++ kernels, torch's ``scaled_dot_product_attention`` does. Registered with
+with the scores of a block of query rows in L1; one query row at a time, unpacked, below `FEW_QUERIES` rows) runs
+where it applies (`kernel_applies`: fp32, equal head counts and widths, at most `MAX_KEYS` keys unless fewer than
+`FEW_QUERIES` queries, ``is_causal`` only with ``Lq == Lk`` and no mask); elsewhere, and without the C++ kernels,
+torch's ``scaled_dot_product_attention`` does. Registered with
 `torch.library.custom_op` (with a fake kernel), so ``torch.compile(fullgraph=True)`` and ``torch.export`` see
 one node. Inference only: `scaled_dot_product_attention` calls torch's where a gradient is tracked.
 """
@@ -23,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from lightning_srigl.kernels import fakes
 from lightning_srigl.kernels.cpu.loader import load_extension
@@ -31,8 +33,19 @@ OP_NAME = "lightning_srigl::attention"
 # Longest key sequence the kernel takes: a head's packed keys and values (2 * Lk * D floats) and a block of query
 # rows' scores then still fit in L2; longer sequences run torch's flash attention.
 MAX_KEYS = 1024
+# Fewer query rows than this (decoding) take the kernel's path without packing (``kFewQueries`` in
+# csrc/attention.h), at any key length: its scratch is one row of scores.
+FEW_QUERIES = 4
 
-__all__ = ["MAX_KEYS", "OP_NAME", "attention", "attention_reference", "kernel_applies", "scaled_dot_product_attention"]
+__all__ = [
+    "FEW_QUERIES",
+    "MAX_KEYS",
+    "OP_NAME",
+    "attention",
+    "attention_reference",
+    "kernel_applies",
+    "scaled_dot_product_attention",
+]
 
 
 def attention_reference(
@@ -57,16 +70,24 @@ def attention_reference(
 
 def kernel_applies(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, is_causal: bool) -> bool:
     """Whether the C++ kernel computes this call (else torch's attention runs): fp32 CPU ``(B, H, L, D)`` tensors,
-    key and value of the query's batch, heads and width, at most `MAX_KEYS` keys, an fp32 or bool mask of at most
-    4 dimensions, ``is_causal`` only with as many queries as keys and no mask."""
+    key and value of the query's batch, heads and width, at most `MAX_KEYS` keys (any number with fewer than
+    `FEW_QUERIES` queries), an fp32 or bool mask of at most 4 dimensions, ``is_causal`` only with as many queries
+    as keys and no mask. Symbolic sizes (a compiled graph's, `direct_calls`) count only where the condition holds
+    provably, without a guard."""
     tensors = (query, key, value) + (() if attn_mask is None else (attn_mask,))
     if not all(t.device.type == "cpu" for t in tensors) or not query.dim() == key.dim() == value.dim() == 4:
         return False
     if not query.dtype == key.dtype == value.dtype == torch.float32:
         return False
-    if key.shape != value.shape or key.shape[:2] != query.shape[:2] or key.shape[3] != query.shape[3]:
+    # batch, heads and width (the key and value lengths, which a valid call has equal, the kernel checks: in a
+    # compiled graph each cache tensor's marked-dynamic length is a symbol of its own)
+    same_shapes = [(t.shape[i], query.shape[i]) for t in (key, value) for i in (0, 1, 3)]
+    if not all(statically_known_true(a == b) for a, b in same_shapes):
         return False
-    if key.shape[2] > MAX_KEYS or (is_causal and (attn_mask is not None or query.shape[2] != key.shape[2])):
+    queries, keys = query.shape[2], key.shape[2]
+    if not (statically_known_true(queries < FEW_QUERIES) or statically_known_true(keys <= MAX_KEYS)):
+        return False
+    if is_causal and (attn_mask is not None or not statically_known_true(queries == keys)):
         return False
     return attn_mask is None or (attn_mask.dtype in (torch.float32, torch.bool) and attn_mask.dim() <= 4)
 

@@ -14,9 +14,8 @@ ReLU) as it writes the output. Exact: the sum is the same fp32 addition of the s
 element. The model itself is unchanged; only its compiled graph (and an AOTInductor package) differs.
 
 With ``direct=True`` (``torch.compile`` in this process, not a package, which must run on other CPUs) the pass
-also points every fp32 CPU convolution whose inputs are contiguous at the loaded C++ variant's op
-(``torch.ops.lightning_srigl_<variant>.condensed_conv2d``), skipping the Python op in between (its dispatch
-costs several times the C++ op's own on a tiny convolution; a ResNet-50 forward makes 52 such calls).
+then points the graph's calls of our ops at the loaded C++ variant's ops, skipping the Python ops in between
+(`direct_calls.call_kernel_directly`).
 """
 
 from __future__ import annotations
@@ -28,26 +27,15 @@ from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.fx.operator_schemas import normalize_function
 
-__all__ = ["ResidualFusion", "call_kernel_directly", "fuse_residuals"]
+from lightning_srigl.kernels.direct_calls import call_kernel_directly, record_input_layouts
+
+__all__ = ["ResidualFusion", "fuse_residuals"]
 
 
 def _conv_op() -> Any:
     from lightning_srigl.kernels.conv import condensed_conv2d  # noqa: F401  (registers the op)
 
     return torch.ops.lightning_srigl.condensed_conv2d.default
-
-
-def _record_input_layouts(node: fx.Node) -> None:
-    """Give ``node`` the fake inputs inductor constrains a custom op's input strides to (``eager_input_vals``): the
-    strides its inputs had when traced (the kernels assume contiguous inputs where the pass checked them)."""
-
-    def fake(value: object) -> object:
-        return value.meta["val"] if isinstance(value, fx.Node) else value
-
-    node.meta["eager_input_vals"] = (
-        tuple(fake(arg) for arg in node.args),
-        {name: fake(value) for name, value in node.kwargs.items()},
-    )
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -92,49 +80,12 @@ def fuse_residuals(graph: fx.Graph) -> int:
         with graph.inserting_before(add):
             node = graph.call_function(op, kwargs=kwargs)
         node.meta = dict(last.meta)
-        _record_input_layouts(node)
+        record_input_layouts(node)
         last.replace_all_uses_with(node)
         for dead in (last, add, conv) if last is not add else (add, conv):
             graph.erase_node(dead)
         fused += 1
     return fused
-
-
-def _contiguous_cpu_fp32(node: object) -> bool:
-    """Whether ``node`` is a graph node whose traced value is a contiguous fp32 CPU tensor."""
-    value = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return (
-        isinstance(value, torch.Tensor)
-        and value.device.type == "cpu"
-        and value.dtype == torch.float32
-        and value.is_contiguous()
-    )
-
-
-def call_kernel_directly(graph: fx.Graph) -> int:
-    """Point the ``condensed_conv2d`` calls of ``graph`` whose ``x`` and ``residual`` are contiguous fp32 CPU tensors
-    at the loaded C++ variant's op (same arguments, ``block=0``); returns how many (0 without a loaded variant).
-    The C++ op checks ``indices``, ``rows`` and ``bias`` itself (contiguous, their dtypes): frozen buffers pass."""
-    from lightning_srigl.kernels.cpu.loader import load_extension
-
-    kernel, op, count = load_extension(), _conv_op(), 0
-    if kernel is None:
-        return 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not op:
-            continue
-        bound = normalize_function(op, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True)
-        if bound is None:
-            continue
-        kwargs = dict(bound.kwargs)
-        if not all(_contiguous_cpu_fp32(kwargs.get(name)) for name in ("x", "values")):
-            continue
-        if kwargs.get("residual") is not None and not _contiguous_cpu_fp32(kwargs["residual"]):
-            continue
-        node.target, node.args, node.kwargs = kernel.condensed_conv2d, (), kwargs | {"block": 0}
-        _record_input_layouts(node)
-        count += 1
-    return count
 
 
 class ResidualFusion(CustomGraphPass):
@@ -154,9 +105,9 @@ class ResidualFusion(CustomGraphPass):
         loaded variant's op, so the key holds that variant and its kernel sources (another variant, a disabled
         extension or a rebuilt one must not load them)."""
         if not self.direct:
-            return "lightning_srigl.residual_fusion.v2.direct=False"
+            return "lightning_srigl.residual_fusion.v3.direct=False"
         from lightning_srigl.kernels.cpu.loader import load_extension
         from lightning_srigl.kernels.cpu.variants import source_hash
 
         kernel = load_extension()
-        return f"lightning_srigl.residual_fusion.v2.direct={kernel and kernel.variant}.sources={source_hash()}"
+        return f"lightning_srigl.residual_fusion.v3.direct={kernel and kernel.variant}.sources={source_hash()}"

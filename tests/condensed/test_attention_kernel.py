@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_srigl.kernels.attention import (
+    FEW_QUERIES,
     MAX_KEYS,
     attention,
     attention_reference,
@@ -79,6 +80,54 @@ def test_every_variant_matches_the_float64_reference(kernel, seed: int) -> None:
     out = kernel.attention(case["q"], case["k"], case["v"], case["mask"], case["scale"], case["causal"])
     assert out.shape == case["q"].shape
     _assert_exact(out, _reference(case), case["v"])
+
+
+def _decoding_case(seed: int) -> dict:
+    """A case of the kernel's few-query path: 1 to FEW_QUERIES - 1 query rows (decoding), up to 1500 keys (past
+    MAX_KEYS), widths that are and are not whole vectors, every mask kind and layout."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=generator))]  # noqa: E731
+    batch, heads, dim = pick([1, 2, 3]), pick([1, 2, 4]), pick([32, 64, 72, 80, 8])
+    queries = int(torch.randint(1, FEW_QUERIES, (1,), generator=generator))
+    causal = pick([False, True])
+    keys = queries if causal else pick([1, 7, 129, 1500])
+    mask = "none" if causal else pick(["none", "float", "float2d", "bool"])
+    layout = pick(["contiguous", "transposed", "strided"])
+    q = _strided((batch, heads, queries, dim), layout, generator)
+    k = _strided((batch, heads, keys, dim), pick(["contiguous", "transposed", "strided"]), generator)
+    v = _strided((batch, heads, keys, dim), pick(["contiguous", "transposed", "strided"]), generator)
+    return {"q": q, "k": k, "v": v, "mask": _mask(mask, batch, heads, queries, keys, generator),
+            "scale": 1 / math.sqrt(dim), "causal": causal}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_every_variant_decodes_like_the_float64_reference(kernel, seed: int) -> None:
+    case = _decoding_case(seed)
+    out = kernel.attention(case["q"], case["k"], case["v"], case["mask"], case["scale"], case["causal"])
+    assert out.shape == case["q"].shape and out.transpose(1, 2).is_contiguous()
+    _assert_exact(out, _reference(case), case["v"])
+
+
+def test_a_decoding_row_masks_and_propagates_like_torch(kernel) -> None:
+    """One query row (the few-query path): every key masked gives 0, a NaN key gives NaN, as torch's math path."""
+    q, k, v = torch.randn(2, 3, 1, 64), torch.randn(2, 3, 40, 64), torch.randn(2, 3, 40, 64)
+    mask = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    mask[1] = False
+    out = kernel.attention(q, k, v, mask, 0.125, False)
+    assert torch.equal(out[1], torch.zeros(3, 1, 64))
+    torch.testing.assert_close(out[0], F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.125)[0])
+    k[0, 2, 17, 5] = float("nan")
+    out = kernel.attention(q, k, v, None, 0.125, False)
+    assert out[0, 2].isnan().all() and not out[0, :2].isnan().any() and not out[1].isnan().any()
+
+
+def test_few_queries_take_the_kernel_at_any_key_length() -> None:
+    k = v = torch.randn(1, 2, MAX_KEYS + 500, 32)
+    for queries in range(1, FEW_QUERIES + 1):
+        q = torch.randn(1, 2, queries, 32)
+        assert kernel_applies(q, k, v, None, False) == (queries < FEW_QUERIES)
+        _assert_exact(attention(q, k, v, None, 0.2, False), attention_reference(q.double(), k.double(),
+                      v.double(), None, 0.2, False), v)  # fmt: skip
 
 
 def test_the_output_has_the_strides_of_a_batch_length_heads_tensor(kernel) -> None:

@@ -19,6 +19,7 @@ from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.benchmark.whole_model import srigl_masks
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.condensed.layers.conv import CondensedConv2d
+from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.kernels.compiled import (
     COMPILE_OPTIONS,
     compile_lazily,
@@ -27,8 +28,10 @@ from lightning_srigl.kernels.compiled import (
     graph_breaks,
     load_package,
 )
+from lightning_srigl.kernels.attention import scaled_dot_product_attention
 from lightning_srigl.kernels.cpu.loader import host_variants
-from lightning_srigl.kernels.residual_fusion import ResidualFusion, call_kernel_directly, fuse_residuals
+from lightning_srigl.kernels.direct_calls import call_kernel_directly
+from lightning_srigl.kernels.residual_fusion import ResidualFusion, fuse_residuals
 from lightning_srigl.masking import bind_masks
 
 
@@ -171,6 +174,39 @@ def test_residual_additions_and_relus_fuse_into_the_convolution_epilogue() -> No
     torch.testing.assert_close(expected, dense, rtol=1e-5, atol=1e-5)
     assert fusion.fused == 2  # relu(first + x); shortcut + body (one of the two convolutions takes the other)
     assert fusion.direct_calls == 3
+
+
+class DecodingAttention(nn.Module):
+    """``(x (B, 1, 64), keys, values (B, 4, P, 16)) -> (B, 1, 64)``: a condensed query projection (10 of its 64
+    neurons ablated: the rows op) attending over a cache of ``P`` positions, then a condensed output projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        query_mask, out_mask = (torch.rand(64, 64).argsort(dim=1) < 16 for _ in range(2))
+        query_mask[:10] = False  # ablated neurons
+        self.query = CondensedLinear.from_masked(nn.Linear(64, 64), query_mask)
+        self.out = CondensedLinear.from_masked(nn.Linear(64, 64), out_mask)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        q = self.query(x).view(x.shape[0], 1, 4, 16).transpose(1, 2)
+        attended = scaled_dot_product_attention(q, keys, values)
+        return self.out(attended.transpose(1, 2).reshape(x.shape[0], 1, 64))
+
+
+def test_compiled_graphs_call_the_variant_ops_directly_also_over_a_dynamic_cache() -> None:
+    """The linear, rows and attention calls of a compiled decoding step point at the loaded C++ op (one graph for
+    every cache length: the key length is symbolic, which the one-query kernel takes) with outputs as eager's."""
+    torch.manual_seed(0)
+    model, fusion = DecodingAttention().eval(), CountingFusion()
+    compiled = torch.compile(model, fullgraph=True, options=COMPILE_OPTIONS | {"post_grad_custom_post_pass": fusion})
+    x = torch.randn(2, 1, 64)
+    with torch.no_grad():
+        for length in (5, 9, 130):
+            keys, values = torch.randn(2, 4, length, 16), torch.randn(2, 4, length, 16)
+            torch._dynamo.mark_dynamic(keys, 2)
+            torch._dynamo.mark_dynamic(values, 2)
+            torch.testing.assert_close(compiled(x, keys, values), model(x, keys, values), rtol=1e-5, atol=1e-5)
+    assert fusion.direct_calls == 3  # query (rows), attention, out: one graph, compiled once
 
 
 def test_the_fused_compiled_blocks_run_on_the_avx2_variant() -> None:

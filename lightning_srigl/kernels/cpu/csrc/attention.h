@@ -10,7 +10,8 @@
 // head; the query rows then go in blocks of kAttnRows: the scores S = q_block kT (kAttnRows x Lk) by a
 // register tile of kAttnRows rows x kTileVecs vectors (`tile_product`), the row softmax in place (max, exp,
 // sum), then O = P v by the same tile over the value columns, divided by the row sums on the store. The
-// scores of a block stay in L1 (kAttnRows * Lk floats); kT and v (2 * Lk * D floats) in L2.
+// scores of a block stay in L1 (kAttnRows * Lk floats); kT and v (2 * Lk * D floats) in L2. Fewer than
+// kFewQueries query rows (decoding) skip the packing and the tile: `few_queries_head`.
 // A row whose scores hold a NaN or +inf gives NaN; a row with every key masked (-inf) gives 0, as torch's
 // scaled_dot_product_attention does. Causal blocks skip the keys no row of theirs sees.
 #pragma once
@@ -150,11 +151,63 @@ struct HeadMask {
   int64_t row;
 };
 
+// Query rows below this count take `few_queries_head`: at one query (decoding with a cache) packing kT costs
+// as much as the products, and the kAttnRows-row tile would multiply kAttnRows - 1 rows of zeros.
+constexpr int64_t kFewQueries = 4;
+
+// sum_d a[d] * b[d] over d < D.
+inline float row_dot(const float* a, const float* b, int64_t D) {
+  Vec acc(0.f);
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) acc = at::vec::fmadd(Vec::loadu(a + d), Vec::loadu(b + d), acc);
+  if (d < D) acc = at::vec::fmadd(Vec::loadu(a + d, D - d), Vec::loadu(b + d, D - d), acc);
+  return at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc);
+}
+
+// o[0:D] = factor * sum_{j < n} p[j] * v[j * ldv + 0:D], up to kOutVecs vectors of the row at a time in registers.
+inline void weighted_rows(const float* p, const float* v, int64_t ldv, int64_t n, int64_t D, float factor, float* o) {
+  constexpr int kOutVecs = 4;
+  for (int64_t d0 = 0; d0 < D; d0 += kOutVecs * kLanes) {
+    const int64_t width = std::min<int64_t>(kOutVecs * kLanes, D - d0);
+    const int vecs = static_cast<int>((width + kLanes - 1) / kLanes);
+    const int64_t last = width - (vecs - 1) * kLanes;  // elements of the last vector
+    Vec acc[kOutVecs] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+    for (int64_t j = 0; j < n; ++j) {
+      const Vec pj(p[j]);
+      const float* row = v + j * ldv + d0;
+      for (int u = 0; u + 1 < vecs; ++u) acc[u] = at::vec::fmadd(pj, Vec::loadu(row + u * kLanes), acc[u]);
+      acc[vecs - 1] = at::vec::fmadd(pj, Vec::loadu(row + (vecs - 1) * kLanes, last), acc[vecs - 1]);
+    }
+    for (int u = 0; u + 1 < vecs; ++u) (acc[u] * Vec(factor)).store(o + d0 + u * kLanes);
+    (acc[vecs - 1] * Vec(factor)).store(o + d0 + (vecs - 1) * kLanes, last);
+  }
+}
+
+// The output of one (batch, head) with fewer than kFewQueries query rows: each row's scores are dot products
+// with the key rows where they are (no packing), its softmax in `scores` (Lk floats), then the weighted value rows.
+inline void few_queries_head(const float* q, const float* k, const float* v, const HeadStrides& sq,
+                             const HeadStrides& sk, const HeadStrides& sv, const HeadMask& mask,
+                             const AttentionShape& s, float scale, bool causal, float* scores, float* out,
+                             int64_t out_row) {
+  for (int64_t i = 0; i < s.Lq; ++i) {
+    const int64_t n = causal ? i + 1 : s.Lk;
+    for (int64_t j = 0; j < n; ++j) scores[j] = row_dot(q + i * sq.row, k + j * sk.row, s.D);
+    const float* add = mask.add ? mask.add + i * mask.row : nullptr;
+    const bool* allowed = mask.allowed ? mask.allowed + i * mask.row : nullptr;
+    const float factor = softmax_row(scores, n, n, add, allowed, scale);
+    weighted_rows(scores, v, sv.row, n, s.D, factor, out + i * out_row);
+  }
+}
+
 // The output of one (batch, head): see the file comment.
 inline void attention_head(const float* q, const float* k, const float* v, const HeadStrides& sq,
                            const HeadStrides& sk, const HeadStrides& sv, const HeadMask& mask,
                            const AttentionShape& s, float scale, bool causal, const AttentionScratch& layout,
                            float* scratch, float* out, int64_t out_row) {
+  if (s.Lq < kFewQueries) {
+    few_queries_head(q, k, v, sq, sk, sv, mask, s, scale, causal, scratch + layout.scores, out, out_row);
+    return;
+  }
   float* kt = scratch + layout.kt;
   float* qb = scratch + layout.query;
   float* sc = scratch + layout.scores;
