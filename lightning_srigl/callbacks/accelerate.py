@@ -302,9 +302,8 @@ def _leave_out_of_ddp_sync(pl_module: pl.LightningModule) -> None:
 def _resized_site_call(call: LayerCall, batch_size: int | None) -> LayerCall:
     """An attention site's ``call`` with its tensors of the first tensor's batch (dim 0) cut or tiled to
     ``batch_size`` (``None``: as it was)."""
-    tensors = [
-        (key, v) for key, v in (*enumerate(call.args), *call.kwargs.items()) if isinstance(v, Tensor) and v.dim()
-    ]
+    arguments: list[tuple[int | str, object]] = [*enumerate(call.args), *call.kwargs.items()]
+    tensors = [(key, v) for key, v in arguments if isinstance(v, Tensor) and v.dim()]
     if not tensors:
         return call
     batch = tensors[0][1].shape[0]

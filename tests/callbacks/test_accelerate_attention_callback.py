@@ -25,6 +25,7 @@ from lightning_srigl.callbacks import AccelerateCallback
 from lightning_srigl.condensed.layers.attention import ProjectedAttention
 from lightning_srigl.layer_call import LayerCall
 from lightning_srigl.timing import Timing
+from tests.condensed.test_accelerate_attention import Encoder as AttentionThenLinear
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 64
@@ -35,20 +36,8 @@ def favouring(winner: str) -> Callable[[Mapping[str, Callable[[], object]]], dic
     return lambda calls: {name: Timing(1.0, 1.0) if name == winner else Timing(2.0, 2.0) for name in calls}
 
 
-class Bert(pl.LightningModule):
-    """A two-layer BERT encoder from a config (on ``"sdpa"``, transformers' default) called with keyword arguments
-    only, padding masked, with a validation loss for checkpointing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        config = transformers.BertConfig(
-            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64,
-        )  # fmt: skip
-        self.model = transformers.BertModel(config)
-
-    def forward(self, ids: Tensor, padding: Tensor) -> Tensor:
-        return self.model(input_ids=ids, attention_mask=padding).last_hidden_state
+class SquareLoss(pl.LightningModule):
+    """Train, validate and test on the mean square of ``self(*batch)`` (a validation loss for checkpointing)."""
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self(*batch).square().mean()
@@ -61,6 +50,22 @@ class Bert(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+class Bert(SquareLoss):
+    """A two-layer BERT encoder from a config (on ``"sdpa"``, transformers' default) called with keyword arguments
+    only, padding masked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        config = transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64,
+        )  # fmt: skip
+        self.model = transformers.BertModel(config)
+
+    def forward(self, ids: Tensor, padding: Tensor) -> Tensor:
+        return self.model(input_ids=ids, attention_mask=padding).last_hidden_state
 
 
 def batches(seed: int) -> DataLoader:
@@ -184,28 +189,15 @@ def test_fast_attention_must_be_a_bool() -> None:
         AccelerateCallback(fast_attention="yes")
 
 
-class Encoder(pl.LightningModule):
-    """Tokens through ``nn.MultiheadAttention`` with padding and a linear head."""
+class Encoder(SquareLoss):
+    """Tokens through ``nn.MultiheadAttention`` with padding and a linear head (``accelerate()``'s test model)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.attention = nn.MultiheadAttention(32, 4, batch_first=True)
-        self.head = nn.Linear(32, 32)
+        self.net = AttentionThenLinear()
 
     def forward(self, x: Tensor, padding: Tensor) -> Tensor:
-        return self.head(self.attention(x, x, x, key_padding_mask=padding, need_weights=False)[0])
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self(*batch).square().mean()
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("val_loss", self(*batch).square().mean())
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("test_loss", self(*batch).square().mean())
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        return self.net(x, padding)
 
 
 def tokens(seed: int) -> DataLoader:
@@ -219,13 +211,13 @@ def tokens(seed: int) -> DataLoader:
 def test_a_condensed_multihead_attention_is_switched_to_the_op_also_after_a_checkpoint_load(tmp_path: Path) -> None:
     module, accelerate = Encoder(), CondensedOpAttention(verbose=False)
     trainer, keep = fit(module, accelerate, tmp_path, tokens)
-    assert isinstance(module.attention, ProjectedAttention) and module.attention.fast_attention
-    assert accelerate.report.attention == {"attention": "lightning_srigl"}
+    assert isinstance(module.net.attn, ProjectedAttention) and module.net.attn.fast_attention
+    assert accelerate.report.attention == {"net.attn": "lightning_srigl"}
     assert ran_the_op(module, tokens(2))
     torch.testing.assert_close(outputs(module, tokens(2)), outputs(keep.model, tokens(2)), rtol=1e-4, atol=1e-4)
-    first = module.attention
+    first = module.net.attn
     trainer.test(module, tokens(2), ckpt_path="best", verbose=False)  # the dense attention back, then rebuilt
-    assert module.attention is not first and isinstance(module.attention, ProjectedAttention)
-    assert module.attention.fast_attention and ran_the_op(module, tokens(2))
+    assert module.net.attn is not first and isinstance(module.net.attn, ProjectedAttention)
+    assert module.net.attn.fast_attention and ran_the_op(module, tokens(2))
     restore_dense(module)
-    assert isinstance(module.attention, nn.MultiheadAttention) and not ran_the_op(module, tokens(2))
+    assert isinstance(module.net.attn, nn.MultiheadAttention) and not ran_the_op(module, tokens(2))
