@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -102,13 +103,17 @@ class CondensedOpAttention(OpAttention):
 
 
 def fit(
-    module: pl.LightningModule, accelerate: AccelerateCallback, tmp_path: Path, data: Callable[[int], DataLoader]
+    module: pl.LightningModule,
+    accelerate: AccelerateCallback,
+    tmp_path: Path,
+    data: Callable[[int], DataLoader],
+    logger: Logger | bool = False,
 ) -> tuple[pl.Trainer, KeepMaskedDense]:
     torch.manual_seed(0)
     keep = KeepMaskedDense()
     trainer = pl.Trainer(
         max_steps=2, callbacks=[SRigLCallback(), ModelCheckpoint(monitor="val_loss"), keep, accelerate],
-        logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        logger=logger, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
         num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(module, data(0), data(1))
@@ -175,6 +180,15 @@ def test_compile_runs_the_op_inside_the_compiled_graph(tmp_path: Path) -> None:
     # compiled with fullgraph=True: a graph break would raise
     torch.testing.assert_close(outputs(module, batches(2)), outputs(keep.model, batches(2)), rtol=1e-4, atol=1e-4)
     assert ran_the_op(module, batches(2))
+
+
+def test_the_recorded_call_is_resized_to_batch_size_and_the_choice_is_logged(tmp_path: Path) -> None:
+    module, accelerate = Bert(), OpAttention(verbose=False, batch_size=6)  # the fit's batches hold 4
+    fit(module, accelerate, tmp_path, batches, logger=CSVLogger(tmp_path))
+    kwargs = accelerate.calls["model"].kwargs
+    assert kwargs["input_ids"].shape == kwargs["attention_mask"].shape == (6, 12)
+    (hparams,) = tmp_path.rglob("hparams.yaml")
+    assert "accelerate/model/attention: lightning_srigl" in hparams.read_text()
 
 
 def test_fast_attention_false_leaves_attention_alone(tmp_path: Path) -> None:
