@@ -1,7 +1,7 @@
 """``AccelerateCallback(fast_attention=...)`` switches attention as ``accelerate()`` does: a Hugging Face BERT (from a
 small config) and an ``nn.MultiheadAttention`` the swap condensed, trained with ``SRigLCallback()``; the outputs stay
-those of the masked dense model (1e-4), the report records the choice, checkpoints load, ``restore_dense`` and
-``compile=True`` keep it right."""
+those of the masked dense model (1e-4), the report records and logs the choice, checkpoints load, the other DDP
+rank installs rank 0's choice, ``restore_dense`` and ``compile=True`` keep it right."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -63,7 +64,7 @@ class Bert(SquareLoss):
             vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64,
         )  # fmt: skip
-        self.model = transformers.BertModel(config)
+        self.model = transformers.BertModel(config, add_pooling_layer=False)  # every parameter in the loss (DDP)
 
     def forward(self, ids: Tensor, padding: Tensor) -> Tensor:
         return self.model(input_ids=ids, attention_mask=padding).last_hidden_state
@@ -189,6 +190,37 @@ def test_the_recorded_call_is_resized_to_batch_size_and_the_choice_is_logged(tmp
     assert kwargs["input_ids"].shape == kwargs["attention_mask"].shape == (6, 12)
     (hparams,) = tmp_path.rglob("hparams.yaml")
     assert "accelerate/model/attention: lightning_srigl" in hparams.read_text()
+
+
+class SaveAttention(Callback):
+    """Listed after the AccelerateCallback: each rank writes the attention it ended on to ``<folder>/rank<r>.pt``."""
+
+    def __init__(self, folder: Path, accelerate: AccelerateCallback) -> None:
+        self.folder, self.accelerate = folder, accelerate
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = {
+            "report": self.accelerate.report.attention,
+            "implementation": pl_module.model.config._attn_implementation,
+            "timed": hasattr(self.accelerate, "calls"),
+        }
+        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.filterwarnings("ignore:`broadcast_buffers` is deprecated")
+def test_the_other_ddp_rank_installs_the_attention_rank_zero_chose(tmp_path: Path) -> None:
+    module, accelerate = Bert(), OpAttention(verbose=False)
+    # fork, not spawn: spawn pickles tensors through shared-memory file descriptors, unavailable in some sandboxes.
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy=DDPStrategy(start_method="fork", process_group_backend="gloo"),
+        max_steps=2, callbacks=[SRigLCallback(), accelerate, SaveAttention(tmp_path, accelerate)], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, batches(0))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert [rank["timed"] for rank in ranks] == [True, False]  # rank 1 installs the broadcast choice
+    assert all(rank["report"] == {"model": "lightning_srigl"} for rank in ranks)
+    assert all(rank["implementation"] == HF_IMPLEMENTATION for rank in ranks)
 
 
 def test_fast_attention_false_leaves_attention_alone(tmp_path: Path) -> None:
