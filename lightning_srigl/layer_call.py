@@ -8,13 +8,14 @@ call the layer received, so each is timed as the model uses it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-__all__ = ["LayerCall", "outputs_close", "relative_error", "resize_batch"]
+__all__ = ["LayerCall", "outputs_close", "record_calls", "relative_error", "resize_batch"]
 
 
 def resize_batch(x: Tensor, batch_size: int | None, dim: int = 0) -> Tensor:
@@ -77,6 +78,26 @@ class LayerCall:
             for k, v in self.kwargs.items()
         }
         return LayerCall(args, kwargs)
+
+
+def record_calls(
+    modules: Mapping[str, nn.Module], into: dict[str, LayerCall], *, tensor_first: bool = True
+) -> list[RemovableHandle]:
+    """Keep each named module's latest call in ``into`` (name -> `LayerCall`, tensors detached, not copied) through
+    forward pre-hooks, until the returned handles are removed.
+
+    With ``tensor_first`` only calls whose first positional argument is a tensor are kept (a layer's input);
+    without, every call (a Hugging Face model called with keyword arguments only).
+    """
+
+    def recorder(name: str) -> Callable[[nn.Module, tuple[object, ...], dict[str, object]], None]:
+        def record(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+            if not tensor_first or (args and isinstance(args[0], Tensor)):
+                into[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)
+
+        return record
+
+    return [module.register_forward_pre_hook(recorder(name), with_kwargs=True) for name, module in modules.items()]
 
 
 def outputs_close(out: object, reference: object, tol: float) -> bool:

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_srigl.acceleration.attention import projected_sites, switch_attention
+from lightning_srigl.acceleration.attention import attention_sites, switch_attention
 from lightning_srigl.acceleration.dense_layers import dense_linears, pack_dense_linears
 from lightning_srigl.acceleration.model_timing import dense_reference, whole_model_times
 from lightning_srigl.acceleration.planning import (
@@ -57,7 +57,7 @@ from lightning_srigl.condensed.kinds.registry import (
     tied_layers,
 )
 from lightning_srigl.kernels.compiled import compile_in_place, eager_forward
-from lightning_srigl.layer_call import LayerCall
+from lightning_srigl.layer_call import LayerCall, record_calls
 
 __all__ = [
     "CANDIDATES",
@@ -80,24 +80,19 @@ __all__ = [
 ]
 
 
-def capture_layer_inputs(model: nn.Module, example_input: object, names: Sequence[str]) -> dict[str, LayerCall]:
+def capture_layer_inputs(
+    model: nn.Module, example_input: object, names: Sequence[str], *, tensor_first: bool = True
+) -> dict[str, LayerCall]:
     """Run ``model(example_input)`` under ``no_grad`` and return each named layer's last call.
 
     ``example_input`` is passed as one positional argument (a tuple is unpacked). A layer that the
     forward never reaches is missing from the result. The last call (as ``AccelerateCallback`` keeps the
     latest input): a decoder that prefills its KV cache and then decodes is timed at the decode step.
+    ``tensor_first=False`` also keeps calls without a tensor as first argument (`record_calls`).
     """
     captured: dict[str, LayerCall] = {}
     modules = dict(model.named_modules())
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-            if args and isinstance(args[0], Tensor):
-                captured[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)
-
-        return hook
-
-    handles = [modules[name].register_forward_pre_hook(hook_for(name), with_kwargs=True) for name in names]
+    handles = record_calls({name: modules[name] for name in names}, captured, tensor_first=tensor_first)
     try:
         with torch.no_grad():
             args = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -300,9 +295,8 @@ def accelerate(
         calls = capture_layer_inputs(model, example_input, dense_linears(model))
         report = report.with_dense_layers(pack_dense_linears(model, calls, timer=timer, warmup=warmup, repeats=repeats))
     if fast_attention:
-        calls = capture_layer_inputs(model, example_input, projected_sites(model))
-        chosen = switch_attention(model, example_input, calls, timer=timer, warmup=warmup, repeats=repeats)
-        report = report.with_attention(chosen)
+        calls = capture_layer_inputs(model, example_input, list(attention_sites(model)), tensor_first=False)
+        report = report.with_attention(switch_attention(model, calls, timer=timer, warmup=warmup, repeats=repeats))
     if compile:
         seconds = compile_in_place(model, example_input, module_guards=module_guards, options=compile_options)
         report = report.with_compile_seconds(seconds)

@@ -13,6 +13,9 @@ faster by the margin the noise supports (`choose`). The sites (`attention_sites`
 * a [`ProjectedAttention`][lightning_srigl.condensed.layers.attention.ProjectedAttention]: its forward on its
   captured call, with ``fast_attention`` off and on.
 
+Each site is timed on a real call of its own (`switch_attention`): ``accelerate()`` captures them on its example
+input, ``AccelerateCallback`` records them during fit. `install_attention` puts a recorded choice back without timing.
+
 `restore_attention` (called by ``restore_dense``) switches every site back to torch's attention.
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -36,6 +39,7 @@ __all__ = [
     "HF_IMPLEMENTATION",
     "attention_sites",
     "hf_attention_forward",
+    "install_attention",
     "projected_sites",
     "register_hf_attention",
     "restore_attention",
@@ -185,8 +189,7 @@ def _projected_forms(module: ProjectedAttention, call: LayerCall) -> dict[str, C
 @torch.no_grad()
 def switch_attention(
     model: nn.Module,
-    example_input: object,
-    projected_calls: dict[str, LayerCall],
+    calls: Mapping[str, LayerCall],
     *,
     timer: Timer | None = None,
     warmup: int = 3,
@@ -195,23 +198,24 @@ def switch_attention(
     """Put each attention site of ``model`` (`attention_sites`) on the op where it is exact and faster by the margin
     the noise supports (`choose`); returns site name -> the candidate kept (`ATTENTION_CANDIDATES`).
 
-    A Hugging Face model is timed on the attention calls ``model(example_input)`` makes (a tuple is unpacked), a
-    `ProjectedAttention` on its call in ``projected_calls`` (name -> its captured call; one not there keeps torch's);
-    the first of several `ProjectedAttention` layers of one configuration and call signature is timed, and the
-    others (each still checked against torch's outputs) take its choice.
+    ``calls`` holds a real call of each site (name -> `LayerCall`; a site not there keeps torch's): a Hugging Face
+    model is timed on the attention calls its forward makes on its call, a `ProjectedAttention` on its call. The
+    first of several `ProjectedAttention` layers of one configuration and call signature is timed, and the others
+    (each still checked against torch's outputs) take its choice.
     """
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
     chosen: dict[str, str] = {}
     timed: dict[str, str] = {}  # signature -> choice: layers of one shape are timed once and choose alike
     for name, site in attention_sites(model).items():
+        call = calls.get(name)
         key = None
-        if isinstance(site, ProjectedAttention):
-            call = projected_calls.get(name)
-            forms = _projected_forms(site, call) if call is not None else None
-            key = f"{site.extra_repr()}|{_signature(call)}" if call is not None else None
+        if call is None:
+            forms = None
+        elif isinstance(site, ProjectedAttention):
+            forms = _projected_forms(site, call)
+            key = f"{site.extra_repr()}|{_signature(call)}"
         else:
-            calls = _distinct(_hf_calls(site, lambda: model(*args)))
-            forms = _hf_forms(calls) if calls else None
+            attention_calls = _distinct(_hf_calls(site, functools.partial(call, site)))
+            forms = _hf_forms(attention_calls) if attention_calls else None
         if forms is None:
             chosen[name] = "sdpa"
         elif key is not None and key in timed:
@@ -221,17 +225,27 @@ def switch_attention(
             chosen[name] = choose(times, ATTENTION_CANDIDATES, "sdpa")
             if key is not None:
                 timed[key] = chosen[name]
-        _install(site, chosen[name])
+    install_attention(model, chosen)
     return chosen
 
 
-def _install(site: nn.Module, candidate: str) -> None:
-    """Switch ``site`` to ``candidate`` (`ATTENTION_CANDIDATES`)."""
-    fast = candidate == "lightning_srigl"
-    if isinstance(site, ProjectedAttention):
-        site.fast_attention = fast
-    else:
-        site.set_attn_implementation(HF_IMPLEMENTATION if fast else _SDPA)
+def install_attention(model: nn.Module, chosen: Mapping[str, str]) -> None:
+    """Switch each attention site ``chosen`` names (site name -> `ATTENTION_CANDIDATES` entry, as `switch_attention`
+    returns it and a report's ``attention`` holds it) to its candidate, without timing: for the processes that did
+    not time and for re-acceleration after a checkpoint load. A name that is no site of ``model`` raises."""
+    sites = attention_sites(model) | {  # a site already on the op (installed before) is a site too
+        name: module for name, module in model.named_modules() if _implementation(module) == HF_IMPLEMENTATION
+    }
+    missing = sorted(set(chosen) - set(sites))
+    if missing:
+        raise ValueError(f"{missing} are not attention sites of the model (Hugging Face models, ProjectedAttention)")
+    for name, candidate in chosen.items():
+        fast = candidate == "lightning_srigl"
+        site = sites[name]
+        if isinstance(site, ProjectedAttention):
+            site.fast_attention = fast
+        else:
+            site.set_attn_implementation(HF_IMPLEMENTATION if fast else _SDPA)
 
 
 def restore_attention(model: nn.Module) -> None:

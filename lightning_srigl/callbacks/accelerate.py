@@ -27,15 +27,22 @@ from lightning_srigl.acceleration.accelerate import (
     snapshot_modules,
     swap_layers,
 )
+from lightning_srigl.acceleration.attention import (
+    attention_sites,
+    install_attention,
+    projected_sites,
+    restore_attention,
+    switch_attention,
+)
 from lightning_srigl.acceleration.report import AccelerationReport
 from lightning_srigl.callbacks.arguments import as_integer, check_flag
 from lightning_srigl.callbacks.sparsity_callback import check_trainable, log_metrics, run_folder
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
 from lightning_srigl.kernels.compiled import compile_lazily, holder_of
-from lightning_srigl.layer_call import LayerCall
+from lightning_srigl.layer_call import LayerCall, record_calls
 from lightning_srigl.logs import rank_zero_info
-from lightning_srigl.masking import masked_weights, qualified_name, unshard_modules_
+from lightning_srigl.masking import is_sharded, masked_weights, qualified_name, unshard_modules_
 
 REPORT_FILENAME = "acceleration.csv"
 
@@ -75,6 +82,14 @@ class AccelerateCallback(Callback):
             into one graph (``torch.compile`` with inductor freezing,
             [`lightning_srigl.kernels.compiled`][lightning_srigl.kernels.compiled]);
             it compiles at its first call (the first test/predict batch), which takes the compile time once.
+        fast_attention: also time the attention of each attention site at fit end, torch's
+            ``scaled_dot_product_attention`` against the ``lightning_srigl::attention`` op, and switch to the op where
+            it is exact and faster, as ``accelerate(fast_attention=True)`` does
+            ([`switch_attention`][lightning_srigl.acceleration.attention.switch_attention]): a Hugging Face model on
+            ``"sdpa"`` is timed on the attention calls its forward makes on its latest call of the fit (recorded like
+            the layers' inputs; one whose weights FSDP shards keeps torch's attention), a ``ProjectedAttention`` (an
+            ``nn.MultiheadAttention`` the swap condensed) on its recorded call; the report's ``attention`` says which
+            each kept. ``restore_dense`` and loading a checkpoint written during fit switch back to torch's.
     """
 
     def __init__(
@@ -88,6 +103,7 @@ class AccelerateCallback(Callback):
         quantize: str | None = None,
         error_budget: float = DEFAULT_ERROR_BUDGET,
         compile: bool = False,
+        fast_attention: bool = True,
     ) -> None:
         if batch_size is not None:
             batch_size = as_integer(batch_size, "batch_size", 1, "or None to time at the training batch size")
@@ -100,8 +116,10 @@ class AccelerateCallback(Callback):
         check_quantize(quantize, error_budget)
         self.quantize, self.error_budget = quantize, error_budget
         self.compile = check_flag(compile, "compile")
+        self.fast_attention = check_flag(fast_attention, "fast_attention")
         self.report: AccelerationReport | None = None
         self._inputs: dict[str, LayerCall] = {}
+        self._site_calls: dict[str, LayerCall] = {}  # the Hugging Face attention sites' latest calls
         self._handles: list[RemovableHandle] = []
         self._snapshot: dict[str, nn.Module] = {}
         self._originals: dict[str, nn.Module] = {}
@@ -118,17 +136,17 @@ class AccelerateCallback(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start keeping the latest input of every accelerable layer (which are sparse is decided at fit
-        end, so masks installed by callbacks that run after this one count too)."""
-        for name, layer in pl_module.named_modules():
-            if sparse_kind(layer) is not None:
-                self._handles.append(layer.register_forward_pre_hook(self._recorder(name), with_kwargs=True))
-
-    def _recorder(self, name: str):
-        def record(_: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-            if args and isinstance(args[0], Tensor):
-                self._inputs[name] = LayerCall(args, dict(kwargs)).map(Tensor.detach)
-
-        return record
+        end, so masks installed by callbacks that run after this one count too) and, with ``fast_attention``, the
+        latest call of every Hugging Face attention site whose weights are whole (rank 0 alone runs it at fit end)."""
+        layers = {name: layer for name, layer in pl_module.named_modules() if sparse_kind(layer) is not None}
+        self._handles = record_calls(layers, self._inputs)
+        if self.fast_attention:
+            sites = {
+                name: site
+                for name, site in attention_sites(pl_module).items()
+                if not any(is_sharded(tensor) for tensor in site.parameters())
+            }
+            self._handles += record_calls(sites, self._site_calls, tensor_first=False)
 
     # -- swap ------------------------------------------------------------------------------------
     @override
@@ -144,39 +162,53 @@ class AccelerateCallback(Callback):
             if name in sparse
         }
         self._inputs.clear()
+        site_calls = {name: _resized_site_call(call, self.batch_size) for name, call in self._site_calls.items()}
+        self._site_calls.clear()
         if not inputs:
             rank_zero_warn("AccelerateCallback: no sparse layer ran during fit; nothing was accelerated.")
             return
         # FSDP2: the layers folding and swapping may change become plain modules with whole weights and masks
         unshard_modules_(pl_module, _foldable_modules(pl_module))
         self._snapshot = snapshot_modules(pl_module, _foldable_modules(pl_module))
-        self._fold_and_swap(pl_module, inputs if trainer.is_global_zero else None, trainer)
+        zero = trainer.is_global_zero
+        self._fold_and_swap(pl_module, inputs if zero else None, trainer, site_calls if zero else None)
         if trainer.is_global_zero:
             self._publish(trainer, self.report)
 
     def _fold_and_swap(
-        self, pl_module: pl.LightningModule, inputs: dict[str, LayerCall] | None, trainer: pl.Trainer | None = None
+        self,
+        pl_module: pl.LightningModule,
+        inputs: dict[str, LayerCall] | None,
+        trainer: pl.Trainer | None = None,
+        site_calls: dict[str, LayerCall] | None = None,
     ) -> None:
-        """Fold, then plan (when ``inputs`` are given, else reuse ``report``) and swap.
+        """Fold, then plan, swap and switch attention (when ``inputs`` are given: timed on them and on the Hugging
+        Face attention sites' ``site_calls``) or install the choice of ``report`` (no timing).
 
         Keeps shape-only copies of every module it changes, to undo the swap before loading a
         checkpoint written during fit (``_restore_before_load``).
         """
         touched = fold_in_place(pl_module) if self.fold else []
-        plan: AccelerationPlan | None = None
         if inputs is not None:
             was_training = pl_module.training
             pl_module.eval()
-            plan = self.choose(pl_module, fit_inputs_to_layers(pl_module, inputs))
-            pl_module.train(was_training)
+            fitted = fit_inputs_to_layers(pl_module, inputs)
+            plan = self.choose(pl_module, fitted)
+            swap_layers(pl_module, plan)
             self.report = plan.report
+            if self.fast_attention:  # the ProjectedAttention layers the swap made are called as their attention was
+                calls = (site_calls or {}) | {
+                    name: fitted[name] for name in projected_sites(pl_module) if name in fitted
+                }
+                self.report = self.report.with_attention(self.choose_attention(pl_module, calls))
+            pl_module.train(was_training)
         if trainer is not None:
             self.report = trainer.strategy.broadcast(self.report, src=0)
-        if plan is None:  # the ranks that did not time, and re-acceleration after a checkpoint load
-            plan = rebuild_plan(pl_module, self.report)
+        if inputs is None:  # the ranks that did not time, and re-acceleration after a checkpoint load
+            swap_layers(pl_module, rebuild_plan(pl_module, self.report))
+            install_attention(pl_module, self.report.attention)
         names = list(dict.fromkeys([*touched, *(row.name for row in self.report.rows)]))
         self._originals = {name: self._snapshot[name] for name in names}
-        swap_layers(pl_module, plan)
         if self.compile:
             compile_lazily(holder_of(pl_module, [row.name for row in self.report.rows]))
         _leave_out_of_ddp_sync(pl_module)
@@ -191,6 +223,13 @@ class AccelerateCallback(Callback):
             quantize=self.quantize, error_budget=self.error_budget,
         )  # fmt: skip
 
+    def choose_attention(self, pl_module: pl.LightningModule, calls: dict[str, LayerCall]) -> dict[str, str]:
+        """Time each attention site on its recorded call (site name -> call; the model is in eval mode, its sparse
+        layers swapped) and switch it to the op where exact and faster
+        ([`switch_attention`][lightning_srigl.acceleration.attention.switch_attention]); returns site name -> the
+        attention kept. Override to choose otherwise."""
+        return switch_attention(pl_module, calls, warmup=self.warmup, repeats=self.repeats)
+
     def _publish(self, trainer: pl.Trainer, report: AccelerationReport) -> None:
         """Rank 0 only: print, log and save the report (nothing here is a collective)."""
         if self.verbose:
@@ -198,6 +237,7 @@ class AccelerateCallback(Callback):
         log_metrics(trainer, report.metrics(), trainer.global_step)
         for logger in trainer.loggers:
             logger.log_hyperparams({f"accelerate/{row.name}/kernel": row.chosen for row in report.rows})
+            logger.log_hyperparams({f"accelerate/{site}/attention": kept for site, kept in report.attention.items()})
         path = report.to_csv(run_folder(trainer) / REPORT_FILENAME)
         rank_zero_info(f"AccelerateCallback: report saved to {path}")
 
@@ -214,14 +254,17 @@ class AccelerateCallback(Callback):
             return
         device = next(module.parameters(), torch.empty(0)).device
         restore_modules(module, {n: copy.deepcopy(m).to_empty(device=device) for n, m in self._originals.items()})
+        restore_attention(module)
         self._originals = {}
         self._reapply = True
 
     def _reaccelerate(self, pl_module: pl.LightningModule) -> None:
-        """Fold and swap the same kernels in again, built from the weights the checkpoint loaded."""
+        """Fold and swap the same kernels in again, built from the weights the checkpoint loaded (outside the stage's
+        inference mode: the layers stay usable by ``restore_dense`` and training)."""
         if self._reapply:
             self._reapply = False
-            self._fold_and_swap(pl_module, inputs=None)
+            with torch.inference_mode(False):
+                self._fold_and_swap(pl_module, inputs=None)
 
     @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -254,6 +297,17 @@ def _leave_out_of_ddp_sync(pl_module: pl.LightningModule) -> None:
     }
     ignored = set(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", ()))
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, sorted(ignored | names))
+
+
+def _resized_site_call(call: LayerCall, batch_size: int | None) -> LayerCall:
+    """An attention site's ``call`` with its tensors of the first tensor's batch (dim 0) cut or tiled to
+    ``batch_size`` (``None``: as it was)."""
+    arguments: list[tuple[int | str, object]] = [*enumerate(call.args), *call.kwargs.items()]
+    tensors = [(key, v) for key, v in arguments if isinstance(v, Tensor) and v.dim()]
+    if not tensors:
+        return call
+    batch = tensors[0][1].shape[0]
+    return call.resized(batch_size, {key: 0 for key, v in tensors if v.shape[0] == batch})
 
 
 def _foldable_modules(model: nn.Module) -> list[str]:
