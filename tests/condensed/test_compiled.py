@@ -20,6 +20,7 @@ from lightning_srigl.benchmark.whole_model import srigl_masks
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.condensed.layers.conv import CondensedConv2d
 from lightning_srigl.condensed.layers.linear import CondensedLinear
+from lightning_srigl.kernels.attention import scaled_dot_product_attention
 from lightning_srigl.kernels.compiled import (
     COMPILE_OPTIONS,
     compile_lazily,
@@ -28,7 +29,6 @@ from lightning_srigl.kernels.compiled import (
     graph_breaks,
     load_package,
 )
-from lightning_srigl.kernels.attention import scaled_dot_product_attention
 from lightning_srigl.kernels.cpu.loader import host_variants
 from lightning_srigl.kernels.direct_calls import call_kernel_directly
 from lightning_srigl.kernels.residual_fusion import ResidualFusion, fuse_residuals
