@@ -127,9 +127,14 @@ def scaled_dot_product_attention(
     scale: float | None = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` without dropout through the `attention` op (``scale`` default
-    ``1 / sqrt(D)``); torch's own where a gradient is tracked (the op has no backward)."""
+    ``1 / sqrt(D)``); torch's own where a gradient is tracked (the op has no backward). Run eagerly, a call the
+    kernel takes goes to the loaded variant's op without the Python op in between (as a compiled graph's does,
+    `direct_calls`), so timing it eagerly times what the compiled graph runs."""
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
-    out: Tensor = attention(query, key, value, attn_mask, scale, is_causal)
+    kernel = None
+    if not torch.compiler.is_compiling() and kernel_applies(query, key, value, attn_mask, is_causal):
+        kernel = load_extension()
+    out: Tensor = (kernel.attention if kernel is not None else attention)(query, key, value, attn_mask, scale, is_causal)
     return out

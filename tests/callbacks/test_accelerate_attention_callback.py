@@ -28,6 +28,7 @@ from lightning_srigl.condensed.layers.attention import ProjectedAttention
 from lightning_srigl.layer_call import LayerCall
 from lightning_srigl.timing import Timing
 from tests.condensed.test_accelerate_attention import Encoder as AttentionThenLinear
+from tests.condensed.test_accelerate_attention import the_op_ran
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 64
@@ -129,7 +130,7 @@ def outputs(model: nn.Module, data: DataLoader) -> Tensor:
 def ran_the_op(model: nn.Module, data: DataLoader) -> bool:
     with torch.autograd.profiler.profile() as profile:
         outputs(model, data)
-    return any(event.name == "lightning_srigl::attention" for event in profile.function_events)
+    return the_op_ran(profile)
 
 
 def test_default_arguments_time_the_attention_and_keep_the_outputs(tmp_path: Path) -> None:

@@ -155,31 +155,69 @@ struct HeadMask {
 // as much as the products, and the kAttnRows-row tile would multiply kAttnRows - 1 rows of zeros.
 constexpr int64_t kFewQueries = 4;
 
-// sum_d a[d] * b[d] over d < D.
-inline float row_dot(const float* a, const float* b, int64_t D) {
-  Vec acc(0.f);
-  int64_t d = 0;
-  for (; d + kLanes <= D; d += kLanes) acc = at::vec::fmadd(Vec::loadu(a + d), Vec::loadu(b + d), acc);
-  if (d < D) acc = at::vec::fmadd(Vec::loadu(a + d, D - d), Vec::loadu(b + d, D - d), acc);
-  return at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc);
+// s[j] = sum_d q[d] * k[j * ldk + d] over d < D, for j < n: four key rows at a time (independent chains).
+inline void row_scores(const float* q, const float* k, int64_t ldk, int64_t n, int64_t D, float* s) {
+  const auto sum = [](Vec& x, Vec& y) { return x + y; };
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    Vec acc[4] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
+    for (int64_t d = 0; d < D; d += kLanes) {
+      const int64_t count = std::min<int64_t>(kLanes, D - d);
+      const Vec qv = Vec::loadu(q + d, count);
+      for (int r = 0; r < 4; ++r) acc[r] = at::vec::fmadd(qv, Vec::loadu(k + (j + r) * ldk + d, count), acc[r]);
+    }
+    for (int r = 0; r < 4; ++r) s[j + r] = at::vec::vec_reduce_all<float>(sum, acc[r]);
+  }
+  for (; j < n; ++j) {
+    Vec acc(0.f);
+    for (int64_t d = 0; d < D; d += kLanes) {
+      const int64_t count = std::min<int64_t>(kLanes, D - d);
+      acc = at::vec::fmadd(Vec::loadu(q + d, count), Vec::loadu(k + j * ldk + d, count), acc);
+    }
+    s[j] = at::vec::vec_reduce_all<float>(sum, acc);
+  }
 }
 
-// o[0:D] = factor * sum_{j < n} p[j] * v[j * ldv + 0:D], up to kOutVecs vectors of the row at a time in registers.
+// o[0:width] = factor * sum_{j < n} p[j] * v[j * ldv + 0:width] for width <= V * kLanes (FULL: width == V *
+// kLanes, loads without masks): even and odd keys into separate accumulators (two independent FMA chains), all
+// in registers (V a constant).
+template <int V, bool FULL>
+inline void weighted_block(const float* p, const float* v, int64_t ldv, int64_t n, int64_t width, float factor,
+                           float* o) {
+  const auto load = [&](const float* at, int u) {  // past width: zeros, nothing read
+    if (FULL) return Vec::loadu(at + u * kLanes);
+    const int64_t count = std::min<int64_t>(kLanes, width - u * kLanes);
+    return count > 0 ? Vec::loadu(at + u * kLanes, count) : Vec(0.f);
+  };
+  Vec even[V], odd[V];
+  for (int u = 0; u < V; ++u) even[u] = odd[u] = Vec(0.f);
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const Vec p0(p[j]), p1(p[j + 1]);
+    for (int u = 0; u < V; ++u) {
+      even[u] = at::vec::fmadd(p0, load(v + j * ldv, u), even[u]);
+      odd[u] = at::vec::fmadd(p1, load(v + (j + 1) * ldv, u), odd[u]);
+    }
+  }
+  if (j < n) {
+    const Vec p0(p[j]);
+    for (int u = 0; u < V; ++u) even[u] = at::vec::fmadd(p0, load(v + j * ldv, u), even[u]);
+  }
+  for (int u = 0; u < V && u * kLanes < width; ++u) {
+    ((even[u] + odd[u]) * Vec(factor)).store(o + u * kLanes, std::min<int64_t>(kLanes, width - u * kLanes));
+  }
+}
+
+// o[0:D] = factor * sum_{j < n} p[j] * v[j * ldv + 0:D], kOutVecs vectors of the row at a time.
 inline void weighted_rows(const float* p, const float* v, int64_t ldv, int64_t n, int64_t D, float factor, float* o) {
   constexpr int kOutVecs = 4;
   for (int64_t d0 = 0; d0 < D; d0 += kOutVecs * kLanes) {
     const int64_t width = std::min<int64_t>(kOutVecs * kLanes, D - d0);
-    const int vecs = static_cast<int>((width + kLanes - 1) / kLanes);
-    const int64_t last = width - (vecs - 1) * kLanes;  // elements of the last vector
-    Vec acc[kOutVecs] = {Vec(0.f), Vec(0.f), Vec(0.f), Vec(0.f)};
-    for (int64_t j = 0; j < n; ++j) {
-      const Vec pj(p[j]);
-      const float* row = v + j * ldv + d0;
-      for (int u = 0; u + 1 < vecs; ++u) acc[u] = at::vec::fmadd(pj, Vec::loadu(row + u * kLanes), acc[u]);
-      acc[vecs - 1] = at::vec::fmadd(pj, Vec::loadu(row + (vecs - 1) * kLanes, last), acc[vecs - 1]);
+    if (width == kOutVecs * kLanes) {
+      weighted_block<kOutVecs, true>(p, v + d0, ldv, n, width, factor, o + d0);
+    } else {
+      weighted_block<kOutVecs, false>(p, v + d0, ldv, n, width, factor, o + d0);
     }
-    for (int u = 0; u + 1 < vecs; ++u) (acc[u] * Vec(factor)).store(o + d0 + u * kLanes);
-    (acc[vecs - 1] * Vec(factor)).store(o + d0 + (vecs - 1) * kLanes, last);
   }
 }
 
@@ -191,7 +229,7 @@ inline void few_queries_head(const float* q, const float* k, const float* v, con
                              int64_t out_row) {
   for (int64_t i = 0; i < s.Lq; ++i) {
     const int64_t n = causal ? i + 1 : s.Lk;
-    for (int64_t j = 0; j < n; ++j) scores[j] = row_dot(q + i * sq.row, k + j * sk.row, s.D);
+    row_scores(q + i * sq.row, k, sk.row, n, s.D, scores);
     const float* add = mask.add ? mask.add + i * mask.row : nullptr;
     const bool* allowed = mask.allowed ? mask.allowed + i * mask.row : nullptr;
     const float factor = softmax_row(scores, n, n, add, allowed, scale);
