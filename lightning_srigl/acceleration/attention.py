@@ -214,7 +214,8 @@ def switch_attention(
             forms = _projected_forms(site, call)
             key = f"{site.extra_repr()}|{_signature(call)}"
         else:
-            attention_calls = _distinct(_hf_calls(site, functools.partial(call, site)))
+            # replayed on a copy: the call's own objects (a KV cache its forward extends in place) stay as recorded
+            attention_calls = _distinct(_hf_calls(site, functools.partial(copy.deepcopy(call), site)))
             forms = _hf_forms(attention_calls) if attention_calls else None
         if forms is None:
             chosen[name] = "sdpa"

@@ -136,5 +136,6 @@ def scaled_dot_product_attention(
     kernel = None
     if not torch.compiler.is_compiling() and kernel_applies(query, key, value, attn_mask, is_causal):
         kernel = load_extension()
-    out: Tensor = (kernel.attention if kernel is not None else attention)(query, key, value, attn_mask, scale, is_causal)
+    run = kernel.attention if kernel is not None else attention
+    out: Tensor = run(query, key, value, attn_mask, scale, is_causal)
     return out

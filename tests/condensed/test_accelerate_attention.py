@@ -218,3 +218,31 @@ def test_an_aot_package_of_a_model_on_the_op_gives_its_outputs(tmp_path) -> None
     package = load_package(export_package(model, example, tmp_path / "model.pt2"))
     with torch.no_grad():
         torch.testing.assert_close(package(*example), run(model, example), rtol=1e-5, atol=1e-5)
+
+
+class CachedDecoder(nn.Module):
+    """``token (B, 1) -> logits``: GPT-2 decoding one token after a prompt whose KV cache it keeps between calls
+    (prefilled at the first call), cropped back to the prompt after each (the benchmarks' decode step)."""
+
+    def __init__(self, model: nn.Module, prompt: Tensor) -> None:
+        super().__init__()
+        self.model, self.prompt, self.cache = model, prompt, None
+
+    def forward(self, token: Tensor) -> Tensor:
+        if self.cache is None:
+            self.cache = self.model(self.prompt, use_cache=True).past_key_values
+        logits = self.model(token, past_key_values=self.cache, use_cache=True).logits
+        self.cache.crop(-1)
+        return logits
+
+
+def test_timing_the_attention_leaves_a_kv_cache_its_recorded_call_holds_as_it_was() -> None:
+    """The attention is timed on a replay of the model's recorded call, whose KV cache the forward extends in place:
+    the replay works on a copy, so the decoder's cache keeps the prompt's length and its outputs stay exact."""
+    model, prompt = gpt2()
+    decoder, token = CachedDecoder(model, prompt[:1]), torch.tensor([[5]])
+    expected = run(copy.deepcopy(decoder), token)
+    report = accelerate(decoder, token, model_repeats=0, verbose=False)
+    assert set(report.attention) == {"model"}
+    assert decoder.cache.get_seq_length() == prompt.shape[1]
+    torch.testing.assert_close(run(decoder, token), expected, rtol=1e-4, atol=1e-4)
