@@ -78,9 +78,11 @@ def _attention_direct(kwargs: dict[str, Any]) -> dict[str, Any] | None:
     from lightning_srigl.kernels.attention import kernel_applies
 
     query, key, value, mask = (_value(kwargs.get(name)) for name in ("query", "key", "value", "attn_mask"))
-    if not all(isinstance(t, torch.Tensor) for t in (query, key, value)) or not isinstance(mask, torch.Tensor | None):
+    if not (isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor) and isinstance(value, torch.Tensor)):
         return None
-    return kwargs if kernel_applies(query, key, value, mask, kwargs.get("is_causal", False)) else None
+    if not isinstance(mask, torch.Tensor | None):
+        return None
+    return kwargs if kernel_applies(query, key, value, mask, bool(kwargs.get("is_causal", False))) else None
 
 
 def _direct_ops() -> dict[Any, tuple[str, Callable[[dict[str, Any]], dict[str, Any] | None]]]:
