@@ -1,17 +1,19 @@
 """Compiled graphs call the loaded C++ variant's ops directly, without the Python custom op in between.
 
-The custom ops ``lightning_srigl::condensed_conv2d``, ``condensed_linear``, ``condensed_linear_rows`` and
-``attention`` are Python functions that check their inputs and pick a kernel, then call the loaded variant's C++
-op (``torch.ops.lightning_srigl_<variant>.*``). In a compiled graph that Python layer costs more than a small
-call's own work: 10-25 us per call (a ResNet-50 forward makes 52 convolution calls, a decoded token of a 12-layer
-transformer 84 linear and 12 attention calls). `call_kernel_directly` is part of the inductor post-grad pass
-(`residual_fusion.ResidualFusion` with ``direct``): it points each call whose traced inputs are what the C++ op
-takes without the Python layer's choices at the C++ op itself, with the same arguments:
+The custom ops ``lightning_srigl::condensed_conv2d``, ``condensed_linear``, ``condensed_linear_rows``,
+``int8_condensed_linear`` and ``attention`` are Python functions that check their inputs and pick a kernel, then
+call the loaded variant's C++ op (``torch.ops.lightning_srigl_<variant>.*``). In a compiled graph that Python layer
+costs more than a small call's own work: 10-25 us per call (a ResNet-50 forward makes 52 convolution calls, a
+decoded token of a 12-layer transformer 84 linear and 12 attention calls). `call_kernel_directly` is part of the
+inductor post-grad pass (`residual_fusion.ResidualFusion` with ``direct``): it points each call whose traced inputs
+are what the C++ op takes without the Python layer's choices at the C++ op itself, with the same arguments:
 
 * ``condensed_conv2d``: ``x`` (and ``residual``) contiguous fp32 CPU tensors (``block=0``: the kernel's own
   choice, as the Python op passes it);
 * ``condensed_linear``, ``condensed_linear_rows``: ``x2d`` and ``values`` contiguous fp32 CPU tensors (the
   Python ops' ``.contiguous()`` and dtype choice are then no-ops);
+* ``int8_condensed_linear``: ``x2d`` a contiguous fp32 CPU tensor (the int8 buffers are the layer's, which the
+  C++ op checks);
 * ``attention``: where `kernels.attention.kernel_applies` holds for the traced shapes (provably, without a
   guard: a symbolic key length, as in decoding with a dynamic cache, only with fewer queries than
   ``FEW_QUERIES``, which the kernel takes at any length).
@@ -74,6 +76,10 @@ def _linear_direct(kwargs: dict[str, Any]) -> dict[str, Any] | None:
     return kwargs if all(_contiguous_cpu_fp32(kwargs.get(name)) for name in ("x2d", "values")) else None
 
 
+def _int8_direct(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    return kwargs if _contiguous_cpu_fp32(kwargs.get("x2d")) else None  # the C++ op's mode: its default, 0 (auto)
+
+
 def _attention_direct(kwargs: dict[str, Any]) -> dict[str, Any] | None:
     from lightning_srigl.kernels.attention import kernel_applies
 
@@ -95,6 +101,7 @@ def _direct_ops() -> dict[Any, tuple[str, Callable[[dict[str, Any]], dict[str, A
         ops.condensed_linear.default: ("condensed_linear", _linear_direct),
         ops.condensed_linear_rows.default: ("condensed_linear_rows", _linear_direct),
         ops.attention.default: ("attention", _attention_direct),
+        ops.int8_condensed_linear.default: ("int8_condensed_linear", _int8_direct),
     }
 
 

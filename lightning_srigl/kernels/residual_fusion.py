@@ -20,6 +20,9 @@ then points the graph's calls of our ops at the loaded C++ variant's ops, skippi
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,13 +104,26 @@ class ResidualFusion(CustomGraphPass):
             call_kernel_directly(graph)
 
     def uuid(self) -> Any:
-        """The key of the graphs this pass rewrote in inductor's on-disk cache: with ``direct``, they name the
-        loaded variant's op, so the key holds that variant and its kernel sources (another variant, a disabled
-        extension or a rebuilt one must not load them)."""
+        """The key of the graphs this pass rewrote in inductor's on-disk cache: the passes' own code (this module's
+        and `direct_calls`'s sources: a changed rewrite must not load graphs the old one made) and, with
+        ``direct``, the loaded variant and its kernel sources, whose ops those graphs name (another variant, a
+        disabled extension or a rebuilt one must not load them)."""
+        key = f"lightning_srigl.residual_fusion.passes={_passes_hash()}.direct="
         if not self.direct:
-            return "lightning_srigl.residual_fusion.v3.direct=False"
+            return key + "False"
         from lightning_srigl.kernels.cpu.loader import load_extension
         from lightning_srigl.kernels.cpu.variants import source_hash
 
         kernel = load_extension()
-        return f"lightning_srigl.residual_fusion.v3.direct={kernel and kernel.variant}.sources={source_hash()}"
+        return f"{key}{kernel and kernel.variant}.sources={source_hash()}"
+
+
+@functools.cache
+def _passes_hash() -> str:
+    """A digest of this module's and `direct_calls`'s source files."""
+    from lightning_srigl.kernels import direct_calls
+
+    digest = hashlib.sha256()
+    for path in (__file__, direct_calls.__file__):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]

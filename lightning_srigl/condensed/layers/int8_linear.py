@@ -29,18 +29,6 @@ def _check_int8_buffers(module: Int8Condensed, incompatible: object = None) -> N
         module.layout = window_layout(module.weight, module.indices, module.in_features)
 
 
-def _compiled_cpu_inference(x2d: Tensor) -> bool:
-    """Whether ``torch.compile`` traces an inference call on CPU rows ``x2d``, which may then call the loaded
-    variant's C++ op: not under ``torch.export`` (a package may run on another CPU, whose variant differs:
-    `lightning_srigl.kernels.compiled.export_package`), nor with gradients enabled (the op has no autograd)."""
-    return (
-        torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-        and x2d.is_cpu
-        and not torch.is_grad_enabled()
-    )
-
-
 class Int8Condensed(nn.Module):
     """Rows ``(B, in_features)`` times the active neurons in int8, ``-> (B, out_features)`` fp32 (the linear and conv
     layers' shared part). Buffers: ``weight (A, kp)`` int8 (fan-in padded with zero weights to a multiple of 64),
@@ -116,16 +104,16 @@ class Int8Condensed(nn.Module):
     def _rows_forward(self, x2d: Tensor) -> Tensor:
         """Rows ``(B, in_features)`` fp32 -> ``(B, out_features)`` fp32 through the int8 op."""
         buffers = self._buffers  # plain dict reads: this runs on every call
-        direct = _eager_cpu_inference(x2d, buffers["weight_scale"], buffers["bias"]) or _compiled_cpu_inference(x2d)
-        kernel = load_extension() if direct else None
+        kernel = load_extension() if _eager_cpu_inference(x2d, buffers["weight_scale"], buffers["bias"]) else None
         op = int8_condensed_linear if kernel is None else kernel.int8_condensed_linear
         args = (
             x2d if kernel is None else x2d.contiguous(), buffers["weight"], buffers["indices"], buffers["weight_sum"],
             buffers["weight_scale"], buffers["active_rows"], buffers["bias"], buffers["layout"], self.out_features,
             self.input_scale, self.input_zero,
         )  # fmt: skip
-        # Eager CPU inference calls the op's CPU kernel directly, minus the Python op's ~15 us per call; so does a
-        # graph compiled in this process (the variant's op is the graph's node: one C++ call per layer).
+        # Eager CPU inference calls the op's CPU kernel directly, minus the Python op's ~15 us per call; a graph
+        # compiled in this process traces the Python op, which its post-grad pass points at the same C++ op
+        # (kernels/direct_calls.py).
         return op(*args) if kernel is None else op(*args, 0)
 
     def extra_repr(self) -> str:
