@@ -130,6 +130,35 @@ def test_few_queries_take_the_kernel_at_any_key_length() -> None:
                       v.double(), None, 0.2, False), v)  # fmt: skip
 
 
+@pytest.mark.parametrize("planes", ["shared", "per_batch"])
+def test_a_causal_bool_mask_runs_as_causal(kernel, planes: str) -> None:
+    """A bool mask that allows exactly keys 0..i to query i (what a compiled Hugging Face decoder passes) gives the
+    causal path's outputs, bit for bit; a mask one entry away from it is applied as a mask."""
+    q, k, v = (torch.randn(2, 3, 9, 32) for _ in range(3))
+    causal = torch.ones(9, 9, dtype=torch.bool).tril()
+    mask = causal.expand(1, 1, 9, 9) if planes == "shared" else causal.repeat(2, 1, 1, 1)
+    k[0, 1, 7] = float("nan")  # a key only queries 7 and 8 see
+    out = kernel.attention(q, k, v, mask, 0.2, False)
+    torch.testing.assert_close(out, kernel.attention(q, k, v, None, 0.2, True), rtol=0, atol=0, equal_nan=True)
+    assert out[0, 1, :7].isfinite().all() and out[0, 1, 7:].isnan().all()
+    near = mask.clone()
+    near[-1, 0, 8, 3] = False  # one more key hidden from the last query
+    k[0, 1, 7] = 1.0
+    expected = attention_reference(q.double(), k.double(), v.double(), near, 0.2, False)
+    _assert_exact(kernel.attention(q, k, v, near, 0.2, False), expected, v)
+
+
+def test_a_bool_mask_allowing_every_key_runs_as_no_mask(kernel) -> None:
+    q, k, v = torch.randn(2, 3, 1, 32), torch.randn(2, 3, 11, 32), torch.randn(2, 3, 11, 32)
+    k[1, 2, 4] = float("nan")
+    everything = torch.ones(2, 1, 1, 11, dtype=torch.bool)
+    expected = kernel.attention(q, k, v, None, 0.2, False)
+    torch.testing.assert_close(kernel.attention(q, k, v, everything, 0.2, False), expected, rtol=0, atol=0,
+                               equal_nan=True)  # fmt: skip
+    everything[1, 0, 0, 4] = False  # the NaN key masked: that row is finite again
+    assert kernel.attention(q, k, v, everything, 0.2, False)[1, 2].isfinite().all()
+
+
 def test_the_output_has_the_strides_of_a_batch_length_heads_tensor(kernel) -> None:
     q, k, v = (torch.randn(2, 3, 5, 32) for _ in range(3))
     out = kernel.attention(q, k, v, None, 0.2, False)

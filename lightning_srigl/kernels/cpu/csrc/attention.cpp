@@ -2,8 +2,9 @@
 //   torch.ops.<LSR_OPS_NAMESPACE>.attention(query, key, value, attn_mask, scale, is_causal) -> out
 // fp32 query (B, H, Lq, D), key and value (B, H, Lk, D), any strides; attn_mask fp32 (added) or bool (True =
 // attend) broadcastable to (B, H, Lq, Lk), or none; is_causal needs Lq == Lk and no mask. out is
-// (B, H, Lq, D) with the strides of a (B, Lq, H, D) tensor. See attention.h; the schema (ops.cpp) equals the
-// Python op's (lightning_srigl/kernels/attention.py, tests/kernels/test_op_schemas.py).
+// (B, H, Lq, D) with the strides of a (B, Lq, H, D) tensor. A bool mask that allows every key, or exactly the causal
+// ones, runs as no mask or as is_causal (`allows_every_key`, `is_causal_mask`). See attention.h; the schema
+// (ops.cpp) equals the Python op's (lightning_srigl/kernels/attention.py, tests/kernels/test_op_schemas.py).
 #include <ATen/ATen.h>
 
 #include "attention.h"
@@ -29,6 +30,37 @@ at::Tensor expanded_mask(const at::Tensor& mask, const AttentionShape& s) {
   return s.Lk > 1 && expanded.stride(3) != 1 ? expanded.contiguous() : expanded;
 }
 
+// Whether every distinct (Lq, Lk) plane of the expanded bool mask (B, H, Lq, Lk) allows exactly `allowed(i, j)`.
+template <typename Allowed>
+bool mask_is(const at::Tensor& mask, const AttentionShape& s, Allowed allowed) {
+  const bool* data = mask.data_ptr<bool>();
+  const int64_t planes_b = mask.stride(0) == 0 ? 1 : s.B, planes_h = mask.stride(1) == 0 ? 1 : s.H;
+  for (int64_t b = 0; b < planes_b; ++b) {
+    for (int64_t h = 0; h < planes_h; ++h) {
+      const bool* plane = data + b * mask.stride(0) + h * mask.stride(1);
+      for (int64_t i = 0; i < s.Lq; ++i) {
+        const bool* row = plane + i * mask.stride(2);
+        for (int64_t j = 0; j < s.Lk; ++j) {
+          if (row[j * mask.stride(3)] != allowed(i, j)) return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// The bool masks a compiled Hugging Face model materialises where its eager masking passes none (it skips them
+// only when not compiling): one that allows every key (no mask) or, with Lq == Lk, exactly keys 0..i to query i
+// (causal). They run as what they are, without reading the mask: the same outputs (a masked score is never used
+// either way), and the causal path skips the keys no query of a block sees. The checks read the planes once.
+bool allows_every_key(const at::Tensor& mask, const AttentionShape& s) {
+  return mask.scalar_type() == at::kBool && mask_is(mask, s, [](int64_t, int64_t) { return true; });
+}
+bool is_causal_mask(const at::Tensor& mask, const AttentionShape& s) {
+  return mask.scalar_type() == at::kBool && s.Lq == s.Lk &&
+         mask_is(mask, s, [](int64_t i, int64_t j) { return j <= i; });
+}
+
 }  // namespace
 
 at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
@@ -49,7 +81,13 @@ at::Tensor attention(const at::Tensor& query, const at::Tensor& key, const at::T
   if (out.numel() == 0) return out;
   if (s.Lk == 0) return out.zero_();
   const at::Tensor q = last_dim_dense(query), k = last_dim_dense(key), v = last_dim_dense(value);
-  const at::Tensor mask = attn_mask.has_value() ? expanded_mask(*attn_mask, s) : at::Tensor();
+  at::Tensor mask = attn_mask.has_value() ? expanded_mask(*attn_mask, s) : at::Tensor();
+  if (mask.defined() && allows_every_key(mask, s)) {
+    mask = at::Tensor();
+  } else if (mask.defined() && is_causal_mask(mask, s)) {
+    mask = at::Tensor();
+    is_causal = true;
+  }
   const bool has_mask = mask.defined(), bool_mask = has_mask && mask.scalar_type() == at::kBool;
   // Values rows not whole vectors, or apart (Hugging Face's (B, L, H, D) views: rows H * D floats apart, which
   // the P V product would read from a few L1 sets and many pages) are packed per head.
