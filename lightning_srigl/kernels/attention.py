@@ -100,15 +100,22 @@ def _torch_attention(
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def _cpu_kernel_or_torch(
+    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float, is_causal: bool
+) -> Tensor:
+    """The C++ kernel where it applies (`kernel_applies`), else torch's attention: the `attention` op's body."""
+    kernel = load_extension() if kernel_applies(query, key, value, attn_mask, is_causal) else None
+    if kernel is None:
+        return _torch_attention(query, key, value, attn_mask, scale, is_causal)
+    return kernel.attention(query, key, value, attn_mask, scale, is_causal)
+
+
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def attention(
     query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float, is_causal: bool
 ) -> Tensor:
     """``(B, H, Lq, D)`` attention output; see the module docstring. CPU: the C++ kernel where it applies."""
-    kernel = load_extension() if kernel_applies(query, key, value, attn_mask, is_causal) else None
-    if kernel is None:
-        return _torch_attention(query, key, value, attn_mask, scale, is_causal)
-    return kernel.attention(query, key, value, attn_mask, scale, is_causal)
+    return _cpu_kernel_or_torch(query, key, value, attn_mask, scale, is_causal)
 
 
 @attention.register_fake
@@ -127,15 +134,12 @@ def scaled_dot_product_attention(
     scale: float | None = None,
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` without dropout through the `attention` op (``scale`` default
-    ``1 / sqrt(D)``); torch's own where a gradient is tracked (the op has no backward). Run eagerly, a call the
-    kernel takes goes to the loaded variant's op without the Python op in between (as a compiled graph's does,
-    `direct_calls`), so timing it eagerly times what the compiled graph runs."""
+    ``1 / sqrt(D)``); torch's own where a gradient is tracked (the op has no backward). Run eagerly, it is the op's
+    body without the Python op around it (the loaded variant's op where the kernel applies, as a compiled graph calls
+    it, `direct_calls`), so timing it eagerly times what the compiled graph runs."""
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
-    kernel = None
-    if not torch.compiler.is_compiling() and kernel_applies(query, key, value, attn_mask, is_causal):
-        kernel = load_extension()
-    run = kernel.attention if kernel is not None else attention
+    run = attention if torch.compiler.is_compiling() else _cpu_kernel_or_torch  # compiled: one opaque node
     out: Tensor = run(query, key, value, attn_mask, scale, is_causal)
     return out
