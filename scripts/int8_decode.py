@@ -18,6 +18,8 @@ cache and token and returns its own cache. Engines, on the same weights:
   eager forwards. The example cache's length is marked dynamic (``torch._dynamo.mark_dynamic``), so
   one graph serves every cache length: generating compiles nothing more (the table counts the graphs compiled
   after ``accelerate``, over every engine's steps and tokens);
+* ``ours int8 compiled, C++ wrapper``: ``ours int8`` accelerated once more, with ``compile_options={"cpp_wrapper":
+  True}`` too (the graph's wrapper, which calls its kernels and ops, in C++ instead of Python; a longer compile);
 * ``ours int8 layers``: only the int8 layers of ``ours int8``, called on their inputs of one step (what of its
   time per token the sparse layers take; the rest is the model's other operations);
 * ``ORT fp32``, ``ORT int8``: ``CacheStep`` of the dense model exported with ``torch.onnx.export(dynamo=True)``,
@@ -33,8 +35,7 @@ against dense fp32. Needs onnxruntime, onnx, onnxscript and transformers::
 
     PYTHONPATH=. python scripts/int8_decode.py --models gpt2 llama_decode --out runs/int8_decode.md
 
-``--no-compile`` leaves the compiled engines out; ``--cpp-wrapper`` compiles them with inductor's C++ wrapper
-(``compile_options={"cpp_wrapper": True}``: less time per call, a longer compile).
+``--no-compile`` leaves the compiled engines out.
 """
 
 from __future__ import annotations
@@ -190,7 +191,6 @@ def measure(
     smoke: bool,
     folder: Path,
     compile: bool = True,
-    cpp_wrapper: bool = False,
 ) -> dict:
     masked = hf_model(name, smoke)
     dense = CacheStep(dense_reference(masked)).eval()
@@ -199,21 +199,27 @@ def measure(
     prefill = dense.model(prompt, use_cache=True)
     past = flat_cache(prefill.past_key_values)
     token = prefill.logits[:, -1:].argmax(-1)
-    fp32, int8 = CacheStep(copy.deepcopy(masked)).eval(), CacheStep(copy.deepcopy(masked)).eval()
+    fp32, int8, int8_cpp = (CacheStep(copy.deepcopy(masked)).eval() for _ in range(3))
     example = (token, *(dynamic_length(past) if compile else past))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compiled = {"compile": compile, "module_guards": False, "compile_options": {"cpp_wrapper": cpp_wrapper}}
-        accelerate(fp32, example, repeats=3, verbose=False, model_repeats=0, **compiled)
-        report = accelerate(int8, example, quantize="int8-condensed", repeats=3, verbose=False, model_repeats=0,
-                            **compiled)  # fmt: skip
+        options = {"repeats": 3, "verbose": False, "model_repeats": 0, "compile": compile, "module_guards": False}
+        accelerate(fp32, example, **options)
+        report = accelerate(int8, example, quantize="int8-condensed", **options)
+        if compile:
+            cpp = {"compile_options": {"cpp_wrapper": True}}
+            accelerate(int8_cpp, (token, *dynamic_length(past)), quantize="int8-condensed", **options, **cpp)
     steps = {
         "dense fp32": torch_step(dense),
         "ours fp32": torch_step(eager_forward(fp32)),
         "ours int8": torch_step(eager_forward(int8)),
     }
     if compile:
-        steps |= {"ours fp32 compiled": torch_step(fp32), "ours int8 compiled": torch_step(int8)}
+        steps |= {
+            "ours fp32 compiled": torch_step(fp32),
+            "ours int8 compiled": torch_step(int8),
+            "ours int8 compiled, C++ wrapper": torch_step(int8_cpp),
+        }
     ort, quantized = ort_steps(dense, token, past, folder)  # torch.export: before the count of compiled graphs
     steps |= ort
     compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -241,7 +247,8 @@ def measure(
 
 def table(rows: list[dict], count: int, loads: tuple[str, str]) -> str:
     labels = list(rows[0]["ms"])
-    ours = [label for label in ("ours int8", "ours int8 compiled") if label in labels]
+    ours_labels = ("ours int8", "ours int8 compiled", "ours int8 compiled, C++ wrapper")
+    ours = [label for label in ours_labels if label in labels]
     ratios = [f"{label} vs {peer}" for label in ours for peer in ("ORT int8", "dense fp32")]
     lines = [
         f"CPU {cpu_model()}, kernel variant {requested_variant()}, 1 thread, CPU time (minimum), load average "
@@ -273,7 +280,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds of samples per engine")
     parser.add_argument("--smoke", action="store_true", help="tiny models (the same code paths, for a quick check)")
     parser.add_argument("--no-compile", action="store_true", help="leave the compiled engines out")
-    parser.add_argument("--cpp-wrapper", action="store_true", help="compile with inductor's C++ wrapper")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -282,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             options = (args.prompt, args.tokens, args.seconds, args.smoke, Path(folder))
-            rows.append(measure(name, *options, not args.no_compile, args.cpp_wrapper))
+            rows.append(measure(name, *options, not args.no_compile))
             print({k: v for k, v in rows[-1].items() if k != "tokens"}, flush=True)
     after = load_averages()
     text = table(rows, args.tokens, (before, after))

@@ -93,7 +93,9 @@ def _attention_direct(kwargs: dict[str, Any]) -> dict[str, Any] | None:
 
 def _direct_ops() -> dict[Any, tuple[str, Callable[[dict[str, Any]], dict[str, Any] | None]]]:
     """Python op -> (the C++ op's name, ``kwargs -> the C++ op's kwargs, or None where it does not apply``)."""
-    import lightning_srigl.kernels  # noqa: F401  (registers the Python ops)
+    # The modules that register the Python ops named below (a process may compile before it imports any of them:
+    # ``lightning_srigl.kernels`` itself imports none).
+    from lightning_srigl.kernels import attention, conv, int8, linear, linear_rows  # noqa: F401
 
     ops = torch.ops.lightning_srigl
     return {

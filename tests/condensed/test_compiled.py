@@ -23,6 +23,7 @@ from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.kernels.attention import scaled_dot_product_attention
 from lightning_srigl.kernels.compiled import (
     COMPILE_OPTIONS,
+    compile_in_place,
     compile_lazily,
     eager_forward,
     export_package,
@@ -289,3 +290,55 @@ def test_without_module_guards_each_model_of_a_class_runs_its_own_graph_and_chan
         guarded.train()
         guarded(x)  # with the module guards, training mode recompiles
         assert counters["stats"]["unique_graphs"] == graphs + 2
+
+
+class Appended(nn.Module):
+    """``(N, P, 3), (N, 1, 3) -> (N, P + 1, 3)``: a cache with one entry appended, doubled."""
+
+    def forward(self, cache: torch.Tensor, entry: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cache, entry], dim=1) * 2
+
+
+def _guards(compiled_forward: object) -> str:
+    """The printed guard tree of the one graph dynamo compiled for a forward made by `compile_lazily`."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    compiled = getattr(compiled_forward, "__wrapped__", compiled_forward)
+    function = compiled._torchdynamo_orig_callable.__func__  # type: ignore[attr-defined]
+    (entry,) = _debug_get_cache_entry_list(function.__code__)
+    return str(entry.guard_manager)
+
+
+def test_the_guards_of_a_dynamic_input_are_checked_in_cpp_not_python_lambdas() -> None:
+    """`GUARD_SETTINGS`: the size and stride relations of a dimension marked dynamic and the inputs' no-aliasing
+    check are C++ guards (dynamo's defaults make them Python lambdas); the graph serves every length."""
+    model = Appended()
+    cache = torch.randn(2, 5, 3)
+    torch._dynamo.mark_dynamic(cache, 1)
+    compile_in_place(model, (cache, torch.randn(2, 1, 3)), module_guards=False)
+    guards = _guards(model.forward)
+    assert "SYMBOLIC_SHAPE_GUARD: L['cache'].stride()[0] == 3*L['cache'].size()[1]" in guards
+    assert "NO_TENSOR_ALIASING" in guards
+    assert "LAMBDA_GUARD" not in guards.replace("LAMBDA_GUARD: torch._functorch", "")  # dynamo's ambient guard
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for length in (7, 40):
+            cache, entry = torch.randn(2, length, 3), torch.randn(2, 1, 3)
+            torch.testing.assert_close(model(cache, entry), torch.cat([cache, entry], 1) * 2)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_process_that_imported_only_the_compiler_compiles_a_model() -> None:
+    """The post-grad pass names every op it redirects, also ones no module of the process has imported yet."""
+    script = (
+        "import torch\n"
+        "from lightning_srigl.kernels.compiled import compile_in_place\n"
+        "model, x = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), torch.randn(2, 4)\n"
+        "compile_in_place(model, x)\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(model(x), model[1](model[0](x)))\n"
+        "print('compiled')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("compiled")
