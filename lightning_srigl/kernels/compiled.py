@@ -29,6 +29,7 @@ compile (``torch.compiler.reset()`` and a new call). It applies to calls without
 
 from __future__ import annotations
 
+import difflib
 import functools
 import time
 import types
@@ -52,6 +53,7 @@ __all__ = [
     "PACKAGE_OPTIONS",
     "CUSTOM_OPS",
     "GUARD_SETTINGS",
+    "check_compile_options",
     "compile_in_place",
     "compile_lazily",
     "eager_forward",
@@ -128,6 +130,39 @@ def compile_in_place(
     return time.perf_counter() - start
 
 
+def check_compile_options(options: object) -> dict[str, Any]:
+    """``options`` (inductor options, ``torch._inductor.config`` names, for ``torch.compile(options=...)``) as a
+    dict, ``{}`` for None; checked as ``torch.compile`` checks them (a known name, a value of its type), but before
+    anything is compiled or changed, with the name meant where one is misspelt.
+
+    Raises:
+        TypeError: ``options`` is not a dict of names, or a value has the wrong type.
+        ValueError: a name that is no inductor option.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(name, str) for name in options):
+        raise TypeError(
+            "compile_options must be a dict of torch._inductor.config names and values (e.g. {'cpp_wrapper': True}), "
+            f"got {type(options).__name__} {options!r}"
+        )
+    config = torch._inductor.config
+    known = config.get_config_copy()
+    for name, value in options.items():
+        if name == "guard_filter_fn":  # taken by torch.compile itself
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"compile_options: {name!r} is no torch._inductor.config option{hint}")
+        expected = config.get_type(name)  # type: ignore[attr-defined]
+        if isinstance(expected, type) and not isinstance(value, expected):
+            raise TypeError(
+                f"compile_options: {name!r} takes a {expected.__name__}, got {type(value).__name__} {value!r}"
+            )
+    return dict(options)
+
+
 def compile_lazily(
     model: nn.Module, *, fullgraph: bool = True, module_guards: bool = True, options: dict[str, Any] | None = None
 ) -> None:
@@ -151,8 +186,8 @@ def compile_lazily(
     ``{"cpp_wrapper": True}``: the graph's wrapper in C++ instead of Python (less time per call, for graphs of many
     small steps such as decoding; a longer compile).
     """
+    merged = COMPILE_OPTIONS | check_compile_options(options)
     freeze_layouts(model)
-    merged = COMPILE_OPTIONS | (options or {})
     forward = eager_forward(model)
     if not module_guards:
         merged["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe

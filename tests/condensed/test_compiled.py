@@ -342,3 +342,21 @@ def test_a_process_that_imported_only_the_compiler_compiles_a_model() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("compiled")
+
+
+@pytest.mark.parametrize(
+    ("options", "compile", "error", "message"),
+    [
+        ("cpp_wrapper", True, TypeError, "compile_options must be a dict"),
+        ({"cpp_wraper": True}, True, ValueError, "did you mean 'cpp_wrapper'"),
+        ({"cpp_wrapper": "yes"}, True, TypeError, "'cpp_wrapper' takes a bool"),
+        ({"cpp_wrapper": True}, False, ValueError, "pass compile=True"),
+    ],
+)
+def test_bad_compile_options_are_refused_before_the_model_changes(options, compile, error, message) -> None:
+    model = masked(ConvNet(), "erk")
+    before = {name: type(module) for name, module in model.named_modules()}
+    with pytest.raises(error, match=message):
+        accelerate(model, torch.randn(2, 3, 16, 16), verbose=False, compile=compile, compile_options=options)
+    assert {name: type(module) for name, module in model.named_modules()} == before
+    assert "forward" not in vars(model)
