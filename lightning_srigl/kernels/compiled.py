@@ -7,7 +7,8 @@ PyTorch. `compile_in_place` hands the whole model to PyTorch's own compiler inst
 * ``torch.compile(fullgraph=True)`` with inductor's ``freezing`` option: parameters and buffers
   become constants, so inductor prepacks the remaining dense convolution weights for oneDNN (fp32 linear ones for MKL)
   and fuses BatchNorm, bias, activations and pointwise work around them; a residual addition (and its ReLU)
-  after a condensed convolution goes into that convolution's epilogue (`residual_fusion`);
+  after a condensed convolution goes into that convolution's epilogue (`residual_fusion`), and the tanh GELU's
+  ``1 + tanh(u)`` is computed as ``2 sigmoid(2u)`` (`pointwise_rewrites`; the passes: `graph_passes`);
 * the condensed layers reach the graph as the opaque custom ops ``lightning_srigl::condensed_linear``
   and ``lightning_srigl::condensed_conv2d`` (`linear`,
   `conv`), whose fake implementations give inductor their output
@@ -44,9 +45,9 @@ from lightning_srigl.kernels.attention import attention
 from lightning_srigl.kernels.conv import condensed_conv2d
 from lightning_srigl.kernels.cpu.loader import load_extension
 from lightning_srigl.kernels.dense import packed_linear
+from lightning_srigl.kernels.graph_passes import PostGradPasses
 from lightning_srigl.kernels.linear import condensed_linear
 from lightning_srigl.kernels.linear_rows import condensed_linear_rows
-from lightning_srigl.kernels.residual_fusion import ResidualFusion
 
 __all__ = [
     "COMPILE_OPTIONS",
@@ -64,19 +65,20 @@ __all__ = [
     "load_package",
 ]
 
-# Inductor options of the compiled graph (torch._inductor.config names): freezing, and a ResNet block's residual
-# addition and ReLU fused into the condensed convolution before them (residual_fusion); in-process, the
-# convolutions call the loaded C++ variant directly (PACKAGE_OPTIONS, for other CPUs, keep the Python op).
+# Inductor options of the compiled graph (torch._inductor.config names): freezing, and our post-grad passes
+# (graph_passes: a ResNet block's residual addition and ReLU fused into the condensed convolution before them, the
+# tanh GELU's 1 + tanh(u) as 2 sigmoid(2u), and in-process our ops' calls pointed at the loaded C++ variant;
+# PACKAGE_OPTIONS, for other CPUs, keep the Python ops).
 # The Python wrapper's size, stride and alignment asserts of every input and op output are left out: one Python
 # call each per call of the graph, hundreds in a decode step of the Llama-style decoder (docs/int8.md, Decoding;
 # the ops' fakes are checked against their kernels by tests/kernels/test_op_schemas.py).
 COMPILE_OPTIONS: dict[str, Any] = {
     "freezing": True,
-    "post_grad_custom_post_pass": ResidualFusion(direct=True),
+    "post_grad_custom_post_pass": PostGradPasses(direct=True),
     "size_asserts": False,
     "alignment_asserts": False,
 }
-PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
+PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": PostGradPasses()}
 # Dynamo settings (torch._dynamo.config names) while a compiled forward runs, so while dynamo traces it and
 # builds its guards: the symbolic shape guards (the stride relations of a dynamic cache length: 48 of them in a
 # decode step of the Llama-style decoder) compiled to C++ instead of Python lambdas, and the no-aliasing guard

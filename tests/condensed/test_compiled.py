@@ -32,7 +32,8 @@ from lightning_srigl.kernels.compiled import (
 )
 from lightning_srigl.kernels.cpu.loader import host_variants
 from lightning_srigl.kernels.direct_calls import call_kernel_directly
-from lightning_srigl.kernels.residual_fusion import ResidualFusion, fuse_residuals
+from lightning_srigl.kernels.graph_passes import PostGradPasses
+from lightning_srigl.kernels.residual_fusion import fuse_residuals
 from lightning_srigl.masking import bind_masks
 
 
@@ -146,8 +147,8 @@ def condensed_conv(conv: nn.Conv2d) -> CondensedConv2d:
     return CondensedConv2d.from_masked(conv, mask.view_as(conv.weight))
 
 
-class CountingFusion(ResidualFusion):
-    """`ResidualFusion` with ``direct`` that counts what it rewrote (a fresh ``uuid``: inductor's cache must not
+class CountingFusion(PostGradPasses):
+    """`PostGradPasses` with ``direct`` that counts what it rewrote (a fresh ``uuid``: inductor's cache must not
     skip it)."""
 
     def __init__(self) -> None:
