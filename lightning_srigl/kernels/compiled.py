@@ -83,8 +83,7 @@ PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass
 # builds its guards: the symbolic shape guards (the stride relations of a dynamic cache length: 48 of them in a
 # decode step of the Llama-style decoder) compiled to C++ instead of Python lambdas, and the no-aliasing guard
 # over the inputs in C++ too (a lambda by default, for dict-tag matching of module guards, which
-# ``module_guards=False`` leaves out). The same guards, checked faster: 5 % less time per decode step of the
-# Llama-style decoder (docs/int8.md, Decoding).
+# ``module_guards=False`` leaves out). The same guards, checked without calling Python (docs/int8.md, Decoding).
 GUARD_SETTINGS: dict[str, Any] = {
     "enable_cpp_symbolic_shape_guards": True,
     "use_lamba_guard_for_object_aliasing": False,
