@@ -206,9 +206,13 @@ def measure(
         options = {"repeats": 3, "verbose": False, "model_repeats": 0, "compile": compile, "module_guards": False}
         accelerate(fp32, example, **options)
         report = accelerate(int8, example, quantize="int8-condensed", **options)
+        compile_seconds = "-"
         if compile:
             cpp = {"compile_options": {"cpp_wrapper": True}}
-            accelerate(int8_cpp, (token, *dynamic_length(past)), quantize="int8-condensed", **options, **cpp)
+            cpp_report = accelerate(
+                int8_cpp, (token, *dynamic_length(past)), quantize="int8-condensed", **options, **cpp
+            )
+            compile_seconds = f"{report.compile_seconds:.0f} / {cpp_report.compile_seconds:.0f}"
     steps = {
         "dense fp32": torch_step(dense),
         "ours fp32": torch_step(eager_forward(fp32)),
@@ -242,6 +246,7 @@ def measure(
         "int8 chose": ", ".join(f"{kind} x{chosen.count(kind)}" for kind in sorted(set(chosen))),
         "ORT int8 graph": quantized,
         "recompiles": recompiled if compile else "-",
+        "compile s": compile_seconds,
     }
 
 
@@ -257,8 +262,9 @@ def table(rows: list[dict], count: int, loads: tuple[str, str]) -> str:
         "| model | "
         + " | ".join(f"{label} ms/token" + (" (error)" if label in rows[0]["error"] else "") for label in labels)
         + " | " + " | ".join(ratios) + f" | greedy tokens = dense fp32's (of {count}) "
-        "| int8 acceleration chose | ORT int8 graph | graphs compiled after accelerate |",
-        "|---|" + "---|" * (len(labels) + len(ratios) + 4),
+        "| int8 acceleration chose | ORT int8 graph | graphs compiled after accelerate "
+        "| ours int8 compile s (Python / C++ wrapper) |",
+        "|---|" + "---|" * (len(labels) + len(ratios) + 5),
     ]  # fmt: skip
     for row in rows:
         ms, error, agree = row["ms"], row["error"], row["agree"]
@@ -267,7 +273,7 @@ def table(rows: list[dict], count: int, loads: tuple[str, str]) -> str:
         same = ", ".join(f"{label} {agree[label]}" for label in agree if label != "dense fp32")
         lines.append(
             f"| {row['model']} | {' | '.join(shown)} | {' | '.join(speedups)} | {same} | {row['int8 chose']} | "
-            f"{row['ORT int8 graph']} | {row['recompiles']} |"
+            f"{row['ORT int8 graph']} | {row['recompiles']} | {row['compile s']} |"
         )
     return "\n".join(lines)
 

@@ -56,7 +56,7 @@ from lightning_srigl.condensed.kinds.registry import (
     sparse_layers,
     tied_layers,
 )
-from lightning_srigl.kernels.compiled import compile_in_place, eager_forward
+from lightning_srigl.kernels.compiled import check_compile_options, compile_in_place, eager_forward
 from lightning_srigl.layer_call import LayerCall, record_calls
 
 __all__ = [
@@ -255,6 +255,9 @@ def accelerate(
     """
     candidates = check_candidates(candidates)
     check_quantize(quantize, error_budget)
+    compile_options = check_compile_options(compile_options)
+    if compile_options and not compile:
+        raise ValueError("compile_options are options of the compiled graph: pass compile=True with them")
     names = list(sparse_layers(model))
     if not names:
         raise ValueError(

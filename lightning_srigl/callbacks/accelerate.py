@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from itertools import chain
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -39,7 +40,7 @@ from lightning_srigl.callbacks.arguments import as_integer, check_flag
 from lightning_srigl.callbacks.sparsity_callback import check_trainable, log_metrics, run_folder
 from lightning_srigl.condensed.kinds.quantized import DEFAULT_ERROR_BUDGET
 from lightning_srigl.condensed.kinds.registry import CANDIDATES, accelerated_layers, sparse_kind, sparse_layers
-from lightning_srigl.kernels.compiled import compile_lazily, holder_of
+from lightning_srigl.kernels.compiled import check_compile_options, compile_lazily, holder_of
 from lightning_srigl.layer_call import LayerCall, record_calls
 from lightning_srigl.logs import rank_zero_info
 from lightning_srigl.masking import is_sharded, masked_weights, qualified_name, unshard_modules_
@@ -82,6 +83,9 @@ class AccelerateCallback(Callback):
             into one graph (``torch.compile`` with inductor freezing,
             [`lightning_srigl.kernels.compiled`][lightning_srigl.kernels.compiled]);
             it compiles at its first call (the first test/predict batch), which takes the compile time once.
+        compile_options: with ``compile``, inductor options over the defaults, as for ``accelerate`` (e.g.
+            ``{"cpp_wrapper": True}``: the graph's wrapper in C++, less time per call for graphs of many small steps
+            such as decoding, a longer compile; [`compile_lazily`][lightning_srigl.kernels.compiled.compile_lazily]).
         fast_attention: also time the attention of each attention site at fit end, torch's
             ``scaled_dot_product_attention`` against the ``lightning_srigl::attention`` op, and switch to the op where
             it is exact and faster, as ``accelerate(fast_attention=True)`` does
@@ -104,6 +108,7 @@ class AccelerateCallback(Callback):
         error_budget: float = DEFAULT_ERROR_BUDGET,
         compile: bool = False,
         fast_attention: bool = True,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         if batch_size is not None:
             batch_size = as_integer(batch_size, "batch_size", 1, "or None to time at the training batch size")
@@ -116,6 +121,9 @@ class AccelerateCallback(Callback):
         check_quantize(quantize, error_budget)
         self.quantize, self.error_budget = quantize, error_budget
         self.compile = check_flag(compile, "compile")
+        self.compile_options = check_compile_options(compile_options)
+        if self.compile_options and not self.compile:
+            raise ValueError("compile_options are options of the compiled graph: pass compile=True with them")
         self.fast_attention = check_flag(fast_attention, "fast_attention")
         self.report: AccelerationReport | None = None
         self._inputs: dict[str, LayerCall] = {}
@@ -210,7 +218,8 @@ class AccelerateCallback(Callback):
         names = list(dict.fromkeys([*touched, *(row.name for row in self.report.rows)]))
         self._originals = {name: self._snapshot[name] for name in names}
         if self.compile:
-            compile_lazily(holder_of(pl_module, [row.name for row in self.report.rows]))
+            holder = holder_of(pl_module, [row.name for row in self.report.rows])
+            compile_lazily(holder, options=self.compile_options)
         _leave_out_of_ddp_sync(pl_module)
         if self._load_hook is None:
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._restore_before_load)

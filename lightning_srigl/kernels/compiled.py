@@ -7,7 +7,8 @@ PyTorch. `compile_in_place` hands the whole model to PyTorch's own compiler inst
 * ``torch.compile(fullgraph=True)`` with inductor's ``freezing`` option: parameters and buffers
   become constants, so inductor prepacks the remaining dense convolution weights for oneDNN (fp32 linear ones for MKL)
   and fuses BatchNorm, bias, activations and pointwise work around them; a residual addition (and its ReLU)
-  after a condensed convolution goes into that convolution's epilogue (`residual_fusion`);
+  after a condensed convolution goes into that convolution's epilogue (`residual_fusion`), and the tanh GELU's
+  ``1 + tanh(u)`` is computed as ``2 sigmoid(2u)`` (`pointwise_rewrites`; the passes: `graph_passes`);
 * the condensed layers reach the graph as the opaque custom ops ``lightning_srigl::condensed_linear``
   and ``lightning_srigl::condensed_conv2d`` (`linear`,
   `conv`), whose fake implementations give inductor their output
@@ -29,6 +30,7 @@ compile (``torch.compiler.reset()`` and a new call). It applies to calls without
 
 from __future__ import annotations
 
+import difflib
 import functools
 import time
 import types
@@ -41,13 +43,14 @@ from torch import nn
 
 from lightning_srigl.kernels import PYTHON_OPS
 from lightning_srigl.kernels.cpu.loader import load_extension
-from lightning_srigl.kernels.residual_fusion import ResidualFusion
+from lightning_srigl.kernels.graph_passes import PostGradPasses
 
 __all__ = [
     "COMPILE_OPTIONS",
     "PACKAGE_OPTIONS",
     "CUSTOM_OPS",
     "GUARD_SETTINGS",
+    "check_compile_options",
     "compile_in_place",
     "compile_lazily",
     "eager_forward",
@@ -58,19 +61,20 @@ __all__ = [
     "load_package",
 ]
 
-# Inductor options of the compiled graph (torch._inductor.config names): freezing, and a ResNet block's residual
-# addition and ReLU fused into the condensed convolution before them (residual_fusion); in-process, the
-# convolutions call the loaded C++ variant directly (PACKAGE_OPTIONS, for other CPUs, keep the Python op).
+# Inductor options of the compiled graph (torch._inductor.config names): freezing, and our post-grad passes
+# (graph_passes: a ResNet block's residual addition and ReLU fused into the condensed convolution before them, the
+# tanh GELU's 1 + tanh(u) as 2 sigmoid(2u), and in-process our ops' calls pointed at the loaded C++ variant;
+# PACKAGE_OPTIONS, for other CPUs, keep the Python ops).
 # The Python wrapper's size, stride and alignment asserts of every input and op output are left out: one Python
 # call each per call of the graph, hundreds in a decode step of the Llama-style decoder (docs/int8.md, Decoding;
 # the ops' fakes are checked against their kernels by tests/kernels/test_op_schemas.py).
 COMPILE_OPTIONS: dict[str, Any] = {
     "freezing": True,
-    "post_grad_custom_post_pass": ResidualFusion(direct=True),
+    "post_grad_custom_post_pass": PostGradPasses(direct=True),
     "size_asserts": False,
     "alignment_asserts": False,
 }
-PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": ResidualFusion()}
+PACKAGE_OPTIONS: dict[str, Any] = {"freezing": True, "post_grad_custom_post_pass": PostGradPasses()}
 # Dynamo settings (torch._dynamo.config names) while a compiled forward runs, so while dynamo traces it and
 # builds its guards: the symbolic shape guards (the stride relations of a dynamic cache length: 48 of them in a
 # decode step of the Llama-style decoder) compiled to C++ instead of Python lambdas, and the no-aliasing guard
@@ -125,6 +129,39 @@ def compile_in_place(
     return time.perf_counter() - start
 
 
+def check_compile_options(options: object) -> dict[str, Any]:
+    """``options`` (inductor options, ``torch._inductor.config`` names, for ``torch.compile(options=...)``) as a
+    dict, ``{}`` for None; checked as ``torch.compile`` checks them (a known name, a value of its type), but before
+    anything is compiled or changed, with the name meant where one is misspelt.
+
+    Raises:
+        TypeError: ``options`` is not a dict of names, or a value has the wrong type.
+        ValueError: a name that is no inductor option.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(name, str) for name in options):
+        raise TypeError(
+            "compile_options must be a dict of torch._inductor.config names and values (e.g. {'cpp_wrapper': True}), "
+            f"got {type(options).__name__} {options!r}"
+        )
+    config = torch._inductor.config
+    known = config.get_config_copy()
+    for name, value in options.items():
+        if name == "guard_filter_fn":  # taken by torch.compile itself
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"compile_options: {name!r} is no torch._inductor.config option{hint}")
+        expected = config.get_type(name)  # type: ignore[attr-defined]
+        if isinstance(expected, type) and not isinstance(value, expected):
+            raise TypeError(
+                f"compile_options: {name!r} takes a {expected.__name__}, got {type(value).__name__} {value!r}"
+            )
+    return dict(options)
+
+
 def compile_lazily(
     model: nn.Module, *, fullgraph: bool = True, module_guards: bool = True, options: dict[str, Any] | None = None
 ) -> None:
@@ -148,8 +185,8 @@ def compile_lazily(
     ``{"cpp_wrapper": True}``: the graph's wrapper in C++ instead of Python (less time per call, for graphs of many
     small steps such as decoding; a longer compile).
     """
+    merged = COMPILE_OPTIONS | check_compile_options(options)
     freeze_layouts(model)
-    merged = COMPILE_OPTIONS | (options or {})
     forward = eager_forward(model)
     if not module_guards:
         merged["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe

@@ -5,7 +5,7 @@ The custom ops ``lightning_srigl::condensed_conv2d``, ``condensed_linear``, ``co
 call the loaded variant's C++ op (``torch.ops.lightning_srigl_<variant>.*``). In a compiled graph that Python layer
 costs more than a small call's own work: 10-25 us per call (a ResNet-50 forward makes 52 convolution calls, a
 decoded token of a 12-layer transformer 84 linear and 12 attention calls). `call_kernel_directly` is part of the
-inductor post-grad pass (`residual_fusion.ResidualFusion` with ``direct``): it points each call whose traced inputs
+inductor post-grad passes (`graph_passes.PostGradPasses` with ``direct``): it points each call whose traced inputs
 are what the C++ op takes without the Python layer's choices at the C++ op itself, with the same arguments:
 
 * ``condensed_conv2d``: ``x`` (and ``residual``) contiguous fp32 CPU tensors (``block=0``: the kernel's own

@@ -2,8 +2,7 @@
 
 A ResNet block ends with ``relu(conv(x) + shortcut)``: compiled as is, inductor runs the convolution, then a
 pointwise kernel that reads its output and the shortcut and writes the sum, one more pass over the block's
-output. `ResidualFusion` is an inductor post-grad pass (``post_grad_custom_post_pass`` in
-``COMPILE_OPTIONS`` of [`compiled`][lightning_srigl.kernels.compiled]) that rewrites
+output. `fuse_residuals`, one of the inductor post-grad passes (`graph_passes.PostGradPasses`), rewrites
 
     y = condensed_conv2d(..., relu=False)      # y read only by the addition
     z = aten.add.Tensor(y, r)                   # or (r, y); r of y's shape and dtype
@@ -12,27 +11,19 @@ output. `ResidualFusion` is an inductor post-grad pass (``post_grad_custom_post_
 into ``condensed_conv2d(..., relu=<ReLU found>, residual=r)``, whose epilogue adds ``r`` (then applies the
 ReLU) as it writes the output. Exact: the sum is the same fp32 addition of the same two values, once per
 element. The model itself is unchanged; only its compiled graph (and an AOTInductor package) differs.
-
-With ``direct=True`` (``torch.compile`` in this process, not a package, which must run on other CPUs) the pass
-then points the graph's calls of our ops at the loaded C++ variant's ops, skipping the Python ops in between
-(`direct_calls.call_kernel_directly`).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx
-from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.fx.operator_schemas import normalize_function
 
-from lightning_srigl.kernels.direct_calls import call_kernel_directly, record_input_layouts
+from lightning_srigl.kernels.direct_calls import record_input_layouts
 
-__all__ = ["ResidualFusion", "fuse_residuals"]
+__all__ = ["fuse_residuals"]
 
 
 def _conv_op() -> Any:
@@ -87,41 +78,3 @@ def fuse_residuals(graph: fx.Graph) -> int:
             graph.erase_node(dead)
         fused += 1
     return fused
-
-
-class ResidualFusion(CustomGraphPass):
-    """`fuse_residuals` (then, with ``direct``, `call_kernel_directly`) as an inductor custom graph pass (its
-    ``uuid`` keys inductor's cache)."""
-
-    def __init__(self, direct: bool = False) -> None:
-        self.direct = direct
-
-    def __call__(self, graph: fx.Graph) -> None:
-        fuse_residuals(graph)
-        if self.direct:
-            call_kernel_directly(graph)
-
-    def uuid(self) -> Any:
-        """The key of the graphs this pass rewrote in inductor's on-disk cache: the passes' own code (this module's
-        and `direct_calls`'s sources: a changed rewrite must not load graphs the old one made) and, with
-        ``direct``, the loaded variant and its kernel sources, whose ops those graphs name (another variant, a
-        disabled extension or a rebuilt one must not load them)."""
-        key = f"lightning_srigl.residual_fusion.passes={_passes_hash()}.direct="
-        if not self.direct:
-            return key + "False"
-        from lightning_srigl.kernels.cpu.loader import load_extension
-        from lightning_srigl.kernels.cpu.variants import source_hash
-
-        kernel = load_extension()
-        return f"{key}{kernel and kernel.variant}.sources={source_hash()}"
-
-
-@functools.cache
-def _passes_hash() -> str:
-    """A digest of this module's and `direct_calls`'s source files."""
-    from lightning_srigl.kernels import direct_calls
-
-    digest = hashlib.sha256()
-    for path in (__file__, direct_calls.__file__):
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:16]

@@ -186,3 +186,26 @@ def test_compile_compiles_the_module_holding_the_accelerated_layers(tmp_path: Pa
     torch.testing.assert_close(predictions(model, loader(2)), predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="compile"):
         AccelerateCallback(compile="yes")
+
+
+def test_compile_options_reach_the_compiled_module_and_bad_ones_are_refused_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning_srigl.callbacks.accelerate as callback_module
+
+    compiled: list[tuple[nn.Module, object]] = []
+    compile_lazily = callback_module.compile_lazily
+    monkeypatch.setattr(
+        callback_module,
+        "compile_lazily",
+        lambda module, options=None: compiled.append((module, options)) or compile_lazily(module, options=options),
+    )
+    _, model, keep, _ = fit(tmp_path, compile=True, compile_options={"cpp_wrapper": True})
+    assert compiled == [(model.net, {"cpp_wrapper": True})]
+    torch.testing.assert_close(predictions(model, loader(2)), predictions(keep.model, loader(2)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="did you mean 'cpp_wrapper'"):
+        AccelerateCallback(compile=True, compile_options={"cpp_wraper": True})
+    with pytest.raises(TypeError, match="compile_options must be a dict"):
+        AccelerateCallback(compile=True, compile_options="cpp_wrapper")
+    with pytest.raises(ValueError, match="pass compile=True"):
+        AccelerateCallback(compile_options={"cpp_wrapper": True})

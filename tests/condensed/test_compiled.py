@@ -34,7 +34,8 @@ from lightning_srigl.kernels.compiled import (
 )
 from lightning_srigl.kernels.cpu.loader import host_variants
 from lightning_srigl.kernels.direct_calls import call_kernel_directly
-from lightning_srigl.kernels.residual_fusion import ResidualFusion, fuse_residuals
+from lightning_srigl.kernels.graph_passes import PostGradPasses
+from lightning_srigl.kernels.residual_fusion import fuse_residuals
 from lightning_srigl.masking import bind_masks
 
 
@@ -148,8 +149,8 @@ def condensed_conv(conv: nn.Conv2d) -> CondensedConv2d:
     return CondensedConv2d.from_masked(conv, mask.view_as(conv.weight))
 
 
-class CountingFusion(ResidualFusion):
-    """`ResidualFusion` with ``direct`` that counts what it rewrote (a fresh ``uuid``: inductor's cache must not
+class CountingFusion(PostGradPasses):
+    """`PostGradPasses` with ``direct`` that counts what it rewrote (a fresh ``uuid``: inductor's cache must not
     skip it)."""
 
     def __init__(self) -> None:
@@ -372,3 +373,21 @@ def test_a_process_that_imported_only_the_loader_runs_a_package_of_int8_and_csr_
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("loaded")
+
+
+@pytest.mark.parametrize(
+    ("options", "compile", "error", "message"),
+    [
+        ("cpp_wrapper", True, TypeError, "compile_options must be a dict"),
+        ({"cpp_wraper": True}, True, ValueError, "did you mean 'cpp_wrapper'"),
+        ({"cpp_wrapper": "yes"}, True, TypeError, "'cpp_wrapper' takes a bool"),
+        ({"cpp_wrapper": True}, False, ValueError, "pass compile=True"),
+    ],
+)
+def test_bad_compile_options_are_refused_before_the_model_changes(options, compile, error, message) -> None:
+    model = masked(ConvNet(), "erk")
+    before = {name: type(module) for name, module in model.named_modules()}
+    with pytest.raises(error, match=message):
+        accelerate(model, torch.randn(2, 3, 16, 16), verbose=False, compile=compile, compile_options=options)
+    assert {name: type(module) for name, module in model.named_modules()} == before
+    assert "forward" not in vars(model)
