@@ -6,13 +6,15 @@ The user-facing API::
     trainer = Trainer(callbacks=[SRigLCallback(sparsity=0.9), AccelerateCallback()])
 
 Names are imported on first use, so loading a condensed model (``lightning_srigl.condensed``) needs
-only torch: Lightning is imported only with the callbacks. Informational lines go to the
-``lightning_srigl`` logger (see [`lightning_srigl.logs`][lightning_srigl.logs]).
+only torch: Lightning is imported only with the callbacks. So are the package's modules: after
+``import lightning_srigl``, ``lightning_srigl.masking.without_masks(state)`` imports ``masking`` there.
+Informational lines go to the ``lightning_srigl`` logger (see [`lightning_srigl.logs`][lightning_srigl.logs]).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from lightning_srigl import _moved
@@ -55,10 +57,15 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    """Import an exported name from its module on first access (PEP 562)."""
-    if name not in _EXPORTS:
+    """Import an exported name from its module, or a module of the package (``lightning_srigl.masking``), on first
+    access (PEP 562): what a process has imported before does not decide which attributes resolve."""
+    module = f"{__name__}.{name}"
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name.isidentifier() and not name.startswith("_") and importlib.util.find_spec(module) is not None:
+        value = importlib.import_module(module)
+    else:
         raise AttributeError(f"module 'lightning_srigl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
 

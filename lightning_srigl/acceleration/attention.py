@@ -9,7 +9,8 @@ faster by the margin the noise supports (`choose`). The sites (`attention_sites`
   outermost one of nested models): the calls of its attention function during one forward are captured and
   timed together; where the op wins, the model's implementation becomes `HF_IMPLEMENTATION`
   (``model.set_attn_implementation``): `hf_attention_forward`, registered with ``transformers.AttentionInterface``
-  (masks as for ``"sdpa"``). ``transformers`` is optional: without it no model has such a site;
+  (masks as for ``"sdpa"``), and the model holds a `_Registration` that registers it again wherever the model is
+  unpickled. ``transformers`` is optional: without it no model has such a site;
 * a [`ProjectedAttention`][lightning_srigl.condensed.layers.attention.ProjectedAttention]: its forward on its
   captured call, with ``fast_attention`` off and on.
 
@@ -107,6 +108,34 @@ def register_hf_attention() -> bool:
         AttentionInterface.register(name, function)
         AttentionMaskInterface.register(name, sdpa_mask)
     return True
+
+
+class _Registration:
+    """Held by each Hugging Face model on `HF_IMPLEMENTATION` (its attribute `_REGISTRATION`). The model names its
+    attention function by a string that transformers looks up in a registry of the running process, so a process
+    that unpickles the model (``torch.load`` of a saved model, a spawned worker) must register the function before
+    the model's first call; unpickling this object does (`_registered`)."""
+
+    def __reduce__(self) -> tuple[Callable[[], _Registration], tuple[()]]:
+        return _registered, ()
+
+
+def _registered() -> _Registration:
+    """A `_Registration`, `hf_attention_forward` registered in this process."""
+    register_hf_attention()
+    return _Registration()
+
+
+_REGISTRATION = "_lightning_srigl_attention"
+
+
+def _set_hf_implementation(site: nn.Module, fast: bool) -> None:
+    """Put Hugging Face model ``site`` on `HF_IMPLEMENTATION` (with its `_Registration`) or back on torch's."""
+    site.set_attn_implementation(HF_IMPLEMENTATION if fast else _SDPA)
+    if fast:
+        setattr(site, _REGISTRATION, _Registration())
+    else:
+        site.__dict__.pop(_REGISTRATION, None)
 
 
 def _implementation(module: nn.Module) -> str | None:
@@ -246,7 +275,7 @@ def install_attention(model: nn.Module, chosen: Mapping[str, str]) -> None:
         if isinstance(site, ProjectedAttention):
             site.fast_attention = fast
         else:
-            site.set_attn_implementation(HF_IMPLEMENTATION if fast else _SDPA)
+            _set_hf_implementation(site, fast)
 
 
 def restore_attention(model: nn.Module) -> None:
@@ -255,4 +284,4 @@ def restore_attention(model: nn.Module) -> None:
         if isinstance(module, ProjectedAttention):
             module.fast_attention = False
         elif _implementation(module) == HF_IMPLEMENTATION:
-            module.set_attn_implementation(_SDPA)
+            _set_hf_implementation(module, fast=False)

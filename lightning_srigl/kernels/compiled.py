@@ -20,8 +20,8 @@ PyTorch. `compile_in_place` hands the whole model to PyTorch's own compiler inst
 `export_package` writes the same graph ahead of time as an AOTInductor package (``.pt2``) and
 `load_package` runs it without the model's Python code. The package calls our ops through the
 PyTorch dispatcher, and they are registered from Python: the loading process must import
-``lightning_srigl.kernels`` (which `load_package` does) before the package is loaded, else
-AOTInductor reports ``Could not find schema for lightning_srigl::condensed_conv2d``.
+``lightning_srigl.kernels`` (which registers every op of the package, and which `load_package` does) before the
+package is loaded, else AOTInductor reports ``Could not find schema for lightning_srigl::condensed_conv2d``.
 
 Freezing takes the weights as they are when the graph is compiled: changing them afterwards needs a new
 compile (``torch.compiler.reset()`` and a new call). It applies to calls without gradient tracking
@@ -41,13 +41,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from lightning_srigl.kernels.attention import attention
-from lightning_srigl.kernels.conv import condensed_conv2d
+from lightning_srigl.kernels import PYTHON_OPS
 from lightning_srigl.kernels.cpu.loader import load_extension
-from lightning_srigl.kernels.dense import packed_linear
 from lightning_srigl.kernels.graph_passes import PostGradPasses
-from lightning_srigl.kernels.linear import condensed_linear
-from lightning_srigl.kernels.linear_rows import condensed_linear_rows
 
 __all__ = [
     "COMPILE_OPTIONS",
@@ -88,8 +84,9 @@ GUARD_SETTINGS: dict[str, Any] = {
     "enable_cpp_symbolic_shape_guards": True,
     "use_lamba_guard_for_object_aliasing": False,
 }
-# The custom ops a compiled or packaged model calls (importing them registered them).
-CUSTOM_OPS = (condensed_linear, condensed_linear_rows, condensed_conv2d, packed_linear, attention)
+# The custom ops a compiled or packaged model may call: every Python op, which the import of
+# ``lightning_srigl.kernels`` registered (so also in a process that loads a package and builds no layer).
+CUSTOM_OPS = PYTHON_OPS
 
 
 def _arguments(example_input: object) -> tuple[object, ...]:
@@ -275,7 +272,7 @@ def export_package(model: nn.Module, example_input: object, path: str | Path) ->
 
 def load_package(path: str | Path) -> Callable[..., Any]:
     """The callable model of an AOTInductor package written by `export_package` (this module's import
-    has registered the condensed ops it calls; the CPU kernel variant is loaded before the package)."""
+    has registered every op of the package, `CUSTOM_OPS`; the CPU kernel variant is loaded before the package)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no AOTInductor package at {str(path)!r}; write one with export_package")

@@ -93,11 +93,7 @@ def _attention_direct(kwargs: dict[str, Any]) -> dict[str, Any] | None:
 
 def _direct_ops() -> dict[Any, tuple[str, Callable[[dict[str, Any]], dict[str, Any] | None]]]:
     """Python op -> (the C++ op's name, ``kwargs -> the C++ op's kwargs, or None where it does not apply``)."""
-    # The modules that register the Python ops named below (a process may compile before it imports any of them:
-    # ``lightning_srigl.kernels`` itself imports none).
-    from lightning_srigl.kernels import attention, conv, int8, linear, linear_rows  # noqa: F401
-
-    ops = torch.ops.lightning_srigl
+    ops = torch.ops.lightning_srigl  # every one registered by the import of lightning_srigl.kernels
     return {
         ops.condensed_conv2d.default: ("condensed_conv2d", _conv_direct),
         ops.condensed_linear.default: ("condensed_linear", _linear_direct),

@@ -27,9 +27,7 @@ __all__ = ["fuse_residuals"]
 
 
 def _conv_op() -> Any:
-    from lightning_srigl.kernels.conv import condensed_conv2d  # noqa: F401  (registers the op)
-
-    return torch.ops.lightning_srigl.condensed_conv2d.default
+    return torch.ops.lightning_srigl.condensed_conv2d.default  # registered by the import of lightning_srigl.kernels
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:

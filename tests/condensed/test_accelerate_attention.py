@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,6 +117,30 @@ def test_hf_models_switch_to_the_op_and_keep_their_outputs(name: str) -> None:
     assert graph_breaks(model, example) == 0
     restore_dense(model)
     assert model.config._attn_implementation == "sdpa" and not ran_the_op(model, example)
+
+
+def test_a_saved_hf_model_on_the_op_runs_in_a_process_that_imported_nothing_of_the_package(tmp_path: Path) -> None:
+    """The model names its attention function by a string that transformers looks up in a registry of the running
+    process: a model saved whole and loaded in a fresh process registers it as it unpickles (it raised KeyError
+    "`lightning_srigl` is not a valid attention implementation" at its first call)."""
+    model, example = gpt2()
+    accelerate(model, example, timer=favouring("lightning_srigl"), model_repeats=0, verbose=False)
+    assert model.config._attn_implementation == HF_IMPLEMENTATION
+    assert not any(type(m).__module__.startswith("lightning_srigl") for m in model.modules())  # its layers kept dense
+    torch.save({"model": model, "example": example, "expected": run(model, example)}, tmp_path / "model.pt")
+    script = (
+        "import sys, torch\n"
+        "saved = torch.load(sys.argv[1], weights_only=False)\n"
+        "with torch.no_grad():\n"
+        "    logits = saved['model'](saved['example']).logits\n"
+        "torch.testing.assert_close(logits, saved['expected'], rtol=1e-4, atol=1e-4)\n"
+        "print(saved['model'].config._attn_implementation)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.pt")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == HF_IMPLEMENTATION
+    restore_dense(model)  # back on torch's attention, the model holds nothing of the package
+    assert not any(type(v).__module__.startswith("lightning_srigl") for v in vars(model).values())
 
 
 def test_hf_model_keeps_torch_attention_where_it_times_faster() -> None:

@@ -19,6 +19,8 @@ from lightning_srigl.acceleration.accelerate import accelerate
 from lightning_srigl.benchmark.whole_model import srigl_masks
 from lightning_srigl.condensed.kinds.registry import accelerated_layers
 from lightning_srigl.condensed.layers.conv import CondensedConv2d
+from lightning_srigl.condensed.layers.csr import CSRLinear
+from lightning_srigl.condensed.layers.int8_linear import Int8CondensedLinear
 from lightning_srigl.condensed.layers.linear import CondensedLinear
 from lightning_srigl.kernels.attention import scaled_dot_product_attention
 from lightning_srigl.kernels.compiled import (
@@ -343,6 +345,34 @@ def test_a_process_that_imported_only_the_compiler_compiles_a_model() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("compiled")
+
+
+def test_a_process_that_imported_only_the_loader_runs_a_package_of_int8_and_csr_layers(tmp_path: Path) -> None:
+    """`load_package` in a fresh process registers every op a package may call, not only the fp32 condensed ones
+    (an int8 or CSR package failed there with "Could not find schema for lightning_srigl::int8_condensed_linear")."""
+    torch.manual_seed(0)
+    first, second = nn.Linear(16, 12), nn.Linear(12, 5)
+    model = nn.Sequential(
+        Int8CondensedLinear.from_masked(first, torch.rand(12, 16).argsort(dim=1) < 4),
+        nn.ReLU(),
+        CSRLinear.from_masked(second, torch.rand(5, 12) < 0.3),
+    ).eval()
+    x = torch.randn(3, 16)
+    path = export_package(model, x, tmp_path / "model.pt2")
+    with torch.no_grad():
+        torch.save({"x": x, "y": model(x)}, tmp_path / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        "from lightning_srigl.kernels.compiled import load_package\n"
+        "expected = torch.load(sys.argv[2])\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(load_package(sys.argv[1])(expected['x']), expected['y'])\n"
+        "print('loaded')\n"
+    )
+    command = [sys.executable, "-c", script, str(path), str(tmp_path / "expected.pt")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("loaded")
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,6 +165,23 @@ def test_every_python_op_has_a_fake_with_the_real_shapes() -> None:
     assert set(names) <= EXAMPLES.keys(), f"add example inputs for {set(names) - EXAMPLES.keys()} to EXAMPLES"
     for name in names:
         _check_fake_matches_real(getattr(torch.ops.lightning_srigl, name).default, EXAMPLES[name](None))
+
+
+def test_importing_the_kernels_package_registers_every_python_op() -> None:
+    """A fresh process that imports only ``lightning_srigl.kernels`` has every Python op some module of kernels/
+    registers (a compiled graph, ``torch.export`` program or AOTInductor package naming one finds it, whatever
+    else the process imported), and `PYTHON_OPS` lists them."""
+    script = (
+        "import torch, lightning_srigl.kernels\n"
+        "names = torch._C._dispatch_get_all_op_names()\n"
+        "print(*sorted({n.split('::')[1].split('.')[0] for n in names if n.startswith('lightning_srigl::')}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    every = ops_in(PYTHON_NAMESPACE)  # this module imported every module of kernels/
+    assert done.stdout.split() == every, "import the op's module in lightning_srigl/kernels/__init__.py"
+    listed = sorted(op._qualname.removeprefix(f"{PYTHON_NAMESPACE}::") for op in lightning_srigl.kernels.PYTHON_OPS)
+    assert listed == every, "add the op to PYTHON_OPS in lightning_srigl/kernels/__init__.py"
 
 
 def test_every_cpp_op_has_a_fake_with_the_real_shapes(variant: str) -> None:
