@@ -30,11 +30,13 @@ from bench_peers import inputs_of  # noqa: E402
 from bench_whole_models import cases  # noqa: E402
 
 from lightning_srigl.acceleration.accelerate import accelerate  # noqa: E402
+from lightning_srigl.acceleration.planning import Timer  # noqa: E402
 from lightning_srigl.benchmark.machine import load_averages, machine_fields  # noqa: E402
 from lightning_srigl.benchmark.whole_model import masked_model  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, timer: Timer | None = None) -> None:
+    """Profile the model ``argv`` names; ``timer`` replaces ``accelerate()``'s (the tests pin its choice with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gpt2")
     parser.add_argument("--batch", type=int, default=8)
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     profiled_kernels = torch._inductor.config.patch({"cpp.enable_kernel_profile": True})  # at compile time
     with warnings.catch_warnings(), profiled_kernels:
         warnings.simplefilter("ignore")
-        report = accelerate(model, inputs, verbose=False, model_repeats=0, compile=True)
+        report = accelerate(model, inputs, verbose=False, model_repeats=0, compile=True, timer=timer)
     chosen = [row.chosen for row in report.rows]
     with torch.no_grad():
         model(*inputs)  # after the compile: caches warm
