@@ -389,14 +389,41 @@ def not_condensed(work: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stored_run(doc: Path) -> str:
+    """Where the run behind the page ``doc`` is kept, relative to the repository: docs/assets/peers/ for
+    docs/peers.md, docs/assets/peers/<cpu>/ for docs/peers-<cpu>.md (one page per CPU measured)."""
+    cpu = doc.stem.removeprefix("peers").lstrip("-")
+    return "docs/assets/peers" + (f"/{cpu}" if cpu else "")
+
+
+def rewrite_command(doc: Path, *runs: str) -> str:
+    """The command that rewrites the page ``doc`` from its stored run (merged with ``runs``' CSVs)."""
+    page = doc.resolve()
+    where = "" if page == DOC else " " + str(page.relative_to(ROOT) if page.is_relative_to(ROOT) else doc)
+    stored = stored_run(doc)
+    csvs = " ".join([f"{stored}/peers.csv", *runs])
+    return f"python scripts/bench_peers.py --from-csv {csvs} --out {stored} --doc{where}"
+
+
+def other_cpus(doc: Path) -> list[str]:
+    """Links to the pages of the other CPUs measured (the ``peers*.md`` beside ``doc``), named by their CPU."""
+    links = []
+    for page in sorted(p for p in doc.parent.glob("peers*.md") if p.resolve() != doc.resolve()):
+        with (ROOT / stored_run(page) / "peers.csv").open() as handle:
+            cpu = next(csv.DictReader(handle))["cpu_model"]
+        links.append(f"[{cpu}]({page.name})")
+    return links
+
+
 def write_doc(rows: list[dict], engines: list[str], loads: tuple[float, float], path: Path, work: Path) -> None:
     """docs/peers.md (at ``path``): how it was measured, the tables, ours against the best peer, and the
     layers ``accelerate()`` did not condense (its reports in ``work``)."""
     machine = next((r for r in rows if r.get("cpu_model")), {})
     commands = list(dict.fromkeys(str(r["command"]) for r in rows if r.get("command")))
     ds = next((r for r in rows if r["engine"] == "deepsparse" and r.get("version")), {})
+    threaded = any(int(r["threads"]) > 1 for r in rows)
     lines = [
-        "# Ours beside the engines users deploy",
+        f"# Ours beside the engines users deploy: {machine.get('cpu_model', 'CPU not recorded')}",
         "",
         "The same 90 %-sparse models (the [whole-model benchmark](whole-models.md)'s SRigL masks) through",
         "`accelerate()` (eager and compiled), `torch.compile` of the dense model, and the masked dense model",
@@ -418,10 +445,10 @@ def write_doc(rows: list[dict], engines: list[str], loads: tuple[float, float], 
             if len(commands) > 1
             else []
         ),
-        "This page is rewritten from the stored run (its CSV and acceleration reports in `docs/assets/peers/`,",
-        "copied from `--out`) by `python scripts/bench_peers.py --from-csv docs/assets/peers/peers.csv --out",
-        "docs/assets/peers --doc`.",
+        f"This page is rewritten from the stored run (its CSV and acceleration reports in `{stored_run(path)}/`,",
+        f"copied from `--out`) by `{rewrite_command(path)}`.",
         "",
+        *([f"The same benchmark on another CPU: {', '.join(other_cpus(path))}.", ""] if other_cpus(path) else []),
         f"* CPU: {machine.get('cpu_model', '?')}; our kernel variant: {machine.get('kernel_variant', '?')}; "
         f"ATen capability {machine.get('aten_capability', '?')}; torch {machine.get('torch', '?')}"
         + (f"; DeepSparse {ds['version']}" if ds else "")
@@ -429,17 +456,17 @@ def write_doc(rows: list[dict], engines: list[str], loads: tuple[float, float], 
         f"* Measured: batch {', '.join(map(str, sorted({int(r['batch']) for r in rows})))}; "
         f"{', '.join(map(str, sorted({int(r['threads']) for r in rows})))} thread(s).",
         f"* Machine: a shared 2-vCPU VM with other work running; load average {min(loads):.1f}–{max(loads):.1f} "
-        "during the run. At 2 threads (wall time) the figures are the least reliable.",
+        "during the run." + (" At 2 threads (wall time) the figures are the least reliable." if threaded else ""),
         "",
         peers_markdown(
             [r for r in rows if r["engine"] not in INT8_ENGINES], [e for e in engines if e not in INT8_ENGINES]
         ),
     ]
     fp32 = judged(rows, [e for e in ENGINES if e.startswith("ours") and e not in INT8_ENGINES], ONNX_ENGINES)
-    path.write_text("\n".join(lines) + "\n" + fp32 + "\n" + int8_section(rows, engines) + not_condensed(work))
+    path.write_text("\n".join(lines) + "\n" + fp32 + "\n" + int8_section(rows, engines, path) + not_condensed(work))
 
 
-def int8_section(rows: list[dict], engines: list[str]) -> str:
+def int8_section(rows: list[dict], engines: list[str], doc: Path) -> str:
     """The int8 table (not exact) and ours int8 against the fastest int8 peer; empty without int8 rows."""
     int8 = [e for e in engines if e in INT8_ENGINES]
     here = [r for r in rows if r["engine"] in INT8_ENGINES]
@@ -465,8 +492,7 @@ def int8_section(rows: list[dict], engines: list[str]) -> str:
         "```bash",
         "LIGHTNING_SRIGL_DEEPSPARSE_PYTHON=<deepsparse venv>/bin/python python scripts/bench_peers.py --models vit_b16 "
         "bert --batches 1 8 --threads 1 --seconds 0.5 --engines onnxruntime_int8 deepsparse_int8 ours_int8 --out "
-        "/tmp/peers_int8 && python scripts/bench_peers.py --from-csv docs/assets/peers/peers.csv "
-        "/tmp/peers_int8/peers.csv --out docs/assets/peers --doc",
+        f"/tmp/peers_int8 && {rewrite_command(doc, '/tmp/peers_int8/peers.csv')}",
         "```",
         "",
         peers_markdown(here, int8),

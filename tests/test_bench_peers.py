@@ -119,3 +119,23 @@ def test_an_int8_cell_shows_its_error_and_marks_one_over_the_tolerance() -> None
     table = peers_markdown(rows, ["ours_int8", "onnxruntime_int8"])
     line = next(line for line in table.splitlines() if line.startswith("| m |"))
     assert line == "| m | 1 | 10.0 | **5.00×** (2.0, error 0.012) | **5.00×** (2.0, error 0.200) ✗ |"
+
+
+def test_each_cpu_page_names_its_stored_run_and_the_command_that_rewrites_it() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_peers
+
+    amd, intel = ROOT / "docs" / "peers.md", ROOT / "docs" / "peers-intel-xeon.md"
+    assert bench_peers.stored_run(amd) == "docs/assets/peers"
+    assert bench_peers.stored_run(intel) == "docs/assets/peers/intel-xeon"
+    assert bench_peers.rewrite_command(amd) == (
+        "python scripts/bench_peers.py --from-csv docs/assets/peers/peers.csv --out docs/assets/peers --doc"
+    )
+    assert bench_peers.rewrite_command(intel, "/tmp/run/peers.csv") == (
+        "python scripts/bench_peers.py --from-csv docs/assets/peers/intel-xeon/peers.csv /tmp/run/peers.csv "
+        "--out docs/assets/peers/intel-xeon --doc docs/peers-intel-xeon.md"
+    )
+    for page in (amd, intel):  # the committed pages are what their own command writes, and link each other
+        text = page.read_text()
+        assert f"`{bench_peers.rewrite_command(page)}`" in text
+        assert "The same benchmark on another CPU: " + ", ".join(bench_peers.other_cpus(page)) in text
