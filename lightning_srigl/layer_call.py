@@ -48,9 +48,26 @@ class LayerCall:
         return module(*self.args, **self.kwargs)
 
     def map(self, fn) -> LayerCall:
-        """The call with ``fn`` applied to every tensor argument."""
-        apply = lambda v: fn(v) if isinstance(v, Tensor) else v  # noqa: E731
-        return LayerCall(tuple(apply(a) for a in self.args), {k: apply(v) for k, v in self.kwargs.items()})
+        """The call with ``fn`` applied to every tensor argument. A tensor passed in several places stays one
+        tensor (``fn`` runs once on it): self-attention's ``(x, x, x)`` must stay a self-attention call, which
+        projects ``x`` once, or its candidates are timed projecting it three times."""
+        return self._mapped(lambda _, t: fn(t))
+
+    def _mapped(self, fn: Callable[[int | str, Tensor], Tensor]) -> LayerCall:
+        """The call with ``fn(position or keyword, tensor)`` applied to every tensor argument, once per distinct
+        tensor and result (the first place a tensor appears decides its result)."""
+        done: dict[int, Tensor] = {}
+
+        def apply(where: int | str, v: object) -> object:
+            if not isinstance(v, Tensor):
+                return v
+            if id(v) not in done:
+                done[id(v)] = fn(where, v)
+            return done[id(v)]
+
+        return LayerCall(
+            tuple(apply(i, a) for i, a in enumerate(self.args)), {k: apply(k, v) for k, v in self.kwargs.items()}
+        )
 
     def to(self, device: torch.device | str) -> LayerCall:
         """The call with every tensor on ``device``."""
@@ -69,15 +86,9 @@ class LayerCall:
         attn_mask = self.kwargs.get("attn_mask")
         if isinstance(attn_mask, Tensor) and attn_mask.dim() == 3:
             return self
-        args = tuple(
-            resize_batch(a, batch_size, batch_dims[i]) if isinstance(a, Tensor) and i in batch_dims else a
-            for i, a in enumerate(self.args)
+        return self._mapped(
+            lambda where, t: resize_batch(t, batch_size, batch_dims[where]) if where in batch_dims else t
         )
-        kwargs = {
-            k: resize_batch(v, batch_size, batch_dims[k]) if isinstance(v, Tensor) and k in batch_dims else v
-            for k, v in self.kwargs.items()
-        }
-        return LayerCall(args, kwargs)
 
 
 def record_calls(

@@ -7,11 +7,12 @@ from torch import nn
 from lightning_srigl.condensed.accelerate import accelerate
 from lightning_srigl.condensed.attention import ProjectedAttention
 from lightning_srigl.condensed.conv import CondensedConv1d, CondensedConv2d
-from lightning_srigl.condensed.layer_call import LayerCall
+from lightning_srigl.condensed.layer_call import LayerCall, record_calls
 from lightning_srigl.condensed.linear import CondensedLinear
 from lightning_srigl.condensed.registry import accelerated_layers, sparse_layers
 from lightning_srigl.masking import bind_masks, masked_weights, neuron_major
 from tests.condensed.conv_cases import assert_close_to_scale
+from tests.condensed.test_compiled import condensed_everywhere
 
 CANDIDATES = ("dense", "condensed")
 
@@ -150,3 +151,25 @@ def test_an_attention_call_is_resized_along_its_batch_dimension():
     assert resized.args[0].shape == (5, 3, 8) and resized.kwargs["key_padding_mask"].shape == (3, 5)
     assert resized.kwargs["need_weights"] is False
     assert call.resized(None, {}) is call
+    assert resized.args[0] is resized.args[1] is resized.args[2]  # still a self-attention call
+
+
+def test_a_recorded_self_attention_call_keeps_one_tensor_and_its_candidate_projects_once():
+    torch.manual_seed(0)
+    model = sparsify(TinyEncoder(True))
+    calls: dict[str, LayerCall] = {}
+    handles = record_calls({"attention": model.attention}, calls)
+    with torch.no_grad():
+        model(torch.randn(2, 9, 32))
+    for handle in handles:
+        handle.remove()
+    call = calls["attention"]
+    assert call.args[0] is call.args[1] is call.args[2]  # detached once: the planner times self-attention
+    moved = call.to("cpu").map(lambda t: t.to(torch.float32))
+    assert moved.args[0] is moved.args[1] is moved.args[2]
+    projections = []
+    accelerate(model, torch.randn(2, 9, 32), verbose=False, model_repeats=0, timer=condensed_everywhere)
+    model.attention.in_proj.register_forward_hook(lambda *_: projections.append(1))
+    with torch.no_grad():
+        call(model.attention)
+    assert isinstance(model.attention, ProjectedAttention) and len(projections) == 1
