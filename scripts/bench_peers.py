@@ -422,6 +422,7 @@ def write_doc(rows: list[dict], engines: list[str], loads: tuple[float, float], 
     commands = list(dict.fromkeys(str(r["command"]) for r in rows if r.get("command")))
     ds = next((r for r in rows if r["engine"] == "deepsparse" and r.get("version")), {})
     threaded = any(int(r["threads"]) > 1 for r in rows)
+    siblings = other_cpus(path)
     lines = [
         f"# Ours beside the engines users deploy: {machine.get('cpu_model', 'CPU not recorded')}",
         "",
@@ -448,7 +449,7 @@ def write_doc(rows: list[dict], engines: list[str], loads: tuple[float, float], 
         f"This page is rewritten from the stored run (its CSV and acceleration reports in `{stored_run(path)}/`,",
         f"copied from `--out`) by `{rewrite_command(path)}`.",
         "",
-        *([f"The same benchmark on another CPU: {', '.join(other_cpus(path))}.", ""] if other_cpus(path) else []),
+        *([f"The same benchmark on another CPU: {', '.join(siblings)}.", ""] if siblings else []),
         f"* CPU: {machine.get('cpu_model', '?')}; our kernel variant: {machine.get('kernel_variant', '?')}; "
         f"ATen capability {machine.get('aten_capability', '?')}; torch {machine.get('torch', '?')}"
         + (f"; DeepSparse {ds['version']}" if ds else "")

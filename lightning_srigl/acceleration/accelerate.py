@@ -255,9 +255,7 @@ def accelerate(
     """
     candidates = check_candidates(candidates)
     check_quantize(quantize, error_budget)
-    compile_options = check_compile_options(compile_options)
-    if compile_options and not compile:
-        raise ValueError("compile_options are options of the compiled graph: pass compile=True with them")
+    compile_options = check_compile_options(compile_options, compile=compile)
     names = list(sparse_layers(model))
     if not names:
         raise ValueError(

@@ -121,9 +121,7 @@ class AccelerateCallback(Callback):
         check_quantize(quantize, error_budget)
         self.quantize, self.error_budget = quantize, error_budget
         self.compile = check_flag(compile, "compile")
-        self.compile_options = check_compile_options(compile_options)
-        if self.compile_options and not self.compile:
-            raise ValueError("compile_options are options of the compiled graph: pass compile=True with them")
+        self.compile_options = check_compile_options(compile_options, compile=self.compile)
         self.fast_attention = check_flag(fast_attention, "fast_attention")
         self.report: AccelerationReport | None = None
         self._inputs: dict[str, LayerCall] = {}

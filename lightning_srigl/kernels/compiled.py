@@ -128,17 +128,20 @@ def compile_in_place(
     return time.perf_counter() - start
 
 
-def check_compile_options(options: object) -> dict[str, Any]:
+def check_compile_options(options: object, *, compile: bool = True) -> dict[str, Any]:
     """``options`` (inductor options, ``torch._inductor.config`` names, for ``torch.compile(options=...)``) as a
     dict, ``{}`` for None; checked as ``torch.compile`` checks them (a known name, a value of its type), but before
-    anything is compiled or changed, with the name meant where one is misspelt.
+    anything is compiled or changed, with the name meant where one is misspelt. ``compile``: whether the caller
+    compiles at all (``accelerate``'s and ``AccelerateCallback``'s switch); options without it are an error.
 
     Raises:
         TypeError: ``options`` is not a dict of names, or a value has the wrong type.
-        ValueError: a name that is no inductor option.
+        ValueError: a name that is no inductor option, or options given without ``compile``.
     """
     if options is None:
         return {}
+    if options and not compile:
+        raise ValueError("compile_options are options of the compiled graph: pass compile=True with them")
     if not isinstance(options, dict) or not all(isinstance(name, str) for name in options):
         raise TypeError(
             "compile_options must be a dict of torch._inductor.config names and values (e.g. {'cpp_wrapper': True}), "
